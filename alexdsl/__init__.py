@@ -1,0 +1,49 @@
+"""alexdsl: describe, check and run layer-graph neural networks.
+
+>>> import alexdsl
+>>> net = alexdsl.parse('''
+... network Tiny
+... input data: 1x28x28
+... conv1: conv(20, 5) | maxpool(2, stride=2)
+... fc1: fc(10)
+... ''')
+>>> net.shapes["fc1"], net.totals()["params"]
+((10,), 29330)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alexdsl.errors import AlexDSLError, Diagnostic, Span
+from alexdsl.ir.build import build_network
+from alexdsl.ir.network import Layer, Network, ParamSpec
+from alexdsl.ops.registry import Filler
+
+__version__ = "0.1.0"
+__all__ = ["AlexDSLError", "Diagnostic", "Filler", "Layer", "Network", "ParamSpec", "Span", "load", "parse",
+           "__version__"]
+
+
+def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+    """Build a checked :class:`Network` from alexdsl source text.
+
+    ``input_shapes`` overrides declared input shapes, e.g. ``{"data": (3, 224, 224)}``.
+    Raises :class:`AlexDSLError` with every problem found.
+    """
+    return build_network(text, file, input_shapes)
+
+
+def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+    """Read and check an ``.adsl`` file (or an IR ``.json`` file written by ``to_json``)."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise AlexDSLError(f"{path}: error: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise AlexDSLError(f"{path}: error: cannot read the file ({error})") from None
+    if source.suffix == ".json":
+        return Network.from_json(text)
+    return build_network(text, str(path), input_shapes)

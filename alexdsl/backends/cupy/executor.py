@@ -1,0 +1,262 @@
+"""The base class of every generated executor: weights, device, buffers, input checks.
+
+A generated module (see :mod:`alexdsl.backends.cupy.codegen`) subclasses
+:class:`Executor` with class-level tables (inputs, state keys with fillers, the memory
+plan) and two straight-line methods: ``setup(w)`` (compile-time work on the loaded
+weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kernel).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any, ClassVar
+
+import numpy
+
+from alexdsl.backends.cupy import runtime as rt
+from alexdsl.errors import AlexDSLError, Diagnostic
+
+CUPY_HINT = "install CuPy with `pip install 'alexdsl[cupy]'` (needs an NVIDIA GPU and CUDA), or use device='cpu'"
+DTYPES = ("float32", "float64", "float16")
+
+
+def _error(message: str, hint: str | None = None, expected: str | None = None, received: str | None = None) -> AlexDSLError:
+    return AlexDSLError([Diagnostic("error", message, expected=expected, received=received, hint=hint)])
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if rt._cupy is None:
+        return False
+    try:
+        return rt._cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - CUDA driver missing or broken
+        return False
+
+
+def select_device(device: str) -> ModuleType:
+    """``"auto"`` -> CuPy when a GPU is usable, else NumPy; ``"cpu"``; ``"cuda"`` (or cuda:N)."""
+    if device == "cpu":
+        return numpy
+    if device == "auto":
+        return rt._cupy if cuda_available() else numpy
+    if device == "cuda" or device.startswith("cuda:"):
+        if rt._cupy is None:
+            raise _error("device 'cuda' needs CuPy, which is not installed", hint=CUPY_HINT)
+        if not cuda_available():
+            raise _error("device 'cuda' requested but CuPy finds no usable CUDA device", hint=CUPY_HINT)
+        if ":" in device:
+            rt._cupy.cuda.Device(int(device.split(":", 1)[1])).use()
+        return rt._cupy
+    raise _error(f"unknown device {device!r}", expected="auto, cpu or cuda")
+
+
+def check_dtype(dtype: Any) -> numpy.dtype:
+    name = numpy.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in DTYPES:
+        raise _error(f"unsupported dtype {name!r}", expected=", ".join(DTYPES))
+    return numpy.dtype(name)
+
+
+def _to_host(value: Any) -> numpy.ndarray:
+    """A NumPy copy of a NumPy/CuPy array or a torch tensor."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu().numpy()
+    elif rt._cupy is not None and isinstance(value, rt._cupy.ndarray):
+        value = rt._cupy.asnumpy(value)
+    return numpy.asarray(value)
+
+
+def load_weights(weights: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, numpy.ndarray]:
+    """A ``.safetensors`` path or a mapping of arrays/tensors -> host NumPy arrays."""
+    if isinstance(weights, (str, os.PathLike)):
+        path = os.fspath(weights)
+        if not os.path.exists(path):
+            raise _error(f"weights file not found: {path}")
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
+            raise _error("reading .safetensors weights needs the safetensors package") from exc
+        try:
+            return dict(load_file(path))
+        except Exception as exc:  # noqa: BLE001 - any parse failure becomes a diagnostic
+            raise _error(f"cannot read weights from {path}: {exc}") from exc
+    if not isinstance(weights, Mapping):
+        raise _error(f"weights must be a .safetensors path or a dict of arrays, got {type(weights).__name__}")
+    return {str(k): _to_host(v) for k, v in weights.items()}
+
+
+IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
+
+
+def check_weights(given: Mapping[str, numpy.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Every expected key present with its shape, nothing extra; all problems in one error."""
+    problems: list[Diagnostic] = []
+    for key, shape in expected.items():
+        if key not in given:
+            problems.append(Diagnostic("error", f"weights are missing '{key}'", expected=f"shape {shape}"))
+        elif tuple(given[key].shape) != tuple(shape):
+            problems.append(
+                Diagnostic(
+                    "error",
+                    f"weight '{key}' has the wrong shape",
+                    expected=str(tuple(shape)),
+                    received=str(tuple(given[key].shape)),
+                )
+            )
+    for key in given:
+        if key not in expected and not key.endswith(IGNORED_SUFFIXES):
+            problems.append(Diagnostic("error", f"unexpected weight '{key}' (no such parameter in the network)"))
+    if problems:
+        raise AlexDSLError(problems)
+
+
+def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator) -> numpy.ndarray:
+    """Caffe filler semantics; fan_in = count / shape[0], fan_out = count / shape[1].
+
+    For a conv weight (O, C/groups, kh, kw) that is fan_in = C/groups*kh*kw and
+    fan_out = O*kh*kw (Caffe's definitions).
+    """
+    count = math.prod(shape)
+    if filler == "constant":
+        return numpy.full(shape, float(args.get("value", 0.0)))
+    if filler == "gaussian":
+        return rng.normal(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), shape)
+    if filler == "uniform":
+        return rng.uniform(float(args.get("min", 0.0)), float(args.get("max", 1.0)), shape)
+    if filler in ("xavier", "msra"):
+        fan_in = count / shape[0] if shape else 1
+        fan_out = count / shape[1] if len(shape) > 1 else count
+        norm = args.get("variance_norm", "fan_in")
+        n = {"fan_in": fan_in, "fan_out": fan_out, "average": (fan_in + fan_out) / 2}[norm]
+        if filler == "xavier":
+            scale = math.sqrt(3.0 / n)
+            return rng.uniform(-scale, scale, shape)
+        return rng.normal(0.0, math.sqrt(2.0 / n), shape)
+    raise _error(f"unknown filler {filler!r}")
+
+
+class Executor:
+    """Runs one compiled network on NumPy (CPU) or CuPy (GPU). Subclasses are generated."""
+
+    network_name: ClassVar[str] = ""
+    source_file: ClassVar[str | None] = None
+    inputs: ClassVar[dict[str, tuple[int, ...]]] = {}
+    outputs: ClassVar[tuple[str, ...]] = ()
+    # key -> (shape, filler type, filler args); buffers (running stats) use constant fillers
+    state: ClassVar[dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]] = {}
+    # the memory plan: per-sample element counts of the reusable buffers, and
+    # value name -> (buffer index, per-sample shape)
+    buffers: ClassVar[tuple[int, ...]] = ()
+    values: ClassVar[dict[str, tuple[int, tuple[int, ...]]]] = {}
+    scratch: ClassVar[int] = 0  # per-sample elements of the shared im2col buffer
+    keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
+
+    def __init__(
+        self,
+        weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+        seed: int = 0,
+    ):
+        self.xp = select_device(device)
+        self.device = "cuda" if self.xp is not numpy else "cpu"
+        self.dtype = check_dtype(dtype)
+        expected = {key: shape for key, (shape, _, _) in self.state.items()}
+        if weights is None:
+            rng = numpy.random.default_rng(seed)
+            host = {key: fill(shape, kind, args, rng) for key, (shape, kind, args) in self.state.items()}
+        else:
+            host = load_weights(weights)
+            check_weights(host, expected)
+        self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
+        self._arena: tuple[int, dict[str, Any], Any] | None = None
+        self.setup(self.weights)
+
+    # generated ------------------------------------------------------------------------------
+    def setup(self, w: dict[str, Any]) -> None:  # pragma: no cover - generated
+        raise NotImplementedError
+
+    def forward(self, *inputs: Any) -> Any:  # pragma: no cover - generated
+        raise NotImplementedError
+
+    # helpers used by generated code -----------------------------------------------------------
+    def const(self, value: Any) -> Any:
+        """A host constant (divisor table, ...) on the executor's device and dtype."""
+        return self.xp.asarray(numpy.asarray(value), dtype=self.dtype)
+
+    def arena(self, n: int) -> tuple[dict[str, Any], Any]:
+        """Views of the planned buffers for batch ``n`` (allocated once per batch size)."""
+        if self._arena is None or self._arena[0] != n:
+            self._arena = None  # drop the old batch size's buffers first
+            xp = self.xp
+            bufs = [xp.empty(n * size, dtype=self.dtype) for size in self.buffers]
+            views = {
+                name: bufs[buf][: n * math.prod(shape)].reshape((n, *shape))
+                for name, (buf, shape) in self.values.items()
+            }
+            scratch = xp.empty(n * self.scratch, dtype=self.dtype) if self.scratch else None
+            self._arena = (n, views, scratch)
+        return self._arena[1], self._arena[2]
+
+    # calling ----------------------------------------------------------------------------------
+    def _check_input(self, name: str, x: Any, shape: tuple[int, ...]) -> None:
+        got = tuple(getattr(x, "shape", ()))
+        if len(got) != len(shape) + 1 or got[1:] != tuple(shape):
+            raise _error(
+                f"input '{name}' has the wrong shape",
+                expected="(N, " + ", ".join(map(str, shape)) + ")",
+                received=str(got),
+                hint="inputs are NCHW batches" if len(shape) == 3 else None,
+            )
+        dtype = getattr(x, "dtype", None)
+        if dtype is None or numpy.dtype(dtype) != self.dtype:
+            raise _error(
+                f"input '{name}' has dtype {dtype}, this executor runs {self.dtype.name}",
+                hint=f"convert with x.astype('{self.dtype.name}') or compile with dtype='{dtype}'",
+            )
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Run the network on NCHW arrays (one per non-label input, in declaration order).
+
+        Returns the output (a tuple when the network has several) as a fresh array of the
+        caller's library: NumPy in, NumPy out; CuPy in, CuPy out.
+        """
+        if len(inputs) != len(self.inputs):
+            names = ", ".join(self.inputs)
+            raise _error(f"{self.network_name} takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
+        for (name, shape), x in zip(self.inputs.items(), inputs, strict=True):
+            self._check_input(name, x, shape)
+        on_gpu = rt._cupy is not None and isinstance(inputs[0], rt._cupy.ndarray)
+        xp = self.xp
+        if xp is numpy:
+            moved = [rt._cupy.asnumpy(x) if on_gpu else x for x in inputs]
+        else:
+            moved = [xp.asarray(x) for x in inputs]
+        result = self.forward(*moved)
+        outs = result if isinstance(result, tuple) else (result,)
+        if xp is numpy and on_gpu:
+            outs = tuple(rt._cupy.asarray(o) for o in outs)
+        elif xp is not numpy and not on_gpu:
+            outs = tuple(rt._cupy.asnumpy(o) for o in outs)
+        else:
+            outs = tuple(o.copy() for o in outs)
+        return outs if isinstance(result, tuple) else outs[0]
+
+    # reporting --------------------------------------------------------------------------------
+    def memory(self, batch: int = 1) -> dict[str, int]:
+        """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive."""
+        item = self.dtype.itemsize
+        return {
+            "planned_bytes": (sum(self.buffers) + self.scratch) * batch * item,
+            "buffer_bytes": sum(self.buffers) * batch * item,
+            "scratch_bytes": self.scratch * batch * item,
+            "keep_all_bytes": self.keep_all * batch * item,
+            "param_bytes": sum(math.prod(v.shape) for v in self.weights.values()) * item,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} executor on {self.device} ({self.dtype.name})>"

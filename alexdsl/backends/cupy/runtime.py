@@ -1,0 +1,650 @@
+"""Inference kernels written once against an array module ``xp`` (NumPy or CuPy).
+
+Every function takes and returns NCHW arrays of the caller's library; nothing here
+imports CuPy unless it is installed.  Kernels that the executor calls in its hot loop
+accept ``out=`` (and, for convolution, a :class:`ConvPlan`) so that a compiled
+network can run its forward pass without allocating.
+
+>>> import numpy as np
+>>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+>>> max_pool2d(x, (2, 2), (2, 2), (0, 0)).tolist()
+[[[[5.0, 7.0], [13.0, 15.0]]]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+from alexdsl.shape_math import conv_output_size, pool_output_size
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+
+try:  # pragma: no cover - exercised only where CuPy is installed
+    import cupy as _cupy
+except Exception:  # noqa: BLE001 - ImportError, or a CUDA runtime that fails to load
+    _cupy = None
+
+__all__ = [
+    "ConvPlan",
+    "PoolPlan",
+    "adaptive_avg_pool2d",
+    "add",
+    "array_module",
+    "avg_pool2d",
+    "batch_norm_inference",
+    "bias_relu_",
+    "concat",
+    "conv2d",
+    "dropout",
+    "fold_batchnorm",
+    "global_avg_pool2d",
+    "leaky_relu",
+    "linear",
+    "lrn",
+    "max_pool2d",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "tanh",
+    "topk_accuracy",
+]
+
+
+def array_module(x: Array = None) -> ModuleType:
+    """The array library that owns ``x``: ``cupy`` for CuPy arrays, else ``numpy``."""
+    if _cupy is not None and x is not None:
+        return _cupy.get_array_module(x)
+    return numpy
+
+
+def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def _as_strided(xp: ModuleType, x: Array, shape: tuple[int, ...], strides: tuple[int, ...]) -> Array:
+    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+@dataclass
+class ConvPlan:
+    """Everything about one convolution layer that does not depend on the data.
+
+    Built once per layer at compile time: output size (from :mod:`alexdsl.shape_math`),
+    the im2col strategy, and workspaces for the last (library, batch, dtype) seen (the
+    zero-bordered padded input and, unless the caller passes shared scratch, the column
+    matrix) plus, for ``method="gather"``, the flat index
+    table that turns the padded image into columns with one ``take``.
+
+    ``method`` is ``"strided"`` (a strided view copied into the column buffer; works on
+    NumPy and CuPy) or ``"gather"`` (an index table; one gather kernel).  A plan is not
+    thread-safe: it reuses its workspaces.
+    """
+
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+    method: str = "strided"
+    out_h: int = field(init=False)
+    out_w: int = field(init=False)
+    _work: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.kernel, self.stride = _pair(self.kernel), _pair(self.stride)
+        self.pad, self.dilation = _pair(self.pad), _pair(self.dilation)
+        if self.method not in ("strided", "gather"):
+            raise ValueError(f"unknown im2col method {self.method!r}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(
+                f"groups={self.groups} must divide in_channels={self.in_channels} "
+                f"and out_channels={self.out_channels}"
+            )
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
+        self.out_h = conv_output_size(self.height, kh, sh, ph, dh)
+        self.out_w = conv_output_size(self.width, kw, sw, pw, dw)
+        if self.out_h < 1 or self.out_w < 1:
+            raise ValueError(f"convolution output would be {self.out_h}x{self.out_w}")
+
+    @property
+    def is_pointwise(self) -> bool:
+        """1x1 kernel without padding: the convolution is a plain matmul (no im2col)."""
+        return self.kernel == (1, 1) and self.pad == (0, 0)
+
+    @property
+    def k_size(self) -> int:
+        """Rows of the column matrix: in_channels * kh * kw."""
+        return self.in_channels * self.kernel[0] * self.kernel[1]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.out_channels, self.out_h, self.out_w)
+
+    def workspace_bytes(self, batch: int, itemsize: int = 4) -> int:
+        """Bytes of scratch (padded input + columns) this layer needs at ``batch``."""
+        if self.is_pointwise:
+            if self.stride == (1, 1):
+                return 0
+            return batch * self.in_channels * self.out_h * self.out_w * itemsize
+        hp, wp = self.height + 2 * self.pad[0], self.width + 2 * self.pad[1]
+        padded = batch * self.in_channels * hp * wp if self.pad != (0, 0) else 0
+        cols = batch * self.k_size * self.out_h * self.out_w
+        return (padded + cols) * itemsize
+
+    def _workspace(self, xp: ModuleType, batch: int, dtype: Any) -> tuple[Array | None, Array | None]:
+        """The zero-bordered padded input and the gather table, cached for the last batch size."""
+        key = (xp.__name__, batch, numpy.dtype(dtype).str)
+        if self._work.get("key") != key:
+            ph, pw = self.pad
+            padded = None
+            if (ph, pw) != (0, 0):
+                shape = (batch, self.in_channels, self.height + 2 * ph, self.width + 2 * pw)
+                padded = xp.zeros(shape, dtype=dtype)
+            index = xp.asarray(self._index_table()) if self.method == "gather" else None
+            self._work.clear()
+            self._work.update(key=key, padded=padded, index=index, cols=None)
+        return self._work["padded"], self._work["index"]
+
+    def _own_cols(self, xp: ModuleType, batch: int, dtype: Any) -> Array:
+        cols = self._work.get("cols")
+        if cols is None:
+            cols = xp.empty((batch, self.k_size, self.out_h * self.out_w), dtype=dtype)
+            self._work["cols"] = cols
+        return cols
+
+    def _index_table(self) -> numpy.ndarray:
+        """Flat indices (K, OH*OW) into one padded image of shape (C, Hp, Wp)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
+        hp, wp = self.height + 2 * ph, self.width + 2 * pw
+        c = numpy.arange(self.in_channels).reshape(-1, 1, 1, 1, 1)
+        i = numpy.arange(kh).reshape(1, -1, 1, 1, 1) * dh
+        j = numpy.arange(kw).reshape(1, 1, -1, 1, 1) * dw
+        oh = numpy.arange(self.out_h).reshape(1, 1, 1, -1, 1) * sh
+        ow = numpy.arange(self.out_w).reshape(1, 1, 1, 1, -1) * sw
+        flat = c * (hp * wp) + (i + oh) * wp + (j + ow)
+        return flat.reshape(self.k_size, self.out_h * self.out_w).astype(numpy.intp)
+
+    def cols_size(self, batch: int = 1) -> int:
+        """Elements of the column matrix at ``batch`` (0 for the 1x1 fast path)."""
+        return 0 if self.is_pointwise else batch * self.k_size * self.out_h * self.out_w
+
+    def im2col(self, x: Array, scratch: Array | None = None) -> Array:
+        """Columns (N, C*kh*kw, OH*OW) of ``x``.
+
+        Written into ``scratch`` (any 1-D array of at least :meth:`cols_size` elements,
+        e.g. one buffer shared by every conv of a network) or the plan's own workspace.
+        """
+        xp = array_module(x)
+        n = x.shape[0]
+        padded, index = self._workspace(xp, n, x.dtype)
+        if scratch is not None:
+            cols = scratch[: self.cols_size(n)].reshape(n, self.k_size, self.out_h * self.out_w)
+        else:
+            cols = self._own_cols(xp, n, x.dtype)
+        ph, pw = self.pad
+        if padded is not None:
+            padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
+            src = padded
+        else:
+            src = xp.ascontiguousarray(x)
+        if index is not None:
+            xp.take(src.reshape(n, -1), index, axis=1, out=cols)
+            return cols
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        s_n, s_c, s_h, s_w = src.strides
+        view = _as_strided(
+            xp,
+            src,
+            (n, self.in_channels, kh, kw, self.out_h, self.out_w),
+            (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw),
+        )
+        cols6 = cols.reshape(n, self.in_channels, kh, kw, self.out_h, self.out_w)
+        cols6[...] = view
+        return cols
+
+
+def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
+    """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU."""
+    xp = array_module(y)
+    if bias is not None:
+        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+    if relu:
+        xp.maximum(y, 0, out=y)
+    return y
+
+
+def conv2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: tuple[int, int] = (1, 1),
+    pad: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+    *,
+    relu: bool = False,
+    plan: ConvPlan | None = None,
+    scratch: Array | None = None,
+    out: Array | None = None,
+) -> Array:
+    """2-D convolution (cross-correlation, like torch) by im2col + one batched GEMM.
+
+    ``weight`` is (O, C/groups, kh, kw).  The GEMM is ``W (g, O/g, K/g) @ cols
+    (N, g, K/g, OH*OW)`` which lands directly in NCHW order; the weight is only
+    reshaped (a view), never copied.  1x1 unpadded kernels skip im2col.  ``relu=True``
+    fuses bias + ReLU into the GEMM epilogue in place.  ``scratch`` is an optional 1-D
+    buffer for the column matrix (see :meth:`ConvPlan.im2col`).
+    """
+    xp = array_module(x)
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    if plan is None:
+        plan = ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, groups)
+    elif (c, h, w) != (plan.in_channels, plan.height, plan.width):
+        raise ValueError(f"ConvPlan built for {(plan.in_channels, plan.height, plan.width)}, got {(c, h, w)}")
+    g = plan.groups
+    oh, ow = plan.out_h, plan.out_w
+    if out is None:
+        out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if plan.is_pointwise:
+        src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
+        cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
+    else:
+        cols = plan.im2col(x, scratch)
+    k = cols.shape[1]
+    if g == 1:
+        xp.matmul(weight.reshape(o, k), cols, out=out.reshape(n, o, oh * ow))
+    else:
+        xp.matmul(
+            weight.reshape(g, o // g, k // g),
+            cols.reshape(n, g, k // g, oh * ow),
+            out=out.reshape(n, g, o // g, oh * ow),
+        )
+    return bias_relu_(out, bias, relu)
+
+
+def fold_batchnorm(
+    weight: Array,
+    bias: Array | None,
+    mean: Array,
+    var: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    eps: float = 1e-5,
+) -> tuple[Array, Array]:
+    """Fold an inference batchnorm into the preceding conv/fc: returns new (weight, bias).
+
+    ``bn(conv(x)) = conv'(x)`` with ``W' = W * s`` and ``b' = (b - mean) * s + beta``
+    where ``s = gamma / sqrt(var + eps)``, per output channel.
+    """
+    xp = array_module(weight)
+    scale = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
+    if gamma is not None:
+        scale = scale * gamma
+    b = bias if bias is not None else xp.zeros(weight.shape[0], dtype=weight.dtype)
+    shift = (b - mean) * scale
+    if beta is not None:
+        shift = shift + beta
+    new_w = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    return new_w.astype(weight.dtype), shift.astype(weight.dtype)
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+@dataclass
+class PoolPlan:
+    """Output size, padding geometry and (for average pooling) the divisor table.
+
+    With ceil rounding the padded extent is grown on the right so the last window fits
+    (filled with ``-inf`` for max, ``0`` for average); with floor rounding pixels no
+    window reaches are cropped.
+    """
+
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+    out_h: int = field(init=False)
+    out_w: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kernel, self.stride, self.pad = _pair(self.kernel), _pair(self.stride), _pair(self.pad)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        self.out_h = pool_output_size(self.height, kh, sh, ph, self.ceil_mode)
+        self.out_w = pool_output_size(self.width, kw, sw, pw, self.ceil_mode)
+        if self.out_h < 1 or self.out_w < 1:
+            raise ValueError(f"pooling output would be {self.out_h}x{self.out_w}")
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Padded height/width the windows span: (out-1)*stride + kernel."""
+        return (
+            (self.out_h - 1) * self.stride[0] + self.kernel[0],
+            (self.out_w - 1) * self.stride[1] + self.kernel[1],
+        )
+
+    def divisor(self, count_include_pad: bool) -> numpy.ndarray:
+        """(OH, OW) window sizes torch divides by (windows clipped to input + padding)."""
+
+        def sizes(out: int, k: int, s: int, p: int, size: int) -> numpy.ndarray:
+            start = numpy.arange(out) * s - p
+            end = numpy.minimum(start + k, size + p)
+            if not count_include_pad:
+                start, end = numpy.maximum(start, 0), numpy.minimum(end, size)
+            return (end - start).astype(numpy.float64)
+
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        return numpy.outer(sizes(self.out_h, kh, sh, ph, self.height), sizes(self.out_w, kw, sw, pw, self.width))
+
+    def padded(self, x: Array, fill: float) -> Array:
+        """``x`` placed in a ``fill``-valued canvas of size :attr:`extent` at offset pad."""
+        xp = array_module(x)
+        n, c, h, w = x.shape
+        eh, ew = self.extent
+        ph, pw = self.pad
+        if (ph, pw) == (0, 0) and eh <= h and ew <= w:
+            return x
+        canvas = xp.full((n, c, eh, ew), fill, dtype=x.dtype)
+        hh, ww = min(h, eh - ph), min(w, ew - pw)
+        canvas[:, :, ph : ph + hh, pw : pw + ww] = x[:, :, :hh, :ww]
+        return canvas
+
+    def window(self, src: Array, i: int, j: int) -> Array:
+        """The (N, C, OH, OW) strided slice of kernel tap (i, j)."""
+        sh, sw = self.stride
+        return src[:, :, i : i + sh * (self.out_h - 1) + 1 : sh, j : j + sw * (self.out_w - 1) + 1 : sw]
+
+
+def _pool_plan(x: Array, kernel: Any, stride: Any, pad: Any, ceil_mode: bool, plan: PoolPlan | None) -> PoolPlan:
+    if plan is not None:
+        return plan
+    stride = kernel if stride is None else stride
+    return PoolPlan(x.shape[2], x.shape[3], kernel, stride, pad, ceil_mode)
+
+
+def max_pool2d(
+    x: Array,
+    kernel: tuple[int, int],
+    stride: tuple[int, int] | None = None,
+    pad: tuple[int, int] = (0, 0),
+    ceil_mode: bool = False,
+    *,
+    plan: PoolPlan | None = None,
+    out: Array | None = None,
+) -> Array:
+    """Max pooling identical to ``torch.nn.functional.max_pool2d`` (padding is -inf)."""
+    xp = array_module(x)
+    plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
+    src = plan.padded(x, -numpy.inf)
+    kh, kw = plan.kernel
+    if out is None:
+        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    out[...] = plan.window(src, 0, 0)
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                xp.maximum(out, plan.window(src, i, j), out=out)
+    return out
+
+
+def avg_pool2d(
+    x: Array,
+    kernel: tuple[int, int],
+    stride: tuple[int, int] | None = None,
+    pad: tuple[int, int] = (0, 0),
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    *,
+    plan: PoolPlan | None = None,
+    divisor: Array | None = None,
+    out: Array | None = None,
+) -> Array:
+    """Average pooling identical to ``torch.nn.functional.avg_pool2d``.
+
+    Windows are clipped to input + padding (ceil mode's extra right column does not
+    count); ``count_include_pad=False`` divides by the in-image part only.
+    ``divisor`` may be the precomputed ``1 / plan.divisor(...)`` on the right device.
+    """
+    xp = array_module(x)
+    plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
+    src = plan.padded(x, 0.0)
+    kh, kw = plan.kernel
+    if out is None:
+        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    out[...] = plan.window(src, 0, 0)
+    for i in range(kh):
+        for j in range(kw):
+            if i or j:
+                out += plan.window(src, i, j)
+    if divisor is None:
+        divisor = xp.asarray((1.0 / plan.divisor(count_include_pad)).astype(x.dtype))
+    out *= divisor
+    return out
+
+
+def _adaptive_matrix(size: int, out: int) -> numpy.ndarray:
+    """(out, size) averaging matrix with torch's bins floor(i*H/o) .. ceil((i+1)*H/o)."""
+    m = numpy.zeros((out, size), dtype=numpy.float64)
+    for i in range(out):
+        start = (i * size) // out
+        end = -(-((i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool2d(x: Array, size: tuple[int, int], *, out: Array | None = None) -> Array:
+    """``torch.nn.functional.adaptive_avg_pool2d``: two small averaging GEMMs (H then W)."""
+    xp = array_module(x)
+    h, w = x.shape[2], x.shape[3]
+    oh, ow = _pair(size)
+    if (oh, ow) == (h, w):
+        if out is None:
+            return x.copy()
+        out[...] = x
+        return out
+    mh = xp.asarray(_adaptive_matrix(h, oh).astype(x.dtype))
+    mw = xp.asarray(_adaptive_matrix(w, ow).T.astype(x.dtype))
+    rows = xp.matmul(x, mw) if ow != w else x  # (N, C, H, OW)
+    result = xp.matmul(mh, rows) if oh != h else rows  # (N, C, OH, OW)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def global_avg_pool2d(x: Array, *, out: Array | None = None) -> Array:
+    """Mean over H and W, keeping (N, C, 1, 1)."""
+    xp = array_module(x)
+    if out is None:
+        return x.mean(axis=(2, 3), keepdims=True)
+    xp.mean(x, axis=(2, 3), keepdims=True, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+def lrn(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *, out: Array | None = None) -> Array:
+    """Cross-channel local response norm, Caffe semantics = torch ``local_response_norm``.
+
+    ``y = x / (k + alpha/size * sum_{window} x^2) ** beta`` with the window
+    ``c - size//2 .. c + (size-1)//2`` zero-padded at the channel ends.
+    """
+    xp = array_module(x)
+    c = x.shape[1]
+    sq = x * x
+    acc = xp.zeros_like(x)
+    lo, hi = size // 2, (size - 1) // 2
+    for off in range(-lo, hi + 1):
+        a, b = max(0, -off), min(c, c - off)
+        if a < b:
+            acc[:, a:b] += sq[:, a + off : b + off]
+    acc *= alpha / size
+    acc += k
+    if beta == 0.75:
+        root = xp.sqrt(acc)
+        acc = root * xp.sqrt(root)
+    elif beta == 0.5:
+        acc = xp.sqrt(acc)
+    elif beta != 1.0:
+        acc = acc**beta
+    if out is None:
+        return x / acc
+    xp.divide(x, acc, out=out)
+    return out
+
+
+def batch_norm_inference(
+    x: Array,
+    mean: Array,
+    var: Array,
+    weight: Array | None = None,
+    bias: Array | None = None,
+    eps: float = 1e-5,
+    *,
+    out: Array | None = None,
+) -> Array:
+    """Batchnorm with running statistics: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
+    xp = array_module(x)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    scale, shift = scale.astype(x.dtype).reshape(shape), shift.astype(x.dtype).reshape(shape)
+    if out is None:
+        return x * scale + shift
+    xp.multiply(x, scale, out=out)
+    out += shift
+    return out
+
+
+# --------------------------------------------------------------------------- dense + pointwise
+
+
+def linear(x: Array, weight: Array, bias: Array | None = None, *, relu: bool = False, out: Array | None = None) -> Array:
+    """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU."""
+    xp = array_module(x)
+    flat = x.reshape(x.shape[0], -1)
+    if out is None:
+        out = xp.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    xp.matmul(flat, weight.T, out=out)
+    return bias_relu_(out, bias, relu)
+
+
+def relu(x: Array, *, out: Array | None = None) -> Array:
+    """max(x, 0); ``out=x`` runs in place."""
+    return array_module(x).maximum(x, 0, out=out)
+
+
+def leaky_relu(x: Array, slope: float = 0.01, *, out: Array | None = None) -> Array:
+    """x if x > 0 else slope * x."""
+    xp = array_module(x)
+    y = xp.where(x > 0, x, x * x.dtype.type(slope))
+    return y if out is None else _copy(y, out)
+
+
+def _copy(value: Array, out: Array) -> Array:
+    out[...] = value
+    return out
+
+
+def sigmoid(x: Array, *, out: Array | None = None) -> Array:
+    """Logistic function, overflow-free: 0.5 * (tanh(x / 2) + 1)."""
+    xp = array_module(x)
+    y = xp.tanh(x * x.dtype.type(0.5), out=out)
+    y += 1
+    y *= 0.5
+    return y
+
+
+def tanh(x: Array, *, out: Array | None = None) -> Array:
+    """Hyperbolic tangent."""
+    return array_module(x).tanh(x, out=out)
+
+
+def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
+    """Numerically stable softmax along ``axis``."""
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True), out=out)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def concat(inputs: list[Array] | tuple[Array, ...], *, out: Array | None = None) -> Array:
+    """Concatenate along the channel axis (1)."""
+    xp = array_module(inputs[0])
+    if out is None:
+        return xp.concatenate(list(inputs), axis=1)
+    start = 0
+    for part in inputs:
+        out[:, start : start + part.shape[1]] = part
+        start += part.shape[1]
+    return out
+
+
+def add(*inputs: Array, relu: bool = False, out: Array | None = None) -> Array:
+    """Elementwise sum of any number of same-shaped arrays; optional fused ReLU."""
+    if not inputs:
+        raise ValueError("add needs at least one input")
+    xp = array_module(inputs[0])
+    if len(inputs) == 1:
+        out = inputs[0].copy() if out is None else _copy(inputs[0], out)
+    else:
+        out = xp.add(inputs[0], inputs[1], out=out)
+    for extra in inputs[2:]:
+        out += extra
+    if relu:
+        xp.maximum(out, 0, out=out)
+    return out
+
+
+def dropout(x: Array, p: float = 0.5) -> Array:
+    """Inference dropout is the identity (the executor drops the layer entirely)."""
+    return x
+
+
+# --------------------------------------------------------------------------- loss + metrics
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> float:
+    """Mean cross-entropy of integer ``labels`` under ``softmax(logits)`` (float64 math)."""
+    xp = array_module(logits)
+    z = logits.reshape(logits.shape[0], -1).astype(xp.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logz = xp.log(xp.exp(z).sum(axis=1))
+    idx = labels.reshape(-1).astype(xp.int64)
+    picked = z[xp.arange(z.shape[0]), idx]
+    return float((logz - picked).mean())
+
+
+def topk_accuracy(logits: Array, labels: Array, k: int = 1) -> float:
+    """Fraction of rows whose label is among the ``k`` largest logits (ties: by index)."""
+    xp = array_module(logits)
+    z = logits.reshape(logits.shape[0], -1)
+    idx = labels.reshape(-1).astype(xp.int64)
+    target = z[xp.arange(z.shape[0]), idx][:, None]
+    # rank = number of classes strictly better, plus equal ones with a smaller index
+    cols = xp.arange(z.shape[1])[None, :]
+    better = (z > target) | ((z == target) & (cols < idx[:, None]))
+    return float((better.sum(axis=1) < k).mean())

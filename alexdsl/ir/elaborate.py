@@ -1,0 +1,747 @@
+"""Syntax tree -> IR graph: resolves names, binds arguments, applies defaults, expands blocks.
+
+Every mistake is recorded in a :class:`~alexdsl.errors.DiagnosticSink` and elaboration goes
+on, so one run reports every problem. Shapes are not known yet: :mod:`alexdsl.passes.shapes`
+fills them in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from alexdsl.errors import DiagnosticSink, Span, did_you_mean
+from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
+from alexdsl.syntax import ast
+
+PHASES = ("train", "test")
+MAX_BLOCK_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """A bare name used as a value: a choice such as ``ceil``, or a layer reference."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class CallValue:
+    """A call used as a value, such as the filler ``gaussian(0.01)``."""
+
+    name: str
+    args: tuple[tuple[str | None, Any, Span], ...]
+    span: Span
+
+
+# Settings declared outside layers: key -> (kind, choices).
+SOLVER_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "base_lr": ("float", ()),
+    "lr_policy": ("choice", ("fixed", "step", "multistep", "poly", "cosine")),
+    "gamma": ("float", ()),
+    "stepsize": ("int", ()),
+    "stepvalues": ("ints", ()),
+    "power": ("float", ()),
+    "momentum": ("float", ()),
+    "weight_decay": ("float", ()),
+    "max_iter": ("int", ()),
+    "epochs": ("int", ()),
+    "batch_size": ("int", ()),
+}
+PREPROCESS_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "resize": ("pair", ()),
+    "crop": ("pair", ()),
+    "mirror": ("bool", ()),
+    "mean": ("floats", ()),
+    "std": ("floats", ()),
+    "scale": ("float", ()),
+}
+PARAM_KIND_KEYS = ("filler", "lr", "decay")
+
+
+@dataclass
+class Meta:
+    """What the file declares besides layers."""
+
+    name: str = ""
+    description: str = ""
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[tuple[str, Span]] = field(default_factory=list)
+    solver: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class _Scope:
+    prefix: str
+    values: dict[str, Any]
+    in_node: str | None
+    prev: str | None
+    block: str | None
+    labels: dict[str, str | None] = field(default_factory=dict)
+    pending: list[tuple[str, int, ast.Name]] = field(default_factory=list)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Symbol):
+        return value.name
+    if isinstance(value, CallValue):
+        return f"{value.name}(...)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _kind_words(arg: Arg) -> str:
+    return {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "pair": "an integer or an (h, w) pair",
+        "choice": "one of " + ", ".join(arg.choices),
+        "bias": "true, false or a filler such as constant(0)",
+    }[arg.kind]
+
+
+class Elaborator:
+    """Builds the graph for one module. Use :func:`elaborate`."""
+
+    def __init__(self, module: ast.Module, sink: DiagnosticSink, input_shapes: dict[str, tuple[int, ...]] | None):
+        self.module = module
+        self.sink = sink
+        self.input_shapes = dict(input_shapes or {})
+        self.graph = nx.DiGraph()
+        self.meta = Meta()
+        self.blocks: dict[str, ast.BlockDef] = {}
+        self.op_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
+        self.kind_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
+        self.block_depth = 0
+
+    # entry ---------------------------------------------------------------------------------
+    def run(self) -> tuple[nx.DiGraph, Meta]:
+        statements = self.module.statements
+        for stmt in statements:
+            if isinstance(stmt, ast.BlockDef):
+                self._declare_block(stmt)
+        for stmt in statements:
+            self._declare(stmt)
+        for name in self.input_shapes:
+            if name not in self.meta.inputs:
+                hint = did_you_mean(name, self.meta.inputs)
+                self.sink.error(f"--input names '{name}', which is not a declared input",
+                                expected=", ".join(self.meta.inputs) or "a declared input", hint=hint)
+        data_inputs = [n for n in self.meta.inputs if self.graph.nodes[n]["attrs"]["kind"] == "tensor"]
+        scope = _Scope(prefix="", values={}, in_node=None, prev=data_inputs[0] if data_inputs else None, block=None)
+        for name in self.meta.inputs:
+            scope.labels[name] = name
+        for stmt in statements:
+            if isinstance(stmt, (ast.LayerStmt, ast.RepeatStmt)):
+                self._statement(stmt, scope)
+        self._resolve(scope)
+        for stmt in statements:
+            if isinstance(stmt, ast.OutputStmt):
+                for name in stmt.names:
+                    target = self._lookup(name, scope)
+                    if target is not None:
+                        self.meta.outputs.append((target, name.span))
+        self._connect()
+        if not self.meta.name:
+            stem = self.module.file.rsplit("/", 1)[-1].split(".", 1)[0] or "Network"
+            self.meta.name = "".join(part.capitalize() for part in stem.replace("-", "_").split("_")) or "Network"
+        return self.graph, self.meta
+
+    # declarations --------------------------------------------------------------------------
+    def _declare_block(self, stmt: ast.BlockDef) -> None:
+        name = stmt.name.name
+        if name in self.blocks:
+            first = self.blocks[name].name.span
+            self.sink.error(f"block '{name}' is defined twice", stmt.name.span,
+                            hint=f"the first definition is at line {first.line}")
+        elif lookup(name) is not None:
+            self.sink.error(f"block '{name}' has the name of a built-in op", stmt.name.span,
+                            hint="rename the block")
+        else:
+            self.blocks[name] = stmt
+        seen: set[str] = set()
+        for param in stmt.params:
+            if param.name.name in seen:
+                self.sink.error(f"block parameter '{param.name.name}' is declared twice", param.name.span)
+            seen.add(param.name.name)
+
+    def _declare(self, stmt: ast.Statement) -> None:
+        if isinstance(stmt, ast.NetworkStmt):
+            if self.meta.name:
+                self.sink.error("the network is named twice", stmt.span, hint=f"it is already '{self.meta.name}'")
+            self.meta.name = stmt.name.name
+        elif isinstance(stmt, ast.DescriptionStmt):
+            self.meta.description = str(stmt.text.value)
+        elif isinstance(stmt, ast.InputStmt):
+            self._input(stmt)
+        elif isinstance(stmt, ast.DefaultsStmt):
+            self._defaults(stmt)
+        elif isinstance(stmt, ast.SolverStmt):
+            self.meta.solver.update(self._settings(stmt.args, SOLVER_KEYS, "solver", {}))
+        elif isinstance(stmt, ast.PreprocessStmt):
+            target = stmt.target.name
+            if target not in self.meta.inputs:
+                self.sink.error(f"preprocess names '{target}', which is not a declared input", stmt.target.span,
+                                hint=did_you_mean(target, self.meta.inputs))
+            settings = self._settings(stmt.args, PREPROCESS_KEYS, "preprocess", {})
+            self.meta.preprocess.setdefault(target, {}).update(settings)
+
+    def _input(self, stmt: ast.InputStmt) -> None:
+        name = stmt.name.name
+        if name in self.graph:
+            self.sink.error(f"input '{name}' is declared twice", stmt.name.span)
+            return
+        if stmt.type_call is not None:
+            call = stmt.type_call
+            values = [self._eval(a.value, {}) for a in call.args]
+            if call.name != "class" or len(values) != 1 or not isinstance(values[0], int) or values[0] < 1 \
+                    or isinstance(values[0], bool):
+                self.sink.error(
+                    f"unknown input type '{call.name}({', '.join(_describe(v) for v in values)})'", call.span,
+                    expected="a shape such as 3x227x227, or class(N) for a label with N classes",
+                    hint=did_you_mean(call.name, ["class"]),
+                )
+                return
+            attrs: dict[str, Any] = {"kind": "label", "classes": values[0]}
+            shape: tuple[int, ...] = ()
+        else:
+            assert stmt.shape is not None
+            shape = tuple(int(d) for d in str(stmt.shape.value).split("x"))
+            if name in self.input_shapes:
+                shape = tuple(self.input_shapes[name])
+            if any(d < 1 for d in shape):
+                self.sink.error(f"input '{name}' has a dimension below 1", stmt.shape.span,
+                                received="x".join(map(str, shape)))
+                return
+            attrs = {"kind": "tensor"}
+        self.meta.inputs.append(name)
+        self.graph.add_node(name, op="input", attrs=attrs, inputs=[], shape=shape, params={}, buffers={},
+                            phase="all", span=stmt.span, block=None, macs=0, arg_spans={})
+
+    def _defaults(self, stmt: ast.DefaultsStmt) -> None:
+        target = stmt.target.name
+        op = lookup(target)
+        kinds = sorted({k for o in map(lookup, op_names()) if o for k in o.param_kinds()})
+        if op is not None:
+            allowed = op.arg_names + [f"{k}{s}" for k in op.param_kinds() for s in ("", "_lr", "_decay")]
+            store = self.op_defaults.setdefault(target, {})
+        elif target in kinds:
+            allowed = list(PARAM_KIND_KEYS)
+            store = self.kind_defaults.setdefault(target, {})
+        else:
+            self.sink.error(f"defaults for unknown op or parameter '{target}'", stmt.target.span,
+                            expected="an op such as conv, or a parameter kind: " + ", ".join(kinds),
+                            hint=did_you_mean(target, op_names() + kinds))
+            return
+        for arg in stmt.args:
+            if arg.keyword is None:
+                self.sink.error("defaults take keyword arguments only", arg.span,
+                                expected=f"name=value, for example {allowed[0]}=...")
+                continue
+            if arg.keyword not in allowed:
+                self.sink.error(f"unknown argument '{arg.keyword}' for defaults {target}", arg.span,
+                                expected=", ".join(allowed), hint=did_you_mean(arg.keyword, allowed))
+                continue
+            store[arg.keyword] = (self._eval(arg.value, {}), arg.span)
+        if op is None:
+            for key, (value, span) in store.items():
+                self._param_setting(key, value, span)
+
+    def _settings(self, args: list[ast.Arg], keys: dict[str, tuple[str, tuple[str, ...]]], what: str,
+                  values: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for arg in args:
+            if arg.keyword is None:
+                self.sink.error(f"{what} settings are keyword arguments", arg.span,
+                                expected=", ".join(keys))
+                continue
+            if arg.keyword not in keys:
+                self.sink.error(f"unknown {what} setting '{arg.keyword}'", arg.span, expected=", ".join(keys),
+                                hint=did_you_mean(arg.keyword, keys))
+                continue
+            kind, choices = keys[arg.keyword]
+            value = self._eval(arg.value, values)
+            converted = self._convert_setting(kind, choices, value)
+            if converted is None:
+                words = {"float": "a number", "int": "an integer", "bool": "true or false",
+                         "pair": "an integer or an (h, w) pair", "ints": "an integer or a tuple of integers",
+                         "floats": "a number or a tuple of numbers",
+                         "choice": "one of " + ", ".join(choices)}[kind]
+                self.sink.error(f"{what} setting '{arg.keyword}' has the wrong type", arg.value.span,
+                                expected=words, received=_describe(value))
+                continue
+            out[arg.keyword] = converted
+        return out
+
+    @staticmethod
+    def _convert_setting(kind: str, choices: tuple[str, ...], value: Any) -> Any:
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if kind == "float" and is_num(value):
+            return float(value)
+        if kind == "int" and is_int(value) and value >= 0:
+            return value
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "choice":
+            name = value.name if isinstance(value, Symbol) else value
+            return name if name in choices else None
+        if kind == "pair":
+            if is_int(value) and value > 0:
+                return (value, value)
+            if isinstance(value, tuple) and len(value) == 2 and all(is_int(v) and v > 0 for v in value):
+                return value
+        if kind == "ints":
+            items = value if isinstance(value, tuple) else (value,)
+            return list(items) if all(is_int(v) for v in items) else None
+        if kind == "floats":
+            items = value if isinstance(value, tuple) else (value,)
+            return [float(v) for v in items] if all(is_num(v) for v in items) else None
+        return None
+
+    # values ----------------------------------------------------------------------------------
+    def _eval(self, value: ast.Value, values: dict[str, Any]) -> Any:
+        if isinstance(value, ast.Literal):
+            return value.value
+        if isinstance(value, ast.Name):
+            return values[value.name] if value.name in values else Symbol(value.name)
+        if isinstance(value, ast.TupleValue):
+            return tuple(self._eval(v, values) for v in value.items)
+        return CallValue(value.name, tuple((a.keyword, self._eval(a.value, values), a.span) for a in value.args),
+                         value.span)
+
+    def _filler(self, value: Any, span: Span) -> Filler | None:
+        if not isinstance(value, CallValue):
+            self.sink.error(f"expected a filler, received {_describe(value)}", span,
+                            expected="constant(v), gaussian(std), uniform(min, max), xavier() or msra()")
+            return None
+        if value.name not in FILLERS:
+            self.sink.error(f"unknown filler '{value.name}'", value.span, expected=", ".join(FILLERS),
+                            hint=did_you_mean(value.name, FILLERS))
+            return None
+        spec = FILLERS[value.name]
+        names = [n for n, _ in spec]
+        bound: dict[str, Any] = {}
+        for i, (keyword, arg_value, arg_span) in enumerate(value.args):
+            key = keyword if keyword is not None else (names[i] if i < len(names) else None)
+            if key is None:
+                self.sink.error(f"too many arguments for {value.name}", arg_span,
+                                expected=f"{value.name}({', '.join(names)})")
+                return None
+            if key not in names:
+                self.sink.error(f"unknown argument '{key}' for filler {value.name}", arg_span,
+                                expected=", ".join(names), hint=did_you_mean(key, names))
+                return None
+            if key == "variance_norm":
+                norm = arg_value.name if isinstance(arg_value, Symbol) else arg_value
+                if norm not in VARIANCE_NORMS:
+                    self.sink.error(f"unknown variance_norm {_describe(arg_value)}", arg_span,
+                                    expected=", ".join(VARIANCE_NORMS), hint=did_you_mean(str(norm), VARIANCE_NORMS))
+                    return None
+                bound[key] = norm
+            elif isinstance(arg_value, (int, float)) and not isinstance(arg_value, bool):
+                bound[key] = float(arg_value)
+            else:
+                self.sink.error(f"filler argument '{key}' must be a number", arg_span,
+                                received=_describe(arg_value))
+                return None
+        if value.name == "gaussian" and bound.get("std", 1.0) < 0:
+            self.sink.error("gaussian std must not be negative", value.span, received=str(bound["std"]))
+            return None
+        return Filler(value.name, tuple((n, bound.get(n, default)) for n, default in spec))
+
+    def _param_setting(self, key: str, value: Any, span: Span) -> Any:
+        """Check a parameter setting (``filler``, ``lr`` or ``decay``) and return it."""
+        if key == "filler":
+            return self._filler(value, span)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        self.sink.error(f"'{key}' must be a non-negative number", span, received=_describe(value))
+        return None
+
+    def _convert(self, op: OpDef, arg: Arg, value: Any, span: Span) -> Any:
+        def bad() -> None:
+            self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
+                            expected=_kind_words(arg), received=_describe(value))
+
+        def in_range(v: float) -> bool:
+            if arg.min is not None and v < arg.min:
+                self.sink.error(f"argument '{arg.name}' of {op.name} must be at least {arg.min:g}", span,
+                                received=_describe(value))
+                return False
+            if arg.max is not None and v > arg.max:
+                self.sink.error(f"argument '{arg.name}' of {op.name} must be at most {arg.max:g}", span,
+                                received=_describe(value))
+                return False
+            return True
+
+        is_int = isinstance(value, int) and not isinstance(value, bool)
+        if arg.kind == "int":
+            return value if is_int and in_range(value) else (None if is_int else bad())
+        if arg.kind == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value) if in_range(value) else None
+            return bad()
+        if arg.kind == "bool":
+            return value if isinstance(value, bool) else bad()
+        if arg.kind == "pair":
+            if value is None:
+                return None
+            pair = (value, value) if is_int else value
+            if isinstance(pair, tuple) and len(pair) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in pair):
+                return pair if all(in_range(v) for v in pair) else None
+            return bad()
+        if arg.kind == "choice":
+            name = value.name if isinstance(value, Symbol) else value
+            if name in arg.choices:
+                return name
+            self.sink.error(f"argument '{arg.name}' of {op.name} must be one of {', '.join(arg.choices)}", span,
+                            received=_describe(value), hint=did_you_mean(str(name), arg.choices))
+            return None
+        if arg.kind == "bias":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, CallValue):
+                return value  # a filler: the caller records it
+            return bad()
+        raise AssertionError(arg.kind)
+
+    # layers ------------------------------------------------------------------------------------
+    def _statement(self, stmt: ast.LayerStmt | ast.RepeatStmt, scope: _Scope) -> None:
+        label = stmt.label.name
+        full = scope.prefix + label
+        if label in scope.labels or full in self.graph:
+            self.sink.error(f"duplicate name '{label}'", stmt.label.span,
+                            hint=self._first_definition(full))
+            label = f"{label}\0dup"
+        phase = "all"
+        if stmt.phase is not None:
+            if stmt.phase.name in PHASES:
+                phase = stmt.phase.name
+            else:
+                self.sink.error(f"unknown phase '@{stmt.phase.name}'", stmt.phase.span, expected="@train or @test",
+                                hint=did_you_mean(stmt.phase.name, PHASES))
+        if isinstance(stmt, ast.RepeatStmt):
+            output = self._repeat(stmt, scope, full, phase)
+        else:
+            output = self._chain(stmt, scope, full, phase)
+        scope.labels[label] = output
+        scope.prev = output
+
+    def _first_definition(self, full: str) -> str | None:
+        if full in self.graph and self.graph.nodes[full].get("span") is not None:
+            span = self.graph.nodes[full]["span"]
+            return f"'{full}' is first defined at line {span.line}"
+        return None
+
+    def _chain(self, stmt: ast.LayerStmt, scope: _Scope, full: str, phase: str) -> str | None:
+        prev = scope.prev
+        counts: Counter[str] = Counter()
+        for i, link in enumerate(stmt.links):
+            call = link.call
+            counts[call.name] += 1
+            if link.label is not None:
+                name = scope.prefix + link.label.name
+                if name in self.graph or link.label.name in scope.labels:
+                    self.sink.error(f"duplicate name '{link.label.name}'", link.label.span,
+                                    hint=self._first_definition(name))
+                    return None
+            elif i == 0:
+                name = full
+            else:
+                suffix = str(counts[call.name]) if counts[call.name] > 1 else ""
+                name = f"{full}_{call.name}{suffix}"
+            sources = stmt.sources if i == 0 else []
+            out = self._apply(call, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
+            if out is None:
+                return None
+            prev = out
+        return prev
+
+    def _repeat(self, stmt: ast.RepeatStmt, scope: _Scope, full: str, phase: str) -> str | None:
+        count = stmt.count.value
+        if not isinstance(count, int) or count < 1:
+            self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=str(count))
+            return None
+        prev = scope.prev
+        for i in range(count):
+            out = self._apply(stmt.call, f"{full}.{i}", stmt.sources if i == 0 else [], prev,
+                              i > 0 or not stmt.sources, scope, phase)
+            if out is None:
+                return None
+            prev = out
+        return prev
+
+    def _apply(self, call: ast.Call, name: str, sources: list[ast.Name], implicit: str | None,
+               implicit_allowed: bool, scope: _Scope, phase: str) -> str | None:
+        """Add the op or block instance ``call`` as ``name``; return the name of its output."""
+        if call.name in self.blocks:
+            return self._instantiate(call, name, sources, implicit, scope, phase)
+        op = lookup(call.name)
+        if op is None:
+            self.sink.error(f"unknown op '{call.name}'", call.name_span,
+                            expected="an op (" + ", ".join(op_names()) + ")" +
+                                     (" or a block (" + ", ".join(sorted(self.blocks)) + ")" if self.blocks else ""),
+                            hint=did_you_mean(call.name, op_names() + list(self.blocks)))
+            return None
+        values = [(a.keyword, self._eval(a.value, scope.values), a.span, a.value) for a in call.args]
+        refs: list[ast.Name] = list(sources)
+        while values and values[0][0] is None and isinstance(values[0][1], Symbol):
+            refs.append(values.pop(0)[3])  # type: ignore[arg-type]
+        lo, hi = op.inputs
+        inputs: list[str | None] = []
+        if len(refs) < lo or not refs:
+            if implicit is None or not implicit_allowed:
+                if not refs:
+                    self.sink.error(f"layer '{name}' has no input", call.span,
+                                    hint="declare an input first, or name one: 'x -> " + call.name + "'")
+                    return None
+            else:
+                inputs.append(implicit)
+        count = len(inputs) + len(refs)
+        if count < lo or (hi is not None and count > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            self.sink.error(f"{call.name} takes {want} input{'s' if lo != 1 or hi != 1 else ''}, received {count}",
+                            call.span, expected=op.example)
+            return None
+        attrs, arg_spans, param_cfg = self._bind(op, call, values)
+        pending_index = len(inputs)
+        inputs.extend([None] * len(refs))
+        for j, ref in enumerate(refs):
+            scope.pending.append((name, pending_index + j, ref))
+        if name in self.graph:
+            self.sink.error(f"duplicate name '{name}'", call.span, hint=self._first_definition(name))
+            return None
+        self.graph.add_node(name, op=op.name, attrs=attrs or {}, inputs=inputs, shape=None, params={}, buffers={},
+                            phase=phase, span=call.span, block=scope.block, macs=0, arg_spans=arg_spans,
+                            param_config=param_cfg, ok=attrs is not None)
+        return name
+
+    def _bind(self, op: OpDef, call: ast.Call, values: list[tuple[str | None, Any, Span, ast.Value]]
+              ) -> tuple[dict[str, Any] | None, dict[str, Span], dict[str, dict[str, Any]]]:
+        given: dict[str, tuple[Any, Span]] = {}
+        param_args: dict[str, tuple[Any, Span]] = {}
+        positional = [a for a in op.args if a.positional]
+        position = 0
+        ok = True
+        seen_keyword = False
+        param_keys = [f"{k}{s}" for k in op.param_kinds() for s in ("_lr", "_decay")] + [
+            k for k in op.param_kinds() if op.arg(k) is None]
+        for keyword, value, span, _ in values:
+            if keyword is None:
+                if position >= len(positional):
+                    names = ", ".join(a.name for a in positional) or "no arguments"
+                    self.sink.error(f"too many positional arguments for {op.name}", span,
+                                    expected=f"{op.name} takes {len(positional)} positional ({names})",
+                                    received=_describe(value))
+                    ok = False
+                    continue
+                key = positional[position].name
+                position += 1
+                if seen_keyword:
+                    self.sink.error("a positional argument follows a keyword argument", span,
+                                    hint="name it: " + f"{key}={_describe(value)}")
+                    ok = False
+            else:
+                key = keyword
+                seen_keyword = True
+            if key in param_keys:
+                param_args[key] = (value, span)
+                continue
+            if op.arg(key) is None:
+                allowed = op.arg_names + param_keys
+                self.sink.error(f"unknown argument '{key}' for {op.name}", span,
+                                expected=", ".join(allowed) if allowed else f"{op.name} takes no arguments",
+                                hint=did_you_mean(key, allowed))
+                ok = False
+                continue
+            if key in given:
+                self.sink.error(f"argument '{key}' of {op.name} is given twice", span)
+                ok = False
+                continue
+            given[key] = (value, span)
+        defaults = self.op_defaults.get(op.name, {})
+        attrs: dict[str, Any] = {}
+        spans: dict[str, Span] = {}
+        for arg in op.args:
+            if arg.name in given:
+                value, span = given[arg.name]
+            elif arg.name in defaults:
+                value, span = defaults[arg.name]
+            elif arg.default is not REQUIRED:
+                attrs[arg.name] = (arg.default, arg.default) if arg.kind == "pair" and isinstance(arg.default, int) \
+                    else arg.default
+                continue
+            else:
+                self.sink.error(f"{op.name} is missing required argument '{arg.name}'", call.span,
+                                expected=f"{arg.name}: {_kind_words(arg)}, as in {op.example}")
+                ok = False
+                continue
+            converted = self._convert(op, arg, value, span)
+            if converted is None and value is not None:
+                ok = False
+                continue
+            spans[arg.name] = span
+            attrs[arg.name] = converted
+        for key, (value, span) in defaults.items():
+            if key in param_keys and key not in param_args:
+                param_args[key] = (value, span)
+        param_cfg = self._param_config(op, attrs, param_args, defaults)
+        if not ok:
+            return None, spans, param_cfg
+        if op.normalize is not None:
+            attrs = op.normalize(attrs)
+        return attrs, spans, param_cfg
+
+    def _param_config(self, op: OpDef, attrs: dict[str, Any], param_args: dict[str, tuple[Any, Span]],
+                      defaults: dict[str, tuple[Any, Span]]) -> dict[str, dict[str, Any]]:
+        config: dict[str, dict[str, Any]] = {}
+        for kind in op.param_kinds():
+            kind_defaults = self.kind_defaults.get(kind, {})
+            filler: Filler | None = None
+            bias_like = attrs.get(kind)
+            if isinstance(bias_like, CallValue):  # bias=constant(1)
+                filler = self._filler(bias_like, bias_like.span)
+                attrs[kind] = True
+            elif kind in param_args:
+                value, span = param_args[kind]
+                filler = self._filler(value, span)
+            elif kind in defaults and isinstance(defaults[kind][0], CallValue):
+                filler = self._filler(*defaults[kind])
+            elif "filler" in kind_defaults:
+                filler = self._filler(*kind_defaults["filler"])
+            entry = {"filler": filler or op.default_fillers[kind], "lr": 1.0, "decay": 1.0}
+            for short, key in (("lr", f"{kind}_lr"), ("decay", f"{kind}_decay")):
+                if key in param_args:
+                    setting = self._param_setting(short, *param_args[key])
+                elif short in kind_defaults:
+                    setting = self._param_setting(short, *kind_defaults[short])
+                else:
+                    setting = None
+                if setting is not None:
+                    entry[short] = setting
+            config[kind] = entry
+        return config
+
+    def _instantiate(self, call: ast.Call, name: str, sources: list[ast.Name], implicit: str | None,
+                     scope: _Scope, phase: str) -> str | None:
+        block = self.blocks[call.name]
+        if len(sources) > 1:
+            self.sink.error(f"block {call.name} takes one input, received {len(sources)}", call.span)
+            return None
+        if self.block_depth >= MAX_BLOCK_DEPTH:
+            self.sink.error(f"block {call.name} expands into itself", call.span,
+                            hint="a block may not use itself, directly or through another block")
+            return None
+        params = [p.name.name for p in block.params]
+        values: dict[str, Any] = {}
+        position = 0
+        for arg in call.args:
+            value = self._eval(arg.value, scope.values)
+            if arg.keyword is None:
+                if position >= len(params):
+                    self.sink.error(f"too many arguments for block {call.name}", arg.span,
+                                    expected=f"{call.name}({', '.join(params)})")
+                    return None
+                key = params[position]
+                position += 1
+            else:
+                key = arg.keyword
+                if key not in params:
+                    self.sink.error(f"unknown argument '{key}' for block {call.name}", arg.span,
+                                    expected=", ".join(params), hint=did_you_mean(key, params))
+                    return None
+            values[key] = value
+        for param in block.params:
+            if param.name.name not in values:
+                if param.default is None:
+                    self.sink.error(f"block {call.name} is missing argument '{param.name.name}'", call.span,
+                                    expected=f"{call.name}({', '.join(params)})")
+                    return None
+                values[param.name.name] = self._eval(param.default, {})
+        if sources:
+            input_node = "\0pending"
+        else:
+            input_node = implicit
+        inner = _Scope(prefix=name + ".", values=values, in_node=input_node, prev=input_node, block=name)
+        self.block_depth += 1
+        for stmt in block.body:
+            self._statement(stmt, inner)
+        self.block_depth -= 1
+        if sources:
+            source = self._lookup(sources[0], scope, report=False)
+            if source is None:
+                scope.pending.append(("\0block-input", 0, sources[0]))
+            self._rewire(inner, "\0pending", source)
+            inner.in_node = source
+        self._resolve(inner)
+        if "out" in inner.labels:
+            return inner.labels["out"]
+        return inner.prev
+
+    def _rewire(self, scope: _Scope, placeholder: str, actual: str | None) -> None:
+        for node in list(self.graph.nodes):
+            if node.startswith(scope.prefix):
+                data = self.graph.nodes[node]
+                data["inputs"] = [actual if i == placeholder else i for i in data["inputs"]]
+
+    # names -------------------------------------------------------------------------------------
+    def _lookup(self, ref: ast.Name, scope: _Scope, report: bool = True) -> str | None:
+        name = ref.name
+        if name in scope.labels:
+            return scope.labels[name]
+        if name == "in" and scope.in_node is not None:
+            return scope.in_node
+        if scope.prefix + name in self.graph:
+            return scope.prefix + name
+        if not scope.prefix and name in self.graph:
+            return name
+        if report:
+            candidates = [n for n in scope.labels if "\0" not in n] + (["in"] if scope.in_node else [])
+            if name == "in":
+                self.sink.error("'in' is only defined inside a block", ref.span,
+                                hint="name the layer to read from instead")
+            else:
+                self.sink.error(f"unknown input name '{name}'", ref.span,
+                                expected="a declared input or a layer defined in this " +
+                                         ("block" if scope.prefix else "file"),
+                                hint=did_you_mean(name, candidates))
+        return None
+
+    def _resolve(self, scope: _Scope) -> None:
+        for node, index, ref in scope.pending:
+            target = self._lookup(ref, scope)
+            if node.startswith("\0"):
+                continue
+            self.graph.nodes[node]["inputs"][index] = target
+        scope.pending.clear()
+
+    def _connect(self) -> None:
+        for node, data in list(self.graph.nodes(data=True)):
+            for index, source in enumerate(data["inputs"]):
+                if source is None or source not in self.graph:
+                    data["ok"] = False
+                    continue
+                if self.graph.has_edge(source, node):
+                    self.graph.edges[source, node]["index"].append(index)
+                else:
+                    self.graph.add_edge(source, node, index=[index])
+
+
+def elaborate(module: ast.Module, sink: DiagnosticSink,
+              input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[nx.DiGraph, Meta]:
+    """Build the IR graph (without shapes) for ``module``, recording problems in ``sink``."""
+    return Elaborator(module, sink, input_shapes).run()

@@ -1,0 +1,44 @@
+"""Loss and metric layers: they take the logits and the label."""
+
+from __future__ import annotations
+
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
+
+
+def class_count(logits: Shape) -> int:
+    """The class count of a logits shape: C, or Cx1x1."""
+    if len(logits) == 1 or (len(logits) == 3 and logits[1:] == (1, 1)):
+        return logits[0]
+    raise ShapeError(
+        "expects class scores: a vector (C) or Cx1x1",
+        expected="C or Cx1x1",
+        received=format_shape(logits),
+    )
+
+
+def _scalar(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    class_count(inputs[0])
+    return ()
+
+
+register(OpDef(
+    name="softmax_loss",
+    family="loss",
+    summary="Softmax cross-entropy of the logits against the label, averaged over the batch (Caffe SoftmaxWithLoss).",
+    example="loss: softmax_loss(fc8, label) @train",
+    args=(),
+    infer=_scalar,
+    inputs=(2, 2),
+    role="loss",
+))
+
+register(OpDef(
+    name="accuracy",
+    family="loss",
+    summary="Fraction of samples whose label is among the top-k logits (Caffe Accuracy).",
+    example="accuracy: accuracy(fc8, label, top=5) @test",
+    args=(Arg("top", "int", 1, "k in top-k", min=1),),
+    infer=_scalar,
+    inputs=(2, 2),
+    role="metric",
+))

@@ -1,0 +1,204 @@
+"""The op registry: each op is declared once, with everything every pass and backend needs.
+
+An :class:`OpDef` holds the op's typed signature (so argument checking is generated, not
+hand-written), its shape rule, its parameter shapes, its MAC count, and a one-line doc
+with an example. Backends keep a lowering table keyed by the op's name.
+
+>>> conv = lookup("conv")
+>>> conv.infer({"out": 96, "kernel": (11, 11), "stride": (4, 4), "pad": (0, 0),
+...             "dilation": (1, 1), "groups": 1, "bias": True}, [(3, 227, 227)])
+(96, 55, 55)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+Attrs = Mapping[str, Any]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+class ShapeError(Exception):
+    """Raised by a shape rule; the shape pass adds the layer name and the source span.
+
+    ``arg`` names the argument at fault (its span is used when known).
+    """
+
+    def __init__(self, message: str, *, arg: str | None = None, expected: str | None = None,
+                 received: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.arg = arg
+        self.expected = expected
+        self.received = received
+        self.hint = hint
+
+
+@dataclass(frozen=True)
+class Filler:
+    """How a parameter is initialised, with Caffe's meaning.
+
+    ``type`` is one of constant(value), gaussian(std, mean), uniform(min, max),
+    xavier(variance_norm) or msra(variance_norm).
+    """
+
+    type: str
+    args: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, key: str) -> Any:
+        return dict(self.args)[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, **dict(self.args)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Filler:
+        return cls(data["type"], tuple((k, v) for k, v in data.items() if k != "type"))
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in self.args)
+        return f"{self.type}({inner})"
+
+
+# The fillers: name -> ordered (argument, default) pairs.
+FILLERS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "constant": (("value", 0.0),),
+    "gaussian": (("std", 1.0), ("mean", 0.0)),
+    "uniform": (("min", 0.0), ("max", 1.0)),
+    "xavier": (("variance_norm", "fan_in"),),
+    "msra": (("variance_norm", "fan_in"),),
+}
+VARIANCE_NORMS = ("fan_in", "fan_out", "average")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an op's signature.
+
+    ``kind`` is one of: int, float, bool, pair (an int or an (h, w) pair), choice, bias
+    (true, false or a filler for the bias).
+    """
+
+    name: str
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    positional: bool = True
+
+
+def _no_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    return {}
+
+
+def _no_macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
+    return 0
+
+
+def _no_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None]]:
+    return []
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one op. See the module docstring."""
+
+    name: str
+    summary: str
+    example: str
+    args: tuple[Arg, ...]
+    infer: Callable[[Attrs, list[Shape]], Shape]
+    family: str
+    inputs: tuple[int, int | None] = (1, 1)
+    params: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
+    buffers: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
+    macs: Callable[[Attrs, list[Shape], Shape], int] = _no_macs
+    lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
+    default_fillers: Mapping[str, Filler] = field(default_factory=dict)
+    role: str = "layer"  # "layer", "loss" or "metric"
+    normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    @property
+    def arg_names(self) -> list[str]:
+        return [a.name for a in self.args]
+
+    def arg(self, name: str) -> Arg | None:
+        return next((a for a in self.args if a.name == name), None)
+
+    def param_kinds(self) -> list[str]:
+        """The learnable parameter names this op can have (weight, bias, ...)."""
+        return list(self.default_fillers)
+
+    @property
+    def takes_label(self) -> bool:
+        return self.role in ("loss", "metric")
+
+
+_REGISTRY: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    if op.name in _REGISTRY:
+        raise ValueError(f"op {op.name!r} registered twice")
+    _REGISTRY[op.name] = op
+    return op
+
+
+def lookup(name: str) -> OpDef | None:
+    _load_families()
+    return _REGISTRY.get(name)
+
+
+def all_ops() -> list[OpDef]:
+    _load_families()
+    return sorted(_REGISTRY.values(), key=lambda op: (op.family, op.name))
+
+
+def op_names() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+_FAMILIES_LOADED = False
+
+
+def _load_families() -> None:
+    global _FAMILIES_LOADED
+    if not _FAMILIES_LOADED:
+        _FAMILIES_LOADED = True
+        from alexdsl.ops import activation, conv, linear, loss, norm, pool, tensor  # noqa: F401
+
+
+# Shared helpers for shape rules -------------------------------------------------------------
+
+def expect_rank(shape: Shape, rank: int, what: str = "input") -> None:
+    if len(shape) != rank:
+        layout = {3: "CxHxW", 1: "a vector (C)"}.get(rank, f"rank {rank}")
+        raise ShapeError(
+            f"expects {what} of rank {rank} ({layout})",
+            expected=layout,
+            received=format_shape(shape),
+        )
+
+
+def format_shape(shape: Shape) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def numel(shape: Shape) -> int:
+    total = 1
+    for d in shape:
+        total *= d
+    return total

@@ -1,0 +1,185 @@
+"""The syntax tree: plain dataclasses, each carrying the span it came from.
+
+The tree stays inside the front end: elaboration turns it into the IR, and the formatter
+prints it back. Nothing else consumes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from alexdsl.errors import Span
+
+
+@dataclass
+class Literal:
+    """An int, float, bool or string written in the source."""
+
+    value: int | float | bool | str
+    span: Span
+    text: str = ""
+
+
+@dataclass
+class Name:
+    """A bare identifier: a layer reference, a block parameter or a choice such as ``ceil``."""
+
+    name: str
+    span: Span
+
+
+@dataclass
+class TupleValue:
+    items: list[Value]
+    span: Span
+
+
+@dataclass
+class Call:
+    """``name(args)``: an op or block in a chain, or a filler such as ``gaussian(0.01)``."""
+
+    name: str
+    args: list[Arg]
+    span: Span
+    name_span: Span
+    has_parens: bool = True
+
+
+Value = Union[Literal, Name, TupleValue, Call]
+
+
+@dataclass
+class Arg:
+    """A positional (``keyword`` is None) or keyword argument."""
+
+    keyword: str | None
+    value: Value
+    span: Span
+
+
+@dataclass
+class Link:
+    """One element of a chain, optionally named inline: ``pool1: maxpool(3, stride=2)``."""
+
+    label: Name | None
+    call: Call
+    span: Span
+
+
+@dataclass
+class LayerStmt:
+    """``label: [a, b ->] op(...) | op(...) [@phase]``."""
+
+    label: Name
+    sources: list[Name]
+    links: list[Link]
+    phase: Name | None
+    span: Span
+
+
+@dataclass
+class RepeatStmt:
+    """``label: [src ->] repeat N call(...)``, expanded to ``label.0`` ... ``label.N-1``."""
+
+    label: Name
+    sources: list[Name]
+    count: Literal
+    call: Call
+    phase: Name | None
+    span: Span
+
+
+@dataclass
+class NetworkStmt:
+    name: Name
+    span: Span
+
+
+@dataclass
+class DescriptionStmt:
+    text: Literal
+    span: Span
+
+
+@dataclass
+class InputStmt:
+    """``input data: 3x227x227`` (``shape``) or ``input label: class(1000)`` (``type_call``)."""
+
+    name: Name
+    shape: Literal | None
+    type_call: Call | None
+    span: Span
+
+
+@dataclass
+class OutputStmt:
+    names: list[Name]
+    span: Span
+
+
+@dataclass
+class DefaultsStmt:
+    """``defaults conv(weight=gaussian(0.01))`` or ``defaults bias(lr=2, decay=0)``."""
+
+    target: Name
+    args: list[Arg]
+    span: Span
+
+
+@dataclass
+class SolverStmt:
+    args: list[Arg]
+    span: Span
+
+
+@dataclass
+class PreprocessStmt:
+    target: Name
+    args: list[Arg]
+    span: Span
+
+
+@dataclass
+class BlockParam:
+    name: Name
+    default: Value | None
+
+
+@dataclass
+class BlockDef:
+    name: Name
+    params: list[BlockParam]
+    body: list[LayerStmt | RepeatStmt]
+    span: Span
+
+
+Statement = Union[
+    NetworkStmt,
+    DescriptionStmt,
+    InputStmt,
+    OutputStmt,
+    DefaultsStmt,
+    SolverStmt,
+    PreprocessStmt,
+    LayerStmt,
+    RepeatStmt,
+    BlockDef,
+]
+
+
+@dataclass
+class Comment:
+    text: str
+    line: int
+    column: int
+
+
+@dataclass
+class Module:
+    """One parsed file: its statements in order, and its comments (kept for the formatter)."""
+
+    file: str
+    source: str
+    statements: list[Statement] = field(default_factory=list)
+    comments: list[Comment] = field(default_factory=list)

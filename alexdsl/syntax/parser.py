@@ -1,0 +1,381 @@
+"""Source text -> syntax tree, with syntax errors in plain words.
+
+The Lark LALR parser is built once per process from ``grammars/alexdsl.lark`` and builds
+the dataclasses of :mod:`alexdsl.syntax.ast` directly (no intermediate parse tree).
+
+>>> module = parse_module("network Tiny\\ninput x: 3x8x8\\nc1: conv(4, 3) | relu\\n")
+>>> [type(s).__name__ for s in module.statements]
+['NetworkStmt', 'InputStmt', 'LayerStmt']
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from collections.abc import Iterator
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lexer import PatternStr
+
+from alexdsl.errors import AlexDSLError, Diagnostic, Span
+from alexdsl.syntax import ast
+
+MAX_SYNTAX_ERRORS = 20
+
+
+def grammar_text(name: str = "alexdsl.lark") -> str:
+    """The text of a shipped grammar: from the installed package, else from the checkout."""
+    try:
+        resource = importlib.resources.files("alexdsl.grammars").joinpath(name)
+        if resource.is_file():
+            return resource.read_text(encoding="utf-8")
+    except ModuleNotFoundError:
+        pass
+    return (Path(__file__).resolve().parents[2] / "grammars" / name).read_text(encoding="utf-8")
+
+
+class _Continuations:
+    """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self) -> None:
+        self.open_parens: list[Token] = []
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        self.open_parens = []
+        pending: Token | None = None
+        for token in stream:
+            kind = token.type
+            if kind == "_NL":
+                if not self.open_parens and pending is None:
+                    pending = token
+                continue
+            if pending is not None:
+                if kind != "VBAR":
+                    yield pending
+                pending = None
+            if kind == "LPAR":
+                self.open_parens.append(token)
+            elif kind == "RPAR" and self.open_parens:
+                self.open_parens.pop()
+            yield token
+        if pending is not None:
+            yield pending
+
+
+def _span(file: str, meta_or_token: object) -> Span:
+    m = meta_or_token
+    return Span(file, m.line, m.column, m.end_line, m.end_column)  # type: ignore[attr-defined]
+
+
+def _join(file: str, first: object, last: object) -> Span:
+    a, b = _span(file, first), _span(file, last)
+    return Span(file, a.line, a.column, b.end_line, b.end_column)
+
+
+class _ToAst(Transformer):
+    """Builds ast dataclasses; every node gets the span of the text it came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.file = "<string>"
+
+    def _name(self, token: Token) -> ast.Name:
+        return ast.Name(str(token), _span(self.file, token))
+
+    # values ------------------------------------------------------------------
+    def int_value(self, children: list[Token]) -> ast.Literal:
+        (tok,) = children
+        return ast.Literal(int(tok), _span(self.file, tok), str(tok))
+
+    def float_value(self, children: list[Token]) -> ast.Literal:
+        (tok,) = children
+        return ast.Literal(float(tok), _span(self.file, tok), str(tok))
+
+    def string_value(self, children: list[Token]) -> ast.Literal:
+        (tok,) = children
+        text = str(tok)[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
+        return ast.Literal(text, _span(self.file, tok), str(tok))
+
+    @v_args(meta=True)
+    def true_value(self, meta: object, children: list) -> ast.Literal:
+        return ast.Literal(True, _span(self.file, meta), "true")
+
+    @v_args(meta=True)
+    def false_value(self, meta: object, children: list) -> ast.Literal:
+        return ast.Literal(False, _span(self.file, meta), "false")
+
+    def name_value(self, children: list[Token]) -> ast.Name:
+        return self._name(children[0])
+
+    @v_args(meta=True)
+    def call_value(self, meta: object, children: list) -> ast.Call:
+        name, args = children
+        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name))
+
+    @v_args(meta=True)
+    def tuple_value(self, meta: object, children: list) -> ast.TupleValue:
+        return ast.TupleValue(list(children), _span(self.file, meta))
+
+    def args(self, children: list) -> list[ast.Arg]:
+        return [c if isinstance(c, ast.Arg) else ast.Arg(None, c, c.span) for c in children]
+
+    def kwarg(self, children: list) -> ast.Arg:
+        name, value = children
+        start = _span(self.file, name)
+        return ast.Arg(str(name), value, Span(self.file, start.line, start.column, value.span.end_line, value.span.end_column))
+
+    # chains ------------------------------------------------------------------
+    @v_args(meta=True)
+    def call(self, meta: object, children: list) -> ast.Call:
+        name = children[0]
+        args = children[1] if len(children) > 1 else None
+        has_parens = meta.end_column != name.end_column or meta.end_line != name.end_line  # type: ignore[attr-defined]
+        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name), has_parens)
+
+    def sources(self, children: list[Token]) -> list[ast.Name]:
+        return [self._name(t) for t in children]
+
+    @v_args(meta=True)
+    def link(self, meta: object, children: list) -> ast.Link:
+        label, call = children
+        return ast.Link(self._name(label) if label is not None else None, call, _span(self.file, meta))
+
+    def chain(self, children: list) -> tuple[list[ast.Name], list[ast.Link]]:
+        sources, *links = children
+        return sources or [], links
+
+    def phase(self, children: list[Token]) -> ast.Name:
+        return self._name(children[0])
+
+    # statements --------------------------------------------------------------
+    @v_args(meta=True)
+    def layer_stmt(self, meta: object, children: list) -> ast.LayerStmt:
+        label, (sources, links), *rest = children
+        phase = rest[0] if rest else None
+        return ast.LayerStmt(self._name(label), sources, links, phase, _span(self.file, meta))
+
+    @v_args(meta=True)
+    def repeat_stmt(self, meta: object, children: list) -> ast.RepeatStmt:
+        label, sources, count, call, *rest = children
+        phase = rest[0] if rest else None
+        count_lit = ast.Literal(int(count), _span(self.file, count), str(count))
+        return ast.RepeatStmt(self._name(label), sources or [], count_lit, call, phase, _span(self.file, meta))
+
+    @v_args(meta=True)
+    def network_stmt(self, meta: object, children: list[Token]) -> ast.NetworkStmt:
+        return ast.NetworkStmt(self._name(children[0]), _span(self.file, meta))
+
+    @v_args(meta=True)
+    def description_stmt(self, meta: object, children: list[Token]) -> ast.DescriptionStmt:
+        return ast.DescriptionStmt(self.string_value(children), _span(self.file, meta))
+
+    @v_args(meta=True)
+    def input_stmt(self, meta: object, children: list) -> ast.InputStmt:
+        name, kind = children
+        if isinstance(kind, ast.Call):
+            return ast.InputStmt(self._name(name), None, kind, _span(self.file, meta))
+        return ast.InputStmt(self._name(name), kind, None, _span(self.file, meta))
+
+    def shape_literal(self, children: list[Token]) -> ast.Literal:
+        (tok,) = children
+        return ast.Literal(str(tok), _span(self.file, tok), str(tok))
+
+    @v_args(meta=True)
+    def typed_input(self, meta: object, children: list) -> ast.Call:
+        name, args = children
+        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name))
+
+    @v_args(meta=True)
+    def output_stmt(self, meta: object, children: list[Token]) -> ast.OutputStmt:
+        return ast.OutputStmt([self._name(t) for t in children], _span(self.file, meta))
+
+    @v_args(meta=True)
+    def defaults_stmt(self, meta: object, children: list) -> ast.DefaultsStmt:
+        target, args = children
+        return ast.DefaultsStmt(self._name(target), args or [], _span(self.file, meta))
+
+    @v_args(meta=True)
+    def solver_stmt(self, meta: object, children: list) -> ast.SolverStmt:
+        return ast.SolverStmt(children[0] or [], _span(self.file, meta))
+
+    @v_args(meta=True)
+    def preprocess_stmt(self, meta: object, children: list) -> ast.PreprocessStmt:
+        target, args = children
+        return ast.PreprocessStmt(self._name(target), args or [], _span(self.file, meta))
+
+    def block_param(self, children: list) -> ast.BlockParam:
+        name, default = children
+        return ast.BlockParam(self._name(name), default)
+
+    def block_params(self, children: list) -> list[ast.BlockParam]:
+        return list(children)
+
+    @v_args(meta=True)
+    def block_def(self, meta: object, children: list) -> ast.BlockDef:
+        name, params, *body = children
+        return ast.BlockDef(self._name(name), params or [], body, _span(self.file, meta))
+
+    def start(self, children: list) -> list[ast.Statement]:
+        return list(children)
+
+
+@functools.cache
+def _parser() -> tuple[Lark, _ToAst, _Continuations, list[Token]]:
+    transformer = _ToAst()
+    postlex = _Continuations()
+    comments: list[Token] = []
+    lark = Lark(
+        grammar_text(),
+        parser="lalr",
+        lexer="basic",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=postlex,
+        lexer_callbacks={"COMMENT": comments.append},
+        cache=False,
+    )
+    return lark, transformer, postlex, comments
+
+
+# Known mistakes, matched against the parser state where the error happened (Lark's match_examples).
+_KNOWN_MISTAKES: dict[str, list[str]] = {
+    "a layer needs ':' after its name, as in 'conv1: conv(96, 11)'": [
+        "conv1 conv(96, 11)\n",
+        "x relu\n",
+    ],
+    "ops in a chain are joined with '|', as in 'conv(96, 11) | relu'": [
+        "c: conv(96, 11) relu\n",
+        "c: relu relu\n",
+        "c: conv(96, 11) conv(3, 3)\n",
+    ],
+    "arguments are separated by ',', as in 'conv(96, 11, stride=4)'": [
+        "c: conv(96 11)\n",
+        "c: conv(96, 11 stride=4)\n",
+        "c: conv(k=1 s=2)\n",
+    ],
+    "an input needs ':' and a shape, as in 'input data: 3x227x227'": [
+        "input data 3x227x227\n",
+        "input data\n",
+    ],
+    "write a shape with 'x' between dimensions, as in 3x227x227": [
+        "input data: 3*227*227\n",
+        "input data: (3, 227, 227)\n",
+        "input data: 3 227 227\n",
+        "input data: 3x227x\n",
+    ],
+    "a phase is written '@train' or '@test' at the end of the line": [
+        "l: relu @\n",
+        "l: relu @ (\n",
+    ],
+    "an argument value is missing after '='": [
+        "c: conv(96, stride=)\n",
+        "c: conv(96, stride=, pad=1)\n",
+    ],
+}
+
+
+def _describe_terminal(name: str, lark: Lark) -> str:
+    words = {
+        "NAME": "a name",
+        "INT": "an integer",
+        "FLOAT": "a number",
+        "SHAPE": "a shape such as 3x227x227",
+        "STRING": 'a string in "double quotes"',
+        "_NL": "end of line",
+        "$END": "end of file",
+    }
+    if name in words:
+        return words[name]
+    for terminal in lark.terminals:
+        if terminal.name == name and isinstance(terminal.pattern, PatternStr):
+            return f"'{terminal.pattern.value}'"
+    return name.lower()
+
+
+def _token_words(token: Token) -> str:
+    if token.type == "$END":
+        return "end of file"
+    if token.type == "_NL":
+        return "end of line"
+    return f"'{token}'"
+
+
+def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark, open_parens: list[Token]) -> Diagnostic:
+    line, column = max(error.line, 1), max(error.column, 1)
+    expected_terms = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+    expected = ", ".join(dict.fromkeys(_describe_terminal(t, lark) for t in expected_terms)) or None
+    width = 1
+    if isinstance(error, UnexpectedToken):
+        token = error.token
+        if token.type == "_NL":  # point just past the end of the line, not at the next one
+            line = token.line
+            column = token.column
+        elif token.type != "$END":
+            width = max(1, len(str(token)))
+        message = f"unexpected {_token_words(token)}"
+    elif isinstance(error, UnexpectedCharacters):
+        char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else "?"
+        message = f"unexpected character {char!r}"
+    else:
+        message = "unexpected end of file"
+    hint = None
+    try:
+        hint = error.match_examples(lark.parse, _KNOWN_MISTAKES, use_accepts=True)
+    except Exception:  # noqa: BLE001 - a failed lookup only loses the hint
+        hint = None
+    if open_parens and open_parens[-1].line < line:
+        paren = open_parens[-1]
+        hint = f"the '(' at line {paren.line}, column {paren.column} is never closed"
+    return Diagnostic(
+        "error",
+        message,
+        Span(file, line, column, line, column + width),
+        expected=expected,
+        hint=hint,
+    )
+
+
+def _blank_line(text: str, line: int) -> str:
+    """Replace line ``line`` (1-based) with spaces, keeping every other position as it is."""
+    lines = text.split("\n")
+    if 1 <= line <= len(lines):
+        lines[line - 1] = " " * len(lines[line - 1])
+    return "\n".join(lines)
+
+
+def parse_module(text: str, file: str = "<string>") -> ast.Module:
+    """Parse alexdsl source into a :class:`~alexdsl.syntax.ast.Module`.
+
+    Every syntax error is reported: after one, the offending line is blanked and parsing
+    starts again, up to 20 errors. Raises :class:`AlexDSLError`.
+    """
+    lark, transformer, postlex, comments = _parser()
+    diagnostics: list[Diagnostic] = []
+    attempt = text
+    seen_lines: set[int] = set()
+    while True:
+        transformer.file = file
+        comments.clear()
+        try:
+            tree = lark.parse(attempt)
+        except UnexpectedInput as error:
+            diag = _syntax_diagnostic(error, file, text, lark, list(postlex.open_parens))
+            if diag.span is None or diag.span.line in seen_lines:
+                diagnostics.append(diag) if diag.span is None or not diagnostics else None
+                break
+            diagnostics.append(diag)
+            seen_lines.add(diag.span.line)
+            if isinstance(error, UnexpectedEOF) or len(diagnostics) >= MAX_SYNTAX_ERRORS:
+                break
+            attempt = _blank_line(attempt, diag.span.line)
+            continue
+        break
+    if diagnostics:
+        raise AlexDSLError(diagnostics, sources={file: text})
+    module = ast.Module(file=file, source=text, statements=transformer.transform(tree))
+    module.comments = [ast.Comment(str(c), c.line, c.column) for c in comments]
+    return module

@@ -1,0 +1,337 @@
+"""The NumPy/CuPy kernels of the cupy backend against torch.nn.functional.
+
+Each kernel is checked for shape, then dtype, then values (float32, rtol/atol ~1e-4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from alexdsl.backends.cupy import runtime as rt  # noqa: E402
+from alexdsl.shape_math import pool_output_size  # noqa: E402
+
+RTOL = ATOL = 1e-4
+
+
+def rand(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def check(got: np.ndarray, want: torch.Tensor, rtol: float = RTOL, atol: float = ATOL) -> None:
+    want_np = want.detach().numpy()
+    assert got.shape == want_np.shape, f"shape {got.shape} != {want_np.shape}"
+    assert got.dtype == np.float32, f"dtype {got.dtype}"
+    np.testing.assert_allclose(got, want_np, rtol=rtol, atol=atol)
+
+
+T = torch.from_numpy
+
+
+# --------------------------------------------------------------------------- conv
+
+CONV_CASES = [
+    # (N, C, H, W, O, k, stride, pad, dilation, groups)
+    (2, 3, 15, 15, 8, (3, 3), (1, 1), (0, 0), (1, 1), 1),
+    (2, 3, 15, 13, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),
+    (1, 3, 31, 31, 6, (11, 11), (4, 4), (0, 0), (1, 1), 1),  # AlexNet conv1 shape family
+    (2, 4, 12, 12, 8, (5, 5), (1, 1), (2, 2), (1, 1), 2),  # AlexNet conv2 family
+    (2, 8, 9, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 4),
+    (2, 8, 9, 9, 8, (3, 3), (2, 1), (1, 2), (1, 1), 4),
+    (1, 4, 11, 11, 4, (3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilation
+    (2, 4, 13, 10, 6, (3, 2), (2, 3), (1, 0), (2, 1), 2),  # everything asymmetric
+    (2, 8, 7, 7, 16, (1, 1), (1, 1), (0, 0), (1, 1), 1),  # 1x1 fast path
+    (2, 8, 7, 7, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),  # 1x1 stride 2 (resnet downsample)
+    (2, 8, 7, 7, 8, (1, 1), (1, 1), (0, 0), (1, 1), 4),  # grouped 1x1
+    (2, 4, 5, 5, 4, (1, 1), (1, 1), (1, 1), (1, 1), 1),  # 1x1 with pad: im2col path
+]
+
+
+@pytest.mark.parametrize("method", ["strided", "gather"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}")
+def test_conv2d_matches_torch(case: tuple, bias: bool, method: str) -> None:
+    n, c, h, w, o, k, s, p, d, g = case
+    x, wt = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2)
+    b = rand(o, seed=3) if bias else None
+    plan = rt.ConvPlan(c, h, w, o, k, s, p, d, g, method=method)
+    got = rt.conv2d(x, wt, b, s, p, d, g, plan=plan)
+    want = F.conv2d(T(x), T(wt), None if b is None else T(b), s, p, d, g)
+    check(got, want)
+    assert plan.out_shape == tuple(want.shape[1:])
+    # the plan's workspaces are reused: a second call on new data is still right
+    x2 = rand(n, c, h, w, seed=4)
+    check(rt.conv2d(x2, wt, b, plan=plan), F.conv2d(T(x2), T(wt), None if b is None else T(b), s, p, d, g))
+
+
+def test_conv2d_without_plan_and_fused_relu() -> None:
+    x, wt, b = rand(2, 4, 9, 9), rand(8, 2, 3, 3, seed=1), rand(8, seed=2)
+    got = rt.conv2d(x, wt, b, (1, 1), (1, 1), groups=2, relu=True)
+    check(got, F.relu(F.conv2d(T(x), T(wt), T(b), 1, 1, 1, 2)))
+
+
+def test_conv2d_writes_into_out_buffer() -> None:
+    x, wt = rand(1, 3, 8, 8), rand(4, 3, 3, 3, seed=1)
+    out = np.empty((1, 4, 6, 6), np.float32)
+    got = rt.conv2d(x, wt, None, out=out)
+    assert got is out
+    check(out, F.conv2d(T(x), T(wt)))
+
+
+def test_conv2d_uses_shared_scratch() -> None:
+    x, wt = rand(2, 3, 9, 9), rand(4, 3, 3, 3, seed=1)
+    plan = rt.ConvPlan(3, 9, 9, 4, (3, 3), pad=(1, 1))
+    scratch = np.zeros(plan.cols_size(2) + 7, np.float32)
+    check(rt.conv2d(x, wt, plan=plan, scratch=scratch), F.conv2d(T(x), T(wt), padding=1))
+    assert plan.cols_size(2) == 2 * 27 * 81
+    assert np.any(scratch != 0) and "cols" not in plan._work or plan._work["cols"] is None
+
+
+def test_grouped_conv_does_not_copy_weight() -> None:
+    wt = rand(8, 2, 3, 3)
+    assert np.shares_memory(wt.reshape(4, 2, 18), wt)  # the reshape conv2d uses is a view
+
+
+def test_conv_plan_rejects_bad_groups_and_wrong_input() -> None:
+    with pytest.raises(ValueError, match="groups"):
+        rt.ConvPlan(3, 8, 8, 4, (3, 3), groups=2)
+    plan = rt.ConvPlan(3, 8, 8, 4, (3, 3))
+    with pytest.raises(ValueError, match="ConvPlan built for"):
+        rt.conv2d(rand(1, 3, 9, 9), rand(4, 3, 3, 3), plan=plan)
+
+
+def test_conv_workspace_bytes() -> None:
+    plan = rt.ConvPlan(3, 227, 227, 96, (11, 11), (4, 4))
+    assert plan.workspace_bytes(1) == 3 * 11 * 11 * 55 * 55 * 4
+    assert rt.ConvPlan(8, 7, 7, 8, (1, 1)).workspace_bytes(4) == 0
+
+
+# --------------------------------------------------------------------------- pooling
+
+POOL_CASES = [
+    # (H, W, k, s, p, ceil)
+    (13, 13, 3, 2, 0, True),  # 13 -> 6, AlexNet/Caffe
+    (13, 13, 3, 2, 0, False),
+    (55, 55, 3, 2, 0, False),
+    (14, 14, 3, 2, 0, True),  # 14 -> 7 in ceil mode (partial last window)
+    (14, 14, 3, 2, 1, True),
+    (5, 5, 3, 3, 1, True),  # ceil would add a window starting in the right padding: dropped
+    (5, 5, 2, 2, 1, True),  # same rule, 4 -> 3 windows
+    (6, 6, 2, 3, 0, True),  # same rule without padding
+    (6, 6, 3, 3, 1, True),
+    (7, 9, 3, 2, 1, False),
+    (7, 9, 2, 3, 1, True),
+    (8, 8, 2, 2, 0, False),
+    (10, 7, 3, 1, 1, False),
+]
+
+
+def _ids(case: tuple) -> str:
+    return "{}x{}-k{}-s{}-p{}-{}".format(*case[:5], "ceil" if case[5] else "floor")
+
+
+def test_ceil_rule_drops_window_starting_in_padding() -> None:
+    # 5 + 2*1 - 3 = 4, ceil(4/3) + 1 = 3, but window 2 would start at 6 >= 5 + 1: dropped
+    assert pool_output_size(5, 3, 3, 1, True) == 2
+    assert tuple(F.max_pool2d(torch.zeros(1, 1, 5, 5), 3, 3, 1, ceil_mode=True).shape[2:]) == (2, 2)
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+def test_max_pool2d_matches_torch(case: tuple) -> None:
+    h, w, k, s, p, ceil = case
+    x = rand(2, 3, h, w)
+    got = rt.max_pool2d(x, (k, k), (s, s), (p, p), ceil)
+    check(got, F.max_pool2d(T(x), k, s, p, ceil_mode=ceil))
+
+
+@pytest.mark.parametrize("include", [True, False], ids=["count_pad", "no_count_pad"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
+def test_avg_pool2d_matches_torch(case: tuple, include: bool) -> None:
+    h, w, k, s, p, ceil = case
+    x = rand(2, 3, h, w)
+    got = rt.avg_pool2d(x, (k, k), (s, s), (p, p), ceil, include)
+    check(got, F.avg_pool2d(T(x), k, s, p, ceil_mode=ceil, count_include_pad=include))
+
+
+def test_pool_with_plan_and_out() -> None:
+    x = rand(1, 2, 13, 13)
+    plan = rt.PoolPlan(13, 13, (3, 3), (2, 2), (0, 0), True)
+    out = np.empty((1, 2, plan.out_h, plan.out_w), np.float32)
+    assert rt.max_pool2d(x, (3, 3), plan=plan, out=out) is out
+    check(out, F.max_pool2d(T(x), 3, 2, ceil_mode=True))
+    inv = (1.0 / plan.divisor(True)).astype(np.float32)
+    check(rt.avg_pool2d(x, (3, 3), plan=plan, divisor=inv), F.avg_pool2d(T(x), 3, 2, ceil_mode=True))
+
+
+def test_max_pool_asymmetric_kernel() -> None:
+    x = rand(1, 2, 9, 8)
+    check(rt.max_pool2d(x, (3, 2), (2, 1), (1, 0), True), F.max_pool2d(T(x), (3, 2), (2, 1), (1, 0), ceil_mode=True))
+
+
+@pytest.mark.parametrize(
+    ("hw", "size"),
+    [((13, 13), (6, 6)), ((7, 7), (3, 3)), ((10, 9), (4, 5)), ((6, 6), (6, 6)), ((5, 8), (1, 1)), ((3, 3), (6, 6))],
+)
+def test_adaptive_avg_pool2d_matches_torch(hw: tuple[int, int], size: tuple[int, int]) -> None:
+    x = rand(2, 3, *hw)
+    check(rt.adaptive_avg_pool2d(x, size), F.adaptive_avg_pool2d(T(x), size))
+    out = np.empty((2, 3, *size), np.float32)
+    assert rt.adaptive_avg_pool2d(x, size, out=out) is out
+    check(out, F.adaptive_avg_pool2d(T(x), size))
+
+
+def test_global_avg_pool_keeps_spatial_dims() -> None:
+    x = rand(2, 5, 7, 6)
+    check(rt.global_avg_pool2d(x), F.adaptive_avg_pool2d(T(x), 1))
+    out = np.empty((2, 5, 1, 1), np.float32)
+    check(rt.global_avg_pool2d(x, out=out), F.adaptive_avg_pool2d(T(x), 1))
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+@pytest.mark.parametrize("size", [3, 5, 4])
+@pytest.mark.parametrize(("alpha", "beta", "k"), [(1e-4, 0.75, 1.0), (2e-3, 0.75, 2.0), (0.1, 0.5, 1.0), (0.05, 0.6, 1.5)])
+def test_lrn_matches_torch(size: int, alpha: float, beta: float, k: float) -> None:
+    x = rand(2, 7, 5, 5) * 3
+    check(rt.lrn(x, size, alpha, beta, k), F.local_response_norm(T(x), size, alpha, beta, k))
+    out = np.empty_like(x)
+    check(rt.lrn(x, size, alpha, beta, k, out=out), F.local_response_norm(T(x), size, alpha, beta, k))
+
+
+def _bn_params(c: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(5)
+    mean = rng.standard_normal(c).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    gamma = rng.standard_normal(c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    return mean, var, gamma, beta
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 5), (3, 6)])
+def test_batch_norm_inference_matches_torch(shape: tuple[int, ...]) -> None:
+    x = rand(*shape)
+    mean, var, gamma, beta = _bn_params(shape[1])
+    want = F.batch_norm(T(x), T(mean), T(var), T(gamma), T(beta), False, 0.1, 1e-5)
+    check(rt.batch_norm_inference(x, mean, var, gamma, beta, 1e-5), want)
+    check(rt.batch_norm_inference(x, mean, var, gamma, beta, 1e-5, out=np.empty_like(x)), want)
+
+
+@pytest.mark.parametrize("conv_bias", [True, False])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fold_batchnorm_equivalence(conv_bias: bool, groups: int) -> None:
+    x, wt = rand(2, 4, 8, 8), rand(6, 4 // groups, 3, 3, seed=1)
+    b = rand(6, seed=2) if conv_bias else None
+    mean, var, gamma, beta = _bn_params(6)
+    conv = F.conv2d(T(x), T(wt), None if b is None else T(b), 1, 1, 1, groups)
+    want = F.batch_norm(conv, T(mean), T(var), T(gamma), T(beta), False, 0.1, 1e-3)
+    fw, fb = rt.fold_batchnorm(wt, b, mean, var, gamma, beta, 1e-3)
+    assert fw.shape == wt.shape and fb.shape == (6,)
+    assert fw.dtype == np.float32 and fb.dtype == np.float32
+    check(rt.conv2d(x, fw, fb, (1, 1), (1, 1), groups=groups), want)
+
+
+def test_fold_batchnorm_without_affine() -> None:
+    x, wt = rand(1, 3, 6, 6), rand(4, 3, 3, 3, seed=1)
+    mean, var, _, _ = _bn_params(4)
+    want = F.batch_norm(F.conv2d(T(x), T(wt)), T(mean), T(var), None, None, False, 0.1, 1e-5)
+    fw, fb = rt.fold_batchnorm(wt, None, mean, var, None, None)
+    check(rt.conv2d(x, fw, fb), want)
+
+
+# --------------------------------------------------------------------------- dense + pointwise
+
+
+@pytest.mark.parametrize("shape", [(3, 10), (2, 4, 3, 3)])
+@pytest.mark.parametrize("fused_relu", [False, True])
+def test_linear_matches_torch(shape: tuple[int, ...], fused_relu: bool) -> None:
+    x = rand(*shape)
+    k = int(np.prod(shape[1:]))
+    wt, b = rand(7, k, seed=1), rand(7, seed=2)
+    want = F.linear(T(x).reshape(shape[0], -1), T(wt), T(b))
+    check(rt.linear(x, wt, b, relu=fused_relu), F.relu(want) if fused_relu else want)
+    check(rt.linear(x, wt, None), F.linear(T(x).reshape(shape[0], -1), T(wt)))
+
+
+@pytest.mark.parametrize(
+    ("name", "ours", "theirs"),
+    [
+        ("relu", rt.relu, F.relu),
+        ("leaky_relu", lambda x: rt.leaky_relu(x, 0.1), lambda t: F.leaky_relu(t, 0.1)),
+        ("sigmoid", rt.sigmoid, torch.sigmoid),
+        ("tanh", rt.tanh, torch.tanh),
+        ("softmax", rt.softmax, lambda t: F.softmax(t, dim=1)),
+        ("dropout", rt.dropout, lambda t: F.dropout(t, 0.5, training=False)),
+    ],
+)
+def test_pointwise_matches_torch(name: str, ours, theirs) -> None:  # noqa: ANN001
+    x = rand(3, 5, 2, 2) * 4
+    x[0, 0, 0, 0] = 60.0  # overflow check for sigmoid/softmax
+    check(ours(x), theirs(T(x)))
+
+
+@pytest.mark.parametrize("fn", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_pointwise_out_in_place(fn: str) -> None:
+    x = rand(2, 3, 4, 4)
+    want = {"relu": F.relu, "leaky_relu": F.leaky_relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[fn](T(x.copy()))
+    got = getattr(rt, fn)(x, out=x)
+    assert got is x
+    check(x, want)
+
+
+def test_concat_and_add() -> None:
+    a, b, c = rand(2, 3, 4, 4), rand(2, 5, 4, 4, seed=1), rand(2, 3, 4, 4, seed=2)
+    check(rt.concat([a, b]), torch.cat([T(a), T(b)], 1))
+    out = np.empty((2, 8, 4, 4), np.float32)
+    check(rt.concat([a, b], out=out), torch.cat([T(a), T(b)], 1))
+    check(rt.add(a, c), T(a) + T(c))
+    check(rt.add(a, c, a, relu=True), F.relu(T(a) + T(c) + T(a)))
+    check(rt.add(a), T(a))
+    with pytest.raises(ValueError):
+        rt.add()
+
+
+def test_softmax_cross_entropy_and_accuracy() -> None:
+    logits = rand(6, 10)
+    labels = np.array([0, 3, 9, 2, 2, 7])
+    want = F.cross_entropy(T(logits), T(labels)).item()
+    assert rt.softmax_cross_entropy(logits, labels) == pytest.approx(want, rel=1e-5)
+    for k in (1, 3, 5):
+        top = torch.topk(T(logits), k, dim=1).indices
+        want_acc = (top == T(labels)[:, None]).any(1).float().mean().item()
+        assert rt.topk_accuracy(logits, labels, k) == pytest.approx(want_acc)
+
+
+def test_array_module_is_numpy_for_numpy_arrays() -> None:
+    assert rt.array_module(np.zeros(1)) is np
+    assert rt.array_module() is np
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+def test_cupy_kernels_match_numpy() -> None:
+    cp = pytest.importorskip("cupy")
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001
+        pytest.skip("no CUDA device")
+    x, wt, b = rand(2, 4, 11, 11), rand(8, 2, 3, 3, seed=1), rand(8, seed=2)
+    for method in ("strided", "gather"):
+        plan = rt.ConvPlan(4, 11, 11, 8, (3, 3), (2, 2), (1, 1), (1, 1), 2, method=method)
+        got = rt.conv2d(cp.asarray(x), cp.asarray(wt), cp.asarray(b), relu=True, plan=plan)
+        assert isinstance(got, cp.ndarray)
+        want = rt.conv2d(x, wt, b, (2, 2), (1, 1), (1, 1), 2, relu=True)
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=RTOL, atol=ATOL)
+    xg = cp.asarray(x)
+    for ours, ref in [
+        (rt.max_pool2d(xg, (3, 3), (2, 2), (0, 0), True), rt.max_pool2d(x, (3, 3), (2, 2), (0, 0), True)),
+        (rt.avg_pool2d(xg, (3, 3), (2, 2), (1, 1), True, False), rt.avg_pool2d(x, (3, 3), (2, 2), (1, 1), True, False)),
+        (rt.lrn(xg, 5, 1e-4, 0.75, 1.0), rt.lrn(x, 5, 1e-4, 0.75, 1.0)),
+        (rt.adaptive_avg_pool2d(xg, (3, 4)), rt.adaptive_avg_pool2d(x, (3, 4))),
+    ]:
+        np.testing.assert_allclose(cp.asnumpy(ours), ref, rtol=RTOL, atol=ATOL)
