@@ -31,13 +31,15 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int = 0, ceil_mod
 
 
 def uncovered_pixels(size: int, kernel: int, stride: int, pad: int = 0, dilation: int = 1) -> int:
-    """How many input pixels (padding included) a floor-rounded window sweep never reaches.
+    """How many real input pixels (not padding) a floor-rounded window sweep never reaches.
 
     >>> uncovered_pixels(224, kernel=11, stride=4)
-    3
+    1
+    >>> uncovered_pixels(224, kernel=11, stride=4, pad=2)
+    0
     """
     extent = dilation * (kernel - 1) + 1
     span = size + 2 * pad - extent
     if span < 0:
         return 0
-    return span % stride
+    return max(0, span % stride - pad)

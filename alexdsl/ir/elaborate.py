@@ -472,9 +472,10 @@ class Elaborator:
         return prev
 
     def _repeat(self, stmt: ast.RepeatStmt, scope: _Scope, full: str, phase: str) -> str | None:
-        count = stmt.count.value
-        if not isinstance(count, int) or count < 1:
-            self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=str(count))
+        count = self._eval(stmt.count, scope.values)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=_describe(count),
+                            expected="a positive integer, or a block parameter holding one")
             return None
         prev = scope.prev
         for i in range(count):

@@ -56,34 +56,34 @@ def _macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
     return output[0] * output[1] * output[2] * (inputs[0][0] // attrs["groups"]) * kh * kw
 
 
+def _count(n: int, plural: str) -> str:
+    return f"{n} {plural}" if n != 1 else plural[:-1]
+
+
 def window_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None]]:
-    """Warn when a floor-rounded window sweep leaves input rows or columns unread."""
+    """Warn when a floor-rounded window sweep leaves input rows or columns unread.
+
+    The seed's 224-vs-227 confusion is the case in point: conv(96, 11, stride=4) reads all of
+    a 227x227 image but not the last row and column of a 224x224 one.
+    """
     if attrs.get("round", "floor") != "floor" or len(inputs[0]) != 3:
         return []
     dilation = attrs.get("dilation", (1, 1))
-    warnings = []
-    for i, (axis, lines) in enumerate((("height", "rows"), ("width", "columns"))):
-        size = inputs[0][1 + i]
-        lost = uncovered_pixels(size, attrs["kernel"][i], attrs["stride"][i], attrs["pad"][i], dilation[i])
-        if lost:
-            fit = size + attrs["stride"][i] - lost
-            warnings.append((
-                f"kernel {attrs['kernel'][i]} with stride {attrs['stride'][i]} on an input {axis} of "
-                f"{size} never reads the last {lost} {lines}; an input {axis} of {fit} "
-                f"(or {size - lost}) is covered exactly",
-                "kernel",
-            ))
-    if len(warnings) == 2 and inputs[0][1] == inputs[0][2] and attrs["kernel"][0] == attrs["kernel"][1]:
-        size = inputs[0][1]
-        lost = uncovered_pixels(size, attrs["kernel"][0], attrs["stride"][0], attrs["pad"][0], dilation[0])
-        fit = size + attrs["stride"][0] - lost
-        return [(
-            f"kernel {attrs['kernel'][0]} with stride {attrs['stride'][0]} on a {size}x{size} input never "
-            f"reads the last {lost} rows and columns; a {fit}x{fit} (or {size - lost}x{size - lost}) "
-            "input is covered exactly",
-            "kernel",
-        )]
-    return warnings
+    _, height, width = inputs[0]
+    lost = [uncovered_pixels(size, attrs["kernel"][i], attrs["stride"][i], attrs["pad"][i], dilation[i])
+            if attrs["kernel"][i] >= attrs["stride"][i] else 0  # a stride past the kernel skips on purpose
+            for i, size in enumerate((height, width))]
+    if not any(lost):
+        return []
+    where = f"kernel {'x'.join(map(str, attrs['kernel']))} with stride {'x'.join(map(str, attrs['stride']))} " \
+            f"on a {height}x{width} input never reads"
+    parts = [p for p, n in ((_count(lost[0], "rows"), lost[0]), (_count(lost[1], "columns"), lost[1])) if n]
+    message = f"{where} the last {' and '.join(parts)}"
+    if not any(attrs["pad"]):
+        fit_h, fit_w = height + (attrs["stride"][0] - lost[0]) % attrs["stride"][0], \
+            width + (attrs["stride"][1] - lost[1]) % attrs["stride"][1]
+        message += f"; a {fit_h}x{fit_w} (or {height - lost[0]}x{width - lost[1]}) input is covered exactly"
+    return [(message, "kernel")]
 
 
 CONV = register(OpDef(

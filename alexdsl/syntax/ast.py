@@ -84,7 +84,7 @@ class RepeatStmt:
 
     label: Name
     sources: list[Name]
-    count: Literal
+    count: Literal | Name
     call: Call
     phase: Name | None
     span: Span

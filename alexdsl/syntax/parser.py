@@ -162,8 +162,7 @@ class _ToAst(Transformer):
     def repeat_stmt(self, meta: object, children: list) -> ast.RepeatStmt:
         label, sources, count, call, *rest = children
         phase = rest[0] if rest else None
-        count_lit = ast.Literal(int(count), _span(self.file, count), str(count))
-        return ast.RepeatStmt(self._name(label), sources or [], count_lit, call, phase, _span(self.file, meta))
+        return ast.RepeatStmt(self._name(label), sources or [], count, call, phase, _span(self.file, meta))
 
     @v_args(meta=True)
     def network_stmt(self, meta: object, children: list[Token]) -> ast.NetworkStmt:

@@ -35,7 +35,10 @@ __all__ = [
     "add",
     "array_module",
     "avg_pool2d",
+    "adaptive_matrices",
     "batch_norm_inference",
+    "batchnorm_affine",
+    "channel_affine",
     "bias_relu_",
     "concat",
     "conv2d",
@@ -450,8 +453,23 @@ def _adaptive_matrix(size: int, out: int) -> numpy.ndarray:
     return m
 
 
-def adaptive_avg_pool2d(x: Array, size: tuple[int, int], *, out: Array | None = None) -> Array:
-    """``torch.nn.functional.adaptive_avg_pool2d``: two small averaging GEMMs (H then W)."""
+def adaptive_matrices(height: int, width: int, size: tuple[int, int]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The (OH, H) and (W, OW) averaging matrices of :func:`adaptive_avg_pool2d` (float64, host)."""
+    oh, ow = _pair(size)
+    return _adaptive_matrix(height, oh), _adaptive_matrix(width, ow).T.copy()
+
+
+def adaptive_avg_pool2d(
+    x: Array,
+    size: tuple[int, int],
+    *,
+    matrices: tuple[Array, Array] | None = None,
+    out: Array | None = None,
+) -> Array:
+    """``torch.nn.functional.adaptive_avg_pool2d``: two small averaging GEMMs (H then W).
+
+    ``matrices`` may be :func:`adaptive_matrices` already on the device and in ``x``'s dtype.
+    """
     xp = array_module(x)
     h, w = x.shape[2], x.shape[3]
     oh, ow = _pair(size)
@@ -460,8 +478,9 @@ def adaptive_avg_pool2d(x: Array, size: tuple[int, int], *, out: Array | None = 
             return x.copy()
         out[...] = x
         return out
-    mh = xp.asarray(_adaptive_matrix(h, oh).astype(x.dtype))
-    mw = xp.asarray(_adaptive_matrix(w, ow).T.astype(x.dtype))
+    if matrices is None:
+        matrices = tuple(xp.asarray(m.astype(x.dtype)) for m in adaptive_matrices(h, w, (oh, ow)))
+    mh, mw = matrices
     rows = xp.matmul(x, mw) if ow != w else x  # (N, C, H, OW)
     result = xp.matmul(mh, rows) if oh != h else rows  # (N, C, OH, OW)
     if out is None:
@@ -472,11 +491,7 @@ def adaptive_avg_pool2d(x: Array, size: tuple[int, int], *, out: Array | None = 
 
 def global_avg_pool2d(x: Array, *, out: Array | None = None) -> Array:
     """Mean over H and W, keeping (N, C, 1, 1)."""
-    xp = array_module(x)
-    if out is None:
-        return x.mean(axis=(2, 3), keepdims=True)
-    xp.mean(x, axis=(2, 3), keepdims=True, out=out)
-    return out
+    return array_module(x).mean(x, axis=(2, 3), keepdims=True, out=out)
 
 
 # --------------------------------------------------------------------------- normalization
@@ -512,6 +527,29 @@ def lrn(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float =
     return out
 
 
+def batchnorm_affine(
+    mean: Array, var: Array, weight: Array | None = None, bias: Array | None = None, eps: float = 1e-5
+) -> tuple[Array, Array]:
+    """Per-channel (scale, shift) of an inference batchnorm, in ``mean``'s dtype."""
+    xp = array_module(mean)
+    scale = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale.astype(mean.dtype), shift.astype(mean.dtype)
+
+
+def channel_affine(x: Array, scale: Array, shift: Array, *, out: Array | None = None) -> Array:
+    """``x * scale + shift`` per channel (axis 1); ``out=x`` runs in place."""
+    xp = array_module(x)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    out = xp.multiply(x, scale.reshape(shape), out=out)
+    out += shift.reshape(shape)
+    return out
+
+
 def batch_norm_inference(
     x: Array,
     mean: Array,
@@ -523,20 +561,8 @@ def batch_norm_inference(
     out: Array | None = None,
 ) -> Array:
     """Batchnorm with running statistics: ``(x - mean) / sqrt(var + eps) * weight + bias``."""
-    xp = array_module(x)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    scale = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
-    if weight is not None:
-        scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    scale, shift = scale.astype(x.dtype).reshape(shape), shift.astype(x.dtype).reshape(shape)
-    if out is None:
-        return x * scale + shift
-    xp.multiply(x, scale, out=out)
-    out += shift
-    return out
+    scale, shift = batchnorm_affine(mean, var, weight, bias, eps)
+    return channel_affine(x, scale.astype(x.dtype), shift.astype(x.dtype), out=out)
 
 
 # --------------------------------------------------------------------------- dense + pointwise

@@ -1,0 +1,452 @@
+"""IR -> readable Python source of a NumPy/CuPy inference executor.
+
+:func:`lower` turns a :class:`~alexdsl.ir.network.Network` into a list of
+:class:`Step` s (one kernel call each) after the compile-time rewrites:
+
+* train-only layers, losses and metrics are dropped; ``dropout`` is the identity and
+  ``flatten`` a reshape view (neither gets a kernel nor a buffer);
+* a batchnorm whose only producer is a conv/fc (and whose input nobody else reads) is
+  folded into that layer's weight and bias;
+* a ReLU that is the only consumer of a conv/fc/add is fused into its epilogue
+  (bias + ReLU applied in place on the GEMM output);
+* every conv gets a :class:`~alexdsl.backends.cupy.runtime.ConvPlan` (im2col geometry)
+  built once, and all convs share one im2col scratch buffer;
+* activations go to reusable buffers by the liveness plan of
+  :mod:`alexdsl.backends.cupy.memory`.
+
+:func:`emit` prints the steps as a module with one class.  Every user-supplied string
+reaches the source through ``repr()`` (or as a sanitised identifier), so nothing in a
+network file can inject code.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
+from alexdsl.backends.cupy.runtime import ConvPlan
+from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.ir.network import Layer, Network
+from alexdsl.ops.registry import lookup
+
+ITEMSIZE = 4  # the plan counts float32 bytes; other dtypes scale it
+RESERVED = {"self", "rt", "v", "n", "w", "scratch", "math", "numpy", "Executor"}
+ALIAS_OPS = {"dropout", "flatten"}
+INPLACE_OPS = {"relu", "leaky_relu", "sigmoid", "tanh", "lrn", "batchnorm", "add", "softmax"}
+ELEMENTWISE = {"relu": "rt.relu", "sigmoid": "rt.sigmoid", "tanh": "rt.tanh", "softmax": "rt.softmax"}
+
+
+@dataclass
+class Step:
+    """One kernel call: the value it writes, the layers it covers, and its code."""
+
+    name: str  # the value (IR layer name) this step produces
+    kernel: str  # runtime function, e.g. "conv2d"
+    layers: list[str]  # IR layers this step implements (fusion: more than one)
+    inputs: list[str]  # values read (after alias resolution)
+    shape: tuple[int, ...]
+    code: str  # the forward line, with {out} for the output view expression
+    setup: list[str] = field(default_factory=list)
+    inplace: bool = False
+    note: str = ""
+
+
+@dataclass
+class Lowered:
+    """Everything :func:`emit` and :func:`summary` need."""
+
+    network: Network
+    class_name: str
+    inputs: dict[str, tuple[int, ...]]
+    input_vars: dict[str, str]
+    outputs: list[str]
+    steps: list[Step]
+    lines: list[str]  # forward body, in order (kernel calls, reshape views, comments)
+    memory: MemoryPlan
+    scratch: int  # per-sample elements of the shared im2col buffer
+    state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]
+    dropped: list[str]
+    var: dict[str, str]
+
+
+# ------------------------------------------------------------------------------------ naming
+
+
+class _Names:
+    """Sanitised, unique Python identifiers for user names."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set(RESERVED)
+        self.by_name: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name in self.by_name:
+            return self.by_name[name]
+        ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
+        if ident[0].isdigit():
+            ident = "_" + ident
+        if keyword.iskeyword(ident) or keyword.issoftkeyword(ident):
+            ident += "_"
+        base, i = ident, 2
+        while ident in self.used:
+            ident = f"{base}_{i}"
+            i += 1
+        self.used.add(ident)
+        self.by_name[name] = ident
+        return ident
+
+
+def class_name(name: str) -> str:
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "Network"
+    if ident[0].isdigit():
+        ident = "Net_" + ident
+    if keyword.iskeyword(ident) or ident in RESERVED or ident in ("ConvPlan", "PoolPlan"):
+        ident += "_"
+    return ident
+
+
+def lit(value: Any) -> str:
+    """A Python literal for ``value`` (numbers, strings, bools, None, tuples, lists, dicts)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, tuple):
+        inner = ", ".join(lit(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    if isinstance(value, list):
+        return "[" + ", ".join(lit(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in value.items()) + "}"
+    if hasattr(value, "item"):  # numpy scalar
+        return lit(value.item())
+    raise TypeError(f"cannot emit {type(value).__name__} as a literal")
+
+
+def comment(text: str) -> str:
+    """Text safe inside a ``#`` comment: no newlines or control characters."""
+    return repr(str(text))[1:-1]
+
+
+# ------------------------------------------------------------------------------------ lowering
+
+
+def _role(op: str) -> str:
+    opdef = lookup(op)
+    return opdef.role if opdef is not None else "layer"
+
+
+def _unsupported(layer: Layer) -> AlexDSLError:
+    return AlexDSLError(
+        [
+            Diagnostic(
+                "error",
+                f"the cupy backend has no kernel for op '{layer.op}' (layer '{layer.name}')",
+                layer.span,
+            )
+        ]
+    )
+
+
+def lower(network: Network) -> Lowered:
+    """Network -> steps, memory plan and state table (see the module docstring)."""
+    all_layers = network.layers()
+    by_name = {layer.name: layer for layer in all_layers}
+    dropped = [
+        layer.name
+        for layer in all_layers
+        if layer.phase == "train" or _role(layer.op) != "layer" or layer.is_label
+    ]
+    kept = [layer for layer in all_layers if layer.name not in dropped]
+    kept_names = {layer.name for layer in kept}
+    consumers: dict[str, list[str]] = {layer.name: [] for layer in kept}
+    for layer in kept:
+        for src in layer.inputs:
+            if src in consumers:
+                consumers[src].append(layer.name)
+
+    outputs = [o for o in network.outputs if o in kept_names and not by_name[o].is_input]
+    if not outputs:  # the logits a dropped loss/metric layer read
+        for name in dropped:
+            layer = by_name[name]
+            if _role(layer.op) != "layer" and layer.inputs and layer.inputs[0] in kept_names:
+                outputs.append(layer.inputs[0])
+        outputs = list(dict.fromkeys(outputs))
+    if not outputs:
+        outputs = [layer.name for layer in kept if not consumers[layer.name] and not layer.is_input]
+    if not outputs:
+        raise AlexDSLError(f"network {network.name} has no output to compute")
+
+    names = _Names()
+    data_inputs = [n for n in network.data_inputs if n in kept_names]
+    input_vars = {n: names(n) for n in data_inputs}
+    var: dict[str, str] = dict(input_vars)  # value name -> python variable holding it
+    root: dict[str, str] = {n: n for n in data_inputs}  # value -> value owning its memory
+    state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
+    steps: list[Step] = []
+    lines: list[str] = []
+    fused: set[str] = set()
+    scratch = 0
+
+    def sole_consumer(name: str, op: str) -> Layer | None:
+        users = consumers.get(name, [])
+        if len(users) != 1 or name in outputs:
+            return None
+        user = by_name[users[0]]
+        if user.op != op or user.inputs != [name]:
+            return None
+        return user
+
+    for layer in kept:
+        for pname, spec in layer.params.items():
+            state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
+        for bname, shape in layer.buffers.items():
+            value = 1.0 if bname == "running_var" else 0.0
+            state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})
+
+    for layer in kept:
+        if layer.is_input or layer.name in fused:
+            continue
+        a = layer.attrs
+        ins = [var[i] for i in layer.inputs]
+        x = ins[0] if ins else ""
+        ident = names(layer.name)
+        key = lit(layer.name)
+        if layer.op in ALIAS_OPS:
+            root[layer.name] = root[layer.inputs[0]]
+            if layer.op == "dropout":
+                var[layer.name] = x
+                lines.append(f"# {comment(layer.name)}: dropout(p={a.get('p')!r}) is the identity at inference")
+            else:
+                var[layer.name] = ident
+                lines.append(f"{ident} = {x}.reshape(n, -1)  # {comment(layer.name)}: flatten (a view)")
+            continue
+
+        covered = [layer.name]
+        setup: list[str] = []
+        note = ""
+        last = layer
+        if layer.op in ("conv", "fc"):
+            wkey = f"{layer.name}.weight"
+            bkey = f"{layer.name}.bias" if "bias" in layer.params else None
+            bias_expr = f"w[{lit(bkey)}]" if bkey else "None"
+            bn = sole_consumer(layer.name, "batchnorm")
+            if bn is not None:
+                covered.append(bn.name)
+                last = bn
+                g = f"w[{lit(bn.name + '.weight')}]" if "weight" in bn.params else "None"
+                b = f"w[{lit(bn.name + '.bias')}]" if "bias" in bn.params else "None"
+                setup.append(
+                    f"self.{ident}_w, self.{ident}_b = rt.fold_batchnorm(\n"
+                    f"            w[{lit(wkey)}], {bias_expr},\n"
+                    f"            w[{lit(bn.name + '.running_mean')}], w[{lit(bn.name + '.running_var')}],\n"
+                    f"            {g}, {b}, {lit(float(bn.attrs.get('eps', 1e-5)))},\n"
+                    f"        )"
+                )
+                note = f"{bn.name} folded into the weights"
+            else:
+                setup.append(f"self.{ident}_w = w[{lit(wkey)}]")
+                setup.append(f"self.{ident}_b = {bias_expr}")
+            relu_layer = sole_consumer(last.name, "relu")
+            relu = relu_layer is not None
+            if relu_layer is not None:
+                covered.append(relu_layer.name)
+                last = relu_layer
+            if layer.op == "conv":
+                c, h, wd = by_name[layer.inputs[0]].shape
+                plan = ConvPlan(
+                    c, h, wd, a["out"], a["kernel"], a["stride"], a["pad"], a.get("dilation", (1, 1)), a["groups"]
+                )
+                scratch = max(scratch, plan.cols_size(1))
+                setup.append(
+                    f"self.{ident}_plan = rt.ConvPlan({c}, {h}, {wd}, {a['out']}, {lit(tuple(a['kernel']))}, "
+                    f"{lit(tuple(a['stride']))}, {lit(tuple(a['pad']))}, {lit(tuple(a.get('dilation', (1, 1))))}, "
+                    f"{a['groups']})"
+                )
+                code = (
+                    f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, relu={relu}, "
+                    f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"
+                )
+                kernel = "conv2d" + ("+1x1" if plan.is_pointwise else "")
+            else:
+                code = f"rt.linear({x}, self.{ident}_w, self.{ident}_b, relu={relu}, out={{out}})"
+                kernel = "linear"
+            kernel += "+bias" * bool(bkey or bn) + "+relu" * relu
+        elif layer.op in ("maxpool", "avgpool"):
+            _, h, wd = by_name[layer.inputs[0]].shape
+            ceil = a.get("round", "floor") == "ceil"
+            k, s, p = lit(tuple(a["kernel"])), lit(tuple(a["stride"])), lit(tuple(a["pad"]))
+            setup.append(f"self.{ident}_plan = rt.PoolPlan({h}, {wd}, {k}, {s}, {p}, {ceil})")
+            if layer.op == "maxpool":
+                code = f"rt.max_pool2d({x}, {k}, {s}, {p}, {ceil}, plan=self.{ident}_plan, out={{out}})"
+                kernel = "max_pool2d"
+            else:
+                count_pad = bool(a.get("count_pad", True))
+                setup.append(f"self.{ident}_div = self.const(1.0 / self.{ident}_plan.divisor({count_pad}))")
+                code = (
+                    f"rt.avg_pool2d({x}, {k}, {s}, {p}, {ceil}, {count_pad}, plan=self.{ident}_plan, "
+                    f"divisor=self.{ident}_div, out={{out}})"
+                )
+                kernel = "avg_pool2d"
+        elif layer.op == "adaptive_avgpool":
+            _, h, wd = by_name[layer.inputs[0]].shape
+            size = lit(tuple(a["size"]))
+            setup.append(
+                f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({h}, {wd}, {size}))"
+            )
+            code = f"rt.adaptive_avg_pool2d({x}, {size}, matrices=self.{ident}_mats, out={{out}})"
+            kernel = "adaptive_avg_pool2d"
+        elif layer.op == "global_avgpool":
+            code = f"rt.global_avg_pool2d({x}, out={{out}})"
+            kernel = "global_avg_pool2d"
+        elif layer.op == "lrn":
+            args = ", ".join(lit(float(a[k])) for k in ("alpha", "beta", "k"))
+            code = f"rt.lrn({x}, {int(a['size'])}, {args}, out={{out}})"
+            kernel = "lrn"
+        elif layer.op == "batchnorm":
+            g = f"w[{lit(layer.name + '.weight')}]" if "weight" in layer.params else "None"
+            b = f"w[{lit(layer.name + '.bias')}]" if "bias" in layer.params else "None"
+            setup.append(
+                f"self.{ident}_scale, self.{ident}_shift = rt.batchnorm_affine(\n"
+                f"            w[{lit(layer.name + '.running_mean')}], w[{lit(layer.name + '.running_var')}], "
+                f"{g}, {b}, {lit(float(a.get('eps', 1e-5)))}\n"
+                f"        )"
+            )
+            code = f"rt.channel_affine({x}, self.{ident}_scale, self.{ident}_shift, out={{out}})"
+            kernel = "channel_affine"
+        elif layer.op in ELEMENTWISE:
+            code = f"{ELEMENTWISE[layer.op]}({x}, out={{out}})"
+            kernel = layer.op
+        elif layer.op == "leaky_relu":
+            code = f"rt.leaky_relu({x}, {lit(float(a.get('slope', 0.01)))}, out={{out}})"
+            kernel = "leaky_relu"
+        elif layer.op == "concat":
+            code = f"rt.concat([{', '.join(ins)}], out={{out}})"
+            kernel = "concat"
+        elif layer.op == "add":
+            relu_layer = sole_consumer(layer.name, "relu")
+            if relu_layer is not None:
+                covered.append(relu_layer.name)
+                last = relu_layer
+            code = f"rt.add({', '.join(ins)}, relu={relu_layer is not None}, out={{out}})"
+            kernel = "add" + "+relu" * (relu_layer is not None)
+        else:
+            raise _unsupported(layer)
+
+        fused.update(covered)
+        out_name = last.name
+        out_ident = names(out_name)
+        for name in covered:
+            var[name] = out_ident
+            root[name] = out_name
+        key = lit(out_name)
+        step = Step(
+            name=out_name,
+            kernel=kernel,
+            layers=covered,
+            inputs=[root[i] for i in layer.inputs],
+            shape=tuple(last.shape),
+            code=code.replace("{out}", f"v[{key}]"),
+            setup=setup,
+            inplace=layer.op in INPLACE_OPS,
+            note=note,
+        )
+        steps.append(step)
+        what = " + ".join(comment(n) for n in covered)
+        lines.append(f"{out_ident} = {step.code}  # {what}")
+
+    values = [Value(s.name, ITEMSIZE * math.prod(s.shape), tuple(s.inputs), s.inplace) for s in steps]
+    memory = plan_memory(values, outputs=[root[o] for o in outputs])
+    return Lowered(
+        network=network,
+        class_name=class_name(network.name),
+        inputs={n: tuple(by_name[n].shape) for n in data_inputs},
+        input_vars=input_vars,
+        outputs=outputs,
+        steps=steps,
+        lines=lines,
+        memory=memory,
+        scratch=scratch,
+        state=state,
+        dropped=dropped,
+        var=var,
+    )
+
+
+# ------------------------------------------------------------------------------------ emitting
+
+
+def _table(name: str, items: dict[Any, Any], indent: str = "    ") -> list[str]:
+    if not items:
+        return [f"{indent}{name} = {{}}"]
+    out = [f"{indent}{name} = {{"]
+    out += [f"{indent}    {lit(k)}: {lit(v)}," for k, v in items.items()]
+    out.append(f"{indent}}}")
+    return out
+
+
+def emit(low: Lowered) -> str:
+    """The module source for a lowered network."""
+    net = low.network
+    mem = low.memory
+    elems = [b // ITEMSIZE for b in mem.buffers]
+    keep_all = mem.keep_all_bytes // ITEMSIZE
+    planned = (sum(elems) + low.scratch) * ITEMSIZE
+    src = net.source_file or "<string>"
+    head = [
+        f"# Generated by alexdsl (cupy backend) from {comment(src)}; do not edit.",
+        f"# Network {comment(net.name)}: {sum(len(s.layers) for s in low.steps)} layers in {len(low.steps)} kernel "
+        "calls.",
+        f"# Activations per sample: {planned / 2**20:.2f} MiB planned ({len(elems)} buffers + im2col scratch) "
+        f"vs {mem.keep_all_bytes / 2**20:.2f} MiB keeping every tensor alive (float32).",
+        '"""A NumPy/CuPy inference executor generated by alexdsl; see docs/cupy.md."""',
+        "",
+        "from alexdsl.backends.cupy import runtime as rt",
+        "from alexdsl.backends.cupy.executor import Executor",
+        "",
+        "",
+        f"class {low.class_name}(Executor):",
+        '    """Call with NCHW arrays (NumPy or CuPy); returns the output in the same library."""',
+        "",
+        f"    network_name = {lit(net.name)}",
+        f"    source_file = {lit(net.source_file)}",
+    ]
+    head += _table("inputs", low.inputs)
+    head.append(f"    outputs = {lit(tuple(low.outputs))}")
+    head += _table("state", low.state)
+    head.append(f"    buffers = {lit(tuple(elems))}")
+    head += _table(
+        "values",
+        {s.name: (mem.assignment[s.name], s.shape) for s in low.steps},
+    )
+    head.append(f"    scratch = {low.scratch}")
+    head.append(f"    keep_all = {keep_all}")
+    head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
+    setup = [line for s in low.steps for line in s.setup]
+    head += [f"        {line}" for line in setup] or ["        pass"]
+    args = ", ".join(low.input_vars.values())
+    first = next(iter(low.input_vars.values()))
+    head += [
+        "",
+        f"    def forward(self, {args}):",
+        '        """One line per kernel; every activation lives in a planned buffer."""',
+        f"        n = {first}.shape[0]",
+        "        v, scratch = self.arena(n)",
+    ]
+    head += [f"        {line}" for line in low.lines]
+    outs = [low.var[o] for o in low.outputs]
+    head.append(f"        return {outs[0]}" if len(outs) == 1 else f"        return ({', '.join(outs)},)")
+    return "\n".join(head) + "\n"
+
+
+def generate_source(network: Network) -> str:
+    """Readable Python source of the executor module for ``network``."""
+    return emit(lower(network))
