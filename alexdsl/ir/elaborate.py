@@ -18,6 +18,7 @@ from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler,
 from alexdsl.syntax import ast
 
 PHASES = ("train", "test")
+BROKEN = "\0broken"  # the output of a statement that failed: layers reading it report nothing more
 MAX_BLOCK_DEPTH = 32
 
 
@@ -426,7 +427,7 @@ class Elaborator:
         if label in scope.labels or full in self.graph:
             self.sink.error(f"duplicate name '{label}'", stmt.label.span,
                             hint=self._first_definition(full))
-            label = f"{label}\0dup"
+            label, full = f"{label}\0dup", f"{full}\0dup"
         phase = "all"
         if stmt.phase is not None:
             if stmt.phase.name in PHASES:
@@ -438,8 +439,8 @@ class Elaborator:
             output = self._repeat(stmt, scope, full, phase)
         else:
             output = self._chain(stmt, scope, full, phase)
-        scope.labels[label] = output
-        scope.prev = output
+        scope.labels[label] = output if output is not None else BROKEN
+        scope.prev = output if output is not None else BROKEN
 
     def _first_definition(self, full: str) -> str | None:
         if full in self.graph and self.graph.nodes[full].get("span") is not None:
@@ -505,7 +506,9 @@ class Elaborator:
         lo, hi = op.inputs
         inputs: list[str | None] = []
         if len(refs) < lo or not refs:
-            if implicit is None or not implicit_allowed:
+            if implicit == BROKEN and implicit_allowed:
+                inputs.append(None)
+            elif implicit is None or not implicit_allowed:
                 if not refs:
                     self.sink.error(f"layer '{name}' has no input", call.span,
                                     hint="declare an input first, or name one: 'x -> " + call.name + "'")

@@ -277,6 +277,13 @@ _KNOWN_MISTAKES: dict[str, list[str]] = {
 }
 
 
+@functools.cache
+def _mistake_examples() -> dict[str, list[str]]:
+    """The known mistakes, each also after one and two statements (LALR states differ there)."""
+    prefixes = ("", "network N\n", "network N\ninput d: 3x8x8\n", "block b(c) {\n  x: relu\n")
+    return {hint: [p + s for s in snippets for p in prefixes] for hint, snippets in _KNOWN_MISTAKES.items()}
+
+
 def _describe_terminal(name: str, lark: Lark) -> str:
     words = {
         "NAME": "a name",
@@ -323,7 +330,7 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
         message = "unexpected end of file"
     hint = None
     try:
-        hint = error.match_examples(lark.parse, _KNOWN_MISTAKES, use_accepts=True)
+        hint = error.match_examples(lark.parse, _mistake_examples(), use_accepts=True)
     except Exception:  # noqa: BLE001 - a failed lookup only loses the hint
         hint = None
     if open_parens and open_parens[-1].line < line:
@@ -368,7 +375,8 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
                 break
             diagnostics.append(diag)
             seen_lines.add(diag.span.line)
-            if isinstance(error, UnexpectedEOF) or len(diagnostics) >= MAX_SYNTAX_ERRORS:
+            unclosed = diag.hint is not None and "never closed" in diag.hint
+            if unclosed or isinstance(error, UnexpectedEOF) or len(diagnostics) >= MAX_SYNTAX_ERRORS:
                 break
             attempt = _blank_line(attempt, diag.span.line)
             continue

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import builtins
 import linecache
 import math
 import os
@@ -45,7 +46,7 @@ def load_source(source: str, class_name: str, filename: str | None = None) -> ty
     module = types.ModuleType(f"alexdsl_generated_{_counter}")
     module.__file__ = filename
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # tracebacks show it
-    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
+    exec(builtins.compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - our own generated code
     cls = module.__dict__[class_name]
     cls.__source__ = source
     return cls
@@ -97,11 +98,14 @@ def summary(network: Network | Lowered, batch: int = 1) -> str:
     param_bytes = 4 * sum(math.prod(shape) for shape, _, _ in low.state.values())
     lines.append(f"  parameters: {_mib(param_bytes)} float32 ({len(low.state)} tensors)")
     mem = low.memory
-    buffers, scratch, keep = mem.planned_bytes * batch, 4 * low.scratch * batch, mem.keep_all_bytes * batch
-    saved = 100 * (1 - (buffers + scratch) / keep) if keep else 0.0
+    buffers, keep = mem.planned_bytes * batch, mem.keep_all_bytes * batch
+    saved = 100 * (1 - buffers / keep) if keep else 0.0
     lines.append(
-        f"  activations at batch {batch}: {_mib(buffers)} in {len(mem.buffers)} reusable buffers "
-        f"+ {_mib(scratch)} im2col scratch = {_mib(buffers + scratch)} planned, "
+        f"  activations at batch {batch}: {_mib(buffers)} planned in {len(mem.buffers)} reusable buffers "
         f"vs {_mib(keep)} keeping every tensor alive ({saved:.0f}% less)"
+    )
+    lines.append(
+        f"  im2col scratch at batch {batch}: {_mib(4 * low.scratch * batch)} shared by all convs "
+        f"vs {_mib(4 * low.scratch_per_layer * batch)} with one per layer"
     )
     return "\n".join(lines)

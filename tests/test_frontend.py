@@ -1,0 +1,244 @@
+"""The language and IR against published figures, the seed's numbers, and golden diagnostics."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from conftest import EXAMPLES, GOLDEN, ROOT
+
+import alexdsl
+from alexdsl.errors import AlexDSLError
+from alexdsl.report import render
+
+# (file, parameters, MACs): published parameter counts; MACs of conv and fc weights.
+PUBLISHED = [
+    ("alexnet.adsl", 60_965_224, 724_406_816),  # Caffe bvlc_alexnet
+    ("alexnet_torchvision.adsl", 61_100_840, 714_188_480),  # torchvision alexnet()
+    ("vgg16.adsl", 138_357_544, None),  # torchvision vgg16()
+    ("resnet18.adsl", 11_689_512, None),  # torchvision resnet18()
+    ("lenet.adsl", 431_080, 2_293_000),  # Caffe examples/mnist LeNet
+]
+
+
+@pytest.mark.parametrize(("file", "params", "macs"), PUBLISHED)
+def test_published_parameter_counts(file: str, params: int, macs: int | None) -> None:
+    totals = alexdsl.load(EXAMPLES / file).totals()
+    assert totals["params"] == params
+    if macs is not None:
+        assert totals["macs"] == macs
+
+
+def test_alexnet_matches_the_seed_layer_by_layer() -> None:
+    net = alexdsl.load(EXAMPLES / "alexnet.adsl")
+    shapes = net.shapes
+    # The seed's formula [(size + 2*pad - kernel) / stride] + 1 at each step.
+    assert shapes["conv1"] == (96, 55, 55)  # [227 - 11] / 4 + 1
+    assert shapes["conv1_maxpool"] == (96, 27, 27)  # [55 - 3] / 2 + 1
+    assert shapes["conv2"] == (256, 27, 27)  # [27 + 2*2 - 5] / 1 + 1
+    assert shapes["conv2_maxpool"] == (256, 13, 13)  # [27 - 3] / 2 + 1
+    assert shapes["conv3"] == (384, 13, 13)
+    assert shapes["conv4"] == (384, 13, 13)
+    assert shapes["conv5"] == (256, 13, 13)
+    assert shapes["conv5_maxpool"] == (256, 6, 6)  # [13 - 3] / 2 + 1
+    assert [shapes[n] for n in ("fc6", "fc7", "fc8")] == [(4096,), (4096,), (1000,)]
+    conv2 = net.layer("conv2")
+    assert conv2.params["weight"].shape == (256, 48, 5, 5)  # group: 2 splits the 96 inputs
+    assert conv2.params["bias"].filler.get("value") == 1.0
+    assert (conv2.params["bias"].lr_mult, conv2.params["bias"].decay_mult) == (2.0, 0.0)
+    assert (conv2.params["weight"].lr_mult, conv2.params["weight"].decay_mult) == (1.0, 1.0)
+    assert net.layer("fc6").params["weight"].filler.get("std") == 0.005
+    assert net.layer("fc8").params["weight"].filler.get("std") == 0.01
+    assert net.layer("accuracy").phase == "test"
+    assert net.outputs == ["fc8"]
+    parametric = [layer.name for layer in net.layers() if layer.params]
+    assert parametric == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+
+
+def test_resnet18_weight_keys_follow_torchvision() -> None:
+    keys = alexdsl.load(EXAMPLES / "resnet18.adsl").state_keys()
+    for key in ("conv1.weight", "bn1.running_var", "layer1.1.conv2.weight", "layer2.0.downsample.0.weight",
+                "layer2.0.downsample.1.bias", "layer4.1.bn2.weight", "fc.weight", "fc.bias"):
+        assert key in keys
+    assert keys["layer3.0.conv1.weight"] == (256, 128, 3, 3)
+
+
+def test_inception_block_is_a_dag_with_hierarchical_names() -> None:
+    net = alexdsl.load(EXAMPLES / "inception.adsl")
+    assert net.shapes["inc3a.out"] == (256, 28, 28)  # 64 + 128 + 32 + 32 channels
+    assert net.shapes["inc3b.out"] == (480, 28, 28)
+    assert net.layer("inc3a.out").inputs == ["inc3a.b1_relu", "inc3a.b3_relu2", "inc3a.b5_relu2", "inc3a.bp_relu"]
+    assert net.layer("inc3a.bp").inputs == ["inc3a.bp_maxpool"] or net.layer("inc3a.bp").op == "maxpool"
+    assert net.layer("inc3a.b1").block == "inc3a"
+
+
+@pytest.mark.parametrize("file", sorted(p.name for p in EXAMPLES.glob("*.adsl")))
+def test_shapes_table_golden(file: str, golden) -> None:
+    golden(f"shapes/{file}.txt", render(alexdsl.load(EXAMPLES / file)))
+
+
+@pytest.mark.parametrize("file", sorted(p.name for p in (GOLDEN / "errors").glob("*.adsl")))
+def test_error_messages_golden(file: str, golden) -> None:
+    path = GOLDEN / "errors" / file
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.load(os.path.relpath(path, ROOT) if path.is_relative_to(ROOT) else path)
+    golden(f"errors/{file}.txt", info.value.render().replace(str(ROOT) + os.sep, "") + "\n")
+
+
+def test_every_error_is_reported_in_one_run() -> None:
+    text = (GOLDEN / "errors" / "many_mistakes.adsl").read_text()
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.parse(text, "m.adsl")
+    messages = [d.message for d in info.value.errors]
+    assert len(messages) == 5
+    assert any("unknown op 'cnov'" in m for m in messages)
+    assert any("'strid'" in m for m in messages)
+    assert any("duplicate name 'fc1'" in m for m in messages)
+    assert any("'lable'" in m for m in messages)
+    assert any("@testing" in m for m in messages)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("c: conv(16)", "missing required argument 'kernel'"),
+    ("c: conv(16, 3, groups=5)", "not divisible by groups"),
+    ("c: conv(6, 3, groups=4)", "not divisible by groups"),
+    ("c: conv(16, 3, stride=0)", "must be at least 1"),
+    ("c: conv(16, 3, stride=true)", "wrong type"),
+    ("c: conv(16, 3, stride=2, stride=3)", "given twice"),
+    ("c: conv(16, 3, 1, 0, 1, 1, true, 7)", "too many positional"),
+    ("c: maxpool(3, round=up)", "must be one of floor, ceil"),
+    ("c: maxpool(3, pad=2)", "more than half the kernel"),
+    ("c: conv(16, 40)", "output height would be"),
+    ("c: lrn(4)", "must be odd"),
+    ("c: relu(x, y)", "relu takes 1 input, received 2"),
+    ("c: data -> concat", "concat takes at least 2 inputs, received 1"),
+    ("c: softmax_loss(data, data)", "needs a label as its second input"),
+    ("c: fc(12) | softmax_loss(label)", "scores 12 classes but the label"),
+    ("c: conv(16, 3, weight=gauss(0.1))", "unknown filler 'gauss'"),
+    ("c: conv(16, 3, weight=gaussian(0.1, 0, 3))", "too many arguments for gaussian"),
+    ("c: conv(16, 3, weight_lr=-1)", "non-negative"),
+    ("c: nope -> relu", "unknown input name 'nope'"),
+    ("c: in -> relu", "'in' is only defined inside a block"),
+    ("c: relu @val", "unknown phase"),
+    ("c: relu\nc: relu", "duplicate name 'c'"),
+    ("c: r: relu | r: relu", "duplicate name 'r'"),
+    ("c: repeat 0 relu", "count of at least 1"),
+    ("block b(x) {\n  o: relu\n}\nc: b(1, 2)", "too many arguments for block b"),
+    ("block b(x) {\n  o: relu\n}\nc: b()", "missing argument 'x'"),
+    ("block b(x) {\n  o: b(x)\n}\nc: b(1)", "expands into itself"),
+    ("block conv(x) {\n  o: relu\n}", "name of a built-in op"),
+    ("defaults cnv(bias=false)", "defaults for unknown op"),
+    ("defaults conv(strid=2)", "unknown argument 'strid' for defaults conv"),
+    ("defaults bias(rate=2)", "unknown argument 'rate' for defaults bias"),
+    ("solver(base_lr=0.1, lr_policy=linear)", "wrong type"),
+    ("solver(baselr=0.1)", "unknown solver setting 'baselr'"),
+    ("preprocess dat(mirror=true)", "not a declared input"),
+    ("input data: 3x0x8", "declared twice"),
+    ("input lab: klass(10)", "unknown input type"),
+    ("output nothere", "unknown input name 'nothere'"),
+    ("network Again", "named twice"),
+])
+def test_semantic_errors(source: str, message: str) -> None:
+    text = f"network T\ninput data: 3x32x32\ninput label: class(10)\n{source}\n"
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.parse(text, "t.adsl")
+    rendered = info.value.render()
+    assert message in rendered
+    assert "t.adsl:" in rendered and "^" in rendered
+
+
+def test_input_dimension_below_one() -> None:
+    with pytest.raises(AlexDSLError, match="dimension below 1"):
+        alexdsl.parse("input data: 3x0x8\nc: relu\n")
+
+
+def test_cycles_are_errors() -> None:
+    with pytest.raises(AlexDSLError, match="cycle: a -> b -> a"):
+        alexdsl.parse("input x: 3x8x8\na: b -> relu\nb: a -> relu\n")
+
+
+def test_no_input_is_an_error() -> None:
+    with pytest.raises(AlexDSLError, match="declares no input"):
+        alexdsl.parse("network T\n")
+
+
+def test_warning_for_the_seed_224_confusion() -> None:
+    net = alexdsl.load(EXAMPLES / "alexnet.adsl", input_shapes={"data": (3, 224, 224)})
+    first = net.warnings[0]
+    assert first.severity == "warning" and first.span.line == 14
+    assert "224x224 input never reads the last row and column; a 227x227" in first.message
+    assert not alexdsl.load(EXAMPLES / "alexnet.adsl").warnings  # 227 is covered exactly
+
+
+def test_warning_for_unused_output() -> None:
+    net = alexdsl.parse("input x: 3x8x8\na: conv(4, 3)\nb: x -> relu\nc: a -> relu\n")
+    assert any("'b' is never used" in w.message for w in net.warnings)
+    assert net.outputs == ["c"]
+
+
+def test_defaults_precedence() -> None:
+    net = alexdsl.parse(
+        "input x: 3x8x8\n"
+        "defaults weight(filler=msra(), lr=3)\n"
+        "defaults conv(weight=uniform(-1, 1), weight_decay=0.5)\n"
+        "a: conv(4, 3, weight_lr=7)\n"
+        "b: fc(2, bias=false)\n"
+    )
+    a, b = net.layer("a"), net.layer("b")
+    assert str(a.params["weight"].filler) == "uniform(min=-1.0, max=1.0)"
+    assert (a.params["weight"].lr_mult, a.params["weight"].decay_mult) == (7.0, 0.5)
+    assert b.params["weight"].filler.type == "msra" and b.params["weight"].lr_mult == 3.0
+    assert "bias" not in b.params
+
+
+def test_chain_naming_inline_labels_and_explicit_inputs() -> None:
+    net = alexdsl.parse(
+        "input x: 3x8x8\n"
+        "a: conv(4, 3) | relu | p: maxpool(1) | relu\n"
+        "b: x -> conv(4, 3, pad=1)\n"
+        "    | conv(4, 3)\n"
+        "c: add(a, b) @train\n"
+    )
+    assert [layer.name for layer in net.layers()] == ["x", "a", "a_relu", "p", "a_relu2", "b", "b_conv2", "c"]
+    assert net.layer("c").inputs == ["a_relu2", "b_conv2"]
+    assert net.layer("c").phase == "train"
+
+
+def test_repeat_and_block_parameters() -> None:
+    net = alexdsl.parse(
+        "input x: 3x8x8\n"
+        "block unit(c, k=3) {\n  conv: conv(c, k, pad=1) | relu\n}\n"
+        "stack: repeat 3 unit(8)\n"
+        "wide: unit(16, k=1)\n"
+    )
+    assert net.shapes["stack.2.conv"] == (8, 8, 8)
+    assert net.layer("stack.1.conv").inputs == ["stack.0.conv_relu"]
+    assert net.layer("wide.conv").attrs["kernel"] == (1, 1)
+
+
+def test_ceil_rounding_and_the_last_window_rule() -> None:
+    net = alexdsl.parse("input x: 3x13x13\np: maxpool(3, stride=2, round=ceil)\n"
+                        "q: x -> maxpool(2, stride=2, pad=1, round=ceil)\n")
+    assert net.shapes["p"] == (3, 6, 6)
+    assert net.shapes["q"] == (3, 7, 7)  # ceil((13+2-2)/2)+1 = 8, but the 8th window starts in the padding
+
+
+def test_json_round_trip_for_every_example() -> None:
+    for path in EXAMPLES.glob("*.adsl"):
+        net = alexdsl.load(path)
+        again = alexdsl.Network.from_json(net.to_json())
+        assert again.to_json() == net.to_json()
+        assert again.layer_names() == net.layer_names()
+        assert again.state_keys() == net.state_keys()
+
+
+def test_bad_json_is_reported() -> None:
+    with pytest.raises(AlexDSLError, match="not valid JSON"):
+        alexdsl.Network.from_json("{")
+    with pytest.raises(AlexDSLError, match="not an alexdsl IR file"):
+        alexdsl.Network.from_json('{"format": "onnx"}')
+
+
+def test_load_missing_file() -> None:
+    with pytest.raises(AlexDSLError, match="no such file"):
+        alexdsl.load("does/not/exist.adsl")
