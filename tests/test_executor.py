@@ -1,0 +1,518 @@
+"""The generated NumPy/CuPy executor against a torch reference, plus codegen, memory plan and errors."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pytest
+
+import alexdsl
+from alexdsl.backends import cupy as backend
+from alexdsl.backends.cupy import codegen, executor
+from alexdsl.backends.cupy.memory import Value, plan_memory
+from alexdsl.errors import AlexDSLError
+from alexdsl.ir.network import Network, ParamSpec
+from alexdsl.ops.registry import Filler
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.adsl"))
+# big networks run on smaller inputs in the fast suite (their full size is marked slow)
+SMALL_INPUT = {"vgg16": {"data": (3, 64, 64)}}
+
+
+# ------------------------------------------------------------------------------------ reference
+
+
+def torch_reference(network: Network, weights: dict[str, np.ndarray], *inputs: np.ndarray) -> list[np.ndarray]:
+    """Interpret the IR layer by layer with torch.nn.functional (float64: an exact-ish oracle)."""
+    w = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in weights.items()}
+    env: dict[str, torch.Tensor] = {}
+    data = iter(inputs)
+    low = codegen.lower(network)
+    with torch.no_grad():
+        for layer in network.layers():
+            if layer.name in low.dropped:
+                continue
+            a, name = layer.attrs, layer.name
+            xs = [env[i] for i in layer.inputs]
+            x = xs[0] if xs else None
+            op = layer.op
+            if op == "input":
+                y = torch.from_numpy(np.asarray(next(data), dtype=np.float64))
+            elif op == "conv":
+                y = F.conv2d(x, w[f"{name}.weight"], w.get(f"{name}.bias"), a["stride"], a["pad"], a["dilation"],
+                             a["groups"])
+            elif op == "fc":
+                y = F.linear(x.flatten(1), w[f"{name}.weight"], w.get(f"{name}.bias"))
+            elif op in ("maxpool", "avgpool"):
+                ceil = a["round"] == "ceil"
+                if op == "maxpool":
+                    y = F.max_pool2d(x, a["kernel"], a["stride"], a["pad"], ceil_mode=ceil)
+                else:
+                    y = F.avg_pool2d(x, a["kernel"], a["stride"], a["pad"], ceil, a["count_pad"])
+            elif op == "adaptive_avgpool":
+                y = F.adaptive_avg_pool2d(x, a["size"])
+            elif op == "global_avgpool":
+                y = F.adaptive_avg_pool2d(x, 1)
+            elif op == "lrn":
+                y = F.local_response_norm(x, a["size"], a["alpha"], a["beta"], a["k"])
+            elif op == "batchnorm":
+                y = F.batch_norm(x, w[f"{name}.running_mean"], w[f"{name}.running_var"], w.get(f"{name}.weight"),
+                                 w.get(f"{name}.bias"), False, 0.0, a["eps"])
+            elif op == "relu":
+                y = F.relu(x)
+            elif op == "leaky_relu":
+                y = F.leaky_relu(x, a["slope"])
+            elif op == "sigmoid":
+                y = torch.sigmoid(x)
+            elif op == "tanh":
+                y = torch.tanh(x)
+            elif op == "softmax":
+                y = F.softmax(x, dim=1)
+            elif op == "dropout":
+                y = x
+            elif op == "flatten":
+                y = x.flatten(1)
+            elif op == "concat":
+                y = torch.cat(xs, 1)
+            elif op == "add":
+                y = sum(xs[1:], xs[0])
+            else:  # pragma: no cover - a new op needs a line here
+                raise NotImplementedError(op)
+            env[name] = y
+    return [env[o].numpy() for o in low.outputs]
+
+
+def random_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
+    """He-scaled weights and non-trivial batchnorm statistics, so activations stay O(1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in network.state_keys().items():
+        kind = key.rsplit(".", 1)[1]
+        if kind == "weight" and len(shape) > 1:
+            fan_in = math.prod(shape[1:])
+            value = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        elif kind == "running_var":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif kind == "weight":  # batchnorm gamma
+            value = rng.uniform(0.5, 1.5, shape)
+        else:  # biases, running means
+            value = rng.standard_normal(shape) * 0.1
+        out[key] = value.astype(np.float32)
+    return out
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4) -> None:
+    """Agreement to ``rtol`` relative to the output's scale."""
+    assert got.shape == want.shape
+    scale = float(np.abs(want).max()) or 1.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+
+
+def load_example(path: Path, small: bool = True) -> Network:
+    return alexdsl.load(path, input_shapes=SMALL_INPUT.get(path.stem) if small else None)
+
+
+_CACHE: dict[tuple[str, bool], tuple[Network, dict[str, np.ndarray], backend.Executor]] = {}
+
+
+def compiled(path: Path, small: bool = True) -> tuple[Network, dict[str, np.ndarray], backend.Executor]:
+    key = (path.stem, small)
+    if key not in _CACHE:
+        net = load_example(path, small)
+        weights = random_weights(net)
+        _CACHE[key] = (net, weights, backend.compile(net, weights, device="cpu"))
+    return _CACHE[key]
+
+
+def batch_inputs(ex: backend.Executor, batch: int, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, *shape)).astype(np.float32) for shape in ex.inputs.values()]
+
+
+# ------------------------------------------------------------------------------------ equivalence
+
+
+def test_examples_exist() -> None:
+    assert {p.stem for p in EXAMPLE_FILES} >= {"alexnet", "lenet"}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_numpy_executor_matches_torch(path: Path, batch: int) -> None:
+    net, weights, ex = compiled(path)
+    xs = batch_inputs(ex, batch)
+    got = ex(*xs)
+    got = got if isinstance(got, tuple) else (got,)
+    want = torch_reference(net, weights, *xs)
+    assert len(got) == len(want)
+    for g, t in zip(got, want, strict=True):
+        assert isinstance(g, np.ndarray) and g.dtype == np.float32
+        assert_close(g, t)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in EXAMPLE_FILES if p.stem in SMALL_INPUT], ids=lambda p: p.stem)
+def test_full_size_examples_match_torch(path: Path) -> None:
+    net, weights, ex = compiled(path, small=False)
+    xs = batch_inputs(ex, 1)
+    assert_close(ex(*xs), torch_reference(net, weights, *xs)[0])
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_executor_matches_torch_backend_when_present(batch: int) -> None:
+    build = getattr(getattr(alexdsl, "torch", None), "build", None)
+    if build is None:
+        try:
+            from alexdsl.backends.torch import build  # type: ignore[no-redef]
+        except ImportError:
+            pytest.skip("the torch backend is not available")
+    net, weights, ex = compiled(EXAMPLES / "alexnet.adsl")
+    model = build(net)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    model.eval()
+    xs = batch_inputs(ex, batch)
+    with torch.no_grad():
+        want = model(*[torch.from_numpy(x) for x in xs])
+    want = want[0] if isinstance(want, (tuple, list)) else want
+    if isinstance(want, dict):
+        want = want[ex.outputs[0]]
+    assert_close(ex(*xs), want.numpy().reshape(xs[0].shape[0], -1))
+
+
+def test_batch_size_can_change_between_calls() -> None:
+    net, weights, ex = compiled(EXAMPLES / "lenet.adsl")
+    for batch in (2, 5, 2):
+        xs = batch_inputs(ex, batch, seed=batch)
+        assert_close(ex(*xs), torch_reference(net, weights, *xs)[0])
+
+
+def test_outputs_are_fresh_arrays() -> None:
+    _, _, ex = compiled(EXAMPLES / "lenet.adsl")
+    (x,) = batch_inputs(ex, 2)
+    first = ex(x)
+    kept = first.copy()
+    second = ex(x * 2)
+    assert not np.shares_memory(first, second)
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_steady_state_reuses_buffers() -> None:
+    _, _, ex = compiled(EXAMPLES / "alexnet.adsl")
+    (x,) = batch_inputs(ex, 2)
+    ex(x)
+    views, scratch = ex.arena(2)
+    ex(x)
+    views2, scratch2 = ex.arena(2)
+    assert views2 is views and scratch2 is scratch
+    # planned: a handful of buffers, fewer bytes than keeping every activation alive
+    mem = ex.memory(16)
+    assert len(ex.buffers) <= 3
+    assert mem["buffer_bytes"] < mem["keep_all_bytes"] / 2
+
+
+def test_default_weights_follow_the_fillers() -> None:
+    net = alexdsl.parse(
+        "network F\ninput x: 4x6x6\n"
+        "c: conv(8, 3, groups=2, weight=xavier(), bias=constant(0.5))\n"
+        "d: conv(6, 3, weight=msra(), bias=false)\n"
+        "f: fc(5, weight=gaussian(0.02), bias=uniform(-1, 2))\n"
+    )
+    ex = backend.compile(net, device="cpu", seed=3)
+    w = ex.weights
+    bound = math.sqrt(3.0 / (4 // 2 * 9))  # Caffe fan_in = in/groups * kh * kw
+    assert float(np.abs(w["c.weight"]).max()) <= bound
+    assert float(np.abs(w["c.weight"]).max()) > 0.8 * bound
+    np.testing.assert_array_equal(w["c.bias"], np.full(8, 0.5, np.float32))
+    assert "d.bias" not in w
+    assert float(w["d.weight"].std()) == pytest.approx(math.sqrt(2.0 / (8 * 9)), rel=0.25)
+    assert float(w["f.weight"].std()) == pytest.approx(0.02, rel=0.3)
+    assert -1 <= float(w["f.bias"].min()) and float(w["f.bias"].max()) <= 2
+    again = backend.compile(net, device="cpu", seed=3)
+    np.testing.assert_array_equal(again.weights["d.weight"], w["d.weight"])
+
+
+def test_fill_fan_out_and_average() -> None:
+    rng = np.random.default_rng(0)
+    w = executor.fill((10, 4, 3, 3), "xavier", {"variance_norm": "fan_out"}, rng)
+    assert np.abs(w).max() <= math.sqrt(3.0 / (10 * 9))
+    w = executor.fill((10, 4, 3, 3), "xavier", {"variance_norm": "average"}, rng)
+    assert np.abs(w).max() <= math.sqrt(3.0 / ((36 + 90) / 2))
+    with pytest.raises(AlexDSLError, match="unknown filler"):
+        executor.fill((2,), "bogus", {}, rng)
+
+
+# ------------------------------------------------------------------------------------ weights
+
+
+def test_weights_from_safetensors_and_torch_state_dict(tmp_path: Path) -> None:
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    net, weights, ex = compiled(EXAMPLES / "resnet18.adsl")
+    (x,) = batch_inputs(ex, 1)
+    want = ex(x)
+    path = tmp_path / "w.safetensors"
+    safetensors_numpy.save_file(weights, str(path))
+    np.testing.assert_array_equal(backend.compile(net, path, device="cpu")(x), want)
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    state["bn1.num_batches_tracked"] = torch.tensor(0)  # torch bookkeeping is ignored
+    np.testing.assert_array_equal(backend.compile(net, state, device="cpu")(x), want)
+
+
+def _lenet() -> tuple[Network, dict[str, np.ndarray]]:
+    net, weights, _ = compiled(EXAMPLES / "lenet.adsl")
+    return net, dict(weights)
+
+
+def test_missing_extra_and_misshapen_weights_are_all_reported() -> None:
+    net, weights = _lenet()
+    keys = list(weights)
+    missing = weights.pop(keys[0])
+    weights[keys[1]] = np.zeros((3, 3), np.float32)
+    weights["nonsense.weight"] = np.zeros(1, np.float32)
+    with pytest.raises(AlexDSLError) as info:
+        backend.compile(net, weights, device="cpu")
+    text = str(info.value)
+    assert f"missing '{keys[0]}'" in text and str(tuple(missing.shape)) in text
+    assert f"'{keys[1]}' has the wrong shape" in text and "(3, 3)" in text
+    assert str(tuple(net.state_keys()[keys[1]])) in text
+    assert "unexpected weight 'nonsense.weight'" in text
+    assert len(info.value.errors) == 3
+
+
+def test_bad_weights_argument() -> None:
+    net, _ = _lenet()
+    with pytest.raises(AlexDSLError, match="not found"):
+        backend.compile(net, "/nonexistent/w.safetensors", device="cpu")
+    with pytest.raises(AlexDSLError, match="dict of arrays"):
+        backend.compile(net, 42, device="cpu")  # type: ignore[arg-type]
+
+
+def test_wrong_input_shape_dtype_and_count() -> None:
+    _, _, ex = compiled(EXAMPLES / "lenet.adsl")
+    (shape,) = ex.inputs.values()
+    with pytest.raises(AlexDSLError, match="wrong shape") as info:
+        ex(np.zeros((2, shape[0], shape[1] + 1, shape[2]), np.float32))
+    assert "(N, " in str(info.value)
+    with pytest.raises(AlexDSLError, match="wrong shape"):
+        ex(np.zeros(shape, np.float32))  # batch dimension forgotten
+    with pytest.raises(AlexDSLError, match="float64.*float32"):
+        ex(np.zeros((1, *shape), np.float64))
+    with pytest.raises(AlexDSLError, match="takes 1 input"):
+        ex()
+
+
+def test_device_selection_errors() -> None:
+    net, weights = _lenet()
+    if not executor.cuda_available():
+        with pytest.raises(AlexDSLError, match=r"pip install 'alexdsl\[cupy\]'"):
+            backend.compile(net, weights, device="cuda")
+        assert backend.compile(net, weights, device="auto").device == "cpu"
+    with pytest.raises(AlexDSLError, match="unknown device"):
+        backend.compile(net, weights, device="tpu")
+    with pytest.raises(AlexDSLError, match="unsupported dtype"):
+        backend.compile(net, weights, device="cpu", dtype="int8")
+
+
+def test_float64_executor() -> None:
+    net, weights, ex32 = compiled(EXAMPLES / "lenet.adsl")
+    ex = backend.compile(net, weights, device="cpu", dtype="float64")
+    (x,) = batch_inputs(ex, 2)
+    got = ex(x.astype(np.float64))
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, torch_reference(net, weights, x)[0], rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------ codegen
+
+
+def test_source_is_deterministic_readable_and_names_its_file() -> None:
+    net = load_example(EXAMPLES / "alexnet.adsl")
+    src = backend.generate_source(net)
+    assert src == backend.generate_source(alexdsl.load(EXAMPLES / "alexnet.adsl"))
+    assert src.startswith("# Generated by alexdsl")
+    assert "alexnet.adsl" in src.splitlines()[0]
+    assert "class AlexNet(Executor):" in src
+    assert "relu=True" in src  # bias + ReLU fused into the conv epilogue
+    assert "dropout" not in src.split("def forward")[1].replace("# ", "#").split("#")[0]
+    forward = src.split("def forward")[1]
+    assert "rt.relu(" not in forward and "loss" not in forward and "accuracy" not in forward
+    compile(src, "<generated>", "exec")
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_generated_source_is_ruff_clean(path: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"{path.stem}_executor.py"
+    out.write_text(backend.generate_source(load_example(path)))
+    result = subprocess.run(
+        ["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_batchnorm_is_folded_and_relu_fused_in_resnet() -> None:
+    net = load_example(EXAMPLES / "resnet18.adsl")
+    low = codegen.lower(net)
+    kernels = [s.kernel for s in low.steps]
+    assert "channel_affine" not in kernels  # every batchnorm follows a conv: folded
+    assert not any(k in ("relu",) for k in kernels)
+    assert any(k.startswith("add+relu") for k in kernels)
+    assert "conv2d+1x1+bias" in kernels  # the downsample shortcut takes the 1x1 fast path
+    text = backend.summary(net, batch=2)
+    assert "folded into the weights" in text and "keeping every tensor alive" in text
+    assert "parameters:" in text
+
+
+def test_standalone_ops_lower_to_kernels() -> None:
+    net = alexdsl.parse(
+        "network Mixed\ninput x: 4x9x9\n"
+        "a: conv(6, 3, pad=1)\n"
+        "a2: maxpool(2, stride=2, round=ceil) | batchnorm | leaky_relu(0.2)\n"
+        "b: avgpool(3, stride=2, pad=1, count_pad=false, round=ceil) | sigmoid\n"
+        "c: adaptive_avgpool(3) | tanh | flatten | fc(7, bias=false) | softmax\n"
+    )
+    weights = random_weights(net)
+    ex = backend.compile(net, weights, device="cpu")
+    kinds = {s.kernel for s in codegen.lower(net).steps}
+    assert {"channel_affine", "leaky_relu", "avg_pool2d", "sigmoid", "adaptive_avg_pool2d", "softmax"} <= kinds
+    (x,) = batch_inputs(ex, 2)
+    assert_close(ex(x), torch_reference(net, weights, x)[0])
+
+
+def test_hostile_names_cannot_inject_code() -> None:
+    evil = 'x"]); import os; os.system("echo pwned") #'
+    graph = nx.DiGraph()
+    conv_spec = ParamSpec((2, 1, 1, 1), Filler("constant", (("value", 1.0),)))
+    graph.add_node("in put", op="input", attrs={"kind": "tensor"}, inputs=[], shape=(1, 3, 3), phase="all")
+    graph.add_node(evil, op="conv", inputs=["in put"], shape=(2, 3, 3), phase="all",
+                   attrs={"out": 2, "kernel": (1, 1), "stride": (1, 1), "pad": (0, 0), "dilation": (1, 1),
+                          "groups": 1, "bias": False},
+                   params={"weight": conv_spec})
+    graph.add_node("class", op="relu", attrs={}, inputs=[evil], shape=(2, 3, 3), phase="all")
+    graph.add_edge("in put", evil)
+    graph.add_edge(evil, "class")
+    net = Network('Evil"\nimport os', graph, inputs=["in put"], outputs=["class"],
+                  source_file='bad\n"""; import os #.adsl')
+    src = backend.generate_source(net)
+    assert "import os" not in "".join(line.split("#")[0] for line in src.splitlines() if "'" not in line)
+    assert "os.system" not in src.replace(repr(evil)[1:-1], "").replace(repr(evil), "")
+    ex = backend.compile(net, device="cpu")
+    np.testing.assert_array_equal(ex(np.ones((1, 1, 3, 3), np.float32)), np.ones((1, 2, 3, 3), np.float32))
+    assert f"{evil}.weight" in ex.weights
+
+
+def test_identifier_sanitising() -> None:
+    names = codegen._Names()
+    assert names("layer2.0.conv1") == "layer2_0_conv1"
+    assert names("layer2_0.conv1") == "layer2_0_conv1_2"  # collision
+    assert names("class") == "class_"
+    assert names("3x") == "_3x"
+    assert names("self") == "self_2" or names("self").startswith("self_")
+    assert codegen.class_name("my-net") == "my_net"
+    assert codegen.lit(float("inf")) == "float('inf')"
+    assert codegen.comment("a\nb") == "a\\nb"
+
+
+def test_load_source_registers_for_tracebacks() -> None:
+    import linecache
+
+    net = load_example(EXAMPLES / "lenet.adsl")
+    low = codegen.lower(net)
+    cls = backend.load_source(codegen.emit(low), low.class_name, "<lenet-test>")
+    assert linecache.getline("<lenet-test>", 1).startswith("# Generated")
+    assert cls.__source__.startswith("# Generated")
+
+
+# ------------------------------------------------------------------------------------ memory plan
+
+
+def test_memory_plan_liveness_branches() -> None:
+    # a -> (b, c) -> d(concat b, c); a must stay alive until c is computed
+    values = [
+        Value("a", 10, ()),
+        Value("b", 10, ("a",)),
+        Value("c", 10, ("a",)),
+        Value("d", 20, ("b", "c")),
+        Value("e", 20, ("d",), inplace=True),
+    ]
+    plan = plan_memory(values, outputs=["e"])
+    a = plan.assignment
+    assert len({a["a"], a["b"], a["c"]}) == 3
+    assert a["d"] not in (a["b"], a["c"])
+    assert a["e"] == a["d"]  # in place: d dies at e
+    assert plan.keep_all_bytes == 70
+    assert plan.planned_bytes <= 40
+    assert "MiB" in plan.describe(2)
+
+
+def test_memory_plan_never_overwrites_a_live_value() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        values = []
+        for i in range(12):
+            k = int(rng.integers(0, min(i, 3) + 1))
+            srcs = tuple(f"v{j}" for j in rng.choice(i, size=k, replace=False)) if i else ()
+            values.append(Value(f"v{i}", int(rng.integers(1, 50)), srcs, inplace=bool(rng.integers(0, 2))))
+        plan = plan_memory(values, outputs=["v11"])
+        for i, v in enumerate(values):  # every value alive at step i must not share v's buffer
+            buf = plan.assignment[v.name]
+            assert plan.buffers[buf] >= v.nbytes
+            for u in values[:i]:
+                alive = plan.last_use[u.name] > i or (plan.last_use[u.name] == i and not v.inplace)
+                if alive and plan.assignment[u.name] == buf:
+                    assert v.inplace and v.inputs and v.inputs[0] == u.name and plan.last_use[u.name] == i
+
+
+# ------------------------------------------------------------------------------------ GPU
+
+
+def _cupy():
+    cp = pytest.importorskip("cupy")
+    if not executor.cuda_available():
+        pytest.skip("no CUDA device")
+    return cp
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_cupy_executor_matches_numpy(path: Path) -> None:
+    cp = _cupy()
+    net, weights, ex_cpu = compiled(path)
+    ex = backend.compile(net, weights, device="cuda")
+    xs = batch_inputs(ex, 2)
+    got = ex(*[cp.asarray(x) for x in xs])
+    assert isinstance(got, cp.ndarray)
+    assert_close(cp.asnumpy(got), ex_cpu(*xs), rtol=1e-3)
+    assert isinstance(ex(*xs), np.ndarray)  # NumPy in, NumPy out
+
+
+@pytest.mark.gpu
+def test_cupy_steady_state_allocates_nothing() -> None:
+    cp = _cupy()
+    net, weights, _ = compiled(EXAMPLES / "alexnet.adsl")
+    ex = backend.compile(net, weights, device="cuda")
+    x = cp.asarray(batch_inputs(ex, 4)[0])
+    pool = cp.get_default_memory_pool()
+    for _ in range(2):
+        ex(x)
+    cp.cuda.Device().synchronize()
+    total = pool.total_bytes()
+    for _ in range(3):
+        ex(x)
+    cp.cuda.Device().synchronize()
+    assert pool.total_bytes() == total
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,129 @@
+"""Every registered op: documented, its example checks, and its shape rule agrees with torch.
+
+The shape sweeps compare alexdsl's inferred shapes with what torch.nn.functional returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import alexdsl
+from alexdsl.errors import AlexDSLError
+from alexdsl.ops.registry import all_ops, lookup
+
+SCAFFOLD = """network Contract
+input data: 16x32x32
+input label: class(10)
+input v: 10
+fc8: v -> relu
+b1: data -> relu
+b3: data -> relu
+b5: data -> relu
+bp: data -> relu
+branch: data -> relu
+shortcut: data -> relu
+last: data -> relu
+"""
+
+
+@pytest.mark.parametrize("op", all_ops(), ids=lambda op: op.name)
+def test_op_is_documented_and_its_example_checks(op) -> None:
+    assert op.summary.endswith(".") and len(op.summary) > 10
+    assert op.example and f"{op.name}" in op.example
+    for arg in op.args:
+        assert arg.doc, f"{op.name}.{arg.name} has no doc"
+    net = alexdsl.parse(SCAFFOLD + op.example + "\n", "contract.adsl")
+    label = op.example.split(":", 1)[0].strip()
+    layer = net.layer(label) if label in net.graph else None
+    assert layer is None or layer.shape is not None
+    assert lookup(op.name) is op
+
+
+def test_the_registry_holds_the_first_release_ops() -> None:
+    names = {op.name for op in all_ops()}
+    assert names >= {"conv", "fc", "relu", "leaky_relu", "sigmoid", "tanh", "maxpool", "avgpool", "adaptive_avgpool",
+                     "global_avgpool", "lrn", "dropout", "batchnorm", "flatten", "concat", "add", "softmax",
+                     "softmax_loss", "accuracy"}
+
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def _shape(text: str, layer: str) -> tuple[int, ...] | None:
+    try:
+        return alexdsl.parse(text).shapes[layer]
+    except AlexDSLError:
+        return None
+
+
+def _torch_shape(fn) -> tuple[int, ...] | None:
+    try:
+        return tuple(fn().shape[1:])
+    except RuntimeError:
+        return None
+
+
+def test_conv_shapes_match_torch_over_a_sweep() -> None:
+    checked = 0
+    for size, kernel, stride, pad, dilation, groups in itertools.product(
+            (5, 7, 12), (1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (1, 2), (1, 2, 4)):
+        text = f"input x: 8x{size}x{size + 1}\nc: conv(8, ({kernel}, {kernel + 1}), stride={stride}, pad={pad}, " \
+               f"dilation={dilation}, groups={groups})\n"
+        x = torch.zeros(1, 8, size, size + 1)
+        w = torch.zeros(8, 8 // groups, kernel, kernel + 1)
+        expected = _torch_shape(lambda: F.conv2d(x, w, None, stride, pad, dilation, groups))  # noqa: B023
+        assert _shape(text, "c") == expected, text
+        checked += expected is not None
+    assert checked > 300
+
+
+@pytest.mark.parametrize("kind", ["maxpool", "avgpool"])
+def test_pool_shapes_match_torch_over_a_sweep(kind: str) -> None:
+    fn = F.max_pool2d if kind == "maxpool" else F.avg_pool2d
+    checked = 0
+    for size, kernel, stride, pad, ceil in itertools.product(
+            (1, 2, 5, 6, 7, 13, 14), (1, 2, 3, 4), (1, 2, 3), (0, 1, 2), (False, True)):
+        text = f"input x: 3x{size}x{size}\np: {kind}({kernel}, stride={stride}, pad={pad}, " \
+               f"round={'ceil' if ceil else 'floor'})\n"
+        x = torch.zeros(1, 3, size, size)
+        expected = _torch_shape(lambda: fn(x, kernel, stride, pad, ceil_mode=ceil))  # noqa: B023
+        assert _shape(text, "p") == expected, text
+        checked += expected is not None
+    assert checked > 200
+
+
+def test_other_shape_rules_match_torch() -> None:
+    x = torch.zeros(1, 6, 13, 11)
+    base = "input x: 6x13x11\n"
+    cases = {
+        "adaptive_avgpool(6)": lambda: F.adaptive_avg_pool2d(x, 6),
+        "adaptive_avgpool((5, 3))": lambda: F.adaptive_avg_pool2d(x, (5, 3)),
+        "global_avgpool": lambda: F.adaptive_avg_pool2d(x, 1),
+        "lrn(5)": lambda: F.local_response_norm(x, 5),
+        "relu": lambda: F.relu(x),
+        "leaky_relu(0.2)": lambda: F.leaky_relu(x, 0.2),
+        "sigmoid": lambda: torch.sigmoid(x),
+        "tanh": lambda: torch.tanh(x),
+        "softmax": lambda: F.softmax(x, 1),
+        "dropout(0.3)": lambda: F.dropout(x, 0.3),
+        "batchnorm": lambda: F.batch_norm(x, torch.zeros(6), torch.ones(6)),
+        "flatten": lambda: torch.flatten(x, 1),
+        "fc(7)": lambda: F.linear(torch.flatten(x, 1), torch.zeros(7, 6 * 13 * 11)),
+        "concat(x, x)": lambda: torch.cat([x, x], 1),
+        "add(x, x)": lambda: x + x,
+    }
+    for call, fn in cases.items():
+        assert _shape(base + f"y: {call}\n", "y") == tuple(fn().shape[1:]), call
+
+
+def test_parameter_shapes_match_torch_modules() -> None:
+    net = alexdsl.parse("input x: 6x13x11\nc: conv(12, 3, groups=3)\nf: fc(5)\nb: x -> batchnorm\n")
+    conv, fc, bn = torch.nn.Conv2d(6, 12, 3, groups=3), torch.nn.Linear(12 * 11 * 9, 5), torch.nn.BatchNorm2d(6)
+    assert net.layer("c").params["weight"].shape == tuple(conv.weight.shape)
+    assert net.layer("f").params["weight"].shape == tuple(fc.weight.shape)
+    assert net.layer("c").param_count == sum(p.numel() for p in conv.parameters())
+    assert net.layer("b").param_count == sum(p.numel() for p in bn.parameters())
+    assert set(net.layer("b").buffers) == {"running_mean", "running_var"}
