@@ -7,6 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import Iterator
+
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
 from alexdsl.ir.network import Network
@@ -21,9 +25,27 @@ def _position(diagnostic: Diagnostic) -> tuple[int, int]:
     return (diagnostic.span.line, diagnostic.span.column) if diagnostic.span else (0, 0)
 
 
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """Pause the cyclic garbage collector: the front end allocates many small objects that all
+    stay alive, and collections over them make the cost grow faster than the layer count."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def build_network(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None
                   ) -> Network:
     """Parse, elaborate and check ``text``; raise :class:`AlexDSLError` listing every error."""
+    with _no_gc_pauses():
+        return _build(text, file, input_shapes)
+
+
+def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None) -> Network:
     module = parse_module(text, file)
     sink = DiagnosticSink()
     graph, meta = elaborate(module, sink, input_shapes)

@@ -15,7 +15,7 @@ import importlib.resources
 from collections.abc import Iterator
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
 
@@ -66,145 +66,139 @@ class _Continuations:
             yield pending
 
 
-def _span(file: str, meta_or_token: object) -> Span:
-    m = meta_or_token
-    return Span(file, m.line, m.column, m.end_line, m.end_column)  # type: ignore[attr-defined]
-
-
-def _join(file: str, first: object, last: object) -> Span:
-    a, b = _span(file, first), _span(file, last)
-    return Span(file, a.line, a.column, b.end_line, b.end_column)
+def _bounds(item: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(start, end) positions of a token, an AST node, or a list of them; None if empty."""
+    if item is None:
+        return None
+    if isinstance(item, Token):
+        return (item.line, item.column), (item.end_line, item.end_column)  # type: ignore[return-value]
+    if isinstance(item, list):
+        found = [b for b in map(_bounds, item) if b is not None]
+        return (found[0][0], found[-1][1]) if found else None
+    span = item.span  # type: ignore[attr-defined]
+    return (span.line, span.column), (span.end_line, span.end_column)
 
 
 class _ToAst(Transformer):
-    """Builds ast dataclasses; every node gets the span of the text it came from."""
+    """Builds ast dataclasses while the LALR parser runs (no parse tree is built).
+
+    Every node's span runs from its first to its last token; keywords and brackets are
+    named terminals in the grammar so they are kept for this.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.file = "<string>"
 
+    def _span(self, *items: object) -> Span:
+        bounds = _bounds(list(items))
+        assert bounds is not None
+        (line, column), (end_line, end_column) = bounds
+        return Span(self.file, line, column, end_line, end_column)
+
     def _name(self, token: Token) -> ast.Name:
-        return ast.Name(str(token), _span(self.file, token))
+        return ast.Name(str(token), self._span(token))
 
     # values ------------------------------------------------------------------
     def int_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
-        return ast.Literal(int(tok), _span(self.file, tok), str(tok))
+        return ast.Literal(int(tok), self._span(tok), str(tok))
 
     def float_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
-        return ast.Literal(float(tok), _span(self.file, tok), str(tok))
+        return ast.Literal(float(tok), self._span(tok), str(tok))
 
     def string_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
         text = str(tok)[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
-        return ast.Literal(text, _span(self.file, tok), str(tok))
+        return ast.Literal(text, self._span(tok), str(tok))
 
-    @v_args(meta=True)
-    def true_value(self, meta: object, children: list) -> ast.Literal:
-        return ast.Literal(True, _span(self.file, meta), "true")
+    def true_value(self, children: list[Token]) -> ast.Literal:
+        return ast.Literal(True, self._span(children[0]), "true")
 
-    @v_args(meta=True)
-    def false_value(self, meta: object, children: list) -> ast.Literal:
-        return ast.Literal(False, _span(self.file, meta), "false")
+    def false_value(self, children: list[Token]) -> ast.Literal:
+        return ast.Literal(False, self._span(children[0]), "false")
 
     def name_value(self, children: list[Token]) -> ast.Name:
         return self._name(children[0])
 
-    @v_args(meta=True)
-    def call_value(self, meta: object, children: list) -> ast.Call:
-        name, args = children
-        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name))
+    def call_value(self, children: list) -> ast.Call:
+        name, _, args, _ = children
+        return ast.Call(str(name), args or [], self._span(children), self._span(name))
 
-    @v_args(meta=True)
-    def tuple_value(self, meta: object, children: list) -> ast.TupleValue:
-        return ast.TupleValue(list(children), _span(self.file, meta))
+    def tuple_value(self, children: list) -> ast.TupleValue:
+        items = [c for c in children[1:-1]]
+        return ast.TupleValue(items, self._span(children))
 
     def args(self, children: list) -> list[ast.Arg]:
         return [c if isinstance(c, ast.Arg) else ast.Arg(None, c, c.span) for c in children]
 
     def kwarg(self, children: list) -> ast.Arg:
         name, value = children
-        start = _span(self.file, name)
-        return ast.Arg(str(name), value, Span(self.file, start.line, start.column, value.span.end_line, value.span.end_column))
+        return ast.Arg(str(name), value, self._span(name, value))
 
     # chains ------------------------------------------------------------------
-    @v_args(meta=True)
-    def call(self, meta: object, children: list) -> ast.Call:
-        name = children[0]
-        args = children[1] if len(children) > 1 else None
-        has_parens = meta.end_column != name.end_column or meta.end_line != name.end_line  # type: ignore[attr-defined]
-        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name), has_parens)
+    def call(self, children: list) -> ast.Call:
+        name, lpar, args, _ = children
+        return ast.Call(str(name), args or [], self._span(children), self._span(name), lpar is not None)
 
     def sources(self, children: list[Token]) -> list[ast.Name]:
         return [self._name(t) for t in children]
 
-    @v_args(meta=True)
-    def link(self, meta: object, children: list) -> ast.Link:
+    def link(self, children: list) -> ast.Link:
         label, call = children
-        return ast.Link(self._name(label) if label is not None else None, call, _span(self.file, meta))
+        return ast.Link(self._name(label) if label is not None else None, call, self._span(children))
 
     def chain(self, children: list) -> tuple[list[ast.Name], list[ast.Link]]:
         sources, *links = children
         return sources or [], links
 
     def phase(self, children: list[Token]) -> ast.Name:
-        return self._name(children[0])
+        return self._name(children[1])
 
     # statements --------------------------------------------------------------
-    @v_args(meta=True)
-    def layer_stmt(self, meta: object, children: list) -> ast.LayerStmt:
-        label, (sources, links), *rest = children
-        phase = rest[0] if rest else None
-        return ast.LayerStmt(self._name(label), sources, links, phase, _span(self.file, meta))
+    def layer_stmt(self, children: list) -> ast.LayerStmt:
+        label, (sources, links), phase = children
+        return ast.LayerStmt(self._name(label), sources, links, phase, self._span(label, links, phase))
 
-    @v_args(meta=True)
-    def repeat_stmt(self, meta: object, children: list) -> ast.RepeatStmt:
-        label, sources, count, call, *rest = children
-        phase = rest[0] if rest else None
-        return ast.RepeatStmt(self._name(label), sources or [], count, call, phase, _span(self.file, meta))
+    def repeat_stmt(self, children: list) -> ast.RepeatStmt:
+        label, sources, _, count, call, phase = children
+        return ast.RepeatStmt(self._name(label), sources or [], count, call, phase, self._span(children))
 
-    @v_args(meta=True)
-    def network_stmt(self, meta: object, children: list[Token]) -> ast.NetworkStmt:
-        return ast.NetworkStmt(self._name(children[0]), _span(self.file, meta))
+    def network_stmt(self, children: list[Token]) -> ast.NetworkStmt:
+        return ast.NetworkStmt(self._name(children[1]), self._span(children))
 
-    @v_args(meta=True)
-    def description_stmt(self, meta: object, children: list[Token]) -> ast.DescriptionStmt:
-        return ast.DescriptionStmt(self.string_value(children), _span(self.file, meta))
+    def description_stmt(self, children: list[Token]) -> ast.DescriptionStmt:
+        return ast.DescriptionStmt(self.string_value(children[1:]), self._span(children))
 
-    @v_args(meta=True)
-    def input_stmt(self, meta: object, children: list) -> ast.InputStmt:
-        name, kind = children
+    def input_stmt(self, children: list) -> ast.InputStmt:
+        _, name, kind = children
         if isinstance(kind, ast.Call):
-            return ast.InputStmt(self._name(name), None, kind, _span(self.file, meta))
-        return ast.InputStmt(self._name(name), kind, None, _span(self.file, meta))
+            return ast.InputStmt(self._name(name), None, kind, self._span(children))
+        return ast.InputStmt(self._name(name), kind, None, self._span(children))
 
     def shape_literal(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
-        return ast.Literal(str(tok), _span(self.file, tok), str(tok))
+        return ast.Literal(str(tok), self._span(tok), str(tok))
 
-    @v_args(meta=True)
-    def typed_input(self, meta: object, children: list) -> ast.Call:
-        name, args = children
-        return ast.Call(str(name), args or [], _span(self.file, meta), _span(self.file, name))
+    def typed_input(self, children: list) -> ast.Call:
+        name, _, args, _ = children
+        return ast.Call(str(name), args or [], self._span(children), self._span(name))
 
-    @v_args(meta=True)
-    def output_stmt(self, meta: object, children: list[Token]) -> ast.OutputStmt:
-        return ast.OutputStmt([self._name(t) for t in children], _span(self.file, meta))
+    def output_stmt(self, children: list[Token]) -> ast.OutputStmt:
+        return ast.OutputStmt([self._name(t) for t in children[1:]], self._span(children))
 
-    @v_args(meta=True)
-    def defaults_stmt(self, meta: object, children: list) -> ast.DefaultsStmt:
-        target, args = children
-        return ast.DefaultsStmt(self._name(target), args or [], _span(self.file, meta))
+    def defaults_stmt(self, children: list) -> ast.DefaultsStmt:
+        _, target, _, args, _ = children
+        return ast.DefaultsStmt(self._name(target), args or [], self._span(children))
 
-    @v_args(meta=True)
-    def solver_stmt(self, meta: object, children: list) -> ast.SolverStmt:
-        return ast.SolverStmt(children[0] or [], _span(self.file, meta))
+    def solver_stmt(self, children: list) -> ast.SolverStmt:
+        _, _, args, _ = children
+        return ast.SolverStmt(args or [], self._span(children))
 
-    @v_args(meta=True)
-    def preprocess_stmt(self, meta: object, children: list) -> ast.PreprocessStmt:
-        target, args = children
-        return ast.PreprocessStmt(self._name(target), args or [], _span(self.file, meta))
+    def preprocess_stmt(self, children: list) -> ast.PreprocessStmt:
+        _, target, _, args, _ = children
+        return ast.PreprocessStmt(self._name(target), args or [], self._span(children))
 
     def block_param(self, children: list) -> ast.BlockParam:
         name, default = children
@@ -213,10 +207,9 @@ class _ToAst(Transformer):
     def block_params(self, children: list) -> list[ast.BlockParam]:
         return list(children)
 
-    @v_args(meta=True)
-    def block_def(self, meta: object, children: list) -> ast.BlockDef:
-        name, params, *body = children
-        return ast.BlockDef(self._name(name), params or [], body, _span(self.file, meta))
+    def block_def(self, children: list) -> ast.BlockDef:
+        keyword, name, _, params, _, _, *body, close = children
+        return ast.BlockDef(self._name(name), params or [], body, self._span(keyword, close))
 
     def start(self, children: list) -> list[ast.Statement]:
         return list(children)
@@ -231,8 +224,8 @@ def _parser() -> tuple[Lark, _ToAst, _Continuations, list[Token]]:
         grammar_text(),
         parser="lalr",
         lexer="basic",
-        propagate_positions=True,
         maybe_placeholders=True,
+        transformer=transformer,
         postlex=postlex,
         lexer_callbacks={"COMMENT": comments.append},
         cache=False,
@@ -367,7 +360,7 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
         transformer.file = file
         comments.clear()
         try:
-            tree = lark.parse(attempt)
+            statements = lark.parse(attempt)
         except UnexpectedInput as error:
             diag = _syntax_diagnostic(error, file, text, lark, list(postlex.open_parens))
             if diag.span is None or diag.span.line in seen_lines:
@@ -383,6 +376,6 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
         break
     if diagnostics:
         raise AlexDSLError(diagnostics, sources={file: text})
-    module = ast.Module(file=file, source=text, statements=transformer.transform(tree))
+    module = ast.Module(file=file, source=text, statements=statements)
     module.comments = [ast.Comment(str(c), c.line, c.column) for c in comments]
     return module

@@ -162,9 +162,7 @@ def lower(network: Network) -> Lowered:
     all_layers = network.layers()
     by_name = {layer.name: layer for layer in all_layers}
     dropped = [
-        layer.name
-        for layer in all_layers
-        if layer.phase == "train" or _role(layer.op) != "layer" or layer.is_label
+        layer.name for layer in all_layers if layer.phase == "train" or _role(layer.op) != "layer" or layer.is_label
     ]
     kept = [layer for layer in all_layers if layer.name not in dropped]
     kept_names = {layer.name for layer in kept}
@@ -302,9 +300,7 @@ def lower(network: Network) -> Lowered:
         elif layer.op == "adaptive_avgpool":
             _, h, wd = by_name[layer.inputs[0]].shape
             size = lit(tuple(a["size"]))
-            setup.append(
-                f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({h}, {wd}, {size}))"
-            )
+            setup.append(f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({h}, {wd}, {size}))")
             code = f"rt.adaptive_avg_pool2d({x}, {size}, matrices=self.{ident}_mats, out={{out}})"
             kernel = "adaptive_avg_pool2d"
         elif layer.op == "global_avgpool":

@@ -23,7 +23,9 @@ CUPY_HINT = "install CuPy with `pip install 'alexdsl[cupy]'` (needs an NVIDIA GP
 DTYPES = ("float32", "float64", "float16")
 
 
-def _error(message: str, hint: str | None = None, expected: str | None = None, received: str | None = None) -> AlexDSLError:
+def _error(
+    message: str, hint: str | None = None, expected: str | None = None, received: str | None = None
+) -> AlexDSLError:
     return AlexDSLError([Diagnostic("error", message, expected=expected, received=received, hint=hint)])
 
 

@@ -13,6 +13,9 @@ network can run its forward pass without allocating.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -65,6 +68,47 @@ def array_module(x: Array = None) -> ModuleType:
     return numpy
 
 
+# ---------------------------------------------------------------------------------- CPU threads
+#
+# On NumPy the GEMMs already use every core (BLAS threads), but copies and elementwise
+# passes (im2col, pooling, LRN, the bias+ReLU epilogue) run on one.  Those release the
+# GIL, so the executor splits them over the batch (or channels) across a small thread
+# pool.  ALEXDSL_NUM_THREADS=1 turns this off.
+
+_POOL: ThreadPoolExecutor | None = None
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def num_threads() -> int:
+    """Threads for the memory-bound NumPy passes (env ALEXDSL_NUM_THREADS, else the CPU count)."""
+    env = os.environ.get("ALEXDSL_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int], None]) -> None:
+    """Run ``fn(lo, hi)`` over ``range(total)`` in chunks on the thread pool (NumPy only).
+
+    Falls back to one call when on CuPy, when ``work`` (elements touched) is small, or
+    when there is one thread.
+    """
+    global _POOL
+    threads = min(num_threads(), total)
+    if xp is not numpy or threads <= 1 or work < PARALLEL_MIN_ELEMENTS:
+        fn(0, total)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexdsl")
+    bounds = [total * i // threads for i in range(threads + 1)]
+    futures = [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+    for future in futures:
+        future.result()
+
+
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
@@ -115,8 +159,7 @@ class ConvPlan:
             raise ValueError(f"unknown im2col method {self.method!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
+                f"groups={self.groups} must divide in_channels={self.in_channels} and out_channels={self.out_channels}"
             )
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
         self.out_h = conv_output_size(self.height, kh, sh, ph, dh)
@@ -200,34 +243,47 @@ class ConvPlan:
         else:
             cols = self._own_cols(xp, n, x.dtype)
         ph, pw = self.pad
-        if padded is not None:
-            padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
-            src = padded
-        else:
-            src = xp.ascontiguousarray(x)
+        src = padded if padded is not None else xp.ascontiguousarray(x)
         if index is not None:
+            if padded is not None:
+                padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
             xp.take(src.reshape(n, -1), index, axis=1, out=cols)
             return cols
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        c, oh, ow = self.in_channels, self.out_h, self.out_w
         s_n, s_c, s_h, s_w = src.strides
-        view = _as_strided(
-            xp,
-            src,
-            (n, self.in_channels, kh, kw, self.out_h, self.out_w),
-            (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw),
-        )
-        cols6 = cols.reshape(n, self.in_channels, kh, kw, self.out_h, self.out_w)
-        cols6[...] = view
+        cols6 = cols.reshape(n, c, kh, kw, oh, ow)
+        by_batch = n > 1
+
+        def chunk(lo: int, hi: int) -> None:
+            part = (slice(lo, hi), slice(None)) if by_batch else (slice(None), slice(lo, hi))
+            if padded is not None:
+                padded[part + (slice(ph, ph + self.height), slice(pw, pw + self.width))] = x[part]
+            block = src[part]
+            view = _as_strided(
+                xp, block, block.shape[:2] + (kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw)
+            )
+            cols6[part] = view
+
+        parallel_for(xp, n if by_batch else c, cols.size, chunk)
         return cols
 
 
 def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
     """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU."""
     xp = array_module(y)
-    if bias is not None:
-        y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
-    if relu:
-        xp.maximum(y, 0, out=y)
+    if bias is None and not relu:
+        return y
+    b = None if bias is None else bias.reshape((1, -1) + (1,) * (y.ndim - 2))
+
+    def chunk(lo: int, hi: int) -> None:
+        part = y[lo:hi]
+        if b is not None:
+            part += b
+        if relu:
+            xp.maximum(part, 0, out=part)
+
+    parallel_for(xp, y.shape[0], y.size, chunk)
     return y
 
 
@@ -400,11 +456,16 @@ def max_pool2d(
     kh, kw = plan.kernel
     if out is None:
         out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
-    out[...] = plan.window(src, 0, 0)
-    for i in range(kh):
-        for j in range(kw):
-            if i or j:
-                xp.maximum(out, plan.window(src, i, j), out=out)
+
+    def chunk(lo: int, hi: int) -> None:
+        part, block = out[lo:hi], src[lo:hi]
+        part[...] = plan.window(block, 0, 0)
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    xp.maximum(part, plan.window(block, i, j), out=part)
+
+    parallel_for(xp, x.shape[0], src.size, chunk)
     return out
 
 
@@ -432,14 +493,19 @@ def avg_pool2d(
     kh, kw = plan.kernel
     if out is None:
         out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
-    out[...] = plan.window(src, 0, 0)
-    for i in range(kh):
-        for j in range(kw):
-            if i or j:
-                out += plan.window(src, i, j)
     if divisor is None:
         divisor = xp.asarray((1.0 / plan.divisor(count_include_pad)).astype(x.dtype))
-    out *= divisor
+
+    def chunk(lo: int, hi: int) -> None:
+        part, block = out[lo:hi], src[lo:hi]
+        part[...] = plan.window(block, 0, 0)
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    part += plan.window(block, i, j)
+        part *= divisor
+
+    parallel_for(xp, x.shape[0], src.size, chunk)
     return out
 
 
@@ -497,7 +563,9 @@ def global_avg_pool2d(x: Array, *, out: Array | None = None) -> Array:
 # --------------------------------------------------------------------------- normalization
 
 
-def lrn(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *, out: Array | None = None) -> Array:
+def lrn(
+    x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *, out: Array | None = None
+) -> Array:
     """Cross-channel local response norm, Caffe semantics = torch ``local_response_norm``.
 
     ``y = x / (k + alpha/size * sum_{window} x^2) ** beta`` with the window
@@ -505,25 +573,31 @@ def lrn(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float =
     """
     xp = array_module(x)
     c = x.shape[1]
-    sq = x * x
-    acc = xp.zeros_like(x)
     lo, hi = size // 2, (size - 1) // 2
-    for off in range(-lo, hi + 1):
-        a, b = max(0, -off), min(c, c - off)
-        if a < b:
-            acc[:, a:b] += sq[:, a + off : b + off]
-    acc *= alpha / size
-    acc += k
-    if beta == 0.75:
-        root = xp.sqrt(acc)
-        acc = root * xp.sqrt(root)
-    elif beta == 0.5:
-        acc = xp.sqrt(acc)
-    elif beta != 1.0:
-        acc = acc**beta
     if out is None:
-        return x / acc
-    xp.divide(x, acc, out=out)
+        out = xp.empty_like(x)
+
+    def chunk(n0: int, n1: int) -> None:
+        xs = x[n0:n1]
+        sq = xs * xs
+        acc = sq.copy()  # the centre tap covers every channel
+        for off in range(-lo, hi + 1):
+            a, b = max(0, -off), min(c, c - off)
+            if off and a < b:
+                acc[:, a:b] += sq[:, a + off : b + off]
+        acc *= alpha / size
+        acc += k
+        if beta == 0.75:  # d**0.75 = sqrt(d) * sqrt(sqrt(d)), much cheaper than pow
+            xp.sqrt(acc, out=sq)
+            xp.sqrt(sq, out=acc)
+            acc *= sq
+        elif beta == 0.5:
+            xp.sqrt(acc, out=acc)
+        elif beta != 1.0:
+            xp.power(acc, beta, out=acc)
+        xp.divide(xs, acc, out=out[n0:n1])
+
+    parallel_for(xp, x.shape[0], 4 * x.size, chunk)
     return out
 
 
@@ -568,7 +642,9 @@ def batch_norm_inference(
 # --------------------------------------------------------------------------- dense + pointwise
 
 
-def linear(x: Array, weight: Array, bias: Array | None = None, *, relu: bool = False, out: Array | None = None) -> Array:
+def linear(
+    x: Array, weight: Array, bias: Array | None = None, *, relu: bool = False, out: Array | None = None
+) -> Array:
     """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU."""
     xp = array_module(x)
     flat = x.reshape(x.shape[0], -1)

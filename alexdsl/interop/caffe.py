@@ -1,0 +1,853 @@
+"""Caffe ``.prototxt`` -> alexdsl source.
+
+The prototxt is parsed with its own grammar (``grammars/prototxt.lark``, protobuf text
+format) so every field keeps its line and column; anything this importer does not
+understand (legacy V1 ``layers``, an unknown layer type, an unknown field) is an
+:class:`~alexdsl.errors.AlexDSLError` that names it and points at it.
+
+What is carried over:
+
+* deploy-style ``input: "data"`` with ``input_shape { dim: ... }`` or ``input_dim``, ``Input``
+  layers and ``Data`` layers (``transform_param`` -> ``preprocess data(crop=, mirror=, mean=, scale=)``);
+  a blob used as the label of a loss or accuracy layer becomes ``input label: class(N)``;
+* Convolution, InnerProduct, ReLU (leaky when ``negative_slope`` is set), Sigmoid, TanH,
+  Pooling (MAX/AVE, always written ``round=ceil`` as Caffe rounds, unless ``round_mode: FLOOR``;
+  global pooling -> ``global_avgpool``), LRN, Dropout, Concat, Eltwise SUM, BatchNorm + Scale
+  (-> ``batchnorm``), Flatten, Softmax, SoftmaxWithLoss, Accuracy;
+* ``include { phase: TRAIN|TEST }`` -> ``@train`` / ``@test``;
+* ``param { lr_mult decay_mult }`` and weight/bias fillers -> ``defaults`` lines when two or
+  more layers share them, per-layer arguments otherwise (a deploy file without fillers keeps
+  alexdsl's default fillers);
+* in-place layers (top == bottom) and single-consumer runs become ``|`` chains; a new
+  statement starts at each conv, fc and batchnorm layer. Every layer keeps its Caffe name
+  (sanitised to an alexdsl name), so weight keys are ``<caffe layer>.weight``.
+
+>>> print(import_prototxt('''
+... name: "Tiny"
+... input: "data"
+... input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+... layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+...         convolution_param { num_output: 4 kernel_size: 3 } }
+... layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+... '''), end="")
+# Imported from a Caffe prototxt by alexdsl import caffe.
+network Tiny
+<BLANKLINE>
+input data: 3x8x8
+<BLANKLINE>
+c1: conv(4, 3) | r1: relu
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
+from alexdsl.syntax.parser import grammar_text
+
+
+# the parse tree ---------------------------------------------------------------------------------
+@dataclass
+class Scalar:
+    kind: str  # "string", "number" or "ident"
+    value: Any
+    text: str
+    span: Span
+
+
+@dataclass
+class Message:
+    fields: list[Field]
+    span: Span
+
+    def all(self, name: str) -> list[Field]:
+        return [f for f in self.fields if f.name == name]
+
+    def get(self, name: str) -> Field | None:
+        found = self.all(name)
+        return found[-1] if found else None
+
+    def scalar(self, name: str) -> Scalar | None:
+        f = self.get(name)
+        return f.value if f is not None and isinstance(f.value, Scalar) else None
+
+    def message(self, name: str) -> Message | None:
+        f = self.get(name)
+        return f.value if f is not None and isinstance(f.value, Message) else None
+
+    def scalars(self, name: str) -> list[Scalar]:
+        out: list[Scalar] = []
+        for f in self.all(name):
+            if isinstance(f.value, Scalar):
+                out.append(f.value)
+            elif isinstance(f.value, list):
+                out.extend(f.value)
+        return out
+
+
+@dataclass
+class Field:
+    name: str
+    value: Union[Scalar, Message, list[Scalar]]
+    span: Span
+
+
+def _span(file: str, tok: Any) -> Span:
+    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+class _Build(Transformer):
+    def __init__(self, file: str):
+        super().__init__()
+        self.file = file
+
+    def start(self, children: list[Field]) -> Message:
+        return Message(list(children), Span(self.file, 1, 1, 1, 1))
+
+    def scalar_field(self, children: list) -> Field:
+        name, value = children
+        return Field(str(name), value, _span(self.file, name))
+
+    def list_field(self, children: list) -> Field:
+        name, *values = children
+        return Field(str(name), [v for v in values if v is not None], _span(self.file, name))
+
+    def message_field(self, children: list) -> Field:
+        name, lbrace, *fields, _ = children
+        return Field(str(name), Message(list(fields), _span(self.file, lbrace)), _span(self.file, name))
+
+    def strings(self, children: list[Token]) -> Scalar:
+        text = "".join(_unquote(str(t)) for t in children)
+        return Scalar("string", text, text, _span(self.file, children[0]))
+
+    def number(self, children: list[Token]) -> Scalar:
+        (tok,) = children
+        text = str(tok).rstrip("fF") if not str(tok).lower().startswith(("inf", "nan")) else str(tok)
+        try:
+            value: int | float = int(text)
+        except ValueError:
+            value = float(text)
+        return Scalar("number", value, text.lstrip("+"), _span(self.file, tok))
+
+    def ident(self, children: list[Token]) -> Scalar:
+        (tok,) = children
+        return Scalar("ident", str(tok), str(tok), _span(self.file, tok))
+
+
+def _unquote(text: str) -> str:
+    return text[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
+
+
+@functools.cache
+def _parser() -> Lark:
+    return Lark(grammar_text("prototxt.lark"), parser="lalr", lexer="basic", propagate_positions=True,
+                maybe_placeholders=True)
+
+
+def _open_braces(text: str) -> list[tuple[str, int, int]]:
+    """The braces left open at the end of ``text``: (field name, line, column) of each."""
+    stack: list[tuple[str, int, int]] = []
+    last_name = ("", 0, 0)
+    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[{}]', text):
+        tok = m.group()
+        line = text.count("\n", 0, m.start()) + 1
+        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+        if tok == "{":
+            stack.append(last_name)
+        elif tok == "}":
+            if stack:
+                stack.pop()
+        elif tok[0] not in "\"'#":
+            last_name = (tok, line, column)
+    return stack
+
+
+def parse_prototxt(text: str, file: str = "<string>") -> Message:
+    """Parse protobuf text format; raise :class:`AlexDSLError` with located diagnostics."""
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedInput as error:
+        unclosed = _open_braces(text)
+        at_end = isinstance(error, UnexpectedEOF) or (
+            isinstance(error, UnexpectedToken) and error.token.type == "$END")
+        if at_end and unclosed:
+            diagnostics = [
+                Diagnostic("error", f"'{name} {{' is never closed", Span(file, line, column, line, column + len(name)),
+                           hint="add the missing '}' where this message ends")
+                for name, line, column in unclosed
+            ]
+            raise AlexDSLError(diagnostics, sources={file: text}) from None
+        line, column = max(error.line, 1), max(error.column, 1)
+        if isinstance(error, UnexpectedToken):
+            what = "end of file" if error.token.type == "$END" else f"'{error.token}'"
+            message = f"unexpected {what} in the prototxt"
+            expected = ", ".join(sorted(error.expected)) if error.expected else None
+        elif isinstance(error, UnexpectedCharacters):
+            message = f"unexpected character {text[error.pos_in_stream]!r} in the prototxt"
+            expected = None
+        else:
+            message, expected = "unexpected end of the prototxt", None
+        raise AlexDSLError([Diagnostic("error", message, Span(file, line, column, line, column + 1),
+                                       expected=expected)], sources={file: text}) from None
+    return _Build(file).transform(tree)
+
+
+# schema: the fields each message may hold --------------------------------------------------------
+_FILLER = {"type", "value", "min", "max", "mean", "std", "variance_norm", "sparse"}
+_SCHEMA: dict[str, set[str]] = {
+    "net": {"name", "input", "input_shape", "input_dim", "layer", "layers", "force_backward", "debug_info", "state"},
+    "input_shape": {"dim"},
+    "layer": {"name", "type", "bottom", "top", "param", "include", "exclude", "phase", "loss_weight",
+              "propagate_down", "convolution_param", "pooling_param", "lrn_param", "inner_product_param",
+              "dropout_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param",
+              "softmax_param", "accuracy_param", "input_param", "data_param", "transform_param", "relu_param",
+              "loss_param", "flatten_param", "image_data_param", "memory_data_param"},
+    "param": {"lr_mult", "decay_mult", "name"},
+    "include": {"phase"},
+    "convolution_param": {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w",
+                          "pad", "pad_h", "pad_w", "dilation", "group", "bias_term", "weight_filler",
+                          "bias_filler", "engine", "axis"},
+    "inner_product_param": {"num_output", "bias_term", "weight_filler", "bias_filler", "axis", "transpose"},
+    "pooling_param": {"pool", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad",
+                      "pad_h", "pad_w", "global_pooling", "round_mode", "engine"},
+    "lrn_param": {"local_size", "alpha", "beta", "k", "norm_region", "engine"},
+    "dropout_param": {"dropout_ratio"},
+    "concat_param": {"axis", "concat_dim"},
+    "eltwise_param": {"operation", "coeff", "stable_prod_grad"},
+    "batch_norm_param": {"use_global_stats", "moving_average_fraction", "eps"},
+    "scale_param": {"bias_term", "axis", "num_axes", "filler", "bias_filler"},
+    "softmax_param": {"axis", "engine"},
+    "accuracy_param": {"top_k", "axis", "ignore_label"},
+    "input_param": {"shape"},
+    "shape": {"dim"},
+    "data_param": {"source", "batch_size", "backend", "prefetch", "rand_skip", "scale", "mean_file",
+                   "crop_size", "mirror", "force_encoded_color"},
+    "image_data_param": {"source", "batch_size", "shuffle", "new_height", "new_width", "is_color", "root_folder",
+                         "rand_skip"},
+    "memory_data_param": {"batch_size", "channels", "height", "width"},
+    "transform_param": {"crop_size", "mean_value", "mean_file", "mirror", "scale", "force_color", "force_gray"},
+    "relu_param": {"negative_slope", "engine"},
+    "loss_param": {"ignore_label", "normalize", "normalization"},
+    "flatten_param": {"axis", "end_axis"},
+    "weight_filler": _FILLER,
+    "bias_filler": _FILLER,
+    "filler": _FILLER,
+    "state": {"phase", "level", "stage"},
+}
+
+LAYER_TYPES = ("Input", "Data", "ImageData", "MemoryData", "Convolution", "ReLU", "Sigmoid", "TanH", "Pooling",
+               "LRN", "InnerProduct", "Dropout", "Concat", "Eltwise", "BatchNorm", "Scale", "Flatten", "Softmax",
+               "SoftmaxWithLoss", "Accuracy")
+_KEYWORDS = {"network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat",
+             "true", "false", "in"}
+
+
+def _check_schema(message: Message, kind: str, sink: DiagnosticSink) -> None:
+    allowed = _SCHEMA.get(kind)
+    for f in message.fields:
+        if allowed is not None and f.name not in allowed:
+            where = "the net" if kind == "net" else kind
+            sink.error(f"unknown field '{f.name}' in {where}", f.span,
+                       expected=", ".join(sorted(allowed)), hint="alexdsl import caffe does not support it")
+            continue
+        if isinstance(f.value, Message):
+            _check_schema(f.value, f.name, sink)
+
+
+# the importer --------------------------------------------------------------------------------------
+@dataclass
+class _Node:
+    """One alexdsl layer to be written."""
+
+    name: str
+    op: str
+    args: list[str]  # positional then keyword, already formatted
+    inputs: list[str]  # node names
+    phase: str | None
+    caffe: Message
+    params: dict[str, dict[str, str]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay text
+    consumers: int = 0
+
+
+def _num(s: Scalar | None, default: Any = None) -> Any:
+    return s.value if s is not None else default
+
+
+def _text(s: Scalar) -> str:
+    return s.text
+
+
+def _is_true(s: Scalar | None) -> bool | None:
+    if s is None:
+        return None
+    return str(s.value).lower() in ("true", "1")
+
+
+class _Importer:
+    def __init__(self, net: Message, file: str, text: str):
+        self.net = net
+        self.file = file
+        self.text = text
+        self.sink = DiagnosticSink()
+        self.inputs: list[tuple[str, tuple[int, ...] | None, Span]] = []  # blob name, shape (C,H,W) or None
+        self.preprocess: dict[str, list[str]] = {}
+        self.nodes: list[_Node] = []
+        self.by_name: dict[str, _Node] = {}
+        self.blob: dict[str, str] = {}  # Caffe blob -> node or input name producing it now
+        self.used_names: set[str] = set()
+        self.names: dict[str, str] = {}  # Caffe layer name -> alexdsl name
+
+    # names -----------------------------------------------------------------------------------
+    def _alex_name(self, caffe_name: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.]", "_", caffe_name).strip(".") or "layer"
+        base = re.sub(r"\.+", ".", base)
+        base = ".".join(part if re.match(r"[A-Za-z_]", part) else "_" + part for part in base.split(".")) \
+            if re.match(r"[A-Za-z_]", base) else "_" + base.replace(".", "_")
+        if base in _KEYWORDS:
+            base += "_"
+        name, i = base, 2
+        while name in self.used_names:
+            name, i = f"{base}_{i}", i + 1
+        self.used_names.add(name)
+        return name
+
+    def error(self, message: str, span: Span | None, **extra: Any) -> None:
+        self.sink.error(message, span, **extra)
+
+    # inputs ----------------------------------------------------------------------------------
+    def _declare_input(self, blob: str, dims: list[int], span: Span) -> None:
+        if blob in self.blob:
+            return
+        shape = tuple(dims[1:]) if len(dims) == 4 else (tuple(dims) if len(dims) == 3 else None)
+        if shape is None and len(dims) not in (0, 1, 2):
+            self.error(f"input '{blob}' has {len(dims)} dimensions; expected N x C x H x W", span)
+        name = self._alex_name(blob)
+        self.inputs.append((name, shape, span))
+        self.blob[blob] = name
+
+    def deploy_inputs(self) -> None:
+        names = self.net.scalars("input")
+        shapes = self.net.all("input_shape")
+        dims = [int(d.value) for d in self.net.scalars("input_dim")]
+        for i, name in enumerate(names):
+            if i < len(shapes) and isinstance(shapes[i].value, Message):
+                shape = [int(d.value) for d in shapes[i].value.scalars("dim")]
+            elif dims:
+                shape = dims[4 * i: 4 * i + 4]
+            else:
+                shape = []
+                self.error(f"input '{name.value}' has no input_shape or input_dim", name.span)
+            self._declare_input(str(name.value), shape, name.span)
+
+    # layers ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        _check_schema(self.net, "net", self.sink)
+        for legacy in self.net.all("layers"):
+            self.error("legacy V1 'layers' are not supported", legacy.span,
+                       hint="upgrade the file with Caffe's upgrade_net_proto_text tool, which writes 'layer'")
+        if self.sink.has_errors:
+            return
+        self.deploy_inputs()
+        layers = [f for f in self.net.all("layer") if isinstance(f.value, Message)]
+        label_blobs = set()
+        for f in layers:
+            layer = f.value
+            ltype = layer.scalar("type")
+            if ltype is not None and ltype.value in ("SoftmaxWithLoss", "Accuracy"):
+                bottoms = layer.scalars("bottom")
+                if len(bottoms) == 2:
+                    label_blobs.add(str(bottoms[1].value))
+        self.label_blobs = label_blobs
+        pending_scale: dict[str, _Node] = {}
+        for f in layers:
+            layer: Message = f.value  # type: ignore[assignment]
+            self._layer(layer, f.span, pending_scale)
+
+    def _phase(self, layer: Message) -> str | None:
+        phases = []
+        for inc in layer.all("include"):
+            if isinstance(inc.value, Message):
+                p = inc.value.scalar("phase")
+                if p is not None:
+                    phases.append(p)
+        if layer.get("exclude") is not None:
+            self.error("'exclude' rules are not supported", layer.get("exclude").span,  # type: ignore[union-attr]
+                       hint="write the phase the layer runs in with include { phase: TRAIN } or TEST")
+        if len(phases) > 1:
+            self.error("a layer included in several phases is not supported", phases[1].span)
+        if not phases:
+            return None
+        value = str(phases[0].value)
+        if value not in ("TRAIN", "TEST"):
+            self.error(f"unknown phase '{value}'", phases[0].span, expected="TRAIN or TEST")
+            return None
+        return value.lower()
+
+    def _inputs(self, layer: Message, ltype: str) -> list[str] | None:
+        out = []
+        for b in layer.scalars("bottom"):
+            src = self.blob.get(str(b.value))
+            if src is None:
+                self.error(f"bottom '{b.value}' is not produced by any earlier layer or input", b.span,
+                           hint="declare it with input: / input_shape, or add the layer that produces it")
+                return None
+            out.append(src)
+        return out
+
+    def _layer(self, layer: Message, span: Span, pending_scale: dict[str, _Node]) -> None:
+        tscalar = layer.scalar("type")
+        nscalar = layer.scalar("name")
+        if tscalar is None:
+            self.error("layer has no type", span)
+            return
+        ltype = str(tscalar.value)
+        caffe_name = str(nscalar.value) if nscalar is not None else ltype.lower()
+        if ltype not in LAYER_TYPES:
+            self.error(f"unknown layer type '{ltype}' (layer '{caffe_name}')", tscalar.span,
+                       expected=", ".join(LAYER_TYPES))
+            return
+        tops = [str(t.value) for t in layer.scalars("top")]
+        phase = self._phase(layer)
+        if ltype in ("Input", "Data", "ImageData", "MemoryData"):
+            self._data_layer(layer, ltype, tops, span)
+            return
+        inputs = self._inputs(layer, ltype)
+        if inputs is None:
+            return
+        if ltype == "Scale":
+            target = self.by_name.get(inputs[0]) if inputs else None
+            if target is None or target.op != "batchnorm" or target.params.get("_scaled"):
+                self.error("a Scale layer is supported only right after a BatchNorm layer (-> batchnorm)",
+                           tscalar.span)
+                return
+            sp = layer.message("scale_param")
+            if sp is not None and _is_true(sp.scalar("bias_term")) is False:
+                self.error("Scale without a bias is not supported (alexdsl's batchnorm has a shift)",
+                           sp.get("bias_term").span)  # type: ignore[union-attr]
+                return
+            target.params["_scaled"] = {}
+            self._params(layer, target, ("weight", "bias"), sp, "filler")
+            for t in tops:
+                self.blob[t] = target.name
+            return
+        op, args, expect = self._convert(layer, ltype, caffe_name)
+        if op is None:
+            return
+        lo, hi = expect
+        if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+            self.error(f"{ltype} layer '{caffe_name}' has {len(inputs)} bottoms; expected "
+                       f"{lo if lo == hi else f'at least {lo}'}", span)
+            return
+        if len(tops) != 1:
+            self.error(f"layer '{caffe_name}' has {len(tops)} tops; alexdsl layers have one output", span)
+            return
+        node = _Node(self._alex_name(caffe_name), op, args, inputs, phase, layer)
+        if op in ("conv", "fc"):
+            kind = "convolution_param" if op == "conv" else "inner_product_param"
+            self._params(layer, node, ("weight", "bias"), layer.message(kind), None)
+        for src in inputs:
+            if src in self.by_name:
+                self.by_name[src].consumers += 1
+        self.nodes.append(node)
+        self.by_name[node.name] = node
+        self.blob[tops[0]] = node.name
+
+    def _params(self, layer: Message, node: _Node, kinds: tuple[str, ...], pmsg: Message | None,
+                filler_field: str | None) -> None:
+        for kind, param in zip(kinds, layer.all("param")):
+            if not isinstance(param.value, Message):
+                continue
+            entry = node.params.setdefault(kind, {})
+            lr, decay = param.value.scalar("lr_mult"), param.value.scalar("decay_mult")
+            entry["lr"] = _text(lr) if lr is not None else "1"
+            entry["decay"] = _text(decay) if decay is not None else "1"
+        if pmsg is None:
+            return
+        for kind in kinds:
+            fname = (filler_field if kind == "weight" and filler_field else f"{kind}_filler")
+            filler = pmsg.message(fname)
+            if filler is not None:
+                text = self._filler(filler)
+                if text is not None:
+                    node.params.setdefault(kind, {})["filler"] = text
+
+    def _filler(self, filler: Message) -> str | None:
+        ftype = filler.scalar("type")
+        kind = str(ftype.value) if ftype is not None else "constant"
+        if kind == "constant":
+            return f"constant({_text(filler.scalar('value')) if filler.scalar('value') else '0'})"
+        if kind == "gaussian":
+            std = _text(filler.scalar("std")) if filler.scalar("std") else "1"
+            mean = filler.scalar("mean")
+            return f"gaussian({std}" + (f", mean={_text(mean)})" if mean is not None and mean.value != 0 else ")")
+        if kind == "uniform":
+            lo = _text(filler.scalar("min")) if filler.scalar("min") else "0"
+            hi = _text(filler.scalar("max")) if filler.scalar("max") else "1"
+            return f"uniform({lo}, {hi})"
+        if kind in ("xavier", "msra"):
+            norm = filler.scalar("variance_norm")
+            value = str(norm.value).lower() if norm is not None else "fan_in"
+            if value not in ("fan_in", "fan_out", "average"):
+                self.error(f"unknown variance_norm '{norm.value}'", norm.span)  # type: ignore[union-attr]
+                return None
+            return f"{kind}()" if value == "fan_in" else f"{kind}({value})"
+        self.error(f"filler type '{kind}' is not supported", ftype.span if ftype else filler.span,
+                   expected="constant, gaussian, uniform, xavier, msra")
+        return None
+
+    def _data_layer(self, layer: Message, ltype: str, tops: list[str], span: Span) -> None:
+        if ltype == "Input":
+            ip = layer.message("input_param")
+            shapes = ip.all("shape") if ip is not None else []
+            for i, top in enumerate(tops):
+                shape_field = shapes[min(i, len(shapes) - 1)] if shapes else None
+                dims = [int(d.value) for d in shape_field.value.scalars("dim")] \
+                    if shape_field is not None and isinstance(shape_field.value, Message) else []
+                if not dims and top not in self.label_blobs:
+                    self.error(f"Input layer top '{top}' has no shape", span)
+                self._declare_input(top, dims, span)
+            return
+        tp = layer.message("transform_param")
+        crop = tp.scalar("crop_size") if tp is not None else None
+        means = tp.scalars("mean_value") if tp is not None else []
+        if ltype == "MemoryData":
+            mp = layer.message("memory_data_param")
+            dims = [1] + [int(_num(mp.scalar(k), 0)) for k in ("channels", "height", "width")] if mp else []
+        elif crop is not None:
+            channels = len(means) if len(means) > 1 else 3
+            dims = [1, channels, int(crop.value), int(crop.value)]
+        else:
+            dims = []
+        for i, top in enumerate(tops):
+            if i == 0:
+                if top not in self.blob and not dims:
+                    self.error(f"{ltype} layer: the size of '{top}' is unknown (no crop_size)", span,
+                               hint="add transform_param { crop_size: ... }, or declare the input with "
+                                    "input: / input_shape instead")
+                    return
+                self._declare_input(top, dims, span)
+                if tp is not None:
+                    self._preprocess(self.blob[top], tp)
+            else:
+                self._declare_input(top, [], span)
+
+    def _preprocess(self, name: str, tp: Message) -> None:
+        settings = self.preprocess.setdefault(name, [])
+        keys = {s.split("=", 1)[0] for s in settings}
+        if tp.get("mean_file") is not None:
+            self.error("transform_param mean_file is not supported", tp.get("mean_file").span,  # type: ignore
+                       hint="write the per-channel means with mean_value")
+            return
+        crop = tp.scalar("crop_size")
+        if crop is not None and "crop" not in keys:
+            settings.append(f"crop={crop.text}")
+        mirror = _is_true(tp.scalar("mirror"))
+        if mirror and "mirror" not in keys:
+            settings.append("mirror=true")
+        means = tp.scalars("mean_value")
+        if means and "mean" not in keys:
+            settings.append("mean=" + (means[0].text if len(means) == 1 else
+                                       "(" + ", ".join(m.text for m in means) + ")"))
+        scale = tp.scalar("scale")
+        if scale is not None and "scale" not in keys:
+            settings.append(f"scale={scale.text}")
+
+    # per-type conversion -----------------------------------------------------------------------
+    def _pair(self, p: Message, name: str, default: int | None) -> str | None:
+        h, w = p.scalar(f"{name}_h"), p.scalar(f"{name}_w")
+        if h is not None or w is not None:
+            hv = int(_num(h, default)) if h is not None or default is not None else None
+            wv = int(_num(w, default)) if w is not None or default is not None else None
+            return str(hv) if hv == wv else f"({hv}, {wv})"
+        values = [int(v.value) for v in p.scalars(name if name != "kernel" else "kernel_size")]
+        if not values:
+            return None if default is None else str(default)
+        if len(values) == 1:
+            return str(values[0])
+        if len(values) == 2:
+            return str(values[0]) if values[0] == values[1] else f"({values[0]}, {values[1]})"
+        self.error(f"{name} has {len(values)} values; only 2-D layers are supported", p.span)
+        return None
+
+    def _convert(self, layer: Message, ltype: str, name: str) -> tuple[str | None, list[str], tuple[int, int | None]]:
+        one = (1, 1)
+        if ltype == "Convolution":
+            p = layer.message("convolution_param")
+            if p is None or p.scalar("num_output") is None:
+                self.error(f"Convolution '{name}' needs convolution_param {{ num_output kernel_size }}", layer.span)
+                return None, [], one
+            kernel = self._pair(p, "kernel", None)
+            if kernel is None:
+                self.error(f"Convolution '{name}' has no kernel_size", p.span)
+                return None, [], one
+            args = [p.scalar("num_output").text, kernel]  # type: ignore[union-attr]
+            for key, alex in (("stride", "stride"), ("pad", "pad"), ("dilation", "dilation")):
+                v = self._pair(p, key, None)
+                if v is not None and v != "1" + ("" if key != "pad" else "x") and not (key == "pad" and v == "0"):
+                    args.append(f"{alex}={v}")
+            group = p.scalar("group")
+            if group is not None and group.value != 1:
+                args.append(f"groups={group.text}")
+            if _is_true(p.scalar("bias_term")) is False:
+                args.append("bias=false")
+            axis = p.scalar("axis")
+            if axis is not None and axis.value != 1:
+                self.error("convolution axis other than 1 is not supported", axis.span)
+            return "conv", args, one
+        if ltype == "InnerProduct":
+            p = layer.message("inner_product_param")
+            if p is None or p.scalar("num_output") is None:
+                self.error(f"InnerProduct '{name}' needs inner_product_param {{ num_output }}", layer.span)
+                return None, [], one
+            args = [p.scalar("num_output").text]  # type: ignore[union-attr]
+            if _is_true(p.scalar("bias_term")) is False:
+                args.append("bias=false")
+            for key in ("axis", "transpose"):
+                v = p.scalar(key)
+                if v is not None and str(v.value).lower() not in ("1" if key == "axis" else "false",):
+                    self.error(f"inner_product_param {key}: {v.text} is not supported", v.span)
+            return "fc", args, one
+        if ltype == "ReLU":
+            p = layer.message("relu_param")
+            slope = p.scalar("negative_slope") if p is not None else None
+            if slope is not None and slope.value != 0:
+                return "leaky_relu", [slope.text], one
+            return "relu", [], one
+        if ltype in ("Sigmoid", "TanH", "Flatten"):
+            return {"Sigmoid": "sigmoid", "TanH": "tanh", "Flatten": "flatten"}[ltype], [], one
+        if ltype == "Pooling":
+            p = layer.message("pooling_param") or Message([], layer.span)
+            pool = p.scalar("pool")
+            kind = str(pool.value) if pool is not None else "MAX"
+            if kind not in ("MAX", "AVE"):
+                self.error(f"pooling method {kind} is not supported", pool.span if pool else p.span,
+                           expected="MAX or AVE")
+                return None, [], one
+            if _is_true(p.scalar("global_pooling")):
+                if kind != "AVE":
+                    self.error("global max pooling is not supported (alexdsl has global_avgpool)", p.span)
+                    return None, [], one
+                return "global_avgpool", [], one
+            kernel = self._pair(p, "kernel", None)
+            if kernel is None:
+                self.error(f"Pooling '{name}' has no kernel_size", p.span)
+                return None, [], one
+            args = [kernel]
+            stride = self._pair(p, "stride", 1)
+            if stride is not None and stride != kernel:
+                args.append(f"stride={stride}")
+            pad = self._pair(p, "pad", 0)
+            if pad not in (None, "0"):
+                args.append(f"pad={pad}")
+            mode = p.scalar("round_mode")
+            if mode is None or str(mode.value) == "CEIL":
+                args.append("round=ceil")
+            return ("maxpool" if kind == "MAX" else "avgpool"), args, one
+        if ltype == "LRN":
+            p = layer.message("lrn_param") or Message([], layer.span)
+            region = p.scalar("norm_region")
+            if region is not None and str(region.value) != "ACROSS_CHANNELS":
+                self.error(f"LRN norm_region {region.value} is not supported", region.span,
+                           expected="ACROSS_CHANNELS")
+                return None, [], one
+            size = p.scalar("local_size")
+            args = [size.text if size is not None else "5"]
+            for key in ("alpha", "beta", "k"):
+                v = p.scalar(key)
+                default = {"alpha": "1", "beta": "0.75", "k": "1"}[key]
+                args.append(f"{key}={v.text if v is not None else default}") if v is not None or key == "alpha" \
+                    else None
+            return "lrn", args, one
+        if ltype == "Dropout":
+            p = layer.message("dropout_param")
+            ratio = p.scalar("dropout_ratio") if p is not None else None
+            return "dropout", [ratio.text if ratio is not None else "0.5"], one
+        if ltype == "Concat":
+            p = layer.message("concat_param")
+            axis = (p.scalar("axis") or p.scalar("concat_dim")) if p is not None else None
+            if axis is not None and axis.value != 1:
+                self.error("concat along an axis other than channels (1) is not supported", axis.span)
+                return None, [], one
+            return "concat", [], (2, None)
+        if ltype == "Eltwise":
+            p = layer.message("eltwise_param")
+            operation = p.scalar("operation") if p is not None else None
+            if operation is not None and str(operation.value) != "SUM":
+                self.error(f"Eltwise {operation.value} is not supported (only SUM -> add)", operation.span)
+                return None, [], one
+            coeffs = p.scalars("coeff") if p is not None else []
+            if any(c.value != 1 for c in coeffs):
+                self.error("Eltwise coefficients other than 1 are not supported", coeffs[0].span)
+                return None, [], one
+            return "add", [], (2, None)
+        if ltype == "BatchNorm":
+            p = layer.message("batch_norm_param")
+            args = []
+            if p is not None:
+                eps = p.scalar("eps")
+                if eps is not None:
+                    args.append(f"eps={eps.text}")
+                maf = p.scalar("moving_average_fraction")
+                if maf is not None:
+                    args.append(f"momentum={round(1 - float(maf.value), 9):g}")
+            return "batchnorm", args, one
+        if ltype == "Softmax":
+            p = layer.message("softmax_param")
+            axis = p.scalar("axis") if p is not None else None
+            if axis is not None and axis.value != 1:
+                self.error("softmax along an axis other than channels (1) is not supported", axis.span)
+            return "softmax", [], one
+        if ltype == "SoftmaxWithLoss":
+            return "softmax_loss", [], (2, 2)
+        if ltype == "Accuracy":
+            p = layer.message("accuracy_param")
+            top = p.scalar("top_k") if p is not None else None
+            return "accuracy", ([f"top={top.text}"] if top is not None and top.value != 1 else []), (2, 2)
+        raise AssertionError(ltype)
+
+    # writing -------------------------------------------------------------------------------------
+    def _defaults(self) -> tuple[list[str], dict[str, dict[str, dict[str, str]]]]:
+        """``defaults`` lines for settings two or more layers share, and what each layer still says."""
+        lines: list[str] = []
+        effective: dict[str, dict[str, dict[str, str]]] = {}  # op -> kind -> key -> text
+        for kind in ("weight", "bias"):
+            for key in ("lr", "decay"):
+                counts = Counter(n.params[kind][key] for n in self.nodes
+                                 if kind in n.params and key in n.params[kind])
+                if counts:
+                    value, count = counts.most_common(1)[0]
+                    if count >= 2 and float(value) != 1.0:
+                        effective.setdefault("*", {}).setdefault(kind, {})[key] = value
+            kd = effective.get("*", {}).get(kind, {})
+            if kd:
+                lines.append(f"defaults {kind}(" + ", ".join(f"{k}={kd[k]}" for k in ("lr", "decay") if k in kd)
+                             + ")")
+        for op in ("conv", "fc"):
+            nodes = [n for n in self.nodes if n.op == op]
+            parts = []
+            for kind in ("weight", "bias"):
+                counts = Counter(n.params[kind]["filler"] for n in nodes if "filler" in n.params.get(kind, {}))
+                if counts:
+                    value, count = counts.most_common(1)[0]
+                    if count >= 2:
+                        effective.setdefault(op, {}).setdefault(kind, {})["filler"] = value
+                        parts.append(f"{kind}={value}")
+            if parts:
+                lines.append(f"defaults {op}(" + ", ".join(parts) + ")")
+        return lines, effective
+
+    def _call(self, node: _Node, effective: dict[str, dict[str, dict[str, str]]], refs: list[str]) -> str:
+        args = refs + list(node.args)
+        for kind in ("weight", "bias"):
+            entry = node.params.get(kind, {})
+            if "filler" in entry and entry["filler"] != effective.get(node.op, {}).get(kind, {}).get("filler"):
+                if kind == "bias" and node.op in ("conv", "fc") and "bias=false" in args:
+                    continue
+                args.append(f"{kind}={entry['filler']}")
+            for key in ("lr", "decay"):
+                if key not in entry:
+                    continue
+                default = effective.get("*", {}).get(kind, {}).get(key, "1")
+                if float(entry[key]) != float(default):
+                    args.append(f"{kind}_{key}={entry[key]}")
+        if not args:
+            return node.op
+        return f"{node.op}({', '.join(args)})"
+
+    def write(self, network_name: str, classes: dict[str, int]) -> str:
+        out = ["# Imported from a Caffe prototxt by alexdsl import caffe.", f"network {network_name}", ""]
+        for name, shape, _ in self.inputs:
+            if name in classes or shape is None or name in {self.blob.get(b) for b in self.label_blobs}:
+                out.append(f"input {name}: class({classes.get(name, 1)})")
+            else:
+                out.append(f"input {name}: {'x'.join(map(str, shape))}")
+        for name, settings in self.preprocess.items():
+            if settings:
+                out.append(f"preprocess {name}({', '.join(settings)})")
+        out.append("")
+        default_lines, effective = self._defaults()
+        if default_lines:
+            out += default_lines + [""]
+        data_inputs = [n for n, shape, _ in self.inputs if shape is not None
+                       and n not in {self.blob.get(b) for b in self.label_blobs}]
+        prev = data_inputs[0] if data_inputs else None
+        statements: list[list[Any]] = []  # [label, phase, [links], sources]
+        tail_of: dict[str, str] = {}  # node -> the name that refers to it
+        for node in self.nodes:
+            multi = node.op in ("concat", "add", "softmax_loss", "accuracy")
+            starts = node.op in ("conv", "fc", "batchnorm") or multi
+            last = statements[-1] if statements else None
+            if (last is not None and not starts and len(node.inputs) == 1 and node.inputs[0] == last[2][-1].name
+                    and self.by_name[node.inputs[0]].consumers == 1 and last[1] == node.phase):
+                last[2].append(node)
+                continue
+            statements.append([node.name, node.phase, [node], None])
+        lines = []
+        for label, phase, links, _ in statements:
+            first = links[0]
+            refs = [tail_of.get(src, src) for src in first.inputs]
+            multi = first.op in ("concat", "add", "softmax_loss", "accuracy")
+            head = ""
+            if not multi and refs and refs[0] != prev:
+                head = f"{refs[0]} -> "
+            parts = [self._call(first, effective, refs if multi else [])]
+            for link in links[1:]:
+                parts.append(f"{link.name}: {self._call(link, effective, [])}")
+            for link in links:
+                tail_of[link.name] = link.name
+            tail_of[links[-1].name] = label
+            prev = label
+            lines.append((label, head + " | ".join(parts) + (f" @{phase}" if phase else "")))
+        width = max((len(label) for label, _ in lines), default=0) + 1
+        for label, body in lines:
+            out.append(f"{label + ':':<{width}} {body}")
+        return "\n".join(out).rstrip() + "\n"
+
+
+def _network_name(net: Message, file: str) -> str:
+    name = net.scalar("name")
+    raw = str(name.value) if name is not None else file.rsplit("/", 1)[-1].split(".", 1)[0]
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", raw) or "Imported"
+    return clean if re.match(r"[A-Za-z_]", clean) else "_" + clean
+
+
+def import_prototxt(text: str, file: str = "<string>") -> str:
+    """Translate a Caffe prototxt (NetParameter text) into alexdsl source.
+
+    Raises :class:`AlexDSLError` for syntax errors and for anything not supported, each
+    located in the prototxt.
+    """
+    net = parse_prototxt(text, file)
+    importer = _Importer(net, file, text)
+    importer.run()
+    if importer.sink.has_errors:
+        raise AlexDSLError(importer.sink.diagnostics, sources={file: text})
+    name = _network_name(net, file)
+    label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
+    source = importer.write(name, {label: 1 for label in label_inputs})
+    if label_inputs:
+        # the class count of a label is the width of the logits it is compared with
+        from alexdsl import parse
+
+        network = parse(source, file + ".adsl")
+        classes = {}
+        for layer in network.layers():
+            if layer.op in ("softmax_loss", "accuracy") and layer.inputs[1] in label_inputs:
+                classes[layer.inputs[1]] = network.layer(layer.inputs[0]).shape[0]
+        source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
+    # check the result: an import that does not build is a bug here, reported as such
+    from alexdsl import parse
+
+    try:
+        parse(source, file + ".adsl")
+    except AlexDSLError as error:
+        raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + error.diagnostics,
+                           sources=error.sources) from None
+    return source
