@@ -603,15 +603,15 @@ class Elaborator:
         for key, (value, span) in defaults.items():
             if key in param_keys and key not in param_args:
                 param_args[key] = (value, span)
-        param_cfg = self._param_config(op, attrs, param_args, defaults)
+        param_cfg = self._param_config(op, attrs, param_args)
         if not ok:
             return None, spans, param_cfg
         if op.normalize is not None:
             attrs = op.normalize(attrs)
         return attrs, spans, param_cfg
 
-    def _param_config(self, op: OpDef, attrs: dict[str, Any], param_args: dict[str, tuple[Any, Span]],
-                      defaults: dict[str, tuple[Any, Span]]) -> dict[str, dict[str, Any]]:
+    def _param_config(self, op: OpDef, attrs: dict[str, Any], param_args: dict[str, tuple[Any, Span]]
+                      ) -> dict[str, dict[str, Any]]:
         config: dict[str, dict[str, Any]] = {}
         for kind in op.param_kinds():
             kind_defaults = self.kind_defaults.get(kind, {})
@@ -623,8 +623,6 @@ class Elaborator:
             elif kind in param_args:
                 value, span = param_args[kind]
                 filler = self._filler(value, span)
-            elif kind in defaults and isinstance(defaults[kind][0], CallValue):
-                filler = self._filler(*defaults[kind])
             elif "filler" in kind_defaults:
                 filler = self._filler(*kind_defaults["filler"])
             entry = {"filler": filler or op.default_fillers[kind], "lr": 1.0, "decay": 1.0}

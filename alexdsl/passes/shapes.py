@@ -32,7 +32,7 @@ def infer_shapes(graph: nx.DiGraph, order: list[str], sink: DiagnosticSink) -> N
         try:
             if op.takes_label:
                 _check_label(graph, name, inputs, attrs)
-            for position, shape in enumerate(in_shapes):
+            for position in range(len(inputs)):
                 if graph.nodes[inputs[position]]["attrs"].get("kind") == "label" and not (
                         op.takes_label and position == 1):
                     raise ShapeError(f"input '{inputs[position]}' is a label; {op.name} needs a tensor",

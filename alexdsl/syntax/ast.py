@@ -7,7 +7,6 @@ prints it back. Nothing else consumes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from alexdsl.errors import Span
 
@@ -46,7 +45,7 @@ class Call:
     has_parens: bool = True
 
 
-Value = Union[Literal, Name, TupleValue, Call]
+Value = Literal | Name | TupleValue | Call
 
 
 @dataclass
@@ -154,18 +153,18 @@ class BlockDef:
     span: Span
 
 
-Statement = Union[
-    NetworkStmt,
-    DescriptionStmt,
-    InputStmt,
-    OutputStmt,
-    DefaultsStmt,
-    SolverStmt,
-    PreprocessStmt,
-    LayerStmt,
-    RepeatStmt,
-    BlockDef,
-]
+Statement = (
+    NetworkStmt
+    | DescriptionStmt
+    | InputStmt
+    | OutputStmt
+    | DefaultsStmt
+    | SolverStmt
+    | PreprocessStmt
+    | LayerStmt
+    | RepeatStmt
+    | BlockDef
+)
 
 
 @dataclass

@@ -303,7 +303,8 @@ def _token_words(token: Token) -> str:
     return f"'{token}'"
 
 
-def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark, open_parens: list[Token]) -> Diagnostic:
+def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
+                       open_parens: list[Token]) -> Diagnostic:
     line, column = max(error.line, 1), max(error.column, 1)
     expected_terms = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
     expected = ", ".join(dict.fromkeys(_describe_terminal(t, lark) for t in expected_terms)) or None
