@@ -8,7 +8,8 @@ The layout is printed from the syntax tree, so formatting never changes the netw
 * block bodies are indented 2 spaces;
 * numbers, strings and shapes are printed exactly as written;
 * comments are kept: a comment on its own line stays before the statement that follows it,
-  a comment after code stays at the end of its statement's line;
+  a comment after code stays at the end of its line, two spaces after the code; the trailing
+  comments of consecutive lines are aligned;
 * single blank lines between statements are kept, runs of blank lines become one;
 * a chain written across several lines (a line starting with ``|``) keeps its line breaks.
 
@@ -26,6 +27,26 @@ from alexdsl.syntax import ast
 from alexdsl.syntax.parser import parse_module
 
 INDENT = "  "
+_MARK = "\0"  # between code and its trailing comment until the comments are aligned
+
+
+def _align_trailing(lines: list[str]) -> list[str]:
+    """Trailing comments of consecutive lines start in one column, two spaces after the longest code."""
+    out = list(lines)
+    i = 0
+    while i < len(out):
+        if _MARK not in out[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(out) and _MARK in out[j]:
+            j += 1
+        column = max(len(line.split(_MARK, 1)[0]) for line in out[i:j]) + 2
+        for k in range(i, j):
+            code, comment = out[k].split(_MARK, 1)
+            out[k] = code.ljust(column) + comment
+        i = j
+    return out
 
 
 # values ---------------------------------------------------------------------------------------
@@ -89,10 +110,38 @@ def _run_kind(stmt: ast.Statement) -> str | None:
 
 def _statement_lines(stmt: ast.Statement, width: int, indent: str) -> list[str]:
     """The statement's text lines (without comments); ``width`` pads its label colon."""
+    return [text for text, _ in _statement_rows(stmt, width, indent)]
+
+
+def _statement_rows(stmt: ast.Statement, width: int, indent: str) -> list[tuple[str, int]]:
+    """Like :func:`_statement_lines`, each line with the source line its text starts on."""
+    if isinstance(stmt, ast.LayerStmt):
+        return _chain_rows(stmt, width, indent)
+    return [(line, stmt.span.line) for line in _simple_lines(stmt, width, indent)]
+
+
+def _head(stmt: ast.Statement, width: int) -> str:
     label = _label_of(stmt)
-    head = ""
-    if label is not None:
-        head = (label + ":").ljust(max(width, len(label) + 1)) + " "
+    if label is None:
+        return ""
+    return (label + ":").ljust(max(width, len(label) + 1)) + " "
+
+
+def _chain_rows(stmt: ast.LayerStmt, width: int, indent: str) -> list[tuple[str, int]]:
+    head = _head(stmt, width)
+    rows = [[indent + head + _sources(stmt.sources) + _link(stmt.links[0]), stmt.span.line]]
+    pad = indent + " " * max(len(head) - 2, 2)
+    for prev, link in zip(stmt.links, stmt.links[1:]):
+        if link.span.line > prev.span.end_line:
+            rows.append([pad + "| " + _link(link), link.span.line])
+        else:
+            rows[-1][0] += " | " + _link(link)
+    rows[-1][0] += _phase(stmt.phase)
+    return [(text, line) for text, line in rows]
+
+
+def _simple_lines(stmt: ast.Statement, width: int, indent: str) -> list[str]:
+    head = _head(stmt, width)
     if isinstance(stmt, ast.NetworkStmt):
         return [indent + f"network {stmt.name.name}"]
     if isinstance(stmt, ast.DescriptionStmt):
@@ -111,16 +160,6 @@ def _statement_lines(stmt: ast.Statement, width: int, indent: str) -> list[str]:
     if isinstance(stmt, ast.RepeatStmt):
         return [indent + head + _sources(stmt.sources) + f"repeat {format_value(stmt.count)} "
                 + format_call(stmt.call) + _phase(stmt.phase)]
-    if isinstance(stmt, ast.LayerStmt):
-        lines = [indent + head + _sources(stmt.sources) + _link(stmt.links[0])]
-        pad = indent + " " * max(len(head) - 2, 0)
-        for prev, link in zip(stmt.links, stmt.links[1:]):
-            if link.span.line > prev.span.end_line:
-                lines.append(pad + "| " + _link(link))
-            else:
-                lines[-1] += " | " + _link(link)
-        lines[-1] += _phase(stmt.phase)
-        return lines
     raise TypeError(f"not a statement: {stmt!r}")
 
 
@@ -202,8 +241,7 @@ class _Printer:
 
     @staticmethod
     def _with_comment(code: str, comment: ast.Comment) -> str:
-        column = max(comment.column - 1, len(code) + 2)
-        return code.ljust(column) + comment.text.rstrip()
+        return code.rstrip() + _MARK + comment.text.rstrip()
 
     def region(self, region: _Region, depth: int) -> list[str]:
         indent = INDENT * depth
@@ -257,8 +295,8 @@ class _Printer:
         slot = self.slots.get(id(stmt), _Slots())
         out = [indent + c.text.rstrip() for c in slot.leading]
         trailing = list(slot.trailing)
-        out += [indent + c.text.rstrip() for c in trailing[:-1]]
         if isinstance(stmt, ast.BlockDef):
+            out += [indent + c.text.rstrip() for c in trailing[:-1]]
             header = indent + _block_header(stmt)
             out.append(self._with_comment(header, trailing[-1]) if trailing else header)
             out.extend(self.region(self.regions[id(stmt)], depth + 1))
@@ -267,16 +305,25 @@ class _Printer:
                 out.append(INDENT * (depth + 1) + comment.text.rstrip())
             out.append(self._with_comment(close, slot.close_trailing[-1]) if slot.close_trailing else close)
             return out
-        lines = _statement_lines(stmt, width, indent)
-        if trailing:
-            lines[-1] = self._with_comment(lines[-1], trailing[-1])
+        rows = _statement_rows(stmt, width, indent)
+        lines = [text for text, _ in rows]
+        placed: dict[int, ast.Comment] = {}
+        hoisted: list[ast.Comment] = []
+        for comment in slot.trailing:
+            row = max(i for i, (_, line) in enumerate(rows) if line <= comment.line or i == 0)
+            if row in placed:
+                hoisted.append(placed[row])
+            placed[row] = comment
+        for row, comment in placed.items():
+            lines[row] = self._with_comment(lines[row], comment)
+        out = [indent + c.text.rstrip() for c in sorted(slot.leading + hoisted, key=lambda c: c.line)]
         return out + lines
 
 
 def format_module(module: ast.Module) -> str:
     """The canonical text of a parsed module (ends with one newline; empty stays empty)."""
     printer = _Printer(module)
-    lines = printer.region(printer.top, 0)
+    lines = _align_trailing(printer.region(printer.top, 0))
     text = "\n".join(line.rstrip() for line in lines).strip("\n")
     return text + "\n" if text else ""
 

@@ -81,3 +81,12 @@ def test_shapes_bad_input_override() -> None:
 
 def test_shapes_table_matches_golden() -> None:
     assert run("shapes", ALEXNET).stdout == (GOLDEN / "shapes" / "alexnet.adsl.txt").read_text()
+
+
+def test_examples_are_in_canonical_format() -> None:
+    result = run("fmt", "--check", *map(str, sorted(EXAMPLES.glob("*.adsl"))))
+    assert result.exit_code == 0, result.output
+
+
+def test_every_command_is_registered() -> None:
+    assert set(main.commands) >= {"check", "shapes", "fmt", "import", "export", "draw", "compare"}

@@ -44,9 +44,9 @@ import functools
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
@@ -95,7 +95,7 @@ class Message:
 @dataclass
 class Field:
     name: str
-    value: Union[Scalar, Message, list[Scalar]]
+    value: Scalar | Message | list[Scalar]
     span: Span
 
 
@@ -249,6 +249,39 @@ _KEYWORDS = {"network", "description", "input", "output", "defaults", "solver", 
              "true", "false", "in"}
 
 
+_INT_FIELDS = {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad", "pad_h",
+               "pad_w", "dilation", "group", "axis", "local_size", "top_k", "dim", "input_dim", "crop_size",
+               "batch_size", "concat_dim", "num_axes", "channels", "height", "width", "new_height", "new_width",
+               "rand_skip", "prefetch", "end_axis", "ignore_label", "level", "sparse"}
+_FLOAT_FIELDS = {"lr_mult", "decay_mult", "alpha", "beta", "k", "dropout_ratio", "eps", "moving_average_fraction",
+                 "negative_slope", "value", "min", "max", "mean", "std", "scale", "mean_value", "coeff",
+                 "loss_weight"}
+_BOOL_FIELDS = {"bias_term", "mirror", "global_pooling", "use_global_stats", "force_backward", "debug_info",
+                "transpose", "shuffle", "is_color", "force_color", "force_gray", "normalize", "stable_prod_grad",
+                "force_encoded_color", "propagate_down"}
+_STRING_FIELDS = {"name", "type", "bottom", "top", "input", "source", "mean_file", "root_folder", "stage"}
+_ENUM_FIELDS = {"pool", "phase", "norm_region", "operation", "round_mode", "variance_norm", "engine", "backend",
+                "normalization"}
+
+
+def _scalar_problem(name: str, value: Scalar) -> str | None:
+    """What is wrong with ``value`` for field ``name``, or None."""
+    if name in _INT_FIELDS:
+        ok = value.kind == "number" and isinstance(value.value, int)
+        return None if ok else "an integer"
+    if name in _FLOAT_FIELDS:
+        return None if value.kind == "number" else "a number"
+    if name in _BOOL_FIELDS:
+        ok = value.kind == "ident" and value.value in ("true", "false", "True", "False", "t", "f") or \
+            value.kind == "number" and value.value in (0, 1)
+        return None if ok else "true or false"
+    if name in _STRING_FIELDS:
+        return None if value.kind == "string" else 'a "string"'
+    if name in _ENUM_FIELDS:
+        return None if value.kind == "ident" else "a name such as MAX"
+    return None
+
+
 def _check_schema(message: Message, kind: str, sink: DiagnosticSink) -> None:
     allowed = _SCHEMA.get(kind)
     for f in message.fields:
@@ -258,7 +291,21 @@ def _check_schema(message: Message, kind: str, sink: DiagnosticSink) -> None:
                        expected=", ".join(sorted(allowed)), hint="alexdsl import caffe does not support it")
             continue
         if isinstance(f.value, Message):
+            if f.name == "layers":  # legacy V1: reported once by the importer
+                continue
+            if f.name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+                sink.error(f"field '{f.name}' takes a value, not a message", f.span)
+                continue
             _check_schema(f.value, f.name, sink)
+            continue
+        values = f.value if isinstance(f.value, list) else [f.value]
+        if f.name not in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+            sink.error(f"field '{f.name}' is a message: write {f.name} {{ ... }}", f.span)
+            continue
+        for value in values:
+            problem = _scalar_problem(f.name, value)
+            if problem is not None:
+                sink.error(f"field '{f.name}' expects {problem}", value.span, received=value.text)
 
 
 # the importer --------------------------------------------------------------------------------------
@@ -306,10 +353,10 @@ class _Importer:
 
     # names -----------------------------------------------------------------------------------
     def _alex_name(self, caffe_name: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9_.]", "_", caffe_name).strip(".") or "layer"
-        base = re.sub(r"\.+", ".", base)
-        base = ".".join(part if re.match(r"[A-Za-z_]", part) else "_" + part for part in base.split(".")) \
-            if re.match(r"[A-Za-z_]", base) else "_" + base.replace(".", "_")
+        base = re.sub(r"[^A-Za-z0-9_.]", "_", caffe_name)
+        base = re.sub(r"\.+", ".", base).strip(".") or "layer"
+        if not re.match(r"[A-Za-z_]", base):
+            base = "_" + base
         if base in _KEYWORDS:
             base += "_"
         name, i = base, 2
@@ -590,7 +637,7 @@ class _Importer:
             args = [p.scalar("num_output").text, kernel]  # type: ignore[union-attr]
             for key, alex in (("stride", "stride"), ("pad", "pad"), ("dilation", "dilation")):
                 v = self._pair(p, key, None)
-                if v is not None and v != "1" + ("" if key != "pad" else "x") and not (key == "pad" and v == "0"):
+                if v is not None and v != ("0" if key == "pad" else "1"):
                     args.append(f"{alex}={v}")
             group = p.scalar("group")
             if group is not None and group.value != 1:
@@ -761,10 +808,12 @@ class _Importer:
             return node.op
         return f"{node.op}({', '.join(args)})"
 
-    def write(self, network_name: str, classes: dict[str, int]) -> str:
+    def write(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> str:
         out = ["# Imported from a Caffe prototxt by alexdsl import caffe.", f"network {network_name}", ""]
         for name, shape, _ in self.inputs:
             if name in classes or shape is None or name in {self.blob.get(b) for b in self.label_blobs}:
+                if skip_losses:
+                    continue
                 out.append(f"input {name}: class({classes.get(name, 1)})")
             else:
                 out.append(f"input {name}: {'x'.join(map(str, shape))}")
@@ -781,6 +830,8 @@ class _Importer:
         statements: list[list[Any]] = []  # [label, phase, [links], sources]
         tail_of: dict[str, str] = {}  # node -> the name that refers to it
         for node in self.nodes:
+            if skip_losses and node.op in ("softmax_loss", "accuracy"):
+                continue
             multi = node.op in ("concat", "add", "softmax_loss", "accuracy")
             starts = node.op in ("conv", "fc", "batchnorm") or multi
             last = statements[-1] if statements else None
@@ -828,19 +879,23 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
     importer = _Importer(net, file, text)
     importer.run()
     if importer.sink.has_errors:
-        raise AlexDSLError(importer.sink.diagnostics, sources={file: text})
+        diagnostics = sorted(importer.sink.diagnostics,
+                             key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+        raise AlexDSLError(diagnostics, sources={file: text})
     name = _network_name(net, file)
     label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
-    source = importer.write(name, {label: 1 for label in label_inputs})
+    source = importer.write(name, {})
     if label_inputs:
         # the class count of a label is the width of the logits it is compared with
         from alexdsl import parse
 
-        network = parse(source, file + ".adsl")
+        network = parse(importer.write(name, {}, skip_losses=True), file + ".adsl")
         classes = {}
-        for layer in network.layers():
-            if layer.op in ("softmax_loss", "accuracy") and layer.inputs[1] in label_inputs:
-                classes[layer.inputs[1]] = network.layer(layer.inputs[0]).shape[0]
+        for node in importer.nodes:
+            if node.op in ("softmax_loss", "accuracy") and node.inputs[1] in label_inputs:
+                logits = network.shapes.get(node.inputs[0], ())
+                if logits:
+                    classes[node.inputs[1]] = logits[0]
         source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
     # check the result: an import that does not build is a bug here, reported as such
     from alexdsl import parse

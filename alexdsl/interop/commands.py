@@ -78,4 +78,166 @@ def fmt_command(files: tuple[str, ...], check: bool) -> None:
         sys.exit(1)
 
 
-COMMANDS: list[click.Command] = [fmt_command]
+
+def _emit(text: str, output: str | None) -> None:
+    """Write ``text`` to ``output`` atomically, or to stdout when ``output`` is None or '-'."""
+    if output is None or output == "-":
+        click.echo(text, nl=False)
+    else:
+        write_text_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+
+
+# import -------------------------------------------------------------------------------------------
+@click.group("import", epilog="""\b
+Examples:
+  alexdsl import caffe deploy.prototxt -o alexnet.adsl
+  alexdsl import json alexnet.json > alexnet.adsl""")
+def import_group() -> None:
+    """Translate another description of a network into alexdsl source."""
+
+
+@import_group.command("caffe")
+@click.argument("prototxt", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default: stdout.")
+@_report_errors
+def import_caffe(prototxt: str, output: str | None) -> None:
+    """Translate a Caffe NET.prototxt into alexdsl source (stdout unless -o)."""
+    from alexdsl.interop.caffe import import_prototxt
+
+    _emit(import_prototxt(_read(prototxt), prototxt), output)
+
+
+@import_group.command("json")
+@click.argument("ir_file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default: stdout.")
+@_report_errors
+def import_json(ir_file: str, output: str | None) -> None:
+    """Turn an IR .json file (from 'export --format json') back into alexdsl source (stdout unless -o)."""
+    from alexdsl.interop.source import network_to_source
+    from alexdsl.ir.network import Network
+
+    _emit(network_to_source(Network.from_json(_read(ir_file))), output)
+
+
+# export -------------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("json", "onnx", "prototxt")
+
+
+@click.command("export", epilog="""\b
+Examples:
+  alexdsl export examples/alexnet.adsl --format json -o alexnet.json
+  alexdsl export examples/alexnet.adsl --format onnx -o alexnet.onnx --weights alexnet.safetensors
+  alexdsl export examples/lenet.adsl --format prototxt -o lenet.prototxt""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Output file (written atomically); '-' for stdout (json and prototxt only).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="onnx: weights as .safetensors or .npz keyed <layer>.<param>; default: drawn from the fillers.")
+@click.option("--seed", default=0, show_default=True, help="onnx: seed for weights drawn from the fillers.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@_report_errors
+def export_command(file: str, fmt: str, output: str, weights: str | None, seed: int, inputs: tuple[str, ...]) -> None:
+    """Write FILE's network as IR JSON, an ONNX model (opset 17) or a Caffe prototxt."""
+    import alexdsl
+
+    shapes = _parse_shapes(inputs)
+    network = alexdsl.load(file, input_shapes=shapes or None)
+    if fmt == "json":
+        _emit(network.to_json(), output)
+    elif fmt == "prototxt":
+        from alexdsl.interop.caffe_export import export_prototxt
+
+        _emit(export_prototxt(network), output)
+    else:
+        from alexdsl.interop.onnx import export_onnx, load_weights
+
+        if output == "-":
+            raise AlexDSLError("error: an ONNX model is binary; give a file with -o")
+        model = export_onnx(network, load_weights(weights) if weights else None, seed=seed)
+        write_bytes_atomic(output, model.SerializeToString())
+        click.echo(f"wrote {output}", err=True)
+
+
+def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    for value in values:
+        name, sep, dims = value.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+            if not sep or not name or any(d < 1 for d in shape):
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: expected NAME=CxHxW", param_hint="--input") from None
+        shapes[name] = shape
+    return shapes
+
+
+# draw -----------------------------------------------------------------------------------------------
+@click.command("draw", epilog="""\b
+Examples:
+  alexdsl draw examples/inception.adsl -o inception.svg
+  alexdsl draw examples/resnet18.adsl -o resnet18.dot""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="net.dot (DOT text), or net.svg / net.png / net.pdf (runs Graphviz 'dot').")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@_report_errors
+def draw_command(file: str, output: str, inputs: tuple[str, ...]) -> None:
+    """Draw FILE's layer graph: shapes on edges, parameter counts on layers, blocks as boxes."""
+    import alexdsl
+    from alexdsl.draw import render, to_dot
+
+    network = alexdsl.load(file, input_shapes=_parse_shapes(inputs) or None)
+    suffix = Path(output).suffix.lower().lstrip(".")
+    dot = to_dot(network)
+    if suffix in ("dot", "gv", ""):
+        _emit(dot, output)
+    else:
+        write_bytes_atomic(output, render(dot, suffix))
+        click.echo(f"wrote {output}", err=True)
+
+
+# compare ----------------------------------------------------------------------------------------------
+@click.command("compare", epilog="""\b
+Examples:
+  alexdsl compare examples/lenet.adsl
+  alexdsl compare examples/resnet18.adsl --backends reference,torch,cupy,onnx --input data=3x64x64
+  alexdsl compare examples/alexnet.adsl --layers conv1,fc8 --weights alexnet.safetensors""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--backends", default="reference,torch,cupy,onnx", show_default=True,
+              help="Comma-separated; the first is the baseline. Choices: reference, torch, cupy, onnx.")
+@click.option("--layers", default=None, help="Comma-separated layer names (default: every inference layer).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights (.safetensors or .npz, keyed <layer>.<param>); default: drawn from the fillers.")
+@click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--seed", default=0, show_default=True, help="Seed for the random inputs (and filler weights).")
+@click.option("--tolerance", default=1e-4, show_default=True, type=float,
+              help="Exit 1 when a relative difference exceeds this.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@_report_errors
+def compare_command(file: str, backends: str, layers: str | None, weights: str | None, batch: int, seed: int,
+                    tolerance: float, inputs: tuple[str, ...]) -> None:
+    """Run FILE on several backends and print each layer's largest absolute and relative difference."""
+    import alexdsl
+    from alexdsl.interop.compare import compare, render_rows, worst
+
+    network = alexdsl.load(file, input_shapes=_parse_shapes(inputs) or None)
+    chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    loaded = None
+    if weights:
+        from alexdsl.interop.onnx import load_weights
+
+        loaded = load_weights(weights)
+    names = [n.strip() for n in layers.split(",")] if layers else None
+    rows = compare(network, chosen, weights=loaded, batch=batch, seed=seed, layers=names)
+    click.echo(render_rows(rows, chosen), nl=False)
+    largest = worst(rows)
+    if largest > tolerance:
+        click.echo(f"largest relative difference {largest:.2e} exceeds --tolerance {tolerance:g}", err=True)
+        sys.exit(1)
+    click.echo(f"all layers agree within {tolerance:g} (largest relative difference {largest:.2e})", err=True)
+
+
+COMMANDS: list[click.Command] = [fmt_command, import_group, export_command, draw_command, compare_command]

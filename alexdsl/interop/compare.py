@@ -1,0 +1,212 @@
+"""Per-layer agreement between backends: ``alexdsl compare``.
+
+Every backend runs the same network on the same weights and inputs; for each layer the
+largest absolute difference and the largest difference relative to the baseline's largest
+magnitude are reported. Backends:
+
+``reference``  the torch.nn.functional interpreter of :mod:`alexdsl.interop.reference`
+``torch``      the generated nn.Module of :mod:`alexdsl.backends.torch`
+``cupy``       the generated executor of :mod:`alexdsl.backends.cupy` (``device="cpu"`` unless CUDA)
+``onnx``       the ONNX export run by onnxruntime
+
+The reference and ONNX produce every layer in one run; torch and cupy are compiled once per
+compared layer on the sub-network that ends there (they fuse and reuse buffers, so their
+intermediate values are not observable otherwise). Layers that exist only while training,
+losses and metrics are not compared; ``dropout`` is the identity at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from alexdsl.errors import AlexDSLError
+from alexdsl.ir.network import Network
+from alexdsl.ops.registry import format_shape, lookup
+
+BACKENDS = ("reference", "torch", "cupy", "onnx")
+
+
+def subnetwork(network: Network, layer: str) -> Network:
+    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output."""
+    keep = nx.ancestors(network.graph, layer) | {layer}
+    graph = network.graph.subgraph([n for n in network.graph if n in keep]).copy()
+    inputs = [name for name in network.inputs if name in keep]
+    return Network(network.name, graph, description=network.description, inputs=inputs, outputs=[layer],
+                   source_file=network.source_file)
+
+
+def compared_layers(network: Network) -> list[str]:
+    out = []
+    for layer in network.layers("test"):
+        opdef = lookup(layer.op)
+        if layer.is_input or (opdef is not None and opdef.role != "layer"):
+            continue
+        out.append(layer.name)
+    return out
+
+
+def _sub_weights(sub: Network, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    keys = sub.state_keys()
+    return {k: v for k, v in weights.items() if k in keys}
+
+
+def _feeds_for(sub: Network, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    return [feeds[name] for name in sub.data_inputs]
+
+
+def run_torch(network: Network, layers: list[str], weights: Mapping[str, np.ndarray],
+              feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        import torch
+
+        from alexdsl.backends import torch as backend
+    except ImportError as error:
+        raise AlexDSLError(f"error: the torch backend is not available ({error})") from None
+    out = {}
+    for name in layers:
+        sub = subnetwork(network, name)
+        module = backend.build(sub)
+        state = dict(module.state_dict())  # keeps torch-only buffers such as num_batches_tracked
+        state.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in _sub_weights(sub, weights).items()})
+        backend.load_weights(module, state)
+        module.eval()
+        with torch.no_grad():
+            result = module(*[torch.from_numpy(x) for x in _feeds_for(sub, feeds)])
+        result = result[0] if isinstance(result, (tuple, list)) else result
+        out[name] = result.detach().cpu().numpy()
+    return out
+
+
+def run_cupy(network: Network, layers: list[str], weights: Mapping[str, np.ndarray],
+             feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        from alexdsl.backends import cupy as backend
+    except ImportError as error:
+        raise AlexDSLError(f"error: the cupy backend is not available ({error})") from None
+    device = "cuda" if backend.cuda_available() else "cpu"
+    out = {}
+    for name in layers:
+        sub = subnetwork(network, name)
+        executor = backend.compile(sub, _sub_weights(sub, weights), device=device)
+        result = executor(*_feeds_for(sub, feeds))
+        out[name] = np.asarray(result[0] if isinstance(result, tuple) else result)
+    return out
+
+
+def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarray],
+             feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    try:
+        import onnxruntime as ort
+        from onnx import helper
+    except ImportError:
+        raise AlexDSLError("error: comparing with ONNX needs onnx and onnxruntime: pip install 'alexdsl[onnx]'"
+                           ) from None
+    from alexdsl.interop.onnx import export_onnx
+
+    model = export_onnx(network, weights, check=False)
+    produced = {o for node in model.graph.node for o in node.output}
+    present = {o.name for o in model.graph.output}
+    wanted = [name for name in layers if name in produced]
+    for name in wanted:
+        if name not in present:
+            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    results = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
+    values = dict(zip(names, results))
+    out = {name: values[name] for name in wanted}
+    for name in layers:  # dropout: the identity, so its input's value
+        if name not in out and network.layer(name).op == "dropout":
+            source = network.layer(name).inputs[0]
+            if source in values:
+                out[name] = values[source]
+            elif source in out:
+                out[name] = out[source]
+    return out
+
+
+def run_reference(network: Network, layers: list[str], weights: Mapping[str, np.ndarray],
+                  feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from alexdsl.interop.reference import run_reference as interpret
+
+    values = interpret(network, weights, feeds)
+    return {name: values[name] for name in layers if name in values}
+
+
+RUNNERS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
+    "reference": run_reference, "torch": run_torch, "cupy": run_cupy, "onnx": run_onnx,
+}
+
+
+@dataclass
+class Row:
+    layer: str
+    op: str
+    shape: tuple[int, ...]
+    diffs: dict[str, tuple[float, float] | None]  # backend -> (max abs, max rel) vs the baseline
+
+
+def compare(network: Network, backends: list[str], *, weights: Mapping[str, np.ndarray] | None = None,
+            batch: int = 2, seed: int = 0, layers: list[str] | None = None) -> list[Row]:
+    """Run ``backends`` (the first is the baseline) and diff every compared layer."""
+    if len(backends) < 2:
+        raise AlexDSLError("error: compare needs at least two backends, e.g. --backends reference,onnx")
+    unknown = [b for b in backends if b not in RUNNERS]
+    if unknown:
+        raise AlexDSLError(f"error: unknown backend '{unknown[0]}'; choose from {', '.join(BACKENDS)}")
+    chosen = compared_layers(network)
+    if layers:
+        missing = [name for name in layers if name not in chosen]
+        if missing:
+            network.layer(missing[0])  # raises with a did-you-mean for a name not in the network
+            raise AlexDSLError(f"error: layer '{missing[0]}' is not compared (an input, a loss, a metric or "
+                               "a train-only layer)")
+        chosen = [name for name in chosen if name in layers]
+    if weights is None:
+        from alexdsl.interop.onnx import initial_weights
+
+        weights = initial_weights(network, seed)
+    rng = np.random.default_rng(seed)
+    feeds = {name: rng.standard_normal((batch, *network.layer(name).shape)).astype(np.float32)
+             for name in network.data_inputs}
+    results = {backend: RUNNERS[backend](network, chosen, weights, feeds) for backend in backends}
+    base = results[backends[0]]
+    rows = []
+    for name in chosen:
+        layer = network.layer(name)
+        diffs: dict[str, tuple[float, float] | None] = {}
+        for backend in backends[1:]:
+            got, want = results[backend].get(name), base.get(name)
+            if got is None or want is None:
+                diffs[backend] = None
+                continue
+            got = np.asarray(got, dtype=np.float64).reshape(want.shape)
+            delta = float(np.abs(got - want).max()) if want.size else 0.0
+            scale = float(np.abs(want).max()) if want.size else 0.0
+            diffs[backend] = (delta, delta / scale if scale > 0 else delta)
+        rows.append(Row(name, layer.op, layer.shape, diffs))
+    return rows
+
+
+def render_rows(rows: list[Row], backends: list[str]) -> str:
+    header = ["layer", "op", "shape"] + [f"{b} vs {backends[0]} (abs / rel)" for b in backends[1:]]
+    table = [header]
+    for row in rows:
+        cells = [row.layer, row.op, format_shape(row.shape)]
+        for backend in backends[1:]:
+            diff = row.diffs.get(backend)
+            cells.append("-" if diff is None else f"{diff[0]:.2e} / {diff[1]:.2e}")
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def worst(rows: list[Row]) -> float:
+    return max((d[1] for row in rows for d in row.diffs.values() if d is not None), default=0.0)
+

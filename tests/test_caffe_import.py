@@ -1,0 +1,217 @@
+"""Caffe prototxt import: the seed document's AlexNet, the layer types, and located errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import alexdsl
+from alexdsl.errors import AlexDSLError
+from alexdsl.interop.caffe import import_prototxt
+from alexdsl.interop.commands import import_group
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_DOC = ROOT.parent / "shared" / "seed" / "alexnet-walkthrough.md"
+FIXTURE = ROOT / "tests" / "data" / "alexnet_seed.prototxt"
+
+DEPLOY_INPUTS = (
+    'name: "AlexNet"\n'
+    'input: "data"\n'
+    "input_shape { dim: 1 dim: 3 dim: 227 dim: 227 }\n"
+    'input: "label"\n'
+    "input_shape { dim: 1 }\n"
+)
+
+
+def seed_text() -> str:
+    """The seed's ```protobuf blocks (from the document when present, else the fixture copy)."""
+    if SEED_DOC.exists():
+        return "\n".join(re.findall(r"```protobuf\n(.*?)```", SEED_DOC.read_text(encoding="utf-8"), re.S))
+    return FIXTURE.read_text(encoding="utf-8")
+
+
+def repaired(text: str) -> str:
+    """Close pool2's and relu5's layers, which the seed leaves open."""
+    pool2 = '    stride: 2\n  }\n\nlayer {\n  name: "norm2"'
+    relu5 = '  top: "conv5"\n\n'
+    assert text.count(pool2) == 1 and text.count(relu5) == 1
+    text = text.replace(pool2, '    stride: 2\n  }\n}\n\nlayer {\n  name: "norm2"')
+    return text.replace(relu5, '  top: "conv5"\n}\n\n')
+
+
+def param_shapes(network: alexdsl.Network) -> dict[str, dict[str, tuple[int, ...]]]:
+    return {layer.name: {k: v.shape for k, v in layer.params.items()} for layer in network.layers() if layer.params}
+
+
+def test_fixture_matches_seed_document() -> None:
+    if not SEED_DOC.exists():
+        pytest.skip("seed document not present")
+    fixture = FIXTURE.read_text(encoding="utf-8")
+    assert fixture.endswith(seed_text())
+
+
+def test_seed_alexnet_imports_with_the_published_totals() -> None:
+    source = import_prototxt(DEPLOY_INPUTS + repaired(seed_text()), "alexnet.prototxt")
+    network = alexdsl.parse(source, "alexnet.adsl")
+    totals = network.totals()
+    assert totals["params"] == 60_965_224
+    assert totals["macs"] == 724_406_816
+    reference = alexdsl.load(ROOT / "examples" / "alexnet.adsl")
+    assert param_shapes(network) == param_shapes(reference)
+    # fillers and lr/decay multipliers carried over as the example writes them
+    for layer in reference.layers():
+        for name, spec in layer.params.items():
+            assert network.layer(layer.name).params[name] == spec, (layer.name, name)
+    assert "round=ceil" in source
+    assert "defaults bias(lr=2, decay=0)" in source
+    assert network.layer("accuracy").phase == "test"
+    assert network.layer("relu1").inputs == ["conv1"]
+    assert network.layer("norm1").inputs == ["pool1"]
+
+
+def test_seed_unrepaired_points_at_the_unclosed_layers() -> None:
+    text = DEPLOY_INPUTS + seed_text()
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "seed.prototxt")
+    lines = text.splitlines()
+    diagnostics = info.value.diagnostics
+    assert diagnostics and all("never closed" in d.message for d in diagnostics)
+    pointed = [d.span.line for d in diagnostics]
+    # the first unclosed layer is pool2's
+    pool2_line = next(i for i, line in enumerate(lines, 1) if 'name: "pool2"' in line) - 1
+    relu5_line = next(i for i, line in enumerate(lines, 1) if 'name: "relu5"' in line) - 1
+    assert pointed == [pool2_line, relu5_line]
+    assert lines[pool2_line - 1].strip() == "layer {"
+    assert "seed.prototxt:" in str(info.value)
+
+
+NET = """\
+name: "Small"
+layer { name: "data" type: "Data" top: "data" top: "label"
+        include { phase: TRAIN }
+        transform_param { crop_size: 32 mirror: true mean_value: 104 mean_value: 117 mean_value: 123 }
+        data_param { source: "train_lmdb" batch_size: 64 backend: LMDB } }
+layer { name: "data" type: "Data" top: "data" top: "label"
+        include { phase: TEST }
+        transform_param { crop_size: 32 mean_value: 104 mean_value: 117 mean_value: 123 }
+        data_param { source: "val_lmdb" batch_size: 50 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" batch_norm_param { eps: 0.001 } }
+layer { name: "scale1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" relu_param { negative_slope: 0.1 } }
+layer { name: "b1" type: "Convolution" bottom: "conv1" top: "b1"
+        convolution_param { num_output: 8 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "b2/3x3" type: "Convolution" bottom: "conv1" top: "b2"
+        convolution_param { num_output: 8 kernel_h: 3 kernel_w: 3 pad: 1 group: 2 } }
+layer { name: "sum" type: "Eltwise" bottom: "b1" bottom: "b2" top: "sum" eltwise_param { operation: SUM } }
+layer { name: "cat" type: "Concat" bottom: "sum" bottom: "conv1" top: "cat" }
+layer { name: "pool" type: "Pooling" bottom: "cat" top: "pool" pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
+layer { name: "gpool" type: "Pooling" bottom: "pool" top: "gpool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "gpool" top: "fc"
+        param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+        inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" include { phase: TRAIN } }
+layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc"
+        accuracy_param { top_k: 5 } include { phase: TEST } }
+"""
+
+
+def test_layer_types_and_data_layers() -> None:
+    source = import_prototxt(NET, "small.prototxt")
+    net = alexdsl.parse(source)
+    assert "preprocess data(crop=32, mirror=true, mean=(104, 117, 123))" in source
+    assert net.shapes["data"] == (3, 32, 32)
+    assert net.layer("label").attrs.get("classes") == 10
+    assert net.layer("bn1").op == "batchnorm" and net.layer("bn1").attrs["eps"] == 0.001
+    assert net.layer("relu1").op == "leaky_relu"
+    assert net.layer("conv1").attrs["bias"] is False
+    assert net.layer("b2_3x3").attrs["groups"] == 2
+    assert net.layer("sum").op == "add" and net.layer("sum").inputs == ["b1", "b2_3x3"]
+    assert net.layer("cat").inputs == ["sum", "relu1"]
+    assert net.layer("pool").op == "avgpool" and net.layer("pool").attrs["round"] == "ceil"
+    assert net.layer("gpool").op == "global_avgpool"
+    assert net.layer("fc").params["bias"].lr_mult == 2
+    assert net.layer("prob").phase == "test" and net.layer("loss").phase == "train"
+    assert net.layer("acc").attrs["top"] == 5
+    assert net.layer("conv1").params["weight"].filler.type == "msra"
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line"),
+    [
+        ('layers { name: "c" type: CONVOLUTION }\n', "legacy V1 'layers'", 1),
+        ('input: "data"\ninput_dim: 1\ninput_dim: 3\ninput_dim: 8\ninput_dim: 8\n'
+         'layer { name: "x" type: "Crop" bottom: "data" top: "x" }\n', "unknown layer type 'Crop'", 6),
+        ('input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+         'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+         '  convolution_param { num_output: 2 kernel_size: 3 wibble: 4 } }\n', "unknown field 'wibble'", 4),
+        ('layer { name: "c" type: "ReLU" bottom: "nowhere" top: "c" }\n', "bottom 'nowhere'", 1),
+        ('layer { name: "c" type: "ReLU" ', "never closed", 1),
+        ('layer { name: "c" type: "ReLU" } }\n', "unexpected", 1),
+    ],
+)
+def test_unsupported_things_are_located_errors(text: str, message: str, line: int) -> None:
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "bad.prototxt")
+    first = info.value.diagnostics[0]
+    assert message in first.message
+    assert first.span is not None and first.span.line == line and first.span.file == "bad.prototxt"
+
+
+def test_input_dim_and_names(tmp_path: Path) -> None:
+    text = ('name: "my-net"\ninput: "data"\ninput_dim: 1\ninput_dim: 1\ninput_dim: 28\ninput_dim: 28\n'
+            'layer { name: "conv/1" type: "Convolution" bottom: "data" top: "c"\n'
+            '  convolution_param { num_output: 4 kernel_size: 5 } }\n'
+            'layer { name: "input" type: "InnerProduct" bottom: "c" top: "f" inner_product_param { num_output: 3 } }\n')
+    net = alexdsl.parse(import_prototxt(text))
+    assert net.name == "my_net"
+    assert net.shapes == {"data": (1, 28, 28), "conv_1": (4, 24, 24), "input_": (3,)}
+
+
+def test_import_caffe_command(tmp_path: Path) -> None:
+    proto = tmp_path / "alexnet.prototxt"
+    proto.write_text(DEPLOY_INPUTS + repaired(seed_text()), encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(import_group, ["caffe", str(proto)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("# Imported from a Caffe prototxt")
+    out = tmp_path / "out" / "alexnet.adsl"
+    result = runner.invoke(import_group, ["caffe", str(proto), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert alexdsl.load(out).totals()["params"] == 60_965_224
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text(seed_text(), encoding="utf-8")
+    result = runner.invoke(import_group, ["caffe", str(bad)])
+    assert result.exit_code == 1
+    assert "never closed" in result.output and "Traceback" not in result.output
+
+
+# never a traceback: mutated prototxts import or raise AlexDSLError ------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_PIECES = ["", "}", "{", '"x"', "0", "-1", "3.5", "MAX", "true", "group: 0", 'kernel_size: "3"', "num_output: 0",
+           "pool: AVE", 'top: "conv1"', 'bottom: "label"', 'type: "Scale"', 'type: "Data"', "operation: PROD",
+           "global_pooling: true", "include { phase: TRAIN }", "kernel_size: 1 kernel_size: 2 kernel_size: 3"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_mutated_prototxt_never_crashes(data: st.DataObject) -> None:
+    lines = data.draw(st.sampled_from([DEPLOY_INPUTS + repaired(seed_text()), NET])).split("\n")
+    for _ in range(data.draw(st.integers(1, 3))):
+        k = data.draw(st.integers(0, len(lines) - 1))
+        lines[k] = data.draw(st.sampled_from(_PIECES)) if data.draw(st.booleans()) else \
+            lines[k].replace(":", ": " + data.draw(st.sampled_from(_PIECES)) + " #", 1)
+    try:
+        source = import_prototxt("\n".join(lines), "m.prototxt")
+    except AlexDSLError as error:
+        assert error.diagnostics
+    else:
+        alexdsl.parse(source)

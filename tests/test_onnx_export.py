@@ -1,0 +1,109 @@
+"""ONNX export: onnxruntime agrees with a torch.nn.functional interpreter of the IR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import alexdsl
+from alexdsl.errors import AlexDSLError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+
+from alexdsl.interop.onnx import export_onnx, initial_weights  # noqa: E402
+from alexdsl.interop.reference import run_reference as reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Smaller inputs keep the fc layers (and the test) small; None keeps the declared shape.
+CASES = {
+    "lenet.adsl": None,
+    "alexnet.adsl": {"data": (3, 67, 67)},
+    "alexnet_torchvision.adsl": None,
+    "inception.adsl": {"data": (3, 64, 64)},
+    "resnet18.adsl": {"data": (3, 64, 64)},
+    "vgg16.adsl": None,
+}
+SLOW = {"vgg16.adsl", "alexnet_torchvision.adsl"}
+
+
+def randomized(network: alexdsl.Network, seed: int = 1) -> dict[str, np.ndarray]:
+    """Filler weights, with batchnorm statistics and scales made non-trivial."""
+    rng = np.random.default_rng(seed)
+    weights = initial_weights(network, seed)
+    for key, value in weights.items():
+        if key.endswith("running_var") or (key.endswith(".weight") and value.ndim == 1):
+            weights[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+        elif key.endswith("running_mean") or (key.endswith(".bias") and value.ndim == 1):
+            weights[key] = rng.normal(0, 0.1, value.shape).astype(np.float32)
+    return weights
+
+
+def check_against_reference(network: alexdsl.Network, batch: int = 2) -> None:
+    weights = randomized(network)
+    model = export_onnx(network, weights)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {i.name: rng.standard_normal((batch, *network.layer(i.name).shape)).astype(np.float32)
+             for i in session.get_inputs()}
+    got = session.run(None, feeds)
+    want = reference(network, weights, feeds)
+    assert [o.name for o in session.get_outputs()]
+    for out, value in zip(session.get_outputs(), got):
+        expected = want[out.name]
+        scale = max(1.0, float(np.abs(expected).max()))
+        np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4 * scale, err_msg=out.name)
+
+
+@pytest.mark.parametrize("example", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+                                     for name in CASES])
+def test_examples_match_reference(example: str) -> None:
+    network = alexdsl.load(ROOT / "examples" / example, input_shapes=CASES[example])
+    check_against_reference(network)
+
+
+def test_model_structure() -> None:
+    network = alexdsl.load(ROOT / "examples" / "alexnet.adsl", input_shapes={"data": (3, 67, 67)})
+    model = export_onnx(network)
+    assert model.opset_import[0].version == 17
+    names = {init.name for init in model.graph.initializer}
+    assert names == {k for k in network.state_keys()}
+    nodes = {n.name: n for n in model.graph.node}
+    assert nodes["conv2"].op_type == "Conv"
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["conv2"].attribute}
+    assert attrs["group"] == 2 and list(attrs["pads"]) == [2, 2, 2, 2]
+    assert nodes["fc6"].op_type == "Gemm" and nodes["fc6.flatten"].op_type == "Flatten"
+    pool = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["conv1_maxpool"].attribute}
+    assert pool["ceil_mode"] == 0
+    assert "fc6_dropout" not in nodes and "loss" not in nodes and "accuracy" not in nodes
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert [o.name for o in model.graph.output] == ["fc8"]
+
+
+def test_small_ops_match_reference() -> None:
+    net = alexdsl.parse(
+        "network Ops\ninput x: 3x11x11\n"
+        "a: conv(6, 3, pad=1, dilation=1, stride=2) | leaky_relu(0.2) | avgpool(3, stride=2, pad=1, round=ceil)\n"
+        "b: x -> conv(6, 3, stride=2, pad=1, bias=false) | bn: batchnorm(eps=1e-3) | sigmoid\n"
+        "   | maxpool(3, stride=2, pad=1, round=ceil)\n"
+        "c: x -> conv(6, 1, stride=2) | tanh | avgpool(3, stride=2, pad=1, round=ceil, count_pad=false)\n"
+        "s: a, b, c -> add\n"
+        "t: s, a -> concat | lrn(3, alpha=0.01, beta=0.5, k=2) | adaptive_avgpool(1) | flatten | fc(5) | softmax\n"
+    )
+    check_against_reference(net, batch=3)
+
+
+def test_uneven_adaptive_pool_is_a_clear_error() -> None:
+    net = alexdsl.parse("network A\ninput x: 3x10x10\np: adaptive_avgpool(3)\n")
+    with pytest.raises(AlexDSLError, match="adaptive_avgpool to 3x3 of a 10x10 input"):
+        export_onnx(net)
+
+
+def test_weights_that_do_not_fit() -> None:
+    net = alexdsl.parse("network A\ninput x: 3x8x8\nc: conv(2, 3)\n")
+    with pytest.raises(AlexDSLError, match="c.weight"):
+        export_onnx(net, {"c.weight": np.zeros((2, 3, 1, 1), np.float32), "c.bias": np.zeros(2, np.float32)})
