@@ -6,16 +6,12 @@ User mistakes are printed as located diagnostics with exit status 1, never a tra
 
 from __future__ import annotations
 
-import functools
 import sys
-import traceback
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import click
 
 import alexdsl
+from alexdsl.cli_support import load_network, print_diagnostics, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.report import FORMATS, render
 
@@ -26,53 +22,6 @@ Examples:
   alexdsl shapes examples/alexnet.adsl --input data=3x224x224 --batch 16
   alexdsl compile examples/alexnet.adsl --backend cupy
 """
-
-
-def _print_diagnostics(error: AlexDSLError) -> None:
-    click.echo(error.render(), err=True)
-    count = len(error.errors)
-    if count > 1:
-        click.echo(f"{count} errors", err=True)
-
-
-def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn AlexDSLError into diagnostics on stderr and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AlexDSLError as error:
-            if click.get_current_context().find_root().params.get("debug"):
-                traceback.print_exc()
-            _print_diagnostics(error)
-            sys.exit(1)
-
-    return wrapper
-
-
-def parse_shape_overrides(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """``("data=3x224x224",)`` -> ``{"data": (3, 224, 224)}``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values:
-        name, sep, dims = value.partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-            if not sep or not name or any(d < 1 for d in shape):
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(f"{value!r}: expected NAME=CxHxW, for example data=3x224x224",
-                                     param_hint="--input") from None
-        shapes[name] = shape
-    return shapes
-
-
-def load_network(path: str, inputs: tuple[str, ...] = ()) -> alexdsl.Network:
-    """Load a network for a command, printing its warnings to stderr."""
-    network = alexdsl.load(path, input_shapes=parse_shape_overrides(inputs) or None)
-    for warning in network.warnings:
-        click.echo(warning.render({path: Path(path).read_text(encoding="utf-8")}), err=True)
-    return network
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,7 +40,7 @@ def check(files: tuple[str, ...]) -> None:
         try:
             load_network(path)
         except AlexDSLError as error:
-            _print_diagnostics(error)
+            print_diagnostics(error)
             failed += 1
     if failed:
         click.echo(f"{failed} of {len(files)} file{'s' if len(files) != 1 else ''} failed", err=True)

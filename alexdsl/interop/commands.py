@@ -6,47 +6,14 @@ file is written atomically. User mistakes print located diagnostics and exit wit
 
 from __future__ import annotations
 
-import functools
 import sys
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
+from alexdsl.cli_support import parse_shape_overrides, print_diagnostics, read_source, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import write_bytes_atomic, write_text_atomic
-
-
-def _fail(error: AlexDSLError) -> None:
-    click.echo(error.render(), err=True)
-    if len(error.errors) > 1:
-        click.echo(f"{len(error.errors)} errors", err=True)
-
-
-def _report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except AlexDSLError as error:
-            context = click.get_current_context(silent=True)
-            if context is not None and context.find_root().params.get("debug"):
-                traceback.print_exc()
-            _fail(error)
-            sys.exit(1)
-
-    return wrapper
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AlexDSLError(f"{path}: error: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AlexDSLError(f"{path}: error: cannot read the file ({error})") from None
 
 
 # fmt ----------------------------------------------------------------------------------------------
@@ -60,10 +27,10 @@ def fmt_command(files: tuple[str, ...], check: bool) -> None:
     failed = changed = 0
     for path in files:
         try:
-            text = _read(path)
+            text = read_source(path)
             formatted = format_source(text, path)
         except AlexDSLError as error:
-            _fail(error)
+            print_diagnostics(error)
             failed += 1
             continue
         if formatted == text:
@@ -100,24 +67,24 @@ def import_group() -> None:
 @import_group.command("caffe")
 @click.argument("prototxt", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default: stdout.")
-@_report_errors
+@report_errors
 def import_caffe(prototxt: str, output: str | None) -> None:
     """Translate a Caffe NET.prototxt into alexdsl source (stdout unless -o)."""
     from alexdsl.interop.caffe import import_prototxt
 
-    _emit(import_prototxt(_read(prototxt), prototxt), output)
+    _emit(import_prototxt(read_source(prototxt), prototxt), output)
 
 
 @import_group.command("json")
 @click.argument("ir_file", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here (atomically); default: stdout.")
-@_report_errors
+@report_errors
 def import_json(ir_file: str, output: str | None) -> None:
     """Turn an IR .json file (from 'export --format json') back into alexdsl source (stdout unless -o)."""
     from alexdsl.interop.source import network_to_source
     from alexdsl.ir.network import Network
 
-    _emit(network_to_source(Network.from_json(_read(ir_file))), output)
+    _emit(network_to_source(Network.from_json(read_source(ir_file))), output)
 
 
 # export -------------------------------------------------------------------------------------------
@@ -137,12 +104,12 @@ Examples:
               help="onnx: weights as .safetensors or .npz keyed <layer>.<param>; default: drawn from the fillers.")
 @click.option("--seed", default=0, show_default=True, help="onnx: seed for weights drawn from the fillers.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
-@_report_errors
+@report_errors
 def export_command(file: str, fmt: str, output: str, weights: str | None, seed: int, inputs: tuple[str, ...]) -> None:
     """Write FILE's network as IR JSON, an ONNX model (opset 17) or a Caffe prototxt."""
     import alexdsl
 
-    shapes = _parse_shapes(inputs)
+    shapes = parse_shape_overrides(inputs)
     network = alexdsl.load(file, input_shapes=shapes or None)
     if fmt == "json":
         _emit(network.to_json(), output)
@@ -160,20 +127,6 @@ def export_command(file: str, fmt: str, output: str, weights: str | None, seed: 
         click.echo(f"wrote {output}", err=True)
 
 
-def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values:
-        name, sep, dims = value.partition("=")
-        try:
-            shape = tuple(int(d) for d in dims.lower().split("x"))
-            if not sep or not name or any(d < 1 for d in shape):
-                raise ValueError
-        except ValueError:
-            raise click.BadParameter(f"{value!r}: expected NAME=CxHxW", param_hint="--input") from None
-        shapes[name] = shape
-    return shapes
-
-
 # draw -----------------------------------------------------------------------------------------------
 @click.command("draw", epilog="""\b
 Examples:
@@ -183,13 +136,13 @@ Examples:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="net.dot (DOT text), or net.svg / net.png / net.pdf (runs Graphviz 'dot').")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
-@_report_errors
+@report_errors
 def draw_command(file: str, output: str, inputs: tuple[str, ...]) -> None:
     """Draw FILE's layer graph: shapes on edges, parameter counts on layers, blocks as boxes."""
     import alexdsl
     from alexdsl.draw import render, to_dot
 
-    network = alexdsl.load(file, input_shapes=_parse_shapes(inputs) or None)
+    network = alexdsl.load(file, input_shapes=parse_shape_overrides(inputs) or None)
     suffix = Path(output).suffix.lower().lstrip(".")
     dot = to_dot(network)
     if suffix in ("dot", "gv", ""):
@@ -216,14 +169,14 @@ Examples:
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,
               help="Exit 1 when a relative difference exceeds this.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
-@_report_errors
+@report_errors
 def compare_command(file: str, backends: str, layers: str | None, weights: str | None, batch: int, seed: int,
                     tolerance: float, inputs: tuple[str, ...]) -> None:
     """Run FILE on several backends and print each layer's largest absolute and relative difference."""
     import alexdsl
     from alexdsl.interop.compare import compare, render_rows, worst
 
-    network = alexdsl.load(file, input_shapes=_parse_shapes(inputs) or None)
+    network = alexdsl.load(file, input_shapes=parse_shape_overrides(inputs) or None)
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
     loaded = None
     if weights:
