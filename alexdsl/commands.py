@@ -1,4 +1,4 @@
-"""Commands beyond check/shapes, gathered from the modules that own them.
+"""Commands beyond check/shapes, gathered from the modules that own them, plus ``compile``.
 
 Backends are imported only when a command runs, so ``alexdsl shapes`` works without torch
 or cupy installed.
@@ -8,6 +8,46 @@ from __future__ import annotations
 
 import click
 
+from alexdsl.backends.torch.commands import COMMANDS as TORCH_COMMANDS
+from alexdsl.cli_support import load_network, report_errors
+from alexdsl.errors import AlexDSLError
 from alexdsl.interop.commands import COMMANDS as INTEROP_COMMANDS
 
-COMMANDS: list[click.Command] = [*INTEROP_COMMANDS]
+BACKENDS = ("cupy", "torch")
+
+
+@click.command("compile", epilog="""\b
+Examples:
+  alexdsl compile examples/alexnet.adsl --backend cupy
+  alexdsl compile examples/alexnet.adsl --backend torch -o alexnet_torch.py""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--backend", type=click.Choice(BACKENDS), required=True, help="What to generate.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Where to write the module [default: <stem>_<backend>.py here].")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="cupy: the executor's dtype.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@report_errors
+def compile_command(file: str, backend: str, output: str | None, dtype: str, inputs: tuple[str, ...]) -> None:
+    """Generate a readable Python module for FILE: a CuPy/NumPy executor or a PyTorch nn.Module.
+
+    The file is written atomically. For cupy, a summary of the kernels, fusion, parameter
+    bytes and planned activation memory is printed.
+    """
+    network = load_network(file, inputs)
+    if backend == "torch":
+        from alexdsl.backends.torch.commands import write_torch_module
+
+        path = write_torch_module(network, output)
+    else:
+        from alexdsl.backends.cupy import summary
+        from alexdsl.backends.cupy.commands import write_executor_module
+
+        if dtype != "float32" and "dtype" not in write_executor_module.__code__.co_varnames:
+            raise AlexDSLError("error: this executor generator only writes float32 modules")
+        path = write_executor_module(network, output)
+        click.echo(summary(network))
+    click.echo(f"wrote {path}")
+
+
+COMMANDS: list[click.Command] = [compile_command, *TORCH_COMMANDS, *INTEROP_COMMANDS]

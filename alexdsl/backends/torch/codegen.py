@@ -1,0 +1,573 @@
+"""IR -> one standalone PyTorch source file: ``class <Network>(torch.nn.Module)``.
+
+The generated module imports only torch. Its submodules are named after the layers, so its
+``state_dict`` keys are the IR's :meth:`~alexdsl.ir.network.Network.state_keys`
+(``conv1.weight``; ``layer2.0.conv1.weight`` through nested ``nn.ModuleDict`` s). It has:
+
+* ``forward(*inputs)``: straight-line code, one statement per layer, taking the non-label
+  inputs in declaration order and returning the output (a tuple when there are several);
+* ``loss(outputs, label)`` and ``metrics(outputs, label)`` from the softmax_loss and accuracy layers;
+* ``reset_parameters()``: the fillers with Caffe's meaning (called by the constructor);
+* ``param_groups(base_lr, weight_decay)``: optimizer groups with each parameter's lr_mult and
+  decay_mult.
+
+Nothing from a network file reaches the source except sanitised identifiers and ``repr()`` /
+``ascii()`` of checked values, so a layer name or description cannot inject code.
+
+>>> import alexdsl
+>>> net = alexdsl.parse("network Tiny\\ninput x: 3x8x8\\nc1: conv(4, 3) | relu\\n")
+>>> print(generate_source(net).split("def forward")[1].split("def loss")[0].strip())
+(self, x: torch.Tensor) -> torch.Tensor:
+        c1 = self.c1(x)
+        c1_relu = F.relu(c1, inplace=True)
+        return c1_relu
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import linecache
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from alexdsl.errors import AlexDSLError
+from alexdsl.ir.network import Layer, Network, ParamSpec
+
+PARAM_OPS = {"conv", "fc", "batchnorm"}
+LOSS_OPS = {"softmax_loss"}
+METRIC_OPS = {"accuracy"}
+# A ReLU may run in place on these producers' outputs: their backward does not read them.
+INPLACE_SAFE = {"conv", "fc", "batchnorm", "add"}
+# Names the generated class defines; a top-level layer may not take one of them.
+CLASS_ATTRS = {"input_shapes", "label_classes", "output_names", "description", "source_file", "MULTIPLIERS",
+               "forward", "loss", "metrics", "reset_parameters", "param_groups", "code"}
+RESERVED_LOCALS = {"self", "m", "torch", "F", "nn", "label", "labels", "outputs", "groups", "group", "name", "param",
+                   "lr_mult", "decay_mult", "base_lr", "weight_decay"} | set(dir(builtins))
+
+
+class _Names:
+    """Unique, safe Python identifiers for arbitrary strings."""
+
+    def __init__(self, reserved: set[str]):
+        self.taken = set(reserved)
+        self.assigned: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        if name in self.assigned:
+            return self.assigned[name]
+        base = re.sub(r"\W", "_", name, flags=re.ASCII) or "v"
+        if base[0].isdigit():
+            base = "v_" + base
+        if keyword.iskeyword(base) or keyword.issoftkeyword(base):
+            base += "_"
+        candidate, n = base, 2
+        while candidate in self.taken:
+            candidate, n = f"{base}_{n}", n + 1
+        self.taken.add(candidate)
+        self.assigned[name] = candidate
+        return candidate
+
+
+def _is_plain_identifier(text: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text)) and not keyword.iskeyword(text)
+
+
+def class_name(network: Network) -> str:
+    name = re.sub(r"\W", "_", network.name, flags=re.ASCII) or "Network"
+    if name[0].isdigit():
+        name = "N" + name
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in {"torch", "F", "nn"} \
+            or name in dir(builtins):
+        name += "_"
+    return name
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise AlexDSLError(f"torch backend: {what} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AlexDSLError(f"torch backend: {what} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _pair(value: Any, what: str) -> str:
+    """A (h, w) pair as source: ``3`` when square, else ``(3, 5)``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise AlexDSLError(f"torch backend: {what} must be an (h, w) pair, got {value!r}")
+    h, w = _int(value[0], what), _int(value[1], what)
+    return repr(h) if h == w else repr((h, w))
+
+
+def _shape(shape: Any, what: str) -> tuple[int, ...]:
+    return tuple(_int(d, what) for d in shape)
+
+
+def caffe_fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Caffe's fan_in = count / shape[0] and fan_out = count / shape[1] (grouped conv included).
+
+    >>> caffe_fans((256, 48, 5, 5))
+    (1200, 6400)
+    >>> caffe_fans((10,))
+    (10, 10)
+    """
+    count = math.prod(shape)
+    if len(shape) < 2:
+        return count, count
+    return count // shape[0], count // shape[1]
+
+
+def filler_statement(target: str, spec: ParamSpec, key: str) -> tuple[str, str]:
+    """One ``nn.init`` call implementing ``spec.filler`` with Caffe's meaning, and a comment (or "")."""
+    filler = spec.filler
+    args = dict(filler.args)
+    shape = _shape(spec.shape, key)
+    kind = filler.type
+    if kind == "constant":
+        return f"nn.init.constant_({target}, {_float(args.get('value', 0.0), key)!r})", ""
+    if kind == "gaussian":
+        std, mean = _float(args.get("std", 1.0), key), _float(args.get("mean", 0.0), key)
+        return f"nn.init.normal_({target}, {mean!r}, {std!r})", ""
+    if kind == "uniform":
+        low, high = _float(args.get("min", 0.0), key), _float(args.get("max", 1.0), key)
+        return f"nn.init.uniform_({target}, {low!r}, {high!r})", ""
+    if kind in ("xavier", "msra"):
+        norm = args.get("variance_norm", "fan_in")
+        fan_in, fan_out = caffe_fans(shape)
+        if norm == "fan_in":
+            n: float = fan_in
+        elif norm == "fan_out":
+            n = fan_out
+        elif norm == "average":
+            n = (fan_in + fan_out) / 2
+        else:
+            raise AlexDSLError(f"torch backend: {key}: unknown variance_norm {norm!r}")
+        if kind == "xavier":
+            bound = math.sqrt(3.0 / n)
+            return f"nn.init.uniform_({target}, {-bound!r}, {bound!r})", f"xavier: +-sqrt(3 / {n!r}), {norm}"
+        std = math.sqrt(2.0 / n)
+        return f"nn.init.normal_({target}, 0.0, {std!r})", f"msra: std sqrt(2 / {n!r}), {norm}"
+    raise AlexDSLError(f"torch backend: {key}: unknown filler {kind!r}")
+
+
+@dataclass
+class _Tree:
+    """The submodule hierarchy: path segment -> subtree, leaves hold the layer."""
+
+    children: dict[str, _Tree] = field(default_factory=dict)
+    layer: Layer | None = None
+
+
+def _module_ctor(layer: Layer, network: Network) -> str:
+    a = layer.attrs
+    what = f"layer {layer.name!r}"
+    if layer.op == "conv":
+        in_channels = _int(network.layer(layer.inputs[0]).shape[0], what)
+        parts = [repr(in_channels), repr(_int(a["out"], what)), _pair(a["kernel"], what)]
+        for key, arg, default in (("stride", "stride", "1"), ("pad", "padding", "0"), ("dilation", "dilation", "1")):
+            value = _pair(a[key], what)
+            if value != default:
+                parts.append(f"{arg}={value}")
+        if _int(a["groups"], what) != 1:
+            parts.append(f"groups={_int(a['groups'], what)!r}")
+        if "bias" not in layer.params:
+            parts.append("bias=False")
+        return f"nn.Conv2d({', '.join(parts)})"
+    if layer.op == "fc":
+        in_features = math.prod(_shape(network.layer(layer.inputs[0]).shape, what))
+        bias = "" if "bias" in layer.params else ", bias=False"
+        return f"nn.Linear({in_features!r}, {_int(a['out'], what)!r}{bias})"
+    if layer.op == "batchnorm":
+        rank = len(network.layer(layer.inputs[0]).shape)
+        kind = "BatchNorm2d" if rank == 3 else "BatchNorm1d"
+        channels = _int(layer.shape[0], what)
+        return (f"nn.{kind}({channels!r}, eps={_float(a['eps'], what)!r}, "
+                f"momentum={_float(a['momentum'], what)!r})")
+    raise AssertionError(layer.op)
+
+
+class _Generator:
+    def __init__(self, network: Network, source_file: str | None):
+        self.network = network
+        self.source_file = source_file if source_file is not None else network.source_file
+        self.cls = class_name(network)
+        self.layers = network.layers()
+        self.by_name = {layer.name: layer for layer in self.layers}
+        self.consumers = {layer.name: network.consumers(layer.name) for layer in self.layers}
+        self.access: dict[str, str] = {}  # parametric layer name -> expression for its module
+        self.tree = _Tree()
+
+    # submodules -----------------------------------------------------------------------------
+    def build_tree(self) -> None:
+        forbidden_top = CLASS_ATTRS | set(dir(_nn_module_class()))
+        forbidden_nested = set(dir(_nn_moduledict_class()))
+        for layer in self.layers:
+            if layer.op not in PARAM_OPS:
+                continue
+            segments = layer.name.split(".")
+            if any(not s for s in segments):
+                raise AlexDSLError(f"torch backend: layer name {layer.name!r} has an empty path segment")
+            node = self.tree
+            for depth, segment in enumerate(segments):
+                bad = forbidden_top if depth == 0 else forbidden_nested
+                if segment in bad:
+                    owner = "torch.nn.Module" if depth == 0 else "torch.nn.ModuleDict"
+                    raise AlexDSLError(
+                        f"torch backend: layer name {layer.name!r}: {segment!r} clashes with an attribute of "
+                        f"{owner} or of the generated class; rename the layer")
+                if node.layer is not None:
+                    raise AlexDSLError(f"torch backend: layer {layer.name!r} would be a child of layer "
+                                       f"{node.layer.name!r}, which has parameters; rename one of them")
+                node = node.children.setdefault(segment, _Tree())
+            if node.children:
+                raise AlexDSLError(f"torch backend: layer {layer.name!r} is also a prefix of other layer names")
+            node.layer = layer
+
+    @staticmethod
+    def _top(segment: str) -> str:
+        return f"self.{segment}" if _is_plain_identifier(segment) else f"getattr(self, {segment!r})"
+
+    def init_lines(self) -> list[str]:
+        lines: list[str] = []
+
+        def visit(node: _Tree, expr: str | None, segment: str) -> None:
+            if expr is None:  # top level
+                target = self._top(segment)
+                if _is_plain_identifier(segment):
+                    assign = f"self.{segment} = {{}}"
+                else:
+                    assign = f"self.add_module({segment!r}, {{}})"
+            else:
+                target = f"{expr}[{segment!r}]"
+                assign = f"{target} = {{}}"
+            if node.layer is not None:
+                lines.append(assign.format(_module_ctor(node.layer, self.network)))
+                self.access[node.layer.name] = target
+                return
+            lines.append(assign.format("nn.ModuleDict()"))
+            for child, sub in node.children.items():
+                visit(sub, target, child)
+
+        for segment, node in self.tree.children.items():
+            visit(node, None, segment)
+        return lines
+
+    # forward --------------------------------------------------------------------------------
+    def expression(self, layer: Layer, args: list[str]) -> str:
+        a = layer.attrs
+        what = f"layer {layer.name!r}"
+        x = args[0] if args else ""
+        op = layer.op
+        if op in ("conv", "batchnorm"):
+            return f"{self.access[layer.name]}({x})"
+        if op == "fc":
+            if len(self.network.layer(layer.inputs[0]).shape) != 1:
+                x = f"torch.flatten({x}, 1)"
+            return f"{self.access[layer.name]}({x})"
+        if op == "relu":
+            producer = self.by_name.get(layer.inputs[0])
+            if (producer is not None and producer.op in INPLACE_SAFE and len(self.consumers[producer.name]) == 1
+                    and producer.name not in self.network.outputs and producer.phase == layer.phase):
+                return f"F.relu({x}, inplace=True)"
+            return f"F.relu({x})"
+        if op == "leaky_relu":
+            return f"F.leaky_relu({x}, {_float(a['slope'], what)!r})"
+        if op == "sigmoid":
+            return f"torch.sigmoid({x})"
+        if op == "tanh":
+            return f"torch.tanh({x})"
+        if op == "softmax":
+            return f"F.softmax({x}, 1)"
+        if op in ("maxpool", "avgpool"):
+            parts = [x, _pair(a["kernel"], what), _pair(a["stride"], what)]
+            if _pair(a["pad"], what) != "0":
+                parts.append(_pair(a["pad"], what))
+            if a.get("round", "floor") == "ceil":
+                parts.append("ceil_mode=True")
+            if op == "avgpool" and not a.get("count_pad", True):
+                parts.append("count_include_pad=False")
+            fn = "F.max_pool2d" if op == "maxpool" else "F.avg_pool2d"
+            return f"{fn}({', '.join(parts)})"
+        if op == "adaptive_avgpool":
+            return f"F.adaptive_avg_pool2d({x}, {_pair(a['size'], what)})"
+        if op == "global_avgpool":
+            return f"F.adaptive_avg_pool2d({x}, 1)"
+        if op == "lrn":
+            return (f"F.local_response_norm({x}, {_int(a['size'], what)!r}, alpha={_float(a['alpha'], what)!r}, "
+                    f"beta={_float(a['beta'], what)!r}, k={_float(a['k'], what)!r})")
+        if op == "dropout":
+            return f"F.dropout({x}, {_float(a['p'], what)!r}, self.training)"
+        if op == "flatten":
+            return f"torch.flatten({x}, 1)"
+        if op == "concat":
+            return f"torch.cat([{', '.join(args)}], 1)"
+        if op == "add":
+            return " + ".join(args)
+        raise AlexDSLError(f"torch backend: no lowering for op '{op}' (layer {layer.name!r})")
+
+    def forward(self) -> tuple[list[str], list[str], dict[str, str]]:
+        names = _Names(RESERVED_LOCALS)
+        params = [names(n) for n in self.network.data_inputs]
+        body: list[str] = []
+        labels = set(self.network.label_inputs)
+        for layer in self.layers:
+            if layer.is_input or layer.op in LOSS_OPS | METRIC_OPS:
+                continue
+            if any(i in labels for i in layer.inputs):
+                raise AlexDSLError(f"torch backend: layer {layer.name!r} reads a label; only loss and accuracy "
+                                   "layers may")
+            args = [names(i) for i in layer.inputs]
+            expr = self.expression(layer, args)
+            same_shape = args and self.network.layer(layer.inputs[0]).shape == layer.shape
+            if layer.phase == "train" and same_shape:
+                expr = f"{expr} if self.training else {args[0]}"
+            elif layer.phase == "test" and same_shape:
+                expr = f"{args[0]} if self.training else {expr}"
+            body.append(f"{names(layer.name)} = {expr}")
+        outputs = [names(n) for n in self.network.outputs]
+        if not outputs:
+            raise AlexDSLError(f"torch backend: network {self.network.name!r} has no outputs")
+        body.append(f"return {outputs[0]}" if len(outputs) == 1 else f"return ({', '.join(outputs)})")
+        return params, body, names.assigned
+
+    def head_lines(self, kind: set[str]) -> tuple[list[str], str, list[Layer]]:
+        """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
+        chosen = [layer for layer in self.layers if layer.op in kind]
+        names = _Names(RESERVED_LOCALS - {"label"} if len(self.network.label_inputs) == 1 else RESERVED_LOCALS)
+        lines: list[str] = []
+        outputs = self.network.outputs
+        out_names = [names(n) for n in outputs]
+        if chosen:
+            lines.append(f"{out_names[0]} = outputs" if len(outputs) == 1 else f"{', '.join(out_names)} = outputs")
+        label_names = self.network.label_inputs
+        if len(label_names) == 1:
+            param = "label"
+            local = names(label_names[0])
+            if chosen and local != "label":
+                lines.append(f"{local} = label")
+        else:
+            param = "labels"
+            if chosen and label_names:
+                lines.append(f"{', '.join(names(n) for n in label_names)} = labels")
+        for layer in chosen:
+            for source in layer.inputs[:1]:
+                if source not in outputs:
+                    raise AlexDSLError(f"torch backend: {layer.op} layer {layer.name!r} reads {source!r}, which is "
+                                       f"not a network output; add it to the output statement")
+            if len(layer.inputs) < 2 or layer.inputs[1] not in label_names:
+                raise AlexDSLError(f"torch backend: {layer.op} layer {layer.name!r} must read a label input")
+        self._head_names = names
+        return lines, param, chosen
+
+    def loss_method(self) -> list[str]:
+        lines, param, chosen = self.head_lines(LOSS_OPS)
+        names = self._head_names
+        out = [f"def loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], {param}: torch.Tensor) "
+               "-> torch.Tensor:",
+               '    """The sum of the softmax_loss layers (softmax cross-entropy, averaged over the batch)."""']
+        if not chosen:
+            out.append(f"    raise NotImplementedError({self.network.name + ' declares no softmax_loss layer'!r})")
+            return out
+        out += ["    " + line for line in lines]
+        results = []
+        for layer in chosen:
+            logits, label = names(layer.inputs[0]), names(layer.inputs[1])
+            result = names(layer.name)
+            out.append(f"    {result} = F.cross_entropy(torch.flatten({logits}, 1), {label})")
+            results.append(result)
+        out.append(f"    return {' + '.join(results)}")
+        return out
+
+    def metrics_method(self) -> list[str]:
+        lines, param, chosen = self.head_lines(METRIC_OPS)
+        names = self._head_names
+        out = [f"def metrics(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], {param}: torch.Tensor) "
+               "-> dict[str, torch.Tensor]:",
+               '    """The accuracy layers: the fraction of samples whose label is among the top-k scores."""']
+        if not chosen:
+            out.append("    return {}")
+            return out
+        out += ["    " + line for line in lines]
+        entries = []
+        for layer in chosen:
+            logits, label = names(layer.inputs[0]), names(layer.inputs[1])
+            result = names(layer.name)
+            top = _int(layer.attrs.get("top", 1), f"layer {layer.name!r} top")
+            if top == 1:
+                expr = f"(torch.flatten({logits}, 1).argmax(1) == {label}).float().mean()"
+            else:
+                expr = (f"(torch.flatten({logits}, 1).topk({top!r}, 1).indices == {label}[:, None])"
+                        ".any(1).float().mean()")
+            out.append(f"    {result} = {expr}")
+            entries.append(f"{layer.name!r}: {result}")
+        out.append(f"    return {{{', '.join(entries)}}}")
+        return out
+
+    def reset_lines(self) -> list[str]:
+        lines = []
+        for layer in self.layers:
+            if layer.op not in PARAM_OPS:
+                continue
+            lines.append(f"m = {self.access[layer.name]}")
+            for pname, spec in layer.params.items():
+                if not _is_plain_identifier(pname):
+                    raise AlexDSLError(f"torch backend: parameter name {pname!r} of {layer.name!r}")
+                statement, note = filler_statement(f"m.{pname}", spec, f"{layer.name}.{pname}")
+                if note:
+                    lines.append(f"# {note}")
+                lines.append(statement)
+            if layer.buffers:
+                lines.append("m.reset_running_stats()")
+        return lines
+
+    def generate(self) -> str:
+        from alexdsl import __version__
+
+        net = self.network
+        self.build_tree()
+        init = self.init_lines()
+        params, body, _ = self.forward()
+        source = ascii(str(self.source_file)) if self.source_file else "a network built in Python"
+        input_shapes = {n: _shape(net.layer(n).shape, n) for n in net.data_inputs}
+        classes = {n: _int(net.layer(n).attrs.get("classes", 0), n) for n in net.label_inputs}
+        multipliers = []
+        for layer in self.layers:
+            for pname, spec in layer.params.items():
+                key = f"{layer.name}.{pname}"
+                multipliers.append(f"        {key!r}: ({_float(spec.lr_mult, key)!r}, "
+                                   f"{_float(spec.decay_mult, key)!r}),")
+        sig = ", ".join(["self", *(f"{p}: torch.Tensor" for p in params)])
+        ret = "torch.Tensor" if len(net.outputs) == 1 else "tuple[torch.Tensor, ...]"
+        out: list[str] = [
+            f"# Generated by alexdsl {__version__} (torch backend); do not edit.",
+            _long_ok(f"# Source: {source}"),
+            _long_ok(f"# Network: {ascii(net.name)}"),
+            "# Regenerate with `alexdsl compile FILE --backend torch`.",
+            f'"""{self.cls}: a PyTorch module generated by alexdsl."""',
+            "",
+            "import torch",
+            "import torch.nn.functional as F",
+            "from torch import nn",
+            "",
+            "",
+            f"class {self.cls}(nn.Module):",
+            f"    description = {net.description!r}",
+            f"    source_file = {str(self.source_file) if self.source_file else None!r}",
+            f"    input_shapes = {input_shapes!r}",
+            f"    label_classes = {classes!r}",
+            f"    output_names = {tuple(net.outputs)!r}",
+            *(["    MULTIPLIERS = {", *multipliers, "    }"] if multipliers
+              else ["    MULTIPLIERS: dict[str, tuple[float, float]] = {}"]),
+            "",
+            "    def __init__(self) -> None:",
+            "        super().__init__()",
+            *("        " + line for line in init),
+            "        self.reset_parameters()",
+            "",
+            f"    def forward({sig}) -> {ret}:",
+            *("        " + line for line in body),
+            "",
+            *("    " + line for line in self.loss_method()),
+            "",
+            *("    " + line for line in self.metrics_method()),
+            "",
+            "    def reset_parameters(self) -> None:",
+            '        """Fill the parameters as Caffe would; reset batchnorm running statistics."""',
+            *("        " + line for line in self.reset_lines() or ["pass"]),
+            "",
+            "    def param_groups(self, base_lr: float, weight_decay: float) -> list[dict]:",
+            '        """Optimizer groups: lr = base_lr * lr_mult, weight_decay = weight_decay * decay_mult."""',
+            "        groups: dict[tuple[float, float], dict] = {}",
+            "        for name, param in self.named_parameters():",
+            "            lr_mult, decay_mult = self.MULTIPLIERS.get(name, (1.0, 1.0))",
+            "            group = groups.setdefault((lr_mult, decay_mult), {",
+            '                "params": [], "lr": base_lr * lr_mult, "weight_decay": weight_decay * decay_mult})',
+            '            group["params"].append(param)',
+            "        return list(groups.values())",
+            "",
+        ]
+        return "\n".join(out)
+
+
+def _long_ok(line: str) -> str:
+    """A header comment line, marked for ruff when a long path makes it exceed 120 characters."""
+    return line + "  # noqa: E501" if len(line) > 120 else line
+
+
+def _nn_module_class() -> type:
+    import torch
+
+    return torch.nn.Module
+
+
+def _nn_moduledict_class() -> type:
+    import torch
+
+    return torch.nn.ModuleDict
+
+
+def generate_source(network: Network, *, source_file: str | None = None) -> str:
+    """The standalone PyTorch source for ``network`` (deterministic: same input, same bytes)."""
+    return _Generator(network, source_file).generate()
+
+
+_BUILD_COUNT = 0
+
+
+def build(network: Network, *, source_file: str | None = None) -> Any:
+    """Instantiate the module from its generated source (exec'd as torch.fx does); ``.code`` holds it."""
+    global _BUILD_COUNT
+    code = generate_source(network, source_file=source_file)
+    _BUILD_COUNT += 1
+    filename = f"<alexdsl-torch-{_BUILD_COUNT}:{class_name(network)}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"__name__": "alexdsl_generated"}
+    exec(compile(code, filename, "exec"), namespace)  # noqa: S102 - our own generated, sanitised source
+    module = namespace[class_name(network)]()
+    module.code = code
+    return module
+
+
+def load_weights(module: Any, weights: Any, *, strict: bool = True) -> None:
+    """Load a state dict or a ``.safetensors`` path into ``module``.
+
+    Raises :class:`AlexDSLError` naming every missing or unexpected key and every shape
+    mismatch (the key, the module's shape and the file's shape).
+    """
+    import os
+
+    if isinstance(weights, str | os.PathLike):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            weights = load_file(str(weights))
+        except FileNotFoundError:
+            raise AlexDSLError(f"{weights}: no such weights file") from None
+        except (SafetensorError, OSError, ValueError) as error:
+            raise AlexDSLError(f"{weights}: cannot read the weights ({error})") from None
+    own = module.state_dict()
+    problems = []
+    for key, value in weights.items():
+        if key not in own:
+            if strict:
+                problems.append(f"unexpected key {key!r} (shape {tuple(value.shape)})")
+        elif tuple(own[key].shape) != tuple(value.shape):
+            problems.append(f"{key}: the network expects shape {tuple(own[key].shape)}, "
+                            f"the weights have {tuple(value.shape)}")
+    if strict:
+        problems += [f"missing key {key!r} (shape {tuple(own[key].shape)})" for key in own
+                     if key not in weights and not key.endswith("num_batches_tracked")]
+    if problems:
+        raise AlexDSLError("weights do not match the network:\n  " + "\n  ".join(problems))
+    # Files from other tools (Caffe, the NumPy executor) carry no batchnorm step counter.
+    counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in weights}
+    module.load_state_dict({**counters, **weights}, strict=strict)

@@ -1,0 +1,90 @@
+"""Click commands of the PyTorch backend, for ``alexdsl.cli`` to register.
+
+* :data:`train_command`: ``alexdsl train FILE --data SOURCE [--out DIR] ...``
+* :func:`write_torch_module`: the ``--backend torch`` half of ``alexdsl compile``.
+
+torch is imported only when a command runs. User mistakes print diagnostics and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from alexdsl.cli_support import load_network, report_errors
+from alexdsl.errors import AlexDSLError
+from alexdsl.fileio import write_text_atomic
+
+
+def default_module_path(network: Any) -> Path:
+    """``examples/alexnet.adsl`` -> ``alexnet_torch.py`` in the current directory."""
+    stem = Path(network.source_file).stem if network.source_file else str(network.name).lower()
+    return Path(f"{stem}_torch.py")
+
+
+def write_torch_module(network: Any, out_path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the generated PyTorch source of ``network`` atomically; return the path written.
+
+    ``out_path`` defaults to :func:`default_module_path`.
+    """
+    from alexdsl.backends.torch.codegen import generate_source
+
+    path = Path(out_path) if out_path is not None else default_module_path(network)
+    write_text_atomic(path, generate_source(network))
+    return path
+
+
+@click.command("train", epilog="""\b
+Examples:
+  alexdsl train examples/lenet.adsl --data digits --epochs 10
+  alexdsl train net.adsl --data synthetic --epochs 1 --out runs/smoke
+  alexdsl train net.adsl --data images/ --out runs/net --resume
+  torchrun --nproc-per-node 2 -m alexdsl.cli train net.adsl --data images/ --out runs/net""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, metavar="SOURCE",
+              help="synthetic, synthetic:N, digits, or a folder with train/<class>/ and val/<class>/.")
+@click.option("--out", "out", default=None, metavar="DIR", help="Output folder [default: runs/<file stem>].")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: the solver's, or 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Samples per step and process [default: the solver's, or 64].")
+@click.option("--lr", type=click.FloatRange(min=0), default=None, help="Base learning rate [default: the solver's].")
+@click.option("--device", default=None, metavar="DEVICE", help="cpu, cuda or cuda:N [default: cuda if available].")
+@click.option("--resume", is_flag=True, help="Continue from DIR/checkpoint.pt.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation, data order, dropout.")
+@click.option("--compile", "compile_", is_flag=True, help="Run the forward pass through torch.compile.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Also checkpoint every N steps (0: at the end of each epoch only).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Start from these weights (.safetensors) instead of the fillers.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@report_errors
+def train_command(file: str, data: str, out: str | None, epochs: int | None, batch_size: int | None,
+                  lr: float | None, device: str | None, resume: bool, seed: int, compile_: bool,
+                  checkpoint_every: int, weights: str | None, inputs: tuple[str, ...], quiet: bool) -> None:
+    """Train the network in FILE with PyTorch and write weights, metrics and a plot to DIR.
+
+    Writes DIR/weights.safetensors, DIR/metrics.jsonl (one line per epoch),
+    DIR/checkpoint.pt (for --resume) and DIR/curves.png.
+    """
+    try:
+        from alexdsl.backends.torch.train import train
+    except ImportError as error:
+        raise AlexDSLError(f"alexdsl train needs the torch extra: pip install 'alexdsl[torch]' ({error})") from None
+    network = load_network(file, inputs)
+    out_dir = Path(out) if out else Path("runs") / Path(file).stem
+    result = train(network, data, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
+                   resume=resume, seed=seed, compile=compile_, checkpoint_every=checkpoint_every,
+                   progress=False if quiet else None, weights=weights,
+                   log=None if quiet else (lambda message: click.echo(message, err=True)))
+    final = result.final
+    if final and not quiet:
+        accuracy = final.get("val_accuracy")
+        click.echo(f"wrote {out_dir / 'weights.safetensors'}"
+                   + (f" (val_accuracy {accuracy:.4f})" if accuracy is not None else ""))
+
+
+COMMANDS = [train_command]

@@ -1,0 +1,327 @@
+"""Data sources for ``alexdsl train``: ``synthetic``, ``digits`` and an image folder.
+
+Every source yields ``(images, labels)`` batches for a network with one tensor input and
+one label input. Sampling is a pure function of ``(seed, epoch, index)``, so an interrupted
+run can be resumed exactly:
+
+* ``synthetic`` (or ``synthetic:N`` for N training samples): class prototypes plus noise,
+  of the network's input shape and class count; learnable, cheap, no files.
+* ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split
+  deterministically 80/20 (stratified), resized with bilinear interpolation when the
+  input is not 8x8, replicated to 3 channels if the input has 3.
+* a folder ``DIR`` with ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg`` (also png,
+  bmp, ppm, webp): decoded with Pillow; classes are the sorted ``train`` subfolder names.
+
+Preprocessing (``preprocess data(...)`` in the network file, Caffe's ``transform_param``):
+pixels are 0..255; ``resize`` to (h, w); ``crop``: a random crop for training, the centre
+crop for validation; ``mirror``: a random horizontal flip for training; then
+``(pixel - mean) / std * scale``. With none of mean, std and scale declared, ``scale``
+defaults to 1/255 (pixels in [0, 1]). The image is finally resized to the input's HxW if it
+still differs. Digits go through the same arithmetic (their 0..16 values mapped to 0..255).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alexdsl.errors import AlexDSLError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff"}
+DataError = AlexDSLError  # kept as a name: every data problem is an AlexDSLError
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Caffe-style preprocessing of one input (see the module docstring)."""
+
+    resize: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    mirror: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    scale: float | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> Preprocess:
+        settings = dict(settings or {})
+
+        def pair(value: Any) -> tuple[int, int] | None:
+            if value is None:
+                return None
+            if isinstance(value, int | float):
+                return (int(value), int(value))
+            return (int(value[0]), int(value[1]))
+
+        def floats(value: Any) -> tuple[float, ...] | None:
+            if value is None:
+                return None
+            if isinstance(value, int | float):
+                return (float(value),)
+            return tuple(float(v) for v in value)
+
+        unknown = set(settings) - {"resize", "crop", "mirror", "mean", "std", "scale"}
+        if unknown:
+            raise AlexDSLError(f"unknown preprocess setting(s): {', '.join(sorted(unknown))}")
+        return cls(resize=pair(settings.get("resize")), crop=pair(settings.get("crop")),
+                   mirror=bool(settings.get("mirror", False)), mean=floats(settings.get("mean")),
+                   std=floats(settings.get("std")),
+                   scale=None if settings.get("scale") is None else float(settings["scale"]))
+
+    def normalize(self, x: Any) -> Any:
+        """(x - mean) / std * scale on an NxCxHxW (or CxHxW) float tensor of 0..255 pixels."""
+        import torch
+
+        channels = x.shape[-3]
+        if self.mean is not None:
+            x = x - self._per_channel(self.mean, channels, "mean", torch)
+        if self.std is not None:
+            x = x / self._per_channel(self.std, channels, "std", torch)
+        scale = self.scale
+        if scale is None and self.mean is None and self.std is None:
+            scale = 1.0 / 255.0
+        if scale is not None and scale != 1.0:
+            x = x * scale
+        return x
+
+    @staticmethod
+    def _per_channel(values: tuple[float, ...], channels: int, what: str, torch: Any) -> Any:
+        if len(values) not in (1, channels):
+            raise AlexDSLError(f"preprocess {what} has {len(values)} values but the input has {channels} channels")
+        return torch.tensor(values, dtype=torch.float32).reshape(-1, 1, 1)
+
+
+@dataclass
+class Split:
+    """One split of a source: ``batch(indices, epoch, train)`` -> (float32 NxCxHxW, int64 N)."""
+
+    source: Any
+    train: bool
+
+    def __len__(self) -> int:
+        return self.source.length(self.train)
+
+    def batch(self, indices: Sequence[int], epoch: int) -> tuple[Any, Any]:
+        return self.source.batch(indices, epoch, self.train)
+
+
+class TensorSource:
+    """Data held in memory as tensors (synthetic and digits)."""
+
+    name = "tensors"
+
+    def __init__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any, classes: int):
+        self.x = {True: train_x, False: val_x}
+        self.y = {True: train_y, False: val_y}
+        self.classes = classes
+
+    def length(self, train: bool) -> int:
+        return int(self.y[train].shape[0])
+
+    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[Any, Any]:
+        import torch
+
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        return self.x[train].index_select(0, index), self.y[train].index_select(0, index)
+
+
+def _input_spec(input_shape: tuple[int, ...], classes: int) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise AlexDSLError(f"the data sources feed CxHxW images; this network's input is {input_shape}")
+    if classes < 1:
+        raise AlexDSLError("the network's label input declares no class count")
+    return input_shape  # type: ignore[return-value]
+
+
+def synthetic(input_shape: tuple[int, ...], classes: int, *, train_size: int = 512, val_size: int = 128,
+              seed: int = 0) -> TensorSource:
+    """Class prototypes plus Gaussian noise: a learnable problem of any shape, made from ``seed``."""
+    import torch
+
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    prototypes = torch.randn((classes, *input_shape), generator=g)
+
+    def make(n: int) -> tuple[Any, Any]:
+        labels = torch.randint(0, classes, (n,), generator=g)
+        images = prototypes[labels] + 1.5 * torch.randn((n, *input_shape), generator=g)
+        return images.float(), labels
+
+    tx, ty = make(train_size)
+    vx, vy = make(val_size)
+    source = TensorSource(tx, ty, vx, vy, classes)
+    source.name = "synthetic"
+    return source
+
+
+def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | None = None) -> TensorSource:
+    """scikit-learn's 8x8 digits, 80/20 stratified split (fixed), resized to the input's HxW."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    channels, height, width = _input_spec(input_shape, classes)
+    if classes < 10:
+        raise AlexDSLError(f"the digits data has 10 classes but the network's label declares class({classes})")
+    if channels not in (1, 3):
+        raise AlexDSLError(f"digits are grayscale: the input needs 1 or 3 channels, not {channels}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise AlexDSLError("--data digits needs scikit-learn: pip install 'alexdsl[digits]'") from None
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    # A fixed stratified split: every 5th sample of each class goes to validation.
+    val_mask = np.zeros(len(labels), dtype=bool)
+    for c in range(10):
+        where = np.flatnonzero(bunch.target == c)
+        val_mask[where[::5]] = True
+    if (height, width) != (8, 8):
+        # MNIST's layout when the input is large enough: the digit fills the central 20/28, zero margin.
+        inner = (height, width) if min(height, width) < 16 else (round(height * 20 / 28), round(width * 20 / 28))
+        images = F.interpolate(images, size=inner, mode="bilinear", align_corners=False)
+        top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
+        images = F.pad(images, (left, width - inner[1] - left, top, height - inner[0] - top))
+    if channels == 3:
+        images = images.expand(-1, 3, -1, -1).contiguous()
+    images = (preprocess or Preprocess()).normalize(images).float().contiguous()
+    val = torch.from_numpy(val_mask)
+    source = TensorSource(images[~val], labels[~val], images[val], labels[val], classes)
+    source.name = "digits"
+    return source
+
+
+class ImageFolder:
+    """``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` decoded with Pillow."""
+
+    name = "folder"
+
+    def __init__(self, root: str | Path, input_shape: tuple[int, ...], classes: int,
+                 preprocess: Preprocess | None = None, seed: int = 0):
+        self.root = Path(root)
+        self.channels, self.height, self.width = _input_spec(input_shape, classes)
+        if self.channels not in (1, 3):
+            raise AlexDSLError(f"image folders feed 1- or 3-channel inputs, not {self.channels}")
+        self.preprocess = preprocess or Preprocess()
+        self.seed = int(seed)
+        self.workers = min(8, os.cpu_count() or 1)
+        self._executor: Any = None
+        train_dir, val_dir = self.root / "train", self.root / "val"
+        for directory in (train_dir, val_dir):
+            if not directory.is_dir():
+                raise AlexDSLError(f"{directory}: no such folder; an image folder needs "
+                                   f"{self.root}/train/<class>/ and {self.root}/val/<class>/")
+        self.class_names = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        if not self.class_names:
+            raise AlexDSLError(f"{train_dir}: no class folders")
+        if len(self.class_names) > classes:
+            raise AlexDSLError(f"{train_dir}: {len(self.class_names)} class folders but the network's "
+                               f"label declares class({classes}); label {classes} and up would be out of range")
+        self.items = {True: self._scan(train_dir), False: self._scan(val_dir)}
+        self.classes = classes
+
+    def _scan(self, directory: Path) -> list[tuple[Path, int]]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        items: list[tuple[Path, int]] = []
+        for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+            if sub.name not in index:
+                raise AlexDSLError(f"{sub}: class '{sub.name}' is not among the training classes "
+                                   f"({', '.join(self.class_names)})")
+            files = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise AlexDSLError(f"{sub}: empty class folder (no {'/'.join(sorted(IMAGE_SUFFIXES))} files)")
+            items += [(f, index[sub.name]) for f in files]
+        if directory.name == "train":
+            missing = [name for name in self.class_names if not any(label == index[name] for _, label in items)]
+            if missing:
+                raise AlexDSLError(f"{directory}: empty class folder(s): {', '.join(missing)}")
+        if not items:
+            raise AlexDSLError(f"{directory}: no images")
+        return items
+
+    def length(self, train: bool) -> int:
+        return len(self.items[train])
+
+    def _pool(self) -> Any:
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="alexdsl-decode")
+        return self._executor
+
+    def load(self, index: int, epoch: int, train: bool) -> Any:
+        """One preprocessed CxHxW float tensor; augmentation drawn from (seed, epoch, index)."""
+        import random
+
+        import numpy as np
+        import torch
+        from PIL import Image, UnidentifiedImageError
+
+        path, _ = self.items[train][index]
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB" if self.channels == 3 else "L")
+                image.load()
+        except (UnidentifiedImageError, OSError, ValueError) as error:
+            raise AlexDSLError(f"{path}: cannot decode the image ({error})") from None
+        p = self.preprocess
+        rng = random.Random(hash((self.seed, epoch, index, train)) & 0xFFFFFFFF)
+        if p.resize is not None:
+            image = image.resize((p.resize[1], p.resize[0]), Image.BILINEAR)
+        if p.crop is not None:
+            ch, cw = p.crop
+            if image.height < ch or image.width < cw:
+                image = image.resize((max(cw, image.width), max(ch, image.height)), Image.BILINEAR)
+            if train:
+                top, left = rng.randint(0, image.height - ch), rng.randint(0, image.width - cw)
+            else:
+                top, left = (image.height - ch) // 2, (image.width - cw) // 2
+            image = image.crop((left, top, left + cw, top + ch))
+        if train and p.mirror and rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        if (image.height, image.width) != (self.height, self.width):
+            image = image.resize((self.width, self.height), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.float32)
+        tensor = torch.from_numpy(array.copy())
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        return p.normalize(tensor)
+
+    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[Any, Any]:
+        import torch
+
+        indices = list(indices)
+        if len(indices) > 1 and self.workers > 1:  # Pillow releases the GIL while decoding and resizing
+            images = torch.stack(list(self._pool().map(lambda i: self.load(i, epoch, train), indices)))
+        else:
+            images = torch.stack([self.load(i, epoch, train) for i in indices])
+        labels = torch.tensor([self.items[train][i][1] for i in indices], dtype=torch.long)
+        return images.contiguous(), labels
+
+
+def open_source(spec: str, input_shape: tuple[int, ...], classes: int, *,
+                preprocess: dict[str, Any] | None = None, seed: int = 0) -> Any:
+    """A data source from its name: ``synthetic[:N]``, ``digits`` or a folder path."""
+    pre = Preprocess.from_settings(preprocess)
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        _input_spec(input_shape, classes) if len(input_shape) == 3 else None
+        size = 512
+        if ":" in spec:
+            try:
+                size = int(spec.split(":", 1)[1])
+                if size < 1:
+                    raise ValueError
+            except ValueError:
+                raise AlexDSLError(f"--data {spec}: expected synthetic:N with N >= 1 training samples") from None
+        if classes < 1:
+            raise AlexDSLError("the network's label input declares no class count")
+        return synthetic(input_shape, classes, train_size=size, val_size=max(1, math.ceil(size / 4)), seed=seed)
+    if spec == "digits":
+        return digits(input_shape, classes, pre)
+    if Path(spec).is_dir():
+        return ImageFolder(spec, input_shape, classes, pre, seed=seed)
+    raise AlexDSLError(f"unknown data source '{spec}': expected synthetic, synthetic:N, digits, or a folder with "
+                       "train/<class>/ and val/<class>/ subfolders")

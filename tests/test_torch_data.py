@@ -1,0 +1,109 @@
+"""Data sources for training: synthetic, digits, image folders; Caffe-style preprocessing; errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+Image = pytest.importorskip("PIL.Image")
+
+from alexdsl.backends.torch.data import ImageFolder, Preprocess, open_source  # noqa: E402
+from alexdsl.errors import AlexDSLError  # noqa: E402
+
+
+def test_synthetic_is_deterministic_and_shaped():
+    a = open_source("synthetic:40", (3, 5, 7), 4, seed=1)
+    b = open_source("synthetic:40", (3, 5, 7), 4, seed=1)
+    assert a.length(True) == 40 and a.length(False) == 10
+    xa, ya = a.batch([0, 3, 39], 0, True)
+    xb, yb = b.batch([0, 3, 39], 0, True)
+    assert xa.shape == (3, 3, 5, 7) and xa.dtype == torch.float32 and ya.dtype == torch.int64
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert int(a.y[True].max()) < 4
+    with pytest.raises(AlexDSLError, match="synthetic:N"):
+        open_source("synthetic:zero", (3, 5, 7), 4)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_digits_split_and_resize(shape):
+    pytest.importorskip("sklearn")
+    source = open_source("digits", shape, 10)
+    assert source.length(True) + source.length(False) == 1797
+    assert source.length(False) == 364
+    x, y = source.batch(range(5), 0, True)
+    assert tuple(x.shape) == (5, *shape)
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 + 1e-6
+    assert sorted(set(source.y[False].tolist())) == list(range(10))
+    again = open_source("digits", shape, 10)
+    assert torch.equal(again.y[False], source.y[False])
+
+
+def test_digits_needs_ten_classes():
+    pytest.importorskip("sklearn")
+    with pytest.raises(AlexDSLError, match="10 classes"):
+        open_source("digits", (1, 8, 8), 5)
+
+
+def test_preprocess_arithmetic():
+    x = torch.full((1, 3, 2, 2), 200.0)
+    assert torch.allclose(Preprocess().normalize(x), x / 255)
+    p = Preprocess.from_settings({"mean": [100.0, 150.0, 200.0], "scale": 0.5})
+    assert p.normalize(x)[0, :, 0, 0].tolist() == [50.0, 25.0, 0.0]
+    p = Preprocess.from_settings({"mean": 100, "std": (50, 100, 25)})
+    assert p.normalize(x)[0, :, 0, 0].tolist() == [2.0, 1.0, 4.0]
+    with pytest.raises(AlexDSLError, match="2 values"):
+        Preprocess.from_settings({"mean": (1, 2)}).normalize(x)
+
+
+def make_folder(root: Path, classes: dict[str, int], splits=("train", "val"), size=(20, 16)) -> Path:
+    for split in splits:
+        for i, (name, count) in enumerate(classes.items()):
+            directory = root / split / name
+            directory.mkdir(parents=True, exist_ok=True)
+            for j in range(count):
+                color = (40 * i + 10 * j, 100, 200 - 30 * i)
+                Image.new("RGB", size, color).save(directory / f"{j}.jpg")
+    return root
+
+
+def test_image_folder_loads_with_caffe_preprocessing(tmp_path):
+    root = make_folder(tmp_path / "imgs", {"cat": 3, "dog": 2})
+    settings = {"resize": (12, 12), "crop": (8, 8), "mirror": True, "mean": (104.0, 117.0, 123.0)}
+    source = open_source(str(root), (3, 8, 8), 4, preprocess=settings, seed=3)
+    assert isinstance(source, ImageFolder)
+    assert source.class_names == ["cat", "dog"]
+    assert source.length(True) == 5 and source.length(False) == 5
+    x, y = source.batch([0, 4], 0, True)
+    assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1]
+    again, _ = source.batch([0, 4], 0, True)
+    assert torch.equal(x, again)  # augmentation is a function of (seed, epoch, index)
+    val, _ = source.batch([0], 0, False)
+    assert abs(float(val[0, 1].mean()) - (100 - 117)) < 2  # mean subtracted, pixels not scaled
+    gray = open_source(str(root), (1, 10, 10), 2)
+    assert gray.batch([1], 0, False)[0].shape == (1, 1, 10, 10)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(AlexDSLError, match="no such folder"):
+        open_source(str(make_folder(tmp_path / "a", {"x": 1}, splits=("train",))), (3, 8, 8), 2)
+    empty = make_folder(tmp_path / "b", {"x": 1, "y": 1})
+    for f in (empty / "train" / "y").iterdir():
+        f.unlink()
+    with pytest.raises(AlexDSLError, match="empty class"):
+        open_source(str(empty), (3, 8, 8), 2)
+    with pytest.raises(AlexDSLError, match="3 class folders.*class\\(2\\)"):
+        open_source(str(make_folder(tmp_path / "c", {"x": 1, "y": 1, "z": 1})), (3, 8, 8), 2)
+    stray = make_folder(tmp_path / "d", {"x": 1})
+    (stray / "val" / "q").mkdir()
+    Image.new("RGB", (4, 4)).save(stray / "val" / "q" / "0.png")
+    with pytest.raises(AlexDSLError, match="not among the training classes"):
+        open_source(str(stray), (3, 8, 8), 2)
+    corrupt = make_folder(tmp_path / "e", {"x": 2})
+    (corrupt / "train" / "x" / "1.jpg").write_bytes(b"not a jpeg")
+    source = open_source(str(corrupt), (3, 8, 8), 2)
+    with pytest.raises(AlexDSLError, match="1.jpg: cannot decode"):
+        source.batch([0, 1], 0, True)
+    with pytest.raises(AlexDSLError, match="unknown data source"):
+        open_source(str(tmp_path / "nowhere"), (3, 8, 8), 2)
