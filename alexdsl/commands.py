@@ -10,7 +10,7 @@ import click
 
 from alexdsl.backends.torch.commands import COMMANDS as TORCH_COMMANDS
 from alexdsl.cli_support import load_network, report_errors
-from alexdsl.errors import AlexDSLError
+from alexdsl.inference import run_command
 from alexdsl.interop.commands import COMMANDS as INTEROP_COMMANDS
 
 BACKENDS = ("cupy", "torch")
@@ -43,11 +43,9 @@ def compile_command(file: str, backend: str, output: str | None, dtype: str, inp
         from alexdsl.backends.cupy import summary
         from alexdsl.backends.cupy.commands import write_executor_module
 
-        if dtype != "float32" and "dtype" not in write_executor_module.__code__.co_varnames:
-            raise AlexDSLError("error: this executor generator only writes float32 modules")
-        path = write_executor_module(network, output)
+        path = write_executor_module(network, output, dtype=dtype)
         click.echo(summary(network))
     click.echo(f"wrote {path}")
 
 
-COMMANDS: list[click.Command] = [compile_command, *TORCH_COMMANDS, *INTEROP_COMMANDS]
+COMMANDS: list[click.Command] = [compile_command, run_command, *TORCH_COMMANDS, *INTEROP_COMMANDS]

@@ -20,6 +20,7 @@ a.adsl:1:8: error: unknown op 'cnov'
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -55,9 +56,13 @@ class Diagnostic:
     expected: str | None = None
     received: str | None = None
     hint: str | None = None
+    path: str | None = None  # the file, for a problem with no line (a missing file, a bad weights file)
 
     def render(self, sources: dict[str, str] | None = None) -> str:
-        where = f"{self.span.file}:{self.span.line}:{self.span.column}: " if self.span else ""
+        if self.span:
+            where = f"{self.span.file}:{self.span.line}:{self.span.column}: "
+        else:
+            where = f"{self.path}: " if self.path else ""
         lines = [f"{where}{self.severity}: {self.message}"]
         source = (sources or {}).get(self.span.file) if self.span else None
         if source is not None and self.span is not None:
@@ -79,12 +84,25 @@ class Diagnostic:
         return "\n".join(lines)
 
 
+_PLAIN_MESSAGE = re.compile(r"(?:(?P<path>[^\n]+?): )?error: (?P<message>.*)", re.S)
+
+
 class AlexDSLError(Exception):
-    """The only exception alexdsl raises for a user's mistake; holds every diagnostic found."""
+    """The only exception alexdsl raises for a user's mistake; holds every diagnostic found.
+
+    A plain message may start with ``error:`` or ``PATH: error:``; it is rendered once.
+
+    >>> str(AlexDSLError("net.adsl: error: no such file"))
+    'net.adsl: error: no such file'
+    >>> str(AlexDSLError("the weights do not fit"))
+    'error: the weights do not fit'
+    """
 
     def __init__(self, diagnostics: Iterable[Diagnostic] | str, sources: dict[str, str] | None = None):
         if isinstance(diagnostics, str):
-            diagnostics = [Diagnostic("error", diagnostics)]
+            match = _PLAIN_MESSAGE.fullmatch(diagnostics)
+            diagnostics = [Diagnostic("error", match["message"], path=match["path"]) if match
+                           else Diagnostic("error", diagnostics)]
         self.diagnostics: list[Diagnostic] = list(diagnostics)
         self.sources: dict[str, str] = dict(sources or {})
         super().__init__(self.render())

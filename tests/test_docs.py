@@ -83,10 +83,18 @@ def _commands() -> list[tuple[str, int, list[str]]]:
 COMMANDS = _commands()
 
 
+@pytest.fixture(scope="module")
+def console_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One working folder for all console lines, run in document order (train, then run its weights)."""
+    folder = tmp_path_factory.mktemp("console")
+    (folder / "examples").symlink_to(ROOT / "examples")  # commands name examples/...; outputs stay here
+    return folder
+
+
 @pytest.mark.parametrize(("doc", "line", "args"), COMMANDS, ids=[f"{d}:{n}:{a[0]}" for d, n, a in COMMANDS])
-def test_console_commands_run(doc: str, line: int, args: list[str], tmp_path: Path,
+def test_console_commands_run(doc: str, line: int, args: list[str], console_dir: Path, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(console_dir)
     monkeypatch.setenv("ALEXDSL_DOC_TMP", str(tmp_path))
     args = [os.path.expandvars(a) for a in args]
     result = CliRunner().invoke(main, args, catch_exceptions=False)

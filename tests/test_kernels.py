@@ -50,10 +50,14 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("method", ["strided", "gather"])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}")
-def test_conv2d_matches_torch(case: tuple, bias: bool, method: str) -> None:
+@pytest.mark.parametrize(
+    "case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}"
+)
+def test_conv2d_matches_torch(case: tuple, bias: bool, method: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)  # 2: the per-image threaded NumPy path
     n, c, h, w, o, k, s, p, d, g = case
     x, wt = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2)
     b = rand(o, seed=3) if bias else None
@@ -194,7 +198,9 @@ def test_global_avg_pool_keeps_spatial_dims() -> None:
 
 
 @pytest.mark.parametrize("size", [3, 5, 4])
-@pytest.mark.parametrize(("alpha", "beta", "k"), [(1e-4, 0.75, 1.0), (2e-3, 0.75, 2.0), (0.1, 0.5, 1.0), (0.05, 0.6, 1.5)])
+@pytest.mark.parametrize(
+    ("alpha", "beta", "k"), [(1e-4, 0.75, 1.0), (2e-3, 0.75, 2.0), (0.1, 0.5, 1.0), (0.05, 0.6, 1.5)]
+)
 def test_lrn_matches_torch(size: int, alpha: float, beta: float, k: float) -> None:
     x = rand(2, 7, 5, 5) * 3
     check(rt.lrn(x, size, alpha, beta, k), F.local_response_norm(T(x), size, alpha, beta, k))
@@ -335,3 +341,63 @@ def test_cupy_kernels_match_numpy() -> None:
         (rt.adaptive_avg_pool2d(xg, (3, 4)), rt.adaptive_avg_pool2d(x, (3, 4))),
     ]:
         np.testing.assert_allclose(cp.asnumpy(ours), ref, rtol=RTOL, atol=ATOL)
+
+
+def test_linear_with_pretransposed_weight() -> None:
+    x, wt, b = rand(4, 12), rand(5, 12, seed=1), rand(5, seed=2)
+    wt_t = rt.pretranspose(wt)
+    assert wt_t.shape == (12, 5) and wt_t.flags.c_contiguous
+    check(rt.linear(x, wt_t, b, transposed=True, relu=True), F.relu(F.linear(T(x), T(wt), T(b))))
+
+
+@pytest.mark.gpu
+def test_fused_cuda_kernels_match_xp_reference(monkeypatch) -> None:  # noqa: ANN001
+    cp = pytest.importorskip("cupy")
+    from alexdsl.backends.cupy import cuda
+
+    x = rand(2, 7, 5, 6) * 3
+    monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "0")
+    for size in (3, 5):
+        want = cp.asnumpy(rt.lrn(cp.asarray(x), size, 1e-3, 0.75, 2.0))
+        got = cuda.lrn(cp.asarray(x), size, 1e-3, 0.75, 2.0)
+        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=RTOL, atol=ATOL)
+        xg = cp.asarray(x)
+        cuda.lrn(xg, size, 1e-3, 0.75, 2.0, out=xg)  # in place is handled
+        np.testing.assert_allclose(cp.asnumpy(xg), want, rtol=RTOL, atol=ATOL)
+    b = rand(7, seed=1)
+    for relu in (False, True):
+        y = cp.asarray(x)
+        want = rt.bias_relu_(x.copy(), b, relu)
+        np.testing.assert_allclose(cp.asnumpy(cuda.bias_relu_(y, cp.asarray(b), relu)), want, rtol=RTOL, atol=ATOL)
+    monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "1")
+    assert cuda.enabled()
+    got = rt.lrn(cp.asarray(x), 5, 1e-4, 0.75, 1.0)
+    np.testing.assert_allclose(cp.asnumpy(got), rt.lrn(x, 5, 1e-4, 0.75, 1.0), rtol=RTOL, atol=ATOL)
+
+
+def test_cuda_kernels_are_off_without_the_switch(monkeypatch) -> None:  # noqa: ANN001
+    from alexdsl.backends.cupy import cuda
+
+    monkeypatch.delenv("ALEXDSL_CUDA_KERNELS", raising=False)
+    assert not cuda.enabled()
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_conv2d_runs_big_batches_in_scratch_sized_chunks(threads: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    x, wt, b = rand(5, 3, 9, 9), rand(4, 3, 3, 3, seed=1), rand(4, seed=2)
+    plan = rt.ConvPlan(3, 9, 9, 4, (3, 3), pad=(1, 1))
+    scratch = np.empty(2 * plan.cols_size(1), np.float32)  # two images' columns at a time
+    want = F.relu(F.conv2d(T(x), T(wt), T(b), padding=1))
+    check(rt.conv2d(x, wt, b, relu=True, plan=plan, scratch=scratch), want)
+    check(rt.conv2d(x[:3], wt, b, relu=True, plan=plan, scratch=scratch), want[:3])  # padded buffer reused
+    with pytest.raises(ValueError, match="smaller than one image"):
+        monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+        rt.conv2d(x, wt, b, plan=plan, scratch=scratch[:5])
+
+
+def test_scratch_rows() -> None:
+    assert rt.scratch_rows(np, 16, 0) == 0
+    assert rt.scratch_rows(np, 1, 10**6) == 1
+    assert 1 <= rt.scratch_rows(np, 64, 10**7) <= max(rt.num_threads(), 1)
+    assert rt.scratch_rows(np, 64, 100) == 64

@@ -18,6 +18,8 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
+import numpy
+
 from alexdsl.backends.cupy import runtime
 from alexdsl.backends.cupy.codegen import Lowered, generate_source, lower
 from alexdsl.backends.cupy.codegen import emit as _emit
@@ -65,9 +67,9 @@ def compile(  # noqa: A001 - mirrors torch.compile / the CLI verb
     (``"conv1.weight"``); None fills from the network's fillers (Caffe semantics, ``seed``).
     ``device``: ``"auto"`` (CUDA when CuPy sees a GPU), ``"cpu"`` or ``"cuda"``.
     """
-    check_dtype(dtype)
+    dtype = check_dtype(dtype).name
     low = lower(network)
-    source = _emit(low)
+    source = _emit(low, dtype)
     cls = load_source(source, low.class_name, f"<alexdsl-cupy {network.name}>")
     return cls(weights, device=device, dtype=dtype, seed=seed)
 
@@ -104,8 +106,11 @@ def summary(network: Network | Lowered, batch: int = 1) -> str:
         f"  activations at batch {batch}: {_mib(buffers)} planned in {len(mem.buffers)} reusable buffers "
         f"vs {_mib(keep)} keeping every tensor alive ({saved:.0f}% less)"
     )
+    cpu_rows = runtime.scratch_rows(numpy, batch, low.scratch)
+    gpu_rows = min(batch, max(1, runtime.SCRATCH_CAP_BYTES["cupy"] // max(1, 4 * low.scratch)))
     lines.append(
-        f"  im2col scratch at batch {batch}: {_mib(4 * low.scratch * batch)} shared by all convs "
-        f"vs {_mib(4 * low.scratch_per_layer * batch)} with one per layer"
+        f"  im2col scratch at batch {batch}: {_mib(4 * low.scratch * cpu_rows)} on CPU / "
+        f"{_mib(4 * low.scratch * gpu_rows)} on GPU, shared by all convs "
+        f"(one full-batch buffer per conv would take {_mib(4 * low.scratch_per_layer * batch)})"
     )
     return "\n".join(lines)

@@ -70,6 +70,7 @@ class Lowered:
     scratch: int  # per-sample elements of the shared im2col buffer
     scratch_per_layer: int  # what one column buffer per conv would take
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]
+    unused: list[str]  # state keys of layers that do not run at inference (accepted, ignored)
     dropped: list[str]
     var: dict[str, str]
 
@@ -216,6 +217,19 @@ def lower(network: Network) -> Lowered:
         if layer.is_input or layer.name in fused:
             continue
         a = layer.attrs
+        missing = [i for i in layer.inputs if i not in var]
+        if missing:
+            raise AlexDSLError(
+                [
+                    Diagnostic(
+                        "error",
+                        f"layer '{layer.name}' runs at inference but reads '{missing[0]}', which does not "
+                        "(a train-only layer, loss or label)",
+                        layer.span,
+                        hint="mark the reader @train too, or make the layer it reads run in every phase",
+                    )
+                ]
+            )
         ins = [var[i] for i in layer.inputs]
         x = ins[0] if ins else ""
         ident = names(layer.name)
@@ -278,7 +292,8 @@ def lower(network: Network) -> Lowered:
                 )
                 kernel = "conv2d" + ("+1x1" if plan.is_pointwise else "")
             else:
-                code = f"rt.linear({x}, self.{ident}_w, self.{ident}_b, relu={relu}, out={{out}})"
+                setup.append(f"self.{ident}_w = rt.pretranspose(self.{ident}_w)")
+                code = f"rt.linear({x}, self.{ident}_w, self.{ident}_b, relu={relu}, transposed=True, out={{out}})"
                 kernel = "linear"
             kernel += "+bias" * bool(bkey or bn) + "+relu" * relu
         elif layer.op in ("maxpool", "avgpool"):
@@ -376,6 +391,7 @@ def lower(network: Network) -> Lowered:
         scratch=scratch,
         scratch_per_layer=scratch_per_layer,
         state=state,
+        unused=[k for k in network.state_keys() if k not in state],
         dropped=dropped,
         var=var,
     )
@@ -429,8 +445,8 @@ def _table(name: str, items: dict[Any, Any], indent: str = "    ") -> list[str]:
     return out
 
 
-def emit(low: Lowered) -> str:
-    """The module source for a lowered network."""
+def emit(low: Lowered, dtype: str = "float32") -> str:
+    """The module source for a lowered network; ``dtype`` is the executor's default dtype."""
     net = low.network
     mem = low.memory
     elems = [b // ITEMSIZE for b in mem.buffers]
@@ -458,12 +474,15 @@ def emit(low: Lowered) -> str:
     head += _table("inputs", low.inputs)
     head.append(f"    outputs = {lit(tuple(low.outputs))}")
     head += _table("state", low.state)
+    if low.unused:
+        head.append(f"    unused = {lit(tuple(low.unused))}")
     head.append(f"    buffers = {lit(tuple(elems))}")
     head += _table(
         "values",
         {s.name: (mem.assignment[s.name], s.shape) for s in low.steps},
     )
     head.append(f"    scratch = {low.scratch}")
+    head.append(f"    default_dtype = {lit(str(dtype))}")
     head.append(f"    keep_all = {keep_all}")
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
     setup = [line for s in low.steps for line in s.setup]
@@ -483,6 +502,8 @@ def emit(low: Lowered) -> str:
     return "\n".join(head) + "\n"
 
 
-def generate_source(network: Network) -> str:
-    """Readable Python source of the executor module for ``network``."""
-    return emit(lower(network))
+def generate_source(network: Network, dtype: str = "float32") -> str:
+    """Readable Python source of the executor module for ``network`` (default ``dtype``)."""
+    from alexdsl.backends.cupy.executor import check_dtype
+
+    return emit(lower(network), check_dtype(dtype).name)

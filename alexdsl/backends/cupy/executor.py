@@ -94,8 +94,10 @@ def load_weights(weights: str | os.PathLike[str] | Mapping[str, Any]) -> dict[st
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
 
 
-def check_weights(given: Mapping[str, numpy.ndarray], expected: Mapping[str, tuple[int, ...]]) -> None:
-    """Every expected key present with its shape, nothing extra; all problems in one error."""
+def check_weights(
+    given: Mapping[str, numpy.ndarray], expected: Mapping[str, tuple[int, ...]], ignored: tuple[str, ...] = ()
+) -> None:
+    """Every expected key present with its shape, nothing extra (but ``ignored``); all problems in one error."""
     problems: list[Diagnostic] = []
     for key, shape in expected.items():
         if key not in given:
@@ -110,7 +112,7 @@ def check_weights(given: Mapping[str, numpy.ndarray], expected: Mapping[str, tup
                 )
             )
     for key in given:
-        if key not in expected and not key.endswith(IGNORED_SUFFIXES):
+        if key not in expected and key not in ignored and not key.endswith(IGNORED_SUFFIXES):
             problems.append(Diagnostic("error", f"unexpected weight '{key}' (no such parameter in the network)"))
     if problems:
         raise AlexDSLError(problems)
@@ -150,30 +152,32 @@ class Executor:
     outputs: ClassVar[tuple[str, ...]] = ()
     # key -> (shape, filler type, filler args); buffers (running stats) use constant fillers
     state: ClassVar[dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]] = {}
+    unused: ClassVar[tuple[str, ...]] = ()  # parameters of train-only layers: accepted, ignored
     # the memory plan: per-sample element counts of the reusable buffers, and
     # value name -> (buffer index, per-sample shape)
     buffers: ClassVar[tuple[int, ...]] = ()
     values: ClassVar[dict[str, tuple[int, tuple[int, ...]]]] = {}
     scratch: ClassVar[int] = 0  # per-sample elements of the shared im2col buffer
+    default_dtype: ClassVar[str] = "float32"
     keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
 
     def __init__(
         self,
         weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str | None = None,
         seed: int = 0,
     ):
         self.xp = select_device(device)
         self.device = "cuda" if self.xp is not numpy else "cpu"
-        self.dtype = check_dtype(dtype)
+        self.dtype = check_dtype(dtype or self.default_dtype)
         expected = {key: shape for key, (shape, _, _) in self.state.items()}
         if weights is None:
             rng = numpy.random.default_rng(seed)
             host = {key: fill(shape, kind, args, rng) for key, (shape, kind, args) in self.state.items()}
         else:
             host = load_weights(weights)
-            check_weights(host, expected)
+            check_weights(host, expected, self.unused)
         self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
         self._arena: tuple[int, dict[str, Any], Any] | None = None
         self.setup(self.weights)
@@ -200,7 +204,8 @@ class Executor:
                 name: bufs[buf][: n * math.prod(shape)].reshape((n, *shape))
                 for name, (buf, shape) in self.values.items()
             }
-            scratch = xp.empty(n * self.scratch, dtype=self.dtype) if self.scratch else None
+            rows = rt.scratch_rows(xp, n, self.scratch, self.dtype.itemsize)
+            scratch = xp.empty(rows * self.scratch, dtype=self.dtype) if self.scratch else None
             self._arena = (n, views, scratch)
         return self._arena[1], self._arena[2]
 
@@ -252,10 +257,11 @@ class Executor:
     def memory(self, batch: int = 1) -> dict[str, int]:
         """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive."""
         item = self.dtype.itemsize
+        scratch = rt.scratch_rows(self.xp, batch, self.scratch, item) * self.scratch * item
         return {
-            "planned_bytes": (sum(self.buffers) + self.scratch) * batch * item,
+            "planned_bytes": sum(self.buffers) * batch * item + scratch,
             "buffer_bytes": sum(self.buffers) * batch * item,
-            "scratch_bytes": self.scratch * batch * item,
+            "scratch_bytes": scratch,
             "keep_all_bytes": self.keep_all * batch * item,
             "param_bytes": sum(math.prod(v.shape) for v in self.weights.values()) * item,
         }

@@ -52,7 +52,9 @@ __all__ = [
     "linear",
     "lrn",
     "max_pool2d",
+    "pretranspose",
     "relu",
+    "scratch_rows",
     "sigmoid",
     "softmax",
     "softmax_cross_entropy",
@@ -107,6 +109,29 @@ def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int],
     futures = [_POOL.submit(fn, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
     for future in futures:
         future.result()
+
+
+SCRATCH_CAP_BYTES = {"numpy": 32 << 20, "cupy": 256 << 20}
+
+
+def scratch_rows(xp: ModuleType, batch: int, per_image: int, itemsize: int = 4) -> int:
+    """Images whose im2col columns the shared scratch holds at once.
+
+    Enough for every thread (NumPy) and otherwise as many as fit in a cap (32 MiB on
+    NumPy, 256 MiB on CuPy); convs run larger batches in chunks of this size.
+    """
+    if per_image <= 0:
+        return 0
+    cap = SCRATCH_CAP_BYTES.get(xp.__name__, SCRATCH_CAP_BYTES["cupy"])
+    fit = max(1, cap // (per_image * itemsize))
+    if xp is numpy:
+        fit = max(fit, num_threads())
+    return min(batch, fit)
+
+
+def _cuda_kernels() -> bool:
+    """Whether the optional fused CUDA kernels of :mod:`.cuda` are switched on."""
+    return os.environ.get("ALEXDSL_CUDA_KERNELS", "") == "1"
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -193,25 +218,30 @@ class ConvPlan:
         return (padded + cols) * itemsize
 
     def _workspace(self, xp: ModuleType, batch: int, dtype: Any) -> tuple[Array | None, Array | None]:
-        """The zero-bordered padded input and the gather table, cached for the last batch size."""
-        key = (xp.__name__, batch, numpy.dtype(dtype).str)
+        """The zero-bordered padded input (first ``batch`` images) and the gather table.
+
+        The padded buffer only grows (its border is never written, so it stays zero), so
+        batch chunks of different sizes share it without reallocating.
+        """
+        key = (xp.__name__, numpy.dtype(dtype).str)
         if self._work.get("key") != key:
-            ph, pw = self.pad
-            padded = None
-            if (ph, pw) != (0, 0):
-                shape = (batch, self.in_channels, self.height + 2 * ph, self.width + 2 * pw)
-                padded = xp.zeros(shape, dtype=dtype)
-            index = xp.asarray(self._index_table()) if self.method == "gather" else None
             self._work.clear()
-            self._work.update(key=key, padded=padded, index=index, cols=None)
-        return self._work["padded"], self._work["index"]
+            index = xp.asarray(self._index_table()) if self.method == "gather" else None
+            self._work.update(key=key, padded=None, index=index, cols=None)
+        ph, pw = self.pad
+        padded = self._work["padded"]
+        if (ph, pw) != (0, 0) and (padded is None or padded.shape[0] < batch):
+            shape = (batch, self.in_channels, self.height + 2 * ph, self.width + 2 * pw)
+            padded = self._work["padded"] = None  # free the old one first
+            padded = self._work["padded"] = xp.zeros(shape, dtype=dtype)
+        return (padded[:batch] if padded is not None else None), self._work["index"]
 
     def _own_cols(self, xp: ModuleType, batch: int, dtype: Any) -> Array:
         cols = self._work.get("cols")
-        if cols is None:
-            cols = xp.empty((batch, self.k_size, self.out_h * self.out_w), dtype=dtype)
-            self._work["cols"] = cols
-        return cols
+        if cols is None or cols.shape[0] < batch:
+            self._work["cols"] = None
+            cols = self._work["cols"] = xp.empty((batch, self.k_size, self.out_h * self.out_w), dtype=dtype)
+        return cols[:batch]
 
     def _index_table(self) -> numpy.ndarray:
         """Flat indices (K, OH*OW) into one padded image of shape (C, Hp, Wp)."""
@@ -274,6 +304,10 @@ def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
     xp = array_module(y)
     if bias is None and not relu:
         return y
+    if xp is not numpy and _cuda_kernels():
+        from alexdsl.backends.cupy import cuda
+
+        return cuda.bias_relu_(y, bias, relu)
     b = None if bias is None else bias.reshape((1, -1) + (1,) * (y.ndim - 2))
 
     def chunk(lo: int, hi: int) -> None:
@@ -323,7 +357,16 @@ def conv2d(
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
+    elif plan.method == "strided" and _use_image_threads(xp, n):
+        return _conv2d_image_threads(x, weight, bias, relu, plan, scratch, out)
     else:
+        rows = n if scratch is None else scratch.size // plan.cols_size(1)
+        if rows < 1:
+            raise ValueError(f"scratch of {scratch.size} elements is smaller than one image's columns")
+        if rows < n:  # the shared scratch holds `rows` images' columns: run the batch in chunks
+            for i in range(0, n, rows):
+                conv2d(x[i : i + rows], weight, bias, relu=relu, plan=plan, scratch=scratch, out=out[i : i + rows])
+            return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
     if g == 1:
@@ -335,6 +378,85 @@ def conv2d(
             out=out.reshape(n, g, o // g, oh * ow),
         )
     return bias_relu_(out, bias, relu)
+
+
+_BLAS_CONTROLLER: Any = None
+
+
+def _blas_one_thread() -> Any:
+    """A context manager pinning BLAS to one thread (threadpoolctl), or None if unavailable."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER = ThreadpoolController()
+        except ImportError:
+            _BLAS_CONTROLLER = False
+    if _BLAS_CONTROLLER is False:
+        return None
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _use_image_threads(xp: ModuleType, n: int) -> bool:
+    return xp is numpy and n > 1 and num_threads() > 1 and _blas_one_thread() is not None
+
+
+def _conv2d_image_threads(
+    x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, scratch: Array | None, out: Array
+) -> Array:
+    """NumPy path for batches: each thread runs im2col + a one-thread GEMM + the epilogue per image.
+
+    The image's columns are still in cache when the GEMM reads them, and the copies run
+    on every core instead of one; about 15% faster than one batched multi-thread GEMM
+    on a 2-core machine.  Needs threadpoolctl (to pin BLAS to one thread meanwhile).
+    """
+    n = x.shape[0]
+    g, o = plan.groups, plan.out_channels
+    k, hw = plan.k_size, plan.out_h * plan.out_w
+    threads = min(num_threads(), n)
+    per = plan.cols_size(1)
+    if scratch is None or scratch.size < threads * per:
+        scratch = plan._own_cols(numpy, n, x.dtype).reshape(-1)
+    padded, _ = plan._workspace(numpy, threads, x.dtype)  # one padded image per thread
+    w3 = weight.reshape(g, o // g, k // g)
+    b = None if bias is None else bias.reshape(o, 1)
+    (kh, kw), (sh, sw), (dh, dw) = plan.kernel, plan.stride, plan.dilation
+    ph, pw = plan.pad
+    c, oh, ow = plan.in_channels, plan.out_h, plan.out_w
+
+    def chunk(t: int, lo: int, hi: int) -> None:
+        cols = scratch[t * per : (t + 1) * per]
+        for i in range(lo, hi):
+            if plan.is_pointwise:
+                src = x[i] if plan.stride == (1, 1) else x[i, :, ::sh, ::sw]
+                image_cols = numpy.ascontiguousarray(src).reshape(k, hw)
+            else:
+                if padded is not None:
+                    padded[t, :, ph : ph + plan.height, pw : pw + plan.width] = x[i]
+                    src = padded[t]
+                else:
+                    src = numpy.ascontiguousarray(x[i])
+                s_c, s_h, s_w = src.strides
+                view = _as_strided(numpy, src, (c, kh, kw, oh, ow), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+                cols.reshape(c, kh, kw, oh, ow)[...] = view
+                image_cols = cols.reshape(k, hw)
+            y = out[i].reshape(o, hw)
+            numpy.matmul(w3, image_cols.reshape(g, k // g, hw), out=y.reshape(g, o // g, hw))
+            if b is not None:
+                y += b
+            if relu:
+                numpy.maximum(y, 0, out=y)
+
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexdsl")
+    bounds = [n * t // threads for t in range(threads + 1)]
+    with _blas_one_thread():
+        futures = [_POOL.submit(chunk, t, bounds[t], bounds[t + 1]) for t in range(threads)]
+        for future in futures:
+            future.result()
+    return out
 
 
 def fold_batchnorm(
@@ -572,6 +694,10 @@ def lrn(
     ``c - size//2 .. c + (size-1)//2`` zero-padded at the channel ends.
     """
     xp = array_module(x)
+    if xp is not numpy and _cuda_kernels():
+        from alexdsl.backends.cupy import cuda
+
+        return cuda.lrn(x, size, alpha, beta, k, out)
     c = x.shape[1]
     lo, hi = size // 2, (size - 1) // 2
     if out is None:
@@ -643,15 +769,31 @@ def batch_norm_inference(
 
 
 def linear(
-    x: Array, weight: Array, bias: Array | None = None, *, relu: bool = False, out: Array | None = None
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    *,
+    relu: bool = False,
+    transposed: bool = False,
+    out: Array | None = None,
 ) -> Array:
-    """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU."""
+    """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU.
+
+    ``weight`` is (O, K) like torch, or (K, O) with ``transposed=True`` (see
+    :func:`pretranspose`: a plain NN GEMM, about 25% faster on OpenBLAS than NT).
+    """
     xp = array_module(x)
     flat = x.reshape(x.shape[0], -1)
+    w = weight if transposed else weight.T
     if out is None:
-        out = xp.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
-    xp.matmul(flat, weight.T, out=out)
+        out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
+    xp.matmul(flat, w, out=out)
     return bias_relu_(out, bias, relu)
+
+
+def pretranspose(weight: Array) -> Array:
+    """A contiguous (K, O) copy of an fc weight (O, K), made once at compile time."""
+    return array_module(weight).ascontiguousarray(weight.T)
 
 
 def relu(x: Array, *, out: Array | None = None) -> Array:

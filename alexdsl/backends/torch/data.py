@@ -195,6 +195,47 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
     return source
 
 
+def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Preprocess, *, train: bool = False,
+               rng: Any = None) -> Any:
+    """Decode one image with Pillow and preprocess it as Caffe does: a CxHxW float tensor.
+
+    Training draws a random crop and mirror from ``rng``; evaluation takes the centre crop.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = shape
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if channels == 3 else "L")
+            image.load()
+    except FileNotFoundError:
+        raise AlexDSLError(f"{path}: no such image") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise AlexDSLError(f"{path}: cannot decode the image ({error})") from None
+    p = preprocess
+    if p.resize is not None:
+        image = image.resize((p.resize[1], p.resize[0]), Image.BILINEAR)
+    if p.crop is not None:
+        ch, cw = p.crop
+        if image.height < ch or image.width < cw:
+            image = image.resize((max(cw, image.width), max(ch, image.height)), Image.BILINEAR)
+        if train:
+            top, left = rng.randint(0, image.height - ch), rng.randint(0, image.width - cw)
+        else:
+            top, left = (image.height - ch) // 2, (image.width - cw) // 2
+        image = image.crop((left, top, left + cw, top + ch))
+    if train and p.mirror and rng.random() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    if (image.height, image.width) != (height, width):
+        image = image.resize((width, height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.float32)
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    return p.normalize(tensor)
+
+
 class ImageFolder:
     """``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` decoded with Pillow."""
 
@@ -257,38 +298,9 @@ class ImageFolder:
         """One preprocessed CxHxW float tensor; augmentation drawn from (seed, epoch, index)."""
         import random
 
-        import numpy as np
-        import torch
-        from PIL import Image, UnidentifiedImageError
-
         path, _ = self.items[train][index]
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB" if self.channels == 3 else "L")
-                image.load()
-        except (UnidentifiedImageError, OSError, ValueError) as error:
-            raise AlexDSLError(f"{path}: cannot decode the image ({error})") from None
-        p = self.preprocess
         rng = random.Random(hash((self.seed, epoch, index, train)) & 0xFFFFFFFF)
-        if p.resize is not None:
-            image = image.resize((p.resize[1], p.resize[0]), Image.BILINEAR)
-        if p.crop is not None:
-            ch, cw = p.crop
-            if image.height < ch or image.width < cw:
-                image = image.resize((max(cw, image.width), max(ch, image.height)), Image.BILINEAR)
-            if train:
-                top, left = rng.randint(0, image.height - ch), rng.randint(0, image.width - cw)
-            else:
-                top, left = (image.height - ch) // 2, (image.width - cw) // 2
-            image = image.crop((left, top, left + cw, top + ch))
-        if train and p.mirror and rng.random() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
-        if (image.height, image.width) != (self.height, self.width):
-            image = image.resize((self.width, self.height), Image.BILINEAR)
-        array = np.asarray(image, dtype=np.float32)
-        tensor = torch.from_numpy(array.copy())
-        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-        return p.normalize(tensor)
+        return load_image(path, (self.channels, self.height, self.width), self.preprocess, train=train, rng=rng)
 
     def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[Any, Any]:
         import torch
