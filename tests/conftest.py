@@ -10,6 +10,20 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
+# Inputs and layers that every op's documented example can read (concat(b1, ...), softmax_loss(fc8, label)).
+SCAFFOLD = """input data: 16x32x32
+input label: class(10)
+input v: 10
+fc8: v -> relu
+b1: data -> relu
+b3: data -> relu
+b5: data -> relu
+bp: data -> relu
+branch: data -> relu
+shortcut: data -> relu
+last: data -> relu
+"""
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from current output")

@@ -15,25 +15,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ROOT
+from conftest import ROOT, SCAFFOLD
 
 import alexdsl
 from alexdsl.cli import main
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
-SCAFFOLD = """input data: 16x32x32
-input label: class(10)
-input v: 10
-fc8: v -> relu
-b1: data -> relu
-b3: data -> relu
-b5: data -> relu
-bp: data -> relu
-branch: data -> relu
-shortcut: data -> relu
-last: data -> relu
-"""
 
 
 def blocks(kind: str) -> list[tuple[str, int, str]]:

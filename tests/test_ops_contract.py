@@ -8,24 +8,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from conftest import SCAFFOLD
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
 from alexdsl.ops.registry import all_ops, lookup
-
-SCAFFOLD = """network Contract
-input data: 16x32x32
-input label: class(10)
-input v: 10
-fc8: v -> relu
-b1: data -> relu
-b3: data -> relu
-b5: data -> relu
-bp: data -> relu
-branch: data -> relu
-shortcut: data -> relu
-last: data -> relu
-"""
 
 
 @pytest.mark.parametrize("op", all_ops(), ids=lambda op: op.name)
@@ -34,7 +21,7 @@ def test_op_is_documented_and_its_example_checks(op) -> None:
     assert op.example and f"{op.name}" in op.example
     for arg in op.args:
         assert arg.doc, f"{op.name}.{arg.name} has no doc"
-    net = alexdsl.parse(SCAFFOLD + op.example + "\n", "contract.adsl")
+    net = alexdsl.parse("network Contract\n" + SCAFFOLD + op.example + "\n", "contract.adsl")
     label = op.example.split(":", 1)[0].strip()
     layer = net.layer(label) if label in net.graph else None
     assert layer is None or layer.shape is not None

@@ -21,12 +21,11 @@ network file can inject code.
 
 from __future__ import annotations
 
-import keyword
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from alexdsl.backends import naming
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.backends.cupy.runtime import ConvPlan
 from alexdsl.errors import AlexDSLError, Diagnostic
@@ -78,37 +77,8 @@ class Lowered:
 # ------------------------------------------------------------------------------------ naming
 
 
-class _Names:
-    """Sanitised, unique Python identifiers for user names."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set(RESERVED)
-        self.by_name: dict[str, str] = {}
-
-    def __call__(self, name: str) -> str:
-        if name in self.by_name:
-            return self.by_name[name]
-        ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "_"
-        if ident[0].isdigit():
-            ident = "_" + ident
-        if keyword.iskeyword(ident) or keyword.issoftkeyword(ident):
-            ident += "_"
-        base, i = ident, 2
-        while ident in self.used:
-            ident = f"{base}_{i}"
-            i += 1
-        self.used.add(ident)
-        self.by_name[name] = ident
-        return ident
-
-
 def class_name(name: str) -> str:
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "Network"
-    if ident[0].isdigit():
-        ident = "Net_" + ident
-    if keyword.iskeyword(ident) or ident in RESERVED or ident in ("ConvPlan", "PoolPlan"):
-        ident += "_"
-    return ident
+    return naming.class_name(name, RESERVED | {"ConvPlan", "PoolPlan"})
 
 
 def lit(value: Any) -> str:
@@ -185,7 +155,7 @@ def lower(network: Network) -> Lowered:
     if not outputs:
         raise AlexDSLError(f"network {network.name} has no output to compute")
 
-    names = _Names()
+    names = naming.IdentifierMap(RESERVED)
     data_inputs = [n for n in network.data_inputs if n in kept_names]
     input_vars = {n: names(n) for n in data_inputs}
     var: dict[str, str] = dict(input_vars)  # value name -> python variable holding it

@@ -33,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from alexdsl.backends import naming
 from alexdsl.errors import AlexDSLError
 from alexdsl.ir.network import Layer, Network, ParamSpec
 
@@ -48,41 +49,12 @@ RESERVED_LOCALS = {"self", "m", "torch", "F", "nn", "label", "labels", "outputs"
                    "lr_mult", "decay_mult", "base_lr", "weight_decay"} | set(dir(builtins))
 
 
-class _Names:
-    """Unique, safe Python identifiers for arbitrary strings."""
-
-    def __init__(self, reserved: set[str]):
-        self.taken = set(reserved)
-        self.assigned: dict[str, str] = {}
-
-    def __call__(self, name: str) -> str:
-        if name in self.assigned:
-            return self.assigned[name]
-        base = re.sub(r"\W", "_", name, flags=re.ASCII) or "v"
-        if base[0].isdigit():
-            base = "v_" + base
-        if keyword.iskeyword(base) or keyword.issoftkeyword(base):
-            base += "_"
-        candidate, n = base, 2
-        while candidate in self.taken:
-            candidate, n = f"{base}_{n}", n + 1
-        self.taken.add(candidate)
-        self.assigned[name] = candidate
-        return candidate
-
-
 def _is_plain_identifier(text: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text)) and not keyword.iskeyword(text)
 
 
 def class_name(network: Network) -> str:
-    name = re.sub(r"\W", "_", network.name, flags=re.ASCII) or "Network"
-    if name[0].isdigit():
-        name = "N" + name
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in {"torch", "F", "nn"} \
-            or name in dir(builtins):
-        name += "_"
-    return name
+    return naming.class_name(network.name, {"torch", "F", "nn"} | set(dir(builtins)))
 
 
 def _int(value: Any, what: str) -> int:
@@ -314,7 +286,7 @@ class _Generator:
         raise AlexDSLError(f"torch backend: no lowering for op '{op}' (layer {layer.name!r})")
 
     def forward(self) -> tuple[list[str], list[str], dict[str, str]]:
-        names = _Names(RESERVED_LOCALS)
+        names = naming.IdentifierMap(RESERVED_LOCALS)
         params = [names(n) for n in self.network.data_inputs]
         body: list[str] = []
         labels = set(self.network.label_inputs)
@@ -341,7 +313,8 @@ class _Generator:
     def head_lines(self, kind: set[str]) -> tuple[list[str], str, list[Layer]]:
         """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
         chosen = [layer for layer in self.layers if layer.op in kind]
-        names = _Names(RESERVED_LOCALS - {"label"} if len(self.network.label_inputs) == 1 else RESERVED_LOCALS)
+        reserved = RESERVED_LOCALS - {"label"} if len(self.network.label_inputs) == 1 else RESERVED_LOCALS
+        names = naming.IdentifierMap(reserved)
         lines: list[str] = []
         outputs = self.network.outputs
         out_names = [names(n) for n in outputs]
