@@ -262,14 +262,21 @@ def test_build_then_load_trained_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_lenet_on_digits_reaches_97_percent(tmp_path):
+def test_lenet_on_digits_reaches_97_percent_on_both_backends(tmp_path):
+    """The acceptance run; then the executor reproduces the accuracy torch measured."""
     pytest.importorskip("sklearn")
+    from alexdsl.backends.torch.data import open_source
+    from alexdsl.inference import evaluate, make_predictor
+
     network = alexdsl.load(EXAMPLES / "lenet.adsl")
-    started = time.perf_counter()
     result = train(network, "digits", tmp_path / "lenet", epochs=10, progress=False, log=None, device="cpu")
-    seconds = time.perf_counter() - started
     assert result.final["val_accuracy"] >= 0.97, result.history
-    assert seconds < 120, seconds
+    source = open_source("digits", network.shapes["data"], 10)
+    weights = str(tmp_path / "lenet" / "weights.safetensors")
+    for backend in ("cupy", "torch"):
+        predict, _ = make_predictor(network, backend, weights, device="cpu")
+        measured = evaluate(predict, source, batch=64, k=5)
+        assert measured["top1"] == pytest.approx(result.final["val_accuracy"], abs=1 / measured["samples"]), backend
 
 
 
