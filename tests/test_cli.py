@@ -120,3 +120,18 @@ def test_run_on_arrays_and_bad_input(tmp_path) -> None:
     assert result.exit_code == 1 and "received 2x3x28x28" in result.stderr
     result = run("run", str(EXAMPLES / "lenet.adsl"), "--backend", "torch", "--device", "tpu")
     assert result.exit_code == 1 and "unknown device 'tpu'" in result.stderr
+
+
+def test_atomic_writes_keep_ordinary_permissions(tmp_path) -> None:
+    import os
+
+    from alexdsl.fileio import write_text_atomic
+
+    fresh = tmp_path / "fresh.txt"
+    write_text_atomic(fresh, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+    fresh.chmod(0o640)
+    write_text_atomic(fresh, "y")
+    assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_text() == "y"

@@ -65,3 +65,12 @@ def test_draw_dot_file_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     result = runner.invoke(draw_command, [str(ROOT / "examples" / "lenet.adsl"), "-o", str(tmp_path / "x.svg")])
     assert result.exit_code == 1 and "Graphviz" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.svg").exists()
+
+
+def test_docs_show_the_alexnet_picture() -> None:
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    assert "](alexnet.svg)" in (docs / "interop.md").read_text()
+    svg = (docs / "alexnet.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "conv2" in svg and "60,965,224" in svg
