@@ -47,6 +47,15 @@ def _pair(lines: list[str], name: str, value: Any, default: int | None, indent: 
         lines.append(f"{indent}{name}_w: {w}")
 
 
+def _weight_and_bias(body: list[str], layer: Layer) -> None:
+    """``bias_term`` and the fillers of a Convolution or InnerProduct layer."""
+    if not layer.attrs["bias"]:
+        body.append("    bias_term: false")
+    _filler(body, "weight_filler", layer.params["weight"].filler, "    ")
+    if "bias" in layer.params:
+        _filler(body, "bias_filler", layer.params["bias"].filler, "    ")
+
+
 def _filler(lines: list[str], name: str, filler: Filler, indent: str) -> None:
     args = dict(filler.args)
     lines.append(f"{indent}{name} {{")
@@ -108,20 +117,12 @@ def _layer(network: Network, layer: Layer) -> list[str]:
             _pair(body, "dilation", a["dilation"], 1, "    ")
         if a["groups"] != 1:
             body.append(f"    group: {a['groups']}")
-        if not a["bias"]:
-            body.append("    bias_term: false")
-        _filler(body, "weight_filler", layer.params["weight"].filler, "    ")
-        if "bias" in layer.params:
-            _filler(body, "bias_filler", layer.params["bias"].filler, "    ")
+        _weight_and_bias(body, layer)
     elif op == "fc":
         _params(lines, layer, ("weight", "bias"))
         section = "inner_product_param"
         body.append(f"    num_output: {a['out']}")
-        if not a["bias"]:
-            body.append("    bias_term: false")
-        _filler(body, "weight_filler", layer.params["weight"].filler, "    ")
-        if "bias" in layer.params:
-            _filler(body, "bias_filler", layer.params["bias"].filler, "    ")
+        _weight_and_bias(body, layer)
     elif op == "leaky_relu":
         section, body = "relu_param", [f"    negative_slope: {_n(a['slope'])}"]
     elif op in ("maxpool", "avgpool"):

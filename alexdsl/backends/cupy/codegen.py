@@ -77,6 +77,14 @@ class Lowered:
 # ------------------------------------------------------------------------------------ naming
 
 
+def _affine_exprs(bn: Layer) -> tuple[str, str]:
+    """Source for a batchnorm's scale and shift weights, or ``None`` where it has none."""
+    def expr(param: str) -> str:
+        return f"w[{lit(f'{bn.name}.{param}')}]" if param in bn.params else "None"
+
+    return expr("weight"), expr("bias")
+
+
 def class_name(name: str) -> str:
     return naming.class_name(name, RESERVED | {"ConvPlan", "PoolPlan"})
 
@@ -226,8 +234,7 @@ def lower(network: Network) -> Lowered:
             if bn is not None:
                 covered.append(bn.name)
                 last = bn
-                g = f"w[{lit(bn.name + '.weight')}]" if "weight" in bn.params else "None"
-                b = f"w[{lit(bn.name + '.bias')}]" if "bias" in bn.params else "None"
+                g, b = _affine_exprs(bn)
                 setup.append(
                     f"self.{ident}_w, self.{ident}_b = rt.fold_batchnorm(\n"
                     f"            w[{lit(wkey)}], {bias_expr},\n"
@@ -296,8 +303,7 @@ def lower(network: Network) -> Lowered:
             code = f"rt.lrn({x}, {int(a['size'])}, {args}, out={{out}})"
             kernel = "lrn"
         elif layer.op == "batchnorm":
-            g = f"w[{lit(layer.name + '.weight')}]" if "weight" in layer.params else "None"
-            b = f"w[{lit(layer.name + '.bias')}]" if "bias" in layer.params else "None"
+            g, b = _affine_exprs(layer)
             setup.append(
                 f"self.{ident}_scale, self.{ident}_shift = rt.batchnorm_affine(\n"
                 f"            w[{lit(layer.name + '.running_mean')}], w[{lit(layer.name + '.running_var')}], "
