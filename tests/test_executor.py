@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import networkx as nx
@@ -208,9 +207,26 @@ def test_executor_matches_torch_backend(path: Path, batch: int) -> None:
         assert_close(g, t.numpy().reshape(g.shape))
 
 
+@pytest.mark.parametrize("name", ["alexnet", "resnet18", "inception"])
+def test_wide_gemm_layout_matches_torch(name: str, monkeypatch) -> None:  # noqa: ANN001
+    """ALEXDSL_GEMM=wide: CuPy's channel-major conv layout, run on NumPy, with a chunked scratch."""
+    from alexdsl.backends.cupy import runtime as rt
+
+    monkeypatch.setenv("ALEXDSL_GEMM", "wide")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    monkeypatch.setitem(rt.SCRATCH_CAP_BYTES, "numpy", 1)  # scratch for 2 images (one per thread)
+    net, weights, ex = compiled(EXAMPLES / f"{name}.adsl")
+    ex._arena = None  # re-plan the shared scratch for the wide layout
+    for batch in (1, 3):  # 3: convs run in chunks of 2 images, then 1
+        xs = batch_inputs(ex, batch, seed=batch)
+        assert_close(ex(*xs), torch_reference(net, weights, *xs)[0])
+    assert ex.memory(3)["scratch_bytes"] == 2 * ex.scratch_wide * 4
+    ex._arena = None
+
+
 @pytest.mark.parametrize("name", ["resnet18", "inception"])
 def test_single_thread_batched_path_matches_torch(name: str, monkeypatch) -> None:  # noqa: ANN001
-    """ALEXDSL_NUM_THREADS=1: one batched GEMM per conv (the path CuPy takes) instead of per-image threads."""
+    """ALEXDSL_NUM_THREADS=1: one batched GEMM per conv instead of per-image threads."""
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
     net, weights, ex = compiled(EXAMPLES / f"{name}.adsl")
     ex._arena = None  # re-plan the shared scratch for one thread
@@ -561,8 +577,11 @@ def _cupy():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("path", "batch"), _example_params((2,)))
-def test_cupy_executor_matches_numpy(path: Path, batch: int) -> None:
+@pytest.mark.parametrize(("path", "batch"), _example_params((1, 2)))
+def test_cupy_executor_matches_numpy_and_torch_cuda(path: Path, batch: int) -> None:
+    """Batch 1 (the GEMM writes NCHW) and 2 (the transposing epilogue); torch with TF32 off."""
+    from alexdsl.backends.torch import build
+
     cp = _cupy()
     net, weights, ex_cpu = compiled(path)
     ex = backend.compile(net, weights, device="cuda")
@@ -571,6 +590,18 @@ def test_cupy_executor_matches_numpy(path: Path, batch: int) -> None:
     assert isinstance(got, cp.ndarray)
     assert_close(cp.asnumpy(got), ex_cpu(*xs), rtol=1e-3)
     assert isinstance(ex(*xs), np.ndarray)  # NumPy in, NumPy out
+    model = build(net)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    model = model.to("cuda").eval()
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            want = model(*[torch.as_tensor(x, device="cuda") for x in xs])
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    want = want[0] if isinstance(want, tuple) else want
+    assert_close(cp.asnumpy(got), want.cpu().numpy(), rtol=1e-3)
 
 
 @pytest.mark.gpu
@@ -588,10 +619,6 @@ def test_cupy_steady_state_allocates_nothing() -> None:
         ex(x)
     cp.cuda.Device().synchronize()
     assert pool.total_bytes() == total
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__, "-q"]))
 
 
 def test_inference_layer_reading_a_train_only_layer_is_an_error() -> None:

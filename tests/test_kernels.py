@@ -50,25 +50,49 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-@pytest.mark.parametrize("method", ["strided", "gather"])
+# (GEMM layout, im2col method, ALEXDSL_NUM_THREADS): threads=2 is NumPy's per-image path;
+# "wide" is the channel-major layout CuPy runs, checked here on NumPy
+CONV_PATHS = [
+    ("batched", "strided", "1"),
+    ("batched", "gather", "1"),
+    ("batched", "strided", "2"),
+    ("batched", "gather", "2"),
+    ("wide", "strided", "1"),
+]
+
+
+@pytest.mark.parametrize(("gemm", "method", "threads"), CONV_PATHS, ids=lambda v: str(v))
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize(
     "case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-p{c[7]}-d{c[8]}-g{c[9]}"
 )
-def test_conv2d_matches_torch(case: tuple, bias: bool, method: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)  # 2: the per-image threaded NumPy path
+def test_conv2d_matches_torch(case: tuple, bias: bool, gemm: str, method: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     n, c, h, w, o, k, s, p, d, g = case
     x, wt = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2)
     b = rand(o, seed=3) if bias else None
     plan = rt.ConvPlan(c, h, w, o, k, s, p, d, g, method=method)
-    got = rt.conv2d(x, wt, b, s, p, d, g, plan=plan)
+    got = rt.conv2d(x, wt, b, s, p, d, g, plan=plan, gemm=gemm)
     want = F.conv2d(T(x), T(wt), None if b is None else T(b), s, p, d, g)
     check(got, want)
     assert plan.out_shape == tuple(want.shape[1:])
     # the plan's workspaces are reused: a second call on new data is still right
     x2 = rand(n, c, h, w, seed=4)
-    check(rt.conv2d(x2, wt, b, plan=plan), F.conv2d(T(x2), T(wt), None if b is None else T(b), s, p, d, g))
+    check(rt.conv2d(x2, wt, b, plan=plan, gemm=gemm), F.conv2d(T(x2), T(wt), None if b is None else T(b), s, p, d, g))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_wide_conv_runs_a_batch_in_chunks_of_the_scratch(rows: int) -> None:
+    x, wt, b = rand(5, 4, 9, 9), rand(6, 2, 3, 3, seed=1), rand(6, seed=2)
+    plan = rt.ConvPlan(4, 9, 9, 6, (3, 3), pad=(1, 1), groups=2)
+    scratch = np.zeros(rows * plan.wide_size(1) + 1, np.float32)
+    got = rt.conv2d(x, wt, b, plan=plan, scratch=scratch, relu=True, gemm="wide")
+    check(got, F.relu(F.conv2d(T(x), T(wt), T(b), padding=1, groups=2)))
+    assert np.any(scratch[: plan.wide_size(rows)] != 0)
+    with pytest.raises(ValueError, match="smaller than one image"):
+        rt.conv2d(x, wt, b, plan=plan, scratch=scratch[: plan.wide_size(1) - 1], gemm="wide")
+    with pytest.raises(ValueError, match="unknown gemm layout"):
+        rt.conv2d(x, wt, b, plan=plan, gemm="implicit")
 
 
 def test_conv2d_without_plan_and_fused_relu() -> None:
@@ -327,12 +351,13 @@ def test_cupy_kernels_match_numpy() -> None:
     except Exception:  # noqa: BLE001
         pytest.skip("no CUDA device")
     x, wt, b = rand(2, 4, 11, 11), rand(8, 2, 3, 3, seed=1), rand(8, seed=2)
-    for method in ("strided", "gather"):
+    want = rt.conv2d(x, wt, b, (2, 2), (1, 1), (1, 1), 2, relu=True)
+    for gemm, method in (("wide", "strided"), ("batched", "strided"), ("batched", "gather")):
         plan = rt.ConvPlan(4, 11, 11, 8, (3, 3), (2, 2), (1, 1), (1, 1), 2, method=method)
-        got = rt.conv2d(cp.asarray(x), cp.asarray(wt), cp.asarray(b), relu=True, plan=plan)
-        assert isinstance(got, cp.ndarray)
-        want = rt.conv2d(x, wt, b, (2, 2), (1, 1), (1, 1), 2, relu=True)
-        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=RTOL, atol=ATOL)
+        for n in (1, 2):  # one image: the GEMM writes NCHW; a batch: the transposing epilogue
+            got = rt.conv2d(cp.asarray(x[:n]), cp.asarray(wt), cp.asarray(b), relu=True, plan=plan, gemm=gemm)
+            assert isinstance(got, cp.ndarray)
+            np.testing.assert_allclose(cp.asnumpy(got), want[:n], rtol=RTOL, atol=ATOL)
     xg = cp.asarray(x)
     for ours, ref in [
         (rt.max_pool2d(xg, (3, 3), (2, 2), (0, 0), True), rt.max_pool2d(x, (3, 3), (2, 2), (0, 0), True)),
@@ -351,28 +376,57 @@ def test_linear_with_pretransposed_weight() -> None:
 
 
 @pytest.mark.gpu
-def test_fused_cuda_kernels_match_xp_reference(monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_cuda_kernels_match_xp_reference(dtype: str, monkeypatch) -> None:  # noqa: ANN001
+    """Each RawKernel of alexdsl/backends/cupy/cuda.py against the portable xp code on the same GPU."""
     cp = pytest.importorskip("cupy")
     from alexdsl.backends.cupy import cuda
 
-    x = rand(2, 7, 5, 6) * 3
-    monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "0")
-    for size in (3, 5):
-        want = cp.asnumpy(rt.lrn(cp.asarray(x), size, 1e-3, 0.75, 2.0))
-        got = cuda.lrn(cp.asarray(x), size, 1e-3, 0.75, 2.0)
-        np.testing.assert_allclose(cp.asnumpy(got), want, rtol=RTOL, atol=ATOL)
-        xg = cp.asarray(x)
-        cuda.lrn(xg, size, 1e-3, 0.75, 2.0, out=xg)  # in place is handled
-        np.testing.assert_allclose(cp.asnumpy(xg), want, rtol=RTOL, atol=ATOL)
-    b = rand(7, seed=1)
-    for relu in (False, True):
-        y = cp.asarray(x)
-        want = rt.bias_relu_(x.copy(), b, relu)
-        np.testing.assert_allclose(cp.asnumpy(cuda.bias_relu_(y, cp.asarray(b), relu)), want, rtol=RTOL, atol=ATOL)
+    tol = {"rtol": RTOL, "atol": ATOL} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-10}
+    monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "0")  # the xp reference
+    x = cp.asarray(rand(3, 7, 9, 8) * 3, dtype=dtype)
+    b = cp.asarray(rand(7, seed=1), dtype=dtype)
+    for size in (1, 3, 5, 8):
+        want = rt.lrn(x, size, 1e-3, 0.75, 2.0)
+        cp.testing.assert_allclose(cuda.lrn(x, size, 1e-3, 0.75, 2.0, cp.empty_like(x)), want, **tol)
+        inplace = x.copy()
+        cp.testing.assert_allclose(cuda.lrn(inplace, size, 1e-3, 0.75, 2.0, inplace), want, **tol)
+    for bias in (b, None):
+        for relu in (False, True):
+            want = rt.bias_relu_(x.copy(), bias, relu) if bias is not None or relu else x
+            cp.testing.assert_allclose(cuda.bias_relu_(x.copy(), bias, relu), want, **tol)
+            src = cp.ascontiguousarray(x.reshape(3, 7, 72).transpose(1, 0, 2))  # (C, N, P)
+            want = rt.transpose_bias_relu(src, bias, relu, cp.empty((3, 7, 72), dtype=dtype))
+            got = cuda.transpose_bias_relu(src, bias, relu, cp.empty((3, 7, 72), dtype=dtype))
+            cp.testing.assert_allclose(got, want, **tol)
+    for h, w, k, s, p, ceil in POOL_CASES:
+        plan = rt.PoolPlan(h, w, k, s, p, ceil)
+        xp_in = cp.asarray(rand(2, 3, h, w), dtype=dtype)
+        out = cp.empty((2, 3, plan.out_h, plan.out_w), dtype=dtype)
+        cp.testing.assert_allclose(cuda.pool2d("max", plan, xp_in, out), rt.max_pool2d(xp_in, k, s, p, ceil), **tol)
+        for count_pad in (True, False):
+            inv = cp.asarray(1.0 / plan.divisor(count_pad), dtype=dtype)
+            want = rt.avg_pool2d(xp_in, k, s, p, ceil, count_pad)
+            cp.testing.assert_allclose(cuda.pool2d("avg", plan, xp_in, out, inv), want, **tol)
+    for case in CONV_CASES:
+        n, c, h, w, o, k, s, p, d, g = case
+        plan = rt.ConvPlan(c, h, w, o, k, s, p, d, g)
+        xg = cp.asarray(rand(n, c, h, w), dtype=dtype)
+        want = plan.im2col_wide(xg, cp.empty(plan.wide_size(n), dtype=dtype)).copy()
+        got = cuda.im2col_wide(plan, xg, cp.empty(plan.k_size * n * plan.out_h * plan.out_w, dtype=dtype))
+        cp.testing.assert_array_equal(got.reshape(want.shape), want)
+    # switched on, the runtime routes to them and the results do not change
+    wt = cp.asarray(rand(8, 2, 3, 3, seed=2), dtype=dtype)
+    bg = cp.asarray(rand(8, seed=3), dtype=dtype)
+    xc = cp.asarray(rand(3, 4, 11, 11), dtype=dtype)
+    want_conv = rt.conv2d(xc, wt, bg, (2, 2), (1, 1), groups=2, relu=True)
+    want_lrn = rt.lrn(x, 5, 1e-4, 0.75, 1.0)
     monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "1")
-    assert cuda.enabled()
-    got = rt.lrn(cp.asarray(x), 5, 1e-4, 0.75, 1.0)
-    np.testing.assert_allclose(cp.asnumpy(got), rt.lrn(x, 5, 1e-4, 0.75, 1.0), rtol=RTOL, atol=ATOL)
+    assert cuda.enabled() and cuda.supports(xc, bg)
+    cp.testing.assert_allclose(rt.conv2d(xc, wt, bg, (2, 2), (1, 1), groups=2, relu=True), want_conv, **tol)
+    cp.testing.assert_allclose(rt.lrn(x, 5, 1e-4, 0.75, 1.0), want_lrn, **tol)
+    inplace = x.copy()
+    cp.testing.assert_allclose(rt.lrn(inplace, 5, 1e-4, 0.75, 1.0, out=inplace), want_lrn, **tol)
 
 
 def test_cuda_kernels_are_off_without_the_switch(monkeypatch) -> None:  # noqa: ANN001
@@ -397,7 +451,7 @@ def test_conv2d_runs_big_batches_in_scratch_sized_chunks(threads: str, monkeypat
 
 
 def test_scratch_rows() -> None:
-    assert rt.scratch_rows(np, 16, 0) == 0
-    assert rt.scratch_rows(np, 1, 10**6) == 1
-    assert 1 <= rt.scratch_rows(np, 64, 10**7) <= max(rt.num_threads(), 1)
-    assert rt.scratch_rows(np, 64, 100) == 64
+    assert rt.scratch_rows("numpy", 16, 0) == 0
+    assert rt.scratch_rows("numpy", 1, 10**6) == 1
+    assert 1 <= rt.scratch_rows("numpy", 64, 10**7) <= max(rt.num_threads(), 1)
+    assert rt.scratch_rows("numpy", 64, 100) == 64

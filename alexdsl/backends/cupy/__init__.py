@@ -18,8 +18,6 @@ import types
 from collections.abc import Mapping
 from typing import Any
 
-import numpy
-
 from alexdsl.backends.cupy import runtime
 from alexdsl.backends.cupy.codegen import Lowered, generate_source, lower
 from alexdsl.backends.cupy.codegen import emit as _emit
@@ -106,11 +104,11 @@ def summary(network: Network | Lowered, batch: int = 1) -> str:
         f"  activations at batch {batch}: {_mib(buffers)} planned in {len(mem.buffers)} reusable buffers "
         f"vs {_mib(keep)} keeping every tensor alive ({saved:.0f}% less)"
     )
-    cpu_rows = runtime.scratch_rows(numpy, batch, low.scratch)
-    gpu_rows = min(batch, max(1, runtime.SCRATCH_CAP_BYTES["cupy"] // max(1, 4 * low.scratch)))
+    cpu_rows = runtime.scratch_rows("numpy", batch, low.scratch)
+    gpu_rows = runtime.scratch_rows("cupy", batch, low.scratch_wide)
     lines.append(
         f"  im2col scratch at batch {batch}: {_mib(4 * low.scratch * cpu_rows)} on CPU / "
-        f"{_mib(4 * low.scratch * gpu_rows)} on GPU, shared by all convs "
+        f"{_mib(4 * low.scratch_wide * gpu_rows)} on GPU, shared by all convs "
         f"(one full-batch buffer per conv would take {_mib(4 * low.scratch_per_layer * batch)})"
     )
     return "\n".join(lines)

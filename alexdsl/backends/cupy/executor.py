@@ -157,7 +157,8 @@ class Executor:
     # value name -> (buffer index, per-sample shape)
     buffers: ClassVar[tuple[int, ...]] = ()
     values: ClassVar[dict[str, tuple[int, tuple[int, ...]]]] = {}
-    scratch: ClassVar[int] = 0  # per-sample elements of the shared im2col buffer
+    scratch: ClassVar[int] = 0  # per-sample elements of the shared im2col buffer on NumPy
+    scratch_wide: ClassVar[int] = 0  # ... and on CuPy (channel-major columns + GEMM result)
     default_dtype: ClassVar[str] = "float32"
     keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
 
@@ -204,10 +205,14 @@ class Executor:
                 name: bufs[buf][: n * math.prod(shape)].reshape((n, *shape))
                 for name, (buf, shape) in self.values.items()
             }
-            rows = rt.scratch_rows(xp, n, self.scratch, self.dtype.itemsize)
-            scratch = xp.empty(rows * self.scratch, dtype=self.dtype) if self.scratch else None
+            per_image = self._scratch_per_image()
+            rows = rt.scratch_rows(xp.__name__, n, per_image, self.dtype.itemsize)
+            scratch = xp.empty(rows * per_image, dtype=self.dtype) if per_image else None
             self._arena = (n, views, scratch)
         return self._arena[1], self._arena[2]
+
+    def _scratch_per_image(self) -> int:
+        return self.scratch_wide if rt.gemm_layout(self.xp) == "wide" else self.scratch
 
     # calling ----------------------------------------------------------------------------------
     def _check_input(self, name: str, x: Any, shape: tuple[int, ...]) -> None:
@@ -257,7 +262,8 @@ class Executor:
     def memory(self, batch: int = 1) -> dict[str, int]:
         """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive."""
         item = self.dtype.itemsize
-        scratch = rt.scratch_rows(self.xp, batch, self.scratch, item) * self.scratch * item
+        per_image = self._scratch_per_image()
+        scratch = rt.scratch_rows(self.xp.__name__, batch, per_image, item) * per_image * item
         return {
             "planned_bytes": sum(self.buffers) * batch * item + scratch,
             "buffer_bytes": sum(self.buffers) * batch * item,

@@ -13,6 +13,7 @@ network can run its forward pass without allocating.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,27 +112,48 @@ def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int],
         future.result()
 
 
-SCRATCH_CAP_BYTES = {"numpy": 32 << 20, "cupy": 256 << 20}
+SCRATCH_CAP_BYTES = {"numpy": 32 << 20, "cupy": 1 << 30}
 
 
-def scratch_rows(xp: ModuleType, batch: int, per_image: int, itemsize: int = 4) -> int:
-    """Images whose im2col columns the shared scratch holds at once.
+def scratch_rows(library: str, batch: int, per_image: int, itemsize: int = 4) -> int:
+    """Images whose im2col columns the shared scratch holds at once (``library``: numpy or cupy).
 
     Enough for every thread (NumPy) and otherwise as many as fit in a cap (32 MiB on
-    NumPy, 256 MiB on CuPy); convs run larger batches in chunks of this size.
+    NumPy, 1 GiB on CuPy); convs run larger batches in chunks of this size.
+
+    >>> scratch_rows("cupy", 256, 1_936_224)  # AlexNet's conv2: 7.4 MiB an image
+    138
     """
     if per_image <= 0:
         return 0
-    cap = SCRATCH_CAP_BYTES.get(xp.__name__, SCRATCH_CAP_BYTES["cupy"])
+    cap = SCRATCH_CAP_BYTES.get(library, SCRATCH_CAP_BYTES["cupy"])
     fit = max(1, cap // (per_image * itemsize))
-    if xp is numpy:
+    if library == "numpy":
         fit = max(fit, num_threads())
     return min(batch, fit)
 
 
-def _cuda_kernels() -> bool:
-    """Whether the optional fused CUDA kernels of :mod:`.cuda` are switched on."""
-    return os.environ.get("ALEXDSL_CUDA_KERNELS", "") == "1"
+GEMM_LAYOUTS = ("batched", "wide")
+
+
+def gemm_layout(xp: ModuleType) -> str:
+    """The convolution GEMM layout (see :func:`conv2d`) for library ``xp``.
+
+    ``ALEXDSL_GEMM=batched|wide`` when set, else ``"wide"`` on CuPy and ``"batched"`` on NumPy.
+    """
+    env = os.environ.get("ALEXDSL_GEMM", "")
+    if env in GEMM_LAYOUTS:
+        return env
+    return "batched" if xp is numpy else "wide"
+
+
+def _fused_kernels(xp: ModuleType, *arrays: Array | None) -> ModuleType | None:
+    """The optional fused CUDA kernels (:mod:`.cuda`) when switched on and fit for ``arrays``."""
+    if xp is numpy or os.environ.get("ALEXDSL_CUDA_KERNELS", "") != "1":
+        return None
+    from alexdsl.backends.cupy import cuda
+
+    return cuda if cuda.supports(*arrays) else None
 
 
 def _pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -243,6 +265,14 @@ class ConvPlan:
             cols = self._work["cols"] = xp.empty((batch, self.k_size, self.out_h * self.out_w), dtype=dtype)
         return cols[:batch]
 
+    def _own_wide(self, xp: ModuleType, batch: int, dtype: Any) -> Array:
+        self._workspace(xp, batch, dtype)  # drops buffers of another library or dtype
+        wide = self._work.get("wide")
+        if wide is None or wide.size < self.wide_size(batch):
+            self._work["wide"] = None
+            wide = self._work["wide"] = xp.empty(self.wide_size(batch), dtype=dtype)
+        return wide
+
     def _index_table(self) -> numpy.ndarray:
         """Flat indices (K, OH*OW) into one padded image of shape (C, Hp, Wp)."""
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel, self.stride, self.pad, self.dilation
@@ -258,6 +288,14 @@ class ConvPlan:
     def cols_size(self, batch: int = 1) -> int:
         """Elements of the column matrix at ``batch`` (0 for the 1x1 fast path)."""
         return 0 if self.is_pointwise else batch * self.k_size * self.out_h * self.out_w
+
+    def wide_size(self, batch: int = 1) -> int:
+        """Scratch elements of the channel-major path (:func:`conv2d` with ``gemm="wide"``) at ``batch``.
+
+        The columns ``(K, N*OH*OW)`` plus the GEMM's ``(O, N*OH*OW)`` result, which the
+        epilogue transposes into NCHW.
+        """
+        return batch * (self.k_size + self.out_channels) * self.out_h * self.out_w
 
     def im2col(self, x: Array, scratch: Array | None = None) -> Array:
         """Columns (N, C*kh*kw, OH*OW) of ``x``.
@@ -298,16 +336,51 @@ class ConvPlan:
         parallel_for(xp, n if by_batch else c, cols.size, chunk)
         return cols
 
+    def im2col_wide(self, x: Array, scratch: Array) -> Array:
+        """Channel-major columns ``(C*kh*kw, N*OH*OW)`` of ``x``, written into 1-D ``scratch``.
+
+        Row ``(c, i, j)`` holds tap ``(i, j)`` of channel ``c`` for every output pixel of
+        every image, so one 2-D GEMM per group covers the whole batch.  A single image
+        with a 1x1 stride-1 kernel needs no copy: its columns are ``x`` itself.  Always a
+        strided view copy (``method`` applies to :meth:`im2col`), or the fused CUDA kernel.
+        """
+        xp = array_module(x)
+        n = x.shape[0]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        c, oh, ow = self.in_channels, self.out_h, self.out_w
+        rows = self.k_size, n * oh * ow
+        if self.is_pointwise:
+            src = x if self.stride == (1, 1) else x[:, :, ::sh, ::sw]
+            if n == 1 and self.stride == (1, 1):
+                return xp.ascontiguousarray(x).reshape(rows)
+            cols = scratch[: math.prod(rows)]
+            cols.reshape(c, n, oh, ow)[...] = src.transpose(1, 0, 2, 3)
+            return cols.reshape(rows)
+        cols = scratch[: math.prod(rows)]
+        fused = _fused_kernels(xp, x, cols)
+        if fused is not None:  # one pass from the unpadded input
+            return fused.im2col_wide(self, x, cols).reshape(rows)
+        padded, _ = self._workspace(xp, n, x.dtype)
+        ph, pw = self.pad
+        if padded is not None:
+            padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
+            src = padded
+        else:
+            src = xp.ascontiguousarray(x)
+        s_n, s_c, s_h, s_w = src.strides
+        view = _as_strided(xp, src, (c, kh, kw, n, oh, ow), (s_c, s_h * dh, s_w * dw, s_n, s_h * sh, s_w * sw))
+        cols.reshape(c, kh, kw, n, oh, ow)[...] = view
+        return cols.reshape(rows)
+
 
 def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
     """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU."""
     xp = array_module(y)
     if bias is None and not relu:
         return y
-    if xp is not numpy and _cuda_kernels():
-        from alexdsl.backends.cupy import cuda
-
-        return cuda.bias_relu_(y, bias, relu)
+    fused = _fused_kernels(xp, y, bias)
+    if fused is not None:
+        return fused.bias_relu_(y, bias, relu)
     b = None if bias is None else bias.reshape((1, -1) + (1,) * (y.ndim - 2))
 
     def chunk(lo: int, hi: int) -> None:
@@ -334,14 +407,24 @@ def conv2d(
     plan: ConvPlan | None = None,
     scratch: Array | None = None,
     out: Array | None = None,
+    gemm: str = "auto",
 ) -> Array:
-    """2-D convolution (cross-correlation, like torch) by im2col + one batched GEMM.
+    """2-D convolution (cross-correlation, like torch) by im2col + GEMM.
 
-    ``weight`` is (O, C/groups, kh, kw).  The GEMM is ``W (g, O/g, K/g) @ cols
-    (N, g, K/g, OH*OW)`` which lands directly in NCHW order; the weight is only
-    reshaped (a view), never copied.  1x1 unpadded kernels skip im2col.  ``relu=True``
-    fuses bias + ReLU into the GEMM epilogue in place.  ``scratch`` is an optional 1-D
-    buffer for the column matrix (see :meth:`ConvPlan.im2col`).
+    ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
+    ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place.  ``scratch`` is an
+    optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
+    :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
+
+    ``gemm`` picks the GEMM layout (``"auto"``: :func:`gemm_layout`, i.e. ``"wide"`` on CuPy
+    and ``"batched"`` on NumPy unless ``ALEXDSL_GEMM`` says otherwise):
+
+    * ``"batched"``: ``W (g, O/g, K/g) @ cols (N, g, K/g, OH*OW)``, which lands directly in
+      NCHW.  1x1 unpadded kernels skip im2col.  On NumPy a batch runs image by image
+      on every core (see :func:`_conv2d_image_threads`).
+    * ``"wide"``: channel-major columns ``(K, N*OH*OW)`` and one plain 2-D GEMM per group
+      for the whole batch (:func:`_conv2d_wide`).  On CuPy that is cuBLAS ``gemmEx``,
+      which honours ``CUPY_TF32=1``; a broadcast batched matmul would not.
     """
     xp = array_module(x)
     n, c, h, w = x.shape
@@ -350,10 +433,16 @@ def conv2d(
         plan = ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, groups)
     elif (c, h, w) != (plan.in_channels, plan.height, plan.width):
         raise ValueError(f"ConvPlan built for {(plan.in_channels, plan.height, plan.width)}, got {(c, h, w)}")
+    if gemm == "auto":
+        gemm = gemm_layout(xp)
+    elif gemm not in GEMM_LAYOUTS:
+        raise ValueError(f"unknown gemm layout {gemm!r}: expected 'auto', 'batched' or 'wide'")
     g = plan.groups
     oh, ow = plan.out_h, plan.out_w
     if out is None:
         out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if gemm == "wide":
+        return _conv2d_wide(x, weight, bias, relu, plan, scratch, out)
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
@@ -378,6 +467,64 @@ def conv2d(
             out=out.reshape(n, g, o // g, oh * ow),
         )
     return bias_relu_(out, bias, relu)
+
+
+def _conv2d_wide(
+    x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, scratch: Array | None, out: Array
+) -> Array:
+    """Channel-major convolution: per group one 2-D GEMM ``W_g (O/g, K/g) @ cols_g (K/g, N*OH*OW)``.
+
+    For one image the GEMM writes NCHW directly.  For a batch it lands in ``(O, N,
+    OH*OW)`` scratch, and the epilogue transposes it into ``out`` while adding the bias
+    (the same single pass that would add the bias anyway), then applies the ReLU.
+    """
+    n = x.shape[0]
+    per_image = plan.wide_size(1)
+    if scratch is None:
+        scratch = plan._own_wide(array_module(x), n, x.dtype)
+    rows = scratch.size // per_image
+    if rows < 1:
+        raise ValueError(f"scratch of {scratch.size} elements is smaller than one image's {per_image}")
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        _conv2d_wide_chunk(x[lo:hi], weight, bias, relu, plan, scratch, out[lo:hi])
+    return out
+
+
+def _conv2d_wide_chunk(
+    x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, scratch: Array, out: Array
+) -> None:
+    xp = array_module(x)
+    n = x.shape[0]
+    o, k, g = plan.out_channels, plan.k_size, plan.groups
+    og, kg = o // g, k // g
+    hw = plan.out_h * plan.out_w
+    cols = plan.im2col_wide(x, scratch)
+    start = k * n * hw  # the GEMM result follows the columns in scratch
+    result = out.reshape(o, hw) if n == 1 else scratch[start : start + o * n * hw].reshape(o, n * hw)
+    w3 = weight.reshape(g, og, kg)
+    for i in range(g):
+        xp.matmul(w3[i], cols[i * kg : (i + 1) * kg], out=result[i * og : (i + 1) * og])
+    if n == 1:
+        bias_relu_(out, bias, relu)
+    else:
+        transpose_bias_relu(result.reshape(o, n, hw), bias, relu, out.reshape(n, o, hw))
+
+
+def transpose_bias_relu(src: Array, bias: Array | None, relu: bool, out: Array) -> Array:
+    """``out (N, C, P) = relu(src (C, N, P) transposed + bias)``: the wide GEMM's epilogue."""
+    xp = array_module(src)
+    fused = _fused_kernels(xp, src, bias, out)
+    if fused is not None:
+        return fused.transpose_bias_relu(src, bias, relu, out)
+    view = src.transpose(1, 0, 2)
+    if bias is None:
+        out[...] = view
+    else:
+        xp.add(view, bias.reshape(1, -1, 1), out=out)
+    if relu:
+        xp.maximum(out, 0, out=out)
+    return out
 
 
 _BLAS_CONTROLLER: Any = None
@@ -574,10 +721,13 @@ def max_pool2d(
     """Max pooling identical to ``torch.nn.functional.max_pool2d`` (padding is -inf)."""
     xp = array_module(x)
     plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
-    src = plan.padded(x, -numpy.inf)
-    kh, kw = plan.kernel
     if out is None:
         out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    fused = _fused_kernels(xp, x, out)
+    if fused is not None:
+        return fused.pool2d("max", plan, x, out)
+    src = plan.padded(x, -numpy.inf)
+    kh, kw = plan.kernel
 
     def chunk(lo: int, hi: int) -> None:
         part, block = out[lo:hi], src[lo:hi]
@@ -611,12 +761,15 @@ def avg_pool2d(
     """
     xp = array_module(x)
     plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
-    src = plan.padded(x, 0.0)
-    kh, kw = plan.kernel
     if out is None:
         out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
     if divisor is None:
         divisor = xp.asarray((1.0 / plan.divisor(count_include_pad)).astype(x.dtype))
+    fused = _fused_kernels(xp, x, out, divisor)
+    if fused is not None:
+        return fused.pool2d("avg", plan, x, out, divisor)
+    src = plan.padded(x, 0.0)
+    kh, kw = plan.kernel
 
     def chunk(lo: int, hi: int) -> None:
         part, block = out[lo:hi], src[lo:hi]
@@ -694,14 +847,13 @@ def lrn(
     ``c - size//2 .. c + (size-1)//2`` zero-padded at the channel ends.
     """
     xp = array_module(x)
-    if xp is not numpy and _cuda_kernels():
-        from alexdsl.backends.cupy import cuda
-
-        return cuda.lrn(x, size, alpha, beta, k, out)
-    c = x.shape[1]
-    lo, hi = size // 2, (size - 1) // 2
     if out is None:
         out = xp.empty_like(x)
+    fused = _fused_kernels(xp, x, out)
+    if fused is not None and size <= fused.LRN_MAX_SIZE:
+        return fused.lrn(x, size, alpha, beta, k, out)
+    c = x.shape[1]
+    lo, hi = size // 2, (size - 1) // 2
 
     def chunk(n0: int, n1: int) -> None:
         xs = x[n0:n1]
