@@ -621,6 +621,30 @@ def test_cupy_steady_state_allocates_nothing() -> None:
     assert pool.total_bytes() == total
 
 
+@pytest.mark.gpu
+def test_cupy_forward_with_fused_kernels_requests_only_its_output(monkeypatch) -> None:  # noqa: ANN001
+    """With ALEXDSL_CUDA_KERNELS=1 no AlexNet kernel takes a temporary: one pool request, the returned copy."""
+    cp = _cupy()
+    monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "1")
+    net, weights, _ = compiled(EXAMPLES / "alexnet.adsl")
+    ex = backend.compile(net, weights, device="cuda")
+    x = cp.asarray(batch_inputs(ex, 4)[0])
+    ex(x)  # the first call plans the arena and workspaces and compiles the kernels
+
+    class Requests(cp.cuda.MemoryHook):
+        name = "alexdsl_requests"
+
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def malloc_postprocess(self, **kwargs) -> None:  # noqa: ANN003
+            self.sizes.append(kwargs["size"])
+
+    with Requests() as hook:
+        out = ex(x)
+    assert hook.sizes == [out.nbytes], f"pool requests during a forward pass (bytes): {hook.sizes}"
+
+
 def test_inference_layer_reading_a_train_only_layer_is_an_error() -> None:
     try:
         net = alexdsl.parse("network T\ninput x: 3x8x8\na: conv(4, 3) @train\nb: relu(a)\n")
