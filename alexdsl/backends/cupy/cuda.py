@@ -14,8 +14,8 @@ every source with NVRTC wherever the NVRTC library is installed, GPU or not.
   in place or not.
 * :func:`pool2d` -- max or average pooling in one pass instead of one per kernel tap.
 
-Every kernel is a grid-stride loop (over its output, or for LRN over pixels) with 64-bit indices; ``{T}`` in a
-source is replaced by the element type.
+Every kernel is a grid-stride loop (over its output; for LRN, over pixels) with 64-bit
+indices; ``{T}`` in a source is replaced by the element type.
 """
 
 from __future__ import annotations
