@@ -1,7 +1,10 @@
-"""Syntax highlighting for alexdsl: a Pygments lexer.
+"""Syntax highlighting for alexdsl: a Pygments lexer and the editors' TextMate grammar.
 
-Registered under the ``pygments.lexers`` entry point, so ``pygmentize -l alexdsl net.adsl``
-and Sphinx/MkDocs code blocks tagged ``alexdsl`` (or ``adsl``) use it once alexdsl is installed.
+The lexer is registered under the ``pygments.lexers`` entry point, so ``pygmentize -l alexdsl
+net.adsl`` and Sphinx/MkDocs code blocks tagged ``alexdsl`` (or ``adsl``) use it once alexdsl
+is installed.  :func:`textmate_grammar` builds ``editors/alexdsl.tmLanguage.json`` from the same
+keyword, filler and op tables (the op names come from the registry); ``pytest --update-goldens``
+rewrites the file after an op is added.
 
 >>> from pygments import lex
 >>> [t for t, v in lex("conv1: conv(96, 11) | relu  # c\\n", AlexDSLLexer()) if v.strip()][:4]
@@ -15,6 +18,7 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 
 KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat")
 FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra")
+INPUT_KINDS = ("class",)  # input label: class(1000)
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
 
 
@@ -62,4 +66,46 @@ class AlexDSLLexer(RegexLexer):
             (r"\|", Operator),
             (r"[(),{}:=]", Punctuation),
         ],
+    }
+
+
+def _captures(scopes: dict[int, str]) -> dict:
+    return {str(group): {"name": f"{scope}.alexdsl"} for group, scope in scopes.items()}
+
+
+def textmate_grammar() -> dict:
+    """The TextMate grammar (VS Code, Sublime, GitHub's linguist) for ``.adsl`` files."""
+    names = "|".join((*_op_names(), *FILLERS, *INPUT_KINDS))
+    repository = {
+        "comment": {"name": "comment.line.number-sign.alexdsl", "match": "#.*$"},
+        "string": {"name": "string.quoted.double.alexdsl", "match": r'"([^"\\\n]|\\.)*"'},
+        "keyword": {"name": "keyword.control.alexdsl", "match": rf"\b({'|'.join(KEYWORDS)})\b"},
+        "phase": {"name": "storage.modifier.phase.alexdsl", "match": r"@(train|test)\b"},
+        "constant": {"name": "constant.language.alexdsl", "match": r"\b(true|false|in)\b"},
+        "shape": {"name": "constant.numeric.shape.alexdsl", "match": r"\b[0-9]+(x[0-9]+)+\b"},
+        "number": {
+            "name": "constant.numeric.alexdsl",
+            "match": r"-?([0-9]+\.[0-9]*([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?|[0-9]+([eE][-+]?[0-9]+)?)",
+        },
+        "keyword-argument": {
+            "match": r"\b([A-Za-z_][A-Za-z0-9_]*)\s*(=)",
+            "captures": _captures({1: "variable.parameter", 2: "keyword.operator.assignment"}),
+        },
+        "label": {
+            "match": r"\b([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)\s*(:)",
+            "captures": _captures({1: "entity.name.tag.label", 3: "punctuation.separator"}),
+        },
+        "call": {
+            "match": rf"\b({names})\b|\b([A-Za-z_][A-Za-z0-9_]*)(?=\s*\()",
+            "captures": _captures({1: "support.function.op", 2: "entity.name.function"}),
+        },
+        "operator": {"name": "keyword.operator.alexdsl", "match": r"->|\||="},
+    }
+    return {
+        "$schema": "https://raw.githubusercontent.com/martinring/tmlanguage/master/tmlanguage.json",
+        "name": "alexdsl",
+        "scopeName": "source.alexdsl",
+        "fileTypes": ["adsl"],
+        "patterns": [{"include": f"#{rule}"} for rule in repository],
+        "repository": repository,
     }

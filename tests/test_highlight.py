@@ -50,12 +50,18 @@ def test_lexer_is_found_by_alias_and_filename() -> None:
     assert find_lexer_class_for_filename("net.adsl") is AlexDSLLexer
 
 
-def test_textmate_grammar() -> None:
-    grammar = json.loads((ROOT / "editors" / "alexdsl.tmLanguage.json").read_text())
+def test_textmate_grammar_is_generated_from_the_registry(request: pytest.FixtureRequest) -> None:
+    """editors/alexdsl.tmLanguage.json is textmate_grammar() (``pytest --update-goldens`` rewrites it)."""
+    from alexdsl.highlight import textmate_grammar
+    from alexdsl.ops.registry import op_names
+
+    grammar = textmate_grammar()
     assert grammar["scopeName"] == "source.alexdsl" and "adsl" in grammar["fileTypes"]
-    for pattern in grammar["patterns"]:
-        assert "include" in pattern
     for rule in grammar["repository"].values():
-        for pattern in rule.get("patterns", [rule]):
-            if "match" in pattern:
-                re.compile(pattern["match"])
+        re.compile(rule["match"])
+    assert all(re.fullmatch(grammar["repository"]["call"]["match"], op) for op in op_names())
+    path = ROOT / "editors" / "alexdsl.tmLanguage.json"
+    text = json.dumps(grammar, indent=2) + "\n"
+    if request.config.getoption("--update-goldens"):
+        path.write_text(text, encoding="utf-8")
+    assert path.read_text(encoding="utf-8") == text, "editors/alexdsl.tmLanguage.json is stale (--update-goldens)"
