@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 from conftest import EXAMPLES, ROOT  # noqa: E402
+from reference_models import HandAlexNet  # noqa: E402
 from torch import nn  # noqa: E402
 
 import alexdsl  # noqa: E402
@@ -228,26 +229,6 @@ def test_caffe_alexnet_matches_handwritten_functional():
     x = torch.randn(2, 3, 227, 227, generator=g) * 50
     with torch.no_grad():
         torch.testing.assert_close(module(x), caffe_alexnet_functional(x, weights), rtol=1e-5, atol=1e-5)
-
-
-class HandAlexNet(nn.Module):
-    """torchvision.models.AlexNet, written out (torchvision is not installed here)."""
-
-    def __init__(self, num_classes: int = 1000):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def map_in_order(reference: nn.Module, module: nn.Module) -> dict[str, torch.Tensor]:
