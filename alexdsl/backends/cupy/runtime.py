@@ -701,11 +701,34 @@ class PoolPlan:
         return src[:, :, i : i + sh * (self.out_h - 1) + 1 : sh, j : j + sw * (self.out_w - 1) + 1 : sw]
 
 
-def _pool_plan(x: Array, kernel: Any, stride: Any, pad: Any, ceil_mode: bool, plan: PoolPlan | None) -> PoolPlan:
-    if plan is not None:
-        return plan
-    stride = kernel if stride is None else stride
-    return PoolPlan(x.shape[2], x.shape[3], kernel, stride, pad, ceil_mode)
+def _pool_setup(
+    x: Array, kernel: Any, stride: Any, pad: Any, ceil_mode: bool, plan: PoolPlan | None, out: Array | None
+) -> tuple[ModuleType, PoolPlan, Array]:
+    """The array module, the plan (built unless given; stride defaults to the kernel) and the output."""
+    xp = array_module(x)
+    if plan is None:
+        plan = PoolPlan(x.shape[2], x.shape[3], kernel, kernel if stride is None else stride, pad, ceil_mode)
+    if out is None:
+        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    return xp, plan, out
+
+
+def _combine_taps(
+    xp: ModuleType, plan: PoolPlan, src: Array, out: Array, combine: Callable[[Array, Array], None]
+) -> Array:
+    """``out`` = tap (0, 0) of the padded ``src``, then ``combine(out, tap)`` in place for every other tap."""
+    kh, kw = plan.kernel
+
+    def chunk(lo: int, hi: int) -> None:
+        part, block = out[lo:hi], src[lo:hi]
+        part[...] = plan.window(block, 0, 0)
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    combine(part, plan.window(block, i, j))
+
+    parallel_for(xp, out.shape[0], src.size, chunk)
+    return out
 
 
 def max_pool2d(
@@ -719,26 +742,11 @@ def max_pool2d(
     out: Array | None = None,
 ) -> Array:
     """Max pooling identical to ``torch.nn.functional.max_pool2d`` (padding is -inf)."""
-    xp = array_module(x)
-    plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
-    if out is None:
-        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    xp, plan, out = _pool_setup(x, kernel, stride, pad, ceil_mode, plan, out)
     fused = _fused_kernels(xp, x, out)
     if fused is not None:
         return fused.pool2d("max", plan, x, out)
-    src = plan.padded(x, -numpy.inf)
-    kh, kw = plan.kernel
-
-    def chunk(lo: int, hi: int) -> None:
-        part, block = out[lo:hi], src[lo:hi]
-        part[...] = plan.window(block, 0, 0)
-        for i in range(kh):
-            for j in range(kw):
-                if i or j:
-                    xp.maximum(part, plan.window(block, i, j), out=part)
-
-    parallel_for(xp, x.shape[0], src.size, chunk)
-    return out
+    return _combine_taps(xp, plan, plan.padded(x, -numpy.inf), out, lambda part, tap: xp.maximum(part, tap, out=part))
 
 
 def avg_pool2d(
@@ -759,28 +767,14 @@ def avg_pool2d(
     count); ``count_include_pad=False`` divides by the in-image part only.
     ``divisor`` may be the precomputed ``1 / plan.divisor(...)`` on the right device.
     """
-    xp = array_module(x)
-    plan = _pool_plan(x, kernel, stride, pad, ceil_mode, plan)
-    if out is None:
-        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    xp, plan, out = _pool_setup(x, kernel, stride, pad, ceil_mode, plan, out)
     if divisor is None:
         divisor = xp.asarray((1.0 / plan.divisor(count_include_pad)).astype(x.dtype))
     fused = _fused_kernels(xp, x, out, divisor)
     if fused is not None:
         return fused.pool2d("avg", plan, x, out, divisor)
-    src = plan.padded(x, 0.0)
-    kh, kw = plan.kernel
-
-    def chunk(lo: int, hi: int) -> None:
-        part, block = out[lo:hi], src[lo:hi]
-        part[...] = plan.window(block, 0, 0)
-        for i in range(kh):
-            for j in range(kw):
-                if i or j:
-                    part += plan.window(block, i, j)
-        part *= divisor
-
-    parallel_for(xp, x.shape[0], src.size, chunk)
+    _combine_taps(xp, plan, plan.padded(x, 0.0), out, lambda part, tap: xp.add(part, tap, out=part))
+    out *= divisor
     return out
 
 
