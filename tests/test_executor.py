@@ -128,6 +128,17 @@ def random_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def torch_module(network: Network, weights: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The torch backend's module for ``network`` in eval mode, with exactly ``weights`` loaded."""
+    from alexdsl.backends.torch import build
+
+    model = build(network)
+    result = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    assert not result.unexpected_keys
+    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
+    return model.eval()
+
+
 def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4) -> None:
     """Agreement to ``rtol`` relative to the output's scale."""
     assert got.shape == want.shape
@@ -187,16 +198,8 @@ def test_full_size_examples_match_torch(path: Path) -> None:
 @pytest.mark.parametrize(("path", "batch"), _example_params((2,)))
 def test_executor_matches_torch_backend(path: Path, batch: int) -> None:
     """The other backend, given the same state_dict, computes the same outputs."""
-    try:
-        from alexdsl.backends.torch import build
-    except ImportError:
-        pytest.skip("the torch backend is not available")
     net, weights, ex = compiled(path)
-    model = build(net)
-    result = model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    assert not result.unexpected_keys
-    assert all(k.endswith("num_batches_tracked") for k in result.missing_keys)
-    model.eval()
+    model = torch_module(net, weights)
     xs = batch_inputs(ex, batch)
     with torch.no_grad():
         want = model(*[torch.from_numpy(x) for x in xs])
@@ -580,8 +583,6 @@ def _cupy():
 @pytest.mark.parametrize(("path", "batch"), _example_params((1, 2)))
 def test_cupy_executor_matches_numpy_and_torch_cuda(path: Path, batch: int) -> None:
     """Batch 1 (the GEMM writes NCHW) and 2 (the transposing epilogue); torch with TF32 off."""
-    from alexdsl.backends.torch import build
-
     cp = _cupy()
     net, weights, ex_cpu = compiled(path)
     ex = backend.compile(net, weights, device="cuda")
@@ -590,9 +591,7 @@ def test_cupy_executor_matches_numpy_and_torch_cuda(path: Path, batch: int) -> N
     assert isinstance(got, cp.ndarray)
     assert_close(cp.asnumpy(got), ex_cpu(*xs), rtol=1e-3)
     assert isinstance(ex(*xs), np.ndarray)  # NumPy in, NumPy out
-    model = build(net)
-    model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    model = model.to("cuda").eval()
+    model = torch_module(net, weights).to("cuda")
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
