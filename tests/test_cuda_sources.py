@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_kernels import CONV_CASES, POOL_CASES, rand  # the kernel tests' parameter sweeps
 
 import alexdsl
 from alexdsl.backends import cupy as backend
@@ -28,29 +29,6 @@ from alexdsl.backends.cupy import cuda
 from alexdsl.backends.cupy import runtime as rt
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-CONV_CASES = [
-    # (N, C, H, W, O, k, stride, pad, dilation, groups)
-    (2, 3, 15, 13, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1),
-    (1, 3, 31, 31, 6, (11, 11), (4, 4), (0, 0), (1, 1), 1),
-    (3, 4, 12, 12, 8, (5, 5), (1, 1), (2, 2), (1, 1), 2),
-    (2, 4, 13, 10, 6, (3, 2), (2, 3), (1, 0), (2, 1), 2),
-    (2, 8, 7, 7, 16, (1, 1), (2, 2), (0, 0), (1, 1), 1),
-]
-POOL_CASES = [
-    # (H, W, k, s, p, ceil)
-    (13, 13, 3, 2, 0, True),
-    (55, 55, 3, 2, 0, False),
-    (14, 14, 3, 2, 1, True),
-    (5, 5, 2, 2, 1, True),
-    (7, 9, 2, 3, 1, True),
-    (10, 7, 3, 1, 1, False),
-]
-
-
-def rand(*shape: int, dtype: str = "float32", seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
-
 
 # ------------------------------------------------------------------------------------ NVRTC
 
@@ -156,7 +134,7 @@ TOL = {"float32": {"rtol": 1e-5, "atol": 1e-6}, "float64": {"rtol": 1e-12, "atol
 def test_im2col_wide_matches_xp(dtype: str) -> None:
     for n, c, h, w, o, k, s, p, d, g in CONV_CASES:
         plan = rt.ConvPlan(c, h, w, o, k, s, p, d, g)
-        x = rand(n, c, h, w, dtype=dtype)
+        x = rand(n, c, h, w).astype(dtype)
         want = plan.im2col_wide(x, np.empty(plan.wide_size(n), dtype)).copy()
         got = cuda.im2col_wide(plan, x, np.empty(want.size, dtype))
         np.testing.assert_array_equal(got.reshape(want.shape), want)
@@ -165,8 +143,8 @@ def test_im2col_wide_matches_xp(dtype: str) -> None:
 @pytest.mark.usefixtures("on_host")
 @pytest.mark.parametrize("dtype", sorted(cuda.C_TYPES))
 def test_epilogues_match_xp(dtype: str) -> None:
-    y = rand(3, 7, 9, 8, dtype=dtype)
-    for bias in (rand(7, dtype=dtype, seed=1), None):
+    y = rand(3, 7, 9, 8).astype(dtype)
+    for bias in (rand(7, seed=1).astype(dtype), None):
         for relu in (False, True):
             want = rt.bias_relu_(y.copy(), bias, relu)
             np.testing.assert_allclose(cuda.bias_relu_(y.copy(), bias, relu), want, **TOL[dtype])
@@ -179,14 +157,14 @@ def test_epilogues_match_xp(dtype: str) -> None:
 @pytest.mark.usefixtures("on_host")
 @pytest.mark.parametrize("dtype", sorted(cuda.C_TYPES))
 def test_lrn_matches_xp(dtype: str) -> None:
-    x = rand(2, 9, 5, 6, dtype=dtype) * 3
+    x = rand(2, 9, 5, 6).astype(dtype) * 3
     cases = [(5, 1e-4, 0.75, 1.0), (3, 1e-2, 0.5, 2.0), (1, 1e-3, 1.3, 1.0), (4, 1e-3, 0.75, 1), (12, 0.01, 0.75, 1)]
     for size, alpha, beta, k in cases:
         want = rt.lrn(x, size, alpha, beta, k)
         np.testing.assert_allclose(cuda.lrn(x, size, alpha, beta, k, np.empty_like(x)), want, **TOL[dtype])
         inplace = x.copy()
         np.testing.assert_allclose(cuda.lrn(inplace, size, alpha, beta, k, inplace), want, **TOL[dtype])
-    wide = rand(1, 70, 2, 3, dtype=dtype)  # a window as wide as the ring allows, over many channels
+    wide = rand(1, 70, 2, 3).astype(dtype)  # a window as wide as the ring allows, over many channels
     want = rt.lrn(wide, cuda.LRN_MAX_SIZE, 1e-2, 0.75, 1.0)
     np.testing.assert_allclose(cuda.lrn(wide, cuda.LRN_MAX_SIZE, 1e-2, 0.75, 1.0, wide), want, **TOL[dtype])
 
@@ -196,7 +174,7 @@ def test_lrn_matches_xp(dtype: str) -> None:
 def test_pooling_matches_xp(dtype: str) -> None:
     for h, w, k, s, p, ceil in POOL_CASES:
         plan = rt.PoolPlan(h, w, k, s, p, ceil)
-        x = rand(2, 3, h, w, dtype=dtype)
+        x = rand(2, 3, h, w).astype(dtype)
         x[0, 0, 0, 0] = np.nan  # max pooling propagates NaN, as torch does
         out = np.empty((2, 3, plan.out_h, plan.out_w), dtype)
         want = rt.max_pool2d(x, k, s, p, ceil)
