@@ -208,7 +208,8 @@ class Network:
         return network_to_json(self, **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> Network:
+    def from_json(cls, text: str, file: str = "<json>") -> Network:
+        """Read IR JSON, checking every field (see :mod:`alexdsl.ir.serialize`); ``file`` names it in errors."""
         from alexdsl.ir.serialize import network_from_json
 
-        return network_from_json(text)
+        return network_from_json(text, file)

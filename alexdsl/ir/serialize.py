@@ -2,6 +2,12 @@
 
 The schema is documented in docs/ir.md. ``from_json(to_json(net))`` gives an equal graph.
 
+Reading is a trust boundary: an IR file may come from anyone. :func:`network_from_dict`
+checks every field against the schema and the op registry (types, names, arguments and
+their ranges, fillers, settings), then recomputes every shape, parameter, buffer and MAC
+count with the same shape pass as source files and compares them with the file. Every
+problem is reported, located by its JSON path (``layers[3].shape[1]``).
+
 >>> import alexdsl
 >>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nc: conv(2, 3)\\n")
 >>> again = alexdsl.Network.from_json(net.to_json())
@@ -11,27 +17,31 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import networkx as nx
 
-from alexdsl.errors import AlexDSLError, Span
-from alexdsl.ir.network import Network, ParamSpec
-from alexdsl.ops.registry import Filler, lookup
+from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span, did_you_mean
+from alexdsl.ir.network import Network
+from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, format_shape, lookup, op_names
 
 FORMAT = "alexdsl-ir"
 VERSION = 1
+PHASES = ("all", "train", "test")
+MAX_NAME_LENGTH = 256
+MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size or stride
+MAX_RANK = 8
+LAYER_NAME = re.compile(r"[A-Za-z_0-9]+(\.[A-Za-z0-9_]+)*")
+NETWORK_NAME = re.compile(r"[^\x00-\x1f\x7f]+")  # any printable text: generated code sanitizes it
 
 
 def _attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
-
-
-def _attrs_from_json(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
-    opdef = lookup(op)
-    pairs = {a.name for a in opdef.args if a.kind == "pair"} if opdef else set()
-    return {k: tuple(v) if k in pairs and isinstance(v, list) else v for k, v in attrs.items()}
 
 
 def network_to_dict(network: Network) -> dict[str, Any]:
@@ -70,57 +80,424 @@ def network_to_dict(network: Network) -> dict[str, Any]:
 
 
 def network_to_json(network: Network, indent: int | None = 2) -> str:
-    return json.dumps(network_to_dict(network), indent=indent) + "\n"
-
-
-def network_from_dict(data: dict[str, Any]) -> Network:
-    if data.get("format") != FORMAT:
-        raise AlexDSLError(f"error: not an alexdsl IR file (format is {data.get('format')!r}, expected {FORMAT!r})")
-    if data.get("version") != VERSION:
-        raise AlexDSLError(f"error: IR version {data.get('version')} is not supported; this alexdsl reads "
-                           f"version {VERSION}")
-    graph = nx.DiGraph()
+    """Strict JSON (no NaN or Infinity, which strict readers reject)."""
     try:
-        for layer in data["layers"]:
-            graph.add_node(
-                layer["name"],
-                op=layer["op"],
-                attrs=_attrs_from_json(layer["op"], layer["attrs"]),
-                inputs=list(layer["inputs"]),
-                shape=tuple(layer["shape"]),
-                params={
-                    name: ParamSpec(tuple(p["shape"]), Filler.from_json(p["filler"]), p["lr_mult"], p["decay_mult"])
-                    for name, p in layer["params"].items()
-                },
-                buffers={name: tuple(shape) for name, shape in layer["buffers"].items()},
-                phase=layer["phase"],
-                span=Span.from_json(layer.get("span")),
-                block=layer.get("block"),
-                macs=layer["macs"],
-            )
-        for layer in data["layers"]:
-            for index, source in enumerate(layer["inputs"]):
-                if source not in graph:
-                    raise AlexDSLError(f"error: layer '{layer['name']}' reads '{source}', which is not in the file")
-                if graph.has_edge(source, layer["name"]):
-                    graph.edges[source, layer["name"]]["index"].append(index)
-                else:
-                    graph.add_edge(source, layer["name"], index=[index])
-        return Network(
-            data["name"], graph, description=data.get("description", ""), inputs=data["inputs"],
-            outputs=data["outputs"], solver=data.get("solver", {}), preprocess=data.get("preprocess", {}),
-            source_file=data.get("source"),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise AlexDSLError(f"error: malformed IR file: missing or wrong field {error}") from None
+        return json.dumps(network_to_dict(network), indent=indent, allow_nan=False) + "\n"
+    except ValueError:
+        raise AlexDSLError(f"error: network {network.name} holds a number that is not finite; "
+                           "JSON cannot represent it") from None
 
 
-def network_from_json(text: str) -> Network:
+# ------------------------------------------------------------------------------------ reading
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a received JSON value for a message."""
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Reader:
+    """Checks one IR dict field by field, recording every problem with its JSON path."""
+
+    def __init__(self, file: str):
+        self.file = file
+        self.sink = DiagnosticSink()
+
+    def error(self, path: str, message: str, **extra: str | None) -> None:
+        self.sink.diagnostics.append(Diagnostic("error", message, path=f"{self.file}:{path}", **extra))
+
+    # scalars -------------------------------------------------------------------------------
+    def field(self, data: dict[str, Any], key: str, path: str, check: Callable[[Any], bool], expected: str,
+              default: Any = REQUIRED) -> Any:
+        if key not in data:
+            if default is REQUIRED:
+                self.error(f"{path}.{key}" if path else key, f"missing field '{key}'", expected=expected)
+            return default
+        value = data[key]
+        if not check(value):
+            self.error(f"{path}.{key}" if path else key, f"field '{key}' has the wrong type or value",
+                       expected=expected, received=_show(value))
+            return default if default is not REQUIRED else None
+        return value
+
+    def shape(self, value: Any, path: str, *, allow_scalar: bool = True) -> tuple[int, ...] | None:
+        if not isinstance(value, list) or len(value) > MAX_RANK or (not value and not allow_scalar):
+            self.error(path, "a shape must be a list of positive integers", received=_show(value),
+                       expected=f"a list of at most {MAX_RANK} integers, such as [96, 55, 55]")
+            return None
+        ok = True
+        for i, dim in enumerate(value):
+            if not _is_int(dim) or not 1 <= dim <= MAX_DIM:
+                self.error(f"{path}[{i}]", "a dimension must be a positive integer", received=_show(dim),
+                           expected=f"an integer from 1 to {MAX_DIM}")
+                ok = False
+        return tuple(value) if ok else None
+
+    def name(self, value: Any, path: str, what: str) -> str | None:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH or not LAYER_NAME.fullmatch(value):
+            self.error(path, f"{what} is not a valid name", received=_show(value),
+                       expected="letters, digits and '_', in dot-separated parts (such as layer2.0.conv1)")
+            return None
+        return value
+
+    # op arguments ----------------------------------------------------------------------------
+    def arg_value(self, op: OpDef, arg: Arg, value: Any, path: str) -> Any:
+        def bad() -> None:
+            words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
+                     "pair": "a list of two integers", "choice": "one of " + ", ".join(arg.choices),
+                     "bias": "true or false"}[arg.kind]
+            self.error(path, f"argument '{arg.name}' of {op.name} has the wrong type", expected=words,
+                       received=_show(value))
+
+        def in_range(number: float) -> bool:
+            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair") else None)
+            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair") else None)
+            if (low is not None and number < low) or (high is not None and number > high):
+                self.error(path, f"argument '{arg.name}' of {op.name} is out of range", received=_show(number),
+                           expected=f"a value from {low:g} to {high:g}" if low is not None and high is not None
+                           else (f"at least {low:g}" if low is not None else f"at most {high:g}"))
+                return False
+            return True
+
+        if arg.kind == "int":
+            return value if _is_int(value) and in_range(value) else bad() if not _is_int(value) else None
+        if arg.kind == "float":
+            return float(value) if _is_number(value) and in_range(value) else bad() if not _is_number(value) else None
+        if arg.kind in ("bool", "bias"):
+            return value if isinstance(value, bool) else bad()
+        if arg.kind == "choice":
+            if isinstance(value, str) and value in arg.choices:
+                return value
+            return bad()
+        if arg.kind == "pair":
+            if value is None and arg.default is None:
+                return None
+            if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
+                return tuple(value) if all(in_range(v) for v in value) else None
+            return bad()
+        raise AssertionError(arg.kind)
+
+    def attrs(self, op: OpDef, value: Any, path: str) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.error(path, "attrs must be an object", received=_show(value))
+            return None
+        attrs: dict[str, Any] = {}
+        ok = True
+        for key in value:
+            if op.arg(key) is None:
+                self.error(f"{path}.{key}", f"unknown argument '{key}' for {op.name}",
+                           expected=", ".join(op.arg_names) or f"{op.name} takes no arguments",
+                           hint=did_you_mean(str(key), op.arg_names))
+                ok = False
+        for arg in op.args:
+            if arg.name not in value:
+                if arg.default is REQUIRED:
+                    self.error(path, f"{op.name} is missing required argument '{arg.name}'", expected=op.example)
+                    ok = False
+                    continue
+                attrs[arg.name] = (arg.default, arg.default) if arg.kind == "pair" and _is_int(arg.default) \
+                    else arg.default
+                continue
+            converted = self.arg_value(op, arg, value[arg.name], f"{path}.{arg.name}")
+            if converted is None and not (arg.kind == "pair" and arg.default is None and value[arg.name] is None):
+                ok = False
+            attrs[arg.name] = converted
+        if not ok:
+            return None
+        return op.normalize(attrs) if op.normalize is not None else attrs
+
+    # parameters ------------------------------------------------------------------------------
+    def filler(self, value: Any, path: str) -> Filler | None:
+        if not isinstance(value, dict) or not isinstance(value.get("type"), str) or value["type"] not in FILLERS:
+            kind = value.get("type") if isinstance(value, dict) else None
+            self.error(path, "unknown or missing filler", expected=", ".join(FILLERS), received=_show(value),
+                       hint=did_you_mean(str(kind), FILLERS) if isinstance(kind, str) else None)
+            return None
+        spec = FILLERS[value["type"]]
+        names = [n for n, _ in spec]
+        bound: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "type":
+                continue
+            if key not in names:
+                self.error(f"{path}.{key}", f"unknown argument '{key}' for filler {value['type']}",
+                           expected=", ".join(names), hint=did_you_mean(str(key), names))
+                return None
+            if key == "variance_norm":
+                if item not in VARIANCE_NORMS:
+                    self.error(f"{path}.{key}", "unknown variance_norm", expected=", ".join(VARIANCE_NORMS),
+                               received=_show(item))
+                    return None
+                bound[key] = item
+            elif _is_number(item):
+                bound[key] = float(item)
+            else:
+                self.error(f"{path}.{key}", f"filler argument '{key}' must be a finite number",
+                           received=_show(item))
+                return None
+        if value["type"] == "gaussian" and bound.get("std", 1.0) < 0:
+            self.error(f"{path}.std", "gaussian std must not be negative", received=_show(bound["std"]))
+            return None
+        return Filler(value["type"], tuple((n, bound.get(n, default)) for n, default in spec))
+
+    def param_config(self, op: OpDef, value: Any, path: str) -> dict[str, dict[str, Any]] | None:
+        if not isinstance(value, dict):
+            self.error(path, "params must be an object", received=_show(value))
+            return None
+        config: dict[str, dict[str, Any]] = {}
+        ok = True
+        for pname, spec in value.items():
+            where = f"{path}.{pname}"
+            if pname not in op.param_kinds():
+                self.error(where, f"{op.name} has no parameter '{pname}'",
+                           expected=", ".join(op.param_kinds()) or f"{op.name} has no parameters")
+                ok = False
+                continue
+            if not isinstance(spec, dict):
+                self.error(where, "a parameter must be an object", received=_show(spec))
+                ok = False
+                continue
+            filler = self.filler(spec.get("filler"), f"{where}.filler")
+            lr = self.field(spec, "lr_mult", where, lambda v: _is_number(v) and v >= 0, "a non-negative number",
+                            default=1.0)
+            decay = self.field(spec, "decay_mult", where, lambda v: _is_number(v) and v >= 0,
+                               "a non-negative number", default=1.0)
+            if filler is None or lr is None or decay is None:
+                ok = False
+                continue
+            config[pname] = {"filler": filler, "lr": float(lr), "decay": float(decay)}
+        return config if ok else None
+
+    def settings(self, value: Any, path: str, keys: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
+        from alexdsl.ir.elaborate import Elaborator
+
+        if not isinstance(value, dict):
+            self.error(path, "settings must be an object", received=_show(value))
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key not in keys:
+                self.error(f"{path}.{key}", f"unknown setting '{key}'", expected=", ".join(keys),
+                           hint=did_you_mean(str(key), keys))
+                continue
+            kind, choices = keys[key]
+            plain = tuple(item) if isinstance(item, list) and kind in ("pair", "ints", "floats") else item
+            converted = Elaborator._convert_setting(kind, choices, plain)
+            numbers = converted if isinstance(converted, (list, tuple)) else [converted]
+            if converted is None or any(isinstance(n, float) and not math.isfinite(n) for n in numbers) or any(
+                    _is_int(n) and abs(n) > MAX_DIM for n in numbers):
+                self.error(f"{path}.{key}", f"setting '{key}' has the wrong type or value", received=_show(item),
+                           expected={"choice": "one of " + ", ".join(choices)}.get(kind, f"a value of kind {kind}"))
+                continue
+            out[key] = list(converted) if kind == "pair" else converted
+        return out
+
+
+def _span(value: Any) -> Span | None:
+    """A span from the file when it is well formed; anything else is dropped (it is informative)."""
+    if isinstance(value, list) and len(value) == 5 and isinstance(value[0], str) and len(value[0]) <= 4096 \
+            and all(_is_int(v) and 0 <= v <= MAX_DIM for v in value[1:]):
+        return Span.from_json(value)
+    return None
+
+
+def network_from_dict(data: dict[str, Any], file: str = "<json>") -> Network:
+    """Check an IR dict (see the module docstring) and build its :class:`Network`."""
+    from alexdsl.ir.elaborate import PREPROCESS_KEYS, SOLVER_KEYS
+    from alexdsl.passes.shapes import infer_shapes
+    from alexdsl.passes.validate import find_cycle
+
+    if data.get("format") != FORMAT:
+        raise AlexDSLError(f"{file}: error: not an alexdsl IR file (format is {_show(data.get('format'))}, "
+                           f"expected {FORMAT!r})")
+    if data.get("version") != VERSION:
+        raise AlexDSLError(f"{file}: error: IR version {_show(data.get('version'))} is not supported; "
+                           f"this alexdsl reads version {VERSION}")
+    read = _Reader(file)
+    name = read.field(data, "name", "", lambda v: isinstance(v, str) and bool(NETWORK_NAME.fullmatch(v))
+                      and len(v) <= MAX_NAME_LENGTH, "a network name (printable, at most 256 characters)")
+    description = read.field(data, "description", "", lambda v: isinstance(v, str) and len(v) <= 65536,
+                             "a string", default="")
+    source = read.field(data, "source", "", lambda v: v is None or (isinstance(v, str) and len(v) <= 4096),
+                        "a file name or null", default=None)
+    solver = read.settings(data.get("solver", {}), "solver", SOLVER_KEYS)
+    layers = read.field(data, "layers", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list")
+    graph = nx.DiGraph()
+    index_of: dict[str, int] = {}
+    declared: dict[str, dict[str, Any]] = {}  # what the file says each layer computes, to compare
+    for i, layer in enumerate(layers or []):
+        path = f"layers[{i}]"
+        if not isinstance(layer, dict):
+            read.error(path, "a layer must be an object", received=_show(layer))
+            continue
+        lname = read.name(layer.get("name"), f"{path}.name", "the layer name")
+        if lname is not None and lname in graph:
+            read.error(f"{path}.name", f"duplicate layer name '{lname}'",
+                       hint=f"layers[{index_of[lname]}] has the same name")
+            lname = None
+        op_name = layer.get("op")
+        op = lookup(op_name) if isinstance(op_name, str) else None
+        if op_name != "input" and op is None:
+            read.error(f"{path}.op", f"unknown op {_show(op_name)}", expected="an op (" + ", ".join(op_names()) + ")",
+                       hint=did_you_mean(str(op_name), op_names()))
+        inputs = read.field(layer, "inputs", path, lambda v: isinstance(v, list) and all(
+            isinstance(s, str) and len(s) <= MAX_NAME_LENGTH for s in v), "a list of layer names")
+        phase = read.field(layer, "phase", path, lambda v: v in PHASES, "all, train or test", default="all")
+        block = read.field(layer, "block", path, lambda v: v is None or (isinstance(v, str) and len(v) <= 4096),
+                           "a block instance name or null", default=None)
+        shape = read.shape(layer.get("shape"), f"{path}.shape")
+        declared_params = layer.get("params", {})
+        if op_name == "input":
+            attrs = layer.get("attrs")
+            if attrs == {"kind": "tensor"}:
+                if shape is not None and not shape:
+                    read.error(f"{path}.shape", "a tensor input needs a shape", expected="such as [3, 227, 227]")
+            elif not (isinstance(attrs, dict) and set(attrs) == {"kind", "classes"} and attrs["kind"] == "label"
+                      and _is_int(attrs["classes"]) and 1 <= attrs["classes"] <= MAX_DIM):
+                read.error(f"{path}.attrs", "an input's attrs must be {\"kind\": \"tensor\"} or "
+                           "{\"kind\": \"label\", \"classes\": N}", received=_show(attrs))
+                attrs = None
+            elif shape:
+                read.error(f"{path}.shape", "a label input has no shape", expected="[]", received=_show(shape))
+            if declared_params or layer.get("buffers"):
+                read.error(path, "an input has no parameters or buffers")
+            config: dict[str, dict[str, Any]] | None = {}
+        elif op is not None:
+            attrs = read.attrs(op, layer.get("attrs"), f"{path}.attrs")
+            config = read.param_config(op, declared_params, f"{path}.params")
+            if inputs is not None:
+                lo, hi = op.inputs
+                if len(inputs) < lo or (hi is not None and len(inputs) > hi):
+                    want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+                    read.error(f"{path}.inputs", f"{op.name} takes {want} inputs, received {len(inputs)}")
+                    inputs = None
+        else:
+            attrs, config = None, None
+        if lname is None:
+            continue
+        index_of[lname] = i
+        ok = attrs is not None and config is not None and inputs is not None and shape is not None and (
+            op_name == "input" or op is not None)
+        graph.add_node(lname, op=op_name if isinstance(op_name, str) else "?", attrs=attrs or {},
+                       inputs=list(inputs or []), shape=shape if op_name == "input" else None, params={}, buffers={},
+                       phase=phase or "all", span=None, block=block, macs=0, arg_spans={},
+                       param_config=config or {}, ok=ok, file_span=_span(layer.get("span")))
+        declared[lname] = {"shape": shape, "params": declared_params, "buffers": layer.get("buffers", {}),
+                           "macs": layer.get("macs")}
+    for lname, node in graph.nodes(data=True):
+        for position, src in enumerate(node["inputs"]):
+            if src not in graph:
+                read.error(f"layers[{index_of[lname]}].inputs[{position}]",
+                           f"layer '{lname}' reads {_show(src)}, which is not a layer in the file",
+                           hint=did_you_mean(src, graph.nodes))
+                node["ok"] = False
+                node["inputs"] = [s if s in graph else None for s in node["inputs"]]
+    for lname, node in list(graph.nodes(data=True)):
+        for position, src in enumerate(node["inputs"]):
+            if src is None:
+                continue
+            if graph.has_edge(src, lname):
+                graph.edges[src, lname]["index"].append(position)
+            else:
+                graph.add_edge(src, lname, index=[position])
+    inputs_list = _names_list(read, data, "inputs", graph, lambda n: graph.nodes[n]["op"] == "input",
+                              "a declared input (a layer with op 'input')")
+    outputs_list = _names_list(read, data, "outputs", graph, lambda n: True, "a layer in the file")
+    for lname, node in graph.nodes(data=True):
+        if node["op"] == "input" and inputs_list is not None and lname not in inputs_list:
+            read.error(f"layers[{index_of[lname]}]", f"input layer '{lname}' is not listed in 'inputs'")
+    preprocess: dict[str, dict[str, Any]] = {}
+    raw_pre = data.get("preprocess", {})
+    if not isinstance(raw_pre, dict):
+        read.error("preprocess", "preprocess must be an object", received=_show(raw_pre))
+    else:
+        for target, settings in raw_pre.items():
+            if target not in graph or graph.nodes[target]["op"] != "input":
+                read.error(f"preprocess.{target}", f"preprocess names {_show(target)}, which is not an input")
+                continue
+            preprocess[target] = read.settings(settings, f"preprocess.{target}", PREPROCESS_KEYS)
+    if read.sink.has_errors:
+        raise AlexDSLError(read.sink.diagnostics)
+    if find_cycle(graph, read.sink):
+        raise AlexDSLError([dataclasses.replace(d, path=file) for d in read.sink.diagnostics])
+    order = Network(name, graph).layer_names()
+    shape_sink = DiagnosticSink()
+    infer_shapes(graph, order, shape_sink)
+    for diagnostic in shape_sink.diagnostics:
+        if diagnostic.severity == "error":
+            layer_name = diagnostic.message.split(": ", 1)[0]
+            where = f"layers[{index_of[layer_name]}]" if layer_name in index_of else ""
+            read.sink.diagnostics.append(dataclasses.replace(diagnostic, span=None, path=f"{file}:{where}"))
+    for lname in order:
+        _compare(read, graph.nodes[lname], declared[lname], f"layers[{index_of[lname]}]")
+    if read.sink.has_errors:
+        raise AlexDSLError(read.sink.diagnostics)
+    for _, node in graph.nodes(data=True):
+        node["span"] = node.pop("file_span")
+        for key in ("arg_spans", "param_config", "ok"):
+            node.pop(key, None)
+    return Network(name, graph, description=description, inputs=inputs_list, outputs=outputs_list, solver=solver,
+                   preprocess=preprocess, source_file=source)
+
+
+def _names_list(read: _Reader, data: dict[str, Any], key: str, graph: nx.DiGraph, allowed: Callable[[str], bool],
+                what: str) -> list[str] | None:
+    value = data.get(key)
+    if not isinstance(value, list):
+        read.error(key, f"'{key}' must be a list of layer names", received=_show(value))
+        return None
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or item not in graph or not allowed(item):
+            read.error(f"{key}[{i}]", f"{_show(item)} is not {what}")
+            return None
+    if len(set(value)) != len(value):
+        read.error(key, f"'{key}' lists a layer twice")
+        return None
+    return list(value)
+
+
+def _compare(read: _Reader, node: dict[str, Any], declared: dict[str, Any], path: str) -> None:
+    """The file's shape, parameters, buffers and MACs must be what the shape pass computes."""
+    if node["shape"] != declared["shape"]:
+        read.error(f"{path}.shape", "the shape in the file is not what the layer computes",
+                   expected=format_shape(node["shape"]), received=_show(declared["shape"]))
+    params = {n: spec.shape for n, spec in node["params"].items()}
+    if not isinstance(declared["params"], dict) or {n: _tuple(p.get("shape") if isinstance(p, dict) else None)
+                                                    for n, p in declared["params"].items()} != params:
+        read.error(f"{path}.params", "the parameters in the file are not what the layer has",
+                   expected=", ".join(f"{n} {format_shape(s)}" for n, s in params.items()) or "none",
+                   received=_show(declared["params"]))
+    buffers = dict(node["buffers"])
+    if not isinstance(declared["buffers"], dict) or {n: _tuple(s) for n, s in declared["buffers"].items()} != buffers:
+        read.error(f"{path}.buffers", "the buffers in the file are not what the layer has",
+                   expected=", ".join(f"{n} {format_shape(s)}" for n, s in buffers.items()) or "none",
+                   received=_show(declared["buffers"]))
+    if declared["macs"] is not None and declared["macs"] != node["macs"]:
+        read.error(f"{path}.macs", "the MAC count in the file is not what the layer computes",
+                   expected=f"{node['macs']}", received=_show(declared["macs"]))
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def network_from_json(text: str, file: str = "<json>") -> Network:
+    """Parse and check IR JSON text; ``file`` names it in error messages."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise AlexDSLError(f"error: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-                           ) from None
+        raise AlexDSLError(f"{file}:{error.lineno}:{error.colno}: error: not valid JSON: {error.msg}") from None
+    except RecursionError:
+        raise AlexDSLError(f"{file}: error: the JSON is nested too deeply") from None
     if not isinstance(data, dict):
-        raise AlexDSLError("error: an IR file holds one JSON object")
-    return network_from_dict(data)
+        raise AlexDSLError(f"{file}: error: an IR file holds one JSON object")
+    return network_from_dict(data, file)

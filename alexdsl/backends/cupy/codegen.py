@@ -262,9 +262,10 @@ def lower(network: Network) -> Lowered:
                 scratch_wide = max(scratch_wide, plan.wide_size(1))
                 scratch_per_layer += plan.cols_size(1)
                 setup.append(
-                    f"self.{ident}_plan = rt.ConvPlan({c}, {h}, {wd}, {a['out']}, {lit(tuple(a['kernel']))}, "
+                    f"self.{ident}_plan = rt.ConvPlan({lit(c)}, {lit(h)}, {lit(wd)}, {lit(a['out'])}, "
+                    f"{lit(tuple(a['kernel']))}, "
                     f"{lit(tuple(a['stride']))}, {lit(tuple(a['pad']))}, {lit(tuple(a.get('dilation', (1, 1))))}, "
-                    f"{a['groups']})"
+                    f"{lit(a['groups'])})"
                 )
                 code = (
                     f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, relu={relu}, "
@@ -280,7 +281,7 @@ def lower(network: Network) -> Lowered:
             _, h, wd = by_name[layer.inputs[0]].shape
             ceil = a.get("round", "floor") == "ceil"
             k, s, p = lit(tuple(a["kernel"])), lit(tuple(a["stride"])), lit(tuple(a["pad"]))
-            setup.append(f"self.{ident}_plan = rt.PoolPlan({h}, {wd}, {k}, {s}, {p}, {ceil})")
+            setup.append(f"self.{ident}_plan = rt.PoolPlan({lit(h)}, {lit(wd)}, {k}, {s}, {p}, {lit(ceil)})")
             if layer.op == "maxpool":
                 code = f"rt.max_pool2d({x}, {k}, {s}, {p}, {ceil}, plan=self.{ident}_plan, out={{out}})"
                 kernel = "max_pool2d"
@@ -295,7 +296,9 @@ def lower(network: Network) -> Lowered:
         elif layer.op == "adaptive_avgpool":
             _, h, wd = by_name[layer.inputs[0]].shape
             size = lit(tuple(a["size"]))
-            setup.append(f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({h}, {wd}, {size}))")
+            setup.append(
+                f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({lit(h)}, {lit(wd)}, {size}))"
+            )
             code = f"rt.adaptive_avg_pool2d({x}, {size}, matrices=self.{ident}_mats, out={{out}})"
             kernel = "adaptive_avg_pool2d"
         elif layer.op == "global_avgpool":
@@ -303,7 +306,7 @@ def lower(network: Network) -> Lowered:
             kernel = "global_avg_pool2d"
         elif layer.op == "lrn":
             args = ", ".join(lit(float(a[k])) for k in ("alpha", "beta", "k"))
-            code = f"rt.lrn({x}, {int(a['size'])}, {args}, out={{out}})"
+            code = f"rt.lrn({x}, {lit(int(a['size']))}, {args}, out={{out}})"
             kernel = "lrn"
         elif layer.op == "batchnorm":
             g, b = _affine_exprs(layer)
