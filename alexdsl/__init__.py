@@ -20,30 +20,31 @@ from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.ir.build import build_network
 from alexdsl.ir.network import Layer, Network, ParamSpec
 from alexdsl.ops.registry import Filler
+from alexdsl.syntax.source import read_source
 
 __version__ = "0.1.0"
 __all__ = ["AlexDSLError", "Diagnostic", "Filler", "Layer", "Network", "ParamSpec", "Span", "load", "parse",
            "__version__"]
 
 
-def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None,
+          max_layers: int | None = None) -> Network:
     """Build a checked :class:`Network` from alexdsl source text.
 
     ``input_shapes`` overrides declared input shapes, e.g. ``{"data": (3, 224, 224)}``.
+    ``max_layers`` bounds the layers after expansion (default ``$ALEXDSL_MAX_LAYERS`` or 1,000,000).
     Raises :class:`AlexDSLError` with every problem found.
     """
-    return build_network(text, file, input_shapes)
+    return build_network(text, file, input_shapes, max_layers=max_layers)
 
 
-def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
-    """Read and check an ``.adsl`` file (or an IR ``.json`` file written by ``to_json``)."""
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AlexDSLError(f"{path}: error: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AlexDSLError(f"{path}: error: cannot read the file ({error})") from None
-    if source.suffix == ".json":
-        return Network.from_json(text)
-    return build_network(text, str(path), input_shapes)
+def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] | None = None,
+         max_layers: int | None = None, max_bytes: int | None = None) -> Network:
+    """Read and check an ``.adsl`` file (or an IR ``.json`` file written by ``to_json``).
+
+    ``max_bytes`` bounds the file's size (default ``$ALEXDSL_MAX_SOURCE_BYTES`` or 16 MiB).
+    """
+    text = read_source(path, max_bytes)
+    if Path(path).suffix == ".json":
+        return Network.from_json(text, os.fspath(path))
+    return build_network(text, os.fspath(path), input_shapes, max_layers=max_layers)

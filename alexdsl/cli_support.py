@@ -13,7 +13,6 @@ import functools
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -63,13 +62,10 @@ def parse_shape_overrides(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]
 
 
 def read_source(path: str) -> str:
-    """A file's text, or an AlexDSLError that says why it cannot be read."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise AlexDSLError(f"{path}: error: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise AlexDSLError(f"{path}: error: cannot read the file ({error})") from None
+    """A file's text, or an AlexDSLError that says why it cannot be read (see :mod:`alexdsl.syntax.source`)."""
+    from alexdsl.syntax.source import read_source as read
+
+    return read(path)
 
 
 def load_network(path: str, inputs: tuple[str, ...] = ()) -> Any:

@@ -19,7 +19,9 @@ a.adsl:1:8: error: unknown op 'cnov'
 
 from __future__ import annotations
 
+import bisect
 import difflib
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,22 +68,70 @@ class Diagnostic:
         lines = [f"{where}{self.severity}: {self.message}"]
         source = (sources or {}).get(self.span.file) if self.span else None
         if source is not None and self.span is not None:
-            text_lines = source.splitlines()
-            if 1 <= self.span.line <= len(text_lines):
-                text = text_lines[self.span.line - 1].replace("\t", " ")
-                width = (
-                    self.span.end_column - self.span.column if self.span.end_line == self.span.line else 1
-                )
-                width = max(1, min(width, len(text) - self.span.column + 1))
-                lines.append(f"    {text}")
-                lines.append("    " + " " * (self.span.column - 1) + "^" + "~" * (width - 1))
+            text = source_line(source, self.span.line)
+            if text is not None:
+                width = self.span.end_column - self.span.column if self.span.end_line == self.span.line else 1
+                lines.extend(_excerpt(text.replace("\t", " "), self.span.column, width))
         if self.expected:
             lines.append(f"  expected: {self.expected}")
         if self.received:
-            lines.append(f"  received: {self.received}")
+            cut = self.received[:2 * EXCERPT_WIDTH]
+            lines.append(f"  received: {cut}{'…' if len(cut) < len(self.received) else ''}")
         if self.hint:
             lines.append(f"  {self.hint}")
         return "\n".join(lines)
+
+
+MAX_DIAGNOSTICS_PER_FILE = 100  # rendered; the rest are counted in one last line
+EXCERPT_WIDTH = 100  # columns of a long source line shown around the caret
+
+
+@functools.lru_cache(maxsize=8)
+def _line_starts(source: str) -> list[int]:
+    """Offsets where each line of ``source`` starts; computed once per text (the str's hash is cached)."""
+    starts = [0]
+    find = source.find
+    at = find("\n")
+    while at >= 0:
+        starts.append(at + 1)
+        at = find("\n", at + 1)
+    return starts
+
+
+def source_line(source: str, line: int) -> str | None:
+    """Line ``line`` (1-based) of ``source`` without its line break, or None past the end.
+
+    >>> source_line("a\\nbc\\r\\n", 2)
+    'bc'
+    """
+    starts = _line_starts(source)
+    if not 1 <= line <= len(starts):
+        return None
+    end = starts[line] - 1 if line < len(starts) else len(source)
+    return source[starts[line - 1]:end].rstrip("\r")
+
+
+def line_column(source: str, offset: int) -> tuple[int, int]:
+    """The 1-based (line, column) of character ``offset`` in ``source``.
+
+    >>> line_column("ab\\ncd", 4)
+    (2, 2)
+    """
+    starts = _line_starts(source)
+    line = bisect.bisect_right(starts, offset)
+    return line, offset - starts[line - 1] + 1
+
+
+def _excerpt(text: str, column: int, width: int) -> list[str]:
+    """The source line and its caret, cut to a window of EXCERPT_WIDTH columns around ``column``."""
+    start, end, before, after = 0, len(text), "", ""
+    if len(text) > EXCERPT_WIDTH:
+        start = max(0, min(column - 1 - EXCERPT_WIDTH // 3, len(text) - EXCERPT_WIDTH))
+        end = start + EXCERPT_WIDTH
+        before, after = ("…" if start > 0 else ""), ("…" if end < len(text) else "")
+    caret_at = column - 1 - start + len(before)
+    width = max(1, min(width, end - column + 1))
+    return [f"    {before}{text[start:end]}{after}", "    " + " " * caret_at + "^" + "~" * (width - 1)]
 
 
 _PLAIN_MESSAGE = re.compile(r"(?:(?P<path>[^\n]+?): )?error: (?P<message>.*)", re.S)
@@ -112,7 +162,21 @@ class AlexDSLError(Exception):
         return [d for d in self.diagnostics if d.severity == "error"]
 
     def render(self) -> str:
-        return "\n".join(d.render(self.sources) for d in self.diagnostics)
+        """Every diagnostic, at most MAX_DIAGNOSTICS_PER_FILE of each file, then a count of the rest."""
+        shown: dict[str | None, int] = {}
+        parts: list[str] = []
+        left_out: dict[str, int] = {}
+        for diagnostic in self.diagnostics:
+            file = diagnostic.span.file if diagnostic.span else diagnostic.path
+            shown[file] = shown.get(file, 0) + 1
+            if shown[file] > MAX_DIAGNOSTICS_PER_FILE:
+                left_out[diagnostic.severity] = left_out.get(diagnostic.severity, 0) + 1
+            else:
+                parts.append(diagnostic.render(self.sources))
+        if left_out:
+            counts = [f"{n} more {severity}{'s' if n != 1 else ''}" for severity, n in sorted(left_out.items())]
+            parts.append("... and " + " and ".join(counts))
+        return "\n".join(parts)
 
     def __str__(self) -> str:
         return self.render()

@@ -242,3 +242,208 @@ def test_bad_json_is_reported() -> None:
 def test_load_missing_file() -> None:
     with pytest.raises(AlexDSLError, match="no such file"):
         alexdsl.load("does/not/exist.adsl")
+
+
+# Hostile input (issue 9): every case is refused with a located error, quickly and in bounded memory.
+
+def _error(text: str, **kwargs) -> AlexDSLError:
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.parse(text, "h.adsl", **kwargs)
+    return info.value
+
+
+def test_a_huge_repeat_count_is_refused_before_expanding() -> None:
+    error = _error("input x: 3x8x8\nr: repeat 1000000000000 relu\n")
+    (diagnostic,) = error.errors
+    assert "1,000,000,000,000 layers, more than the limit of 1,000,000" in diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, 11)  # the count
+
+
+def test_a_block_that_uses_itself_twice_is_refused_without_expanding() -> None:
+    error = _error("input x: 3x8x8\nblock b() {\n  p: b() | b()\n}\nc: b()\n")
+    (diagnostic,) = error.errors
+    assert "block b expands into itself" in diagnostic.message and diagnostic.span.line == 5
+
+
+def test_block_sizes_are_computed_without_expanding_them() -> None:
+    doubling = "".join(f"block b{i}() {{\n  p: b{i - 1}() | b{i - 1}()\n}}\n" for i in range(1, 31))
+    error = _error("input x: 3x8x8\nblock b0() {\n  r: relu\n}\n" + doubling + "c: b30()\n")
+    assert "block b30 expands to 1,073,741,824 layers" in error.errors[0].message  # 2**30, never built
+    assert error.errors[0].span.line == 95
+
+
+def test_the_layer_limit_is_settable(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "input x: 3x8x8\nr: repeat 30 relu\n"
+    assert "limit of 20" in _error(text, max_layers=20).errors[0].message
+    monkeypatch.setenv("ALEXDSL_MAX_LAYERS", "25")
+    assert "limit of 25" in _error(text).errors[0].message
+    assert len(alexdsl.parse(text, max_layers=31)) == 31
+    monkeypatch.setenv("ALEXDSL_MAX_LAYERS", "many")
+    assert "ALEXDSL_MAX_LAYERS='many' is not an integer" in str(_error(text))
+
+
+def test_an_empty_block_reading_a_later_layer_is_an_error_not_a_placeholder() -> None:
+    error = _error("input x: 3x8x8\nblock e() {\n}\na: b -> relu\nb: y -> e()\ny: x -> relu\n")
+    (diagnostic,) = error.errors
+    assert "block e has no layers" in diagnostic.message and diagnostic.span.line == 5
+    net = alexdsl.parse("input x: 3x8x8\nblock e() {\n}\na: b -> relu\nb: x -> e()\n")
+    assert net.layer("a").inputs == ["x"]  # an empty block passes its input on
+
+
+def test_a_block_may_read_a_layer_defined_later() -> None:
+    net = alexdsl.parse("input x: 3x8x8\nblock u() {\n  c: conv(4, 3, pad=1)\n  d: in -> relu\n"
+                        "  out: concat(c, d)\n}\nb: y -> u()\ny: x -> relu\n")
+    assert net.layer("b.c").inputs == ["y"] and net.layer("b.d").inputs == ["y"]
+    assert net.shapes["b.out"] == (7, 8, 8)
+    assert all("\0" not in i for layer in net.layers() for i in layer.inputs)
+    error = _error("input x: 3x8x8\nblock u() {\n  c: conv(4, 3)\n  d: in -> relu\n}\nb: yy -> u()\n")
+    assert [d.message for d in error.errors] == ["unknown input name 'yy'"]  # once, not once per reader
+
+
+@pytest.mark.parametrize("value", ["(" * 500 + "1" + ", 1)" * 500, "f(" * 500 + ")" * 500])
+def test_deep_nesting_is_a_located_error(value: str) -> None:
+    error = _error(f"input x: 3x8x8\nc: conv(4, 3, weight={value})\n")
+    (diagnostic,) = error.errors
+    assert "more than 64 parentheses are open" in diagnostic.message and diagnostic.span.line == 2
+
+
+HUGE = "9" * 400
+
+
+@pytest.mark.parametrize("text", [
+    f"c: conv(4, 3, weight=gaussian({HUGE}))",  # filler
+    f"solver(base_lr={HUGE})",  # solver
+    f"c: leaky_relu({HUGE})",  # op float argument
+    f"c: conv(4, 3, weight_lr={HUGE})",  # _lr
+    f"preprocess x(mean={HUGE})",  # preprocess
+    f"defaults weight(lr={HUGE})",  # defaults
+    "c: conv(" + "9" * 5000 + ", 3)",  # past Python's int() digit limit
+])
+def test_huge_integers_are_located_errors(text: str) -> None:
+    error = _error(f"input x: 3x8x8\n{text}\n")
+    (diagnostic,) = error.errors
+    assert diagnostic.message == "the integer is too large" and diagnostic.span.line == 2
+    assert len(error.render()) < 2000  # the 400-digit line is shown as a window
+
+
+def test_non_finite_numbers_are_errors_at_the_source() -> None:
+    (diagnostic,) = _error("input x: 3x8x8\nc: conv(4, 3, weight=constant(1e999))\n").errors
+    assert diagnostic.message == "the number is too large" and diagnostic.span.column == 31
+    assert "must be a number" in _error("input x: 3x8x8\nc: conv(4, 3, weight=constant(nan))\n").render()
+    assert "dimension that is too large" in _error("input x: 3x99999999999999999999x8\n").render()
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path) -> None:
+    assert alexdsl.parse("\ufeffinput x: 3x8x8\nc: relu\n").shapes["c"] == (3, 8, 8)
+    path = tmp_path / "bom.adsl"
+    path.write_bytes(b"\xef\xbb\xbfinput x: 3x8x8\nc: relu\n")
+    assert alexdsl.load(path).layer("x").span.column == 1
+
+
+def test_source_size_is_limited(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "big.adsl"
+    path.write_text("input x: 3x8x8\n" + "# padding\n" * 200)
+    with pytest.raises(AlexDSLError, match="larger than the limit of 1,000 bytes"):
+        alexdsl.load(path, max_bytes=1000)
+    monkeypatch.setenv("ALEXDSL_MAX_SOURCE_BYTES", "1000")
+    with pytest.raises(AlexDSLError, match=r"/dev/zero: error: the file is larger than the limit"):
+        alexdsl.load("/dev/zero")
+
+
+def test_a_utf8_error_names_the_file_and_the_place(tmp_path) -> None:
+    path = tmp_path / "latin1.adsl"
+    path.write_bytes(b"input x: 3x8x8\nc: relu # caf\xe9\n")
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.load(path)
+    assert str(info.value).startswith(f"{path}:2:14: error: the file is not valid UTF-8")
+    assert "received: the byte e9" in str(info.value)
+
+
+def test_no_input_names_the_file() -> None:
+    assert str(_error("network T\n")).startswith("h.adsl: error: the network declares no input")
+
+
+def test_an_error_in_a_block_body_is_reported_once() -> None:
+    error = _error("input x: 3x8x8\nblock u() {\n  c: cnov(4, 3)\n}\nblock v() {\n  d: conv(4, 30)\n}\n"
+                   "r: repeat 7 u()\na: x -> v()\nb: x -> v()\n")
+    assert [(d.message, d.span.line) for d in error.errors] == [
+        ("unknown op 'cnov' (in 7 instances)", 3),
+        ("d: output height would be -21: a window of 30 does not fit in 8 + 2*0 padding (in 2 instances)", 6),
+    ]
+
+
+def test_a_bad_argument_does_not_hide_later_errors() -> None:
+    error = _error("input x: 3x32x32\nconv1: conv(16, 3, strde=4)\nconv2: conv(16, 3, groups=7)\n"
+                   "conv3: conv(8, 3, stride=true) | conv(8, 3, 1, 0, 1, 1, true, 7, 9)\nfc: fc(10)\n")
+    messages = [d.message for d in error.errors]
+    assert messages[0] == "unknown argument 'strde' for conv"
+    assert "conv2: input channels (16) are not divisible by groups (7)" in messages[1]
+    assert "'stride' of conv has the wrong type" in messages[2]
+    assert "too many positional arguments for conv" in messages[3]
+    assert len(messages) == 5  # conv3's two mistakes each dropped; fc reads a good shape
+
+
+def test_many_errors_on_a_long_line_are_capped_and_windowed() -> None:
+    text = "input x: 3x8x8\nc: conv(4, 3, " + ", ".join(f"zz{i}=1" for i in range(8000)) + ")\n"
+    error = _error(text)
+    assert len(error.errors) == 8000
+    rendered = error.render()
+    assert rendered.splitlines()[-1] == "... and 7900 more errors"
+    assert max(len(line) for line in rendered.splitlines() if line.startswith("    ")) <= 110
+    assert len(rendered) < 100 * 600
+
+
+def test_long_line_excerpt_keeps_the_caret_under_the_mistake() -> None:
+    text = "input x: 3x8x8\nc: " + " | ".join(["relu"] * 100) + " | cnov\n"
+    lines = str(_error(text)).splitlines()
+    source, caret = lines[1], lines[2]
+    assert source.startswith("    …") and source.endswith("cnov")
+    assert source[caret.index("^"):caret.index("^") + 4] == "cnov"
+
+
+def test_sizes_past_4_gib_warn_and_past_int64_are_errors() -> None:
+    net = alexdsl.parse("input v: 1000\nf: fc(1100000)\n", "big.adsl")
+    warned = {(w.message, w.span.line if w.span else None) for w in net.warnings}
+    assert warned == {("f: its parameters need 4.1 GiB", 2), ("the network's parameters need 4.1 GiB in all", None)}
+    error = _error("input x: 3x100000x100000\nc: conv(1000000000, 3)\n")
+    assert [d.message for d in error.errors] == ["c: the layer is too large to compute"]
+    assert "x: one sample's output needs 111.8 GiB" in [d.message for d in error.diagnostics]
+
+
+def test_estimate_bytes_and_require_memory() -> None:
+    from alexdsl.passes.resources import estimate_bytes, require_memory
+
+    net = alexdsl.load(EXAMPLES / "alexnet.adsl")
+    estimate = estimate_bytes(net, batch=2)
+    assert estimate.parameters == 4 * net.totals()["params"]
+    assert estimate.activations == net.totals(batch=2)["activation_bytes"]
+    with pytest.raises(AlexDSLError, match=r"run AlexNet with batch 2 needs about 2\d\d\.\d MiB, more than the 1\.0"):
+        require_memory(net, 2, "run", limit=1024**2)
+    assert require_memory(net, 2, "run", limit=1024**3) == estimate
+
+
+def test_parsing_is_thread_safe() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = {f"f{i}.adsl": f"input x: 3x8x8\nc{i}: conv({i + 1}, 3)\n" + "".join(f"r{j}: relu\n" for j in range(i))
+               for i in range(8)}
+
+    def parse(item: tuple[str, str]) -> bool:
+        file, text = item
+        net = alexdsl.parse(text, file)
+        return all(layer.span.file == file for layer in net.layers())
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(parse, list(sources.items()) * 25))
+
+
+def test_a_cold_registry_is_loaded_once_for_every_thread() -> None:
+    import subprocess
+    import sys
+
+    script = ("import threading\nfrom alexdsl.ops.registry import lookup\nfound = []\n"
+              "def find():\n    found.append(lookup('conv') is not None)\n"
+              "threads = [threading.Thread(target=find) for _ in range(8)]\n"
+              "[t.start() for t in threads]\n[t.join() for t in threads]\nassert found == [True] * 8, found\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr

@@ -8,12 +8,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 from collections.abc import Iterator
+
+import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
 from alexdsl.ir.network import Network
+from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
 from alexdsl.syntax.parser import parse_module
@@ -38,26 +42,34 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
-def build_network(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None
-                  ) -> Network:
-    """Parse, elaborate and check ``text``; raise :class:`AlexDSLError` listing every error."""
+def build_network(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  max_layers: int | None = None) -> Network:
+    """Parse, elaborate and check ``text``; raise :class:`AlexDSLError` listing every error.
+
+    ``max_layers`` bounds the layers after expansion (see :func:`alexdsl.limits.max_layers`).
+    """
     with _no_gc_pauses():
-        return _build(text, file, input_shapes)
+        return _build(text, file, input_shapes, max_layers)
 
 
-def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None) -> Network:
+def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None, max_layers: int | None
+           ) -> Network:
     module = parse_module(text, file)
     sink = DiagnosticSink()
-    graph, meta = elaborate(module, sink, input_shapes)
+    graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
     if not find_cycle(graph, sink):
-        order = Network(meta.name, graph).layer_names()
-        infer_shapes(graph, order, sink)
+        network = Network(meta.name, graph)
+        infer_shapes(graph, network.layer_names(), sink)
         if not sink.has_errors:
-            outputs = choose_outputs(graph, order, meta.outputs, sink)
+            _require_shapes(graph, sink)
+            check_resources(network, sink, file)
+        if not sink.has_errors:
+            outputs = choose_outputs(graph, network.layer_names(), meta.outputs, sink)
     if not meta.inputs:
-        sink.error("the network declares no input", None, hint="add a line such as 'input data: 3x227x227'")
-    diagnostics = sorted(sink.diagnostics, key=_position)
+        sink.error("the network declares no input", None, path=file,
+                   hint="add a line such as 'input data: 3x227x227'")
+    diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
     if sink.has_errors:
         raise AlexDSLError(diagnostics, sources={file: text})
     for _, data in graph.nodes(data=True):
@@ -74,3 +86,32 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
         source_file=file,
         warnings=diagnostics,
     )
+
+
+def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
+    """A located error for any layer left without a shape (so no broken network is ever accepted)."""
+    for name, data in graph.nodes(data=True):
+        if data["shape"] is None:
+            sink.error(f"{name}: the layer's input could not be resolved", data.get("span"),
+                       hint="check the names this layer and the block it is in read from")
+
+
+def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[Diagnostic]:
+    """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance."""
+    groups: dict[tuple, list[Diagnostic]] = {}
+    for diagnostic in diagnostics:
+        message = diagnostic.message
+        layer, sep, rest = message.partition(": ")
+        block = graph.nodes[layer].get("block") if sep and layer in graph else None
+        if block:
+            message = f"{layer[len(block) + 1:]}: {rest}"
+        key = (diagnostic.severity, diagnostic.span, diagnostic.path, message, diagnostic.expected,
+               diagnostic.received, diagnostic.hint)
+        groups.setdefault(key, []).append(diagnostic)
+    merged = []
+    for key, group in groups.items():
+        if len(group) == 1:
+            merged.append(group[0])
+        else:
+            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)"))
+    return merged

@@ -14,12 +14,23 @@ from typing import Any
 import networkx as nx
 
 from alexdsl.errors import DiagnosticSink, Span, did_you_mean
+from alexdsl.limits import MAX_INT, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
 from alexdsl.syntax import ast
 
 PHASES = ("train", "test")
 BROKEN = "\0broken"  # the output of a statement that failed: layers reading it report nothing more
-MAX_BLOCK_DEPTH = 32
+PENDING = "\0pending"  # a block instance's input while its source is not resolved yet; never left in the IR
+MAX_BLOCK_DEPTH = 32  # blocks using blocks, this many deep at most
+
+
+class _Unexpandable(Exception):
+    """A block use that can never be expanded: it uses itself, or blocks nest too deep."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -109,10 +120,16 @@ def _kind_words(arg: Arg) -> str:
     }[arg.kind]
 
 
+def _default(arg: Arg) -> Any:
+    """An argument's default value, a pair default as an (h, w) tuple."""
+    return (arg.default, arg.default) if arg.kind == "pair" and isinstance(arg.default, int) else arg.default
+
+
 class Elaborator:
     """Builds the graph for one module. Use :func:`elaborate`."""
 
-    def __init__(self, module: ast.Module, sink: DiagnosticSink, input_shapes: dict[str, tuple[int, ...]] | None):
+    def __init__(self, module: ast.Module, sink: DiagnosticSink, input_shapes: dict[str, tuple[int, ...]] | None,
+                 layer_limit: int | None = None):
         self.module = module
         self.sink = sink
         self.input_shapes = dict(input_shapes or {})
@@ -121,7 +138,9 @@ class Elaborator:
         self.blocks: dict[str, ast.BlockDef] = {}
         self.op_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
         self.kind_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
-        self.block_depth = 0
+        self.layer_limit = max_layers(layer_limit)
+        self.added: list[str] = []  # layers (not inputs) in the order they were added
+        self.block_sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
 
     # entry ---------------------------------------------------------------------------------
     def run(self) -> tuple[nx.DiGraph, Meta]:
@@ -211,11 +230,20 @@ class Elaborator:
                     hint=did_you_mean(call.name, ["class"]),
                 )
                 return
+            if name in self.input_shapes:
+                self.sink.error(f"--input gives a shape to '{name}', a label input, which takes none", stmt.span,
+                                received="x".join(map(str, self.input_shapes[name])),
+                                hint="override only tensor inputs (declared with a shape such as 3x224x224)")
             attrs: dict[str, Any] = {"kind": "label", "classes": values[0]}
             shape: tuple[int, ...] = ()
         else:
             assert stmt.shape is not None
-            shape = tuple(int(d) for d in str(stmt.shape.value).split("x"))
+            dims = str(stmt.shape.value).split("x")
+            if any(len(d.lstrip("0")) > len(str(MAX_INT)) or int(d) > MAX_INT for d in dims):
+                self.sink.error(f"input '{name}' has a dimension that is too large", stmt.shape.span,
+                                expected=f"dimensions of at most {MAX_INT:,} (2**63 - 1)")
+                return
+            shape = tuple(int(d) for d in dims)
             if name in self.input_shapes:
                 shape = tuple(self.input_shapes[name])
             if any(d < 1 for d in shape):
@@ -478,6 +506,13 @@ class Elaborator:
             self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=_describe(count),
                             expected="a positive integer, or a block parameter holding one")
             return None
+        try:
+            size = count * self._call_size(stmt.call, scope.values, [])
+        except _Unexpandable as error:
+            self.sink.error(error.message, stmt.call.span, hint=error.hint)
+            return None
+        if not self._fits(size, f"repeat {count} {stmt.call.name}", stmt.count.span):
+            return None
         prev = scope.prev
         for i in range(count):
             out = self._apply(stmt.call, f"{full}.{i}", stmt.sources if i == 0 else [], prev,
@@ -532,6 +567,7 @@ class Elaborator:
         self.graph.add_node(name, op=op.name, attrs=attrs or {}, inputs=inputs, shape=None, params={}, buffers={},
                             phase=phase, span=call.span, block=scope.block, macs=0, arg_spans=arg_spans,
                             param_config=param_cfg, ok=attrs is not None)
+        self.added.append(name)
         return name
 
     def _bind(self, op: OpDef, call: ast.Call, values: list[tuple[str | None, Any, Span, ast.Value]]
@@ -551,14 +587,12 @@ class Elaborator:
                     self.sink.error(f"too many positional arguments for {op.name}", span,
                                     expected=f"{op.name} takes {len(positional)} positional ({names})",
                                     received=_describe(value))
-                    ok = False
                     continue
                 key = positional[position].name
                 position += 1
                 if seen_keyword:
                     self.sink.error("a positional argument follows a keyword argument", span,
                                     hint="name it: " + f"{key}={_describe(value)}")
-                    ok = False
             else:
                 key = keyword
                 seen_keyword = True
@@ -570,11 +604,9 @@ class Elaborator:
                 self.sink.error(f"unknown argument '{key}' for {op.name}", span,
                                 expected=", ".join(allowed) if allowed else f"{op.name} takes no arguments",
                                 hint=did_you_mean(key, allowed))
-                ok = False
                 continue
             if key in given:
                 self.sink.error(f"argument '{key}' of {op.name} is given twice", span)
-                ok = False
                 continue
             given[key] = (value, span)
         defaults = self.op_defaults.get(op.name, {})
@@ -586,8 +618,7 @@ class Elaborator:
             elif arg.name in defaults:
                 value, span = defaults[arg.name]
             elif arg.default is not REQUIRED:
-                attrs[arg.name] = (arg.default, arg.default) if arg.kind == "pair" and isinstance(arg.default, int) \
-                    else arg.default
+                attrs[arg.name] = _default(arg)
                 continue
             else:
                 self.sink.error(f"{op.name} is missing required argument '{arg.name}'", call.span,
@@ -595,8 +626,11 @@ class Elaborator:
                 ok = False
                 continue
             converted = self._convert(op, arg, value, span)
-            if converted is None and value is not None:
-                ok = False
+            if converted is None and value is not None:  # reported; go on with the default to find more
+                if arg.default is REQUIRED:
+                    ok = False
+                else:
+                    attrs[arg.name] = _default(arg)
                 continue
             spans[arg.name] = span
             attrs[arg.name] = converted
@@ -644,61 +678,131 @@ class Elaborator:
         if len(sources) > 1:
             self.sink.error(f"block {call.name} takes one input, received {len(sources)}", call.span)
             return None
-        if self.block_depth >= MAX_BLOCK_DEPTH:
-            self.sink.error(f"block {call.name} expands into itself", call.span,
-                            hint="a block may not use itself, directly or through another block")
+        values = self._block_values(block, call, scope.values, report=True)
+        if values is None:
             return None
+        try:
+            size = self._block_size(call.name, values, [])
+        except _Unexpandable as error:
+            self.sink.error(error.message, call.span, hint=error.hint)
+            return None
+        if not self._fits(size, f"block {call.name}", call.span):
+            return None
+        input_node = PENDING if sources else implicit
+        inner = _Scope(prefix=name + ".", values=values, in_node=input_node, prev=input_node, block=name)
+        first_node = len(self.added)
+        for stmt in block.body:
+            self._statement(stmt, inner)
+        output = inner.labels.get("out", inner.prev)
+        source = self._lookup(sources[0], scope, report=False) if sources else None
+        if source is not None:
+            inner.in_node = source
+        self._resolve(inner)
+        if not sources:
+            return output
+        for node in self.added[first_node:]:  # the instance's layers that read its input
+            inputs = self.graph.nodes[node]["inputs"]
+            for index, item in enumerate(inputs):
+                if item == PENDING:
+                    if source is None:  # defined later: resolved with the layers that read it
+                        scope.pending.append((node, index, sources[0]))
+                    else:
+                        inputs[index] = source
+        if output != PENDING:
+            return output
+        if source is None:
+            self.sink.error(f"block {call.name} has no layers, so '{name}' would only pass on "
+                            f"'{sources[0].name}', which is defined later", call.span,
+                            hint=f"read '{sources[0].name}' directly, or define it before '{name}'")
+            return None
+        return source
+
+    def _block_values(self, block: ast.BlockDef, call: ast.Call, outer: dict[str, Any], report: bool
+                      ) -> dict[str, Any] | None:
+        """The block's parameters bound to the call's arguments; None (reported) on a mistake.
+
+        With ``report=False`` nothing is reported and a best-effort binding is returned.
+        """
         params = [p.name.name for p in block.params]
         values: dict[str, Any] = {}
         position = 0
         for arg in call.args:
-            value = self._eval(arg.value, scope.values)
+            value = self._eval(arg.value, outer)
             if arg.keyword is None:
                 if position >= len(params):
-                    self.sink.error(f"too many arguments for block {call.name}", arg.span,
-                                    expected=f"{call.name}({', '.join(params)})")
-                    return None
+                    if report:
+                        self.sink.error(f"too many arguments for block {call.name}", arg.span,
+                                        expected=f"{call.name}({', '.join(params)})")
+                        return None
+                    continue
                 key = params[position]
                 position += 1
             else:
                 key = arg.keyword
                 if key not in params:
-                    self.sink.error(f"unknown argument '{key}' for block {call.name}", arg.span,
-                                    expected=", ".join(params), hint=did_you_mean(key, params))
-                    return None
+                    if report:
+                        self.sink.error(f"unknown argument '{key}' for block {call.name}", arg.span,
+                                        expected=", ".join(params), hint=did_you_mean(key, params))
+                        return None
+                    continue
             values[key] = value
         for param in block.params:
             if param.name.name not in values:
                 if param.default is None:
-                    self.sink.error(f"block {call.name} is missing argument '{param.name.name}'", call.span,
-                                    expected=f"{call.name}({', '.join(params)})")
-                    return None
+                    if report:
+                        self.sink.error(f"block {call.name} is missing argument '{param.name.name}'", call.span,
+                                        expected=f"{call.name}({', '.join(params)})")
+                        return None
+                    continue
                 values[param.name.name] = self._eval(param.default, {})
-        if sources:
-            input_node = "\0pending"
-        else:
-            input_node = implicit
-        inner = _Scope(prefix=name + ".", values=values, in_node=input_node, prev=input_node, block=name)
-        self.block_depth += 1
-        for stmt in block.body:
-            self._statement(stmt, inner)
-        self.block_depth -= 1
-        if sources:
-            source = self._lookup(sources[0], scope, report=False)
-            if source is None:
-                scope.pending.append(("\0block-input", 0, sources[0]))
-            self._rewire(inner, "\0pending", source)
-            inner.in_node = source
-        self._resolve(inner)
-        if "out" in inner.labels:
-            return inner.labels["out"]
-        return inner.prev
+        return values
 
-    def _rewire(self, scope: _Scope, placeholder: str, actual: str | None) -> None:
-        for node in list(self.graph.nodes):
-            if node.startswith(scope.prefix):
-                data = self.graph.nodes[node]
-                data["inputs"] = [actual if i == placeholder else i for i in data["inputs"]]
+    # expansion size ------------------------------------------------------------------------------
+    def _call_size(self, call: ast.Call, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers that ``call`` adds: 1 for an op, the expanded size for a block."""
+        block = self.blocks.get(call.name)
+        if block is None:
+            return 1
+        return self._block_size(call.name, self._block_values(block, call, values, report=False) or {}, chain)
+
+    def _block_size(self, name: str, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers one instance of block ``name`` expands to, computed without expanding it.
+
+        Memoised per (block, arguments), so even a block used 2**40 times through nesting costs
+        one walk of each body. Raises :class:`_Unexpandable` for a block that uses itself.
+        """
+        key = (name, tuple(sorted(values.items())))
+        if key in self.block_sizes:
+            return self.block_sizes[key]
+        if name in chain:
+            cycle = " -> ".join(chain[chain.index(name):] + [name])
+            raise _Unexpandable(f"block {name} expands into itself",
+                                f"a block may not use itself, directly or through another block: {cycle}")
+        if len(chain) >= MAX_BLOCK_DEPTH:
+            path = chain[:3] + ["..."] + chain[-2:] + [name]
+            raise _Unexpandable(f"blocks are nested more than {MAX_BLOCK_DEPTH} deep here",
+                                "use fewer levels of blocks inside blocks: " + " -> ".join(path))
+        inner = chain + [name]
+        total = 0
+        for stmt in self.blocks[name].body:
+            if isinstance(stmt, ast.RepeatStmt):
+                count = self._eval(stmt.count, values)
+                if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                    total += count * self._call_size(stmt.call, values, inner)
+            else:
+                total += sum(self._call_size(link.call, values, inner) for link in stmt.links)
+        self.block_sizes[key] = total
+        return total
+
+    def _fits(self, size: int, what: str, span: Span) -> bool:
+        """Whether ``size`` more layers stay within the layer limit; an error at ``span`` if not."""
+        if len(self.graph) + size <= self.layer_limit:
+            return True
+        self.sink.error(f"{what} expands to {size:,} layers, more than the limit of {self.layer_limit:,} "
+                        "for the whole network", span,
+                        expected=f"at most {self.layer_limit:,} layers after expanding every repeat and block",
+                        hint="set ALEXDSL_MAX_LAYERS (or pass max_layers=) to allow more")
+        return False
 
     # names -------------------------------------------------------------------------------------
     def _lookup(self, ref: ast.Name, scope: _Scope, report: bool = True) -> str | None:
@@ -724,10 +828,10 @@ class Elaborator:
         return None
 
     def _resolve(self, scope: _Scope) -> None:
+        reported: set[int] = set()  # a block's input read by several of its layers is reported once
         for node, index, ref in scope.pending:
-            target = self._lookup(ref, scope)
-            if node.startswith("\0"):
-                continue
+            target = self._lookup(ref, scope, report=id(ref) not in reported)
+            reported.add(id(ref))
             self.graph.nodes[node]["inputs"][index] = target
         scope.pending.clear()
 
@@ -743,7 +847,10 @@ class Elaborator:
                     self.graph.add_edge(source, node, index=[index])
 
 
-def elaborate(module: ast.Module, sink: DiagnosticSink,
-              input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[nx.DiGraph, Meta]:
-    """Build the IR graph (without shapes) for ``module``, recording problems in ``sink``."""
-    return Elaborator(module, sink, input_shapes).run()
+def elaborate(module: ast.Module, sink: DiagnosticSink, input_shapes: dict[str, tuple[int, ...]] | None = None,
+              max_layers: int | None = None) -> tuple[nx.DiGraph, Meta]:
+    """Build the IR graph (without shapes) for ``module``, recording problems in ``sink``.
+
+    ``max_layers`` bounds the layers after expansion (see :func:`alexdsl.limits.max_layers`).
+    """
+    return Elaborator(module, sink, input_shapes, max_layers).run()

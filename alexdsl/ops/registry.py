@@ -12,6 +12,7 @@ with an example. Backends keep a lowering table keyed by the op's name.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,13 +173,19 @@ def op_names() -> list[str]:
 
 
 _FAMILIES_LOADED = False
+_FAMILIES_LOCK = threading.RLock()
 
 
 def _load_families() -> None:
+    """Import the op modules once; other threads wait until every op is registered."""
     global _FAMILIES_LOADED
-    if not _FAMILIES_LOADED:
-        _FAMILIES_LOADED = True
-        from alexdsl.ops import activation, conv, linear, loss, norm, pool, tensor  # noqa: F401
+    if _FAMILIES_LOADED:
+        return
+    with _FAMILIES_LOCK:
+        if not _FAMILIES_LOADED:
+            from alexdsl.ops import activation, conv, linear, loss, norm, pool, tensor  # noqa: F401
+
+            _FAMILIES_LOADED = True
 
 
 # Shared helpers for shape rules -------------------------------------------------------------

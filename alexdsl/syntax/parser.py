@@ -10,9 +10,12 @@ the dataclasses of :mod:`alexdsl.syntax.ast` directly (no intermediate parse tre
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import importlib.resources
+import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lark import Lark, Token, Transformer
@@ -20,6 +23,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import PatternStr
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
+from alexdsl.limits import MAX_INT, MAX_NESTING
 from alexdsl.syntax import ast
 
 MAX_SYNTAX_ERRORS = 20
@@ -36,21 +40,43 @@ def grammar_text(name: str = "alexdsl.lark") -> str:
     return (Path(__file__).resolve().parents[2] / "grammars" / name).read_text(encoding="utf-8")
 
 
+@dataclass
+class _ParseState:
+    """What one parse call tracks; kept per call (in a context variable) so threads may parse at once."""
+
+    file: str
+    open_parens: list[Token] = field(default_factory=list)
+    comments: list[Token] = field(default_factory=list)
+    errors: list[Diagnostic] = field(default_factory=list)  # bad literals: too large, not finite
+
+
+_STATE: contextvars.ContextVar[_ParseState] = contextvars.ContextVar("alexdsl_parse_state")
+
+
+class _TooDeep(Exception):
+    """Raised by the post-lexer at the parenthesis that opens one level too many."""
+
+    def __init__(self, token: Token):
+        super().__init__(str(token))
+        self.token = token
+
+
 class _Continuations:
-    """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'."""
+    """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'.
+
+    It also refuses more than MAX_NESTING open parentheses, so nothing downstream recurses deeply.
+    """
 
     always_accept = ("_NL",)
 
-    def __init__(self) -> None:
-        self.open_parens: list[Token] = []
-
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        self.open_parens = []
+        open_parens: list[Token] = []
+        _STATE.get().open_parens = open_parens
         pending: Token | None = None
         for token in stream:
             kind = token.type
             if kind == "_NL":
-                if not self.open_parens and pending is None:
+                if not open_parens and pending is None:
                     pending = token
                 continue
             if pending is not None:
@@ -58,9 +84,11 @@ class _Continuations:
                     yield pending
                 pending = None
             if kind == "LPAR":
-                self.open_parens.append(token)
-            elif kind == "RPAR" and self.open_parens:
-                self.open_parens.pop()
+                open_parens.append(token)
+                if len(open_parens) > MAX_NESTING:
+                    raise _TooDeep(token)
+            elif kind == "RPAR" and open_parens:
+                open_parens.pop()
             yield token
         if pending is not None:
             yield pending
@@ -86,15 +114,15 @@ class _ToAst(Transformer):
     named terminals in the grammar so they are kept for this.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.file = "<string>"
-
     def _span(self, *items: object) -> Span:
         bounds = _bounds(list(items))
         assert bounds is not None
         (line, column), (end_line, end_column) = bounds
-        return Span(self.file, line, column, end_line, end_column)
+        return Span(_STATE.get().file, line, column, end_line, end_column)
+
+    def _bad_literal(self, tok: Token, message: str, expected: str) -> None:
+        _STATE.get().errors.append(Diagnostic("error", message, self._span(tok), expected=expected,
+                                              received=str(tok)))
 
     def _name(self, token: Token) -> ast.Name:
         return ast.Name(str(token), self._span(token))
@@ -102,11 +130,19 @@ class _ToAst(Transformer):
     # values ------------------------------------------------------------------
     def int_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
+        digits = str(tok).lstrip("-").lstrip("0")
+        if len(digits) > len(str(MAX_INT)) or abs(int(tok)) > MAX_INT:
+            self._bad_literal(tok, "the integer is too large", f"at most {MAX_INT:,} (2**63 - 1)")
+            return ast.Literal(0, self._span(tok), str(tok))
         return ast.Literal(int(tok), self._span(tok), str(tok))
 
     def float_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
-        return ast.Literal(float(tok), self._span(tok), str(tok))
+        value = float(tok)
+        if not math.isfinite(value):
+            self._bad_literal(tok, "the number is too large", "a finite number, at most about 1.8e308")
+            value = 0.0
+        return ast.Literal(value, self._span(tok), str(tok))
 
     def string_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
@@ -216,21 +252,18 @@ class _ToAst(Transformer):
 
 
 @functools.cache
-def _parser() -> tuple[Lark, _ToAst, _Continuations, list[Token]]:
-    transformer = _ToAst()
-    postlex = _Continuations()
-    comments: list[Token] = []
-    lark = Lark(
+def _parser() -> Lark:
+    """The LALR parser; its transformer and post-lexer keep their per-call state in ``_STATE``."""
+    return Lark(
         grammar_text(),
         parser="lalr",
         lexer="basic",
         maybe_placeholders=True,
-        transformer=transformer,
-        postlex=postlex,
-        lexer_callbacks={"COMMENT": comments.append},
+        transformer=_ToAst(),
+        postlex=_Continuations(),
+        lexer_callbacks={"COMMENT": lambda token: _STATE.get().comments.append(token)},
         cache=False,
     )
-    return lark, transformer, postlex, comments
 
 
 # Known mistakes, matched against the parser state where the error happened (Lark's match_examples).
@@ -351,19 +384,24 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
     """Parse alexdsl source into a :class:`~alexdsl.syntax.ast.Module`.
 
     Every syntax error is reported: after one, the offending line is blanked and parsing
-    starts again, up to 20 errors. Raises :class:`AlexDSLError`.
+    starts again, up to 20 errors. A leading byte order mark is ignored. Safe to call from
+    several threads at once. Raises :class:`AlexDSLError`.
     """
-    lark, transformer, postlex, comments = _parser()
+    text = text.removeprefix("\ufeff")
+    lark = _parser()
     diagnostics: list[Diagnostic] = []
     attempt = text
     seen_lines: set[int] = set()
     while True:
-        transformer.file = file
-        comments.clear()
+        state = _ParseState(file)
+        reset = _STATE.set(state)
         try:
             statements = lark.parse(attempt)
+        except _TooDeep as error:
+            diagnostics.append(_too_deep(error.token, file))
+            break
         except UnexpectedInput as error:
-            diag = _syntax_diagnostic(error, file, text, lark, list(postlex.open_parens))
+            diag = _syntax_diagnostic(error, file, text, lark, list(state.open_parens))
             if diag.span is None or diag.span.line in seen_lines:
                 diagnostics.append(diag) if diag.span is None or not diagnostics else None
                 break
@@ -374,9 +412,20 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
                 break
             attempt = _blank_line(attempt, diag.span.line)
             continue
+        finally:
+            _STATE.reset(reset)
         break
+    diagnostics.extend(state.errors)
     if diagnostics:
-        raise AlexDSLError(diagnostics, sources={file: text})
+        raise AlexDSLError(sorted(diagnostics, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0)),
+                           sources={file: text})
     module = ast.Module(file=file, source=text, statements=statements)
-    module.comments = [ast.Comment(str(c), c.line, c.column) for c in comments]
+    module.comments = [ast.Comment(str(c), c.line, c.column) for c in state.comments]
     return module
+
+
+def _too_deep(token: Token, file: str) -> Diagnostic:
+    return Diagnostic("error", f"more than {MAX_NESTING} parentheses are open here",
+                      Span(file, token.line, token.column, token.line, token.column + 1),
+                      expected=f"at most {MAX_NESTING} levels of nested calls and tuples",
+                      hint="write the value without so many nested parentheses")

@@ -1,0 +1,48 @@
+"""Limits that keep hostile or mistaken input from hanging the tool or exhausting memory.
+
+Each limit has a default, an environment variable that overrides it, and an argument of
+:func:`alexdsl.load` / :func:`alexdsl.parse` that overrides both.
+
+>>> max_layers(None)
+1000000
+>>> max_layers(50)
+50
+"""
+
+from __future__ import annotations
+
+import os
+
+from alexdsl.errors import AlexDSLError
+
+DEFAULT_MAX_LAYERS = 1_000_000  # layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS)
+DEFAULT_MAX_SOURCE_BYTES = 16 * 1024 * 1024  # the size of one source file (ALEXDSL_MAX_SOURCE_BYTES)
+MAX_NESTING = 64  # parentheses open at once in a source file
+MAX_INT = 2**63 - 1  # the largest integer a source may write: every size is int64 in the backends
+LARGE_BYTES = 4 * 1024**3  # a layer or network past this gets a warning from check
+
+
+def _limit(given: int | None, variable: str, default: int) -> int:
+    if given is not None:
+        value = given
+    else:
+        text = os.environ.get(variable)
+        if text is None:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise AlexDSLError(f"error: {variable}={text!r} is not an integer") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise AlexDSLError(f"error: the limit {variable} must be a positive integer, not {value!r}")
+    return value
+
+
+def max_layers(given: int | None = None) -> int:
+    """The most layers a network may expand to: ``given``, else ``$ALEXDSL_MAX_LAYERS``, else 1,000,000."""
+    return _limit(given, "ALEXDSL_MAX_LAYERS", DEFAULT_MAX_LAYERS)
+
+
+def max_source_bytes(given: int | None = None) -> int:
+    """The largest source file read: ``given``, else ``$ALEXDSL_MAX_SOURCE_BYTES``, else 16 MiB."""
+    return _limit(given, "ALEXDSL_MAX_SOURCE_BYTES", DEFAULT_MAX_SOURCE_BYTES)
