@@ -215,3 +215,103 @@ def test_mutated_prototxt_never_crashes(data: st.DataObject) -> None:
         assert error.diagnostics
     else:
         alexdsl.parse(source)
+
+
+# hostile input (issue 9) and the newcomer's import (issue 13) ---------------------------------------
+def relu_layers(count: int) -> str:
+    return "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "data" top: "r{i}" }}\n' for i in range(count))
+
+
+@pytest.mark.parametrize("one_line", [False, True], ids=["lines", "one-line"])
+def test_a_missing_brace_at_the_end_of_a_big_file_points_at_its_layer(one_line: bool) -> None:
+    body = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n' + relu_layers(3000)
+    if one_line:
+        body = body.replace("\n", " ")
+    text = body + 'layer { name: "last" type: "ReLU"\n'
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "big.prototxt")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message == "'layer {' is never closed"
+    assert (diagnostic.span.line, diagnostic.span.column) == ((1, len(body) + 1) if one_line else (3003, 1))
+    assert diagnostic.hint == "close it with a '}' after the last field of 'layer'"
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_deep_nesting_is_a_located_error(closed: bool) -> None:
+    text = "net {\n" + "a { " * 2000 + ("}" * 2001 if closed else "")
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "deep.prototxt")
+    (diagnostic,) = info.value.diagnostics
+    assert "nested more than 100 deep" in diagnostic.message
+    assert (diagnostic.span.line, diagnostic.span.column) == (2, 99 * 4 + 3)  # the 101st '{'
+
+
+DEPLOY_8 = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ('input: "data"\ninput_shape { dim: 1 dim: 3 dim: 99999999999999999999999 dim: 8 }\n', "dim", "an integer"),
+        (DEPLOY_8 + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+         "  convolution_param { num_output: 4294967296 kernel_size: 3 } }\n", "num_output", "an integer"),
+        (DEPLOY_8 + 'layer { name: "d" type: "Dropout" bottom: "data" top: "d"\n'
+         "  dropout_param { dropout_ratio: 1e999 } }\n", "dropout_ratio", "finite"),
+        (DEPLOY_8 + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r"\n'
+         f"  relu_param {{ negative_slope: {'9' * 400} }} }}\n", "negative_slope", "finite"),
+        (DEPLOY_8 + 'layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+         "  convolution_param { num_output: 4 kernel_size: 3\n"
+         f"    weight_filler {{ type: \"gaussian\" std: {'9' * 5000} }} }} }}\n", "std", "finite"),
+        (DEPLOY_8 + 'layer { name: "c" type: "InnerProduct" bottom: "data" top: "c"\n'
+         "  param { lr_mult: 1e39 } inner_product_param { num_output: 4 } }\n", "lr_mult", "finite"),
+    ],
+    ids=["dim", "num_output", "1e999", "huge-int-float", "5000-digits", "float32-overflow"],
+)
+def test_huge_and_non_finite_numbers_are_located_errors(text: str, field: str, expected: str) -> None:
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "n.prototxt")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message.startswith(f"field '{field}' expects") and expected in diagnostic.message
+    line = text.splitlines()[diagnostic.span.line - 1]
+    value = line[diagnostic.span.column - 1:diagnostic.span.end_column - 1]
+    assert line[:diagnostic.span.column - 1].rstrip().endswith(f"{field}:") and value.strip("0123456789e.") == ""
+
+
+def test_a_loss_label_needs_no_declaration() -> None:
+    """issue 13: the train_val AlexNet without its Data layers, only 'data' declared."""
+    deploy = 'name: "AlexNet"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 227 dim: 227 }\n'
+    source = import_prototxt(deploy + repaired(seed_text()), "alexnet.prototxt")
+    assert "input label: class(1000)" in source.splitlines()
+    network = alexdsl.parse(source)
+    assert network.totals()["params"] == 60_965_224
+    assert network.layer("loss").inputs == ["fc8", "label"] and network.layer("label").is_label
+
+
+def test_one_missing_input_is_one_error() -> None:
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(repaired(seed_text()), "nodata.prototxt")
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message == "bottom 'data' is not produced by any earlier layer or input"
+    assert diagnostic.span.line == next(i for i, line in enumerate(seed_text().splitlines(), 1) if '"data"' in line)
+
+
+def test_what_follows_from_a_failed_layer_is_not_reported_again() -> None:
+    text = (DEPLOY_8 + 'layer { name: "x" type: "Crop" bottom: "data" top: "x" }\n'
+            'layer { name: "r" type: "ReLU" bottom: "x" top: "x" }\n'
+            'layer { name: "p" type: "Pooling" bottom: "x" top: "p" pooling_param { pool: STOCHASTIC } }\n'
+            'layer { name: "f" type: "InnerProduct" bottom: "p" top: "f" inner_product_param { num_output: 2 } }\n'
+            'layer { name: "g" type: "InnerProduct" bottom: "nowhere" top: "g" }\n')
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "chain.prototxt")
+    assert [d.message.split(" (")[0] for d in info.value.diagnostics] == [
+        "unknown layer type 'Crop'", "bottom 'nowhere' is not produced by any earlier layer or input"]
+
+
+def test_strings_are_read_with_protobuf_escapes() -> None:
+    text = ('name: "say \\"hi\\"\\n\\303\\251\\x41"\n' + DEPLOY_8
+            + 'layer { name: "a\\tb" type: "ReLU" bottom: "data" top: "r" }\n')
+    from alexdsl.interop.caffe import parse_prototxt
+
+    net = parse_prototxt(text)
+    assert net.scalar("name").value == 'say "hi"\néA'
+    assert alexdsl.parse(import_prototxt(text)).layer_names()[-1] == "a_b"

@@ -102,7 +102,7 @@ def test_export_onnx_command_with_weights(tmp_path: Path) -> None:
     assert scores.shape == (4, 10)
     result = CliRunner().invoke(export_command, [str(src), "--format", "onnx", "-o", str(out),
                                                  "--weights", str(tmp_path / "missing.npz")])
-    assert result.exit_code == 1 and "no such file" in result.output
+    assert result.exit_code == 1 and "missing.npz: error: no such" in result.output
 
 
 # generated networks: both interchange paths give the network back --------------------------------
@@ -118,3 +118,99 @@ def test_generated_networks_round_trip(src: str) -> None:
     assert comparable(again) == comparable(network)
     caffe = alexdsl.parse(import_prototxt(export_prototxt(network)))
     assert caffe.shapes == network.shapes and params(caffe) == params(network)
+
+
+# import json and export prototxt never inject (issue 9) -------------------------------------------
+from hypothesis import strategies as st  # noqa: E402
+
+from alexdsl.interop.caffe import parse_prototxt  # noqa: E402
+from alexdsl.interop.source import is_name  # noqa: E402
+
+HOSTILE_NAMES = ["T\nsolver(lr=1000)\ndefaults conv(weight=constant(9))", "input", "true", "1st", "a b", "a-b",
+                 'q"uote', "é", "a..b", "a.", "x\\", "", "net\r"]
+IDENTIFIERS = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}(\.[a-z0-9]{1,3})?", fullmatch=True)
+# mostly names the IR reader accepts (keywords and leading digits among them), some it refuses
+NAME_TEXT = st.one_of(IDENTIFIERS, IDENTIFIERS, st.sampled_from(["input", "true", "repeat", "in", "1st", "7"]),
+                      st.sampled_from(HOSTILE_NAMES), st.text(min_size=1, max_size=8))
+
+
+def rename(data: dict, old: str, new: str) -> None:
+    """Rename layer ``old`` everywhere an IR dict names it."""
+    for layer in data["layers"]:
+        layer["name"] = new if layer["name"] == old else layer["name"]
+        layer["inputs"] = [new if i == old else i for i in layer["inputs"]]
+    for key in ("inputs", "outputs"):
+        data[key] = [new if i == old else i for i in data[key]]
+
+
+@st.composite
+def ir_documents(draw: st.DrawFn) -> dict:
+    """A valid generated network's IR with random names, description and lr/decay multipliers."""
+    data = json.loads(alexdsl.parse(draw(networks())).to_json())
+    data["name"] = draw(NAME_TEXT)
+    data["description"] = draw(st.text(max_size=30))
+    for layer in data["layers"]:
+        if draw(st.booleans()):
+            new = draw(NAME_TEXT)
+            if new not in [other["name"] for other in data["layers"]]:
+                rename(data, layer["name"], new)
+        for spec in layer["params"].values():
+            spec["lr_mult"] = draw(st.sampled_from([1.0, 0.0, 2.0, 1e-3, 0.1, 1e30]))
+            spec["decay_mult"] = draw(st.floats(0, 10, allow_nan=False, allow_infinity=False))
+    return data
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ir_documents())
+def test_fuzzed_ir_writes_back_the_same_network_or_a_located_refusal(data: dict) -> None:
+    try:
+        network = alexdsl.Network.from_json(json.dumps(data), "fuzz.json")
+    except AlexDSLError:
+        return  # refused by the IR reader
+    names = [("name", network.name)] + [(f"layers[{i}].name", n) for i, n in enumerate(network.layer_names())]
+    unwritable = [path for path, name in names if not is_name(name)]
+    try:
+        source = network_to_source(network, "fuzz.json")
+    except AlexDSLError as error:
+        assert unwritable and sorted(d.path for d in error.diagnostics if d.path.endswith(".name") or
+                                     d.path.endswith(":name")) == sorted(f"fuzz.json:{p}" for p in unwritable)
+        assert all("cannot be written as an alexdsl name" in d.message for d in error.diagnostics)
+        return
+    assert not unwritable
+    again = alexdsl.parse(source)
+    assert again.name == network.name and again.description == network.description
+    assert again.shapes == network.shapes and again.state_keys() == network.state_keys()
+    assert params(again) == params(network)
+    assert sum(line.startswith(("network ", "solver", "defaults")) for line in source.splitlines()) == 1
+
+
+def test_import_json_refuses_names_source_cannot_hold(tmp_path: Path) -> None:
+    data = json.loads(alexdsl.load(ROOT / "examples" / "lenet.adsl").to_json())
+    data["name"] = "LeNet solver(lr=1000)"  # printable, so the IR reader lets it through
+    rename(data, "conv1", "input")
+    ir_file = tmp_path / "evil.json"
+    ir_file.write_text(json.dumps(data))
+    out = tmp_path / "evil.adsl"
+    result = CliRunner().invoke(import_group, ["json", str(ir_file), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists() and "Traceback" not in result.output
+    assert "evil.json:name: error: the network name cannot be written as an alexdsl name" in result.output
+    index = [layer["name"] for layer in data["layers"]].index("input")
+    assert f"evil.json:layers[{index}].name: error: the layer name cannot be written" in result.output
+
+
+def test_a_name_with_newlines_never_becomes_statements() -> None:
+    network = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3)\n")
+    network.name = HOSTILE_NAMES[0]
+    with pytest.raises(AlexDSLError) as info:
+        network_to_source(network, "net.json")
+    assert [d.path for d in info.value.diagnostics] == ["net.json:name"]
+
+
+def test_prototxt_export_escapes_strings() -> None:
+    network = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3)\n")
+    network.name = 'two\nlines "quoted" \\ \x01 é'
+    text = export_prototxt(network)
+    assert text.splitlines()[0] == 'name: "two\\nlines \\"quoted\\" \\\\ \\001 é"'
+    assert parse_prototxt(text).scalar("name").value == network.name
+    again = alexdsl.parse(import_prototxt(text))
+    assert again.name == "two_lines__quoted______é".replace("é", "_") and again.shapes == network.shapes

@@ -40,7 +40,9 @@ c1: conv(4, 3) | r1: relu
 
 from __future__ import annotations
 
+import bisect
 import functools
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
+from alexdsl.interop.source import is_name
 from alexdsl.syntax.parser import grammar_text
 
 
@@ -141,8 +144,25 @@ class _Build(Transformer):
         return Scalar("ident", str(tok), str(tok), _span(self.file, tok))
 
 
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_CONTROL_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b", b"f": b"\f", b"v": b"\v"}
+
+
 def _unquote(text: str) -> str:
-    return text[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
+    """A quoted protobuf string's value: escapes (``\\n``, ``\\"``, octal, ``\\x``) give bytes, read as UTF-8.
+
+    >>> _unquote(r'"a\\"b\\n\\303\\251\\x41"')
+    'a"b\\néA'
+    """
+    def one(m: re.Match[bytes]) -> bytes:
+        octal, hexa, char = m.groups()
+        if octal:
+            return bytes([int(octal, 8) & 0xFF])
+        if hexa:
+            return bytes([int(hexa, 16)])
+        return _CONTROL_ESCAPES.get(char, char)
+
+    return _ESCAPE.sub(one, text[1:-1].encode("utf-8")).decode("utf-8", errors="replace")
 
 
 @functools.cache
@@ -151,37 +171,66 @@ def _parser() -> Lark:
                 maybe_placeholders=True)
 
 
-def _open_braces(text: str) -> list[tuple[str, int, int]]:
-    """The braces left open at the end of ``text``: (field name, line, column) of each."""
-    stack: list[tuple[str, int, int]] = []
-    last_name = ("", 0, 0)
-    for m in re.finditer(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[{}]', text):
+MAX_DEPTH = 100  # messages nested deeper than this are refused before the tree is built (recursion)
+_BRACE_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[{}<>]')
+
+
+@dataclass
+class _Braces:
+    """What one scan of the text finds: the braces left open at its end, and the first one nested too deep."""
+
+    unclosed: list[tuple[str, int]]  # (field name, offset of the name) of each brace still open at the end
+    too_deep: int | None  # offset of the first brace opened at depth MAX_DEPTH + 1
+
+
+def _scan_braces(text: str) -> _Braces:
+    """Track ``{``/``}`` (and ``<``/``>``) outside strings and comments, in one linear pass."""
+    stack: list[tuple[str, int]] = []
+    last_name = ("", 0)
+    too_deep = None
+    for m in _BRACE_TOKENS.finditer(text):
         tok = m.group()
-        line = text.count("\n", 0, m.start()) + 1
-        column = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
-        if tok == "{":
+        if tok in ("{", "<"):
             stack.append(last_name)
-        elif tok == "}":
+            if len(stack) > MAX_DEPTH and too_deep is None:
+                too_deep = m.start()
+        elif tok in ("}", ">"):
             if stack:
                 stack.pop()
         elif tok[0] not in "\"'#":
-            last_name = (tok, line, column)
-    return stack
+            last_name = (tok, m.start())
+    return _Braces(stack, too_deep)
+
+
+def _line_starts(text: str) -> list[int]:
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _offset_span(file: str, starts: list[int], offset: int, length: int) -> Span:
+    line = bisect.bisect_right(starts, offset)
+    column = offset - starts[line - 1] + 1
+    return Span(file, line, column, line, column + length)
 
 
 def parse_prototxt(text: str, file: str = "<string>") -> Message:
     """Parse protobuf text format; raise :class:`AlexDSLError` with located diagnostics."""
+    braces = _scan_braces(text)
+    if braces.too_deep is not None:
+        span = _offset_span(file, _line_starts(text), braces.too_deep, 1)
+        raise AlexDSLError([Diagnostic("error", f"messages are nested more than {MAX_DEPTH} deep", span,
+                                       hint="a Caffe net nests a few levels; this file is damaged or hostile")],
+                           sources={file: text})
     try:
         tree = _parser().parse(text)
     except UnexpectedInput as error:
-        unclosed = _open_braces(text)
         at_end = isinstance(error, UnexpectedEOF) or (
             isinstance(error, UnexpectedToken) and error.token.type == "$END")
-        if at_end and unclosed:
+        if at_end and braces.unclosed:
+            starts = _line_starts(text)
             diagnostics = [
-                Diagnostic("error", f"'{name} {{' is never closed", Span(file, line, column, line, column + len(name)),
-                           hint="add the missing '}' where this message ends")
-                for name, line, column in unclosed
+                Diagnostic("error", f"'{name} {{' is never closed", _offset_span(file, starts, offset, len(name)),
+                           hint=f"close it with a '}}' after the last field of '{name}'")
+                for name, offset in braces.unclosed
             ]
             raise AlexDSLError(diagnostics, sources={file: text}) from None
         line, column = max(error.line, 1), max(error.column, 1)
@@ -245,8 +294,6 @@ _SCHEMA: dict[str, set[str]] = {
 LAYER_TYPES = ("Input", "Data", "ImageData", "MemoryData", "Convolution", "ReLU", "Sigmoid", "TanH", "Pooling",
                "LRN", "InnerProduct", "Dropout", "Concat", "Eltwise", "BatchNorm", "Scale", "Flatten", "Softmax",
                "SoftmaxWithLoss", "Accuracy")
-_KEYWORDS = {"network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat",
-             "true", "false", "in"}
 
 
 _INT_FIELDS = {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad", "pad_h",
@@ -264,13 +311,32 @@ _ENUM_FIELDS = {"pool", "phase", "norm_region", "operation", "round_mode", "vari
                 "normalization"}
 
 
+_FLOAT32_MAX = 3.4028234663852886e38  # Caffe's float fields are 32-bit
+
+
+def _int_limit(name: str) -> int:
+    """Integers of field ``name`` lie in [-limit, limit): BlobShape.dim is int64, the rest 32-bit."""
+    return 2**63 if name == "dim" else 2**31
+
+
+def _is_finite_float32(value: float) -> bool:
+    try:
+        return math.isfinite(float(value)) and abs(float(value)) <= _FLOAT32_MAX
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def _scalar_problem(name: str, value: Scalar) -> str | None:
     """What is wrong with ``value`` for field ``name``, or None."""
     if name in _INT_FIELDS:
-        ok = value.kind == "number" and isinstance(value.value, int)
-        return None if ok else "an integer"
+        if value.kind != "number" or not isinstance(value.value, int):
+            return "an integer"
+        limit = _int_limit(name)
+        return None if -limit <= value.value < limit else f"an integer from {-limit} to {limit - 1}"
     if name in _FLOAT_FIELDS:
-        return None if value.kind == "number" else "a number"
+        if value.kind != "number":
+            return "a number"
+        return None if _is_finite_float32(value.value) else "a finite 32-bit float (at most 3.4e38 in size)"
     if name in _BOOL_FIELDS:
         ok = value.kind == "ident" and value.value in ("true", "false", "True", "False", "t", "f") or \
             value.kind == "number" and value.value in (0, 1)
@@ -349,7 +415,8 @@ class _Importer:
         self.by_name: dict[str, _Node] = {}
         self.blob: dict[str, str] = {}  # Caffe blob -> node or input name producing it now
         self.used_names: set[str] = set()
-        self.names: dict[str, str] = {}  # Caffe layer name -> alexdsl name
+        self.label_blobs: set[str] = set()  # blobs read as the label of a loss or metric
+        self.unavailable: set[str] = set()  # blobs whose producer failed or is missing, already reported
 
     # names -----------------------------------------------------------------------------------
     def _alex_name(self, caffe_name: str) -> str:
@@ -357,7 +424,7 @@ class _Importer:
         base = re.sub(r"\.+", ".", base).strip(".") or "layer"
         if not re.match(r"[A-Za-z_]", base):
             base = "_" + base
-        if base in _KEYWORDS:
+        if not is_name(base) or base == "in":  # a keyword ('in' also reads a block's input)
             base += "_"
         name, i = base, 2
         while name in self.used_names:
@@ -412,10 +479,11 @@ class _Importer:
                 if len(bottoms) == 2:
                     label_blobs.add(str(bottoms[1].value))
         self.label_blobs = label_blobs
-        pending_scale: dict[str, _Node] = {}
         for f in layers:
             layer: Message = f.value  # type: ignore[assignment]
-            self._layer(layer, f.span, pending_scale)
+            self._layer(layer, f.span)
+            # the tops of a layer that failed are missing too: what reads them follows from that error
+            self.unavailable.update(str(t.value) for t in layer.scalars("top") if str(t.value) not in self.blob)
 
     def _phase(self, layer: Message) -> str | None:
         phases = []
@@ -437,18 +505,25 @@ class _Importer:
             return None
         return value.lower()
 
-    def _inputs(self, layer: Message, ltype: str) -> list[str] | None:
+    def _inputs(self, layer: Message) -> list[str] | None:
+        """The alexdsl names a layer reads, or None when one is missing (reported once per blob)."""
         out = []
         for b in layer.scalars("bottom"):
-            src = self.blob.get(str(b.value))
+            blob = str(b.value)
+            if blob not in self.blob and blob in self.label_blobs:
+                self._declare_input(blob, [], b.span)  # a loss label nobody declared: input label: class(N)
+            src = self.blob.get(blob)
             if src is None:
-                self.error(f"bottom '{b.value}' is not produced by any earlier layer or input", b.span,
-                           hint="declare it with input: / input_shape, or add the layer that produces it")
+                if blob not in self.unavailable:  # a blob of a failed layer was reported there
+                    self.error(f"bottom '{blob}' is not produced by any earlier layer or input", b.span,
+                               hint="declare it with input: / input_shape, or add the layer that produces it; "
+                                    "the layers that depend on it are not checked")
+                    self.unavailable.add(blob)
                 return None
             out.append(src)
         return out
 
-    def _layer(self, layer: Message, span: Span, pending_scale: dict[str, _Node]) -> None:
+    def _layer(self, layer: Message, span: Span) -> None:
         tscalar = layer.scalar("type")
         nscalar = layer.scalar("name")
         if tscalar is None:
@@ -465,7 +540,7 @@ class _Importer:
         if ltype in ("Input", "Data", "ImageData", "MemoryData"):
             self._data_layer(layer, ltype, tops, span)
             return
-        inputs = self._inputs(layer, ltype)
+        inputs = self._inputs(layer)
         if inputs is None:
             return
         if ltype == "Scale":
@@ -866,7 +941,8 @@ def _network_name(net: Message, file: str) -> str:
     name = net.scalar("name")
     raw = str(name.value) if name is not None else file.rsplit("/", 1)[-1].split(".", 1)[0]
     clean = re.sub(r"[^A-Za-z0-9_]", "_", raw) or "Imported"
-    return clean if re.match(r"[A-Za-z_]", clean) else "_" + clean
+    clean = clean if re.match(r"[A-Za-z_]", clean) else "_" + clean
+    return clean if is_name(clean) else clean + "_"
 
 
 def import_prototxt(text: str, file: str = "<string>") -> str:

@@ -23,9 +23,18 @@ from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.registry import Filler
 from alexdsl.shape_math import pool_output_size
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a protobuf text-format string: quotes, backslashes and control characters escaped
+    (control characters as octal, as protobuf's CEscape writes them), other characters as UTF-8.
+
+    >>> print(_q('a "b"\\n\\x01é'))
+    "a \\"b\\"\\n\\001é"
+    """
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\{ord(c):03o}" if ord(c) < 0x20 or ord(c) == 0x7F else c)
+                         for c in text) + '"'
 
 
 def _n(value: Any) -> str:
