@@ -10,8 +10,10 @@ import click
 
 from alexdsl.backends.torch.commands import COMMANDS as TORCH_COMMANDS
 from alexdsl.cli_support import load_network, report_errors
+from alexdsl.errors import AlexDSLError
 from alexdsl.inference import run_command
 from alexdsl.interop.commands import COMMANDS as INTEROP_COMMANDS
+from alexdsl.lsp import lsp_command
 
 BACKENDS = ("cupy", "torch")
 
@@ -38,14 +40,17 @@ def compile_command(file: str, backend: str, output: str | None, dtype: str, inp
     if backend == "torch":
         from alexdsl.backends.torch.commands import write_torch_module
 
+        if dtype != "float32":
+            raise AlexDSLError(f"error: --dtype {dtype} is for --backend cupy; the generated torch module is "
+                               f"float32 (convert it after building: module.to(torch.{dtype}))")
         path = write_torch_module(network, output)
     else:
         from alexdsl.backends.cupy import summary
         from alexdsl.backends.cupy.commands import write_executor_module
 
         path = write_executor_module(network, output, dtype=dtype)
-        click.echo(summary(network))
+        click.echo(summary(network, dtype=dtype))
     click.echo(f"wrote {path}")
 
 
-COMMANDS: list[click.Command] = [compile_command, run_command, *TORCH_COMMANDS, *INTEROP_COMMANDS]
+COMMANDS: list[click.Command] = [compile_command, run_command, *TORCH_COMMANDS, *INTEROP_COMMANDS, lsp_command]

@@ -1,0 +1,277 @@
+"""What the language server knows about one version of a document, computed once per edit.
+
+:func:`analyze` runs the front end (:func:`~alexdsl.ir.build.build_network`) and keeps its
+diagnostics exactly as ``alexdsl check`` reports them. When the text has errors it recovers
+the way the parser does: the lines with errors are blanked and the rest is built again, so a
+half-typed line does not wipe the shapes of the rest of the file. Where even that fails, the
+hints of unchanged lines come from the document's last good analysis.
+
+Positions are 0-based (line, column) pairs in code points; spans are the front end's 1-based ones.
+
+>>> a = analyze("network T\\ninput x: 3x8x8\\nc: conv(2, 3) | relu\\n", "t.adsl")
+>>> a.network.shapes["c_relu"], a.line_hints[2].label
+((2, 6, 6), '2x6x6')
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from alexdsl.errors import AlexDSLError, Diagnostic, Span
+from alexdsl.ir.build import build_network
+from alexdsl.ir.network import Layer, Network
+from alexdsl.ops.registry import format_shape
+from alexdsl.syntax import ast
+from alexdsl.syntax.parser import parse_module
+
+RECOVERY_ROUNDS = 3
+WHOLE_INPUT = 0  # receptive-field size meaning "every input position"
+
+
+@dataclass(frozen=True)
+class LineHint:
+    """The inlay hint at the end of a line: the output of the last layer written on it."""
+
+    column: int  # 0-based, just after the last call on the line
+    label: str
+    layers: tuple[str, ...]  # the IR layers it describes (several: repeat copies or block instances)
+    line_layers: tuple[str, ...]  # every IR layer written on the line (for parameter and MAC totals)
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """Input rows/columns one output position sees, and the step between output positions."""
+
+    size: tuple[int, int]
+    stride: tuple[int, int]
+
+    def __str__(self) -> str:
+        if self.size == (WHOLE_INPUT, WHOLE_INPUT):
+            return "the whole input"
+        return f"{self.size[0]}x{self.size[1]} (stride {self.stride[0]}x{self.stride[1]})"
+
+
+@dataclass
+class Analysis:
+    """One document version: diagnostics, the (possibly recovered) network and its syntax tree."""
+
+    text: str
+    file: str
+    diagnostics: list[Diagnostic]
+    network: Network | None  # built from ``recovered`` when ``text`` has errors
+    recovered: str  # ``text`` with the lines that have errors blanked
+    module: ast.Module | None  # the syntax tree of ``recovered``
+    line_hints: dict[int, LineHint] = field(default_factory=dict)
+    stale_lines: frozenset[int] = frozenset()  # lines whose hints come from an earlier version
+
+    @functools.cached_property
+    def spans(self) -> dict[Span, list[str]]:
+        """Source span -> the IR layers written there (a block's layers once per instance)."""
+        index: dict[Span, list[str]] = {}
+        if self.network is not None:
+            for name, data in self.network.graph.nodes(data=True):
+                if data.get("span") is not None:
+                    index.setdefault(data["span"], []).append(name)
+        return index
+
+    @functools.cached_property
+    def receptive_fields(self) -> dict[str, ReceptiveField]:
+        return receptive_fields(self.network) if self.network is not None else {}
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics)
+
+
+def analyze(text: str, file: str, previous: Analysis | None = None) -> Analysis:
+    """Check ``text``; ``previous`` is the document's last analysis, whose hints fill the gaps."""
+    try:
+        network = build_network(text, file)
+        return _with_hints(Analysis(text, file, list(network.warnings), network, text, parse_module(text, file)))
+    except AlexDSLError as error:
+        diagnostics = error.diagnostics
+    recovered, network = _recover(text, file, diagnostics)
+    try:
+        module = parse_module(recovered, file)
+    except AlexDSLError:
+        module = None
+    analysis = _with_hints(Analysis(text, file, diagnostics, network, recovered, module))
+    if previous is not None:
+        _keep_unchanged_hints(analysis, previous)
+    return analysis
+
+
+def _recover(text: str, file: str, diagnostics: list[Diagnostic]) -> tuple[str, Network | None]:
+    """Blank the lines with errors and build again, a few rounds; the text and network reached."""
+    blanked = text
+    lines: set[int] = set()
+    for _ in range(RECOVERY_ROUNDS):
+        new = {d.span.line for d in diagnostics if d.severity == "error" and d.span and d.span.file == file}
+        if not new - lines:
+            break
+        lines |= new
+        blanked = _blank_lines(text, lines)
+        try:
+            return blanked, build_network(blanked, file)
+        except AlexDSLError as error:
+            diagnostics = error.diagnostics
+    return blanked, None
+
+
+def _blank_lines(text: str, lines: set[int]) -> str:
+    """``text`` with the given 1-based lines replaced by spaces (every position is kept)."""
+    rows = text.split("\n")
+    for line in lines:
+        if 1 <= line <= len(rows):
+            rows[line - 1] = " " * len(rows[line - 1])
+    return "\n".join(rows)
+
+
+def link_names(stmt: ast.LayerStmt) -> list[str]:
+    """The local layer name of each link of a chain, as elaboration names them.
+
+    >>> stmt = parse_module("input x: 3x8x8\\nc: conv(2, 3) | relu | p: maxpool(2) | relu\\n").statements[1]
+    >>> link_names(stmt)
+    ['c', 'c_relu', 'p', 'c_relu2']
+    """
+    counts: dict[str, int] = {}
+    names = []
+    for i, link in enumerate(stmt.links):
+        counts[link.call.name] = counts.get(link.call.name, 0) + 1
+        if link.label is not None:
+            names.append(link.label.name)
+        elif i == 0:
+            names.append(stmt.label.name)
+        else:
+            count = counts[link.call.name]
+            names.append(f"{stmt.label.name}_{link.call.name}{count if count > 1 else ''}")
+    return names
+
+
+def statement_calls(stmt: ast.LayerStmt | ast.RepeatStmt) -> list[tuple[ast.Call, list[str]]]:
+    """Each call of a layer statement with the local names it creates (a repeat: one per copy)."""
+    if isinstance(stmt, ast.RepeatStmt):
+        count = stmt.count.value if isinstance(stmt.count, ast.Literal) and isinstance(stmt.count.value, int) else 0
+        return [(stmt.call, [f"{stmt.label.name}.{i}" for i in range(max(0, min(count, 10_000)))])]
+    return [(link.call, [name]) for link, name in zip(stmt.links, link_names(stmt))]
+
+
+def instance_output(network: Network, instance: str) -> str | None:
+    """The layer a block instance outputs: the one of its layers read from outside it, else the last."""
+    prefix = instance + "."
+    inside = [n for n in network.layer_names() if n.startswith(prefix)]
+    read_outside = [n for n in inside if any(not s.startswith(prefix) for s in network.graph.successors(n))]
+    chosen = read_outside or [n for n in inside if not any(network.graph.successors(n))] or inside
+    return chosen[-1] if chosen else None
+
+
+def call_layers(analysis: Analysis, call: ast.Call, names: list[str], top_level: bool) -> list[str]:
+    """The IR layers a call became: an op's layers by span; a top-level block use, its (last) instance's output."""
+    network = analysis.network
+    if network is None:
+        return []
+    if call.span in analysis.spans:
+        return analysis.spans[call.span]
+    if not top_level:
+        return []
+    output = instance_output(network, names[-1]) if names and names[-1] not in network.graph else None
+    return [output] if output is not None else []
+
+
+def _with_hints(analysis: Analysis) -> Analysis:
+    """Fill ``line_hints``: at the end of each line of a layer statement, the output of its last call there."""
+    if analysis.module is None or analysis.network is None:
+        return analysis
+    network = analysis.network
+    for stmt, top_level in _layer_statements(analysis.module):
+        last: dict[int, tuple[ast.Call, list[str]]] = {}
+        on_line: dict[int, list[str]] = {}
+        for call, names in statement_calls(stmt):
+            layers = call_layers(analysis, call, names, top_level)
+            if layers:
+                last[call.span.end_line - 1] = (call, layers)
+                on_line.setdefault(call.span.end_line - 1, []).extend(
+                    _instance_layers(network, names) if top_level and call.span not in analysis.spans else layers)
+        for line, (call, layers) in last.items():
+            described = describe_shapes([network.layer(n) for n in layers])
+            analysis.line_hints[line] = LineHint(call.span.end_column - 1, described, tuple(layers),
+                                                 tuple(on_line[line]))
+    return analysis
+
+
+def _instance_layers(network: Network, instances: list[str]) -> list[str]:
+    """Every layer of the given block instances."""
+    prefixes = tuple(name + "." for name in instances)
+    return [n for n in network.graph if n.startswith(prefixes)] if prefixes else []
+
+
+def _layer_statements(module: ast.Module) -> list[tuple[ast.LayerStmt | ast.RepeatStmt, bool]]:
+    """Every layer statement with whether it is at the top level (not in a block body)."""
+    found: list[tuple[ast.LayerStmt | ast.RepeatStmt, bool]] = []
+    for stmt in module.statements:
+        if isinstance(stmt, (ast.LayerStmt, ast.RepeatStmt)):
+            found.append((stmt, True))
+        elif isinstance(stmt, ast.BlockDef):
+            found.extend((inner, False) for inner in stmt.body)
+    return found
+
+
+def describe_shapes(layers: list[Layer]) -> str:
+    """``96x55x55``; for the copies of a repeat, the last one's; for block instances, each shape."""
+    if all(layer.block is None for layer in layers):
+        return format_shape(layers[-1].shape)
+    shapes = list(dict.fromkeys(format_shape(layer.shape) for layer in layers))
+    if len(shapes) == 1:
+        return shapes[0] if len(layers) == 1 else f"{shapes[0]} (all {len(layers)} instances)"
+    shown = ", ".join(shapes[:3]) + (", ..." if len(shapes) > 3 else "")
+    return f"{len(layers)} instances: {shown}"
+
+
+def _keep_unchanged_hints(analysis: Analysis, previous: Analysis) -> None:
+    """Lines without a fresh hint whose text did not change keep the hint they had."""
+    if not previous.line_hints:
+        return
+    old_lines = previous.text.split("\n")
+    by_text: dict[str, LineHint] = {}
+    for line, hint in previous.line_hints.items():
+        if line < len(old_lines):
+            by_text.setdefault(old_lines[line], hint)
+    stale = set()
+    for line, text in enumerate(analysis.text.split("\n")):
+        if line not in analysis.line_hints and text.strip() and text in by_text:
+            analysis.line_hints[line] = by_text[text]
+            stale.add(line)
+    analysis.stale_lines = frozenset(stale)
+
+
+def receptive_fields(network: Network) -> dict[str, ReceptiveField]:
+    """Each tensor layer's receptive field on the network's inputs (windows compose; a layer that
+    mixes every position, such as fc or global pooling, sees the whole input)."""
+    fields: dict[str, ReceptiveField] = {}
+    whole = ReceptiveField((WHOLE_INPUT, WHOLE_INPUT), (1, 1))
+    for layer in network.layers():
+        if layer.is_label:
+            continue
+        if layer.is_input:
+            fields[layer.name] = ReceptiveField((1, 1), (1, 1))
+            continue
+        sources = [fields[n] for n in layer.inputs if n in fields]
+        if not sources:
+            continue
+        if any(f == whole for f in sources):
+            fields[layer.name] = whole
+            continue
+        size = (max(f.size[0] for f in sources), max(f.size[1] for f in sources))
+        stride = (max(f.stride[0] for f in sources), max(f.stride[1] for f in sources))
+        source_shape = network.layer(layer.inputs[0]).shape
+        if "kernel" in layer.attrs:
+            kernel, step = layer.attrs["kernel"], layer.attrs.get("stride") or layer.attrs["kernel"]
+            dilation = layer.attrs.get("dilation") or (1, 1)
+            size = tuple(size[i] + dilation[i] * (kernel[i] - 1) * stride[i] for i in range(2))  # type: ignore
+            stride = (stride[0] * step[0], stride[1] * step[1])
+        elif len(layer.shape) != 3 or layer.shape[1:] != source_shape[1:]:
+            fields[layer.name] = whole
+            continue
+        fields[layer.name] = ReceptiveField(size, stride)  # type: ignore[arg-type]
+    return fields

@@ -1,0 +1,275 @@
+"""The pygls server: document sync, scheduling, and the wiring of :mod:`alexdsl.lsp.features`.
+
+Each edit starts an analysis on one worker thread (the Lark parser is shared and not
+re-entrant), so the event loop stays free for requests. A newer edit cancels the older
+analysis: a queued one never runs, a running one is discarded. Requests wait for the
+analysis of the latest text, then answer from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.uris import to_fs_path
+
+import alexdsl
+from alexdsl.errors import Diagnostic
+from alexdsl.lsp import features
+from alexdsl.lsp.analysis import Analysis, analyze
+from alexdsl.lsp.symbols import SymbolIndex
+
+LANGUAGE_ID = "alexdsl"
+EXTENSION = ".adsl"
+log = logging.getLogger(__name__)
+
+
+class RequestFailed(JsonRpcException):
+    """LSP's RequestFailed: a valid request that cannot be carried out (a refused rename)."""
+
+    CODE = -32803
+    MESSAGE = "Request failed"
+
+
+@dataclass
+class Checked:
+    """An analysis with its symbol index (None where the text could not be parsed)."""
+
+    analysis: Analysis
+    index: SymbolIndex | None
+    positions: features.Positions
+
+
+@dataclass
+class DocumentState:
+    latest: Checked | None = None
+    task: asyncio.Future[Checked] | None = None
+    hint_settings: features.HintSettings = field(default_factory=features.HintSettings)
+
+
+def check(text: str, file: str, previous: Analysis | None) -> Checked:
+    """Analyse one version of a document; never raises (an internal failure becomes a diagnostic)."""
+    try:
+        analysis = analyze(text, file, previous)
+        index = SymbolIndex(analysis.module) if analysis.module is not None else None
+    except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
+        log.exception("analysis failed")
+        analysis = Analysis(text, file, [Diagnostic("error", f"internal error in alexdsl: {error!r}")], None, text,
+                            None)
+        if previous is not None:
+            analysis.line_hints, analysis.stale_lines = previous.line_hints, frozenset(previous.line_hints)
+        index = None
+    return Checked(analysis, index, features.Positions(text))
+
+
+class _Protocol(LanguageServerProtocol):
+    """Answers a request whose parameters do not fit the protocol with an error (pygls only logs it)."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as error:
+            if "id" in data and "method" in data:
+                self._send_response(data["id"], None, JsonRpcInvalidParams(str(error) or None).to_response_error())
+            raise
+
+
+class AlexDSLServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("alexdsl", alexdsl.__version__, protocol_cls=_Protocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alexdsl-analysis")
+        self.documents: dict[str, DocumentState] = {}
+        self.hint_settings = features.HintSettings()
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Log errors that have no request to answer, instead of popping up a message."""
+        log.error("alexdsl lsp: %s: %s", getattr(source, "__name__", source), error)
+
+    # scheduling ------------------------------------------------------------------------------
+    def schedule(self, uri: str) -> None:
+        document = self.workspace.get_text_document(uri)
+        state = self.documents.setdefault(uri, DocumentState())
+        if state.task is not None and not state.task.done():
+            state.task.cancel()
+        state.task = asyncio.ensure_future(self._run(uri, document.source, document.version, state))
+
+    async def _run(self, uri: str, text: str, version: int | None, state: DocumentState) -> Checked:
+        previous = state.latest.analysis if state.latest else None
+        file = to_fs_path(uri) or uri
+        checked = await asyncio.get_running_loop().run_in_executor(self.worker, check, text, file, previous)
+        document = self.workspace.get_text_document(uri)
+        checked.positions = features.Positions(text, document.position_codec.client_num_units)
+        state.latest = checked
+        self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
+            uri, features.diagnostics(checked.analysis, checked.positions), version))
+        return checked
+
+    async def current(self, uri: str) -> Checked | None:
+        """The analysis of the document's latest text (waiting for it if it is running)."""
+        state = self.documents.get(uri)
+        while state is not None and state.task is not None and not state.task.done():
+            task = state.task
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # this request was cancelled, not the analysis
+        return state.latest if state else None
+
+    def close(self, uri: str) -> None:
+        state = self.documents.pop(uri, None)
+        if state is not None and state.task is not None:
+            state.task.cancel()
+        self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
+
+
+def is_alexdsl(uri: str, language_id: str | None = None) -> bool:
+    return language_id == LANGUAGE_ID or uri.endswith(EXTENSION)
+
+
+def _settings(value: Any) -> features.HintSettings:
+    if isinstance(value, dict) and isinstance(value.get("alexdsl"), dict):
+        value = value["alexdsl"]
+    return features.HintSettings.from_settings(value)
+
+
+def create_server() -> AlexDSLServer:
+    server = AlexDSLServer()
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: AlexDSLServer, params: types.InitializeParams) -> None:
+        ls.hint_settings = _settings(params.initialization_options)
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: AlexDSLServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.hint_settings = _settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: AlexDSLServer, params: types.DidOpenTextDocumentParams) -> None:
+        if is_alexdsl(params.text_document.uri, params.text_document.language_id):
+            ls.schedule(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: AlexDSLServer, params: types.DidChangeTextDocumentParams) -> None:
+        if params.text_document.uri in ls.documents:
+            ls.schedule(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: AlexDSLServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.close(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
+    async def inlay_hint(ls: AlexDSLServer, params: types.InlayHintParams) -> list[types.InlayHint] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        return features.inlay_hints(checked.analysis, checked.positions, params.range.start.line,
+                                    params.range.end.line, ls.hint_settings)
+
+    @server.feature(types.TEXT_DOCUMENT_HOVER)
+    async def hover(ls: AlexDSLServer, params: types.HoverParams) -> types.Hover | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        return features.hover(checked.analysis, checked.index, checked.positions,
+                              *checked.positions.point(params.position))
+
+    @server.feature(types.TEXT_DOCUMENT_DEFINITION)
+    async def definition(ls: AlexDSLServer, params: types.DefinitionParams) -> list[types.Location] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        return features.definition(checked.index, checked.positions, params.text_document.uri,
+                                   *checked.positions.point(params.position))
+
+    @server.feature(types.TEXT_DOCUMENT_REFERENCES)
+    async def references(ls: AlexDSLServer, params: types.ReferenceParams) -> list[types.Location] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        line, column = checked.positions.point(params.position)
+        return features.references(checked.index, checked.positions, params.text_document.uri, line, column,
+                                   params.context.include_declaration)
+
+    @server.feature(types.TEXT_DOCUMENT_PREPARE_RENAME)
+    async def prepare_rename(ls: AlexDSLServer, params: types.PrepareRenameParams) -> types.Range | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        try:
+            _, span = features.prepare_rename(checked.index, *checked.positions.point(params.position))
+        except features.RenameRefused as refused:
+            raise RequestFailed(str(refused)) from None
+        return checked.positions.range(span)
+
+    @server.feature(types.TEXT_DOCUMENT_RENAME, types.RenameOptions(prepare_provider=True))
+    async def rename(ls: AlexDSLServer, params: types.RenameParams) -> types.WorkspaceEdit | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        try:
+            edits = features.rename(checked.index, checked.positions, *checked.positions.point(params.position),
+                                    params.new_name)
+        except features.RenameRefused as refused:
+            raise RequestFailed(str(refused)) from None
+        return types.WorkspaceEdit(changes={params.text_document.uri: edits})
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION,
+                    types.CompletionOptions(trigger_characters=["(", ",", "|", "=", "@", ":", " "]))
+    async def completion(ls: AlexDSLServer, params: types.CompletionParams) -> list[types.CompletionItem] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        return features.completion(checked.analysis, checked.index, *checked.positions.point(params.position))
+
+    @server.feature(types.TEXT_DOCUMENT_FORMATTING)
+    async def formatting(ls: AlexDSLServer, params: types.DocumentFormattingParams) -> list[types.TextEdit] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(ls.worker, features.formatting, checked.analysis, checked.positions)
+
+    @server.feature(types.TEXT_DOCUMENT_RANGE_FORMATTING)
+    async def range_formatting(ls: AlexDSLServer, params: types.DocumentRangeFormattingParams
+                               ) -> list[types.TextEdit] | None:
+        checked = await ls.current(params.text_document.uri)
+        if checked is None:
+            return None
+        lines = (params.range.start.line, params.range.end.line)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(ls.worker, features.formatting, checked.analysis, checked.positions, lines)
+
+    @server.feature(types.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
+    async def document_symbol(ls: AlexDSLServer, params: types.DocumentSymbolParams
+                              ) -> list[types.DocumentSymbol] | None:
+        checked = await ls.current(params.text_document.uri)
+        return features.document_symbols(checked.index, checked.positions) if checked else None
+
+    @server.feature(types.TEXT_DOCUMENT_FOLDING_RANGE)
+    async def folding_range(ls: AlexDSLServer, params: types.FoldingRangeParams) -> list[types.FoldingRange] | None:
+        checked = await ls.current(params.text_document.uri)
+        return features.folding_ranges(checked.index) if checked else None
+
+    @server.feature(types.TEXT_DOCUMENT_SEMANTIC_TOKENS_FULL,
+                    types.SemanticTokensLegend(token_types=features.TOKEN_TYPES,
+                                               token_modifiers=features.TOKEN_MODIFIERS))
+    async def semantic_tokens(ls: AlexDSLServer, params: types.SemanticTokensParams) -> types.SemanticTokens | None:
+        checked = await ls.current(params.text_document.uri)
+        return types.SemanticTokens(features.semantic_tokens(checked.index, checked.positions)) if checked else None
+
+    return server
+
+
+def serve() -> None:
+    """Speak LSP on stdin/stdout until the client says exit."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    create_server().start_io()
