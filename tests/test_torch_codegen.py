@@ -349,18 +349,24 @@ def test_generated_source_is_ruff_clean(tmp_path):
 
 
 def hostile_network() -> alexdsl.Network:
-    data = json.loads(alexdsl.parse("network T\ndescription \"d\"\ninput x: 3x8x8\ninput label: class(4)\n"
-                                    "a: conv(4, 3)\nb: fc(4)\nloss: softmax_loss(b, label)\n"
-                                    "acc: accuracy(b, label)\n").to_json())
-    renames = {"a": "x__import__('os').system('echo pwned')#", "b": "class.0.lambda\"'''\nimport os"}
-    text = json.dumps(data)
-    for old, new in renames.items():
-        text = text.replace(f'"{old}"', json.dumps(new)).replace(f'"{old}.', json.dumps(new)[:-1] + ".")
-    data = json.loads(text)
-    data["name"] = "Evil\nimport os; os.system('echo pwned')"
-    data["description"] = "'''\"\"\"\nimport os\n"
-    data["source"] = "x.adsl\nimport os"
-    return alexdsl.Network.from_json(json.dumps(data))
+    """A network whose names and strings are hostile, built in Python: IR files with such names are refused
+    (tests/test_ir_json.py), so this checks the code generator's own defences behind that check."""
+    import networkx as nx
+
+    network = alexdsl.parse("network T\ndescription \"d\"\ninput x: 3x8x8\ninput label: class(4)\n"
+                            "a: conv(4, 3)\nb: fc(4)\nloss: softmax_loss(b, label)\nacc: accuracy(b, label)\n")
+    renames = {"a": "x__import__('os').system('echo pwned')#", "b": "class.0.lambda\"\'\'\'\nimport os"}
+    graph = nx.relabel_nodes(network.graph, renames)
+    for _, data in graph.nodes(data=True):
+        data["inputs"] = [renames.get(i, i) for i in data["inputs"]]
+    return alexdsl.Network("Evil\nimport os; os.system('echo pwned')", graph,
+                           description="\'\'\'\"\"\"\nimport os\n", inputs=network.inputs,
+                           outputs=[renames.get(o, o) for o in network.outputs], source_file="x.adsl\nimport os")
+
+
+def test_hostile_names_are_refused_in_ir_files():
+    with pytest.raises(AlexDSLError, match="not a valid name"):
+        alexdsl.Network.from_json(hostile_network().to_json())
 
 
 def test_names_and_strings_cannot_inject_code(tmp_path):

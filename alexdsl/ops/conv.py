@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
 
@@ -86,6 +89,69 @@ def window_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None
     return [(message, "kernel")]
 
 
+
+
+# lowerings ----------------------------------------------------------------------------------
+
+def _torch_module(layer: Any, ctx: Any) -> str:
+    a = layer.attrs
+    parts = [ctx.int(ctx.input_shape(layer, 0)[0]), ctx.int(a["out"]), ctx.pair(a["kernel"])]
+    for key, name, default in (("stride", "stride", "1"), ("pad", "padding", "0"), ("dilation", "dilation", "1")):
+        value = ctx.pair(a[key])
+        if value != default:
+            parts.append(f"{name}={value}")
+    if a["groups"] != 1:
+        parts.append(f"groups={ctx.int(a['groups'])}")
+    if "bias" not in layer.params:
+        parts.append("bias=False")
+    return f"nn.Conv2d({', '.join(parts)})"
+
+
+def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    from alexdsl.backends.cupy.runtime import ConvPlan
+
+    a = layer.attrs
+    c, h, w = ctx.input_shape(layer, 0)
+    geometry = (c, h, w, a["out"], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]),
+                a["groups"])
+    plan = ConvPlan(*geometry)
+    ident = ctx.ident
+    return ExecutorKernel(
+        code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, relu={ctx.epilogue == 'relu'}, "
+              f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"),
+        kernel="conv2d" + "+1x1" * plan.is_pointwise + "+bias" * ctx.has_bias(layer),
+        setup=(*ctx.weights_setup(layer), f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
+        scratch=(plan.cols_size(1), plan.wide_size(1)),
+    )
+
+
+def _onnx(layer: Any, ctx: Any) -> None:
+    a = layer.attrs
+    ph, pw = a["pad"]
+    inputs = [ctx.inputs[0], ctx.initializer(layer, "weight")]
+    if "bias" in layer.params:
+        inputs.append(ctx.initializer(layer, "bias"))
+    ctx.node("Conv", inputs, kernel_shape=list(a["kernel"]), strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+             dilations=list(a["dilation"]), group=int(a["groups"]))
+
+
+def _caffe(layer: Any, ctx: Any) -> tuple[str, str, list[str]]:
+    a = layer.attrs
+    body = [f"num_output: {a['out']}", *ctx.pair("kernel", a["kernel"], None), *ctx.pair("stride", a["stride"], 1),
+            *ctx.pair("pad", a["pad"], 0)]
+    if tuple(a["dilation"]) != (1, 1):
+        body += ctx.pair("dilation", a["dilation"], 1)
+    if a["groups"] != 1:
+        body.append(f"group: {a['groups']}")
+    return "Convolution", "convolution_param", body + ctx.weight_and_bias(layer)
+
+
+def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    a = layer.attrs
+    return F.conv2d(xs[0], w["weight"], w.get("bias"), stride=a["stride"], padding=a["pad"], dilation=a["dilation"],
+                    groups=a["groups"])
+
+
 CONV = register(OpDef(
     name="conv",
     family="conv",
@@ -106,4 +172,13 @@ CONV = register(OpDef(
     lint=window_lint,
     default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
                      "bias": Filler("constant", (("value", 0.0),))},
+    pattern=Pattern.OUT_ELEMWISE_FUSABLE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_torch_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})",
+                            overwritable_output=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
+        onnx=_onnx,
+        caffe=_caffe,
+        reference=_reference,
+    ),
 ))

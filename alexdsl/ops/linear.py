@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, numel, register
 
 
@@ -20,6 +24,37 @@ def _macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
     return attrs["out"] * numel(inputs[0])
 
 
+def _torch_module(layer: Any, ctx: Any) -> str:
+    in_features = math.prod(ctx.input_shape(layer, 0))
+    bias = "" if "bias" in layer.params else ", bias=False"
+    return f"nn.Linear({ctx.int(in_features)}, {ctx.int(layer.attrs['out'])}{bias})"
+
+
+def _torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+    x = args[0] if len(ctx.input_shape(layer, 0)) == 1 else f"torch.flatten({args[0]}, 1)"
+    return f"{ctx.module(layer)}({x})"
+
+
+def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    ident = ctx.ident
+    return ExecutorKernel(
+        code=(f"rt.linear({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, relu={ctx.epilogue == 'relu'}, "
+              "transposed=True, out={out})"),
+        kernel="linear" + "+bias" * ctx.has_bias(layer),
+        setup=(*ctx.weights_setup(layer), f"self.{ident}_w = rt.pretranspose(self.{ident}_w)"),
+    )
+
+
+def _onnx(layer: Any, ctx: Any) -> None:
+    source = ctx.inputs[0]
+    if len(ctx.input_shape(layer, 0)) != 1:
+        source = ctx.node("Flatten", [source], output=f"{layer.name}.flatten", axis=1)
+    inputs = [source, ctx.initializer(layer, "weight")]
+    if "bias" in layer.params:
+        inputs.append(ctx.initializer(layer, "bias"))
+    ctx.node("Gemm", inputs, transB=1)
+
+
 register(OpDef(
     name="fc",
     family="linear",
@@ -34,4 +69,13 @@ register(OpDef(
     macs=_macs,
     default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
                      "bias": Filler("constant", (("value", 0.0),))},
+    pattern=Pattern.OUT_ELEMWISE_FUSABLE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
+        onnx=_onnx,
+        caffe=lambda layer, ctx: ("InnerProduct", "inner_product_param",
+                                  [f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)]),
+        reference=lambda layer, xs, w, F: F.linear(xs[0].flatten(1), w["weight"], w.get("bias")),
+    ),
 ))

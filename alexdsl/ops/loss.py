@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alexdsl.ops.lowering import Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
 
@@ -30,7 +33,21 @@ register(OpDef(
     infer=_scalar,
     inputs=(2, 2),
     role="loss",
+    lower=Lowerings(
+        torch=TorchLowering(
+            forward=lambda layer, args, ctx: f"F.cross_entropy(torch.flatten({args[0]}, 1), {args[1]})"),
+        caffe=lambda layer, ctx: ("SoftmaxWithLoss", None, []),
+    ),
 ))
+
+
+def _accuracy_torch(layer: Any, args: list[str], ctx: Any) -> str:
+    logits, label = args
+    top = layer.attrs["top"]
+    if top == 1:
+        return f"(torch.flatten({logits}, 1).argmax(1) == {label}).float().mean()"
+    return f"(torch.flatten({logits}, 1).topk({ctx.int(top)}, 1).indices == {label}[:, None]).any(1).float().mean()"
+
 
 register(OpDef(
     name="accuracy",
@@ -41,4 +58,9 @@ register(OpDef(
     infer=_scalar,
     inputs=(2, 2),
     role="metric",
+    lower=Lowerings(
+        torch=TorchLowering(forward=_accuracy_torch),
+        caffe=lambda layer, ctx: ("Accuracy", "accuracy_param" if layer.attrs["top"] != 1 else None,
+                                  [f"top_k: {layer.attrs['top']}"] if layer.attrs["top"] != 1 else []),
+    ),
 ))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
 
 
@@ -18,6 +21,26 @@ def _infer_lrn(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return x
 
 
+def _lrn_torch(layer: Any, args: list[str], ctx: Any) -> str:
+    a = layer.attrs
+    return (f"F.local_response_norm({args[0]}, {ctx.int(a['size'])}, alpha={ctx.float(a['alpha'])}, "
+            f"beta={ctx.float(a['beta'])}, k={ctx.float(a['k'])})")
+
+
+def _lrn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    a = layer.attrs
+    terms = ", ".join(ctx.lit(float(a[k])) for k in ("alpha", "beta", "k"))
+    return ExecutorKernel(f"rt.lrn({ctx.inputs[0]}, {ctx.lit(int(a['size']))}, {terms}, out={{out}})", "lrn")
+
+
+def _lrn_caffe(layer: Any, ctx: Any) -> tuple[str, str, list[str]]:
+    a = layer.attrs
+    body = [f"local_size: {a['size']}", f"alpha: {ctx.number(a['alpha'])}", f"beta: {ctx.number(a['beta'])}"]
+    if a["k"] != 1:
+        body.append(f"k: {ctx.number(a['k'])}")
+    return "LRN", "lrn_param", body
+
+
 register(OpDef(
     name="lrn",
     family="norm",
@@ -30,6 +53,16 @@ register(OpDef(
         Arg("k", "float", 1.0, "additive constant (Caffe: 1)", min=0),
     ),
     infer=_infer_lrn,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_lrn_torch),
+        executor=ExecutorLowering(lower=_lrn_executor, inplace=True),
+        onnx=lambda layer, ctx: ctx.node("LRN", ctx.inputs, size=int(layer.attrs["size"]),
+                                         alpha=float(layer.attrs["alpha"]), beta=float(layer.attrs["beta"]),
+                                         bias=float(layer.attrs["k"])),
+        caffe=_lrn_caffe,
+        reference=lambda layer, xs, w, F: F.local_response_norm(xs[0], layer.attrs["size"], layer.attrs["alpha"],
+                                                                layer.attrs["beta"], layer.attrs["k"]),
+    ),
 ))
 
 
@@ -48,6 +81,47 @@ def _stats(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
     return {"running_mean": (inputs[0][0],), "running_var": (inputs[0][0],)}
 
 
+def _bn_torch_module(layer: Any, ctx: Any) -> str:
+    kind = "BatchNorm2d" if len(ctx.input_shape(layer, 0)) == 3 else "BatchNorm1d"
+    a = layer.attrs
+    return f"nn.{kind}({ctx.int(layer.shape[0])}, eps={ctx.float(a['eps'])}, momentum={ctx.float(a['momentum'])})"
+
+
+def _bn_terms(layer: Any, ctx: Any) -> tuple[str, str, str]:
+    """The running statistics, scale and shift (None when absent) and eps, as source arguments."""
+    stats = [ctx.weight(layer, "running_mean"), ctx.weight(layer, "running_var")]
+    affine = [ctx.weight(layer, p) if p in layer.params else "None" for p in ("weight", "bias")]
+    return ", ".join(stats), ", ".join(affine), ctx.lit(float(layer.attrs["eps"]))
+
+
+def _bn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    stats, affine, eps = _bn_terms(layer, ctx)
+    ident = ctx.ident
+    return ExecutorKernel(
+        code=f"rt.channel_affine({ctx.inputs[0]}, self.{ident}_scale, self.{ident}_shift, out={{out}})",
+        kernel="channel_affine",
+        setup=(f"self.{ident}_scale, self.{ident}_shift = rt.batchnorm_affine(\n"
+               f"            {stats}, {affine}, {eps}\n        )",),
+    )
+
+
+def _bn_fold(layer: Any, ctx: Any, weight: str, bias: str) -> str:
+    stats, affine, eps = _bn_terms(layer, ctx)
+    indent = "\n            "
+    return f"rt.fold_batchnorm({indent}{weight}, {bias},{indent}{stats},{indent}{affine}, {eps},\n        )"
+
+
+def _bn_onnx(layer: Any, ctx: Any) -> None:
+    inputs = [ctx.initializer(layer, name) for name in ("weight", "bias", "running_mean", "running_var")]
+    ctx.node("BatchNormalization", [ctx.inputs[0], *inputs], epsilon=float(layer.attrs["eps"]),
+             momentum=1.0 - float(layer.attrs["momentum"]))
+
+
+def _bn_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    return F.batch_norm(xs[0], w["running_mean"], w["running_var"], w.get("weight"), w.get("bias"), training=False,
+                        eps=layer.attrs["eps"])
+
+
 register(OpDef(
     name="batchnorm",
     family="norm",
@@ -62,4 +136,11 @@ register(OpDef(
     buffers=_stats,
     default_fillers={"weight": Filler("constant", (("value", 1.0),)),
                      "bias": Filler("constant", (("value", 0.0),))},
+    lower=Lowerings(
+        torch=TorchLowering(module=_bn_torch_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})",
+                            overwritable_output=True),
+        executor=ExecutorLowering(lower=_bn_executor, inplace=True, fold=_bn_fold),
+        onnx=_bn_onnx,
+        reference=_bn_reference,
+    ),
 ))

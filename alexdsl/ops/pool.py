@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.conv import window_lint
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import pool_output_size
 
@@ -47,6 +48,48 @@ _POOL_ARGS = (
     Arg("round", "choice", "floor", "output size rounding: floor, or ceil as Caffe", choices=("floor", "ceil")),
 )
 
+def _pool_torch(layer: Any, args: list[str], ctx: Any) -> str:
+    a = layer.attrs
+    parts = [args[0], ctx.pair(a["kernel"]), ctx.pair(a["stride"])]
+    if ctx.pair(a["pad"]) != "0":
+        parts.append(ctx.pair(a["pad"]))
+    if a["round"] == "ceil":
+        parts.append("ceil_mode=True")
+    if layer.op == "avgpool" and not a["count_pad"]:
+        parts.append("count_include_pad=False")
+    return f"F.{'max' if layer.op == 'maxpool' else 'avg'}_pool2d({', '.join(parts)})"
+
+
+def _pool_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    a = layer.attrs
+    _, height, width = ctx.input_shape(layer, 0)
+    ident = ctx.ident
+    window = ", ".join(ctx.lit(tuple(a[key])) for key in ("kernel", "stride", "pad")) + f", {a['round'] == 'ceil'}"
+    setup = [f"self.{ident}_plan = rt.PoolPlan({ctx.lit(height)}, {ctx.lit(width)}, {window})"]
+    if layer.op == "maxpool":
+        return ExecutorKernel(f"rt.max_pool2d({ctx.inputs[0]}, {window}, plan=self.{ident}_plan, out={{out}})",
+                              "max_pool2d", tuple(setup))
+    count_pad = bool(a["count_pad"])
+    setup.append(f"self.{ident}_div = self.const(1.0 / self.{ident}_plan.divisor({count_pad}))")
+    return ExecutorKernel(
+        f"rt.avg_pool2d({ctx.inputs[0]}, {window}, {count_pad}, plan=self.{ident}_plan, divisor=self.{ident}_div, "
+        "out={out})", "avg_pool2d", tuple(setup))
+
+
+def _pool_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    a = layer.attrs
+    if layer.op == "maxpool":
+        return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["round"] == "ceil")
+    return F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["pad"], ceil_mode=a["round"] == "ceil",
+                        count_include_pad=a["count_pad"])
+
+
+_POOL_LOWERINGS = Lowerings(
+    torch=TorchLowering(forward=_pool_torch),
+    executor=ExecutorLowering(lower=_pool_executor),
+    reference=_pool_reference,
+)
+
 register(OpDef(
     name="maxpool",
     family="pool",
@@ -56,6 +99,7 @@ register(OpDef(
     infer=_infer_pool,
     lint=window_lint,
     normalize=_stride_defaults_to_kernel,
+    lower=_POOL_LOWERINGS,
 ))
 
 register(OpDef(
@@ -67,6 +111,7 @@ register(OpDef(
     infer=_infer_pool,
     lint=window_lint,
     normalize=_stride_defaults_to_kernel,
+    lower=_POOL_LOWERINGS,
 ))
 
 
@@ -76,6 +121,16 @@ def _infer_adaptive(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (x[0], *attrs["size"])
 
 
+def _adaptive_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    _, height, width = ctx.input_shape(layer, 0)
+    size = ctx.lit(tuple(layer.attrs["size"]))
+    return ExecutorKernel(
+        f"rt.adaptive_avg_pool2d({ctx.inputs[0]}, {size}, matrices=self.{ctx.ident}_mats, out={{out}})",
+        "adaptive_avg_pool2d",
+        (f"self.{ctx.ident}_mats = tuple(self.const(m) for m in "
+         f"rt.adaptive_matrices({ctx.lit(height)}, {ctx.lit(width)}, {size}))",))
+
+
 register(OpDef(
     name="adaptive_avgpool",
     family="pool",
@@ -83,6 +138,12 @@ register(OpDef(
     example="pool: adaptive_avgpool(6)",
     args=(Arg("size", "pair", doc="output size, an int or (h, w)", min=1),),
     infer=_infer_adaptive,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.adaptive_avg_pool2d({args[0]}, "
+                                                             f"{ctx.pair(layer.attrs['size'])})"),
+        executor=ExecutorLowering(lower=_adaptive_executor),
+        reference=lambda layer, xs, w, F: F.adaptive_avg_pool2d(xs[0], layer.attrs["size"]),
+    ),
 ))
 
 
@@ -99,4 +160,12 @@ register(OpDef(
     example="pool: global_avgpool",
     args=(),
     infer=_infer_global,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.adaptive_avg_pool2d({args[0]}, 1)"),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.global_avg_pool2d({ctx.inputs[0]}, out={{out}})", "global_avg_pool2d")),
+        onnx=lambda layer, ctx: ctx.node("GlobalAveragePool", ctx.inputs),
+        caffe=lambda layer, ctx: ("Pooling", "pooling_param", ["pool: AVE", "global_pooling: true"]),
+        reference=lambda layer, xs, w, F: xs[0].mean(dim=(2, 3), keepdim=True),
+    ),
 ))

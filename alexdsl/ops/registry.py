@@ -1,8 +1,10 @@
 """The op registry: each op is declared once, with everything every pass and backend needs.
 
 An :class:`OpDef` holds the op's typed signature (so argument checking is generated, not
-hand-written), its shape rule, its parameter shapes, its MAC count, and a one-line doc
-with an example. Backends keep a lowering table keyed by the op's name.
+hand-written), its shape rule, its parameter shapes, its MAC count, a one-line doc with an
+example, its fusion pattern and its lowering to every backend and format
+(:mod:`alexdsl.ops.lowering`). Backends walk the graph and ask the op; a plugin op
+(:mod:`alexdsl.plugins`) is declared and registered the same way.
 
 >>> conv = lookup("conv")
 >>> conv.infer({"out": 96, "kernel": (11, 11), "stride": (4, 4), "pad": (0, 0),
@@ -16,6 +18,8 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from alexdsl.ops.lowering import NO_LOWERINGS, Lowerings, Pattern
 
 Shape = tuple[int, ...]
 Attrs = Mapping[str, Any]
@@ -130,6 +134,8 @@ class OpDef:
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
     role: str = "layer"  # "layer", "loss" or "metric"
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    pattern: Pattern = Pattern.OPAQUE
+    lower: Lowerings = NO_LOWERINGS
 
     @property
     def arg_names(self) -> list[str]:
@@ -150,9 +156,11 @@ class OpDef:
 _REGISTRY: dict[str, OpDef] = {}
 
 
-def register(op: OpDef) -> OpDef:
-    if op.name in _REGISTRY:
-        raise ValueError(f"op {op.name!r} registered twice")
+def register(op: OpDef, *, override: bool = False) -> OpDef:
+    """Add ``op`` to the registry; a name already taken is an error unless ``override`` says so."""
+    if op.name in _REGISTRY and not override:
+        raise ValueError(f"op {op.name!r} is already registered (by {_REGISTRY[op.name].family}); "
+                         "pass override=True to replace it")
     _REGISTRY[op.name] = op
     return op
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
@@ -9,8 +12,19 @@ def _flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (numel(inputs[0]),)
 
 
-register(OpDef(name="flatten", family="tensor", summary="CxHxW -> C*H*W.", example="flat: flatten",
-               args=(), infer=_flatten))
+register(OpDef(
+    name="flatten", family="tensor", summary="CxHxW -> C*H*W.", example="flat: flatten", args=(), infer=_flatten,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.flatten({args[0]}, 1)"),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, -1)", "view", note="flatten (a view)"),
+            alias=True),
+        onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
+        caffe=lambda layer, ctx: ("Flatten", None, []),
+        reference=lambda layer, xs, w, F: xs[0].flatten(1),
+    ),
+))
 
 
 def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -26,8 +40,24 @@ def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (sum(s[0] for s in inputs), *first[1:])
 
 
-register(OpDef(name="concat", family="tensor", summary="Join inputs along channels (Caffe Concat).",
-               example="out: concat(b1, b3, b5, bp)", args=(), infer=_concat, inputs=(2, None)))
+def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    import torch
+
+    return torch.cat(xs, dim=1)
+
+
+register(OpDef(
+    name="concat", family="tensor", summary="Join inputs along channels (Caffe Concat).",
+    example="out: concat(b1, b3, b5, bp)", args=(), infer=_concat, inputs=(2, None), pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.cat([{', '.join(args)}], 1)"),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}], out={{out}})", "concat")),
+        onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
+        caffe=lambda layer, ctx: ("Concat", None, []),
+        reference=_concat_reference,
+    ),
+))
 
 
 def _add(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -42,15 +72,40 @@ def _add(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return first
 
 
-register(OpDef(name="add", family="tensor", summary="Elementwise sum of inputs of one shape (Caffe Eltwise SUM).",
-               example="out: add(branch, shortcut)", args=(), infer=_add, inputs=(2, None)))
+register(OpDef(
+    name="add", family="tensor", summary="Elementwise sum of inputs of one shape (Caffe Eltwise SUM).",
+    example="out: add(branch, shortcut)", args=(), infer=_add, inputs=(2, None), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(args), overwritable_output=True),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(
+                f"rt.add({', '.join(ctx.inputs)}, relu={ctx.epilogue == 'relu'}, out={{out}})", "add"),
+            inplace=True, epilogues=("relu",)),
+        onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", ctx.inputs),
+        caffe=lambda layer, ctx: ("Eltwise", "eltwise_param", ["operation: SUM"]),
+        reference=lambda layer, xs, w, F: sum(xs[1:], xs[0]),
+    ),
+))
 
 
 def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
-register(OpDef(name="dropout", family="tensor",
-               summary="Zero each element with probability p while training; identity at inference.",
-               example="drop6: dropout(0.5)", args=(Arg("p", "float", 0.5, "drop probability", min=0, max=0.999999),),
-               infer=_same))
+register(OpDef(
+    name="dropout", family="tensor",
+    summary="Zero each element with probability p while training; identity at inference.",
+    example="drop6: dropout(0.5)", args=(Arg("p", "float", 0.5, "drop probability", min=0, max=0.999999),),
+    infer=_same, pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.dropout({args[0]}, {ctx.float(layer.attrs['p'])}, "
+                                                             "self.training)"),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(
+                "", "identity", note=f"dropout(p={layer.attrs['p']!r}) is the identity at inference"),
+            alias=True),
+        onnx=lambda layer, ctx: ctx.alias(ctx.inputs[0]),
+        caffe=lambda layer, ctx: ("Dropout", "dropout_param", [f"dropout_ratio: {ctx.number(layer.attrs['p'])}"]),
+        reference=lambda layer, xs, w, F: xs[0],
+    ),
+))

@@ -22,21 +22,19 @@ network file can inject code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
-from alexdsl.backends.cupy.runtime import ConvPlan
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering
 from alexdsl.ops.registry import lookup
 
 ITEMSIZE = 4  # the plan counts float32 bytes; other dtypes scale it
 RESERVED = {"self", "rt", "v", "n", "w", "scratch", "math", "numpy", "Executor"}
-ALIAS_OPS = {"dropout", "flatten"}
-INPLACE_OPS = {"relu", "leaky_relu", "sigmoid", "tanh", "lrn", "batchnorm", "add", "softmax"}
-ELEMENTWISE = {"relu": "rt.relu", "sigmoid": "rt.sigmoid", "tanh": "rt.tanh", "softmax": "rt.softmax"}
 
 
 @dataclass
@@ -78,15 +76,6 @@ class Lowered:
 # ------------------------------------------------------------------------------------ naming
 
 
-def _affine_exprs(bn: Layer) -> tuple[str, str]:
-    """Source for a batchnorm's scale and shift weights, or ``None`` where it has none."""
-
-    def expr(param: str) -> str:
-        return f"w[{lit(f'{bn.name}.{param}')}]" if param in bn.params else "None"
-
-    return expr("weight"), expr("bias")
-
-
 def class_name(name: str) -> str:
     return naming.class_name(name, RESERVED | {"ConvPlan", "PoolPlan"})
 
@@ -126,15 +115,56 @@ def _role(op: str) -> str:
     return opdef.role if opdef is not None else "layer"
 
 
-def _unsupported(layer: Layer) -> AlexDSLError:
-    return AlexDSLError(
-        [
-            Diagnostic(
-                "error",
-                f"the cupy backend has no kernel for op '{layer.op}' (layer '{layer.name}')",
-                layer.span,
-            )
-        ]
+def executor_lowering(layer: Layer) -> ExecutorLowering:
+    """The op's executor lowering, or a located error naming the op and the backend."""
+    op = lookup(layer.op)
+    lowering = op.lower.executor if op is not None else None
+    if lowering is None or (lowering.lower is None and lowering.function is None):
+        raise AlexDSLError([Diagnostic(
+            "error", f"op '{layer.op}' has no cupy lowering (layer '{layer.name}')", layer.span,
+            hint="the op's definition must declare lower=Lowerings(executor=ExecutorLowering(...))")])
+    return lowering
+
+
+class _Context:
+    """What an op's :class:`~alexdsl.ops.lowering.ExecutorLowering` sees of the network being lowered."""
+
+    def __init__(self, inputs: list[str], ident: str, layer: Layer, epilogue: str | None, affine: Layer | None,
+                 by_name: dict[str, Layer]):
+        self.inputs = inputs
+        self.ident = ident
+        self.epilogue = epilogue
+        self.affine = affine
+        self._by_name = by_name
+        self.lit = lit
+
+    def weight(self, layer: Layer, name: str) -> str:
+        return f"w[{lit(f'{layer.name}.{name}')}]"
+
+    def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
+        return tuple(self._by_name[layer.inputs[index]].shape)
+
+    def has_bias(self, layer: Layer) -> bool:
+        return "bias" in layer.params or self.affine is not None
+
+    def weights_setup(self, layer: Layer) -> list[str]:
+        """Bind ``self.<ident>_w`` and ``self.<ident>_b``, folding the affine layer that follows, if any."""
+        weight = self.weight(layer, "weight")
+        bias = self.weight(layer, "bias") if "bias" in layer.params else "None"
+        if self.affine is None:
+            return [f"self.{self.ident}_w = {weight}", f"self.{self.ident}_b = {bias}"]
+        fold = executor_lowering(self.affine).fold
+        assert fold is not None
+        return [f"self.{self.ident}_w, self.{self.ident}_b = {fold(self.affine, self, weight, bias)}"]
+
+
+def _function_call(layer: Layer, ctx: _Context) -> ExecutorKernel:
+    """A plugin op's xp function, looked up by op name when the module loads."""
+    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items())
+    return ExecutorKernel(
+        code=f"self.{ctx.ident}_fn({', '.join(ctx.inputs)}{attrs}, out={{out}})",
+        kernel=layer.op,
+        setup=(f"self.{ctx.ident}_fn = rt.op_function({lit(layer.op)})",),
     )
 
 
@@ -177,14 +207,14 @@ def lower(network: Network) -> Lowered:
     scratch = scratch_wide = 0
     scratch_per_layer = 0
 
-    def sole_consumer(name: str, op: str) -> Layer | None:
+    def sole_consumer(name: str, accepts: Callable[[ExecutorLowering], bool]) -> Layer | None:
+        """The one layer reading ``name`` (and only it), when its op's lowering ``accepts``; else None."""
         users = consumers.get(name, [])
         if len(users) != 1 or name in outputs:
             return None
         user = by_name[users[0]]
-        if user.op != op or user.inputs != [name]:
-            return None
-        return user
+        lowering = executor_lowering(user)
+        return user if user.inputs == [name] and accepts(lowering) else None
 
     for layer in kept:
         for pname, spec in layer.params.items():
@@ -196,7 +226,6 @@ def lower(network: Network) -> Lowered:
     for layer in kept:
         if layer.is_input or layer.name in fused:
             continue
-        a = layer.attrs
         missing = [i for i in layer.inputs if i not in var]
         if missing:
             raise AlexDSLError(
@@ -210,132 +239,37 @@ def lower(network: Network) -> Lowered:
                     )
                 ]
             )
+        lowering = executor_lowering(layer)
         ins = [var[i] for i in layer.inputs]
-        x = ins[0] if ins else ""
         ident = names(layer.name)
-        key = lit(layer.name)
-        if layer.op in ALIAS_OPS:
+        if lowering.alias:
+            view = lowering.lower(layer, _Context(ins, ident, layer, None, None, by_name))  # type: ignore[misc]
             root[layer.name] = root[layer.inputs[0]]
-            if layer.op == "dropout":
-                var[layer.name] = x
-                lines.append(f"# {comment(layer.name)}: dropout(p={a.get('p')!r}) is the identity at inference")
-            else:
+            if view.code:
                 var[layer.name] = ident
-                lines.append(f"{ident} = {x}.reshape(n, -1)  # {comment(layer.name)}: flatten (a view)")
+                lines.append(f"{ident} = {view.code}  # {comment(layer.name)}: {comment(view.note)}")
+            else:
+                var[layer.name] = ins[0]
+                lines.append(f"# {comment(layer.name)}: {comment(view.note)}")
             continue
 
         covered = [layer.name]
-        setup: list[str] = []
-        note = ""
         last = layer
-        if layer.op in ("conv", "fc"):
-            wkey = f"{layer.name}.weight"
-            bkey = f"{layer.name}.bias" if "bias" in layer.params else None
-            bias_expr = f"w[{lit(bkey)}]" if bkey else "None"
-            bn = sole_consumer(layer.name, "batchnorm")
-            if bn is not None:
-                covered.append(bn.name)
-                last = bn
-                g, b = _affine_exprs(bn)
-                setup.append(
-                    f"self.{ident}_w, self.{ident}_b = rt.fold_batchnorm(\n"
-                    f"            w[{lit(wkey)}], {bias_expr},\n"
-                    f"            w[{lit(bn.name + '.running_mean')}], w[{lit(bn.name + '.running_var')}],\n"
-                    f"            {g}, {b}, {lit(float(bn.attrs.get('eps', 1e-5)))},\n"
-                    f"        )"
-                )
-                note = f"{bn.name} folded into the weights"
-            else:
-                setup.append(f"self.{ident}_w = w[{lit(wkey)}]")
-                setup.append(f"self.{ident}_b = {bias_expr}")
-            relu_layer = sole_consumer(last.name, "relu")
-            relu = relu_layer is not None
-            if relu_layer is not None:
-                covered.append(relu_layer.name)
-                last = relu_layer
-            if layer.op == "conv":
-                c, h, wd = by_name[layer.inputs[0]].shape
-                plan = ConvPlan(
-                    c, h, wd, a["out"], a["kernel"], a["stride"], a["pad"], a.get("dilation", (1, 1)), a["groups"]
-                )
-                scratch = max(scratch, plan.cols_size(1))
-                scratch_wide = max(scratch_wide, plan.wide_size(1))
-                scratch_per_layer += plan.cols_size(1)
-                setup.append(
-                    f"self.{ident}_plan = rt.ConvPlan({lit(c)}, {lit(h)}, {lit(wd)}, {lit(a['out'])}, "
-                    f"{lit(tuple(a['kernel']))}, "
-                    f"{lit(tuple(a['stride']))}, {lit(tuple(a['pad']))}, {lit(tuple(a.get('dilation', (1, 1))))}, "
-                    f"{lit(a['groups'])})"
-                )
-                code = (
-                    f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, relu={relu}, "
-                    f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"
-                )
-                kernel = "conv2d" + ("+1x1" if plan.is_pointwise else "")
-            else:
-                setup.append(f"self.{ident}_w = rt.pretranspose(self.{ident}_w)")
-                code = f"rt.linear({x}, self.{ident}_w, self.{ident}_b, relu={relu}, transposed=True, out={{out}})"
-                kernel = "linear"
-            kernel += "+bias" * bool(bkey or bn) + "+relu" * relu
-        elif layer.op in ("maxpool", "avgpool"):
-            _, h, wd = by_name[layer.inputs[0]].shape
-            ceil = a.get("round", "floor") == "ceil"
-            k, s, p = lit(tuple(a["kernel"])), lit(tuple(a["stride"])), lit(tuple(a["pad"]))
-            setup.append(f"self.{ident}_plan = rt.PoolPlan({lit(h)}, {lit(wd)}, {k}, {s}, {p}, {lit(ceil)})")
-            if layer.op == "maxpool":
-                code = f"rt.max_pool2d({x}, {k}, {s}, {p}, {ceil}, plan=self.{ident}_plan, out={{out}})"
-                kernel = "max_pool2d"
-            else:
-                count_pad = bool(a.get("count_pad", True))
-                setup.append(f"self.{ident}_div = self.const(1.0 / self.{ident}_plan.divisor({count_pad}))")
-                code = (
-                    f"rt.avg_pool2d({x}, {k}, {s}, {p}, {ceil}, {count_pad}, plan=self.{ident}_plan, "
-                    f"divisor=self.{ident}_div, out={{out}})"
-                )
-                kernel = "avg_pool2d"
-        elif layer.op == "adaptive_avgpool":
-            _, h, wd = by_name[layer.inputs[0]].shape
-            size = lit(tuple(a["size"]))
-            setup.append(
-                f"self.{ident}_mats = tuple(self.const(m) for m in rt.adaptive_matrices({lit(h)}, {lit(wd)}, {size}))"
-            )
-            code = f"rt.adaptive_avg_pool2d({x}, {size}, matrices=self.{ident}_mats, out={{out}})"
-            kernel = "adaptive_avg_pool2d"
-        elif layer.op == "global_avgpool":
-            code = f"rt.global_avg_pool2d({x}, out={{out}})"
-            kernel = "global_avg_pool2d"
-        elif layer.op == "lrn":
-            args = ", ".join(lit(float(a[k])) for k in ("alpha", "beta", "k"))
-            code = f"rt.lrn({x}, {lit(int(a['size']))}, {args}, out={{out}})"
-            kernel = "lrn"
-        elif layer.op == "batchnorm":
-            g, b = _affine_exprs(layer)
-            setup.append(
-                f"self.{ident}_scale, self.{ident}_shift = rt.batchnorm_affine(\n"
-                f"            w[{lit(layer.name + '.running_mean')}], w[{lit(layer.name + '.running_var')}], "
-                f"{g}, {b}, {lit(float(a.get('eps', 1e-5)))}\n"
-                f"        )"
-            )
-            code = f"rt.channel_affine({x}, self.{ident}_scale, self.{ident}_shift, out={{out}})"
-            kernel = "channel_affine"
-        elif layer.op in ELEMENTWISE:
-            code = f"{ELEMENTWISE[layer.op]}({x}, out={{out}})"
-            kernel = layer.op
-        elif layer.op == "leaky_relu":
-            code = f"rt.leaky_relu({x}, {lit(float(a.get('slope', 0.01)))}, out={{out}})"
-            kernel = "leaky_relu"
-        elif layer.op == "concat":
-            code = f"rt.concat([{', '.join(ins)}], out={{out}})"
-            kernel = "concat"
-        elif layer.op == "add":
-            relu_layer = sole_consumer(layer.name, "relu")
-            if relu_layer is not None:
-                covered.append(relu_layer.name)
-                last = relu_layer
-            code = f"rt.add({', '.join(ins)}, relu={relu_layer is not None}, out={{out}})"
-            kernel = "add" + "+relu" * (relu_layer is not None)
-        else:
-            raise _unsupported(layer)
+        affine = sole_consumer(layer.name, lambda c: c.fold is not None) if lowering.folds_affine else None
+        if affine is not None:
+            covered.append(affine.name)
+            last = affine
+        accepted = lowering.epilogues
+        finisher = sole_consumer(last.name, lambda c: c.epilogue in accepted) if accepted else None  # noqa: B023
+        if finisher is not None:
+            covered.append(finisher.name)
+            last = finisher
+        epilogue = executor_lowering(finisher).epilogue if finisher is not None else None
+        ctx = _Context(ins, ident, layer, epilogue, affine, by_name)
+        kernel = lowering.lower(layer, ctx) if lowering.lower is not None else _function_call(layer, ctx)
+        scratch = max(scratch, kernel.scratch[0])
+        scratch_wide = max(scratch_wide, kernel.scratch[1])
+        scratch_per_layer += kernel.scratch[0]
 
         fused.update(covered)
         out_name = last.name
@@ -346,14 +280,14 @@ def lower(network: Network) -> Lowered:
         key = lit(out_name)
         step = Step(
             name=out_name,
-            kernel=kernel,
+            kernel=kernel.kernel + (f"+{epilogue}" if epilogue else ""),
             layers=covered,
             inputs=[root[i] for i in layer.inputs],
             shape=tuple(last.shape),
-            code=code.replace("{out}", f"v[{key}]"),
-            setup=setup,
-            inplace=layer.op in INPLACE_OPS,
-            note=note,
+            code=kernel.code.replace("{out}", f"v[{key}]"),
+            setup=list(kernel.setup),
+            inplace=lowering.inplace,
+            note=f"{affine.name} folded into the weights" if affine is not None else kernel.note,
         )
         steps.append(step)
         what = " + ".join(comment(n) for n in covered)

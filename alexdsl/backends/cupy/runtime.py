@@ -53,6 +53,7 @@ __all__ = [
     "linear",
     "lrn",
     "max_pool2d",
+    "op_function",
     "pretranspose",
     "relu",
     "scratch_rows",
@@ -1007,6 +1008,17 @@ def add(*inputs: Array, relu: bool = False, out: Array | None = None) -> Array:
     if relu:
         xp.maximum(out, 0, out=out)
     return out
+
+
+def op_function(name: str) -> Callable[..., Array]:
+    """The xp function a registered op (a plugin's) declares for the executor."""
+    from alexdsl.ops.registry import lookup
+
+    op = lookup(name)
+    function = op.lower.executor.function if op is not None and op.lower.executor is not None else None
+    if function is None:
+        raise ValueError(f"op {name!r} declares no executor function")
+    return function
 
 
 def dropout(x: Array, p: float = 0.5) -> Array:

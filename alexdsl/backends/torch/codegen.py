@@ -34,14 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
-from alexdsl.errors import AlexDSLError
+from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network, ParamSpec
+from alexdsl.ops.lowering import TorchLowering
+from alexdsl.ops.registry import lookup
 
-PARAM_OPS = {"conv", "fc", "batchnorm"}
-LOSS_OPS = {"softmax_loss"}
-METRIC_OPS = {"accuracy"}
-# A ReLU may run in place on these producers' outputs: their backward does not read them.
-INPLACE_SAFE = {"conv", "fc", "batchnorm", "add"}
 # Names the generated class defines; a top-level layer may not take one of them.
 CLASS_ATTRS = {"input_shapes", "label_classes", "output_names", "description", "source_file", "MULTIPLIERS",
                "forward", "loss", "metrics", "reset_parameters", "param_groups", "code"}
@@ -138,32 +135,19 @@ class _Tree:
     layer: Layer | None = None
 
 
-def _module_ctor(layer: Layer, network: Network) -> str:
-    a = layer.attrs
-    what = f"layer {layer.name!r}"
-    if layer.op == "conv":
-        in_channels = _int(network.layer(layer.inputs[0]).shape[0], what)
-        parts = [repr(in_channels), repr(_int(a["out"], what)), _pair(a["kernel"], what)]
-        for key, arg, default in (("stride", "stride", "1"), ("pad", "padding", "0"), ("dilation", "dilation", "1")):
-            value = _pair(a[key], what)
-            if value != default:
-                parts.append(f"{arg}={value}")
-        if _int(a["groups"], what) != 1:
-            parts.append(f"groups={_int(a['groups'], what)!r}")
-        if "bias" not in layer.params:
-            parts.append("bias=False")
-        return f"nn.Conv2d({', '.join(parts)})"
-    if layer.op == "fc":
-        in_features = math.prod(_shape(network.layer(layer.inputs[0]).shape, what))
-        bias = "" if "bias" in layer.params else ", bias=False"
-        return f"nn.Linear({in_features!r}, {_int(a['out'], what)!r}{bias})"
-    if layer.op == "batchnorm":
-        rank = len(network.layer(layer.inputs[0]).shape)
-        kind = "BatchNorm2d" if rank == 3 else "BatchNorm1d"
-        channels = _int(layer.shape[0], what)
-        return (f"nn.{kind}({channels!r}, eps={_float(a['eps'], what)!r}, "
-                f"momentum={_float(a['momentum'], what)!r})")
-    raise AssertionError(layer.op)
+def torch_lowering(layer: Layer) -> TorchLowering:
+    """The op's PyTorch lowering, or a located error naming the op and the backend."""
+    op = lookup(layer.op)
+    lowering = op.lower.torch if op is not None else None
+    if lowering is None:
+        raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no torch lowering (layer '{layer.name}')",
+                                       layer.span, hint="the op's definition must declare lower=Lowerings(torch=...)")])
+    return lowering
+
+
+def _role(layer: Layer) -> str:
+    op = lookup(layer.op)
+    return op.role if op is not None else "input"
 
 
 class _Generator:
@@ -176,13 +160,40 @@ class _Generator:
         self.consumers = {layer.name: network.consumers(layer.name) for layer in self.layers}
         self.access: dict[str, str] = {}  # parametric layer name -> expression for its module
         self.tree = _Tree()
+        self.owns_module = {layer.name for layer in self.layers
+                            if not layer.is_input and torch_lowering(layer).module is not None}
+        self.what = ""  # the layer being lowered, for error messages
+
+    # the context the ops' lowerings see (alexdsl.ops.lowering.TorchLowering) -------------------
+    def int(self, value: Any) -> str:
+        return repr(_int(value, self.what))
+
+    def float(self, value: Any) -> str:
+        return repr(_float(value, self.what))
+
+    def pair(self, value: Any) -> str:
+        return _pair(value, self.what)
+
+    def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
+        return _shape(self.network.layer(layer.inputs[index]).shape, self.what)
+
+    def module(self, layer: Layer) -> str:
+        return self.access[layer.name]
+
+    def may_run_inplace(self, layer: Layer) -> bool:
+        """An elementwise layer may overwrite its input: the producer's backward does not read its output,
+        nothing else reads it, it is no network output, and it runs in the same phase."""
+        producer = self.by_name.get(layer.inputs[0])
+        return (producer is not None and not producer.is_input and torch_lowering(producer).overwritable_output
+                and len(self.consumers[producer.name]) == 1 and producer.name not in self.network.outputs
+                and producer.phase == layer.phase)
 
     # submodules -----------------------------------------------------------------------------
     def build_tree(self) -> None:
         forbidden_top = CLASS_ATTRS | set(dir(_nn_module_class()))
         forbidden_nested = set(dir(_nn_moduledict_class()))
         for layer in self.layers:
-            if layer.op not in PARAM_OPS:
+            if layer.name not in self.owns_module:
                 continue
             segments = layer.name.split(".")
             if any(not s for s in segments):
@@ -221,7 +232,8 @@ class _Generator:
                 target = f"{expr}[{segment!r}]"
                 assign = f"{target} = {{}}"
             if node.layer is not None:
-                lines.append(assign.format(_module_ctor(node.layer, self.network)))
+                self.what = f"layer {node.layer.name!r}"
+                lines.append(assign.format(torch_lowering(node.layer).module(node.layer, self)))
                 self.access[node.layer.name] = target
                 return
             lines.append(assign.format("nn.ModuleDict()"))
@@ -234,56 +246,8 @@ class _Generator:
 
     # forward --------------------------------------------------------------------------------
     def expression(self, layer: Layer, args: list[str]) -> str:
-        a = layer.attrs
-        what = f"layer {layer.name!r}"
-        x = args[0] if args else ""
-        op = layer.op
-        if op in ("conv", "batchnorm"):
-            return f"{self.access[layer.name]}({x})"
-        if op == "fc":
-            if len(self.network.layer(layer.inputs[0]).shape) != 1:
-                x = f"torch.flatten({x}, 1)"
-            return f"{self.access[layer.name]}({x})"
-        if op == "relu":
-            producer = self.by_name.get(layer.inputs[0])
-            if (producer is not None and producer.op in INPLACE_SAFE and len(self.consumers[producer.name]) == 1
-                    and producer.name not in self.network.outputs and producer.phase == layer.phase):
-                return f"F.relu({x}, inplace=True)"
-            return f"F.relu({x})"
-        if op == "leaky_relu":
-            return f"F.leaky_relu({x}, {_float(a['slope'], what)!r})"
-        if op == "sigmoid":
-            return f"torch.sigmoid({x})"
-        if op == "tanh":
-            return f"torch.tanh({x})"
-        if op == "softmax":
-            return f"F.softmax({x}, 1)"
-        if op in ("maxpool", "avgpool"):
-            parts = [x, _pair(a["kernel"], what), _pair(a["stride"], what)]
-            if _pair(a["pad"], what) != "0":
-                parts.append(_pair(a["pad"], what))
-            if a.get("round", "floor") == "ceil":
-                parts.append("ceil_mode=True")
-            if op == "avgpool" and not a.get("count_pad", True):
-                parts.append("count_include_pad=False")
-            fn = "F.max_pool2d" if op == "maxpool" else "F.avg_pool2d"
-            return f"{fn}({', '.join(parts)})"
-        if op == "adaptive_avgpool":
-            return f"F.adaptive_avg_pool2d({x}, {_pair(a['size'], what)})"
-        if op == "global_avgpool":
-            return f"F.adaptive_avg_pool2d({x}, 1)"
-        if op == "lrn":
-            return (f"F.local_response_norm({x}, {_int(a['size'], what)!r}, alpha={_float(a['alpha'], what)!r}, "
-                    f"beta={_float(a['beta'], what)!r}, k={_float(a['k'], what)!r})")
-        if op == "dropout":
-            return f"F.dropout({x}, {_float(a['p'], what)!r}, self.training)"
-        if op == "flatten":
-            return f"torch.flatten({x}, 1)"
-        if op == "concat":
-            return f"torch.cat([{', '.join(args)}], 1)"
-        if op == "add":
-            return " + ".join(args)
-        raise AlexDSLError(f"torch backend: no lowering for op '{op}' (layer {layer.name!r})")
+        self.what = f"layer {layer.name!r}"
+        return torch_lowering(layer).forward(layer, args, self)
 
     def forward(self) -> tuple[list[str], list[str], dict[str, str]]:
         names = naming.IdentifierMap(RESERVED_LOCALS)
@@ -291,7 +255,7 @@ class _Generator:
         body: list[str] = []
         labels = set(self.network.label_inputs)
         for layer in self.layers:
-            if layer.is_input or layer.op in LOSS_OPS | METRIC_OPS:
+            if layer.is_input or _role(layer) != "layer":
                 continue
             if any(i in labels for i in layer.inputs):
                 raise AlexDSLError(f"torch backend: layer {layer.name!r} reads a label; only loss and accuracy "
@@ -310,9 +274,9 @@ class _Generator:
         body.append(f"return {outputs[0]}" if len(outputs) == 1 else f"return ({', '.join(outputs)})")
         return params, body, names.assigned
 
-    def head_lines(self, kind: set[str]) -> tuple[list[str], str, list[Layer]]:
+    def head_lines(self, role: str) -> tuple[list[str], str, list[Layer]]:
         """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
-        chosen = [layer for layer in self.layers if layer.op in kind]
+        chosen = [layer for layer in self.layers if _role(layer) == role]
         reserved = RESERVED_LOCALS - {"label"} if len(self.network.label_inputs) == 1 else RESERVED_LOCALS
         names = naming.IdentifierMap(reserved)
         lines: list[str] = []
@@ -341,7 +305,7 @@ class _Generator:
         return lines, param, chosen
 
     def loss_method(self) -> list[str]:
-        lines, param, chosen = self.head_lines(LOSS_OPS)
+        lines, param, chosen = self.head_lines("loss")
         names = self._head_names
         out = [f"def loss(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], {param}: torch.Tensor) "
                "-> torch.Tensor:",
@@ -354,13 +318,13 @@ class _Generator:
         for layer in chosen:
             logits, label = names(layer.inputs[0]), names(layer.inputs[1])
             result = names(layer.name)
-            out.append(f"    {result} = F.cross_entropy(torch.flatten({logits}, 1), {label})")
+            out.append(f"    {result} = {self.expression(layer, [logits, label])}")
             results.append(result)
         out.append(f"    return {' + '.join(results)}")
         return out
 
     def metrics_method(self) -> list[str]:
-        lines, param, chosen = self.head_lines(METRIC_OPS)
+        lines, param, chosen = self.head_lines("metric")
         names = self._head_names
         out = [f"def metrics(self, outputs: torch.Tensor | tuple[torch.Tensor, ...], {param}: torch.Tensor) "
                "-> dict[str, torch.Tensor]:",
@@ -373,13 +337,7 @@ class _Generator:
         for layer in chosen:
             logits, label = names(layer.inputs[0]), names(layer.inputs[1])
             result = names(layer.name)
-            top = _int(layer.attrs.get("top", 1), f"layer {layer.name!r} top")
-            if top == 1:
-                expr = f"(torch.flatten({logits}, 1).argmax(1) == {label}).float().mean()"
-            else:
-                expr = (f"(torch.flatten({logits}, 1).topk({top!r}, 1).indices == {label}[:, None])"
-                        ".any(1).float().mean()")
-            out.append(f"    {result} = {expr}")
+            out.append(f"    {result} = {self.expression(layer, [logits, label])}")
             entries.append(f"{layer.name!r}: {result}")
         out.append(f"    return {{{', '.join(entries)}}}")
         return out
@@ -387,7 +345,7 @@ class _Generator:
     def reset_lines(self) -> list[str]:
         lines = []
         for layer in self.layers:
-            if layer.op not in PARAM_OPS:
+            if layer.name not in self.owns_module:
                 continue
             lines.append(f"m = {self.access[layer.name]}")
             for pname, spec in layer.params.items():
@@ -510,37 +468,21 @@ def build(network: Network, *, source_file: str | None = None) -> Any:
 
 
 def load_weights(module: Any, weights: Any, *, strict: bool = True) -> None:
-    """Load a state dict or a ``.safetensors`` path into ``module``.
+    """Load a state dict or a weights file (.safetensors, .npz, .pt/.pth) into ``module``.
 
-    Raises :class:`AlexDSLError` naming every missing or unexpected key and every shape
-    mismatch (the key, the module's shape and the file's shape).
+    Reads and checks through :mod:`alexdsl.weights`: one :class:`AlexDSLError` counts and lists
+    the missing and unexpected keys and the shape mismatches (with ``strict=False``, only shapes).
     """
     import os
 
-    if isinstance(weights, str | os.PathLike):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    import torch
 
-        try:
-            weights = load_file(str(weights))
-        except FileNotFoundError:
-            raise AlexDSLError(f"{weights}: no such weights file") from None
-        except (SafetensorError, OSError, ValueError) as error:
-            raise AlexDSLError(f"{weights}: cannot read the weights ({error})") from None
+    from alexdsl.weights import as_arrays, check_state
+
+    source = os.fspath(weights) if isinstance(weights, str | os.PathLike) else None
+    weights = {k: torch.from_numpy(v) for k, v in as_arrays(weights).items()}
     own = module.state_dict()
-    problems = []
-    for key, value in weights.items():
-        if key not in own:
-            if strict:
-                problems.append(f"unexpected key {key!r} (shape {tuple(value.shape)})")
-        elif tuple(own[key].shape) != tuple(value.shape):
-            problems.append(f"{key}: the network expects shape {tuple(own[key].shape)}, "
-                            f"the weights have {tuple(value.shape)}")
-    if strict:
-        problems += [f"missing key {key!r} (shape {tuple(own[key].shape)})" for key in own
-                     if key not in weights and not key.endswith("num_batches_tracked")]
-    if problems:
-        raise AlexDSLError("weights do not match the network:\n  " + "\n  ".join(problems))
+    check_state(weights, {k: tuple(v.shape) for k, v in own.items()}, strict=strict, source=source)
     # Files from other tools (Caffe, the NumPy executor) carry no batchnorm step counter.
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in weights}
     module.load_state_dict({**counters, **weights}, strict=strict)

@@ -1,0 +1,137 @@
+"""What an op declares about its lowering to each backend and format.
+
+An :class:`~alexdsl.ops.registry.OpDef` carries one entry per target; the backends walk the
+graph and call them, and hold no op-name tables of their own. Each entry receives the layer
+and a small context object from the backend (documented on each class below), and returns
+source text or builds nodes through the context. Nothing here imports torch, NumPy or onnx:
+the lowerings produce text or call back into the context, so ``alexdsl shapes`` needs neither.
+
+Fusion reads :class:`Pattern` and the executor flags, never op names (TVM's ``OpPattern``):
+
+* ``ELEMWISE``: one output element from the same input element (relu, sigmoid).
+* ``BROADCAST``: elementwise over inputs of broadcast-compatible shapes (add).
+* ``INJECTIVE``: moves elements without arithmetic (flatten, concat, dropout at inference).
+* ``OUT_ELEMWISE_FUSABLE``: a reduction whose output an elementwise op may finish in its
+  epilogue (conv, fc).
+* ``OPAQUE``: anything else (pooling, lrn, softmax, losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Pattern(str, Enum):
+    ELEMWISE = "elemwise"
+    BROADCAST = "broadcast"
+    INJECTIVE = "injective"
+    OUT_ELEMWISE_FUSABLE = "out_elemwise_fusable"
+    OPAQUE = "opaque"
+
+
+@dataclass(frozen=True)
+class TorchLowering:
+    """The PyTorch lowering.
+
+    ``module(layer, ctx) -> str``: the constructor source of the ``nn`` module the layer owns
+    (``"nn.Conv2d(3, 96, 11, stride=4)"``), or None for a stateless layer. Its parameters are
+    filled by the layer's fillers, so use torch's own modules to keep torchvision's keys.
+    ``forward(layer, args, ctx) -> str``: the forward expression over the input variable
+    names ``args``; for a layer with a module, ``ctx.module(layer)`` is its attribute. A loss
+    returns a scalar tensor and a metric a 0-d tensor from ``(logits, label)``.
+    ``overwritable_output``: an elementwise op after this one may run in place during
+    training (the op's backward does not read its output).
+
+    The context offers ``ctx.pair(value)`` (``3`` or ``(3, 5)`` as source), ``ctx.int(v)``,
+    ``ctx.float(v)`` (checked, as ``repr``), ``ctx.input_shape(layer, i)``,
+    ``ctx.module(layer)`` and ``ctx.may_run_inplace(layer)``.
+    """
+
+    forward: Callable[[Any, list[str], Any], str]
+    module: Callable[[Any, Any], str] | None = None
+    overwritable_output: bool = False
+
+
+@dataclass(frozen=True)
+class ExecutorKernel:
+    """One step of the NumPy/CuPy executor, as :meth:`ExecutorLowering.lower` returns it.
+
+    ``code`` is the forward call with ``{out}`` where the output array goes; ``setup`` lines
+    run once at load time (``w`` holds the weights, ``self.<ident>_...`` keeps results);
+    ``kernel`` names it in the compile summary; ``scratch`` is ``(numpy, cupy)`` per-sample
+    im2col elements this step needs in the shared scratch buffer.
+    """
+
+    code: str
+    kernel: str
+    setup: tuple[str, ...] = ()
+    note: str = ""
+    scratch: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class ExecutorLowering:
+    """The NumPy/CuPy executor lowering.
+
+    ``lower(layer, ctx) -> ExecutorKernel``. The context offers ``ctx.inputs`` (the input
+    variables), ``ctx.ident`` (a prefix for ``self`` attributes), ``ctx.lit(value)``,
+    ``ctx.weight(layer, name)`` (the weights-table expression), ``ctx.input_shape(layer, i)``,
+    ``ctx.epilogue`` (the epilogue fused into this op, or None), ``ctx.has_bias(layer)``
+    (a bias of its own or from a folded affine) and ``ctx.weights_setup(layer)`` (setup lines
+    binding ``self.<ident>_w`` and ``self.<ident>_b``, with any folded affine applied).
+
+    Flags read by fusion and memory planning:
+
+    * ``alias``: no kernel; ``lower`` returns the expression of a view of the input
+      (``code`` without ``{out}``), or ``""`` for the identity; ``note`` says which.
+    * ``inplace``: the output may share its input's buffer.
+    * ``epilogue``: the name under which a fusable producer applies this elementwise op.
+    * ``epilogues``: the epilogues this op can apply to its own output (``("relu",)``):
+      a sole consumer with one of them is fused, and ``ctx.epilogue`` names it.
+    * ``folds_affine``: this op folds a following per-channel affine layer (one with
+      ``fold``) into its weights: ``ctx.weights_setup(layer)`` writes the folded weights.
+    * ``fold(layer, ctx, weight, bias) -> str``: for a per-channel affine op, the source
+      of a ``(weight, bias)`` pair with the affine folded into the producer's terms.
+    * ``function``: for ops without a runtime kernel (plugins):
+      ``function(*inputs, out=None, **attrs)`` written against NumPy/CuPy (use
+      ``alexdsl.backends.cupy.runtime.array_module(x)``); it returns the output, into
+      ``out`` when given. The generated module looks it up by op name.
+    """
+
+    lower: Callable[[Any, Any], ExecutorKernel] | None = None
+    alias: bool = False
+    inplace: bool = False
+    epilogue: str | None = None
+    epilogues: tuple[str, ...] = ()
+    folds_affine: bool = False
+    fold: Callable[[Any, Any, str, str], str] | None = None
+    function: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
+class Lowerings:
+    """Every target's lowering of one op; None where the op has none (a located error then).
+
+    * ``torch``: :class:`TorchLowering`.
+    * ``executor``: :class:`ExecutorLowering`.
+    * ``onnx(layer, ctx)``: adds the op's nodes through ``ctx.node(op_type, inputs, **attrs)``
+      (its output is the layer's), ``ctx.initializer(layer, name)``, ``ctx.alias(value)``;
+      ``ctx.inputs`` are the ONNX values of the layer's inputs.
+    * ``caffe(layer, ctx) -> (type, section, body)``: the Caffe layer type, its ``*_param``
+      section name (or None) and the lines inside it.
+    * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
+      weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
+      measures every backend against.
+    """
+
+    torch: TorchLowering | None = None
+    executor: ExecutorLowering | None = None
+    onnx: Callable[[Any, Any], None] | None = None
+    caffe: Callable[[Any, Any], tuple[str, str | None, list[str]]] | None = None
+    reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
+
+
+NO_LOWERINGS = Lowerings()
