@@ -78,7 +78,7 @@ def test_model_structure() -> None:
     assert attrs["group"] == 2 and list(attrs["pads"]) == [2, 2, 2, 2]
     assert nodes["fc6"].op_type == "Gemm" and nodes["fc6.flatten"].op_type == "Flatten"
     pool = {a.name: onnx.helper.get_attribute_value(a) for a in nodes["conv1_maxpool"].attribute}
-    assert pool["ceil_mode"] == 0
+    assert pool.get("ceil_mode", 0) == 0 and list(pool["kernel_shape"]) == [3, 3] and list(pool["strides"]) == [2, 2]
     assert "fc6_dropout" not in nodes and "loss" not in nodes and "accuracy" not in nodes
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert [o.name for o in model.graph.output] == ["fc8"]
@@ -107,3 +107,62 @@ def test_weights_that_do_not_fit() -> None:
     net = alexdsl.parse("network A\ninput x: 3x8x8\nc: conv(2, 3)\n")
     with pytest.raises(AlexDSLError, match="c.weight"):
         export_onnx(net, {"c.weight": np.zeros((2, 3, 1, 1), np.float32), "c.bias": np.zeros(2, np.float32)})
+
+
+# ceil-mode pools (issue 9): ONNX's ceil_mode keeps a window starting in the padding; alexdsl does not --------
+CEIL_POOLS = [  # (size, kernel, stride, pad): padded, stride > kernel, a window dropped or kept at the end
+    (7, 2, 2, 1), (7, 3, 2, 1), (8, 3, 2, 1), (6, 2, 3, 1), (7, 2, 3, 1), (9, 3, 4, 1), (5, 3, 3, 1), (6, 1, 2, 0),
+    (10, 3, 2, 0), (13, 3, 2, 1), (11, 4, 3, 2), ((7, 9), (2, 3), (3, 2), (1, 1)),
+]
+
+
+def torch_pool(op: str, x: np.ndarray, kernel: object, stride: object, pad: object, count_pad: bool) -> np.ndarray:
+    t = torch.from_numpy(x)
+    if op == "maxpool":
+        return torch.nn.functional.max_pool2d(t, kernel, stride, pad, ceil_mode=True).numpy()
+    return torch.nn.functional.avg_pool2d(t, kernel, stride, pad, ceil_mode=True, count_include_pad=count_pad).numpy()
+
+
+def tuple_text(value: object) -> str:
+    return f"({value[0]}, {value[1]})" if isinstance(value, tuple) else str(value)
+
+
+@pytest.mark.parametrize(("op", "count_pad"), [("maxpool", True), ("avgpool", True), ("avgpool", False)],
+                         ids=["max", "avg", "avg_no_count_pad"])
+@pytest.mark.parametrize("case", CEIL_POOLS, ids=lambda c: "x".join(map(str, c)))
+def test_ceil_mode_pools_match_torch_in_onnxruntime(case: tuple, op: str, count_pad: bool) -> None:
+    size, kernel, stride, pad = case
+    height, width = size if isinstance(size, tuple) else (size, size)
+    extra = f", count_pad={str(count_pad).lower()}" if op == "avgpool" else ""
+    net = alexdsl.parse(f"network P\ninput x: 2x{height}x{width}\n"
+                        f"p: {op}({tuple_text(kernel)}, stride={tuple_text(stride)}, pad={tuple_text(pad)}, "
+                        f"round=ceil{extra})\n")
+    model = export_onnx(net)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.random.default_rng(0).standard_normal((3, 2, height, width)).astype(np.float32)
+    (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = torch_pool(op, x, kernel, stride, pad, count_pad)
+    assert got.shape == want.shape == (3, *net.shapes["p"])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_the_issue_pool_exports_with_its_alexdsl_shape() -> None:
+    net = alexdsl.parse("network P\ninput data: 3x7x7\np: maxpool(2, stride=2, pad=1, round=ceil)\n")
+    model = export_onnx(net)
+    dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim[1:]]
+    assert dims == [3, 4, 4] == list(net.shapes["p"])
+
+
+def test_a_model_that_fails_the_checker_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What export said before the fix: ONNX's ceil_mode, whose shape disagrees with the declared output."""
+    import alexdsl.interop.onnx as module
+
+    def ceil_mode_pool(layer: object, x: str, input_shape: tuple) -> list:
+        a = layer.attrs
+        return [onnx.helper.make_node("MaxPool", [x], [layer.name], name=layer.name, kernel_shape=list(a["kernel"]),
+                                      strides=list(a["stride"]), pads=list(a["pad"]) * 2, ceil_mode=1)]
+
+    monkeypatch.setattr(module, "_pool_nodes", ceil_mode_pool)
+    net = alexdsl.parse("network P\ninput data: 3x7x7\np: maxpool(2, stride=2, pad=1, round=ceil)\n")
+    with pytest.raises(AlexDSLError, match="fails onnx.checker"):
+        export_onnx(net)

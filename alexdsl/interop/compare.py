@@ -107,7 +107,7 @@ def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
                            ) from None
     from alexdsl.interop.onnx import export_onnx
 
-    model = export_onnx(network, weights, check=False)
+    model = export_onnx(network, weights)  # checked (full_check): a broken model is an error, never "agreeing"
     produced = {o for node in model.graph.node for o in node.output}
     present = {o.name for o in model.graph.output}
     wanted = [name for name in layers if name in produced]

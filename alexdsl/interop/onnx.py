@@ -6,16 +6,18 @@
   the network's outputs (the scores its losses read).
 * Layers of the test phase are kept and layers only run while training are dropped, as are
   loss and metric layers, label inputs and dropout (identity at inference).
-* ``fc`` is ``Flatten`` + ``Gemm`` (transB=1); ``maxpool``/``avgpool`` carry ``ceil_mode`` and
-  ``count_include_pad``; ``lrn`` maps straight onto ONNX ``LRN`` (both divide alpha by size,
-  as Caffe does); ``batchnorm`` is ``BatchNormalization`` with its running statistics;
-  ``add`` of two inputs is ``Add``, of more ``Sum``; ``adaptive_avgpool`` becomes an
-  ``AveragePool`` when the input size is a multiple of the output size and is an error otherwise.
+* ``fc`` is ``Flatten`` + ``Gemm`` (transB=1); ``maxpool``/``avgpool`` keep alexdsl's windows
+  with floor rounding and explicit end pads (ONNX's ``ceil_mode`` would keep a window that starts
+  in the padding), and a ``Pad`` node where an average counts the padding but not the overhang;
+  ``lrn`` maps straight onto ONNX ``LRN`` (both divide alpha by size, as Caffe does);
+  ``batchnorm`` is ``BatchNormalization`` with its running statistics; ``add`` of two inputs
+  is ``Add``, of more ``Sum``; ``adaptive_avgpool`` becomes an ``AveragePool`` when the input
+  size is a multiple of the output size and is an error otherwise.
 * Weights come from a dict of arrays (:func:`load_weights` reads .safetensors or .npz), or are
   drawn from each parameter's filler with a seeded NumPy generator (Caffe's filler meanings).
 
 The model is checked with ``onnx.checker.check_model(full_check=True)`` and returned after
-``onnx.shape_inference.infer_shapes``.
+``onnx.shape_inference.infer_shapes``; a model that fails either is an :class:`AlexDSLError`.
 """
 
 from __future__ import annotations
@@ -119,8 +121,40 @@ def _pair(value: Any) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [int(value), int(value)]
 
 
-def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, seed: int = 0,
-                check: bool = True) -> Any:
+def _pool_nodes(layer: Layer, x: str, input_shape: tuple[int, ...]) -> list[Any]:
+    """``maxpool``/``avgpool`` as ONNX nodes that keep exactly alexdsl's (torch's, Caffe's) windows.
+
+    ONNX's ``ceil_mode`` keeps a last window that starts in the right padding, which alexdsl
+    drops, so every pool is written with floor rounding and end pads that reach the last
+    window alexdsl keeps. An average that counts the padding but not the part of a window
+    past it (the divisor torch and Caffe use) zero-pads with a ``Pad`` node first and then
+    averages with ``count_include_pad=0`` over that padded input.
+    """
+    from onnx import TensorProto, helper
+
+    a, name = layer.attrs, layer.name
+    kernel, stride, pad = _pair(a["kernel"]), _pair(a["stride"]), _pair(a["pad"])
+    end = [max(p, (out - 1) * s + k - size - p)
+           for out, s, k, size, p in zip(layer.shape[1:], stride, kernel, input_shape[1:], pad)]
+    window = {"kernel_shape": kernel, "strides": stride}
+    if layer.op == "maxpool":
+        return [helper.make_node("MaxPool", [x], [name], name=name, pads=pad + end, **window)]
+    count_pad = bool(a.get("count_pad", True))
+    overhang = [e - p for e, p in zip(end, pad)]
+    if not count_pad or not any(overhang) or not any(pad):
+        return [helper.make_node("AveragePool", [x], [name], name=name, pads=pad + end,
+                                 count_include_pad=int(count_pad and any(pad)), **window)]
+    pads = f"{name}.pads"
+    return [
+        helper.make_node("Constant", [], [pads], name=pads, value=helper.make_tensor(
+            pads, TensorProto.INT64, [8], [0, 0, *pad, 0, 0, *pad])),
+        helper.make_node("Pad", [x, pads], [f"{name}.padded"], name=f"{name}.padded"),
+        helper.make_node("AveragePool", [f"{name}.padded"], [name], name=name, pads=[0, 0, *overhang],
+                         count_include_pad=0, **window),
+    ]
+
+
+def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, seed: int = 0) -> Any:
     """Build the ONNX ``ModelProto`` of ``network`` (inference graph, opset 17)."""
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
@@ -145,10 +179,6 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         key = f"{layer.name}.{pname}"
         initializers.append(numpy_helper.from_array(np.asarray(weights[key], dtype=np.float32), key))
         return key
-
-    def pool_pads(attrs: Mapping[str, Any]) -> list[int]:
-        ph, pw = _pair(attrs["pad"])
-        return [ph, pw, ph, pw]
 
     for layer in layers:
         a = layer.attrs
@@ -180,10 +210,7 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
             inputs = [source, init(layer, "weight")] + ([init(layer, "bias")] if "bias" in layer.params else [])
             nodes.append(helper.make_node("Gemm", inputs, [name], name=name, transB=1))
         elif op in ("maxpool", "avgpool"):
-            extra = {"count_include_pad": int(bool(a.get("count_pad", True)))} if op == "avgpool" else {}
-            nodes.append(helper.make_node("MaxPool" if op == "maxpool" else "AveragePool", [xs[0]], [name], name=name,
-                                          kernel_shape=_pair(a["kernel"]), strides=_pair(a["stride"]),
-                                          pads=pool_pads(a), ceil_mode=int(a["round"] == "ceil"), **extra))
+            nodes.extend(_pool_nodes(layer, xs[0], network.layer(layer.inputs[0]).shape))
         elif op == "global_avgpool":
             nodes.append(helper.make_node("GlobalAveragePool", [xs[0]], [name], name=name))
         elif op == "adaptive_avgpool":
@@ -244,6 +271,10 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="alexdsl", doc_string=network.description or "")
     model.ir_version = min(model.ir_version, 8)
-    if check:
+    try:
         onnx.checker.check_model(model, full_check=True)
-    return onnx.shape_inference.infer_shapes(model)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        raise AlexDSLError(f"error: the ONNX model exported from {network.name} fails onnx.checker "
+                           f"(full_check=True): {str(error).strip()}; this is a bug in alexdsl's ONNX export, "
+                           "please report it") from None
