@@ -27,21 +27,42 @@ Examples:
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(alexdsl.__version__, prog_name="alexdsl")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks (for bug reports).")
-def main(debug: bool) -> None:
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="Load ops from a Python module or .py file (repeatable; also $ALEXDSL_PLUGINS and the "
+                   "alexdsl.ops entry points). See docs/extending.md.")
+def main(debug: bool, plugins: tuple[str, ...]) -> None:
     """alexdsl: describe, check and run layer-graph neural networks."""
+    from alexdsl.plugins import load_plugins, plugin_names
+
+    try:
+        load_plugins(plugin_names(plugins))
+    except AlexDSLError as error:
+        print_diagnostics(error)
+        sys.exit(1)
 
 
-@main.command(epilog="\b\nExample:\n  alexdsl check examples/*.adsl")
+@main.command(epilog="\b\nExamples:\n  alexdsl check examples/*.adsl\n  alexdsl check -q net.adsl\n"
+                     "  cat net.adsl | alexdsl check -")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def check(files: tuple[str, ...]) -> None:
-    """Check FILES; exit 1 if any has an error. Diagnostics go to stderr."""
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing for files without errors.")
+def check(files: tuple[str, ...], quiet: bool) -> None:
+    """Check FILES (- reads standard input); exit 1 if any has an error.
+
+    Prints one line per clean file (`FILE: ok (N layers, P params)`); diagnostics and a line
+    per failed file go to stderr.
+    """
     failed = 0
     for path in files:
         try:
-            load_network(path)
+            network = load_network(path)
         except AlexDSLError as error:
             print_diagnostics(error)
+            count = len(error.errors)
+            click.echo(f"{path}: failed ({count} error{'s' if count != 1 else ''})", err=True)
             failed += 1
+        else:
+            if not quiet:
+                click.echo(f"{path}: ok ({len(network.layers()):,} layers, {network.totals()['params']:,} params)")
     if failed:
         click.echo(f"{failed} of {len(files)} file{'s' if len(files) != 1 else ''} failed", err=True)
         sys.exit(1)

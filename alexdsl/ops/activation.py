@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, register
 
 
@@ -29,7 +29,7 @@ register(OpDef(
         torch=TorchLowering(forward=_relu_forward),
         executor=_runtime_call("relu", epilogue="relu"),
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
-        caffe=lambda layer, ctx: ("ReLU", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         reference=lambda layer, xs, w, F: F.relu(xs[0]),
     ),
 ))
@@ -46,7 +46,8 @@ register(OpDef(
                 f"rt.leaky_relu({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})", "leaky_relu"),
             inplace=True),
         onnx=lambda layer, ctx: ctx.node("LeakyRelu", ctx.inputs, alpha=float(layer.attrs["slope"])),
-        caffe=lambda layer, ctx: ("ReLU", "relu_param", [f"negative_slope: {ctx.number(layer.attrs['slope'])}"]),
+        caffe=lambda layer, ctx: [
+            CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
         reference=lambda layer, xs, w, F: F.leaky_relu(xs[0], layer.attrs["slope"]),
     ),
 ))
@@ -58,7 +59,7 @@ register(OpDef(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.sigmoid({args[0]})"),
         executor=_runtime_call("sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
-        caffe=lambda layer, ctx: ("Sigmoid", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         reference=lambda layer, xs, w, F: xs[0].sigmoid(),
     ),
 ))
@@ -70,7 +71,7 @@ register(OpDef(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.tanh({args[0]})"),
         executor=_runtime_call("tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
-        caffe=lambda layer, ctx: ("TanH", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         reference=lambda layer, xs, w, F: xs[0].tanh(),
     ),
 ))
@@ -82,7 +83,7 @@ register(OpDef(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softmax({args[0]}, 1)"),
         executor=_runtime_call("softmax"),
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: ("Softmax", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
         reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=1),
     ),
 ))

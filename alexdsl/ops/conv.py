@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
 
@@ -135,7 +135,7 @@ def _onnx(layer: Any, ctx: Any) -> None:
              dilations=list(a["dilation"]), group=int(a["groups"]))
 
 
-def _caffe(layer: Any, ctx: Any) -> tuple[str, str, list[str]]:
+def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"num_output: {a['out']}", *ctx.pair("kernel", a["kernel"], None), *ctx.pair("stride", a["stride"], 1),
             *ctx.pair("pad", a["pad"], 0)]
@@ -143,7 +143,7 @@ def _caffe(layer: Any, ctx: Any) -> tuple[str, str, list[str]]:
         body += ctx.pair("dilation", a["dilation"], 1)
     if a["groups"] != 1:
         body.append(f"group: {a['groups']}")
-    return "Convolution", "convolution_param", body + ctx.weight_and_bias(layer)
+    return [CaffeLayer("Convolution", "convolution_param", (*body, *ctx.weight_and_bias(layer)), ("weight", "bias"))]
 
 
 def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional

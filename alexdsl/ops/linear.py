@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, numel, register
 
 
@@ -74,8 +74,9 @@ register(OpDef(
         torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
         executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
         onnx=_onnx,
-        caffe=lambda layer, ctx: ("InnerProduct", "inner_product_param",
-                                  [f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)]),
+        caffe=lambda layer, ctx: [CaffeLayer("InnerProduct", "inner_product_param",
+                                             (f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)),
+                                             ("weight", "bias"))],
         reference=lambda layer, xs, w, F: F.linear(xs[0].flatten(1), w["weight"], w.get("bias")),
     ),
 ))

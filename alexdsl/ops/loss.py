@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import Lowerings, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
 
@@ -36,7 +36,7 @@ register(OpDef(
     lower=Lowerings(
         torch=TorchLowering(
             forward=lambda layer, args, ctx: f"F.cross_entropy(torch.flatten({args[0]}, 1), {args[1]})"),
-        caffe=lambda layer, ctx: ("SoftmaxWithLoss", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("SoftmaxWithLoss")],
     ),
 ))
 
@@ -60,7 +60,7 @@ register(OpDef(
     role="metric",
     lower=Lowerings(
         torch=TorchLowering(forward=_accuracy_torch),
-        caffe=lambda layer, ctx: ("Accuracy", "accuracy_param" if layer.attrs["top"] != 1 else None,
-                                  [f"top_k: {layer.attrs['top']}"] if layer.attrs["top"] != 1 else []),
+        caffe=lambda layer, ctx: [CaffeLayer("Accuracy", "accuracy_param", (f"top_k: {layer.attrs['top']}",))
+                                  if layer.attrs["top"] != 1 else CaffeLayer("Accuracy")],
     ),
 ))

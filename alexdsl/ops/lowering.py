@@ -112,6 +112,23 @@ class ExecutorLowering:
 
 
 @dataclass(frozen=True)
+class CaffeLayer:
+    """One Caffe layer an op exports as (see :attr:`Lowerings.caffe`).
+
+    ``section`` is the ``*_param`` message and ``body`` its lines; ``params`` the learnable
+    parameters written as ``param { lr_mult decay_mult }`` blocks (when any multiplier is not 1);
+    ``suffix`` makes a second layer named ``<layer><suffix>`` that runs in place on the first's
+    top (batchnorm's Scale).
+    """
+
+    type: str
+    section: str | None = None
+    body: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+    suffix: str = ""
+
+
+@dataclass(frozen=True)
 class Lowerings:
     """Every target's lowering of one op; None where the op has none (a located error then).
 
@@ -120,8 +137,10 @@ class Lowerings:
     * ``onnx(layer, ctx)``: adds the op's nodes through ``ctx.node(op_type, inputs, **attrs)``
       (its output is the layer's), ``ctx.initializer(layer, name)``, ``ctx.alias(value)``;
       ``ctx.inputs`` are the ONNX values of the layer's inputs.
-    * ``caffe(layer, ctx) -> (type, section, body)``: the Caffe layer type, its ``*_param``
-      section name (or None) and the lines inside it.
+    * ``caffe(layer, ctx) -> list[CaffeLayer]``: the Caffe layers; the context offers
+      ``ctx.number(v)``, ``ctx.pair(field, value, default)`` and ``ctx.filler(field, filler)``
+      (lines), ``ctx.weight_and_bias(layer)``, ``ctx.input_shape(layer, i)`` and
+      ``ctx.fail(message)`` for what Caffe cannot express.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
       measures every backend against.
@@ -130,7 +149,7 @@ class Lowerings:
     torch: TorchLowering | None = None
     executor: ExecutorLowering | None = None
     onnx: Callable[[Any, Any], None] | None = None
-    caffe: Callable[[Any, Any], tuple[str, str | None, list[str]]] | None = None
+    caffe: Callable[[Any, Any], list[CaffeLayer]] | None = None
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
 
 

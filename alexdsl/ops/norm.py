@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
 
 
@@ -33,12 +33,12 @@ def _lrn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
     return ExecutorKernel(f"rt.lrn({ctx.inputs[0]}, {ctx.lit(int(a['size']))}, {terms}, out={{out}})", "lrn")
 
 
-def _lrn_caffe(layer: Any, ctx: Any) -> tuple[str, str, list[str]]:
+def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"local_size: {a['size']}", f"alpha: {ctx.number(a['alpha'])}", f"beta: {ctx.number(a['beta'])}"]
     if a["k"] != 1:
         body.append(f"k: {ctx.number(a['k'])}")
-    return "LRN", "lrn_param", body
+    return [CaffeLayer("LRN", "lrn_param", tuple(body))]
 
 
 register(OpDef(
@@ -117,6 +117,17 @@ def _bn_onnx(layer: Any, ctx: Any) -> None:
              momentum=1.0 - float(layer.attrs["momentum"]))
 
 
+def _bn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    """Caffe's BatchNorm has no scale and shift: an in-place Scale layer follows it."""
+    a = layer.attrs
+    scale = ("bias_term: true", *ctx.filler("filler", layer.params["weight"].filler),
+             *ctx.filler("bias_filler", layer.params["bias"].filler))
+    return [CaffeLayer("BatchNorm", "batch_norm_param",
+                       (f"eps: {ctx.number(a['eps'])}",
+                        f"moving_average_fraction: {ctx.number(round(1 - a['momentum'], 9))}")),
+            CaffeLayer("Scale", "scale_param", scale, ("weight", "bias"), suffix="_scale")]
+
+
 def _bn_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     return F.batch_norm(xs[0], w["running_mean"], w["running_var"], w.get("weight"), w.get("bias"), training=False,
                         eps=layer.attrs["eps"])
@@ -141,6 +152,7 @@ register(OpDef(
                             overwritable_output=True),
         executor=ExecutorLowering(lower=_bn_executor, inplace=True, fold=_bn_fold),
         onnx=_bn_onnx,
+        caffe=_bn_caffe,
         reference=_bn_reference,
     ),
 ))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.conv import window_lint
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import pool_output_size
 
@@ -84,9 +84,37 @@ def _pool_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: 
                         count_include_pad=a["count_pad"])
 
 
+def _pool_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    a = layer.attrs
+    body = [f"pool: {'MAX' if layer.op == 'maxpool' else 'AVE'}", *ctx.pair("kernel", a["kernel"], None),
+            *ctx.pair("stride", a["stride"], 1), *ctx.pair("pad", a["pad"], 0)]
+    if layer.op == "avgpool" and not a["count_pad"] and any(a["pad"]):
+        ctx.fail("Caffe's average pooling always counts the padding; count_pad=false has no Caffe equivalent")
+    if a["round"] == "floor":
+        _, height, width = ctx.input_shape(layer, 0)
+        sizes = [(pool_output_size(s, a["kernel"][i], a["stride"][i], a["pad"][i], False),
+                  pool_output_size(s, a["kernel"][i], a["stride"][i], a["pad"][i], True))
+                 for i, s in enumerate((height, width))]
+        if any(floor != ceil for floor, ceil in sizes):
+            body.append("round_mode: FLOOR")  # only where it matters: older Caffe builds lack the field
+    return [CaffeLayer("Pooling", "pooling_param", tuple(body))]
+
+
+def _adaptive_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    _, height, width = ctx.input_shape(layer, 0)
+    oh, ow = layer.attrs["size"]
+    if height % oh or width % ow:
+        ctx.fail(f"adaptive_avgpool to {oh}x{ow} of a {height}x{width} input has uneven windows, which Caffe "
+                 "cannot express")
+    window = (height // oh, width // ow)
+    return [CaffeLayer("Pooling", "pooling_param",
+                       ("pool: AVE", *ctx.pair("kernel", window, None), *ctx.pair("stride", window, 1)))]
+
+
 _POOL_LOWERINGS = Lowerings(
     torch=TorchLowering(forward=_pool_torch),
     executor=ExecutorLowering(lower=_pool_executor),
+    caffe=_pool_caffe,
     reference=_pool_reference,
 )
 
@@ -142,6 +170,7 @@ register(OpDef(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"F.adaptive_avg_pool2d({args[0]}, "
                                                              f"{ctx.pair(layer.attrs['size'])})"),
         executor=ExecutorLowering(lower=_adaptive_executor),
+        caffe=_adaptive_caffe,
         reference=lambda layer, xs, w, F: F.adaptive_avg_pool2d(xs[0], layer.attrs["size"]),
     ),
 ))
@@ -165,7 +194,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.global_avg_pool2d({ctx.inputs[0]}, out={{out}})", "global_avg_pool2d")),
         onnx=lambda layer, ctx: ctx.node("GlobalAveragePool", ctx.inputs),
-        caffe=lambda layer, ctx: ("Pooling", "pooling_param", ["pool: AVE", "global_pooling: true"]),
+        caffe=lambda layer, ctx: [CaffeLayer("Pooling", "pooling_param", ("pool: AVE", "global_pooling: true"))],
         reference=lambda layer, xs, w, F: xs[0].mean(dim=(2, 3), keepdim=True),
     ),
 ))

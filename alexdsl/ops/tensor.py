@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
@@ -21,7 +21,7 @@ register(OpDef(
             lower=lambda layer, ctx: ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, -1)", "view", note="flatten (a view)"),
             alias=True),
         onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: ("Flatten", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("Flatten")],
         reference=lambda layer, xs, w, F: xs[0].flatten(1),
     ),
 ))
@@ -54,7 +54,7 @@ register(OpDef(
         executor=ExecutorLowering(
             lower=lambda layer, ctx: ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}], out={{out}})", "concat")),
         onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: ("Concat", None, []),
+        caffe=lambda layer, ctx: [CaffeLayer("Concat")],
         reference=_concat_reference,
     ),
 ))
@@ -82,7 +82,7 @@ register(OpDef(
                 f"rt.add({', '.join(ctx.inputs)}, relu={ctx.epilogue == 'relu'}, out={{out}})", "add"),
             inplace=True, epilogues=("relu",)),
         onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", ctx.inputs),
-        caffe=lambda layer, ctx: ("Eltwise", "eltwise_param", ["operation: SUM"]),
+        caffe=lambda layer, ctx: [CaffeLayer("Eltwise", "eltwise_param", ("operation: SUM",))],
         reference=lambda layer, xs, w, F: sum(xs[1:], xs[0]),
     ),
 ))
@@ -105,7 +105,8 @@ register(OpDef(
                 "", "identity", note=f"dropout(p={layer.attrs['p']!r}) is the identity at inference"),
             alias=True),
         onnx=lambda layer, ctx: ctx.alias(ctx.inputs[0]),
-        caffe=lambda layer, ctx: ("Dropout", "dropout_param", [f"dropout_ratio: {ctx.number(layer.attrs['p'])}"]),
+        caffe=lambda layer, ctx: [
+            CaffeLayer("Dropout", "dropout_param", (f"dropout_ratio: {ctx.number(layer.attrs['p'])}",))],
         reference=lambda layer, xs, w, F: xs[0],
     ),
 ))
