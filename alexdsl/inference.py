@@ -12,7 +12,10 @@ the network's first output as a NumPy array.
 
 from __future__ import annotations
 
+import io
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,11 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
     if backend == "cupy":
         from alexdsl.backends.cupy import compile as compile_executor
 
-        executor = compile_executor(network, weights, device=device, dtype=dtype, seed=seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            executor = compile_executor(network, weights, device=device, dtype=dtype, seed=seed)
+        for warning in caught:
+            click.echo(f"warning: {warning.message}", err=True)
 
         def run_executor(batch: numpy.ndarray) -> numpy.ndarray:
             out = executor(batch.astype(executor.dtype, copy=False))
@@ -44,6 +51,9 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
             return numpy.asarray(out.get() if hasattr(out, "get") else out, dtype=numpy.float32)
 
         return run_executor, f"{executor.device} (cupy executor)"
+    if dtype != "float32":
+        raise AlexDSLError(f"error: --dtype {dtype} is for --backend cupy; the torch backend runs its module "
+                           f"in float32 (drop --dtype, or use --backend cupy --dtype {dtype} on a GPU)")
     try:
         import torch
     except ImportError:
@@ -100,8 +110,9 @@ def evaluate(predict: Predictor, source: Any, batch: int, k: int) -> dict[str, f
 
 
 def _load_array(path: str, shape: tuple[int, ...]) -> numpy.ndarray:
+    """A .npy file (``-``: standard input) as a float32 NxCxHxW batch."""
     try:
-        array = numpy.load(path, allow_pickle=False)
+        array = numpy.load(io.BytesIO(sys.stdin.buffer.read()) if path == "-" else path, allow_pickle=False)
     except FileNotFoundError:
         raise AlexDSLError(f"{path}: no such file") from None
     except (OSError, ValueError) as error:
@@ -126,13 +137,13 @@ Examples:
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="A .safetensors file keyed like the torch state_dict [default: the DSL's fillers].")
 @click.option("--input", "arrays", multiple=True, type=click.Path(dir_okay=False), metavar="X.npy",
-              help="An NxCxHxW (or CxHxW) float array to run.")
+              help="An NxCxHxW (or CxHxW) float array to run (- reads standard input).")
 @click.option("--data", metavar="SOURCE", help="A labelled dataset (digits, synthetic, or a folder): print accuracy.")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Batch size.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="k for top-k.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="cupy executor dtype.")
+              help="cupy executor dtype (float16 is for GPUs: NumPy emulates it, 50-100x slower).")
 @click.option("--seed", default=0, show_default=True, help="Seed for filler weights and random input.")
 @report_errors
 def run_command(file: str, images: tuple[str, ...], backend: str, weights: str | None, arrays: tuple[str, ...],
@@ -145,17 +156,22 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     network = load_network(file)
     if sum(map(bool, (images, arrays, data))) > 1:
         raise AlexDSLError("error: give image files, --input arrays or --data, not several")
+    classes = next((network.layer(n).attrs.get("classes", 0) for n in network.label_inputs), 0)
     predict, where = make_predictor(network, backend, weights, device, dtype, seed)
+    if weights is None:
+        chance = f"; expect chance accuracy, about 1/{classes}" if data and classes else ""
+        click.echo(f"note: no --weights given: {network.name} runs with random weights drawn from its fillers "
+                   f"(--seed {seed}), not trained ones{chance}", err=True)
     (input_name,) = network.data_inputs
     shape = network.shapes[input_name]
     if data:
         from alexdsl.backends.torch.data import open_source
 
-        classes = next((network.layer(n).attrs["classes"] for n in network.label_inputs), 0)
         source = open_source(data, shape, classes, preprocess=network.preprocess.get(input_name), seed=seed)
         result = evaluate(predict, source, batch, top)
-        click.echo(f"{data}: {result['samples']} validation samples  top-1 {result['top1']:.4f}  "
-                   f"top-{top} {result[f'top{top}']:.4f}")
+        click.echo(f"{data}: top-1 {result['top1']:.4f}  top-{top} {result[f'top{top}']:.4f} "
+                   f"on {result['samples']} validation samples")
+        click.echo(f"  ({source.validation})")
         click.echo(f"{result['images_per_second']:.1f} images/s on {where}")
         return
     labels: list[str]
@@ -178,8 +194,8 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     seconds = time.perf_counter() - began
     if labels:
         order, probs = top_k(scores, top)
-        for label, classes, p in zip(labels, order, probs):
-            click.echo(f"{label}: " + ", ".join(f"{c} ({q:.3f})" for c, q in zip(classes, p)))
+        for label, best, p in zip(labels, order, probs):
+            click.echo(f"{label}: " + ", ".join(f"{c} ({q:.3f})" for c, q in zip(best, p)))
     else:
-        click.echo(f"random {batch}x{'x'.join(map(str, shape))} input -> output {scores.shape[1:]}")
+        click.echo(f"random {'x'.join(map(str, x.shape))} input -> output {'x'.join(map(str, scores.shape))}")
     click.echo(f"{len(x) / seconds:.1f} images/s on {where}")

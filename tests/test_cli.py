@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLES, GOLDEN
 
@@ -135,3 +136,83 @@ def test_atomic_writes_keep_ordinary_permissions(tmp_path) -> None:
     fresh.chmod(0o640)
     write_text_atomic(fresh, "y")
     assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_text() == "y"
+
+
+def test_check_prints_one_line_per_clean_file_unless_quiet() -> None:
+    lenet = str(EXAMPLES / "lenet.adsl")
+    result = run("check", ALEXNET, lenet)
+    assert result.exit_code == 0, result.output
+    # 60,965,224: the parameter count of Caffe's bvlc_alexnet; 431,080: Caffe's LeNet
+    assert result.stdout.splitlines() == [f"{ALEXNET}: ok (26 layers, 60,965,224 params)",
+                                          f"{lenet}: ok (11 layers, 431,080 params)"]
+    quiet = run("check", "-q", ALEXNET, lenet)
+    assert quiet.exit_code == 0 and quiet.stdout == ""
+
+
+def test_check_names_each_failed_file(tmp_path) -> None:
+    paths = []
+    for name in ("a.adsl", "b.adsl"):
+        path = tmp_path / name
+        path.write_text("network N\nc: conv(3, 3)\n")
+        paths.append(str(path))
+    result = run("check", *paths, ALEXNET)
+    assert result.exit_code == 1
+    for path in paths:
+        assert f"{path}: failed (" in result.stderr
+    assert "2 of 3 files failed" in result.stderr and f"{ALEXNET}: ok" in result.stdout
+
+
+def test_check_and_shapes_read_standard_input() -> None:
+    text = (EXAMPLES / "lenet.adsl").read_text()
+    result = CliRunner().invoke(main, ["check", "-"], input=text)
+    assert result.exit_code == 0 and result.stdout.strip() == "-: ok (11 layers, 431,080 params)"
+    shapes = CliRunner().invoke(main, ["shapes", "-", "--format", "json"], input=text)
+    assert json.loads(shapes.stdout)["totals"]["params"] == 431_080
+
+
+def test_run_prints_the_batched_output_shape_and_says_weights_are_fillers(tmp_path) -> None:
+    result = run("run", str(EXAMPLES / "lenet.adsl"), "--batch", "4")
+    assert result.exit_code == 0, result.output
+    assert "random 4x1x28x28 input -> output 4x10" in result.stdout
+    assert "no --weights given" in result.stderr and "random weights drawn from its fillers" in result.stderr
+
+
+def test_run_on_data_names_the_split_it_reports() -> None:
+    result = run("run", str(EXAMPLES / "lenet.adsl"), "--data", "synthetic:64")
+    assert result.exit_code == 0, result.output
+    assert "on 16 validation samples" in result.stdout
+    assert "the validation split: synthetic:N draws N training samples and N/4 others" in result.stdout
+    assert "expect chance accuracy, about 1/10" in result.stderr
+
+
+def test_run_reads_an_array_from_standard_input() -> None:
+    import numpy
+
+    buffer = io.BytesIO()
+    numpy.save(buffer, numpy.zeros((3, 1, 28, 28), numpy.float32))
+    result = CliRunner().invoke(main, ["run", str(EXAMPLES / "lenet.adsl"), "--input", "-", "--top", "2"],
+                                input=buffer.getvalue())
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("-[") == 3
+
+
+def test_dtype_float16(tmp_path) -> None:
+    def parameters(dtype: str) -> tuple[float, str]:
+        result = run("compile", ALEXNET, "--backend", "cupy", "--dtype", dtype, "-o", str(tmp_path / f"{dtype}.py"))
+        assert result.exit_code == 0, result.output
+        line = next(text for text in result.stdout.splitlines() if "parameters:" in text)
+        mib, unit, name = line.split(":")[1].split()[:3]
+        assert unit == "MiB"
+        return float(mib), name
+
+    half, half_name = parameters("float16")
+    full, full_name = parameters("float32")
+    assert (half_name, full_name) == ("float16", "float32")
+    assert full == pytest.approx(60_965_224 * 4 / 2**20, abs=0.01) and half == pytest.approx(full / 2, abs=0.01)
+    refused = run("compile", ALEXNET, "--backend", "torch", "--dtype", "float16", "-o", str(tmp_path / "t.py"))
+    assert refused.exit_code == 1 and "--dtype float16 is for --backend cupy" in refused.stderr
+    assert not (tmp_path / "t.py").exists() and "Traceback" not in refused.output
+    refused = run("run", str(EXAMPLES / "lenet.adsl"), "--backend", "torch", "--dtype", "float16")
+    assert refused.exit_code == 1 and "--dtype float16 is for --backend cupy" in refused.stderr
+    slow = run("run", str(EXAMPLES / "lenet.adsl"), "--dtype", "float16", "--device", "cpu", "--batch", "2")
+    assert slow.exit_code == 0 and "warning: float16 on the CPU is slow" in slow.stderr

@@ -26,6 +26,16 @@ def test_synthetic_is_deterministic_and_shaped():
         open_source("synthetic:zero", (3, 5, 7), 4)
 
 
+def test_synthetic_pixels_go_through_the_networks_preprocessing():
+    plain = open_source("synthetic:40", (3, 5, 7), 4, seed=2)
+    x = plain.x[True]
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.std()) > 0.1  # 0..255 pixels / 255
+    centred = open_source("synthetic:40", (3, 5, 7), 4, seed=2, preprocess={"mean": (100, 120, 140), "scale": 0.5})
+    mean = torch.tensor([100.0, 120.0, 140.0]).reshape(1, 3, 1, 1)
+    torch.testing.assert_close(centred.x[True], (x * 255 - mean) * 0.5, rtol=0, atol=1e-3)
+    assert "N/4" in plain.validation and "40 and 10" in plain.validation
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_digits_split_and_resize(shape):
     pytest.importorskip("sklearn")

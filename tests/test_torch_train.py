@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from safetensors.torch import load_file  # noqa: E402
 import alexdsl  # noqa: E402
 import alexdsl.torch  # noqa: E402
 from alexdsl.backends.torch.commands import train_command, write_torch_module  # noqa: E402
-from alexdsl.backends.torch.train import train  # noqa: E402
+from alexdsl.backends.torch.train import cpu_threads, train  # noqa: E402
 from alexdsl.errors import AlexDSLError  # noqa: E402
 
 SMALL = """network Small
@@ -238,8 +239,8 @@ def test_train_command(small, tmp_path):
     other.write_text(SMALL.replace("fc(16)", "fc(12)"))
     bad = runner.invoke(cli(), ["train", str(other), "--data", "synthetic:8", "--out", str(tmp_path / "o"),
                                 "--weights", str(out / "weights.safetensors")])
-    assert bad.exit_code == 1 and "fc1.weight: the network expects shape (12, 128)" in bad.output
-    assert "(16, 128)" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and "'fc1.weight' has the wrong shape: expected (12, 128)" in bad.output
+    assert "received (16, 128)" in bad.output and "Traceback" not in bad.output
 
 
 def test_write_torch_module(tmp_path, monkeypatch):
@@ -259,6 +260,57 @@ def test_build_then_load_trained_weights(tmp_path):
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), result.module.eval()(x))
+
+
+def test_lenet_trains_stably_on_synthetic_data_with_its_own_solver(tmp_path):
+    """The smoke-test data of ``train --help``: LeNet's own lr and momentum, the loss finite and falling."""
+    network = alexdsl.load(EXAMPLES / "lenet.adsl")
+    result = train(network, "synthetic:256", tmp_path / "run", epochs=2, progress=False, log=None, device="cpu")
+    first, second = result.history
+    for record in result.history:
+        assert all(map(math.isfinite, (record["train_loss"], record["val_loss"]))), record
+        assert record["val_loss"] < 2 * math.log(10), record  # unscaled data gave val_loss 7,295 here
+    assert second["train_loss"] < first["train_loss"] and second["val_loss"] < first["val_loss"], result.history
+
+
+def test_cpu_threads_one_for_small_steps_and_the_caller_keeps_its_setting(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    lenet, alexnet = alexdsl.load(EXAMPLES / "lenet.adsl"), alexdsl.load(EXAMPLES / "alexnet.adsl")
+    assert cpu_threads(lenet, 32) == 1
+    assert cpu_threads(alexnet, 32) is None  # torch's default: all cores
+    assert cpu_threads(lenet, 32, requested=3) == 3
+    with pytest.raises(AlexDSLError, match="--threads 0"):
+        cpu_threads(lenet, 32, requested=0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert cpu_threads(lenet, 32) is None  # the user's setting wins
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        """The network's module, recording torch's thread count during the forward pass."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return self.inner(x)
+
+        def loss(self, outputs, label):
+            return self.inner.loss(outputs, label)
+
+        def metrics(self, outputs, label):
+            return self.inner.metrics(outputs, label)
+
+        def param_groups(self, lr, decay):
+            return self.inner.param_groups(lr, decay)
+
+    network = alexdsl.parse(NO_DROPOUT)
+    before = torch.get_num_threads()
+    train(network, "synthetic:16", tmp_path / "run", module=Spy(alexdsl.torch.build(network)), epochs=1,
+          batch_size=8, threads=1, progress=False, log=None, device="cpu")
+    assert set(seen) == {1} and torch.get_num_threads() == before
 
 
 @pytest.mark.slow

@@ -7,21 +7,35 @@ UTF-8 byte order mark is accepted, and a decoding error says where the bad byte 
 from __future__ import annotations
 
 import os
+import sys
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span, line_column
 from alexdsl.limits import max_source_bytes
 
+_stdin_read: tuple[object, bytes] | None = None  # (the stdin stream, what it held): "-" is read only once
+
+
+def _read_stdin(limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of standard input; a second reader of "-" (warnings, errors) gets the same."""
+    global _stdin_read
+    if _stdin_read is None or _stdin_read[0] is not sys.stdin:
+        _stdin_read = (sys.stdin, sys.stdin.buffer.read(limit + 1))
+    return _stdin_read[1]
+
 
 def read_source(path: str | os.PathLike[str], max_bytes: int | None = None) -> str:
-    """The text of ``path`` (UTF-8, an optional BOM dropped), or an AlexDSLError that says why not.
+    """The text of ``path`` (``-``: standard input; UTF-8, an optional BOM dropped), or an AlexDSLError why not.
 
     ``max_bytes`` defaults to :func:`alexdsl.limits.max_source_bytes` (16 MiB).
     """
     limit = max_source_bytes(max_bytes)
     name = os.fspath(path)
     try:
-        with open(name, "rb") as stream:
-            data = stream.read(limit + 1)
+        if name == "-":  # standard input
+            data = _read_stdin(limit)
+        else:
+            with open(name, "rb") as stream:
+                data = stream.read(limit + 1)
     except FileNotFoundError:
         raise AlexDSLError(f"{name}: error: no such file") from None
     except IsADirectoryError:

@@ -76,9 +76,10 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def summary(network: Network | Lowered, batch: int = 1) -> str:
-    """What each layer became (kernels, fusion), parameter bytes, planned vs keep-all memory."""
+def summary(network: Network | Lowered, batch: int = 1, dtype: str = "float32") -> str:
+    """What each layer became (kernels, fusion), parameter bytes, planned vs keep-all memory (in ``dtype``)."""
     low = network if isinstance(network, Lowered) else lower(network)
+    item = check_dtype(dtype).itemsize
     rows = [("step", "kernel", "layers", "output", "buffer")]
     for i, step in enumerate(low.steps, 1):
         layers = " + ".join(step.layers) + (f" ({step.note})" if step.note else "")
@@ -95,20 +96,20 @@ def summary(network: Network | Lowered, batch: int = 1) -> str:
     ]
     if aliases:
         lines.append("  no kernel (identity or view): " + ", ".join(aliases))
-    param_bytes = 4 * sum(math.prod(shape) for shape, _, _ in low.state.values())
-    lines.append(f"  parameters: {_mib(param_bytes)} float32 ({len(low.state)} tensors)")
+    param_bytes = item * sum(math.prod(shape) for shape, _, _ in low.state.values())
+    lines.append(f"  parameters: {_mib(param_bytes)} {check_dtype(dtype).name} ({len(low.state)} tensors)")
     mem = low.memory
-    buffers, keep = mem.planned_bytes * batch, mem.keep_all_bytes * batch
+    buffers, keep = mem.planned_bytes * batch * item // 4, mem.keep_all_bytes * batch * item // 4
     saved = 100 * (1 - buffers / keep) if keep else 0.0
     lines.append(
         f"  activations at batch {batch}: {_mib(buffers)} planned in {len(mem.buffers)} reusable buffers "
         f"vs {_mib(keep)} keeping every tensor alive ({saved:.0f}% less)"
     )
-    cpu_rows = runtime.scratch_rows("numpy", batch, low.scratch)
-    gpu_rows = runtime.scratch_rows("cupy", batch, low.scratch_wide)
+    cpu_rows = runtime.scratch_rows("numpy", batch, low.scratch, item)
+    gpu_rows = runtime.scratch_rows("cupy", batch, low.scratch_wide, item)
     lines.append(
-        f"  im2col scratch at batch {batch}: {_mib(4 * low.scratch * cpu_rows)} on CPU / "
-        f"{_mib(4 * low.scratch_wide * gpu_rows)} on GPU, shared by all convs "
-        f"(one full-batch buffer per conv would take {_mib(4 * low.scratch_per_layer * batch)})"
+        f"  im2col scratch at batch {batch}: {_mib(item * low.scratch * cpu_rows)} on CPU / "
+        f"{_mib(item * low.scratch_wide * gpu_rows)} on GPU, shared by all convs "
+        f"(one full-batch buffer per conv would take {_mib(item * low.scratch_per_layer * batch)})"
     )
     return "\n".join(lines)

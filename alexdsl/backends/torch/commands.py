@@ -40,7 +40,7 @@ def write_torch_module(network: Any, out_path: str | os.PathLike[str] | None = N
 @click.command("train", epilog="""\b
 Examples:
   alexdsl train examples/lenet.adsl --data digits --epochs 10
-  alexdsl train net.adsl --data synthetic --epochs 1 --out runs/smoke
+  alexdsl train net.adsl --data synthetic --epochs 2 --out runs/smoke
   alexdsl train net.adsl --data images/ --out runs/net --resume
   torchrun --nproc-per-node 2 -m alexdsl.cli train net.adsl --data images/ --out runs/net""")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -60,11 +60,14 @@ Examples:
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Start from these weights (.safetensors) instead of the fillers.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads [default: OMP_NUM_THREADS, else 1 for small networks such as LeNet, else all].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @report_errors
 def train_command(file: str, data: str, out: str | None, epochs: int | None, batch_size: int | None,
                   lr: float | None, device: str | None, resume: bool, seed: int, compile_: bool,
-                  checkpoint_every: int, weights: str | None, inputs: tuple[str, ...], quiet: bool) -> None:
+                  checkpoint_every: int, weights: str | None, inputs: tuple[str, ...], threads: int | None,
+                  quiet: bool) -> None:
     """Train the network in FILE with PyTorch and write weights, metrics and a plot to DIR.
 
     Writes DIR/weights.safetensors, DIR/metrics.jsonl (one line per epoch),
@@ -78,7 +81,7 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     out_dir = Path(out) if out else Path("runs") / Path(file).stem
     result = train(network, data, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                    resume=resume, seed=seed, compile=compile_, checkpoint_every=checkpoint_every,
-                   progress=False if quiet else None, weights=weights,
+                   progress=False if quiet else None, weights=weights, threads=threads,
                    log=None if quiet else (lambda message: click.echo(message, err=True)))
     final = result.final
     if final and not quiet:

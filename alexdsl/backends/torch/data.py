@@ -4,8 +4,10 @@ Every source yields ``(images, labels)`` batches for a network with one tensor i
 one label input. Sampling is a pure function of ``(seed, epoch, index)``, so an interrupted
 run can be resumed exactly:
 
-* ``synthetic`` (or ``synthetic:N`` for N training samples): class prototypes plus noise,
-  of the network's input shape and class count; learnable, cheap, no files.
+* ``synthetic`` (or ``synthetic:N`` for N training samples, plus N/4 for validation): class
+  prototypes plus noise, drawn as 0..255 pixel images of the network's input shape and put
+  through the network's preprocessing like real images (by default to [0, 1]), so that the
+  network's own solver settings train on it stably; learnable, cheap, no files.
 * ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes), split
   deterministically 80/20 (stratified), resized with bilinear interpolation when the
   input is not 8x8, replicated to 3 channels if the input has 3.
@@ -110,14 +112,18 @@ class Split:
 
 
 class TensorSource:
-    """Data held in memory as tensors (synthetic and digits)."""
+    """Data held in memory as tensors (synthetic and digits).
+
+    ``validation`` says how the validation split was made (``alexdsl run --data`` prints it).
+    """
 
     name = "tensors"
 
-    def __init__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any, classes: int):
+    def __init__(self, train_x: Any, train_y: Any, val_x: Any, val_y: Any, classes: int, validation: str = ""):
         self.x = {True: train_x, False: val_x}
         self.y = {True: train_y, False: val_y}
         self.classes = classes
+        self.validation = validation
 
     def length(self, train: bool) -> int:
         return int(self.y[train].shape[0])
@@ -137,22 +143,36 @@ def _input_spec(input_shape: tuple[int, ...], classes: int) -> tuple[int, int, i
     return input_shape  # type: ignore[return-value]
 
 
+SYNTHETIC_NOISE = 0.4  # std of the noise added to each prototype pixel, on the [0, 1] pixel scale
+
+
 def synthetic(input_shape: tuple[int, ...], classes: int, *, train_size: int = 512, val_size: int = 128,
-              seed: int = 0) -> TensorSource:
-    """Class prototypes plus Gaussian noise: a learnable problem of any shape, made from ``seed``."""
+              seed: int = 0, preprocess: Preprocess | None = None) -> TensorSource:
+    """Class prototypes plus noise, as pixels through ``preprocess``: a learnable problem made from ``seed``.
+
+    Each class has a uniformly random prototype image; a sample is its class's prototype plus
+    Gaussian noise, clipped to the pixel range 0..255 and then normalised like a real image
+    (``preprocess``; by default scaled to [0, 1]). Data on the scale of real inputs is what
+    the network's fillers and solver settings were chosen for: unscaled Gaussian data made
+    LeNet diverge at its own learning rate.
+    """
     import torch
 
     g = torch.Generator().manual_seed(int(seed) + 7919)
-    prototypes = torch.randn((classes, *input_shape), generator=g)
+    prototypes = torch.rand((classes, *input_shape), generator=g)
+    pre = preprocess or Preprocess()
 
     def make(n: int) -> tuple[Any, Any]:
         labels = torch.randint(0, classes, (n,), generator=g)
-        images = prototypes[labels] + 1.5 * torch.randn((n, *input_shape), generator=g)
-        return images.float(), labels
+        pixels = prototypes[labels] + SYNTHETIC_NOISE * torch.randn((n, *input_shape), generator=g)
+        images = pixels.clamp_(0.0, 1.0).mul_(255.0)
+        return (pre.normalize(images) if len(input_shape) == 3 else images / 255.0).float().contiguous(), labels
 
     tx, ty = make(train_size)
     vx, vy = make(val_size)
-    source = TensorSource(tx, ty, vx, vy, classes)
+    validation = (f"the validation split: synthetic:N draws N training samples and N/4 others for validation, "
+                  f"here {train_size} and {val_size}")
+    source = TensorSource(tx, ty, vx, vy, classes, validation)
     source.name = "synthetic"
     return source
 
@@ -190,7 +210,9 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
         images = images.expand(-1, 3, -1, -1).contiguous()
     images = (preprocess or Preprocess()).normalize(images).float().contiguous()
     val = torch.from_numpy(val_mask)
-    source = TensorSource(images[~val], labels[~val], images[val], labels[val], classes)
+    validation = (f"the validation split: every 5th image of each class, {int(val.sum())} of {len(labels)}; "
+                  f"training uses the other {int((~val).sum())}")
+    source = TensorSource(images[~val], labels[~val], images[val], labels[val], classes, validation)
     source.name = "digits"
     return source
 
@@ -264,6 +286,7 @@ class ImageFolder:
                                f"label declares class({classes}); label {classes} and up would be out of range")
         self.items = {True: self._scan(train_dir), False: self._scan(val_dir)}
         self.classes = classes
+        self.validation = f"the validation split: the images under {val_dir}"
 
     def _scan(self, directory: Path) -> list[tuple[Path, int]]:
         index = {name: i for i, name in enumerate(self.class_names)}
@@ -330,7 +353,8 @@ def open_source(spec: str, input_shape: tuple[int, ...], classes: int, *,
                 raise AlexDSLError(f"--data {spec}: expected synthetic:N with N >= 1 training samples") from None
         if classes < 1:
             raise AlexDSLError("the network's label input declares no class count")
-        return synthetic(input_shape, classes, train_size=size, val_size=max(1, math.ceil(size / 4)), seed=seed)
+        return synthetic(input_shape, classes, train_size=size, val_size=max(1, math.ceil(size / 4)), seed=seed,
+                         preprocess=pre)
     if spec == "digits":
         return digits(input_shape, classes, pre)
     if Path(spec).is_dir():

@@ -11,7 +11,8 @@ generated modules have all four). Written to ``OUT`` (rank 0 only, every file at
   (torch, cuda, numpy, python, sampler), the epoch's running sums and the history; written
   at the end of every epoch and every ``checkpoint_every`` steps; readable with
   ``torch.load(path, weights_only=True)``;
-* ``curves.png``: loss and accuracy per epoch.
+* ``curves.png``: loss and accuracy per epoch, drawn at the end of the run (and after any epoch
+  that ends a minute or more after the last drawing).
 
 Exact resumption: the order of samples is a permutation drawn from ``(seed, epoch)``
 (DistributedSampler), augmentation is drawn from ``(seed, epoch, index)``, and the torch RNG
@@ -26,6 +27,7 @@ process, and only rank 0 logs and writes.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -49,6 +51,8 @@ METRICS = "metrics.jsonl"
 PLOT = "curves.png"
 DEFAULT_EPOCHS = 10
 DEFAULT_BATCH = 64
+SMALL_STEP_MACS = 2_000_000_000  # forward multiply-accumulates per CPU step below which one thread is used
+PLOT_INTERVAL = 60.0  # seconds: curves.png is redrawn at most this often, and at the end of the run
 
 
 @dataclass
@@ -186,10 +190,44 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
+def cpu_threads(network: Any, batch_size: int, requested: int | None = None) -> int | None:
+    """Intra-op threads for a CPU training step; None leaves torch's setting (OMP_NUM_THREADS) alone.
+
+    ``requested`` (``--threads``) wins, then OMP_NUM_THREADS. Otherwise a step of fewer than
+    :data:`SMALL_STEP_MACS` forward multiply-accumulates (LeNet's, for instance) runs on one
+    thread: its ops are too small to split, and on a busy machine every op's threads wait for
+    the slowest of them, which made LeNet's steps 5-10x slower on two threads than on one.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise AlexDSLError(f"--threads {requested}: expected a number of threads >= 1")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return 1 if network.totals(batch=batch_size)["macs"] < SMALL_STEP_MACS else None
+
+
+def _restores_torch_threads(func: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """:func:`train` may change torch's intra-op thread count: hand the caller back its own."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> TrainResult:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@_restores_torch_threads
 def train(
     network: Any,
     data: str = "synthetic",
@@ -208,13 +246,15 @@ def train(
     log: Callable[[str], None] | None = _stderr,
     solver: dict[str, Any] | None = None,
     weights: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``network`` (an :class:`alexdsl.Network`) on ``data`` and write ``out``.
 
     ``module`` replaces the module built from the network (it must have the same interface);
     ``weights`` (a ``.safetensors`` file) initialises it instead of the fillers.
     ``epochs``, ``batch_size`` and ``lr`` override the network's ``solver(...)`` (``solver``
-    overrides any other setting). Raises :class:`AlexDSLError` for user mistakes.
+    overrides any other setting). ``threads`` sets torch's CPU threads for the run (default:
+    :func:`cpu_threads`). Raises :class:`AlexDSLError` for user mistakes.
     """
     import torch
     import torch.distributed as dist
@@ -242,6 +282,9 @@ def train(
     settings = {**network.solver, **(solver or {})}
     opts = Solver.from_settings(settings, base_lr=lr, batch_size=batch_size, epochs=epochs)
     per_process_batch = opts.batch_size or DEFAULT_BATCH
+    step_threads = cpu_threads(network, per_process_batch, threads) if dev.type == "cpu" else None
+    if step_threads is not None:
+        torch.set_num_threads(step_threads)
 
     source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
 
@@ -353,6 +396,7 @@ def train(
         say(f"{out}: already trained for {start_epoch} epoch(s); nothing to do (raise --epochs to continue)")
     from tqdm import tqdm
 
+    plotted = time.monotonic()
     for epoch in range(start_epoch, total_epochs):
         if global_step >= max_iter:
             break
@@ -417,7 +461,10 @@ def train(
             save_weights(model, out / WEIGHTS, {"network": str(network.name), "epoch": str(epoch + 1)})
             write_text_atomic(out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
             checkpoint(epoch + 1, 0)
-            plot_curves(history, out / PLOT, f"{network.name} on {data}")
+            last_epoch = epoch + 1 == total_epochs or global_step >= max_iter
+            if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
+                plot_curves(history, out / PLOT, f"{network.name} on {data}")
+                plotted = time.monotonic()
         accuracy_text = "" if record["val_accuracy"] is None else f" val_accuracy {record['val_accuracy']:.4f}"
         say(f"epoch {epoch + 1}/{total_epochs}: train_loss {record['train_loss']:.4f} "
             f"val_loss {record['val_loss']:.4f}{accuracy_text} ({record['seconds']:.1f} s)")
