@@ -84,20 +84,31 @@ class Analysis:
         return any(d.severity == "error" for d in self.diagnostics)
 
 
-def analyze(text: str, file: str, previous: Analysis | None = None) -> Analysis:
-    """Check ``text``; ``previous`` is the document's last analysis, whose hints fill the gaps."""
+FrontEnd = tuple[list[Diagnostic], Network | None]
+
+
+def front_end(text: str, file: str) -> FrontEnd:
+    """What ``alexdsl check`` reports for ``text``, and the network when it has no errors."""
     try:
         network = build_network(text, file)
-        return _with_hints(Analysis(text, file, list(network.warnings), network, text, parse_module(text, file)))
     except AlexDSLError as error:
-        diagnostics = error.diagnostics
-    recovered, network = _recover(text, file, diagnostics)
+        return error.diagnostics, None
+    return list(network.warnings), network
+
+
+def analyze(text: str, file: str, previous: Analysis | None = None, checked: FrontEnd | None = None) -> Analysis:
+    """Analyse ``text`` (``checked``: its :func:`front_end` result, if already known); ``previous`` is
+    the document's last analysis, whose hints fill the gaps the errors leave."""
+    diagnostics, network = checked if checked is not None else front_end(text, file)
+    recovered = text
+    if network is None:
+        recovered, network = _recover(text, file, diagnostics)
     try:
         module = parse_module(recovered, file)
     except AlexDSLError:
         module = None
     analysis = _with_hints(Analysis(text, file, diagnostics, network, recovered, module))
-    if previous is not None:
+    if previous is not None and analysis.has_errors:
         _keep_unchanged_hints(analysis, previous)
     return analysis
 

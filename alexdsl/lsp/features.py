@@ -66,11 +66,11 @@ class Positions:
 
 
 # diagnostics -----------------------------------------------------------------------------------
-def diagnostics(analysis: Analysis, positions: Positions) -> list[types.Diagnostic]:
-    """Every error and warning ``alexdsl check`` reports, with its span (the first line when it has none)."""
+def diagnostics(found: list[Diagnostic], file: str, positions: Positions) -> list[types.Diagnostic]:
+    """Every error and warning ``alexdsl check`` reports for ``file``, with its span (else the first line)."""
     out = []
-    for diag in analysis.diagnostics:
-        span = diag.span if diag.span is not None and diag.span.file == analysis.file else None
+    for diag in found:
+        span = diag.span if diag.span is not None and diag.span.file == file else None
         rng = positions.range(span) if span else types.Range(types.Position(0, 0), positions.position(1, 10**6))
         severity = types.DiagnosticSeverity.Error if diag.severity == "error" else types.DiagnosticSeverity.Warning
         out.append(types.Diagnostic(rng, _diagnostic_text(diag), severity=severity, source="alexdsl"))

@@ -9,7 +9,10 @@ analysis of the latest text, then answer from it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +26,8 @@ from pygls.uris import to_fs_path
 import alexdsl
 from alexdsl.errors import Diagnostic
 from alexdsl.lsp import features
-from alexdsl.lsp.analysis import Analysis, analyze
+from alexdsl.lsp.analysis import Analysis, FrontEnd, analyze, front_end
+from alexdsl.lsp.features import Positions
 from alexdsl.lsp.symbols import SymbolIndex
 
 LANGUAGE_ID = "alexdsl"
@@ -54,19 +58,44 @@ class DocumentState:
     hint_settings: features.HintSettings = field(default_factory=features.HintSettings)
 
 
-def check(text: str, file: str, previous: Analysis | None) -> Checked:
-    """Analyse one version of a document; never raises (an internal failure becomes a diagnostic)."""
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector, as the front end does: an analysis makes many small
+    objects that all stay alive, and collections over them only cost time."""
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
-        analysis = analyze(text, file, previous)
-        index = SymbolIndex(analysis.module) if analysis.module is not None else None
-    except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
-        log.exception("analysis failed")
-        analysis = Analysis(text, file, [Diagnostic("error", f"internal error in alexdsl: {error!r}")], None, text,
-                            None)
-        if previous is not None:
-            analysis.line_hints, analysis.stale_lines = previous.line_hints, frozenset(previous.line_hints)
-        index = None
-    return Checked(analysis, index, features.Positions(text))
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _internal_error(error: Exception) -> list[Diagnostic]:
+    log.exception("analysis failed")
+    return [Diagnostic("error", f"internal error in alexdsl: {error!r}")]
+
+
+def run_front_end(text: str, file: str) -> FrontEnd:
+    """The diagnostics of ``text``: never raises (an internal failure becomes a diagnostic)."""
+    with _gc_paused():
+        try:
+            return front_end(text, file)
+        except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
+            return _internal_error(error), None
+
+
+def check(text: str, file: str, previous: Analysis | None, checked: FrontEnd) -> Checked:
+    """The rest of the analysis (recovery, syntax tree, hints, names); never raises."""
+    with _gc_paused():
+        try:
+            analysis = analyze(text, file, previous, checked)
+            return Checked(analysis, SymbolIndex(analysis.module) if analysis.module else None, Positions(text))
+        except Exception as error:  # noqa: BLE001 - as above
+            analysis = Analysis(text, file, checked[0] or _internal_error(error), None, text, None)
+            if previous is not None:
+                analysis.line_hints, analysis.stale_lines = previous.line_hints, frozenset(previous.line_hints)
+            return Checked(analysis, None, Positions(text))
 
 
 class _Protocol(LanguageServerProtocol):
@@ -104,13 +133,16 @@ class AlexDSLServer(LanguageServer):
     async def _run(self, uri: str, text: str, version: int | None, state: DocumentState) -> Checked:
         previous = state.latest.analysis if state.latest else None
         file = to_fs_path(uri) or uri
-        checked = await asyncio.get_running_loop().run_in_executor(self.worker, check, text, file, previous)
         document = self.workspace.get_text_document(uri)
-        checked.positions = features.Positions(text, document.position_codec.client_num_units)
-        state.latest = checked
+        positions = Positions(text, document.position_codec.client_num_units)
+        loop = asyncio.get_running_loop()
+        checked = await loop.run_in_executor(self.worker, run_front_end, text, file)
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
-            uri, features.diagnostics(checked.analysis, checked.positions), version))
-        return checked
+            uri, features.diagnostics(checked[0], file, positions), version))
+        result = await loop.run_in_executor(self.worker, check, text, file, previous, checked)
+        result.positions = positions
+        state.latest = result
+        return result
 
     async def current(self, uri: str) -> Checked | None:
         """The analysis of the document's latest text (waiting for it if it is running)."""
