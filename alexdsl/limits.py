@@ -19,6 +19,10 @@ DEFAULT_MAX_LAYERS = 1_000_000  # layers after expanding every repeat and block 
 DEFAULT_MAX_SOURCE_BYTES = 16 * 1024 * 1024  # the size of one source file (ALEXDSL_MAX_SOURCE_BYTES)
 MAX_NESTING = 64  # parentheses open at once in a source file
 MAX_INT = 2**63 - 1  # the largest integer a source may write: every size is int64 in the backends
+# What the IR JSON reader accepts (alexdsl/ir/serialize.py), so every source accepted round-trips:
+MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size, stride or integer setting
+MAX_RANK = 8  # dimensions of an input
+MAX_NAME_LENGTH = 256  # characters of a network or (hierarchical) layer name
 LARGE_BYTES = 4 * 1024**3  # a layer or network past this gets a warning from check
 
 

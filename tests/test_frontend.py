@@ -330,7 +330,15 @@ def test_non_finite_numbers_are_errors_at_the_source() -> None:
     (diagnostic,) = _error("input x: 3x8x8\nc: conv(4, 3, weight=constant(1e999))\n").errors
     assert diagnostic.message == "the number is too large" and diagnostic.span.column == 31
     assert "must be a number" in _error("input x: 3x8x8\nc: conv(4, 3, weight=constant(nan))\n").render()
-    assert "dimension that is too large" in _error("input x: 3x99999999999999999999x8\n").render()
+    (diagnostic,) = _error("input x: 3x99999999999999999999x8\n").diagnostics  # and no "declares no input"
+    assert diagnostic.message == "input 'x' is too large" and diagnostic.received == "3x99999999999999999999x8"
+
+
+def test_sources_keep_to_what_the_ir_reader_accepts() -> None:
+    assert "'out' of fc must be at most 2147483647" in str(_error("input x: 3x8x8\nf: fc(2147483648)\n"))
+    assert "the name is 300 characters long" in str(_error(f"input x: 3x8x8\n{'n' * 300}: relu\n"))
+    assert "input 'x' is too large" in str(_error("input x: " + "x".join(["2"] * 9) + "\n"))
+    assert "'stepsize' has the wrong type" in str(_error("input x: 3x8x8\nsolver(stepsize=2147483648)\n"))
 
 
 def test_a_byte_order_mark_is_accepted(tmp_path) -> None:

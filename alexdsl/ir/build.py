@@ -20,6 +20,7 @@ from alexdsl.ir.network import Network
 from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
+from alexdsl.syntax import ast
 from alexdsl.syntax.parser import parse_module
 
 _INTERNAL_ATTRS = ("arg_spans", "param_config", "ok")
@@ -66,7 +67,7 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
             check_resources(network, sink, file)
         if not sink.has_errors:
             outputs = choose_outputs(graph, network.layer_names(), meta.outputs, sink)
-    if not meta.inputs:
+    if not any(isinstance(statement, ast.InputStmt) for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
     diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)

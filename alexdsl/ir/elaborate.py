@@ -14,7 +14,7 @@ from typing import Any
 import networkx as nx
 
 from alexdsl.errors import DiagnosticSink, Span, did_you_mean
-from alexdsl.limits import MAX_INT, max_layers
+from alexdsl.limits import MAX_DIM, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
 from alexdsl.syntax import ast
 
@@ -120,6 +120,10 @@ def _kind_words(arg: Arg) -> str:
     }[arg.kind]
 
 
+def _bound(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
 def _default(arg: Arg) -> Any:
     """An argument's default value, a pair default as an (h, w) tuple."""
     return (arg.default, arg.default) if arg.kind == "pair" and isinstance(arg.default, int) else arg.default
@@ -198,6 +202,7 @@ class Elaborator:
             if self.meta.name:
                 self.sink.error("the network is named twice", stmt.span, hint=f"it is already '{self.meta.name}'")
             self.meta.name = stmt.name.name
+            self._check_name_length(stmt.name.name, stmt.name.span)
         elif isinstance(stmt, ast.DescriptionStmt):
             self.meta.description = str(stmt.text.value)
         elif isinstance(stmt, ast.InputStmt):
@@ -219,11 +224,13 @@ class Elaborator:
         if name in self.graph:
             self.sink.error(f"input '{name}' is declared twice", stmt.name.span)
             return
+        if not self._check_name_length(name, stmt.name.span):
+            return
         if stmt.type_call is not None:
             call = stmt.type_call
             values = [self._eval(a.value, {}) for a in call.args]
             if call.name != "class" or len(values) != 1 or not isinstance(values[0], int) or values[0] < 1 \
-                    or isinstance(values[0], bool):
+                    or isinstance(values[0], bool) or values[0] > MAX_DIM:
                 self.sink.error(
                     f"unknown input type '{call.name}({', '.join(_describe(v) for v in values)})'", call.span,
                     expected="a shape such as 3x227x227, or class(N) for a label with N classes",
@@ -238,14 +245,19 @@ class Elaborator:
             shape: tuple[int, ...] = ()
         else:
             assert stmt.shape is not None
-            dims = str(stmt.shape.value).split("x")
-            if any(len(d.lstrip("0")) > len(str(MAX_INT)) or int(d) > MAX_INT for d in dims):
-                self.sink.error(f"input '{name}' has a dimension that is too large", stmt.shape.span,
-                                expected=f"dimensions of at most {MAX_INT:,} (2**63 - 1)")
-                return
+            written = str(stmt.shape.value)
+            dims = written.split("x")
+            if any(len(d.lstrip("0")) > len(str(MAX_DIM)) for d in dims):
+                dims = [str(MAX_DIM + 1)]  # refused below; int() of thousands of digits is slow
             shape = tuple(int(d) for d in dims)
             if name in self.input_shapes:
                 shape = tuple(self.input_shapes[name])
+                written = "x".join(map(str, shape))
+            if any(d > MAX_DIM for d in shape) or len(shape) > MAX_RANK:
+                self.sink.error(f"input '{name}' is too large", stmt.shape.span,
+                                expected=f"at most {MAX_RANK} dimensions of at most {MAX_DIM:,} each",
+                                received=written)
+                return
             if any(d < 1 for d in shape):
                 self.sink.error(f"input '{name}' has a dimension below 1", stmt.shape.span,
                                 received="x".join(map(str, shape)))
@@ -320,7 +332,7 @@ class Elaborator:
 
         if kind == "float" and is_num(value):
             return float(value)
-        if kind == "int" and is_int(value) and value >= 0:
+        if kind == "int" and is_int(value) and 0 <= value <= MAX_DIM:
             return value
         if kind == "bool" and isinstance(value, bool):
             return value
@@ -328,13 +340,13 @@ class Elaborator:
             name = value.name if isinstance(value, Symbol) else value
             return name if name in choices else None
         if kind == "pair":
-            if is_int(value) and value > 0:
+            if is_int(value) and 0 < value <= MAX_DIM:
                 return (value, value)
-            if isinstance(value, tuple) and len(value) == 2 and all(is_int(v) and v > 0 for v in value):
+            if isinstance(value, tuple) and len(value) == 2 and all(is_int(v) and 0 < v <= MAX_DIM for v in value):
                 return value
         if kind == "ints":
             items = value if isinstance(value, tuple) else (value,)
-            return list(items) if all(is_int(v) for v in items) else None
+            return list(items) if all(is_int(v) and abs(v) <= MAX_DIM for v in items) else None
         if kind == "floats":
             items = value if isinstance(value, tuple) else (value,)
             return [float(v) for v in items] if all(is_num(v) for v in items) else None
@@ -406,12 +418,14 @@ class Elaborator:
                             expected=_kind_words(arg), received=_describe(value))
 
         def in_range(v: float) -> bool:
-            if arg.min is not None and v < arg.min:
-                self.sink.error(f"argument '{arg.name}' of {op.name} must be at least {arg.min:g}", span,
+            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair") else None)
+            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair") else None)
+            if low is not None and v < low:
+                self.sink.error(f"argument '{arg.name}' of {op.name} must be at least {_bound(low)}", span,
                                 received=_describe(value))
                 return False
-            if arg.max is not None and v > arg.max:
-                self.sink.error(f"argument '{arg.name}' of {op.name} must be at most {arg.max:g}", span,
+            if high is not None and v > high:
+                self.sink.error(f"argument '{arg.name}' of {op.name} must be at most {_bound(high)}", span,
                                 received=_describe(value))
                 return False
             return True
@@ -469,6 +483,13 @@ class Elaborator:
             output = self._chain(stmt, scope, full, phase)
         scope.labels[label] = output if output is not None else BROKEN
         scope.prev = output if output is not None else BROKEN
+
+    def _check_name_length(self, name: str, span: Span) -> bool:
+        if len(name) <= MAX_NAME_LENGTH:
+            return True
+        self.sink.error(f"the name is {len(name)} characters long", span, expected=f"at most {MAX_NAME_LENGTH}",
+                        received=name)
+        return False
 
     def _first_definition(self, full: str) -> str | None:
         if full in self.graph and self.graph.nodes[full].get("span") is not None:
@@ -563,6 +584,8 @@ class Elaborator:
             scope.pending.append((name, pending_index + j, ref))
         if name in self.graph:
             self.sink.error(f"duplicate name '{name}'", call.span, hint=self._first_definition(name))
+            return None
+        if not self._check_name_length(name, call.span):
             return None
         self.graph.add_node(name, op=op.name, attrs=attrs or {}, inputs=inputs, shape=None, params={}, buffers={},
                             phase=phase, span=call.span, block=scope.block, macs=0, arg_spans=arg_spans,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.network import BYTES_PER_ELEMENT, Network
-from alexdsl.limits import LARGE_BYTES, MAX_INT
+from alexdsl.limits import LARGE_BYTES, MAX_DIM, MAX_INT
 from alexdsl.ops.registry import format_shape, numel
 
 
@@ -97,9 +97,11 @@ def check_resources(network: Network, sink: DiagnosticSink, file: str | None = N
             continue
         elements = numel(shape)
         params = sum(numel(spec.shape) for spec in data["params"].values())
-        if max(elements, params) * BYTES_PER_ELEMENT > MAX_INT:
+        dims = list(shape) + [d for spec in data["params"].values() for d in spec.shape]
+        if max(elements, params) * BYTES_PER_ELEMENT > MAX_INT or max(dims, default=0) > MAX_DIM:
             sink.error(f"{name}: the layer is too large to compute", data["span"],
-                       expected=f"at most {MAX_INT // BYTES_PER_ELEMENT:,} elements in an output or its parameters",
+                       expected=f"dimensions of at most {MAX_DIM:,}, and at most "
+                                f"{MAX_INT // BYTES_PER_ELEMENT:,} elements in an output or its parameters",
                        received=f"output {format_shape(shape)}, {params:,} parameters")
             continue
         total_params += params
