@@ -33,7 +33,7 @@ WHOLE_INPUT = 0  # receptive-field size meaning "every input position"
 class LineHint:
     """The inlay hint at the end of a line: the output of the last layer written on it."""
 
-    column: int  # 0-based, just after the last call on the line
+    column: int  # 0-based, just after the last call on the line (or the statement's @phase)
     label: str
     layers: tuple[str, ...]  # the IR layers it describes (several: repeat copies or block instances)
     line_layers: tuple[str, ...]  # every IR layer written on the line (for parameter and MAC totals)
@@ -204,10 +204,11 @@ def _with_hints(analysis: Analysis) -> Analysis:
                 last[call.span.end_line - 1] = (call, layers)
                 on_line.setdefault(call.span.end_line - 1, []).extend(
                     _instance_layers(network, names) if top_level and call.span not in analysis.spans else layers)
+        phase = stmt.phase.span if stmt.phase is not None else None
         for line, (call, layers) in last.items():
+            end = phase.end_column if phase is not None and phase.end_line - 1 == line else call.span.end_column
             described = describe_shapes([network.layer(n) for n in layers])
-            analysis.line_hints[line] = LineHint(call.span.end_column - 1, described, tuple(layers),
-                                                 tuple(on_line[line]))
+            analysis.line_hints[line] = LineHint(end - 1, described, tuple(layers), tuple(on_line[line]))
     return analysis
 
 

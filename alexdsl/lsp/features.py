@@ -122,7 +122,7 @@ def inlay_hints(analysis: Analysis, positions: Positions, first_line: int, last_
                 label += f" · {sum(layer.macs for layer in layers):,} MACs"
         column = min(hint.column, len(positions.lines[line]))
         hints.append(types.InlayHint(
-            positions.position(line + 1, column + 1), f"  {label}", kind=types.InlayHintKind.Type,
+            positions.position(line + 1, column + 1), label, kind=types.InlayHintKind.Type, padding_left=True,
             tooltip=None if fresh else "from the last version without errors here"))
     return hints
 
