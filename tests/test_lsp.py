@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import random
 import re
 import sys
@@ -17,7 +18,7 @@ import pytest
 pytest.importorskip("pygls")
 pytest_lsp = pytest.importorskip("pytest_lsp")
 
-from conftest import EXAMPLES  # noqa: E402
+from conftest import EXAMPLES, ROOT  # noqa: E402
 from lsprotocol import types  # noqa: E402
 from pygls.exceptions import JsonRpcException  # noqa: E402
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities  # noqa: E402
@@ -45,6 +46,17 @@ async def client(lsp_client: LanguageClient):
     INITIALIZED["result"] = await lsp_client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"),
         initialization_options={"alexdsl": {"inlayHints": {"params": True, "macs": True}}}))
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest_lsp.fixture(
+    scope="module",
+    config=ClientServerConfig(server_command=[sys.executable, "-m", "alexdsl.cli", "lsp"], server_env={
+        **os.environ, "ALEXDSL_PLUGINS": str(ROOT / "examples" / "plugins" / "scaled_tanh.py")}),
+)
+async def plugin_client(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(types.InitializeParams(capabilities=types.ClientCapabilities()))
     yield
     await lsp_client.shutdown_session()
 
@@ -176,6 +188,14 @@ async def test_hover_on_a_layer_shows_op_shape_params_macs_and_receptive_field(c
     assert "receptive field: 11x11 (stride 4x4)" in value
 
 
+async def test_hover_gives_alexnets_published_receptive_field(client: LanguageClient):
+    text = (EXAMPLES / "alexnet.adsl").read_text()
+    uri = open_document(client, text, "alexnet.adsl")
+    pool5 = await client.text_document_hover_async(types.HoverParams(**doc(uri, at(text, "maxpool", 1, 2))))
+    assert "conv5_maxpool" in pool5.contents.value
+    assert "receptive field: 195x195 (stride 32x32)" in pool5.contents.value  # Araujo et al., Distill 2019
+
+
 async def test_hover_on_an_op_and_an_argument_shows_the_registry_doc(client: LanguageClient):
     text = (EXAMPLES / "alexnet.adsl").read_text()
     uri = open_document(client, text, "alexnet.adsl")
@@ -302,6 +322,22 @@ async def test_completion_inside_a_block_sees_its_own_layers_and_in(client: Lang
     items = await complete(client, "input data: 3x8x8\ntop: relu\nblock b(c) {\n  x: conv(c, 1)\n  y: $\n}\n")
     labels = {item.label for item in items}
     assert {"x", "in"} <= labels and "top" not in labels
+
+
+async def test_completion_in_defaults(client: LanguageClient):
+    items = await complete(client, "input data: 3x8x8\ndefaults bias($)\n")
+    assert {item.label for item in items} == {"filler=", "lr=", "decay="}
+    items = await complete(client, "input data: 3x8x8\ndefaults maxpool($)\n")
+    assert {"kernel=", "round="} <= {item.label for item in items}
+
+
+async def test_plugin_ops_load_as_for_the_cli(plugin_client: LanguageClient):
+    text = "input data: 3x8x8\nst: scaled_tanh(a=1.7159, b=0.6667)\n"
+    uri = open_document(plugin_client, text)
+    assert (await hints(plugin_client, uri, text))[1] == "3x8x8"
+    assert list(plugin_client.diagnostics[uri]) == []
+    result = await plugin_client.text_document_hover_async(types.HoverParams(**doc(uri, at(text, "scaled_tanh", 1))))
+    assert "a * tanh(b * x)" in result.contents.value
 
 
 # formatting, outline, folding, semantic tokens -------------------------------------------------

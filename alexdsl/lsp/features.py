@@ -16,7 +16,7 @@ from lsprotocol import types
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_source
-from alexdsl.ir.elaborate import PREPROCESS_KEYS, SOLVER_KEYS
+from alexdsl.ir.elaborate import PARAM_KIND_KEYS, PREPROCESS_KEYS, SOLVER_KEYS
 from alexdsl.ir.network import Layer
 from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes
 from alexdsl.lsp.symbols import Symbol, SymbolIndex
@@ -408,8 +408,8 @@ def _completion(analysis: Analysis, index: SymbolIndex | None, line: int, column
         return [_item(p, types.CompletionItemKind.Keyword) for p in ("train", "test")]
     if re.fullmatch(r"\w*", stripped) and not before.startswith((" ", "\t")) or stripped.startswith("defaults"):
         if stripped.startswith("defaults"):
-            kinds = sorted({k for op in all_ops() for k in op.param_kinds()})
-            return _op_items() + [_item(k, types.CompletionItemKind.Property, "parameter kind") for k in kinds]
+            return _op_items() + [_item(k, types.CompletionItemKind.Property, "parameter kind")
+                                  for k in _param_kinds()]
         return [_item(k, types.CompletionItemKind.Keyword) for k in KEYWORDS if k != "repeat"]
     if re.search(r"(:|\||->)\s*\w*$", before) or re.fullmatch(r"\w*", stripped):
         items = _op_items() + [_item(b.name.name, types.CompletionItemKind.Class, block_signature(b).strip("`"))
@@ -459,6 +459,8 @@ def _argument_items(call_name: str, inside: str, blocks: dict[str, ast.BlockDef]
     if call_name in blocks:
         return [_item(f"{p.name.name}=", types.CompletionItemKind.Property) for p in blocks[call_name].params
                 if p.name.name not in given]
+    if call_name in _param_kinds():  # defaults weight(...), defaults bias(...)
+        return [_item(f"{k}=", types.CompletionItemKind.Property) for k in PARAM_KIND_KEYS]
     if call_name == "solver":
         return [_item(f"{k}=", types.CompletionItemKind.Property, kind) for k, (kind, _) in SOLVER_KEYS.items()]
     if call_name in FILLERS:
@@ -467,6 +469,11 @@ def _argument_items(call_name: str, inside: str, blocks: dict[str, ast.BlockDef]
                                  for s in index.module.statements):
         return [_item(f"{k}=", types.CompletionItemKind.Property, kind) for k, (kind, _) in PREPROCESS_KEYS.items()]
     return []
+
+
+def _param_kinds() -> list[str]:
+    """The parameter kinds ``defaults KIND(...)`` accepts (weight, bias, ...)."""
+    return sorted({k for op in all_ops() for k in op.param_kinds()})
 
 
 def _value_items(call_name: str, keyword: str) -> list[types.CompletionItem]:
@@ -603,7 +610,7 @@ def semantic_tokens(index: SymbolIndex | None, positions: Positions) -> list[int
         for arg in call.args:
             if arg.keyword is not None:
                 add(arg.span.line, arg.span.column, len(arg.keyword), "property")
-    tokens.sort()
+    tokens = sorted(set(tokens))
     data: list[int] = []
     previous_line, previous_start = 1, 0
     for line, column, length, kind, modifiers in tokens:
