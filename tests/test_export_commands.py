@@ -214,3 +214,26 @@ def test_prototxt_export_escapes_strings() -> None:
     assert parse_prototxt(text).scalar("name").value == network.name
     again = alexdsl.parse(import_prototxt(text))
     assert again.name == "two_lines__quoted______é".replace("é", "_") and again.shapes == network.shapes
+
+
+def strict_json(text: str) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_export_json_is_strict_json(path: Path) -> None:
+    result = CliRunner().invoke(export_command, [str(path), "--format", "json", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert strict_json(result.output)["name"] == alexdsl.load(path).name
+
+
+def test_export_json_of_a_non_finite_number_is_refused_at_its_source(tmp_path: Path) -> None:
+    src = tmp_path / "inf.adsl"
+    src.write_text("network I\ninput x: 3x8x8\nc: conv(4, 3, weight=constant(1e999))\n")
+    out = tmp_path / "inf.json"
+    result = CliRunner().invoke(export_command, [str(src), "--format", "json", "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists() and "Infinity" not in result.output
+    assert f"{src}:3:" in result.output and "Traceback" not in result.output
