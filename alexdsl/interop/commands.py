@@ -84,7 +84,7 @@ def import_json(ir_file: str, output: str | None) -> None:
     from alexdsl.interop.source import network_to_source
     from alexdsl.ir.network import Network
 
-    _emit(network_to_source(Network.from_json(read_source(ir_file))), output)
+    _emit(network_to_source(Network.from_json(read_source(ir_file), ir_file), ir_file), output)
 
 
 # export -------------------------------------------------------------------------------------------
