@@ -78,19 +78,11 @@ def test_needs_two_backends() -> None:
 
 
 def test_compare_reports_a_model_that_fails_the_checker(monkeypatch: pytest.MonkeyPatch) -> None:
-    import onnx
-
-    import alexdsl.interop.onnx as module
+    from test_onnx_export import lower_pools_with_onnx_ceil_mode
 
     net = alexdsl.parse("network P\ninput data: 3x7x7\np: maxpool(2, stride=2, pad=1, round=ceil) | fc(3)\n")
     rows = compare(net, ["reference", "onnx"])  # the ceil-mode pool ONNX once disagreed on
     assert [r.layer for r in rows] == ["p", "p_fc"] and worst(rows) < 1e-5
-
-    def ceil_mode_pool(layer: object, x: str, input_shape: tuple) -> list:
-        a = layer.attrs
-        return [onnx.helper.make_node("MaxPool", [x], [layer.name], name=layer.name, kernel_shape=list(a["kernel"]),
-                                      strides=list(a["stride"]), pads=list(a["pad"]) * 2, ceil_mode=1)]
-
-    monkeypatch.setattr(module, "_pool_nodes", ceil_mode_pool)
+    lower_pools_with_onnx_ceil_mode(monkeypatch)
     with pytest.raises(AlexDSLError, match="fails onnx.checker"):
         compare(net, ["reference", "onnx"])

@@ -153,16 +153,21 @@ def test_the_issue_pool_exports_with_its_alexdsl_shape() -> None:
     assert dims == [3, 4, 4] == list(net.shapes["p"])
 
 
+def lower_pools_with_onnx_ceil_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the export write what it wrote before the fix: MaxPool with ONNX's ceil_mode and symmetric pads."""
+    make_node = onnx.helper.make_node
+
+    def patched(op_type: str, inputs: list, outputs: list, name: str | None = None, **attrs: object) -> object:
+        if op_type == "MaxPool":
+            pad = list(attrs["pads"])[:2]
+            attrs.update(pads=pad + pad, ceil_mode=1)
+        return make_node(op_type, inputs, outputs, name=name, **attrs)
+
+    monkeypatch.setattr(onnx.helper, "make_node", patched)
+
+
 def test_a_model_that_fails_the_checker_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What export said before the fix: ONNX's ceil_mode, whose shape disagrees with the declared output."""
-    import alexdsl.interop.onnx as module
-
-    def ceil_mode_pool(layer: object, x: str, input_shape: tuple) -> list:
-        a = layer.attrs
-        return [onnx.helper.make_node("MaxPool", [x], [layer.name], name=layer.name, kernel_shape=list(a["kernel"]),
-                                      strides=list(a["stride"]), pads=list(a["pad"]) * 2, ceil_mode=1)]
-
-    monkeypatch.setattr(module, "_pool_nodes", ceil_mode_pool)
+    lower_pools_with_onnx_ceil_mode(monkeypatch)
     net = alexdsl.parse("network P\ninput data: 3x7x7\np: maxpool(2, stride=2, pad=1, round=ceil)\n")
     with pytest.raises(AlexDSLError, match="fails onnx.checker"):
         export_onnx(net)
