@@ -157,6 +157,19 @@ async def test_block_lines_show_every_instance(client: LanguageClient):
         assert "x".join(map(str, network.layer(f"{instance}.out").shape)) in out_line
 
 
+async def test_block_lines_show_the_instance_the_cursor_is_on(client: LanguageClient):
+    text = (EXAMPLES / "inception.adsl").read_text()
+    uri = open_document(client, text, "inception.adsl")
+    network = build_network(text, "inception.adsl")
+    for instance in ("inc3b", "inc4a"):
+        cursor = at(text, f"{instance}:", 2)
+        marks = await client.text_document_document_highlight_async(types.DocumentHighlightParams(**doc(uri, cursor)))
+        assert [m.kind for m in marks] == [types.DocumentHighlightKind.Write]  # inc3b is defined, not read
+        found = await hints(client, uri, text)
+        shape = "x".join(map(str, network.layer(f"{instance}.out").shape))
+        assert found[at(text, "out:").line].startswith(f"{shape} in {instance}")
+
+
 async def test_an_edit_into_an_error_and_back(client: LanguageClient):
     text = (EXAMPLES / "alexnet.adsl").read_text()
     uri = open_document(client, text, "alexnet.adsl")

@@ -18,7 +18,7 @@ from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_source
 from alexdsl.ir.elaborate import PARAM_KIND_KEYS, PREPROCESS_KEYS, SOLVER_KEYS
 from alexdsl.ir.network import Layer
-from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes
+from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes, statement_calls
 from alexdsl.lsp.symbols import Symbol, SymbolIndex
 from alexdsl.ops.registry import FILLERS, REQUIRED, Arg, OpDef, all_ops, format_shape, lookup
 from alexdsl.syntax import ast
@@ -104,18 +104,25 @@ class HintSettings:
 
 
 def inlay_hints(analysis: Analysis, positions: Positions, first_line: int, last_line: int,
-                settings: HintSettings = HintSettings()) -> list[types.InlayHint]:
-    """The output shape at the end of each layer line from 0-based ``first_line`` to ``last_line``."""
+                settings: HintSettings = HintSettings(), focus: str | None = None) -> list[types.InlayHint]:
+    """The output shape at the end of each layer line from 0-based ``first_line`` to ``last_line``.
+
+    In a block body, ``focus`` (a block instance, such as ``inc3b``) picks the instance shown.
+    """
     hints = []
     network = analysis.network
     for line in range(first_line, min(last_line, len(positions.lines) - 1) + 1):
         hint = analysis.line_hints.get(line)
         if hint is None:
             continue
-        label = hint.label
+        label, line_layers = hint.label, hint.line_layers
         fresh = line not in analysis.stale_lines and network is not None
+        focused = [n for n in hint.layers if focus and n.startswith(focus + ".")] if fresh else []
+        if focused:
+            label = f"{describe_shapes([network.layer(n) for n in focused])} in {focus}"  # type: ignore[union-attr]
+            line_layers = tuple(n for n in line_layers if n.startswith(focus + "."))  # type: ignore[operator]
         if fresh and (settings.params or settings.macs):
-            layers = [network.layer(n) for n in hint.line_layers if n in network.graph]  # type: ignore[union-attr]
+            layers = [network.layer(n) for n in line_layers if n in network.graph]  # type: ignore[union-attr]
             if settings.params:
                 label += f" · {sum(layer.param_count for layer in layers):,} params"
             if settings.macs:
@@ -125,6 +132,29 @@ def inlay_hints(analysis: Analysis, positions: Positions, first_line: int, last_
             positions.position(line + 1, column + 1), label, kind=types.InlayHintKind.Type, padding_left=True,
             tooltip=None if fresh else "from the last version without errors here"))
     return hints
+
+
+def instance_at(index: SymbolIndex | None, line: int) -> str | None:
+    """The block instance made by the top-level statement on the 1-based ``line`` (its first, for a repeat)."""
+    if index is None:
+        return None
+    for stmt in index.module.statements:
+        if isinstance(stmt, (ast.LayerStmt, ast.RepeatStmt)) and stmt.span.line <= line <= stmt.span.end_line:
+            for call, names in statement_calls(stmt):
+                if call.name in index.blocks and names:
+                    return names[0]
+    return None
+
+
+def highlights(index: SymbolIndex | None, positions: Positions, line: int, column: int
+               ) -> list[types.DocumentHighlight]:
+    """Every occurrence of the name under the cursor: its definition as Write, its uses as Read."""
+    occurrence = index.at(line, column) if index else None
+    if occurrence is None or index is None:
+        return []
+    kinds = {True: types.DocumentHighlightKind.Write, False: types.DocumentHighlightKind.Read}
+    return [types.DocumentHighlight(positions.range(o.span), kinds[o.definition])
+            for o in index.occurrences_of(occurrence.symbol) if not (o.definition and o.symbol.generated)]
 
 
 # hover -----------------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ import gc
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lsprotocol import types
+from pygls.capabilities import get_capability
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
@@ -55,7 +56,7 @@ class Checked:
 class DocumentState:
     latest: Checked | None = None
     task: asyncio.Future[Checked] | None = None
-    hint_settings: features.HintSettings = field(default_factory=features.HintSettings)
+    focus: str | None = None  # the block instance whose shapes the block bodies show (the cursor's)
 
 
 @contextlib.contextmanager
@@ -203,8 +204,26 @@ def create_server() -> AlexDSLServer:
         checked = await ls.current(params.text_document.uri)
         if checked is None:
             return None
+        state = ls.documents.get(params.text_document.uri)
         return features.inlay_hints(checked.analysis, checked.positions, params.range.start.line,
-                                    params.range.end.line, ls.hint_settings)
+                                    params.range.end.line, ls.hint_settings, state.focus if state else None)
+
+    @server.feature(types.TEXT_DOCUMENT_DOCUMENT_HIGHLIGHT)
+    async def document_highlight(ls: AlexDSLServer, params: types.DocumentHighlightParams
+                                 ) -> list[types.DocumentHighlight] | None:
+        """Editors ask for highlights as the cursor moves: on a block use, its instance becomes the
+        one whose shapes the block's body shows."""
+        checked = await ls.current(params.text_document.uri)
+        state = ls.documents.get(params.text_document.uri)
+        if checked is None or state is None:
+            return None
+        line, column = checked.positions.point(params.position)
+        focus = features.instance_at(checked.index, line)
+        if focus is not None and focus != state.focus:
+            state.focus = focus
+            if get_capability(ls.client_capabilities, "workspace.inlay_hint.refresh_support", False):
+                ls.workspace_inlay_hint_refresh(None)
+        return features.highlights(checked.index, checked.positions, line, column)
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
     async def hover(ls: AlexDSLServer, params: types.HoverParams) -> types.Hover | None:
