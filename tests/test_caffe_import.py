@@ -315,3 +315,13 @@ def test_strings_are_read_with_protobuf_escapes() -> None:
     net = parse_prototxt(text)
     assert net.scalar("name").value == 'say "hi"\néA'
     assert alexdsl.parse(import_prototxt(text)).layer_names()[-1] == "a_b"
+
+
+def test_thousands_of_errors_render_capped() -> None:
+    text = DEPLOY_8 + "".join(f'layer {{ name: "r{i}" type: "ReLU" bottom: "data" top: "r{i}" wibble: {i} }}\n'
+                              for i in range(2000))
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "many.prototxt")
+    assert len(info.value.diagnostics) == 2000  # every one is kept for tools; the rendering is capped
+    rendered = str(info.value)
+    assert rendered.count("error: unknown field 'wibble'") == 100 and "... and 1900 more errors" in rendered
