@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import EXAMPLES, ROOT
 
+from alexdsl.cli import main
 from alexdsl.ir.build import build_network
 
 VSCODE = ROOT / "editors" / "vscode"
@@ -86,6 +88,16 @@ def test_neovim_shows_the_diagnostics_and_the_shapes(tmp_path: Path) -> None:
 
 def _line_of(lines: list[str], prefix: str) -> int:
     return next(i for i, line in enumerate(lines) if line.startswith(prefix))
+
+
+def test_lsp_without_its_extra_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "alexdsl.lsp.server", raising=False)
+    monkeypatch.setitem(sys.modules, "lsprotocol", None)  # as if neither were installed
+    monkeypatch.setitem(sys.modules, "pygls", None)
+    result = CliRunner().invoke(main, ["lsp"])
+    assert result.exit_code == 1
+    assert 'error: the language server needs the lsp extra' in result.stderr
+    assert 'pip install "alexdsl[lsp]"' in result.stderr and "Traceback" not in result.output
 
 
 # VS Code ---------------------------------------------------------------------------------------

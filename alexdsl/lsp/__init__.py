@@ -19,7 +19,7 @@ def lsp_command() -> None:
     except ModuleNotFoundError as error:
         from alexdsl.cli_support import print_diagnostics
 
-        print_diagnostics(AlexDSLError(f"error: the language server needs {error.name}: "
-                                       "pip install \"alexdsl[lsp]\""))
+        print_diagnostics(AlexDSLError(f"error: the language server needs the lsp extra (missing: {error.name}): "
+                                       'pip install "alexdsl[lsp]"'))
         raise SystemExit(1) from None
     serve()

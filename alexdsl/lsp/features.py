@@ -15,7 +15,7 @@ from typing import Any
 from lsprotocol import types
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
-from alexdsl.fmt import format_source
+from alexdsl.fmt import format_source, format_value
 from alexdsl.ir.elaborate import PARAM_KIND_KEYS, PREPROCESS_KEYS, SOLVER_KEYS
 from alexdsl.ir.network import Layer
 from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes, statement_calls
@@ -266,9 +266,6 @@ def symbol_layers(analysis: Analysis, symbol: Symbol, reference: bool = False) -
 
 def _layers_text(analysis: Analysis, symbol: Symbol, index: SymbolIndex, reference: bool = False) -> str:
     if symbol.kind == "block":
-        network = analysis.network
-        if network is None:
-            return ""
         uses = [o for o in index.occurrences if o.symbol is symbol and not o.definition]
         return f"\n\nused {len(uses)} time{'s' if len(uses) != 1 else ''}"
     layers = symbol_layers(analysis, symbol, reference)
@@ -342,8 +339,6 @@ def _filler_signature(name: str) -> str:
 
 
 def block_signature(block: ast.BlockDef) -> str:
-    from alexdsl.fmt import format_value
-
     params = ", ".join(p.name.name + (f"={format_value(p.default)}" if p.default is not None else "")
                        for p in block.params)
     return f"`block {block.name.name}({params})`"
