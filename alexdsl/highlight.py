@@ -23,12 +23,9 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
 
 
 def _op_names() -> tuple[str, ...]:
-    try:
-        from alexdsl.ops.registry import op_names
+    from alexdsl.ops.registry import op_names
 
-        return tuple(op_names())
-    except Exception:  # noqa: BLE001 - highlighting must work even from a partial install
-        return ("conv", "fc", "relu", "maxpool", "avgpool", "lrn", "dropout", "concat", "add", "softmax")
+    return tuple(op_names())
 
 
 class AlexDSLLexer(RegexLexer):

@@ -54,6 +54,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
 from alexdsl.interop.source import is_name
+from alexdsl.ops.registry import OpDef, caffe_importers, lookup
 from alexdsl.syntax.parser import grammar_text
 
 
@@ -299,9 +300,13 @@ _SCHEMA: dict[str, set[str]] = {
     "state": {"phase", "level", "stage"},
 }
 
-LAYER_TYPES = ("Input", "Data", "ImageData", "MemoryData", "Convolution", "ReLU", "Sigmoid", "TanH", "Pooling",
-               "LRN", "InnerProduct", "Dropout", "Concat", "Eltwise", "BatchNorm", "Scale", "Flatten", "Softmax",
-               "SoftmaxWithLoss", "Accuracy")
+DATA_TYPES = ("Input", "Data", "ImageData", "MemoryData")
+SCALE = "Scale"  # absorbed by the layer that imports Caffe's BatchNorm (its learned scale and shift)
+
+
+def layer_types() -> tuple[str, ...]:
+    """Every Caffe layer type the importer reads: the data layers, Scale, and what the ops import."""
+    return (*DATA_TYPES, *sorted(caffe_importers()), SCALE)
 
 
 _INT_FIELDS = {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad", "pad_h",
@@ -395,6 +400,13 @@ class _Node:
     caffe: Message
     params: dict[str, dict[str, str]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay text
     consumers: int = 0
+    filler_section: str | None = None  # the *_param message its fillers came from
+
+
+def _op(name: str) -> OpDef:
+    op = lookup(name)
+    assert op is not None, name
+    return op
 
 
 def _num(s: Scalar | None, default: Any = None) -> Any:
@@ -539,21 +551,22 @@ class _Importer:
             return
         ltype = str(tscalar.value)
         caffe_name = str(nscalar.value) if nscalar is not None else ltype.lower()
-        if ltype not in LAYER_TYPES:
+        importers = caffe_importers()
+        if ltype not in importers and ltype not in (*DATA_TYPES, SCALE):
             self.error(f"unknown layer type '{ltype}' (layer '{caffe_name}')", tscalar.span,
-                       expected=", ".join(LAYER_TYPES))
+                       expected=", ".join(layer_types()))
             return
         tops = [str(t.value) for t in layer.scalars("top")]
         phase = self._phase(layer)
-        if ltype in ("Input", "Data", "ImageData", "MemoryData"):
+        if ltype in DATA_TYPES:
             self._data_layer(layer, ltype, tops, span)
             return
         inputs = self._inputs(layer)
         if inputs is None:
             return
-        if ltype == "Scale":
+        if ltype == SCALE:
             target = self.by_name.get(inputs[0]) if inputs else None
-            if target is None or target.op != "batchnorm" or target.params.get("_scaled"):
+            if target is None or "BatchNorm" not in _op(target.op).lower.from_caffe or target.params.get("_scaled"):
                 self.error("a Scale layer is supported only right after a BatchNorm layer (-> batchnorm)",
                            tscalar.span)
                 return
@@ -567,10 +580,11 @@ class _Importer:
             for t in tops:
                 self.blob[t] = target.name
             return
-        op, args, expect = self._convert(layer, ltype, caffe_name)
-        if op is None:
+        converted = importers[ltype](layer, caffe_name, self)
+        if converted is None:
             return
-        lo, hi = expect
+        op, args, section = converted
+        lo, hi = _op(op).inputs
         if len(inputs) < lo or (hi is not None and len(inputs) > hi):
             self.error(f"{ltype} layer '{caffe_name}' has {len(inputs)} bottoms; expected "
                        f"{lo if lo == hi else f'at least {lo}'}", span)
@@ -579,9 +593,9 @@ class _Importer:
             self.error(f"layer '{caffe_name}' has {len(tops)} tops; alexdsl layers have one output", span)
             return
         node = _Node(self._alex_name(caffe_name), op, args, inputs, phase, layer)
-        if op in ("conv", "fc"):
-            kind = "convolution_param" if op == "conv" else "inner_product_param"
-            self._params(layer, node, ("weight", "bias"), layer.message(kind), None)
+        if section is not None:  # the fillers are in the layer's own *_param section
+            node.filler_section = section
+            self._params(layer, node, ("weight", "bias"), layer.message(section), None)
         for src in inputs:
             if src in self.by_name:
                 self.by_name[src].consumers += 1
@@ -690,7 +704,7 @@ class _Importer:
             settings.append(f"scale={scale.text}")
 
     # per-type conversion -----------------------------------------------------------------------
-    def _pair(self, p: Message, name: str, default: int | None) -> str | None:
+    def pair(self, p: Message, name: str, default: int | None) -> str | None:
         h, w = p.scalar(f"{name}_h"), p.scalar(f"{name}_w")
         if h is not None or w is not None:
             hv = int(_num(h, default)) if h is not None or default is not None else None
@@ -706,141 +720,13 @@ class _Importer:
         self.error(f"{name} has {len(values)} values; only 2-D layers are supported", p.span)
         return None
 
-    def _convert(self, layer: Message, ltype: str, name: str) -> tuple[str | None, list[str], tuple[int, int | None]]:
-        one = (1, 1)
-        if ltype == "Convolution":
-            p = layer.message("convolution_param")
-            if p is None or p.scalar("num_output") is None:
-                self.error(f"Convolution '{name}' needs convolution_param {{ num_output kernel_size }}", layer.span)
-                return None, [], one
-            kernel = self._pair(p, "kernel", None)
-            if kernel is None:
-                self.error(f"Convolution '{name}' has no kernel_size", p.span)
-                return None, [], one
-            args = [p.scalar("num_output").text, kernel]  # type: ignore[union-attr]
-            for key, alex in (("stride", "stride"), ("pad", "pad"), ("dilation", "dilation")):
-                v = self._pair(p, key, None)
-                if v is not None and v != ("0" if key == "pad" else "1"):
-                    args.append(f"{alex}={v}")
-            group = p.scalar("group")
-            if group is not None and group.value != 1:
-                args.append(f"groups={group.text}")
-            if _is_true(p.scalar("bias_term")) is False:
-                args.append("bias=false")
-            axis = p.scalar("axis")
-            if axis is not None and axis.value != 1:
-                self.error("convolution axis other than 1 is not supported", axis.span)
-            return "conv", args, one
-        if ltype == "InnerProduct":
-            p = layer.message("inner_product_param")
-            if p is None or p.scalar("num_output") is None:
-                self.error(f"InnerProduct '{name}' needs inner_product_param {{ num_output }}", layer.span)
-                return None, [], one
-            args = [p.scalar("num_output").text]  # type: ignore[union-attr]
-            if _is_true(p.scalar("bias_term")) is False:
-                args.append("bias=false")
-            for key in ("axis", "transpose"):
-                v = p.scalar(key)
-                if v is not None and str(v.value).lower() not in ("1" if key == "axis" else "false",):
-                    self.error(f"inner_product_param {key}: {v.text} is not supported", v.span)
-            return "fc", args, one
-        if ltype == "ReLU":
-            p = layer.message("relu_param")
-            slope = p.scalar("negative_slope") if p is not None else None
-            if slope is not None and slope.value != 0:
-                return "leaky_relu", [slope.text], one
-            return "relu", [], one
-        if ltype in ("Sigmoid", "TanH", "Flatten"):
-            return {"Sigmoid": "sigmoid", "TanH": "tanh", "Flatten": "flatten"}[ltype], [], one
-        if ltype == "Pooling":
-            p = layer.message("pooling_param") or Message([], layer.span)
-            pool = p.scalar("pool")
-            kind = str(pool.value) if pool is not None else "MAX"
-            if kind not in ("MAX", "AVE"):
-                self.error(f"pooling method {kind} is not supported", pool.span if pool else p.span,
-                           expected="MAX or AVE")
-                return None, [], one
-            if _is_true(p.scalar("global_pooling")):
-                if kind != "AVE":
-                    self.error("global max pooling is not supported (alexdsl has global_avgpool)", p.span)
-                    return None, [], one
-                return "global_avgpool", [], one
-            kernel = self._pair(p, "kernel", None)
-            if kernel is None:
-                self.error(f"Pooling '{name}' has no kernel_size", p.span)
-                return None, [], one
-            args = [kernel]
-            stride = self._pair(p, "stride", 1)
-            if stride is not None and stride != kernel:
-                args.append(f"stride={stride}")
-            pad = self._pair(p, "pad", 0)
-            if pad not in (None, "0"):
-                args.append(f"pad={pad}")
-            mode = p.scalar("round_mode")
-            if mode is None or str(mode.value) == "CEIL":
-                args.append("round=ceil")
-            return ("maxpool" if kind == "MAX" else "avgpool"), args, one
-        if ltype == "LRN":
-            p = layer.message("lrn_param") or Message([], layer.span)
-            region = p.scalar("norm_region")
-            if region is not None and str(region.value) != "ACROSS_CHANNELS":
-                self.error(f"LRN norm_region {region.value} is not supported", region.span,
-                           expected="ACROSS_CHANNELS")
-                return None, [], one
-            size = p.scalar("local_size")
-            args = [size.text if size is not None else "5"]
-            for key in ("alpha", "beta", "k"):
-                v = p.scalar(key)
-                default = {"alpha": "1", "beta": "0.75", "k": "1"}[key]
-                args.append(f"{key}={v.text if v is not None else default}") if v is not None or key == "alpha" \
-                    else None
-            return "lrn", args, one
-        if ltype == "Dropout":
-            p = layer.message("dropout_param")
-            ratio = p.scalar("dropout_ratio") if p is not None else None
-            return "dropout", [ratio.text if ratio is not None else "0.5"], one
-        if ltype == "Concat":
-            p = layer.message("concat_param")
-            axis = (p.scalar("axis") or p.scalar("concat_dim")) if p is not None else None
-            if axis is not None and axis.value != 1:
-                self.error("concat along an axis other than channels (1) is not supported", axis.span)
-                return None, [], one
-            return "concat", [], (2, None)
-        if ltype == "Eltwise":
-            p = layer.message("eltwise_param")
-            operation = p.scalar("operation") if p is not None else None
-            if operation is not None and str(operation.value) != "SUM":
-                self.error(f"Eltwise {operation.value} is not supported (only SUM -> add)", operation.span)
-                return None, [], one
-            coeffs = p.scalars("coeff") if p is not None else []
-            if any(c.value != 1 for c in coeffs):
-                self.error("Eltwise coefficients other than 1 are not supported", coeffs[0].span)
-                return None, [], one
-            return "add", [], (2, None)
-        if ltype == "BatchNorm":
-            p = layer.message("batch_norm_param")
-            args = []
-            if p is not None:
-                eps = p.scalar("eps")
-                if eps is not None:
-                    args.append(f"eps={eps.text}")
-                maf = p.scalar("moving_average_fraction")
-                if maf is not None:
-                    args.append(f"momentum={round(1 - float(maf.value), 9):g}")
-            return "batchnorm", args, one
-        if ltype == "Softmax":
-            p = layer.message("softmax_param")
-            axis = p.scalar("axis") if p is not None else None
-            if axis is not None and axis.value != 1:
-                self.error("softmax along an axis other than channels (1) is not supported", axis.span)
-            return "softmax", [], one
-        if ltype == "SoftmaxWithLoss":
-            return "softmax_loss", [], (2, 2)
-        if ltype == "Accuracy":
-            p = layer.message("accuracy_param")
-            top = p.scalar("top_k") if p is not None else None
-            return "accuracy", ([f"top={top.text}"] if top is not None and top.value != 1 else []), (2, 2)
-        raise AssertionError(ltype)
+    # the context the ops' Caffe converters see (alexdsl.ops.lowering.Lowerings.from_caffe) --------
+    @staticmethod
+    def section(layer: Message, name: str) -> Message:
+        """``layer``'s ``name`` message, or an empty one."""
+        return layer.message(name) or Message([], layer.span)
+
+    is_true = staticmethod(_is_true)
 
     # writing -------------------------------------------------------------------------------------
     def _defaults(self) -> tuple[list[str], dict[str, dict[str, dict[str, str]]]]:
@@ -859,7 +745,7 @@ class _Importer:
             if kd:
                 lines.append(f"defaults {kind}(" + ", ".join(f"{k}={kd[k]}" for k in ("lr", "decay") if k in kd)
                              + ")")
-        for op in ("conv", "fc"):
+        for op in dict.fromkeys(n.op for n in self.nodes if n.filler_section):
             nodes = [n for n in self.nodes if n.op == op]
             parts = []
             for kind in ("weight", "bias"):
@@ -878,7 +764,7 @@ class _Importer:
         for kind in ("weight", "bias"):
             entry = node.params.get(kind, {})
             if "filler" in entry and entry["filler"] != effective.get(node.op, {}).get(kind, {}).get("filler"):
-                if kind == "bias" and node.op in ("conv", "fc") and "bias=false" in args:
+                if kind == "bias" and "bias=false" in args:
                     continue
                 args.append(f"{kind}={entry['filler']}")
             for key in ("lr", "decay"):
@@ -913,10 +799,11 @@ class _Importer:
         statements: list[list[Any]] = []  # [label, phase, [links], sources]
         tail_of: dict[str, str] = {}  # node -> the name that refers to it
         for node in self.nodes:
-            if skip_losses and node.op in ("softmax_loss", "accuracy"):
+            opdef = _op(node.op)
+            if skip_losses and opdef.role != "layer":
                 continue
-            multi = node.op in ("concat", "add", "softmax_loss", "accuracy")
-            starts = node.op in ("conv", "fc", "batchnorm") or multi
+            multi = opdef.inputs != (1, 1)
+            starts = bool(opdef.default_fillers) or multi  # a layer with parameters starts a statement
             last = statements[-1] if statements else None
             if (last is not None and not starts and len(node.inputs) == 1 and node.inputs[0] == last[2][-1].name
                     and self.by_name[node.inputs[0]].consumers == 1 and last[1] == node.phase):
@@ -927,7 +814,7 @@ class _Importer:
         for label, phase, links, _ in statements:
             first = links[0]
             refs = [tail_of.get(src, src) for src in first.inputs]
-            multi = first.op in ("concat", "add", "softmax_loss", "accuracy")
+            multi = _op(first.op).inputs != (1, 1)
             head = ""
             if not multi and refs and refs[0] != prev:
                 head = f"{refs[0]} -> "
@@ -976,7 +863,7 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
         network = parse(importer.write(name, {}, skip_losses=True), file + ".adsl")
         classes = {}
         for node in importer.nodes:
-            if node.op in ("softmax_loss", "accuracy") and node.inputs[1] in label_inputs:
+            if _op(node.op).takes_label and node.inputs[1] in label_inputs:
                 logits = network.shapes.get(node.inputs[0], ())
                 if logits:
                     classes[node.inputs[1]] = logits[0]

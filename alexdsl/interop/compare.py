@@ -119,8 +119,8 @@ def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
     results = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
     values = dict(zip(names, results))
     out = {name: values[name] for name in wanted}
-    for name in layers:  # dropout: the identity, so its input's value
-        if name not in out and network.layer(name).op == "dropout":
+    for name in layers:  # a layer with no node of its own (dropout) is its input's value
+        if name not in out and name not in produced and network.layer(name).inputs:
             source = network.layer(name).inputs[0]
             if source in values:
                 out[name] = values[source]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from alexdsl.errors import AlexDSLError
+from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.registry import Filler, lookup
 
@@ -82,23 +82,10 @@ def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def load_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """Arrays keyed ``<layer>.<param>`` from a .safetensors or .npz file."""
-    path = Path(path)
-    if not path.exists():
-        raise AlexDSLError(f"{path}: error: no such file")
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: np.asarray(data[k]) for k in data.files}
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.numpy import load_file
-        except ImportError:
-            raise AlexDSLError("error: reading .safetensors needs the safetensors package") from None
-        try:
-            return dict(load_file(str(path)))
-        except Exception as error:  # noqa: BLE001 - a corrupt file is the user's to fix
-            raise AlexDSLError(f"{path}: error: not a readable safetensors file ({error})") from None
-    raise AlexDSLError(f"{path}: error: weights must be a .safetensors or .npz file")
+    """Arrays keyed ``<layer>.<param>`` from a weights file (see :func:`alexdsl.weights.read_weights`)."""
+    from alexdsl.weights import read_weights
+
+    return read_weights(path)
 
 
 def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[Layer]) -> None:
@@ -117,47 +104,54 @@ def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[La
 
 
 # the graph ---------------------------------------------------------------------------------------
-def _pair(value: Any) -> list[int]:
-    return list(value) if isinstance(value, (tuple, list)) else [int(value), int(value)]
+class _Context:
+    """What an op's ONNX lowering (:attr:`alexdsl.ops.lowering.Lowerings.onnx`) sees and adds to."""
 
+    def __init__(self, network: Network, weights: Mapping[str, Any], nodes: list[Any], initializers: list[Any],
+                 alias: dict[str, str]):
+        from onnx import helper, numpy_helper
 
-def _pool_nodes(layer: Layer, x: str, input_shape: tuple[int, ...]) -> list[Any]:
-    """``maxpool``/``avgpool`` as ONNX nodes that keep exactly alexdsl's (torch's, Caffe's) windows.
+        self._helper, self._numpy_helper = helper, numpy_helper
+        self.network, self.weights = network, weights
+        self.nodes, self.initializers, self.aliases = nodes, initializers, alias
+        self.layer: Layer | None = None
+        self.inputs: list[str] = []
 
-    ONNX's ``ceil_mode`` keeps a last window that starts in the right padding, which alexdsl
-    drops, so every pool is written with floor rounding and end pads that reach the last
-    window alexdsl keeps. An average that counts the padding but not the part of a window
-    past it (the divisor torch and Caffe use) zero-pads with a ``Pad`` node first and then
-    averages with ``count_include_pad=0`` over that padded input.
-    """
-    from onnx import TensorProto, helper
+    def node(self, op_type: str, inputs: list[str], *, output: str | None = None, **attrs: Any) -> str:
+        """Add a node; its output (and name) is the layer's unless ``output`` names another value."""
+        assert self.layer is not None
+        output = output or self.layer.name
+        self.nodes.append(self._helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
 
-    a, name = layer.attrs, layer.name
-    kernel, stride, pad = _pair(a["kernel"]), _pair(a["stride"]), _pair(a["pad"])
-    end = [max(p, (out - 1) * s + k - size - p)
-           for out, s, k, size, p in zip(layer.shape[1:], stride, kernel, input_shape[1:], pad)]
-    window = {"kernel_shape": kernel, "strides": stride}
-    if layer.op == "maxpool":
-        return [helper.make_node("MaxPool", [x], [name], name=name, pads=pad + end, **window)]
-    count_pad = bool(a.get("count_pad", True))
-    overhang = [e - p for e, p in zip(end, pad)]
-    if not count_pad or not any(overhang) or not any(pad):
-        return [helper.make_node("AveragePool", [x], [name], name=name, pads=pad + end,
-                                 count_include_pad=int(count_pad and any(pad)), **window)]
-    pads = f"{name}.pads"
-    return [
-        helper.make_node("Constant", [], [pads], name=pads, value=helper.make_tensor(
-            pads, TensorProto.INT64, [8], [0, 0, *pad, 0, 0, *pad])),
-        helper.make_node("Pad", [x, pads], [f"{name}.padded"], name=f"{name}.padded"),
-        helper.make_node("AveragePool", [f"{name}.padded"], [name], name=name, pads=[0, 0, *overhang],
-                         count_include_pad=0, **window),
-    ]
+    def initializer(self, layer: Layer, name: str) -> str:
+        key = f"{layer.name}.{name}"
+        self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32), key))
+        return key
+
+    def constant(self, values: Any, *, output: str, integer: bool = False) -> str:
+        """A ``Constant`` node holding ``values`` (float32, or int64 with ``integer``)."""
+        array = np.asarray(values, dtype=np.int64 if integer else np.float32)
+        tensor = self._numpy_helper.from_array(array, output)
+        return self.node("Constant", [], output=output, value=tensor)
+
+    def alias(self, value: str) -> None:
+        """The layer is ``value`` at inference (dropout): no node."""
+        assert self.layer is not None
+        self.aliases[self.layer.name] = value
+
+    def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
+        return self.network.layer(layer.inputs[index]).shape
+
+    def fail(self, message: str) -> None:
+        assert self.layer is not None
+        raise AlexDSLError([Diagnostic("error", f"layer '{self.layer.name}': {message}", self.layer.span)])
 
 
 def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, seed: int = 0) -> Any:
     """Build the ONNX ``ModelProto`` of ``network`` (inference graph, opset 17)."""
     onnx = _onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     layers = [layer for layer in network.layers("test")]
     skipped = {layer.name for layer in network.layers() if layer.phase == "train"}
@@ -169,86 +163,27 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
     nodes: list[Any] = []
     initializers: list[Any] = []
     graph_inputs = []
+    ctx = _Context(network, weights, nodes, initializers, alias)
 
     def value(name: str) -> str:
         if name in skipped:
             raise AlexDSLError(f"error: a layer used at inference reads '{name}', which runs only while training")
         return alias.get(name, name)
 
-    def init(layer: Layer, pname: str) -> str:
-        key = f"{layer.name}.{pname}"
-        initializers.append(numpy_helper.from_array(np.asarray(weights[key], dtype=np.float32), key))
-        return key
-
     for layer in layers:
-        a = layer.attrs
-        op = layer.op
-        name = layer.name
-        if op == "input":
-            if layer.is_label:
-                continue
-            graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *layer.shape]))
+        if layer.is_input:
+            if not layer.is_label:
+                graph_inputs.append(helper.make_tensor_value_info(layer.name, TensorProto.FLOAT,
+                                                                  [BATCH, *layer.shape]))
             continue
-        opdef = lookup(op)
-        if opdef is not None and opdef.role in ("loss", "metric"):
+        op = lookup(layer.op)
+        if op is not None and op.role != "layer":
             continue
-        xs = [value(i) for i in layer.inputs]
-        if op == "dropout":
-            alias[name] = xs[0]
-            continue
-        if op == "conv":
-            ph, pw = _pair(a["pad"])
-            inputs = [xs[0], init(layer, "weight")] + ([init(layer, "bias")] if "bias" in layer.params else [])
-            nodes.append(helper.make_node("Conv", inputs, [name], name=name, kernel_shape=_pair(a["kernel"]),
-                                          strides=_pair(a["stride"]), pads=[ph, pw, ph, pw],
-                                          dilations=_pair(a["dilation"]), group=int(a["groups"])))
-        elif op == "fc":
-            source = xs[0]
-            if len(network.layer(layer.inputs[0]).shape) != 1:
-                source = f"{name}.flatten"
-                nodes.append(helper.make_node("Flatten", [xs[0]], [source], name=source, axis=1))
-            inputs = [source, init(layer, "weight")] + ([init(layer, "bias")] if "bias" in layer.params else [])
-            nodes.append(helper.make_node("Gemm", inputs, [name], name=name, transB=1))
-        elif op in ("maxpool", "avgpool"):
-            nodes.extend(_pool_nodes(layer, xs[0], network.layer(layer.inputs[0]).shape))
-        elif op == "global_avgpool":
-            nodes.append(helper.make_node("GlobalAveragePool", [xs[0]], [name], name=name))
-        elif op == "adaptive_avgpool":
-            _, height, width = network.layer(layer.inputs[0]).shape
-            oh, ow = _pair(a["size"])
-            if height % oh or width % ow:
-                raise AlexDSLError(
-                    f"error: layer '{name}': adaptive_avgpool to {oh}x{ow} of a {height}x{width} input has uneven "
-                    f"windows, which ONNX cannot express; use an input size whose last feature map is a multiple "
-                    f"of {oh}x{ow} (--input), or an avgpool")
-            if (oh, ow) == (1, 1):
-                nodes.append(helper.make_node("GlobalAveragePool", [xs[0]], [name], name=name))
-            else:
-                kernel = [height // oh, width // ow]
-                nodes.append(helper.make_node("AveragePool", [xs[0]], [name], name=name, kernel_shape=kernel,
-                                              strides=kernel))
-        elif op == "lrn":
-            nodes.append(helper.make_node("LRN", [xs[0]], [name], name=name, size=int(a["size"]),
-                                          alpha=float(a["alpha"]), beta=float(a["beta"]), bias=float(a["k"])))
-        elif op == "batchnorm":
-            inputs = [xs[0], init(layer, "weight"), init(layer, "bias"), init(layer, "running_mean"),
-                      init(layer, "running_var")]
-            nodes.append(helper.make_node("BatchNormalization", inputs, [name], name=name,
-                                          epsilon=float(a["eps"]), momentum=1.0 - float(a["momentum"])))
-        elif op in ("relu", "sigmoid", "tanh"):
-            nodes.append(helper.make_node(op.capitalize(), xs, [name], name=name))
-        elif op == "leaky_relu":
-            nodes.append(helper.make_node("LeakyRelu", xs, [name], name=name, alpha=float(a["slope"])))
-        elif op == "softmax":
-            nodes.append(helper.make_node("Softmax", xs, [name], name=name, axis=1))
-        elif op == "concat":
-            nodes.append(helper.make_node("Concat", xs, [name], name=name, axis=1))
-        elif op == "add":
-            nodes.append(helper.make_node("Add" if len(xs) == 2 else "Sum", xs, [name], name=name))
-        elif op == "flatten":
-            nodes.append(helper.make_node("Flatten", xs, [name], name=name, axis=1))
-        else:
-            raise AlexDSLError(f"error: layer '{name}': op '{op}' has no ONNX export")
+        if op is None or op.lower.onnx is None:
+            raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no ONNX lowering (layer '{layer.name}')",
+                                           layer.span)])
+        ctx.layer, ctx.inputs = layer, [value(i) for i in layer.inputs]
+        op.lower.onnx(layer, ctx)
 
     outputs = []
     for out in network.outputs:

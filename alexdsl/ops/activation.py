@@ -22,6 +22,14 @@ def _runtime_call(function: str, epilogue: str | None = None) -> ExecutorLowerin
                                                                     function), inplace=True, epilogue=epilogue)
 
 
+def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+    p = layer.message("relu_param")
+    slope = p.scalar("negative_slope") if p is not None else None
+    if slope is not None and slope.value != 0:
+        return "leaky_relu", [slope.text], None
+    return "relu", [], None
+
+
 register(OpDef(
     name="relu", family="activation", summary="Rectified linear unit: max(x, 0).", example="r: relu",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
@@ -30,6 +38,7 @@ register(OpDef(
         executor=_runtime_call("relu", epilogue="relu"),
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
+        from_caffe={"ReLU": _relu_from_caffe},
         reference=lambda layer, xs, w, F: F.relu(xs[0]),
     ),
 ))
@@ -60,6 +69,7 @@ register(OpDef(
         executor=_runtime_call("sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
+        from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
         reference=lambda layer, xs, w, F: xs[0].sigmoid(),
     ),
 ))
@@ -72,9 +82,17 @@ register(OpDef(
         executor=_runtime_call("tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
+        from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
         reference=lambda layer, xs, w, F: xs[0].tanh(),
     ),
 ))
+
+def _softmax_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+    axis = ctx.section(layer, "softmax_param").scalar("axis")
+    if axis is not None and axis.value != 1:
+        ctx.error("softmax along an axis other than channels (1) is not supported", axis.span)
+    return "softmax", [], None
+
 
 register(OpDef(
     name="softmax", family="activation", summary="Softmax over channels (dimension 1 of NCHW).",
@@ -84,6 +102,7 @@ register(OpDef(
         executor=_runtime_call("softmax"),
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
+        from_caffe={"Softmax": _softmax_from_caffe},
         reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=1),
     ),
 ))

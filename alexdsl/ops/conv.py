@@ -146,6 +146,31 @@ def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Convolution", "convolution_param", (*body, *ctx.weight_and_bias(layer)), ("weight", "bias"))]
 
 
+def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+    p = layer.message("convolution_param")
+    if p is None or p.scalar("num_output") is None:
+        ctx.error(f"Convolution '{name}' needs convolution_param {{ num_output kernel_size }}", layer.span)
+        return None
+    kernel = ctx.pair(p, "kernel", None)
+    if kernel is None:
+        ctx.error(f"Convolution '{name}' has no kernel_size", p.span)
+        return None
+    args = [p.scalar("num_output").text, kernel]
+    for key in ("stride", "pad", "dilation"):
+        value = ctx.pair(p, key, None)
+        if value is not None and value != ("0" if key == "pad" else "1"):
+            args.append(f"{key}={value}")
+    group = p.scalar("group")
+    if group is not None and group.value != 1:
+        args.append(f"groups={group.text}")
+    if ctx.is_true(p.scalar("bias_term")) is False:
+        args.append("bias=false")
+    axis = p.scalar("axis")
+    if axis is not None and axis.value != 1:
+        ctx.error("convolution axis other than 1 is not supported", axis.span)
+    return "conv", args, "convolution_param"
+
+
 def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     a = layer.attrs
     return F.conv2d(xs[0], w["weight"], w.get("bias"), stride=a["stride"], padding=a["pad"], dilation=a["dilation"],
@@ -179,6 +204,7 @@ CONV = register(OpDef(
         executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,
+        from_caffe={"Convolution": _from_caffe},
         reference=_reference,
     ),
 ))

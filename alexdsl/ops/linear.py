@@ -55,6 +55,21 @@ def _onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Gemm", inputs, transB=1)
 
 
+def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+    p = layer.message("inner_product_param")
+    if p is None or p.scalar("num_output") is None:
+        ctx.error(f"InnerProduct '{name}' needs inner_product_param {{ num_output }}", layer.span)
+        return None
+    args = [p.scalar("num_output").text]
+    if ctx.is_true(p.scalar("bias_term")) is False:
+        args.append("bias=false")
+    for key, default in (("axis", "1"), ("transpose", "false")):
+        value = p.scalar(key)
+        if value is not None and str(value.value).lower() != default:
+            ctx.error(f"inner_product_param {key}: {value.text} is not supported", value.span)
+    return "fc", args, "inner_product_param"
+
+
 register(OpDef(
     name="fc",
     family="linear",
@@ -77,6 +92,7 @@ register(OpDef(
         caffe=lambda layer, ctx: [CaffeLayer("InnerProduct", "inner_product_param",
                                              (f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)),
                                              ("weight", "bias"))],
+        from_caffe={"InnerProduct": _from_caffe},
         reference=lambda layer, xs, w, F: F.linear(xs[0].flatten(1), w["weight"], w.get("bias")),
     ),
 ))

@@ -37,8 +37,14 @@ register(OpDef(
         torch=TorchLowering(
             forward=lambda layer, args, ctx: f"F.cross_entropy(torch.flatten({args[0]}, 1), {args[1]})"),
         caffe=lambda layer, ctx: [CaffeLayer("SoftmaxWithLoss")],
+        from_caffe={"SoftmaxWithLoss": lambda layer, name, ctx: ("softmax_loss", [], None)},
     ),
 ))
+
+
+def _accuracy_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+    top = ctx.section(layer, "accuracy_param").scalar("top_k")
+    return "accuracy", [f"top={top.text}"] if top is not None and top.value != 1 else [], None
 
 
 def _accuracy_torch(layer: Any, args: list[str], ctx: Any) -> str:
@@ -62,5 +68,6 @@ register(OpDef(
         torch=TorchLowering(forward=_accuracy_torch),
         caffe=lambda layer, ctx: [CaffeLayer("Accuracy", "accuracy_param", (f"top_k: {layer.attrs['top']}",))
                                   if layer.attrs["top"] != 1 else CaffeLayer("Accuracy")],
+        from_caffe={"Accuracy": _accuracy_from_caffe},
     ),
 ))

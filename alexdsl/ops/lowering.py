@@ -19,7 +19,7 @@ Fusion reads :class:`Pattern` and the executor flags, never op names (TVM's ``Op
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -141,6 +141,12 @@ class Lowerings:
       ``ctx.number(v)``, ``ctx.pair(field, value, default)`` and ``ctx.filler(field, filler)``
       (lines), ``ctx.weight_and_bias(layer)``, ``ctx.input_shape(layer, i)`` and
       ``ctx.fail(message)`` for what Caffe cannot express.
+    * ``from_caffe``: Caffe layer type -> ``convert(message, name, ctx)`` returning
+      ``(op, args, section)`` (the alexdsl op, its arguments as source text, and the
+      ``*_param`` section holding the fillers, or None), or None after ``ctx.error(...)``.
+      The context offers ``ctx.section(message, name)`` (an empty message when absent),
+      ``ctx.pair(section, field, default)`` (source text), ``ctx.is_true(scalar)`` and
+      ``ctx.error(message, span, **extra)``.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
       measures every backend against.
@@ -150,6 +156,8 @@ class Lowerings:
     executor: ExecutorLowering | None = None
     onnx: Callable[[Any, Any], None] | None = None
     caffe: Callable[[Any, Any], list[CaffeLayer]] | None = None
+    from_caffe: Mapping[str, Callable[[Any, str, Any], tuple[str, list[str], str | None] | None]] = field(
+        default_factory=dict)
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
 
 

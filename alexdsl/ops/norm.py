@@ -41,6 +41,23 @@ def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("LRN", "lrn_param", tuple(body))]
 
 
+def _lrn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+    p = ctx.section(layer, "lrn_param")
+    region = p.scalar("norm_region")
+    if region is not None and str(region.value) != "ACROSS_CHANNELS":
+        ctx.error(f"LRN norm_region {region.value} is not supported", region.span, expected="ACROSS_CHANNELS")
+        return None
+    size = p.scalar("local_size")
+    args = [size.text if size is not None else "5"]
+    for key in ("alpha", "beta", "k"):
+        value = p.scalar(key)
+        if value is not None:
+            args.append(f"{key}={value.text}")
+        elif key == "alpha":
+            args.append("alpha=1")  # Caffe's default; alexdsl's is torch's 1e-4
+    return "lrn", args, None
+
+
 register(OpDef(
     name="lrn",
     family="norm",
@@ -60,6 +77,7 @@ register(OpDef(
                                          alpha=float(layer.attrs["alpha"]), beta=float(layer.attrs["beta"]),
                                          bias=float(layer.attrs["k"])),
         caffe=_lrn_caffe,
+        from_caffe={"LRN": _lrn_from_caffe},
         reference=lambda layer, xs, w, F: F.local_response_norm(xs[0], layer.attrs["size"], layer.attrs["alpha"],
                                                                 layer.attrs["beta"], layer.attrs["k"]),
     ),
@@ -128,6 +146,18 @@ def _bn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
             CaffeLayer("Scale", "scale_param", scale, ("weight", "bias"), suffix="_scale")]
 
 
+def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+    p = ctx.section(layer, "batch_norm_param")
+    args = []
+    eps = p.scalar("eps")
+    if eps is not None:
+        args.append(f"eps={eps.text}")
+    fraction = p.scalar("moving_average_fraction")
+    if fraction is not None:
+        args.append(f"momentum={round(1 - float(fraction.value), 9):g}")
+    return "batchnorm", args, None
+
+
 def _bn_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     return F.batch_norm(xs[0], w["running_mean"], w["running_var"], w.get("weight"), w.get("bias"), training=False,
                         eps=layer.attrs["eps"])
@@ -153,6 +183,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=_bn_executor, inplace=True, fold=_bn_fold),
         onnx=_bn_onnx,
         caffe=_bn_caffe,
+        from_caffe={"BatchNorm": _bn_from_caffe},
         reference=_bn_reference,
     ),
 ))

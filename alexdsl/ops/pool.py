@@ -76,6 +76,33 @@ def _pool_executor(layer: Any, ctx: Any) -> ExecutorKernel:
         "out={out})", "avg_pool2d", tuple(setup))
 
 
+def _pool_onnx(layer: Any, ctx: Any) -> None:
+    """Pools as ONNX nodes that keep exactly alexdsl's (torch's, Caffe's) windows.
+
+    ONNX's ``ceil_mode`` keeps a last window that starts in the right padding, which alexdsl
+    drops, so every pool is written with floor rounding and end pads that reach the last
+    window alexdsl keeps. An average that counts the padding but not the part of a window
+    past it (the divisor torch and Caffe use) zero-pads with a ``Pad`` node first and then
+    averages with ``count_include_pad=0`` over that padded input.
+    """
+    a = layer.attrs
+    kernel, stride, pad = list(a["kernel"]), list(a["stride"]), list(a["pad"])
+    end = [max(p, (out - 1) * s + k - size - p)
+           for out, s, k, size, p in zip(layer.shape[1:], stride, kernel, ctx.input_shape(layer, 0)[1:], pad)]
+    window = {"kernel_shape": kernel, "strides": stride}
+    if layer.op == "maxpool":
+        ctx.node("MaxPool", ctx.inputs, pads=pad + end, **window)
+        return
+    count_pad = bool(a["count_pad"])
+    overhang = [e - p for e, p in zip(end, pad)]
+    if not count_pad or not any(overhang) or not any(pad):
+        ctx.node("AveragePool", ctx.inputs, pads=pad + end, count_include_pad=int(count_pad and any(pad)), **window)
+        return
+    pads = ctx.constant([0, 0, *pad, 0, 0, *pad], output=f"{layer.name}.pads", integer=True)
+    padded = ctx.node("Pad", [ctx.inputs[0], pads], output=f"{layer.name}.padded")
+    ctx.node("AveragePool", [padded], pads=[0, 0, *overhang], count_include_pad=0, **window)
+
+
 def _pool_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     a = layer.attrs
     if layer.op == "maxpool":
@@ -111,10 +138,41 @@ def _adaptive_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
                        ("pool: AVE", *ctx.pair("kernel", window, None), *ctx.pair("stride", window, 1)))]
 
 
+def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+    p = ctx.section(layer, "pooling_param")
+    pool = p.scalar("pool")
+    kind = str(pool.value) if pool is not None else "MAX"
+    if kind not in ("MAX", "AVE"):
+        ctx.error(f"pooling method {kind} is not supported", pool.span if pool else p.span, expected="MAX or AVE")
+        return None
+    if ctx.is_true(p.scalar("global_pooling")):
+        if kind != "AVE":
+            ctx.error("global max pooling is not supported (alexdsl has global_avgpool)", p.span)
+            return None
+        return "global_avgpool", [], None
+    kernel = ctx.pair(p, "kernel", None)
+    if kernel is None:
+        ctx.error(f"Pooling '{name}' has no kernel_size", p.span)
+        return None
+    args = [kernel]
+    stride = ctx.pair(p, "stride", 1)
+    if stride is not None and stride != kernel:
+        args.append(f"stride={stride}")
+    pad = ctx.pair(p, "pad", 0)
+    if pad not in (None, "0"):
+        args.append(f"pad={pad}")
+    mode = p.scalar("round_mode")
+    if mode is None or str(mode.value) == "CEIL":
+        args.append("round=ceil")  # Caffe's default rounding
+    return ("maxpool" if kind == "MAX" else "avgpool"), args, None
+
+
 _POOL_LOWERINGS = Lowerings(
     torch=TorchLowering(forward=_pool_torch),
     executor=ExecutorLowering(lower=_pool_executor),
+    onnx=_pool_onnx,
     caffe=_pool_caffe,
+    from_caffe={"Pooling": _pool_from_caffe},
     reference=_pool_reference,
 )
 
@@ -159,6 +217,20 @@ def _adaptive_executor(layer: Any, ctx: Any) -> ExecutorKernel:
          f"rt.adaptive_matrices({ctx.lit(height)}, {ctx.lit(width)}, {size}))",))
 
 
+def _adaptive_onnx(layer: Any, ctx: Any) -> None:
+    _, height, width = ctx.input_shape(layer, 0)
+    oh, ow = layer.attrs["size"]
+    if height % oh or width % ow:
+        ctx.fail(f"adaptive_avgpool to {oh}x{ow} of a {height}x{width} input has uneven windows, which ONNX cannot "
+                 f"express; use an input size whose last feature map is a multiple of {oh}x{ow} (--input), "
+                 "or an avgpool")
+    if (oh, ow) == (1, 1):
+        ctx.node("GlobalAveragePool", ctx.inputs)
+    else:
+        window = [height // oh, width // ow]
+        ctx.node("AveragePool", ctx.inputs, kernel_shape=window, strides=window)
+
+
 register(OpDef(
     name="adaptive_avgpool",
     family="pool",
@@ -170,6 +242,7 @@ register(OpDef(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"F.adaptive_avg_pool2d({args[0]}, "
                                                              f"{ctx.pair(layer.attrs['size'])})"),
         executor=ExecutorLowering(lower=_adaptive_executor),
+        onnx=_adaptive_onnx,
         caffe=_adaptive_caffe,
         reference=lambda layer, xs, w, F: F.adaptive_avg_pool2d(xs[0], layer.attrs["size"]),
     ),

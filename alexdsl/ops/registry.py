@@ -175,6 +175,11 @@ def all_ops() -> list[OpDef]:
     return sorted(_REGISTRY.values(), key=lambda op: (op.family, op.name))
 
 
+def caffe_importers() -> dict[str, Callable[..., Any]]:
+    """Caffe layer type -> the converter of the op that imports it (``Lowerings.from_caffe``)."""
+    return {ctype: convert for op in all_ops() for ctype, convert in op.lower.from_caffe.items()}
+
+
 def op_names() -> list[str]:
     _load_families()
     return sorted(_REGISTRY)

@@ -22,6 +22,7 @@ register(OpDef(
             alias=True),
         onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Flatten")],
+        from_caffe={"Flatten": lambda layer, name, ctx: ("flatten", [], None)},
         reference=lambda layer, xs, w, F: xs[0].flatten(1),
     ),
 ))
@@ -40,6 +41,33 @@ def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (sum(s[0] for s in inputs), *first[1:])
 
 
+def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+    p = ctx.section(layer, "concat_param")
+    axis = p.scalar("axis") or p.scalar("concat_dim")
+    if axis is not None and axis.value != 1:
+        ctx.error("concat along an axis other than channels (1) is not supported", axis.span)
+        return None
+    return "concat", [], None
+
+
+def _add_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+    p = ctx.section(layer, "eltwise_param")
+    operation = p.scalar("operation")
+    if operation is not None and str(operation.value) != "SUM":
+        ctx.error(f"Eltwise {operation.value} is not supported (only SUM -> add)", operation.span)
+        return None
+    coeffs = p.scalars("coeff")
+    if any(c.value != 1 for c in coeffs):
+        ctx.error("Eltwise coefficients other than 1 are not supported", coeffs[0].span)
+        return None
+    return "add", [], None
+
+
+def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+    ratio = ctx.section(layer, "dropout_param").scalar("dropout_ratio")
+    return "dropout", [ratio.text if ratio is not None else "0.5"], None
+
+
 def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     import torch
 
@@ -55,6 +83,7 @@ register(OpDef(
             lower=lambda layer, ctx: ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}], out={{out}})", "concat")),
         onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Concat")],
+        from_caffe={"Concat": _concat_from_caffe},
         reference=_concat_reference,
     ),
 ))
@@ -83,6 +112,7 @@ register(OpDef(
             inplace=True, epilogues=("relu",)),
         onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Eltwise", "eltwise_param", ("operation: SUM",))],
+        from_caffe={"Eltwise": _add_from_caffe},
         reference=lambda layer, xs, w, F: sum(xs[1:], xs[0]),
     ),
 ))
@@ -107,6 +137,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.alias(ctx.inputs[0]),
         caffe=lambda layer, ctx: [
             CaffeLayer("Dropout", "dropout_param", (f"dropout_ratio: {ctx.number(layer.attrs['p'])}",))],
+        from_caffe={"Dropout": _dropout_from_caffe},
         reference=lambda layer, xs, w, F: xs[0],
     ),
 ))

@@ -91,9 +91,8 @@ def summary(network: Network | Lowered, batch: int = 1, dtype: str = "float32") 
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=False)) + "  " + r[4])
     if low.dropped:
         lines.append("  dropped at inference: " + ", ".join(low.dropped))
-    aliases = [
-        layer.name for layer in low.network.layers() if layer.op in ("dropout", "flatten") and layer.name in low.var
-    ]
+    in_kernels = {name for step in low.steps for name in step.layers}
+    aliases = [name for name in low.var if name not in in_kernels and name not in low.input_vars]
     if aliases:
         lines.append("  no kernel (identity or view): " + ", ".join(aliases))
     param_bytes = item * sum(math.prod(shape) for shape, _, _ in low.state.values())
