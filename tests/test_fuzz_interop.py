@@ -1,11 +1,13 @@
-"""Fuzzing the Caffe importer: token-aware mutants of prototxt files (issue 9).
+"""Fuzzing import and export: token-aware mutants of prototxt files, and the round trip of mutated sources.
 
 The seeds are the seed document's AlexNet (tests/data/alexnet_seed.prototxt, with deploy inputs)
 and the prototxt export of every example that Caffe can express. A mutant deletes, repeats,
 swaps or replaces tokens, or splices in a hostile snippet (deep nesting, huge or non-finite
 numbers, escapes, legacy layers, a truncation). Each must import into alexdsl source that
 builds, or raise AlexDSLError with located diagnostics (never another exception), within
-HANG_SECONDS. A seeded, bounded sample runs in CI (a few seconds).
+HANG_SECONDS. Every accepted mutant of an example (tests/adsl_mutations.py) must come back from
+source -> IR -> JSON -> IR -> source as the same network. A seeded, bounded sample runs in CI
+(a few seconds).
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from adsl_mutations import adsl_inputs
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.caffe import import_prototxt
 from alexdsl.interop.caffe_export import export_prototxt
+from alexdsl.interop.source import network_to_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 20261129
-MUTANTS_PER_SEED = 60
+MUTANTS_PER_SEED = 100
 HANG_SECONDS = 10
 
 DEPLOY = 'name: "AlexNet"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 227 dim: 227 }\n'
@@ -144,3 +148,24 @@ def test_mutated_prototxt_imports_or_gives_located_errors(seed: int) -> None:
         except Exception as error:  # noqa: BLE001 - the point: report the input that crashed
             pytest.fail(f"{type(error).__name__} on {name}: {error}\n--- input:\n{text[:3000]}")
     assert outcomes["imported"] and outcomes["refused"], outcomes  # the sample holds both kinds
+
+
+def same_network(a: alexdsl.Network, b: alexdsl.Network) -> bool:
+    params = [{layer.name: dict(layer.params) for layer in n.layers()} for n in (a, b)]
+    return (a.name, a.description, a.solver, a.preprocess, a.shapes, a.state_keys(), params[0]) == (
+        b.name, b.description, b.solver, b.preprocess, b.shapes, b.state_keys(), params[1])
+
+
+@pytest.mark.parametrize("seed", [SEED, SEED + 1])
+def test_accepted_mutants_come_back_from_json_as_source(seed: int) -> None:
+    accepted = 0
+    for name, text in itertools.islice(adsl_inputs(seed), MUTANTS_PER_SEED):
+        try:
+            network = alexdsl.parse(text, name)
+        except AlexDSLError:
+            continue
+        with deadline(HANG_SECONDS):
+            source = network_to_source(alexdsl.Network.from_json(network.to_json(), name + ".json"), name + ".json")
+            assert same_network(alexdsl.parse(source, name + ".adsl"), network), name
+        accepted += 1
+    assert accepted
