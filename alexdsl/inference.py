@@ -23,7 +23,7 @@ from typing import Any
 import click
 import numpy
 
-from alexdsl.cli_support import load_network, report_errors
+from alexdsl.cli_support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.ir.network import Network
 
@@ -156,6 +156,7 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     network = load_network(file)
     if sum(map(bool, (images, arrays, data))) > 1:
         raise AlexDSLError("error: give image files, --input arrays or --data, not several")
+    check_memory(network, batch, "run")
     classes = next((network.layer(n).attrs.get("classes", 0) for n in network.label_inputs), 0)
     predict, where = make_predictor(network, backend, weights, device, dtype, seed)
     if weights is None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from alexdsl.cli_support import parse_shape_overrides, print_diagnostics, read_source, report_errors
+from alexdsl.cli_support import check_memory, parse_shape_overrides, print_diagnostics, read_source, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import write_bytes_atomic, write_text_atomic
 
@@ -118,11 +118,13 @@ def export_command(file: str, fmt: str, output: str, weights: str | None, seed: 
 
         _emit(export_prototxt(network), output)
     else:
-        from alexdsl.interop.onnx import export_onnx, load_weights
+        from alexdsl.interop.onnx import export_onnx
+        from alexdsl.weights import load_for_network
 
         if output == "-":
             raise AlexDSLError("error: an ONNX model is binary; give a file with -o")
-        model = export_onnx(network, load_weights(weights) if weights else None, seed=seed)
+        check_memory(network, 1, "export", copies_of_parameters=3)  # weights, initializers, serialized model
+        model = export_onnx(network, load_for_network(weights, network) if weights else None, seed=seed)
         write_bytes_atomic(output, model.SerializeToString())
         click.echo(f"wrote {output}", err=True)
 
@@ -178,11 +180,12 @@ def compare_command(file: str, backends: str, layers: str | None, weights: str |
 
     network = alexdsl.load(file, input_shapes=parse_shape_overrides(inputs) or None)
     chosen = [b.strip() for b in backends.split(",") if b.strip()]
+    check_memory(network, batch, "compare", copies_of_parameters=len(chosen))
     loaded = None
     if weights:
-        from alexdsl.interop.onnx import load_weights
+        from alexdsl.weights import load_for_network
 
-        loaded = load_weights(weights)
+        loaded = load_for_network(weights, network)
     names = [n.strip() for n in layers.split(",")] if layers else None
     rows = compare(network, chosen, weights=loaded, batch=batch, seed=seed, layers=names)
     click.echo(render_rows(rows, chosen), nl=False)

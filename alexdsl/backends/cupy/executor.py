@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy
 
+from alexdsl import weights as weights_io
 from alexdsl.backends.cupy import runtime as rt
 from alexdsl.errors import AlexDSLError, Diagnostic
 
@@ -72,59 +73,16 @@ def check_dtype(dtype: Any) -> numpy.dtype:
     return numpy.dtype(name)
 
 
-def _to_host(value: Any) -> numpy.ndarray:
-    """A NumPy copy of a NumPy/CuPy array or a torch tensor."""
-    if hasattr(value, "detach"):  # torch.Tensor
-        value = value.detach().cpu().numpy()
-    elif rt._cupy is not None and isinstance(value, rt._cupy.ndarray):
-        value = rt._cupy.asnumpy(value)
-    return numpy.asarray(value)
-
-
 def load_weights(weights: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, numpy.ndarray]:
-    """A ``.safetensors`` path or a mapping of arrays/tensors -> host NumPy arrays."""
-    if isinstance(weights, (str, os.PathLike)):
-        path = os.fspath(weights)
-        if not os.path.exists(path):
-            raise _error(f"weights file not found: {path}")
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as exc:  # pragma: no cover - safetensors is a dependency
-            raise _error("reading .safetensors weights needs the safetensors package") from exc
-        try:
-            return dict(load_file(path))
-        except Exception as exc:  # noqa: BLE001 - any parse failure becomes a diagnostic
-            raise _error(f"cannot read weights from {path}: {exc}") from exc
-    if not isinstance(weights, Mapping):
-        raise _error(f"weights must be a .safetensors path or a dict of arrays, got {type(weights).__name__}")
-    return {str(k): _to_host(v) for k, v in weights.items()}
-
-
-IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
+    """A weights file (.safetensors, .npz, .pt) or a mapping of arrays/tensors -> host NumPy arrays."""
+    return weights_io.as_arrays(weights)
 
 
 def check_weights(
     given: Mapping[str, numpy.ndarray], expected: Mapping[str, tuple[int, ...]], ignored: tuple[str, ...] = ()
 ) -> None:
     """Every expected key present with its shape, nothing extra (but ``ignored``); all problems in one error."""
-    problems: list[Diagnostic] = []
-    for key, shape in expected.items():
-        if key not in given:
-            problems.append(Diagnostic("error", f"weights are missing '{key}'", expected=f"shape {shape}"))
-        elif tuple(given[key].shape) != tuple(shape):
-            problems.append(
-                Diagnostic(
-                    "error",
-                    f"weight '{key}' has the wrong shape",
-                    expected=str(tuple(shape)),
-                    received=str(tuple(given[key].shape)),
-                )
-            )
-    for key in given:
-        if key not in expected and key not in ignored and not key.endswith(IGNORED_SUFFIXES):
-            problems.append(Diagnostic("error", f"unexpected weight '{key}' (no such parameter in the network)"))
-    if problems:
-        raise AlexDSLError(problems)
+    weights_io.check_state(given, expected, optional=ignored)
 
 
 def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator) -> numpy.ndarray:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from alexdsl.cli_support import load_network, report_errors
+from alexdsl.cli_support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import write_text_atomic
 
@@ -78,6 +78,8 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     except ImportError as error:
         raise AlexDSLError(f"alexdsl train needs the torch extra: pip install 'alexdsl[torch]' ({error})") from None
     network = load_network(file, inputs)
+    check_memory(network, batch_size or int(network.solver.get("batch_size", 64)), "train",
+                 copies_of_parameters=3)  # weights, gradients, momentum
     out_dir = Path(out) if out else Path("runs") / Path(file).stem
     result = train(network, data, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                    resume=resume, seed=seed, compile=compile_, checkpoint_every=checkpoint_every,
