@@ -43,8 +43,14 @@ conv2: conv(16, 3, strid=2) | relu
     config=ClientServerConfig(server_command=[sys.executable, "-m", "alexdsl.cli", "lsp"]),
 )
 async def client(lsp_client: LanguageClient):
+    @lsp_client.feature(types.WORKSPACE_INLAY_HINT_REFRESH)
+    def refresh(params: None) -> None:
+        REFRESHES.append(params)
+
+    capabilities = client_capabilities("visual-studio-code")
+    capabilities.workspace.inlay_hint = types.InlayHintWorkspaceClientCapabilities(refresh_support=True)
     INITIALIZED["result"] = await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities("visual-studio-code"),
+        capabilities=capabilities,
         initialization_options={"alexdsl": {"inlayHints": {"params": True, "macs": True}}}))
     yield
     await lsp_client.shutdown_session()
@@ -62,6 +68,7 @@ async def plugin_client(lsp_client: LanguageClient):
 
 
 INITIALIZED: dict[str, types.InitializeResult] = {}
+REFRESHES: list[None] = []  # workspace/inlayHint/refresh requests the server sent
 _opened = 0
 
 
@@ -80,8 +87,11 @@ def change(client: LanguageClient, uri: str, version: int, text: str) -> None:
         [types.TextDocumentContentChangeWholeDocument(text)]))
 
 
-async def hints(client: LanguageClient, uri: str, text: str) -> dict[int, str]:
-    """0-based line -> inlay hint label (the shape first)."""
+async def hints(client: LanguageClient, uri: str, text: str, settled: bool = True) -> dict[int, str]:
+    """0-based line -> inlay hint label (the shape first). ``settled``: once the whole analysis is done
+    (the first hints of a clean file come from the network alone, before block uses have theirs)."""
+    if settled:
+        await client.text_document_folding_range_async(types.FoldingRangeParams(types.TextDocumentIdentifier(uri)))
     whole = types.Range(types.Position(0, 0), types.Position(len(text.splitlines()), 0))
     params = types.InlayHintParams(types.TextDocumentIdentifier(uri), whole)
     result = await client.text_document_inlay_hint_async(params)
@@ -161,13 +171,29 @@ async def test_block_lines_show_the_instance_the_cursor_is_on(client: LanguageCl
     text = (EXAMPLES / "inception.adsl").read_text()
     uri = open_document(client, text, "inception.adsl")
     network = build_network(text, "inception.adsl")
+    await hints(client, uri, text)  # settled: the refresh that follows the first hints is past
     for instance in ("inc3b", "inc4a"):
+        refreshes = len(REFRESHES)
         cursor = at(text, f"{instance}:", 2)
         marks = await client.text_document_document_highlight_async(types.DocumentHighlightParams(**doc(uri, cursor)))
         assert [m.kind for m in marks] == [types.DocumentHighlightKind.Write]  # inc3b is defined, not read
         found = await hints(client, uri, text)
         shape = "x".join(map(str, network.layer(f"{instance}.out").shape))
         assert found[at(text, "out:").line].startswith(f"{shape} in {instance}")
+        assert len(REFRESHES) == refreshes + 1  # the client is told its hints changed
+
+
+async def test_first_hints_come_from_the_network_alone_then_the_client_is_asked_to_refresh(client: LanguageClient):
+    chain = "".join(f"c{i}: conv(8, 3, pad=1) | relu\n" for i in range(300))
+    text = f"input data: 8x16x16\nblock b(c) {{\n  x: conv(c, 3, pad=1)\n}}\n{chain}last: b(4)\n"
+    refreshes = len(REFRESHES)
+    uri = open_document(client, text)
+    first = await hints(client, uri, text, settled=False)  # asked at once: answered before the syntax tree exists
+    settled = await hints(client, uri, text)
+    last = len(text.splitlines()) - 1
+    assert last not in first and settled[last].startswith("4x16x16 ")  # a block use needs the syntax tree
+    assert first == {line: label for line, label in settled.items() if line != last}
+    assert len(REFRESHES) == refreshes + 1
 
 
 async def test_an_edit_into_an_error_and_back(client: LanguageClient):

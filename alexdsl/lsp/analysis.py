@@ -212,6 +212,33 @@ def _with_hints(analysis: Analysis) -> Analysis:
     return analysis
 
 
+def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
+    """Hints from the network alone, without a syntax tree: ready as soon as the front end is.
+
+    Each line shows the output of the last op whose call ends there. Only a line that ends with
+    a block use gets its hint later, from :func:`analyze` (which also moves hints past an @phase).
+    None when the text has errors (the recovery needs the full analysis).
+    """
+    diagnostics, network = checked
+    if network is None:
+        return None
+    analysis = Analysis(text, file, diagnostics, network, text, None)
+    last: dict[int, Span] = {}
+    on_line: dict[int, list[str]] = {}
+    for span, layers in analysis.spans.items():
+        if network.graph.nodes[layers[0]]["op"] == "input":
+            continue
+        line = span.end_line - 1
+        on_line.setdefault(line, []).extend(layers)
+        if line not in last or span.end_column > last[line].end_column:
+            last[line] = span
+    for line, span in last.items():
+        layers = analysis.spans[span]
+        described = describe_shapes([network.layer(n) for n in layers])
+        analysis.line_hints[line] = LineHint(span.end_column - 1, described, tuple(layers), tuple(on_line[line]))
+    return analysis
+
+
 def _instance_layers(network: Network, instances: list[str]) -> list[str]:
     """Every layer of the given block instances."""
     prefixes = tuple(name + "." for name in instances)

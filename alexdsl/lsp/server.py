@@ -27,7 +27,7 @@ from pygls.uris import to_fs_path
 import alexdsl
 from alexdsl.errors import Diagnostic
 from alexdsl.lsp import features
-from alexdsl.lsp.analysis import Analysis, FrontEnd, analyze, front_end
+from alexdsl.lsp.analysis import Analysis, FrontEnd, analyze, front_end, quick_analysis
 from alexdsl.lsp.features import Positions
 from alexdsl.lsp.symbols import SymbolIndex
 
@@ -55,7 +55,8 @@ class Checked:
 @dataclass
 class DocumentState:
     latest: Checked | None = None
-    task: asyncio.Future[Checked] | None = None
+    task: asyncio.Future[Checked] | None = None  # the full analysis of the latest text
+    quick: asyncio.Future[Checked | None] | None = None  # its hints from the network alone (None: wait for the task)
     focus: str | None = None  # the block instance whose shapes the block bodies show (the cursor's)
 
 
@@ -77,13 +78,15 @@ def _internal_error(error: Exception) -> list[Diagnostic]:
     return [Diagnostic("error", f"internal error in alexdsl: {error!r}")]
 
 
-def run_front_end(text: str, file: str) -> FrontEnd:
-    """The diagnostics of ``text``: never raises (an internal failure becomes a diagnostic)."""
+def run_front_end(text: str, file: str) -> tuple[FrontEnd, Analysis | None]:
+    """The diagnostics of ``text`` and its :func:`quick_analysis`; never raises (an internal failure
+    becomes a diagnostic)."""
     with _gc_paused():
         try:
-            return front_end(text, file)
+            checked = front_end(text, file)
+            return checked, quick_analysis(text, file, checked)
         except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
-            return _internal_error(error), None
+            return (_internal_error(error), None), None
 
 
 def check(text: str, file: str, previous: Analysis | None, checked: FrontEnd) -> Checked:
@@ -127,40 +130,70 @@ class AlexDSLServer(LanguageServer):
     def schedule(self, uri: str) -> None:
         document = self.workspace.get_text_document(uri)
         state = self.documents.setdefault(uri, DocumentState())
-        if state.task is not None and not state.task.done():
-            state.task.cancel()
-        state.task = asyncio.ensure_future(self._run(uri, document.source, document.version, state))
+        for stale in (state.task, state.quick):
+            if stale is not None and not stale.done():
+                stale.cancel()
+        state.quick = asyncio.get_running_loop().create_future()
+        state.task = asyncio.ensure_future(self._run(uri, document.source, document.version, state, state.quick))
 
-    async def _run(self, uri: str, text: str, version: int | None, state: DocumentState) -> Checked:
+    async def _run(self, uri: str, text: str, version: int | None, state: DocumentState,
+                   quick: asyncio.Future[Checked | None]) -> Checked:
         previous = state.latest.analysis if state.latest else None
         file = to_fs_path(uri) or uri
         document = self.workspace.get_text_document(uri)
         positions = Positions(text, document.position_codec.client_num_units)
         loop = asyncio.get_running_loop()
-        checked = await loop.run_in_executor(self.worker, run_front_end, text, file)
+        try:
+            checked, early = await loop.run_in_executor(self.worker, run_front_end, text, file)
+        except asyncio.CancelledError:
+            quick.cancel()
+            raise
+        quick.set_result(Checked(early, None, positions) if early is not None else None)
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
             uri, features.diagnostics(checked[0], file, positions), version))
         result = await loop.run_in_executor(self.worker, check, text, file, previous, checked)
         result.positions = positions
         state.latest = result
+        if early is not None and early.line_hints != result.analysis.line_hints:
+            self.refresh_inlay_hints()
         return result
 
-    async def current(self, uri: str) -> Checked | None:
-        """The analysis of the document's latest text (waiting for it if it is running)."""
+    def refresh_inlay_hints(self) -> None:
+        """Ask the client to ask again for the hints, where it can."""
+        if get_capability(self.client_capabilities, "workspace.inlay_hint.refresh_support", False):
+            self.workspace_inlay_hint_refresh(None)
+
+    async def current(self, uri: str, quick: bool = False) -> Checked | None:
+        """The analysis of the document's latest text (waiting for it if it is running); ``quick``:
+        its :func:`quick_analysis` while the full one is still running."""
         state = self.documents.get(uri)
-        while state is not None and state.task is not None and not state.task.done():
-            task = state.task
+        if state is None:
+            return None
+        if quick and not (state.task is not None and state.task.done()):
+            early = await self._latest(state, "quick")
+            if early is not None:
+                return early
+        full = await self._latest(state, "task")
+        return full if full is not None else state.latest
+
+    @staticmethod
+    async def _latest(state: DocumentState, which: str) -> Any:
+        """Await ``state.<which>``; when a newer edit replaces it meanwhile, await the newer one."""
+        while True:
+            future = getattr(state, which)
+            if future is None:
+                return None
             try:
-                return await asyncio.shield(task)
+                return await asyncio.shield(future)
             except asyncio.CancelledError:
-                if not task.cancelled():
+                if not future.cancelled():
                     raise  # this request was cancelled, not the analysis
-        return state.latest if state else None
 
     def close(self, uri: str) -> None:
         state = self.documents.pop(uri, None)
-        if state is not None and state.task is not None:
-            state.task.cancel()
+        for future in (state.task, state.quick) if state is not None else ():
+            if future is not None:
+                future.cancel()
         self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
 
 
@@ -201,7 +234,7 @@ def create_server() -> AlexDSLServer:
 
     @server.feature(types.TEXT_DOCUMENT_INLAY_HINT)
     async def inlay_hint(ls: AlexDSLServer, params: types.InlayHintParams) -> list[types.InlayHint] | None:
-        checked = await ls.current(params.text_document.uri)
+        checked = await ls.current(params.text_document.uri, quick=True)
         if checked is None:
             return None
         state = ls.documents.get(params.text_document.uri)
@@ -221,8 +254,7 @@ def create_server() -> AlexDSLServer:
         focus = features.instance_at(checked.index, line)
         if focus is not None and focus != state.focus:
             state.focus = focus
-            if get_capability(ls.client_capabilities, "workspace.inlay_hint.refresh_support", False):
-                ls.workspace_inlay_hint_refresh(None)
+            ls.refresh_inlay_hints()
         return features.highlights(checked.index, checked.positions, line, column)
 
     @server.feature(types.TEXT_DOCUMENT_HOVER)
