@@ -1,4 +1,12 @@
-"""The wheel ships the grammar: build it, install it in a fresh venv, run `alexdsl shapes` elsewhere."""
+"""The wheel ships the grammar: build it, install it in a fresh venv, run `alexdsl shapes` elsewhere.
+
+The venv is made without system site packages, so it works the same whether the tests run
+in a venv or not. Its dependencies (lark, numpy, ...) cannot be downloaded here, so a .pth
+file adds the site-packages folders of the interpreter running the tests *after* the venv's
+own: the installed wheel is what imports, and the dependencies are the ones already tested.
+(A plain folder line in a .pth file does not run that folder's own .pth files, so an
+editable install of the checkout there stays inactive.)
+"""
 
 from __future__ import annotations
 
@@ -11,22 +19,37 @@ import pytest
 from conftest import ROOT
 
 
+def run(command: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run ``command``; on failure the assertion shows its output and stderr."""
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    assert result.returncode == 0, (f"{' '.join(map(str, command))} exited {result.returncode}\n"
+                                    f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def dependency_folders() -> list[str]:
+    """The running interpreter's site-packages/dist-packages folders (never the checkout)."""
+    return [entry for entry in dict.fromkeys(sys.path)
+            if Path(entry).name in ("site-packages", "dist-packages") and Path(entry).is_dir()
+            and Path(entry).resolve() != ROOT.resolve()]
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_tree(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)],
-                   check=True, capture_output=True)
+    run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(dist), str(ROOT)])
     wheel = next(dist.glob("alexdsl-*.whl"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True, system_site_packages=True)
+    venv.create(env_dir, with_pip=True, system_site_packages=False)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)], check=True)
+    own_site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    Path(own_site, "zz_test_dependencies.pth").write_text("".join(f"{folder}\n" for folder in dependency_folders()))
+    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", str(wheel)])
     work = tmp_path / "elsewhere"
     work.mkdir()
     (work / "net.adsl").write_text((ROOT / "examples" / "alexnet.adsl").read_text())
-    result = subprocess.run([str(env_dir / "bin" / "alexdsl"), "shapes", "net.adsl", "--format", "json"], cwd=work,
-                            capture_output=True, text=True, check=True)
+    result = run([str(env_dir / "bin" / "alexdsl"), "shapes", "net.adsl", "--format", "json"], cwd=work)
     assert '"params": 60965224' in result.stdout
-    located = subprocess.run([str(python), "-c", "import alexdsl.syntax.parser as p; print(p.__file__)"], cwd=work,
-                             capture_output=True, text=True, check=True)
-    assert str(ROOT) not in located.stdout  # the installed copy, not the checkout
+    located = run([str(python), "-c", "import alexdsl.syntax.parser as p; print(p.__file__)"], cwd=work)
+    assert located.stdout.startswith(str(env_dir))  # the installed copy, not the checkout
+    assert str(ROOT) not in located.stdout
