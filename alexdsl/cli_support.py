@@ -149,8 +149,10 @@ def read_source(path: str) -> str:
 def load_network(path: str, inputs: tuple[str, ...] = ()) -> Any:
     """Load a network for a command, printing its warnings to stderr."""
     import alexdsl
+    from alexdsl.progress import busy
 
-    network = alexdsl.load(path, input_shapes=parse_shape_overrides(inputs) or None)
+    with busy(f"reading {path}"):  # a huge `repeat` takes a while to expand and check
+        network = alexdsl.load(path, input_shapes=parse_shape_overrides(inputs) or None)
     if network.warnings:
         sources = {path: read_source(path)}
         for warning in network.warnings:

@@ -216,3 +216,25 @@ def test_dtype_float16(tmp_path) -> None:
     assert refused.exit_code == 1 and "--dtype float16 is for --backend cupy" in refused.stderr
     slow = run("run", str(EXAMPLES / "lenet.adsl"), "--dtype", "float16", "--device", "cpu", "--batch", "2")
     assert slow.exit_code == 0 and "warning: float16 on the CPU is slow" in slow.stderr
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_busy_shows_elapsed_time_on_a_terminal_only() -> None:
+    import time
+
+    from alexdsl.progress import TICK, busy
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        with busy("reading huge.adsl", delay=0, stream=stream):
+            time.sleep(3 * TICK)
+    assert "reading huge.adsl: 00:00" in terminal.getvalue()
+    assert pipe.getvalue() == ""
+    quick = Terminal()
+    with busy("reading small.adsl", delay=60, stream=quick):
+        pass
+    assert "small.adsl" not in quick.getvalue()  # nothing for work shorter than the delay

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -89,6 +90,21 @@ def test_console_commands_run(doc: str, line: int, args: list[str], console_dir:
     args = [os.path.expandvars(a) for a in args]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
+
+
+def test_readme_training_reaches_the_accuracy_it_states(console_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `alexdsl train` line (run by the console test, or here when this test runs alone)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"(\d+)-(\d+) ?% validation accuracy", " ".join(readme.split()))
+    assert stated, "README.md no longer states the validation accuracy of its training run"
+    args = next(args for doc, _, args in COMMANDS if doc == "README.md" and args[0] == "train")
+    metrics = console_dir / args[args.index("--out") + 1] / "metrics.jsonl"
+    if not metrics.exists():
+        monkeypatch.chdir(console_dir)
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    final = json.loads(metrics.read_text().splitlines()[-1])
+    assert final["val_accuracy"] >= int(stated.group(1)) / 100, final
 
 
 def test_readme_shapes_table_is_current() -> None:

@@ -14,6 +14,7 @@ import click
 from alexdsl.cli_support import check_memory, parse_shape_overrides, print_diagnostics, read_source, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import write_bytes_atomic, write_text_atomic
+from alexdsl.progress import busy
 
 
 # fmt ----------------------------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def export_command(file: str, fmt: str, output: str, weights: str | None, seed: 
         if output == "-":
             raise AlexDSLError("error: an ONNX model is binary; give a file with -o")
         check_memory(network, 1, "export", copies_of_parameters=3)  # weights, initializers, serialized model
-        model = export_onnx(network, load_for_network(weights, network) if weights else None, seed=seed)
-        write_bytes_atomic(output, model.SerializeToString())
+        with busy(f"exporting {network.name} to ONNX"):
+            model = export_onnx(network, load_for_network(weights, network) if weights else None, seed=seed)
+            write_bytes_atomic(output, model.SerializeToString())
         click.echo(f"wrote {output}", err=True)
 
 
@@ -187,7 +189,8 @@ def compare_command(file: str, backends: str, layers: str | None, weights: str |
 
         loaded = load_for_network(weights, network)
     names = [n.strip() for n in layers.split(",")] if layers else None
-    rows = compare(network, chosen, weights=loaded, batch=batch, seed=seed, layers=names)
+    with busy(f"comparing {network.name} on {', '.join(chosen)}"):
+        rows = compare(network, chosen, weights=loaded, batch=batch, seed=seed, layers=names)
     click.echo(render_rows(rows, chosen), nl=False)
     largest = worst(rows)
     if largest > tolerance:
