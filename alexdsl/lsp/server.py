@@ -78,15 +78,22 @@ def _internal_error(error: Exception) -> list[Diagnostic]:
     return [Diagnostic("error", f"internal error in alexdsl: {error!r}")]
 
 
-def run_front_end(text: str, file: str) -> tuple[FrontEnd, Analysis | None]:
-    """The diagnostics of ``text`` and its :func:`quick_analysis`; never raises (an internal failure
-    becomes a diagnostic)."""
+def run_front_end(text: str, file: str) -> FrontEnd:
+    """The diagnostics of ``text``: never raises (an internal failure becomes a diagnostic)."""
     with _gc_paused():
         try:
-            checked = front_end(text, file)
-            return checked, quick_analysis(text, file, checked)
+            return front_end(text, file)
         except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
-            return (_internal_error(error), None), None
+            return _internal_error(error), None
+
+
+def run_quick(text: str, file: str, checked: FrontEnd) -> Analysis | None:
+    """:func:`quick_analysis`, or None if it fails (the full analysis then answers)."""
+    try:
+        return quick_analysis(text, file, checked)
+    except Exception:  # noqa: BLE001 - as above
+        log.exception("quick analysis failed")
+        return None
 
 
 def check(text: str, file: str, previous: Analysis | None, checked: FrontEnd) -> Checked:
@@ -144,13 +151,14 @@ class AlexDSLServer(LanguageServer):
         positions = Positions(text, document.position_codec.client_num_units)
         loop = asyncio.get_running_loop()
         try:
-            checked, early = await loop.run_in_executor(self.worker, run_front_end, text, file)
+            checked = await loop.run_in_executor(self.worker, run_front_end, text, file)
+            self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
+                uri, features.diagnostics(checked[0], file, positions), version))
+            early = await loop.run_in_executor(self.worker, run_quick, text, file, checked)
         except asyncio.CancelledError:
             quick.cancel()
             raise
         quick.set_result(Checked(early, None, positions) if early is not None else None)
-        self.text_document_publish_diagnostics(types.PublishDiagnosticsParams(
-            uri, features.diagnostics(checked[0], file, positions), version))
         result = await loop.run_in_executor(self.worker, check, text, file, previous, checked)
         result.positions = positions
         state.latest = result
