@@ -57,7 +57,7 @@ def output_target(path: str | os.PathLike[str]) -> Path:
     except FileNotFoundError:
         mode = None
     except NotADirectoryError:
-        raise _refuse(path, f"'{_file_above(target)}' is a file, not a folder") from None
+        raise _refuse(path, f"'{_file_above(target, path)}' is a file, not a folder") from None
     except OSError as error:
         raise _refuse(path, _reason(error)) from None
     if mode is not None and not stat.S_ISREG(mode):
@@ -68,18 +68,16 @@ def output_target(path: str | os.PathLike[str]) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise _refuse(path, f"'{_file_above(target)}' is a file, not a folder") from None
+        raise _refuse(path, f"'{_file_above(target, path)}' is a file, not a folder") from None
     except OSError as error:
         raise _refuse(path, f"cannot create the folder '{target.parent}' ({_reason(error)})") from None
     return target
 
 
-def _file_above(target: Path) -> Path:
-    """The nearest existing ancestor of ``target`` that is not a directory."""
-    for parent in reversed(target.parents):
-        if parent.exists() and not parent.is_dir():
-            return parent
-    return target.parent
+def _file_above(target: Path, given: str | os.PathLike[str]) -> str:
+    """The nearest existing ancestor of ``target`` that is not a directory, relative when ``given`` is."""
+    found = next((p for p in reversed(target.parents) if p.exists() and not p.is_dir()), target.parent)
+    return os.fspath(found) if os.path.isabs(given) else os.path.relpath(found)
 
 
 @contextlib.contextmanager

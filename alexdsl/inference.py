@@ -135,7 +135,7 @@ Examples:
 @click.argument("images", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--backend", type=click.Choice(["cupy", "torch"]), default="cupy", show_default=True)
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="A .safetensors file keyed like the torch state_dict [default: the DSL's fillers].")
+              help="Weights (.safetensors, .npz or a torch .pt) keyed like the state_dict [default: the fillers].")
 @click.option("--input", "arrays", multiple=True, type=click.Path(dir_okay=False), metavar="X.npy",
               help="An NxCxHxW (or CxHxW) float array to run (- reads standard input).")
 @click.option("--data", metavar="SOURCE", help="A labelled dataset (digits, synthetic, or a folder): print accuracy.")

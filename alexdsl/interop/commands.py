@@ -102,7 +102,7 @@ Examples:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Output file (written atomically); '-' for stdout (json and prototxt only).")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="onnx: weights as .safetensors or .npz keyed <layer>.<param>; default: drawn from the fillers.")
+              help="onnx: weights (.safetensors, .npz or .pt) keyed <layer>.<param>; default: the fillers.")
 @click.option("--seed", default=0, show_default=True, help="onnx: seed for weights drawn from the fillers.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
 @report_errors
@@ -167,7 +167,7 @@ Examples:
               help="Comma-separated; the first is the baseline. Choices: reference, torch, cupy, onnx.")
 @click.option("--layers", default=None, help="Comma-separated layer names (default: every inference layer).")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="Weights (.safetensors or .npz, keyed <layer>.<param>); default: drawn from the fillers.")
+              help="Weights (.safetensors, .npz or .pt, keyed <layer>.<param>); default: drawn from the fillers.")
 @click.option("--batch", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, help="Seed for the random inputs (and filler weights).")
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,

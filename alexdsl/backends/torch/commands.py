@@ -58,7 +58,7 @@ Examples:
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=200, show_default=True,
               help="Also checkpoint every N steps (0: at the end of each epoch only).")
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
-              help="Start from these weights (.safetensors) instead of the fillers.")
+              help="Start from these weights (.safetensors, .npz or .pt) instead of the fillers.")
 @click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW", help="Override an input's shape.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads [default: OMP_NUM_THREADS, else 1 for small networks such as LeNet, else all].")

@@ -389,7 +389,7 @@ def train(
     """Train ``network`` (an :class:`alexdsl.Network`) on ``data`` and write ``out``.
 
     ``module`` replaces the module built from the network (it must have the same interface);
-    ``weights`` (a ``.safetensors`` file) initialises it instead of the fillers.
+    ``weights`` (a ``.safetensors``, ``.npz`` or ``.pt`` file) initialises it instead of the fillers.
     ``epochs``, ``batch_size`` and ``lr`` override the network's ``solver(...)`` (``solver``
     overrides any other setting). ``threads`` sets torch's CPU threads for the run (default:
     :func:`cpu_threads`). Raises :class:`AlexDSLError` for user mistakes.
