@@ -238,3 +238,20 @@ def test_busy_shows_elapsed_time_on_a_terminal_only() -> None:
     with busy("reading small.adsl", delay=60, stream=quick):
         pass
     assert "small.adsl" not in quick.getvalue()  # nothing for work shorter than the delay
+
+
+def test_fmt_import_and_run_read_standard_input() -> None:
+    from PIL import Image
+
+    messy = "network N\ninput data:3x8x8\nc:   conv(4,3)|relu\n"
+    formatted = CliRunner().invoke(main, ["fmt", "-"], input=messy)
+    assert formatted.exit_code == 0 and formatted.stdout == "network N\ninput data: 3x8x8\nc: conv(4, 3) | relu\n"
+    assert CliRunner().invoke(main, ["fmt", "--check", "-"], input=messy).exit_code == 1
+    ir = run("export", str(EXAMPLES / "lenet.adsl"), "--format", "json", "-o", "-").stdout
+    source = CliRunner().invoke(main, ["import", "json", "-"], input=ir)
+    assert source.exit_code == 0 and alexdsl.parse(source.stdout).totals()["params"] == 431_080
+    png = io.BytesIO()
+    Image.new("L", (28, 28), 255).save(png, format="png")
+    image = CliRunner().invoke(main, ["run", str(EXAMPLES / "lenet.adsl"), "-", "--top", "3"], input=png.getvalue())
+    assert image.exit_code == 0, image.output
+    assert image.stdout.splitlines()[0].startswith("-: ") and image.stdout.splitlines()[0].count("(") == 3

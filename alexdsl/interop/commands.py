@@ -34,6 +34,9 @@ def fmt_command(files: tuple[str, ...], check: bool) -> None:
             print_diagnostics(error)
             failed += 1
             continue
+        if path == "-" and not check:  # standard input: the formatted text goes to standard output
+            click.echo(formatted, nl=False)
+            continue
         if formatted == text:
             continue
         changed += 1

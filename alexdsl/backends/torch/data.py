@@ -24,8 +24,10 @@ still differs. Digits go through the same arithmetic (their 0..16 values mapped 
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +223,8 @@ def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Prepro
                rng: Any = None) -> Any:
     """Decode one image with Pillow and preprocess it as Caffe does: a CxHxW float tensor.
 
-    Training draws a random crop and mirror from ``rng``; evaluation takes the centre crop.
+    ``path`` ``-`` reads standard input. Training draws a random crop and mirror from ``rng``;
+    evaluation takes the centre crop.
     """
     import numpy as np
     import torch
@@ -229,7 +232,7 @@ def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Prepro
 
     channels, height, width = shape
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(sys.stdin.buffer.read()) if str(path) == "-" else path) as image:
             image = image.convert("RGB" if channels == 3 else "L")
             image.load()
     except FileNotFoundError:
