@@ -56,7 +56,6 @@ class AlexDSLLexer(RegexLexer):
             (r"(" + _NAME + r")([ \t]*)(=)(?!=)", bygroups(Name.Attribute, Whitespace, Operator)),
             (r"(" + _NAME + r")([ \t]*)(:)", bygroups(Name.Label, Whitespace, Punctuation)),
             (words(FILLERS, suffix=r"\b"), Name.Function),
-            (words(_op_names(), suffix=r"\b(?![.\w])"), Name.Builtin),
             (_NAME + r"(?=[ \t]*\()", Name.Function),
             (_NAME, Name),
             (r"->", Operator),
@@ -64,6 +63,12 @@ class AlexDSLLexer(RegexLexer):
             (r"[(),{}:=]", Punctuation),
         ],
     }
+
+    def get_tokens_unprocessed(self, text: str, stack: tuple[str, ...] = ("root",)):  # type: ignore[override]
+        """Op names, built-in or from a plugin loaded now, are ``Name.Builtin``."""
+        ops = set(_op_names())
+        for index, token, value in super().get_tokens_unprocessed(text, stack):
+            yield index, Name.Builtin if token in (Name, Name.Function) and value in ops else token, value
 
 
 def _captures(scopes: dict[int, str]) -> dict:

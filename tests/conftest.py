@@ -25,6 +25,21 @@ last: data -> relu
 """
 
 
+@pytest.fixture(autouse=True)
+def _registry_unchanged():
+    """Plugin ops a test loads (through --plugin, say) are gone after it: the registry is process-wide."""
+    from alexdsl import plugins
+    from alexdsl.ops import registry
+
+    registry.op_names()
+    ops, loaded = dict(registry._REGISTRY), dict(plugins._LOADED)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(ops)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from current output")
 

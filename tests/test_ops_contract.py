@@ -136,3 +136,55 @@ def test_every_backend_lowers_every_op(op) -> None:
             export_onnx(net, seed=0)
         except AlexDSLError as error:  # a documented limit (uneven adaptive pooling) is fine; a gap is not
             assert "has no ONNX export" not in str(error) and "no inference output" not in str(error), error
+
+
+def _contract_network(op, scaffold: str = SCAFFOLD, data: tuple[int, ...] = (16, 32, 32)) -> alexdsl.Network:
+    label = op.example.split(":", 1)[0].strip()
+    text = "network Contract\n" + scaffold + op.example + "\n" + (f"output {label}\n" if op.role == "layer" else "")
+    return alexdsl.parse(text, "contract.adsl", input_shapes={"data": data})
+
+
+@pytest.mark.parametrize("op", all_ops(), ids=lambda op: op.name)
+def test_every_op_declares_every_lowering(op) -> None:
+    """One place per op: the registry entry carries each target's lowering and its fusion pattern."""
+    from alexdsl.ops.lowering import Pattern
+
+    assert isinstance(op.pattern, Pattern)
+    lower = op.lower
+    assert lower.torch is not None and lower.caffe is not None, op.name
+    if op.role == "layer":
+        assert lower.executor is not None and lower.onnx is not None and lower.reference is not None, op.name
+    ex = lower.executor
+    if ex is not None and ex.epilogue:
+        assert op.pattern == Pattern.ELEMWISE, "an epilogue finishes a producer elementwise"
+    if ex is not None and ex.epilogues:
+        assert op.pattern in (Pattern.OUT_ELEMWISE_FUSABLE, Pattern.BROADCAST), op.name
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.role == "layer"], ids=lambda op: op.name)
+def test_every_lowering_computes_what_the_reference_computes(op) -> None:
+    """torch module, NumPy executor and ONNX Runtime against the op's torch.nn.functional reference."""
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = _contract_network(op, data=(16, 36, 36))  # 36 = 6 * 6: adaptive pooling to 6x6 has even windows in ONNX
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], batch=2, seed=3)
+    label = op.example.split(":", 1)[0].strip()
+    row = next(r for r in rows if r.layer == label)
+    for backend, diff in row.diffs.items():
+        assert diff is not None and diff[1] < 1e-5, (op.name, backend, diff)
+
+
+@pytest.mark.parametrize("op", all_ops(), ids=lambda op: op.name)
+def test_caffe_export_then_import_gives_the_same_op(op) -> None:
+    from alexdsl.interop.caffe import import_prototxt
+    from alexdsl.interop.caffe_export import export_prototxt
+
+    net = _contract_network(op, SCAFFOLD.replace("input v: 10\nfc8: v -> relu\n", "fc8: data -> fc(10)\n"),
+                            data=(16, 36, 36))
+    label = op.example.split(":", 1)[0].strip()
+    again = alexdsl.parse(import_prototxt(export_prototxt(net), "contract.prototxt"), "again.adsl")
+    # Caffe has no adaptive pooling: it exports as the equivalent fixed average pool
+    assert again.layer(label).op == ("avgpool" if op.name == "adaptive_avgpool" else op.name)
+    assert again.shapes[label] == net.shapes[label]
+    assert again.layer(label).params.keys() == net.layer(label).params.keys()

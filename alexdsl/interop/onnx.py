@@ -89,18 +89,13 @@ def load_weights(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[Layer]) -> None:
+    """The inference layers' weights present with their shapes; train-only and unknown keys are ignored."""
+    from alexdsl.weights import check_state
+
     keys = network.state_keys()
-    problems = []
-    for layer in layers:
-        for pname in [*layer.params, *layer.buffers]:
-            key = f"{layer.name}.{pname}"
-            if key not in weights:
-                problems.append(f"missing '{key}'")
-            elif tuple(np.shape(weights[key])) != tuple(keys[key]):
-                problems.append(f"'{key}' has shape {tuple(np.shape(weights[key]))}, expected {tuple(keys[key])}")
-    if problems:
-        raise AlexDSLError("error: the weights do not fit the network: " + "; ".join(problems[:10])
-                           + (f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""))
+    names = (f"{layer.name}.{name}" for layer in layers for name in [*layer.params, *layer.buffers])
+    needed = {key: keys[key] for key in names}
+    check_state({key: value for key, value in weights.items() if key in needed}, needed)
 
 
 # the graph ---------------------------------------------------------------------------------------
@@ -129,8 +124,10 @@ class _Context:
         self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32), key))
         return key
 
-    def constant(self, values: Any, *, output: str, integer: bool = False) -> str:
-        """A ``Constant`` node holding ``values`` (float32, or int64 with ``integer``)."""
+    def constant(self, values: Any, *, output: str | None = None, integer: bool = False) -> str:
+        """A ``Constant`` node holding ``values`` (float32, or int64 with ``integer``); returns its value name."""
+        assert self.layer is not None
+        output = output or f"{self.layer.name}.constant{sum(n.op_type == 'Constant' for n in self.nodes)}"
         array = np.asarray(values, dtype=np.int64 if integer else np.float32)
         tensor = self._numpy_helper.from_array(array, output)
         return self.node("Constant", [], output=output, value=tensor)
