@@ -68,7 +68,9 @@ def test_neovim_shows_the_diagnostics_and_the_shapes(tmp_path: Path) -> None:
     alexnet = tmp_path / "alexnet.adsl"
     text = (EXAMPLES / "alexnet.adsl").read_text()
     alexnet.write_text(text)
-    env = {"ADSL_FILE": str(alexnet), "ADSL_OUT": str(out), "ADSL_PYTHON": sys.executable, "PATH": "/usr/bin:/bin",
+    nvim_dir = str(Path(shutil.which("nvim") or "/usr/bin/nvim").parent)
+    env = {"ADSL_FILE": str(alexnet), "ADSL_OUT": str(out), "ADSL_PYTHON": sys.executable,
+           "PATH": f"{nvim_dir}:/usr/bin:/bin",
            "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     subprocess.run(["nvim", "--headless", "--clean", "-c", f"luafile {script}"], env=env, cwd=ROOT, timeout=120,
                    check=True, capture_output=True)

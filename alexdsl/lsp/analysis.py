@@ -76,6 +76,17 @@ class Analysis:
         return index
 
     @functools.cached_property
+    def members(self) -> dict[str, list[str]]:
+        """Dotted prefix -> the layers under it, in layer order (``inc3a`` -> ``inc3a.b1``, ...)."""
+        members: dict[str, list[str]] = {}
+        if self.network is not None:
+            for name in self.network.layer_names():
+                parts = name.split(".")
+                for i in range(1, len(parts)):
+                    members.setdefault(".".join(parts[:i]), []).append(name)
+        return members
+
+    @functools.cached_property
     def receptive_fields(self) -> dict[str, ReceptiveField]:
         return receptive_fields(self.network) if self.network is not None else {}
 
@@ -168,12 +179,13 @@ def statement_calls(stmt: ast.LayerStmt | ast.RepeatStmt) -> list[tuple[ast.Call
     return [(link.call, [name]) for link, name in zip(stmt.links, link_names(stmt))]
 
 
-def instance_output(network: Network, instance: str) -> str | None:
+def instance_output(analysis: Analysis, instance: str) -> str | None:
     """The layer a block instance outputs: the one of its layers read from outside it, else the last."""
-    prefix = instance + "."
-    inside = [n for n in network.layer_names() if n.startswith(prefix)]
-    read_outside = [n for n in inside if any(not s.startswith(prefix) for s in network.graph.successors(n))]
-    chosen = read_outside or [n for n in inside if not any(network.graph.successors(n))] or inside
+    assert analysis.network is not None
+    graph, prefix = analysis.network.graph, instance + "."
+    inside = analysis.members.get(instance, [])
+    read_outside = [n for n in inside if any(not s.startswith(prefix) for s in graph.successors(n))]
+    chosen = read_outside or [n for n in inside if not any(graph.successors(n))] or inside
     return chosen[-1] if chosen else None
 
 
@@ -186,7 +198,7 @@ def call_layers(analysis: Analysis, call: ast.Call, names: list[str], top_level:
         return analysis.spans[call.span]
     if not top_level:
         return []
-    output = instance_output(network, names[-1]) if names and names[-1] not in network.graph else None
+    output = instance_output(analysis, names[-1]) if names and names[-1] not in network.graph else None
     return [output] if output is not None else []
 
 
@@ -203,7 +215,8 @@ def _with_hints(analysis: Analysis) -> Analysis:
             if layers:
                 last[call.span.end_line - 1] = (call, layers)
                 on_line.setdefault(call.span.end_line - 1, []).extend(
-                    _instance_layers(network, names) if top_level and call.span not in analysis.spans else layers)
+                    [n for name in names for n in analysis.members.get(name, [])]
+                    if top_level and call.span not in analysis.spans else layers)
         phase = stmt.phase.span if stmt.phase is not None else None
         for line, (call, layers) in last.items():
             end = phase.end_column if phase is not None and phase.end_line - 1 == line else call.span.end_column
@@ -237,12 +250,6 @@ def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
         described = describe_shapes([network.layer(n) for n in layers])
         analysis.line_hints[line] = LineHint(span.end_column - 1, described, tuple(layers), tuple(on_line[line]))
     return analysis
-
-
-def _instance_layers(network: Network, instances: list[str]) -> list[str]:
-    """Every layer of the given block instances."""
-    prefixes = tuple(name + "." for name in instances)
-    return [n for n in network.graph if n.startswith(prefixes)] if prefixes else []
 
 
 def _layer_statements(module: ast.Module) -> list[tuple[ast.LayerStmt | ast.RepeatStmt, bool]]:
