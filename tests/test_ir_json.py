@@ -103,6 +103,8 @@ def test_shape_rule_errors_are_located_by_json_path() -> None:
     (lambda d: d["layers"][4]["attrs"].update(round="ceil; import os"), "argument 'round' of maxpool"),
     (lambda d: d["layers"][2].update(phase="sometimes"), "field 'phase' has the wrong type or value"),
     (lambda d: d["layers"][2].update(name="conv1\nimport os"), "the layer name is not a valid name"),
+    (lambda d: d["layers"][2].update(name="input"), "the layer name is not a valid name"),
+    (lambda d: d["layers"][2].update(name="1st"), "the layer name is not a valid name"),
     (lambda d: d["layers"][3].update(name="conv1"), "duplicate layer name 'conv1'"),
     (lambda d: d["layers"][2]["inputs"].append("data"), "conv takes 1 inputs, received 2"),
     (lambda d: d.update(outputs=["missing"]), "\"missing\" is not a layer in the file"),

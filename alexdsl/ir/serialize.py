@@ -36,7 +36,6 @@ PHASES = ("all", "train", "test")
 MAX_NAME_LENGTH = 256
 MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size or stride
 MAX_RANK = 8
-LAYER_NAME = re.compile(r"[A-Za-z_0-9]+(\.[A-Za-z0-9_]+)*")
 NETWORK_NAME = re.compile(r"[^\x00-\x1f\x7f]+")  # any printable text: generated code sanitizes it
 
 
@@ -143,9 +142,13 @@ class _Reader:
         return tuple(value) if ok else None
 
     def name(self, value: Any, path: str, what: str) -> str | None:
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LENGTH or not LAYER_NAME.fullmatch(value):
+        """A name that source could spell: the round trip IR -> source -> IR keeps every layer."""
+        from alexdsl.interop.source import is_name
+
+        if not is_name(value) or len(value) > MAX_NAME_LENGTH:
             self.error(path, f"{what} is not a valid name", received=_show(value),
-                       expected="letters, digits and '_', in dot-separated parts (such as layer2.0.conv1)")
+                       expected="letters, digits and '_' in dot-separated parts, not starting with a digit and "
+                                "not a keyword (such as layer2.0.conv1)")
             return None
         return value
 
