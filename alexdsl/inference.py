@@ -143,7 +143,7 @@ Examples:
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="k for top-k.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="cupy executor dtype (float16 is for GPUs: NumPy emulates it, 50-100x slower).")
+              help="cupy executor dtype (float16 is for GPUs: NumPy emulates it, 40-140x slower).")
 @click.option("--seed", default=0, show_default=True, help="Seed for filler weights and random input.")
 @report_errors
 def run_command(file: str, images: tuple[str, ...], backend: str, weights: str | None, arrays: tuple[str, ...],

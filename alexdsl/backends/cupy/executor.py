@@ -25,7 +25,7 @@ CUPY_HINT = "install CuPy with `pip install 'alexdsl[cupy]'` (needs an NVIDIA GP
 DTYPES = ("float32", "float64", "float16")
 CPU_FLOAT16_WARNING = (
     "float16 on the CPU is slow: NumPy has no fast float16 matrix products, so this executor runs "
-    "50-100x slower than in float32 (and saves no time); use dtype float32 on the CPU, float16 on a GPU with CuPy"
+    "40-140x slower than in float32 (and saves no time); use dtype float32 on the CPU, float16 on a GPU with CuPy"
 )
 
 
