@@ -439,3 +439,15 @@ def test_backend_errors_name_the_file(tmp_path: Path) -> None:
     source.write_text("network Bad\ninput data: 3x8x8\ntrain: conv(4, 3)\ny: relu\n")
     result = cli("compile", source, "--backend", "torch", "-o", tmp_path / "bad_torch.py")
     assert_clean_error(result, f"{source}:", "error:")  # a location, or at least the file
+
+
+def test_train_refuses_an_unwritable_out_before_training(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    source = tmp_path / "small.adsl"
+    source.write_text(SMALL)
+    (tmp_path / "plain").write_text("x")
+    out = tmp_path / "plain" / "run"
+    result = cli("train", source, "--data", "synthetic:8", "--epochs", "1", "--out", out)
+    assert_clean_error(result, f"{out / 'weights.safetensors'}: error: cannot write the output",
+                       "is a file, not a folder")
+    assert "epoch 1" not in result.output

@@ -16,7 +16,7 @@ import click
 
 from alexdsl.cli_support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
-from alexdsl.fileio import write_text_atomic
+from alexdsl.fileio import output_target, write_text_atomic
 
 
 def default_module_path(network: Any) -> Path:
@@ -81,6 +81,7 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     check_memory(network, batch_size or int(network.solver.get("batch_size", 64)), "train",
                  copies_of_parameters=3)  # weights, gradients, momentum
     out_dir = Path(out) if out else Path("runs") / Path(file).stem
+    output_target(out_dir / "weights.safetensors")  # an unwritable --out fails now, not after an epoch
     result = train(network, data, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                    resume=resume, seed=seed, compile=compile_, checkpoint_every=checkpoint_every,
                    progress=False if quiet else None, weights=weights, threads=threads,
