@@ -22,6 +22,8 @@ from __future__ import annotations
 import bisect
 import difflib
 import functools
+import heapq
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -84,6 +86,7 @@ class Diagnostic:
 
 MAX_DIAGNOSTICS_PER_FILE = 100  # rendered; the rest are counted in one last line
 EXCERPT_WIDTH = 100  # columns of a long source line shown around the caret
+MAX_HINT_CANDIDATES = 2000  # names a "did you mean" compares against in full
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,5 +208,12 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     >>> did_you_mean("cnov", ["conv", "fc", "relu"])
     "did you mean 'conv'?"
     """
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    names = set(candidates)
+    if len(names) > MAX_HINT_CANDIDATES:  # keep a hint cheap next to a network of many layers
+        low, high = 0.4 * len(name), 2.5 * len(name)
+        names = {c for c in names if low <= len(c) <= high and (c[:1] == name[:1] or c[-1:] == name[-1:])}
+        if len(names) > MAX_HINT_CANDIDATES:
+            names = set(heapq.nlargest(MAX_HINT_CANDIDATES, sorted(names),
+                                       key=lambda c: len(os.path.commonprefix([c, name]))))
+    close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

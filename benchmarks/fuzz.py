@@ -8,7 +8,7 @@ space. An input is a crash when the child raises anything but AlexDSLError, when
 source fails the round trip (JSON and formatter), when reading it takes longer than
 ``--timeout`` seconds (or the whole check three times that), or when the child dies. Each
 crash is saved to OUT as the input and a ``.txt`` with what happened; OUT/summary.json holds
-the counts (docs/fuzzing.md records a run).
+the counts (docs/fuzzing.md records a run). Sources may expand to FUZZ_MAX_LAYERS layers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from adsl_mutations import adsl_inputs, check_round_trips, json_inputs  # noqa: E402 - shared with the tests
+from adsl_mutations import FUZZ_MAX_LAYERS, adsl_inputs, check_round_trips, json_inputs  # noqa: E402 - shared with the tests
 
 import alexdsl  # noqa: E402
 from alexdsl.errors import AlexDSLError  # noqa: E402
@@ -35,7 +35,8 @@ def check(kind: str, name: str, text: str, limit: float) -> tuple[str, str]:
     """("accepted" | "rejected" | "crash", detail) for one input; reading it may take ``limit`` seconds."""
     started = time.monotonic()
     try:
-        network = alexdsl.parse(text, name) if kind == "adsl" else alexdsl.Network.from_json(text, name)
+        network = (alexdsl.parse(text, name, max_layers=FUZZ_MAX_LAYERS) if kind == "adsl"
+                   else alexdsl.Network.from_json(text, name))
     except AlexDSLError:
         network = None
     except BaseException:  # noqa: BLE001 - the point: anything else is a crash, MemoryError included

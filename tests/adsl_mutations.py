@@ -17,6 +17,9 @@ import alexdsl
 from alexdsl.fmt import format_source
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Layers a mutant may expand to. The front end is linear in layers (some thousands a second), so a
+# legal network of a million layers takes minutes: bounded, but not what a hang check should time.
+FUZZ_MAX_LAYERS = 20_000
 
 # The lexical classes of the grammar, in the lexer's priority order; anything else is one character.
 _TOKEN = re.compile(r"""
@@ -213,5 +216,5 @@ def check_round_trips(network: alexdsl.Network, text: str, file: str) -> None:
     again = alexdsl.Network.from_json(network.to_json())
     assert again.shapes == network.shapes, "JSON round trip changed the shapes"
     assert again.state_keys() == network.state_keys(), "JSON round trip changed the state keys"
-    formatted = alexdsl.parse(format_source(text, file), file)
+    formatted = alexdsl.parse(format_source(text, file), file, max_layers=FUZZ_MAX_LAYERS)
     assert summary(formatted) == summary(network), "the formatted source is a different network"

@@ -255,7 +255,8 @@ def _error(text: str, **kwargs) -> AlexDSLError:
 def test_a_huge_repeat_count_is_refused_before_expanding() -> None:
     error = _error("input x: 3x8x8\nr: repeat 1000000000000 relu\n")
     (diagnostic,) = error.errors
-    assert "1,000,000,000,000 layers, more than the limit of 1,000,000" in diagnostic.message
+    assert diagnostic.message == ("repeat 1000000000000 relu expands to 1,000,000,000,000 layers, so the network "
+                                  "would have 1,000,000,000,001, more than the limit of 1,000,000")
     assert (diagnostic.span.line, diagnostic.span.column) == (2, 11)  # the count
 
 
@@ -336,7 +337,8 @@ def test_non_finite_numbers_are_errors_at_the_source() -> None:
 
 def test_sources_keep_to_what_the_ir_reader_accepts() -> None:
     assert "'out' of fc must be at most 2147483647" in str(_error("input x: 3x8x8\nf: fc(2147483648)\n"))
-    assert "the name is 300 characters long" in str(_error(f"input x: 3x8x8\n{'n' * 300}: relu\n"))
+    (diagnostic,) = _error(f"input x: 3x8x8\n{'n' * 300}: x -> relu\n").errors  # found by fuzzing: a KeyError
+    assert diagnostic.message == "the name is 300 characters long" and diagnostic.span.column == 1
     assert "input 'x' is too large" in str(_error("input x: " + "x".join(["2"] * 9) + "\n"))
     assert "'stepsize' has the wrong type" in str(_error("input x: 3x8x8\nsolver(stepsize=2147483648)\n"))
 
@@ -399,6 +401,16 @@ def test_many_errors_on_a_long_line_are_capped_and_windowed() -> None:
     assert rendered.splitlines()[-1] == "... and 7900 more errors"
     assert max(len(line) for line in rendered.splitlines() if line.startswith("    ")) <= 110
     assert len(rendered) < 100 * 600
+
+
+def test_errors_past_those_shown_skip_their_hints() -> None:
+    layers = "".join(f"l{i}: relu\n" for i in range(3000))
+    error = _error("input x: 3x8x8\n" + layers + "".join(f"u{i}: l{i}x -> relu\n" for i in range(300)))
+    assert error.errors[0].hint == "did you mean 'l0'?" and error.errors[99].hint == "did you mean 'l99'?"
+    assert error.errors[100].hint is None  # not rendered: no need to compare with 3,000 names
+    blocks = "".join(f"block b{i}() {{\n  r: relu\n}}\n" for i in range(50))
+    (diagnostic,) = _error("input x: 3x8x8\n" + blocks + "c: nope\n").errors
+    assert diagnostic.expected.endswith("b26, ... (50 in all))")
 
 
 def test_long_line_excerpt_keeps_the_caret_under_the_mistake() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from adsl_mutations import adsl_inputs, check_round_trips, examples, mutate, tokens
+from adsl_mutations import FUZZ_MAX_LAYERS, adsl_inputs, check_round_trips, examples, mutate, tokens
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
@@ -58,7 +58,7 @@ def test_mutated_sources_give_a_network_or_a_located_error(seed: int) -> None:
     for name, text in itertools.islice(adsl_inputs(seed), MUTANTS_PER_SEED):
         try:
             with deadline(HANG_SECONDS):
-                network = alexdsl.parse(text, name)
+                network = alexdsl.parse(text, name, max_layers=FUZZ_MAX_LAYERS)
                 check_round_trips(network, text, name)
             accepted += 1
         except AlexDSLError as error:

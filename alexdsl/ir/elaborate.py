@@ -7,13 +7,15 @@ fills them in.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-from alexdsl.errors import DiagnosticSink, Span, did_you_mean
+from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_you_mean
 from alexdsl.limits import MAX_DIM, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
 from alexdsl.syntax import ast
@@ -120,6 +122,16 @@ def _kind_words(arg: Arg) -> str:
     }[arg.kind]
 
 
+def _listing(names: list[str], most: int = 20) -> str:
+    """Names joined by commas, the first ``most`` of a long list (a diagnostic stays short).
+
+    >>> _listing(["a", "b", "c"], most=2)
+    'a, b, ... (3 in all)'
+    """
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, ... ({len(names)} in all)"
+
+
 def _bound(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
@@ -144,6 +156,7 @@ class Elaborator:
         self.kind_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
         self.layer_limit = max_layers(layer_limit)
         self.added: list[str] = []  # layers (not inputs) in the order they were added
+        self.hints_left = MAX_DIAGNOSTICS_PER_FILE  # past this, errors are not shown: skip their hints
         self.block_sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
 
     # entry ---------------------------------------------------------------------------------
@@ -156,7 +169,7 @@ class Elaborator:
             self._declare(stmt)
         for name in self.input_shapes:
             if name not in self.meta.inputs:
-                hint = did_you_mean(name, self.meta.inputs)
+                hint = self._did_you_mean(name, self.meta.inputs)
                 self.sink.error(f"--input names '{name}', which is not a declared input",
                                 expected=", ".join(self.meta.inputs) or "a declared input", hint=hint)
         data_inputs = [n for n in self.meta.inputs if self.graph.nodes[n]["attrs"]["kind"] == "tensor"]
@@ -178,6 +191,13 @@ class Elaborator:
             stem = self.module.file.rsplit("/", 1)[-1].split(".", 1)[0] or "Network"
             self.meta.name = "".join(part.capitalize() for part in stem.replace("-", "_").split("_")) or "Network"
         return self.graph, self.meta
+
+    def _did_you_mean(self, name: str, candidates: Iterable[str]) -> str | None:
+        """:func:`did_you_mean` for the first errors only: each call may compare against every layer name."""
+        if self.hints_left <= 0:
+            return None
+        self.hints_left -= 1
+        return did_you_mean(name, candidates)
 
     # declarations --------------------------------------------------------------------------
     def _declare_block(self, stmt: ast.BlockDef) -> None:
@@ -215,7 +235,7 @@ class Elaborator:
             target = stmt.target.name
             if target not in self.meta.inputs:
                 self.sink.error(f"preprocess names '{target}', which is not a declared input", stmt.target.span,
-                                hint=did_you_mean(target, self.meta.inputs))
+                                hint=self._did_you_mean(target, self.meta.inputs))
             settings = self._settings(stmt.args, PREPROCESS_KEYS, "preprocess", {})
             self.meta.preprocess.setdefault(target, {}).update(settings)
 
@@ -234,7 +254,7 @@ class Elaborator:
                 self.sink.error(
                     f"unknown input type '{call.name}({', '.join(_describe(v) for v in values)})'", call.span,
                     expected="a shape such as 3x227x227, or class(N) for a label with N classes",
-                    hint=did_you_mean(call.name, ["class"]),
+                    hint=self._did_you_mean(call.name, ["class"]),
                 )
                 return
             if name in self.input_shapes:
@@ -280,7 +300,7 @@ class Elaborator:
         else:
             self.sink.error(f"defaults for unknown op or parameter '{target}'", stmt.target.span,
                             expected="an op such as conv, or a parameter kind: " + ", ".join(kinds),
-                            hint=did_you_mean(target, op_names() + kinds))
+                            hint=self._did_you_mean(target, op_names() + kinds))
             return
         for arg in stmt.args:
             if arg.keyword is None:
@@ -289,7 +309,7 @@ class Elaborator:
                 continue
             if arg.keyword not in allowed:
                 self.sink.error(f"unknown argument '{arg.keyword}' for defaults {target}", arg.span,
-                                expected=", ".join(allowed), hint=did_you_mean(arg.keyword, allowed))
+                                expected=", ".join(allowed), hint=self._did_you_mean(arg.keyword, allowed))
                 continue
             store[arg.keyword] = (self._eval(arg.value, {}), arg.span)
         if op is None:
@@ -306,7 +326,7 @@ class Elaborator:
                 continue
             if arg.keyword not in keys:
                 self.sink.error(f"unknown {what} setting '{arg.keyword}'", arg.span, expected=", ".join(keys),
-                                hint=did_you_mean(arg.keyword, keys))
+                                hint=self._did_you_mean(arg.keyword, keys))
                 continue
             kind, choices = keys[arg.keyword]
             value = self._eval(arg.value, values)
@@ -370,7 +390,7 @@ class Elaborator:
             return None
         if value.name not in FILLERS:
             self.sink.error(f"unknown filler '{value.name}'", value.span, expected=", ".join(FILLERS),
-                            hint=did_you_mean(value.name, FILLERS))
+                            hint=self._did_you_mean(value.name, FILLERS))
             return None
         spec = FILLERS[value.name]
         names = [n for n, _ in spec]
@@ -383,13 +403,14 @@ class Elaborator:
                 return None
             if key not in names:
                 self.sink.error(f"unknown argument '{key}' for filler {value.name}", arg_span,
-                                expected=", ".join(names), hint=did_you_mean(key, names))
+                                expected=", ".join(names), hint=self._did_you_mean(key, names))
                 return None
             if key == "variance_norm":
                 norm = arg_value.name if isinstance(arg_value, Symbol) else arg_value
                 if norm not in VARIANCE_NORMS:
                     self.sink.error(f"unknown variance_norm {_describe(arg_value)}", arg_span,
-                                    expected=", ".join(VARIANCE_NORMS), hint=did_you_mean(str(norm), VARIANCE_NORMS))
+                                    expected=", ".join(VARIANCE_NORMS),
+                                    hint=self._did_you_mean(str(norm), VARIANCE_NORMS))
                     return None
                 bound[key] = norm
             elif isinstance(arg_value, (int, float)) and not isinstance(arg_value, bool):
@@ -452,7 +473,7 @@ class Elaborator:
             if name in arg.choices:
                 return name
             self.sink.error(f"argument '{arg.name}' of {op.name} must be one of {', '.join(arg.choices)}", span,
-                            received=_describe(value), hint=did_you_mean(str(name), arg.choices))
+                            received=_describe(value), hint=self._did_you_mean(str(name), arg.choices))
             return None
         if arg.kind == "bias":
             if isinstance(value, bool):
@@ -470,13 +491,16 @@ class Elaborator:
             self.sink.error(f"duplicate name '{label}'", stmt.label.span,
                             hint=self._first_definition(full))
             label, full = f"{label}\0dup", f"{full}\0dup"
+        if not self._check_name_length(full, stmt.label.span):
+            scope.labels[label] = scope.prev = BROKEN
+            return
         phase = "all"
         if stmt.phase is not None:
             if stmt.phase.name in PHASES:
                 phase = stmt.phase.name
             else:
                 self.sink.error(f"unknown phase '@{stmt.phase.name}'", stmt.phase.span, expected="@train or @test",
-                                hint=did_you_mean(stmt.phase.name, PHASES))
+                                hint=self._did_you_mean(stmt.phase.name, PHASES))
         if isinstance(stmt, ast.RepeatStmt):
             output = self._repeat(stmt, scope, full, phase)
         else:
@@ -552,8 +576,8 @@ class Elaborator:
         if op is None:
             self.sink.error(f"unknown op '{call.name}'", call.name_span,
                             expected="an op (" + ", ".join(op_names()) + ")" +
-                                     (" or a block (" + ", ".join(sorted(self.blocks)) + ")" if self.blocks else ""),
-                            hint=did_you_mean(call.name, op_names() + list(self.blocks)))
+                                     (" or a block (" + _listing(sorted(self.blocks)) + ")" if self.blocks else ""),
+                            hint=self._did_you_mean(call.name, op_names() + list(self.blocks)))
             return None
         values = [(a.keyword, self._eval(a.value, scope.values), a.span, a.value) for a in call.args]
         refs: list[ast.Name] = list(sources)
@@ -578,15 +602,15 @@ class Elaborator:
                             call.span, expected=op.example)
             return None
         attrs, arg_spans, param_cfg = self._bind(op, call, values)
-        pending_index = len(inputs)
-        inputs.extend([None] * len(refs))
-        for j, ref in enumerate(refs):
-            scope.pending.append((name, pending_index + j, ref))
         if name in self.graph:
             self.sink.error(f"duplicate name '{name}'", call.span, hint=self._first_definition(name))
             return None
         if not self._check_name_length(name, call.span):
             return None
+        pending_index = len(inputs)
+        inputs.extend([None] * len(refs))
+        for j, ref in enumerate(refs):
+            scope.pending.append((name, pending_index + j, ref))
         self.graph.add_node(name, op=op.name, attrs=attrs or {}, inputs=inputs, shape=None, params={}, buffers={},
                             phase=phase, span=call.span, block=scope.block, macs=0, arg_spans=arg_spans,
                             param_config=param_cfg, ok=attrs is not None)
@@ -626,7 +650,7 @@ class Elaborator:
                 allowed = op.arg_names + param_keys
                 self.sink.error(f"unknown argument '{key}' for {op.name}", span,
                                 expected=", ".join(allowed) if allowed else f"{op.name} takes no arguments",
-                                hint=did_you_mean(key, allowed))
+                                hint=self._did_you_mean(key, allowed))
                 continue
             if key in given:
                 self.sink.error(f"argument '{key}' of {op.name} is given twice", span)
@@ -755,7 +779,7 @@ class Elaborator:
                 if position >= len(params):
                     if report:
                         self.sink.error(f"too many arguments for block {call.name}", arg.span,
-                                        expected=f"{call.name}({', '.join(params)})")
+                                        expected=f"{call.name}({_listing(params)})")
                         return None
                     continue
                 key = params[position]
@@ -765,7 +789,7 @@ class Elaborator:
                 if key not in params:
                     if report:
                         self.sink.error(f"unknown argument '{key}' for block {call.name}", arg.span,
-                                        expected=", ".join(params), hint=did_you_mean(key, params))
+                                        expected=_listing(params), hint=self._did_you_mean(key, params))
                         return None
                     continue
             values[key] = value
@@ -774,7 +798,7 @@ class Elaborator:
                 if param.default is None:
                     if report:
                         self.sink.error(f"block {call.name} is missing argument '{param.name.name}'", call.span,
-                                        expected=f"{call.name}({', '.join(params)})")
+                                        expected=f"{call.name}({_listing(params)})")
                         return None
                     continue
                 values[param.name.name] = self._eval(param.default, {})
@@ -819,10 +843,11 @@ class Elaborator:
 
     def _fits(self, size: int, what: str, span: Span) -> bool:
         """Whether ``size`` more layers stay within the layer limit; an error at ``span`` if not."""
-        if len(self.graph) + size <= self.layer_limit:
+        total = len(self.graph) + size
+        if total <= self.layer_limit:
             return True
-        self.sink.error(f"{what} expands to {size:,} layers, more than the limit of {self.layer_limit:,} "
-                        "for the whole network", span,
+        self.sink.error(f"{what} expands to {size:,} layers, so the network would have {total:,}, more than "
+                        f"the limit of {self.layer_limit:,}", span,
                         expected=f"at most {self.layer_limit:,} layers after expanding every repeat and block",
                         hint="set ALEXDSL_MAX_LAYERS (or pass max_layers=) to allow more")
         return False
@@ -839,7 +864,7 @@ class Elaborator:
         if not scope.prefix and name in self.graph:
             return name
         if report:
-            candidates = [n for n in scope.labels if "\0" not in n] + (["in"] if scope.in_node else [])
+            candidates = itertools.chain((n for n in scope.labels if "\0" not in n), ["in"] if scope.in_node else [])
             if name == "in":
                 self.sink.error("'in' is only defined inside a block", ref.span,
                                 hint="name the layer to read from instead")
@@ -847,7 +872,7 @@ class Elaborator:
                 self.sink.error(f"unknown input name '{name}'", ref.span,
                                 expected="a declared input or a layer defined in this " +
                                          ("block" if scope.prefix else "file"),
-                                hint=did_you_mean(name, candidates))
+                                hint=self._did_you_mean(name, candidates))
         return None
 
     def _resolve(self, scope: _Scope) -> None:
