@@ -158,3 +158,21 @@ def test_plugins_from_the_environment_and_from_entry_points(tmp_path: Path) -> N
     path = os.pathsep.join([str(package), os.environ.get("PYTHONPATH", "")])
     result = _run(["shapes", LENET5], {"PYTHONPATH": path, "ALEXDSL_PLUGINS": ""})
     assert "scaled_tanh" in result.stdout
+
+
+def test_the_excerpts_in_extending_md_are_from_the_plugin() -> None:
+    """docs/extending.md quotes examples/plugins/scaled_tanh.py (``...`` stands for what it leaves out)."""
+    import re
+
+    doc = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    source = {line.strip() for line in Path(PLUGIN).read_text(encoding="utf-8").splitlines()}
+    excerpts = re.findall(r"```py\n(.*?)```", doc, re.S)
+    assert len(excerpts) == 2
+    for excerpt in excerpts:
+        for line in excerpt.splitlines():
+            text = line.strip()
+            if "..." in text or not text:
+                continue
+            plain = text.replace("def _executor(x, *, a, b, out=None):",
+                                 "def _executor(x: Any, *, a: float, b: float, out: Any = None) -> Any:")
+            assert plain in source, text
