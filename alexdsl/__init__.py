@@ -42,7 +42,7 @@ def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] 
          max_layers: int | None = None, max_bytes: int | None = None) -> Network:
     """Read and check an ``.adsl`` file (or an IR ``.json`` file written by ``to_json``).
 
-    ``max_bytes`` bounds the file's size (default ``$ALEXDSL_MAX_SOURCE_BYTES`` or 16 MiB).
+    ``max_bytes`` bounds the file's size (default ``$ALEXDSL_MAX_SOURCE_BYTES`` or 4 MiB).
     """
     text = read_source(path, max_bytes)
     if Path(path).suffix == ".json":

@@ -16,7 +16,9 @@ import os
 from alexdsl.errors import AlexDSLError
 
 DEFAULT_MAX_LAYERS = 1_000_000  # layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS)
-DEFAULT_MAX_SOURCE_BYTES = 16 * 1024 * 1024  # the size of one source file (ALEXDSL_MAX_SOURCE_BYTES)
+# One source file (ALEXDSL_MAX_SOURCE_BYTES). Parsing takes about 150 times a file's size in memory and
+# ~10 s per MiB, so 4 MiB (some 80 times the largest example network) stays well inside 2 GB.
+DEFAULT_MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_NESTING = 64  # parentheses open at once in a source file
 MAX_INT = 2**63 - 1  # the largest integer a source may write: every size is int64 in the backends
 # What the IR JSON reader accepts (alexdsl/ir/serialize.py), so every source accepted round-trips:
@@ -48,5 +50,5 @@ def max_layers(given: int | None = None) -> int:
 
 
 def max_source_bytes(given: int | None = None) -> int:
-    """The largest source file read: ``given``, else ``$ALEXDSL_MAX_SOURCE_BYTES``, else 16 MiB."""
+    """The largest source file read: ``given``, else ``$ALEXDSL_MAX_SOURCE_BYTES``, else 4 MiB."""
     return _limit(given, "ALEXDSL_MAX_SOURCE_BYTES", DEFAULT_MAX_SOURCE_BYTES)

@@ -26,7 +26,7 @@ def _read_stdin(limit: int) -> bytes:
 def read_source(path: str | os.PathLike[str], max_bytes: int | None = None) -> str:
     """The text of ``path`` (``-``: standard input; UTF-8, an optional BOM dropped), or an AlexDSLError why not.
 
-    ``max_bytes`` defaults to :func:`alexdsl.limits.max_source_bytes` (16 MiB).
+    ``max_bytes`` defaults to :func:`alexdsl.limits.max_source_bytes` (4 MiB).
     """
     limit = max_source_bytes(max_bytes)
     name = os.fspath(path)
