@@ -30,7 +30,8 @@ import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
-from alexdsl.ops.registry import Filler, lookup
+from alexdsl.ops.fillers import draw
+from alexdsl.ops.registry import lookup
 
 OPSET = 17
 BATCH = "N"
@@ -45,36 +46,13 @@ def _onnx() -> Any:
 
 
 # weights -----------------------------------------------------------------------------------------
-def fill(filler: Filler, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Draw an array as Caffe's filler would (float32)."""
-    args = dict(filler.args)
-    count = int(np.prod(shape)) if shape else 1
-    fan_in = count // shape[0] if shape else 1
-    fan_out = count // shape[1] if len(shape) > 1 else count
-    norm = {"fan_in": fan_in, "fan_out": fan_out, "average": (fan_in + fan_out) / 2}
-    if filler.type == "constant":
-        out = np.full(shape, args.get("value", 0.0))
-    elif filler.type == "gaussian":
-        out = rng.normal(args.get("mean", 0.0), args.get("std", 1.0), shape)
-    elif filler.type == "uniform":
-        out = rng.uniform(args.get("min", 0.0), args.get("max", 1.0), shape)
-    elif filler.type == "xavier":
-        scale = np.sqrt(3.0 / max(norm[args.get("variance_norm", "fan_in")], 1))
-        out = rng.uniform(-scale, scale, shape)
-    elif filler.type == "msra":
-        out = rng.normal(0.0, np.sqrt(2.0 / max(norm[args.get("variance_norm", "fan_in")], 1)), shape)
-    else:
-        raise AlexDSLError(f"error: unknown filler '{filler.type}'")
-    return np.asarray(out, dtype=np.float32)
-
-
 def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
     """Every parameter drawn from its filler; running means 0 and variances 1."""
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
     for layer in network.layers():
         for name, spec in layer.params.items():
-            weights[f"{layer.name}.{name}"] = fill(spec.filler, spec.shape, rng)
+            weights[f"{layer.name}.{name}"] = draw(spec.filler, spec.shape, rng).astype(np.float32)
         for name, shape in layer.buffers.items():
             value = 1.0 if "var" in name else 0.0
             weights[f"{layer.name}.{name}"] = np.full(shape, value, dtype=np.float32)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from alexdsl.ops.fillers import FILLERS, VARIANCE_NORMS, Filler  # noqa: F401 - re-exported
 from alexdsl.ops.lowering import NO_LOWERINGS, Lowerings, Pattern
 
 Shape = tuple[int, ...]
@@ -47,43 +48,6 @@ class ShapeError(Exception):
         self.expected = expected
         self.received = received
         self.hint = hint
-
-
-@dataclass(frozen=True)
-class Filler:
-    """How a parameter is initialised, with Caffe's meaning.
-
-    ``type`` is one of constant(value), gaussian(std, mean), uniform(min, max),
-    xavier(variance_norm) or msra(variance_norm).
-    """
-
-    type: str
-    args: tuple[tuple[str, Any], ...] = ()
-
-    def get(self, key: str) -> Any:
-        return dict(self.args)[key]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, **dict(self.args)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Filler:
-        return cls(data["type"], tuple((k, v) for k, v in data.items() if k != "type"))
-
-    def __str__(self) -> str:
-        inner = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in self.args)
-        return f"{self.type}({inner})"
-
-
-# The fillers: name -> ordered (argument, default) pairs.
-FILLERS: dict[str, tuple[tuple[str, Any], ...]] = {
-    "constant": (("value", 0.0),),
-    "gaussian": (("std", 1.0), ("mean", 0.0)),
-    "uniform": (("min", 0.0), ("max", 1.0)),
-    "xavier": (("variance_norm", "fan_in"),),
-    "msra": (("variance_norm", "fan_in"),),
-}
-VARIANCE_NORMS = ("fan_in", "fan_out", "average")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import numpy
 from alexdsl import weights as weights_io
 from alexdsl.backends.cupy import runtime as rt
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.ops.fillers import Filler, draw
 
 CUPY_HINT = "install CuPy with `pip install 'alexdsl[cupy]'` (needs an NVIDIA GPU and CUDA), or use device='cpu'"
 DTYPES = ("float32", "float64", "float16")
@@ -86,28 +87,15 @@ def check_weights(
 
 
 def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator) -> numpy.ndarray:
-    """Caffe filler semantics; fan_in = count / shape[0], fan_out = count / shape[1].
+    """Caffe filler semantics (:func:`alexdsl.ops.fillers.draw`); fan_in = count / shape[0], fan_out = count / shape[1].
 
     For a conv weight (O, C/groups, kh, kw) that is fan_in = C/groups*kh*kw and
     fan_out = O*kh*kw (Caffe's definitions).
     """
-    count = math.prod(shape)
-    if filler == "constant":
-        return numpy.full(shape, float(args.get("value", 0.0)))
-    if filler == "gaussian":
-        return rng.normal(float(args.get("mean", 0.0)), float(args.get("std", 1.0)), shape)
-    if filler == "uniform":
-        return rng.uniform(float(args.get("min", 0.0)), float(args.get("max", 1.0)), shape)
-    if filler in ("xavier", "msra"):
-        fan_in = count / shape[0] if shape else 1
-        fan_out = count / shape[1] if len(shape) > 1 else count
-        norm = args.get("variance_norm", "fan_in")
-        n = {"fan_in": fan_in, "fan_out": fan_out, "average": (fan_in + fan_out) / 2}[norm]
-        if filler == "xavier":
-            scale = math.sqrt(3.0 / n)
-            return rng.uniform(-scale, scale, shape)
-        return rng.normal(0.0, math.sqrt(2.0 / n), shape)
-    raise _error(f"unknown filler {filler!r}")
+    try:
+        return draw(Filler(filler, tuple(args.items())), shape, rng)
+    except ValueError as error:
+        raise _error(str(error)) from None
 
 
 class Executor:

@@ -36,6 +36,7 @@ from typing import Any
 from alexdsl.backends import naming
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network, ParamSpec
+from alexdsl.ops.fillers import caffe_fans, distribution  # noqa: F401 - caffe_fans is part of this API
 from alexdsl.ops.lowering import TorchLowering
 from alexdsl.ops.registry import lookup
 
@@ -80,51 +81,17 @@ def _shape(shape: Any, what: str) -> tuple[int, ...]:
     return tuple(_int(d, what) for d in shape)
 
 
-def caffe_fans(shape: tuple[int, ...]) -> tuple[int, int]:
-    """Caffe's fan_in = count / shape[0] and fan_out = count / shape[1] (grouped conv included).
-
-    >>> caffe_fans((256, 48, 5, 5))
-    (1200, 6400)
-    >>> caffe_fans((10,))
-    (10, 10)
-    """
-    count = math.prod(shape)
-    if len(shape) < 2:
-        return count, count
-    return count // shape[0], count // shape[1]
-
-
 def filler_statement(target: str, spec: ParamSpec, key: str) -> tuple[str, str]:
     """One ``nn.init`` call implementing ``spec.filler`` with Caffe's meaning, and a comment (or "")."""
-    filler = spec.filler
-    args = dict(filler.args)
-    shape = _shape(spec.shape, key)
-    kind = filler.type
+    try:
+        kind, a, b, note = distribution(spec.filler, _shape(spec.shape, key))
+    except ValueError as error:
+        raise AlexDSLError(f"torch backend: {key}: {error}") from None
     if kind == "constant":
-        return f"nn.init.constant_({target}, {_float(args.get('value', 0.0), key)!r})", ""
-    if kind == "gaussian":
-        std, mean = _float(args.get("std", 1.0), key), _float(args.get("mean", 0.0), key)
-        return f"nn.init.normal_({target}, {mean!r}, {std!r})", ""
-    if kind == "uniform":
-        low, high = _float(args.get("min", 0.0), key), _float(args.get("max", 1.0), key)
-        return f"nn.init.uniform_({target}, {low!r}, {high!r})", ""
-    if kind in ("xavier", "msra"):
-        norm = args.get("variance_norm", "fan_in")
-        fan_in, fan_out = caffe_fans(shape)
-        if norm == "fan_in":
-            n: float = fan_in
-        elif norm == "fan_out":
-            n = fan_out
-        elif norm == "average":
-            n = (fan_in + fan_out) / 2
-        else:
-            raise AlexDSLError(f"torch backend: {key}: unknown variance_norm {norm!r}")
-        if kind == "xavier":
-            bound = math.sqrt(3.0 / n)
-            return f"nn.init.uniform_({target}, {-bound!r}, {bound!r})", f"xavier: +-sqrt(3 / {n!r}), {norm}"
-        std = math.sqrt(2.0 / n)
-        return f"nn.init.normal_({target}, 0.0, {std!r})", f"msra: std sqrt(2 / {n!r}), {norm}"
-    raise AlexDSLError(f"torch backend: {key}: unknown filler {kind!r}")
+        return f"nn.init.constant_({target}, {_float(a, key)!r})", note
+    if kind == "normal":
+        return f"nn.init.normal_({target}, {_float(a, key)!r}, {_float(b, key)!r})", note
+    return f"nn.init.uniform_({target}, {_float(a, key)!r}, {_float(b, key)!r})", note
 
 
 @dataclass
