@@ -467,3 +467,15 @@ def test_a_cold_registry_is_loaded_once_for_every_thread() -> None:
               "[t.start() for t in threads]\n[t.join() for t in threads]\nassert found == [True] * 8, found\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_refuses_an_endless_file_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from alexdsl.cli import main
+
+    monkeypatch.setenv("ALEXDSL_MAX_SOURCE_BYTES", "4096")
+    result = CliRunner().invoke(main, ["check", "/dev/zero"])
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert "/dev/zero: error: the file is larger than the limit of 4,096 bytes" in result.output
+    assert "Traceback" not in result.output

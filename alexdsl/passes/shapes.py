@@ -12,7 +12,7 @@ import networkx as nx
 from alexdsl.errors import DiagnosticSink
 from alexdsl.ir.network import ParamSpec
 from alexdsl.ops.loss import class_count
-from alexdsl.ops.registry import ShapeError, format_shape, lookup
+from alexdsl.ops.registry import Filler, ShapeError, format_shape, lookup
 
 
 def infer_shapes(graph: nx.DiGraph, order: list[str], sink: DiagnosticSink) -> None:
@@ -48,10 +48,13 @@ def infer_shapes(graph: nx.DiGraph, order: list[str], sink: DiagnosticSink) -> N
             continue
         data["shape"] = tuple(shape)
         config = data.get("param_config", {})
-        data["params"] = {
-            pname: ParamSpec(tuple(pshape), config[pname]["filler"], config[pname]["lr"], config[pname]["decay"])
-            for pname, pshape in op.params(attrs, in_shapes).items()
-        }
+        data["params"] = {}
+        for pname, pshape in op.params(attrs, in_shapes).items():
+            # A reader that gave no settings for a parameter (IR JSON without it) gets the op's defaults;
+            # the reader then reports the parameter as missing.
+            entry = config.get(pname) or {"filler": op.default_fillers.get(pname, Filler("constant")), "lr": 1.0,
+                                          "decay": 1.0}
+            data["params"][pname] = ParamSpec(tuple(pshape), entry["filler"], entry["lr"], entry["decay"])
         data["buffers"] = {bname: tuple(b) for bname, b in op.buffers(attrs, in_shapes).items()}
         data["macs"] = op.macs(attrs, in_shapes, data["shape"])
         for message, arg in op.lint(attrs, in_shapes):
