@@ -128,11 +128,11 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
     onnx = _onnx()
     from onnx import TensorProto, helper
 
-    layers = [layer for layer in network.layers("test")]
-    skipped = {layer.name for layer in network.layers() if layer.phase == "train"}
+    view = network.inference_view()
+    skipped = set(view.dropped)
     if weights is None:
         weights = initial_weights(network, seed)
-    _check_weights(network, weights, layers)
+    _check_weights(network, weights, view.layers)
 
     alias: dict[str, str] = {}  # layer -> the ONNX value holding its output
     nodes: list[Any] = []
@@ -142,18 +142,14 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
 
     def value(name: str) -> str:
         if name in skipped:
-            raise AlexDSLError(f"error: a layer used at inference reads '{name}', which runs only while training")
+            raise AlexDSLError(f"error: a layer used at inference reads '{name}', which does not run then "
+                               "(a train-only layer, a loss or a label)")
         return alias.get(name, name)
 
-    for layer in layers:
-        if layer.is_input:
-            if not layer.is_label:
-                graph_inputs.append(helper.make_tensor_value_info(layer.name, TensorProto.FLOAT,
-                                                                  [BATCH, *layer.shape]))
-            continue
+    for name in view.inputs:
+        graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *network.layer(name).shape]))
+    for layer in view.layers:
         op = lookup(layer.op)
-        if op is not None and op.role != "layer":
-            continue
         if op is None or op.lower.onnx is None:
             raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no ONNX lowering (layer '{layer.name}')",
                                            layer.span)])
@@ -161,11 +157,7 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         op.lower.onnx(layer, ctx)
 
     outputs = []
-    for out in network.outputs:
-        opdef = lookup(network.layer(out).op)
-        target = network.layer(out).inputs[0] if opdef is not None and opdef.role in ("loss", "metric") else out
-        if target in skipped:
-            continue
+    for target in view.outputs:
         onnx_name = value(target)
         if onnx_name in (o.name for o in outputs):
             continue

@@ -31,17 +31,12 @@ def run_reference(network: Network, weights: Mapping[str, Any], feeds: Mapping[s
         import torch.nn.functional as F  # noqa: N812
     except ImportError:
         raise AlexDSLError("error: the reference interpreter needs torch: pip install 'alexdsl[torch]'") from None
-    values: dict[str, Any] = {}
+    view = network.inference_view()
+    values: dict[str, Any] = {name: torch.as_tensor(np.asarray(feeds[name], dtype=np.float32)) for name in view.inputs}
     with torch.no_grad():
-        for layer in network.layers("test"):
-            if layer.is_input:
-                if not layer.is_label:
-                    values[layer.name] = torch.as_tensor(np.asarray(feeds[layer.name], dtype=np.float32))
-                continue
+        for layer in view.layers:
             op = lookup(layer.op)
-            if op is None or op.role != "layer":
-                continue
-            if op.lower.reference is None:
+            if op is None or op.lower.reference is None:
                 raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no reference lowering (layer "
                                                         f"'{layer.name}')", layer.span)])
             own = {name: torch.as_tensor(np.asarray(weights[f"{layer.name}.{name}"], dtype=np.float32))

@@ -89,6 +89,16 @@ class Layer:
         return BYTES_PER_ELEMENT * numel(self.shape) * batch
 
 
+@dataclass(frozen=True)
+class InferenceView:
+    """What runs at inference (see :meth:`Network.inference_view`)."""
+
+    layers: list[Layer]  # the layers that compute at test time, in order: no inputs, losses or metrics
+    inputs: list[str]  # the data inputs (labels are not fed)
+    outputs: list[str]  # what a forward pass returns
+    dropped: list[str]  # layers that do not run: train-only layers, losses, metrics and labels
+
+
 class Network:
     """A checked network: the graph, its inputs and outputs, and the settings declared with it.
 
@@ -175,6 +185,39 @@ class Network:
     def data_inputs(self) -> list[str]:
         """The non-label inputs, in declaration order: what a forward pass takes."""
         return [n for n in self.inputs if self.graph.nodes[n]["attrs"].get("kind") != "label"]
+
+    def inference_view(self) -> InferenceView:
+        """The layers that run at test time and what a forward pass returns.
+
+        Outputs are the declared outputs, with a loss or metric standing for the scores it
+        reads; without any, the scores the losses read; else the layers nobody reads.
+        Every backend and exporter runs this view.
+
+        >>> import alexdsl
+        >>> view = alexdsl.load("examples/alexnet.adsl").inference_view()
+        >>> view.inputs, view.outputs, view.dropped
+        (['data'], ['fc8'], ['label', 'loss', 'accuracy'])
+        """
+        from alexdsl.ops.registry import lookup
+
+        def role(layer: Layer) -> str:
+            op = lookup(layer.op)
+            return op.role if op is not None else "input"
+
+        everything = self.layers()
+        dropped = [layer.name for layer in everything
+                   if layer.phase == "train" or layer.is_label or role(layer) in ("loss", "metric")]
+        kept = [layer for layer in everything if layer.name not in dropped and not layer.is_input]
+        kept_names = {layer.name for layer in kept}
+        scores = {layer.name: layer.inputs[0] for layer in everything if role(layer) in ("loss", "metric")}
+        outputs = [o for o in dict.fromkeys(scores.get(o, o) for o in self.outputs) if o in kept_names]
+        if not outputs:
+            outputs = [s for s in dict.fromkeys(scores.values()) if s in kept_names]
+        if not outputs:
+            read = {i for layer in kept for i in layer.inputs}
+            outputs = [layer.name for layer in kept if layer.name not in read]
+        inputs = [n for n in self.data_inputs if n not in dropped]
+        return InferenceView(kept, inputs, outputs, dropped)
 
     def consumers(self, name: str) -> list[str]:
         return list(self.graph.successors(name))

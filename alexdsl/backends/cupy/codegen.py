@@ -110,11 +110,6 @@ def comment(text: str) -> str:
 # ------------------------------------------------------------------------------------ lowering
 
 
-def _role(op: str) -> str:
-    opdef = lookup(op)
-    return opdef.role if opdef is not None else "layer"
-
-
 def executor_lowering(layer: Layer) -> ExecutorLowering:
     """The op's executor lowering, or a located error naming the op and the backend."""
     op = lookup(layer.op)
@@ -170,33 +165,19 @@ def _function_call(layer: Layer, ctx: _Context) -> ExecutorKernel:
 
 def lower(network: Network) -> Lowered:
     """Network -> steps, memory plan and state table (see the module docstring)."""
-    all_layers = network.layers()
-    by_name = {layer.name: layer for layer in all_layers}
-    dropped = [
-        layer.name for layer in all_layers if layer.phase == "train" or _role(layer.op) != "layer" or layer.is_label
-    ]
-    kept = [layer for layer in all_layers if layer.name not in dropped]
-    kept_names = {layer.name for layer in kept}
+    view = network.inference_view()
+    by_name = {layer.name: layer for layer in network.layers()}
+    kept = [by_name[name] for name in view.inputs] + view.layers
+    dropped, outputs, data_inputs = view.dropped, view.outputs, view.inputs
     consumers: dict[str, list[str]] = {layer.name: [] for layer in kept}
     for layer in kept:
         for src in layer.inputs:
             if src in consumers:
                 consumers[src].append(layer.name)
-
-    outputs = [o for o in network.outputs if o in kept_names and not by_name[o].is_input]
-    if not outputs:  # the logits a dropped loss/metric layer read
-        for name in dropped:
-            layer = by_name[name]
-            if _role(layer.op) != "layer" and layer.inputs and layer.inputs[0] in kept_names:
-                outputs.append(layer.inputs[0])
-        outputs = list(dict.fromkeys(outputs))
-    if not outputs:
-        outputs = [layer.name for layer in kept if not consumers[layer.name] and not layer.is_input]
     if not outputs:
         raise AlexDSLError(f"network {network.name} has no output to compute")
 
     names = naming.IdentifierMap(RESERVED)
-    data_inputs = [n for n in network.data_inputs if n in kept_names]
     input_vars = {n: names(n) for n in data_inputs}
     var: dict[str, str] = dict(input_vars)  # value name -> python variable holding it
     root: dict[str, str] = {n: n for n in data_inputs}  # value -> value owning its memory
