@@ -18,6 +18,7 @@ import networkx as nx
 from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_you_mean
 from alexdsl.limits import MAX_DIM, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
+from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS  # noqa: F401 - re-exported
 from alexdsl.syntax import ast
 
 PHASES = ("train", "test")
@@ -51,28 +52,6 @@ class CallValue:
     span: Span
 
 
-# Settings declared outside layers: key -> (kind, choices).
-SOLVER_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "base_lr": ("float", ()),
-    "lr_policy": ("choice", ("fixed", "step", "multistep", "poly", "cosine")),
-    "gamma": ("float", ()),
-    "stepsize": ("int", ()),
-    "stepvalues": ("ints", ()),
-    "power": ("float", ()),
-    "momentum": ("float", ()),
-    "weight_decay": ("float", ()),
-    "max_iter": ("int", ()),
-    "epochs": ("int", ()),
-    "batch_size": ("int", ()),
-}
-PREPROCESS_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "resize": ("pair", ()),
-    "crop": ("pair", ()),
-    "mirror": ("bool", ()),
-    "mean": ("floats", ()),
-    "std": ("floats", ()),
-    "scale": ("float", ()),
-}
 PARAM_KIND_KEYS = ("filler", "lr", "decay")
 
 

@@ -315,9 +315,9 @@ def _span(value: Any) -> Span | None:
 
 def network_from_dict(data: dict[str, Any], file: str = "<json>") -> Network:
     """Check an IR dict (see the module docstring) and build its :class:`Network`."""
-    from alexdsl.ir.elaborate import PREPROCESS_KEYS, SOLVER_KEYS
     from alexdsl.passes.shapes import infer_shapes
     from alexdsl.passes.validate import find_cycle
+    from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
 
     if data.get("format") != FORMAT:
         raise AlexDSLError(f"{file}: error: not an alexdsl IR file (format is {_show(data.get('format'))}, "

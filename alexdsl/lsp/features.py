@@ -16,11 +16,12 @@ from lsprotocol import types
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_source, format_value
-from alexdsl.ir.elaborate import PARAM_KIND_KEYS, PREPROCESS_KEYS, SOLVER_KEYS
+from alexdsl.ir.elaborate import PARAM_KIND_KEYS
 from alexdsl.ir.network import Layer
 from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes, statement_calls
 from alexdsl.lsp.symbols import Symbol, SymbolIndex
 from alexdsl.ops.registry import FILLERS, REQUIRED, Arg, OpDef, all_ops, format_shape, lookup
+from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
 from alexdsl.syntax import ast
 
 KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat")

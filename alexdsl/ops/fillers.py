@@ -5,7 +5,7 @@ from. The NumPy executor and ONNX export draw from it with :func:`draw`, and the
 generator writes the matching ``nn.init`` call, so the three agree by construction.
 
 >>> distribution(Filler("xavier"), (96, 3, 11, 11))
-('uniform', -0.06019292654288461, 0.06019292654288461, 'xavier: +-sqrt(3 / 363), fan_in')
+('uniform', -0.09090909090909091, 0.09090909090909091, 'xavier: +-sqrt(3 / 363), fan_in')
 >>> distribution(Filler("gaussian", (("std", 0.01), ("mean", 0.0))), (10,))[:3]
 ('normal', 0.0, 0.01)
 """

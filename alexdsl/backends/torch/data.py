@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.settings import PREPROCESS_KEYS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff"}
 DataError = AlexDSLError  # kept as a name: every data problem is an AlexDSLError
@@ -68,7 +69,7 @@ class Preprocess:
                 return (float(value),)
             return tuple(float(v) for v in value)
 
-        unknown = set(settings) - {"resize", "crop", "mirror", "mean", "std", "scale"}
+        unknown = set(settings) - set(PREPROCESS_KEYS)
         if unknown:
             raise AlexDSLError(f"unknown preprocess setting(s): {', '.join(sorted(unknown))}")
         return cls(resize=pair(settings.get("resize")), crop=pair(settings.get("crop")),

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.settings import LR_POLICIES as POLICIES
+from alexdsl.settings import SOLVER_KEYS
 
-POLICIES = ("fixed", "step", "multistep", "poly", "cosine")
-KNOWN_KEYS = {"base_lr", "lr_policy", "gamma", "stepsize", "stepvalues", "power", "momentum", "weight_decay",
-              "max_iter", "epochs", "batch_size"}
+KNOWN_KEYS = set(SOLVER_KEYS)
 
 
 @dataclass(frozen=True)
