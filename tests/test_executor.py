@@ -682,3 +682,15 @@ def test_float16_module_default_dtype(tmp_path: Path) -> None:
     assert_close(got.astype(np.float32), ex32(x), rtol=3e-2)
     with pytest.raises(AlexDSLError, match="unsupported dtype"):
         backend.generate_source(net, dtype="int8")
+
+
+def test_generated_header_sizes_follow_the_dtype() -> None:
+    import re
+
+    net = alexdsl.load(EXAMPLES / "alexnet.adsl")
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        head = codegen.generate_source(net, dtype).splitlines()[2]
+        assert f"Activations per sample ({dtype})" in head
+        sizes[dtype] = [float(x) for x in re.findall(r"([0-9.]+) MiB", head)]
+    assert sizes["float16"] == pytest.approx([s / 2 for s in sizes["float32"]], abs=0.01)
