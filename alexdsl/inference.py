@@ -98,7 +98,7 @@ def evaluate(predict: Predictor, source: Any, batch: int, k: int) -> dict[str, f
     seconds = 0.0
     for start in range(0, count, batch):
         images, labels = source.batch(range(start, min(count, start + batch)), 0, False)
-        x, y = images.numpy(), labels.numpy()
+        x, y = numpy.asarray(images), numpy.asarray(labels)
         began = time.perf_counter()
         scores = predict(x)
         seconds += time.perf_counter() - began
@@ -166,7 +166,7 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     (input_name,) = network.data_inputs
     shape = network.shapes[input_name]
     if data:
-        from alexdsl.backends.torch.data import open_source
+        from alexdsl.data import open_source
 
         source = open_source(data, shape, classes, preprocess=network.preprocess.get(input_name), seed=seed)
         result = evaluate(predict, source, batch, top)
@@ -177,10 +177,10 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
         return
     labels: list[str]
     if images:
-        from alexdsl.backends.torch.data import Preprocess, load_image
+        from alexdsl.data import Preprocess, load_image
 
         pre = Preprocess.from_settings(network.preprocess.get(input_name))
-        x = numpy.stack([load_image(path, shape, pre).numpy() for path in images])  # type: ignore[arg-type]
+        x = numpy.stack([load_image(path, shape, pre) for path in images])  # type: ignore[arg-type]
         labels = list(images)
     elif arrays:
         x = numpy.concatenate([_load_array(path, shape) for path in arrays])

@@ -317,7 +317,7 @@ def test_cpu_threads_one_for_small_steps_and_the_caller_keeps_its_setting(tmp_pa
 def test_lenet_on_digits_reaches_97_percent_on_both_backends(tmp_path):
     """The acceptance run; then the executor reproduces the accuracy torch measured."""
     pytest.importorskip("sklearn")
-    from alexdsl.backends.torch.data import open_source
+    from alexdsl.data import open_source
     from alexdsl.inference import evaluate, make_predictor
 
     network = alexdsl.load(EXAMPLES / "lenet.adsl")

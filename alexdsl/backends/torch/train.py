@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alexdsl.backends.torch.data import open_source
 from alexdsl.backends.torch.solver import Solver, make_optimizer, make_scheduler
+from alexdsl.data import open_source
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import atomic_path, write_bytes_atomic, write_text_atomic
 
@@ -426,7 +426,7 @@ def train(
 
     source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
 
-    from alexdsl.backends.torch.data import Split
+    from alexdsl.data import Split
 
     train_split, val_split = Split(source, True), Split(source, False)
     sampler = DistributedSampler(train_split, num_replicas=world, rank=rank, shuffle=True, seed=seed)
@@ -499,7 +499,7 @@ def train(
         indices = list(val_sampler)
         with torch.no_grad():
             for i in range(0, len(indices), per_process_batch):
-                x, y = val_split.batch(indices[i:i + per_process_batch], 0)
+                x, y = map(torch.from_numpy, val_split.batch(indices[i:i + per_process_batch], 0))
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 outputs = forward(x)
                 n = float(y.shape[0])
@@ -542,7 +542,7 @@ def train(
             if global_step >= max_iter:
                 break
             torch.manual_seed(step_seed(seed, epoch, step, rank))
-            x, y = train_split.batch(batches[step], epoch)
+            x, y = map(torch.from_numpy, train_split.batch(batches[step], epoch))
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             outputs = forward(x)
             loss = model.loss(outputs, y)

@@ -1,8 +1,9 @@
-"""Data sources for ``alexdsl train``: ``synthetic``, ``digits`` and an image folder.
+"""Data sources for ``alexdsl train`` and ``alexdsl run``: ``synthetic``, ``digits`` and an image folder.
 
-Every source yields ``(images, labels)`` batches for a network with one tensor input and
-one label input. Sampling is a pure function of ``(seed, epoch, index)``, so an interrupted
-run can be resumed exactly:
+Written with NumPy and Pillow only, so the NumPy/CuPy executor runs images and data sets
+without torch. Every source yields ``(images, labels)`` batches (float32 NxCxHxW and int64 N
+NumPy arrays) for a network with one tensor input and one label input. Sampling is a pure
+function of ``(seed, epoch, index)``, so an interrupted run can be resumed exactly:
 
 * ``synthetic`` (or ``synthetic:N`` for N training samples, plus N/4 for validation): class
   prototypes plus noise, drawn as 0..255 pixel images of the network's input shape and put
@@ -32,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from alexdsl.errors import AlexDSLError
 from alexdsl.settings import PREPROCESS_KEYS
@@ -77,27 +80,25 @@ class Preprocess:
                    std=floats(settings.get("std")),
                    scale=None if settings.get("scale") is None else float(settings["scale"]))
 
-    def normalize(self, x: Any) -> Any:
-        """(x - mean) / std * scale on an NxCxHxW (or CxHxW) float tensor of 0..255 pixels."""
-        import torch
-
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """(x - mean) / std * scale on an NxCxHxW (or CxHxW) float32 array of 0..255 pixels."""
         channels = x.shape[-3]
         if self.mean is not None:
-            x = x - self._per_channel(self.mean, channels, "mean", torch)
+            x = x - self._per_channel(self.mean, channels, "mean")
         if self.std is not None:
-            x = x / self._per_channel(self.std, channels, "std", torch)
+            x = x / self._per_channel(self.std, channels, "std")
         scale = self.scale
         if scale is None and self.mean is None and self.std is None:
             scale = 1.0 / 255.0
         if scale is not None and scale != 1.0:
-            x = x * scale
-        return x
+            x = x * np.float32(scale)
+        return x.astype(np.float32, copy=False)
 
     @staticmethod
-    def _per_channel(values: tuple[float, ...], channels: int, what: str, torch: Any) -> Any:
+    def _per_channel(values: tuple[float, ...], channels: int, what: str) -> np.ndarray:
         if len(values) not in (1, channels):
             raise AlexDSLError(f"preprocess {what} has {len(values)} values but the input has {channels} channels")
-        return torch.tensor(values, dtype=torch.float32).reshape(-1, 1, 1)
+        return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1)
 
 
 @dataclass
@@ -115,7 +116,7 @@ class Split:
 
 
 class TensorSource:
-    """Data held in memory as tensors (synthetic and digits).
+    """Data held in memory as arrays (synthetic and digits).
 
     ``validation`` says how the validation split was made (``alexdsl run --data`` prints it).
     """
@@ -131,11 +132,9 @@ class TensorSource:
     def length(self, train: bool) -> int:
         return int(self.y[train].shape[0])
 
-    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[Any, Any]:
-        import torch
-
-        index = torch.as_tensor(list(indices), dtype=torch.long)
-        return self.x[train].index_select(0, index), self.y[train].index_select(0, index)
+    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        index = np.asarray(list(indices), dtype=np.int64)
+        return self.x[train][index], self.y[train][index]
 
 
 def _input_spec(input_shape: tuple[int, ...], classes: int) -> tuple[int, int, int]:
@@ -159,17 +158,16 @@ def synthetic(input_shape: tuple[int, ...], classes: int, *, train_size: int = 5
     the network's fillers and solver settings were chosen for: unscaled Gaussian data made
     LeNet diverge at its own learning rate.
     """
-    import torch
-
-    g = torch.Generator().manual_seed(int(seed) + 7919)
-    prototypes = torch.rand((classes, *input_shape), generator=g)
+    rng = np.random.default_rng(int(seed) + 7919)
+    prototypes = rng.random((classes, *input_shape), dtype=np.float32)
     pre = preprocess or Preprocess()
 
-    def make(n: int) -> tuple[Any, Any]:
-        labels = torch.randint(0, classes, (n,), generator=g)
-        pixels = prototypes[labels] + SYNTHETIC_NOISE * torch.randn((n, *input_shape), generator=g)
-        images = pixels.clamp_(0.0, 1.0).mul_(255.0)
-        return (pre.normalize(images) if len(input_shape) == 3 else images / 255.0).float().contiguous(), labels
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = rng.integers(0, classes, n, dtype=np.int64)
+        noise = rng.standard_normal((n, *input_shape), dtype=np.float32)
+        images = np.clip(prototypes[labels] + np.float32(SYNTHETIC_NOISE) * noise, 0.0, 1.0) * np.float32(255.0)
+        images = pre.normalize(images) if len(input_shape) == 3 else images / np.float32(255.0)
+        return np.ascontiguousarray(images, dtype=np.float32), labels
 
     tx, ty = make(train_size)
     vx, vy = make(val_size)
@@ -182,10 +180,6 @@ def synthetic(input_shape: tuple[int, ...], classes: int, *, train_size: int = 5
 
 def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | None = None) -> TensorSource:
     """scikit-learn's 8x8 digits, 80/20 stratified split (fixed), resized to the input's HxW."""
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
     channels, height, width = _input_spec(input_shape, classes)
     if classes < 10:
         raise AlexDSLError(f"the digits data has 10 classes but the network's label declares class({classes})")
@@ -196,8 +190,8 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
     except ImportError:
         raise AlexDSLError("--data digits needs scikit-learn: pip install 'alexdsl[digits]'") from None
     bunch = load_digits()
-    images = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    images = (bunch.images.astype(np.float32) * np.float32(255.0 / 16.0))[:, None]
+    labels = bunch.target.astype(np.int64)
     # A fixed stratified split: every 5th sample of each class goes to validation.
     val_mask = np.zeros(len(labels), dtype=bool)
     for c in range(10):
@@ -206,13 +200,13 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
     if (height, width) != (8, 8):
         # MNIST's layout when the input is large enough: the digit fills the central 20/28, zero margin.
         inner = (height, width) if min(height, width) < 16 else (round(height * 20 / 28), round(width * 20 / 28))
-        images = F.interpolate(images, size=inner, mode="bilinear", align_corners=False)
+        images = resize_bilinear(images, inner)
         top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
-        images = F.pad(images, (left, width - inner[1] - left, top, height - inner[0] - top))
+        images = np.pad(images, ((0, 0), (0, 0), (top, height - inner[0] - top), (left, width - inner[1] - left)))
     if channels == 3:
-        images = images.expand(-1, 3, -1, -1).contiguous()
-    images = (preprocess or Preprocess()).normalize(images).float().contiguous()
-    val = torch.from_numpy(val_mask)
+        images = np.repeat(images, 3, axis=1)
+    images = np.ascontiguousarray((preprocess or Preprocess()).normalize(images), dtype=np.float32)
+    val = val_mask
     validation = (f"the validation split: every 5th image of each class, {int(val.sum())} of {len(labels)}; "
                   f"training uses the other {int((~val).sum())}")
     source = TensorSource(images[~val], labels[~val], images[val], labels[val], classes, validation)
@@ -220,16 +214,36 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
     return source
 
 
+def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of NxCxHxW images to ``size``, as ``torch.nn.functional.interpolate`` does
+    (``mode="bilinear"``, ``align_corners=False``, no antialiasing).
+
+    >>> resize_bilinear(np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2), (3, 3))[0, 0].round(3).tolist()
+    [[0.0, 0.333, 1.0], [0.667, 1.0, 1.333], [2.0, 2.333, 3.0]]
+    """
+
+    def taps(out: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        source = np.maximum((np.arange(out, dtype=np.float64) + 0.5) * (size / out) - 0.5, 0.0)
+        low = np.minimum(source.astype(np.int64), size - 1)
+        return low, np.minimum(low + 1, size - 1), (source - low).astype(np.float32)
+
+    y0, y1, fy = taps(size[0], images.shape[2])
+    x0, x1, fx = taps(size[1], images.shape[3])
+    rows = images[:, :, y0, :] * (1 - fy)[:, None] + images[:, :, y1, :] * fy[:, None]
+    return (rows[:, :, :, x0] * (1 - fx) + rows[:, :, :, x1] * fx).astype(np.float32)
+
+
 def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Preprocess, *, train: bool = False,
-               rng: Any = None) -> Any:
-    """Decode one image with Pillow and preprocess it as Caffe does: a CxHxW float tensor.
+               rng: Any = None) -> np.ndarray:
+    """Decode one image with Pillow and preprocess it as Caffe does: a CxHxW float32 array.
 
     ``path`` ``-`` reads standard input. Training draws a random crop and mirror from ``rng``;
     evaluation takes the centre crop.
     """
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise AlexDSLError("reading images needs Pillow: pip install pillow") from None
 
     channels, height, width = shape
     try:
@@ -257,9 +271,8 @@ def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Prepro
     if (image.height, image.width) != (height, width):
         image = image.resize((width, height), Image.BILINEAR)
     array = np.asarray(image, dtype=np.float32)
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    return p.normalize(tensor)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return np.ascontiguousarray(p.normalize(array))
 
 
 class ImageFolder:
@@ -321,24 +334,22 @@ class ImageFolder:
             self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="alexdsl-decode")
         return self._executor
 
-    def load(self, index: int, epoch: int, train: bool) -> Any:
-        """One preprocessed CxHxW float tensor; augmentation drawn from (seed, epoch, index)."""
+    def load(self, index: int, epoch: int, train: bool) -> np.ndarray:
+        """One preprocessed CxHxW float32 array; augmentation drawn from (seed, epoch, index)."""
         import random
 
         path, _ = self.items[train][index]
         rng = random.Random(hash((self.seed, epoch, index, train)) & 0xFFFFFFFF)
         return load_image(path, (self.channels, self.height, self.width), self.preprocess, train=train, rng=rng)
 
-    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[Any, Any]:
-        import torch
-
+    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
         indices = list(indices)
         if len(indices) > 1 and self.workers > 1:  # Pillow releases the GIL while decoding and resizing
-            images = torch.stack(list(self._pool().map(lambda i: self.load(i, epoch, train), indices)))
+            images = np.stack(list(self._pool().map(lambda i: self.load(i, epoch, train), indices)))
         else:
-            images = torch.stack([self.load(i, epoch, train) for i in indices])
-        labels = torch.tensor([self.items[train][i][1] for i in indices], dtype=torch.long)
-        return images.contiguous(), labels
+            images = np.stack([self.load(i, epoch, train) for i in indices])
+        labels = np.asarray([self.items[train][i][1] for i in indices], dtype=np.int64)
+        return images, labels
 
 
 def open_source(spec: str, input_shape: tuple[int, ...], classes: int, *,
