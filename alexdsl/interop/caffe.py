@@ -266,7 +266,8 @@ _SCHEMA: dict[str, set[str]] = {
               "propagate_down", "convolution_param", "pooling_param", "lrn_param", "inner_product_param",
               "dropout_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param",
               "softmax_param", "accuracy_param", "input_param", "data_param", "transform_param", "relu_param",
-              "loss_param", "flatten_param", "image_data_param", "memory_data_param"},
+              "loss_param", "flatten_param", "image_data_param", "memory_data_param", "elu_param", "prelu_param",
+              "swish_param"},
     "param": {"lr_mult", "decay_mult", "name"},
     "include": {"phase"},
     "convolution_param": {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w",
@@ -292,6 +293,9 @@ _SCHEMA: dict[str, set[str]] = {
     "memory_data_param": {"batch_size", "channels", "height", "width"},
     "transform_param": {"crop_size", "mean_value", "mean_file", "mirror", "scale", "force_color", "force_gray"},
     "relu_param": {"negative_slope", "engine"},
+    "elu_param": {"alpha"},
+    "prelu_param": {"filler", "channel_shared"},
+    "swish_param": {"beta"},
     "loss_param": {"ignore_label", "normalize", "normalization"},
     "flatten_param": {"axis", "end_axis"},
     "weight_filler": _FILLER,
@@ -564,9 +568,11 @@ class _Importer:
         inputs = self._inputs(layer)
         if inputs is None:
             return
-        if ltype == SCALE:
-            target = self.by_name.get(inputs[0]) if inputs else None
-            if target is None or "BatchNorm" not in _op(target.op).lower.from_caffe or target.params.get("_scaled"):
+        target = self.by_name.get(inputs[0]) if ltype == SCALE and inputs else None
+        after_batchnorm = target is not None and "BatchNorm" in _op(target.op).lower.from_caffe \
+            and not target.params.get("_scaled")
+        if ltype == SCALE and (after_batchnorm or ltype not in importers):
+            if not after_batchnorm:
                 self.error("a Scale layer is supported only right after a BatchNorm layer (-> batchnorm)",
                            tscalar.span)
                 return
@@ -870,8 +876,10 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
         source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
     # check the result: an import that does not build is a bug here, reported as such
     from alexdsl import parse
+    from alexdsl.fmt import format_source
 
     try:
+        source = format_source(source, file + ".adsl")  # the one printer lays it out: it passes fmt --check
         parse(source, file + ".adsl")
     except AlexDSLError as error:
         raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + error.diagnostics,

@@ -24,6 +24,7 @@ import re
 from typing import Any
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.fmt import format_source
 from alexdsl.ir.network import Network
 from alexdsl.ops.registry import FILLERS, REQUIRED, Filler, lookup
 from alexdsl.syntax.parser import grammar_text
@@ -187,9 +188,8 @@ def network_to_source(network: Network, file: str = "<network>") -> str:
                                     if layer.phase != "all" else "")))
     if write.diagnostics:
         raise AlexDSLError(write.diagnostics)
-    width = max((len(n) for n, _ in rows), default=0) + 1
-    out += [f"{name + ':':<{width}} {body}" for name, body in rows]
-    source = "\n".join(out).rstrip() + "\n"
+    out += [f"{name}: {body}" for name, body in rows]
+    source = format_source("\n".join(out), file)  # the one printer lays it out: the result passes fmt --check
     _check_rebuilds(source, network, file)
     return source
 
