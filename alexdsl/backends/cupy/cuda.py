@@ -13,6 +13,8 @@ every source with NVRTC wherever the NVRTC library is installed, GPU or not.
 * :func:`lrn` -- cross-channel LRN in one pass (running window sum, power and divide fused),
   in place or not.
 * :func:`pool2d` -- max or average pooling in one pass instead of one per kernel tap.
+* :func:`depthwise_conv2d` -- a depthwise convolution (one thread per output, bias and ReLU fused)
+  instead of the xp path's per-tap passes (:mod:`alexdsl.backends.cupy.depthwise`).
 
 Every kernel is a grid-stride loop (over its output; for LRN, over pixels) with 64-bit
 indices; ``{T}`` in a source is replaced by the element type.
@@ -263,5 +265,56 @@ def pool2d(kind: str, plan: rt.PoolPlan, x: Array, out: Array, inv_divisor: Arra
         f"alexdsl_{kind}_pool2d", x.dtype, out.size,
         x, out, inv_divisor, numpy.int64(out.size),
         *map(_i32, (plan.height, plan.width, plan.out_h, plan.out_w, kh, kw, sh, sw, ph, pw)),
+    )  # fmt: skip
+    return out
+
+
+DEPTHWISE_CONV2D = r"""
+extern "C" __global__ void alexdsl_depthwise_conv2d(
+        const {T}* __restrict__ x, const {T}* __restrict__ weight, const {T}* __restrict__ bias,
+        {T}* __restrict__ out, long long total, int c, int h, int w, int multiplier, int oh, int ow,
+        int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int relu) {
+    // out (n, c * multiplier, oh, ow): output channel o reads input channel o / multiplier with
+    // its own (kh, kw) taps; taps outside the input are skipped (= zero padding)
+    const int channels = c * multiplier;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+            i += (long long)blockDim.x * gridDim.x) {
+        const int ox = i % ow;
+        const int oy = (i / ow) % oh;
+        const long long plane = i / ((long long)oh * ow);
+        const int o = plane % channels;
+        const {T}* src = x + ((plane / channels) * c + o / multiplier) * (long long)h * w;
+        const {T}* taps = weight + (long long)o * kh * kw;
+        {T} acc = ({T})0;
+        for (int ky = 0; ky < kh; ++ky) {
+            const int iy = oy * sh - ph + ky * dh;
+            if (iy < 0 || iy >= h) continue;
+            for (int kx = 0; kx < kw; ++kx) {
+                const int ix = ox * sw - pw + kx * dw;
+                if (ix >= 0 && ix < w) acc += taps[ky * kw + kx] * src[(long long)iy * w + ix];
+            }
+        }
+        if (bias != nullptr) acc += bias[o];
+        if (relu && acc < ({T})0) acc = ({T})0;
+        out[i] = acc;
+    }
+}
+"""
+
+SOURCES["alexdsl_depthwise_conv2d"] = DEPTHWISE_CONV2D
+
+
+def depthwise_conv2d(plan: rt.ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, out: Array) -> Array:
+    """Depthwise conv (``plan.groups == C``) of contiguous NCHW ``x`` into ``out``, bias and ReLU fused.
+
+    One thread per output element loops over the taps; ``weight`` is ``(C * multiplier, 1, kh, kw)``.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    c = plan.in_channels
+    _launch(
+        "alexdsl_depthwise_conv2d", x.dtype, out.size,
+        x, weight, bias, out, numpy.int64(out.size),
+        *map(_i32, (c, plan.height, plan.width, plan.out_channels // c, plan.out_h, plan.out_w)),
+        *map(_i32, (kh, kw, sh, sw, ph, pw, dh, dw)), _i32(relu),
     )  # fmt: skip
     return out

@@ -221,6 +221,11 @@ class ConvPlan:
         return self.kernel == (1, 1) and self.pad == (0, 0)
 
     @property
+    def is_depthwise(self) -> bool:
+        """One group per input channel (groups == in_channels > 1): a direct kernel, no im2col (:mod:`.depthwise`)."""
+        return self.groups == self.in_channels > 1
+
+    @property
     def k_size(self) -> int:
         """Rows of the column matrix: in_channels * kh * kw."""
         return self.in_channels * self.kernel[0] * self.kernel[1]
@@ -442,6 +447,10 @@ def conv2d(
     oh, ow = plan.out_h, plan.out_w
     if out is None:
         out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if plan.is_depthwise:
+        from alexdsl.backends.cupy.depthwise import depthwise_conv2d
+
+        return depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out)
     if gemm == "wide":
         return _conv2d_wide(x, weight, bias, relu, plan, scratch, out)
     if plan.is_pointwise:

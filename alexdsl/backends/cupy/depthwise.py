@@ -1,0 +1,210 @@
+"""Direct depthwise convolution (``groups == in_channels``), without a network-wide im2col.
+
+Output channel ``o`` reads input channel ``o // multiplier`` (torch's layout for
+``out_channels = multiplier * in_channels``), so each input channel is its own tiny
+convolution.  im2col + GEMM builds a ``kh*kw``-times larger copy of the whole input and
+then runs ``C`` GEMMs of one row each over it; here, instead:
+
+* NumPy (:func:`_columns_by_blocks`): per block of one image's channels small enough to
+  stay in the L2 cache, the padded block, its ``(kh*kw, OH*OW)`` columns per channel, one
+  ``(multiplier, kh*kw)`` GEMM per channel (a single batched matmul) and the epilogue, the
+  blocks spread over the thread pool.  Accumulating tap by tap (``y += w[tap] * window``)
+  is 3-5x slower on NumPy, which has no fused multiply-add: two passes and a temporary per tap.
+* CuPy: with ``ALEXDSL_CUDA_KERNELS=1`` one RawKernel, one thread per output element
+  (:func:`alexdsl.backends.cupy.cuda.depthwise_conv2d`); otherwise :func:`_taps`, one
+  multiply-add of a strided window of the unpadded input per tap (about 2*kh*kw launches,
+  no copy of the input).
+
+>>> import numpy as np
+>>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+>>> depthwise_conv2d(x, np.ones((1, 1, 2, 2), np.float32), stride=(2, 2)).tolist()
+[[[[10.0, 18.0], [42.0, 50.0]]]]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from alexdsl.backends.cupy import runtime as rt
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+Activation = Callable[..., Any]  # in place: act(y, out=y), like rt.relu or rt.sigmoid
+
+BLOCK_ELEMENTS = 1 << 14  # outputs per NumPy block: its columns (kh*kw times that) stay in L2
+
+__all__ = ["depthwise_conv2d", "tap_windows"]
+
+
+@cache
+def tap_windows(
+    height: int,
+    width: int,
+    out_h: int,
+    out_w: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
+    """Per kernel tap: (tap index, output rows, output cols, input rows, input cols) it touches.
+
+    A tap only reaches the output pixels whose input pixel lies inside the image, so zero
+    padding needs neither a padded copy nor bounds checks.  Taps that reach nothing are left out.
+    """
+    taps = []
+
+    def span(k: int, s: int, p: int, d: int, size: int, out: int) -> tuple[slice, slice] | None:
+        offset = k * d - p  # input index of output 0
+        lo, hi = max(0, -(offset // s)), min(out, (size - 1 - offset) // s + 1)
+        if lo >= hi:
+            return None
+        start = lo * s + offset
+        return slice(lo, hi), slice(start, start + (hi - lo - 1) * s + 1, s)
+
+    for i in range(kernel[0]):
+        rows = span(i, stride[0], pad[0], dilation[0], height, out_h)
+        for j in range(kernel[1]):
+            cols = span(j, stride[1], pad[1], dilation[1], width, out_w)
+            if rows is not None and cols is not None:
+                taps.append((i * kernel[1] + j, rows[0], cols[0], rows[1], cols[1]))
+    return tuple(taps)
+
+
+def depthwise_conv2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    stride: tuple[int, int] = (1, 1),
+    pad: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    *,
+    relu: bool = False,
+    act: Activation | None = None,
+    plan: rt.ConvPlan | None = None,
+    out: Array | None = None,
+) -> Array:
+    """``torch.nn.functional.conv2d(x, weight, bias, stride, pad, dilation, groups=C)``.
+
+    ``weight`` is ``(C * multiplier, 1, kh, kw)``.  The epilogue is the one of
+    :func:`~alexdsl.backends.cupy.runtime.conv2d`: bias, then ReLU when ``relu``, then
+    ``act(y, out=y)`` in place when given, each applied to a block while it is in cache.
+    """
+    xp = rt.array_module(x)
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    if plan is None:
+        plan = rt.ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, c)
+    if (plan.groups, plan.in_channels, plan.height, plan.width) != (c, c, h, w) or weight.shape[1] != 1:
+        raise ValueError(
+            f"depthwise_conv2d needs groups == in_channels and a (O, 1, kh, kw) weight; got input {x.shape}, "
+            f"weight {weight.shape}, plan groups={plan.groups} for {(plan.in_channels, plan.height, plan.width)}"
+        )
+    if out is None:
+        out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
+    fused = rt._fused_kernels(xp, x, weight, bias, out)
+    if fused is not None:
+        fused.depthwise_conv2d(plan, x, weight, bias, relu, out)
+        if act is not None:
+            act(out, out=out)
+        return out
+    if xp is rt.numpy:
+        _columns_by_blocks(plan, x, weight, bias, relu, act, out)
+    else:
+        _taps(xp, plan, x, weight, bias, relu, act, out)
+    return out
+
+
+def _epilogue(xp: Any, y: Array, relu: bool, act: Activation | None) -> None:
+    if relu:
+        xp.maximum(y, 0, out=y)
+    if act is not None:
+        act(y, out=y)
+
+
+def _columns_by_blocks(
+    plan: rt.ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, act: Activation | None, out: Array
+) -> None:
+    """NumPy: per block of about :data:`BLOCK_ELEMENTS` outputs of one image, columns in cache and one matmul.
+
+    Each thread pads its blocks into a zero-bordered buffer of its own (whose border is
+    never written), copies the block's columns ``(channels, kh*kw, OH*OW)`` out of it as a
+    strided view and multiplies them by the ``(channels, multiplier, kh*kw)`` weights.
+    """
+    np = rt.numpy
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
+    m, oh, ow = plan.out_channels // c, plan.out_h, plan.out_w
+    channels = max(1, min(c, BLOCK_ELEMENTS // (m * oh * ow)))
+    per_image = -(-c // channels)
+    out4 = out.reshape(n, c, m, oh * ow)
+    w3 = weight.reshape(c, m, kh * kw)
+    b3 = None if bias is None else bias.reshape(c, m, 1)
+
+    def windows(src: Array) -> Array:  # (..., C, kh, kw, OH, OW) strided view of (..., C, H', W')
+        *lead, s_c, s_h, s_w = src.strides
+        shape = (*src.shape[:-2], kh, kw, oh, ow)
+        return rt._as_strided(np, src, shape, (*lead, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+
+    padding = (ph, pw) != (0, 0)
+    unpadded = None if padding else windows(x)
+
+    def run(lo: int, hi: int) -> None:
+        padded = np.zeros((channels, h + 2 * ph, w + 2 * pw), x.dtype) if padding else None
+        padded_windows = windows(padded) if padding else None
+        cols = np.empty((channels, kh, kw, oh, ow), x.dtype)
+        for block in range(lo, hi):
+            image, c0 = divmod(block, per_image)
+            c0 *= channels
+            count = min(c, c0 + channels) - c0
+            if padded is None:
+                view = unpadded[image, c0 : c0 + count]
+            else:
+                padded[:count, ph : ph + h, pw : pw + w] = x[image, c0 : c0 + count]
+                view = padded_windows[:count]
+            cols[:count] = view
+            y = out4[image, c0 : c0 + count]
+            np.matmul(w3[c0 : c0 + count], cols[:count].reshape(count, kh * kw, oh * ow), out=y)
+            if b3 is not None:
+                y += b3[c0 : c0 + count]
+            _epilogue(np, y, relu, act)
+
+    pin = rt._blas_one_thread()  # the blocks run on every core already
+    with pin if pin is not None else contextlib.nullcontext():
+        rt.parallel_for(np, n * per_image, out.size * kh * kw, run)
+
+
+def _taps(
+    xp: Any,
+    plan: rt.ConvPlan,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    relu: bool,
+    act: Activation | None,
+    out: Array,
+) -> None:
+    """The whole batch at once: ``out = bias``, then per tap ``out[window] += w[tap] * x[window]``.
+
+    Every tap reads the unpadded input (:func:`tap_windows`), so nothing the size of the
+    input is copied: the only temporary is one product the size of the output.
+    """
+    n, c = x.shape[:2]
+    m, oh, ow = plan.out_channels // c, plan.out_h, plan.out_w
+    y = out.reshape(n, c, m, oh, ow)
+    src = x.reshape(n, c, 1, *x.shape[2:])
+    w5 = weight.reshape(c, m, -1, 1, 1)
+    product = xp.empty_like(y)
+    if bias is None:
+        y.fill(0)
+    else:
+        y[...] = bias.reshape(c, m, 1, 1)
+    for tap, out_rows, out_cols, in_rows, in_cols in tap_windows(
+        plan.height, plan.width, oh, ow, plan.kernel, plan.stride, plan.pad, plan.dilation
+    ):
+        part = product[..., out_rows, out_cols]
+        xp.multiply(src[..., in_rows, in_cols], w5[:, :, tap], out=part)
+        y[..., out_rows, out_cols] += part
+    _epilogue(xp, out, relu, act)

@@ -1,0 +1,111 @@
+"""Benchmark: depthwise convolution on NumPy, the direct kernel vs im2col + GEMM vs torch eager.
+
+    python benchmarks/depthwise.py                 # MobileNetV2-like layers, batch 1 and 16
+    python benchmarks/depthwise.py --batches 1 --repeat 30
+
+Each layer is a 3x3 (or 5x5) depthwise conv with bias and a fused ReLU, float32, timed in
+one process on the same data: ``rt.conv2d`` (which sends depthwise convs to
+:mod:`alexdsl.backends.cupy.depthwise`), the same call forced through im2col + GEMM (the
+path every depthwise conv took before), and ``torch.nn.functional.conv2d`` + ``relu_``.
+Ratios are direct / im2col and direct / torch in images per second (above 1: the direct
+kernel is faster).  Timing as in benchmarks/executor.py (best of alternating blocks).
+The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from executor import _blas_threads, _time_each  # noqa: E402 - the executor benchmark's timing
+
+from alexdsl.backends.cupy import runtime as rt  # noqa: E402
+
+# (channels, height, width, kernel, stride): MobileNetV2's depthwise layers (and one of EfficientNet-B0's 5x5)
+LAYERS = [
+    (32, 112, 112, 3, 1),
+    (96, 112, 112, 3, 2),
+    (144, 56, 56, 3, 1),
+    (960, 7, 7, 3, 1),
+    (240, 28, 28, 5, 1),
+]
+
+
+class Im2colPlan(rt.ConvPlan):
+    """A plan that :func:`rt.conv2d` does not send to the depthwise kernel: im2col + GEMM as before."""
+
+    is_depthwise = False
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--repeat", type=int, default=12, help="timed runs per point and side")
+    return p.parse_args()
+
+
+def bench_layer(c: int, h: int, w: int, k: int, s: int, batch: int, repeat: int) -> dict[str, Any]:
+    """Images/s of the three sides for one depthwise layer, and the largest difference from torch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((c, 1, k, k), dtype=np.float32)
+    b = rng.standard_normal(c, dtype=np.float32)
+    geometry = (c, h, w, c, (k, k), (s, s), (k // 2, k // 2), (1, 1), c)
+    direct, im2col = rt.ConvPlan(*geometry), Im2colPlan(*geometry)
+    assert direct.is_depthwise
+    out = np.empty((batch, c, direct.out_h, direct.out_w), np.float32)
+    out_im2col = np.empty_like(out)
+    tx, tw, tb = torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b)
+
+    def run_torch() -> torch.Tensor:
+        return torch.relu_(torch.nn.functional.conv2d(tx, tw, tb, s, k // 2, 1, c))
+
+    with torch.inference_mode():
+        want = run_torch().numpy()
+        rt.conv2d(x, wt, b, relu=True, plan=direct, out=out)
+        rt.conv2d(x, wt, b, relu=True, plan=im2col, out=out_im2col)
+        diff = max(float(np.abs(out - want).max()), float(np.abs(out_im2col - want).max()))
+        times = _time_each(
+            [
+                lambda: rt.conv2d(x, wt, b, relu=True, plan=direct, out=out),
+                lambda: rt.conv2d(x, wt, b, relu=True, plan=im2col, out=out_im2col),
+                run_torch,
+            ],
+            repeat,
+        )
+    ips = dict(zip(("direct_ips", "im2col_ips", "torch_ips"), (batch / t for t in times), strict=True))
+    return {k: round(v, 1) for k, v in ips.items()} | {
+        "vs_im2col": round(ips["direct_ips"] / ips["im2col_ips"], 2),
+        "vs_torch": round(ips["direct_ips"] / ips["torch_ips"], 2),
+        "max_diff": diff,
+    }
+
+
+def main() -> None:
+    args = _parse()
+    print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}, ")
+    print(f"     numpy {np.__version__} BLAS threads: {_blas_threads()}, alexdsl threads: {rt.num_threads()}")
+    result: dict[str, Any] = {}
+    for batch in args.batches:
+        for c, h, w, k, s in LAYERS:
+            name = f"{c}x{h}x{w} k{k} s{s} batch {batch}"
+            r = result[name] = bench_layer(c, h, w, k, s, batch, args.repeat)
+            print(
+                f"  {name:28s} direct {r['direct_ips']:9.1f} img/s  im2col {r['im2col_ips']:9.1f} img/s  "
+                f"torch {r['torch_ips']:9.1f} img/s  direct/im2col {r['vs_im2col']:5.2f}x  "
+                f"direct/torch {r['vs_torch']:5.2f}x  (max |diff| {r['max_diff']:.1e})"
+            )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""Depthwise convolution (alexdsl/backends/cupy/depthwise.py and its CUDA kernel) against torch.
+
+* the NumPy path (blocked columns + one matmul per block), the whole-batch per-tap path CuPy
+  runs, and ``rt.conv2d``'s dispatch to them, over a sweep of kernels, strides, paddings,
+  dilations, channel counts, multipliers, batches, rectangular inputs and both dtypes,
+  against ``torch.nn.functional.conv2d`` with bias and ReLU;
+* the CUDA source through the host build of tests/test_cuda_sources.py (NVRTC compiles it
+  there too: it is in ``cuda.SOURCES``), and on a GPU when there is one;
+* a MobileNet-style network through the executor against torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+from test_cuda_sources import TOL, host_kernels, on_host  # noqa: F401 - fixtures of the host build
+from test_executor import assert_close, random_weights, torch_module, torch_reference
+
+import alexdsl
+from alexdsl.backends import cupy as backend
+from alexdsl.backends.cupy import cuda, depthwise
+from alexdsl.backends.cupy import runtime as rt
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+# (batch, channels, multiplier, H, W, kernel, stride, pad, dilation): every kernel 3/5/7 with stride 1/2 and
+# dilation 1/2, pads 0..3 and channels 1..64 in turn, batch 1 or 3, non-square inputs; a few multipliers 2 and 3
+CASES = [
+    (
+        1 + 2 * (i % 2),
+        (1, 3, 8, 17, 32, 64)[i % 6],
+        (1, 1, 2, 1, 3, 1)[i % 6],
+        9 + k * d + i % 4,
+        7 + k * d + 2 * i % 5,
+        k,
+        s,
+        i % 4,
+        d,
+    )
+    for i, (k, s, d) in enumerate(itertools.product((3, 5, 7), (1, 2), (1, 2)))
+] + [
+    (2, 64, 1, 40, 42, 3, 1, 1, 1),  # several blocks of channels per image, the last one partial
+    (3, 24, 1, 13, 11, 3, 2, 0, 1),  # no padding: windows straight from the input
+    (1, 4, 1, 6, 5, (3, 1), (1, 2), (1, 0), (2, 1)),  # everything asymmetric
+    (2, 6, 1, 5, 5, 1, 1, 0, 1),  # 1x1 depthwise: a per-channel scale
+    (1, 3, 1, 4, 4, 3, 1, 3, 2),  # padding wider than the kernel reaches: some outputs are bias only
+]
+DTYPES = ["float32", "float64"]
+TORCH_TOL = {"float32": {"rtol": 1e-4, "atol": 1e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else v
+
+
+def _case_id(case: tuple) -> str:
+    n, c, m, h, w, k, s, p, d = case
+    return f"n{n}-c{c}x{m}-{h}x{w}-k{k}-s{s}-p{p}-d{d}".replace(" ", "")
+
+
+def _inputs(case: tuple, dtype: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, rt.ConvPlan]:
+    n, c, m, h, w, k, s, p, d = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((c * m, 1, *_pair(k))).astype(dtype)
+    bias = rng.standard_normal(c * m).astype(dtype)
+    return x, weight, bias, rt.ConvPlan(c, h, w, c * m, k, s, p, d, c)
+
+
+def _torch(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, plan: rt.ConvPlan, relu: bool) -> np.ndarray:
+    t = F.conv2d(
+        torch.from_numpy(x), torch.from_numpy(weight), None if bias is None else torch.from_numpy(bias),
+        plan.stride, plan.pad, plan.dilation, plan.groups,
+    )  # fmt: skip
+    return (F.relu(t) if relu else t).numpy()
+
+
+def _check(got: np.ndarray, want: np.ndarray, dtype: str) -> None:
+    assert got.shape == want.shape and got.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(got, want, **TORCH_TOL[dtype])
+
+
+# ------------------------------------------------------------------------------------ xp paths
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_depthwise_matches_torch(case: tuple, dtype: str) -> None:
+    x, weight, bias, plan = _inputs(case, dtype)
+    for b, relu in ((bias, True), (None, False)):
+        want = _torch(x, weight, b, plan, relu)
+        _check(depthwise.depthwise_conv2d(x, weight, b, plan.stride, plan.pad, plan.dilation, relu=relu), want, dtype)
+        out = np.full(want.shape, np.nan, dtype)
+        assert depthwise.depthwise_conv2d(x, weight, b, relu=relu, plan=plan, out=out) is out
+        _check(out, want, dtype)
+        taps = np.full(want.shape, np.nan, dtype)  # the whole-batch path CuPy runs without the CUDA kernel
+        depthwise._taps(np, plan, x, weight, b, relu, None, taps)
+        _check(taps, want, dtype)
+
+
+@pytest.mark.parametrize("gemm", ["batched", "wide"])
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] > 1], ids=_case_id)
+def test_conv2d_sends_depthwise_convs_to_the_direct_kernel(case: tuple, gemm: str, monkeypatch) -> None:  # noqa: ANN001
+    x, weight, bias, plan = _inputs(case, "float32")
+    calls = []
+    direct = depthwise.depthwise_conv2d
+    monkeypatch.setattr(depthwise, "depthwise_conv2d", lambda *a, **k: calls.append(a) or direct(*a, **k))
+    scratch = np.empty(plan.wide_size(x.shape[0]), x.dtype)
+    got = rt.conv2d(x, weight, bias, relu=True, plan=plan, scratch=scratch, gemm=gemm)
+    _check(got, _torch(x, weight, bias, plan, True), "float32")
+    assert len(calls) == 1
+    assert plan.is_depthwise
+
+
+def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # noqa: ANN001
+    assert rt.ConvPlan(8, 9, 9, 16, 3, groups=8).is_depthwise  # multiplier 2
+    assert not rt.ConvPlan(8, 9, 9, 8, 3, groups=4).is_depthwise  # grouped, 2 channels a group
+    assert not rt.ConvPlan(1, 9, 9, 6, 3).is_depthwise  # one input channel: an ordinary conv (LeNet's conv1)
+    monkeypatch.setattr(depthwise, "depthwise_conv2d", lambda *a, **k: pytest.fail("depthwise kernel called"))
+    x, weight = np.ones((1, 8, 9, 9), np.float32), np.ones((8, 2, 3, 3), np.float32)
+    _check(rt.conv2d(x, weight, groups=4), _torch(x, weight, None, rt.ConvPlan(8, 9, 9, 8, 3, groups=4), False),
+           "float32")  # fmt: skip
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_blocks_cover_every_image_and_channel(threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """Small blocks: many per image, several images per thread, a partial last block."""
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(depthwise, "BLOCK_ELEMENTS", 3 * 30 * 31)
+    monkeypatch.setattr(rt, "PARALLEL_MIN_ELEMENTS", 1)
+    x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, 1, 1, 1), "float32")
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True),
+           "float32")  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_activation_runs_after_bias_and_relu(dtype: str) -> None:
+    x, weight, bias, plan = _inputs((2, 16, 1, 12, 10, 3, 2, 1, 1), dtype)
+    conv = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), 2, 1, 1, 16)
+    seen = []
+
+    def sigmoid(y: np.ndarray, *, out: np.ndarray) -> np.ndarray:
+        seen.append(y.size)
+        return rt.sigmoid(y, out=out)
+
+    got = depthwise.depthwise_conv2d(x, weight, bias, relu=False, act=sigmoid, plan=plan)
+    _check(got, torch.sigmoid(conv).numpy(), dtype)
+    assert sum(seen) == got.size  # once per element, block by block
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, act=rt.tanh, plan=plan),
+           torch.tanh(F.relu(conv)).numpy(), dtype)  # fmt: skip
+    taps = np.empty_like(got)
+    depthwise._taps(np, plan, x, weight, bias, True, rt.tanh, taps)
+    _check(taps, torch.tanh(F.relu(conv)).numpy(), dtype)
+
+
+def test_rejects_what_is_not_depthwise() -> None:
+    x = np.ones((1, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        depthwise.depthwise_conv2d(x, np.ones((4, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="groups == in_channels"):
+        depthwise.depthwise_conv2d(x, np.ones((4, 1, 3, 3), np.float32), plan=rt.ConvPlan(4, 8, 8, 4, 3, groups=2))
+
+
+def test_tap_windows_cover_exactly_the_inside_of_the_input() -> None:
+    """Each output pixel gets exactly the taps whose input pixel lies in the image, counted directly."""
+    for h, w, k, s, p, d in [(7, 6, 3, 2, 1, 1), (5, 9, 5, 1, 3, 2), (4, 4, 3, 3, 3, 1)]:
+        plan = rt.ConvPlan(1, h, w, 1, k, s, p, d, 1)
+        count = np.zeros((plan.out_h, plan.out_w), int)
+        for _, out_rows, out_cols, in_rows, in_cols in depthwise.tap_windows(
+            h, w, plan.out_h, plan.out_w, plan.kernel, plan.stride, plan.pad, plan.dilation
+        ):
+            count[out_rows, out_cols] += 1
+            assert len(range(h)[in_rows]) == len(range(plan.out_h)[out_rows])
+            assert len(range(w)[in_cols]) == len(range(plan.out_w)[out_cols])
+        inside = F.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, k, k), None, s, p, d)[0, 0].numpy()
+        np.testing.assert_array_equal(count, inside)
+
+
+# ------------------------------------------------------------------------------------ CUDA kernel
+
+
+def test_cuda_source_is_registered_for_nvrtc_and_the_host_build() -> None:
+    """tests/test_cuda_sources.py compiles every entry of cuda.SOURCES with NVRTC and on the host."""
+    assert cuda.SOURCES["alexdsl_depthwise_conv2d"] is cuda.DEPTHWISE_CONV2D
+    for dtype in DTYPES:
+        assert "{T}" not in cuda.source("alexdsl_depthwise_conv2d", dtype)
+
+
+@pytest.mark.usefixtures("on_host")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernel_on_host_matches_xp(dtype: str) -> None:
+    for case in CASES:
+        x, weight, bias, plan = _inputs(case, dtype, seed=3)
+        for b, relu in ((bias, True), (None, False)):
+            want = depthwise.depthwise_conv2d(x, weight, b, relu=relu, plan=plan)
+            got = cuda.depthwise_conv2d(plan, x, weight, b, relu, np.full(want.shape, np.nan, dtype))
+            np.testing.assert_allclose(got, want, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["rtol"] * 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_runs_the_cuda_kernel_where_it_applies(dtype: str, request, monkeypatch) -> None:  # noqa: ANN001
+    """rt.conv2d -> depthwise_conv2d -> the CUDA kernel (host build) with the act epilogue after it."""
+    launched = request.getfixturevalue("on_host")
+
+    def fused(xp: Any, *arrays: Any) -> Any:  # what cuda.supports checks, for NumPy arrays
+        ok = all(a is None or (a.dtype.name in cuda.C_TYPES and a.flags.c_contiguous) for a in arrays)
+        return cuda if ok else None
+
+    monkeypatch.setattr(rt, "_fused_kernels", fused)
+    x, weight, bias, plan = _inputs((3, 24, 2, 13, 11, 5, 2, 2, 1), dtype)
+    _check(rt.conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True), dtype)
+    assert launched == ["alexdsl_depthwise_conv2d"]
+    want = np.tanh(_torch(x, weight, bias, plan, False))
+    _check(depthwise.depthwise_conv2d(x, weight, bias, act=rt.tanh, plan=plan), want, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kernel_and_taps_on_the_gpu(dtype: str, monkeypatch) -> None:  # noqa: ANN001
+    cp = pytest.importorskip("cupy")
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001
+        pytest.skip("no CUDA device")
+    for case in CASES:
+        x, weight, bias, plan = _inputs(case, dtype)
+        want = _torch(x, weight, bias, plan, True)
+        xg, wg, bg = cp.asarray(x), cp.asarray(weight), cp.asarray(bias)
+        for kernels in ("0", "1"):  # the xp taps, then the RawKernel
+            monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", kernels)
+            got = rt.conv2d(xg, wg, bg, relu=True, plan=plan)
+            assert isinstance(got, cp.ndarray)
+            np.testing.assert_allclose(cp.asnumpy(got), want, **TORCH_TOL[dtype])
+
+
+# ------------------------------------------------------------------------------------ a network
+
+MOBILENET = """
+network TinyMobileNet
+input data: 3x38x34
+input label: class(10)
+defaults conv(bias=false)
+
+stem:  conv(16, 3, stride=2, pad=1) | stem_bn: batchnorm | relu
+dw1:   conv(16, 3, pad=1, groups=16) | dw1_bn: batchnorm | relu
+pw1:   conv(24, 1) | pw1_bn: batchnorm
+exp2:  conv(48, 1) | exp2_bn: batchnorm | relu
+dw2:   conv(48, 5, stride=2, pad=2, groups=48) | dw2_bn: batchnorm | relu
+pw2:   conv(32, 1) | pw2_bn: batchnorm
+dw3:   conv(64, 3, pad=2, dilation=2, groups=32, bias=true)
+pw3:   conv(32, 1) | pw3_bn: batchnorm
+res:   pw2, pw3 -> add | relu
+pool:  global_avgpool
+fc:    fc(10)
+loss:  softmax_loss(fc, label) @train
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_mobilenet_style_network_matches_torch(batch: int, monkeypatch) -> None:  # noqa: ANN001
+    """conv, depthwise (bn folded, ReLU fused; stride 2, 5x5, multiplier 2, dilation) and pointwise convs."""
+    net = alexdsl.parse(MOBILENET, "tiny_mobilenet.adsl")
+    weights = random_weights(net)
+    ex = backend.compile(net, weights, device="cpu")
+    calls = []
+    direct = depthwise.depthwise_conv2d
+    monkeypatch.setattr(depthwise, "depthwise_conv2d", lambda *a, **k: calls.append(k["plan"]) or direct(*a, **k))
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 38, 34)).astype(np.float32)
+    got = ex(x)
+    assert [(p.in_channels, p.out_channels, p.kernel, p.stride) for p in calls] == [
+        (16, 16, (3, 3), (1, 1)), (48, 48, (5, 5), (2, 2)), (32, 64, (3, 3), (1, 1)),
+    ]  # fmt: skip
+    (want,) = torch_reference(net, weights, x)
+    assert_close(got, want.astype(np.float32))
+    with torch.no_grad():
+        assert_close(got, torch_module(net, weights)(torch.from_numpy(x)).numpy())
