@@ -151,7 +151,7 @@ def test_every_op_declares_every_lowering(op) -> None:
 
     assert isinstance(op.pattern, Pattern)
     lower = op.lower
-    assert lower.torch is not None and lower.caffe is not None, op.name
+    assert lower.torch is not None, op.name
     if op.role == "layer":
         assert lower.executor is not None and lower.onnx is not None and lower.reference is not None, op.name
     ex = lower.executor
@@ -183,6 +183,10 @@ def test_caffe_export_then_import_gives_the_same_op(op) -> None:
     net = _contract_network(op, SCAFFOLD.replace("input v: 10\nfc8: v -> relu\n", "fc8: data -> fc(10)\n"),
                             data=(16, 36, 36))
     label = op.example.split(":", 1)[0].strip()
+    if op.lower.caffe is None:  # Caffe has no such layer: a located error naming the op
+        with pytest.raises(AlexDSLError, match=rf"contract.adsl:\d+:\d+: error: op '{op.name}' has no Caffe layer"):
+            export_prototxt(net)
+        return
     again = alexdsl.parse(import_prototxt(export_prototxt(net), "contract.prototxt"), "again.adsl")
     # Caffe has no adaptive pooling: it exports as the equivalent fixed average pool
     assert again.layer(label).op == ("avgpool" if op.name == "adaptive_avgpool" else op.name)

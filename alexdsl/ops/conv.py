@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
@@ -117,7 +118,7 @@ def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
     plan = ConvPlan(*geometry)
     ident = ctx.ident
     return ExecutorKernel(
-        code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, relu={ctx.epilogue == 'relu'}, "
+        code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
               f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"),
         kernel="conv2d" + "+1x1" * plan.is_pointwise + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
@@ -201,7 +202,7 @@ CONV = register(OpDef(
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})",
                             overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,
         from_caffe={"Convolution": _from_caffe},

@@ -1,12 +1,13 @@
-"""Fully connected (Caffe InnerProduct)."""
+"""Fully connected (Caffe InnerProduct), and a linear layer over the channels of every pixel."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, numel, register
+from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
 def _infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -38,7 +39,7 @@ def _torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
 def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
     ident = ctx.ident
     return ExecutorKernel(
-        code=(f"rt.linear({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, relu={ctx.epilogue == 'relu'}, "
+        code=(f"rt.linear({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
               "transposed=True, out={out})"),
         kernel="linear" + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_w = rt.pretranspose(self.{ident}_w)"),
@@ -87,12 +88,111 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=("relu",), folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
         onnx=_onnx,
         caffe=lambda layer, ctx: [CaffeLayer("InnerProduct", "inner_product_param",
                                              (f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)),
                                              ("weight", "bias"))],
         from_caffe={"InnerProduct": _from_caffe},
         reference=lambda layer, xs, w, F: F.linear(xs[0].flatten(1), w["weight"], w.get("bias")),
+    ),
+))
+
+
+# pointwise_fc: nn.Linear over the channels of each pixel ------------------------------------------
+
+def _pw_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if len(x) not in (1, 3):
+        raise ShapeError("expects a vector (C) or CxHxW input", expected="C or CxHxW", received=format_shape(x))
+    return (attrs["out"], *x[1:])
+
+
+def _pw_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    params: dict[str, Shape] = {"weight": (attrs["out"], inputs[0][0])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out"],)
+    return params
+
+
+def _pw_macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
+    return numel(output) * inputs[0][0]
+
+
+def _pw_torch_module(layer: Any, ctx: Any) -> str:
+    bias = "" if "bias" in layer.params else ", bias=False"
+    return f"nn.Linear({ctx.int(ctx.input_shape(layer, 0)[0])}, {ctx.int(layer.attrs['out'])}{bias})"
+
+
+def _pw_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+    """Channels last, nn.Linear, channels first again: ConvNeXt's ``Permute``, ``Linear``, ``Permute``."""
+    if len(layer.shape) == 1:
+        return f"{ctx.module(layer)}({args[0]})"
+    return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
+
+
+def _pw_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1)."""
+    from alexdsl.backends.cupy.runtime import ConvPlan
+
+    c, *size = ctx.input_shape(layer, 0)
+    h, w = size if size else (1, 1)
+    out = layer.attrs["out"]
+    geometry = (c, h, w, out, (1, 1))
+    ident = ctx.ident
+    x = ctx.inputs[0] if size else f"{ctx.inputs[0]}.reshape(n, {c}, 1, 1)"
+    target = "{out}" if size else f"{{out}}.reshape(n, {out}, 1, 1)"
+    return ExecutorKernel(
+        code=(f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
+              f"plan=self.{ident}_plan, scratch=scratch, out={target})"),
+        kernel="conv2d+1x1" + "+bias" * ctx.has_bias(layer),
+        setup=(*ctx.weights_setup(layer), f"self.{ident}_w = self.{ident}_w.reshape({out}, {c}, 1, 1)",
+               f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
+        scratch=(0, ConvPlan(*geometry).wide_size(1)),
+    )
+
+
+def _pw_onnx(layer: Any, ctx: Any) -> None:
+    if len(layer.shape) == 1:
+        inputs = [ctx.inputs[0], ctx.initializer(layer, "weight")]
+        if "bias" in layer.params:
+            inputs.append(ctx.initializer(layer, "bias"))
+        ctx.node("Gemm", inputs, transB=1)
+        return
+    shape = ctx.constant([layer.attrs["out"], ctx.input_shape(layer, 0)[0], 1, 1], integer=True)
+    weight = ctx.node("Reshape", [ctx.initializer(layer, "weight"), shape], output=f"{layer.name}.kernel")
+    inputs = [ctx.inputs[0], weight]
+    if "bias" in layer.params:
+        inputs.append(ctx.initializer(layer, "bias"))
+    ctx.node("Conv", inputs, kernel_shape=[1, 1])
+
+
+def _pw_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    if len(layer.shape) == 1:
+        return F.linear(xs[0], w["weight"], w.get("bias"))
+    return F.linear(xs[0].permute(0, 2, 3, 1), w["weight"], w.get("bias")).permute(0, 3, 1, 2)
+
+
+register(OpDef(
+    name="pointwise_fc",
+    family="linear",
+    summary="nn.Linear over the channels of every pixel, weight (out, C) as nn.Linear's: ConvNeXt's MLP "
+            "(no Caffe layer).",
+    example="block.3: pointwise_fc(384)",
+    args=(
+        Arg("out", "int", doc="output channels", min=1),
+        Arg("bias", "bias", True, "false for no bias, or the bias filler"),
+    ),
+    infer=_pw_infer,
+    params=_pw_params,
+    macs=_pw_macs,
+    default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
+                     "bias": Filler("constant", (("value", 0.0),))},
+    pattern=Pattern.OUT_ELEMWISE_FUSABLE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),
+        executor=ExecutorLowering(lower=_pw_executor, epilogues=EPILOGUES, folds_affine=True),
+        onnx=_pw_onnx,
+        reference=_pw_reference,
     ),
 ))

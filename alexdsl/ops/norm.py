@@ -1,11 +1,11 @@
-"""Normalisation: local response normalisation and batch normalisation."""
+"""Normalisation: local response, batch, layer (over channels) and group normalisation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
+from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 
 def _infer_lrn(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -185,5 +185,116 @@ register(OpDef(
         caffe=_bn_caffe,
         from_caffe={"BatchNorm": _bn_from_caffe},
         reference=_bn_reference,
+    ),
+))
+
+
+# layernorm and groupnorm: per-sample statistics, a learned per-channel scale and shift ---------------
+
+_AFFINE = {"weight": Filler("constant", (("value", 1.0),)), "bias": Filler("constant", (("value", 0.0),))}
+
+
+def _norm_executor(function: str, *args: str) -> ExecutorLowering:
+    """``rt.<function>(x, <args>, scale, shift, eps, out=...)``, the scale and shift bound at setup."""
+    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+        values = "".join(f"{ctx.lit(layer.attrs[a])}, " for a in args)
+        ident = ctx.ident
+        return ExecutorKernel(
+            f"rt.{function}({ctx.inputs[0]}, {values}self.{ident}_w, self.{ident}_b, "
+            f"{ctx.lit(float(layer.attrs['eps']))}, out={{out}})", function,
+            setup=(f"self.{ident}_w = {ctx.weight(layer, 'weight')}", f"self.{ident}_b = {ctx.weight(layer, 'bias')}"))
+
+    return ExecutorLowering(lower=lower)
+
+
+def _per_channel_onnx(layer: Any, ctx: Any, name: str) -> str:
+    """The (C,) parameter ``name`` as a (C, 1, 1) ONNX value, to broadcast along the channels of NCHW."""
+    shape = ctx.constant([layer.shape[0], 1, 1], integer=True)
+    return ctx.node("Reshape", [ctx.initializer(layer, name), shape], output=f"{layer.name}.{name}_c11")
+
+
+def _ln_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+    """torchvision's LayerNorm2d: nn.LayerNorm over the channels, applied channels last."""
+    if len(layer.shape) == 1:
+        return f"{ctx.module(layer)}({args[0]})"
+    return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
+
+
+def _ln_onnx(layer: Any, ctx: Any) -> None:
+    scale, bias = ctx.initializer(layer, "weight"), ctx.initializer(layer, "bias")
+    eps = float(layer.attrs["eps"])
+    if len(layer.shape) == 1:
+        ctx.node("LayerNormalization", [ctx.inputs[0], scale, bias], axis=-1, epsilon=eps)
+        return
+    last = ctx.node("Transpose", ctx.inputs, output=f"{layer.name}.nhwc", perm=[0, 2, 3, 1])
+    normed = ctx.node("LayerNormalization", [last, scale, bias], output=f"{layer.name}.normed", axis=-1, epsilon=eps)
+    ctx.node("Transpose", [normed], perm=[0, 3, 1, 2])
+
+
+register(OpDef(
+    name="layernorm",
+    family="norm",
+    summary="Layer normalisation over the channels of every pixel (torchvision's LayerNorm2d; no Caffe layer).",
+    example="norm: layernorm(eps=1e-6)",
+    args=(Arg("eps", "float", 1e-5, "added to the variance", min=0),),
+    infer=_infer_same,
+    params=_channels,
+    default_fillers=_AFFINE,
+    lower=Lowerings(
+        torch=TorchLowering(module=lambda layer, ctx: (f"nn.LayerNorm({ctx.int(layer.shape[0])}, "
+                                                       f"eps={ctx.float(layer.attrs['eps'])})"),
+                            forward=_ln_torch_forward),
+        executor=_norm_executor("layer_norm"),
+        onnx=_ln_onnx,
+        reference=lambda layer, xs, w, F: (
+            F.layer_norm(xs[0], (layer.shape[0],), w["weight"], w["bias"], layer.attrs["eps"]) if len(layer.shape) == 1
+            else F.layer_norm(xs[0].permute(0, 2, 3, 1), (layer.shape[0],), w["weight"], w["bias"],
+                              layer.attrs["eps"]).permute(0, 3, 1, 2)),
+    ),
+))
+
+
+def _gn_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    expect_rank(x, 3)
+    if x[0] % attrs["groups"]:
+        raise ShapeError(f"input channels ({x[0]}) are not divisible by groups ({attrs['groups']})", arg="groups",
+                         expected=f"a divisor of {x[0]}", received=f"groups={attrs['groups']} on {format_shape(x)}")
+    return x
+
+
+def _gn_onnx(layer: Any, ctx: Any) -> None:
+    """Reshape to (N, groups, -1), InstanceNormalization, reshape back, then the per-channel scale and shift."""
+    groups, name = layer.attrs["groups"], layer.name
+    grouped = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, groups, -1], integer=True)],
+                       output=f"{name}.grouped")
+    ones, zeros = ctx.constant([1.0] * groups), ctx.constant([0.0] * groups)
+    normed = ctx.node("InstanceNormalization", [grouped, ones, zeros], output=f"{name}.normed",
+                      epsilon=float(layer.attrs["eps"]))
+    back = ctx.node("Reshape", [normed, ctx.constant([0, *layer.shape], integer=True)], output=f"{name}.ungrouped")
+    scaled = ctx.node("Mul", [back, _per_channel_onnx(layer, ctx, "weight")], output=f"{name}.scaled")
+    ctx.node("Add", [scaled, _per_channel_onnx(layer, ctx, "bias")])
+
+
+register(OpDef(
+    name="groupnorm",
+    family="norm",
+    summary="Group normalisation: statistics over each group of channels and its pixels (nn.GroupNorm; no Caffe "
+            "layer).",
+    example="gn: groupnorm(4, eps=1e-5)",
+    args=(Arg("groups", "int", doc="channel groups (a divisor of the channels)", min=1),
+          Arg("eps", "float", 1e-5, "added to the variance", min=0)),
+    infer=_gn_infer,
+    params=_channels,
+    default_fillers=_AFFINE,
+    lower=Lowerings(
+        torch=TorchLowering(module=lambda layer, ctx: (f"nn.GroupNorm({ctx.int(layer.attrs['groups'])}, "
+                                                       f"{ctx.int(layer.shape[0])}, "
+                                                       f"eps={ctx.float(layer.attrs['eps'])})"),
+                            forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})"),
+        executor=_norm_executor("group_norm", "groups"),
+        onnx=_gn_onnx,
+        reference=lambda layer, xs, w, F: F.group_norm(xs[0], layer.attrs["groups"], w["weight"], w["bias"],
+                                                       layer.attrs["eps"]),
     ),
 ))

@@ -1,4 +1,4 @@
-"""Tensor plumbing: flatten, concat, add, dropout."""
+"""Tensor plumbing: flatten, concat, dropout, stochastic depth, channel shuffle."""
 
 from __future__ import annotations
 
@@ -50,19 +50,6 @@ def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str],
     return "concat", [], None
 
 
-def _add_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
-    p = ctx.section(layer, "eltwise_param")
-    operation = p.scalar("operation")
-    if operation is not None and str(operation.value) != "SUM":
-        ctx.error(f"Eltwise {operation.value} is not supported (only SUM -> add)", operation.span)
-        return None
-    coeffs = p.scalars("coeff")
-    if any(c.value != 1 for c in coeffs):
-        ctx.error("Eltwise coefficients other than 1 are not supported", coeffs[0].span)
-        return None
-    return "add", [], None
-
-
 def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
     ratio = ctx.section(layer, "dropout_param").scalar("dropout_ratio")
     return "dropout", [ratio.text if ratio is not None else "0.5"], None
@@ -89,35 +76,6 @@ register(OpDef(
 ))
 
 
-def _add(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    first = inputs[0]
-    for i, shape in enumerate(inputs[1:], start=2):
-        if shape != first:
-            raise ShapeError(
-                f"add input {i} has shape {format_shape(shape)}, input 1 has {format_shape(first)}",
-                expected="inputs of one shape",
-                received=", ".join(format_shape(s) for s in inputs),
-            )
-    return first
-
-
-register(OpDef(
-    name="add", family="tensor", summary="Elementwise sum of inputs of one shape (Caffe Eltwise SUM).",
-    example="out: add(branch, shortcut)", args=(), infer=_add, inputs=(2, None), pattern=Pattern.BROADCAST,
-    lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(args), overwritable_output=True),
-        executor=ExecutorLowering(
-            lower=lambda layer, ctx: ExecutorKernel(
-                f"rt.add({', '.join(ctx.inputs)}, relu={ctx.epilogue == 'relu'}, out={{out}})", "add"),
-            inplace=True, epilogues=("relu",)),
-        onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", ctx.inputs),
-        caffe=lambda layer, ctx: [CaffeLayer("Eltwise", "eltwise_param", ("operation: SUM",))],
-        from_caffe={"Eltwise": _add_from_caffe},
-        reference=lambda layer, xs, w, F: sum(xs[1:], xs[0]),
-    ),
-))
-
-
 def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
@@ -139,5 +97,74 @@ register(OpDef(
             CaffeLayer("Dropout", "dropout_param", (f"dropout_ratio: {ctx.number(layer.attrs['p'])}",))],
         from_caffe={"Dropout": _dropout_from_caffe},
         reference=lambda layer, xs, w, F: xs[0],
+    ),
+))
+
+
+
+def _stochastic_depth_torch(layer: Any, args: list[str], ctx: Any) -> str:
+    """torchvision.ops.stochastic_depth: in training, zero whole samples (row) or the batch with probability p
+    and scale the survivors by 1 / (1 - p); the identity in eval mode."""
+    p, x = layer.attrs["p"], args[0]
+    if p == 0:
+        return x
+    ones = ", 1" * len(layer.shape)
+    size = f"({x}.shape[0]{ones})" if layer.attrs["mode"] == "row" else f"(1{ones})"
+    noise = f"{x}.new_zeros({size})" if p == 1 else \
+        f"{x}.new_empty({size}).bernoulli_({ctx.float(1 - p)}).div_({ctx.float(1 - p)})"
+    return f"{x} * {noise} if self.training else {x}"
+
+
+register(OpDef(
+    name="stochastic_depth", family="tensor",
+    summary="While training, drop whole samples (row) or the whole batch with probability p and scale the rest by "
+            "1 / (1 - p), as torchvision; identity at inference (no Caffe layer).",
+    example="sd: stochastic_depth(0.1, mode=row)",
+    args=(Arg("p", "float", doc="drop probability", min=0, max=1),
+          Arg("mode", "choice", "row", "row: per sample; batch: the whole batch at once", choices=("row", "batch"))),
+    infer=_same, pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_stochastic_depth_torch),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(
+                "", "identity", note=f"stochastic_depth(p={layer.attrs['p']!r}) is the identity at inference"),
+            alias=True),
+        onnx=lambda layer, ctx: ctx.alias(ctx.inputs[0]),
+        reference=lambda layer, xs, w, F: xs[0],
+    ),
+))
+
+
+def _shuffle_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if len(x) != 3 or x[0] % attrs["groups"]:
+        raise ShapeError(f"channel_shuffle needs CxHxW input whose channels divide into {attrs['groups']} groups",
+                         arg="groups", expected=f"channels a multiple of {attrs['groups']}",
+                         received=format_shape(x))
+    return x
+
+
+def _shuffle_onnx(layer: Any, ctx: Any) -> None:
+    c, h, w = layer.shape
+    g = layer.attrs["groups"]
+    grouped = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, g, c // g, h, w], integer=True)],
+                       output=f"{layer.name}.grouped")
+    swapped = ctx.node("Transpose", [grouped], output=f"{layer.name}.swapped", perm=[0, 2, 1, 3, 4])
+    ctx.node("Reshape", [swapped, ctx.constant([0, c, h, w], integer=True)])
+
+
+register(OpDef(
+    name="channel_shuffle", family="tensor",
+    summary="ShuffleNet's channel shuffle: channels as (groups, C/groups), transposed (no Caffe layer).",
+    example="sh: channel_shuffle(2)",
+    args=(Arg("groups", "int", doc="channel groups", min=1),),
+    infer=_shuffle_infer, pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: (
+            f"{args[0]}.unflatten(1, ({ctx.int(layer.attrs['groups'])}, -1)).transpose(1, 2).flatten(1, 2)")),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.channel_shuffle({ctx.inputs[0]}, {ctx.lit(layer.attrs['groups'])}, out={{out}})", "channel_shuffle")),
+        onnx=_shuffle_onnx,
+        reference=lambda layer, xs, w, F: F.channel_shuffle(xs[0], layer.attrs["groups"]),
     ),
 ))

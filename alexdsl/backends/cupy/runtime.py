@@ -26,6 +26,7 @@ import numpy
 from alexdsl.shape_math import conv_output_size, pool_output_size
 
 Array = Any  # numpy.ndarray or cupy.ndarray
+Activation = Callable[..., Array]  # an elementwise kernel f(x, *, out=None); out=x runs it in place
 
 try:  # pragma: no cover - exercised only where CuPy is installed
     import cupy as _cupy
@@ -36,30 +37,46 @@ __all__ = [
     "ConvPlan",
     "PoolPlan",
     "adaptive_avg_pool2d",
+    "adaptive_matrices",
     "add",
     "array_module",
     "avg_pool2d",
-    "adaptive_matrices",
     "batch_norm_inference",
     "batchnorm_affine",
-    "channel_affine",
     "bias_relu_",
+    "channel_affine",
+    "channel_shuffle",
     "concat",
     "conv2d",
     "dropout",
+    "elu",
+    "fold_affine",
     "fold_batchnorm",
+    "gelu",
     "global_avg_pool2d",
+    "group_norm",
+    "hardsigmoid",
+    "hardswish",
+    "hardtanh",
+    "layer_norm",
     "leaky_relu",
     "linear",
     "lrn",
     "max_pool2d",
+    "mish",
+    "multiply",
     "op_function",
+    "prelu",
     "pretranspose",
     "relu",
+    "relu6",
     "scratch_rows",
     "sigmoid",
+    "silu",
     "softmax",
     "softmax_cross_entropy",
+    "softplus",
+    "subtract",
     "tanh",
     "topk_accuracy",
 ]
@@ -410,6 +427,7 @@ def conv2d(
     groups: int = 1,
     *,
     relu: bool = False,
+    act: Activation | None = None,
     plan: ConvPlan | None = None,
     scratch: Array | None = None,
     out: Array | None = None,
@@ -418,7 +436,8 @@ def conv2d(
     """2-D convolution (cross-correlation, like torch) by im2col + GEMM.
 
     ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
-    ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place.  ``scratch`` is an
+    ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place; ``act`` is any other
+    elementwise activation (:data:`EPILOGUES`), applied in place after the bias.  ``scratch`` is an
     optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
     :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
 
@@ -432,6 +451,10 @@ def conv2d(
       for the whole batch (:func:`_conv2d_wide`).  On CuPy that is cuBLAS ``gemmEx``,
       which honours ``CUPY_TF32=1``; a broadcast batched matmul would not.
     """
+    if act is not None:
+        y = conv2d(x, weight, bias, stride, pad, dilation, groups, relu=relu, plan=plan, scratch=scratch, out=out,
+                   gemm=gemm)
+        return act(y, out=y)
     xp = array_module(x)
     n, c, h, w = x.shape
     o = weight.shape[0]
@@ -897,13 +920,24 @@ def batchnorm_affine(
     return scale.astype(mean.dtype), shift.astype(mean.dtype)
 
 
-def channel_affine(x: Array, scale: Array, shift: Array, *, out: Array | None = None) -> Array:
-    """``x * scale + shift`` per channel (axis 1); ``out=x`` runs in place."""
+def channel_affine(x: Array, scale: Array, shift: Array | None, *, out: Array | None = None) -> Array:
+    """``x * scale + shift`` per channel (axis 1; no shift when None); ``out=x`` runs in place."""
     xp = array_module(x)
     shape = (1, -1) + (1,) * (x.ndim - 2)
     out = xp.multiply(x, scale.reshape(shape), out=out)
-    out += shift.reshape(shape)
+    if shift is not None:
+        out += shift.reshape(shape)
     return out
+
+
+def fold_affine(weight: Array, bias: Array | None, scale: Array, shift: Array | None) -> tuple[Array, Array]:
+    """Fold a per-channel ``y * scale + shift`` into the conv/fc before it: returns new (weight, bias)."""
+    xp = array_module(weight)
+    scale = scale.reshape(-1)
+    b = bias if bias is not None else xp.zeros(weight.shape[0], dtype=weight.dtype)
+    new_b = b * scale + (shift.reshape(-1) if shift is not None else 0)
+    new_w = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    return new_w.astype(weight.dtype), new_b.astype(weight.dtype)
 
 
 def batch_norm_inference(
@@ -921,6 +955,57 @@ def batch_norm_inference(
     return channel_affine(x, scale.astype(x.dtype), shift.astype(x.dtype), out=out)
 
 
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 1e-5, *,
+               out: Array | None = None) -> Array:
+    """Normalise every pixel over the channels (axis 1) with a per-channel scale and shift (LayerNorm2d)."""
+    xp = array_module(x)
+    mean = x.mean(axis=1, keepdims=True)
+    centred = x - mean
+    var = xp.mean(centred * centred, axis=1, keepdims=True)
+    var += x.dtype.type(eps)
+    xp.sqrt(var, out=var)
+    out = xp.divide(centred, var, out=out)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        out *= weight.reshape(shape)
+    if bias is not None:
+        out += bias.reshape(shape)
+    return out
+
+
+def group_norm(x: Array, groups: int, weight: Array | None, bias: Array | None, eps: float = 1e-5, *,
+               out: Array | None = None) -> Array:
+    """Normalise each group of channels over its channels and pixels, then scale and shift per channel."""
+    xp = array_module(x)
+    n = x.shape[0]
+    grouped = x.reshape(n, groups, -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    centred = grouped - mean
+    var = xp.mean(centred * centred, axis=2, keepdims=True)
+    var += x.dtype.type(eps)
+    xp.sqrt(var, out=var)
+    centred /= var
+    if out is None:
+        out = xp.empty_like(x)
+    out[...] = centred.reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        out *= weight.reshape(shape)
+    if bias is not None:
+        out += bias.reshape(shape)
+    return out
+
+
+def channel_shuffle(x: Array, groups: int, *, out: Array | None = None) -> Array:
+    """ShuffleNet's channel shuffle: (N, g, C/g, ...) transposed to (N, C/g, g, ...)."""
+    n, c = x.shape[:2]
+    src = x.reshape(n, groups, c // groups, *x.shape[2:]).swapaxes(1, 2)
+    if out is None:
+        return array_module(x).ascontiguousarray(src).reshape(x.shape)
+    out.reshape(n, c // groups, groups, *x.shape[2:])[...] = src
+    return out
+
+
 # --------------------------------------------------------------------------- dense + pointwise
 
 
@@ -930,10 +1015,11 @@ def linear(
     bias: Array | None = None,
     *,
     relu: bool = False,
+    act: Activation | None = None,
     transposed: bool = False,
     out: Array | None = None,
 ) -> Array:
-    """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU.
+    """Fully connected: ``x.reshape(N, -1) @ weight.T + bias``; optional fused ReLU or activation ``act``.
 
     ``weight`` is (O, K) like torch, or (K, O) with ``transposed=True`` (see
     :func:`pretranspose`: a plain NN GEMM, about 25% faster on OpenBLAS than NT).
@@ -944,7 +1030,8 @@ def linear(
     if out is None:
         out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     xp.matmul(flat, w, out=out)
-    return bias_relu_(out, bias, relu)
+    bias_relu_(out, bias, relu)
+    return out if act is None else act(out, out=out)
 
 
 def pretranspose(weight: Array) -> Array:
@@ -983,6 +1070,115 @@ def tanh(x: Array, *, out: Array | None = None) -> Array:
     return array_module(x).tanh(x, out=out)
 
 
+def relu6(x: Array, *, out: Array | None = None) -> Array:
+    """min(max(x, 0), 6)."""
+    return array_module(x).clip(x, 0, 6, out=out)
+
+
+def hardtanh(x: Array, low: float = -1.0, high: float = 1.0, *, out: Array | None = None) -> Array:
+    """x clipped to [low, high]."""
+    return array_module(x).clip(x, x.dtype.type(low), x.dtype.type(high), out=out)
+
+
+def hardsigmoid(x: Array, *, out: Array | None = None) -> Array:
+    """relu6(x + 3) / 6, as torch."""
+    xp = array_module(x)
+    out = xp.add(x, x.dtype.type(3), out=out)
+    xp.clip(out, 0, 6, out=out)
+    out /= x.dtype.type(6)
+    return out
+
+
+def hardswish(x: Array, *, out: Array | None = None) -> Array:
+    """x * relu6(x + 3) / 6, as torch."""
+    xp = array_module(x)
+    gate = hardsigmoid(x)
+    return xp.multiply(x, gate, out=out)
+
+
+def silu(x: Array, *, out: Array | None = None) -> Array:
+    """x * sigmoid(x) (swish)."""
+    return array_module(x).multiply(x, sigmoid(x), out=out)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def erfc(x: Array) -> Array:
+    """The complementary error function, to 1.2e-7 relative (Numerical Recipes' Chebyshev fit).
+
+    Written against ``xp`` so it runs on NumPy (which has no erf) and CuPy alike.
+    """
+    xp = array_module(x)
+    z = xp.abs(x)
+    t = 1.0 / (1.0 + 0.5 * z)
+    poly = x.dtype.type(0.17087277)
+    for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368,
+              -1.26551223):
+        poly = poly * t + x.dtype.type(c)
+    r = t * xp.exp(poly - z * z)
+    return xp.where(x >= 0, r, 2 - r)
+
+
+def gelu(x: Array, approximate: str = "none", *, out: Array | None = None) -> Array:
+    """Gaussian error linear unit, as torch: x * Phi(x), or its tanh approximation."""
+    xp = array_module(x)
+    if approximate == "tanh":
+        inner = x * x
+        inner *= x.dtype.type(0.044715)
+        inner += 1
+        inner *= x
+        inner *= x.dtype.type(_SQRT_2_OVER_PI)
+        xp.tanh(inner, out=inner)
+        inner += 1
+        inner *= x.dtype.type(0.5)
+        return xp.multiply(x, inner, out=out)
+    half = erfc(x * x.dtype.type(-_SQRT_HALF))
+    half *= x.dtype.type(0.5)
+    return xp.multiply(x, half, out=out)
+
+
+def elu(x: Array, alpha: float = 1.0, *, out: Array | None = None) -> Array:
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    xp = array_module(x)
+    negative = xp.expm1(xp.minimum(x, 0))
+    negative *= x.dtype.type(alpha)
+    y = xp.where(x > 0, x, negative)
+    return y if out is None else _copy(y, out)
+
+
+def softplus(x: Array, beta: float = 1.0, threshold: float = 20.0, *, out: Array | None = None) -> Array:
+    """log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (torch's)."""
+    xp = array_module(x)
+    bx = x * x.dtype.type(beta)
+    soft = xp.logaddexp(bx.dtype.type(0), bx)
+    if beta != 1:
+        soft /= x.dtype.type(beta)
+    y = xp.where(bx > threshold, x, soft)
+    return y if out is None else _copy(y, out)
+
+
+def mish(x: Array, *, out: Array | None = None) -> Array:
+    """x * tanh(softplus(x))."""
+    xp = array_module(x)
+    t = xp.tanh(softplus(x))
+    return xp.multiply(x, t, out=out)
+
+
+def prelu(x: Array, weight: Array, *, out: Array | None = None) -> Array:
+    """x if x > 0 else weight * x, with one slope per channel (axis 1) or one shared."""
+    xp = array_module(x)
+    slope = weight.reshape((1, -1) + (1,) * (x.ndim - 2)) if weight.size > 1 else weight.reshape(())
+    y = xp.where(x > 0, x, x * slope)
+    return y if out is None else _copy(y, out)
+
+
+EPILOGUES: dict[str, Activation] = {"relu6": relu6, "hardswish": hardswish, "hardsigmoid": hardsigmoid, "silu": silu,
+                                    "mish": mish}
+"""The activations other than ReLU that conv, fc and the arithmetic ops apply in place as ``act=``."""
+
+
 def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
     """Numerically stable softmax along ``axis``."""
     xp = array_module(x)
@@ -1003,8 +1199,8 @@ def concat(inputs: list[Array] | tuple[Array, ...], *, out: Array | None = None)
     return out
 
 
-def add(*inputs: Array, relu: bool = False, out: Array | None = None) -> Array:
-    """Elementwise sum of any number of same-shaped arrays; optional fused ReLU."""
+def add(*inputs: Array, relu: bool = False, act: Activation | None = None, out: Array | None = None) -> Array:
+    """Elementwise sum of any number of arrays (NumPy broadcasting); optional fused ReLU or ``act``."""
     if not inputs:
         raise ValueError("add needs at least one input")
     xp = array_module(inputs[0])
@@ -1016,7 +1212,22 @@ def add(*inputs: Array, relu: bool = False, out: Array | None = None) -> Array:
         out += extra
     if relu:
         xp.maximum(out, 0, out=out)
-    return out
+    return out if act is None else act(out, out=out)
+
+
+def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = None) -> Array:
+    """Elementwise product (NumPy broadcasting, no broadcast copy: squeeze-excitation's ``x * gate``)."""
+    xp = array_module(inputs[0])
+    out = xp.multiply(inputs[0], inputs[1], out=out)
+    for extra in inputs[2:]:
+        out *= extra
+    return out if act is None else act(out, out=out)
+
+
+def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
+    """``a - b`` elementwise (NumPy broadcasting)."""
+    out = array_module(a).subtract(a, b, out=out)
+    return out if act is None else act(out, out=out)
 
 
 def op_function(name: str) -> Callable[..., Array]:

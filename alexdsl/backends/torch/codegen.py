@@ -173,13 +173,18 @@ class _Generator:
                     raise AlexDSLError(
                         f"torch backend: layer name {layer.name!r}: {segment!r} clashes with an attribute of "
                         f"{owner} or of the generated class; rename the layer")
-                if node.layer is not None:
+                if node.layer is not None and not self.holds_children(node.layer):
                     raise AlexDSLError(f"torch backend: layer {layer.name!r} would be a child of layer "
                                        f"{node.layer.name!r}, which has parameters; rename one of them")
                 node = node.children.setdefault(segment, _Tree())
-            if node.children:
+            if node.children and not self.holds_children(layer):
                 raise AlexDSLError(f"torch backend: layer {layer.name!r} is also a prefix of other layer names")
             node.layer = layer
+
+    def holds_children(self, layer: Layer) -> bool:
+        """A layer whose module is an ``nn.ParameterDict`` (a bare parameter such as ConvNeXt's
+        ``features.1.0.layer_scale``) may share its path with other layers' modules, as in torchvision."""
+        return torch_lowering(layer).module(layer, self).startswith("nn.ParameterDict(")
 
     @staticmethod
     def _top(segment: str) -> str:
@@ -202,6 +207,8 @@ class _Generator:
                 self.what = f"layer {node.layer.name!r}"
                 lines.append(assign.format(torch_lowering(node.layer).module(node.layer, self)))
                 self.access[node.layer.name] = target
+                for child, sub in node.children.items():
+                    visit(sub, target, child)
                 return
             lines.append(assign.format("nn.ModuleDict()"))
             for child, sub in node.children.items():

@@ -1,0 +1,319 @@
+"""Elementwise arithmetic with NumPy broadcasting (add, sub, mul) and a learned per-channel scale.
+
+Shapes broadcast as in NumPy over the shapes without the batch: trailing dimensions are aligned
+and each pair must be equal or 1, so a squeeze-excitation gate of Cx1x1 multiplies a CxHxW
+tensor (``mul(x, gate)``). An input of lower rank gets its missing dimensions after the batch
+(``x[:, None]``) in every backend; the executor broadcasts in place and never materialises a
+broadcast copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, register
+
+
+def broadcast_shapes(op: str, inputs: list[Shape]) -> Shape:
+    """The NumPy broadcast of ``inputs`` (shapes without the batch), or a ShapeError showing both shapes."""
+    result = inputs[0]
+    for i, shape in enumerate(inputs[1:], start=2):
+        rank = max(len(result), len(shape))
+        a, b = (1,) * (rank - len(result)) + tuple(result), (1,) * (rank - len(shape)) + tuple(shape)
+        if any(x != y and 1 not in (x, y) for x, y in zip(a, b, strict=True)):
+            raise ShapeError(
+                f"{op} input {i} has shape {format_shape(shape)}, which does not broadcast with "
+                f"{format_shape(result)}" + (" (inputs 1.." + f"{i - 1})" if i > 2 else " (input 1)"),
+                expected="shapes that broadcast: aligned from the right, each dimension equal or 1",
+                received=", ".join(format_shape(s) for s in inputs),
+            )
+        result = tuple(max(x, y) for x, y in zip(a, b, strict=True))
+    return result
+
+
+def _aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
+    """The inputs, each of lower rank than the output given its missing dimensions after the batch."""
+    rank = len(layer.shape)
+    return [arg if len(input_shape(layer, i)) == rank else f"{arg}[:{', None' * (rank - len(input_shape(layer, i)))}]"
+            for i, arg in enumerate(args)]
+
+
+def _onnx_aligned(layer: Any, ctx: Any) -> list[str]:
+    rank = len(layer.shape)
+    values = []
+    for i, value in enumerate(ctx.inputs):
+        missing = rank - len(ctx.input_shape(layer, i))
+        if missing:
+            axes = ctx.constant(list(range(1, missing + 1)), integer=True)
+            value = ctx.node("Unsqueeze", [value, axes], output=f"{layer.name}.input{i + 1}")
+        values.append(value)
+    return values
+
+
+def _binary_onnx(op_type: str) -> Any:
+    """``a op b op c ...`` as a chain of ONNX ``op_type`` nodes, the last one the layer's."""
+    def lower(layer: Any, ctx: Any) -> None:
+        values = _onnx_aligned(layer, ctx)
+        result = values[0]
+        for i, value in enumerate(values[1:], start=2):
+            last = i == len(values)
+            result = ctx.node(op_type, [result, value], output=None if last else f"{layer.name}.partial{i}")
+
+    return lower
+
+
+def _executor(function: str) -> ExecutorLowering:
+    """``rt.<function>(inputs..., <epilogue>, out=...)``, in place: the walker shares only an input of the output's
+    shape. ``rt.add`` takes ``relu=`` as conv and fc do; the others take the epilogue as ``act=``."""
+    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+        inputs = _aligned(layer, list(ctx.inputs), ctx.input_shape)
+        if function == "add":
+            epilogue = epilogue_args(ctx.epilogue) + ", "
+        else:
+            epilogue = f"act=rt.{ctx.epilogue}, " if ctx.epilogue is not None else ""
+        return ExecutorKernel(f"rt.{function}({', '.join(inputs)}, {epilogue}out={{out}})", function)
+
+    return ExecutorLowering(lower=lower, inplace=True, epilogues=EPILOGUES)
+
+
+# add ------------------------------------------------------------------------------------------------
+
+def _eltwise_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+    """Eltwise SUM -> add (coefficients 1) or sub (1, -1); PROD -> mul."""
+    p = ctx.section(layer, "eltwise_param")
+    operation = p.scalar("operation")
+    kind = str(operation.value) if operation is not None else "SUM"
+    coeffs = [c.value for c in p.scalars("coeff")]
+    if kind == "PROD" and not coeffs:
+        return "mul", [], None
+    if kind == "SUM" and all(c == 1 for c in coeffs):
+        return "add", [], None
+    if kind == "SUM" and coeffs == [1, -1]:
+        return "sub", [], None
+    span = operation.span if operation is not None and kind != "SUM" else (p.scalars("coeff") or [p])[0].span
+    ctx.error(f"Eltwise {kind}{' with coefficients ' + str(coeffs) if coeffs else ''} is not supported",
+              span, expected="SUM (-> add), SUM with coeff 1, -1 (-> sub), PROD (-> mul)")
+    return None
+
+
+def _eltwise(operation: str, *coeffs: str) -> Any:
+    """Caffe's Eltwise layer, which needs inputs of one shape."""
+    def caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+        shapes = [ctx.input_shape(layer, i) for i in range(len(layer.inputs))]
+        if any(tuple(s) != tuple(layer.shape) for s in shapes):
+            ctx.fail(f"Caffe's Eltwise needs inputs of one shape; {layer.op} broadcasts "
+                     f"{', '.join(format_shape(s) for s in shapes)}")
+        return [CaffeLayer("Eltwise", "eltwise_param", (f"operation: {operation}", *coeffs))]
+
+    return caffe
+
+
+def _add_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    return broadcast_shapes("add", inputs)
+
+
+def _add_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    xs = _reference_aligned(layer, xs)
+    return sum(xs[1:], xs[0])
+
+
+def _reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
+    rank = len(layer.shape) + 1
+    return [x.reshape(x.shape[0], *[1] * (rank - x.dim()), *x.shape[1:]) for x in xs]
+
+
+register(OpDef(
+    name="add", family="arith",
+    summary="Elementwise sum, with NumPy broadcasting over the shapes without the batch (Caffe Eltwise SUM).",
+    example="out: add(branch, shortcut)", args=(), infer=_add_infer, inputs=(2, None), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(_aligned(layer, args, ctx.input_shape)),
+                            overwritable_output=True),
+        executor=_executor("add"),
+        onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", _onnx_aligned(layer, ctx)),
+        caffe=_eltwise("SUM"),
+        from_caffe={"Eltwise": _eltwise_from_caffe},
+        reference=_add_reference,
+    ),
+))
+
+
+def _sub_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    return broadcast_shapes("sub", inputs)
+
+
+register(OpDef(
+    name="sub", family="arith",
+    summary="Elementwise difference a - b, with NumPy broadcasting (Caffe Eltwise SUM with coeff 1, -1).",
+    example="d: sub(branch, shortcut)", args=(), infer=_sub_infer, inputs=(2, 2), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " - ".join(_aligned(layer, args, ctx.input_shape)),
+                            overwritable_output=True),
+        executor=_executor("subtract"),
+        onnx=_binary_onnx("Sub"),
+        caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
+        reference=lambda layer, xs, w, F: _reference_aligned(layer, xs)[0] - _reference_aligned(layer, xs)[1],
+    ),
+))
+
+
+def _mul_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    return broadcast_shapes("mul", inputs)
+
+
+def _mul_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    xs = _reference_aligned(layer, xs)
+    result = xs[0]
+    for x in xs[1:]:
+        result = result * x
+    return result
+
+
+register(OpDef(
+    name="mul", family="arith",
+    summary="Elementwise product, with NumPy broadcasting: squeeze-excitation's x * gate (Caffe Eltwise PROD).",
+    example="se: mul(branch, shortcut)", args=(), infer=_mul_infer, inputs=(2, None), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " * ".join(_aligned(layer, args, ctx.input_shape)),
+                            overwritable_output=True),
+        executor=_executor("multiply"),
+        onnx=_binary_onnx("Mul"),
+        caffe=_eltwise("PROD"),
+        reference=_mul_reference,
+    ),
+))
+
+
+# scale: a learned per-channel factor --------------------------------------------------------------
+
+def _scale_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if len(x) not in (1, 3):
+        raise ShapeError("expects a vector (C) or CxHxW input", expected="C or CxHxW", received=format_shape(x))
+    return x
+
+
+def _scale_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    channels = inputs[0][0]
+    params: dict[str, Shape] = {}
+    if attrs["param"] == "layer_scale":
+        params["layer_scale"] = (channels, *[1] * (len(inputs[0]) - 1))
+    else:
+        params["weight"] = (channels,)
+    if attrs["bias"]:
+        params["bias"] = (channels,)
+    return params
+
+
+def _scale_terms(layer: Any) -> tuple[str, str | None]:
+    return layer.attrs["param"], "bias" if "bias" in layer.params else None
+
+
+def _per_channel(rank: int) -> str:
+    """Source of the view that puts a (C,) vector along the channels of an input of ``rank`` (batch included)."""
+    return "" if rank <= 2 else f".view(-1{', 1' * (rank - 2)})"
+
+
+def _scale_torch_module(layer: Any, ctx: Any) -> str:
+    """An ``nn.ParameterDict`` keeps the parameter's name: ``features.1.0.layer_scale`` as in torchvision."""
+    entries = ", ".join(f"{name!r}: nn.Parameter(torch.empty({', '.join(map(ctx.int, spec.shape))}))"
+                        for name, spec in layer.params.items())
+    return f"nn.ParameterDict({{{entries}}})"
+
+
+def _scale_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+    weight, bias = _scale_terms(layer)
+    view = _per_channel(len(layer.shape) + 1)
+    module = ctx.module(layer)
+    expr = f"{args[0]} * {module}.{weight}" + ("" if weight == "layer_scale" else view)
+    return f"{expr} + {module}.bias{view}" if bias else expr
+
+
+def _scale_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+    weight, bias = _scale_terms(layer)
+    ident = ctx.ident
+    channels = layer.shape[0]
+    shift = ctx.weight(layer, "bias") if bias else "None"
+    return ExecutorKernel(
+        code=f"rt.channel_affine({ctx.inputs[0]}, self.{ident}_scale, self.{ident}_shift, out={{out}})",
+        kernel="channel_affine",
+        setup=(f"self.{ident}_scale = {ctx.weight(layer, weight)}.reshape({ctx.lit(channels)})",
+               f"self.{ident}_shift = {shift}"),
+    )
+
+
+def _scale_fold(layer: Any, ctx: Any, weight: str, bias: str) -> str:
+    name, shift = _scale_terms(layer)
+    return (f"rt.fold_affine({weight}, {bias}, {ctx.weight(layer, name)}, "
+            f"{ctx.weight(layer, shift) if shift else 'None'})")
+
+
+def _scale_onnx(layer: Any, ctx: Any) -> None:
+    weight, bias = _scale_terms(layer)
+    rank = len(layer.shape)
+    factor = ctx.initializer(layer, weight)
+    shape = ctx.constant([layer.shape[0], *[1] * (rank - 1)], integer=True) if rank > 1 else None
+    if weight == "weight" and shape is not None:
+        factor = ctx.node("Reshape", [factor, shape], output=f"{layer.name}.factor")
+    if bias is None:
+        ctx.node("Mul", [ctx.inputs[0], factor])
+        return
+    scaled = ctx.node("Mul", [ctx.inputs[0], factor], output=f"{layer.name}.scaled")
+    shift = ctx.initializer(layer, "bias")
+    if shape is not None:
+        shift = ctx.node("Reshape", [shift, shape], output=f"{layer.name}.shift")
+    ctx.node("Add", [scaled, shift])
+
+
+def _scale_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    weight, bias = _scale_terms(layer)
+    body = [*ctx.filler("filler", layer.params[weight].filler)]
+    if bias:
+        body = ["bias_term: true", *body, *ctx.filler("bias_filler", layer.params["bias"].filler)]
+    return [CaffeLayer("Scale", "scale_param", tuple(body), (weight, "bias"))]
+
+
+def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+    p = ctx.section(layer, "scale_param")
+    for key, default in (("axis", 1), ("num_axes", 1)):
+        value = p.scalar(key)
+        if value is not None and value.value != default:
+            ctx.error(f"scale_param {key}: {value.text} is not supported (alexdsl scales channels)", value.span,
+                      expected=f"{key}: {default}")
+            return None
+    return "scale", ["bias=true"] if ctx.is_true(p.scalar("bias_term")) else [], "scale_param"
+
+
+def _scale_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    weight, bias = _scale_terms(layer)
+    shape = (-1, *[1] * (len(layer.shape) - 1))
+    out = xs[0] * w[weight].reshape(shape)
+    return out + w["bias"].reshape(shape) if bias else out
+
+
+register(OpDef(
+    name="scale", family="arith",
+    summary="A learned per-channel factor, optionally with a shift (Caffe Scale, ConvNeXt's layer scale).",
+    example="ls: scale(bias=false, param=weight)",
+    args=(
+        Arg("bias", "bias", False, "true (or a filler) for a learned per-channel shift"),
+        Arg("param", "choice", "weight", "the factor's name and shape: weight (C), or layer_scale (Cx1x1, "
+            "torchvision's ConvNeXt)", choices=("weight", "layer_scale"), positional=False),
+    ),
+    infer=_scale_infer,
+    params=_scale_params,
+    default_fillers={"weight": Filler("constant", (("value", 1.0),)),
+                     "layer_scale": Filler("constant", (("value", 1e-6),)),
+                     "bias": Filler("constant", (("value", 0.0),))},
+    pattern=Pattern.ELEMWISE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_scale_torch_module, forward=_scale_torch_forward, overwritable_output=True),
+        executor=ExecutorLowering(lower=_scale_executor, inplace=True, fold=_scale_fold),
+        onnx=_scale_onnx,
+        caffe=_scale_caffe,
+        from_caffe={"Scale": _scale_from_caffe},
+        reference=_scale_reference,
+    ),
+))
