@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 import alexdsl
+from alexdsl.cli.interop import import_group
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.caffe import import_prototxt
-from alexdsl.interop.commands import import_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_DOC = ROOT.parent / "shared" / "seed" / "alexnet-walkthrough.md"

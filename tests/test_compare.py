@@ -14,7 +14,7 @@ from alexdsl.errors import AlexDSLError
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from alexdsl.interop.commands import compare_command  # noqa: E402
+from alexdsl.cli.interop import compare_command  # noqa: E402
 from alexdsl.interop.compare import compare, compared_layers, render_rows, subnetwork, worst  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import alexdsl
+from alexdsl.cli.interop import draw_command
 from alexdsl.draw import render, to_dot
 from alexdsl.errors import AlexDSLError
-from alexdsl.interop.commands import draw_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -501,7 +501,7 @@ def test_load_source_registers_for_tracebacks() -> None:
 def test_written_module_imports_and_runs(tmp_path: Path) -> None:
     import importlib.util
 
-    from alexdsl.backends.cupy.commands import write_executor_module
+    from alexdsl.backends.cupy.module_file import write_executor_module
 
     net, weights, ex = compiled(EXAMPLES / "lenet.adsl")
     path = write_executor_module(net, tmp_path / "lenet_cupy.py")
@@ -514,7 +514,7 @@ def test_written_module_imports_and_runs(tmp_path: Path) -> None:
 
 
 def test_run_network_command(tmp_path: Path) -> None:
-    from alexdsl.backends.cupy.commands import format_run, run_network
+    from alexdsl.backends.cupy.run import format_run, run_network
 
     net, weights, ex = compiled(EXAMPLES / "lenet.adsl")
     (x,) = batch_inputs(ex, 3)
@@ -666,7 +666,7 @@ def test_weights_of_train_only_layers_are_accepted_and_ignored() -> None:
 def test_float16_module_default_dtype(tmp_path: Path) -> None:
     import importlib.util
 
-    from alexdsl.backends.cupy.commands import write_executor_module
+    from alexdsl.backends.cupy.module_file import write_executor_module
 
     net, weights, ex32 = compiled(EXAMPLES / "lenet.adsl")
     path = write_executor_module(net, tmp_path / "lenet16.py", dtype="float16")

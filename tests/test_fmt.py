@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import alexdsl
+from alexdsl.cli.interop import fmt_command
 from alexdsl.errors import AlexDSLError
 from alexdsl.fmt import format_source
-from alexdsl.interop.commands import fmt_command
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.adsl"))

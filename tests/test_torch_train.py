@@ -25,8 +25,9 @@ from safetensors.torch import load_file  # noqa: E402
 
 import alexdsl  # noqa: E402
 import alexdsl.torch  # noqa: E402
-from alexdsl.backends.torch.commands import train_command, write_torch_module  # noqa: E402
+from alexdsl.backends.torch.module_file import write_torch_module  # noqa: E402
 from alexdsl.backends.torch.train import cpu_threads, train  # noqa: E402
+from alexdsl.cli.train import train_command  # noqa: E402
 from alexdsl.errors import AlexDSLError  # noqa: E402
 
 SMALL = """network Small

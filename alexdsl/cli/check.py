@@ -1,8 +1,4 @@
-"""The ``alexdsl`` command: a thin click layer over the Python API.
-
-User mistakes are printed as located diagnostics with exit status 1, never a traceback
-(``--debug`` shows one for bug reports).
-"""
+"""``alexdsl check`` and ``alexdsl shapes``: is a network valid, and what are its shapes and costs."""
 
 from __future__ import annotations
 
@@ -10,38 +6,12 @@ import sys
 
 import click
 
-import alexdsl
-from alexdsl.cli_support import load_network, print_diagnostics, report_errors
+from alexdsl.cli.support import load_network, print_diagnostics, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.report import FORMATS, render
 
-EPILOG = """\b
-Examples:
-  alexdsl check examples/alexnet.adsl
-  alexdsl shapes examples/alexnet.adsl --format markdown
-  alexdsl shapes examples/alexnet.adsl --input data=3x224x224 --batch 16
-  alexdsl compile examples/alexnet.adsl --backend cupy
-"""
 
-
-@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(alexdsl.__version__, prog_name="alexdsl")
-@click.option("--debug", is_flag=True, help="Show Python tracebacks (for bug reports).")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-              help="Load ops from a Python module or .py file (repeatable; also $ALEXDSL_PLUGINS and the "
-                   "alexdsl.ops entry points). See docs/extending.md.")
-def main(debug: bool, plugins: tuple[str, ...]) -> None:
-    """alexdsl: describe, check and run layer-graph neural networks."""
-    from alexdsl.plugins import load_plugins, plugin_names
-
-    try:
-        load_plugins(plugin_names(plugins))
-    except AlexDSLError as error:
-        print_diagnostics(error)
-        sys.exit(1)
-
-
-@main.command(epilog="\b\nExamples:\n  alexdsl check examples/*.adsl\n  alexdsl check -q net.adsl\n"
+@click.command(epilog="\b\nExamples:\n  alexdsl check examples/*.adsl\n  alexdsl check -q net.adsl\n"
                      "  cat net.adsl | alexdsl check -")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing for files without errors.")
@@ -68,7 +38,7 @@ def check(files: tuple[str, ...], quiet: bool) -> None:
         sys.exit(1)
 
 
-@main.command(epilog="""\b
+@click.command(epilog="""\b
 Examples:
   alexdsl shapes examples/alexnet.adsl
   alexdsl shapes examples/alexnet.adsl --input data=3x224x224
@@ -85,18 +55,3 @@ def shapes(file: str, inputs: tuple[str, ...], batch: int, fmt: str) -> None:
     MACs count the multiply-accumulates of conv and fc weights (bias excluded).
     """
     click.echo(render(load_network(file, inputs), fmt, batch), nl=False)
-
-
-def _register_optional_commands() -> None:
-    """Commands whose modules live with their backends (imported lazily: torch is optional)."""
-    from alexdsl import commands
-
-    for command in commands.COMMANDS:
-        main.add_command(command)
-
-
-_register_optional_commands()
-
-
-if __name__ == "__main__":
-    main()

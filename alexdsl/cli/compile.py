@@ -1,6 +1,6 @@
-"""Commands beyond check/shapes, gathered from the modules that own them, plus ``compile``.
+"""``alexdsl compile``: write a backend's generated module for a network.
 
-Backends are imported only when a command runs, so ``alexdsl shapes`` works without torch
+Backends are imported only when the command runs, so ``alexdsl shapes`` works without torch
 or cupy installed.
 """
 
@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import click
 
-from alexdsl.backends.torch.commands import COMMANDS as TORCH_COMMANDS
-from alexdsl.cli_support import load_network, report_errors
+from alexdsl.cli.support import load_network, report_errors
 from alexdsl.errors import AlexDSLError
-from alexdsl.inference import run_command
-from alexdsl.interop.commands import COMMANDS as INTEROP_COMMANDS
-from alexdsl.lsp import lsp_command
 
 BACKENDS = ("cupy", "torch")
 
@@ -38,7 +34,7 @@ def compile_command(file: str, backend: str, output: str | None, dtype: str, inp
     """
     network = load_network(file, inputs)
     if backend == "torch":
-        from alexdsl.backends.torch.commands import write_torch_module
+        from alexdsl.backends.torch.module_file import write_torch_module
 
         if dtype != "float32":
             raise AlexDSLError(f"error: --dtype {dtype} is for --backend cupy; the generated torch module is "
@@ -46,11 +42,9 @@ def compile_command(file: str, backend: str, output: str | None, dtype: str, inp
         path = write_torch_module(network, output)
     else:
         from alexdsl.backends.cupy import summary
-        from alexdsl.backends.cupy.commands import write_executor_module
+        from alexdsl.backends.cupy.module_file import write_executor_module
 
         path = write_executor_module(network, output, dtype=dtype)
         click.echo(summary(network, dtype=dtype))
     click.echo(f"wrote {path}")
 
-
-COMMANDS: list[click.Command] = [compile_command, run_command, *TORCH_COMMANDS, *INTEROP_COMMANDS, lsp_command]

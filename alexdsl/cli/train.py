@@ -1,40 +1,14 @@
-"""Click commands of the PyTorch backend, for ``alexdsl.cli`` to register.
-
-* :data:`train_command`: ``alexdsl train FILE --data SOURCE [--out DIR] ...``
-* :func:`write_torch_module`: the ``--backend torch`` half of ``alexdsl compile``.
-
-torch is imported only when a command runs. User mistakes print diagnostics and exit 1.
-"""
+"""``alexdsl train``: train a network with PyTorch (imported only when the command runs)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import click
 
-from alexdsl.cli_support import check_memory, load_network, report_errors
+from alexdsl.cli.support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
-from alexdsl.fileio import output_target, write_text_atomic
-
-
-def default_module_path(network: Any) -> Path:
-    """``examples/alexnet.adsl`` -> ``alexnet_torch.py`` in the current directory."""
-    stem = Path(network.source_file).stem if network.source_file else str(network.name).lower()
-    return Path(f"{stem}_torch.py")
-
-
-def write_torch_module(network: Any, out_path: str | os.PathLike[str] | None = None) -> Path:
-    """Write the generated PyTorch source of ``network`` atomically; return the path written.
-
-    ``out_path`` defaults to :func:`default_module_path`.
-    """
-    from alexdsl.backends.torch.codegen import generate_source
-
-    path = Path(out_path) if out_path is not None else default_module_path(network)
-    write_text_atomic(path, generate_source(network))
-    return path
+from alexdsl.fileio import output_target
 
 
 @click.command("train", epilog="""\b
@@ -74,9 +48,11 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     DIR/checkpoint.pt (for --resume) and DIR/curves.png.
     """
     try:
-        from alexdsl.backends.torch.train import train
+        import torch  # noqa: F401 - the trainer imports it only when it runs: check here, before any work
     except ImportError as error:
         raise AlexDSLError(f"alexdsl train needs the torch extra: pip install 'alexdsl[torch]' ({error})") from None
+    from alexdsl.backends.torch.train import train
+
     network = load_network(file, inputs)
     check_memory(network, batch_size or int(network.solver.get("batch_size", 64)), "train",
                  copies_of_parameters=3)  # weights, gradients, momentum
@@ -92,5 +68,3 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
         click.echo(f"wrote {out_dir / 'weights.safetensors'}"
                    + (f" (val_accuracy {accuracy:.4f})" if accuracy is not None else ""))
 
-
-COMMANDS = [train_command]

@@ -1,4 +1,4 @@
-"""Click commands for formatting, import, export and drawing (registered by ``alexdsl.cli``).
+"""``alexdsl fmt``, ``import``, ``export``, ``draw`` and ``compare``: other formats and tools.
 
 Heavy modules (onnx, the Caffe grammar) are imported only when a command runs. Every output
 file is written atomically. User mistakes print located diagnostics and exit with status 1.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from alexdsl.cli_support import check_memory, parse_shape_overrides, print_diagnostics, read_source, report_errors
+from alexdsl.cli.support import check_memory, parse_shape_overrides, print_diagnostics, read_source, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import write_bytes_atomic, write_text_atomic
 from alexdsl.progress import busy
@@ -201,5 +201,3 @@ def compare_command(file: str, backends: str, layers: str | None, weights: str |
         sys.exit(1)
     click.echo(f"all layers agree within {tolerance:g} (largest relative difference {largest:.2e})", err=True)
 
-
-COMMANDS: list[click.Command] = [fmt_command, import_group, export_command, draw_command, compare_command]

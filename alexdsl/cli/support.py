@@ -1,7 +1,4 @@
-"""What every command module shares: error reporting and option parsing.
-
-Kept apart from :mod:`alexdsl.cli` so command modules of the backends and interop tools can
-use it without importing the command group.
+"""What every command shares: error reporting, option parsing, loading a network, memory checks.
 
 >>> parse_shape_overrides(("data=3x224x224",))
 {'data': (3, 224, 224)}
