@@ -36,6 +36,7 @@ except Exception:  # noqa: BLE001 - ImportError, or a CUDA runtime that fails to
 __all__ = [
     "ConvPlan",
     "PoolPlan",
+    "activate",
     "adaptive_avg_pool2d",
     "adaptive_matrices",
     "add",
@@ -454,7 +455,7 @@ def conv2d(
     if act is not None:
         y = conv2d(x, weight, bias, stride, pad, dilation, groups, relu=relu, plan=plan, scratch=scratch, out=out,
                    gemm=gemm)
-        return act(y, out=y)
+        return activate(y, act)
     xp = array_module(x)
     n, c, h, w = x.shape
     o = weight.shape[0]
@@ -1031,7 +1032,7 @@ def linear(
         out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     xp.matmul(flat, w, out=out)
     bias_relu_(out, bias, relu)
-    return out if act is None else act(out, out=out)
+    return activate(out, act)
 
 
 def pretranspose(weight: Array) -> Array:
@@ -1174,6 +1175,19 @@ def prelu(x: Array, weight: Array, *, out: Array | None = None) -> Array:
     return y if out is None else _copy(y, out)
 
 
+def activate(y: Array, act: Activation | None) -> Array:
+    """The epilogue activation ``act`` in place on ``y``, split over the batch on the thread pool (NumPy)."""
+    if act is None:
+        return y
+
+    def chunk(lo: int, hi: int) -> None:
+        part = y[lo:hi]
+        act(part, out=part)
+
+    parallel_for(array_module(y), y.shape[0], y.size, chunk)
+    return y
+
+
 EPILOGUES: dict[str, Activation] = {"relu6": relu6, "hardswish": hardswish, "hardsigmoid": hardsigmoid, "silu": silu,
                                     "mish": mish}
 """The activations other than ReLU that conv, fc and the arithmetic ops apply in place as ``act=``."""
@@ -1212,7 +1226,7 @@ def add(*inputs: Array, relu: bool = False, act: Activation | None = None, out: 
         out += extra
     if relu:
         xp.maximum(out, 0, out=out)
-    return out if act is None else act(out, out=out)
+    return activate(out, act)
 
 
 def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = None) -> Array:
@@ -1221,13 +1235,13 @@ def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = 
     out = xp.multiply(inputs[0], inputs[1], out=out)
     for extra in inputs[2:]:
         out *= extra
-    return out if act is None else act(out, out=out)
+    return activate(out, act)
 
 
 def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
     """``a - b`` elementwise (NumPy broadcasting)."""
     out = array_module(a).subtract(a, b, out=out)
-    return out if act is None else act(out, out=out)
+    return activate(out, act)
 
 
 def op_function(name: str) -> Callable[..., Array]:
