@@ -437,3 +437,48 @@ out: x, features.1.0.stochastic_depth -> add
 
     rows = compare(net, ["torch", "cupy", "onnx"], weights=weights, batch=2, seed=2)
     assert all(d is not None and d[1] < 1e-5 for row in rows for d in row.diffs.values())
+
+
+# Caffe and training ---------------------------------------------------------------------------------
+
+def test_caffe_scale_after_batchnorm_is_absorbed_and_a_second_one_is_a_scale_layer() -> None:
+    from alexdsl.interop.caffe import import_prototxt
+    from alexdsl.interop.caffe_export import export_prototxt
+
+    net = alexdsl.parse("network S\ninput x: 4x6x6\nc: conv(8, 3) | bn: batchnorm | s: scale(bias=true) | prelu\n")
+    prototxt = export_prototxt(net)
+    assert [line.strip() for line in prototxt.splitlines() if line.startswith("  type:")] == [
+        'type: "Convolution"', 'type: "BatchNorm"', 'type: "Scale"', 'type: "Scale"', 'type: "PReLU"']
+    again = alexdsl.parse(import_prototxt(prototxt, "s.prototxt"))
+    assert [layer.op for layer in again.layers() if not layer.is_input] == ["conv", "batchnorm", "scale", "prelu"]
+    assert again.state_keys() == net.state_keys()
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ('type: "Swish" swish_param { beta: 2 }', "Swish with beta other than 1 is not supported"),
+    ('type: "Eltwise" eltwise_param { operation: MAX }', "Eltwise MAX is not supported"),
+])
+def test_caffe_layers_alexdsl_cannot_express_are_located_errors(layer: str, message: str) -> None:
+    from alexdsl.interop.caffe import import_prototxt
+
+    text = ('input: "x"\ninput_shape { dim: 1 dim: 4 dim: 6 dim: 6 }\n'
+            f'layer {{ name: "y" {layer} bottom: "x" bottom: "x" top: "y" }}\n')
+    if "Swish" in layer:
+        text = text.replace(' bottom: "x" bottom: "x"', ' bottom: "x"')
+    with pytest.raises(AlexDSLError, match=rf"bad.prototxt:3:\d+: error: {message}"):
+        import_prototxt(text, "bad.prototxt")
+
+
+def test_every_new_parameter_gets_a_gradient_in_training() -> None:
+    text = """input x: 8x6x6
+c: conv(8, 3, pad=1) | p: prelu | g: groupnorm(2) | hardswish
+l: layernorm | f: pointwise_fc(8) | gelu(approximate=tanh) | s: scale(param=layer_scale, layer_scale=constant(0.5))
+d: stochastic_depth(0.2, mode=batch)
+o: x, d -> add | silu
+"""
+    module = torch_backend.build(alexdsl.parse(text)).train()
+    x = torch.from_numpy(_input((8, 6, 6), batch=4))
+    module(x).square().mean().backward()
+    grads = {name: p.grad for name, p in module.named_parameters()}
+    assert {"p.weight", "g.weight", "l.bias", "f.weight", "s.layer_scale"} <= grads.keys()
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())

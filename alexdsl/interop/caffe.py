@@ -570,7 +570,7 @@ class _Importer:
             return
         target = self.by_name.get(inputs[0]) if ltype == SCALE and inputs else None
         after_batchnorm = target is not None and "BatchNorm" in _op(target.op).lower.from_caffe \
-            and not target.params.get("_scaled")
+            and "_scaled" not in target.params
         if ltype == SCALE and (after_batchnorm or ltype not in importers):
             if not after_batchnorm:
                 self.error("a Scale layer is supported only right after a BatchNorm layer (-> batchnorm)",

@@ -283,7 +283,9 @@ def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], 
             ctx.error(f"scale_param {key}: {value.text} is not supported (alexdsl scales channels)", value.span,
                       expected=f"{key}: {default}")
             return None
-    return "scale", ["bias=true"] if ctx.is_true(p.scalar("bias_term")) else [], "scale_param"
+    # a bias_filler comes back as bias=<filler>, which also turns the bias on
+    bias = ctx.is_true(p.scalar("bias_term")) and p.message("bias_filler") is None
+    return "scale", ["bias=true"] if bias else [], "scale_param"
 
 
 def _scale_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
