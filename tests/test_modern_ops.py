@@ -482,3 +482,17 @@ o: x, d -> add | silu
     grads = {name: p.grad for name, p in module.named_parameters()}
     assert {"p.weight", "g.weight", "l.bias", "f.weight", "s.layer_scale"} <= grads.keys()
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+
+
+def test_in_place_activations_after_new_ops_keep_exact_gradients() -> None:
+    """The torch module runs relu6/silu/hardswish/mish in place after ops whose backward does not read their output."""
+    text = """input x: 4x3x3
+c: pointwise_fc(4) | silu
+d: scale(bias=true) | relu6
+e: x, d -> mul | hardswish
+f: groupnorm(2) | mish | layernorm | hardsigmoid
+"""
+    module = torch_backend.build(alexdsl.parse(text)).eval().double()
+    assert "F.silu(c, inplace=True)" in module.code and "F.hardswish(e, inplace=True)" in module.code
+    x = torch.from_numpy(_input((4, 3, 3), batch=2)).double().requires_grad_()
+    assert torch.autograd.gradcheck(module, (x,))
