@@ -188,15 +188,18 @@ def test_fuzzed_ir_writes_back_the_same_network_or_a_located_refusal(data: dict)
 def test_import_json_refuses_names_source_cannot_hold(tmp_path: Path) -> None:
     data = json.loads(alexdsl.load(ROOT / "examples" / "lenet.adsl").to_json())
     data["name"] = "LeNet solver(lr=1000)"  # printable, so the IR reader lets it through
-    rename(data, "conv1", "input")
     ir_file = tmp_path / "evil.json"
     ir_file.write_text(json.dumps(data))
     out = tmp_path / "evil.adsl"
     result = CliRunner().invoke(import_group, ["json", str(ir_file), "-o", str(out)])
     assert result.exit_code == 1 and not out.exists() and "Traceback" not in result.output
     assert "evil.json:name: error: the network name cannot be written as an alexdsl name" in result.output
+    rename(data, "conv1", "input")  # a layer name source cannot spell: the IR reader refuses it already
+    ir_file.write_text(json.dumps(data))
+    result = CliRunner().invoke(import_group, ["json", str(ir_file), "-o", str(out)])
+    assert result.exit_code == 1 and not out.exists() and "Traceback" not in result.output
     index = [layer["name"] for layer in data["layers"]].index("input")
-    assert f"evil.json:layers[{index}].name: error: the layer name cannot be written" in result.output
+    assert f"evil.json:layers[{index}].name: error: the layer name is not a valid name" in result.output
 
 
 def test_a_name_with_newlines_never_becomes_statements() -> None:

@@ -188,3 +188,19 @@ def test_fuzzed_ir_gives_located_errors_or_a_safe_network(example: str) -> None:
         again = alexdsl.Network.from_json(net.to_json())
         assert again.shapes == net.shapes and again.state_keys() == net.state_keys()
     assert accepted < 60  # the mutations do reach the checks
+
+
+def test_ir_fuzz_findings_are_located_errors() -> None:
+    """Inputs benchmarks/fuzz.py found: a missing required field, a huge integer where a number goes."""
+    data = alexnet_ir()
+    del data["layers"]
+    assert "net.json:layers: error: missing field 'layers'" in read_errors(data)
+    data = alexnet_ir()
+    del data["layers"][2]["inputs"]
+    assert "net.json:layers[2].inputs: error: missing field 'inputs'" in read_errors(data)
+    data = alexnet_ir()
+    data["layers"][5]["attrs"]["alpha"] = 10**400
+    assert "argument 'alpha' of lrn has the wrong type" in read_errors(data)
+    data = alexnet_ir()
+    data["solver"] = {"base_lr": 10**400}
+    assert "net.json:solver.base_lr: error: setting 'base_lr' is out of range" in read_errors(data)

@@ -36,6 +36,7 @@ PHASES = ("all", "train", "test")
 MAX_NAME_LENGTH = 256
 MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size or stride
 MAX_RANK = 8
+MAX_INT = 2**63 - 1  # the largest integer a number field holds, as in source
 NETWORK_NAME = re.compile(r"[^\x00-\x1f\x7f]+")  # any printable text: generated code sanitizes it
 
 
@@ -95,7 +96,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite float, or an int that a float holds (JSON integers may have any number of digits)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= MAX_INT if isinstance(value, int) else math.isfinite(value)
 
 
 def _show(value: Any) -> str:
@@ -120,6 +124,7 @@ class _Reader:
         if key not in data:
             if default is REQUIRED:
                 self.error(f"{path}.{key}" if path else key, f"missing field '{key}'", expected=expected)
+                return None
             return default
         value = data[key]
         if not check(value):
@@ -294,6 +299,10 @@ class _Reader:
                 continue
             kind, choices = keys[key]
             plain = tuple(item) if isinstance(item, list) and kind in ("pair", "ints", "floats") else item
+            if any(_is_int(n) and not _is_number(n) for n in (plain if isinstance(plain, tuple) else (plain,))):
+                self.error(f"{path}.{key}", f"setting '{key}' is out of range", received=_show(item),
+                           expected=f"a number of at most {MAX_INT}")
+                continue
             converted = Elaborator._convert_setting(kind, choices, plain)
             numbers = converted if isinstance(converted, (list, tuple)) else [converted]
             if converted is None or any(isinstance(n, float) and not math.isfinite(n) for n in numbers) or any(
