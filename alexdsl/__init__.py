@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
-from alexdsl.ir.build import build_network
+from alexdsl.frontend import build_network
 from alexdsl.ir.network import Layer, Network, ParamSpec
 from alexdsl.ops.registry import Filler
 from alexdsl.syntax.source import read_source

@@ -219,7 +219,7 @@ def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     (``mode="bilinear"``, ``align_corners=False``, no antialiasing).
 
     >>> resize_bilinear(np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2), (3, 3))[0, 0].round(3).tolist()
-    [[0.0, 0.333, 1.0], [0.667, 1.0, 1.333], [2.0, 2.333, 3.0]]
+    [[0.0, 0.5, 1.0], [1.0, 1.5, 2.0], [2.0, 2.5, 3.0]]
     """
 
     def taps(out: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import time
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from alexdsl.ir.build import build_network
+from alexdsl.frontend import build_network
 
 
 def generate(statements: int) -> str:

@@ -25,7 +25,7 @@ from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities  
 
 from alexdsl.errors import AlexDSLError  # noqa: E402
 from alexdsl.fmt import format_source  # noqa: E402
-from alexdsl.ir.build import build_network  # noqa: E402
+from alexdsl.frontend import build_network  # noqa: E402
 from alexdsl.ops.registry import FILLERS, lookup  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

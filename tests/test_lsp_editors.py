@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLES, ROOT
 
 from alexdsl.cli import main
-from alexdsl.ir.build import build_network
+from alexdsl.frontend import build_network
 
 VSCODE = ROOT / "editors" / "vscode"
 

@@ -10,7 +10,7 @@ pytest.importorskip("pygls")
 
 from conftest import EXAMPLES  # noqa: E402
 
-from alexdsl.ir.build import build_network  # noqa: E402
+from alexdsl.frontend import build_network  # noqa: E402
 from alexdsl.lsp import features  # noqa: E402
 from alexdsl.lsp.server import Checked, check, run_front_end  # noqa: E402
 from alexdsl.ops.registry import lookup  # noqa: E402

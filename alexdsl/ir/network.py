@@ -253,6 +253,6 @@ class Network:
     @classmethod
     def from_json(cls, text: str, file: str = "<json>") -> Network:
         """Read IR JSON, checking every field (see :mod:`alexdsl.ir.serialize`); ``file`` names it in errors."""
-        from alexdsl.ir.serialize import network_from_json
+        from alexdsl.frontend import network_from_json
 
         return network_from_json(text, file)

@@ -2,11 +2,12 @@
 
 The schema is documented in docs/ir.md. ``from_json(to_json(net))`` gives an equal graph.
 
-Reading is a trust boundary: an IR file may come from anyone. :func:`network_from_dict`
-checks every field against the schema and the op registry (types, names, arguments and
-their ranges, fillers, settings), then recomputes every shape, parameter, buffer and MAC
-count with the same shape pass as source files and compares them with the file. Every
-problem is reported, located by its JSON path (``layers[3].shape[1]``).
+Reading is a trust boundary: an IR file may come from anyone. :func:`read_ir` checks every
+field against the schema and the op registry (types, names, arguments and their ranges,
+fillers, settings); the front end (:func:`alexdsl.frontend.network_from_json`) then runs the
+same checks as for source, recomputing every shape, parameter, buffer and MAC count, and
+compares them with the file. Every problem is reported, located by its JSON path
+(``layers[3].shape[1]``).
 
 >>> import alexdsl
 >>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nc: conv(2, 3)\\n")
@@ -17,11 +18,11 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -322,10 +323,44 @@ def _span(value: Any) -> Span | None:
     return None
 
 
-def network_from_dict(data: dict[str, Any], file: str = "<json>") -> Network:
-    """Check an IR dict (see the module docstring) and build its :class:`Network`."""
-    from alexdsl.passes.shapes import infer_shapes
-    from alexdsl.passes.validate import find_cycle
+@dataclass
+class IRFile:
+    """An IR file whose form is checked: the graph (shapes of inputs only) and what the file claims.
+
+    :func:`alexdsl.frontend.network_from_json` runs the shape pass on ``graph`` as it does for
+    source, then :meth:`compare` checks the file's claims against what the pass computed.
+    """
+
+    reader: _Reader
+    name: str
+    description: str
+    source: str | None
+    solver: dict[str, Any]
+    preprocess: dict[str, dict[str, Any]]
+    inputs: list[str]
+    outputs: list[str]
+    graph: nx.DiGraph
+    declared: dict[str, dict[str, Any]]  # layer -> what the file says it computes
+    index: dict[str, int]  # layer -> its position in the file's layers list
+
+    def locate(self, layer: str) -> str:
+        return f"{self.reader.file}:layers[{self.index[layer]}]" if layer in self.index else self.reader.file
+
+    def compare(self, order: list[str]) -> None:
+        """Record an error for every shape, parameter, buffer or MAC count the file gets wrong."""
+        for name in order:
+            _compare(self.reader, self.graph.nodes[name], self.declared[name], f"layers[{self.index[name]}]")
+
+    def finish(self) -> Network:
+        for _, node in self.graph.nodes(data=True):
+            node["span"] = node.pop("file_span")
+        return Network(self.name, self.graph, description=self.description, inputs=self.inputs,
+                       outputs=self.outputs, solver=self.solver, preprocess=self.preprocess,
+                       source_file=self.source)
+
+
+def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
+    """Check the form of an IR dict (see the module docstring); raise every problem of form at once."""
     from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
 
     if data.get("format") != FORMAT:
@@ -439,26 +474,8 @@ def network_from_dict(data: dict[str, Any], file: str = "<json>") -> Network:
             preprocess[target] = read.settings(settings, f"preprocess.{target}", PREPROCESS_KEYS)
     if read.sink.has_errors:
         raise AlexDSLError(read.sink.diagnostics)
-    if find_cycle(graph, read.sink):
-        raise AlexDSLError([dataclasses.replace(d, path=file) for d in read.sink.diagnostics])
-    order = Network(name, graph).layer_names()
-    shape_sink = DiagnosticSink()
-    infer_shapes(graph, order, shape_sink)
-    for diagnostic in shape_sink.diagnostics:
-        if diagnostic.severity == "error":
-            layer_name = diagnostic.message.split(": ", 1)[0]
-            where = f"layers[{index_of[layer_name]}]" if layer_name in index_of else ""
-            read.sink.diagnostics.append(dataclasses.replace(diagnostic, span=None, path=f"{file}:{where}"))
-    for lname in order:
-        _compare(read, graph.nodes[lname], declared[lname], f"layers[{index_of[lname]}]")
-    if read.sink.has_errors:
-        raise AlexDSLError(read.sink.diagnostics)
-    for _, node in graph.nodes(data=True):
-        node["span"] = node.pop("file_span")
-        for key in ("arg_spans", "param_config", "ok"):
-            node.pop(key, None)
-    return Network(name, graph, description=description, inputs=inputs_list, outputs=outputs_list, solver=solver,
-                   preprocess=preprocess, source_file=source)
+    return IRFile(read, name, description, source, solver, preprocess, inputs_list or [], outputs_list or [], graph,
+                  declared, index_of)
 
 
 def _names_list(read: _Reader, data: dict[str, Any], key: str, graph: nx.DiGraph, allowed: Callable[[str], bool],
@@ -502,8 +519,8 @@ def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def network_from_json(text: str, file: str = "<json>") -> Network:
-    """Parse and check IR JSON text; ``file`` names it in error messages."""
+def parse_ir_json(text: str, file: str = "<json>") -> dict[str, Any]:
+    """The JSON object of an IR file, or a located error."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:
@@ -512,4 +529,4 @@ def network_from_json(text: str, file: str = "<json>") -> Network:
         raise AlexDSLError(f"{file}: error: the JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise AlexDSLError(f"{file}: error: an IR file holds one JSON object")
-    return network_from_dict(data, file)
+    return data

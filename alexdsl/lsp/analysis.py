@@ -1,6 +1,6 @@
 """What the language server knows about one version of a document, computed once per edit.
 
-:func:`analyze` runs the front end (:func:`~alexdsl.ir.build.build_network`) and keeps its
+:func:`analyze` runs the front end (:func:`~alexdsl.frontend.build_network`) and keeps its
 diagnostics exactly as ``alexdsl check`` reports them. When the text has errors it recovers
 the way the parser does: the lines with errors are blanked and the rest is built again, so a
 half-typed line does not wipe the shapes of the rest of the file. Where even that fails, the
@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass, field
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
-from alexdsl.ir.build import build_network
+from alexdsl.frontend import build_network
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.registry import format_shape
 from alexdsl.syntax import ast

@@ -1,7 +1,14 @@
-"""The front end in one call: text -> syntax tree -> IR -> checked IR.
+"""The two ways into the IR, and the checks they share.
 
->>> from alexdsl.ir.build import build_network
+* :func:`build_network`: source text -> syntax tree -> IR -> checked IR.
+* :func:`network_from_json`: IR JSON -> IR whose form is checked (:func:`alexdsl.ir.serialize.read_ir`)
+  -> checked IR, compared with what the file claims.
+
+Both run :func:`check_graph`: cycles, the shape pass, every layer shaped, resources.
+
 >>> build_network("network T\\ninput x: 3x8x8\\nc: conv(2, 3)\\n").shapes["c"]
+(2, 6, 6)
+>>> network_from_json(build_network("network T\\ninput x: 3x8x8\\nc: conv(2, 3)\\n").to_json()).shapes["c"]
 (2, 6, 6)
 """
 
@@ -17,6 +24,7 @@ import networkx as nx
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
 from alexdsl.ir.network import Network
+from alexdsl.ir.serialize import parse_ir_json, read_ir
 from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
@@ -59,14 +67,9 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     sink = DiagnosticSink()
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
-    if not find_cycle(graph, sink):
-        network = Network(meta.name, graph)
-        infer_shapes(graph, network.layer_names(), sink)
-        if not sink.has_errors:
-            _require_shapes(graph, sink)
-            check_resources(network, sink, file)
-        if not sink.has_errors:
-            outputs = choose_outputs(graph, network.layer_names(), meta.outputs, sink)
+    order = check_graph(graph, sink, file)
+    if order is not None and not sink.has_errors:
+        outputs = choose_outputs(graph, order, meta.outputs, sink)
     if not any(isinstance(statement, ast.InputStmt) for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
@@ -87,6 +90,43 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
         source_file=file,
         warnings=diagnostics,
     )
+
+
+def check_graph(graph: nx.DiGraph, sink: DiagnosticSink, file: str) -> list[str] | None:
+    """The checks every way into the IR runs: cycles, the shape pass (shapes, parameters, MACs),
+    every layer shaped, and resources. Returns the layer order, or None for a cyclic graph."""
+    if find_cycle(graph, sink):
+        return None
+    network = Network("", graph)
+    order = network.layer_names()
+    infer_shapes(graph, order, sink)
+    if not sink.has_errors:
+        _require_shapes(graph, sink)
+        check_resources(network, sink, file)
+    return order
+
+
+def network_from_json(text: str, file: str = "<json>") -> Network:
+    """Read and check IR JSON (``Network.from_json``); ``file`` names it in errors."""
+    ir = read_ir(parse_ir_json(text, file), file)
+    sink = DiagnosticSink()
+    with _no_gc_pauses():
+        order = check_graph(ir.graph, sink, file)
+    located = []  # no source lines here: each problem is located by its layer's JSON path
+    for diagnostic in sink.diagnostics:
+        layer = diagnostic.message.split(": ", 1)[0]
+        located.append(dataclasses.replace(diagnostic, span=None, path=ir.locate(layer)))
+    if order is not None and not sink.has_errors:
+        ir.compare(order)
+    errors = [d for d in located if d.severity == "error"] + ir.reader.sink.diagnostics
+    if errors:
+        raise AlexDSLError(errors)
+    for _, data in ir.graph.nodes(data=True):
+        for key in _INTERNAL_ATTRS:
+            data.pop(key, None)
+    network = ir.finish()
+    network.warnings = [d for d in located if d.severity == "warning"]
+    return network
 
 
 def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
