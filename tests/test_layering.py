@@ -91,3 +91,25 @@ def test_the_commands_work_without_the_optional_packages() -> None:
     assert "Traceback" not in train.stderr
     lsp = _run_without_optional_packages("lsp")
     assert lsp.returncode == 1 and 'pip install "alexdsl[lsp]"' in lsp.stderr and "Traceback" not in lsp.stderr
+
+
+def _module_imports(paths: list[Path], prefix: str) -> list[str]:
+    """``path:line`` of each import-time ``from alexdsl.<prefix>...`` / ``import alexdsl.<prefix>...`` in ``paths``."""
+    found = []
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            if any(name == prefix or name.startswith(prefix + ".") for name in names):
+                top_level = node in tree.body
+                if top_level:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_ir_and_passes_do_not_import_each_other_at_import_time() -> None:
+    """passes read the IR; the IR knows no pass (the front-end driver, alexdsl/frontend.py, joins them)."""
+    assert _module_imports(_modules("passes"), "alexdsl.ir")  # the passes do read the IR
+    assert _module_imports(_modules("ir"), "alexdsl.passes") == []
+    assert _module_imports(_modules("ir"), "alexdsl.frontend") == []
