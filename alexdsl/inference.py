@@ -56,13 +56,9 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
     except ImportError:
         raise AlexDSLError("error: --backend torch needs PyTorch: pip install 'alexdsl[torch]'") from None
     from alexdsl.backends.torch.codegen import build, load_weights
+    from alexdsl.backends.torch.device import torch_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise AlexDSLError(f"error: unknown device '{device}'; use auto, cpu or cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AlexDSLError("error: --device cuda but PyTorch sees no GPU; use --device cpu")
+    device = torch_device(device)
     torch.manual_seed(seed)
     module = build(network)
     if weights is not None:

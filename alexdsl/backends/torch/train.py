@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexdsl.backends.torch.device import torch_device
 from alexdsl.backends.torch.solver import Solver, make_optimizer, make_scheduler
 from alexdsl.data import open_source
 from alexdsl.errors import AlexDSLError
@@ -73,27 +74,6 @@ class TrainResult:
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """The torch seed set before each step (dropout masks), a pure function of its arguments."""
     return (seed * 1_000_003 + epoch * 100_003 + step * 1_009 + rank * 7) % (2**62)
-
-
-def _device(name: str | None, local_rank: int) -> Any:
-    import torch
-
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise AlexDSLError(f"unknown device '{name}': expected cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise AlexDSLError(f"unsupported device '{name}': expected cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise AlexDSLError(f"device '{name}' requested but CUDA is not available here; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise AlexDSLError(f"device '{name}': only {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -403,7 +383,7 @@ def train(
     out = Path(out)
     rank, world, local_rank = _dist_env()
     distributed = world > 1
-    dev = _device(device, local_rank)
+    dev = torch_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if distributed and not dist.is_initialized():
