@@ -513,22 +513,6 @@ def test_written_module_imports_and_runs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(standalone(x), ex(x))
 
 
-def test_run_network_command(tmp_path: Path) -> None:
-    from alexdsl.backends.cupy.run import format_run, run_network
-
-    net, weights, ex = compiled(EXAMPLES / "lenet.adsl")
-    (x,) = batch_inputs(ex, 3)
-    np.save(tmp_path / "x.npy", x)
-    result = run_network(net, None, [tmp_path / "x.npy"], device="cpu", repeat=2, top=3)
-    (name,) = result["outputs"]
-    assert result["outputs"][name].shape[0] == 3 and result["top"][name].shape == (3, 3)
-    assert "img/s" in format_run(result) and "sample 2" in format_run(result)
-    with pytest.raises(AlexDSLError, match="expected a .npy file"):
-        run_network(net, None, [tmp_path / "x.txt"], device="cpu")
-    with pytest.raises(AlexDSLError, match="takes 1 input"):
-        run_network(net, None, [], device="cpu")
-
-
 # ------------------------------------------------------------------------------------ memory plan
 
 
