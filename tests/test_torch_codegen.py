@@ -414,3 +414,9 @@ def test_load_weights_names_key_and_shapes(tmp_path):
     assert "ip2.bias" in text and "extra" in text
     with pytest.raises(AlexDSLError, match="no such weights file"):
         load_weights(module, tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("name", ["training", "_modules", "forward", "layer.training"])
+def test_a_layer_named_like_an_instance_attribute_of_nn_module_is_an_error(name):
+    with pytest.raises(AlexDSLError, match="clashes"):
+        alexdsl.torch.build(net(f"{name}: conv(4, 3)\ny: relu"))

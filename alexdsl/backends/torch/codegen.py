@@ -157,8 +157,8 @@ class _Generator:
 
     # submodules -----------------------------------------------------------------------------
     def build_tree(self) -> None:
-        forbidden_top = CLASS_ATTRS | set(dir(_nn_module_class()))
-        forbidden_nested = set(dir(_nn_moduledict_class()))
+        forbidden_top = CLASS_ATTRS | _attribute_names("Module")
+        forbidden_nested = _attribute_names("ModuleDict")
         for layer in self.layers:
             if layer.name not in self.owns_module:
                 continue
@@ -407,16 +407,13 @@ def _long_ok(line: str) -> str:
     return line + "  # noqa: E501" if len(line) > 120 else line
 
 
-def _nn_module_class() -> type:
+def _attribute_names(kind: str) -> set[str]:
+    """Every attribute of a ``torch.nn.<kind>``, its class's and an instance's (``training``, ``_modules``):
+    a submodule may take none of these names."""
     import torch
 
-    return torch.nn.Module
-
-
-def _nn_moduledict_class() -> type:
-    import torch
-
-    return torch.nn.ModuleDict
+    cls = getattr(torch.nn, kind)
+    return set(dir(cls)) | set(vars(cls()))
 
 
 def generate_source(network: Network, *, source_file: str | None = None) -> str:
