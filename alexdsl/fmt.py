@@ -50,6 +50,24 @@ def _align_trailing(lines: list[str]) -> list[str]:
 
 
 # values ---------------------------------------------------------------------------------------
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2}
+_ATOM = 3  # names, numbers, tuples, calls: never parenthesised
+
+
+def _precedence(value: ast.Value) -> int:
+    if isinstance(value, ast.BinaryOp):
+        return _PRECEDENCE[value.op]
+    if isinstance(value, ast.Literal) and value.text.startswith("-"):
+        return _ATOM - 1  # -1 as a factor: parenthesised after '-' only
+    return _ATOM - 1 if isinstance(value, ast.Negate) else _ATOM
+
+
+def _operand(value: ast.Value, least: int) -> str:
+    """``value`` inside an expression, in parentheses when it binds less tightly than ``least``."""
+    text = format_value(value)
+    return f"({text})" if _precedence(value) < least else text
+
+
 def format_value(value: ast.Value) -> str:
     if isinstance(value, ast.Literal):
         if value.text:
@@ -65,6 +83,11 @@ def format_value(value: ast.Value) -> str:
         return "(" + ", ".join(format_value(v) for v in value.items) + ")"
     if isinstance(value, ast.Call):
         return format_call(value)
+    if isinstance(value, ast.BinaryOp):  # minimal parentheses: the right operand of equal precedence keeps them
+        level = _PRECEDENCE[value.op]
+        return f"{_operand(value.left, level)} {value.op} {_operand(value.right, level + 1)}"
+    if isinstance(value, ast.Negate):
+        return "-" + _operand(value.operand, _ATOM)
     raise TypeError(f"not a value: {value!r}")
 
 

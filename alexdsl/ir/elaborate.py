@@ -8,6 +8,7 @@ fills them in.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +17,8 @@ from typing import Any
 import networkx as nx
 
 from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_you_mean
-from alexdsl.limits import MAX_DIM, MAX_NAME_LENGTH, MAX_RANK, max_layers
+from alexdsl.fmt import format_value
+from alexdsl.limits import MAX_DIM, MAX_INT, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
 from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS  # noqa: F401 - re-exported
 from alexdsl.syntax import ast
@@ -24,6 +26,8 @@ from alexdsl.syntax import ast
 PHASES = ("train", "test")
 BROKEN = "\0broken"  # the output of a statement that failed: layers reading it report nothing more
 PENDING = "\0pending"  # a block instance's input while its source is not resolved yet; never left in the IR
+SPLIT = "\0split:"  # prefix of a split statement's output: its parts are named, the whole is not
+SPLITTERS = {"chunk": "channel_chunk", "split": "channel_slice"}  # front-end forms -> the op of each part
 MAX_BLOCK_DEPTH = 32  # blocks using blocks, this many deep at most
 
 
@@ -34,6 +38,16 @@ class _Unexpandable(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+
+class _Invalid:
+    """The value of an expression whose error is already reported: nothing more is said about it."""
+
+    def __repr__(self) -> str:
+        return "an invalid value"
+
+
+INVALID: Any = _Invalid()
 
 
 @dataclass(frozen=True)
@@ -309,6 +323,8 @@ class Elaborator:
                 continue
             kind, choices = keys[arg.keyword]
             value = self._eval(arg.value, values)
+            if value is INVALID:
+                continue
             converted = self._convert_setting(kind, choices, value)
             if converted is None:
                 words = {"float": "a number", "int": "an integer", "bool": "true or false",
@@ -352,15 +368,60 @@ class Elaborator:
         return None
 
     # values ----------------------------------------------------------------------------------
-    def _eval(self, value: ast.Value, values: dict[str, Any]) -> Any:
+    def _eval(self, value: ast.Value, values: dict[str, Any], report: bool = True) -> Any:
+        """The value of ``value`` with block parameters ``values``; INVALID after a reported error."""
         if isinstance(value, ast.Literal):
             return value.value
         if isinstance(value, ast.Name):
             return values[value.name] if value.name in values else Symbol(value.name)
         if isinstance(value, ast.TupleValue):
-            return tuple(self._eval(v, values) for v in value.items)
-        return CallValue(value.name, tuple((a.keyword, self._eval(a.value, values), a.span) for a in value.args),
-                         value.span)
+            return tuple(self._eval(v, values, report) for v in value.items)
+        if isinstance(value, (ast.BinaryOp, ast.Negate)):
+            return self._arith(value, values, report)
+        return CallValue(value.name, tuple((a.keyword, self._eval(a.value, values, report), a.span)
+                                           for a in value.args), value.span)
+
+    def _arith(self, value: ast.Value, values: dict[str, Any], report: bool) -> Any:
+        """An operand of integer arithmetic, or INVALID (reported when ``report``)."""
+        def fail(message: str, span: Span, **extra: str | None) -> Any:
+            if report:
+                self.sink.error(message, span, **extra)
+            return INVALID
+
+        if isinstance(value, ast.Name):
+            if value.name not in values:
+                known = sorted(values)
+                return fail(f"unknown name '{value.name}' in an expression", value.span,
+                            expected="a number, or a block parameter (" + _listing(known) + ")" if known
+                            else "a number: only a block's parameters can be used in arithmetic",
+                            hint=self._did_you_mean(value.name, known) if report else None)
+            number = values[value.name]
+        elif isinstance(value, ast.BinaryOp):
+            left, right = self._arith(value.left, values, report), self._arith(value.right, values, report)
+            if left is INVALID or right is INVALID:
+                return INVALID
+            if value.op == "//" and right == 0:
+                return fail("division by zero", value.right.span, expected="a divisor other than 0",
+                            received=f"{format_value(value.right)} = 0")
+            number = {"+": left + right, "-": left - right, "*": left * right}[value.op] if value.op != "//" \
+                else left // right
+        elif isinstance(value, ast.Negate):
+            operand = self._arith(value.operand, values, report)
+            number = INVALID if operand is INVALID else -operand
+        else:
+            number = self._eval(value, values, report)
+        if number is INVALID:
+            return INVALID
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            return fail(f"'{format_value(value)}' is not a number, so it cannot take part in arithmetic", value.span,
+                        expected="an integer or a number", received=_describe(number))
+        if isinstance(number, int) and abs(number) > MAX_INT:
+            return fail("the value is too large", value.span, expected=f"at most {MAX_INT:,} (2**63 - 1)",
+                        received=f"{format_value(value)} = {number:.3e}")
+        if isinstance(number, float) and not math.isfinite(number):
+            return fail("the value is too large", value.span, expected="a finite number, at most about 1.8e308",
+                        received=format_value(value))
+        return number
 
     def _filler(self, value: Any, span: Span) -> Filler | None:
         if not isinstance(value, CallValue):
@@ -375,6 +436,8 @@ class Elaborator:
         names = [n for n, _ in spec]
         bound: dict[str, Any] = {}
         for i, (keyword, arg_value, arg_span) in enumerate(value.args):
+            if arg_value is INVALID:
+                return None
             key = keyword if keyword is not None else (names[i] if i < len(names) else None)
             if key is None:
                 self.sink.error(f"too many arguments for {value.name}", arg_span,
@@ -407,26 +470,40 @@ class Elaborator:
         """Check a parameter setting (``filler``, ``lr`` or ``decay``) and return it."""
         if key == "filler":
             return self._filler(value, span)
+        if value is INVALID:
+            return None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             return float(value)
         self.sink.error(f"'{key}' must be a non-negative number", span, received=_describe(value))
         return None
 
-    def _convert(self, op: OpDef, arg: Arg, value: Any, span: Span) -> Any:
+    def _convert(self, op: OpDef, arg: Arg, value: Any, span: Span, written: ast.Value | None = None) -> Any:
+        """``value`` checked against ``arg``; None after an error. ``written`` is the source of the value."""
+        shown = _describe(value)
+        if isinstance(written, (ast.BinaryOp, ast.Negate)) or (
+                isinstance(written, ast.TupleValue) and any(isinstance(v, (ast.BinaryOp, ast.Negate))
+                                                            for v in written.items)):
+            shown = f"{format_value(written)} = {shown}"
+
         def bad() -> None:
+            fraction = isinstance(value, float) and arg.kind in ("int", "pair")
             self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
-                            expected=_kind_words(arg), received=_describe(value))
+                            expected=_kind_words(arg), received=shown,
+                            hint="divide integers with '//', as in c // 8" if fraction else None)
+
+        if value is INVALID:
+            return None
 
         def in_range(v: float) -> bool:
             low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair") else None)
             high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair") else None)
             if low is not None and v < low:
                 self.sink.error(f"argument '{arg.name}' of {op.name} must be at least {_bound(low)}", span,
-                                received=_describe(value))
+                                received=shown)
                 return False
             if high is not None and v > high:
                 self.sink.error(f"argument '{arg.name}' of {op.name} must be at most {_bound(high)}", span,
-                                received=_describe(value))
+                                received=shown)
                 return False
             return True
 
@@ -518,6 +595,14 @@ class Elaborator:
                 suffix = str(counts[call.name]) if counts[call.name] > 1 else ""
                 name = f"{full}_{call.name}{suffix}"
             sources = stmt.sources if i == 0 else []
+            if self._is_splitter(call):
+                if i < len(stmt.links) - 1:
+                    self.sink.error(f"{call.name} must end its chain: its parts are read by name", call.span,
+                                    hint=f"start a new statement that reads a part, as in 'b: {stmt.label.name}.0 "
+                                         "-> conv(...)'")
+                    return None
+                local = link.label.name if link.label is not None else stmt.label.name
+                return self._split(call, local, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
             out = self._apply(call, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
             if out is None:
                 return None
@@ -526,6 +611,8 @@ class Elaborator:
 
     def _repeat(self, stmt: ast.RepeatStmt, scope: _Scope, full: str, phase: str) -> str | None:
         count = self._eval(stmt.count, scope.values)
+        if count is INVALID:
+            return None
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=_describe(count),
                             expected="a positive integer, or a block parameter holding one")
@@ -546,9 +633,74 @@ class Elaborator:
             prev = out
         return prev
 
+    def _is_splitter(self, call: ast.Call) -> bool:
+        return call.name in SPLITTERS and call.name not in self.blocks and lookup(call.name) is None
+
+    def _split(self, call: ast.Call, local: str, name: str, sources: list[ast.Name], implicit: str | None,
+               implicit_allowed: bool, scope: _Scope, phase: str) -> str | None:
+        """``chunk(n)`` / ``split(sizes)``: one layer per part, ``<name>.<i>``; returns the SPLIT marker."""
+        leading = 0
+        while leading < len(call.args) and call.args[leading].keyword is None and \
+                isinstance(call.args[leading].value, ast.Name) and call.args[leading].value.name not in scope.values:
+            leading += 1
+        refs, rest = call.args[:leading], call.args[leading:]
+        keyword = "chunks" if call.name == "chunk" else "sizes"
+        example = "half: chunk(2)" if call.name == "chunk" else "parts: split((24, 40))"
+        if len(rest) != 1 or rest[0].keyword not in (None, keyword):
+            self.sink.error(f"{call.name} takes one argument, {keyword}", call.span, expected=example,
+                            received=", ".join(format_value(a.value) for a in rest) or "no argument")
+            return None
+        arg = rest[0]
+        value = self._eval(arg.value, scope.values)
+        if value is INVALID:
+            return None
+        items = value if isinstance(value, tuple) and call.name == "split" else (value,)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_DIM for v in items) \
+                or (call.name == "split" and not isinstance(value, tuple)):
+            shown = _describe(value)
+            if isinstance(arg.value, (ast.BinaryOp, ast.Negate, ast.TupleValue)):
+                shown = f"{format_value(arg.value)} = {shown}"
+            self.sink.error(f"{call.name} needs " + ("a number of parts of at least 1" if call.name == "chunk"
+                                                     else "the size of each part, each at least 1"),
+                            arg.value.span, expected=example, received=shown,
+                            hint="for parts of equal size write chunk(n)" if call.name == "split" else None)
+            return None
+        count = items[0] if call.name == "chunk" else len(items)
+        if not self._fits(count, f"{call.name}({_describe(value)})", call.span):
+            return None
+        starts = list(itertools.accumulate(items, initial=0)) if call.name == "split" else []
+        for index in range(count):
+            def number(v: int) -> ast.Arg:
+                return ast.Arg(None, ast.Literal(v, arg.span, str(v)), arg.span)
+
+            if call.name == "chunk":
+                extra = [number(count), number(index)]
+            else:
+                extra = [number(starts[index]), number(starts[index + 1])]
+                if index == count - 1:  # the last part checks the sizes add up to the input's channels
+                    extra.append(ast.Arg("channels", ast.Literal(starts[-1], arg.span, str(starts[-1])), arg.span))
+            part = ast.Call(SPLITTERS[call.name], refs + extra, call.span, call.name_span)
+            out = self._apply(part, f"{name}.{index}", sources, implicit, implicit_allowed, scope, phase)
+            if out is None:
+                return None
+            scope.labels[f"{local}.{index}"] = out
+        return SPLIT + f"{local}\0{count}"
+
+    def _split_error(self, marker: str, span: Span) -> None:
+        local, count = marker[len(SPLIT):].split("\0")
+        names = [f"{local}.{i}" for i in range(int(count))]
+        self.sink.error(f"'{local}' is split into {count} parts: read one of them by name", span,
+                        expected=_listing(names), hint=f"write '{names[0]} -> ...' to read the first part")
+
     def _apply(self, call: ast.Call, name: str, sources: list[ast.Name], implicit: str | None,
                implicit_allowed: bool, scope: _Scope, phase: str) -> str | None:
         """Add the op or block instance ``call`` as ``name``; return the name of its output."""
+        if implicit is not None and implicit.startswith(SPLIT) and implicit_allowed and not sources and (
+                call.name in self.blocks or not (call.args and call.args[0].keyword is None
+                                                 and isinstance(call.args[0].value, ast.Name)
+                                                 and call.args[0].value.name not in scope.values)):
+            self._split_error(implicit, call.span)
+            return None
         if call.name in self.blocks:
             return self._instantiate(call, name, sources, implicit, scope, phase)
         op = lookup(call.name)
@@ -599,6 +751,7 @@ class Elaborator:
     def _bind(self, op: OpDef, call: ast.Call, values: list[tuple[str | None, Any, Span, ast.Value]]
               ) -> tuple[dict[str, Any] | None, dict[str, Span], dict[str, dict[str, Any]]]:
         given: dict[str, tuple[Any, Span]] = {}
+        written: dict[str, ast.Value] = {}
         param_args: dict[str, tuple[Any, Span]] = {}
         positional = [a for a in op.args if a.positional]
         position = 0
@@ -606,7 +759,7 @@ class Elaborator:
         seen_keyword = False
         param_keys = [f"{k}{s}" for k in op.param_kinds() for s in ("_lr", "_decay")] + [
             k for k in op.param_kinds() if op.arg(k) is None]
-        for keyword, value, span, _ in values:
+        for keyword, value, span, source in values:
             if keyword is None:
                 if position >= len(positional):
                     names = ", ".join(a.name for a in positional) or "no arguments"
@@ -635,6 +788,7 @@ class Elaborator:
                 self.sink.error(f"argument '{key}' of {op.name} is given twice", span)
                 continue
             given[key] = (value, span)
+            written[key] = source
         defaults = self.op_defaults.get(op.name, {})
         attrs: dict[str, Any] = {}
         spans: dict[str, Span] = {}
@@ -651,7 +805,7 @@ class Elaborator:
                                 expected=f"{arg.name}: {_kind_words(arg)}, as in {op.example}")
                 ok = False
                 continue
-            converted = self._convert(op, arg, value, span)
+            converted = self._convert(op, arg, value, span, written.get(arg.name))
             if converted is None and value is not None:  # reported; go on with the default to find more
                 if arg.default is REQUIRED:
                     ok = False
@@ -753,7 +907,7 @@ class Elaborator:
         values: dict[str, Any] = {}
         position = 0
         for arg in call.args:
-            value = self._eval(arg.value, outer)
+            value = self._eval(arg.value, outer, report)
             if arg.keyword is None:
                 if position >= len(params):
                     if report:
@@ -780,7 +934,7 @@ class Elaborator:
                                         expected=f"{call.name}({_listing(params)})")
                         return None
                     continue
-                values[param.name.name] = self._eval(param.default, {})
+                values[param.name.name] = self._eval(param.default, {}, report)
         return values
 
     # expansion size ------------------------------------------------------------------------------
@@ -812,7 +966,7 @@ class Elaborator:
         total = 0
         for stmt in self.blocks[name].body:
             if isinstance(stmt, ast.RepeatStmt):
-                count = self._eval(stmt.count, values)
+                count = self._eval(stmt.count, values, report=False)
                 if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                     total += count * self._call_size(stmt.call, values, inner)
             else:
@@ -835,7 +989,12 @@ class Elaborator:
     def _lookup(self, ref: ast.Name, scope: _Scope, report: bool = True) -> str | None:
         name = ref.name
         if name in scope.labels:
-            return scope.labels[name]
+            target = scope.labels[name]
+            if target is not None and target.startswith(SPLIT):
+                if report:
+                    self._split_error(target, ref.span)
+                return None
+            return target
         if name == "in" and scope.in_node is not None:
             return scope.in_node
         if scope.prefix + name in self.graph:

@@ -45,7 +45,27 @@ class Call:
     has_parens: bool = True
 
 
-Value = Literal | Name | TupleValue | Call
+@dataclass
+class BinaryOp:
+    """Integer arithmetic ``left op right``: ``op`` is ``+``, ``-``, ``*`` or ``//``."""
+
+    op: str
+    left: Value
+    right: Value
+    span: Span
+    op_span: Span
+
+
+@dataclass
+class Negate:
+    """``-operand`` where the operand is not a number (``-1`` is a :class:`Literal`)."""
+
+    operand: Value
+    span: Span
+
+
+Value = Literal | Name | TupleValue | Call | BinaryOp | Negate
+Expression = BinaryOp | Negate
 
 
 @dataclass
@@ -83,7 +103,7 @@ class RepeatStmt:
 
     label: Name
     sources: list[Name]
-    count: Literal | Name
+    count: Value
     call: Call
     phase: Name | None
     span: Span

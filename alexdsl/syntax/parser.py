@@ -144,6 +144,21 @@ class _ToAst(Transformer):
             value = 0.0
         return ast.Literal(value, self._span(tok), str(tok))
 
+    def negate(self, children: list) -> ast.Value:
+        minus, operand = children
+        span = self._span(minus, operand)
+        if isinstance(operand, ast.Literal) and isinstance(operand.value, (int, float)) \
+                and not operand.text.startswith("-"):
+            return ast.Literal(-operand.value, span, "-" + operand.text)
+        return ast.Negate(operand, span)
+
+    def binary(self, children: list) -> ast.BinaryOp:
+        left, op, right = children
+        return ast.BinaryOp(str(op), left, right, self._span(left, right), self._span(op))
+
+    def parens(self, children: list) -> ast.Value:
+        return children[1]
+
     def string_value(self, children: list[Token]) -> ast.Literal:
         (tok,) = children
         text = str(tok)[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
@@ -310,6 +325,9 @@ def _mistake_examples() -> dict[str, list[str]]:
     return {hint: [p + s for s in snippets for p in prefixes] for hint, snippets in _KNOWN_MISTAKES.items()}
 
 
+_ARITHMETIC = frozenset({"PLUS", "MINUS", "STAR", "DSLASH"})
+
+
 def _describe_terminal(name: str, lark: Lark) -> str:
     words = {
         "NAME": "a name",
@@ -340,6 +358,10 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
                        open_parens: list[Token]) -> Diagnostic:
     line, column = max(error.line, 1), max(error.column, 1)
     expected_terms = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+    if set(expected_terms) - _ARITHMETIC:  # after a number, '+ - * //' would continue it: not worth listing
+        expected_terms = [t for t in expected_terms if t not in _ARITHMETIC]
+        if "RPAR" in expected_terms:  # a repeat count may be followed by a name; inside '(...)' nothing is
+            expected_terms = [t for t in expected_terms if t != "NAME"]
     expected = ", ".join(dict.fromkeys(_describe_terminal(t, lark) for t in expected_terms)) or None
     width = 1
     if isinstance(error, UnexpectedToken):
@@ -360,6 +382,8 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
         hint = error.match_examples(lark.parse, _mistake_examples(), use_accepts=True)
     except Exception:  # noqa: BLE001 - a failed lookup only loses the hint
         hint = None
+    if isinstance(error, UnexpectedCharacters) and message == "unexpected character '/'":
+        hint = "divide integers with '//', as in c // 8"
     if open_parens and open_parens[-1].line < line:
         paren = open_parens[-1]
         hint = f"the '(' at line {paren.line}, column {paren.column} is never closed"

@@ -1,0 +1,127 @@
+"""Channel slices: the parts that ``half: chunk(2)`` and ``parts: split((24, 40))`` make.
+
+The front end expands a ``chunk``/``split`` statement into one single-output layer per part
+(``half.0``, ``half.1``), so every IR node keeps one output: ``chunk(n)`` into
+``channel_chunk(n, i)`` (torch.chunk over channels, sized from the input) and
+``split(sizes)`` into ``channel_slice(start, stop, channels=sum(sizes))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alexdsl.limits import MAX_DIM
+from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
+
+
+def chunk_bounds(chunks: int, index: int, channels: int) -> tuple[int, int]:
+    """torch.chunk's part ``index`` of ``chunks`` over ``channels``: ``(start, stop)``; empty past the last part.
+
+    >>> [chunk_bounds(3, i, 8) for i in range(3)]
+    [(0, 3), (3, 6), (6, 8)]
+    """
+    size = -(-channels // chunks)
+    start = min(index * size, channels)
+    return start, min(start + size, channels)
+
+
+def _bounds(op: str, attrs: Attrs, channels: int) -> tuple[int, int]:
+    if op == "channel_chunk":
+        return chunk_bounds(attrs["chunks"], attrs["index"], channels)
+    return attrs["start"], attrs["stop"]
+
+
+def _infer_chunk(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    chunks, index = attrs["chunks"], attrs["index"]
+    if index >= chunks:
+        raise ShapeError(f"part {index} of chunk({chunks}) does not exist", arg="index",
+                         expected=f"an index below {chunks}", received=str(index))
+    start, stop = chunk_bounds(chunks, index, x[0])
+    if start >= stop:
+        made = -(-x[0] // -(-x[0] // chunks))
+        raise ShapeError(f"chunk({chunks}) of {x[0]} channels makes only {made} parts, as torch.chunk does, "
+                         f"so part {index} is empty", arg="chunks",
+                         expected=f"at most {x[0]} parts, or channels that divide into {chunks}",
+                         received=format_shape(x))
+    return (stop - start, *x[1:])
+
+
+def _infer_slice(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    start, stop, channels = attrs["start"], attrs["stop"], attrs["channels"]
+    if channels and channels != x[0]:
+        raise ShapeError(f"the parts of the split add up to {channels} channels, but the input has {x[0]}",
+                         arg="channels", expected=f"an input of {channels} channels, or sizes that add up to {x[0]}",
+                         received=format_shape(x))
+    if not start < stop <= x[0]:
+        raise ShapeError(f"channels {start}:{stop} are not inside the input's {x[0]}", arg="stop",
+                         expected=f"0 <= start < stop <= {x[0]}", received=format_shape(x))
+    return (stop - start, *x[1:])
+
+
+def _torch(layer: Any, args: list[str], ctx: Any) -> str:
+    start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
+    return f"{args[0]}[:, {ctx.int(start)}:{ctx.int(stop)}]"
+
+
+def _onnx(layer: Any, ctx: Any) -> None:
+    start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
+    ctx.node("Slice", [ctx.inputs[0], ctx.constant([start], integer=True), ctx.constant([stop], integer=True),
+                       ctx.constant([1], integer=True)])
+
+
+def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    start, stop = _bounds(layer.op, layer.attrs, xs[0].shape[1])
+    return xs[0][:, start:stop]
+
+
+def _copy(x: Any, start: int, stop: int, out: Any) -> Any:
+    """``x[:, start:stop]`` as a contiguous array (into ``out`` when given): the kernels read contiguous input."""
+    from alexdsl.backends.cupy.runtime import array_module
+
+    part = x[:, start:stop]
+    if out is None:
+        return array_module(x).ascontiguousarray(part)
+    out[...] = part
+    return out
+
+
+def _chunk_executor(x: Any, *, chunks: int, index: int, out: Any = None) -> Any:
+    return _copy(x, *chunk_bounds(chunks, index, x.shape[1]), out)
+
+
+def _slice_executor(x: Any, *, start: int, stop: int, channels: int = 0, out: Any = None) -> Any:
+    return _copy(x, start, stop, out)
+
+
+def _lowerings(executor: Any) -> Lowerings:
+    return Lowerings(
+        torch=TorchLowering(forward=_torch),
+        executor=ExecutorLowering(function=executor),
+        onnx=_onnx,
+        reference=_reference,
+    )
+
+
+register(OpDef(
+    name="channel_chunk", family="tensor",
+    summary="Part index of torch.chunk(x, chunks, dim=1): what 'half: chunk(2)' makes half.0 and half.1 of "
+            "(no Caffe layer).",
+    example="part: channel_chunk(2, 1)",
+    args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
+          Arg("index", "int", doc="which part, from 0", min=0)),
+    infer=_infer_chunk, pattern=Pattern.INJECTIVE, lower=_lowerings(_chunk_executor),
+))
+
+register(OpDef(
+    name="channel_slice", family="tensor",
+    summary="Channels start to stop (x[:, start:stop]): what 'parts: split((24, 40))' makes each part of "
+            "(no Caffe layer).",
+    example="part: channel_slice(4, 12)",
+    args=(Arg("start", "int", doc="the first channel", min=0),
+          Arg("stop", "int", doc="one past the last channel", min=1),
+          Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM)),
+    infer=_infer_slice, pattern=Pattern.INJECTIVE, lower=_lowerings(_slice_executor),
+))
