@@ -203,7 +203,7 @@ def test_broadcasting_arithmetic_has_no_caffe_eltwise() -> None:
 
 # epilogue fusion ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("act", ["relu6", "hardswish", "silu", "hardsigmoid", "mish", "relu"])
+@pytest.mark.parametrize("act", ["relu6", "hardswish", "silu", "hardsigmoid", "mish", "sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("producer", ["conv(8, 3, pad=1) | batchnorm", "fc(10)", "pointwise_fc(8)"])
 def test_activation_fuses_into_the_producer_epilogue(producer: str, act: str) -> None:
     net = alexdsl.parse(f"input x: 4x6x6\nc: {producer} | {act}\n")

@@ -18,7 +18,7 @@ def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
-EPILOGUES = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "mish")
+EPILOGUES = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "mish", "sigmoid", "tanh")
 """The activations a producer with ``epilogues=EPILOGUES`` applies in its epilogue."""
 
 
@@ -89,7 +89,7 @@ register(OpDef(
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.sigmoid({args[0]})"),
-        executor=_runtime_call("sigmoid"),
+        executor=_runtime_call("sigmoid", epilogue="sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
@@ -102,7 +102,7 @@ register(OpDef(
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.tanh({args[0]})"),
-        executor=_runtime_call("tanh"),
+        executor=_runtime_call("tanh", epilogue="tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},

@@ -438,7 +438,7 @@ def conv2d(
 
     ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
     ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place; ``act`` is any other
-    elementwise activation (:data:`EPILOGUES`), applied in place after the bias.  ``scratch`` is an
+    elementwise activation (``alexdsl.ops.activation.EPILOGUES``), applied in place after the bias.  ``scratch`` is an
     optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
     :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
 
@@ -1186,11 +1186,6 @@ def activate(y: Array, act: Activation | None) -> Array:
 
     parallel_for(array_module(y), y.shape[0], y.size, chunk)
     return y
-
-
-EPILOGUES: dict[str, Activation] = {"relu6": relu6, "hardswish": hardswish, "hardsigmoid": hardsigmoid, "silu": silu,
-                                    "mish": mish}
-"""The activations other than ReLU that conv, fc and the arithmetic ops apply in place as ``act=``."""
 
 
 def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
