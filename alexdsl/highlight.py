@@ -59,6 +59,7 @@ class AlexDSLLexer(RegexLexer):
             (_NAME + r"(?=[ \t]*\()", Name.Function),
             (_NAME, Name),
             (r"->", Operator),
+            (r"//|[-+*]", Operator),  # integer arithmetic: 4 * w, c // 8
             (r"\|", Operator),
             (r"[(),{}:=]", Punctuation),
         ],
@@ -101,7 +102,7 @@ def textmate_grammar() -> dict:
             "match": rf"\b({names})\b|\b([A-Za-z_][A-Za-z0-9_]*)(?=\s*\()",
             "captures": _captures({1: "support.function.op", 2: "entity.name.function"}),
         },
-        "operator": {"name": "keyword.operator.alexdsl", "match": r"->|\||="},
+        "operator": {"name": "keyword.operator.alexdsl", "match": r"->|\||=|//|[-+*]"},
     }
     return {
         "$schema": "https://raw.githubusercontent.com/martinring/tmlanguage/master/tmlanguage.json",

@@ -106,8 +106,7 @@ class SymbolIndex:
         self._define(label)
         uses.extend((n, scope, "layer") for n in stmt.sources)
         if isinstance(stmt, ast.RepeatStmt):
-            if isinstance(stmt.count, ast.Name):
-                uses.append((stmt.count, scope, "value"))
+            uses.extend((n, scope, "value") for n in _names_in(stmt.count))
         else:
             for i, (link, (call, (name,))) in enumerate(zip(stmt.links, calls)):
                 if link.label is not None:
@@ -121,6 +120,12 @@ class SymbolIndex:
         block = self.blocks.get(call.name)
         if block is not None:
             self.occurrences.append(Occurrence(self.block_symbols[call.name], call.name_span, False))
+            for arg in call.args:  # down(64, stride=1): the keyword names the block's parameter
+                param = self.scopes[call.name].get(arg.keyword) if arg.keyword else None
+                if param is not None and param.kind == "param":
+                    start = arg.span
+                    keyword = Span(start.file, start.line, start.column, start.line, start.column + len(arg.keyword))
+                    self.occurrences.append(Occurrence(param, keyword, False))
         leading = block is None and lookup(call.name) is not None
         for arg in call.args:
             if leading and arg.keyword is None and isinstance(arg.value, ast.Name):
@@ -171,9 +176,13 @@ class SymbolIndex:
 
 
 def _names_in(value: ast.Value) -> list[ast.Name]:
-    """Bare names inside a value (block parameters used in arguments, tuples and filler calls)."""
+    """Bare names inside a value (block parameters used in arguments, tuples, filler calls and arithmetic)."""
     if isinstance(value, ast.Name):
         return [value]
+    if isinstance(value, ast.BinaryOp):
+        return _names_in(value.left) + _names_in(value.right)
+    if isinstance(value, ast.Negate):
+        return _names_in(value.operand)
     if isinstance(value, ast.TupleValue):
         return [n for item in value.items for n in _names_in(item)]
     if isinstance(value, ast.Call):
