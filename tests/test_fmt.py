@@ -134,6 +134,47 @@ def test_generated_networks_keep_their_ir(src: str) -> None:
     assert ir(out) == ir(src)
 
 
+def test_expressions_print_with_spaces_and_only_the_parentheses_they_need() -> None:
+    src = ("block b(w, n) {\n  c: conv(4*w+-1, (w//2,3), groups=-(w-1)*2) | hardtanh(-1.5,1e-3)\n"
+           "  d: conv((w*2)//3, w-(n-1), (w-n)-1, -(-w))\n  r: repeat (n + 1) relu\n}\n")
+    out = format_source(src)
+    assert out == ("block b(w, n) {\n  c: conv(4 * w + -1, (w // 2, 3), groups=-(w - 1) * 2) | hardtanh(-1.5, 1e-3)\n"
+                   "  d: conv(w * 2 // 3, w - (n - 1), w - n - 1, -(-w))\n  r: repeat n + 1 relu\n}\n")
+    assert format_source(out) == out
+
+
+def _expressions(depth: int = 3) -> st.SearchStrategy[str]:
+    leaves = st.one_of(st.integers(-9, 9).map(str), st.sampled_from(["w", "n"]))
+    return st.recursive(leaves, lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "*", "//"]), inner).map(lambda t: f"({t[0]}){t[1]}({t[2]})"),
+        inner.map(lambda e: f"-({e})")), max_leaves=2 ** depth)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_expressions(), st.integers(1, 9), st.integers(1, 9))
+def test_formatted_expressions_keep_their_value(expression: str, w: int, n: int) -> None:
+    """fmt drops redundant parentheses; the value (Python's integer semantics) never changes."""
+    out = format_source(f"block b(w, n) {{\n  c: conv({expression}, 1)\n}}\n")
+    assert format_source(out) == out
+    printed = out.split("conv(", 1)[1].rsplit(", 1)", 1)[0]
+    text = f"input x: 3x4x4\nblock b(w, n) {{\n  c: conv({printed}, 1)\n}}\ny: b({w}, {n})\n"
+    try:
+        expected = eval(expression, {"w": w, "n": n})  # noqa: S307 - digits, w, n and + - * // only
+    except ZeroDivisionError:
+        with pytest.raises(ZeroDivisionError):
+            eval(printed, {"w": w, "n": n})  # noqa: S307
+        with pytest.raises(AlexDSLError, match="division by zero"):
+            alexdsl.parse(text)
+        return
+    assert eval(printed, {"w": w, "n": n}) == expected  # noqa: S307
+    if expected >= 1:
+        assert alexdsl.parse(text).shapes["y.c"] == (expected, 4, 4)
+    else:
+        wanted = rf"argument 'out' of conv must be at least 1(?s:.*)received: (.* = )?{expected}(\n|$)"
+        with pytest.raises(AlexDSLError, match=wanted):
+            alexdsl.parse(text)
+
+
 # the command -------------------------------------------------------------------------------------
 def test_fmt_command(tmp_path: Path) -> None:
     good = tmp_path / "good.adsl"

@@ -17,6 +17,7 @@ PUBLISHED = [
     ("alexnet_torchvision.adsl", 61_100_840, 714_188_480),  # torchvision alexnet()
     ("vgg16.adsl", 138_357_544, None),  # torchvision vgg16()
     ("resnet18.adsl", 11_689_512, None),  # torchvision resnet18()
+    ("resnext50.adsl", 25_028_904, None),  # torchvision resnext50_32x4d()
     ("lenet.adsl", 431_080, 2_293_000),  # Caffe examples/mnist LeNet
 ]
 
@@ -479,3 +480,97 @@ def test_check_refuses_an_endless_file_without_a_traceback(monkeypatch: pytest.M
     assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
     assert "/dev/zero: error: the file is larger than the limit of 4,096 bytes" in result.output
     assert "Traceback" not in result.output
+
+
+# integer arithmetic ------------------------------------------------------------------------------
+ARITH = """input x: 8x16x16
+block b(w, n, g=2) {
+  c: conv(4 * w, (w // 2 + 1, 3 - 2), pad=(w // 4, 0), groups=g * 2) | relu
+  r: repeat n + 1 conv(-(-w) * (n - 1) + w, 1)
+}
+y: b(4, 2)
+z: conv(2 * (3 + 5) // 4 - 1, 1)
+"""
+
+
+def test_arithmetic_is_evaluated_against_block_parameters() -> None:
+    net = alexdsl.parse(ARITH)
+    assert net.layer("y.c").attrs["out"] == 16 and net.layer("y.c").attrs["groups"] == 4
+    assert net.layer("y.c").attrs["kernel"] == (3, 1) and net.layer("y.c").attrs["pad"] == (1, 0)
+    assert [n for n in net.graph if n.startswith("y.r.")] == ["y.r.0", "y.r.1", "y.r.2"]  # repeat n + 1
+    assert net.shapes["y.r.2"] == (8, 16, 16)  # -(-4) * (2 - 1) + 4
+    assert net.shapes["z"] == (3, 16, 16)  # 2 * 8 // 4 - 1, Python's precedence
+
+
+@pytest.mark.parametrize(("source", "message", "column", "extra"), [
+    ("block b(w) {\n  c: conv(w // (w - 4), 1)\n}\ny: b(4)\n", "division by zero", 17, "received: w - 4 = 0"),
+    ("block b(w) {\n  c: conv(w - 10, 1)\n}\ny: b(4)\n", "argument 'out' of conv must be at least 1", 11,
+     "received: w - 10 = -6"),
+    ("block b(w) {\n  c: conv(w * 0.5, 1)\n}\ny: b(4)\n", "argument 'out' of conv has the wrong type", 11,
+     "divide integers with '//'"),
+    ("block b(width) {\n  c: conv(widht * 2, 1)\n}\ny: b(4)\n", "unknown name 'widht' in an expression", 11,
+     "did you mean 'width'?"),
+    ("block b(w) {\n  c: conv(w * 4611686018427387904, 1)\n}\ny: b(4)\n", "the value is too large", 11,
+     "expected: at most 9,223,372,036,854,775,807"),
+    ("block b(w) {\n  c: repeat w - 4 relu\n}\ny: b(4)\n", "repeat needs a count of at least 1", 13,
+     "received: 0"),
+    ("block b(m) {\n  c: conv(m + 1, 1)\n}\ny: b(ceil)\n", "'m' is not a number", 11, "received: ceil"),
+])
+def test_arithmetic_errors_point_at_the_expression(source: str, message: str, column: int, extra: str) -> None:
+    text = str(_error("input x: 8x16x16\n" + source))
+    assert f"h.adsl:3:{column}: error: {message}" in text, text
+    assert extra in text, text
+
+
+def test_a_slash_suggests_floor_division() -> None:
+    text = str(_error("input x: 8x16x16\nc: conv(8 / 2, 1)\n"))
+    assert "h.adsl:2:11: error: unexpected character '/'" in text and "divide integers with '//'" in text
+
+
+def test_arithmetic_keeps_the_arrow_negative_numbers_and_shapes_apart() -> None:
+    net = alexdsl.parse("input x: 3x8x8\na: x -> conv(8-2, 3-2) | hardtanh(-1, 1)\nb: a->conv(2--1, 1)\n")
+    assert net.shapes["a"] == (6, 8, 8) and net.shapes["b"] == (3, 8, 8)
+    assert net.layer("a_hardtanh").attrs["min"] == -1.0
+
+
+def test_block_parameters_in_expressions_are_references_for_rename() -> None:
+    from alexdsl.lsp.symbols import SymbolIndex
+    from alexdsl.syntax.parser import parse_module
+
+    index = SymbolIndex(parse_module("input x: 3x8x8\nblock b(w, n) {\n  c: repeat n + 1 conv(4 * w, (w // 2, 1))\n}\n"
+                                     "y: b(4, n=1)\n"))
+    assert [(o.span.line, o.span.column) for o in index.occurrences_of(index.scopes["b"]["w"])] == \
+        [(2, 9), (3, 28), (3, 32)]
+    assert [(o.span.line, o.span.column) for o in index.occurrences_of(index.scopes["b"]["n"])] == \
+        [(2, 12), (3, 13), (5, 9)]
+
+
+# chunk and split -----------------------------------------------------------------------------------
+def test_chunk_and_split_name_each_part() -> None:
+    net = alexdsl.parse("""input x: 10x4x4
+half:  chunk(3)
+b:     half.1 -> conv(4, 1)
+parts: x -> split((2 * 2, 6))
+out:   concat(half.0, b, half.2, parts.1)
+""")
+    assert [net.shapes[f"half.{i}"][0] for i in range(3)] == [4, 4, 2]  # torch.chunk: ceil(10 / 3) each
+    assert (net.shapes["parts.0"][0], net.shapes["parts.1"][0]) == (4, 6)
+    assert net.layer("half.2").op == "channel_chunk" and net.layer("parts.1").op == "channel_slice"
+    assert net.layer("parts.1").attrs["start"] == 4 and net.layer("parts.1").attrs["stop"] == 10
+    assert net.shapes["out"] == (4 + 4 + 2 + 6, 4, 4)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("half: chunk(2)\nb: half -> relu\n", "h.adsl:3:4: error: 'half' is split into 2 parts: read one of them by name"),
+    ("half: chunk(2)\nb: relu\n", "h.adsl:3:4: error: 'half' is split into 2 parts"),
+    ("half: chunk(2) | relu\n", "h.adsl:2:7: error: chunk must end its chain"),
+    ("half: split((3, 4))\n", "h.adsl:2:13: error: half.1: the parts of the split add up to 7 channels, but the input "
+                               "has 8"),
+    ("half: split(4)\n", "h.adsl:2:13: error: split needs the size of each part"),
+    ("half: chunk(2 - 2)\n", "h.adsl:2:13: error: chunk needs a number of parts of at least 1"),
+    ("half: chunk(16)\n", "chunk(16) of 8 channels makes only 8 parts"),
+    ("half: chunk(2)\nb: half.2 -> relu\n", "h.adsl:3:4: error: unknown input name 'half.2'"),
+])
+def test_split_mistakes_are_located(source: str, message: str) -> None:
+    text = str(_error("input x: 8x4x4\n" + source))
+    assert message in text, text
