@@ -2,6 +2,7 @@
 
     python benchmarks/depthwise.py                 # MobileNetV2-like layers, batch 1 and 16
     python benchmarks/depthwise.py --batches 1 --repeat 30
+    python benchmarks/depthwise.py --threads 1     # one core per side (steadier on a shared machine)
 
 Each layer is a 3x3 (or 5x5) depthwise conv with bias and a fused ReLU, float32, timed in
 one process on the same data: ``rt.conv2d`` (which sends depthwise convs to
@@ -50,6 +51,7 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--repeat", type=int, default=12, help="timed runs per point and side")
+    p.add_argument("--threads", type=int, help="threads for every side (torch, BLAS, alexdsl); default: all")
     return p.parse_args()
 
 
@@ -92,6 +94,12 @@ def bench_layer(c: int, h: int, w: int, k: int, s: int, batch: int, repeat: int)
 
 def main() -> None:
     args = _parse()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        os.environ["ALEXDSL_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     print(f"CPU: {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}, ")
     print(f"     numpy {np.__version__} BLAS threads: {_blas_threads()}, alexdsl threads: {rt.num_threads()}")
     result: dict[str, Any] = {}

@@ -43,11 +43,11 @@ CASES = [
     )
     for i, (k, s, d) in enumerate(itertools.product((3, 5, 7), (1, 2), (1, 2)))
 ] + [
-    (2, 64, 1, 40, 42, 3, 1, 1, 1),  # several blocks of channels per image, the last one partial
+    (2, 60, 1, 40, 42, 3, 1, 1, 1),  # several blocks of channels per image, the last one partial
     (3, 24, 1, 13, 11, 3, 2, 0, 1),  # no padding: windows straight from the input
     (1, 4, 1, 6, 5, (3, 1), (1, 2), (1, 0), (2, 1)),  # everything asymmetric
     (2, 6, 1, 5, 5, 1, 1, 0, 1),  # 1x1 depthwise: a per-channel scale
-    (1, 3, 1, 4, 4, 3, 1, 3, 2),  # padding wider than the kernel reaches: some outputs are bias only
+    (1, 3, 1, 4, 4, 3, 1, 3, 1),  # padding wider than the kernel: the border outputs are bias only
 ]
 DTYPES = ["float32", "float64"]
 TORCH_TOL = {"float32": {"rtol": 1e-4, "atol": 1e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
@@ -126,13 +126,15 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
            "float32")  # fmt: skip
 
 
+@pytest.mark.parametrize("stride", [1, 2])  # whole padded rows as columns, or OH x OW windows
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_blocks_cover_every_image_and_channel(threads: str, monkeypatch) -> None:  # noqa: ANN001
-    """Small blocks: many per image, several images per thread, a partial last block."""
+def test_blocks_cover_every_image_and_channel(threads: str, stride: int, monkeypatch) -> None:  # noqa: ANN001
+    """Three channels a block: four blocks an image, the last one partial, several images a thread."""
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
-    monkeypatch.setattr(depthwise, "BLOCK_ELEMENTS", 3 * 30 * 31)
     monkeypatch.setattr(rt, "PARALLEL_MIN_ELEMENTS", 1)
-    x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, 1, 1, 1), "float32")
+    x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, stride, 1, 1), "float32")
+    pitch = 31 + 2 if stride == 1 else plan.out_w
+    monkeypatch.setattr(depthwise, "BLOCK_COLUMNS", 3 * 9 * plan.out_h * pitch)
     _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True),
            "float32")  # fmt: skip
 
@@ -163,6 +165,9 @@ def test_rejects_what_is_not_depthwise() -> None:
         depthwise.depthwise_conv2d(x, np.ones((4, 2, 3, 3), np.float32))
     with pytest.raises(ValueError, match="groups == in_channels"):
         depthwise.depthwise_conv2d(x, np.ones((4, 1, 3, 3), np.float32), plan=rt.ConvPlan(4, 8, 8, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        strided = np.empty((1, 4, 6, 12), np.float32)[..., ::2]
+        depthwise.depthwise_conv2d(x, np.ones((4, 1, 3, 3), np.float32), out=strided)
 
 
 def test_tap_windows_cover_exactly_the_inside_of_the_input() -> None:
