@@ -95,7 +95,11 @@ def torch_reference(network: Network, weights: dict[str, np.ndarray], *inputs: n
                 y = torch.tanh(x)
             elif op == "softmax":
                 y = F.softmax(x, dim=1)
-            elif op == "dropout":
+            elif op in ("relu6", "hardswish", "hardsigmoid", "silu"):
+                y = getattr(F, op)(x)
+            elif op == "mul":
+                y = xs[0] * xs[1]
+            elif op in ("dropout", "stochastic_depth"):
                 y = x
             elif op == "flatten":
                 y = x.flatten(1)
