@@ -19,7 +19,7 @@ from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation
 KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat")
 FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra")
 INPUT_KINDS = ("class",)  # input label: class(1000)
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)*"
 
 
 def _op_names() -> tuple[str, ...]:
@@ -46,7 +46,7 @@ class AlexDSLLexer(RegexLexer):
             (r'"([^"\\\n]|\\.)*"', String.Double),
             (r"(@)(train|test)\b", bygroups(Punctuation, Name.Decorator)),
             (r"@" + _NAME, Name.Decorator),
-            (words(KEYWORDS, suffix=r"\b"), Keyword),
+            (words(KEYWORDS, suffix=r"\b(?!\.)"), Keyword),  # block.1.avgpool is a name
             (words(("true", "false"), suffix=r"\b"), Keyword.Constant),
             (r"\bin\b", Name.Builtin.Pseudo),
             (r"[0-9]+(?:x[0-9]+)+\b", Number),
@@ -95,8 +95,8 @@ def textmate_grammar() -> dict:
             "captures": _captures({1: "variable.parameter", 2: "keyword.operator.assignment"}),
         },
         "label": {
-            "match": r"\b([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*)\s*(:)",
-            "captures": _captures({1: "entity.name.tag.label", 3: "punctuation.separator"}),
+            "match": r"\b([A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*)*)\s*(:)",
+            "captures": _captures({1: "entity.name.tag.label", 4: "punctuation.separator"}),
         },
         "call": {
             "match": rf"\b({names})\b|\b([A-Za-z_][A-Za-z0-9_]*)(?=\s*\()",

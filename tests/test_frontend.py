@@ -513,7 +513,7 @@ def test_arithmetic_is_evaluated_against_block_parameters() -> None:
     ("block b(w) {\n  c: conv(w * 4611686018427387904, 1)\n}\ny: b(4)\n", "the value is too large", 11,
      "expected: at most 9,223,372,036,854,775,807"),
     ("block b(w) {\n  c: repeat w - 4 relu\n}\ny: b(4)\n", "repeat needs a count of at least 1", 13,
-     "received: 0"),
+     "received: w - 4 = 0"),
     ("block b(m) {\n  c: conv(m + 1, 1)\n}\ny: b(ceil)\n", "'m' is not a number", 11, "received: ceil"),
 ])
 def test_arithmetic_errors_point_at_the_expression(source: str, message: str, column: int, extra: str) -> None:
@@ -574,3 +574,38 @@ out:   concat(half.0, b, half.2, parts.1)
 def test_split_mistakes_are_located(source: str, message: str) -> None:
     text = str(_error("input x: 8x4x4\n" + source))
     assert message in text, text
+
+
+def test_renaming_a_split_renames_its_parts() -> None:
+    from alexdsl.lsp import features
+    from alexdsl.lsp.symbols import SymbolIndex
+    from alexdsl.syntax.parser import parse_module
+
+    text = "input x: 8x4x4\nhalf: chunk(2)\nb: half.1 -> relu\nout: concat(half.0, b)\n"
+    index = SymbolIndex(parse_module(text))
+    assert index.resolve("half.1", None, layers_only=True).label is index.scopes[None]["half"]
+    edits = features.rename(index, features.Positions(text), 2, 1, "pair")
+    lines = text.split("\n")
+    for edit in sorted(edits, key=lambda e: (e.range.start.line, e.range.start.character), reverse=True):
+        row = lines[edit.range.start.line]
+        lines[edit.range.start.line] = row[:edit.range.start.character] + edit.new_text + row[edit.range.end.character:]
+    renamed = "\n".join(lines)
+    assert renamed == "input x: 8x4x4\npair: chunk(2)\nb: pair.1 -> relu\nout: concat(pair.0, b)\n"
+    assert alexdsl.parse(renamed).shapes["out"] == (8, 4, 4)
+
+
+def test_a_dotted_name_may_hold_a_hyphen_and_arithmetic_keeps_its_minus() -> None:
+    """torchvision's RegNet keys are trunk_output.block1.block1-0...; 'w-1' stays arithmetic, 'a.b->c' an arrow."""
+    net = alexdsl.parse("input x: 3x8x8\ntrunk.block1-0: conv(4, 1)\nb: trunk.block1-0->relu\n"
+                        "block q(w) {\n  d: conv(w-1, 1)\n}\ne: b -> q(3)\n")
+    assert net.shapes["b"] == (4, 8, 8) and net.shapes["e.d"] == (2, 8, 8)
+    assert "trunk.block1-0.weight" in net.state_keys()
+    assert alexdsl.Network.from_json(net.to_json()).state_keys() == net.state_keys()
+
+
+def test_the_ir_readers_name_pattern_is_the_grammars() -> None:
+    from alexdsl.interop.source import NAME
+    from alexdsl.syntax.parser import grammar_text
+
+    (line,) = [line for line in grammar_text().splitlines() if line.startswith("NAME:")]
+    assert line.split("/")[1] == NAME.pattern

@@ -29,7 +29,7 @@ from alexdsl.ir.network import Network
 from alexdsl.ops.registry import FILLERS, REQUIRED, Filler, lookup
 from alexdsl.syntax.parser import grammar_text
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")  # the NAME terminal of grammars/alexdsl.lark
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*)*")  # NAME of grammars/alexdsl.lark
 
 
 @functools.cache

@@ -614,8 +614,11 @@ class Elaborator:
         if count is INVALID:
             return None
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=_describe(count),
-                            expected="a positive integer, or a block parameter holding one")
+            shown = _describe(count)
+            if isinstance(stmt.count, (ast.BinaryOp, ast.Negate)):
+                shown = f"{format_value(stmt.count)} = {shown}"
+            self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=shown,
+                            expected="a positive integer: a number, a block parameter or an expression of them")
             return None
         try:
             size = count * self._call_size(stmt.call, scope.values, [])

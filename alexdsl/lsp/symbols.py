@@ -17,6 +17,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from alexdsl.errors import Span
+from alexdsl.ir.elaborate import SPLITTERS
 from alexdsl.lsp.analysis import statement_calls
 from alexdsl.ops.registry import lookup
 from alexdsl.syntax import ast
@@ -59,6 +60,7 @@ class SymbolIndex:
     blocks: dict[str, ast.BlockDef] = field(default_factory=dict)
     block_symbols: dict[str, Symbol] = field(default_factory=dict)
     occurrences: list[Occurrence] = field(default_factory=list, repr=False)
+    splits: dict[tuple[str | None, str], Symbol] = field(default_factory=dict, repr=False)  # chunk/split labels
     _starts: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,7 +89,7 @@ class SymbolIndex:
             elif isinstance(stmt, ast.PreprocessStmt):
                 uses.append((stmt.target, None, "layer"))
         for name, scope, kind in uses:
-            symbol = self.resolve(name.name, scope, layers_only=kind == "layer")
+            symbol = self.resolve(name.name, scope, layers_only=kind == "layer") or self._part(name.name, scope)
             if symbol is not None:
                 self.occurrences.append(Occurrence(symbol, name.span, False))
         self.occurrences.sort(key=lambda o: (o.span.line, o.span.column))
@@ -108,11 +110,16 @@ class SymbolIndex:
         if isinstance(stmt, ast.RepeatStmt):
             uses.extend((n, scope, "value") for n in _names_in(stmt.count))
         else:
+            owner = label
             for i, (link, (call, (name,))) in enumerate(zip(stmt.links, calls)):
                 if link.label is not None:
-                    self._define(Symbol(name, "layer", link.label.span, scope, call=call))
+                    owner = Symbol(name, "layer", link.label.span, scope, call=call)
+                    self._define(owner)
                 elif i > 0:
                     self._define(Symbol(name, "layer", call.name_span, scope, label=label, call=call))
+            last = stmt.links[-1].call.name
+            if last in SPLITTERS and last not in self.blocks and lookup(last) is None:
+                self.splits[(scope, owner.name)] = owner
         for call, _ in calls:
             self._call(call, scope, uses)
 
@@ -133,6 +140,16 @@ class SymbolIndex:
                 continue
             leading = False
             uses.extend((n, scope, "value") for n in _names_in(arg.value))
+
+    def _part(self, name: str, scope: str | None) -> Symbol | None:
+        """``half.1`` after ``half: chunk(2)``: a name generated from the split's label, defined at first use."""
+        base, _, index = name.rpartition(".")
+        owner = self.splits.get((scope, base))
+        if owner is None or not index.isdigit():
+            return None
+        part = Symbol(name, "layer", owner.span, scope, label=owner, call=owner.call)
+        self._define(part)
+        return self.scopes[scope][name]
 
     # queries -----------------------------------------------------------------------------------
     def resolve(self, name: str, scope: str | None, layers_only: bool = False) -> Symbol | None:
