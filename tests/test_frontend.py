@@ -609,3 +609,9 @@ def test_the_ir_readers_name_pattern_is_the_grammars() -> None:
 
     (line,) = [line for line in grammar_text().splitlines() if line.startswith("NAME:")]
     assert line.split("/")[1] == NAME.pattern
+
+
+@pytest.mark.parametrize("expression", ["1+" * 100_000 + "1", "-" * 100_000 + "w", "w*" * 65 + "1"])
+def test_a_deeply_nested_expression_is_a_located_error(expression: str) -> None:
+    text = str(_error(f"input x: 3x8x8\nc: conv({expression}, 1)\n"))
+    assert "h.adsl:2:" in text and "error: the expression nests more than 64 operators" in text

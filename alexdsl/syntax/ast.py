@@ -54,6 +54,7 @@ class BinaryOp:
     right: Value
     span: Span
     op_span: Span
+    depth: int = 1  # operators nested, this one included (the parser refuses more than MAX_NESTING)
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Negate:
 
     operand: Value
     span: Span
+    depth: int = 1
 
 
 Value = Literal | Name | TupleValue | Call | BinaryOp | Negate

@@ -54,11 +54,13 @@ _STATE: contextvars.ContextVar[_ParseState] = contextvars.ContextVar("alexdsl_pa
 
 
 class _TooDeep(Exception):
-    """Raised by the post-lexer at the parenthesis that opens one level too many."""
+    """Raised by the post-lexer at the parenthesis that opens one level too many, or by the
+    tree builder at the operator that nests an expression one level too deep."""
 
-    def __init__(self, token: Token):
+    def __init__(self, token: Token, expression: bool = False):
         super().__init__(str(token))
         self.token = token
+        self.expression = expression
 
 
 class _Continuations:
@@ -107,6 +109,14 @@ def _bounds(item: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
     return (span.line, span.column), (span.end_line, span.end_column)
 
 
+def _depth(operator: Token, *operands: ast.Value) -> int:
+    """Operators nested in an expression: at most MAX_NESTING, so evaluating and printing it never recurse deeply."""
+    depth = 1 + max(getattr(v, "depth", 0) for v in operands)
+    if depth > MAX_NESTING:
+        raise _TooDeep(operator, expression=True)
+    return depth
+
+
 class _ToAst(Transformer):
     """Builds ast dataclasses while the LALR parser runs (no parse tree is built).
 
@@ -150,11 +160,12 @@ class _ToAst(Transformer):
         if isinstance(operand, ast.Literal) and isinstance(operand.value, (int, float)) \
                 and not operand.text.startswith("-"):
             return ast.Literal(-operand.value, span, "-" + operand.text)
-        return ast.Negate(operand, span)
+        return ast.Negate(operand, span, _depth(minus, operand))
 
     def binary(self, children: list) -> ast.BinaryOp:
         left, op, right = children
-        return ast.BinaryOp(str(op), left, right, self._span(left, right), self._span(op))
+        return ast.BinaryOp(str(op), left, right, self._span(left, right), self._span(op),
+                            _depth(op, left, right))
 
     def parens(self, children: list) -> ast.Value:
         return children[1]
@@ -422,7 +433,7 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
         try:
             statements = lark.parse(attempt)
         except _TooDeep as error:
-            diagnostics.append(_too_deep(error.token, file))
+            diagnostics.append(_too_deep(error.token, file, error.expression))
             break
         except UnexpectedInput as error:
             diag = _syntax_diagnostic(error, file, text, lark, list(state.open_parens))
@@ -448,7 +459,12 @@ def parse_module(text: str, file: str = "<string>") -> ast.Module:
     return module
 
 
-def _too_deep(token: Token, file: str) -> Diagnostic:
+def _too_deep(token: Token, file: str, expression: bool = False) -> Diagnostic:
+    if expression:
+        return Diagnostic("error", f"the expression nests more than {MAX_NESTING} operators",
+                          Span(file, token.line, token.column, token.line, token.column + len(str(token))),
+                          expected=f"at most {MAX_NESTING} operators, one inside another",
+                          hint="write the value, or a shorter expression")
     return Diagnostic("error", f"more than {MAX_NESTING} parentheses are open here",
                       Span(file, token.line, token.column, token.line, token.column + 1),
                       expected=f"at most {MAX_NESTING} levels of nested calls and tuples",
