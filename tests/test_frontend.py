@@ -615,3 +615,8 @@ def test_the_ir_readers_name_pattern_is_the_grammars() -> None:
 def test_a_deeply_nested_expression_is_a_located_error(expression: str) -> None:
     text = str(_error(f"input x: 3x8x8\nc: conv({expression}, 1)\n"))
     assert "h.adsl:2:" in text and "error: the expression nests more than 64 operators" in text
+
+
+def test_a_scalar_cannot_be_split() -> None:
+    text = str(_error("input v: class(3)\ninput x: 3x4x4\na: x -> fc(3)\nacc: accuracy(a, v)\nh: acc -> chunk(2)\n"))
+    assert "h.adsl:5:11: error: h.0: a scalar has no channels to split" in text, text

@@ -32,8 +32,15 @@ def _bounds(op: str, attrs: Attrs, channels: int) -> tuple[int, int]:
     return attrs["start"], attrs["stop"]
 
 
+def _channels(x: Shape) -> int:
+    if not x:
+        raise ShapeError("a scalar has no channels to split", expected="CxHxW or a vector (C)", received="scalar")
+    return x[0]
+
+
 def _infer_chunk(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
+    _channels(x)
     chunks, index = attrs["chunks"], attrs["index"]
     if index >= chunks:
         raise ShapeError(f"part {index} of chunk({chunks}) does not exist", arg="index",
@@ -50,6 +57,7 @@ def _infer_chunk(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 def _infer_slice(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
+    _channels(x)
     start, stop, channels = attrs["start"], attrs["stop"], attrs["channels"]
     if channels and channels != x[0]:
         raise ShapeError(f"the parts of the split add up to {channels} channels, but the input has {x[0]}",
