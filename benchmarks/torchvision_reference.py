@@ -17,7 +17,8 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "torchvision"
-MODELS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0")
+MODELS = ("mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
+          "shufflenet_v2_x1_0", "regnet_y_400mf", "convnext_tiny")
 
 
 def reference(name: str) -> dict:
