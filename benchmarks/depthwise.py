@@ -3,19 +3,24 @@
     python benchmarks/depthwise.py                 # MobileNetV2-like layers, batch 1 and 16
     python benchmarks/depthwise.py --batches 1 --repeat 30
     python benchmarks/depthwise.py --threads 1     # one core per side (steadier on a shared machine)
+    python benchmarks/depthwise.py --network examples/mobilenet_v2.adsl   # a whole network instead
+
 
 Each layer is a 3x3 (or 5x5) depthwise conv with bias and a fused ReLU, float32, timed in
 one process on the same data: ``rt.conv2d`` (which sends depthwise convs to
 :mod:`alexdsl.backends.cupy.depthwise`), the same call forced through im2col + GEMM (the
 path every depthwise conv took before), and ``torch.nn.functional.conv2d`` + ``relu_``.
 Ratios are direct / im2col and direct / torch in images per second (above 1: the direct
-kernel is faster).  Timing as in benchmarks/executor.py (best of alternating blocks).
-The last line is JSON.
+kernel is faster).  ``--network`` times a whole network the same three ways instead: the
+executor as it is, the executor with every depthwise conv through im2col, and the torch
+backend's module, with the same random weights.  Timing as in benchmarks/executor.py (best of
+alternating blocks).  The last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from executor import _blas_threads, _time_each  # noqa: E402 - the executor benchmark's timing
+from executor import _blas_threads, _random_weights, _time_each, torch_forward  # noqa: E402
 
+import alexdsl  # noqa: E402
+from alexdsl.backends import cupy as backend  # noqa: E402
 from alexdsl.backends.cupy import runtime as rt  # noqa: E402
 
 # (channels, height, width, kernel, stride): MobileNetV2's depthwise layers (and one of EfficientNet-B0's 5x5)
@@ -41,10 +48,32 @@ LAYERS = [
 ]
 
 
-class Im2colPlan(rt.ConvPlan):
-    """A plan that :func:`rt.conv2d` does not send to the depthwise kernel: im2col + GEMM as before."""
+@contextlib.contextmanager
+def im2col_only() -> Any:
+    """Meanwhile :func:`rt.conv2d` sends no conv to the depthwise kernel: im2col + GEMM as before."""
+    saved = rt.ConvPlan.__dict__["is_depthwise"]
+    rt.ConvPlan.is_depthwise = False
+    try:
+        yield
+    finally:
+        rt.ConvPlan.is_depthwise = saved
 
-    is_depthwise = False
+
+def _in_im2col(fn: Any) -> Any:
+    def run() -> Any:
+        with im2col_only():
+            return fn()
+
+    return run
+
+
+def _result(batch: int, times: list[float], diff: float) -> dict[str, Any]:
+    ips = dict(zip(("direct_ips", "im2col_ips", "torch_ips"), (batch / t for t in times), strict=True))
+    return {k: round(v, 1) for k, v in ips.items()} | {
+        "vs_im2col": round(ips["direct_ips"] / ips["im2col_ips"], 2),
+        "vs_torch": round(ips["direct_ips"] / ips["torch_ips"], 2),
+        "max_diff": diff,
+    }
 
 
 def _parse() -> argparse.Namespace:
@@ -52,6 +81,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--repeat", type=int, default=12, help="timed runs per point and side")
     p.add_argument("--threads", type=int, help="threads for every side (torch, BLAS, alexdsl); default: all")
+    p.add_argument("--network", help="time this .adsl network in the executor instead of single layers")
     return p.parse_args()
 
 
@@ -61,35 +91,40 @@ def bench_layer(c: int, h: int, w: int, k: int, s: int, batch: int, repeat: int)
     x = rng.standard_normal((batch, c, h, w), dtype=np.float32)
     wt = rng.standard_normal((c, 1, k, k), dtype=np.float32)
     b = rng.standard_normal(c, dtype=np.float32)
-    geometry = (c, h, w, c, (k, k), (s, s), (k // 2, k // 2), (1, 1), c)
-    direct, im2col = rt.ConvPlan(*geometry), Im2colPlan(*geometry)
-    assert direct.is_depthwise
-    out = np.empty((batch, c, direct.out_h, direct.out_w), np.float32)
-    out_im2col = np.empty_like(out)
+    plan = rt.ConvPlan(c, h, w, c, (k, k), (s, s), (k // 2, k // 2), (1, 1), c)
+    assert plan.is_depthwise
+    out = np.empty((batch, c, plan.out_h, plan.out_w), np.float32)
     tx, tw, tb = torch.from_numpy(x), torch.from_numpy(wt), torch.from_numpy(b)
+
+    def run_direct() -> np.ndarray:
+        return rt.conv2d(x, wt, b, relu=True, plan=plan, out=out)
 
     def run_torch() -> torch.Tensor:
         return torch.relu_(torch.nn.functional.conv2d(tx, tw, tb, s, k // 2, 1, c))
 
     with torch.inference_mode():
         want = run_torch().numpy()
-        rt.conv2d(x, wt, b, relu=True, plan=direct, out=out)
-        rt.conv2d(x, wt, b, relu=True, plan=im2col, out=out_im2col)
-        diff = max(float(np.abs(out - want).max()), float(np.abs(out_im2col - want).max()))
-        times = _time_each(
-            [
-                lambda: rt.conv2d(x, wt, b, relu=True, plan=direct, out=out),
-                lambda: rt.conv2d(x, wt, b, relu=True, plan=im2col, out=out_im2col),
-                run_torch,
-            ],
-            repeat,
-        )
-    ips = dict(zip(("direct_ips", "im2col_ips", "torch_ips"), (batch / t for t in times), strict=True))
-    return {k: round(v, 1) for k, v in ips.items()} | {
-        "vs_im2col": round(ips["direct_ips"] / ips["im2col_ips"], 2),
-        "vs_torch": round(ips["direct_ips"] / ips["torch_ips"], 2),
-        "max_diff": diff,
-    }
+        diff = max(float(np.abs(run() - want).max()) for run in (run_direct, _in_im2col(run_direct)))
+        times = _time_each([run_direct, _in_im2col(run_direct), run_torch], repeat)
+    return _result(batch, times, diff)
+
+
+def bench_network(path: str, batch: int, repeat: int) -> dict[str, Any]:
+    """Images/s of the three sides for a whole network, and the largest difference from torch."""
+    net = alexdsl.load(path)
+    weights = _random_weights(net)
+    rng = np.random.default_rng(1)
+    for key, value in weights.items():  # batchnorm variances must be positive
+        if key.endswith("running_var"):
+            weights[key] = rng.uniform(0.5, 1.5, value.shape).astype(np.float32)
+    ex, ref = backend.compile(net, weights, device="cpu"), torch_forward(net, weights, "cpu")
+    x = np.random.default_rng(batch).standard_normal((batch, *next(iter(ex.inputs.values())))).astype(np.float32)
+    tx = torch.from_numpy(x)
+    with torch.inference_mode():
+        want = ref(tx).numpy()
+        diff = max(float(np.abs(run() - want).max()) for run in (lambda: ex(x), _in_im2col(lambda: ex(x))))
+        times = _time_each([lambda: ex(x), _in_im2col(lambda: ex(x)), lambda: ref(tx)], repeat)
+    return _result(batch, times, diff)
 
 
 def main() -> None:
@@ -104,12 +139,20 @@ def main() -> None:
     print(f"     numpy {np.__version__} BLAS threads: {_blas_threads()}, alexdsl threads: {rt.num_threads()}")
     result: dict[str, Any] = {}
     for batch in args.batches:
-        for c, h, w, k, s in LAYERS:
+        for c, h, w, k, s in [] if args.network else LAYERS:
             name = f"{c}x{h}x{w} k{k} s{s} batch {batch}"
             r = result[name] = bench_layer(c, h, w, k, s, batch, args.repeat)
             print(
                 f"  {name:28s} direct {r['direct_ips']:9.1f} img/s  im2col {r['im2col_ips']:9.1f} img/s  "
                 f"torch {r['torch_ips']:9.1f} img/s  direct/im2col {r['vs_im2col']:5.2f}x  "
+                f"direct/torch {r['vs_torch']:5.2f}x  (max |diff| {r['max_diff']:.1e})"
+            )
+        if args.network:
+            name = f"{Path(args.network).stem} batch {batch}"
+            r = result[name] = bench_network(args.network, batch, args.repeat)
+            print(
+                f"  {name:28s} executor {r['direct_ips']:7.1f} img/s  with im2col depthwise {r['im2col_ips']:7.1f} "
+                f"img/s  torch {r['torch_ips']:7.1f} img/s  direct/im2col {r['vs_im2col']:5.2f}x  "
                 f"direct/torch {r['vs_torch']:5.2f}x  (max |diff| {r['max_diff']:.1e})"
             )
     print(json.dumps(result))
