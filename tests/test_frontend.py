@@ -620,3 +620,26 @@ def test_a_deeply_nested_expression_is_a_located_error(expression: str) -> None:
 def test_a_scalar_cannot_be_split() -> None:
     text = str(_error("input v: class(3)\ninput x: 3x4x4\na: x -> fc(3)\nacc: accuracy(a, v)\nh: acc -> chunk(2)\n"))
     assert "h.adsl:5:11: error: h.0: a scalar has no channels to split" in text, text
+
+
+def test_splits_round_trip_through_caffe_slice_layers() -> None:
+    from alexdsl.interop.caffe import import_prototxt
+    from alexdsl.interop.caffe_export import export_prototxt
+
+    net = alexdsl.parse("input x: 10x4x4\nhalf: chunk(2)\nb: half.1 -> relu\nparts: x -> split((3, 4, 3))\n"
+                        "odd: x -> chunk(3)\nout: concat(half.0, b, parts.1, odd.2)\n")
+    prototxt = export_prototxt(net)
+    assert prototxt.count('type: "Slice"') == 2 + 3 + 3 and "slice_point: 3\n    slice_point: 7" in prototxt
+    again = alexdsl.parse(import_prototxt(prototxt, "net.prototxt"))
+    assert {name: again.shapes[name] for name in net.shapes} == net.shapes
+    assert again.layer("half.1").op == "channel_chunk" and again.layer("parts.1").op == "channel_slice"
+    assert (again.layer("parts.1").attrs["start"], again.layer("parts.1").attrs["stop"]) == (3, 7)
+
+
+def test_a_caffe_slice_with_too_few_points_is_a_located_error() -> None:
+    from alexdsl.interop.caffe import import_prototxt
+
+    prototxt = ('input: "x"\ninput_shape { dim: 1 dim: 8 dim: 2 dim: 2 }\nlayer {\n  name: "s"\n  type: "Slice"\n'
+                '  bottom: "x"\n  top: "a"\n  top: "b"\n  top: "c"\n  slice_param { axis: 1 slice_point: 2 }\n}\n')
+    with pytest.raises(AlexDSLError, match=r"net.prototxt:10:15: error: Slice layer 's' has 1 slice points for 3 tops"):
+        import_prototxt(prototxt, "net.prototxt")

@@ -267,7 +267,7 @@ _SCHEMA: dict[str, set[str]] = {
               "dropout_param", "concat_param", "eltwise_param", "batch_norm_param", "scale_param",
               "softmax_param", "accuracy_param", "input_param", "data_param", "transform_param", "relu_param",
               "loss_param", "flatten_param", "image_data_param", "memory_data_param", "elu_param", "prelu_param",
-              "swish_param"},
+              "swish_param", "slice_param"},
     "param": {"lr_mult", "decay_mult", "name"},
     "include": {"phase"},
     "convolution_param": {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w",
@@ -298,6 +298,7 @@ _SCHEMA: dict[str, set[str]] = {
     "swish_param": {"beta"},
     "loss_param": {"ignore_label", "normalize", "normalization"},
     "flatten_param": {"axis", "end_axis"},
+    "slice_param": {"axis", "slice_point", "slice_dim"},
     "weight_filler": _FILLER,
     "bias_filler": _FILLER,
     "filler": _FILLER,
@@ -316,7 +317,8 @@ def layer_types() -> tuple[str, ...]:
 _INT_FIELDS = {"num_output", "kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w", "pad", "pad_h",
                "pad_w", "dilation", "group", "axis", "local_size", "top_k", "dim", "input_dim", "crop_size",
                "batch_size", "concat_dim", "num_axes", "channels", "height", "width", "new_height", "new_width",
-               "rand_skip", "prefetch", "end_axis", "ignore_label", "level", "sparse"}
+               "rand_skip", "prefetch", "end_axis", "ignore_label", "level", "sparse", "slice_point",
+               "slice_dim"}
 _FLOAT_FIELDS = {"lr_mult", "decay_mult", "alpha", "beta", "k", "dropout_ratio", "eps", "moving_average_fraction",
                  "negative_slope", "value", "min", "max", "mean", "std", "scale", "mean_value", "coeff",
                  "loss_weight"}
@@ -589,25 +591,27 @@ class _Importer:
         converted = importers[ltype](layer, caffe_name, self)
         if converted is None:
             return
-        op, args, section = converted
+        parts = converted if isinstance(converted, list) else [converted]  # a list: one layer per top (Slice)
+        op = parts[0][0]
         lo, hi = _op(op).inputs
         if len(inputs) < lo or (hi is not None and len(inputs) > hi):
             self.error(f"{ltype} layer '{caffe_name}' has {len(inputs)} bottoms; expected "
                        f"{lo if lo == hi else f'at least {lo}'}", span)
             return
-        if len(tops) != 1:
+        if len(tops) != len(parts):
             self.error(f"layer '{caffe_name}' has {len(tops)} tops; alexdsl layers have one output", span)
             return
-        node = _Node(self._alex_name(caffe_name), op, args, inputs, phase, layer)
-        if section is not None:  # the fillers are in the layer's own *_param section
-            node.filler_section = section
-            self._params(layer, node, ("weight", "bias"), layer.message(section), None)
-        for src in inputs:
-            if src in self.by_name:
-                self.by_name[src].consumers += 1
-        self.nodes.append(node)
-        self.by_name[node.name] = node
-        self.blob[tops[0]] = node.name
+        for top, (op, args, section) in zip(tops, parts):
+            node = _Node(self._alex_name(caffe_name if len(parts) == 1 else top), op, args, inputs, phase, layer)
+            if section is not None:  # the fillers are in the layer's own *_param section
+                node.filler_section = section
+                self._params(layer, node, ("weight", "bias"), layer.message(section), None)
+            for src in inputs:
+                if src in self.by_name:
+                    self.by_name[src].consumers += 1
+            self.nodes.append(node)
+            self.by_name[node.name] = node
+            self.blob[top] = node.name
 
     def _params(self, layer: Message, node: _Node, kinds: tuple[str, ...], pmsg: Message | None,
                 filler_field: str | None) -> None:

@@ -120,7 +120,7 @@ def _layer(network: Network, layer: Layer) -> list[str]:
         bottoms = [layer.name] if caffe.suffix else layer.inputs
         lines += ["layer {", f"  name: {_q(layer.name + caffe.suffix)}", f"  type: {_q(caffe.type)}"]
         lines += [f"  bottom: {_q(b)}" for b in bottoms]
-        lines.append(f"  top: {_q(layer.name)}")
+        lines += [f"  top: {_q(top)}" for top in caffe.tops or (layer.name,)]
         if layer.phase != "all":
             lines.append(f"  include {{ phase: {layer.phase.upper()} }}")
         lines += _params(layer, caffe.params)

@@ -118,7 +118,8 @@ class CaffeLayer:
     ``section`` is the ``*_param`` message and ``body`` its lines; ``params`` the learnable
     parameters written as ``param { lr_mult decay_mult }`` blocks (when any multiplier is not 1);
     ``suffix`` makes a second layer named ``<layer><suffix>`` that runs in place on the first's
-    top (batchnorm's Scale).
+    top (batchnorm's Scale). ``tops`` lists the tops of a layer with several, the layer's own
+    output among them (a Slice); by default its one top is the layer's name.
     """
 
     type: str
@@ -126,6 +127,7 @@ class CaffeLayer:
     body: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     suffix: str = ""
+    tops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ class Lowerings:
       ``ctx.fail(message)`` for what Caffe cannot express.
     * ``from_caffe``: Caffe layer type -> ``convert(message, name, ctx)`` returning
       ``(op, args, section)`` (the alexdsl op, its arguments as source text, and the
-      ``*_param`` section holding the fillers, or None), or None after ``ctx.error(...)``.
+      ``*_param`` section holding the fillers, or None), or None after ``ctx.error(...)``;
+      a list of them for a layer with several tops (one alexdsl layer per top, named after it).
       The context offers ``ctx.section(message, name)`` (an empty message when absent),
       ``ctx.pair(section, field, default)`` (source text), ``ctx.is_true(scalar)`` and
       ``ctx.error(message, span, **extra)``.

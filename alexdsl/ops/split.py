@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.limits import MAX_DIM
-from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
 
@@ -29,7 +29,7 @@ def chunk_bounds(chunks: int, index: int, channels: int) -> tuple[int, int]:
 def _bounds(op: str, attrs: Attrs, channels: int) -> tuple[int, int]:
     if op == "channel_chunk":
         return chunk_bounds(attrs["chunks"], attrs["index"], channels)
-    return attrs["start"], attrs["stop"]
+    return attrs["start"], attrs["stop"] or channels
 
 
 def _channels(x: Shape) -> int:
@@ -57,8 +57,7 @@ def _infer_chunk(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 def _infer_slice(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
-    _channels(x)
-    start, stop, channels = attrs["start"], attrs["stop"], attrs["channels"]
+    start, stop, channels = attrs["start"], attrs["stop"] or _channels(x), attrs["channels"]
     if channels and channels != x[0]:
         raise ShapeError(f"the parts of the split add up to {channels} channels, but the input has {x[0]}",
                          arg="channels", expected=f"an input of {channels} channels, or sizes that add up to {x[0]}",
@@ -104,11 +103,46 @@ def _slice_executor(x: Any, *, start: int, stop: int, channels: int = 0, out: An
     return _copy(x, start, stop, out)
 
 
-def _lowerings(executor: Any) -> Lowerings:
+def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    """One Slice layer whose top named after the layer is this part; the other parts are tops nobody reads."""
+    channels = ctx.input_shape(layer, 0)[0]
+    if layer.op == "channel_chunk" and channels % layer.attrs["chunks"] == 0:  # Caffe's even split: no points
+        index = layer.attrs["index"]
+        tops = tuple(layer.name if i == index else f"{layer.name}.part{i}" for i in range(layer.attrs["chunks"]))
+        return [CaffeLayer("Slice", "slice_param", ("axis: 1",), tops=tops)]
+    start, stop = _bounds(layer.op, layer.attrs, channels)
+    points = tuple(f"slice_point: {p}" for p in (start, stop) if 0 < p < channels)
+    tops = (f"{layer.name}.before",) * (start > 0) + (layer.name,) + (f"{layer.name}.after",) * (stop < channels)
+    return [CaffeLayer("Slice", "slice_param", ("axis: 1", *points), tops=tops)]
+
+
+def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[str], None]] | None:
+    """A Slice over channels: channel_chunk parts for an even split, else channel_slice parts (one per top)."""
+    p = ctx.section(layer, "slice_param")
+    axis = p.scalar("axis") or p.scalar("slice_dim")
+    if axis is not None and axis.value != 1:
+        ctx.error("Slice along an axis other than channels (1) is not supported", axis.span)
+        return None
+    tops = len(layer.scalars("top"))
+    points = [int(point.value) for point in p.scalars("slice_point")]
+    if not points:
+        return [("channel_chunk", [str(tops), str(i)], None) for i in range(tops)]
+    if len(points) != tops - 1:
+        ctx.error(f"Slice layer '{name}' has {len(points)} slice points for {tops} tops", p.span,
+                  expected=f"{tops - 1} slice points: one fewer than the tops")
+        return None
+    starts = [0, *points]
+    return [("channel_slice", [str(a), str(b)], None) for a, b in zip(starts, points)] + [
+        ("channel_slice", [str(points[-1])], None)]
+
+
+def _lowerings(executor: Any, caffe_type: str | None = None) -> Lowerings:
     return Lowerings(
         torch=TorchLowering(forward=_torch),
         executor=ExecutorLowering(function=executor),
         onnx=_onnx,
+        caffe=_caffe,
+        from_caffe={caffe_type: _from_caffe} if caffe_type else {},
         reference=_reference,
     )
 
@@ -116,7 +150,7 @@ def _lowerings(executor: Any) -> Lowerings:
 register(OpDef(
     name="channel_chunk", family="tensor",
     summary="Part index of torch.chunk(x, chunks, dim=1): what 'half: chunk(2)' makes half.0 and half.1 of "
-            "(no Caffe layer).",
+            "(Caffe Slice).",
     example="part: channel_chunk(2, 1)",
     args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
           Arg("index", "int", doc="which part, from 0", min=0)),
@@ -126,10 +160,10 @@ register(OpDef(
 register(OpDef(
     name="channel_slice", family="tensor",
     summary="Channels start to stop (x[:, start:stop]): what 'parts: split((24, 40))' makes each part of "
-            "(no Caffe layer).",
+            "(Caffe Slice).",
     example="part: channel_slice(4, 12)",
     args=(Arg("start", "int", doc="the first channel", min=0),
-          Arg("stop", "int", doc="one past the last channel", min=1),
+          Arg("stop", "int", 0, "one past the last channel (0: to the last channel)", min=0),
           Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM)),
-    infer=_infer_slice, pattern=Pattern.INJECTIVE, lower=_lowerings(_slice_executor),
+    infer=_infer_slice, pattern=Pattern.INJECTIVE, lower=_lowerings(_slice_executor, "Slice"),
 ))
