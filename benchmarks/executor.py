@@ -88,11 +88,19 @@ def _time_each(fns: list[Any], repeat: int, sync: Any = None, rounds: int = 3) -
 
 
 def _random_weights(network: Any) -> dict[str, np.ndarray]:
+    """He-scaled weights and batchnorm variances in [0.5, 1.5]: activations stay O(1) through a deep
+    network (tiny weights make denormals, which are slow, and a negative variance makes NaNs)."""
     rng = np.random.default_rng(0)
-    return {
-        k: (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01))
-        for k, shape in network.state_keys().items()
-    }
+    weights = {}
+    for key, shape in network.state_keys().items():
+        if len(shape) > 1:  # conv and fc weights
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[1:]))
+        elif key.endswith(("running_var", "weight")):  # batchnorm variance and scale
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.standard_normal(shape) * 0.01
+        weights[key] = value.astype(np.float32)
+    return weights
 
 
 def _blas_threads() -> str:
