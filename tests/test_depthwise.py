@@ -165,6 +165,10 @@ def test_rejects_what_is_not_depthwise() -> None:
         depthwise.depthwise_conv2d(x, np.ones((4, 2, 3, 3), np.float32))
     with pytest.raises(ValueError, match="groups == in_channels"):
         depthwise.depthwise_conv2d(x, np.ones((4, 1, 3, 3), np.float32), plan=rt.ConvPlan(4, 8, 8, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="fit the plan"):  # a multiplier the plan does not have
+        depthwise.depthwise_conv2d(x, np.ones((8, 1, 3, 3), np.float32), plan=rt.ConvPlan(4, 8, 8, 4, 3, groups=4))
+    with pytest.raises(ValueError, match="fit the plan"):  # another kernel size
+        depthwise.depthwise_conv2d(x, np.ones((4, 1, 5, 5), np.float32), plan=rt.ConvPlan(4, 8, 8, 4, 3, groups=4))
     with pytest.raises(ValueError, match="C-contiguous"):
         strided = np.empty((1, 4, 6, 12), np.float32)[..., ::2]
         depthwise.depthwise_conv2d(x, np.ones((4, 1, 3, 3), np.float32), out=strided)

@@ -98,10 +98,12 @@ def depthwise_conv2d(
     o = weight.shape[0]
     if plan is None:
         plan = rt.ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, c)
-    if (plan.groups, plan.in_channels, plan.height, plan.width) != (c, c, h, w) or weight.shape[1] != 1:
+    expected = (plan.groups, plan.in_channels, plan.height, plan.width, plan.out_channels, 1, *plan.kernel)
+    if expected != (c, c, h, w, *weight.shape):
         raise ValueError(
-            f"depthwise_conv2d needs groups == in_channels and a (O, 1, kh, kw) weight; got input {x.shape}, "
-            f"weight {weight.shape}, plan groups={plan.groups} for {(plan.in_channels, plan.height, plan.width)}"
+            f"depthwise_conv2d needs groups == in_channels and a (O, 1, kh, kw) weight that fit the plan; got "
+            f"input {x.shape}, weight {weight.shape}, plan {plan.in_channels}x{plan.height}x{plan.width} -> "
+            f"{plan.out_channels}, kernel {plan.kernel}, groups={plan.groups}"
         )
     if out is None:
         out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
