@@ -38,6 +38,7 @@ from alexdsl.ops.registry import Filler, Shape, numel
 
 BYTES_PER_ELEMENT = 4  # float32 activations
 LABEL_BYTES = 8  # one int64 class index per sample
+_OWN = ""  # state_keys: a layer's own entries in its name tree (no name segment is empty)
 
 
 @dataclass(frozen=True)
@@ -232,16 +233,30 @@ class Network:
         }
 
     def state_keys(self) -> dict[str, Shape]:
-        """Every parameter and buffer as ``<layer>.<name>`` -> shape, in layer order.
+        """Every parameter and buffer as ``<layer>.<name>`` -> shape, in the torch module's order: layers in
+        layer order, except that a layer's own entries come before those of the layers named below it
+        (ConvNeXt's ``features.1.0.layer_scale`` before ``features.1.0.block.0.weight``), as in state_dict().
 
         These keys are the torch state_dict keys and the executor's weight keys.
         """
-        keys: dict[str, Shape] = {}
+        tree: dict[str, Any] = {}  # a name segment -> its subtree; _OWN -> the entries of the layer named so
         for layer in self.layers():
-            for pname, spec in layer.params.items():
-                keys[f"{layer.name}.{pname}"] = spec.shape
-            for bname, shape in layer.buffers.items():
-                keys[f"{layer.name}.{bname}"] = shape
+            entries = [(f"{layer.name}.{pname}", spec.shape) for pname, spec in layer.params.items()]
+            entries += [(f"{layer.name}.{bname}", shape) for bname, shape in layer.buffers.items()]
+            if entries:
+                node = tree
+                for segment in layer.name.split("."):
+                    node = node.setdefault(segment, {})
+                node[_OWN] = entries
+        keys: dict[str, Shape] = {}
+
+        def visit(node: dict[str, Any]) -> None:
+            keys.update(node.get(_OWN, ()))
+            for segment, child in node.items():
+                if segment != _OWN:
+                    visit(child)
+
+        visit(tree)
         return keys
 
     # interchange ------------------------------------------------------------------------------
