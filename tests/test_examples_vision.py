@@ -42,6 +42,7 @@ def test_keys_shapes_and_parameter_count_are_torchvisions(example: str, model: s
     assert reference["params"] == params  # the data file is the published model
     network = _load(example)
     keys = {key: list(shape) for key, shape in network.state_keys().items()}
+    assert list(keys) == list(reference["state"])  # the same order, as state_dict() gives them
     assert keys == reference["state"]
     assert network.totals()["params"] == params
     assert network.shapes[logits] == (1000,)
