@@ -60,14 +60,17 @@ def test_torch_module_has_torchvisions_state_dict_in_its_order(example: str) -> 
 
 
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
-def test_numpy_executor_agrees_with_the_torch_module(example: str) -> None:
-    pytest.importorskip("torch")
+def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str) -> None:
+    """The logits at a small input; the ONNX model passes onnx.checker's full check on export."""
+    for module in ("torch", "onnx", "onnxruntime"):
+        pytest.importorskip(module)
     network = _load(example, SMALL)
     logits = LOGITS[example]
-    (row,) = compare(network, ["torch", "cupy"], weights=_random_weights(network), layers=[logits])
+    (row,) = compare(network, ["torch", "cupy", "onnx"], weights=_random_weights(network), layers=[logits])
     assert row.layer == logits and row.shape == (1000,)
-    _, relative = row.diffs["cupy"]
-    assert relative <= 1e-4
+    for backend in ("cupy", "onnx"):
+        _, relative = row.diffs[backend]
+        assert relative <= 1e-4, backend
 
 
 @pytest.mark.parametrize("example", [pytest.param(name, marks=pytest.mark.slow) if name == "convnext_tiny" else name
