@@ -132,6 +132,22 @@ def _randomise_statistics(model, torch) -> None:  # noqa: ANN001 - a torchvision
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
 
 
+def _assert_same_settings(reference, ours, network: Network, torch, torchvision) -> None:  # noqa: ANN001
+    """Every conv, batchnorm and linear module prints the same (stride, padding, groups, eps, momentum),
+    and every dropout and used stochastic depth has torchvision's probability."""
+    modules = dict(ours.named_modules())
+    layers = {layer.name: layer for layer in network.layers()}
+    for name, module in reference.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)):
+            assert repr(modules[name]) == repr(module), name
+        elif isinstance(module, (torch.nn.Dropout, torchvision.ops.StochasticDepth)):
+            if name not in layers:  # torchvision keeps a stochastic depth in blocks without a shortcut, unused
+                assert not reference.get_submodule(name.rsplit(".", 1)[0]).use_res_connect, name
+                continue
+            assert layers[name].attrs["p"] == pytest.approx(module.p, abs=1e-12), name
+            assert layers[name].attrs.get("mode", "row") == getattr(module, "mode", "row"), name
+
+
 @pytest.mark.parametrize(("example", "model"), [(e, m) for e, m, _ in MODELS], ids=EXAMPLE_NAMES)
 def test_outputs_equal_torchvisions_with_its_weights(example: str, model: str) -> None:
     torch = pytest.importorskip("torch")
@@ -142,7 +158,9 @@ def test_outputs_equal_torchvisions_with_its_weights(example: str, model: str) -
     reference = getattr(torchvision.models, model)()
     _randomise_statistics(reference, torch)
     reference.eval()
-    ours = build(_load(example))
+    network = _load(example)
+    ours = build(network)
+    _assert_same_settings(reference, ours, network, torch, torchvision)
     ours.load_state_dict(reference.state_dict(), strict=True)  # by key, num_batches_tracked included
     ours.eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
