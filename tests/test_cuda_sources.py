@@ -206,7 +206,7 @@ def test_executor_runs_every_fused_kernel_on_host(
         ok = all(a is None or (a.dtype.name in cuda.C_TYPES and a.flags.c_contiguous) for a in arrays)
         return cuda if ok else None
 
-    monkeypatch.setattr(rt, "_fused_kernels", fused)
+    monkeypatch.setattr(cuda, "fused_kernels", fused)
     monkeypatch.setenv("ALEXDSL_GEMM", "wide")
     ex._arena = None  # re-plan the scratch for the wide layout
     np.testing.assert_allclose(ex(x), want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
@@ -221,7 +221,7 @@ def test_fused_forward_takes_no_temporaries_on_host(on_host: list[str], monkeypa
     def fused(xp: Any, *arrays: Any) -> Any:
         return cuda if all(a is None or a.flags.c_contiguous for a in arrays) else None
 
-    monkeypatch.setattr(rt, "_fused_kernels", fused)
+    monkeypatch.setattr(cuda, "fused_kernels", fused)
     monkeypatch.setenv("ALEXDSL_GEMM", "wide")
     ex = backend.compile(alexdsl.load(EXAMPLES / "alexnet.adsl"), device="cpu")
     x = rand(2, *next(iter(ex.inputs.values())))

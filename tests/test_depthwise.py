@@ -21,7 +21,7 @@ from test_executor import assert_close, random_weights, torch_module, torch_refe
 
 import alexdsl
 from alexdsl.backends import cupy as backend
-from alexdsl.backends.cupy import cuda, depthwise
+from alexdsl.backends.cupy import arrays, cuda, depthwise
 from alexdsl.backends.cupy import runtime as rt
 
 torch = pytest.importorskip("torch")
@@ -131,7 +131,7 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
 def test_blocks_cover_every_image_and_channel(threads: str, stride: int, monkeypatch) -> None:  # noqa: ANN001
     """Three channels a block: four blocks an image, the last one partial, several images a thread."""
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
-    monkeypatch.setattr(rt, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, stride, 1, 1), "float32")
     pitch = 31 + 2 if stride == 1 else plan.out_w
     monkeypatch.setattr(depthwise, "BLOCK_COLUMNS", 3 * 9 * plan.out_h * pitch)
@@ -219,7 +219,7 @@ def test_conv2d_runs_the_cuda_kernel_where_it_applies(dtype: str, request, monke
         ok = all(a is None or (a.dtype.name in cuda.C_TYPES and a.flags.c_contiguous) for a in arrays)
         return cuda if ok else None
 
-    monkeypatch.setattr(rt, "_fused_kernels", fused)
+    monkeypatch.setattr(cuda, "fused_kernels", fused)
     x, weight, bias, plan = _inputs((3, 24, 2, 13, 11, 5, 2, 2, 1), dtype)
     _check(rt.conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True), dtype)
     assert launched == ["alexdsl_depthwise_conv2d"]

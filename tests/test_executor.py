@@ -13,7 +13,7 @@ import pytest
 
 import alexdsl
 from alexdsl.backends import cupy as backend
-from alexdsl.backends.cupy import codegen, executor
+from alexdsl.backends.cupy import arrays, codegen, executor
 from alexdsl.backends.cupy.memory import Value, plan_memory
 from alexdsl.errors import AlexDSLError
 from alexdsl.ir.network import Network, ParamSpec
@@ -230,11 +230,10 @@ def test_executor_matches_torch_backend(path: Path, batch: int) -> None:
 @pytest.mark.parametrize("name", ["alexnet", "resnet18", "inception"])
 def test_wide_gemm_layout_matches_torch(name: str, monkeypatch) -> None:  # noqa: ANN001
     """ALEXDSL_GEMM=wide: CuPy's channel-major conv layout, run on NumPy, with a chunked scratch."""
-    from alexdsl.backends.cupy import runtime as rt
 
     monkeypatch.setenv("ALEXDSL_GEMM", "wide")
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
-    monkeypatch.setitem(rt.SCRATCH_CAP_BYTES, "numpy", 1)  # scratch for 2 images (one per thread)
+    monkeypatch.setitem(arrays.SCRATCH_CAP_BYTES, "numpy", 1)  # scratch for 2 images (one per thread)
     net, weights, ex = compiled(EXAMPLES / f"{name}.adsl")
     ex._arena = None  # re-plan the shared scratch for the wide layout
     for batch in (1, 3):  # 3: convs run in chunks of 2 images, then 1

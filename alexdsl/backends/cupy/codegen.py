@@ -305,9 +305,21 @@ def _wrap(statement: str, note: str, width: int = 120 - 8) -> str:
         return line
     head, _, args = statement.partition("(")
     args = args[:-1]
+    opening = f"{head}(  # {note}"
+    if len(opening) > width:  # long layer names: the note goes on its own line above
+        comment = f"# {note}"
+        opening = (comment + "  # noqa: E501" if len(comment) > width else comment) + f"\n{head}("
     if len(args) + 4 <= width:
-        return f"{head}(  # {note}\n    {args}\n)"
-    return f"{head}(  # {note}\n" + "".join(f"    {a},\n" for a in _split_args(args)) + ")"
+        return f"{opening}\n    {args}\n)"
+    return f"{opening}\n" + "".join(f"    {a},\n" for a in _split_args(args)) + ")"
+
+
+def _wrap_setup(statement: str, width: int = 120 - 8) -> str:
+    """A one-line setup statement, or its call's arguments one per line when it is too long."""
+    if len(statement) <= width or "\n" in statement or not statement.endswith(")"):
+        return statement
+    head, _, args = statement.partition("(")
+    return f"{head}(\n" + "".join(f"            {a},\n" for a in _split_args(args[:-1])) + "        )"
 
 
 def _split_args(args: str) -> list[str]:
@@ -392,7 +404,7 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     head.append(f"    default_dtype = {lit(str(dtype))}")
     head.append(f"    keep_all = {keep_all}")
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
-    setup = [line for s in low.steps for line in s.setup]
+    setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [f"        {line}" for line in setup] or ["        pass"]
     args = ", ".join(low.input_vars.values())
     first = next(iter(low.input_vars.values()))

@@ -23,12 +23,18 @@ indices; ``{T}`` in a source is replaced by the element type.
 from __future__ import annotations
 
 import os
+import sys
 from functools import cache
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy
 
-from alexdsl.backends.cupy import runtime as rt
+from alexdsl.backends.cupy.arrays import cupy_module
+
+if TYPE_CHECKING:
+    from alexdsl.backends.cupy.conv import ConvPlan
+    from alexdsl.backends.cupy.pool import PoolPlan
 
 Array = Any
 THREADS = 256
@@ -183,20 +189,27 @@ def source(name: str, dtype: str) -> str:
 
 def enabled() -> bool:
     """True when CuPy is importable and ``ALEXDSL_CUDA_KERNELS=1``."""
-    return rt._cupy is not None and os.environ.get("ALEXDSL_CUDA_KERNELS", "") == "1"
+    return cupy_module is not None and os.environ.get("ALEXDSL_CUDA_KERNELS", "") == "1"
+
+
+def fused_kernels(xp: ModuleType, *arrays: Array | None) -> ModuleType | None:
+    """This module when its kernels are switched on and fit ``arrays`` (the callers' dispatch), else None."""
+    if xp is numpy or not supports(*arrays):
+        return None
+    return sys.modules[__name__]
 
 
 def supports(*arrays: Array) -> bool:
     """Whether the kernels apply: switched on, and C-contiguous float32/float64 CuPy arrays."""
     return enabled() and all(
-        a is None or (a.dtype.name in C_TYPES and a.flags.c_contiguous and isinstance(a, rt._cupy.ndarray))
+        a is None or (a.dtype.name in C_TYPES and a.flags.c_contiguous and isinstance(a, cupy_module.ndarray))
         for a in arrays
     )
 
 
 @cache
 def _kernel(name: str, dtype: str) -> Any:
-    return rt._cupy.RawKernel(source(name, dtype), name)
+    return cupy_module.RawKernel(source(name, dtype), name)
 
 
 def _launch(name: str, dtype: Any, total: int, *args: Any) -> None:
@@ -208,7 +221,7 @@ def _i32(v: int) -> numpy.int32:
     return numpy.int32(v)
 
 
-def im2col_wide(plan: rt.ConvPlan, x: Array, cols: Array) -> Array:
+def im2col_wide(plan: ConvPlan, x: Array, cols: Array) -> Array:
     """Columns ``(C*kh*kw, N*OH*OW)`` of contiguous ``x`` into contiguous ``cols`` (same size)."""
     n = x.shape[0]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
@@ -254,7 +267,7 @@ def lrn(x: Array, size: int, alpha: float, beta: float, k: float, out: Array) ->
     return out
 
 
-def pool2d(kind: str, plan: rt.PoolPlan, x: Array, out: Array, inv_divisor: Array | None = None) -> Array:
+def pool2d(kind: str, plan: PoolPlan, x: Array, out: Array, inv_divisor: Array | None = None) -> Array:
     """Max (``kind="max"``) or average pooling of contiguous NCHW ``x`` in one pass.
 
     Average pooling multiplies by ``inv_divisor``, the ``(OH, OW)`` table of
@@ -304,7 +317,7 @@ extern "C" __global__ void alexdsl_depthwise_conv2d(
 SOURCES["alexdsl_depthwise_conv2d"] = DEPTHWISE_CONV2D
 
 
-def depthwise_conv2d(plan: rt.ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, out: Array) -> Array:
+def depthwise_conv2d(plan: ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, out: Array) -> Array:
     """Depthwise conv (``plan.groups == C``) of contiguous NCHW ``x`` into ``out``, bias and ReLU fused.
 
     One thread per output element loops over the taps; ``weight`` is ``(C * multiplier, 1, kh, kw)``.

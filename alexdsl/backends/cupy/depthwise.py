@@ -24,14 +24,18 @@ then runs ``C`` GEMMs of one row each over it; here, instead:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alexdsl.backends.cupy import runtime as rt
+import numpy
 
-Array = Any  # numpy.ndarray or cupy.ndarray
-Activation = Callable[..., Any]  # in place: act(y, out=y), like rt.relu or rt.sigmoid
+from alexdsl.backends.cupy import cuda
+from alexdsl.backends.cupy.arrays import Activation, Array, array_module, as_strided, blas_one_thread, parallel_for
+
+if TYPE_CHECKING:
+    from alexdsl.backends.cupy.conv import ConvPlan
+
+
 
 BLOCK_COLUMNS = 1 << 18  # column elements per NumPy block (1 MiB of float32): half a core's L2
 
@@ -83,7 +87,7 @@ def depthwise_conv2d(
     *,
     relu: bool = False,
     act: Activation | None = None,
-    plan: rt.ConvPlan | None = None,
+    plan: ConvPlan | None = None,
     out: Array | None = None,
 ) -> Array:
     """``torch.nn.functional.conv2d(x, weight, bias, stride, pad, dilation, groups=C)``.
@@ -93,11 +97,13 @@ def depthwise_conv2d(
     when ``relu``, then ``act(y, out=y)`` in place when given (on NumPy block by block, while
     the block is in cache).
     """
-    xp = rt.array_module(x)
+    xp = array_module(x)
     n, c, h, w = x.shape
     o = weight.shape[0]
     if plan is None:
-        plan = rt.ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, c)
+        from alexdsl.backends.cupy.conv import ConvPlan
+
+        plan = ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, c)
     expected = (plan.groups, plan.in_channels, plan.height, plan.width, plan.out_channels, 1, *plan.kernel)
     if expected != (c, c, h, w, *weight.shape):
         raise ValueError(
@@ -109,13 +115,13 @@ def depthwise_conv2d(
         out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
     elif not out.flags.c_contiguous:
         raise ValueError("depthwise_conv2d writes into a C-contiguous out only")
-    fused = rt._fused_kernels(xp, x, weight, bias, out)
+    fused = cuda.fused_kernels(xp, x, weight, bias, out)
     if fused is not None:
         fused.depthwise_conv2d(plan, x, weight, bias, relu, out)
         if act is not None:
             act(out, out=out)
         return out
-    if xp is rt.numpy:
+    if xp is numpy:
         _columns_by_blocks(plan, x, weight, bias, relu, act, out)
     else:
         _taps(xp, plan, x, weight, bias, relu, act, out)
@@ -130,7 +136,7 @@ def _epilogue(xp: Any, y: Array, relu: bool, act: Activation | None) -> None:
 
 
 def _columns_by_blocks(
-    plan: rt.ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, act: Activation | None, out: Array
+    plan: ConvPlan, x: Array, weight: Array, bias: Array | None, relu: bool, act: Activation | None, out: Array
 ) -> None:
     """NumPy: per block of one image's channels (:data:`BLOCK_COLUMNS`), columns in cache and one matmul.
 
@@ -144,7 +150,7 @@ def _columns_by_blocks(
     extra columns the GEMM computed (25-35% faster on 7x7 and 14x14 maps, 5-10% on 112x112).
     Otherwise the columns are ``OH*OW`` and the GEMM writes ``out`` directly.
     """
-    np = rt.numpy
+    np = numpy
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = plan.kernel, plan.stride, plan.pad, plan.dilation
     m, oh, ow = plan.out_channels // c, plan.out_h, plan.out_w
@@ -162,7 +168,7 @@ def _columns_by_blocks(
             shape, strides = (oh * pitch,), (s_w,)
         else:
             shape, strides = (oh, ow), (s_h * sh, s_w * sw)
-        return rt._as_strided(np, src, (*src.shape[:-2], kh, kw, *shape), (*lead, s_c, s_h * dh, s_w * dw, *strides))
+        return as_strided(np, src, (*src.shape[:-2], kh, kw, *shape), (*lead, s_c, s_h * dh, s_w * dw, *strides))
 
     padding = whole_rows or (ph, pw) != (0, 0)
     unpadded = None if padding else windows(x)
@@ -193,14 +199,14 @@ def _columns_by_blocks(
                 y[...] = product
             _epilogue(np, y, relu, act)
 
-    pin = rt._blas_one_thread()  # the blocks run on every core already
+    pin = blas_one_thread()  # the blocks run on every core already
     with pin if pin is not None else contextlib.nullcontext():
-        rt.parallel_for(np, n * per_image, out.size * kh * kw, run)
+        parallel_for(np, n * per_image, out.size * kh * kw, run)
 
 
 def _taps(
     xp: Any,
-    plan: rt.ConvPlan,
+    plan: ConvPlan,
     x: Array,
     weight: Array,
     bias: Array | None,

@@ -19,6 +19,7 @@ import numpy
 
 from alexdsl import weights as weights_io
 from alexdsl.backends.cupy import runtime as rt
+from alexdsl.backends.cupy.arrays import cupy_module
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ops.fillers import Filler, draw
 
@@ -42,10 +43,10 @@ def _error(
 
 def cuda_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
-    if rt._cupy is None:
+    if cupy_module is None:
         return False
     try:
-        return rt._cupy.cuda.runtime.getDeviceCount() > 0
+        return cupy_module.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - CUDA driver missing or broken
         return False
 
@@ -55,15 +56,15 @@ def select_device(device: str) -> ModuleType:
     if device == "cpu":
         return numpy
     if device == "auto":
-        return rt._cupy if cuda_available() else numpy
+        return cupy_module if cuda_available() else numpy
     if device == "cuda" or device.startswith("cuda:"):
-        if rt._cupy is None:
+        if cupy_module is None:
             raise _error("device 'cuda' needs CuPy, which is not installed", hint=CUPY_HINT)
         if not cuda_available():
             raise _error("device 'cuda' requested but CuPy finds no usable CUDA device", hint=CUPY_HINT)
         if ":" in device:
-            rt._cupy.cuda.Device(int(device.split(":", 1)[1])).use()
-        return rt._cupy
+            cupy_module.cuda.Device(int(device.split(":", 1)[1])).use()
+        return cupy_module
     raise _error(f"unknown device {device!r}", expected="auto, cpu or cuda")
 
 
@@ -199,18 +200,18 @@ class Executor:
             raise _error(f"{self.network_name} takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
         for (name, shape), x in zip(self.inputs.items(), inputs, strict=True):
             self._check_input(name, x, shape)
-        on_gpu = rt._cupy is not None and isinstance(inputs[0], rt._cupy.ndarray)
+        on_gpu = cupy_module is not None and isinstance(inputs[0], cupy_module.ndarray)
         xp = self.xp
         if xp is numpy:
-            moved = [rt._cupy.asnumpy(x) if on_gpu else x for x in inputs]
+            moved = [cupy_module.asnumpy(x) if on_gpu else x for x in inputs]
         else:
             moved = [xp.asarray(x) for x in inputs]
         result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
-            outs = tuple(rt._cupy.asarray(o) for o in outs)
+            outs = tuple(cupy_module.asarray(o) for o in outs)
         elif xp is not numpy and not on_gpu:
-            outs = tuple(rt._cupy.asnumpy(o) for o in outs)
+            outs = tuple(cupy_module.asnumpy(o) for o in outs)
         else:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]

@@ -1,0 +1,147 @@
+"""The array module (NumPy or CuPy), the CPU thread pool, and scratch sizing: what every kernel module uses.
+
+Kernels are written once against an array module ``xp``: :func:`array_module` gives the one
+that owns an array. On NumPy the GEMMs already use every core (BLAS threads), but copies and
+elementwise passes (im2col, pooling, LRN, the epilogues) run on one; they release the GIL,
+so :func:`parallel_for` splits them over the batch (or channels) on a small thread pool.
+``ALEXDSL_NUM_THREADS=1`` turns this off.
+
+>>> import numpy as np
+>>> array_module(np.zeros(2)) is np
+True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+Array = Any  # numpy.ndarray or cupy.ndarray
+Activation = Callable[..., Array]  # an elementwise kernel f(x, *, out=None); out=x runs it in place
+
+try:  # pragma: no cover - exercised only where CuPy is installed
+    import cupy as cupy_module
+except Exception:  # noqa: BLE001 - ImportError, or a CUDA runtime that fails to load
+    cupy_module = None
+
+
+def array_module(x: Array = None) -> ModuleType:
+    """The array library that owns ``x``: ``cupy`` for CuPy arrays, else ``numpy``."""
+    if cupy_module is not None and x is not None:
+        return cupy_module.get_array_module(x)
+    return numpy
+
+
+#
+# On NumPy the GEMMs already use every core (BLAS threads), but copies and elementwise
+# passes (im2col, pooling, LRN, the bias+ReLU epilogue) run on one.  Those release the
+# GIL, so the executor splits them over the batch (or channels) across a small thread
+# pool.  ALEXDSL_NUM_THREADS=1 turns this off.
+
+_POOL: ThreadPoolExecutor | None = None
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def num_threads() -> int:
+    """Threads for the memory-bound NumPy passes (env ALEXDSL_NUM_THREADS, else the CPU count)."""
+    env = os.environ.get("ALEXDSL_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return os.cpu_count() or 1
+
+
+def thread_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's pool for the NumPy passes, with at least ``threads`` workers."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexdsl")
+    return _POOL
+
+
+def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int], None]) -> None:
+    """Run ``fn(lo, hi)`` over ``range(total)`` in chunks on the thread pool (NumPy only).
+
+    Falls back to one call when on CuPy, when ``work`` (elements touched) is small, or
+    when there is one thread.
+    """
+    threads = min(num_threads(), total)
+    if xp is not numpy or threads <= 1 or work < PARALLEL_MIN_ELEMENTS:
+        fn(0, total)
+        return
+    pool = thread_pool(threads)
+    bounds = [total * i // threads for i in range(threads + 1)]
+    futures = [pool.submit(fn, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
+    for future in futures:
+        future.result()
+
+
+SCRATCH_CAP_BYTES = {"numpy": 32 << 20, "cupy": 1 << 30}
+
+
+def scratch_rows(library: str, batch: int, per_image: int, itemsize: int = 4) -> int:
+    """Images whose im2col columns the shared scratch holds at once (``library``: numpy or cupy).
+
+    Enough for every thread (NumPy) and otherwise as many as fit in a cap (32 MiB on
+    NumPy, 1 GiB on CuPy); convs run larger batches in chunks of this size.
+
+    >>> scratch_rows("cupy", 256, 1_936_224)  # AlexNet's conv2: 7.4 MiB an image
+    138
+    """
+    if per_image <= 0:
+        return 0
+    cap = SCRATCH_CAP_BYTES.get(library, SCRATCH_CAP_BYTES["cupy"])
+    fit = max(1, cap // (per_image * itemsize))
+    if library == "numpy":
+        fit = max(fit, num_threads())
+    return min(batch, fit)
+
+
+GEMM_LAYOUTS = ("batched", "wide")
+
+
+def gemm_layout(xp: ModuleType) -> str:
+    """The convolution GEMM layout (see :func:`conv2d`) for library ``xp``.
+
+    ``ALEXDSL_GEMM=batched|wide`` when set, else ``"wide"`` on CuPy and ``"batched"`` on NumPy.
+    """
+    env = os.environ.get("ALEXDSL_GEMM", "")
+    if env in GEMM_LAYOUTS:
+        return env
+    return "batched" if xp is numpy else "wide"
+
+
+def as_pair(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def as_strided(xp: ModuleType, x: Array, shape: tuple[int, ...], strides: tuple[int, ...]) -> Array:
+    return xp.lib.stride_tricks.as_strided(x, shape=shape, strides=strides)
+
+
+_BLAS_CONTROLLER: Any = None
+
+
+def blas_one_thread() -> Any:
+    """A context manager pinning BLAS to one thread (threadpoolctl), or None if unavailable."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER = ThreadpoolController()
+        except ImportError:
+            _BLAS_CONTROLLER = False
+    if _BLAS_CONTROLLER is False:
+        return None
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")

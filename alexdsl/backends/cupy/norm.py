@@ -1,0 +1,118 @@
+"""Normalisation kernels: local response normalisation, batchnorm as a per-channel affine, layer and group norm.
+
+>>> import numpy as np
+>>> x = np.full((1, 2, 1, 1), 3.0, np.float32)
+>>> channel_affine(x, np.array([2.0, 1.0], np.float32), np.array([1.0, 0.0], np.float32)).ravel().tolist()
+[7.0, 3.0]
+"""
+
+from __future__ import annotations
+
+from alexdsl.backends.cupy import cuda
+from alexdsl.backends.cupy.arrays import Array, array_module, parallel_for
+
+
+def lrn(
+    x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *, out: Array | None = None
+) -> Array:
+    """Cross-channel local response norm, Caffe semantics = torch ``local_response_norm``.
+
+    ``y = x / (k + alpha/size * sum_{window} x^2) ** beta`` with the window
+    ``c - size//2 .. c + (size-1)//2`` zero-padded at the channel ends.
+    """
+    xp = array_module(x)
+    if out is None:
+        out = xp.empty_like(x)
+    fused = cuda.fused_kernels(xp, x, out)
+    if fused is not None and size <= fused.LRN_MAX_SIZE:
+        return fused.lrn(x, size, alpha, beta, k, out)
+    c = x.shape[1]
+    lo, hi = size // 2, (size - 1) // 2
+
+    def chunk(n0: int, n1: int) -> None:
+        xs = x[n0:n1]
+        sq = xs * xs
+        acc = sq.copy()  # the centre tap covers every channel
+        for off in range(-lo, hi + 1):
+            a, b = max(0, -off), min(c, c - off)
+            if off and a < b:
+                acc[:, a:b] += sq[:, a + off : b + off]
+        acc *= alpha / size
+        acc += k
+        if beta == 0.75:  # d**0.75 = sqrt(d) * sqrt(sqrt(d)), much cheaper than pow
+            xp.sqrt(acc, out=sq)
+            xp.sqrt(sq, out=acc)
+            acc *= sq
+        elif beta == 0.5:
+            xp.sqrt(acc, out=acc)
+        elif beta != 1.0:
+            xp.power(acc, beta, out=acc)
+        xp.divide(xs, acc, out=out[n0:n1])
+
+    parallel_for(xp, x.shape[0], 4 * x.size, chunk)
+    return out
+
+
+def batchnorm_affine(
+    mean: Array, var: Array, weight: Array | None = None, bias: Array | None = None, eps: float = 1e-5
+) -> tuple[Array, Array]:
+    """Per-channel (scale, shift) of an inference batchnorm, in ``mean``'s dtype."""
+    xp = array_module(mean)
+    scale = 1.0 / xp.sqrt(var.astype(xp.float64) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale.astype(mean.dtype), shift.astype(mean.dtype)
+
+
+def channel_affine(x: Array, scale: Array, shift: Array | None, *, out: Array | None = None) -> Array:
+    """``x * scale + shift`` per channel (axis 1; no shift when None); ``out=x`` runs in place."""
+    xp = array_module(x)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    out = xp.multiply(x, scale.reshape(shape), out=out)
+    if shift is not None:
+        out += shift.reshape(shape)
+    return out
+
+
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 1e-5, *,
+               out: Array | None = None) -> Array:
+    """Normalise every pixel over the channels (axis 1) with a per-channel scale and shift (LayerNorm2d)."""
+    xp = array_module(x)
+    mean = x.mean(axis=1, keepdims=True)
+    centred = x - mean
+    var = xp.mean(centred * centred, axis=1, keepdims=True)
+    var += x.dtype.type(eps)
+    xp.sqrt(var, out=var)
+    out = xp.divide(centred, var, out=out)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        out *= weight.reshape(shape)
+    if bias is not None:
+        out += bias.reshape(shape)
+    return out
+
+
+def group_norm(x: Array, groups: int, weight: Array | None, bias: Array | None, eps: float = 1e-5, *,
+               out: Array | None = None) -> Array:
+    """Normalise each group of channels over its channels and pixels, then scale and shift per channel."""
+    xp = array_module(x)
+    n = x.shape[0]
+    grouped = x.reshape(n, groups, -1)
+    mean = grouped.mean(axis=2, keepdims=True)
+    centred = grouped - mean
+    var = xp.mean(centred * centred, axis=2, keepdims=True)
+    var += x.dtype.type(eps)
+    xp.sqrt(var, out=var)
+    centred /= var
+    if out is None:
+        out = xp.empty_like(x)
+    out[...] = centred.reshape(x.shape)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if weight is not None:
+        out *= weight.reshape(shape)
+    if bias is not None:
+        out += bias.reshape(shape)
+    return out

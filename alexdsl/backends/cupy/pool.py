@@ -1,0 +1,214 @@
+"""Pooling kernels: max, average (with Caffe's and torch's divisor), adaptive and global average.
+
+>>> import numpy as np
+>>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+>>> max_pool2d(x, (2, 2), (2, 2), (0, 0)).tolist()
+[[[[5.0, 7.0], [13.0, 15.0]]]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+from alexdsl.backends.cupy import cuda
+from alexdsl.backends.cupy.arrays import Array, array_module, as_pair, parallel_for
+from alexdsl.shape_math import pool_output_size
+
+
+@dataclass
+class PoolPlan:
+    """Output size, padding geometry and (for average pooling) the divisor table.
+
+    With ceil rounding the padded extent is grown on the right so the last window fits
+    (filled with ``-inf`` for max, ``0`` for average); with floor rounding pixels no
+    window reaches are cropped.
+    """
+
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pad: tuple[int, int] = (0, 0)
+    ceil_mode: bool = False
+    out_h: int = field(init=False)
+    out_w: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kernel, self.stride, self.pad = as_pair(self.kernel), as_pair(self.stride), as_pair(self.pad)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        self.out_h = pool_output_size(self.height, kh, sh, ph, self.ceil_mode)
+        self.out_w = pool_output_size(self.width, kw, sw, pw, self.ceil_mode)
+        if self.out_h < 1 or self.out_w < 1:
+            raise ValueError(f"pooling output would be {self.out_h}x{self.out_w}")
+
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Padded height/width the windows span: (out-1)*stride + kernel."""
+        return (
+            (self.out_h - 1) * self.stride[0] + self.kernel[0],
+            (self.out_w - 1) * self.stride[1] + self.kernel[1],
+        )
+
+    def divisor(self, count_include_pad: bool) -> numpy.ndarray:
+        """(OH, OW) window sizes torch divides by (windows clipped to input + padding)."""
+
+        def sizes(out: int, k: int, s: int, p: int, size: int) -> numpy.ndarray:
+            start = numpy.arange(out) * s - p
+            end = numpy.minimum(start + k, size + p)
+            if not count_include_pad:
+                start, end = numpy.maximum(start, 0), numpy.minimum(end, size)
+            return (end - start).astype(numpy.float64)
+
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        return numpy.outer(sizes(self.out_h, kh, sh, ph, self.height), sizes(self.out_w, kw, sw, pw, self.width))
+
+    def padded(self, x: Array, fill: float) -> Array:
+        """``x`` placed in a ``fill``-valued canvas of size :attr:`extent` at offset pad."""
+        xp = array_module(x)
+        n, c, h, w = x.shape
+        eh, ew = self.extent
+        ph, pw = self.pad
+        if (ph, pw) == (0, 0) and eh <= h and ew <= w:
+            return x
+        canvas = xp.full((n, c, eh, ew), fill, dtype=x.dtype)
+        hh, ww = min(h, eh - ph), min(w, ew - pw)
+        canvas[:, :, ph : ph + hh, pw : pw + ww] = x[:, :, :hh, :ww]
+        return canvas
+
+    def window(self, src: Array, i: int, j: int) -> Array:
+        """The (N, C, OH, OW) strided slice of kernel tap (i, j)."""
+        sh, sw = self.stride
+        return src[:, :, i : i + sh * (self.out_h - 1) + 1 : sh, j : j + sw * (self.out_w - 1) + 1 : sw]
+
+
+def _pool_setup(
+    x: Array, kernel: Any, stride: Any, pad: Any, ceil_mode: bool, plan: PoolPlan | None, out: Array | None
+) -> tuple[ModuleType, PoolPlan, Array]:
+    """The array module, the plan (built unless given; stride defaults to the kernel) and the output."""
+    xp = array_module(x)
+    if plan is None:
+        plan = PoolPlan(x.shape[2], x.shape[3], kernel, kernel if stride is None else stride, pad, ceil_mode)
+    if out is None:
+        out = xp.empty((x.shape[0], x.shape[1], plan.out_h, plan.out_w), dtype=x.dtype)
+    return xp, plan, out
+
+
+def _combine_taps(
+    xp: ModuleType, plan: PoolPlan, src: Array, out: Array, combine: Callable[[Array, Array], None]
+) -> Array:
+    """``out`` = tap (0, 0) of the padded ``src``, then ``combine(out, tap)`` in place for every other tap."""
+    kh, kw = plan.kernel
+
+    def chunk(lo: int, hi: int) -> None:
+        part, block = out[lo:hi], src[lo:hi]
+        part[...] = plan.window(block, 0, 0)
+        for i in range(kh):
+            for j in range(kw):
+                if i or j:
+                    combine(part, plan.window(block, i, j))
+
+    parallel_for(xp, out.shape[0], src.size, chunk)
+    return out
+
+
+def max_pool2d(
+    x: Array,
+    kernel: tuple[int, int],
+    stride: tuple[int, int] | None = None,
+    pad: tuple[int, int] = (0, 0),
+    ceil_mode: bool = False,
+    *,
+    plan: PoolPlan | None = None,
+    out: Array | None = None,
+) -> Array:
+    """Max pooling identical to ``torch.nn.functional.max_pool2d`` (padding is -inf)."""
+    xp, plan, out = _pool_setup(x, kernel, stride, pad, ceil_mode, plan, out)
+    fused = cuda.fused_kernels(xp, x, out)
+    if fused is not None:
+        return fused.pool2d("max", plan, x, out)
+    return _combine_taps(xp, plan, plan.padded(x, -numpy.inf), out, lambda part, tap: xp.maximum(part, tap, out=part))
+
+
+def avg_pool2d(
+    x: Array,
+    kernel: tuple[int, int],
+    stride: tuple[int, int] | None = None,
+    pad: tuple[int, int] = (0, 0),
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    *,
+    plan: PoolPlan | None = None,
+    divisor: Array | None = None,
+    out: Array | None = None,
+) -> Array:
+    """Average pooling identical to ``torch.nn.functional.avg_pool2d``.
+
+    Windows are clipped to input + padding (ceil mode's extra right column does not
+    count); ``count_include_pad=False`` divides by the in-image part only.
+    ``divisor`` may be the precomputed ``1 / plan.divisor(...)`` on the right device.
+    """
+    xp, plan, out = _pool_setup(x, kernel, stride, pad, ceil_mode, plan, out)
+    if divisor is None:
+        divisor = xp.asarray((1.0 / plan.divisor(count_include_pad)).astype(x.dtype))
+    fused = cuda.fused_kernels(xp, x, out, divisor)
+    if fused is not None:
+        return fused.pool2d("avg", plan, x, out, divisor)
+    _combine_taps(xp, plan, plan.padded(x, 0.0), out, lambda part, tap: xp.add(part, tap, out=part))
+    out *= divisor
+    return out
+
+
+def _adaptive_matrix(size: int, out: int) -> numpy.ndarray:
+    """(out, size) averaging matrix with torch's bins floor(i*H/o) .. ceil((i+1)*H/o)."""
+    m = numpy.zeros((out, size), dtype=numpy.float64)
+    for i in range(out):
+        start = (i * size) // out
+        end = -(-((i + 1) * size) // out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_matrices(height: int, width: int, size: tuple[int, int]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The (OH, H) and (W, OW) averaging matrices of :func:`adaptive_avg_pool2d` (float64, host)."""
+    oh, ow = as_pair(size)
+    return _adaptive_matrix(height, oh), _adaptive_matrix(width, ow).T.copy()
+
+
+def adaptive_avg_pool2d(
+    x: Array,
+    size: tuple[int, int],
+    *,
+    matrices: tuple[Array, Array] | None = None,
+    out: Array | None = None,
+) -> Array:
+    """``torch.nn.functional.adaptive_avg_pool2d``: two small averaging GEMMs (H then W).
+
+    ``matrices`` may be :func:`adaptive_matrices` already on the device and in ``x``'s dtype.
+    """
+    xp = array_module(x)
+    h, w = x.shape[2], x.shape[3]
+    oh, ow = as_pair(size)
+    if (oh, ow) == (h, w):
+        if out is None:
+            return x.copy()
+        out[...] = x
+        return out
+    if matrices is None:
+        matrices = tuple(xp.asarray(m.astype(x.dtype)) for m in adaptive_matrices(h, w, (oh, ow)))
+    mh, mw = matrices
+    rows = xp.matmul(x, mw) if ow != w else x  # (N, C, H, OW)
+    result = xp.matmul(mh, rows) if oh != h else rows  # (N, C, OH, OW)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def global_avg_pool2d(x: Array, *, out: Array | None = None) -> Array:
+    """Mean over H and W, keeping (N, C, 1, 1)."""
+    return array_module(x).mean(x, axis=(2, 3), keepdims=True, out=out)
