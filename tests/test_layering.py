@@ -113,3 +113,12 @@ def test_ir_and_passes_do_not_import_each_other_at_import_time() -> None:
     assert _module_imports(_modules("passes"), "alexdsl.ir")  # the passes do read the IR
     assert _module_imports(_modules("ir"), "alexdsl.passes") == []
     assert _module_imports(_modules("ir"), "alexdsl.frontend") == []
+
+
+def test_the_cuda_kernels_do_not_import_the_runtime() -> None:
+    """The runtime's modules reach the fused kernels (cuda.fused_kernels), never the other way round."""
+    cupy_backend = _modules("backends/cupy")
+    kernels = [path for path in cupy_backend if path.stem in ("cuda", "depthwise", "arrays")]
+    assert len(kernels) == 3
+    assert _module_imports(kernels, "alexdsl.backends.cupy.runtime") == []
+    assert _module_imports(cupy_backend, "alexdsl.backends.cupy.arrays")  # the kernel modules do use it
