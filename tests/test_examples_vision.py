@@ -74,7 +74,7 @@ def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str
 
 
 @pytest.mark.parametrize("example", [pytest.param(name, marks=pytest.mark.slow) if name == "convnext_tiny" else name
-                                     for name in EXAMPLE_NAMES])  # ConvNeXt-T: 28.6M parameters, ~20 s
+                                     for name in EXAMPLE_NAMES])  # ConvNeXt-T: 28.6M parameters, 5-20 s
 def test_trains_on_synthetic_data_at_a_small_input(example: str, tmp_path) -> None:
     for module in ("torch", "safetensors", "tqdm", "matplotlib"):  # the torch extra, which train() uses
         pytest.importorskip(module)
