@@ -39,7 +39,7 @@ def _position(diagnostic: Diagnostic) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _no_gc_pauses() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector: the front end allocates many small objects that all
     stay alive, and collections over them make the cost grow faster than the layer count."""
     was_enabled = gc.isenabled()
@@ -57,7 +57,7 @@ def build_network(text: str, file: str = "<string>", input_shapes: dict[str, tup
 
     ``max_layers`` bounds the layers after expansion (see :func:`alexdsl.limits.max_layers`).
     """
-    with _no_gc_pauses():
+    with gc_paused():
         return _build(text, file, input_shapes, max_layers)
 
 
@@ -110,7 +110,7 @@ def network_from_json(text: str, file: str = "<json>") -> Network:
     """Read and check IR JSON (``Network.from_json``); ``file`` names it in errors."""
     ir = read_ir(parse_ir_json(text, file), file)
     sink = DiagnosticSink()
-    with _no_gc_pauses():
+    with gc_paused():
         order = check_graph(ir.graph, sink, file)
     located = []  # no source lines here: each problem is located by its layer's JSON path
     for diagnostic in sink.diagnostics:

@@ -9,10 +9,7 @@ analysis of the latest text, then answer from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +23,7 @@ from pygls.uris import to_fs_path
 
 import alexdsl
 from alexdsl.errors import Diagnostic
+from alexdsl.frontend import gc_paused
 from alexdsl.lsp import features
 from alexdsl.lsp.analysis import Analysis, FrontEnd, analyze, front_end, quick_analysis
 from alexdsl.lsp.features import Positions
@@ -60,19 +58,6 @@ class DocumentState:
     focus: str | None = None  # the block instance whose shapes the block bodies show (the cursor's)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector, as the front end does: an analysis makes many small
-    objects that all stay alive, and collections over them only cost time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _internal_error(error: Exception) -> list[Diagnostic]:
     log.exception("analysis failed")
     return [Diagnostic("error", f"internal error in alexdsl: {error!r}")]
@@ -80,7 +65,7 @@ def _internal_error(error: Exception) -> list[Diagnostic]:
 
 def run_front_end(text: str, file: str) -> FrontEnd:
     """The diagnostics of ``text``: never raises (an internal failure becomes a diagnostic)."""
-    with _gc_paused():
+    with gc_paused():
         try:
             return front_end(text, file)
         except Exception as error:  # noqa: BLE001 - a bug must not take the server down with the document
@@ -98,7 +83,7 @@ def run_quick(text: str, file: str, checked: FrontEnd) -> Analysis | None:
 
 def check(text: str, file: str, previous: Analysis | None, checked: FrontEnd) -> Checked:
     """The rest of the analysis (recovery, syntax tree, hints, names); never raises."""
-    with _gc_paused():
+    with gc_paused():
         try:
             analysis = analyze(text, file, previous, checked)
             return Checked(analysis, SymbolIndex(analysis.module) if analysis.module else None, Positions(text))
