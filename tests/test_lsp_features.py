@@ -70,7 +70,7 @@ def test_references_are_every_place_the_name_is_written(path) -> None:
     """Outside blocks and comments, each written layer or input name is an occurrence of its symbol."""
     text = path.read_text()
     checked = analysed(text)
-    top_level = re.sub(r"#[^\n]*", "", re.sub(r"block [^{]*\{[^}]*\}", "", text))
+    top_level = re.sub(r"block [^{]*\{[^}]*\}", "", re.sub(r"#[^\n]*", "", text))
     counted = 0
     for name, symbol in checked.index.scopes[None].items():
         if symbol.generated or lookup(name) is not None:  # an op's name is also written as the op
