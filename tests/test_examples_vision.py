@@ -12,7 +12,7 @@ import math
 
 import pytest
 from conftest import EXAMPLES
-from test_examples_mobile import _random_weights, _randomise_statistics, _reference
+from test_examples_mobile import _assert_same_settings, _random_weights, _randomise_statistics, _reference
 
 import alexdsl
 from alexdsl.interop.compare import compare
@@ -112,7 +112,13 @@ def test_outputs_equal_torchvisions_with_its_weights(example: str) -> None:
     _randomise_statistics(reference, torch)
     _randomise_norms_and_layer_scales(reference, torch)
     reference.eval()
-    ours = build(_load(example))
+    network = _load(example)
+    ours = build(network)
+    _assert_same_settings(reference, ours, network, torch, torchvision)
+    layers = {layer.name: layer for layer in network.layers()}
+    for name, module in reference.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):  # torchvision's LayerNorm2d, and the one inside CNBlock
+            assert layers[name].op == "layernorm" and layers[name].attrs["eps"] == module.eps, name
     ours.load_state_dict(reference.state_dict(), strict=True)  # by key, num_batches_tracked included
     ours.eval()
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
