@@ -79,26 +79,52 @@ def test_torch_module_has_torchvisions_state_dict(example: str) -> None:
 
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_numpy_executor_agrees_with_the_torch_module(example: str) -> None:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from alexdsl.backends import cupy as executor_backend
-    from alexdsl.backends.torch import build
 
     network = _load(example, SMALL)
     weights = _random_weights(network)
-    module = build(network)
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
-    module.eval()
     executor = executor_backend.compile(network, weights, device="cpu")
     x = np.random.default_rng(1).standard_normal((2, *SMALL["data"])).astype(np.float32)
-    with torch.no_grad():
-        want = module(torch.from_numpy(x))
-    want = (want[0] if isinstance(want, (tuple, list)) else want).numpy()
+    want = _torch_logits(network, weights, x)
     got = executor(x)
     got = got[0] if isinstance(got, tuple) else got
     assert got.shape == want.shape == (2, 1000)
     scale = float(np.abs(want).max())
     assert scale > 0
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _torch_logits(network: Network, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The generated torch module's output for ``x``, in eval mode with exactly ``weights``."""
+    import torch
+
+    from alexdsl.backends.torch import build
+
+    module = build(network)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.from_numpy(x))
+    return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_onnx_export_agrees_with_the_torch_module(example: str) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from alexdsl.interop.onnx import export_onnx
+
+    network = _load(example, SMALL)
+    weights = _random_weights(network)
+    session = ort.InferenceSession(export_onnx(network, weights).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).standard_normal((2, *SMALL["data"])).astype(np.float32)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    want = _torch_logits(network, weights, x)
+    assert got.shape == want.shape == (2, 1000)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
