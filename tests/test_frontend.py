@@ -643,3 +643,12 @@ def test_a_caffe_slice_with_too_few_points_is_a_located_error() -> None:
                 '  bottom: "x"\n  top: "a"\n  top: "b"\n  top: "c"\n  slice_param { axis: 1 slice_point: 2 }\n}\n')
     with pytest.raises(AlexDSLError, match=r"net.prototxt:10:15: error: Slice layer 's' has 1 slice points for 3 tops"):
         import_prototxt(prototxt, "net.prototxt")
+
+
+def test_self_names_a_layer_after_its_block_instance() -> None:
+    net = alexdsl.parse("input x: 4x8x8\nblock b(c) {\n  conv1: conv(c, 3, pad=1)\n  self: scale(param=layer_scale)\n"
+                        "  out: add(in)\n}\nstage.0: b(4)\nstage.1: b(4)\n")
+    assert list(net.state_keys())[:3] == ["stage.0.layer_scale", "stage.0.conv1.weight", "stage.0.conv1.bias"]
+    assert net.layer("stage.1").op == "scale" and net.layer("stage.1").inputs == ["stage.1.conv1"]
+    with pytest.raises(AlexDSLError, match="'self' names the block instance: it is a label only inside a block"):
+        alexdsl.parse("input x: 4x8x8\nself: relu\n")

@@ -25,6 +25,7 @@ from alexdsl.syntax import ast
 
 PHASES = ("train", "test")
 BROKEN = "\0broken"  # the output of a statement that failed: layers reading it report nothing more
+SELF = "self"  # inside a block, the label of a layer named like the instance itself
 PENDING = "\0pending"  # a block instance's input while its source is not resolved yet; never left in the IR
 SPLIT = "\0split:"  # prefix of a split statement's output: its parts are named, the whole is not
 SPLITTERS = {"chunk": "channel_chunk", "split": "channel_slice"}  # front-end forms -> the op of each part
@@ -543,6 +544,13 @@ class Elaborator:
     def _statement(self, stmt: ast.LayerStmt | ast.RepeatStmt, scope: _Scope) -> None:
         label = stmt.label.name
         full = scope.prefix + label
+        if label == SELF:  # the layer takes the block instance's own name (ConvNeXt's features.1.0.layer_scale)
+            if not scope.prefix:
+                self.sink.error("'self' names the block instance: it is a label only inside a block", stmt.label.span,
+                                hint="give the layer a name of its own")
+                scope.labels[label] = scope.prev = BROKEN
+                return
+            full = scope.prefix[:-1]
         if label in scope.labels or full in self.graph:
             self.sink.error(f"duplicate name '{label}'", stmt.label.span,
                             hint=self._first_definition(full))
