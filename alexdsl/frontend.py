@@ -25,6 +25,7 @@ from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
 from alexdsl.ir.network import Network
 from alexdsl.ir.serialize import parse_ir_json, read_ir
+from alexdsl.limits import max_source_bytes
 from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
@@ -63,6 +64,10 @@ def build_network(text: str, file: str = "<string>", input_shapes: dict[str, tup
 
 def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None, max_layers: int | None
            ) -> Network:
+    limit = max_source_bytes()
+    if len(text) > limit and len(text.encode("utf-8")) > limit:  # text given in memory is bounded like a file
+        raise AlexDSLError([Diagnostic("error", f"the source is larger than the limit of {limit:,} bytes", path=file,
+                                       hint="set ALEXDSL_MAX_SOURCE_BYTES to read a larger file")])
     module = parse_module(text, file)
     sink = DiagnosticSink()
     graph, meta = elaborate(module, sink, input_shapes, max_layers)

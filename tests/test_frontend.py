@@ -650,5 +650,11 @@ def test_self_names_a_layer_after_its_block_instance() -> None:
                         "  out: add(in)\n}\nstage.0: b(4)\nstage.1: b(4)\n")
     assert list(net.state_keys())[:3] == ["stage.0.layer_scale", "stage.0.conv1.weight", "stage.0.conv1.bias"]
     assert net.layer("stage.1").op == "scale" and net.layer("stage.1").inputs == ["stage.1.conv1"]
-    with pytest.raises(AlexDSLError, match="'self' names the block instance: it is a label only inside a block"):
-        alexdsl.parse("input x: 4x8x8\nself: relu\n")
+    assert alexdsl.parse("input x: 4x8x8\nself: relu\n").layer("self").op == "relu"  # only a block gives it meaning
+
+
+def test_source_text_given_in_memory_is_bounded_like_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALEXDSL_MAX_SOURCE_BYTES", "1000")
+    with pytest.raises(AlexDSLError, match="big.adsl: error: the source is larger than the limit of 1,000 bytes"):
+        alexdsl.parse("input x: 3x8x8\n" + "# padding\n" * 200, "big.adsl")
+    assert alexdsl.parse("input x: 3x8x8\nc: conv(2, 3)\n").shapes["c"] == (2, 6, 6)

@@ -544,12 +544,7 @@ class Elaborator:
     def _statement(self, stmt: ast.LayerStmt | ast.RepeatStmt, scope: _Scope) -> None:
         label = stmt.label.name
         full = scope.prefix + label
-        if label == SELF:  # the layer takes the block instance's own name (ConvNeXt's features.1.0.layer_scale)
-            if not scope.prefix:
-                self.sink.error("'self' names the block instance: it is a label only inside a block", stmt.label.span,
-                                hint="give the layer a name of its own")
-                scope.labels[label] = scope.prev = BROKEN
-                return
+        if label == SELF and scope.prefix:  # the block instance's own name (ConvNeXt's features.1.0.layer_scale)
             full = scope.prefix[:-1]
         if label in scope.labels or full in self.graph:
             self.sink.error(f"duplicate name '{label}'", stmt.label.span,

@@ -198,7 +198,8 @@ def call_layers(analysis: Analysis, call: ast.Call, names: list[str], top_level:
         return analysis.spans[call.span]
     if not top_level:
         return []
-    output = instance_output(analysis, names[-1]) if names and names[-1] not in network.graph else None
+    # a block use (an op's call is in ``spans``); its instance's own name may also be a layer ('self')
+    output = instance_output(analysis, names[-1]) if names else None
     return [output] if output is not None else []
 
 
