@@ -6,6 +6,7 @@ Every generator takes a seeded :class:`random.Random`, so a run is reproducible 
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -183,7 +184,7 @@ def mutate_json(rng: random.Random, text: str) -> str:
         key = path[-1]
         choice = rng.random()
         if choice < 0.6:
-            parent[key] = rng.choice(JSON_VALUES)
+            parent[key] = copy.deepcopy(rng.choice(JSON_VALUES))  # never the same list in two places
         elif choice < 0.8:
             del parent[key]
         elif isinstance(parent, list):
