@@ -8,15 +8,19 @@ module and both give the same outputs.
 
 from __future__ import annotations
 
-import math
-
 import pytest
-from conftest import EXAMPLES
-from test_examples_mobile import _assert_same_settings, _random_weights, _randomise_statistics, _reference
+from torchvision_examples import (
+    assert_keys_are_torchvisions,
+    assert_same_settings,
+    assert_trains_one_epoch,
+    load,
+    outputs_with_torchvisions_weights,
+    random_weights,
+    randomise_statistics,
+    reference,
+)
 
-import alexdsl
 from alexdsl.interop.compare import compare
-from alexdsl.ir.network import Network
 
 # example, torchvision model, torchvision's published parameter count, the logits layer
 MODELS = [
@@ -31,20 +35,11 @@ LOGITS = {example: logits for example, _, _, logits in MODELS}
 MODEL = {example: model for example, model, _, _ in MODELS}
 
 
-def _load(example: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
-    return alexdsl.load(EXAMPLES / f"{example}.adsl", input_shapes=input_shapes)
-
-
 @pytest.mark.parametrize(("example", "model", "params", "logits"), MODELS, ids=EXAMPLE_NAMES)
 def test_keys_shapes_and_parameter_count_are_torchvisions(example: str, model: str, params: int,
                                                           logits: str) -> None:
-    reference = _reference(model)
-    assert reference["params"] == params  # the data file is the published model
-    network = _load(example)
-    keys = {key: list(shape) for key, shape in network.state_keys().items()}
-    assert list(keys) == list(reference["state"])  # the same order, as state_dict() gives them
-    assert keys == reference["state"]
-    assert network.totals()["params"] == params
+    network = load(example)
+    assert_keys_are_torchvisions(network, model, params)
     assert network.shapes[logits] == (1000,)
 
 
@@ -54,9 +49,9 @@ def test_torch_module_has_torchvisions_state_dict_in_its_order(example: str) -> 
     pytest.importorskip("torch")
     from alexdsl.backends.torch import build
 
-    state = build(_load(example)).state_dict()
+    state = build(load(example)).state_dict()
     shapes = {key: list(value.shape) for key, value in state.items() if not key.endswith("num_batches_tracked")}
-    assert list(shapes.items()) == list(_reference(MODEL[example])["state"].items())
+    assert list(shapes.items()) == list(reference(MODEL[example])["state"].items())
 
 
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
@@ -64,9 +59,9 @@ def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str
     """The logits at a small input; the ONNX model passes onnx.checker's full check on export."""
     for module in ("torch", "onnx", "onnxruntime"):
         pytest.importorskip(module)
-    network = _load(example, SMALL)
+    network = load(example, SMALL)
     logits = LOGITS[example]
-    (row,) = compare(network, ["torch", "cupy", "onnx"], weights=_random_weights(network), layers=[logits])
+    (row,) = compare(network, ["torch", "cupy", "onnx"], weights=random_weights(network), layers=[logits])
     assert row.layer == logits and row.shape == (1000,)
     for backend in ("cupy", "onnx"):
         _, relative = row.diffs[backend]
@@ -76,15 +71,7 @@ def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str
 @pytest.mark.parametrize("example", [pytest.param(name, marks=pytest.mark.slow) if name == "convnext_tiny" else name
                                      for name in EXAMPLE_NAMES])  # ConvNeXt-T: 28.6M parameters, 5-20 s
 def test_trains_on_synthetic_data_at_a_small_input(example: str, tmp_path) -> None:
-    for module in ("torch", "safetensors", "tqdm", "matplotlib"):  # the torch extra, which train() uses
-        pytest.importorskip(module)
-    from alexdsl.backends.torch.train import train
-
-    network = _load(example, TINY)
-    result = train(network, "synthetic:16", tmp_path / "run", epochs=1, batch_size=8, progress=False, log=None)
-    (record,) = result.history
-    assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
-    assert (tmp_path / "run" / "weights.safetensors").exists()
+    assert_trains_one_epoch(load(example, TINY), tmp_path)
 
 
 def _randomise_norms_and_layer_scales(model, torch) -> None:  # noqa: ANN001 - a torchvision module, torch
@@ -108,24 +95,18 @@ def test_outputs_equal_torchvisions_with_its_weights(example: str) -> None:
     from alexdsl.backends.torch import build
 
     torch.manual_seed(0)
-    reference = getattr(torchvision.models, MODEL[example])()
-    _randomise_statistics(reference, torch)
-    _randomise_norms_and_layer_scales(reference, torch)
-    reference.eval()
-    network = _load(example)
+    torchvision_model = getattr(torchvision.models, MODEL[example])()
+    randomise_statistics(torchvision_model, torch)
+    _randomise_norms_and_layer_scales(torchvision_model, torch)
+    torchvision_model.eval()
+    network = load(example)
     ours = build(network)
-    _assert_same_settings(reference, ours, network, torch, torchvision)
+    assert_same_settings(torchvision_model, ours, network, torch, torchvision)
     layers = {layer.name: layer for layer in network.layers()}
-    for name, module in reference.named_modules():
+    for name, module in torchvision_model.named_modules():
         if isinstance(module, torch.nn.LayerNorm):  # torchvision's LayerNorm2d, and the one inside CNBlock
             assert layers[name].op == "layernorm" and layers[name].attrs["eps"] == module.eps, name
-    ours.load_state_dict(reference.state_dict(), strict=True)  # by key, num_batches_tracked included
-    ours.eval()
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        want = reference(x)
-        got = ours(x)
-    got = got[0] if isinstance(got, (tuple, list)) else got
+    got, want = outputs_with_torchvisions_weights(torchvision_model, ours, torch)
     assert got.shape == want.shape == (2, 1000)
     assert float(want.std()) > 0.1 * float(want.abs().max())  # the logits differ: the comparison has teeth
     relative = float((got - want).abs().max() / want.abs().max())
