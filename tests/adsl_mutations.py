@@ -10,7 +10,9 @@ import copy
 import json
 import random
 import re
+import signal
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,18 @@ def check_round_trips(network: alexdsl.Network, text: str, file: str) -> None:
     assert again.state_keys() == network.state_keys(), "JSON round trip changed the state keys"
     formatted = alexdsl.parse(format_source(text, file), file, max_layers=FUZZ_MAX_LAYERS)
     assert summary(formatted) == summary(network), "the formatted source is a different network"
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in this (main) thread if the block runs past ``seconds``."""
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

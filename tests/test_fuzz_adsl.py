@@ -9,12 +9,9 @@ round trip and the formatter.
 from __future__ import annotations
 
 import itertools
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
-from adsl_mutations import FUZZ_MAX_LAYERS, adsl_inputs, check_round_trips, examples, mutate, tokens
+from adsl_mutations import FUZZ_MAX_LAYERS, adsl_inputs, check_round_trips, deadline, examples, mutate, tokens
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
@@ -22,21 +19,6 @@ from alexdsl.errors import AlexDSLError
 SEED = 20260914
 MUTANTS_PER_SEED = 60  # a few seconds in all
 HANG_SECONDS = 10
-
-
-@contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    """Raise TimeoutError in this (main) thread if the block runs past ``seconds``."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_tokens_give_the_source_back() -> None:

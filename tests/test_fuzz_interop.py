@@ -16,13 +16,11 @@ import functools
 import itertools
 import random
 import re
-import signal
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from adsl_mutations import adsl_inputs
+from adsl_mutations import adsl_inputs, deadline
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
@@ -106,21 +104,6 @@ def prototxt_inputs(seed: int) -> Iterator[tuple[str, str]]:
     for i in itertools.count():
         name = rng.choice(names)
         yield f"{name}#{seed}.{i}", mutate(rng, sources[name])
-
-
-@contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    """Raise TimeoutError in this (main) thread if the block runs past ``seconds``."""
-    def expire(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_seeds_import() -> None:
