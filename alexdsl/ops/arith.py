@@ -9,6 +9,8 @@ broadcast copy.
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
@@ -31,6 +33,19 @@ def broadcast_shapes(op: str, inputs: list[Shape]) -> Shape:
             )
         result = tuple(max(x, y) for x, y in zip(a, b, strict=True))
     return result
+
+
+def _broadcast(op: str) -> Any:
+    """The shape rule of a broadcasting op: :func:`broadcast_shapes` under the op's name."""
+    return lambda attrs, inputs: broadcast_shapes(op, inputs)
+
+
+def _combined(combine: Any) -> Any:
+    """The reference of a broadcasting op: the inputs aligned once, then folded left with ``combine``."""
+    def reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+        return functools.reduce(combine, _reference_aligned(layer, xs))
+
+    return reference
 
 
 def _aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
@@ -110,15 +125,6 @@ def _eltwise(operation: str, *coeffs: str) -> Any:
     return caffe
 
 
-def _add_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    return broadcast_shapes("add", inputs)
-
-
-def _add_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-    xs = _reference_aligned(layer, xs)
-    return sum(xs[1:], xs[0])
-
-
 def _reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
     rank = len(layer.shape) + 1
     return [x.reshape(x.shape[0], *[1] * (rank - x.dim()), *x.shape[1:]) for x in xs]
@@ -127,7 +133,8 @@ def _reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
 register(OpDef(
     name="add", family="arith",
     summary="Elementwise sum, with NumPy broadcasting over the shapes without the batch (Caffe Eltwise SUM).",
-    example="out: add(branch, shortcut)", args=(), infer=_add_infer, inputs=(2, None), pattern=Pattern.BROADCAST,
+    example="out: add(branch, shortcut)", args=(), infer=_broadcast("add"), inputs=(2, None),
+    pattern=Pattern.BROADCAST,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(_aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
@@ -135,53 +142,38 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", _onnx_aligned(layer, ctx)),
         caffe=_eltwise("SUM"),
         from_caffe={"Eltwise": _eltwise_from_caffe},
-        reference=_add_reference,
+        reference=_combined(operator.add),
     ),
 ))
-
-
-def _sub_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    return broadcast_shapes("sub", inputs)
 
 
 register(OpDef(
     name="sub", family="arith",
     summary="Elementwise difference a - b, with NumPy broadcasting (Caffe Eltwise SUM with coeff 1, -1).",
-    example="d: sub(branch, shortcut)", args=(), infer=_sub_infer, inputs=(2, 2), pattern=Pattern.BROADCAST,
+    example="d: sub(branch, shortcut)", args=(), infer=_broadcast("sub"), inputs=(2, 2), pattern=Pattern.BROADCAST,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: " - ".join(_aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
         executor=_executor("subtract"),
         onnx=_binary_onnx("Sub"),
         caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
-        reference=lambda layer, xs, w, F: _reference_aligned(layer, xs)[0] - _reference_aligned(layer, xs)[1],
+        reference=_combined(operator.sub),
     ),
 ))
-
-
-def _mul_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    return broadcast_shapes("mul", inputs)
-
-
-def _mul_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-    xs = _reference_aligned(layer, xs)
-    result = xs[0]
-    for x in xs[1:]:
-        result = result * x
-    return result
 
 
 register(OpDef(
     name="mul", family="arith",
     summary="Elementwise product, with NumPy broadcasting: squeeze-excitation's x * gate (Caffe Eltwise PROD).",
-    example="se: mul(branch, shortcut)", args=(), infer=_mul_infer, inputs=(2, None), pattern=Pattern.BROADCAST,
+    example="se: mul(branch, shortcut)", args=(), infer=_broadcast("mul"), inputs=(2, None),
+    pattern=Pattern.BROADCAST,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: " * ".join(_aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
         executor=_executor("multiply"),
         onnx=_binary_onnx("Mul"),
         caffe=_eltwise("PROD"),
-        reference=_mul_reference,
+        reference=_combined(operator.mul),
     ),
 ))
 
