@@ -176,3 +176,11 @@ def test_the_excerpts_in_extending_md_are_from_the_plugin() -> None:
             plain = text.replace("def _executor(x, *, a, b, out=None):",
                                  "def _executor(x: Any, *, a: float, b: float, out: Any = None) -> Any:")
             assert plain in source, text
+
+
+def test_a_torch_lowering_needs_a_forward_or_a_module() -> None:
+    from alexdsl.ops.lowering import TorchLowering, call_module
+
+    assert TorchLowering(module=lambda layer, ctx: "nn.Identity()").forward is call_module
+    with pytest.raises(ValueError, match="needs a forward expression, or a module to call"):
+        TorchLowering()

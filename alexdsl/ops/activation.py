@@ -349,7 +349,7 @@ register(OpDef(
     infer=_same, params=_prelu_params, default_fillers={"weight": Filler("constant", (("value", 0.25),))},
     pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(module=_prelu_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})"),
+        torch=TorchLowering(module=_prelu_module),
         executor=ExecutorLowering(lower=_prelu_executor, inplace=True),
         onnx=_prelu_onnx,
         caffe=_prelu_caffe,

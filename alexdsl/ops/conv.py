@@ -200,8 +200,7 @@ CONV = register(OpDef(
                      "bias": Filler("constant", (("value", 0.0),))},
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
-        torch=TorchLowering(module=_torch_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})",
-                            overwritable_output=True),
+        torch=TorchLowering(module=_torch_module, overwritable_output=True),
         executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,

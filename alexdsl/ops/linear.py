@@ -6,7 +6,15 @@ import math
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    Pattern,
+    TorchLowering,
+    call_module,
+)
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
@@ -127,7 +135,7 @@ def _pw_torch_module(layer: Any, ctx: Any) -> str:
 def _pw_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
     """Channels last, nn.Linear, channels first again: ConvNeXt's ``Permute``, ``Linear``, ``Permute``."""
     if len(layer.shape) == 1:
-        return f"{ctx.module(layer)}({args[0]})"
+        return call_module(layer, args, ctx)
     return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
 
 

@@ -40,7 +40,8 @@ class TorchLowering:
     (``"nn.Conv2d(3, 96, 11, stride=4)"``), or None for a stateless layer. Its parameters are
     filled by the layer's fillers, so use torch's own modules to keep torchvision's keys.
     ``forward(layer, args, ctx) -> str``: the forward expression over the input variable
-    names ``args``; for a layer with a module, ``ctx.module(layer)`` is its attribute. A loss
+    names ``args``; for a layer with a module, ``ctx.module(layer)`` is its attribute, and
+    without ``forward`` the module is called on the first input (:func:`call_module`). A loss
     returns a scalar tensor and a metric a 0-d tensor from ``(logits, label)``.
     ``overwritable_output``: an elementwise op after this one may run in place during
     training (the op's backward does not read its output).
@@ -50,9 +51,20 @@ class TorchLowering:
     ``ctx.module(layer)`` and ``ctx.may_run_inplace(layer)``.
     """
 
-    forward: Callable[[Any, list[str], Any], str]
+    forward: Callable[[Any, list[str], Any], str] | None = None
     module: Callable[[Any, Any], str] | None = None
     overwritable_output: bool = False
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            if self.module is None:
+                raise ValueError("a TorchLowering needs a forward expression, or a module to call")
+            object.__setattr__(self, "forward", call_module)
+
+
+def call_module(layer: Any, args: list[str], ctx: Any) -> str:
+    """The layer's own module applied to its first input: ``self.conv1(x)``."""
+    return f"{ctx.module(layer)}({args[0]})"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering, call_module
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 
@@ -178,8 +178,7 @@ register(OpDef(
     default_fillers={"weight": Filler("constant", (("value", 1.0),)),
                      "bias": Filler("constant", (("value", 0.0),))},
     lower=Lowerings(
-        torch=TorchLowering(module=_bn_torch_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})",
-                            overwritable_output=True),
+        torch=TorchLowering(module=_bn_torch_module, overwritable_output=True),
         executor=ExecutorLowering(lower=_bn_executor, inplace=True, fold=_bn_fold),
         onnx=_bn_onnx,
         caffe=_bn_caffe,
@@ -216,7 +215,7 @@ def _per_channel_onnx(layer: Any, ctx: Any, name: str) -> str:
 def _ln_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
     """torchvision's LayerNorm2d: nn.LayerNorm over the channels, applied channels last."""
     if len(layer.shape) == 1:
-        return f"{ctx.module(layer)}({args[0]})"
+        return call_module(layer, args, ctx)
     return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
 
 
@@ -290,8 +289,7 @@ register(OpDef(
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: (f"nn.GroupNorm({ctx.int(layer.attrs['groups'])}, "
                                                        f"{ctx.int(layer.shape[0])}, "
-                                                       f"eps={ctx.float(layer.attrs['eps'])})"),
-                            forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]})"),
+                                                       f"eps={ctx.float(layer.attrs['eps'])})")),
         executor=_norm_executor("group_norm", "groups"),
         onnx=_gn_onnx,
         reference=lambda layer, xs, w, F: F.group_norm(xs[0], layer.attrs["groups"], w["weight"], w["bias"],
