@@ -87,7 +87,12 @@ def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 
     var += x.dtype.type(eps)
     xp.sqrt(var, out=var)
     out = xp.divide(centred, var, out=out)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return _scale_and_shift(out, weight, bias)
+
+
+def _scale_and_shift(out: Array, weight: Array | None, bias: Array | None) -> Array:
+    """``out * weight + bias`` per channel (dimension 1), in place; either may be None."""
+    shape = (1, -1) + (1,) * (out.ndim - 2)
     if weight is not None:
         out *= weight.reshape(shape)
     if bias is not None:
@@ -110,9 +115,4 @@ def group_norm(x: Array, groups: int, weight: Array | None, bias: Array | None, 
     if out is None:
         out = xp.empty_like(x)
     out[...] = centred.reshape(x.shape)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    if weight is not None:
-        out *= weight.reshape(shape)
-    if bias is not None:
-        out += bias.reshape(shape)
-    return out
+    return _scale_and_shift(out, weight, bias)
