@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
 
 
@@ -196,8 +197,7 @@ CONV = register(OpDef(
     params=_params,
     macs=_macs,
     lint=window_lint,
-    default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
-                     "bias": Filler("constant", (("value", 0.0),))},
+    default_fillers=WEIGHT_AND_BIAS,
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, overwritable_output=True),

@@ -54,6 +54,17 @@ class Filler:
         return f"{self.type}({inner})"
 
 
+# The default fillers of the two common kinds of parameterised layer.
+WEIGHT_AND_BIAS: dict[str, Filler] = {  # conv, fc: xavier weights, a zero bias
+    "weight": Filler("xavier", (("variance_norm", "fan_in"),)),
+    "bias": Filler("constant", (("value", 0.0),)),
+}
+UNIT_AFFINE: dict[str, Filler] = {  # a normalisation's scale and shift: the identity
+    "weight": Filler("constant", (("value", 1.0),)),
+    "bias": Filler("constant", (("value", 0.0),)),
+}
+
+
 def caffe_fans(shape: tuple[int, ...]) -> tuple[int, int]:
     """Caffe's fan_in = count / shape[0] and fan_out = count / shape[1] (grouped conv included).
 

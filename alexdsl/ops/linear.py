@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -15,7 +16,7 @@ from alexdsl.ops.lowering import (
     TorchLowering,
     call_module,
 )
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, numel, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
 def _infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -91,8 +92,7 @@ register(OpDef(
     infer=_infer,
     params=_params,
     macs=_macs,
-    default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
-                     "bias": Filler("constant", (("value", 0.0),))},
+    default_fillers=WEIGHT_AND_BIAS,
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
@@ -194,8 +194,7 @@ register(OpDef(
     infer=_pw_infer,
     params=_pw_params,
     macs=_pw_macs,
-    default_fillers={"weight": Filler("xavier", (("variance_norm", "fan_in"),)),
-                     "bias": Filler("constant", (("value", 0.0),))},
+    default_fillers=WEIGHT_AND_BIAS,
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.fillers import UNIT_AFFINE
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering, call_module
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, expect_rank, format_shape, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 
 def _infer_lrn(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -175,8 +176,7 @@ register(OpDef(
     infer=_infer_same,
     params=_channels,
     buffers=_stats,
-    default_fillers={"weight": Filler("constant", (("value", 1.0),)),
-                     "bias": Filler("constant", (("value", 0.0),))},
+    default_fillers=UNIT_AFFINE,
     lower=Lowerings(
         torch=TorchLowering(module=_bn_torch_module, overwritable_output=True),
         executor=ExecutorLowering(lower=_bn_executor, inplace=True, fold=_bn_fold),
@@ -189,9 +189,6 @@ register(OpDef(
 
 
 # layernorm and groupnorm: per-sample statistics, a learned per-channel scale and shift ---------------
-
-_AFFINE = {"weight": Filler("constant", (("value", 1.0),)), "bias": Filler("constant", (("value", 0.0),))}
-
 
 def _norm_executor(function: str, *args: str) -> ExecutorLowering:
     """``rt.<function>(x, <args>, scale, shift, eps, out=...)``, the scale and shift bound at setup."""
@@ -238,7 +235,7 @@ register(OpDef(
     args=(Arg("eps", "float", 1e-5, "added to the variance", min=0),),
     infer=_infer_same,
     params=_channels,
-    default_fillers=_AFFINE,
+    default_fillers=UNIT_AFFINE,
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: (f"nn.LayerNorm({ctx.int(layer.shape[0])}, "
                                                        f"eps={ctx.float(layer.attrs['eps'])})"),
@@ -285,7 +282,7 @@ register(OpDef(
           Arg("eps", "float", 1e-5, "added to the variance", min=0)),
     infer=_gn_infer,
     params=_channels,
-    default_fillers=_AFFINE,
+    default_fillers=UNIT_AFFINE,
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: (f"nn.GroupNorm({ctx.int(layer.attrs['groups'])}, "
                                                        f"{ctx.int(layer.shape[0])}, "
