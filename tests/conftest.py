@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import alexdsl
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -38,6 +42,25 @@ def _registry_unchanged():
     registry._REGISTRY.update(ops)
     plugins._LOADED.clear()
     plugins._LOADED.update(loaded)
+
+
+def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndarray]:
+    """He-scaled weights and non-trivial batchnorm statistics, so activations stay O(1)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for key, shape in network.state_keys().items():
+        kind = key.rsplit(".", 1)[1]
+        if kind == "weight" and len(shape) > 1:
+            fan_in = math.prod(shape[1:])
+            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
+        elif kind == "running_var":
+            value = rng.uniform(0.5, 1.5, shape)
+        elif kind == "weight":  # batchnorm gamma
+            value = rng.uniform(0.5, 1.5, shape)
+        else:  # biases, running means
+            value = rng.standard_normal(shape) * 0.1
+        out[key] = value.astype(np.float32)
+    return out
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

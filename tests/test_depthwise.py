@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import random_weights
 from test_cuda_sources import TOL, host_kernels, on_host  # noqa: F401 - fixtures of the host build
-from test_executor import assert_close, random_weights, torch_module, torch_reference
+from test_executor import assert_close, torch_module, torch_reference
 
 import alexdsl
 from alexdsl.backends import cupy as backend

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_weights
 from torchvision_examples import (
     assert_keys_are_torchvisions,
     assert_same_settings,
     assert_trains_one_epoch,
     load,
     outputs_with_torchvisions_weights,
-    random_weights,
     randomise_statistics,
     reference,
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
+from conftest import random_weights
 
 import alexdsl
 from alexdsl.backends import cupy as backend
@@ -124,25 +125,6 @@ def torch_reference(network: Network, weights: dict[str, np.ndarray], *inputs: n
                 raise NotImplementedError(op)
             env[name] = y
     return [env[o].numpy() for o in low.outputs]
-
-
-def random_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """He-scaled weights and non-trivial batchnorm statistics, so activations stay O(1)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, shape in network.state_keys().items():
-        kind = key.rsplit(".", 1)[1]
-        if kind == "weight" and len(shape) > 1:
-            fan_in = math.prod(shape[1:])
-            value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
-        elif kind == "running_var":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif kind == "weight":  # batchnorm gamma
-            value = rng.uniform(0.5, 1.5, shape)
-        else:  # biases, running means
-            value = rng.standard_normal(shape) * 0.1
-        out[key] = value.astype(np.float32)
-    return out
 
 
 def torch_module(network: Network, weights: dict[str, np.ndarray]) -> torch.nn.Module:

@@ -11,7 +11,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT
 
@@ -27,22 +26,6 @@ def reference(model: str) -> dict:
 
 def load(example: str, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
     return alexdsl.load(EXAMPLES / f"{example}.adsl", input_shapes=input_shapes)
-
-
-def random_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """He-scaled weights, non-zero biases and non-trivial batchnorm statistics (activations stay O(1))."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, shape in network.state_keys().items():
-        kind = key.rsplit(".", 1)[1]
-        if kind == "weight" and len(shape) > 1:
-            value = rng.standard_normal(shape) * math.sqrt(2.0 / math.prod(shape[1:]))
-        elif kind in ("weight", "running_var"):  # batchnorm scale and variance
-            value = rng.uniform(0.5, 1.5, shape)
-        else:  # biases and running means
-            value = rng.standard_normal(shape) * 0.1
-        out[key] = value.astype(np.float32)
-    return out
 
 
 def randomise_statistics(model, torch) -> None:  # noqa: ANN001 - a torchvision module, torch
