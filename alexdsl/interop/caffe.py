@@ -434,6 +434,7 @@ class _Importer:
         self.net = net
         self.file = file
         self.text = text
+        self.importers = caffe_importers()  # Caffe layer type -> the converter of the op that imports it
         self.sink = DiagnosticSink()
         self.inputs: list[tuple[str, tuple[int, ...] | None, Span]] = []  # blob name, shape (C,H,W) or None
         self.preprocess: dict[str, list[str]] = {}
@@ -557,8 +558,7 @@ class _Importer:
             return
         ltype = str(tscalar.value)
         caffe_name = str(nscalar.value) if nscalar is not None else ltype.lower()
-        importers = caffe_importers()
-        if ltype not in importers and ltype not in (*DATA_TYPES, SCALE):
+        if ltype not in self.importers and ltype not in (*DATA_TYPES, SCALE):
             self.error(f"unknown layer type '{ltype}' (layer '{caffe_name}')", tscalar.span,
                        expected=", ".join(layer_types()))
             return
@@ -573,7 +573,7 @@ class _Importer:
         target = self.by_name.get(inputs[0]) if ltype == SCALE and inputs else None
         after_batchnorm = target is not None and "BatchNorm" in _op(target.op).lower.from_caffe \
             and "_scaled" not in target.params
-        if ltype == SCALE and (after_batchnorm or ltype not in importers):
+        if ltype == SCALE and (after_batchnorm or ltype not in self.importers):
             if not after_batchnorm:
                 self.error("a Scale layer is supported only right after a BatchNorm layer (-> batchnorm)",
                            tscalar.span)
@@ -588,7 +588,7 @@ class _Importer:
             for t in tops:
                 self.blob[t] = target.name
             return
-        converted = importers[ltype](layer, caffe_name, self)
+        converted = self.importers[ltype](layer, caffe_name, self)
         if converted is None:
             return
         parts = converted if isinstance(converted, list) else [converted]  # a list: one layer per top (Slice)
