@@ -1,0 +1,273 @@
+"""Building a syntax tree in code: how importers write alexdsl source without pasting strings.
+
+``import json``, ``import caffe`` and ``import onnx`` each describe the network they read as
+:mod:`alexdsl.syntax.ast` nodes through a :class:`ModuleBuilder`; the formatter
+(:func:`alexdsl.fmt.format_module`, the one printer) lays them out, so what they write always
+passes ``fmt --check``. Values are Python values (:func:`value`); names are checked here and an
+unwritable one is a ``ValueError`` (writers check names from files first and report them).
+
+>>> b = ModuleBuilder()
+>>> b.network("T")
+>>> b.input("x", (3, 8, 8))
+>>> b.blank()
+>>> b.layer("c", [call("conv", 4, 3, stride=2), ("act", call("relu"))])
+>>> print(b.text(), end="")
+network T
+input x: 3x8x8
+<BLANKLINE>
+c: conv(4, 3, stride=2) | act: relu
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from alexdsl.errors import Span
+from alexdsl.syntax import ast
+from alexdsl.syntax.parser import grammar_text
+
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+(-[A-Za-z0-9_]+)*)*")  # NAME of grammars/alexdsl.lark
+
+
+@functools.cache
+def reserved_words() -> frozenset[str]:
+    """The words the grammar spells out (``network``, ``input``, ``true``...): never names."""
+    return frozenset(re.findall(r'^[A-Z_]+: "([a-z]+)"$', grammar_text(), re.M))
+
+
+def is_name(text: object) -> bool:
+    """Whether ``text`` can be written as a name in alexdsl source.
+
+    >>> is_name("conv1"), is_name("b1.conv"), is_name("input"), is_name("a\\nsolver()"), is_name("1x")
+    (True, True, False, False, False)
+    """
+    return isinstance(text, str) and bool(NAME.fullmatch(text)) and text not in reserved_words()
+
+
+def string_literal(text: str) -> str:
+    """``text`` as an alexdsl string literal: one line, every character escaped as the parser reads it back.
+
+    >>> print(string_literal('say "hi"\\n\\\\ é'))
+    "say \\"hi\\"\\n\\\\ \\xe9"
+    """
+    return '"' + text.encode("unicode_escape").decode("ascii").replace('"', '\\"') + '"'
+
+
+def number_text(number: int | float) -> str:
+    """How a number is written: the shortest text that reads back as the same value.
+
+    >>> number_text(0.0001), number_text(2.0), number_text(1e-20), number_text(7)
+    ('0.0001', '2', '1e-20', '7')
+    """
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            raise ValueError(f"a number that is not finite cannot be written: {number!r}")
+        text = repr(number)
+        return text[:-2] if text.endswith(".0") and "e" not in text else text
+    return str(int(number))
+
+
+_NOWHERE = Span("<built>", 0, 0, 0, 0)
+
+
+def name(text: str) -> ast.Name:
+    """A name node; ``ValueError`` when ``text`` cannot be written as a name."""
+    if not is_name(text):
+        raise ValueError(f"cannot be written as an alexdsl name: {text!r}")
+    return ast.Name(text, _NOWHERE)
+
+
+def value(item: Any) -> ast.Value:
+    """A Python value as a syntax node: numbers, ``True``/``False``, names (or strings, quoted
+    when they are not names), tuples and lists of these; syntax nodes pass through.
+
+    >>> from alexdsl.fmt import format_value
+    >>> [format_value(value(v)) for v in (3, 0.5, True, "ceil", "a b", (1, 2))]
+    ['3', '0.5', 'true', 'ceil', '"a b"', '(1, 2)']
+    """
+    if isinstance(item, (ast.Literal, ast.Name, ast.TupleValue, ast.Call, ast.BinaryOp, ast.Negate)):
+        return item
+    if isinstance(item, bool):
+        return ast.Literal(item, _NOWHERE, "true" if item else "false")
+    if isinstance(item, (int, float)):
+        return ast.Literal(item, _NOWHERE, number_text(item))
+    if isinstance(item, str):
+        return ast.Name(item, _NOWHERE) if is_name(item) else ast.Literal(item, _NOWHERE, string_literal(item))
+    if isinstance(item, (tuple, list)):
+        return ast.TupleValue([value(v) for v in item], _NOWHERE)
+    raise ValueError(f"cannot be written as an alexdsl value: {item!r}")
+
+
+def arg(item: Any, keyword: str | None = None) -> ast.Arg:
+    if keyword is not None:
+        name(keyword)
+    return ast.Arg(keyword, value(item), _NOWHERE)
+
+
+def call(op: str, *args: Any, **kwargs: Any) -> ast.Call:
+    """``op(args, key=value)``; with no arguments it is written bare (``relu``).
+
+    Positional items may be :class:`ast.Arg` (for keywords that are not Python identifiers).
+    """
+    items = [a if isinstance(a, ast.Arg) else arg(a) for a in args]
+    items += [arg(v, k) for k, v in kwargs.items()]
+    return ast.Call(name(op).name, items, _NOWHERE, _NOWHERE, has_parens=bool(items))
+
+
+Link = tuple[str | None, ast.Call] | ast.Call
+
+
+class ModuleBuilder:
+    """Statements added in order, one line each; :meth:`blank` separates groups, as a blank
+    line does in a file. :meth:`module` is the tree; :meth:`text` its canonical source."""
+
+    def __init__(self, file: str = "<built>"):
+        self.file = file
+        self._lines: list[str] = []  # the layout the statements would have in a file: what fmt reads blanks from
+        self._statements: list[ast.Statement] = []
+        self._comments: list[ast.Comment] = []
+        self._body: list[ast.Statement] | None = None  # inside block(): its body
+
+    # positions ---------------------------------------------------------------------------------
+    def _span(self, lines: int = 1) -> Span:
+        first = len(self._lines) + 1
+        self._lines += ["."] * lines
+        return Span(self.file, first, 1, first + lines - 1, 2)
+
+    def _add(self, stmt: ast.Statement, comment: str | None = None) -> None:
+        (self._body if self._body is not None else self._statements).append(stmt)
+        if comment is not None:
+            self._trailing(comment, stmt.span.line)
+
+    def _trailing(self, text: str, line: int) -> None:
+        self._comments.append(ast.Comment(_comment_text(text), line, 3))
+
+    # statements --------------------------------------------------------------------------------
+    def blank(self) -> None:
+        """A blank line (several in a row print as one; none at the start or end)."""
+        self._lines.append("")
+
+    def comment(self, text: str) -> None:
+        """A comment on its own line; ``text`` gets its ``#`` when it has none."""
+        text = _comment_text(text)
+        self._lines.append(text)  # not blank: the comment is on it
+        self._comments.append(ast.Comment(text, len(self._lines), 1))
+
+    def network(self, network_name: str) -> None:
+        span = self._span()
+        self._add(ast.NetworkStmt(name(network_name), span))
+
+    def description(self, text: str) -> None:
+        span = self._span()
+        self._add(ast.DescriptionStmt(ast.Literal(text, span, string_literal(text)), span))
+
+    def input(self, input_name: str, shape: Sequence[int], comment: str | None = None) -> None:
+        """``input name: CxHxW``."""
+        span = self._span()
+        dims = "x".join(str(int(d)) for d in shape)
+        self._add(ast.InputStmt(name(input_name), ast.Literal(dims, span, dims), None, span), comment)
+
+    def class_input(self, input_name: str, classes: int) -> None:
+        """``input name: class(N)``: a label."""
+        span = self._span()
+        self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes)], span, span), span))
+
+    def output(self, names: Iterable[str]) -> None:
+        span = self._span()
+        self._add(ast.OutputStmt([name(n) for n in names], span))
+
+    def defaults(self, target: str, *args: ast.Arg, **kwargs: Any) -> None:
+        """``defaults target(key=value, ...)``."""
+        span = self._span()
+        items = list(args) + [arg(v, k) for k, v in kwargs.items()]
+        self._add(ast.DefaultsStmt(name(target), items, span))
+
+    def preprocess(self, target: str, settings: dict[str, Any]) -> None:
+        span = self._span()
+        self._add(ast.PreprocessStmt(name(target), [arg(v, k) for k, v in settings.items()], span))
+
+    def solver(self, settings: dict[str, Any]) -> None:
+        span = self._span()
+        self._add(ast.SolverStmt([arg(v, k) for k, v in settings.items()], span))
+
+    def layer(self, label: str, links: Sequence[Link], sources: Sequence[str] = (), phase: str | None = None,
+              comment: str | None = None) -> None:
+        """``label: sources -> op(...) | name: op(...) [@phase]``; each link is a call, or
+        ``(name, call)`` to name it inline (``None`` leaves it unnamed)."""
+        if not links:
+            raise ValueError(f"layer {label!r} has no op")
+        span = self._span()
+        built = []
+        for link in links:
+            label_of, link_call = link if isinstance(link, tuple) else (None, link)
+            built.append(ast.Link(name(label_of) if label_of is not None else None, link_call, span))
+        self._add(ast.LayerStmt(name(label), [name(s) for s in sources], built,
+                                name(phase) if phase is not None else None, span), comment)
+
+    def repeat(self, label: str, count: int, block_call: ast.Call, sources: Sequence[str] = (),
+               phase: str | None = None) -> None:
+        """``label: [sources ->] repeat count call(...)``."""
+        span = self._span()
+        self._add(ast.RepeatStmt(name(label), [name(s) for s in sources], value(count), block_call,
+                                 name(phase) if phase is not None else None, span))
+
+    def block(self, block_name: str, params: Sequence[str | tuple[str, Any]] = (),
+              comment: str | None = None) -> _BlockBody:
+        """``block name(params) { ... }``: the statements added inside ``with`` form its body.
+
+        >>> b = ModuleBuilder()
+        >>> with b.block("pair", ["c", ("k", 3)]):
+        ...     b.layer("a", [call("conv", "c", "k")])
+        >>> print(b.text(), end="")
+        block pair(c, k=3) {
+          a: conv(c, k)
+        }
+        """
+        if self._body is not None:
+            raise ValueError("blocks do not nest")
+        header = self._span()
+        built = [ast.BlockParam(name(p), None) if isinstance(p, str) else ast.BlockParam(name(p[0]), value(p[1]))
+                 for p in params]
+        stmt = ast.BlockDef(name(block_name), built, [], header)
+        if comment is not None:
+            self._trailing(comment, header.line)
+        return _BlockBody(self, stmt)
+
+    # results -----------------------------------------------------------------------------------
+    def module(self) -> ast.Module:
+        return ast.Module(self.file, "\n".join(self._lines), list(self._statements), list(self._comments))
+
+    def text(self) -> str:
+        """The source, laid out by the formatter."""
+        from alexdsl.fmt import format_module
+
+        return format_module(self.module())
+
+
+class _BlockBody:
+    def __init__(self, builder: ModuleBuilder, stmt: ast.BlockDef):
+        self.builder, self.stmt = builder, stmt
+
+    def __enter__(self) -> ast.BlockDef:
+        self.builder._body = self.stmt.body
+        return self.stmt
+
+    def __exit__(self, *exc: object) -> None:
+        builder = self.builder
+        builder._body = None
+        if exc[0] is None and not self.stmt.body:
+            raise ValueError(f"block {self.stmt.name.name!r} has no statements")
+        end = builder._span().line  # the closing brace
+        self.stmt.span = Span(builder.file, self.stmt.span.line, 1, end, 2)
+        builder._statements.append(self.stmt)
+
+
+def _comment_text(text: str) -> str:
+    text = text if text.startswith("#") else "# " + text
+    if "\n" in text or "\r" in text:
+        raise ValueError("a comment is one line")
+    return text
