@@ -45,6 +45,14 @@ def test_json_source_round_trip(path: Path) -> None:
     assert comparable(again) == comparable(network)
 
 
+def test_json_source_writes_a_bias_an_op_lacks_by_default() -> None:
+    # scale has no bias unless told: bias=true is written, and once only when its filler is written too
+    network = alexdsl.parse("network T\ninput x: 3x8x8\ns: scale(bias=true) | t: scale(bias=gaussian(0.1))\n")
+    source = network_to_source(network)
+    assert "s: x -> scale(bias=true)\nt: s -> scale(bias=gaussian(std=0.1))\n" in source
+    assert comparable(alexdsl.parse(source)) == comparable(network)
+
+
 # Examples Caffe cannot express: an op it has no layer for (relu6, hardswish, layernorm, ...), or,
 # in RegNetY's squeeze-excitation, a mul that broadcasts (Caffe's Eltwise needs one shape).
 def _uses_an_op_caffe_lacks(path: Path) -> bool:
@@ -142,7 +150,7 @@ def test_generated_networks_round_trip(src: str) -> None:
 from hypothesis import strategies as st  # noqa: E402
 
 from alexdsl.interop.caffe import parse_prototxt  # noqa: E402
-from alexdsl.interop.source import is_name  # noqa: E402
+from alexdsl.syntax.build import is_name  # noqa: E402
 
 HOSTILE_NAMES = ["T\nsolver(lr=1000)\ndefaults conv(weight=constant(9))", "input", "true", "1st", "a b", "a-b",
                  'q"uote', "é", "a..b", "a.", "x\\", "", "net\r"]

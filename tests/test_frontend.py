@@ -604,7 +604,7 @@ def test_a_dotted_name_may_hold_a_hyphen_and_arithmetic_keeps_its_minus() -> Non
 
 
 def test_the_ir_readers_name_pattern_is_the_grammars() -> None:
-    from alexdsl.interop.source import NAME
+    from alexdsl.syntax.build import NAME
     from alexdsl.syntax.parser import grammar_text
 
     (line,) = [line for line in grammar_text().splitlines() if line.startswith("NAME:")]

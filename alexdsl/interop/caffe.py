@@ -53,8 +53,8 @@ from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
-from alexdsl.interop.source import is_name
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
+from alexdsl.syntax.build import is_name
 from alexdsl.syntax.parser import grammar_text
 
 

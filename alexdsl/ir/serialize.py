@@ -149,7 +149,7 @@ class _Reader:
 
     def name(self, value: Any, path: str, what: str) -> str | None:
         """A name that source could spell: the round trip IR -> source -> IR keeps every layer."""
-        from alexdsl.interop.source import is_name
+        from alexdsl.syntax.build import is_name
 
         if not is_name(value) or len(value) > MAX_NAME_LENGTH:
             self.error(path, f"{what} is not a valid name", received=_show(value),

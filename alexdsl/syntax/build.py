@@ -23,10 +23,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from alexdsl.errors import Span
+from alexdsl.ops.registry import REQUIRED, OpDef
 from alexdsl.syntax import ast
 from alexdsl.syntax.parser import grammar_text
 
@@ -72,6 +73,8 @@ def number_text(number: int | float) -> str:
 
 
 _NOWHERE = Span("<built>", 0, 0, 0, 0)
+# a number as the grammar reads it: INT or FLOAT of grammars/alexdsl.lark, with a minus sign
+_NUMBER = re.compile(r"-?([0-9]+\.[0-9]*([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?|[0-9]+([eE][-+]?[0-9]+)?)")
 
 
 def name(text: str) -> ast.Name:
@@ -102,7 +105,25 @@ def value(item: Any) -> ast.Value:
     raise ValueError(f"cannot be written as an alexdsl value: {item!r}")
 
 
+def number(item: int | float, text: str | None = None) -> ast.Literal:
+    """A number node, written as ``text`` when given (as another file spelled it: ``1e-4`` stays
+    ``1e-4``), else as :func:`number_text`; ``ValueError`` when ``text`` is not an alexdsl number.
+
+    >>> from alexdsl.fmt import format_value
+    >>> format_value(number(0.0001, "1e-4")), format_value(number(0.0001))
+    ('1e-4', '0.0001')
+    """
+    if isinstance(item, bool) or not isinstance(item, (int, float)):
+        raise ValueError(f"not a number: {item!r}")
+    if text is None:
+        text = number_text(item)
+    elif not _NUMBER.fullmatch(text):
+        raise ValueError(f"cannot be written as an alexdsl number: {text!r}")
+    return ast.Literal(item, _NOWHERE, text)
+
+
 def arg(item: Any, keyword: str | None = None) -> ast.Arg:
+    """One argument: positional, or ``keyword=item``."""
     if keyword is not None:
         name(keyword)
     return ast.Arg(keyword, value(item), _NOWHERE)
@@ -116,6 +137,63 @@ def call(op: str, *args: Any, **kwargs: Any) -> ast.Call:
     items = [a if isinstance(a, ast.Arg) else arg(a) for a in args]
     items += [arg(v, k) for k, v in kwargs.items()]
     return ast.Call(name(op).name, items, _NOWHERE, _NOWHERE, has_parens=bool(items))
+
+
+def filler(kind: str, *args: Any, **kwargs: Any) -> ast.Call:
+    """A filler such as ``gaussian(0.01)``: like :func:`call`, but written with parentheses even
+    without arguments (``xavier()``), as fillers are.
+
+    >>> from alexdsl.fmt import format_value
+    >>> format_value(filler("xavier")), format_value(filler("gaussian", 0.01, mean=1))
+    ('xavier()', 'gaussian(0.01, mean=1)')
+    """
+    built = call(kind, *args, **kwargs)
+    built.has_parens = True
+    return built
+
+
+def op_args(op: OpDef, attrs: Mapping[str, Any],
+            write: Callable[[str, Any], ast.Value] = lambda key, item: value(item)) -> list[ast.Arg]:
+    """The shortest arguments that give ``op`` the attributes ``attrs`` (as the IR holds them).
+
+    An argument at its default is left out (a pair ``(1, 1)`` matches the default ``1``; a pool's
+    stride, whose default is None, matches its kernel); required arguments are positional until
+    one before them is left out or written by keyword, the rest are keywords. A pair of equal
+    sides is written as one number. ``write(arg_name, item)`` makes each value's node (default
+    :func:`value`): a writer that checks values passes its own.
+
+    >>> from alexdsl.fmt import format_args
+    >>> from alexdsl.ops.registry import lookup
+    >>> conv = {"out": 8, "kernel": (3, 3), "stride": (2, 2), "pad": (0, 0), "dilation": (1, 1),
+    ...         "groups": 1, "bias": False}
+    >>> format_args(op_args(lookup("conv"), conv))
+    '8, 3, stride=2, bias=false'
+    >>> format_args(op_args(lookup("maxpool"), {"kernel": (3, 3), "stride": (3, 3), "pad": (1, 0), "round": "ceil"}))
+    '3, pad=(1, 0), round=ceil'
+    """
+    args: list[ast.Arg] = []
+    positional = True
+    for spec in op.args:
+        if spec.name not in attrs:
+            continue
+        item = attrs[spec.name]
+        default = spec.default
+        if spec.kind == "pair" and isinstance(default, int):
+            default = (default, default)
+        if spec.name == "stride" and default is None:  # a pool's stride follows its kernel
+            default = attrs.get("kernel")
+        if default is not REQUIRED and item == default:
+            positional = False
+            continue
+        if spec.kind == "pair" and isinstance(item, tuple) and len(item) == 2 and item[0] == item[1]:
+            item = item[0]
+        node = write(spec.name, item)
+        if positional and spec.positional and default is REQUIRED:
+            args.append(ast.Arg(None, node, _NOWHERE))
+        else:
+            positional = False
+            args.append(arg(node, spec.name))
+    return args
 
 
 Link = tuple[str | None, ast.Call] | ast.Call
