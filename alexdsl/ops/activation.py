@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import f32, unary
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    Pattern,
+    TorchLowering,
+)
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, register
 
 
@@ -62,6 +71,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
+        from_onnx={"Relu": unary("relu")},
         reference=lambda layer, xs, w, F: F.relu(xs[0]),
     ),
 ))
@@ -78,6 +88,8 @@ register(OpDef(
                 f"rt.leaky_relu({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})", "leaky_relu"),
             inplace=True),
         onnx=lambda layer, ctx: ctx.node("LeakyRelu", ctx.inputs, alpha=float(layer.attrs["slope"])),
+        from_onnx={"LeakyRelu": lambda node, ctx: OnnxImport("leaky_relu", node.inputs[:1],
+                                                             {"slope": f32(node.attr("alpha", 0.01))})},
         caffe=lambda layer, ctx: [
             CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
         reference=lambda layer, xs, w, F: F.leaky_relu(xs[0], layer.attrs["slope"]),
@@ -93,6 +105,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
+        from_onnx={"Sigmoid": unary("sigmoid")},
         reference=lambda layer, xs, w, F: xs[0].sigmoid(),
     ),
 ))
@@ -106,6 +119,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
+        from_onnx={"Tanh": unary("tanh")},
         reference=lambda layer, xs, w, F: xs[0].tanh(),
     ),
 ))
@@ -117,6 +131,18 @@ def _softmax_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str]
     return "softmax", [], None
 
 
+def _softmax_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only)."""
+    shape = ctx.shape(node.inputs[0])
+    rank = len(shape) + 1 if shape is not None else 0
+    axis = int(node.attr("axis", 1 if ctx.opset < 13 else -1))
+    if axis < 0:
+        axis += rank
+    if axis != 1 or (ctx.opset < 13 and rank != 2):
+        return ctx.fail(node, f"a softmax over axis {node.attr('axis')} is not over the channels (axis 1)")
+    return OnnxImport("softmax", node.inputs[:1])
+
+
 register(OpDef(
     name="softmax", family="activation", summary="Softmax over channels (dimension 1 of NCHW).",
     example="prob: softmax", args=(), infer=_same,
@@ -126,6 +152,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
         from_caffe={"Softmax": _softmax_from_caffe},
+        from_onnx={"Softmax": _softmax_from_onnx},
         reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=1),
     ),
 ))

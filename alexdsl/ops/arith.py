@@ -14,7 +14,16 @@ import operator
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import computed
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    Pattern,
+    TorchLowering,
+)
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, register
 
 
@@ -142,6 +151,8 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", _onnx_aligned(layer, ctx)),
         caffe=_eltwise("SUM"),
         from_caffe={"Eltwise": _eltwise_from_caffe},
+        from_onnx={op_type: lambda node, ctx: OnnxImport("add", list(node.inputs)) if computed(ctx, node.inputs)
+                   else None for op_type in ("Add", "Sum")},
         reference=_combined(operator.add),
     ),
 ))

@@ -6,7 +6,16 @@ from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import pair, symmetric_pads
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    Pattern,
+    TorchLowering,
+)
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
 
@@ -137,6 +146,25 @@ def _onnx(layer: Any, ctx: Any) -> None:
              dilations=list(a["dilation"]), group=int(a["groups"]))
 
 
+def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Conv`` (2-D, even pads, a constant weight and optional bias) -> conv."""
+    weight = ctx.const(node.inputs[1])
+    if weight is None or weight.ndim != 4:
+        return ctx.fail(node, "only 2-D convolutions with a constant weight are imported")
+    pads = symmetric_pads(node, ctx)
+    if pads is None:
+        return None
+    attrs = {"out": int(weight.shape[0]), "kernel": pair(node.attr("kernel_shape", weight.shape[2:])),
+             "stride": pair(node.attr("strides", (1, 1))), "pad": pair(pads),
+             "dilation": pair(node.attr("dilations", (1, 1))), "groups": int(node.attr("group", 1))}
+    params = {"weight": node.inputs[1]}
+    if len(node.inputs) > 2 and node.inputs[2]:
+        params["bias"] = node.inputs[2]
+    else:
+        attrs["bias"] = False
+    return OnnxImport("conv", [node.inputs[0]], attrs, params)
+
+
 def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"num_output: {a['out']}", *ctx.pair("kernel", a["kernel"], None), *ctx.pair("stride", a["stride"], 1),
@@ -206,5 +234,6 @@ CONV = register(OpDef(
         caffe=_caffe,
         from_caffe={"Convolution": _from_caffe},
         reference=_reference,
+        from_onnx={"Conv": _from_onnx},
     ),
 ))

@@ -7,11 +7,13 @@ from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
+from alexdsl.ops.from_onnx import computed, flattened_input, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
     Lowerings,
+    OnnxImport,
     Pattern,
     TorchLowering,
     call_module,
@@ -65,6 +67,64 @@ def _onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Gemm", inputs, transB=1)
 
 
+def _fc_import(node: Any, ctx: Any, source: str, weight: Any, bias: Any,
+               absorbed: tuple[Any, ...]) -> OnnxImport | None:
+    """fc reading ``source`` (or what a Flatten before it reads) with ``weight`` (out, in) and ``bias``."""
+    source, flatten = flattened_input(ctx, source)
+    shape = ctx.shape(source)
+    if shape is None or (not flatten and len(shape) != 1):
+        return ctx.fail(node, "a matrix product is imported as fc only on a flat input (N, features)")
+    attrs: dict[str, Any] = {"out": int((ctx.const(weight) if isinstance(weight, str) else weight).shape[0])}
+    params = {"weight": weight}
+    if bias is None:
+        attrs["bias"] = False
+    else:
+        params["bias"] = bias
+    return OnnxImport("fc", [source], attrs, params, (*absorbed, *flatten))
+
+
+def _fc_from_gemm(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Gemm(x, W, b)`` (optionally after ``Flatten``) -> fc; transB=0 and alpha/beta are folded into W and b."""
+    weight = ctx.const(node.inputs[1])
+    if weight is None or weight.ndim != 2 or node.attr("transA", 0) or ctx.const(node.inputs[0]) is not None:
+        return ctx.fail(node, "only Gemm(x, W, b) with a constant W and transA=0 is imported (as fc)")
+    trans_b, alpha, beta = bool(node.attr("transB", 0)), float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
+    matrix = weight if trans_b else weight.T  # (out, in), as torch's Linear
+    out = matrix.shape[0]
+    bias: Any = None
+    if len(node.inputs) > 2 and node.inputs[2]:
+        value = ctx.const(node.inputs[2])
+        if value is None or value.size not in (1, out):
+            return ctx.fail(node, "Gemm's C must be a constant bias, one value per output")
+        same = value.shape == (out,) and beta == 1.0
+        bias = node.inputs[2] if same else value.reshape(-1).repeat(out // value.size) * beta
+    chosen = node.inputs[1] if trans_b and alpha == 1.0 else matrix * alpha
+    return _fc_import(node, ctx, node.inputs[0], chosen, bias, ())
+
+
+def _fc_from_matmul(node: Any, ctx: Any) -> OnnxImport | None:
+    """``MatMul(x, W)`` with W (in, out) constant -> fc without bias."""
+    weight = ctx.const(node.inputs[1])
+    if weight is None or weight.ndim != 2 or not computed(ctx, node.inputs[:1]):
+        return None
+    return _fc_import(node, ctx, node.inputs[0], weight.T, None, ())
+
+
+def _fc_from_matmul_add(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Add(MatMul(x, W), b)`` -> fc."""
+    for product, bias in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
+        matmul = producer_of(ctx, product, "MatMul")
+        value = ctx.const(bias)
+        if matmul is None or value is None:
+            continue
+        weight = ctx.const(matmul.inputs[1])
+        if weight is None or weight.ndim != 2 or value.size != weight.shape[1] or not computed(ctx, matmul.inputs[:1]):
+            continue
+        return _fc_import(node, ctx, matmul.inputs[0], weight.T, bias if value.ndim == 1 else value.reshape(-1),
+                          (matmul,))
+    return None
+
+
 def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
     p = layer.message("inner_product_param")
     if p is None or p.scalar("num_output") is None:
@@ -103,6 +163,7 @@ register(OpDef(
                                              ("weight", "bias"))],
         from_caffe={"InnerProduct": _from_caffe},
         reference=lambda layer, xs, w, F: F.linear(xs[0].flatten(1), w["weight"], w.get("bias")),
+        from_onnx={"Gemm": _fc_from_gemm, "MatMul": _fc_from_matmul, "Add": _fc_from_matmul_add},
     ),
 ))
 

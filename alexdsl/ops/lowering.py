@@ -162,6 +162,15 @@ class Lowerings:
       The context offers ``ctx.section(message, name)`` (an empty message when absent),
       ``ctx.pair(section, field, default)`` (source text), ``ctx.is_true(scalar)`` and
       ``ctx.error(message, span, **extra)``.
+    * ``from_onnx``: ONNX op type -> ``convert(node, ctx)`` returning an :class:`OnnxImport` (a
+      list of them for a node with several outputs), or None when the node is not this op's
+      pattern. The converter is keyed by the *last* node of its pattern and may take over nodes
+      before it (``ctx.absorb(value)``: the producer of ``value`` when only this node reads it),
+      as ``fc`` takes the ``Flatten`` before a ``Gemm``; where several ops claim a node, the one
+      absorbing most nodes wins. The context offers ``ctx.const(value)`` (an array, or None for
+      a computed value), ``ctx.shape(value)`` (per sample, batch left out), ``ctx.producer(value)``
+      and ``ctx.fail(node, message)`` (an error naming the node; returns None). Export and
+      import are inverses op by op: ``tests/test_onnx_import.py`` checks both for every op.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
       measures every backend against.
@@ -174,6 +183,26 @@ class Lowerings:
     from_caffe: Mapping[str, Callable[[Any, str, Any], tuple[str, list[str], str | None] | None]] = field(
         default_factory=dict)
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
+    from_onnx: Mapping[str, Callable[[Any, Any], OnnxImport | list[OnnxImport] | None]] = field(default_factory=dict)
+
+
+@dataclass
+class OnnxImport:
+    """One alexdsl layer made from ONNX nodes (what a ``from_onnx`` converter returns).
+
+    ``op`` None makes no layer: the node is its first input at inference (Dropout, Identity).
+    ``inputs`` are the ONNX values the layer reads; ``params`` maps each parameter and buffer
+    (``weight``, ``running_mean``...) to the name of the initializer holding it or to an array
+    computed from constants; ``absorbed`` are the nodes before the anchor that the layer takes
+    over; ``output`` is the ONNX value it stands for (default: the anchor's first output).
+    """
+
+    op: str | None
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    absorbed: tuple[Any, ...] = ()
+    output: str | None = None
 
 
 NO_LOWERINGS = Lowerings()

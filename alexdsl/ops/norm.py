@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.fillers import UNIT_AFFINE
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering, call_module
+from alexdsl.ops.from_onnx import f32
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    TorchLowering,
+    call_module,
+)
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 
@@ -79,6 +88,9 @@ register(OpDef(
                                          bias=float(layer.attrs["k"])),
         caffe=_lrn_caffe,
         from_caffe={"LRN": _lrn_from_caffe},
+        from_onnx={"LRN": lambda node, ctx: OnnxImport("lrn", node.inputs[:1], {
+            "size": int(node.attr("size")), "alpha": f32(node.attr("alpha", 1e-4)),
+            "beta": f32(node.attr("beta", 0.75)), "k": f32(node.attr("bias", 1.0))})},
         reference=lambda layer, xs, w, F: F.local_response_norm(xs[0], layer.attrs["size"], layer.attrs["alpha"],
                                                                 layer.attrs["beta"], layer.attrs["k"]),
     ),
@@ -159,6 +171,15 @@ def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], Non
     return "batchnorm", args, None
 
 
+def _bn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``BatchNormalization`` (inference form, constant statistics) -> batchnorm; ONNX's momentum is 1 - torch's."""
+    if len(node.outputs) > 1 or any(ctx.const(v) is None for v in node.inputs[1:5]):
+        return ctx.fail(node, "only inference BatchNormalization with constant scale, bias and statistics is imported")
+    attrs = {"eps": f32(node.attr("epsilon", 1e-5)), "momentum": round(1.0 - f32(node.attr("momentum", 0.9)), 7)}
+    params = dict(zip(("weight", "bias", "running_mean", "running_var"), node.inputs[1:5]))
+    return OnnxImport("batchnorm", [node.inputs[0]], attrs, params)
+
+
 def _bn_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     return F.batch_norm(xs[0], w["running_mean"], w["running_var"], w.get("weight"), w.get("bias"), training=False,
                         eps=layer.attrs["eps"])
@@ -184,6 +205,7 @@ register(OpDef(
         caffe=_bn_caffe,
         from_caffe={"BatchNorm": _bn_from_caffe},
         reference=_bn_reference,
+        from_onnx={"BatchNormalization": _bn_from_onnx},
     ),
 ))
 

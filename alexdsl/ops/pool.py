@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.conv import window_lint
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, TorchLowering
+from alexdsl.ops.from_onnx import pair, producer_of
+from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import pool_output_size
 
@@ -167,6 +168,67 @@ def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], N
     return ("maxpool" if kind == "MAX" else "avgpool"), args, None
 
 
+def _padding_node(node: Any, ctx: Any) -> tuple[Any, list[int]] | None:
+    """A zero ``Pad`` of height and width alike on both sides before an average: alexdsl's counted padding."""
+    pad = producer_of(ctx, node.inputs[0], "Pad")
+    if pad is None or pad.attr("mode", "constant") != "constant":
+        return None
+    pads = ctx.const(pad.inputs[1]) if len(pad.inputs) > 1 else None
+    fill = ctx.const(pad.inputs[2]) if len(pad.inputs) > 2 and pad.inputs[2] else None
+    if pads is None or len(pads) != 8 or (fill is not None and float(fill) != 0.0):
+        return None
+    n0, c0, h0, w0, n1, c1, h1, w1 = (int(p) for p in pads)
+    if n0 or c0 or n1 or c1 or h0 != h1 or w0 != w1:
+        return None
+    return pad, [h0, w0]
+
+
+def _pool_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``MaxPool``/``AveragePool`` (and a ``Pad`` before an average) -> maxpool/avgpool with alexdsl's windows.
+
+    alexdsl pads both sides alike and rounds the output size down or up (torch's ceil_mode, which
+    drops a last window that would start in the padding); the start pads of the node are the
+    pad, and the rounding is the one that gives the node's output size.
+    """
+    op = "maxpool" if node.op_type == "MaxPool" else "avgpool"
+    kernel = [int(k) for k in node.attr("kernel_shape", ())]
+    if len(kernel) != 2 or any(d != 1 for d in node.attr("dilations", (1, 1))) or len(node.outputs) > 1 \
+            or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        return ctx.fail(node, "only 2-D pools without dilation, indices or auto_pad are imported")
+    stride = [int(s) for s in node.attr("strides", (1, 1))]
+    pads = [int(p) for p in node.attr("pads", (0, 0, 0, 0))] if node.attr("auto_pad", "NOTSET") == "NOTSET" \
+        else [0, 0, 0, 0]
+    begin, end = pads[:2], pads[2:]
+    source, absorbed, count_pad = node.inputs[0], (), True
+    if op == "avgpool":
+        padded = _padding_node(node, ctx) if not any(begin) and not node.attr("count_include_pad", 0) else None
+        if padded is not None:  # counted padding: a zero Pad, then an average over it
+            absorbed, begin = (padded[0],), padded[1]
+            source, end = padded[0].inputs[0], [b + e for b, e in zip(begin, end)]
+        else:
+            count_pad = bool(node.attr("count_include_pad", 0)) or not any(begin)
+    size, out = ctx.shape(source), ctx.shape(node.outputs[0])
+    if size is None or out is None or len(size) != 3:
+        return ctx.fail(node, "the pool's input and output shapes are unknown")
+    rounding = None
+    for mode in ("floor", "ceil"):
+        if all(pool_output_size(size[1 + i], kernel[i], stride[i], begin[i], mode == "ceil") == out[1 + i]
+               for i in range(2)):
+            rounding = mode
+            break
+    last_end = [(out[1 + i] - 1) * stride[i] + kernel[i] - begin[i] for i in range(2)]
+    if rounding is None or any(b * 2 > k for b, k in zip(begin, kernel)):
+        return ctx.fail(node, f"pads {pads} with ceil_mode={node.attr('ceil_mode', 0)} give windows alexdsl's "
+                              "pools (torch's) cannot express")
+    if op == "avgpool" and count_pad and not absorbed and any(begin) \
+            and any(e > s + b for e, s, b in zip(last_end, size[1:], begin)):
+        return ctx.fail(node, "an average that counts padding past the end of the input cannot be expressed")
+    attrs: dict[str, Any] = {"kernel": pair(kernel), "stride": pair(stride), "pad": pair(begin), "round": rounding}
+    if op == "avgpool":
+        attrs["count_pad"] = count_pad
+    return OnnxImport(op, [source], attrs, absorbed=absorbed)
+
+
 _POOL_LOWERINGS = Lowerings(
     torch=TorchLowering(forward=_pool_torch),
     executor=ExecutorLowering(lower=_pool_executor),
@@ -174,6 +236,7 @@ _POOL_LOWERINGS = Lowerings(
     caffe=_pool_caffe,
     from_caffe={"Pooling": _pool_from_caffe},
     reference=_pool_reference,
+    from_onnx={"MaxPool": _pool_from_onnx, "AveragePool": _pool_from_onnx},
 )
 
 register(OpDef(
@@ -267,6 +330,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.global_avg_pool2d({ctx.inputs[0]}, out={{out}})", "global_avg_pool2d")),
         onnx=lambda layer, ctx: ctx.node("GlobalAveragePool", ctx.inputs),
+        from_onnx={"GlobalAveragePool": lambda node, ctx: OnnxImport("global_avgpool", node.inputs[:1])},
         caffe=lambda layer, ctx: [CaffeLayer("Pooling", "pooling_param", ("pool: AVE", "global_pooling: true"))],
         reference=lambda layer, xs, w, F: xs[0].mean(dim=(2, 3), keepdim=True),
     ),

@@ -144,6 +144,15 @@ def caffe_importers() -> dict[str, Callable[..., Any]]:
     return {ctype: convert for op in all_ops() for ctype, convert in op.lower.from_caffe.items()}
 
 
+def onnx_importers() -> dict[str, list[Callable[..., Any]]]:
+    """ONNX op type -> the converters of the ops that may import a node of it (``Lowerings.from_onnx``)."""
+    found: dict[str, list[Callable[..., Any]]] = {}
+    for op in all_ops():
+        for op_type, convert in op.lower.from_onnx.items():
+            found.setdefault(op_type, []).append(convert)
+    return found
+
+
 def op_names() -> list[str]:
     _load_families()
     return sorted(_REGISTRY)

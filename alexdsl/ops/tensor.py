@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import computed
+from alexdsl.ops.lowering import (
+    CaffeLayer,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    Pattern,
+    TorchLowering,
+)
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
 
 
@@ -23,6 +32,8 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Flatten")],
         from_caffe={"Flatten": lambda layer, name, ctx: ("flatten", [], None)},
+        from_onnx={"Flatten": lambda node, ctx: OnnxImport("flatten", node.inputs[:1]) if node.attr("axis", 1) == 1
+                   else ctx.fail(node, "only Flatten(axis=1) is imported")},
         reference=lambda layer, xs, w, F: xs[0].flatten(1),
     ),
 ))
@@ -55,6 +66,14 @@ def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str]
     return "dropout", [ratio.text if ratio is not None else "0.5"], None
 
 
+def _concat_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Concat`` of computed values over the channels (axis 1) -> concat."""
+    rank = len(ctx.shape(node.outputs[0]) or ()) + 1
+    if node.attr("axis") not in (1, 1 - rank) or not computed(ctx, node.inputs):
+        return ctx.fail(node, "only a Concat of computed values over the channels (axis 1) is imported")
+    return OnnxImport("concat", list(node.inputs))
+
+
 def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     import torch
 
@@ -71,6 +90,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Concat")],
         from_caffe={"Concat": _concat_from_caffe},
+        from_onnx={"Concat": _concat_from_onnx},
         reference=_concat_reference,
     ),
 ))
@@ -96,6 +116,8 @@ register(OpDef(
         caffe=lambda layer, ctx: [
             CaffeLayer("Dropout", "dropout_param", (f"dropout_ratio: {ctx.number(layer.attrs['p'])}",))],
         from_caffe={"Dropout": _dropout_from_caffe},
+        from_onnx={"Dropout": lambda node, ctx: OnnxImport(None, node.inputs[:1]),  # the identity at inference
+                   "Identity": lambda node, ctx: OnnxImport(None, node.inputs[:1])},
         reference=lambda layer, xs, w, F: xs[0],
     ),
 ))

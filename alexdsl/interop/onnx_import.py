@@ -1,0 +1,399 @@
+"""ONNX model -> alexdsl network and weights: ``alexdsl import onnx``.
+
+The model is read and simplified by :func:`alexdsl.interop.onnx_graph.read_onnx` (shapes fixed,
+constant subgraphs folded). Each node is then mapped onto an op by the ``from_onnx``
+converters the ops declare (:class:`alexdsl.ops.lowering.Lowerings`), walking from the outputs
+back, so that a pattern is matched from its last node and the longest match wins (``Flatten ->
+Gemm`` is one ``fc``). Layers are named from what the model carries: the initializer
+``features.0.weight`` names the layer ``features.0`` (so a torchvision model keeps its
+``state_dict`` keys); otherwise torch's node name ``/layer1/layer1.0/relu/Relu`` gives
+``layer1.0.relu``. The flat program is built as a syntax tree, checked by the front end like
+any source, and written out readably (:mod:`alexdsl.interop.readable`: chains and blocks).
+
+>>> import alexdsl, tempfile, os
+>>> from alexdsl.interop.onnx import export_onnx
+>>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nconv1: conv(4, 3) | relu | fc(2)\\n")
+>>> path = os.path.join(tempfile.mkdtemp(), "t.onnx")
+>>> _ = open(path, "wb").write(export_onnx(net).SerializeToString())
+>>> again, weights = import_onnx(path)
+>>> again.shapes == net.shapes, sorted(weights) == sorted(net.state_keys())
+(True, True)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
+from alexdsl.ir.network import Network
+from alexdsl.ops.lowering import OnnxImport
+from alexdsl.ops.registry import REQUIRED, OpDef, lookup, onnx_importers
+from alexdsl.syntax.build import ModuleBuilder, arg, call, is_name
+
+MAX_LISTED = 20  # unsupported op types listed in one error
+
+
+@dataclass
+class _Layer:
+    """One layer of the imported network, before it is named and written."""
+
+    anchor: OnnxNode
+    op: str
+    inputs: list[str]  # ONNX values
+    attrs: dict[str, Any]
+    params: dict[str, Any]
+    output: str
+    name: str = ""
+
+
+class _Context:
+    """What a ``from_onnx`` converter sees (see :class:`alexdsl.ops.lowering.Lowerings`)."""
+
+    def __init__(self, graph: OnnxGraph):
+        self.graph = graph
+        self.opset = graph.opset
+        self.claimed: set[OnnxNode] = set()
+        self.anchor: OnnxNode | None = None
+        self.failures: list[tuple[OnnxNode, str]] = []
+
+    def const(self, value: str) -> np.ndarray | None:
+        return self.graph.constants.get(value) if value else None
+
+    def shape(self, value: str) -> tuple[int, ...] | None:
+        return self.graph.shapes.get(value)
+
+    def producer(self, value: str) -> OnnxNode | None:
+        return self.graph.producer.get(value)
+
+    def absorb(self, value: str, reader: OnnxNode | None = None) -> OnnxNode | None:
+        """The node computing ``value`` when only ``reader`` (default: the anchor) reads its outputs."""
+        reader = reader or self.anchor
+        node = self.graph.producer.get(value)
+        if node is None or node in self.claimed or reader is None:
+            return None
+        for out in node.outputs:
+            if out in self.graph.outputs or any(c is not reader for c in self.graph.consumers.get(out, [])):
+                return None
+        return node
+
+    def fail(self, node: OnnxNode, message: str) -> None:
+        self.failures.append((node, message))
+        return None
+
+
+def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
+    """Every node mapped onto a layer, or one error naming every node that could not be."""
+    importers = onnx_importers()
+    ctx = _Context(graph)
+    found: list[tuple[OnnxNode, list[OnnxImport]]] = []
+    unsupported: dict[str, list[OnnxNode]] = {}
+    failed: list[tuple[OnnxNode, str]] = []
+    for node in reversed(graph.nodes):
+        if node in ctx.claimed:
+            continue
+        converters = importers.get(node.op_type)
+        if not converters:
+            unsupported.setdefault(node.op_type, []).append(node)
+            continue
+        best: list[OnnxImport] | None = None
+        ctx.failures = []
+        for convert in converters:
+            ctx.anchor = node
+            result = convert(node, ctx)
+            if result is None:
+                continue
+            results = result if isinstance(result, list) else [result]
+            if best is None or _absorbed(results) > _absorbed(best):
+                best = results
+        if best is None:
+            failed += ctx.failures or [(node, f"no op takes this {node.op_type} node as it is")]
+            continue
+        ctx.claimed.add(node)
+        for result in best:
+            ctx.claimed.update(result.absorbed)
+        found.append((node, best))
+    if unsupported or failed:
+        raise _unsupported(graph.file, unsupported, failed)
+    layers: list[_Layer] = []
+    alias: dict[str, str] = {}
+    for node, results in sorted(found, key=lambda item: item[0].index):
+        for result in results:
+            output = result.output or node.outputs[0]
+            if result.op is None:
+                alias[output] = result.inputs[0]
+                continue
+            layers.append(_Layer(node, result.op, list(result.inputs), dict(result.attrs), dict(result.params),
+                                 output))
+    return layers, alias
+
+
+def _absorbed(results: list[OnnxImport]) -> int:
+    return sum(len(r.absorbed) for r in results)
+
+
+def _unsupported(file: str, unsupported: dict[str, list[OnnxNode]],
+                 failed: list[tuple[OnnxNode, str]]) -> AlexDSLError:
+    diagnostics = []
+    if unsupported:
+        counts = sorted(unsupported.items(), key=lambda item: (-len(item[1]), item[0]))
+        listed = "; ".join(f"{op_type} x{len(nodes)} (first: '{nodes[-1].name}')"
+                           for op_type, nodes in counts[:MAX_LISTED])
+        more = f"; and {len(counts) - MAX_LISTED} more op types" if len(counts) > MAX_LISTED else ""
+        diagnostics.append(Diagnostic(
+            "error", f"the model uses {len(counts)} ONNX op type{'s' if len(counts) != 1 else ''} "
+                     f"alexdsl has no op for: {listed}{more}", path=file,
+            hint="see docs/interop.md for the ONNX ops alexdsl imports; a plugin op can add one "
+                 "(docs/extending.md)"))
+    if diagnostics:  # nodes of supported types that did not fit follow from it; the one error says what to do
+        return AlexDSLError(diagnostics)
+    for node, message in sorted(failed, key=lambda item: item[0].index)[:MAX_LISTED]:
+        diagnostics.append(Diagnostic("error", f"node '{node.name}' ({node.op_type}): {message}", path=file))
+    if len(failed) > MAX_LISTED:
+        diagnostics.append(Diagnostic("error", f"... and {len(failed) - MAX_LISTED} more nodes", path=file))
+    return AlexDSLError(diagnostics)
+
+
+# names -------------------------------------------------------------------------------------------
+_PART = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def clean_name(text: str) -> str:
+    """``text`` as an alexdsl name: dotted parts kept, other characters replaced by ``_``.
+
+    >>> clean_name("features.0"), clean_name("0.weight"), clean_name("/layer1/layer1.0/relu/Relu")
+    ('features.0', '_0.weight', 'layer1.layer1.0.relu.Relu')
+    """
+    parts = [_PART.sub("_", p) for p in text.replace("/", ".").split(".") if p]
+    name = ".".join(parts) or "layer"
+    if not re.match(r"[A-Za-z_]", name):
+        name = "_" + name
+    return name if is_name(name) else name + "_"
+
+
+def module_path(node_name: str) -> str | None:
+    """The torch module a node came from, from the exporter's scoped node name.
+
+    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.0/Conv"), module_path("/Add")
+    ('layer1.0.conv1', 'features.0', None)
+    """
+    segments = [s for s in node_name.split("/") if s]
+    if len(segments) < 2 or not node_name.startswith("/"):
+        return None
+    path = ""
+    for segment in segments[:-1]:
+        path = segment if path and segment.startswith(path + ".") else (f"{path}.{segment}" if path else segment)
+    return path
+
+
+def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
+    for pname, source in layer.params.items():
+        if isinstance(source, str) and source in initializers and not source.startswith("onnx::"):
+            if source.endswith("." + pname):
+                return source[: -len(pname) - 1]
+            if "." in source:
+                return source.rsplit(".", 1)[0]
+    return None
+
+
+def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
+    """Names from initializers first, then from node names, then from the op; all distinct."""
+    taken: set[str] = set()
+
+    def unique(name: str) -> str:
+        base, i = name, 2
+        while name in taken:
+            name, i = f"{base}_{i}", i + 1
+        taken.add(name)
+        return name
+
+    unnamed = []
+    for layer in layers:
+        prefix = _param_prefix(layer, initializers)
+        if prefix:
+            layer.name = unique(clean_name(prefix))
+        else:
+            unnamed.append(layer)
+    for layer in unnamed:
+        path = module_path(layer.anchor.name)
+        if path is not None:
+            name = clean_name(path)
+            if name in taken or any(t.startswith(name + ".") for t in taken):
+                name = f"{name}.{layer.op}"
+        elif layer.anchor.name and not re.fullmatch(r"[A-Za-z]+_\d+", layer.anchor.name):
+            name = clean_name(layer.anchor.name)
+        else:
+            name = layer.op
+        layer.name = unique(name)
+
+
+# writing -----------------------------------------------------------------------------------------
+def _call(op: OpDef, attrs: Mapping[str, Any]) -> Any:
+    """The shortest call writing ``attrs``: required positionals, then keywords that differ from defaults."""
+    args: list[Any] = []  # the layer's inputs are written before '->'
+    positional = True
+    for spec in op.args:
+        if spec.name not in attrs:
+            positional = False
+            continue
+        value = attrs[spec.name]
+        default = spec.default
+        if spec.kind == "pair" and isinstance(default, int):
+            default = (default, default)
+        if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1] and spec.kind == "pair":
+            value = value[0]
+            default = default[0] if isinstance(default, tuple) else default
+        if spec.name == "stride" and default is None:  # pools: the stride defaults to the kernel
+            default = attrs.get("kernel")
+        if default is not REQUIRED and value == default:
+            positional = False
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, tuple):
+            value = tuple(v.item() if isinstance(v, np.generic) else v for v in value)
+        if positional and spec.positional and default is REQUIRED:
+            args.append(arg(value))
+        else:
+            positional = False
+            args.append(arg(value, spec.name))
+    return call(op.name, *args)
+
+
+def _network_name(graph: OnnxGraph) -> str:
+    raw = graph.name if graph.name and graph.name not in ("main_graph", "torch_jit", "torch-jit-export") \
+        else Path(graph.file).stem
+    name = re.sub(r"[^A-Za-z0-9_]", "_", raw) or "Imported"
+    name = name if re.match(r"[A-Za-z_]", name) else "_" + name
+    return name if is_name(name) else name + "_"
+
+
+def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The network as flat source (one statement per layer, inputs named), and ONNX value -> layer."""
+    builder = ModuleBuilder(graph.file + ".adsl")
+    builder.network(_network_name(graph))
+    builder.blank()
+    producer: dict[str, str] = {}
+    for value in graph.inputs:
+        name = clean_name(value)
+        while name in producer.values():
+            name += "_"
+        producer[value] = name
+        builder.input(name, graph.inputs[value])
+    builder.blank()
+
+    def resolve(value: str) -> str:
+        seen = 0
+        while value in alias and seen < len(alias) + 1:
+            value, seen = alias[value], seen + 1
+        if value not in producer:
+            raise AlexDSLError([Diagnostic("error", f"value '{value}' is read before any layer computes it "
+                                                    "(a constant where alexdsl needs a computed input?)",
+                                           path=graph.file)])
+        return producer[value]
+
+    for layer in layers:
+        op = lookup(layer.op)
+        assert op is not None, layer.op
+        sources = [resolve(v) for v in layer.inputs]
+        builder.layer(layer.name, [_call(op, layer.attrs)], sources=sources)
+        producer[layer.output] = layer.name
+    outputs = [resolve(v) for v in graph.outputs]
+    if outputs and set(outputs) != _sinks(layers):
+        builder.output(dict.fromkeys(outputs))
+    return builder.text(), producer
+
+
+def _sinks(layers: list[_Layer]) -> set[str]:
+    read = {v for layer in layers for v in layer.inputs}
+    return {layer.name for layer in layers if layer.output not in read}
+
+
+def _weights(graph: OnnxGraph, layers: list[_Layer], network: Network) -> dict[str, np.ndarray]:
+    expected = network.state_keys()
+    weights: dict[str, np.ndarray] = {}
+    for layer in layers:
+        for pname, source in layer.params.items():
+            array = graph.constants.get(source) if isinstance(source, str) else source
+            if array is None:
+                raise AlexDSLError([Diagnostic("error", f"layer '{layer.name}': its {pname} is computed in the "
+                                                        "model, not a constant", path=graph.file)])
+            weights[f"{layer.name}.{pname}"] = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+    wrong = [f"{key} {tuple(value.shape)} (expected {expected.get(key)})" for key, value in weights.items()
+             if tuple(value.shape) != tuple(expected.get(key, ()))]
+    missing = sorted(set(expected) - set(weights))
+    if wrong or missing:
+        raise AlexDSLError([Diagnostic("error", "the imported weights do not fit the imported network "
+                                                "(a bug in alexdsl import onnx; please report it): "
+                                                + "; ".join((wrong + [f"missing {k}" for k in missing])[:10]),
+                                       path=graph.file)])
+    return {key: weights[key] for key in expected}
+
+
+def _check_shapes(graph: OnnxGraph, layers: list[_Layer], network: Network) -> None:
+    for layer in layers:
+        want = graph.shapes.get(layer.output)
+        got = network.shapes.get(layer.name)
+        if want is not None and got is not None and tuple(want) != tuple(got):
+            raise AlexDSLError([Diagnostic(
+                "error", f"layer '{layer.name}' ({layer.op}, from node '{layer.anchor.name}') has shape "
+                         f"{'x'.join(map(str, got))} but the model's {layer.anchor.op_type} gives "
+                         f"{'x'.join(map(str, want))} (a bug in alexdsl import onnx; please report it)",
+                path=graph.file)])
+
+
+@dataclass
+class ImportedModel:
+    """What :func:`import_onnx_source` returns."""
+
+    source: str
+    network: Network
+    weights: dict[str, np.ndarray]
+    op_types: Counter[str]
+
+
+def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,
+                       *, readable: bool = True) -> ImportedModel:
+    """Read the model at ``path``: its alexdsl source, the network it builds, and its weights."""
+    from alexdsl.frontend import build_network
+
+    graph = read_onnx(path, inputs)
+    layers, alias = _match(graph)
+    _name_layers(layers, graph.initializer_names)
+    flat, _ = _flat_source(graph, layers, alias)
+    file = str(path) + ".adsl"
+    try:
+        network = build_network(flat, file)
+    except AlexDSLError as error:
+        raise AlexDSLError([Diagnostic("error", f"{path}: the imported network does not check:")]
+                           + error.diagnostics, sources=error.sources) from None
+    _check_shapes(graph, layers, network)
+    weights = _weights(graph, layers, network)
+    source = flat
+    if readable:
+        source = _readable(network, flat, file, Path(path).name)
+    return ImportedModel(source, network, weights, Counter(n.op_type for n in graph.nodes))
+
+
+def _readable(network: Network, flat: str, file: str, model_name: str) -> str:
+    header = f"Imported from {model_name} by alexdsl import onnx."
+    try:
+        from alexdsl.interop.readable import readable_source
+    except ImportError:  # pragma: no cover - until the readable writer lands
+        return f"# {header}\n" + flat
+    return readable_source(network, header=header, file=file)
+
+
+def import_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,
+                ) -> tuple[Network, dict[str, np.ndarray]]:
+    """The network an ONNX model describes, and its weights keyed like the torch module's state_dict."""
+    imported = import_onnx_source(path, inputs, readable=False)
+    return imported.network, imported.weights
