@@ -340,8 +340,8 @@ if nn is not None:
         "squeeze_excitation_hard": (lambda: SqueezeNet(nn.Hardsigmoid), (1, 3, 8, 8)),
         "squeeze_excitation_mean": (lambda: SqueezeNet(mean=True), (1, 3, 8, 8)),
         "depthwise": (MobileNetBlocks, (1, 3, 8, 8)),
-        "inception": (InceptionNet, (1, 3, 9, 9)),
-        "pools": (Pools, (1, 3, 11, 11)),
+        "inception": (InceptionNet, (1, 3, 10, 10)),  # ceil mode takes a partial last window
+        "pools": (Pools, (1, 3, 12, 12)),  # both ceil-mode pools take a partial last window
         "gemm_flatten": (GemmFlatten, (1, 3, 8, 8)),
         "gemm_view": (GemmView, (1, 3, 8, 8)),
         "channel_shuffle": (ChannelShuffle, (1, 3, 8, 8)),
