@@ -91,6 +91,44 @@ def import_json(ir_file: str, output: str | None) -> None:
     _emit(network_to_source(Network.from_json(read_source(ir_file), ir_file), ir_file), output)
 
 
+@import_group.command("onnx", epilog="""\b
+Examples:
+  alexdsl import onnx resnet18.onnx -o resnet18.adsl --weights-out resnet18.safetensors
+  alexdsl run resnet18.adsl --weights resnet18.safetensors cat.png
+  alexdsl import onnx model.onnx --input data=3x224x224 -o model.adsl""")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the source here (atomically); "
+              "default: stdout.")
+@click.option("--weights-out", type=click.Path(dir_okay=False),
+              help="Write the weights here (.safetensors, keyed as the torch module's state_dict); default: "
+                   "beside -o with the suffix .safetensors.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME=CxHxW",
+              help="Fix a model input's shape (without the batch); needed where the model's is dynamic.")
+@report_errors
+def import_onnx_command(model: str, output: str | None, weights_out: str | None, inputs: tuple[str, ...]) -> None:
+    """Translate an ONNX MODEL into readable alexdsl source and its weights.
+
+    The network is written with chains and blocks, layer names from the model's initializers
+    (torchvision's state_dict keys stay the same), and checked like any source; nothing is
+    written unless the whole model imports.
+    """
+    from safetensors.numpy import save
+
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    with busy(f"importing {model}"):
+        imported = import_onnx_source(model, parse_shape_overrides(inputs) or None)
+    if weights_out is None and output not in (None, "-"):
+        weights_out = str(Path(output).with_suffix(".safetensors"))  # type: ignore[arg-type]
+    if weights_out is not None:
+        write_bytes_atomic(weights_out, save(imported.weights, metadata={"source": Path(model).name}))
+        count = sum(int(a.size) for a in imported.weights.values())
+        click.echo(f"wrote {weights_out} ({len(imported.weights)} tensors, {count:,} values)", err=True)
+    else:
+        click.echo("note: weights not written; give --weights-out FILE.safetensors", err=True)
+    _emit(imported.source, output)
+
+
 # export -------------------------------------------------------------------------------------------
 EXPORT_FORMATS = ("json", "onnx", "prototxt")
 

@@ -182,16 +182,18 @@ def clean_name(text: str) -> str:
 def module_path(node_name: str) -> str | None:
     """The torch module a node came from, from the exporter's scoped node name.
 
-    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.0/Conv"), module_path("/Add")
-    ('layer1.0.conv1', 'features.0', None)
+    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.3/conv/conv.0/conv.0.0/Conv")
+    ('layer1.0.conv1', 'features.3.conv.0.0')
     """
     segments = [s for s in node_name.split("/") if s]
     if len(segments) < 2 or not node_name.startswith("/"):
         return None
-    path = ""
-    for segment in segments[:-1]:
-        path = segment if path and segment.startswith(path + ".") else (f"{path}.{segment}" if path else segment)
-    return path
+    parts: list[str] = []
+    previous = ""
+    for segment in segments[:-1]:  # a child of a container is scoped "<container>.<index>"
+        parts.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
+        previous = segment
+    return ".".join(parts)
 
 
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:

@@ -1,0 +1,309 @@
+"""`alexdsl import onnx`: the command, the Python API, and models that are wrong or hostile.
+
+Per-op import (each op's ``from_onnx`` against its export) is in test_onnx_import_ops.py;
+models from torch's own exporter in test_onnx_import_torch.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import random_weights
+
+import alexdsl
+from alexdsl.cli import main
+from alexdsl.errors import AlexDSLError
+from alexdsl.interop.onnx import export_onnx
+from alexdsl.interop.onnx_import import clean_name, import_onnx, import_onnx_source, module_path
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+SMALL = """network Small
+input data: 3x16x16
+conv1: conv(8, 3, pad=1) | bn1: batchnorm | relu | maxpool(2)
+conv2: conv(8, 3, pad=1) | relu
+sum:   add(conv2, conv1_maxpool) | global_avgpool
+fc:    fc(10)
+"""
+
+
+def _save(model: object, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())  # type: ignore[attr-defined]
+    return path
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _executor(network: alexdsl.Network, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    from alexdsl.backends.cupy import compile as compile_executor
+
+    out = compile_executor(network, weights, device="cpu")(x)
+    return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+@pytest.fixture
+def small_model(tmp_path: Path) -> tuple[Path, alexdsl.Network, dict[str, np.ndarray]]:
+    network = alexdsl.parse(SMALL, "small.adsl")
+    weights = random_weights(network)
+    return _save(export_onnx(network, weights), tmp_path / "small.onnx"), network, weights
+
+
+# the API and the command --------------------------------------------------------------------------
+def test_import_gives_the_network_its_weights_and_onnxruntime_outputs(small_model) -> None:
+    path, network, weights = small_model
+    imported, imported_weights = import_onnx(path)
+    assert imported.shapes == network.shapes
+    assert list(imported_weights) == list(network.state_keys())
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    expected = _ort(path, x)
+    np.testing.assert_allclose(_executor(imported, imported_weights, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_command_writes_source_and_weights_that_run_reproduces(small_model, tmp_path: Path) -> None:
+    path, _, _ = small_model
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "-o", str(tmp_path / "net.adsl")])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and (tmp_path / "net.safetensors").exists()
+    source = (tmp_path / "net.adsl").read_text()
+    assert source.startswith("# Imported from small.onnx by alexdsl import onnx.")
+    assert CliRunner().invoke(main, ["fmt", "--check", str(tmp_path / "net.adsl")]).exit_code == 0
+    assert CliRunner().invoke(main, ["check", str(tmp_path / "net.adsl")]).exit_code == 0
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "net.adsl"), "--input", str(tmp_path / "x.npy"),
+                                       "--weights", str(tmp_path / "net.safetensors"), "--top", "3"])
+    assert result.exit_code == 0, result.output
+    scores = _ort(path, x)[0]
+    probabilities = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    top = np.argsort(-scores)[:3]
+    expected = ", ".join(f"{k} ({probabilities[k]:.3f})" for k in top)
+    assert f"x.npy[0]: {expected}" in result.output
+
+
+def test_weights_out_names_the_file_and_stdout_gets_the_source(small_model, tmp_path: Path) -> None:
+    path, network, _ = small_model
+    weights = tmp_path / "w.safetensors"
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "--weights-out", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert "network Small" in result.output
+    from safetensors.numpy import load_file
+
+    assert list(load_file(weights)) and set(load_file(weights)) == set(network.state_keys())
+
+
+# names ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("node", "path"), [
+    ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
+    ("/features/features.0/Conv", "features.0"),
+    ("/features/features.3/conv/conv.0/conv.0.0/Conv", "features.3.conv.0.0"),
+    ("/Relu", None),
+    ("Conv_0", None),
+])
+def test_module_path_from_torch_scope_names(node: str, path: str | None) -> None:
+    assert module_path(node) == path
+
+
+@pytest.mark.parametrize(("raw", "name"), [
+    ("features.0", "features.0"), ("0.weight", "_0.weight"), ("a b/c", "a_b.c"), ("input", "input_"),
+])
+def test_names_are_cleaned_into_alexdsl_names(raw: str, name: str) -> None:
+    assert clean_name(raw) == name
+
+
+def _graph_model(nodes: list, inputs: list, outputs: list, initializers: list = (), opset: int = 17):  # type: ignore[assignment]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _conv_weight(name: str, shape: tuple[int, ...]) -> object:
+    return numpy_helper.from_array(np.random.default_rng(0).standard_normal(shape).astype(np.float32), name)
+
+
+def test_layers_are_named_from_torch_initializers_and_scopes(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Conv", ["x", "stem.conv.weight"], ["c"], name="/stem/conv/Conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="/stem/act/Relu"),
+             helper.make_node("Relu", ["r"], ["y"], name="Relu_7")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                         [_conv_weight("stem.conv.weight", (4, 3, 3, 3))])
+    network, weights = import_onnx(_save(model, tmp_path / "named.onnx"))
+    assert [layer.name for layer in network.layers()] == ["x", "stem.conv", "stem.act", "relu"]
+    assert list(weights) == ["stem.conv.weight"]
+
+
+# bad models -----------------------------------------------------------------------------------------
+def _error(path: Path, **kw: object) -> str:
+    with pytest.raises(AlexDSLError) as info:
+        import_onnx(path, **kw)  # type: ignore[arg-type]
+    return str(info.value)
+
+
+def test_unsupported_ops_are_one_error_with_counts_and_first_nodes(tmp_path: Path) -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"),
+             helper.make_node("Cos", ["a"], ["b"], name="cos_first"),
+             helper.make_node("Cos", ["b"], ["c"], name="cos_second"),
+             helper.make_node("Sin", ["c"], ["y"], name="sin_only")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    path = _save(model, tmp_path / "trig.onnx")
+    message = _error(path)
+    assert message.count("error:") == 1
+    assert "Cos x2 (first: 'cos_first')" in message and "Sin x1 (first: 'sin_only')" in message
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "-o", str(tmp_path / "trig.adsl")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "trig.adsl").exists() and not (tmp_path / "trig.safetensors").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, this is not a model\n", b"\x89PNG\r\n\x1a\n" + bytes(range(256))])
+def test_files_that_are_not_onnx_are_clear_errors(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(content)
+    message = _error(path)
+    assert "not an ONNX model" in message and "Traceback" not in message
+
+
+def test_a_truncated_model_is_a_clear_error(small_model, tmp_path: Path) -> None:
+    path, _, _ = small_model
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert "not an ONNX model" in _error(cut)
+
+
+def test_an_opset_outside_11_to_21_is_refused(small_model, tmp_path: Path) -> None:
+    path, _, _ = small_model
+    model = onnx.load(str(path))
+    model.opset_import[0].version = 9
+    message = _error(_save(model, tmp_path / "old.onnx"))
+    assert "opset 9" in message and "opset 11 to 21" in message
+
+
+def test_dynamic_dimensions_need_input_and_input_fixes_them(small_model, tmp_path: Path) -> None:
+    path, network, weights = small_model
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    dynamic = _save(model, tmp_path / "dynamic.onnx")
+    message = _error(dynamic)
+    assert "dynamic dimensions" in message and "--input data=3xHxH" in message
+    fixed, _ = import_onnx(dynamic, {"data": (3, 16, 16)})
+    assert fixed.shapes == network.shapes
+    assert "does not have" in _error(dynamic, inputs={"image": (3, 16, 16)})
+
+
+def test_absurd_input_dimensions_are_refused(small_model, tmp_path: Path) -> None:
+    path, _, _ = small_model
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 2**40
+    assert "absurd dimensions" in _error(_save(model, tmp_path / "huge.onnx"))
+
+
+def _external(model: object, folder: Path, location: str) -> Path:
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    return _save(model, folder / "ext.onnx")
+
+
+def test_external_data_beside_the_model_is_read(small_model, tmp_path: Path) -> None:
+    path, network, weights = small_model
+    model = onnx.load(str(path))
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    external = _external(model, folder, "ext.data")
+    onnx.save_model(model, str(external), save_as_external_data=True, location="ext.data")
+    _, imported = import_onnx(external)
+    assert all(np.array_equal(imported[key], weights[key]) for key in weights)
+
+
+@pytest.mark.parametrize("location", ["../outside.data", "/etc/passwd", "sub/../../outside.data"])
+def test_external_data_outside_the_model_folder_is_refused(small_model, tmp_path: Path, location: str) -> None:
+    path, _, _ = small_model
+    model = onnx.load(str(path))
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (tmp_path / "outside.data").write_bytes(b"\0" * 4096)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    del tensor.float_data[:]
+    tensor.data_location = TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    message = _error(_save(model, folder / "evil.onnx"))
+    assert "leaves the model's folder" in message
+
+
+def test_external_data_shorter_than_its_tensor_is_refused(small_model, tmp_path: Path) -> None:
+    path, _, _ = small_model
+    model = onnx.load(str(path))
+    (tmp_path / "short.data").write_bytes(b"\0" * 8)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "short.data"), ("offset", "0"), ("length", "4096")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    assert "shorter than the tensor" in _error(_save(model, tmp_path / "short.onnx"))
+
+
+def test_a_model_larger_than_the_limit_is_refused(small_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, _, _ = small_model
+    monkeypatch.setenv("ALEXDSL_MAX_WEIGHTS_BYTES", "1000")
+    assert "more than the limit" in _error(path)
+
+
+def test_a_folded_constant_too_large_is_refused_before_it_is_computed(tmp_path: Path) -> None:
+    shape = numpy_helper.from_array(np.array([1, 3, 65536, 65536], dtype=np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"], name="bomb"),
+             helper.make_node("Add", ["x", "big"], ["y"], name="add")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    message = _error(_save(model, tmp_path / "bomb.onnx"))
+    assert "bomb" in message and "elements" in message
+
+
+def test_import_errors_never_print_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "missing.onnx"
+    result = CliRunner().invoke(main, ["import", "onnx", str(path)])
+    assert result.exit_code == 1 and "cannot read the model" in result.output and "Traceback" not in result.output
+
+
+def test_torch_style_reshape_of_shape_computations_is_folded(tmp_path: Path) -> None:
+    """x.view(x.size(0), -1) exports Shape -> Gather -> Unsqueeze -> Concat -> Reshape; it folds to a flatten."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+             numpy_helper.from_array(np.array([-1], dtype=np.int64), "minus_one"),
+             numpy_helper.from_array(rng.standard_normal((5, 48)).astype(np.float32), "fc.weight"),
+             numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "fc.bias")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="/Shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="/Gather", axis=0),
+             helper.make_node("Unsqueeze", ["n", "axes"], ["n1"], name="/Unsqueeze"),
+             helper.make_node("Constant", [], ["axes"], name="/Constant",
+                              value=numpy_helper.from_array(np.array([0], dtype=np.int64))),
+             helper.make_node("Concat", ["n1", "minus_one"], ["shape"], name="/Concat", axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["flat"], name="/Reshape"),
+             helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["y"], name="/fc/Gemm", transB=1)]
+    nodes = [nodes[3], *nodes[:3], *nodes[4:]]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    path = _save(model, tmp_path / "view.onnx")
+    network, weights = import_onnx(path)
+    assert [layer.op for layer in network.layers()][1:] == ["fc"]
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(_executor(network, weights, x), _ort(path, x), rtol=1e-5, atol=1e-6)
+
+
+def test_the_readable_source_builds_the_same_network(small_model) -> None:
+    path, network, _ = small_model
+    imported = import_onnx_source(path)
+    again = alexdsl.parse(imported.source, "again.adsl")
+    assert again.shapes == network.shapes and list(again.state_keys()) == list(network.state_keys())
