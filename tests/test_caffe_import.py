@@ -325,3 +325,28 @@ def test_thousands_of_errors_render_capped() -> None:
     assert len(info.value.diagnostics) == 2000  # every one is kept for tools; the rendering is capped
     rendered = str(info.value)
     assert rendered.count("error: unknown field 'wibble'") == 100 and "... and 1900 more errors" in rendered
+
+
+def test_numbers_keep_their_prototxt_spelling() -> None:
+    text = (DEPLOY_8 + 'layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { alpha: 1e-4 k: 2.0 } }\n'
+            'layer { name: "d" type: "Dropout" bottom: "n" top: "d" dropout_param { dropout_ratio: .25 } }\n'
+            'layer { name: "b" type: "BatchNorm" bottom: "d" top: "b"\n'
+            '        batch_norm_param { eps: 1E-3 moving_average_fraction: 0.8765433 } }\n')
+    source = import_prototxt(text)
+    assert "n: lrn(5, alpha=1e-4, k=2.0) | d: dropout(.25)" in source
+    assert "b: batchnorm(eps=1E-3, momentum=0.1234567)" in source  # 1 - fraction, to its last digit
+
+
+def test_a_shared_prelu_slope_imports() -> None:
+    text = DEPLOY_8 + 'layer { name: "p" type: "PReLU" bottom: "data" top: "p" prelu_param { channel_shared: true } }\n'
+    network = alexdsl.parse(import_prototxt(text))
+    assert network.layer("p").attrs["shared"] is True and network.layer("p").params["weight"].shape == (1,)
+
+
+def test_one_side_of_a_kernel_is_a_located_error() -> None:
+    text = DEPLOY_8 + ('layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
+                       '        convolution_param { num_output: 2 kernel_h: 3 } }\n')
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "half.prototxt")
+    messages = {d.message: d.span.line for d in info.value.diagnostics}
+    assert messages.get("kernel_h is given without kernel_w") == 4

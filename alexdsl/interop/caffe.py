@@ -44,17 +44,18 @@ import bisect
 import functools
 import math
 import re
-from collections import Counter
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
-from alexdsl.syntax.build import is_name
+from alexdsl.syntax import ast
+from alexdsl.syntax.build import ModuleBuilder, arg, call, filler, is_name, number
 from alexdsl.syntax.parser import grammar_text
 
 
@@ -324,7 +325,7 @@ _FLOAT_FIELDS = {"lr_mult", "decay_mult", "alpha", "beta", "k", "dropout_ratio",
                  "loss_weight"}
 _BOOL_FIELDS = {"bias_term", "mirror", "global_pooling", "use_global_stats", "force_backward", "debug_info",
                 "transpose", "shuffle", "is_color", "force_color", "force_gray", "normalize", "stable_prod_grad",
-                "force_encoded_color", "propagate_down"}
+                "force_encoded_color", "propagate_down", "channel_shared"}
 _STRING_FIELDS = {"name", "type", "bottom", "top", "input", "source", "mean_file", "root_folder", "stage"}
 _ENUM_FIELDS = {"pool", "phase", "norm_region", "operation", "round_mode", "variance_norm", "engine", "backend",
                 "normalization"}
@@ -400,11 +401,11 @@ class _Node:
 
     name: str
     op: str
-    args: list[str]  # positional then keyword, already formatted
+    args: list[Any]  # what its converter returned: values (positional), then ast.Arg keywords
     inputs: list[str]  # node names
     phase: str | None
     caffe: Message
-    params: dict[str, dict[str, str]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay text
+    params: dict[str, dict[str, ast.Value]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay
     consumers: int = 0
     filler_section: str | None = None  # the *_param message its fillers came from
 
@@ -419,8 +420,29 @@ def _num(s: Scalar | None, default: Any = None) -> Any:
     return s.value if s is not None else default
 
 
-def _text(s: Scalar) -> str:
-    return s.text
+def _literal(s: Scalar) -> ast.Literal:
+    """A number as the prototxt spells it: ``1e-4`` stays ``1e-4``."""
+    return number(s.value, s.text)
+
+
+_T = TypeVar("_T")
+
+
+def _most_common(items: Iterable[_T]) -> tuple[_T, int] | None:
+    """The item found most often and its count (the first found among equals), or None when there are none."""
+    counted: list[list[Any]] = []
+    for item in items:
+        found = next((entry for entry in counted if entry[0] == item), None)
+        if found is None:
+            counted.append([item, 1])
+        else:
+            found[1] += 1
+    return tuple(max(counted, key=lambda entry: entry[1])) if counted else None  # type: ignore[return-value]
+
+
+def _keyword(args: list[Any], keyword: str) -> ast.Value | None:
+    """The value of ``keyword=`` among a converter's arguments, or None."""
+    return next((a.value for a in args if isinstance(a, ast.Arg) and a.keyword == keyword), None)
 
 
 def _is_true(s: Scalar | None) -> bool | None:
@@ -437,7 +459,7 @@ class _Importer:
         self.importers = caffe_importers()  # Caffe layer type -> the converter of the op that imports it
         self.sink = DiagnosticSink()
         self.inputs: list[tuple[str, tuple[int, ...] | None, Span]] = []  # blob name, shape (C,H,W) or None
-        self.preprocess: dict[str, list[str]] = {}
+        self.preprocess: dict[str, dict[str, Any]] = {}
         self.nodes: list[_Node] = []
         self.by_name: dict[str, _Node] = {}
         self.blob: dict[str, str] = {}  # Caffe blob -> node or input name producing it now
@@ -620,38 +642,42 @@ class _Importer:
                 continue
             entry = node.params.setdefault(kind, {})
             lr, decay = param.value.scalar("lr_mult"), param.value.scalar("decay_mult")
-            entry["lr"] = _text(lr) if lr is not None else "1"
-            entry["decay"] = _text(decay) if decay is not None else "1"
+            entry["lr"] = _literal(lr) if lr is not None else number(1)
+            entry["decay"] = _literal(decay) if decay is not None else number(1)
         if pmsg is None:
             return
         for kind in kinds:
             fname = (filler_field if kind == "weight" and filler_field else f"{kind}_filler")
             filler = pmsg.message(fname)
             if filler is not None:
-                text = self._filler(filler)
-                if text is not None:
-                    node.params.setdefault(kind, {})["filler"] = text
+                built = self._filler(filler)
+                if built is not None:
+                    node.params.setdefault(kind, {})["filler"] = built
 
-    def _filler(self, filler: Message) -> str | None:
-        ftype = filler.scalar("type")
+    def _filler(self, message: Message) -> ast.Call | None:
+        ftype = message.scalar("type")
         kind = str(ftype.value) if ftype is not None else "constant"
+
+        def setting(key: str, default: int) -> ast.Literal:
+            found = message.scalar(key)
+            return _literal(found) if found is not None else number(default)
+
         if kind == "constant":
-            return f"constant({_text(filler.scalar('value')) if filler.scalar('value') else '0'})"
+            return filler("constant", setting("value", 0))
         if kind == "gaussian":
-            std = _text(filler.scalar("std")) if filler.scalar("std") else "1"
-            mean = filler.scalar("mean")
-            return f"gaussian({std}" + (f", mean={_text(mean)})" if mean is not None and mean.value != 0 else ")")
+            mean = message.scalar("mean")
+            if mean is not None and mean.value != 0:
+                return filler("gaussian", setting("std", 1), mean=_literal(mean))
+            return filler("gaussian", setting("std", 1))
         if kind == "uniform":
-            lo = _text(filler.scalar("min")) if filler.scalar("min") else "0"
-            hi = _text(filler.scalar("max")) if filler.scalar("max") else "1"
-            return f"uniform({lo}, {hi})"
+            return filler("uniform", setting("min", 0), setting("max", 1))
         if kind in ("xavier", "msra"):
-            norm = filler.scalar("variance_norm")
+            norm = message.scalar("variance_norm")
             value = str(norm.value).lower() if norm is not None else "fan_in"
             if value not in ("fan_in", "fan_out", "average"):
                 self.error(f"unknown variance_norm '{norm.value}'", norm.span)  # type: ignore[union-attr]
                 return None
-            return f"{kind}()" if value == "fan_in" else f"{kind}({value})"
+            return filler(kind) if value == "fan_in" else filler(kind, value)
         self.error(f"filler type '{kind}' is not supported", ftype.span if ftype else filler.span,
                    expected="constant, gaussian, uniform, xavier, msra")
         return None
@@ -693,40 +719,43 @@ class _Importer:
                 self._declare_input(top, [], span)
 
     def _preprocess(self, name: str, tp: Message) -> None:
-        settings = self.preprocess.setdefault(name, [])
-        keys = {s.split("=", 1)[0] for s in settings}
+        settings = self.preprocess.setdefault(name, {})
         if tp.get("mean_file") is not None:
             self.error("transform_param mean_file is not supported", tp.get("mean_file").span,  # type: ignore
                        hint="write the per-channel means with mean_value")
             return
         crop = tp.scalar("crop_size")
-        if crop is not None and "crop" not in keys:
-            settings.append(f"crop={crop.text}")
-        mirror = _is_true(tp.scalar("mirror"))
-        if mirror and "mirror" not in keys:
-            settings.append("mirror=true")
-        means = tp.scalars("mean_value")
-        if means and "mean" not in keys:
-            settings.append("mean=" + (means[0].text if len(means) == 1 else
-                                       "(" + ", ".join(m.text for m in means) + ")"))
+        if crop is not None:
+            settings.setdefault("crop", _literal(crop))
+        if _is_true(tp.scalar("mirror")):
+            settings.setdefault("mirror", True)
+        means = [_literal(m) for m in tp.scalars("mean_value")]
+        if means:
+            settings.setdefault("mean", means[0] if len(means) == 1 else means)
         scale = tp.scalar("scale")
-        if scale is not None and "scale" not in keys:
-            settings.append(f"scale={scale.text}")
+        if scale is not None:
+            settings.setdefault("scale", _literal(scale))
 
     # per-type conversion -----------------------------------------------------------------------
-    def pair(self, p: Message, name: str, default: int | None) -> str | None:
+    def pair(self, p: Message, name: str, default: int | None) -> int | tuple[int, int] | None:
+        """``name`` of ``p`` (``kernel_size``, or ``name_h``/``name_w``): ``3`` or ``(3, 5)``; ``default``
+        when absent."""
         h, w = p.scalar(f"{name}_h"), p.scalar(f"{name}_w")
         if h is not None or w is not None:
             hv = int(_num(h, default)) if h is not None or default is not None else None
             wv = int(_num(w, default)) if w is not None or default is not None else None
-            return str(hv) if hv == wv else f"({hv}, {wv})"
+            if hv is None or wv is None:
+                given, missing = (f"{name}_h", f"{name}_w") if wv is None else (f"{name}_w", f"{name}_h")
+                self.error(f"{given} is given without {missing}", (h or w).span)  # type: ignore[union-attr]
+                return None
+            return hv if hv == wv else (hv, wv)
         values = [int(v.value) for v in p.scalars(name if name != "kernel" else "kernel_size")]
         if not values:
-            return None if default is None else str(default)
+            return default
         if len(values) == 1:
-            return str(values[0])
+            return values[0]
         if len(values) == 2:
-            return str(values[0]) if values[0] == values[1] else f"({values[0]}, {values[1]})"
+            return values[0] if values[0] == values[1] else (values[0], values[1])
         self.error(f"{name} has {len(values)} values; only 2-D layers are supported", p.span)
         return None
 
@@ -737,109 +766,105 @@ class _Importer:
         return layer.message(name) or Message([], layer.span)
 
     is_true = staticmethod(_is_true)
+    literal = staticmethod(_literal)
+    arg = staticmethod(arg)
 
     # writing -------------------------------------------------------------------------------------
-    def _defaults(self) -> tuple[list[str], dict[str, dict[str, dict[str, str]]]]:
-        """``defaults`` lines for settings two or more layers share, and what each layer still says."""
-        lines: list[str] = []
-        effective: dict[str, dict[str, dict[str, str]]] = {}  # op -> kind -> key -> text
+    def _defaults(self) -> tuple[list[tuple[str, dict[str, ast.Value]]], dict[str, dict[str, dict[str, ast.Value]]]]:
+        """``defaults`` statements (target, settings) for what two or more layers share, and what
+        each layer then need not say: op (``*`` for every op) -> weight/bias -> filler/lr/decay."""
+        statements: list[tuple[str, dict[str, ast.Value]]] = []
+        effective: dict[str, dict[str, dict[str, ast.Value]]] = {}
         for kind in ("weight", "bias"):
             for key in ("lr", "decay"):
-                counts = Counter(n.params[kind][key] for n in self.nodes
-                                 if kind in n.params and key in n.params[kind])
-                if counts:
-                    value, count = counts.most_common(1)[0]
-                    if count >= 2 and float(value) != 1.0:
-                        effective.setdefault("*", {}).setdefault(kind, {})[key] = value
-            kd = effective.get("*", {}).get(kind, {})
-            if kd:
-                lines.append(f"defaults {kind}(" + ", ".join(f"{k}={kd[k]}" for k in ("lr", "decay") if k in kd)
-                             + ")")
+                found = _most_common(n.params[kind][key] for n in self.nodes
+                                     if kind in n.params and key in n.params[kind])
+                if found is not None:
+                    multiplier, count = found
+                    if count >= 2 and multiplier.value != 1:  # type: ignore[union-attr]
+                        effective.setdefault("*", {}).setdefault(kind, {})[key] = multiplier
+            shared = effective.get("*", {}).get(kind, {})
+            if shared:
+                statements.append((kind, {k: shared[k] for k in ("lr", "decay") if k in shared}))
         for op in dict.fromkeys(n.op for n in self.nodes if n.filler_section):
             nodes = [n for n in self.nodes if n.op == op]
-            parts = []
+            fillers: dict[str, ast.Value] = {}
             for kind in ("weight", "bias"):
-                counts = Counter(n.params[kind]["filler"] for n in nodes if "filler" in n.params.get(kind, {}))
-                if counts:
-                    value, count = counts.most_common(1)[0]
-                    if count >= 2:
-                        effective.setdefault(op, {}).setdefault(kind, {})["filler"] = value
-                        parts.append(f"{kind}={value}")
-            if parts:
-                lines.append(f"defaults {op}(" + ", ".join(parts) + ")")
-        return lines, effective
+                found = _most_common(n.params[kind]["filler"] for n in nodes if "filler" in n.params.get(kind, {}))
+                if found is not None and found[1] >= 2:
+                    effective.setdefault(op, {}).setdefault(kind, {})["filler"] = found[0]
+                    fillers[kind] = found[0]
+            if fillers:
+                statements.append((op, fillers))
+        return statements, effective
 
-    def _call(self, node: _Node, effective: dict[str, dict[str, dict[str, str]]], refs: list[str]) -> str:
-        args = refs + list(node.args)
+    def _call(self, node: _Node, effective: dict[str, dict[str, dict[str, ast.Value]]], refs: list[str]) -> ast.Call:
+        """The node's op with its arguments: ``refs`` (the inputs of a multi-input op), what its
+        converter gave, then the fillers and multipliers its ``defaults`` do not say."""
+        extra: list[ast.Arg] = []
+        bias = _keyword(node.args, "bias")
+        no_bias = isinstance(bias, ast.Literal) and bias.value is False
         for kind in ("weight", "bias"):
             entry = node.params.get(kind, {})
             if "filler" in entry and entry["filler"] != effective.get(node.op, {}).get(kind, {}).get("filler"):
-                if kind == "bias" and "bias=false" in args:
-                    continue
-                args.append(f"{kind}={entry['filler']}")
+                if not (kind == "bias" and no_bias):
+                    extra.append(arg(entry["filler"], kind))
             for key in ("lr", "decay"):
                 if key not in entry:
                     continue
-                default = effective.get("*", {}).get(kind, {}).get(key, "1")
-                if float(entry[key]) != float(default):
-                    args.append(f"{kind}_{key}={entry[key]}")
-        if not args:
-            return node.op
-        return f"{node.op}({', '.join(args)})"
+                default = effective.get("*", {}).get(kind, {}).get(key, number(1))
+                if entry[key].value != default.value:  # type: ignore[union-attr]
+                    extra.append(arg(entry[key], f"{kind}_{key}"))
+        return call(node.op, *refs, *node.args, *extra)
 
     def write(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> str:
-        out = ["# Imported from a Caffe prototxt by alexdsl import caffe.", f"network {network_name}", ""]
+        out = ModuleBuilder(self.file + ".adsl")
+        out.comment("# Imported from a Caffe prototxt by alexdsl import caffe.")
+        out.network(network_name)
+        out.blank()
+        labels = {self.blob.get(b) for b in self.label_blobs}
         for name, shape, _ in self.inputs:
-            if name in classes or shape is None or name in {self.blob.get(b) for b in self.label_blobs}:
-                if skip_losses:
-                    continue
-                out.append(f"input {name}: class({classes.get(name, 1)})")
+            if name in classes or shape is None or name in labels:
+                if not skip_losses:
+                    out.class_input(name, classes.get(name, 1))
             else:
-                out.append(f"input {name}: {'x'.join(map(str, shape))}")
+                out.input(name, shape)
         for name, settings in self.preprocess.items():
             if settings:
-                out.append(f"preprocess {name}({', '.join(settings)})")
-        out.append("")
-        default_lines, effective = self._defaults()
-        if default_lines:
-            out += default_lines + [""]
-        data_inputs = [n for n, shape, _ in self.inputs if shape is not None
-                       and n not in {self.blob.get(b) for b in self.label_blobs}]
+                out.preprocess(name, settings)
+        out.blank()
+        defaults, effective = self._defaults()
+        for target, settings in defaults:
+            out.defaults(target, **settings)
+        out.blank()
+        data_inputs = [n for n, shape, _ in self.inputs if shape is not None and n not in labels]
         prev = data_inputs[0] if data_inputs else None
-        statements: list[list[Any]] = []  # [label, phase, [links], sources]
-        tail_of: dict[str, str] = {}  # node -> the name that refers to it
+        statements: list[tuple[str, str | None, list[_Node]]] = []  # label, phase, the nodes it chains
         for node in self.nodes:
             opdef = _op(node.op)
             if skip_losses and opdef.role != "layer":
                 continue
-            multi = opdef.inputs != (1, 1)
-            starts = bool(opdef.default_fillers) or multi  # a layer with parameters starts a statement
+            starts = bool(opdef.default_fillers) or opdef.inputs != (1, 1)  # a layer with parameters starts one
             last = statements[-1] if statements else None
             if (last is not None and not starts and len(node.inputs) == 1 and node.inputs[0] == last[2][-1].name
                     and self.by_name[node.inputs[0]].consumers == 1 and last[1] == node.phase):
                 last[2].append(node)
                 continue
-            statements.append([node.name, node.phase, [node], None])
-        lines = []
-        for label, phase, links, _ in statements:
+            statements.append((node.name, node.phase, [node]))
+        tail_of: dict[str, str] = {}  # node -> the name that refers to it
+        for label, phase, links in statements:
             first = links[0]
             refs = [tail_of.get(src, src) for src in first.inputs]
             multi = _op(first.op).inputs != (1, 1)
-            head = ""
-            if not multi and refs and refs[0] != prev:
-                head = f"{refs[0]} -> "
-            parts = [self._call(first, effective, refs if multi else [])]
-            for link in links[1:]:
-                parts.append(f"{link.name}: {self._call(link, effective, [])}")
+            sources = refs[:1] if not multi and refs and refs[0] != prev else []
+            chain: list[tuple[str | None, ast.Call]] = [(None, self._call(first, effective, refs if multi else []))]
+            chain += [(link.name, self._call(link, effective, [])) for link in links[1:]]
             for link in links:
                 tail_of[link.name] = link.name
             tail_of[links[-1].name] = label
             prev = label
-            lines.append((label, head + " | ".join(parts) + (f" @{phase}" if phase else "")))
-        width = max((len(label) for label, _ in lines), default=0) + 1
-        for label, body in lines:
-            out.append(f"{label + ':':<{width}} {body}")
-        return "\n".join(out).rstrip() + "\n"
+            out.layer(label, chain, sources, phase)
+        return out.text()
 
 
 def _network_name(net: Message, file: str) -> str:
@@ -865,25 +890,22 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
         raise AlexDSLError(diagnostics, sources={file: text})
     name = _network_name(net, file)
     label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
-    source = importer.write(name, {})
+    classes = {}
     if label_inputs:
         # the class count of a label is the width of the logits it is compared with
         from alexdsl import parse
 
         network = parse(importer.write(name, {}, skip_losses=True), file + ".adsl")
-        classes = {}
         for node in importer.nodes:
             if _op(node.op).takes_label and node.inputs[1] in label_inputs:
                 logits = network.shapes.get(node.inputs[0], ())
                 if logits:
                     classes[node.inputs[1]] = logits[0]
-        source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
-    # check the result: an import that does not build is a bug here, reported as such
+    # the one printer lays it out (it passes fmt --check); an import that does not build is a bug here, said so
+    source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
     from alexdsl import parse
-    from alexdsl.fmt import format_source
 
     try:
-        source = format_source(source, file + ".adsl")  # the one printer lays it out: it passes fmt --check
         parse(source, file + ".adsl")
     except AlexDSLError as error:
         raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + error.diagnostics,

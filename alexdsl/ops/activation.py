@@ -54,11 +54,11 @@ def _runtime_call(function: str, epilogue: str | None = None) -> ExecutorLowerin
                                                                     function), inplace=True, epilogue=epilogue)
 
 
-def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     p = layer.message("relu_param")
     slope = p.scalar("negative_slope") if p is not None else None
     if slope is not None and slope.value != 0:
-        return "leaky_relu", [slope.text], None
+        return "leaky_relu", [ctx.literal(slope)], None
     return "relu", [], None
 
 
@@ -124,7 +124,7 @@ register(OpDef(
     ),
 ))
 
-def _softmax_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _softmax_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     axis = ctx.section(layer, "softmax_param").scalar("axis")
     if axis is not None and axis.value != 1:
         ctx.error("softmax along an axis other than channels (1) is not supported", axis.span)
@@ -263,7 +263,7 @@ _activation(
 )
 
 
-def _swish_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+def _swish_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     beta = ctx.section(layer, "swish_param").scalar("beta")
     if beta is not None and beta.value != 1:
         ctx.error("Swish with beta other than 1 is not supported (silu is x * sigmoid(x))", beta.span,
@@ -292,9 +292,9 @@ _activation(
 )
 
 
-def _elu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _elu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     alpha = ctx.section(layer, "elu_param").scalar("alpha")
-    return "elu", [alpha.text] if alpha is not None else [], None
+    return "elu", [ctx.literal(alpha)] if alpha is not None else [], None
 
 
 _activation(
@@ -363,9 +363,9 @@ def _prelu_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
                        ("weight",))]
 
 
-def _prelu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str]:
+def _prelu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str]:
     shared = ctx.is_true(ctx.section(layer, "prelu_param").scalar("channel_shared"))
-    return "prelu", ["shared=true"] if shared else [], "prelu_param"
+    return "prelu", [ctx.arg(True, "shared")] if shared else [], "prelu_param"
 
 
 register(OpDef(

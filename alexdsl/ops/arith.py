@@ -104,7 +104,7 @@ def _executor(function: str) -> ExecutorLowering:
 
 # add ------------------------------------------------------------------------------------------------
 
-def _eltwise_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+def _eltwise_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     """Eltwise SUM -> add (coefficients 1) or sub (1, -1); PROD -> mul."""
     p = ctx.section(layer, "eltwise_param")
     operation = p.scalar("operation")
@@ -278,7 +278,7 @@ def _scale_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Scale", "scale_param", tuple(body), (weight, "bias"))]
 
 
-def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
     p = ctx.section(layer, "scale_param")
     for key, default in (("axis", 1), ("num_axes", 1)):
         value = p.scalar(key)
@@ -288,7 +288,7 @@ def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], 
             return None
     # a bias_filler comes back as bias=<filler>, which also turns the bias on
     bias = ctx.is_true(p.scalar("bias_term")) and p.message("bias_filler") is None
-    return "scale", ["bias=true"] if bias else [], "scale_param"
+    return "scale", [ctx.arg(True, "bias")] if bias else [], "scale_param"
 
 
 def _scale_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional

@@ -176,7 +176,7 @@ def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Convolution", "convolution_param", (*body, *ctx.weight_and_bias(layer)), ("weight", "bias"))]
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
     p = layer.message("convolution_param")
     if p is None or p.scalar("num_output") is None:
         ctx.error(f"Convolution '{name}' needs convolution_param {{ num_output kernel_size }}", layer.span)
@@ -185,16 +185,16 @@ def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] |
     if kernel is None:
         ctx.error(f"Convolution '{name}' has no kernel_size", p.span)
         return None
-    args = [p.scalar("num_output").text, kernel]
+    args = [ctx.literal(p.scalar("num_output")), kernel]
     for key in ("stride", "pad", "dilation"):
         value = ctx.pair(p, key, None)
-        if value is not None and value != ("0" if key == "pad" else "1"):
-            args.append(f"{key}={value}")
+        if value is not None and value != (0 if key == "pad" else 1):
+            args.append(ctx.arg(value, key))
     group = p.scalar("group")
     if group is not None and group.value != 1:
-        args.append(f"groups={group.text}")
+        args.append(ctx.arg(ctx.literal(group), "groups"))
     if ctx.is_true(p.scalar("bias_term")) is False:
-        args.append("bias=false")
+        args.append(ctx.arg(False, "bias"))
     axis = p.scalar("axis")
     if axis is not None and axis.value != 1:
         ctx.error("convolution axis other than 1 is not supported", axis.span)

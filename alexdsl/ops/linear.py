@@ -125,14 +125,14 @@ def _fc_from_matmul_add(node: Any, ctx: Any) -> OnnxImport | None:
     return None
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], str] | None:
+def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
     p = layer.message("inner_product_param")
     if p is None or p.scalar("num_output") is None:
         ctx.error(f"InnerProduct '{name}' needs inner_product_param {{ num_output }}", layer.span)
         return None
-    args = [p.scalar("num_output").text]
+    args = [ctx.literal(p.scalar("num_output"))]
     if ctx.is_true(p.scalar("bias_term")) is False:
-        args.append("bias=false")
+        args.append(ctx.arg(False, "bias"))
     for key, default in (("axis", "1"), ("transpose", "false")):
         value = p.scalar(key)
         if value is not None and str(value.value).lower() != default:

@@ -42,9 +42,9 @@ register(OpDef(
 ))
 
 
-def _accuracy_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _accuracy_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     top = ctx.section(layer, "accuracy_param").scalar("top_k")
-    return "accuracy", [f"top={top.text}"] if top is not None and top.value != 1 else [], None
+    return "accuracy", [ctx.arg(ctx.literal(top), "top")] if top is not None and top.value != 1 else [], None
 
 
 def _accuracy_torch(layer: Any, args: list[str], ctx: Any) -> str:

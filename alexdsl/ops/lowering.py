@@ -156,12 +156,15 @@ class Lowerings:
       (lines), ``ctx.weight_and_bias(layer)``, ``ctx.input_shape(layer, i)`` and
       ``ctx.fail(message)`` for what Caffe cannot express.
     * ``from_caffe``: Caffe layer type -> ``convert(message, name, ctx)`` returning
-      ``(op, args, section)`` (the alexdsl op, its arguments as source text, and the
-      ``*_param`` section holding the fillers, or None), or None after ``ctx.error(...)``;
-      a list of them for a layer with several tops (one alexdsl layer per top, named after it).
-      The context offers ``ctx.section(message, name)`` (an empty message when absent),
-      ``ctx.pair(section, field, default)`` (source text), ``ctx.is_true(scalar)`` and
-      ``ctx.error(message, span, **extra)``.
+      ``(op, args, section)`` (the alexdsl op; its arguments as :func:`alexdsl.syntax.build.call`
+      takes them, values for the positional ones then ``ctx.arg(value, keyword)`` for each
+      keyword; and the ``*_param`` section holding the fillers, or None), or None after
+      ``ctx.error(...)``; a list of them for a layer with several tops (one alexdsl layer per
+      top, named after it). The importer builds the syntax tree from them and prints it. A value
+      is a Python value or a syntax node: ``ctx.literal(scalar)`` is a number as the prototxt
+      spells it (``1e-4`` stays ``1e-4``). The context also offers ``ctx.section(message, name)``
+      (an empty message when absent), ``ctx.pair(section, field, default)`` (``3`` or ``(3, 5)``),
+      ``ctx.is_true(scalar)`` and ``ctx.error(message, span, **extra)``.
     * ``from_onnx``: ONNX op type -> ``convert(node, ctx)`` returning an :class:`OnnxImport` (a
       list of them for a node with several outputs), or None when the node is not this op's
       pattern. The converter is keyed by the *last* node of its pattern and may take over nodes
@@ -180,7 +183,7 @@ class Lowerings:
     executor: ExecutorLowering | None = None
     onnx: Callable[[Any, Any], None] | None = None
     caffe: Callable[[Any, Any], list[CaffeLayer]] | None = None
-    from_caffe: Mapping[str, Callable[[Any, str, Any], tuple[str, list[str], str | None] | None]] = field(
+    from_caffe: Mapping[str, Callable[[Any, str, Any], tuple[str, list[Any], str | None] | None]] = field(
         default_factory=dict)
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
     from_onnx: Mapping[str, Callable[[Any, Any], OnnxImport | list[OnnxImport] | None]] = field(default_factory=dict)

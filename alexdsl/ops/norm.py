@@ -51,20 +51,20 @@ def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("LRN", "lrn_param", tuple(body))]
 
 
-def _lrn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+def _lrn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "lrn_param")
     region = p.scalar("norm_region")
     if region is not None and str(region.value) != "ACROSS_CHANNELS":
         ctx.error(f"LRN norm_region {region.value} is not supported", region.span, expected="ACROSS_CHANNELS")
         return None
     size = p.scalar("local_size")
-    args = [size.text if size is not None else "5"]
+    args = [ctx.literal(size) if size is not None else 5]
     for key in ("alpha", "beta", "k"):
         value = p.scalar(key)
         if value is not None:
-            args.append(f"{key}={value.text}")
+            args.append(ctx.arg(ctx.literal(value), key))
         elif key == "alpha":
-            args.append("alpha=1")  # Caffe's default; alexdsl's is torch's 1e-4
+            args.append(ctx.arg(1, "alpha"))  # Caffe's default; alexdsl's is torch's 1e-4
     return "lrn", args, None
 
 
@@ -159,15 +159,15 @@ def _bn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
             CaffeLayer("Scale", "scale_param", scale, ("weight", "bias"), suffix="_scale")]
 
 
-def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     p = ctx.section(layer, "batch_norm_param")
     args = []
     eps = p.scalar("eps")
     if eps is not None:
-        args.append(f"eps={eps.text}")
+        args.append(ctx.arg(ctx.literal(eps), "eps"))
     fraction = p.scalar("moving_average_fraction")
     if fraction is not None:
-        args.append(f"momentum={round(1 - float(fraction.value), 9):g}")
+        args.append(ctx.arg(round(1 - float(fraction.value), 9), "momentum"))
     return "batchnorm", args, None
 
 

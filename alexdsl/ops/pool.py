@@ -139,7 +139,7 @@ def _adaptive_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
                        ("pool: AVE", *ctx.pair("kernel", window, None), *ctx.pair("stride", window, 1)))]
 
 
-def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "pooling_param")
     pool = p.scalar("pool")
     kind = str(pool.value) if pool is not None else "MAX"
@@ -158,13 +158,13 @@ def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], N
     args = [kernel]
     stride = ctx.pair(p, "stride", 1)
     if stride is not None and stride != kernel:
-        args.append(f"stride={stride}")
+        args.append(ctx.arg(stride, "stride"))
     pad = ctx.pair(p, "pad", 0)
-    if pad not in (None, "0"):
-        args.append(f"pad={pad}")
+    if pad not in (None, 0):
+        args.append(ctx.arg(pad, "pad"))
     mode = p.scalar("round_mode")
     if mode is None or str(mode.value) == "CEIL":
-        args.append("round=ceil")  # Caffe's default rounding
+        args.append(ctx.arg("ceil", "round"))  # Caffe's default rounding
     return ("maxpool" if kind == "MAX" else "avgpool"), args, None
 
 

@@ -116,7 +116,7 @@ def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Slice", "slice_param", ("axis: 1", *points), tops=tops)]
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[str], None]] | None:
+def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[Any], None]] | None:
     """A Slice over channels: channel_chunk parts for an even split, else channel_slice parts (one per top)."""
     p = ctx.section(layer, "slice_param")
     axis = p.scalar("axis") or p.scalar("slice_dim")
@@ -126,14 +126,14 @@ def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[str], N
     tops = len(layer.scalars("top"))
     points = [int(point.value) for point in p.scalars("slice_point")]
     if not points:
-        return [("channel_chunk", [str(tops), str(i)], None) for i in range(tops)]
+        return [("channel_chunk", [tops, i], None) for i in range(tops)]
     if len(points) != tops - 1:
         ctx.error(f"Slice layer '{name}' has {len(points)} slice points for {tops} tops", p.span,
                   expected=f"{tops - 1} slice points: one fewer than the tops")
         return None
     starts = [0, *points]
-    return [("channel_slice", [str(a), str(b)], None) for a, b in zip(starts, points)] + [
-        ("channel_slice", [str(points[-1])], None)]
+    return [("channel_slice", [a, b], None) for a, b in zip(starts, points)] + [
+        ("channel_slice", [points[-1]], None)]
 
 
 def _lowerings(executor: Any, caffe_type: str | None = None) -> Lowerings:

@@ -52,7 +52,7 @@ def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (sum(s[0] for s in inputs), *first[1:])
 
 
-def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None] | None:
+def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "concat_param")
     axis = p.scalar("axis") or p.scalar("concat_dim")
     if axis is not None and axis.value != 1:
@@ -61,9 +61,9 @@ def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str],
     return "concat", [], None
 
 
-def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[str], None]:
+def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     ratio = ctx.section(layer, "dropout_param").scalar("dropout_ratio")
-    return "dropout", [ratio.text if ratio is not None else "0.5"], None
+    return "dropout", [ctx.literal(ratio) if ratio is not None else 0.5], None
 
 
 def _concat_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
