@@ -15,6 +15,8 @@ Export modes of torch's TorchScript exporter (``dynamo=False``; the dynamo expor
   stays, and initializers are named after the torch parameters (``layer1.0.bn1.running_mean``).
 * ``fold_batchnorm=True`` is torch's default for a module in eval mode: each batchnorm is folded into the
   conv before it, whose weight and bias become ``onnx::Conv_<n>`` initializers.
+* Passing ``do_constant_folding=False`` also keeps batchnorms, and keeps every parameter's name: a Linear
+  on a 4-d input then exports ``Transpose(pwconv1.weight)`` where constant folding writes ``onnx::MatMul_<n>``.
 
 Either way the exporter stores equal tensors once: a batchnorm with default statistics (mean 0, var 1,
 weight 1, bias 0) exports ``running_var = Identity(weight)``. ``build`` randomises statistics so this
