@@ -20,6 +20,7 @@ from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_y
 from alexdsl.fmt import format_value
 from alexdsl.limits import MAX_DIM, MAX_INT, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
+from alexdsl.ops.split import SPLITTERS  # front-end forms -> the op of each part; re-exported
 from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS  # noqa: F401 - re-exported
 from alexdsl.syntax import ast
 
@@ -28,7 +29,6 @@ BROKEN = "\0broken"  # the output of a statement that failed: layers reading it 
 SELF = "self"  # inside a block, the label of a layer named like the instance itself
 PENDING = "\0pending"  # a block instance's input while its source is not resolved yet; never left in the IR
 SPLIT = "\0split:"  # prefix of a split statement's output: its parts are named, the whole is not
-SPLITTERS = {"chunk": "channel_chunk", "split": "channel_slice"}  # front-end forms -> the op of each part
 MAX_BLOCK_DEPTH = 32  # blocks using blocks, this many deep at most
 
 

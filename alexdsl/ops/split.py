@@ -147,7 +147,7 @@ def _lowerings(executor: Any, caffe_type: str | None = None) -> Lowerings:
     )
 
 
-register(OpDef(
+CHANNEL_CHUNK = register(OpDef(
     name="channel_chunk", family="tensor",
     summary="Part index of torch.chunk(x, chunks, dim=1): what 'half: chunk(2)' makes half.0 and half.1 of "
             "(Caffe Slice).",
@@ -157,7 +157,7 @@ register(OpDef(
     infer=_infer_chunk, pattern=Pattern.INJECTIVE, lower=_lowerings(_chunk_executor),
 ))
 
-register(OpDef(
+CHANNEL_SLICE = register(OpDef(
     name="channel_slice", family="tensor",
     summary="Channels start to stop (x[:, start:stop]): what 'parts: split((24, 40))' makes each part of "
             "(Caffe Slice).",
@@ -167,3 +167,7 @@ register(OpDef(
           Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM)),
     infer=_infer_slice, pattern=Pattern.INJECTIVE, lower=_lowerings(_slice_executor, "Slice"),
 ))
+
+# The front end's split statements, 'half: chunk(2)' and 'parts: split((24, 40))', and the op
+# each of their parts becomes (alexdsl.ir.elaborate expands them).
+SPLITTERS = {"chunk": CHANNEL_CHUNK.name, "split": CHANNEL_SLICE.name}
