@@ -648,9 +648,9 @@ class _Importer:
             return
         for kind in kinds:
             fname = (filler_field if kind == "weight" and filler_field else f"{kind}_filler")
-            filler = pmsg.message(fname)
-            if filler is not None:
-                built = self._filler(filler)
+            message = pmsg.message(fname)
+            if message is not None:
+                built = self._filler(message)
                 if built is not None:
                     node.params.setdefault(kind, {})["filler"] = built
 
