@@ -63,7 +63,6 @@ class OnnxGraph:
     nodes: list[OnnxNode]  # what computes on the inputs, in topological order
     constants: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]  # value -> per-sample shape (batch left out)
-    initializer_names: set[str] = field(default_factory=set)
     producer: dict[str, OnnxNode] = field(default_factory=dict)
     consumers: dict[str, list[OnnxNode]] = field(default_factory=dict)
 
@@ -351,7 +350,6 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     _external_data(model, path.parent, file)
     input_shapes = _fix_inputs(model, dict(inputs or {}), file)
     constants = {t.name: _array(t, file) for t in model.graph.initializer}
-    initializer_names = set(constants)
     _strip_weights(model, constants)
     for _ in range(8):  # fold, infer again with what folding made constant, until nothing more folds
         shapes = _infer(model, file)
@@ -367,4 +365,4 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
             per_sample[name] = tuple(int(d) for d in dims[1:])
     outputs = [v.name for v in model.graph.output]
     return OnnxGraph(file, model.graph.name, model.doc_string or model.graph.doc_string, opset, input_shapes,
-                     outputs, nodes, constants, per_sample, initializer_names)
+                     outputs, nodes, constants, per_sample)

@@ -198,7 +198,8 @@ def module_path(node_name: str) -> str | None:
 
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
     for pname, source in layer.params.items():
-        if isinstance(source, str) and source in initializers and not source.startswith("onnx::"):
+        if isinstance(source, str) and source in initializers and not source.startswith("onnx::") \
+                and "/" not in source:  # torch's exporter names what it computes '/scope/Op_output_0'
             if source.endswith("." + pname):
                 return source[: -len(pname) - 1]
             if "." in source:
@@ -369,7 +370,7 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
 
     graph = read_onnx(path, inputs)
     layers, alias = _match(graph)
-    _name_layers(layers, graph.initializer_names)
+    _name_layers(layers, set(graph.constants))  # initializers, and what Identity nodes made of them
     flat, _ = _flat_source(graph, layers, alias)
     file = str(path) + ".adsl"
     try:
