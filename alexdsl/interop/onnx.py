@@ -1,4 +1,4 @@
-"""Export a network as an ONNX model (opset 17) for inference.
+"""Export a network as an ONNX model (opset 17) for inference; :func:`import_onnx` reads one back.
 
 * One ONNX node per layer, named after it; initializers are ``<layer>.<param>`` (the torch
   state_dict keys, see :meth:`Network.state_keys`).
@@ -180,3 +180,11 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         raise AlexDSLError(f"error: the ONNX model exported from {network.name} fails onnx.checker "
                            f"(full_check=True): {str(error).strip()}; this is a bug in alexdsl's ONNX export, "
                            "please report it") from None
+
+
+def import_onnx(path: str | Path, inputs: Mapping[str, tuple[int, ...]] | None = None,
+                ) -> tuple[Network, dict[str, np.ndarray]]:
+    """The network an ONNX model describes and its weights (see :mod:`alexdsl.interop.onnx_import`)."""
+    from alexdsl.interop.onnx_import import import_onnx as read
+
+    return read(path, inputs)
