@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.from_onnx import f32, unary
+from alexdsl.ops.from_onnx import absorb_from, f32, near, other_input, per_channel, producer_of, scalar, unary
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -54,6 +54,32 @@ def _runtime_call(function: str, epilogue: str | None = None) -> ExecutorLowerin
                                                                     function), inplace=True, epilogue=epilogue)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""A bound ONNX ``Clip`` leaves out, as hardtanh writes it."""
+
+
+def _clip_from_onnx(op: str) -> Any:
+    """``Clip(x, min, max)`` -> relu (min 0, no max), relu6 (0, 6) or hardtanh (any other constant bounds);
+    each op's converter takes only its own bounds, so no two claim one node."""
+    def convert(node: Any, ctx: Any) -> OnnxImport | None:
+        bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
+        low, high = (scalar(ctx, value) if value else None for value in bounds)
+        if any(value and ctx.const(value) is None for value in bounds):
+            return ctx.fail(node, "only a Clip with constant bounds is imported")
+        kind = "relu" if (low, high) == (0, None) else "relu6" if (low, high) == (0, 6) else "hardtanh"
+        if kind != op:
+            return None
+        if op != "hardtanh":
+            return OnnxImport(op, node.inputs[:1])
+        attrs = {"min": f32(low) if low is not None else -FLOAT32_MAX,
+                 "max": f32(high) if high is not None else FLOAT32_MAX}
+        if attrs["min"] >= attrs["max"]:
+            return ctx.fail(node, f"Clip bounds {low} >= {high} clip everything to one value")
+        return OnnxImport(op, node.inputs[:1], attrs)
+
+    return convert
+
+
 def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
     p = layer.message("relu_param")
     slope = p.scalar("negative_slope") if p is not None else None
@@ -71,7 +97,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
-        from_onnx={"Relu": unary("relu")},
+        from_onnx={"Relu": unary("relu"), "Clip": _clip_from_onnx("relu")},
         reference=lambda layer, xs, w, F: F.relu(xs[0]),
     ),
 ))
@@ -143,6 +169,21 @@ def _softmax_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("softmax", node.inputs[:1])
 
 
+def _softmax_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Transpose`` moving the channels last, ``Softmax`` over the last axis, the inverse ``Transpose`` ->
+    softmax: torch's export of a softmax over the channels of CxHxW below opset 13."""
+    softmax = producer_of(ctx, node.inputs[0], "Softmax")
+    first = producer_of(ctx, softmax.inputs[0], "Transpose", softmax) if softmax is not None else None
+    if first is None:
+        return None
+    perm, back = list(first.attr("perm", ())), list(node.attr("perm", ()))
+    axis = int(softmax.attr("axis", 1 if ctx.opset < 13 else -1)) % max(len(perm), 1)
+    if len(back) != len(perm) or not perm or perm[-1] != 1 or axis != len(perm) - 1 \
+            or [perm[i] for i in back] != list(range(len(perm))):
+        return None
+    return OnnxImport("softmax", first.inputs[:1], absorbed=(softmax, first))
+
+
 register(OpDef(
     name="softmax", family="activation", summary="Softmax over channels (dimension 1 of NCHW).",
     example="prob: softmax", args=(), infer=_same,
@@ -152,7 +193,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
         from_caffe={"Softmax": _softmax_from_caffe},
-        from_onnx={"Softmax": _softmax_from_onnx},
+        from_onnx={"Softmax": _softmax_from_onnx, "Transpose": _softmax_from_transpose},
         reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=1),
     ),
 ))
@@ -198,6 +239,162 @@ def _onnx_mish(layer: Any, ctx: Any) -> None:
     ctx.node("Mul", [ctx.inputs[0], ctx.node("Tanh", [soft], output=f"{layer.name}.tanh")])
 
 
+def _gated(node: Any, ctx: Any, gate_type: str) -> tuple[str, Any] | None:
+    """``Mul(x, gate(x))`` (either order): ``x`` and the gate node, which only the Mul reads."""
+    for x, gate in (node.inputs[:2], node.inputs[1::-1]):
+        found = producer_of(ctx, gate, gate_type)
+        if found is not None and found.inputs[0] == x:
+            return x, found
+    return None
+
+
+def _silu_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Mul(x, Sigmoid(x))`` -> silu (torch and alexdsl export it so at every opset)."""
+    found = _gated(node, ctx, "Sigmoid")
+    return OnnxImport("silu", [found[0]], absorbed=(found[1],)) if found else None
+
+
+def _is_hard_gate(node: Any) -> bool:
+    """A ``HardSigmoid`` that is torch's hardsigmoid: relu6(x + 3) / 6."""
+    return near(node.attr("alpha", 0.2), 1 / 6) and near(node.attr("beta", 0.5), 0.5)
+
+
+def _hardswish_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Mul(x, HardSigmoid(x))`` -> hardswish: torch's export below opset 14, which has no HardSwish."""
+    found = _gated(node, ctx, "HardSigmoid")
+    return OnnxImport("hardswish", [found[0]], absorbed=(found[1],)) if found and _is_hard_gate(found[1]) else None
+
+
+def _hardsigmoid_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    if not _is_hard_gate(node):
+        return ctx.fail(node, f"HardSigmoid(alpha={node.attr('alpha', 0.2)}, beta={node.attr('beta', 0.5)}) is not "
+                              "torch's hardsigmoid (alpha 1/6, beta 1/2)")
+    return OnnxImport("hardsigmoid", node.inputs[:1])
+
+
+def _mish_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Mul(x, Tanh(Softplus(x)))`` -> mish."""
+    found = _gated(node, ctx, "Tanh")
+    if found is None:
+        return None
+    x, tanh = found
+    soft = producer_of(ctx, tanh.inputs[0], "Softplus", tanh)
+    return OnnxImport("mish", [x], absorbed=(tanh, soft)) if soft is not None and soft.inputs[0] == x else None
+
+
+Factor = tuple[str, Any]  # a computed value and the node reading it
+
+
+def _product(ctx: Any, value: str, reader: Any) -> tuple[list[Factor], float, list[Any]]:
+    """``value`` taken apart as a product: its computed factors, the constant factor, and the ``Mul`` and
+    ``Div``-by-a-constant nodes that only the product reads (which the pattern absorbs)."""
+    constant = scalar(ctx, value)
+    if constant is not None:
+        return [], constant, []
+    node = ctx.absorb(value, reader)
+    if node is not None and node.op_type == "Mul":
+        left, a, left_nodes = _product(ctx, node.inputs[0], node)
+        right, b, right_nodes = _product(ctx, node.inputs[1], node)
+        return left + right, a * b, [node, *left_nodes, *right_nodes]
+    divisor = scalar(ctx, node.inputs[1]) if node is not None and node.op_type == "Div" else None
+    if divisor:
+        factors, a, nodes = _product(ctx, node.inputs[0], node)
+        return factors, a / divisor, [node, *nodes]
+    return [(value, reader)], 1.0, []
+
+
+def _plus_one(ctx: Any, value: str, reader: Any) -> tuple[Any, Any] | None:
+    """``Add(curve, 1)`` (either order) computing ``value``: the Add and the curve's node."""
+    add = producer_of(ctx, value, "Add", reader)
+    if add is None:
+        return None
+    for one, curve in (add.inputs[:2], add.inputs[1::-1]):
+        if near(scalar(ctx, one), 1.0):
+            node = ctx.absorb(curve, add)
+            return (add, node) if node is not None else None
+    return None
+
+
+def _gelu_curve(ctx: Any, x: str, curve: Any) -> tuple[str, list[Any]] | None:
+    """``erf(x / sqrt 2)`` or ``tanh(sqrt(2 / pi) * (x + 0.044715 x^3))``: the approximation and the nodes."""
+    inner, constant, nodes = _product(ctx, curve.inputs[0], curve)
+    if curve.op_type == "Erf" and [v for v, _ in inner] == [x] and near(constant, math.sqrt(0.5)):
+        return "none", nodes
+    if curve.op_type != "Tanh" or len(inner) != 1 or not near(constant, math.sqrt(2 / math.pi)):
+        return None
+    add = producer_of(ctx, inner[0][0], "Add", inner[0][1])
+    cubic = other_input(add, x) if add is not None else None
+    if cubic is None:
+        return None
+    cube, scale, cube_nodes = _product(ctx, cubic, add)
+    if [v for v, _ in cube] != [x, x, x] or not near(scale, 0.044715):
+        return None
+    return "tanh", [*nodes, add, *cube_nodes]
+
+
+def _gelu_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+    """``x * (1 + curve) * 0.5`` in any grouping of its products (torch's export below opset 20, and
+    alexdsl's), the curve erf(x / sqrt 2) or the tanh approximation -> gelu."""
+    factors, constant, nodes = [], 1.0, []
+    for value in node.inputs[:2]:
+        more, c, taken = _product(ctx, value, node)
+        factors, constant, nodes = factors + more, constant * c, nodes + taken
+    if len(factors) != 2 or not near(constant, 0.5):
+        return None
+    for (x, _), (shifted, reader) in (factors, factors[::-1]):
+        found = _plus_one(ctx, shifted, reader)
+        curve = _gelu_curve(ctx, x, found[1]) if found is not None else None
+        if curve is not None and ctx.const(x) is None:
+            approximate, curve_nodes = curve
+            return OnnxImport("gelu", [x], {"approximate": approximate},
+                              absorbed=(*nodes, *found, *curve_nodes))
+    return None
+
+
+def _gelu_from_onnx(node: Any, ctx: Any) -> OnnxImport:
+    """``Gelu`` (opset 20)."""
+    return OnnxImport("gelu", node.inputs[:1], {"approximate": node.attr("approximate", "none")})
+
+
+def _softplus_from_div(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Div(Softplus(Mul(x, beta)), beta)`` -> softplus(beta): torch's export (which drops the threshold)."""
+    found = _scaled_softplus(ctx, node, [])
+    return OnnxImport("softplus", [found[0]], {"beta": found[1], "threshold": 20.0}, absorbed=found[3]) \
+        if found else None
+
+
+def _scaled_softplus(ctx: Any, div: Any, also: list[Any]) -> tuple[str, float, str, tuple[Any, ...]] | None:
+    """Of ``Div(Softplus(Mul(x, beta)), beta)``: x, beta, the Mul's output and the nodes before ``div``
+    (the Mul may be read by ``also`` too)."""
+    beta = scalar(ctx, div.inputs[1])
+    soft = producer_of(ctx, div.inputs[0], "Softplus", div)
+    mul = absorb_from(ctx, soft.inputs[0], [soft, *also]) if soft is not None and beta else None
+    if mul is None or mul.op_type != "Mul":
+        return None
+    for x, factor in (mul.inputs[:2], mul.inputs[1::-1]):
+        if near(scalar(ctx, factor), beta) and ctx.const(x) is None:
+            return x, f32(beta), mul.outputs[0], (soft, mul)
+    return None
+
+
+def _softplus_from_where(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Where(Greater(beta * x, threshold), x, softplus)``: alexdsl's export of a softplus with its threshold."""
+    condition, x, soft = node.inputs
+    greater = producer_of(ctx, condition, "Greater")
+    threshold = scalar(ctx, greater.inputs[1]) if greater is not None else None
+    if threshold is None:
+        return None
+    plain = producer_of(ctx, soft, "Softplus")
+    if plain is not None and plain.inputs[0] == x == greater.inputs[0]:
+        return OnnxImport("softplus", [x], {"beta": 1.0, "threshold": f32(threshold)}, absorbed=(greater, plain))
+    div = producer_of(ctx, soft, "Div")
+    found = _scaled_softplus(ctx, div, [greater]) if div is not None else None
+    if found is None or found[0] != x or found[2] != greater.inputs[0]:
+        return None
+    return OnnxImport("softplus", [x], {"beta": found[1], "threshold": f32(threshold)},
+                      absorbed=(greater, div, *found[3]))
+
+
 def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
     """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
     def lower(layer: Any, ctx: Any) -> ExecutorKernel:
@@ -209,12 +406,12 @@ def _xp_call(function: str, *args: str, epilogue: str | None = None) -> Executor
 
 def _activation(name: str, summary: str, example: str, torch: Any, executor: ExecutorLowering, onnx: Any,
                 reference: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
-                from_caffe: dict[str, Any] | None = None) -> None:
+                from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None) -> None:
     register(OpDef(
         name=name, family="activation", summary=summary, example=example, args=args, infer=_same,
         pattern=Pattern.ELEMWISE,
         lower=Lowerings(torch=TorchLowering(forward=torch), executor=executor, onnx=onnx, caffe=caffe,
-                        from_caffe=from_caffe or {}, reference=reference),
+                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {}),
     ))
 
 
@@ -223,6 +420,7 @@ _activation(
     _inplace_forward("relu6"), _xp_call("relu6", epilogue="relu6"),
     lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]),
     lambda layer, xs, w, F: F.relu6(xs[0]),
+    from_onnx={"Clip": _clip_from_onnx("relu6")},
 )
 
 
@@ -244,6 +442,7 @@ register(OpDef(
         executor=_xp_call("hardtanh", "min", "max"),
         onnx=lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(layer.attrs["min"]),
                                                   ctx.constant(layer.attrs["max"])]),
+        from_onnx={"Clip": _clip_from_onnx("hardtanh")},
         reference=lambda layer, xs, w, F: F.hardtanh(xs[0], layer.attrs["min"], layer.attrs["max"]),
     ),
 ))
@@ -253,6 +452,7 @@ _activation(
     _inplace_forward("hardswish"), _xp_call("hardswish", epilogue="hardswish"),
     lambda layer, ctx: ctx.node("HardSwish", ctx.inputs),
     lambda layer, xs, w, F: F.hardswish(xs[0]),
+    from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
 )
 
 _activation(
@@ -260,6 +460,7 @@ _activation(
     _inplace_forward("hardsigmoid"), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
     lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5),
     lambda layer, xs, w, F: F.hardsigmoid(xs[0]),
+    from_onnx={"HardSigmoid": _hardsigmoid_from_onnx},
 )
 
 
@@ -277,6 +478,7 @@ _activation(
     _inplace_forward("silu"), _xp_call("silu", epilogue="silu"), _onnx_silu,
     lambda layer, xs, w, F: F.silu(xs[0]),
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
+    from_onnx={"Mul": _silu_from_onnx},
 )
 
 
@@ -289,6 +491,7 @@ _activation(
     "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu,
     lambda layer, xs, w, F: F.gelu(xs[0], approximate=layer.attrs["approximate"]),
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
+    from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
 )
 
 
@@ -305,6 +508,7 @@ _activation(
     args=(Arg("alpha", "float", 1.0, "the negative saturation value", min=0),),
     caffe=lambda layer, ctx: [CaffeLayer("ELU", "elu_param", (f"alpha: {ctx.number(layer.attrs['alpha'])}",))],
     from_caffe={"ELU": _elu_from_caffe},
+    from_onnx={"Elu": lambda node, ctx: OnnxImport("elu", node.inputs[:1], {"alpha": f32(node.attr("alpha", 1.0))})},
 )
 
 
@@ -324,12 +528,15 @@ _activation(
     args=(Arg("beta", "float", 1.0, "sharpness", min=1e-6),
           Arg("threshold", "float", 20.0, "beta * x above which the output is x")),
     caffe=_softplus_caffe, from_caffe={"BNLL": lambda layer, name, ctx: ("softplus", [], None)},
+    from_onnx={"Softplus": lambda node, ctx: OnnxImport("softplus", node.inputs[:1], {"beta": 1.0, "threshold": 20.0}),
+               "Div": _softplus_from_div, "Where": _softplus_from_where},
 )
 
 _activation(
     "mish", "x * tanh(softplus(x)) (no Caffe layer).", "m: mish",
     _inplace_forward("mish"), _xp_call("mish", epilogue="mish"), _onnx_mish,
     lambda layer, xs, w, F: F.mish(xs[0]),
+    from_onnx={"Mul": _mish_from_onnx},
 )
 
 
@@ -357,6 +564,17 @@ def _prelu_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("PRelu", [ctx.inputs[0], slope])
 
 
+def _prelu_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``PRelu(x, slope)`` with a constant slope per channel -> prelu; one slope for every channel -> shared."""
+    slope, shape = ctx.const(node.inputs[1]), ctx.shape(node.inputs[0])
+    weight = per_channel(ctx, node.inputs[1], shape) if shape else None
+    if slope is None or weight is None:
+        return ctx.fail(node, "only a PRelu with a constant slope per channel, or one for all, is imported")
+    shared = slope.size == 1 and shape[0] != 1
+    source = node.inputs[1] if slope.shape == (len(weight),) and not shared else weight[:1] if shared else weight
+    return OnnxImport("prelu", node.inputs[:1], {"shared": shared}, {"weight": source})
+
+
 def _prelu_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     body = ["channel_shared: true"] if layer.attrs["shared"] else []
     return [CaffeLayer("PReLU", "prelu_param", (*body, *ctx.filler("filler", layer.params["weight"].filler)),
@@ -381,6 +599,7 @@ register(OpDef(
         onnx=_prelu_onnx,
         caffe=_prelu_caffe,
         from_caffe={"PReLU": _prelu_from_caffe},
+        from_onnx={"PRelu": _prelu_from_onnx},
         reference=lambda layer, xs, w, F: F.prelu(xs[0], w["weight"]),
     ),
 ))

@@ -14,7 +14,7 @@ import operator
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
-from alexdsl.ops.from_onnx import computed
+from alexdsl.ops.from_onnx import operands, per_channel, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -88,6 +88,16 @@ def _binary_onnx(op_type: str) -> Any:
     return lower
 
 
+def _binary_from_onnx(op: str) -> Any:
+    """``Add``/``Sum``/``Sub``/``Mul`` of computed values -> ``op``, absorbing alexdsl's rank alignment
+    (see :func:`alexdsl.ops.from_onnx.operands`); a constant operand is a scale's (or fc's bias)."""
+    def convert(node: Any, ctx: Any) -> OnnxImport | None:
+        found = operands(ctx, node)
+        return OnnxImport(op, found[0], absorbed=found[1]) if found else None
+
+    return convert
+
+
 def _executor(function: str) -> ExecutorLowering:
     """``rt.<function>(inputs..., <epilogue>, out=...)``, in place: the walker shares only an input of the output's
     shape. ``rt.add`` takes ``relu=`` as conv and fc do; the others take the epilogue as ``act=``."""
@@ -151,8 +161,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", _onnx_aligned(layer, ctx)),
         caffe=_eltwise("SUM"),
         from_caffe={"Eltwise": _eltwise_from_caffe},
-        from_onnx={op_type: lambda node, ctx: OnnxImport("add", list(node.inputs)) if computed(ctx, node.inputs)
-                   else None for op_type in ("Add", "Sum")},
+        from_onnx={"Add": _binary_from_onnx("add"), "Sum": _binary_from_onnx("add")},
         reference=_combined(operator.add),
     ),
 ))
@@ -167,6 +176,7 @@ register(OpDef(
                             overwritable_output=True),
         executor=_executor("subtract"),
         onnx=_binary_onnx("Sub"),
+        from_onnx={"Sub": _binary_from_onnx("sub")},
         caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
         reference=_combined(operator.sub),
     ),
@@ -183,6 +193,7 @@ register(OpDef(
                             overwritable_output=True),
         executor=_executor("multiply"),
         onnx=_binary_onnx("Mul"),
+        from_onnx={"Mul": _binary_from_onnx("mul")},
         caffe=_eltwise("PROD"),
         reference=_combined(operator.mul),
     ),
@@ -270,6 +281,54 @@ def _scale_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Add", [scaled, shift])
 
 
+def _scaled(ctx: Any, node: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+    """Of ``Mul(x, factor)`` (either order) with a per-channel constant factor: x, the scale's attrs and params.
+
+    An initializer named ``...layer_scale`` of shape (C, 1, 1) is torchvision's ConvNeXt layer scale
+    (``param=layer_scale``, kept as it is); any other factor is the (C,) ``weight``.
+    """
+    for x, factor in (node.inputs[:2], node.inputs[1::-1]):
+        shape = ctx.shape(x)
+        weight = per_channel(ctx, factor, shape) if shape and len(shape) in (1, 3) and ctx.const(x) is None else None
+        if weight is None:
+            continue
+        if factor.rsplit(".", 1)[-1] == "layer_scale" and ctx.const(factor).shape == (shape[0], *[1] * (len(shape) - 1)):
+            return x, {"param": "layer_scale"}, {"layer_scale": factor}
+        return x, {"param": "weight"}, {"weight": factor if ctx.const(factor).shape == weight.shape else weight}
+    return None
+
+
+def _scale_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Mul(x, factor)`` with a per-channel constant factor -> scale."""
+    found = _scaled(ctx, node)
+    if found is None:
+        return ctx.fail(node, "a Mul by a constant is imported only when the constant is one factor per channel "
+                              "(scale)")
+    x, attrs, params = found
+    return OnnxImport("scale", [x], {**attrs, "bias": False}, params)
+
+
+def _scale_from_add(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Add(Mul(x, factor), shift)`` with per-channel constants -> scale(bias=true); ``Add(x, shift)`` -> a scale
+    whose factor is 1."""
+    for value, shift in (node.inputs[:2], node.inputs[1::-1]):
+        shape = ctx.shape(value)
+        bias = per_channel(ctx, shift, shape) if shape and len(shape) in (1, 3) else None
+        if bias is None or ctx.const(value) is not None:
+            continue
+        bias_source = shift if ctx.const(shift).shape == bias.shape else bias
+        mul = producer_of(ctx, value, "Mul")
+        found = _scaled(ctx, mul) if mul is not None else None
+        if found is not None:
+            x, attrs, params = found
+            return OnnxImport("scale", [x], {**attrs, "bias": True}, {**params, "bias": bias_source}, (mul,))
+        import numpy as np
+
+        return OnnxImport("scale", [value], {"param": "weight", "bias": True},
+                          {"weight": np.ones_like(bias), "bias": bias_source})
+    return None
+
+
 def _scale_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     weight, bias = _scale_terms(layer)
     body = [*ctx.filler("filler", layer.params[weight].filler)]
@@ -317,6 +376,7 @@ register(OpDef(
         torch=TorchLowering(module=_scale_torch_module, forward=_scale_torch_forward, overwritable_output=True),
         executor=ExecutorLowering(lower=_scale_executor, inplace=True, fold=_scale_fold),
         onnx=_scale_onnx,
+        from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add},
         caffe=_scale_caffe,
         from_caffe={"Scale": _scale_from_caffe},
         reference=_scale_reference,

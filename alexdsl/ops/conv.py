@@ -6,7 +6,7 @@ from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
-from alexdsl.ops.from_onnx import pair, symmetric_pads
+from alexdsl.ops.from_onnx import linear_kernel, pair, symmetric_pads
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -148,6 +148,8 @@ def _onnx(layer: Any, ctx: Any) -> None:
 
 def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     """``Conv`` (2-D, even pads, a constant weight and optional bias) -> conv."""
+    if linear_kernel(ctx, node) is not None:  # alexdsl's pointwise_fc export, which linear.py imports
+        return None
     weight = ctx.const(node.inputs[1])
     if weight is None or weight.ndim != 4:
         return ctx.fail(node, "only 2-D convolutions with a constant weight are imported")

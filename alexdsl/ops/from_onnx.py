@@ -82,3 +82,112 @@ def is_flatten_reshape(node: Any, ctx: Any) -> bool:
     for d in source:
         count *= d
     return len(result) == 1 and result[0] == count
+
+
+def scalar(ctx: Any, value: str) -> float | None:
+    """The value of a one-element constant, or None (a computed value, a larger constant, a missing input)."""
+    array = ctx.const(value) if value else None
+    return float(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
+
+
+def near(value: float | None, expected: float, rel: float = 1e-5) -> bool:
+    """Whether a float32 constant is ``expected`` (as an exporter writes 1/6 or sqrt(2/pi)).
+
+    >>> near(0.1666666716337204, 1 / 6), near(None, 1.0), near(0.5, 0.25)
+    (True, False, False)
+    """
+    return value is not None and abs(value - expected) <= rel * abs(expected)
+
+
+def readers(ctx: Any, value: str) -> list[Any]:
+    """The nodes that read ``value``."""
+    return list(ctx.graph.consumers.get(value, []))
+
+
+def absorb_from(ctx: Any, value: str, pattern: list[Any]) -> Any:
+    """The node computing ``value`` when only nodes of ``pattern`` read it (``ctx.absorb`` for a value that
+    several nodes of one pattern read, as a layer norm's centred input feeds both its variance and its
+    division); None when something outside the pattern reads it too."""
+    node = ctx.producer(value)
+    if node is None or node in ctx.claimed:
+        return None
+    for out in node.outputs:
+        if out in ctx.graph.outputs or any(all(r is not p for p in pattern) for r in readers(ctx, out)):
+            return None
+    return node
+
+
+def other_input(node: Any, value: str) -> str | None:
+    """The input of a two-input node that is not ``value`` (``value`` itself when it is both)."""
+    first, second = node.inputs[:2]
+    return second if first == value else first if second == value else None
+
+
+def operands(ctx: Any, node: Any) -> tuple[list[str], tuple[Any, ...]] | None:
+    """The computed inputs of an elementwise node as an alexdsl add/sub/mul reads them.
+
+    alexdsl aligns an input of lower rank by giving it its missing dimensions after the batch
+    (``Unsqueeze(axes=[1..k])``, which the layer absorbs). ONNX aligns ranks from the right,
+    batch included, so inputs of different ranks without that Unsqueeze are not alexdsl's
+    broadcast: None then (after ``ctx.fail``), and None without a failure when an input is a constant.
+    """
+    if not computed(ctx, node.inputs):
+        return None
+    out = ctx.shape(node.outputs[0])
+    values, absorbed = [], []
+    for value in node.inputs:
+        unsqueeze = producer_of(ctx, value, "Unsqueeze")
+        axes = None
+        if unsqueeze is not None:
+            axes = ctx.const(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else unsqueeze.attr("axes")
+        if axes is not None and [int(a) for a in axes] == list(range(1, len(axes) + 1)):
+            values.append(unsqueeze.inputs[0])
+            absorbed.append(unsqueeze)
+            continue
+        shape = ctx.shape(value)
+        if out is None or shape is None:
+            return ctx.fail(node, "the shapes of its inputs are unknown")
+        if len(shape) != len(out):
+            return ctx.fail(node, f"an input of shape {shape} broadcasts against the batch axis of {out} "
+                                  "(ONNX aligns ranks from the right, batch included)")
+        values.append(value)
+    return values, tuple(absorbed)
+
+
+def per_channel(ctx: Any, value: str, shape: tuple[int, ...]) -> Any:
+    """A constant that broadcasts along the channels (axis 1) of an input of per-sample ``shape``, as a
+    (C,) float32 array; None for a computed value or a constant of another shape (spatial, per-batch)."""
+    import numpy as np
+
+    array = ctx.const(value) if value else None
+    if array is None or not shape or array.ndim > len(shape) + 1:
+        return None
+    full = (1,) * (len(shape) + 1 - array.ndim) + tuple(array.shape)
+    channels = shape[0]
+    if full[0] != 1 or full[1] not in (1, channels) or any(d != 1 for d in full[2:]):
+        return None
+    return np.ascontiguousarray(np.broadcast_to(array.reshape(-1).astype(np.float32), (channels,)))
+
+
+def is_read(ctx: Any, value: str) -> bool:
+    """Whether a node or the graph's outputs read ``value``."""
+    return bool(readers(ctx, value)) or value in ctx.graph.outputs
+
+
+def linear_kernel(ctx: Any, node: Any) -> str | None:
+    """The (out, C) matrix a plain 1x1 ``Conv`` applies when its weight is alexdsl's pointwise_fc export
+    (``<layer>.kernel = Reshape(<layer>.weight)``, folded on reading): the matrix's initializer, or None."""
+    import numpy as np
+
+    weight = node.inputs[1]
+    if not weight.endswith(".kernel"):
+        return None
+    source = weight[: -len(".kernel")] + ".weight"
+    kernel, matrix = ctx.const(weight), ctx.const(source)
+    plain = (all(int(v) == 1 for v in [*node.attr("strides", (1, 1)), *node.attr("dilations", (1, 1))])
+             and not any(node.attr("pads", (0, 0, 0, 0))) and node.attr("group", 1) == 1
+             and node.attr("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
+    if not plain or kernel is None or matrix is None or kernel.ndim != 4 or kernel.shape[2:] != (1, 1) \
+            or matrix.shape != kernel.shape[:2] or not np.array_equal(kernel.reshape(matrix.shape), matrix):
+        return None
+    return source

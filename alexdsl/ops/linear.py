@@ -7,7 +7,7 @@ from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
-from alexdsl.ops.from_onnx import computed, flattened_input, producer_of
+from alexdsl.ops.from_onnx import computed, flattened_input, linear_kernel, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -236,6 +236,18 @@ def _pw_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Conv", inputs, kernel_shape=[1, 1])
 
 
+def _pw_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """alexdsl's export of pointwise_fc over CxHxW: a 1x1 ``Conv`` whose kernel is the (out, C) weight reshaped
+    (see :func:`alexdsl.ops.from_onnx.linear_kernel`). Over a vector it is a ``Gemm``, imported as fc (the same
+    weight, key and output)."""
+    weight = linear_kernel(ctx, node)
+    if weight is None:
+        return None
+    bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    attrs: dict[str, Any] = {"out": int(ctx.const(weight).shape[0]), "bias": bias is not None}
+    return OnnxImport("pointwise_fc", node.inputs[:1], attrs, {"weight": weight, **({"bias": bias} if bias else {})})
+
+
 def _pw_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     if len(layer.shape) == 1:
         return F.linear(xs[0], w["weight"], w.get("bias"))
@@ -261,6 +273,7 @@ register(OpDef(
         torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),
         executor=ExecutorLowering(lower=_pw_executor, epilogues=EPILOGUES, folds_affine=True),
         onnx=_pw_onnx,
+        from_onnx={"Conv": _pw_from_onnx},
         reference=_pw_reference,
     ),
 ))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.fillers import UNIT_AFFINE
-from alexdsl.ops.from_onnx import f32
+from alexdsl.ops.from_onnx import absorb_from, f32, near, per_channel, producer_of, readers, scalar
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -249,6 +249,103 @@ def _ln_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Transpose", [normed], perm=[0, 3, 1, 2])
 
 
+def _last_axis_mean(ctx: Any, node: Any) -> bool:
+    """A ``ReduceMean`` over the last axis, keeping it (axes an attribute below opset 18, an input from 18)."""
+    axes = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("axes")
+    shape = ctx.shape(node.inputs[0])
+    return (node.op_type == "ReduceMean" and axes is not None and shape is not None and len(axes) == 1
+            and int(axes[0]) in (-1, len(shape)) and node.attr("keepdims", 1) == 1)
+
+
+def _ln_affine(ctx: Any, value: str, channels: int) -> Any:
+    """The (C,) constant ``value`` as a parameter: its initializer's name when it has that shape."""
+    array = ctx.const(value) if value else None
+    if array is None or array.size != channels:
+        return None
+    return value if array.shape == (channels,) else array.reshape(channels)
+
+
+def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
+    """torch's layer norm below opset 17, ending at ``top`` (the Add of the shift):
+    ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * weight + bias`` over the last axis."""
+    for scaled, shift in (top.inputs[:2], top.inputs[1::-1]):
+        mul = producer_of(ctx, scaled, "Mul", top)
+        for normed, factor in ((mul.inputs[:2], mul.inputs[1::-1]) if mul is not None else ()):
+            div = producer_of(ctx, normed, "Div", mul)
+            sqrt = producer_of(ctx, div.inputs[1], "Sqrt", div) if div is not None else None
+            plus = producer_of(ctx, sqrt.inputs[0], "Add", sqrt) if sqrt is not None else None
+            if plus is None:
+                continue
+            for variance, eps in (plus.inputs[:2], plus.inputs[1::-1]):
+                mean_square = producer_of(ctx, variance, "ReduceMean", plus)
+                square = producer_of(ctx, mean_square.inputs[0], "Pow", mean_square) if mean_square else None
+                if square is None or scalar(ctx, eps) is None or not near(scalar(ctx, square.inputs[1]), 2.0) \
+                        or square.inputs[0] != div.inputs[0] or not _last_axis_mean(ctx, mean_square):
+                    continue
+                centred = absorb_from(ctx, div.inputs[0], [square, div])
+                mean = producer_of(ctx, centred.inputs[1], "ReduceMean", centred) \
+                    if centred is not None and centred.op_type == "Sub" else None
+                if mean is None or mean.inputs[0] != centred.inputs[0] or not _last_axis_mean(ctx, mean):
+                    continue
+                source = centred.inputs[0]
+                channels = (ctx.shape(source) or (0,))[-1]
+                weight, bias = _ln_affine(ctx, factor, channels), _ln_affine(ctx, shift, channels)
+                if weight is None or bias is None:
+                    continue
+                return (source, f32(scalar(ctx, eps)), {"weight": weight, "bias": bias},
+                        [mul, div, sqrt, plus, mean_square, square, centred, mean], [mean, centred])
+    return None
+
+
+def _ln_core(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
+    """A layer norm over the last axis ending at ``top`` (``LayerNormalization``, or the decomposed form):
+    its input, eps, weight and bias, the nodes before ``top``, and the nodes of it that read the input."""
+    if top.op_type == "Add":
+        return _decomposed_ln(ctx, top)
+    shape = ctx.shape(top.inputs[0])
+    axis = int(top.attr("axis", -1))
+    if shape is None or axis not in (-1, len(shape)) or any(readers(ctx, v) for v in top.outputs[1:]):
+        return None
+    channels = shape[-1]
+    weight = _ln_affine(ctx, top.inputs[1], channels)
+    if len(top.inputs) > 2 and top.inputs[2]:
+        bias = _ln_affine(ctx, top.inputs[2], channels)
+    else:
+        import numpy as np
+
+        bias = np.zeros(channels, np.float32)
+    if weight is None or bias is None:
+        return None
+    return top.inputs[0], f32(top.attr("epsilon", 1e-5)), {"weight": weight, "bias": bias}, [], [top]
+
+
+def _ln_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """A layer norm of a vector (``LayerNormalization``, or its decomposition below opset 17) -> layernorm."""
+    core = _ln_core(ctx, node)
+    if core is None or len(ctx.shape(core[0]) or ()) != 1:
+        if node.op_type == "LayerNormalization":
+            return ctx.fail(node, "a LayerNormalization is imported over the channels: of a vector, or of CxHxW "
+                                  "between Transposes to channels-last and back (torchvision's LayerNorm2d)")
+        return None
+    source, eps, params, nodes, _ = core
+    return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+
+
+def _ln_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Transpose(0,2,3,1)``, a layer norm over the last axis, ``Transpose(0,3,1,2)`` -> layernorm of CxHxW
+    (alexdsl's export and torchvision's LayerNorm2d, at every opset)."""
+    top = ctx.absorb(node.inputs[0])
+    if list(node.attr("perm", ())) != [0, 3, 1, 2] or top is None \
+            or top.op_type not in ("LayerNormalization", "Add"):
+        return None
+    core = _ln_core(ctx, top)
+    first = absorb_from(ctx, core[0], core[4]) if core is not None else None
+    if first is None or first.op_type != "Transpose" or list(first.attr("perm", ())) != [0, 2, 3, 1]:
+        return None
+    _, eps, params, nodes, _ = core
+    return OnnxImport("layernorm", [first.inputs[0]], {"eps": eps}, params, (top, *nodes, first))
+
+
 register(OpDef(
     name="layernorm",
     family="norm",
@@ -264,6 +361,7 @@ register(OpDef(
                             forward=_ln_torch_forward),
         executor=_norm_executor("layer_norm"),
         onnx=_ln_onnx,
+        from_onnx={"LayerNormalization": _ln_from_onnx, "Add": _ln_from_onnx, "Transpose": _ln_from_transpose},
         reference=lambda layer, xs, w, F: (
             F.layer_norm(xs[0], (layer.shape[0],), w["weight"], w["bias"], layer.attrs["eps"]) if len(layer.shape) == 1
             else F.layer_norm(xs[0].permute(0, 2, 3, 1), (layer.shape[0],), w["weight"], w["bias"],
@@ -294,6 +392,31 @@ def _gn_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Add", [scaled, _per_channel_onnx(layer, ctx, "bias")])
 
 
+def _gn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Reshape(N, groups, -1)``, ``InstanceNormalization`` (unit scale, zero shift), ``Reshape`` back, then a
+    per-channel ``Mul`` and ``Add`` -> groupnorm (alexdsl's and torch's export, at every opset)."""
+    for scaled, shift in (node.inputs[:2], node.inputs[1::-1]):
+        mul = producer_of(ctx, scaled, "Mul")
+        for value, factor in ((mul.inputs[:2], mul.inputs[1::-1]) if mul is not None else ()):
+            back = producer_of(ctx, value, "Reshape", mul)
+            normed = producer_of(ctx, back.inputs[0], "InstanceNormalization", back) if back is not None else None
+            grouped = producer_of(ctx, normed.inputs[0], "Reshape", normed) if normed is not None else None
+            if grouped is None:
+                continue
+            x = grouped.inputs[0]
+            shape, groups = ctx.shape(x), ctx.shape(grouped.outputs[0])
+            if shape is None or len(shape) != 3 or ctx.shape(back.outputs[0]) != shape or groups is None \
+                    or len(groups) != 2:
+                continue
+            unit, zero = (ctx.const(v) for v in normed.inputs[1:3])
+            weight, bias = per_channel(ctx, factor, shape), per_channel(ctx, shift, shape)
+            if unit is None or zero is None or (unit != 1).any() or zero.any() or weight is None or bias is None:
+                continue
+            return OnnxImport("groupnorm", [x], {"groups": groups[0], "eps": f32(normed.attr("epsilon", 1e-5))},
+                              {"weight": weight, "bias": bias}, (mul, back, normed, grouped))
+    return None
+
+
 register(OpDef(
     name="groupnorm",
     family="norm",
@@ -311,6 +434,7 @@ register(OpDef(
                                                        f"eps={ctx.float(layer.attrs['eps'])})")),
         executor=_norm_executor("group_norm", "groups"),
         onnx=_gn_onnx,
+        from_onnx={"Add": _gn_from_onnx},
         reference=lambda layer, xs, w, F: F.group_norm(xs[0], layer.attrs["groups"], w["weight"], w["bias"],
                                                        layer.attrs["eps"]),
     ),

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.limits import MAX_DIM
-from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import is_read, readers
+from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
 
@@ -136,7 +137,66 @@ def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[Any], N
         ("channel_slice", [points[-1]], None)]
 
 
-def _lowerings(executor: Any, caffe_type: str | None = None) -> Lowerings:
+def _channel_axis(node: Any, ctx: Any, axis: int) -> int | None:
+    """The channel count of the node's input when ``axis`` is its channel axis (1), else None."""
+    shape = ctx.shape(node.inputs[0])
+    if shape is None or (axis + len(shape) + 1 if axis < 0 else axis) != 1:
+        return None
+    return shape[0]
+
+
+def _slice_bounds(node: Any, ctx: Any) -> tuple[int, int, int] | None:
+    """The channels ``(start, stop)`` of a ``Slice`` of axis 1 with step 1 and constant bounds, and the input's
+    channel count; None for any other Slice."""
+    bounds = [ctx.const(v) if v else None for v in node.inputs[:5]]
+    starts, ends, axes, steps = (bounds + [None] * 5)[1:5]
+    channels = _channel_axis(node, ctx, int(axes[0]) if axes is not None and len(axes) == 1 else 0)
+    if starts is None or ends is None or len(starts) != 1 or channels is None \
+            or (steps is not None and int(steps[0]) != 1):
+        return None
+    start, stop = (min(int(v) + channels if int(v) < 0 else int(v), channels) for v in (starts[0], ends[0]))
+    return start, stop, channels
+
+
+def _slice_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Slice`` of the channels (axis 1, step 1, constant bounds) -> channel_slice(start, stop); channel_chunk
+    when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk)."""
+    found = _slice_bounds(node, ctx)
+    if found is None:
+        return ctx.fail(node, "only a Slice of the channels (axis 1), with step 1 and constant bounds, is imported")
+    start, stop, channels = found
+    if not 0 <= start < stop:
+        return ctx.fail(node, f"the Slice of channels {start}:{stop} is empty")
+    siblings = {_slice_bounds(r, ctx) for r in readers(ctx, node.inputs[0]) if r.op_type == "Slice"}
+    parts = len(siblings)
+    chunks = [(*chunk_bounds(parts, i, channels), channels) for i in range(parts)]
+    if parts > 1 and siblings == set(chunks):
+        return OnnxImport("channel_chunk", node.inputs[:1], {"chunks": parts, "index": chunks.index(found)})
+    return OnnxImport("channel_slice", node.inputs[:1], {"start": start, "stop": stop, "channels": 0})
+
+
+def _split_from_onnx(node: Any, ctx: Any) -> list[OnnxImport] | None:
+    """``Split`` of the channels -> one layer per output that is read: channel_chunk parts where the sizes are
+    torch.chunk's, channel_slice parts (with ``channels``, as a split statement makes them) otherwise."""
+    channels = _channel_axis(node, ctx, int(node.attr("axis", 0)))
+    given = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("split")
+    count = len(node.outputs)
+    if channels is None:
+        return ctx.fail(node, "only a Split of the channels (axis 1) is imported")
+    sizes = [int(s) for s in given] if given is not None else \
+        [b - a for a, b in (chunk_bounds(count, i, channels) for i in range(count))]
+    starts = [sum(sizes[:i]) for i in range(count)]
+    chunks = all(chunk_bounds(count, i, channels) == (a, a + s) for i, (a, s) in enumerate(zip(starts, sizes)))
+    parts = []
+    for i, (start, size, output) in enumerate(zip(starts, sizes, node.outputs)):
+        if not is_read(ctx, output):
+            continue
+        attrs = {"chunks": count, "index": i} if chunks else {"start": start, "stop": start + size, "channels": channels}
+        parts.append(OnnxImport("channel_chunk" if chunks else "channel_slice", node.inputs[:1], attrs, output=output))
+    return parts
+
+
+def _lowerings(executor: Any, caffe_type: str | None = None, from_onnx: dict[str, Any] | None = None) -> Lowerings:
     return Lowerings(
         torch=TorchLowering(forward=_torch),
         executor=ExecutorLowering(function=executor),
@@ -144,6 +204,7 @@ def _lowerings(executor: Any, caffe_type: str | None = None) -> Lowerings:
         caffe=_caffe,
         from_caffe={caffe_type: _from_caffe} if caffe_type else {},
         reference=_reference,
+        from_onnx=from_onnx or {},
     )
 
 
@@ -154,7 +215,7 @@ CHANNEL_CHUNK = register(OpDef(
     example="part: channel_chunk(2, 1)",
     args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
           Arg("index", "int", doc="which part, from 0", min=0)),
-    infer=_infer_chunk, pattern=Pattern.INJECTIVE, lower=_lowerings(_chunk_executor),
+    infer=_infer_chunk, pattern=Pattern.INJECTIVE, lower=_lowerings(_chunk_executor, from_onnx={"Split": _split_from_onnx}),
 ))
 
 CHANNEL_SLICE = register(OpDef(
@@ -165,7 +226,8 @@ CHANNEL_SLICE = register(OpDef(
     args=(Arg("start", "int", doc="the first channel", min=0),
           Arg("stop", "int", 0, "one past the last channel (0: to the last channel)", min=0),
           Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM)),
-    infer=_infer_slice, pattern=Pattern.INJECTIVE, lower=_lowerings(_slice_executor, "Slice"),
+    infer=_infer_slice, pattern=Pattern.INJECTIVE,
+    lower=_lowerings(_slice_executor, "Slice", from_onnx={"Slice": _slice_from_onnx}),
 ))
 
 # The front end's split statements, 'half: chunk(2)' and 'parts: split((24, 40))', and the op

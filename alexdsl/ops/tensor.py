@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.from_onnx import computed
+from alexdsl.ops.from_onnx import computed, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -175,6 +175,21 @@ def _shuffle_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Reshape", [swapped, ctx.constant([0, c, h, w], integer=True)])
 
 
+def _shuffle_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Reshape`` to (N, g, C/g, H, W), ``Transpose(0, 2, 1, 3, 4)``, ``Reshape`` back -> channel_shuffle(g)
+    (alexdsl's export and torchvision's ShuffleNetV2 ``channel_shuffle``)."""
+    swapped = producer_of(ctx, node.inputs[0], "Transpose")
+    grouped = producer_of(ctx, swapped.inputs[0], "Reshape", swapped) if swapped is not None else None
+    if grouped is None or list(swapped.attr("perm", ())) != [0, 2, 1, 3, 4]:
+        return None
+    x = grouped.inputs[0]
+    shape, groups = ctx.shape(x), ctx.shape(grouped.outputs[0])
+    if shape is None or len(shape) != 3 or ctx.shape(node.outputs[0]) != shape or groups is None \
+            or tuple(groups) != (groups[0], shape[0] // groups[0], *shape[1:]) or shape[0] % groups[0]:
+        return None
+    return OnnxImport("channel_shuffle", [x], {"groups": groups[0]}, absorbed=(swapped, grouped))
+
+
 register(OpDef(
     name="channel_shuffle", family="tensor",
     summary="ShuffleNet's channel shuffle: channels as (groups, C/groups), transposed (no Caffe layer).",
@@ -187,6 +202,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.channel_shuffle({ctx.inputs[0]}, {ctx.lit(layer.attrs['groups'])}, out={{out}})", "channel_shuffle")),
         onnx=_shuffle_onnx,
+        from_onnx={"Reshape": _shuffle_from_onnx},
         reference=lambda layer, xs, w, F: F.channel_shuffle(xs[0], layer.attrs["groups"]),
     ),
 ))
