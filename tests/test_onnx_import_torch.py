@@ -167,7 +167,7 @@ def test_the_generated_torch_module_takes_the_weights_and_matches_torch(case: Ca
                                                                         imports) -> None:
     export, imported = exports(*case), imports(*case)
     module = build(imported.network)
-    result = module.load_state_dict({k: torch.from_numpy(v) for k, v in imported.weights.items()}, strict=False)
+    result = module.load_state_dict({k: torch.tensor(v) for k, v in imported.weights.items()}, strict=False)
     assert result.unexpected_keys == []
     assert [key for key in result.missing_keys if not key.endswith("num_batches_tracked")] == []
     with torch.no_grad():
