@@ -250,10 +250,16 @@ def _infer(model: Any, file: str) -> dict[str, list[int | str | None]]:
 
 # folding -----------------------------------------------------------------------------------------
 def _evaluate(node: Any, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """``node`` run by ONNX's reference evaluator as the model's opset defines it (a bare node
+    would run the newest version: opset 11's ``Unsqueeze`` takes its axes as an attribute)."""
+    from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
     feeds = {name: value for name, value in zip(node.input, values) if name}
-    return list(ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds))
+    graph = helper.make_graph([node], "fold", [helper.make_tensor_value_info(name, 0, None) for name in feeds],
+                              [helper.make_tensor_value_info(name, 0, None) for name in node.output if name])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return list(ReferenceEvaluator(model).run(None, feeds))
 
 
 def _fold(model: Any, shapes: dict[str, list[Any]], constants: dict[str, np.ndarray], opset: int,

@@ -74,6 +74,10 @@ class _Context:
     def producer(self, value: str) -> OnnxNode | None:
         return self.graph.producer.get(value)
 
+    def readers(self, value: str) -> list[OnnxNode]:
+        """The nodes that read ``value``."""
+        return list(self.graph.consumers.get(value, []))
+
     def absorb(self, value: str, reader: OnnxNode | None = None) -> OnnxNode | None:
         """The node computing ``value`` when only ``reader`` (default: the anchor) reads its outputs."""
         reader = reader or self.anchor
@@ -163,17 +167,16 @@ def _unsupported(file: str, unsupported: dict[str, list[OnnxNode]],
 
 
 # names -------------------------------------------------------------------------------------------
-_PART = re.compile(r"[^A-Za-z0-9_]+")
-
-
 def clean_name(text: str) -> str:
     """``text`` as an alexdsl name: dotted parts kept, other characters replaced by ``_``.
 
-    >>> clean_name("features.0"), clean_name("0.weight"), clean_name("/layer1/layer1.0/relu/Relu")
-    ('features.0', '_0.weight', 'layer1.layer1.0.relu.Relu')
+    >>> clean_name("features.0"), clean_name("0.weight"), clean_name("/layer1/relu/Relu"), clean_name("b.block1-0")
+    ('features.0', '_0.weight', 'layer1.relu.Relu', 'b.block1-0')
     """
-    parts = [_PART.sub("_", p) for p in text.replace("/", ".").split(".") if p]
-    name = ".".join(parts) or "layer"
+    parts = [p for p in re.sub(r"[^A-Za-z0-9_.\-]+", "_", text.replace("/", ".")).split(".") if p]
+    if is_name(".".join(parts)):  # '-' inside a later part is allowed: torchvision's RegNet 'block1-0'
+        return ".".join(parts)
+    name = ".".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts) or "layer"
     if not re.match(r"[A-Za-z_]", name):
         name = "_" + name
     return name if is_name(name) else name + "_"
@@ -231,8 +234,8 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             name = clean_name(path)
             if name in taken or any(t.startswith(name + ".") for t in taken):
                 name = f"{name}.{layer.op}"
-        elif layer.anchor.name and not re.fullmatch(r"[A-Za-z]+_\d+", layer.anchor.name):
-            name = clean_name(layer.anchor.name)
+        elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name):
+            name = clean_name(layer.anchor.name)  # a name of the model's own, not '/Conv_3' or 'Relu_7'
         else:
             name = layer.op
         layer.name = unique(name)

@@ -318,6 +318,21 @@ def _infer_global(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (x[0], 1, 1)
 
 
+def _global_from_reduce_mean(node: Any, ctx: Any) -> OnnxImport | list[OnnxImport] | None:
+    """``ReduceMean`` over height and width (``x.mean((2, 3), keepdim=True)``) -> global_avgpool, and a
+    flatten after it when the reduced axes are dropped."""
+    shape = ctx.shape(node.inputs[0])
+    axes = node.attr("axes")
+    if axes is None and len(node.inputs) > 1 and node.inputs[1]:  # an input from opset 18
+        axes = ctx.const(node.inputs[1])
+    if shape is None or len(shape) != 3 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        return ctx.fail(node, "only a ReduceMean over height and width is imported (as global_avgpool)")
+    if node.attr("keepdims", 1):
+        return OnnxImport("global_avgpool", node.inputs[:1])
+    pooled = f"{node.outputs[0]}.pooled"  # x.mean((2, 3)): the pool, then a flatten of its Cx1x1
+    return [OnnxImport("global_avgpool", node.inputs[:1], output=pooled), OnnxImport("flatten", [pooled])]
+
+
 register(OpDef(
     name="global_avgpool",
     family="pool",
@@ -330,7 +345,8 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.global_avg_pool2d({ctx.inputs[0]}, out={{out}})", "global_avg_pool2d")),
         onnx=lambda layer, ctx: ctx.node("GlobalAveragePool", ctx.inputs),
-        from_onnx={"GlobalAveragePool": lambda node, ctx: OnnxImport("global_avgpool", node.inputs[:1])},
+        from_onnx={"GlobalAveragePool": lambda node, ctx: OnnxImport("global_avgpool", node.inputs[:1]),
+                   "ReduceMean": _global_from_reduce_mean},
         caffe=lambda layer, ctx: [CaffeLayer("Pooling", "pooling_param", ("pool: AVE", "global_pooling: true"))],
         reference=lambda layer, xs, w, F: xs[0].mean(dim=(2, 3), keepdim=True),
     ),
