@@ -343,6 +343,14 @@ def test_a_shared_prelu_slope_imports() -> None:
     assert network.layer("p").attrs["shared"] is True and network.layer("p").params["weight"].shape == (1,)
 
 
+def test_a_prelu_filler_imports() -> None:
+    """PReLU keeps its one filler as prelu_param { filler }, not weight_filler."""
+    text = DEPLOY_8 + ('layer { name: "p" type: "PReLU" bottom: "data" top: "p"\n'
+                       '        prelu_param { filler { type: "constant" value: 0.3 } } }\n')
+    network = alexdsl.parse(import_prototxt(text))
+    assert dict(network.layer("p").params["weight"].filler.args)["value"] == 0.3
+
+
 def test_one_side_of_a_kernel_is_a_located_error() -> None:
     text = DEPLOY_8 + ('layer { name: "c" type: "Convolution" bottom: "data" top: "c"\n'
                        '        convolution_param { num_output: 2 kernel_h: 3 } }\n')

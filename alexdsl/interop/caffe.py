@@ -649,6 +649,8 @@ class _Importer:
         for kind in kinds:
             fname = (filler_field if kind == "weight" and filler_field else f"{kind}_filler")
             message = pmsg.message(fname)
+            if message is None and kind == "weight":  # PReLU's and Scale's one filler is 'filler'
+                message = pmsg.message("filler")
             if message is not None:
                 built = self._filler(message)
                 if built is not None:
