@@ -274,12 +274,12 @@ def _hardsigmoid_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
 
 def _mish_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     """``Mul(x, Tanh(Softplus(x)))`` -> mish."""
-    found = _gated(node, ctx, "Tanh")
-    if found is None:
-        return None
-    x, tanh = found
-    soft = producer_of(ctx, tanh.inputs[0], "Softplus", tanh)
-    return OnnxImport("mish", [x], absorbed=(tanh, soft)) if soft is not None and soft.inputs[0] == x else None
+    for x, gate in (node.inputs[:2], node.inputs[1::-1]):
+        tanh = producer_of(ctx, gate, "Tanh")
+        soft = producer_of(ctx, tanh.inputs[0], "Softplus", tanh) if tanh is not None else None
+        if soft is not None and soft.inputs[0] == x:
+            return OnnxImport("mish", [x], absorbed=(tanh, soft))
+    return None
 
 
 Factor = tuple[str, Any]  # a computed value and the node reading it

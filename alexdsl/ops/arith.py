@@ -292,7 +292,8 @@ def _scaled(ctx: Any, node: Any) -> tuple[str, dict[str, Any], dict[str, Any]] |
         weight = per_channel(ctx, factor, shape) if shape and len(shape) in (1, 3) and ctx.const(x) is None else None
         if weight is None:
             continue
-        if factor.rsplit(".", 1)[-1] == "layer_scale" and ctx.const(factor).shape == (shape[0], *[1] * (len(shape) - 1)):
+        column = (shape[0], *[1] * (len(shape) - 1))
+        if factor.rsplit(".", 1)[-1] == "layer_scale" and ctx.const(factor).shape == column:
             return x, {"param": "layer_scale"}, {"layer_scale": factor}
         return x, {"param": "weight"}, {"weight": factor if ctx.const(factor).shape == weight.shape else weight}
     return None

@@ -191,8 +191,11 @@ def _split_from_onnx(node: Any, ctx: Any) -> list[OnnxImport] | None:
     for i, (start, size, output) in enumerate(zip(starts, sizes, node.outputs)):
         if not is_read(ctx, output):
             continue
-        attrs = {"chunks": count, "index": i} if chunks else {"start": start, "stop": start + size, "channels": channels}
-        parts.append(OnnxImport("channel_chunk" if chunks else "channel_slice", node.inputs[:1], attrs, output=output))
+        if chunks:
+            parts.append(OnnxImport("channel_chunk", node.inputs[:1], {"chunks": count, "index": i}, output=output))
+        else:
+            parts.append(OnnxImport("channel_slice", node.inputs[:1],
+                                    {"start": start, "stop": start + size, "channels": channels}, output=output))
     return parts
 
 
@@ -215,7 +218,8 @@ CHANNEL_CHUNK = register(OpDef(
     example="part: channel_chunk(2, 1)",
     args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
           Arg("index", "int", doc="which part, from 0", min=0)),
-    infer=_infer_chunk, pattern=Pattern.INJECTIVE, lower=_lowerings(_chunk_executor, from_onnx={"Split": _split_from_onnx}),
+    infer=_infer_chunk, pattern=Pattern.INJECTIVE,
+    lower=_lowerings(_chunk_executor, from_onnx={"Split": _split_from_onnx}),
 ))
 
 CHANNEL_SLICE = register(OpDef(

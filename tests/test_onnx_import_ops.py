@@ -1,0 +1,315 @@
+"""Each op's ONNX import (``Lowerings.from_onnx``) against its export, and against torch's exporter.
+
+Every op with an ONNX lowering is exported in its contract network (tests/test_ops_contract.py) with
+random weights and imported back: the same layers come back (or the documented equivalent below), with
+the same attributes, shapes, state keys and weights, computing what onnxruntime computes on the export.
+An op registered with an ONNX lowering and no inverse fails here.
+
+Then torch's own TorchScript exporter (``dynamo=False``) at opsets 11, 13 and 17 (and 20, where torch
+writes ``Gelu``) on small modules whose export is a pattern one op imports: the op comes back and the
+import computes what torch computes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import random_weights
+
+import alexdsl
+from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.interop.onnx import export_onnx
+from alexdsl.interop.onnx_import import ImportedModel, import_onnx_source
+from alexdsl.ir.network import Layer, Network
+from alexdsl.ops.activation import FLOAT32_MAX
+from alexdsl.ops.registry import all_ops
+from alexdsl.ops.split import chunk_bounds
+
+ort = pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+from onnx_models import export as torch_export  # noqa: E402 - needs torch
+from onnx_models import randomise  # noqa: E402
+from test_ops_contract import _contract_network  # noqa: E402
+from torch import nn  # noqa: E402
+
+NO_ONNX = {"accuracy", "softmax_loss"}  # a metric and a loss: not part of an inference graph
+RELATIVE = 1e-5  # of the largest output magnitude
+DATA = (16, 12, 12)  # the contract networks' input: 12 = 2 * 6, so adaptive_avgpool(6) has even windows
+
+
+# what comes back -----------------------------------------------------------------------------------
+def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
+    """The op and attributes ``layer`` imports back as, where ONNX does not tell the ops apart.
+
+    * dropout, stochastic_depth: the identity at inference, no node: no layer.
+    * adaptive_avgpool: an AveragePool with kernel = stride = input / output, which reads as the fixed
+      avgpool it is (global_avgpool for an output of 1x1, a GlobalAveragePool).
+    * channel_chunk: a Slice; channel_chunk again when all the chunk's parts are read, else channel_slice.
+    * channel_slice: ``channels`` (the split statement's check) is not in the Slice: 0.
+    * pointwise_fc of a vector: a Gemm, which is fc (the same weight and key).
+    * flatten read only by fc: ``Flatten -> Gemm`` is one fc, which flattens its input itself.
+    """
+    attrs = dict(layer.attrs)
+    source = network.layer(layer.inputs[0]) if layer.inputs else None
+    if layer.op in ("dropout", "stochastic_depth"):
+        return None
+    readers = [other.op for other in network.inference_view().layers if layer.name in other.inputs]
+    if layer.op == "flatten" and readers == ["fc"]:
+        return None
+    if layer.op == "adaptive_avgpool":
+        if tuple(attrs["size"]) == (1, 1):
+            return "global_avgpool", {}
+        window = tuple(i // o for i, o in zip(source.shape[1:], attrs["size"]))
+        return "avgpool", {"kernel": window, "stride": window, "pad": (0, 0), "round": "floor", "count_pad": True}
+    if layer.op == "channel_chunk":
+        parts = {(other.attrs["chunks"], other.attrs["index"]) for other in network.layers()
+                 if other.op == "channel_chunk" and other.inputs == layer.inputs}
+        if len(parts) == attrs["chunks"]:
+            return layer.op, attrs
+        start, stop = chunk_bounds(attrs["chunks"], attrs["index"], source.shape[0])
+        return "channel_slice", {"start": start, "stop": stop, "channels": 0}
+    if layer.op == "channel_slice":
+        return layer.op, {**attrs, "stop": attrs["stop"] or source.shape[0], "channels": 0}
+    if layer.op == "pointwise_fc" and len(layer.shape) == 1:
+        return "fc", attrs
+    return layer.op, attrs
+
+
+def _save(model: object, path: Path) -> Path:
+    path.write_bytes(model.SerializeToString())  # type: ignore[attr-defined]
+    return path
+
+
+def _run(network: Network, weights: dict[str, np.ndarray], inputs: list[np.ndarray]) -> np.ndarray:
+    out = compile_executor(network, weights, device="cpu")(*inputs)
+    return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+def _close(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.shape == expected.shape
+    scale = float(np.abs(expected).max()) or 1.0
+    assert float(np.abs(got - expected).max()) <= RELATIVE * scale
+
+
+def _round_trip(network: Network, tmp_path: Path) -> None:
+    """Export with random weights, import, and compare layer by layer, key by key and output to onnxruntime."""
+    weights = random_weights(network)
+    path = _save(export_onnx(network, weights), tmp_path / f"{network.name}.onnx")
+    imported = import_onnx_source(path, readable=False)
+    again = imported.network
+    expected = [(layer.name, *found, layer.shape) for layer in network.inference_view().layers
+                if (found := expected_layer(layer, network)) is not None]
+    got = [(layer.name, layer.op, dict(layer.attrs), layer.shape) for layer in again.layers() if layer.op != "input"]
+    assert got == expected
+    assert list(imported.weights) == list(network.state_keys())
+    for key, value in imported.weights.items():
+        np.testing.assert_array_equal(value, weights[key], err_msg=key)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((2, *network.layer(name).shape), dtype=np.float32)
+              for name in network.inference_view().inputs]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {value.name: array for value, array in zip(session.get_inputs(), inputs)}
+    _close(_run(again, imported.weights, inputs), session.run(None, feeds)[0])
+
+
+# every op, in its contract network -------------------------------------------------------------------
+def test_the_ops_without_an_onnx_lowering_are_the_loss_and_the_metric() -> None:
+    assert {op.name for op in all_ops() if op.lower.onnx is None} == NO_ONNX
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.onnx is not None], ids=lambda op: op.name)
+def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
+    _round_trip(_contract_network(op, data=DATA), tmp_path)
+
+
+VARIANTS = {
+    "broadcast": """input x: 8x6x6
+row: x -> global_avgpool | flatten | fc(6)
+gate: x -> global_avgpool | sigmoid
+scaled: mul(x, gate)
+added: add(scaled, row)
+out: sub(added, row)
+""",
+    "scales": """input x: 8x6x6
+a: x -> scale(bias=true)
+b: a -> scale(param=layer_scale)
+c: b -> scale(bias=true, param=layer_scale) | global_avgpool | flatten
+d: c -> scale(bias=true) | scale
+""",
+    "activations": """input x: 8x6x6
+a: x -> softplus(beta=2, threshold=10) | gelu(approximate=tanh) | hardtanh(-2, 3) | prelu(shared=true)
+b: a -> elu(0.5) | softplus | leaky_relu(0.2) | relu6 | hardswish | hardsigmoid | mish | silu | gelu
+""",
+    "vector": """input x: 8x6x6
+v: x -> flatten | layernorm(eps=1e-6) | pointwise_fc(5) | prelu | pointwise_fc(4, bias=false) | scale
+""",
+    "pools": """input x: 8x6x6
+a: x -> adaptive_avgpool(1)
+b: x -> adaptive_avgpool(3)
+c: add(a, b)
+""",
+    "parts": """input x: 8x6x6
+half: chunk(2)
+parts: x -> split((3, 5))
+third: x -> chunk(3)
+out: concat(half.1, half.0, parts.0, parts.1, third.2)
+""",
+    "channels": """input x: 8x6x6
+n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | channel_shuffle(4)
+""",
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_op_variants_import_back_from_their_export(name: str, tmp_path: Path) -> None:
+    """Arguments and shapes the contract examples leave out: broadcasting, every scale form, vectors..."""
+    _round_trip(alexdsl.parse(f"network {name.title()}\n" + VARIANTS[name], f"{name}.adsl"), tmp_path)
+
+
+def test_a_product_of_three_imports_as_two_products(tmp_path: Path) -> None:
+    """mul(a, b, c) exports as Mul(Mul(a, b), c); a Mul of a Mul stays two layers, since the inner one may
+    be an activation's (x * sigmoid(x) * y is silu, then mul)."""
+    network = alexdsl.parse("network Three\ninput x: 4x3x3\na: x -> relu\nb: x -> sigmoid\nm: mul(a, b, x)\n")
+    weights: dict[str, np.ndarray] = {}
+    path = _save(export_onnx(network, weights), tmp_path / "three.onnx")
+    imported = import_onnx_source(path, readable=False)
+    assert [(layer.name, layer.op, layer.inputs) for layer in imported.network.layers() if layer.op == "mul"] == [
+        ("m.partial2", "mul", ["a", "b"]), ("m", "mul", ["m.partial2", "x"])]
+    x = np.random.default_rng(0).standard_normal((2, 4, 3, 3), dtype=np.float32)
+    _close(_run(imported.network, imported.weights, [x]), _run(network, weights, [x]))
+
+
+# torch's exporter -------------------------------------------------------------------------------------
+class Lambda(nn.Module):
+    """A module computing ``function(self, x)``; parameters given as keywords are registered on it."""
+
+    def __init__(self, function, **parameters: torch.Tensor) -> None:
+        super().__init__()
+        self.function = function
+        for name, value in parameters.items():
+            self.register_parameter(name, nn.Parameter(value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(self, x)
+
+
+def _with(inner: nn.Module, function) -> Lambda:
+    """``function(self, x)`` with ``self.inner`` the module ``inner`` (its parameters named ``inner.*``)."""
+    wrapper = Lambda(function)
+    wrapper.inner = inner
+    return wrapper
+
+
+def _channels_last(self: Lambda, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's LayerNorm2d: the module applied channels last."""
+    return self.inner(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.adaptive_avg_pool2d(x, 1)
+
+
+# name -> (module factory, the ops imported besides inputs, opsets beyond 11, 13 and 17); every parameter is
+# drawn by onnx_models.randomise
+TORCH_CASES: dict[str, tuple] = {
+    "relu6": (nn.ReLU6, ["relu6"]),
+    "hardtanh": (lambda: nn.Hardtanh(-2.0, 3.0), ["hardtanh"]),
+    "clamp_min_0": (lambda: Lambda(lambda self, x: x.clamp(min=0)), ["relu"]),
+    "clamp_min": (lambda: Lambda(lambda self, x: x.clamp(min=0.5)), ["hardtanh"]),
+    "clamp_max": (lambda: Lambda(lambda self, x: x.clamp(max=0.5)), ["hardtanh"]),
+    "hardswish": (nn.Hardswish, ["hardswish"]),
+    "hardsigmoid": (nn.Hardsigmoid, ["hardsigmoid"]),
+    "silu": (nn.SiLU, ["silu"]),
+    "gelu": (nn.GELU, ["gelu"], (20,)),
+    "gelu_tanh": (lambda: nn.GELU(approximate="tanh"), ["gelu"], (20,)),
+    "elu": (lambda: nn.ELU(0.5), ["elu"]),
+    "softplus": (nn.Softplus, ["softplus"]),
+    "softplus_beta": (lambda: nn.Softplus(beta=2.0), ["softplus"]),
+    "mish": (nn.Mish, ["mish"]),
+    "prelu": (lambda: nn.PReLU(8), ["prelu"]),
+    "prelu_shared": (nn.PReLU, ["prelu"]),
+    "softmax": (lambda: nn.Softmax(dim=1), ["softmax"]),
+    "squeeze_excitation": (lambda: _with(nn.Conv2d(8, 8, 1), lambda self, x: x * torch.sigmoid(self.inner(_pool(x)))),
+                           ["global_avgpool", "conv", "sigmoid", "mul"]),
+    "add_broadcast": (lambda: Lambda(lambda self, x: x + _pool(x)), ["global_avgpool", "add"]),
+    "sub": (lambda: Lambda(lambda self, x: x[:, 4:7] - x[:, 1:4]), ["channel_slice", "channel_slice", "sub"]),
+    "scale": (lambda: Lambda(lambda self, x: x * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1),
+                             weight=torch.empty(8), bias=torch.empty(8)), ["scale"]),
+    "layer_scale": (lambda: Lambda(lambda self, x: self.layer_scale * x, layer_scale=torch.empty(8, 1, 1)),
+                    ["scale"]),
+    "layernorm_2d": (lambda: _with(nn.LayerNorm(8, eps=1e-6), _channels_last), ["layernorm"]),
+    "layernorm_vector": (lambda: _with(nn.LayerNorm(8 * 4 * 4), lambda self, x: self.inner(x.flatten(1))),
+                         ["flatten", "layernorm"]),
+    "groupnorm": (lambda: nn.GroupNorm(2, 8), ["groupnorm"]),
+    "channel_shuffle": (lambda: Lambda(lambda self, x: x.view(-1, 2, 4, 4, 4).transpose(1, 2).reshape(-1, 8, 4, 4)),
+                        ["channel_shuffle"]),
+    "chunk": (lambda: Lambda(lambda self, x: torch.cat(x.chunk(2, dim=1)[::-1], 1)),
+              ["channel_chunk", "channel_chunk", "concat"]),
+    "split": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, [3, 5], dim=1)[::-1], 1)),
+              ["channel_slice", "channel_slice", "concat"]),
+    "split_even": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, 4, dim=1)[::-1], 1)),
+                   ["channel_chunk", "channel_chunk", "concat"]),
+    "adaptive_avgpool": (lambda: nn.AdaptiveAvgPool2d(2), ["avgpool"]),
+}
+TORCH_INPUT = (1, 8, 4, 4)
+
+
+def _torch_params() -> list:
+    params = []
+    for name, (_, _, *more) in TORCH_CASES.items():
+        opsets = (11, 13, 17, *(more[0] if more else ()))
+        params += [pytest.param(name, opset, id=f"{name}-{opset}") for opset in opsets]
+    return params
+
+
+def _torch_import(name: str, opset: int, tmp_path: Path) -> tuple[nn.Module, ImportedModel]:
+    module = randomise(TORCH_CASES[name][0]()).eval()
+    path = torch_export(module, TORCH_INPUT, tmp_path / f"{name}_{opset}.onnx", opset)
+    return module, import_onnx_source(path, readable=False)
+
+
+@pytest.mark.parametrize(("name", "opset"), _torch_params())
+def test_torch_exports_import_as_the_op_and_compute_what_torch_computes(name: str, opset: int, tmp_path: Path) -> None:
+    module, imported = _torch_import(name, opset, tmp_path)
+    assert [layer.op for layer in imported.network.layers() if layer.op != "input"] == TORCH_CASES[name][1]
+    x = np.random.default_rng(1).standard_normal((2, *TORCH_INPUT[1:]), dtype=np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    _close(_run(imported.network, imported.weights, [x]), expected)
+
+
+def test_torch_attributes_come_through(tmp_path: Path) -> None:
+    """The constants of torch's patterns become the ops' arguments and parameters."""
+    def layer(name: str, opset: int = 11) -> Layer:
+        _, imported = _torch_import(name, opset, tmp_path)
+        return next(layer for layer in imported.network.layers() if layer.op != "input")
+
+    assert layer("hardtanh").attrs == {"min": -2.0, "max": 3.0}
+    assert layer("clamp_min").attrs == {"min": 0.5, "max": FLOAT32_MAX}
+    assert layer("clamp_max").attrs == {"min": -FLOAT32_MAX, "max": 0.5}
+    assert layer("gelu_tanh").attrs == layer("gelu_tanh", 20).attrs == {"approximate": "tanh"}
+    assert layer("gelu").attrs == layer("gelu", 20).attrs == {"approximate": "none"}
+    assert layer("softplus_beta").attrs == {"beta": 2.0, "threshold": 20.0}
+    assert layer("elu").attrs == {"alpha": 0.5}
+    assert layer("prelu").attrs == {"shared": False} and layer("prelu_shared").attrs == {"shared": True}
+    assert layer("layernorm_2d", 11).attrs == layer("layernorm_2d", 17).attrs == {"eps": 1e-6}
+    assert layer("groupnorm").attrs == {"groups": 2, "eps": 1e-5}
+    assert layer("channel_shuffle").attrs == {"groups": 2}
+    assert layer("adaptive_avgpool").attrs["kernel"] == (2, 2)
+    assert layer("layer_scale").attrs == {"bias": False, "param": "layer_scale"}
+    assert layer("scale").attrs == {"bias": True, "param": "weight"}
+
+
+def test_torch_parameters_keep_their_values(tmp_path: Path) -> None:
+    """Weights that torch reshapes on export ((C, 1, 1) slopes and factors) come back as the op's (C,)."""
+    cases = (("prelu", "weight", "weight"), ("scale", "weight", "weight"), ("scale", "bias", "bias"),
+             ("layer_scale", "layer_scale", "layer_scale"), ("layernorm_2d", "inner.bias", "bias"),
+             ("groupnorm", "weight", "weight"), ("groupnorm", "bias", "bias"))
+    for name, torch_key, param in cases:
+        module, imported = _torch_import(name, 13, tmp_path)
+        (found,) = [value for key, value in imported.weights.items() if key.endswith("." + param)]
+        expected = module.state_dict()[torch_key].numpy()
+        assert found.shape == ((8, 1, 1) if param == "layer_scale" else (8,))
+        np.testing.assert_array_equal(found, expected.reshape(found.shape), err_msg=f"{name} {torch_key}")
