@@ -99,20 +99,15 @@ def near(value: float | None, expected: float, rel: float = 1e-5) -> bool:
     return value is not None and abs(value - expected) <= rel * abs(expected)
 
 
-def readers(ctx: Any, value: str) -> list[Any]:
-    """The nodes that read ``value``."""
-    return list(ctx.graph.consumers.get(value, []))
-
-
 def absorb_from(ctx: Any, value: str, pattern: list[Any]) -> Any:
     """The node computing ``value`` when only nodes of ``pattern`` read it (``ctx.absorb`` for a value that
     several nodes of one pattern read, as a layer norm's centred input feeds both its variance and its
-    division); None when something outside the pattern reads it too."""
+    division); None when something outside the pattern reads it too, or it is a graph output."""
     node = ctx.producer(value)
     if node is None or node in ctx.claimed:
         return None
     for out in node.outputs:
-        if out in ctx.graph.outputs or any(all(r is not p for p in pattern) for r in readers(ctx, out)):
+        if out in ctx.graph.outputs or any(all(r is not p for p in pattern) for r in ctx.readers(out)):
             return None
     return node
 
@@ -171,7 +166,7 @@ def per_channel(ctx: Any, value: str, shape: tuple[int, ...]) -> Any:
 
 def is_read(ctx: Any, value: str) -> bool:
     """Whether a node or the graph's outputs read ``value``."""
-    return bool(readers(ctx, value)) or value in ctx.graph.outputs
+    return bool(ctx.readers(value)) or value in ctx.graph.outputs
 
 
 def linear_kernel(ctx: Any, node: Any) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.fillers import UNIT_AFFINE
-from alexdsl.ops.from_onnx import absorb_from, f32, near, per_channel, producer_of, readers, scalar
+from alexdsl.ops.from_onnx import absorb_from, f32, near, per_channel, producer_of, scalar
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -304,7 +304,7 @@ def _ln_core(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any],
         return _decomposed_ln(ctx, top)
     shape = ctx.shape(top.inputs[0])
     axis = int(top.attr("axis", -1))
-    if shape is None or axis not in (-1, len(shape)) or any(readers(ctx, v) for v in top.outputs[1:]):
+    if shape is None or axis not in (-1, len(shape)) or any(ctx.readers(v) for v in top.outputs[1:]):
         return None
     channels = shape[-1]
     weight = _ln_affine(ctx, top.inputs[1], channels)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.limits import MAX_DIM
-from alexdsl.ops.from_onnx import is_read, readers
+from alexdsl.ops.from_onnx import is_read
 from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
@@ -167,7 +167,7 @@ def _slice_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     start, stop, channels = found
     if not 0 <= start < stop:
         return ctx.fail(node, f"the Slice of channels {start}:{stop} is empty")
-    siblings = {_slice_bounds(r, ctx) for r in readers(ctx, node.inputs[0]) if r.op_type == "Slice"}
+    siblings = {_slice_bounds(r, ctx) for r in ctx.readers(node.inputs[0]) if r.op_type == "Slice"}
     parts = len(siblings)
     chunks = [(*chunk_bounds(parts, i, channels), channels) for i in range(parts)]
     if parts > 1 and siblings == set(chunks):
