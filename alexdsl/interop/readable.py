@@ -381,8 +381,7 @@ class _Writer:
             lowest = op.inputs[0] if op is not None else 1
             if layer.inputs == [prev] and lowest <= 1:
                 statement.inputs = None
-            elif layer.inputs and layer.inputs[0] == prev and 0 < len(layer.inputs) - 1 < lowest \
-                    and op is not None and op.role == "layer":  # add(in); a loss names its scores: loss(fc, label)
+            elif layer.op == "add" and layer.inputs[0] == prev and len(layer.inputs) == 2:  # a residual: add(in)
                 statement.inputs, statement.lead = layer.inputs[1:], True
             else:
                 statement.inputs, statement.lead = list(layer.inputs), len(layer.inputs) > 1
