@@ -60,11 +60,12 @@ from alexdsl.fmt import format_call, format_value
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ir.serialize import network_to_dict
 from alexdsl.ops.registry import FILLERS, REQUIRED, Filler, OpDef, lookup
+from alexdsl.ops.split import SPLITTERS
 from alexdsl.syntax import ast
 from alexdsl.syntax.build import Link, ModuleBuilder, arg, call, filler, is_name, op_args, value
 
 _NOWHERE = Span("<built>", 0, 0, 0, 0)
-_SPLITS = {"channel_chunk", "channel_slice"}  # the layers 'half: chunk(2)' and 'parts: split((a, b))' make
+_SPLITS = set(SPLITTERS.values())  # the layers 'half: chunk(2)' and 'parts: split((a, b))' make
 _CHANNEL_KINDS = ("out", "groups")  # numbers related by a factor (c * 6) and never given a default
 _PARAM_NAMES = {"out": "c", "groups": "g", "kernel": "k", "count": "n"}  # a block parameter named after its number
 _ROW = 110  # characters of a chain's line (its label unpadded); more links continue on the next line ('| ...')
@@ -437,7 +438,7 @@ class _Writer:
                     or layer.inputs != head.inputs or layer.phase != head.phase:
                 break
             parts.append(layer)
-        if head.op == "channel_chunk":
+        if head.op == SPLITTERS["chunk"]:
             if len(parts) < parts[0].attrs["chunks"]:
                 return 0
             parts = parts[:parts[0].attrs["chunks"]]
@@ -576,7 +577,7 @@ class _Writer:
             elif statement.kind == "split":
                 layer = first.layer
                 assert layer is not None
-                if layer.op == "channel_chunk":
+                if layer.op == SPLITTERS["chunk"]:
                     node = call("chunk", len(statement.units))
                 else:
                     node = call("split", tuple(u.layer.attrs["stop"] - u.layer.attrs["start"]  # type: ignore
