@@ -313,3 +313,19 @@ def test_torch_parameters_keep_their_values(tmp_path: Path) -> None:
         expected = module.state_dict()[torch_key].numpy()
         assert found.shape == ((8, 1, 1) if param == "layer_scale" else (8,))
         np.testing.assert_array_equal(found, expected.reshape(found.shape), err_msg=f"{name} {torch_key}")
+
+
+def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> None:
+    """Clip's bounds are scalars; a model with a vector bound is refused, not read as unbounded."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from alexdsl.errors import AlexDSLError
+
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "low"], ["y"])], "clip",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 2, 2])],
+        initializer=[numpy_helper.from_array(np.zeros(4, np.float32), "low")])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "clip.onnx")
+    with pytest.raises(AlexDSLError, match=r"Clip\): only a Clip with constant scalar bounds"):
+        import_onnx_source(path, readable=False)

@@ -64,8 +64,8 @@ def _clip_from_onnx(op: str) -> Any:
     def convert(node: Any, ctx: Any) -> OnnxImport | None:
         bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
         low, high = (scalar(ctx, value) if value else None for value in bounds)
-        if any(value and ctx.const(value) is None for value in bounds):
-            return ctx.fail(node, "only a Clip with constant bounds is imported")
+        if any(value and (ctx.const(value) is None or ctx.const(value).size != 1) for value in bounds):
+            return ctx.fail(node, "only a Clip with constant scalar bounds is imported")
         kind = "relu" if (low, high) == (0, None) else "relu6" if (low, high) == (0, 6) else "hardtanh"
         if kind != op:
             return None
