@@ -307,3 +307,13 @@ def test_the_readable_source_builds_the_same_network(small_model) -> None:
     imported = import_onnx_source(path)
     again = alexdsl.parse(imported.source, "again.adsl")
     assert again.shapes == network.shapes and list(again.state_keys()) == list(network.state_keys())
+
+
+@pytest.mark.parametrize(("op", "count"), [("Conv", 1), ("PRelu", 1), ("Where", 2), ("Slice", 0), ("Div", 1),
+                                           ("LayerNormalization", 1)])
+def test_a_node_with_too_few_inputs_is_an_error_naming_it(tmp_path: Path, op: str, count: int) -> None:
+    nodes = [helper.make_node(op, ["x"] * count, ["y"], name="short"), helper.make_node("Relu", ["y"], ["z"])]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+                         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    message = _error(_save(model, tmp_path / "short.onnx"))
+    assert "short" in message and "Traceback" not in message

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.interop.onnx_layout import channels_first
 from alexdsl.limits import MAX_DIM, MAX_RANK
 
 OPSETS = range(11, 22)  # the default-domain opsets read
@@ -32,7 +33,7 @@ _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifo
                "If", "Loop", "Scan"}
 
 
-@dataclass
+@dataclass(eq=False)  # a node is itself: sets and `in` compare identity, never attributes
 class OnnxNode:
     """One node: ``attrs`` decoded to Python values (tensors as arrays)."""
 
@@ -45,9 +46,6 @@ class OnnxNode:
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
-
-    def __hash__(self) -> int:
-        return self.index
 
 
 @dataclass
@@ -340,6 +338,26 @@ def _strip_weights(model: Any, constants: dict[str, np.ndarray]) -> None:
         _declare(model.graph, name, array)
 
 
+def _check_arity(nodes: list[OnnxNode], opset: int, file: str) -> None:
+    """Every node of the default domain has as many inputs and outputs as its ONNX schema allows."""
+    from onnx import defs
+
+    problems = []
+    for node in nodes:
+        try:
+            schema = defs.get_schema(node.op_type, opset)
+        except defs.SchemaError:
+            continue  # an op type ONNX does not define: the importer lists it as unsupported
+        given, made = len(node.inputs), len(node.outputs)
+        if not schema.min_input <= given <= schema.max_input or not schema.min_output <= made <= schema.max_output:
+            problems.append(Diagnostic(
+                "error", f"node '{node.name}' ({node.op_type}) has {given} inputs and {made} outputs", path=file,
+                expected=f"{schema.min_input} to {schema.max_input} inputs and {schema.min_output} to "
+                         f"{schema.max_output} outputs (ONNX opset {opset})"))
+    if problems:
+        raise AlexDSLError(problems[:20])
+
+
 # the whole read ----------------------------------------------------------------------------------
 def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None) -> OnnxGraph:
     """Load, check and simplify the model at ``path``; ``inputs`` fixes input shapes (``name -> (C, H, W)``)."""
@@ -370,5 +388,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
         if dims and all(isinstance(d, int) and d >= 0 for d in dims):
             per_sample[name] = tuple(int(d) for d in dims[1:])
     outputs = [v.name for v in model.graph.output]
+    _check_arity(nodes, opset, file)
+    nodes = channels_first(nodes, constants, per_sample, outputs)
     return OnnxGraph(file, model.graph.name, model.doc_string or model.graph.doc_string, opset, input_shapes,
                      outputs, nodes, constants, per_sample)

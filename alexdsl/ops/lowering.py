@@ -173,7 +173,7 @@ class Lowerings:
       absorbing most nodes wins. The context offers ``ctx.const(value)`` (an array, or None for
       a computed value), ``ctx.shape(value)`` (per sample, batch left out), ``ctx.producer(value)``
       and ``ctx.fail(node, message)`` (an error naming the node; returns None). Export and
-      import are inverses op by op: ``tests/test_onnx_import.py`` checks both for every op.
+      import are inverses op by op: ``tests/test_onnx_import_ops.py`` checks both for every op.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
       measures every backend against.

@@ -1,0 +1,207 @@
+"""Channels-last regions of an ONNX graph rewritten channels-first, before ops are matched.
+
+PyTorch models written channels-last inside a block (torchvision's ConvNeXt ``CNBlock``:
+``permute(0, 2, 3, 1) -> LayerNorm -> Linear -> GELU -> Linear -> permute(0, 3, 1, 2)``) export
+a region between ``Transpose(0,2,3,1)`` and ``Transpose(0,3,1,2)`` whose values are NHWC. alexdsl
+layers are CxHxW, so each such region is rewritten into the forms alexdsl's own export writes,
+which the ops' ``from_onnx`` converters already read:
+
+* elementwise nodes (one region input, or two, or a scalar constant) stay as they are;
+* a constant per channel (shape ``(C,)``) becomes ``(C, 1, 1)``;
+* ``MatMul(x, W)`` (+ a bias ``Add``) becomes the 1x1 ``Conv`` of a ``pointwise_fc``
+  (``<name>.kernel``, the ``(out, C)`` matrix ``<name>.weight`` = torch's Linear weight);
+* ``LayerNormalization`` over the last axis stays between its own two Transposes (a layernorm).
+
+A region holding anything else (a reduction over the last axis, a value read outside it) is
+left as it was, and matching then says which node alexdsl cannot take.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+TO_LAST = [0, 2, 3, 1]
+TO_FIRST = [0, 3, 1, 2]
+_ELEMENTWISE = {"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
+                "Softplus", "Identity", "Dropout", "Clip", "Add", "Sub", "Mul", "Div", "Pow"}
+
+
+def _node(template: Any, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> Any:
+    return type(template)(op_type, name, inputs, outputs, attrs, template.index)
+
+
+class _Region:
+    def __init__(self, start: Any, consumers: dict[str, list[Any]], constants: dict[str, np.ndarray],
+                 shapes: dict[str, tuple[int, ...]], outputs: set[str]):
+        self.start, self.consumers, self.constants, self.shapes = start, consumers, constants, shapes
+        self.graph_outputs = outputs
+        self.nodes: list[Any] = []
+        self.ends: list[Any] = []
+        self.values: set[str] = {start.outputs[0]}
+
+    def grow(self) -> bool:
+        """Collect the region's nodes; False when something in it has no channels-first form."""
+        pending = [self.start.outputs[0]]
+        seen: set[int] = set()
+        while pending:
+            value = pending.pop()
+            if value in self.graph_outputs:
+                return False
+            for node in self.consumers.get(value, []):
+                if id(node) in seen:
+                    continue
+                seen.add(id(node))
+                if node.op_type == "Transpose" and list(node.attr("perm", ())) == TO_FIRST:
+                    self.ends.append(node)
+                    continue
+                if not self._allowed(node):
+                    return False
+                self.nodes.append(node)
+                self.values.update(node.outputs)
+                pending.extend(node.outputs)
+        self.nodes.sort(key=lambda n: n.index)
+        return bool(self.ends) and all(self._inputs_known(n) for n in self.nodes)
+
+    def _allowed(self, node: Any) -> bool:
+        if len(node.outputs) != 1:
+            return False
+        if node.op_type == "LayerNormalization":
+            return int(node.attr("axis", -1)) in (-1, 3)
+        if node.op_type == "MatMul":
+            weight = self.constants.get(node.inputs[1])
+            return weight is not None and weight.ndim == 2
+        # a computed input must turn out to be a region value (checked once the region is whole)
+        return node.op_type in _ELEMENTWISE and all(
+            v not in self.constants or self._per_channel(v) is not None for v in node.inputs[:2] if v)
+
+    def _inputs_known(self, node: Any) -> bool:
+        return all(not v or v in self.values or v in self.constants for v in node.inputs)
+
+    def _per_channel(self, value: str) -> np.ndarray | None:
+        """A constant broadcast over the channels only, as channels-first (scalars unchanged)."""
+        array = self.constants.get(value)
+        if array is None:
+            return None
+        if array.size == 1:
+            return array
+        if array.ndim >= 1 and all(d == 1 for d in array.shape[:-1]):
+            return array.reshape(-1, 1, 1)
+        return None
+
+
+def channels_first(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+                   outputs: list[str]) -> list[Any]:
+    """``nodes`` with every channels-last region rewritten channels-first (``constants`` and ``shapes``
+    gain what the new nodes use)."""
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for value in node.inputs:
+            consumers.setdefault(value, []).append(node)
+    replaced: dict[int, list[Any]] = {}  # id(node) -> what stands in its place ([] drops it)
+    for start in nodes:
+        if start.op_type != "Transpose" or list(start.attr("perm", ())) != TO_LAST or id(start) in replaced:
+            continue
+        region = _Region(start, consumers, constants, shapes, set(outputs))
+        if not region.grow() or any(id(n) in replaced for n in region.nodes):
+            continue
+        new = _rewrite(region, start.inputs[0], constants, shapes, consumers)
+        if new is None:
+            continue
+        replaced[id(start)] = []
+        for node in region.nodes:
+            replaced[id(node)] = []
+        last = max([*region.nodes, *region.ends], key=lambda n: n.index)
+        for end in region.ends:
+            replaced[id(end)] = []
+        replaced[id(last)] = new
+    if not replaced:
+        return nodes
+    result: list[Any] = []
+    for node in nodes:
+        result.extend(replaced.get(id(node), [node]))
+    for index, node in enumerate(result):
+        node.index = index
+    return result
+
+
+def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+             consumers: dict[str, list[Any]]) -> list[Any] | None:
+    renamed = {region.start.outputs[0]: source}
+
+    def first(value: str) -> str:  # a region value's channels-first name
+        if value not in renamed:
+            renamed[value] = f"{value}#nchw"
+            h, w, c = region.shapes.get(value, (0, 0, 0))
+            shapes[renamed[value]] = (c, h, w)
+        return renamed[value]
+
+    out: list[Any] = []
+    taken_bias: set[int] = set()
+    for node in region.nodes:
+        if id(node) in taken_bias:
+            continue
+        if node.op_type == "LayerNormalization":
+            nhwc, normed = f"{node.outputs[0]}#nhwc", f"{node.outputs[0]}#normed"
+            h, w, c = region.shapes.get(node.outputs[0], (0, 0, 0))
+            shapes[nhwc] = shapes[normed] = (h, w, c)
+            out += [_node(node, "Transpose", [first(node.inputs[0])], [nhwc], f"{node.name}#to_last", perm=TO_LAST),
+                    _node(node, "LayerNormalization", [nhwc, *node.inputs[1:]], [normed], node.name, **node.attrs),
+                    _node(node, "Transpose", [normed], [first(node.outputs[0])], f"{node.name}#to_first",
+                          perm=TO_FIRST)]
+            continue
+        if node.op_type == "MatMul":
+            matrix = np.ascontiguousarray(constants[node.inputs[1]].T)  # (out, C): torch's Linear weight
+            base = _free_name(_weight_base(node, constants, matrix), constants)
+            constants[f"{base}.weight"] = matrix
+            constants[f"{base}.kernel"] = matrix.reshape(*matrix.shape, 1, 1)
+            inputs, output = [first(node.inputs[0]), f"{base}.kernel"], node.outputs[0]
+            readers = consumers.get(output, [])
+            if len(readers) == 1 and readers[0].op_type == "Add" and readers[0] in region.nodes:
+                add = readers[0]
+                other = add.inputs[1] if add.inputs[0] == output else add.inputs[0]
+                bias = constants.get(other)
+                if bias is not None and bias.size == matrix.shape[0]:
+                    if bias.ndim != 1:
+                        other = f"{base}.bias"
+                        constants[other] = bias.reshape(-1)
+                    inputs.append(other)
+                    taken_bias.add(id(add))
+                    output = add.outputs[0]
+            out.append(_node(node, "Conv", inputs, [first(output)], node.name, kernel_shape=[1, 1]))
+            continue
+        inputs = []
+        for value in node.inputs:
+            if not value or value in region.values:
+                inputs.append(first(value) if value else value)
+                continue
+            array = region._per_channel(value)
+            if array is None:
+                return None
+            if array.shape != constants[value].shape:
+                constants[f"{value}#nchw"] = array
+                value = f"{value}#nchw"
+            inputs.append(value)
+        out.append(_node(node, node.op_type, inputs, [first(node.outputs[0])], node.name, **node.attrs))
+    for end in region.ends:
+        out.append(_node(end, "Identity", [first(end.inputs[0])], list(end.outputs), end.name))
+    return out
+
+
+def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> str:
+    """Torch's Linear weight name when the model kept it (``Transpose(pwconv1.weight)``), else the node's scope."""
+    from alexdsl.interop.onnx_import import module_path
+
+    for name, array in constants.items():
+        if name.endswith(".weight") and "/" not in name and array.shape == matrix.shape \
+                and np.array_equal(array, matrix):
+            return name[: -len(".weight")]
+    return module_path(node.name) or node.name.strip("/").replace("/", ".") or "linear"
+
+
+def _free_name(base: str, constants: dict[str, np.ndarray]) -> str:
+    name, i = base, 2
+    while f"{name}.kernel" in constants:
+        name, i = f"{base}_{i}", i + 1
+    return name
