@@ -259,7 +259,8 @@ def test_the_three_formats_give_the_same_executor_and_torch_outputs(tmp_path: Pa
         want = module(torch.from_numpy(x)).numpy()
     for name in ("w.safetensors", "w.npz", "w.pt"):
         got = executor_backend.compile(lenet, tmp_path / name, device="cpu")(x)
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+        # float32 sums of terms up to ~1e5 round to ~1e-2 whatever the order: tolerance relative to the scale
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
         fresh = alexdsl.torch.build(lenet).eval()
         alexdsl.torch.load_weights(fresh, tmp_path / name)
         with torch.no_grad():
