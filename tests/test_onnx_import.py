@@ -317,3 +317,30 @@ def test_a_node_with_too_few_inputs_is_an_error_naming_it(tmp_path: Path, op: st
                          [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
     message = _error(_save(model, tmp_path / "short.onnx"))
     assert "short" in message and "Traceback" not in message
+
+
+# every example: export, then import ---------------------------------------------------------------------
+EXAMPLES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.adsl"))
+LARGE = {"alexnet.adsl", "alexnet_torchvision.adsl", "vgg16.adsl"}  # 61M-138M parameters
+
+
+@pytest.mark.parametrize("example", [pytest.param(e, marks=pytest.mark.slow) if e in LARGE else e for e in EXAMPLES])
+def test_every_example_exported_and_imported_is_the_same_network(example: str, tmp_path: Path) -> None:
+    from alexdsl.fmt import format_source
+
+    network = alexdsl.load(Path(__file__).resolve().parent.parent / "examples" / example)
+    weights = random_weights(network)
+    path = _save(export_onnx(network, weights), tmp_path / "model.onnx")
+    imported = import_onnx_source(path)
+    names = imported.network.layer_names()  # the inference layers (no loss, label or dropout), named as before
+    assert set(names) <= set(network.layer_names()) and names[-1] in network.outputs
+    assert all(imported.network.shapes[name] == network.shapes[name] for name in names)
+    assert list(imported.weights) == list(network.state_keys())
+    assert all(np.array_equal(imported.weights[k], weights[k]) for k in weights)
+    assert format_source(imported.source) == imported.source
+    again = alexdsl.parse(imported.source, "again.adsl")
+    assert again.shapes == imported.network.shapes and list(again.state_keys()) == list(network.state_keys())
+    x = np.random.default_rng(0).standard_normal((1, *network.layer(network.data_inputs[0]).shape)).astype(np.float32)
+    want = _executor(network, weights, x)
+    got = _executor(imported.network, imported.weights, x)
+    assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
