@@ -126,7 +126,7 @@ def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
             ctx.claimed.update(result.absorbed)
         found.append((node, best))
     if unsupported or failed:
-        raise _unsupported(graph.file, unsupported, failed)
+        raise _unsupported(graph.file, unsupported, failed, graph.opset)
     layers: list[_Layer] = []
     alias: dict[str, str] = {}
     for node, results in sorted(found, key=lambda item: item[0].index):
@@ -144,9 +144,11 @@ def _absorbed(results: list[OnnxImport]) -> int:
     return sum(len(r.absorbed) for r in results)
 
 
-def _unsupported(file: str, unsupported: dict[str, list[OnnxNode]],
-                 failed: list[tuple[OnnxNode, str]]) -> AlexDSLError:
+def _unsupported(file: str, unsupported: dict[str, list[OnnxNode]], failed: list[tuple[OnnxNode, str]],
+                 opset: int) -> AlexDSLError:
     diagnostics = []
+    newer = (f"; the model is opset {opset}: exporters spell out ops such as LayerNormalization (17) and Gelu (20) "
+             "in older opsets, so exporting at 17 or later may help") if opset < 17 else ""
     if unsupported:
         counts = sorted(unsupported.items(), key=lambda item: (-len(item[1]), item[0]))
         listed = "; ".join(f"{op_type} x{len(nodes)} (first: '{nodes[-1].name}')"
@@ -156,7 +158,7 @@ def _unsupported(file: str, unsupported: dict[str, list[OnnxNode]],
             "error", f"the model uses {len(counts)} ONNX op type{'s' if len(counts) != 1 else ''} "
                      f"alexdsl has no op for: {listed}{more}", path=file,
             hint="see docs/interop.md for the ONNX ops alexdsl imports; a plugin op can add one "
-                 "(docs/extending.md)"))
+                 f"(docs/extending.md){newer}"))
     if diagnostics:  # nodes of supported types that did not fit follow from it; the one error says what to do
         return AlexDSLError(diagnostics)
     for node, message in sorted(failed, key=lambda item: item[0].index)[:MAX_LISTED]:
