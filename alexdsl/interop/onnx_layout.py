@@ -10,10 +10,10 @@ which the ops' ``from_onnx`` converters already read:
 * a constant per channel (shape ``(C,)``) becomes ``(C, 1, 1)``;
 * ``MatMul(x, W)`` (+ a bias ``Add``) becomes the 1x1 ``Conv`` of a ``pointwise_fc``
   (``<name>.kernel``, the ``(out, C)`` matrix ``<name>.weight`` = torch's Linear weight);
-* ``LayerNormalization`` over the last axis stays between its own two Transposes (a layernorm).
+* ``LayerNormalization`` over the last axis stays between its own two Transposes (a layernorm);
+  torch's spelled-out layer norm below opset 17 averages over the channels (``ReduceMean`` axis 1).
 
-A region holding anything else (a reduction over the last axis, a value read outside it) is
-left as it was, and matching then says which node alexdsl cannot take.
+A region holding anything else (another reduction, a value read outside it) is left as it was, and matching then says which node alexdsl cannot take.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 TO_LAST = [0, 2, 3, 1]
 TO_FIRST = [0, 3, 1, 2]
 _ELEMENTWISE = {"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
-                "Softplus", "Identity", "Dropout", "Clip", "Add", "Sub", "Mul", "Div", "Pow"}
+                "Softplus", "Identity", "Dropout", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt"}
 
 
 def _node(template: Any, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> Any:
@@ -72,9 +72,17 @@ class _Region:
         if node.op_type == "MatMul":
             weight = self.constants.get(node.inputs[1])
             return weight is not None and weight.ndim == 2
+        if node.op_type == "ReduceMean":  # over the last axis: torch's layer norm below opset 17
+            return self._last_axes(node) is not None
         # a computed input must turn out to be a region value (checked once the region is whole)
         return node.op_type in _ELEMENTWISE and all(
             v not in self.constants or self._per_channel(v) is not None for v in node.inputs[:2] if v)
+
+    def _last_axes(self, node: Any) -> list[int] | None:
+        axes = self.constants.get(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("axes")
+        if axes is None or len(axes) != 1 or int(axes[0]) not in (-1, 3) or node.attr("keepdims", 1) != 1:
+            return None
+        return [1]
 
     def _inputs_known(self, node: Any) -> bool:
         return all(not v or v in self.values or v in self.constants for v in node.inputs)
@@ -170,6 +178,17 @@ def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], sha
                     taken_bias.add(id(add))
                     output = add.outputs[0]
             out.append(_node(node, "Conv", inputs, [first(output)], node.name, kernel_shape=[1, 1]))
+            continue
+        if node.op_type == "ReduceMean":  # the channels are axis 1 now
+            axes = f"{node.outputs[0]}#axes"
+            constants[axes] = np.array([1], dtype=np.int64)
+            attrs = {k: v for k, v in node.attrs.items() if k != "axes"}
+            if "axes" in node.attrs:
+                out.append(_node(node, "ReduceMean", [first(node.inputs[0])], [first(node.outputs[0])], node.name,
+                                 **attrs, axes=[1]))
+            else:
+                out.append(_node(node, "ReduceMean", [first(node.inputs[0]), axes], [first(node.outputs[0])],
+                                 node.name, **attrs))
             continue
         inputs = []
         for value in node.inputs:

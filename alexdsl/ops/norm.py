@@ -249,12 +249,15 @@ def _ln_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Transpose", [normed], perm=[0, 3, 1, 2])
 
 
-def _last_axis_mean(ctx: Any, node: Any) -> bool:
-    """A ``ReduceMean`` over the last axis, keeping it (axes an attribute below opset 18, an input from 18)."""
+def _mean_axis(ctx: Any, node: Any) -> int | None:
+    """The one per-sample axis a ``ReduceMean`` averages, keeping it (axes an attribute below opset 18, an
+    input from 18), or None."""
     axes = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("axes")
     shape = ctx.shape(node.inputs[0])
-    return (node.op_type == "ReduceMean" and axes is not None and shape is not None and len(axes) == 1
-            and int(axes[0]) in (-1, len(shape)) and node.attr("keepdims", 1) == 1)
+    if node.op_type != "ReduceMean" or axes is None or shape is None or len(axes) != 1 \
+            or node.attr("keepdims", 1) != 1:
+        return None
+    return int(axes[0]) % (len(shape) + 1) - 1
 
 
 def _ln_affine(ctx: Any, value: str, channels: int) -> Any:
@@ -267,7 +270,8 @@ def _ln_affine(ctx: Any, value: str, channels: int) -> Any:
 
 def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
     """torch's layer norm below opset 17, ending at ``top`` (the Add of the shift):
-    ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * weight + bias`` over the last axis."""
+    ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * weight + bias`` over the last axis, or over
+    the channels of CxHxW (a channels-last region made channels-first, alexdsl/interop/onnx_layout.py)."""
     for scaled, shift in (top.inputs[:2], top.inputs[1::-1]):
         mul = producer_of(ctx, scaled, "Mul", top)
         for normed, factor in ((mul.inputs[:2], mul.inputs[1::-1]) if mul is not None else ()):
@@ -279,16 +283,20 @@ def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list
             for variance, eps in (plus.inputs[:2], plus.inputs[1::-1]):
                 mean_square = producer_of(ctx, variance, "ReduceMean", plus)
                 square = producer_of(ctx, mean_square.inputs[0], "Pow", mean_square) if mean_square else None
+                axis = _mean_axis(ctx, mean_square) if mean_square is not None else None
                 if square is None or scalar(ctx, eps) is None or not near(scalar(ctx, square.inputs[1]), 2.0) \
-                        or square.inputs[0] != div.inputs[0] or not _last_axis_mean(ctx, mean_square):
+                        or square.inputs[0] != div.inputs[0] or axis is None:
                     continue
                 centred = absorb_from(ctx, div.inputs[0], [square, div])
                 mean = producer_of(ctx, centred.inputs[1], "ReduceMean", centred) \
                     if centred is not None and centred.op_type == "Sub" else None
-                if mean is None or mean.inputs[0] != centred.inputs[0] or not _last_axis_mean(ctx, mean):
+                if mean is None or mean.inputs[0] != centred.inputs[0] or _mean_axis(ctx, mean) != axis:
                     continue
                 source = centred.inputs[0]
-                channels = (ctx.shape(source) or (0,))[-1]
+                shape = ctx.shape(source) or (0,)
+                if axis != len(shape) - 1 and (axis, len(shape)) != (0, 3):  # the last axis, or CxHxW's channels
+                    continue
+                channels = shape[axis]
                 weight, bias = _ln_affine(ctx, factor, channels), _ln_affine(ctx, shift, channels)
                 if weight is None or bias is None:
                     continue
@@ -322,13 +330,21 @@ def _ln_core(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any],
 def _ln_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     """A layer norm of a vector (``LayerNormalization``, or its decomposition below opset 17) -> layernorm."""
     core = _ln_core(ctx, node)
-    if core is None or len(ctx.shape(core[0]) or ()) != 1:
+    if core is None or not _over_channels(ctx, core):
         if node.op_type == "LayerNormalization":
             return ctx.fail(node, "a LayerNormalization is imported over the channels: of a vector, or of CxHxW "
                                   "between Transposes to channels-last and back (torchvision's LayerNorm2d)")
         return None
     source, eps, params, nodes, _ = core
     return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+
+
+def _over_channels(ctx: Any, core: tuple[Any, ...]) -> bool:
+    """Whether a layer norm core normalises the channels of its input: a vector's, or CxHxW's when its
+    means reduce axis 1 (a LayerNormalization always takes the last axis)."""
+    rank = len(ctx.shape(core[0]) or ())
+    first = core[4][0]
+    return rank == 1 or (rank == 3 and first.op_type == "ReduceMean" and _mean_axis(ctx, first) == 0)
 
 
 def _ln_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
@@ -339,6 +355,9 @@ def _ln_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
             or top.op_type not in ("LayerNormalization", "Add"):
         return None
     core = _ln_core(ctx, top)
+    if core is not None and core[4][0].op_type == "ReduceMean" \
+            and _mean_axis(ctx, core[4][0]) != len(ctx.shape(core[0]) or ()) - 1:
+        return None  # between the Transposes only the last axis is the channels
     first = absorb_from(ctx, core[0], core[4]) if core is not None else None
     if first is None or first.op_type != "Transpose" or list(first.attr("perm", ())) != [0, 2, 3, 1]:
         return None
