@@ -344,3 +344,19 @@ def test_every_example_exported_and_imported_is_the_same_network(example: str, t
     want = _executor(network, weights, x)
     got = _executor(imported.network, imported.weights, x)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+
+
+def test_a_ceil_mode_pool_keeps_its_rounding_where_both_fit_this_input(tmp_path: Path) -> None:
+    """At 3x9x9 floor and ceil agree for maxpool(3, stride=2); the model says ceil, so other sizes follow it."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["y"], name="/pool/MaxPool", kernel_shape=[3, 3], strides=[2, 2],
+                              ceil_mode=1)]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 9, 9])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    network, _ = import_onnx(_save(model, tmp_path / "pool.onnx"))
+    assert network.layer("pool").attrs["round"] == "ceil"
+
+
+def test_imported_weights_are_writable_arrays_of_their_own(small_model) -> None:
+    path, _, _ = small_model
+    _, weights = import_onnx(path)
+    assert all(array.flags.writeable and array.dtype == np.float32 for array in weights.values())

@@ -334,7 +334,8 @@ def _weights(graph: OnnxGraph, layers: list[_Layer], network: Network) -> dict[s
             if array is None:
                 raise AlexDSLError([Diagnostic("error", f"layer '{layer.name}': its {pname} is computed in the "
                                                         "model, not a constant", path=graph.file)])
-            weights[f"{layer.name}.{pname}"] = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+            array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+            weights[f"{layer.name}.{pname}"] = array if array.flags.writeable else array.copy()  # not onnx's buffer
     wrong = [f"{key} {tuple(value.shape)} (expected {expected.get(key)})" for key, value in weights.items()
              if tuple(value.shape) != tuple(expected.get(key, ()))]
     missing = sorted(set(expected) - set(weights))

@@ -211,7 +211,7 @@ def _pool_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     if size is None or out is None or len(size) != 3:
         return ctx.fail(node, "the pool's input and output shapes are unknown")
     rounding = None
-    for mode in ("floor", "ceil"):
+    for mode in ("ceil", "floor") if node.attr("ceil_mode", 0) else ("floor", "ceil"):  # the model's where both fit
         if all(pool_output_size(size[1 + i], kernel[i], stride[i], begin[i], mode == "ceil") == out[1 + i]
                for i in range(2)):
             rounding = mode
