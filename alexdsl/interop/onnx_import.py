@@ -36,8 +36,8 @@ from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
-from alexdsl.ops.registry import REQUIRED, OpDef, lookup, onnx_importers
-from alexdsl.syntax.build import ModuleBuilder, arg, call, is_name
+from alexdsl.ops.registry import OpDef, lookup, onnx_importers
+from alexdsl.syntax.build import ModuleBuilder, call, is_name, op_args
 
 MAX_LISTED = 20  # unsupported op types listed in one error
 
@@ -245,35 +245,15 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
 
 # writing -----------------------------------------------------------------------------------------
 def _call(op: OpDef, attrs: Mapping[str, Any]) -> Any:
-    """The shortest call writing ``attrs``: required positionals, then keywords that differ from defaults."""
-    args: list[Any] = []  # the layer's inputs are written before '->'
-    positional = True
-    for spec in op.args:
-        if spec.name not in attrs:
-            positional = False
-            continue
-        value = attrs[spec.name]
-        default = spec.default
-        if spec.kind == "pair" and isinstance(default, int):
-            default = (default, default)
-        if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1] and spec.kind == "pair":
-            value = value[0]
-            default = default[0] if isinstance(default, tuple) else default
-        if spec.name == "stride" and default is None:  # pools: the stride defaults to the kernel
-            default = attrs.get("kernel")
-        if default is not REQUIRED and value == default:
-            positional = False
-            continue
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, tuple):
-            value = tuple(v.item() if isinstance(v, np.generic) else v for v in value)
-        if positional and spec.positional and default is REQUIRED:
-            args.append(arg(value))
-        else:
-            positional = False
-            args.append(arg(value, spec.name))
-    return call(op.name, *args)
+    """The shortest call giving ``op`` the converter's attributes (pairs as the IR holds them: ``(3, 3)``)."""
+    held: dict[str, Any] = {}
+    for key, item in attrs.items():
+        item = item.item() if isinstance(item, np.generic) else item
+        if isinstance(item, (tuple, list)):
+            item = tuple(v.item() if isinstance(v, np.generic) else v for v in item)
+        spec = op.arg(key)
+        held[key] = (item, item) if spec is not None and spec.kind == "pair" and isinstance(item, int) else item
+    return call(op.name, *op_args(op, held))
 
 
 def _network_name(graph: OnnxGraph) -> str:
