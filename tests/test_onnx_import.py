@@ -360,3 +360,39 @@ def test_imported_weights_are_writable_arrays_of_their_own(small_model) -> None:
     path, _, _ = small_model
     _, weights = import_onnx(path)
     assert all(array.flags.writeable and array.dtype == np.float32 for array in weights.values())
+
+
+def test_a_single_input_concat_is_its_input(tmp_path: Path) -> None:
+    """torch.cat([x], 1), as DenseNet's first layer of a block writes it."""
+    nodes = [helper.make_node("Concat", ["x"], ["c"], name="/cat/Concat", axis=1),
+             helper.make_node("Relu", ["c"], ["y"], name="/act/Relu")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4])])
+    network, _ = import_onnx(_save(model, tmp_path / "cat.onnx"))
+    assert [(layer.op, layer.inputs) for layer in network.layers()] == [("input", []), ("relu", ["x"])]
+
+
+def test_shape_computations_that_depend_on_each_other_fold_block_after_block(tmp_path: Path) -> None:
+    """Each channel shuffle's view sizes come from x.size() of the previous block's output: a chain of
+    shape subgraphs as deep as the network (torchvision's ShuffleNetV2 has 16)."""
+    torch = pytest.importorskip("torch")
+    from onnx_models import export
+
+    class Shuffles(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = torch.nn.ModuleList(torch.nn.Conv2d(8, 8, 1) for _ in range(12))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for conv in self.convs:
+                n, c, h, w = x.size()
+                x = conv(x).view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, -1, h, w)
+            return x
+
+    module = Shuffles().eval()
+    path = export(module, (1, 8, 6, 6), tmp_path / "shuffles.onnx", opset=13)
+    network, weights = import_onnx(path)
+    assert [layer.op for layer in network.layers()].count("channel_shuffle") == 12
+    x = np.random.default_rng(0).standard_normal((2, 8, 6, 6)).astype(np.float32)
+    want = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_executor(network, weights, x), want, rtol=1e-5, atol=1e-5)

@@ -27,6 +27,7 @@ from alexdsl.limits import MAX_DIM, MAX_RANK
 OPSETS = range(11, 22)  # the default-domain opsets read
 MAX_FOLDED_ELEMENTS = 1 << 24  # a constant computed while folding, in elements
 MAX_NODES = 1_000_000
+MAX_FOLD_ROUNDS = 256  # each round folds what the last shape inference resolved (a block's shapes need its input's)
 SMALL_CONSTANT = 64  # constants shape inference sees the values of (shapes, axes, pads); larger are weights
 BATCH = 1  # the batch size shapes are inferred with; alexdsl shapes leave the batch out
 _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
@@ -375,7 +376,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     input_shapes = _fix_inputs(model, dict(inputs or {}), file)
     constants = {t.name: _array(t, file) for t in model.graph.initializer}
     _strip_weights(model, constants)
-    for _ in range(8):  # fold, infer again with what folding made constant, until nothing more folds
+    for _ in range(MAX_FOLD_ROUNDS):  # fold, infer again with what folding made constant, until nothing folds
         shapes = _infer(model, file)
         if not _fold(model, shapes, constants, opset, file):
             break

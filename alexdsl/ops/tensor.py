@@ -71,6 +71,8 @@ def _concat_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     rank = len(ctx.shape(node.outputs[0]) or ()) + 1
     if node.attr("axis") not in (1, 1 - rank) or not computed(ctx, node.inputs):
         return ctx.fail(node, "only a Concat of computed values over the channels (axis 1) is imported")
+    if len(node.inputs) == 1:  # torch.cat([x]) (DenseNet's first layer of a block) is x
+        return OnnxImport(None, list(node.inputs))
     return OnnxImport("concat", list(node.inputs))
 
 
