@@ -215,12 +215,15 @@ def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
 def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
     """Names from initializers first, then from node names, then from the op; all distinct."""
     taken: set[str] = set()
+    parents: set[str] = set()  # every name some taken name is below ('layer1', 'layer1.0' for 'layer1.0.conv1')
 
     def unique(name: str) -> str:
         base, i = name, 2
         while name in taken:
             name, i = f"{base}_{i}", i + 1
         taken.add(name)
+        parts = name.split(".")
+        parents.update(".".join(parts[:k]) for k in range(1, len(parts)))
         return name
 
     unnamed = []
@@ -234,7 +237,7 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
         path = module_path(layer.anchor.name)
         if path is not None:
             name = clean_name(path)
-            if name in taken or any(t.startswith(name + ".") for t in taken):
+            if name in taken or name in parents:
                 name = f"{name}.{layer.op}"
         elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name):
             name = clean_name(layer.anchor.name)  # a name of the model's own, not '/Conv_3' or 'Relu_7'
@@ -328,9 +331,10 @@ def _weights(graph: OnnxGraph, layers: list[_Layer], network: Network) -> dict[s
 
 
 def _check_shapes(graph: OnnxGraph, layers: list[_Layer], network: Network) -> None:
+    shapes = network.shapes
     for layer in layers:
         want = graph.shapes.get(layer.output)
-        got = network.shapes.get(layer.name)
+        got = shapes.get(layer.name)
         if want is not None and got is not None and tuple(want) != tuple(got):
             raise AlexDSLError([Diagnostic(
                 "error", f"layer '{layer.name}' ({layer.op}, from node '{layer.anchor.name}') has shape "
