@@ -396,3 +396,11 @@ def test_shape_computations_that_depend_on_each_other_fold_block_after_block(tmp
     x = np.random.default_rng(0).standard_normal((2, 8, 6, 6)).astype(np.float32)
     want = module(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(_executor(network, weights, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_even_lrn_size_is_a_clear_error(tmp_path: Path) -> None:
+    nodes = [helper.make_node("LRN", ["x"], ["y"], name="norm", size=4)]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 4, 4])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])])
+    message = _error(_save(model, tmp_path / "lrn.onnx"))
+    assert "node 'norm' (LRN): LRN size 4 is even" in message

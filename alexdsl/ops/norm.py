@@ -51,6 +51,16 @@ def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("LRN", "lrn_param", tuple(body))]
 
 
+def _lrn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``LRN`` -> lrn: ONNX divides alpha by size as Caffe does, so the values carry over. An even size
+    centres ONNX's window one channel later than torch's, and alexdsl takes odd sizes only."""
+    size = int(node.attr("size", 0))
+    if size % 2 == 0:
+        return ctx.fail(node, f"LRN size {size} is even; alexdsl's lrn (Caffe's, torch's) centres an odd window")
+    return OnnxImport("lrn", node.inputs[:1], {"size": size, "alpha": f32(node.attr("alpha", 1e-4)),
+                                               "beta": f32(node.attr("beta", 0.75)), "k": f32(node.attr("bias", 1.0))})
+
+
 def _lrn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "lrn_param")
     region = p.scalar("norm_region")
@@ -88,9 +98,7 @@ register(OpDef(
                                          bias=float(layer.attrs["k"])),
         caffe=_lrn_caffe,
         from_caffe={"LRN": _lrn_from_caffe},
-        from_onnx={"LRN": lambda node, ctx: OnnxImport("lrn", node.inputs[:1], {
-            "size": int(node.attr("size")), "alpha": f32(node.attr("alpha", 1e-4)),
-            "beta": f32(node.attr("beta", 0.75)), "k": f32(node.attr("bias", 1.0))})},
+        from_onnx={"LRN": _lrn_from_onnx},
         reference=lambda layer, xs, w, F: F.local_response_norm(xs[0], layer.attrs["size"], layer.attrs["alpha"],
                                                                 layer.attrs["beta"], layer.attrs["k"]),
     ),
