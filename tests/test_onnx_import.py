@@ -404,3 +404,32 @@ def test_an_even_lrn_size_is_a_clear_error(tmp_path: Path) -> None:
                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 4, 4])])
     message = _error(_save(model, tmp_path / "lrn.onnx"))
     assert "node 'norm' (LRN): LRN size 4 is even" in message
+
+
+def test_a_channels_last_input_is_read_as_chw(tmp_path: Path) -> None:
+    """Keras and TensorFlow exports take NHWC and transpose it first; the network reads CxHxW instead."""
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    model = _graph_model(nodes, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+                         [_conv_weight("conv.weight", (4, 3, 3, 3))])
+    path = _save(model, tmp_path / "keras.onnx")
+    imported = import_onnx_source(path)
+    assert imported.network.layer("image").shape == (3, 8, 8)
+    assert "# Note: input image is NHWC in the model (8x8x3); this network reads it as CxHxW (3x8x8)." \
+        in imported.source
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
+    got = _executor(imported.network, imported.weights, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(got, _ort(path, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [18, 20, 21])  # up-converted by onnx (torch exports 11-20: test_onnx_import_torch)
+def test_models_of_other_opsets_import_the_same(small_model, tmp_path: Path, opset: int) -> None:
+    path, network, _ = small_model
+    converted = onnx.version_converter.convert_version(onnx.load(str(path)), opset)
+    again = _save(converted, tmp_path / f"opset{opset}.onnx")
+    imported, weights = import_onnx(again)
+    assert imported.shapes == network.shapes and list(weights) == list(network.state_keys())
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(_executor(imported, weights, x), _ort(again, x), rtol=1e-5, atol=1e-5)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
-from alexdsl.interop.onnx_layout import channels_first
+from alexdsl.interop.onnx_layout import channels_first, channels_first_inputs
 from alexdsl.limits import MAX_DIM, MAX_RANK
 
 OPSETS = range(11, 22)  # the default-domain opsets read
@@ -62,6 +62,7 @@ class OnnxGraph:
     nodes: list[OnnxNode]  # what computes on the inputs, in topological order
     constants: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]  # value -> per-sample shape (batch left out)
+    notes: list[str] = field(default_factory=list)  # what a reader of the imported source should know
     producer: dict[str, OnnxNode] = field(default_factory=dict)
     consumers: dict[str, list[OnnxNode]] = field(default_factory=dict)
 
@@ -390,6 +391,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
             per_sample[name] = tuple(int(d) for d in dims[1:])
     outputs = [v.name for v in model.graph.output]
     _check_arity(nodes, opset, file)
+    nodes, notes = channels_first_inputs(nodes, input_shapes, per_sample)
     nodes = channels_first(nodes, constants, per_sample, outputs)
     return OnnxGraph(file, model.graph.name, model.doc_string or model.graph.doc_string, opset, input_shapes,
-                     outputs, nodes, constants, per_sample)
+                     outputs, nodes, constants, per_sample, notes)

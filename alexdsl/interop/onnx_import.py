@@ -372,12 +372,12 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
     weights = _weights(graph, layers, network)
     source = flat
     if readable:
-        source = _readable(network, flat, file, Path(path).name)
+        source = _readable(network, flat, file, Path(path).name, graph.notes)
     return ImportedModel(source, network, weights, Counter(n.op_type for n in graph.nodes))
 
 
-def _readable(network: Network, flat: str, file: str, model_name: str) -> str:
-    header = f"Imported from {model_name} by alexdsl import onnx."
+def _readable(network: Network, flat: str, file: str, model_name: str, notes: list[str]) -> str:
+    header = "\n".join([f"Imported from {model_name} by alexdsl import onnx.", *(f"Note: {n}." for n in notes)])
     try:
         from alexdsl.interop.readable import readable_source
     except ImportError:  # pragma: no cover - until the readable writer lands

@@ -13,7 +13,9 @@ which the ops' ``from_onnx`` converters already read:
 * ``LayerNormalization`` over the last axis stays between its own two Transposes (a layernorm);
   torch's spelled-out layer norm below opset 17 averages over the channels (``ReduceMean`` axis 1).
 
-A region holding anything else (another reduction, a value read outside it) is left as it was, and matching then says which node alexdsl cannot take.
+A region holding anything else (another reduction, a value read outside it) is left as it was,
+and matching then says which node alexdsl cannot take. Inputs given channels-last (Keras and
+TensorFlow exports) are read as CxHxW (:func:`channels_first_inputs`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,34 @@ class _Region:
         if array.ndim >= 1 and all(d == 1 for d in array.shape[:-1]):
             return array.reshape(-1, 1, 1)
         return None
+
+
+def channels_first_inputs(nodes: list[Any], inputs: dict[str, tuple[int, ...]],
+                          shapes: dict[str, tuple[int, ...]]) -> tuple[list[Any], list[str]]:
+    """Inputs given channels-last (Keras and TensorFlow exports: NHWC, then ``Transpose(0,3,1,2)``) taken
+    as CxHxW instead: alexdsl networks read CxHxW. ``inputs`` and ``shapes`` are updated; returns the
+    nodes and a note per input changed.
+
+    >>> from alexdsl.interop.onnx_graph import OnnxNode
+    >>> t = OnnxNode("Transpose", "t", ["x"], ["y"], {"perm": [0, 3, 1, 2]}, 0)
+    >>> inputs, shapes = {"x": (8, 8, 3)}, {"x": (8, 8, 3), "y": (3, 8, 8)}
+    >>> nodes, notes = channels_first_inputs([t], inputs, shapes)
+    >>> inputs, [n.op_type for n in nodes], notes
+    ({'x': (3, 8, 8)}, ['Identity'], ['input x is NHWC in the model (8x8x3); this network reads it as CxHxW (3x8x8)'])
+    """
+    notes = []
+    for name, shape in list(inputs.items()):
+        readers = [n for n in nodes if name in n.inputs]
+        if len(shape) != 3 or not readers or any(
+                n.op_type != "Transpose" or list(n.attr("perm", ())) != TO_FIRST for n in readers):
+            continue
+        height, width, channels = shape
+        inputs[name] = shapes[name] = (channels, height, width)
+        for node in readers:
+            node.op_type, node.attrs = "Identity", {}
+        notes.append(f"input {name} is NHWC in the model ({height}x{width}x{channels}); this network reads it "
+                     f"as CxHxW ({channels}x{height}x{width})")
+    return nodes, notes
 
 
 def channels_first(nodes: list[Any], constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
