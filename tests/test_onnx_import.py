@@ -179,12 +179,13 @@ def test_a_truncated_model_is_a_clear_error(small_model, tmp_path: Path) -> None
     assert "not an ONNX model" in _error(cut)
 
 
-def test_an_opset_outside_11_to_21_is_refused(small_model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [5, 22])
+def test_an_opset_outside_7_to_21_is_refused(small_model, tmp_path: Path, opset: int) -> None:
     path, _, _ = small_model
     model = onnx.load(str(path))
-    model.opset_import[0].version = 9
+    model.opset_import[0].version = opset
     message = _error(_save(model, tmp_path / "old.onnx"))
-    assert "opset 9" in message and "opset 11 to 21" in message
+    assert f"opset {opset}" in message and "opset 11 to 21" in message
 
 
 def test_dynamic_dimensions_need_input_and_input_fixes_them(small_model, tmp_path: Path) -> None:
@@ -433,3 +434,14 @@ def test_models_of_other_opsets_import_the_same(small_model, tmp_path: Path, ops
     assert imported.shapes == network.shapes and list(weights) == list(network.state_keys())
     x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
     np.testing.assert_allclose(_executor(imported, weights, x), _ort(again, x), rtol=1e-5, atol=1e-5)
+
+
+def test_an_opset_9_model_zoo_file_is_converted_and_named_from_its_caffe2_weights(tmp_path: Path) -> None:
+    from onnx_models import zoo_style_alexnet
+
+    path = _save(zoo_style_alexnet(), tmp_path / "bvlc_alexnet.onnx")
+    imported = import_onnx_source(path)
+    assert [layer.name for layer in imported.network.layers() if layer.params] == ["conv1", "fc6"]
+    assert list(imported.weights) == ["conv1.weight", "conv1.bias", "fc6.weight", "fc6.bias"]
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)  # the file's batch is 1
+    np.testing.assert_allclose(_executor(imported.network, imported.weights, x), _ort(path, x), rtol=1e-5, atol=1e-6)

@@ -25,6 +25,7 @@ from alexdsl.interop.onnx_layout import channels_first, channels_first_inputs
 from alexdsl.limits import MAX_DIM, MAX_RANK
 
 OPSETS = range(11, 22)  # the default-domain opsets read
+OLDEST_CONVERTED = 7  # older opsets, from 7, are converted to 11 first
 MAX_FOLDED_ELEMENTS = 1 << 24  # a constant computed while folding, in elements
 MAX_NODES = 1_000_000
 MAX_FOLD_ROUNDS = 256  # each round folds what the last shape inference resolved (a block's shapes need its input's)
@@ -340,6 +341,17 @@ def _strip_weights(model: Any, constants: dict[str, np.ndarray]) -> None:
         _declare(model.graph, name, array)
 
 
+def _converted(model: Any, opset: int, file: str) -> Any:
+    """``model`` brought up to the oldest opset read by onnx's version converter."""
+    onnx = _onnx()
+    try:
+        return onnx.version_converter.convert_version(model, OPSETS[0])
+    except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError and others
+        raise _fail(file, f"the model uses ONNX opset {opset}, and onnx's version converter cannot bring it to "
+                          f"{OPSETS[0]}: {str(error).strip()[:200]}",
+                    hint="re-export the model at opset 11 or later") from None
+
+
 def _check_arity(nodes: list[OnnxNode], opset: int, file: str) -> None:
     """Every node of the default domain has as many inputs and outputs as its ONNX schema allows."""
     from onnx import defs
@@ -368,12 +380,15 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     model = _load(path)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     opset = opsets.get("", opsets.get("ai.onnx", 0))
-    if opset not in OPSETS:
-        raise _fail(file, f"the model uses ONNX opset {opset}", expected=f"opset {OPSETS[0]} to {OPSETS[-1]}",
-                    hint="re-export the model with an opset in that range (torch.onnx.export(opset_version=17))")
     if len(model.graph.node) > MAX_NODES:
         raise _fail(file, f"the model has {len(model.graph.node)} nodes", expected=f"at most {MAX_NODES}")
     _external_data(model, path.parent, file)
+    if OLDEST_CONVERTED <= opset < OPSETS[0]:  # the model zoo's older files: onnx's converter brings them to 11
+        model, opset = _converted(model, opset, file), OPSETS[0]
+    if opset not in OPSETS:
+        raise _fail(file, f"the model uses ONNX opset {opset}", expected=f"opset {OPSETS[0]} to {OPSETS[-1]}"
+                    + (f" (or {OLDEST_CONVERTED} to {OPSETS[0] - 1}, converted)" if opset < OPSETS[0] else ""),
+                    hint="re-export the model with an opset in that range (torch.onnx.export(opset_version=17))")
     input_shapes = _fix_inputs(model, dict(inputs or {}), file)
     constants = {t.name: _array(t, file) for t in model.graph.initializer}
     _strip_weights(model, constants)

@@ -202,6 +202,8 @@ def module_path(node_name: str) -> str | None:
 
 
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
+    """The layer's name in its weights' names: ``features.0`` of torch's ``features.0.weight``, ``conv1``
+    of Caffe2's ``conv1_w_0`` (the ONNX model zoo's older files)."""
     for pname, source in layer.params.items():
         if isinstance(source, str) and source in initializers and not source.startswith("onnx::") \
                 and "/" not in source:  # torch's exporter names what it computes '/scope/Op_output_0'
@@ -209,6 +211,9 @@ def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
                 return source[: -len(pname) - 1]
             if "." in source:
                 return source.rsplit(".", 1)[0]
+            caffe2 = re.fullmatch(r"(.+)_(w|b|s|rm|riv)_\d+", source)
+            if caffe2:
+                return caffe2.group(1)
     return None
 
 
