@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
-from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
+from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, module_path, read_onnx
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
@@ -182,23 +182,6 @@ def clean_name(text: str) -> str:
     if not re.match(r"[A-Za-z_]", name):
         name = "_" + name
     return name if is_name(name) else name + "_"
-
-
-def module_path(node_name: str) -> str | None:
-    """The torch module a node came from, from the exporter's scoped node name.
-
-    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.3/conv/conv.0/conv.0.0/Conv")
-    ('layer1.0.conv1', 'features.3.conv.0.0')
-    """
-    segments = [s for s in node_name.split("/") if s]
-    if len(segments) < 2 or not node_name.startswith("/"):
-        return None
-    parts: list[str] = []
-    previous = ""
-    for segment in segments[:-1]:  # a child of a container is scoped "<container>.<index>"
-        parts.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
-        previous = segment
-    return ".".join(parts)
 
 
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:

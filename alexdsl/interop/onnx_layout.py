@@ -240,7 +240,7 @@ def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], sha
 
 def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> str:
     """Torch's Linear weight name when the model kept it (``Transpose(pwconv1.weight)``), else the node's scope."""
-    from alexdsl.interop.onnx_import import module_path
+    from alexdsl.interop.onnx_graph import module_path  # onnx_graph imports this module
 
     for name, array in constants.items():
         if name.endswith(".weight") and "/" not in name and array.shape == matrix.shape \
