@@ -369,22 +369,33 @@ def _converted(model: Any, opset: int, file: str) -> Any:
                     hint="re-export the model at opset 11 or later") from None
 
 
-def _check_arity(nodes: list[OnnxNode], opset: int, file: str) -> None:
-    """Every node of the default domain has as many inputs and outputs as its ONNX schema allows."""
-    from onnx import defs
+def _check_nodes(model: Any, nodes: list[OnnxNode], opset: int, file: str) -> None:
+    """Every node of the default domain has the inputs, outputs and attribute types its ONNX schema allows."""
+    from onnx import AttributeProto, defs
 
     problems = []
-    for node in nodes:
+    for proto, node in zip(model.graph.node, nodes):
         try:
             schema = defs.get_schema(node.op_type, opset)
         except defs.SchemaError:
             continue  # an op type ONNX does not define: the importer lists it as unsupported
         given, made = len(node.inputs), len(node.outputs)
+        where = f"node '{node.name}' ({node.op_type})"
         if not schema.min_input <= given <= schema.max_input or not schema.min_output <= made <= schema.max_output:
             problems.append(Diagnostic(
-                "error", f"node '{node.name}' ({node.op_type}) has {given} inputs and {made} outputs", path=file,
+                "error", f"{where} has {given} inputs and {made} outputs", path=file,
                 expected=f"{schema.min_input} to {schema.max_input} inputs and {schema.min_output} to "
                          f"{schema.max_output} outputs (ONNX opset {opset})"))
+        for attribute in proto.attribute:
+            spec = schema.attributes.get(attribute.name)
+            if spec is None:
+                problems.append(Diagnostic("error", f"{where} has an attribute '{attribute.name}' its op does not "
+                                                    "define", path=file,
+                                           expected=", ".join(sorted(schema.attributes)) or "no attributes"))
+            elif int(spec.type) != int(attribute.type):
+                problems.append(Diagnostic("error", f"{where}: attribute '{attribute.name}' has the wrong type",
+                                           path=file, expected=str(spec.type).rsplit(".", 1)[-1],
+                                           received=AttributeProto.AttributeType.Name(attribute.type)))
     if problems:
         raise AlexDSLError(problems[:20])
 
@@ -422,7 +433,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
         if dims and all(isinstance(d, int) and d >= 0 for d in dims):
             per_sample[name] = tuple(int(d) for d in dims[1:])
     outputs = [v.name for v in model.graph.output]
-    _check_arity(nodes, opset, file)
+    _check_nodes(model, nodes, opset, file)
     nodes, notes = channels_first_inputs(nodes, input_shapes, per_sample)
     nodes = channels_first(nodes, constants, per_sample, outputs)
     return OnnxGraph(file, model.graph.name, model.doc_string or model.graph.doc_string, opset, input_shapes,

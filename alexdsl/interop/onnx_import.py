@@ -112,7 +112,11 @@ def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
         ctx.failures = []
         for convert in converters:
             ctx.anchor = node
-            result = convert(node, ctx)
+            try:
+                result = convert(node, ctx)
+            except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as error:  # a hostile value
+                result = ctx.fail(node, f"its attributes or inputs cannot be read ({type(error).__name__}: "
+                                        f"{str(error)[:160]})")
             if result is None:
                 continue
             results = result if isinstance(result, list) else [result]
