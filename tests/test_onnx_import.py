@@ -136,9 +136,12 @@ def test_layers_are_named_from_torch_initializers_and_scopes(tmp_path: Path) -> 
     model = _graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
                          [_conv_weight("stem.conv.weight", (4, 3, 3, 3))])
-    network, weights = import_onnx(_save(model, tmp_path / "named.onnx"))
-    assert [layer.name for layer in network.layers()] == ["x", "stem.conv", "stem.act", "relu"]
-    assert list(weights) == ["stem.conv.weight"]
+    imported = import_onnx_source(_save(model, tmp_path / "named.onnx"))
+    # the weights' layer keeps its initializer's name; the stateless relu continuing its chain in the same
+    # module takes the chain's automatic name (no inline label in the source); the last, unscoped, its op's
+    assert [layer.name for layer in imported.network.layers()] == ["x", "stem.conv", "stem.conv_relu", "relu"]
+    assert list(imported.weights) == ["stem.conv.weight"]
+    assert imported.source.endswith("stem.conv: conv(4, 3, pad=1, bias=false) | relu\nrelu:      relu\n")
 
 
 # bad models -----------------------------------------------------------------------------------------
@@ -496,3 +499,14 @@ def test_mutated_models_import_or_give_an_alexdsl_error(tmp_path: Path) -> None:
             import_onnx_source(path)
         except AlexDSLError:
             pass
+
+
+def test_a_torch_residual_block_reads_like_the_examples(tmp_path: Path) -> None:
+    """torch names its activations (/layer1/layer1.0/relu/Relu, relu_1); the chain names them instead."""
+    pytest.importorskip("torch")
+    from onnx_models import INPUT_SHAPES, build, export
+
+    path = export(build("residual"), INPUT_SHAPES["residual"], tmp_path / "res.onnx")
+    source = import_onnx_source(path).source
+    assert "relu: relu" not in source and "relu_1" not in source
+    assert "| relu\n" in source

@@ -37,6 +37,7 @@ from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, module_path, read_on
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
+from alexdsl.ops.split import SPLITTERS
 from alexdsl.syntax.build import ModuleBuilder, call, is_name, op_args
 
 MAX_LISTED = 20  # unsupported op types listed in one error
@@ -53,6 +54,7 @@ class _Layer:
     params: dict[str, Any]
     output: str
     name: str = ""
+    renamable: bool = False  # named after torch's scope or its op, not by the model: a chain may name it
 
 
 class _Context:
@@ -236,6 +238,34 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
         else:
             name = layer.op
         layer.name = unique(name)
+        layer.renamable = path is not None or name == layer.op
+
+
+def _chain_names(layers: list[_Layer]) -> None:
+    """A stateless layer that continues a chain in its module takes the name alexdsl gives an unlabeled
+    link there (``conv1_relu``, ``out_relu2``), so the written source needs no inline label for it: its
+    name holds no weights, and ``/layer1/layer1.0/relu_1/Relu`` says less than its place in the chain."""
+    by_output = {layer.output: layer for layer in layers}
+    readers = Counter(value for layer in layers for value in layer.inputs)
+    taken = {layer.name for layer in layers}
+    head_of: dict[int, _Layer] = {}
+    counts: dict[int, Counter[str]] = {}
+    for layer in layers:
+        op = lookup(layer.op)
+        before = by_output.get(layer.inputs[0]) if len(layer.inputs) == 1 else None
+        starts = before is None or readers[layer.inputs[0]] != 1 or (op is not None and op.arg("out") is not None)
+        head = layer if starts else head_of[id(before)]  # type: ignore[index]
+        head_of[id(layer)] = head
+        count = counts.setdefault(id(head), Counter())
+        count[layer.op] += 1
+        if starts or not layer.renamable or layer.params or layer.op in SPLITTERS.values() \
+                or layer.name.rpartition(".")[0] != head.name.rpartition(".")[0]:  # another module's: kept
+            continue
+        name = f"{head.name}_{layer.op}{count[layer.op] if count[layer.op] > 1 else ''}"
+        if name not in taken:
+            taken.discard(layer.name)
+            taken.add(name)
+            layer.name = name
 
 
 # writing -----------------------------------------------------------------------------------------
@@ -353,6 +383,7 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
     graph = read_onnx(path, inputs)
     layers, alias = _match(graph)
     _name_layers(layers, set(graph.constants))  # initializers, and what Identity nodes made of them
+    _chain_names(layers)
     flat, _ = _flat_source(graph, layers, alias)
     file = str(path) + ".adsl"
     try:
