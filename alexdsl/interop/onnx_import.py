@@ -372,7 +372,6 @@ class ImportedModel:
     source: str
     network: Network
     weights: dict[str, np.ndarray]
-    op_types: Counter[str]
 
 
 def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,
@@ -396,7 +395,7 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
     source = flat
     if readable:
         source = _readable(network, flat, file, Path(path).name, graph.notes)
-    return ImportedModel(source, network, weights, Counter(n.op_type for n in graph.nodes))
+    return ImportedModel(source, network, weights)
 
 
 def _readable(network: Network, flat: str, file: str, model_name: str, notes: list[str]) -> str:
