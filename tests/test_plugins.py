@@ -85,6 +85,23 @@ def test_compile_run_export_and_train_with_the_plugin(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "weights.safetensors").exists(), result.output
 
 
+def test_the_plugin_op_imports_back_from_onnx(tmp_path: Path) -> None:
+    """Its from_onnx takes its own export's Mul(Tanh(Mul(x, b)), a): the same network, the same layer names."""
+    pytest.importorskip("onnx")
+    load_plugins([PLUGIN])
+    cli("export", LENET5, "--format", "onnx", "-o", str(tmp_path / "lenet5.onnx"))
+    result = cli("import", "onnx", str(tmp_path / "lenet5.onnx"), "-o", str(tmp_path / "again.adsl"))
+    assert result.exit_code == 0, result.output
+    from alexdsl.interop.onnx_import import import_onnx
+
+    original = alexdsl.load(LENET5)
+    imported, weights = import_onnx(tmp_path / "lenet5.onnx")
+    tanhs = [layer for layer in imported.layers() if layer.op == "scaled_tanh"]
+    assert [t.name for t in tanhs] == [t.name for t in original.layers() if t.op == "scaled_tanh"]
+    assert all(t.attrs == original.layer(t.name).attrs for t in tanhs)
+    assert "| scaled_tanh" in (tmp_path / "again.adsl").read_text()
+
+
 def test_a_lowering_the_plugin_lacks_is_a_located_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--plugin", PLUGIN, "export", LENET5, "--format", "prototxt", "-o",
                                        str(tmp_path / "x.prototxt")])

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.from_onnx import f32
+from alexdsl.ops.lowering import ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, register
 
 
@@ -36,6 +37,21 @@ def _onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Mul", [bent, ctx.constant(layer.attrs["a"])])
 
 
+def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+    """``Mul(Tanh(Mul(x, b)), a)`` with one-value constants ``a`` and ``b`` (the export above) -> scaled_tanh."""
+    for bent, a in (node.inputs[:2], node.inputs[1::-1]):
+        tanh, scale = ctx.absorb(bent), ctx.const(a)
+        inner = ctx.absorb(tanh.inputs[0], tanh) if tanh is not None and tanh.op_type == "Tanh" else None
+        if inner is None or inner.op_type != "Mul" or scale is None or scale.size != 1:
+            continue
+        for x, b in (inner.inputs[:2], inner.inputs[1::-1]):
+            factor = ctx.const(b)
+            if factor is not None and factor.size == 1 and ctx.const(x) is None:
+                attrs = {"a": f32(scale.reshape(-1)[0]), "b": f32(factor.reshape(-1)[0])}
+                return OnnxImport("scaled_tanh", [x], attrs, absorbed=(tanh, inner))
+    return None
+
+
 register(OpDef(
     name="scaled_tanh",
     family="activation",
@@ -52,6 +68,7 @@ register(OpDef(
             f"{ctx.float(layer.attrs['a'])} * torch.tanh({ctx.float(layer.attrs['b'])} * {args[0]})")),
         executor=ExecutorLowering(function=_executor, inplace=True),
         onnx=_onnx,
+        from_onnx={"Mul": _from_onnx},
         reference=lambda layer, xs, w, F: layer.attrs["a"] * (layer.attrs["b"] * xs[0]).tanh(),
     ),
 ))
