@@ -26,17 +26,12 @@ import torchvision
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from onnx_models import export, randomise  # noqa: E402
+from onnx_models import TORCHVISION, TORCHVISION_MORE, export, randomise  # noqa: E402
 
 from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 
-MODELS: dict[str, dict[str, object]] = {  # name -> constructor arguments (no auxiliary heads: inference graphs)
-    "resnet18": {}, "mobilenet_v2": {}, "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": True},
-    "convnext_tiny": {}, "efficientnet_b0": {}, "mobilenet_v3_large": {}, "shufflenet_v2_x1_0": {},
-    "regnet_y_400mf": {}, "resnext50_32x4d": {}, "densenet121": {},
-    "inception_v3": {"aux_logits": False, "init_weights": True}, "vgg16": {}, "alexnet": {},
-}
+MODELS = {**TORCHVISION, **TORCHVISION_MORE}
 
 
 def main() -> None:

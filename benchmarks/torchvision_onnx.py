@@ -30,14 +30,9 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from onnx_models import export, randomise, sample_input  # noqa: E402 - shared with the importer's tests
+from onnx_models import TORCHVISION, export, randomise, sample_input  # noqa: E402 - shared with the tests
 
-MODELS: dict[str, dict[str, object]] = {
-    "resnet18": {},
-    "mobilenet_v2": {},
-    "squeezenet1_1": {},
-    "googlenet": {"aux_logits": False, "init_weights": True},
-}
+MODELS = TORCHVISION
 INPUT_SHAPE = (1, 3, 224, 224)
 
 

@@ -378,6 +378,18 @@ def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+# torchvision models the importer is checked against: constructor arguments for inference graphs (no
+# auxiliary heads). The issue's four, then the rest benchmarks/torchvision_import.py also measures.
+TORCHVISION: dict[str, dict[str, object]] = {
+    "resnet18": {}, "mobilenet_v2": {}, "squeezenet1_1": {}, "googlenet": {"aux_logits": False, "init_weights": True},
+}
+TORCHVISION_MORE: dict[str, dict[str, object]] = {
+    "convnext_tiny": {}, "efficientnet_b0": {}, "mobilenet_v3_large": {}, "shufflenet_v2_x1_0": {},
+    "regnet_y_400mf": {}, "resnext50_32x4d": {}, "densenet121": {},
+    "inception_v3": {"aux_logits": False, "init_weights": True}, "vgg16": {}, "alexnet": {},
+}
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     """``MODULES[name]`` with seeded random weights (see ``randomise``), in eval mode."""
     return randomise(MODULES[name][0](), seed).eval()

@@ -22,18 +22,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 ort = pytest.importorskip("onnxruntime")
-from onnx_models import export, randomise, sample_input  # noqa: E402 - needs torch
+from onnx_models import TORCHVISION, export, randomise, sample_input  # noqa: E402 - needs torch
 
 import alexdsl  # noqa: E402
 from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 
-MODELS: dict[str, dict[str, object]] = {
-    "resnet18": {},
-    "mobilenet_v2": {},
-    "squeezenet1_1": {},
-    "googlenet": {"aux_logits": False, "init_weights": True},
-}
+MODELS = TORCHVISION
 INPUT_SHAPE = (1, 3, 224, 224)
 RELATIVE_TOLERANCE = 1e-5  # of the largest output magnitude
 
