@@ -80,14 +80,17 @@ class _Context:
         """The nodes that read ``value``."""
         return list(self.graph.consumers.get(value, []))
 
-    def absorb(self, value: str, reader: OnnxNode | None = None) -> OnnxNode | None:
-        """The node computing ``value`` when only ``reader`` (default: the anchor) reads its outputs."""
-        reader = reader or self.anchor
+    def absorb(self, value: str, *readers: OnnxNode | None) -> OnnxNode | None:
+        """The node computing ``value`` when only ``readers`` (default: the anchor) read its outputs: several
+        when nodes of one pattern share it, as a layer norm's centred input feeds its variance and its division.
+        None when another node or the graph's outputs read it, or another layer took it."""
+        allowed = [r for r in readers if r is not None] or [self.anchor]
         node = self.graph.producer.get(value)
-        if node is None or node in self.claimed or reader is None:
+        if node is None or node in self.claimed:
             return None
         for out in node.outputs:
-            if out in self.graph.outputs or any(c is not reader for c in self.graph.consumers.get(out, [])):
+            if out in self.graph.outputs or any(all(c is not r for r in allowed)
+                                                 for c in self.graph.consumers.get(out, [])):
                 return None
         return node
 

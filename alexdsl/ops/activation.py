@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.from_onnx import absorb_from, f32, near, other_input, per_channel, producer_of, scalar, unary
+from alexdsl.ops.from_onnx import f32, near, other_input, per_channel, producer_of, scalar, unary
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -368,7 +368,7 @@ def _scaled_softplus(ctx: Any, div: Any, also: list[Any]) -> tuple[str, float, s
     (the Mul may be read by ``also`` too)."""
     beta = scalar(ctx, div.inputs[1])
     soft = producer_of(ctx, div.inputs[0], "Softplus", div)
-    mul = absorb_from(ctx, soft.inputs[0], [soft, *also]) if soft is not None and beta else None
+    mul = ctx.absorb(soft.inputs[0], soft, *also) if soft is not None and beta else None
     if mul is None or mul.op_type != "Mul":
         return None
     for x, factor in (mul.inputs[:2], mul.inputs[1::-1]):

@@ -99,19 +99,6 @@ def near(value: float | None, expected: float, rel: float = 1e-5) -> bool:
     return value is not None and abs(value - expected) <= rel * abs(expected)
 
 
-def absorb_from(ctx: Any, value: str, pattern: list[Any]) -> Any:
-    """The node computing ``value`` when only nodes of ``pattern`` read it (``ctx.absorb`` for a value that
-    several nodes of one pattern read, as a layer norm's centred input feeds both its variance and its
-    division); None when something outside the pattern reads it too, or it is a graph output."""
-    node = ctx.producer(value)
-    if node is None or node in ctx.claimed:
-        return None
-    for out in node.outputs:
-        if out in ctx.graph.outputs or any(all(r is not p for p in pattern) for r in ctx.readers(out)):
-            return None
-    return node
-
-
 def other_input(node: Any, value: str) -> str | None:
     """The input of a two-input node that is not ``value`` (``value`` itself when it is both)."""
     first, second = node.inputs[:2]

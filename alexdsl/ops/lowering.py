@@ -168,11 +168,12 @@ class Lowerings:
     * ``from_onnx``: ONNX op type -> ``convert(node, ctx)`` returning an :class:`OnnxImport` (a
       list of them for a node with several outputs), or None when the node is not this op's
       pattern. The converter is keyed by the *last* node of its pattern and may take over nodes
-      before it (``ctx.absorb(value)``: the producer of ``value`` when only this node reads it),
-      as ``fc`` takes the ``Flatten`` before a ``Gemm``; where several ops claim a node, the one
-      absorbing most nodes wins. The context offers ``ctx.const(value)`` (an array, or None for
-      a computed value), ``ctx.shape(value)`` (per sample, batch left out), ``ctx.producer(value)``
-      and ``ctx.fail(node, message)`` (an error naming the node; returns None). Export and
+      before it (``ctx.absorb(value, *readers)``: the producer of ``value`` when only this node,
+      or only the given nodes of the pattern, read it), as ``fc`` takes the ``Flatten`` before a
+      ``Gemm``; where several ops claim a node, the one absorbing most nodes wins. The context
+      offers ``ctx.const(value)`` (an array, or None for a computed value), ``ctx.shape(value)``
+      (per sample, batch left out), ``ctx.producer(value)``, ``ctx.readers(value)`` and
+      ``ctx.fail(node, message)`` (an error naming the node; returns None). Export and
       import are inverses op by op: ``tests/test_onnx_import_ops.py`` checks both for every op.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``

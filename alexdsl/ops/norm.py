@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.fillers import UNIT_AFFINE
-from alexdsl.ops.from_onnx import absorb_from, f32, near, per_channel, producer_of, scalar
+from alexdsl.ops.from_onnx import f32, near, per_channel, producer_of, scalar
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -295,7 +295,7 @@ def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list
                 if square is None or scalar(ctx, eps) is None or not near(scalar(ctx, square.inputs[1]), 2.0) \
                         or square.inputs[0] != div.inputs[0] or axis is None:
                     continue
-                centred = absorb_from(ctx, div.inputs[0], [square, div])
+                centred = ctx.absorb(div.inputs[0], square, div)
                 mean = producer_of(ctx, centred.inputs[1], "ReduceMean", centred) \
                     if centred is not None and centred.op_type == "Sub" else None
                 if mean is None or mean.inputs[0] != centred.inputs[0] or _mean_axis(ctx, mean) != axis:
@@ -366,7 +366,7 @@ def _ln_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
     if core is not None and core[4][0].op_type == "ReduceMean" \
             and _mean_axis(ctx, core[4][0]) != len(ctx.shape(core[0]) or ()) - 1:
         return None  # between the Transposes only the last axis is the channels
-    first = absorb_from(ctx, core[0], core[4]) if core is not None else None
+    first = ctx.absorb(core[0], *core[4]) if core is not None else None
     if first is None or first.op_type != "Transpose" or list(first.attr("perm", ())) != [0, 2, 3, 1]:
         return None
     _, eps, params, nodes, _ = core
