@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from alexdsl.ops.from_onnx import axes_of
+
 TO_LAST = [0, 2, 3, 1]
 TO_FIRST = [0, 3, 1, 2]
 _ELEMENTWISE = {"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
@@ -74,17 +76,11 @@ class _Region:
         if node.op_type == "MatMul":
             weight = self.constants.get(node.inputs[1])
             return weight is not None and weight.ndim == 2
-        if node.op_type == "ReduceMean":  # over the last axis: torch's layer norm below opset 17
-            return self._last_axes(node) is not None
+        if node.op_type == "ReduceMean":  # over the last axis, kept: torch's layer norm below opset 17
+            return axes_of(node, self.constants.get) in ([-1], [3]) and node.attr("keepdims", 1) == 1
         # a computed input must turn out to be a region value (checked once the region is whole)
         return node.op_type in _ELEMENTWISE and all(
             v not in self.constants or self._per_channel(v) is not None for v in node.inputs[:2] if v)
-
-    def _last_axes(self, node: Any) -> list[int] | None:
-        axes = self.constants.get(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("axes")
-        if axes is None or len(axes) != 1 or int(axes[0]) not in (-1, 3) or node.attr("keepdims", 1) != 1:
-            return None
-        return [1]
 
     def _inputs_known(self, node: Any) -> bool:
         return all(not v or v in self.values or v in self.constants for v in node.inputs)

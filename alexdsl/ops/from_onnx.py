@@ -84,6 +84,22 @@ def is_flatten_reshape(node: Any, ctx: Any) -> bool:
     return len(result) == 1 and result[0] == count
 
 
+def axes_of(node: Any, const: Callable[[str], Any]) -> list[int] | None:
+    """The ``axes`` of a reduction or (un)squeeze: an attribute in older opsets, the second input from
+    opset 13 (Unsqueeze) or 18 (ReduceMean); None when absent or computed. ``const`` reads a constant
+    (``ctx.const``).
+
+    >>> from alexdsl.interop.onnx_graph import OnnxNode
+    >>> axes_of(OnnxNode("ReduceMean", "m", ["x"], ["y"], {"axes": [2, 3]}, 0), {}.get)
+    [2, 3]
+    """
+    if len(node.inputs) > 1 and node.inputs[1]:
+        found = const(node.inputs[1])
+        return None if found is None else [int(a) for a in found.reshape(-1)]
+    found = node.attr("axes")
+    return None if found is None else [int(a) for a in found]
+
+
 def scalar(ctx: Any, value: str) -> float | None:
     """The value of a one-element constant, or None (a computed value, a larger constant, a missing input)."""
     array = ctx.const(value) if value else None
@@ -119,10 +135,8 @@ def operands(ctx: Any, node: Any) -> tuple[list[str], tuple[Any, ...]] | None:
     values, absorbed = [], []
     for value in node.inputs:
         unsqueeze = producer_of(ctx, value, "Unsqueeze")
-        axes = None
-        if unsqueeze is not None:
-            axes = ctx.const(unsqueeze.inputs[1]) if len(unsqueeze.inputs) > 1 else unsqueeze.attr("axes")
-        if axes is not None and [int(a) for a in axes] == list(range(1, len(axes) + 1)):
+        axes = axes_of(unsqueeze, ctx.const) if unsqueeze is not None else None
+        if axes is not None and axes == list(range(1, len(axes) + 1)):
             values.append(unsqueeze.inputs[0])
             absorbed.append(unsqueeze)
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.fillers import UNIT_AFFINE
-from alexdsl.ops.from_onnx import f32, near, per_channel, producer_of, scalar
+from alexdsl.ops.from_onnx import axes_of, f32, near, per_channel, producer_of, scalar
 from alexdsl.ops.lowering import (
     CaffeLayer,
     ExecutorKernel,
@@ -260,12 +260,12 @@ def _ln_onnx(layer: Any, ctx: Any) -> None:
 def _mean_axis(ctx: Any, node: Any) -> int | None:
     """The one per-sample axis a ``ReduceMean`` averages, keeping it (axes an attribute below opset 18, an
     input from 18), or None."""
-    axes = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else node.attr("axes")
+    axes = axes_of(node, ctx.const)
     shape = ctx.shape(node.inputs[0])
     if node.op_type != "ReduceMean" or axes is None or shape is None or len(axes) != 1 \
             or node.attr("keepdims", 1) != 1:
         return None
-    return int(axes[0]) % (len(shape) + 1) - 1
+    return axes[0] % (len(shape) + 1) - 1
 
 
 def _ln_affine(ctx: Any, value: str, channels: int) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.conv import window_lint
-from alexdsl.ops.from_onnx import pair, producer_of
+from alexdsl.ops.from_onnx import axes_of, pair, producer_of
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import pool_output_size
@@ -322,10 +322,8 @@ def _global_from_reduce_mean(node: Any, ctx: Any) -> OnnxImport | list[OnnxImpor
     """``ReduceMean`` over height and width (``x.mean((2, 3), keepdim=True)``) -> global_avgpool, and a
     flatten after it when the reduced axes are dropped."""
     shape = ctx.shape(node.inputs[0])
-    axes = node.attr("axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1]:  # an input from opset 18
-        axes = ctx.const(node.inputs[1])
-    if shape is None or len(shape) != 3 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+    axes = axes_of(node, ctx.const)
+    if shape is None or len(shape) != 3 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
         return ctx.fail(node, "only a ReduceMean over height and width is imported (as global_avgpool)")
     if node.attr("keepdims", 1):
         return OnnxImport("global_avgpool", node.inputs[:1])
