@@ -423,8 +423,9 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     for _ in range(MAX_FOLD_ROUNDS):  # fold, infer again with what folding made constant, until nothing folds
         shapes = _infer(model, file)
         if not _fold(model, shapes, constants, opset, file):
-            break
-    shapes = _infer(model, file)
+            break  # the model is as the last inference saw it
+    else:
+        shapes = _infer(model, file)
     nodes = [OnnxNode(n.op_type if not n.domain or n.domain == "ai.onnx" else f"{n.domain}.{n.op_type}",
                       n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attrs(n, file), i)
              for i, n in enumerate(model.graph.node)]

@@ -292,8 +292,8 @@ def _network_name(graph: OnnxGraph) -> str:
     return name if is_name(name) else name + "_"
 
 
-def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """The network as flat source (one statement per layer, inputs named), and ONNX value -> layer."""
+def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> str:
+    """The network as flat source: one statement per layer, naming its inputs."""
     builder = ModuleBuilder(graph.file + ".adsl")
     builder.network(_network_name(graph))
     builder.blank()
@@ -325,7 +325,7 @@ def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) 
     outputs = [resolve(v) for v in graph.outputs]
     if outputs and set(outputs) != _sinks(layers):
         builder.output(dict.fromkeys(outputs))
-    return builder.text(), producer
+    return builder.text()
 
 
 def _sinks(layers: list[_Layer]) -> set[str]:
@@ -386,7 +386,7 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
     layers, alias = _match(graph)
     _name_layers(layers, set(graph.constants))  # initializers, and what Identity nodes made of them
     _chain_names(layers)
-    flat, _ = _flat_source(graph, layers, alias)
+    flat = _flat_source(graph, layers, alias)
     file = str(path) + ".adsl"
     try:
         network = build_network(flat, file)
@@ -397,17 +397,11 @@ def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[
     weights = _weights(graph, layers, network)
     source = flat
     if readable:
-        source = _readable(network, flat, file, Path(path).name, graph.notes)
-    return ImportedModel(source, network, weights)
-
-
-def _readable(network: Network, flat: str, file: str, model_name: str, notes: list[str]) -> str:
-    header = "\n".join([f"Imported from {model_name} by alexdsl import onnx.", *(f"Note: {n}." for n in notes)])
-    try:
         from alexdsl.interop.readable import readable_source
-    except ImportError:  # pragma: no cover - until the readable writer lands
-        return f"# {header}\n" + flat
-    return readable_source(network, header=header, file=file)
+
+        header = [f"Imported from {Path(path).name} by alexdsl import onnx.", *(f"Note: {n}." for n in graph.notes)]
+        source = readable_source(network, header="\n".join(header), file=file)
+    return ImportedModel(source, network, weights)
 
 
 def import_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,
