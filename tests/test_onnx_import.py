@@ -112,7 +112,7 @@ def test_module_path_from_torch_scope_names(node: str, path: str | None) -> None
 
 
 @pytest.mark.parametrize(("raw", "name"), [
-    ("features.0", "features.0"), ("0.weight", "_0.weight"), ("a b/c", "a_b.c"), ("input", "input_"),
+    ("features.0", "features.0"), ("0.weight", "_0.weight"), ("a b/c", "a_b.c"), ("input", "input_"), ("in", "in_"),
 ])
 def test_names_are_cleaned_into_alexdsl_names(raw: str, name: str) -> None:
     assert clean_name(raw) == name

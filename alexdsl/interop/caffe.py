@@ -55,7 +55,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
 from alexdsl.syntax import ast
-from alexdsl.syntax.build import ModuleBuilder, arg, call, filler, is_name, number
+from alexdsl.syntax.build import ModuleBuilder, arg, as_name, call, filler, number
 from alexdsl.syntax.parser import grammar_text
 
 
@@ -469,12 +469,7 @@ class _Importer:
 
     # names -----------------------------------------------------------------------------------
     def _alex_name(self, caffe_name: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9_.]", "_", caffe_name)
-        base = re.sub(r"\.+", ".", base).strip(".") or "layer"
-        if not re.match(r"[A-Za-z_]", base):
-            base = "_" + base
-        if not is_name(base) or base == "in":  # a keyword ('in' also reads a block's input)
-            base += "_"
+        base = as_name(caffe_name)
         name, i = base, 2
         while name in self.used_names:
             name, i = f"{base}_{i}", i + 1
@@ -872,9 +867,7 @@ class _Importer:
 def _network_name(net: Message, file: str) -> str:
     name = net.scalar("name")
     raw = str(name.value) if name is not None else file.rsplit("/", 1)[-1].split(".", 1)[0]
-    clean = re.sub(r"[^A-Za-z0-9_]", "_", raw) or "Imported"
-    clean = clean if re.match(r"[A-Za-z_]", clean) else "_" + clean
-    return clean if is_name(clean) else clean + "_"
+    return as_name(raw, "Imported", dotted=False)
 
 
 def import_prototxt(text: str, file: str = "<string>") -> str:

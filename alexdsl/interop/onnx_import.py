@@ -38,7 +38,7 @@ from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
 from alexdsl.ops.split import SPLITTERS
-from alexdsl.syntax.build import ModuleBuilder, call, is_name, op_args
+from alexdsl.syntax.build import ModuleBuilder, as_name, call, is_name, op_args
 
 MAX_LISTED = 20  # unsupported op types listed in one error
 
@@ -184,13 +184,11 @@ def clean_name(text: str) -> str:
     >>> clean_name("features.0"), clean_name("0.weight"), clean_name("/layer1/relu/Relu"), clean_name("b.block1-0")
     ('features.0', '_0.weight', 'layer1.relu.Relu', 'b.block1-0')
     """
-    parts = [p for p in re.sub(r"[^A-Za-z0-9_.\-]+", "_", text.replace("/", ".")).split(".") if p]
-    if is_name(".".join(parts)):  # '-' inside a later part is allowed: torchvision's RegNet 'block1-0'
-        return ".".join(parts)
-    name = ".".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts) or "layer"
-    if not re.match(r"[A-Za-z_]", name):
-        name = "_" + name
-    return name if is_name(name) else name + "_"
+    dotted = text.replace("/", ".")
+    kept = ".".join(p for p in re.sub(r"[^A-Za-z0-9_.\-]+", "_", dotted).split(".") if p)
+    if is_name(kept) and kept != "in":  # '-' inside a later part is allowed: torchvision's RegNet 'block1-0'
+        return kept
+    return as_name(kept)
 
 
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
@@ -287,9 +285,7 @@ def _call(op: OpDef, attrs: Mapping[str, Any]) -> Any:
 def _network_name(graph: OnnxGraph) -> str:
     raw = graph.name if graph.name and graph.name not in ("main_graph", "torch_jit", "torch-jit-export") \
         else Path(graph.file).stem
-    name = re.sub(r"[^A-Za-z0-9_]", "_", raw) or "Imported"
-    name = name if re.match(r"[A-Za-z_]", name) else "_" + name
-    return name if is_name(name) else name + "_"
+    return as_name(raw, "Imported", dotted=False)
 
 
 def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> str:

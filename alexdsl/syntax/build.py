@@ -49,6 +49,23 @@ def is_name(text: object) -> bool:
     return isinstance(text, str) and bool(NAME.fullmatch(text)) and text not in reserved_words()
 
 
+def as_name(text: str, fallback: str = "layer", dotted: bool = True) -> str:
+    """A name from another format (a Caffe layer, an ONNX node) made an alexdsl name: other characters
+    become ``_`` (and ``.`` too unless ``dotted``), empty parts go, a leading digit gets a ``_`` before it,
+    and a keyword (or ``in``, a block's input, for a dotted layer name) a ``_`` after it.
+
+    >>> as_name("conv 1/3x3"), as_name("0.weight"), as_name("..a..b."), as_name("input"), as_name("in")
+    ('conv_1_3x3', '_0.weight', 'a.b', 'input_', 'in_')
+    >>> as_name("res net.v2", "Imported", dotted=False), as_name("", "Imported", dotted=False)
+    ('res_net_v2', 'Imported')
+    """
+    name = re.sub(r"[^A-Za-z0-9_.]" if dotted else r"[^A-Za-z0-9_]", "_", text)
+    name = re.sub(r"\.+", ".", name).strip(".") or fallback
+    if not re.match(r"[A-Za-z_]", name):
+        name = "_" + name
+    return name if is_name(name) and not (dotted and name == "in") else name + "_"
+
+
 def string_literal(text: str) -> str:
     """``text`` as an alexdsl string literal: one line, every character escaped as the parser reads it back.
 
