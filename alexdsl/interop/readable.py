@@ -62,7 +62,7 @@ from alexdsl.ir.serialize import network_to_dict
 from alexdsl.ops.registry import FILLERS, REQUIRED, Filler, OpDef, lookup
 from alexdsl.ops.split import SPLITTERS
 from alexdsl.syntax import ast
-from alexdsl.syntax.build import Link, ModuleBuilder, arg, call, filler, is_name, op_args, value
+from alexdsl.syntax.build import NAME_RULE, Link, ModuleBuilder, arg, call, filler, is_name, op_args, value
 
 _NOWHERE = Span("<built>", 0, 0, 0, 0)
 _SPLITS = set(SPLITTERS.values())  # the layers 'half: chunk(2)' and 'parts: split((a, b))' make
@@ -976,16 +976,14 @@ def _comparable(network: Network) -> dict[str, Any]:
 
 def _unwritable(network: Network, file: str) -> list[Diagnostic]:
     """A located error for each name or number of ``network`` that alexdsl source cannot hold."""
-    expected = ("letters, digits and '_' (parts joined by '.'), not starting with a digit, "
-                "and not a keyword such as 'input'")
     found = []
     if not is_name(network.name):
         found.append(Diagnostic("error", "the network name cannot be written as an alexdsl name",
-                                path=f"{file}:name", received=repr(network.name), expected=expected))
+                                path=f"{file}:name", received=repr(network.name), expected=NAME_RULE))
     for i, layer in enumerate(network.layers()):
         if not is_name(layer.name):
             found.append(Diagnostic("error", "the layer name cannot be written as an alexdsl name",
-                                    path=f"{file}:layers[{i}].name", received=repr(layer.name), expected=expected))
+                                    path=f"{file}:layers[{i}].name", received=repr(layer.name), expected=NAME_RULE))
         numbers = [(f"attrs.{k}", v) for k, v in layer.attrs.items()]
         for name, spec in layer.params.items():
             numbers += [(f"params.{name}.filler.{k}", v) for k, v in spec.filler.args]

@@ -25,7 +25,7 @@ from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Network
 from alexdsl.ops.registry import FILLERS, Filler, lookup
 from alexdsl.syntax import ast
-from alexdsl.syntax.build import ModuleBuilder, arg, call, filler, is_name, number, op_args, value
+from alexdsl.syntax.build import NAME_RULE, ModuleBuilder, arg, call, filler, is_name, number, op_args, value
 
 UNWRITABLE = "_"  # stands in for what cannot be written: the writer reports it and prints nothing
 
@@ -45,9 +45,7 @@ class _Writer:
     def name(self, text: Any, path: str, what: str) -> str:
         if is_name(text):
             return text
-        return self.error(path, f"{what} cannot be written as an alexdsl name", text,
-                          "letters, digits and '_' (parts joined by '.'), not starting with a digit, "
-                          "and not a keyword such as 'input'")
+        return self.error(path, f"{what} cannot be written as an alexdsl name", text, NAME_RULE)
 
     def number(self, item: Any, path: str) -> ast.Value:
         if isinstance(item, float) and not math.isfinite(item):

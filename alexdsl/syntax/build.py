@@ -40,6 +40,10 @@ def reserved_words() -> frozenset[str]:
     return frozenset(re.findall(r'^[A-Z_]+: "([a-z]+)"$', grammar_text(), re.M))
 
 
+NAME_RULE = ("letters, digits and '_' (parts joined by '.'), not starting with a digit, "  # what is_name accepts
+             "and not a keyword such as 'input'")
+
+
 def is_name(text: object) -> bool:
     """Whether ``text`` can be written as a name in alexdsl source.
 
