@@ -6,6 +6,7 @@ models from torch's own exporter in test_onnx_import_torch.py.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -510,3 +511,13 @@ def test_a_torch_residual_block_reads_like_the_examples(tmp_path: Path) -> None:
     source = import_onnx_source(path).source
     assert "relu: relu" not in source and "relu_1" not in source
     assert "| relu\n" in source
+
+
+def test_without_onnx_the_command_says_what_to_install(small_model, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    path, _, _ = small_model
+    for module in ("onnx", "google", "google.protobuf", "google.protobuf.message"):
+        monkeypatch.setitem(sys.modules, module, None)  # as in an install without the onnx extra
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "-o", str(tmp_path / "net.adsl")])
+    assert result.exit_code == 1 and "pip install 'alexdsl[onnx]'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "net.adsl").exists()

@@ -106,11 +106,11 @@ def module_path(node_name: str) -> str | None:
 
 # loading -----------------------------------------------------------------------------------------
 def _load(path: Path) -> Any:
+    onnx = _onnx()  # first: protobuf comes with onnx, so without it the error must say to install onnx
     from google.protobuf.message import DecodeError
 
     from alexdsl.weights import max_weights_bytes
 
-    onnx = _onnx()
     file = str(path)
     try:
         size = path.stat().st_size
