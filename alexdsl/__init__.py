@@ -17,14 +17,14 @@ import os
 from pathlib import Path
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
-from alexdsl.frontend import build_network
+from alexdsl.frontend import build_network, network_from_json
 from alexdsl.ir.network import Layer, Network, ParamSpec
 from alexdsl.ops.registry import Filler
 from alexdsl.syntax.source import read_source
 
 __version__ = "0.1.0"
-__all__ = ["AlexDSLError", "Diagnostic", "Filler", "Layer", "Network", "ParamSpec", "Span", "load", "parse",
-           "__version__"]
+__all__ = ["AlexDSLError", "Diagnostic", "Filler", "Layer", "Network", "ParamSpec", "Span", "from_json", "load",
+           "parse", "__version__"]
 
 
 def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -38,6 +38,15 @@ def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, 
     return build_network(text, file, input_shapes, max_layers=max_layers)
 
 
+def from_json(text: str, file: str = "<json>") -> Network:
+    """Build a checked :class:`Network` from IR JSON (what :meth:`Network.to_json` writes; docs/ir.md).
+
+    The file is checked as source is (every field, then every shape recomputed); ``file`` names it in
+    errors. Raises :class:`AlexDSLError` with every problem found.
+    """
+    return network_from_json(text, file)
+
+
 def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] | None = None,
          max_layers: int | None = None, max_bytes: int | None = None) -> Network:
     """Read and check an ``.adsl`` file (or an IR ``.json`` file written by ``to_json``).
@@ -46,5 +55,5 @@ def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] 
     """
     text = read_source(path, max_bytes)
     if Path(path).suffix == ".json":
-        return Network.from_json(text, os.fspath(path))
+        return network_from_json(text, os.fspath(path))
     return build_network(text, os.fspath(path), input_shapes, max_layers=max_layers)

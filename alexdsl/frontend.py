@@ -1,8 +1,8 @@
 """The two ways into the IR, and the checks they share.
 
 * :func:`build_network`: source text -> syntax tree -> IR -> checked IR.
-* :func:`network_from_json`: IR JSON -> IR whose form is checked (:func:`alexdsl.ir.serialize.read_ir`)
-  -> checked IR, compared with what the file claims.
+* :func:`network_from_json` (``alexdsl.from_json``): IR JSON -> IR whose form is checked
+  (:func:`alexdsl.ir.serialize.read_ir`) -> checked IR, compared with what the file claims.
 
 Both run :func:`check_graph`: cycles, the shape pass, every layer shaped, resources.
 
@@ -23,7 +23,7 @@ import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
-from alexdsl.ir.network import Network
+from alexdsl.ir.network import Network, graph_of, layer_of
 from alexdsl.ir.serialize import parse_ir_json, read_ir
 from alexdsl.limits import max_source_bytes
 from alexdsl.passes.resources import check_resources
@@ -31,8 +31,6 @@ from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
 from alexdsl.syntax import ast
 from alexdsl.syntax.parser import parse_module
-
-_INTERNAL_ATTRS = ("arg_spans", "param_config", "ok")
 
 
 def _position(diagnostic: Diagnostic) -> tuple[int, int]:
@@ -81,12 +79,9 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
     if sink.has_errors:
         raise AlexDSLError(diagnostics, sources={file: text})
-    for _, data in graph.nodes(data=True):
-        for key in _INTERNAL_ATTRS:
-            data.pop(key, None)
     return Network(
         meta.name,
-        graph,
+        _checked(graph, order),
         description=meta.description,
         inputs=meta.inputs,
         outputs=outputs,
@@ -112,7 +107,7 @@ def check_graph(graph: nx.DiGraph, sink: DiagnosticSink, file: str) -> list[str]
 
 
 def network_from_json(text: str, file: str = "<json>") -> Network:
-    """Read and check IR JSON (``Network.from_json``); ``file`` names it in errors."""
+    """Read and check IR JSON (``alexdsl.from_json``); ``file`` names it in errors."""
     ir = read_ir(parse_ir_json(text, file), file)
     sink = DiagnosticSink()
     with gc_paused():
@@ -126,19 +121,25 @@ def network_from_json(text: str, file: str = "<json>") -> Network:
     errors = [d for d in located if d.severity == "error"] + ir.reader.sink.diagnostics
     if errors:
         raise AlexDSLError(errors)
-    for _, data in ir.graph.nodes(data=True):
-        for key in _INTERNAL_ATTRS:
-            data.pop(key, None)
-    network = ir.finish()
-    network.warnings = [d for d in located if d.severity == "warning"]
-    return network
+    assert order is not None
+    return Network(ir.name, _checked(ir.graph, order), description=ir.description, inputs=ir.inputs,
+                   outputs=ir.outputs, solver=ir.solver, preprocess=ir.preprocess, source_file=ir.source,
+                   warnings=[d for d in located if d.severity == "warning"])
+
+
+def _checked(graph: nx.DiGraph, order: list[str]) -> nx.DiGraph:
+    """The checked graph, its nodes in topological ``order``, without the front end's working state."""
+    layers = [layer_of(graph, name) for name in order]
+    for layer in layers:
+        layer.clear_build_state()
+    return graph if list(graph) == order else graph_of(layers)
 
 
 def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
     """A located error for any layer left without a shape (so no broken network is ever accepted)."""
-    for name, data in graph.nodes(data=True):
-        if data["shape"] is None:
-            sink.error(f"{name}: the layer's input could not be resolved", data.get("span"),
+    for name, layer in graph.nodes(data="layer"):
+        if layer.shape is None:
+            sink.error(f"{name}: the layer's input could not be resolved", layer.span,
                        hint="check the names this layer and the block it is in read from")
 
 
@@ -148,7 +149,7 @@ def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[D
     for diagnostic in diagnostics:
         message = diagnostic.message
         layer, sep, rest = message.partition(": ")
-        block = graph.nodes[layer].get("block") if sep and layer in graph else None
+        block = layer_of(graph, layer).block if sep and layer in graph else None
         if block:
             message = f"{layer[len(block) + 1:]}: {rest}"
         key = (diagnostic.severity, diagnostic.span, diagnostic.path, message, diagnostic.expected,

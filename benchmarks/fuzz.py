@@ -3,7 +3,7 @@
     python benchmarks/fuzz.py --minutes 60 --out fuzz-out
 
 runs the generators of tests/adsl_mutations.py (mutated ``.adsl`` examples, and mutated IR JSON
-through ``alexdsl.Network.from_json``) in a child process limited to ``--memory-gb`` of address
+through ``alexdsl.from_json``) in a child process limited to ``--memory-gb`` of address
 space. An input is a crash when the child raises anything but AlexDSLError, when an accepted
 source fails the round trip (JSON and formatter), when reading it takes longer than
 ``--timeout`` seconds (or the whole check three times that), or when the child dies. Each
@@ -36,7 +36,7 @@ def check(kind: str, name: str, text: str, limit: float) -> tuple[str, str]:
     started = time.monotonic()
     try:
         network = (alexdsl.parse(text, name, max_layers=FUZZ_MAX_LAYERS) if kind == "adsl"
-                   else alexdsl.Network.from_json(text, name))
+                   else alexdsl.from_json(text, name))
     except AlexDSLError:
         network = None
     except BaseException:  # noqa: BLE001 - the point: anything else is a crash, MemoryError included

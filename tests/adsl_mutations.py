@@ -216,7 +216,7 @@ def summary(network: alexdsl.Network) -> list[tuple]:
 
 def check_round_trips(network: alexdsl.Network, text: str, file: str) -> None:
     """Source -> IR -> JSON -> IR keeps shapes and state keys; the formatted source is the same network."""
-    again = alexdsl.Network.from_json(network.to_json())
+    again = alexdsl.from_json(network.to_json())
     assert again.shapes == network.shapes, "JSON round trip changed the shapes"
     assert again.state_keys() == network.state_keys(), "JSON round trip changed the state keys"
     formatted = alexdsl.parse(format_source(text, file), file, max_layers=FUZZ_MAX_LAYERS)

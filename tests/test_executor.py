@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import networkx as nx
 import numpy as np
 import pytest
 from conftest import random_weights
@@ -17,7 +16,7 @@ from alexdsl.backends import cupy as backend
 from alexdsl.backends.cupy import arrays, codegen, executor
 from alexdsl.backends.cupy.memory import Value, plan_memory
 from alexdsl.errors import AlexDSLError
-from alexdsl.ir.network import Network, ParamSpec
+from alexdsl.ir.network import Layer, Network, ParamSpec, graph_of
 from alexdsl.ops.registry import Filler
 
 torch = pytest.importorskip("torch")
@@ -438,29 +437,12 @@ def test_standalone_ops_lower_to_kernels() -> None:
 
 def test_hostile_names_cannot_inject_code() -> None:
     evil = 'x"]); import os; os.system("echo pwned") #'
-    graph = nx.DiGraph()
     conv_spec = ParamSpec((2, 1, 1, 1), Filler("constant", (("value", 1.0),)))
-    graph.add_node("in put", op="input", attrs={"kind": "tensor"}, inputs=[], shape=(1, 3, 3), phase="all")
-    graph.add_node(
-        evil,
-        op="conv",
-        inputs=["in put"],
-        shape=(2, 3, 3),
-        phase="all",
-        attrs={
-            "out": 2,
-            "kernel": (1, 1),
-            "stride": (1, 1),
-            "pad": (0, 0),
-            "dilation": (1, 1),
-            "groups": 1,
-            "bias": False,
-        },
-        params={"weight": conv_spec},
-    )
-    graph.add_node("class", op="relu", attrs={}, inputs=[evil], shape=(2, 3, 3), phase="all")
-    graph.add_edge("in put", evil)
-    graph.add_edge(evil, "class")
+    conv = {"out": 2, "kernel": (1, 1), "stride": (1, 1), "pad": (0, 0), "dilation": (1, 1), "groups": 1,
+            "bias": False}
+    graph = graph_of([Layer("in put", "input", {"kind": "tensor"}, [], (1, 3, 3)),
+                      Layer(evil, "conv", conv, ["in put"], (2, 3, 3), params={"weight": conv_spec}),
+                      Layer("class", "relu", {}, [evil], (2, 3, 3))])
     net = Network(
         'Evil"\nimport os', graph, inputs=["in put"], outputs=["class"], source_file='bad\n"""; import os #.adsl'
     )

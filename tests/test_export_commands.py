@@ -41,7 +41,7 @@ def test_commands_are_registered() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_json_source_round_trip(path: Path) -> None:
     network = alexdsl.load(path)
-    again = alexdsl.parse(network_to_source(alexdsl.Network.from_json(network.to_json())))
+    again = alexdsl.parse(network_to_source(alexdsl.from_json(network.to_json())))
     assert comparable(again) == comparable(network)
 
 
@@ -140,7 +140,7 @@ from test_fmt import networks  # noqa: E402
 @given(networks())
 def test_generated_networks_round_trip(src: str) -> None:
     network = alexdsl.parse(src)
-    again = alexdsl.parse(network_to_source(alexdsl.Network.from_json(network.to_json())))
+    again = alexdsl.parse(network_to_source(alexdsl.from_json(network.to_json())))
     assert comparable(again) == comparable(network)
     caffe = alexdsl.parse(import_prototxt(export_prototxt(network)))
     assert caffe.shapes == network.shapes and params(caffe) == params(network)
@@ -190,7 +190,7 @@ def ir_documents(draw: st.DrawFn) -> dict:
 @given(ir_documents())
 def test_fuzzed_ir_writes_back_the_same_network_or_a_located_refusal(data: dict) -> None:
     try:
-        network = alexdsl.Network.from_json(json.dumps(data), "fuzz.json")
+        network = alexdsl.from_json(json.dumps(data), "fuzz.json")
     except AlexDSLError:
         return  # refused by the IR reader
     names = [("name", network.name)] + [(f"layers[{i}].name", n) for i, n in enumerate(network.layer_names())]

@@ -227,7 +227,7 @@ def test_ceil_rounding_and_the_last_window_rule() -> None:
 def test_json_round_trip_for_every_example() -> None:
     for path in EXAMPLES.glob("*.adsl"):
         net = alexdsl.load(path)
-        again = alexdsl.Network.from_json(net.to_json())
+        again = alexdsl.from_json(net.to_json())
         assert again.to_json() == net.to_json()
         assert again.layer_names() == net.layer_names()
         assert again.state_keys() == net.state_keys()
@@ -235,9 +235,9 @@ def test_json_round_trip_for_every_example() -> None:
 
 def test_bad_json_is_reported() -> None:
     with pytest.raises(AlexDSLError, match="not valid JSON"):
-        alexdsl.Network.from_json("{")
+        alexdsl.from_json("{")
     with pytest.raises(AlexDSLError, match="not an alexdsl IR file"):
-        alexdsl.Network.from_json('{"format": "onnx"}')
+        alexdsl.from_json('{"format": "onnx"}')
 
 
 def test_load_missing_file() -> None:
@@ -600,7 +600,7 @@ def test_a_dotted_name_may_hold_a_hyphen_and_arithmetic_keeps_its_minus() -> Non
                         "block q(w) {\n  d: conv(w-1, 1)\n}\ne: b -> q(3)\n")
     assert net.shapes["b"] == (4, 8, 8) and net.shapes["e.d"] == (2, 8, 8)
     assert "trunk.block1-0.weight" in net.state_keys()
-    assert alexdsl.Network.from_json(net.to_json()).state_keys() == net.state_keys()
+    assert alexdsl.from_json(net.to_json()).state_keys() == net.state_keys()
 
 
 def test_the_ir_readers_name_pattern_is_the_grammars() -> None:

@@ -149,7 +149,7 @@ def test_accepted_mutants_come_back_from_json_as_source(seed: int) -> None:
         except AlexDSLError:
             continue
         with deadline(HANG_SECONDS + SECONDS_PER_LAYER * len(network)):
-            source = network_to_source(alexdsl.Network.from_json(network.to_json(), name + ".json"), name + ".json")
+            source = network_to_source(alexdsl.from_json(network.to_json(), name + ".json"), name + ".json")
             assert same_network(alexdsl.parse(source, name + ".adsl"), network), name
         accepted += 1
     assert accepted

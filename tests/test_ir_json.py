@@ -32,7 +32,7 @@ def alexnet_ir() -> dict[str, Any]:
 
 def read_errors(data: dict[str, Any]) -> str:
     with pytest.raises(AlexDSLError) as info:
-        alexdsl.Network.from_json(json.dumps(data), "net.json")
+        alexdsl.from_json(json.dumps(data), "net.json")
     return str(info.value)
 
 
@@ -129,15 +129,14 @@ def test_cycles_and_deep_nesting_are_errors_not_tracebacks() -> None:
     data["layers"][2]["inputs"] = ["conv1_relu"]  # conv1 <- conv1_relu <- conv1
     assert "cycle" in read_errors(data)
     with pytest.raises(AlexDSLError, match="nested too deeply|not valid JSON"):
-        alexdsl.Network.from_json("[" * 100_000 + "]" * 100_000)
+        alexdsl.from_json("[" * 100_000 + "]" * 100_000)
 
 
 def test_export_writes_strict_json() -> None:
     net = alexdsl.load(EXAMPLES / "lenet.adsl")
-    layer = next(name for name in net.layer_names() if net.graph.nodes[name]["params"])
-    spec = net.graph.nodes[layer]["params"]["weight"]
-    bad = type(spec)(spec.shape, type(spec.filler)("constant", (("value", float("inf")),)), 1.0, 1.0)
-    net.graph.nodes[layer]["params"]["weight"] = bad
+    layer = next(layer for layer in net.layers() if layer.params)
+    spec = layer.params["weight"]
+    layer.params["weight"] = type(spec)(spec.shape, type(spec.filler)("constant", (("value", float("inf")),)), 1.0, 1.0)
     with pytest.raises(AlexDSLError, match="not finite"):
         net.to_json()
 
@@ -176,7 +175,7 @@ def test_fuzzed_ir_gives_located_errors_or_a_safe_network(example: str) -> None:
         for _ in range(rng.randint(1, 3)):
             _set(data, rng.choice(sites), copy.deepcopy(rng.choice(HOSTILE_VALUES)))
         try:
-            net = alexdsl.Network.from_json(json.dumps(data), "fuzz.json")
+            net = alexdsl.from_json(json.dumps(data), "fuzz.json")
         except AlexDSLError as error:
             text = str(error)
             assert "fuzz.json" in text and "error:" in text
@@ -185,7 +184,7 @@ def test_fuzzed_ir_gives_located_errors_or_a_safe_network(example: str) -> None:
         for source in (cupy_source(net), torch_source(net)):
             compile(source, "<generated>", "exec")
             assert "__import__" not in source and "system(" not in source
-        again = alexdsl.Network.from_json(net.to_json())
+        again = alexdsl.from_json(net.to_json())
         assert again.shapes == net.shapes and again.state_keys() == net.state_keys()
     assert accepted < 60  # the mutations do reach the checks
 

@@ -8,6 +8,7 @@ phases, outputs, state keys), and the formatter must leave the text unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -21,6 +22,7 @@ from alexdsl.errors import AlexDSLError
 from alexdsl.fmt import format_source
 from alexdsl.interop.readable import _Writer, readable_source
 from alexdsl.interop.source import network_to_source
+from alexdsl.ir.network import graph_of
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.adsl"))  # examples/plugins/ holds plugin modules, not examples
 
@@ -254,12 +256,10 @@ def test_header_lines_come_first_as_comments() -> None:
 
 
 def test_a_name_source_cannot_hold_is_a_located_error() -> None:
-    network = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\n", "t.adsl")
-    network.graph.nodes["c_relu"]["attrs"] = {}
-    import networkx as nx
-
-    nx.relabel_nodes(network.graph, {"c_relu": "c relu"}, copy=False)
-    network._order = None
+    parsed = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\n", "t.adsl")
+    layers = [dataclasses.replace(layer, name="c relu") if layer.name == "c_relu" else layer
+              for layer in parsed.layers()]
+    network = alexdsl.Network(parsed.name, graph_of(layers), inputs=parsed.inputs, source_file=parsed.source_file)
     with pytest.raises(AlexDSLError) as error:
         readable_source(network, file="t.onnx")
     text = str(error.value)

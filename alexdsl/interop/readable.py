@@ -58,7 +58,6 @@ from typing import Any
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_call, format_value
 from alexdsl.ir.network import Layer, Network
-from alexdsl.ir.serialize import network_to_dict
 from alexdsl.ops.registry import FILLERS, REQUIRED, Filler, OpDef, lookup
 from alexdsl.ops.split import SPLITTERS
 from alexdsl.syntax import ast
@@ -963,7 +962,7 @@ def _default_outputs(network: Network) -> list[str]:
 
 
 def _comparable(network: Network) -> dict[str, Any]:
-    data = network_to_dict(network)
+    data = network.to_dict()
     data.pop("source")
     if not network.outputs:
         data.pop("outputs")

@@ -18,6 +18,7 @@ import networkx as nx
 
 from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_you_mean
 from alexdsl.fmt import format_value
+from alexdsl.ir.network import LAYER, Layer, graph_of
 from alexdsl.limits import MAX_DIM, MAX_INT, MAX_NAME_LENGTH, MAX_RANK, max_layers
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, lookup, op_names
 from alexdsl.ops.split import SPLITTERS  # front-end forms -> the op of each part; re-exported
@@ -1028,15 +1029,11 @@ class Elaborator:
         scope.pending.clear()
 
     def _connect(self) -> None:
-        for node, data in list(self.graph.nodes(data=True)):
-            for index, source in enumerate(data["inputs"]):
-                if source is None or source not in self.graph:
-                    data["ok"] = False
-                    continue
-                if self.graph.has_edge(source, node):
-                    self.graph.edges[source, node]["index"].append(index)
-                else:
-                    self.graph.add_edge(source, node, index=[index])
+        """Hand the layers built so far to the IR as typed nodes; a layer with an unresolved input is broken."""
+        self.graph = graph_of(Layer(name, **data) for name, data in self.graph.nodes(data=True))
+        for _, layer in self.graph.nodes(data=LAYER):
+            if any(source is None or source not in self.graph for source in layer.inputs):
+                layer.fail()
 
 
 def elaborate(module: ast.Module, sink: DiagnosticSink, input_shapes: dict[str, tuple[int, ...]] | None = None,

@@ -1,33 +1,25 @@
-"""The IR: a networkx DiGraph with one node per layer, wrapped by :class:`Network`.
+"""The IR: a networkx DiGraph with one typed node, a :class:`Layer`, per layer, wrapped by :class:`Network`.
 
-Node attributes (documented in docs/ir.md):
-
-=========  ==================================================================
-op         registry op name, or ``"input"`` for a declared input
-attrs      the op's arguments, normalised (pairs as (h, w) tuples)
-inputs     ordered list of producer layer names
-shape      output shape without the batch dimension (a tuple; () for a scalar)
-params     learnable parameters: name -> :class:`ParamSpec`
-buffers    non-learned state (batchnorm running stats): name -> shape
-phase      "all", "train" or "test"
-span       :class:`~alexdsl.errors.Span` of the source text, or None
-block      the block instance the layer came from (``"inc3a"``, ``"layer2.0"``), or None
-macs       multiply-accumulates of one sample (conv and fc weights only)
-=========  ==================================================================
-
-Edges run producer -> consumer, with ``index``: the input positions they feed.
+Each node holds its :class:`Layer` under the node attribute ``"layer"`` (:data:`LAYER`), and nothing
+else. A layer's ``inputs`` is the one record of connectivity: the edges (producer -> consumer,
+without data) are derived from it by :func:`add_layers`, the one function that adds nodes, and
+:meth:`Layer.rewire` keeps them in step when an input changes. A checked network's nodes are in
+topological order. The fields are documented in docs/ir.md.
 
 >>> import alexdsl
 >>> net = alexdsl.parse("network Tiny\\ninput x: 3x8x8\\nc1: conv(4, 3) | relu\\n")
 >>> [(layer.name, layer.shape) for layer in net.layers()]
 [('x', (3, 8, 8)), ('c1', (4, 6, 6)), ('c1_relu', (4, 6, 6))]
+>>> net.graph.nodes["c1"]["layer"] is net.layer("c1")
+True
 >>> net.totals()["params"]
 112
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +30,9 @@ from alexdsl.ops.registry import Filler, Shape, numel
 
 BYTES_PER_ELEMENT = 4  # float32 activations
 LABEL_BYTES = 8  # one int64 class index per sample
+LAYER = "layer"  # the node attribute that holds a node's Layer
+FORMAT = "alexdsl-ir"  # the JSON form (docs/ir.md)
+VERSION = 1
 _OWN = ""  # state_keys: a layer's own entries in its name tree (no name segment is empty)
 
 
@@ -54,22 +49,33 @@ class ParamSpec:
     def count(self) -> int:
         return numel(self.shape)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "filler": self.filler.to_json(), "lr_mult": self.lr_mult,
+                "decay_mult": self.decay_mult}
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class Layer:
-    """A read-only view of one node of :attr:`Network.graph`."""
+    """One node of :attr:`Network.graph`: a layer, or a declared input (op ``"input"``).
+
+    Read its fields; the front end's passes change them only through the methods below.
+    """
 
     name: str
-    op: str
-    attrs: dict[str, Any]
-    inputs: list[str]
-    shape: Shape
+    op: str  # registry op name, or "input"
+    attrs: dict[str, Any]  # the op's arguments, every one filled in; pairs as (h, w) tuples
+    inputs: list[str]  # producer names in argument order: the one record of connectivity
+    shape: Shape | None = None  # output shape without the batch; None until the shape pass computes it
     params: dict[str, ParamSpec] = field(default_factory=dict)
-    buffers: dict[str, Shape] = field(default_factory=dict)
-    phase: str = "all"
-    span: Span | None = None
-    block: str | None = None
-    macs: int = 0
+    buffers: dict[str, Shape] = field(default_factory=dict)  # non-learned state: name -> shape
+    phase: str = "all"  # "all", "train" or "test"
+    span: Span | None = None  # where the layer is written
+    block: str | None = None  # the block instance the layer came from ("inc3a", "layer2.0")
+    macs: int = 0  # multiply-accumulates of one sample (conv and fc weights only)
+    # What the front end knows while it checks the layer, cleared by clear_build_state():
+    arg_spans: dict[str, Span] = field(default_factory=dict, repr=False, compare=False)  # argument -> its span
+    param_config: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)  # filler, lr
+    ok: bool = field(default=True, repr=False, compare=False)  # False: elaboration failed, the pass skips it
 
     @property
     def param_count(self) -> int:
@@ -87,7 +93,72 @@ class Layer:
         """Bytes of this layer's output for a batch (float32; labels as int64)."""
         if self.is_label:
             return LABEL_BYTES * batch
-        return BYTES_PER_ELEMENT * numel(self.shape) * batch
+        return BYTES_PER_ELEMENT * numel(self.shape or ()) * batch
+
+    # what the passes change --------------------------------------------------------------------
+    def computed(self, shape: Shape, params: dict[str, ParamSpec], buffers: dict[str, Shape], macs: int) -> None:
+        """Record what the shape pass computed for this layer."""
+        self.shape, self.params, self.buffers, self.macs = shape, params, buffers, macs
+
+    def unshaped(self) -> None:
+        """Record that the shape pass could not compute this layer (it or an input failed)."""
+        self.shape = None
+
+    def fail(self) -> None:
+        """Mark the layer as broken while it is built (an input is unresolved): the shape pass skips it."""
+        self.ok = False
+
+    def clear_build_state(self) -> None:
+        """Drop what only the front end needs (argument spans, parameter settings), once the layer is checked."""
+        self.arg_spans, self.param_config = {}, {}
+
+    def rewire(self, graph: nx.DiGraph, index: int, source: str | None) -> None:
+        """Read input ``index`` from ``source`` (None: unresolved), keeping ``graph``'s edges in step."""
+        old, self.inputs[index] = self.inputs[index], source  # type: ignore[call-overload]
+        if old is not None and old in graph and old not in self.inputs:
+            graph.remove_edge(old, self.name)
+        if source is not None and source in graph:
+            graph.add_edge(source, self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        """This layer's entry in the IR JSON's ``layers`` list."""
+        return {
+            "name": self.name,
+            "op": self.op,
+            "attrs": {k: list(v) if isinstance(v, tuple) else v for k, v in self.attrs.items()},
+            "inputs": list(self.inputs),
+            "shape": list(self.shape or ()),
+            "params": {name: spec.to_json() for name, spec in self.params.items()},
+            "buffers": {name: list(shape) for name, shape in self.buffers.items()},
+            "phase": self.phase,
+            "macs": self.macs,
+            "block": self.block,
+            "span": self.span.to_json() if self.span else None,
+        }
+
+
+def add_layers(graph: nx.DiGraph, layers: Iterable[Layer]) -> None:
+    """Add ``layers`` as nodes of ``graph``, then an edge to each from each of its inputs in the graph.
+
+    The one way a node enters the IR, so the edges are always those its layers' ``inputs`` name. An input
+    that is None or not (yet) a layer has no edge until :meth:`Layer.rewire` points it at one.
+    """
+    added = list(layers)
+    graph.add_nodes_from((layer.name, {LAYER: layer}) for layer in added)
+    graph.add_edges_from((source, layer.name) for layer in added for source in layer.inputs
+                         if source is not None and source in graph)
+
+
+def graph_of(layers: Iterable[Layer]) -> nx.DiGraph:
+    """A new graph of ``layers``, in their order (see :func:`add_layers`)."""
+    graph = nx.DiGraph()
+    add_layers(graph, layers)
+    return graph
+
+
+def layer_of(graph: nx.DiGraph, name: str) -> Layer:
+    """The :class:`Layer` of node ``name``."""
+    return graph.nodes[name][LAYER]
 
 
 @dataclass(frozen=True)
@@ -129,6 +200,7 @@ class Network:
         self.source_file = source_file
         self.warnings = list(warnings or [])
         self._order: list[str] | None = None
+        self._layers: list[Layer] | None = None
 
     def __repr__(self) -> str:
         return f"<Network {self.name}: {self.graph.number_of_nodes()} layers>"
@@ -142,31 +214,20 @@ class Network:
         return self._order
 
     def layer(self, name: str) -> Layer:
+        """The layer called ``name`` (the graph's own node, not a copy)."""
         if name not in self.graph:
             hint = did_you_mean(name, self.graph.nodes)
             raise AlexDSLError(f"no layer named '{name}' in {self.name}" + (f"; {hint}" if hint else ""))
-        data = self.graph.nodes[name]
-        return Layer(
-            name=name,
-            op=data["op"],
-            attrs=data["attrs"],
-            inputs=data["inputs"],
-            shape=data["shape"],
-            params=data.get("params", {}),
-            buffers=data.get("buffers", {}),
-            phase=data.get("phase", "all"),
-            span=data.get("span"),
-            block=data.get("block"),
-            macs=data.get("macs", 0),
-        )
+        return self.graph.nodes[name][LAYER]
 
     def layers(self, phase: str | None = None) -> list[Layer]:
         """Layers in topological order; ``phase="train"`` or ``"test"`` keeps those run then."""
-        return [
-            layer
-            for layer in map(self.layer, self.layer_names())
-            if phase is None or layer.phase in ("all", phase)
-        ]
+        if self._layers is None:
+            nodes = self.graph.nodes
+            self._layers = [nodes[name][LAYER] for name in self.layer_names()]
+        if phase is None:
+            return list(self._layers)
+        return [layer for layer in self._layers if layer.phase in ("all", phase)]
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(self.layers())
@@ -176,16 +237,16 @@ class Network:
 
     @property
     def shapes(self) -> dict[str, Shape]:
-        return {name: self.graph.nodes[name]["shape"] for name in self.layer_names()}
+        return {layer.name: layer.shape for layer in self.layers()}
 
     @property
     def label_inputs(self) -> list[str]:
-        return [n for n in self.inputs if self.graph.nodes[n]["attrs"].get("kind") == "label"]
+        return [n for n in self.inputs if self.layer(n).is_label]
 
     @property
     def data_inputs(self) -> list[str]:
         """The non-label inputs, in declaration order: what a forward pass takes."""
-        return [n for n in self.inputs if self.graph.nodes[n]["attrs"].get("kind") != "label"]
+        return [n for n in self.inputs if not self.layer(n).is_label]
 
     def inference_view(self) -> InferenceView:
         """The layers that run at test time and what a forward pass returns.
@@ -260,14 +321,26 @@ class Network:
         return keys
 
     # interchange ------------------------------------------------------------------------------
-    def to_json(self, **kwargs: Any) -> str:
-        from alexdsl.ir.serialize import network_to_json
+    def to_dict(self) -> dict[str, Any]:
+        """The IR JSON object (docs/ir.md); read one back with :func:`alexdsl.from_json`."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source_file,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "solver": self.solver,
+            "preprocess": self.preprocess,
+            "layers": [layer.to_json() for layer in self.layers()],
+            "totals": self.totals(),
+        }
 
-        return network_to_json(self, **kwargs)
-
-    @classmethod
-    def from_json(cls, text: str, file: str = "<json>") -> Network:
-        """Read IR JSON, checking every field (see :mod:`alexdsl.ir.serialize`); ``file`` names it in errors."""
-        from alexdsl.frontend import network_from_json
-
-        return network_from_json(text, file)
+    def to_json(self, indent: int | None = 2) -> str:
+        """Strict JSON (no NaN or Infinity, which strict readers reject)."""
+        try:
+            return json.dumps(self.to_dict(), indent=indent, allow_nan=False) + "\n"
+        except ValueError:
+            raise AlexDSLError(f"error: network {self.name} holds a number that is not finite; "
+                               "JSON cannot represent it") from None

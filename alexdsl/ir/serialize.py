@@ -1,6 +1,6 @@
-"""The IR as versioned JSON: what other tools read and write.
+"""Reading the IR's versioned JSON, which other tools read and write (:meth:`Network.to_json` writes it).
 
-The schema is documented in docs/ir.md. ``from_json(to_json(net))`` gives an equal graph.
+The schema is documented in docs/ir.md. ``from_json(net.to_json())`` gives an equal graph.
 
 Reading is a trust boundary: an IR file may come from anyone. :func:`read_ir` checks every
 field against the schema and the op registry (types, names, arguments and their ranges,
@@ -11,7 +11,7 @@ compares them with the file. Every problem is reported, located by its JSON path
 
 >>> import alexdsl
 >>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nc: conv(2, 3)\\n")
->>> again = alexdsl.Network.from_json(net.to_json())
+>>> again = alexdsl.from_json(net.to_json())
 >>> again.shapes == net.shapes and again.totals() == net.totals()
 True
 """
@@ -27,66 +27,19 @@ from typing import Any
 
 import networkx as nx
 
-from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span, did_you_mean
-from alexdsl.ir.network import Network
+from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, AlexDSLError, Diagnostic, DiagnosticSink, Span, did_you_mean
+from alexdsl.ir.network import FORMAT, VERSION, Layer, add_layers, layer_of
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, format_shape, lookup, op_names
 
-FORMAT = "alexdsl-ir"
-VERSION = 1
 PHASES = ("all", "train", "test")
 MAX_NAME_LENGTH = 256
 MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size or stride
 MAX_RANK = 8
 MAX_INT = 2**63 - 1  # the largest integer a number field holds, as in source
 NETWORK_NAME = re.compile(r"[^\x00-\x1f\x7f]+")  # any printable text: generated code sanitizes it
-
-
-def _attrs_to_json(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
-
-
-def network_to_dict(network: Network) -> dict[str, Any]:
-    layers = []
-    for layer in network.layers():
-        layers.append({
-            "name": layer.name,
-            "op": layer.op,
-            "attrs": _attrs_to_json(layer.attrs),
-            "inputs": list(layer.inputs),
-            "shape": list(layer.shape),
-            "params": {
-                name: {"shape": list(spec.shape), "filler": spec.filler.to_json(), "lr_mult": spec.lr_mult,
-                       "decay_mult": spec.decay_mult}
-                for name, spec in layer.params.items()
-            },
-            "buffers": {name: list(shape) for name, shape in layer.buffers.items()},
-            "phase": layer.phase,
-            "macs": layer.macs,
-            "block": layer.block,
-            "span": layer.span.to_json() if layer.span else None,
-        })
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "name": network.name,
-        "description": network.description,
-        "source": network.source_file,
-        "inputs": network.inputs,
-        "outputs": network.outputs,
-        "solver": network.solver,
-        "preprocess": network.preprocess,
-        "layers": layers,
-        "totals": network.totals(),
-    }
-
-
-def network_to_json(network: Network, indent: int | None = 2) -> str:
-    """Strict JSON (no NaN or Infinity, which strict readers reject)."""
-    try:
-        return json.dumps(network_to_dict(network), indent=indent, allow_nan=False) + "\n"
-    except ValueError:
-        raise AlexDSLError(f"error: network {network.name} holds a number that is not finite; "
-                           "JSON cannot represent it") from None
+MAX_INT_DIGITS = 640  # longer JSON integers are refused unconverted (the least limit Python's str -> int can have)
+MAX_DEPTH = 32  # nesting of arrays and objects (the schema needs 6)
+_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')  # a JSON string, or a bracket outside one
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -349,14 +302,7 @@ class IRFile:
     def compare(self, order: list[str]) -> None:
         """Record an error for every shape, parameter, buffer or MAC count the file gets wrong."""
         for name in order:
-            _compare(self.reader, self.graph.nodes[name], self.declared[name], f"layers[{self.index[name]}]")
-
-    def finish(self) -> Network:
-        for _, node in self.graph.nodes(data=True):
-            node["span"] = node.pop("file_span")
-        return Network(self.name, self.graph, description=self.description, inputs=self.inputs,
-                       outputs=self.outputs, solver=self.solver, preprocess=self.preprocess,
-                       source_file=self.source)
+            _compare(self.reader, layer_of(self.graph, name), self.declared[name], f"layers[{self.index[name]}]")
 
 
 def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
@@ -378,7 +324,7 @@ def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
                         "a file name or null", default=None)
     solver = read.settings(data.get("solver", {}), "solver", SOLVER_KEYS)
     layers = read.field(data, "layers", "", lambda v: isinstance(v, list) and bool(v), "a non-empty list")
-    graph = nx.DiGraph()
+    built: dict[str, Layer] = {}  # layer name -> its layer, in file order
     index_of: dict[str, int] = {}
     declared: dict[str, dict[str, Any]] = {}  # what the file says each layer computes, to compare
     for i, layer in enumerate(layers or []):
@@ -387,7 +333,7 @@ def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
             read.error(path, "a layer must be an object", received=_show(layer))
             continue
         lname = read.name(layer.get("name"), f"{path}.name", "the layer name")
-        if lname is not None and lname in graph:
+        if lname is not None and lname in built:
             read.error(f"{path}.name", f"duplicate layer name '{lname}'",
                        hint=f"layers[{index_of[lname]}] has the same name")
             lname = None
@@ -434,33 +380,26 @@ def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
         index_of[lname] = i
         ok = attrs is not None and config is not None and inputs is not None and shape is not None and (
             op_name == "input" or op is not None)
-        graph.add_node(lname, op=op_name if isinstance(op_name, str) else "?", attrs=attrs or {},
-                       inputs=list(inputs or []), shape=shape if op_name == "input" else None, params={}, buffers={},
-                       phase=phase or "all", span=None, block=block, macs=0, arg_spans={},
-                       param_config=config or {}, ok=ok, file_span=_span(layer.get("span")))
+        built[lname] = Layer(lname, op_name if isinstance(op_name, str) else "?", attrs or {}, list(inputs or []),
+                             shape if op_name == "input" else None, phase=phase or "all", span=_span(layer.get("span")),
+                             block=block, param_config=config or {}, ok=ok)
         declared[lname] = {"shape": shape, "params": declared_params, "buffers": layer.get("buffers", {}),
                            "macs": layer.get("macs")}
-    for lname, node in graph.nodes(data=True):
-        for position, src in enumerate(node["inputs"]):
-            if src not in graph:
+    for lname, built_layer in built.items():
+        for position, src in enumerate(built_layer.inputs):
+            if src not in built:
                 read.error(f"layers[{index_of[lname]}].inputs[{position}]",
                            f"layer '{lname}' reads {_show(src)}, which is not a layer in the file",
-                           hint=did_you_mean(src, graph.nodes))
-                node["ok"] = False
-                node["inputs"] = [s if s in graph else None for s in node["inputs"]]
-    for lname, node in list(graph.nodes(data=True)):
-        for position, src in enumerate(node["inputs"]):
-            if src is None:
-                continue
-            if graph.has_edge(src, lname):
-                graph.edges[src, lname]["index"].append(position)
-            else:
-                graph.add_edge(src, lname, index=[position])
-    inputs_list = _names_list(read, data, "inputs", graph, lambda n: graph.nodes[n]["op"] == "input",
+                           hint=did_you_mean(src, built))
+                built_layer.fail()
+                built_layer.inputs[position] = None  # type: ignore[call-overload]
+    graph = nx.DiGraph()
+    add_layers(graph, built.values())
+    inputs_list = _names_list(read, data, "inputs", graph, lambda n: layer_of(graph, n).is_input,
                               "a declared input (a layer with op 'input')")
     outputs_list = _names_list(read, data, "outputs", graph, lambda n: True, "a layer in the file")
-    for lname, node in graph.nodes(data=True):
-        if node["op"] == "input" and inputs_list is not None and lname not in inputs_list:
+    for lname, built_layer in built.items():
+        if built_layer.is_input and inputs_list is not None and lname not in inputs_list:
             read.error(f"layers[{index_of[lname]}]", f"input layer '{lname}' is not listed in 'inputs'")
     preprocess: dict[str, dict[str, Any]] = {}
     raw_pre = data.get("preprocess", {})
@@ -468,7 +407,7 @@ def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
         read.error("preprocess", "preprocess must be an object", received=_show(raw_pre))
     else:
         for target, settings in raw_pre.items():
-            if target not in graph or graph.nodes[target]["op"] != "input":
+            if target not in graph or not layer_of(graph, target).is_input:
                 read.error(f"preprocess.{target}", f"preprocess names {_show(target)}, which is not an input")
                 continue
             preprocess[target] = read.settings(settings, f"preprocess.{target}", PREPROCESS_KEYS)
@@ -494,39 +433,113 @@ def _names_list(read: _Reader, data: dict[str, Any], key: str, graph: nx.DiGraph
     return list(value)
 
 
-def _compare(read: _Reader, node: dict[str, Any], declared: dict[str, Any], path: str) -> None:
+def _compare(read: _Reader, layer: Layer, declared: dict[str, Any], path: str) -> None:
     """The file's shape, parameters, buffers and MACs must be what the shape pass computes."""
-    if node["shape"] != declared["shape"]:
+    if layer.shape != declared["shape"]:
         read.error(f"{path}.shape", "the shape in the file is not what the layer computes",
-                   expected=format_shape(node["shape"]), received=_show(declared["shape"]))
-    params = {n: spec.shape for n, spec in node["params"].items()}
+                   expected=format_shape(layer.shape), received=_show(declared["shape"]))
+    params = {n: spec.shape for n, spec in layer.params.items()}
     if not isinstance(declared["params"], dict) or {n: _tuple(p.get("shape") if isinstance(p, dict) else None)
                                                     for n, p in declared["params"].items()} != params:
         read.error(f"{path}.params", "the parameters in the file are not what the layer has",
                    expected=", ".join(f"{n} {format_shape(s)}" for n, s in params.items()) or "none",
                    received=_show(declared["params"]))
-    buffers = dict(node["buffers"])
+    buffers = dict(layer.buffers)
     if not isinstance(declared["buffers"], dict) or {n: _tuple(s) for n, s in declared["buffers"].items()} != buffers:
         read.error(f"{path}.buffers", "the buffers in the file are not what the layer has",
                    expected=", ".join(f"{n} {format_shape(s)}" for n, s in buffers.items()) or "none",
                    received=_show(declared["buffers"]))
-    if declared["macs"] is not None and declared["macs"] != node["macs"]:
+    if declared["macs"] is not None and declared["macs"] != layer.macs:
         read.error(f"{path}.macs", "the MAC count in the file is not what the layer computes",
-                   expected=f"{node['macs']}", received=_show(declared["macs"]))
+                   expected=f"{layer.macs}", received=_show(declared["macs"]))
 
 
 def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+class _Unreadable:
+    """A JSON value the IR cannot hold, kept unconverted: NaN, Infinity, or an integer of too many digits."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def diagnostic(self, where: str) -> Diagnostic:
+        if not self.text[-1].isdigit():
+            return Diagnostic("error", f"{self.text} is not a number (strict JSON has no NaN or Infinity)",
+                              path=where, expected="a finite number")
+        digits = len(self.text.lstrip("-"))
+        return Diagnostic("error", f"the integer has {digits:,} digits", path=where,
+                          received=f"{self.text[:12]}...", expected=f"an integer of at most {MAX_INT_DIGITS} digits")
+
+
+def _integer(text: str) -> int | _Unreadable:
+    """A JSON integer, left unconverted when it is too long to convert quickly (Python refuses past 4,300 digits)."""
+    return int(text) if len(text) <= MAX_INT_DIGITS else _Unreadable(text)
+
+
+def _child(path: str, key: str | int) -> str:
+    """The JSON path of item ``key`` of the value at ``path`` (``layers[3].shape``)."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _problems(data: Any, file: str) -> list[Diagnostic]:
+    """Every value of ``data`` the IR cannot hold, located by its JSON path: NaN, Infinity, a float that overflows,
+    an integer of too many digits, and arrays or objects nested deeper than :data:`MAX_DEPTH`."""
+    found: list[Diagnostic] = []
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack and len(found) < MAX_DIAGNOSTICS_PER_FILE:
+        value, path, depth = stack.pop()
+        where = f"{file}:{path}"
+        if isinstance(value, (dict, list)):
+            if depth == MAX_DEPTH:
+                found.append(Diagnostic("error", "the JSON is nested too deeply", path=where,
+                                        expected=f"at most {MAX_DEPTH} levels of arrays and objects"))
+                continue
+            items = list(value.items() if isinstance(value, dict) else enumerate(value))
+            stack.extend((item, _child(path, key), depth + 1) for key, item in reversed(items))
+        elif isinstance(value, _Unreadable):
+            found.append(value.diagnostic(where))
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append(Diagnostic("error", "the number is too large for a float", path=where,
+                                    expected="a finite number (at most about 1.8e308)"))
+    return found
+
+
+def _line_column(text: str, depth: int) -> tuple[int, int]:
+    """Where ``text`` first nests deeper than ``depth`` (1-based line and column), brackets in strings aside."""
+    level = 0
+    for match in _BRACKETS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            level += 1
+            if level > depth:
+                line = text.count("\n", 0, match.start()) + 1
+                return line, match.start() - text.rfind("\n", 0, match.start())
+        elif token in "]}":
+            level -= 1
+    return 1, 1
+
+
 def parse_ir_json(text: str, file: str = "<json>") -> dict[str, Any]:
-    """The JSON object of an IR file, or a located error."""
+    """The JSON object of an IR file, or a located error for JSON the IR cannot hold.
+
+    Strict JSON: NaN and Infinity are refused, as are integers of more than :data:`MAX_INT_DIGITS` digits
+    (Python will not convert them), floats that overflow, and nesting deeper than :data:`MAX_DEPTH`.
+    """
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_integer, parse_constant=_Unreadable)
     except json.JSONDecodeError as error:
         raise AlexDSLError(f"{file}:{error.lineno}:{error.colno}: error: not valid JSON: {error.msg}") from None
     except RecursionError:
-        raise AlexDSLError(f"{file}: error: the JSON is nested too deeply") from None
+        line, column = _line_column(text, MAX_DEPTH)
+        raise AlexDSLError([Diagnostic("error", "the JSON is nested too deeply", path=f"{file}:{line}:{column}",
+                                       expected=f"at most {MAX_DEPTH} levels of arrays and objects")]) from None
     if not isinstance(data, dict):
         raise AlexDSLError(f"{file}: error: an IR file holds one JSON object")
+    problems = _problems(data, file)
+    if problems:
+        raise AlexDSLError(problems)
     return data

@@ -70,9 +70,9 @@ class Analysis:
         """Source span -> the IR layers written there (a block's layers once per instance)."""
         index: dict[Span, list[str]] = {}
         if self.network is not None:
-            for name, data in self.network.graph.nodes(data=True):
-                if data.get("span") is not None:
-                    index.setdefault(data["span"], []).append(name)
+            for layer in self.network.layers():
+                if layer.span is not None:
+                    index.setdefault(layer.span, []).append(layer.name)
         return index
 
     @functools.cached_property
@@ -240,7 +240,7 @@ def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
     last: dict[int, Span] = {}
     on_line: dict[int, list[str]] = {}
     for span, layers in analysis.spans.items():
-        if network.graph.nodes[layers[0]]["op"] == "input":
+        if network.layer(layers[0]).is_input:
             continue
         line = span.end_line - 1
         on_line.setdefault(line, []).extend(layers)

@@ -90,16 +90,15 @@ def require_memory(network: Network, batch: int, action: str, limit: int | None 
 def check_resources(network: Network, sink: DiagnosticSink, file: str | None = None) -> None:
     """Errors for sizes that overflow int64 arithmetic, warnings for layers and totals past 4 GiB."""
     total_params = total_activations = 0
-    for name in network.layer_names():
-        data = network.graph.nodes[name]
-        shape = data["shape"]
+    for layer in network.layers():
+        name, shape = layer.name, layer.shape
         if shape is None:
             continue
         elements = numel(shape)
-        params = sum(numel(spec.shape) for spec in data["params"].values())
-        dims = list(shape) + [d for spec in data["params"].values() for d in spec.shape]
+        params = sum(numel(spec.shape) for spec in layer.params.values())
+        dims = list(shape) + [d for spec in layer.params.values() for d in spec.shape]
         if max(elements, params) * BYTES_PER_ELEMENT > MAX_INT or max(dims, default=0) > MAX_DIM:
-            sink.error(f"{name}: the layer is too large to compute", data["span"],
+            sink.error(f"{name}: the layer is too large to compute", layer.span,
                        expected=f"dimensions of at most {MAX_DIM:,}, and at most "
                                 f"{MAX_INT // BYTES_PER_ELEMENT:,} elements in an output or its parameters",
                        received=f"output {format_shape(shape)}, {params:,} parameters")
@@ -108,7 +107,7 @@ def check_resources(network: Network, sink: DiagnosticSink, file: str | None = N
         total_activations += elements
         for what, count in (("its parameters need", params), ("one sample's output needs", elements)):
             if count * BYTES_PER_ELEMENT > LARGE_BYTES:
-                sink.warning(f"{name}: {what} {format_bytes(count * BYTES_PER_ELEMENT)}", data["span"],
+                sink.warning(f"{name}: {what} {format_bytes(count * BYTES_PER_ELEMENT)}", layer.span,
                              hint=f"more than {format_bytes(LARGE_BYTES)}; is a size argument too large?")
     for what, count in (("the network's parameters need", total_params),
                         ("one sample's activations need", total_activations)):

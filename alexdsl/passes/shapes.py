@@ -10,73 +10,69 @@ from __future__ import annotations
 import networkx as nx
 
 from alexdsl.errors import DiagnosticSink
-from alexdsl.ir.network import ParamSpec
+from alexdsl.ir.network import Layer, ParamSpec, layer_of
 from alexdsl.ops.loss import class_count
 from alexdsl.ops.registry import Filler, ShapeError, format_shape, lookup
 
 
 def infer_shapes(graph: nx.DiGraph, order: list[str], sink: DiagnosticSink) -> None:
-    """Fill ``shape``, ``params``, ``buffers`` and ``macs`` on every node of ``graph``."""
+    """Compute each layer's shape, parameters, buffers and MACs (:meth:`Layer.computed`), in ``order``."""
     for name in order:
-        data = graph.nodes[name]
-        if data["op"] == "input":
+        layer = layer_of(graph, name)
+        if layer.is_input:
             continue
-        op = lookup(data["op"])
+        op = lookup(layer.op)
         assert op is not None
-        inputs = data["inputs"]
-        if not data.get("ok", True) or any(i is None or graph.nodes[i]["shape"] is None for i in inputs):
-            data["shape"] = None
+        sources = [layer_of(graph, i) for i in layer.inputs if i in graph] if layer.ok else []
+        if not layer.ok or len(sources) < len(layer.inputs) or any(source.shape is None for source in sources):
+            layer.unshaped()
             continue
-        in_shapes = [graph.nodes[i]["shape"] for i in inputs]
-        attrs = data["attrs"]
+        in_shapes = [source.shape for source in sources]
+        attrs = layer.attrs
         try:
             if op.takes_label:
-                _check_label(graph, name, inputs, attrs)
-            for position in range(len(inputs)):
-                if graph.nodes[inputs[position]]["attrs"].get("kind") == "label" and not (
-                        op.takes_label and position == 1):
-                    raise ShapeError(f"input '{inputs[position]}' is a label; {op.name} needs a tensor",
-                                     expected="a tensor input", received=f"the label '{inputs[position]}'")
-            shape = op.infer(attrs, in_shapes)
+                _check_label(sources, attrs)
+            for position, source in enumerate(sources):
+                if source.is_label and not (op.takes_label and position == 1):
+                    raise ShapeError(f"input '{source.name}' is a label; {op.name} needs a tensor",
+                                     expected="a tensor input", received=f"the label '{source.name}'")
+            shape = tuple(op.infer(attrs, in_shapes))
         except ShapeError as error:
-            span = data["arg_spans"].get(error.arg, data["span"]) if error.arg else data["span"]
+            span = layer.arg_spans.get(error.arg, layer.span) if error.arg else layer.span
             sink.error(f"{name}: {error.message}", span, expected=error.expected,
                        received=error.received or f"input shape{'s' if len(in_shapes) > 1 else ''} "
                                                   + ", ".join(format_shape(s) for s in in_shapes),
                        hint=error.hint)
-            data["shape"] = None
+            layer.unshaped()
             continue
-        data["shape"] = tuple(shape)
-        config = data.get("param_config", {})
-        data["params"] = {}
+        params = {}
         for pname, pshape in op.params(attrs, in_shapes).items():
             # A reader that gave no settings for a parameter (IR JSON without it) gets the op's defaults;
             # the reader then reports the parameter as missing.
-            entry = config.get(pname) or {"filler": op.default_fillers.get(pname, Filler("constant")), "lr": 1.0,
-                                          "decay": 1.0}
-            data["params"][pname] = ParamSpec(tuple(pshape), entry["filler"], entry["lr"], entry["decay"])
-        data["buffers"] = {bname: tuple(b) for bname, b in op.buffers(attrs, in_shapes).items()}
-        data["macs"] = op.macs(attrs, in_shapes, data["shape"])
+            entry = layer.param_config.get(pname) or {
+                "filler": op.default_fillers.get(pname, Filler("constant")), "lr": 1.0, "decay": 1.0}
+            params[pname] = ParamSpec(tuple(pshape), entry["filler"], entry["lr"], entry["decay"])
+        buffers = {bname: tuple(b) for bname, b in op.buffers(attrs, in_shapes).items()}
+        layer.computed(shape, params, buffers, op.macs(attrs, in_shapes, shape))
         for message, arg in op.lint(attrs, in_shapes):
-            span = data["arg_spans"].get(arg, data["span"]) if arg else data["span"]
+            span = layer.arg_spans.get(arg, layer.span) if arg else layer.span
             sink.warning(f"{name}: {message}", span)
 
 
-def _check_label(graph: nx.DiGraph, name: str, inputs: list[str], attrs: dict) -> None:
-    logits, label = inputs
-    label_data = graph.nodes[label]
-    if label_data["attrs"].get("kind") != "label":
+def _check_label(sources: list[Layer], attrs: dict) -> None:
+    logits, label = sources
+    if not label.is_label:
         raise ShapeError(
-            f"needs a label as its second input, but '{label}' is not one",
+            f"needs a label as its second input, but '{label.name}' is not one",
             expected="a label input declared as 'input label: class(N)'",
-            received=f"'{label}' ({format_shape(label_data['shape'])})",
+            received=f"'{label.name}' ({format_shape(label.shape)})",
         )
-    classes = class_count(graph.nodes[logits]["shape"])
-    if classes != label_data["attrs"]["classes"]:
+    classes = class_count(logits.shape)
+    if classes != label.attrs["classes"]:
         raise ShapeError(
-            f"'{logits}' scores {classes} classes but the label '{label}' has {label_data['attrs']['classes']}",
-            expected=f"{label_data['attrs']['classes']} class scores",
-            received=format_shape(graph.nodes[logits]["shape"]),
+            f"'{logits.name}' scores {classes} classes but the label '{label.name}' has {label.attrs['classes']}",
+            expected=f"{label.attrs['classes']} class scores",
+            received=format_shape(logits.shape),
         )
     if attrs.get("top", 1) > classes:
         raise ShapeError(f"top={attrs['top']} is more than the {classes} classes", arg="top",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import networkx as nx
 
 from alexdsl.errors import DiagnosticSink, Span
+from alexdsl.ir.network import layer_of
 from alexdsl.ops.registry import lookup
 
 
@@ -22,7 +23,7 @@ def find_cycle(graph: nx.DiGraph, sink: DiagnosticSink) -> bool:
         first = ordered[0]
         sink.error(
             f"layers feed each other in a cycle: {' -> '.join(ordered + [first])}",
-            graph.nodes[first].get("span"),
+            layer_of(graph, first).span,
             hint="a layer's input must not depend on its own output",
         )
     return found
@@ -36,13 +37,13 @@ def choose_outputs(graph: nx.DiGraph, order: list[str], declared: list[tuple[str
     loss and metric layers read or, with neither, the last layer nobody consumes.
     """
     def role(node: str) -> str:
-        op = lookup(graph.nodes[node]["op"])
+        op = lookup(layer_of(graph, node).op)
         return op.role if op else "input"
 
     if declared:
         outputs = list(dict.fromkeys(name for name, _ in declared))
     else:
-        scored = [graph.nodes[n]["inputs"][0] for n in order if role(n) in ("loss", "metric")]
+        scored = [layer_of(graph, n).inputs[0] for n in order if role(n) in ("loss", "metric")]
         outputs = list(dict.fromkeys(s for s in scored if s is not None))
         if not outputs:
             sinks = [n for n in order if role(n) == "layer" and graph.out_degree(n) == 0]
@@ -50,6 +51,6 @@ def choose_outputs(graph: nx.DiGraph, order: list[str], declared: list[tuple[str
     for node in order:
         if node in outputs or role(node) != "layer" or graph.out_degree(node) > 0:
             continue
-        sink.warning(f"the output of layer '{node}' is never used", graph.nodes[node].get("span"),
+        sink.warning(f"the output of layer '{node}' is never used", layer_of(graph, node).span,
                      hint="feed it to another layer, list it in an 'output' statement, or remove it")
     return outputs
