@@ -24,7 +24,7 @@ import networkx as nx
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
 from alexdsl.ir.network import Network, graph_of, layer_of
-from alexdsl.ir.serialize import parse_ir_json, read_ir
+from alexdsl.ir.serialize import read_ir
 from alexdsl.limits import max_source_bytes
 from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
@@ -108,7 +108,7 @@ def check_graph(graph: nx.DiGraph, sink: DiagnosticSink, file: str) -> list[str]
 
 def network_from_json(text: str, file: str = "<json>") -> Network:
     """Read and check IR JSON (``alexdsl.from_json``); ``file`` names it in errors."""
-    ir = read_ir(parse_ir_json(text, file), file)
+    ir = read_ir(text, file)
     sink = DiagnosticSink()
     with gc_paused():
         order = check_graph(ir.graph, sink, file)

@@ -70,7 +70,7 @@ def test_every_problem_is_reported_with_its_json_path() -> None:
         "net.json:layers[5].op: error: unknown op \"lrnn\"",
         "did you mean 'lrn'?",
         "net.json:layers[6].inputs[0]: error: layer 'conv2' reads \"nope\", which is not a layer in the file",
-        "net.json:layers[6].params.weight.filler.std: error: filler argument 'std' must be a finite number",
+        "net.json:layers[6].params.weight.filler.std: error: NaN is not a number (strict JSON has no NaN or Infinity)",
     ):
         assert expected in text, text
 
@@ -99,7 +99,8 @@ def test_shape_rule_errors_are_located_by_json_path() -> None:
     (lambda d: d["layers"][1].update(attrs={"kind": "label", "classes": 10**30}), "an input's attrs must be"),
     (lambda d: d["layers"][2]["attrs"].update(out=10**30), "argument 'out' of conv is out of range"),
     (lambda d: d["layers"][2]["attrs"].update(out=True), "argument 'out' of conv has the wrong type"),
-    (lambda d: d["layers"][5]["attrs"].update(alpha=float("inf")), "argument 'alpha' of lrn has the wrong type"),
+    (lambda d: d["layers"][5]["attrs"].update(alpha=float("inf")),
+     "net.json:layers[5].attrs.alpha: error: Infinity is not a number (strict JSON has no NaN or Infinity)"),
     (lambda d: d["layers"][4]["attrs"].update(round="ceil; import os"), "argument 'round' of maxpool"),
     (lambda d: d["layers"][2].update(phase="sometimes"), "field 'phase' has the wrong type or value"),
     (lambda d: d["layers"][2].update(name="conv1\nimport os"), "the layer name is not a valid name"),
@@ -130,6 +131,47 @@ def test_cycles_and_deep_nesting_are_errors_not_tracebacks() -> None:
     assert "cycle" in read_errors(data)
     with pytest.raises(AlexDSLError, match="nested too deeply|not valid JSON"):
         alexdsl.from_json("[" * 100_000 + "]" * 100_000)
+
+
+def test_json_python_cannot_hold_is_a_located_error_from_every_command(tmp_path: Path) -> None:
+    """Issue 22 item 6: an integer of more than 4,300 digits was `ValueError: Exceeds the limit` as a traceback."""
+    text = json.dumps(alexnet_ir()).replace('"macs": 0', '"macs": 1' + "0" * 5000, 1)
+    path = tmp_path / "huge.json"
+    path.write_text(text)
+    for command in (["check", str(path)], ["import", "json", str(path)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, (command, result.output)
+        assert "huge.json:layers[0].macs: error: the integer has 5,001 digits" in result.output
+        assert "expected: an integer of at most 640 digits" in result.output and "Traceback" not in result.output
+    assert "Exceeds the limit" not in result.output
+
+
+def test_every_unreadable_number_is_reported_at_its_json_path() -> None:
+    text = json.dumps(alexnet_ir())
+    for old, new in (('"lr_mult": 1.0', '"lr_mult": NaN'), ('"decay_mult": 1.0', '"decay_mult": -Infinity'),
+                     ('"decay_mult": 0.0', '"decay_mult": 1e999'), ('"macs": 0', '"macs": -' + "9" * 700)):
+        assert old in text
+        text = text.replace(old, new, 1)
+    with pytest.raises(AlexDSLError) as info:
+        alexdsl.from_json(text, "net.json")
+    paths = [(d.path, d.message) for d in info.value.diagnostics]
+    assert paths == [("net.json:layers[0].macs", "the integer has 700 digits"),
+                     ("net.json:layers[2].params.weight.lr_mult",
+                      "NaN is not a number (strict JSON has no NaN or Infinity)"),
+                     ("net.json:layers[2].params.weight.decay_mult",
+                      "-Infinity is not a number (strict JSON has no NaN or Infinity)"),
+                     ("net.json:layers[2].params.bias.decay_mult", "the number is too large for a float")]
+
+
+def test_deep_nesting_is_located_by_path_or_by_line() -> None:
+    data = alexnet_ir()
+    data["layers"][0]["shape"] = json.loads("[" * 40 + "]" * 40)
+    message = read_errors(data)
+    assert "net.json:layers[0].shape" + "[0]" * 29 + ": error: the JSON is nested too deeply" in message
+    assert "expected: at most 32 levels of arrays and objects" in message
+    deeper = '{"format": "alexdsl-ir",\n "description": "[[[",\n "layers": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    with pytest.raises(AlexDSLError, match=r"net.json:3:43: error: the JSON is nested too deeply"):
+        alexdsl.from_json(deeper, "net.json")
 
 
 def test_export_writes_strict_json() -> None:

@@ -65,12 +65,15 @@ def _show(value: Any) -> str:
 class _Reader:
     """Checks one IR dict field by field, recording every problem with its JSON path."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, unreadable: list[Diagnostic]):
         self.file = file
-        self.sink = DiagnosticSink()
+        self.sink = DiagnosticSink(list(unreadable))
+        self.reported = {d.path for d in unreadable}  # values already reported as unreadable (now null)
 
     def error(self, path: str, message: str, **extra: str | None) -> None:
-        self.sink.diagnostics.append(Diagnostic("error", message, path=f"{self.file}:{path}", **extra))
+        where = f"{self.file}:{path}"
+        if where not in self.reported:
+            self.sink.diagnostics.append(Diagnostic("error", message, path=where, **extra))
 
     # scalars -------------------------------------------------------------------------------
     def field(self, data: dict[str, Any], key: str, path: str, check: Callable[[Any], bool], expected: str,
@@ -305,9 +308,11 @@ class IRFile:
             _compare(self.reader, layer_of(self.graph, name), self.declared[name], f"layers[{self.index[name]}]")
 
 
-def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
-    """Check the form of an IR dict (see the module docstring); raise every problem of form at once."""
+def read_ir(text: str, file: str = "<json>") -> IRFile:
+    """Parse IR JSON and check its form (see the module docstring); raise every problem of form at once."""
     from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
+
+    data, unreadable = _parse(text, file)
 
     if data.get("format") != FORMAT:
         raise AlexDSLError(f"{file}: error: not an alexdsl IR file (format is {_show(data.get('format'))}, "
@@ -315,7 +320,7 @@ def read_ir(data: dict[str, Any], file: str = "<json>") -> IRFile:
     if data.get("version") != VERSION:
         raise AlexDSLError(f"{file}: error: IR version {_show(data.get('version'))} is not supported; "
                            f"this alexdsl reads version {VERSION}")
-    read = _Reader(file)
+    read = _Reader(file, unreadable)
     name = read.field(data, "name", "", lambda v: isinstance(v, str) and bool(NETWORK_NAME.fullmatch(v))
                       and len(v) <= MAX_NAME_LENGTH, "a network name (printable, at most 256 characters)")
     description = read.field(data, "description", "", lambda v: isinstance(v, str) and len(v) <= 65536,
@@ -485,27 +490,36 @@ def _child(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _problems(data: Any, file: str) -> list[Diagnostic]:
-    """Every value of ``data`` the IR cannot hold, located by its JSON path: NaN, Infinity, a float that overflows,
-    an integer of too many digits, and arrays or objects nested deeper than :data:`MAX_DEPTH`."""
+def _unreadable(data: dict[str, Any], file: str) -> list[Diagnostic]:
+    """Every value of ``data`` the IR cannot hold, located by its JSON path and replaced by null: NaN, Infinity,
+    a float that overflows, an integer of too many digits, and arrays or objects nested deeper than
+    :data:`MAX_DEPTH`. The checks of form then see null there, and report nothing more at that path."""
     found: list[Diagnostic] = []
-    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
-    while stack and len(found) < MAX_DIAGNOSTICS_PER_FILE:
-        value, path, depth = stack.pop()
-        where = f"{file}:{path}"
+
+    def items(container: dict[str, Any] | list[Any], path: str, level: int) -> list[tuple[Any, Any, str, int]]:
+        keys = list(container) if isinstance(container, dict) else range(len(container))
+        return [(container, key, _child(path, key), level) for key in reversed(keys)]  # popped in document order
+
+    stack = items(data, "", 2)  # (container, key, path, nesting level of the value if it is a container)
+    while stack:
+        container, key, path, level = stack.pop()
+        value = container[key]
         if isinstance(value, (dict, list)):
-            if depth == MAX_DEPTH:
-                found.append(Diagnostic("error", "the JSON is nested too deeply", path=where,
-                                        expected=f"at most {MAX_DEPTH} levels of arrays and objects"))
+            if level <= MAX_DEPTH:
+                stack += items(value, path, level + 1)
                 continue
-            items = list(value.items() if isinstance(value, dict) else enumerate(value))
-            stack.extend((item, _child(path, key), depth + 1) for key, item in reversed(items))
+            problem = Diagnostic("error", "the JSON is nested too deeply", path=f"{file}:{path}",
+                                 expected=f"at most {MAX_DEPTH} levels of arrays and objects")
         elif isinstance(value, _Unreadable):
-            found.append(value.diagnostic(where))
+            problem = value.diagnostic(f"{file}:{path}")
         elif isinstance(value, float) and not math.isfinite(value):
-            found.append(Diagnostic("error", "the number is too large for a float", path=where,
-                                    expected="a finite number (at most about 1.8e308)"))
-    return found
+            problem = Diagnostic("error", "the number is too large for a float", path=f"{file}:{path}",
+                                 expected="a finite number (at most about 1.8e308)")
+        else:
+            continue
+        container[key] = None
+        found.append(problem)
+    return found[:MAX_DIAGNOSTICS_PER_FILE]
 
 
 def _line_column(text: str, depth: int) -> tuple[int, int]:
@@ -523,11 +537,10 @@ def _line_column(text: str, depth: int) -> tuple[int, int]:
     return 1, 1
 
 
-def parse_ir_json(text: str, file: str = "<json>") -> dict[str, Any]:
-    """The JSON object of an IR file, or a located error for JSON the IR cannot hold.
+def _parse(text: str, file: str) -> tuple[dict[str, Any], list[Diagnostic]]:
+    """The JSON object of an IR file and every value in it the IR cannot hold (see :func:`_unreadable`).
 
-    Strict JSON: NaN and Infinity are refused, as are integers of more than :data:`MAX_INT_DIGITS` digits
-    (Python will not convert them), floats that overflow, and nesting deeper than :data:`MAX_DEPTH`.
+    JSON itself that does not parse, or nests past what the parser takes, is a located error here.
     """
     try:
         data = json.loads(text, parse_int=_integer, parse_constant=_Unreadable)
@@ -539,7 +552,4 @@ def parse_ir_json(text: str, file: str = "<json>") -> dict[str, Any]:
                                        expected=f"at most {MAX_DEPTH} levels of arrays and objects")]) from None
     if not isinstance(data, dict):
         raise AlexDSLError(f"{file}: error: an IR file holds one JSON object")
-    problems = _problems(data, file)
-    if problems:
-        raise AlexDSLError(problems)
-    return data
+    return data, _unreadable(data, file)
