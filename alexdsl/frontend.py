@@ -23,7 +23,7 @@ import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
-from alexdsl.ir.network import Network, graph_of, layer_of
+from alexdsl.ir.network import LAYER, Network, graph_of, layer_of
 from alexdsl.ir.serialize import read_ir
 from alexdsl.limits import max_source_bytes
 from alexdsl.passes.resources import check_resources
@@ -108,9 +108,9 @@ def check_graph(graph: nx.DiGraph, sink: DiagnosticSink, file: str) -> list[str]
 
 def network_from_json(text: str, file: str = "<json>") -> Network:
     """Read and check IR JSON (``alexdsl.from_json``); ``file`` names it in errors."""
-    ir = read_ir(text, file)
     sink = DiagnosticSink()
     with gc_paused():
+        ir = read_ir(text, file)
         order = check_graph(ir.graph, sink, file)
     located = []  # no source lines here: each problem is located by its layer's JSON path
     for diagnostic in sink.diagnostics:
@@ -137,7 +137,7 @@ def _checked(graph: nx.DiGraph, order: list[str]) -> nx.DiGraph:
 
 def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
     """A located error for any layer left without a shape (so no broken network is ever accepted)."""
-    for name, layer in graph.nodes(data="layer"):
+    for name, layer in graph.nodes(data=LAYER):
         if layer.shape is None:
             sink.error(f"{name}: the layer's input could not be resolved", layer.span,
                        hint="check the names this layer and the block it is in read from")

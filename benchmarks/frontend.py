@@ -5,6 +5,7 @@ neighbours), best of ``--repeat`` runs in this process:
 
 * ``examples``: parse + elaborate + shape inference of every ``examples/*.adsl`` (``alexdsl.load``);
 * ``deep``: the same for a generated 10,000-layer chain (:func:`compile_scaling.generate`);
+* ``deep_json``: reading that chain's IR JSON back (``alexdsl.from_json``, ``Network.from_json`` before it);
 * ``lower``: the executor's compile step, ``lower`` + ``emit`` + loading the generated module, for
   every example (the weights are not filled: that is the allocator, not the compiler).
 
@@ -50,6 +51,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=10_000)
     args = parser.parse_args()
     deep = generate(args.layers)
+    deep_json = alexdsl.parse(deep, "deep.adsl").to_json()
+    from_json = getattr(alexdsl, "from_json", None) or alexdsl.Network.from_json  # the name before the typed IR
     networks = [alexdsl.load(path) for path in EXAMPLES]
 
     def compile_all() -> None:
@@ -61,6 +64,7 @@ def main() -> None:
         "alexdsl": str(Path(alexdsl.__file__).parent),
         "examples": round(best_of(args.repeat, lambda: [alexdsl.load(path) for path in EXAMPLES]), 4),
         "deep": round(best_of(args.repeat, lambda: alexdsl.parse(deep, "deep.adsl")), 4),
+        "deep_json": round(best_of(args.repeat, lambda: from_json(deep_json, "deep.json")), 4),
         "lower": round(best_of(args.repeat, compile_all), 4),
     }
     print(json.dumps(result))

@@ -210,7 +210,10 @@ class Network:
         """Layer names in topological order (declaration order breaks ties)."""
         if self._order is None:
             position = {name: i for i, name in enumerate(self.graph.nodes)}
-            self._order = list(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
+            if all(position[source] < position[reader] for source, reader in self.graph.edges):
+                self._order = list(self.graph)  # already in order, as a checked network's graph is
+            else:
+                self._order = list(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
         return self._order
 
     def layer(self, name: str) -> Layer:

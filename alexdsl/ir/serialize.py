@@ -464,23 +464,34 @@ def _tuple(value: Any) -> Any:
 
 
 class _Unreadable:
-    """A JSON value the IR cannot hold, kept unconverted: NaN, Infinity, or an integer of too many digits."""
+    """A JSON number the IR cannot hold, kept as written: NaN, Infinity, a float that overflows (``1e999``),
+    or an integer of more than :data:`MAX_INT_DIGITS` digits (left unconverted: converting is slow)."""
 
     def __init__(self, text: str):
         self.text = text
 
     def diagnostic(self, where: str) -> Diagnostic:
-        if not self.text[-1].isdigit():
+        if self.text.lstrip("-") in ("NaN", "Infinity"):
             return Diagnostic("error", f"{self.text} is not a number (strict JSON has no NaN or Infinity)",
                               path=where, expected="a finite number")
-        digits = len(self.text.lstrip("-"))
-        return Diagnostic("error", f"the integer has {digits:,} digits", path=where,
-                          received=f"{self.text[:12]}...", expected=f"an integer of at most {MAX_INT_DIGITS} digits")
+        digits = self.text.lstrip("-")
+        if digits.isdigit():
+            return Diagnostic("error", f"the integer has {len(digits):,} digits", path=where,
+                              received=f"{digits[:12]}...", expected=f"an integer of at most {MAX_INT_DIGITS} digits")
+        return Diagnostic("error", "the number is too large for a float", path=where, received=self.text[:40],
+                          expected="a finite number (at most about 1.8e308)")
 
 
 def _integer(text: str) -> int | _Unreadable:
-    """A JSON integer, left unconverted when it is too long to convert quickly (Python refuses past 4,300 digits)."""
     return int(text) if len(text) <= MAX_INT_DIGITS else _Unreadable(text)
+
+
+def _float(text: str) -> float | _Unreadable:
+    value = float(text)
+    return value if math.isfinite(value) else _Unreadable(text)
+
+
+_CHECKED = {dict, list, _Unreadable}  # the value types _unreadable looks at
 
 
 def _child(path: str, key: str | int) -> str:
@@ -490,36 +501,25 @@ def _child(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _unreadable(data: dict[str, Any], file: str) -> list[Diagnostic]:
-    """Every value of ``data`` the IR cannot hold, located by its JSON path and replaced by null: NaN, Infinity,
-    a float that overflows, an integer of too many digits, and arrays or objects nested deeper than
-    :data:`MAX_DEPTH`. The checks of form then see null there, and report nothing more at that path."""
-    found: list[Diagnostic] = []
-
-    def items(container: dict[str, Any] | list[Any], path: str, level: int) -> list[tuple[Any, Any, str, int]]:
-        keys = list(container) if isinstance(container, dict) else range(len(container))
-        return [(container, key, _child(path, key), level) for key in reversed(keys)]  # popped in document order
-
-    stack = items(data, "", 2)  # (container, key, path, nesting level of the value if it is a container)
-    while stack:
-        container, key, path, level = stack.pop()
-        value = container[key]
-        if isinstance(value, (dict, list)):
-            if level <= MAX_DEPTH:
-                stack += items(value, path, level + 1)
-                continue
-            problem = Diagnostic("error", "the JSON is nested too deeply", path=f"{file}:{path}",
-                                 expected=f"at most {MAX_DEPTH} levels of arrays and objects")
-        elif isinstance(value, _Unreadable):
-            problem = value.diagnostic(f"{file}:{path}")
-        elif isinstance(value, float) and not math.isfinite(value):
-            problem = Diagnostic("error", "the number is too large for a float", path=f"{file}:{path}",
-                                 expected="a finite number (at most about 1.8e308)")
-        else:
+def _unreadable(container: dict[str, Any] | list[Any], file: str, path: str = "", level: int = 1,
+                found: list[Diagnostic] | None = None) -> list[Diagnostic]:
+    """Every number in ``container`` the IR cannot hold (:class:`_Unreadable`) and every array or object nested
+    deeper than :data:`MAX_DEPTH`, located by its JSON path and replaced by null, in document order. The
+    checks of form then see null there, and report nothing more at that path."""
+    found = [] if found is None else found
+    pairs = container.items() if isinstance(container, dict) else enumerate(container)
+    for key, value in [(key, value) for key, value in pairs if type(value) in _CHECKED]:
+        where = _child(path, key)
+        if isinstance(value, _Unreadable):
+            found.append(value.diagnostic(f"{file}:{where}"))
+        elif level < MAX_DEPTH:
+            _unreadable(value, file, where, level + 1, found)  # recursion at most MAX_DEPTH deep
             continue
-        container[key] = None
-        found.append(problem)
-    return found[:MAX_DIAGNOSTICS_PER_FILE]
+        else:
+            found.append(Diagnostic("error", "the JSON is nested too deeply", path=f"{file}:{where}",
+                                    expected=f"at most {MAX_DEPTH} levels of arrays and objects"))
+        container[key] = None  # type: ignore[index]
+    return found
 
 
 def _line_column(text: str, depth: int) -> tuple[int, int]:
@@ -543,7 +543,7 @@ def _parse(text: str, file: str) -> tuple[dict[str, Any], list[Diagnostic]]:
     JSON itself that does not parse, or nests past what the parser takes, is a located error here.
     """
     try:
-        data = json.loads(text, parse_int=_integer, parse_constant=_Unreadable)
+        data = json.loads(text, parse_int=_integer, parse_float=_float, parse_constant=_Unreadable)
     except json.JSONDecodeError as error:
         raise AlexDSLError(f"{file}:{error.lineno}:{error.colno}: error: not valid JSON: {error.msg}") from None
     except RecursionError:
@@ -552,4 +552,4 @@ def _parse(text: str, file: str) -> tuple[dict[str, Any], list[Diagnostic]]:
                                        expected=f"at most {MAX_DEPTH} levels of arrays and objects")]) from None
     if not isinstance(data, dict):
         raise AlexDSLError(f"{file}: error: an IR file holds one JSON object")
-    return data, _unreadable(data, file)
+    return data, _unreadable(data, file)[:MAX_DIAGNOSTICS_PER_FILE]
