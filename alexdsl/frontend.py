@@ -30,7 +30,7 @@ from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
 from alexdsl.syntax import ast
-from alexdsl.syntax.parser import parse_module
+from alexdsl.syntax.parser import parse_recovering
 
 _INTERNAL_ATTRS = ("arg_spans", "param_config", "ok")
 
@@ -68,14 +68,17 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     if len(text) > limit and len(text.encode("utf-8")) > limit:  # text given in memory is bounded like a file
         raise AlexDSLError([Diagnostic("error", f"the source is larger than the limit of {limit:,} bytes", path=file,
                                        hint="set ALEXDSL_MAX_SOURCE_BYTES to read a larger file")])
-    module = parse_module(text, file)
-    sink = DiagnosticSink()
+    module, syntax_errors = parse_recovering(text, file)
+    if syntax_errors and not module.statements:  # parsing stopped early: nothing more can be checked
+        raise AlexDSLError(syntax_errors, sources={file: text})
+    sink = DiagnosticSink(list(syntax_errors))
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
     order = check_graph(graph, sink, file)
     if order is not None and not sink.has_errors:
         outputs = choose_outputs(graph, order, meta.outputs, sink)
-    if not any(isinstance(statement, ast.InputStmt) for statement in module.statements):
+    if not any(isinstance(statement, ast.InputStmt) or (isinstance(statement, ast.BrokenStmt)
+                                                        and statement.kind == "input") for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
     diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)

@@ -146,6 +146,7 @@ class Elaborator:
         self.graph = nx.DiGraph()
         self.meta = Meta()
         self.blocks: dict[str, ast.BlockDef] = {}
+        self.broken_blocks: set[str] = set()  # blocks whose definition has a syntax error: their uses say nothing
         self.op_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
         self.kind_defaults: dict[str, dict[str, tuple[Any, Span]]] = {}
         self.layer_limit = max_layers(layer_limit)
@@ -159,6 +160,8 @@ class Elaborator:
         for stmt in statements:
             if isinstance(stmt, ast.BlockDef):
                 self._declare_block(stmt)
+            elif isinstance(stmt, ast.BrokenStmt) and stmt.kind == "block" and stmt.label is not None:
+                self.broken_blocks.add(stmt.label.name)
         for stmt in statements:
             self._declare(stmt)
         for name in self.input_shapes:
@@ -167,11 +170,13 @@ class Elaborator:
                 self.sink.error(f"--input names '{name}', which is not a declared input",
                                 expected=", ".join(self.meta.inputs) or "a declared input", hint=hint)
         data_inputs = [n for n in self.meta.inputs if self.graph.nodes[n]["attrs"]["kind"] == "tensor"]
-        scope = _Scope(prefix="", values={}, in_node=None, prev=data_inputs[0] if data_inputs else None, block=None)
+        broken_input = any(isinstance(s, ast.BrokenStmt) and s.kind == "input" for s in statements)
+        scope = _Scope(prefix="", values={}, in_node=None, block=None,
+                       prev=data_inputs[0] if data_inputs else BROKEN if broken_input else None)
         for name in self.meta.inputs:
             scope.labels[name] = name
         for stmt in statements:
-            if isinstance(stmt, (ast.LayerStmt, ast.RepeatStmt)):
+            if isinstance(stmt, (ast.LayerStmt, ast.RepeatStmt, ast.BrokenStmt)):
                 self._statement(stmt, scope)
         self._resolve(scope)
         for stmt in statements:
@@ -541,7 +546,13 @@ class Elaborator:
         raise AssertionError(arg.kind)
 
     # layers ------------------------------------------------------------------------------------
-    def _statement(self, stmt: ast.LayerStmt | ast.RepeatStmt, scope: _Scope) -> None:
+    def _statement(self, stmt: ast.LayerStmt | ast.RepeatStmt | ast.BrokenStmt, scope: _Scope) -> None:
+        if isinstance(stmt, ast.BrokenStmt):  # reported by the parser: what it defines reports nothing more
+            if stmt.label is not None:
+                scope.labels[stmt.label.name] = BROKEN
+            if stmt.kind in ("layer", "statement"):
+                scope.prev = BROKEN
+            return
         label = stmt.label.name
         full = scope.prefix + label
         if label == SELF and scope.prefix:  # the block instance's own name (ConvNeXt's features.1.0.layer_scale)
@@ -709,6 +720,8 @@ class Elaborator:
             return None
         if call.name in self.blocks:
             return self._instantiate(call, name, sources, implicit, scope, phase)
+        if call.name in self.broken_blocks:
+            return None
         op = lookup(call.name)
         if op is None:
             self.sink.error(f"unknown op '{call.name}'", call.name_span,
@@ -975,7 +988,7 @@ class Elaborator:
                 count = self._eval(stmt.count, values, report=False)
                 if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                     total += count * self._call_size(stmt.call, values, inner)
-            else:
+            elif isinstance(stmt, ast.LayerStmt):
                 total += sum(self._call_size(link.call, values, inner) for link in stmt.links)
         self.block_sizes[key] = total
         return total

@@ -171,7 +171,18 @@ class BlockParam:
 class BlockDef:
     name: Name
     params: list[BlockParam]
-    body: list[LayerStmt | RepeatStmt]
+    body: list[LayerStmt | RepeatStmt | BrokenStmt]
+    span: Span
+
+
+@dataclass
+class BrokenStmt:
+    """A statement with a syntax error, kept where it was written so that elaboration says nothing
+    more about it: ``kind`` is what its first token shows ("layer", "input", "block", ...) and
+    ``label`` the name it would have defined, when that much of it parsed."""
+
+    kind: str
+    label: Name | None
     span: Span
 
 
@@ -186,6 +197,7 @@ Statement = (
     | LayerStmt
     | RepeatStmt
     | BlockDef
+    | BrokenStmt
 )
 
 
