@@ -78,7 +78,8 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     if order is not None and not sink.has_errors:
         outputs = choose_outputs(graph, order, meta.outputs, sink)
     if not any(isinstance(statement, ast.InputStmt) or (isinstance(statement, ast.BrokenStmt)
-                                                        and statement.kind == "input") for statement in module.statements):
+                                                         and statement.kind == "input")
+               for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
     diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
