@@ -23,6 +23,7 @@ import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
+from alexdsl.ir.elaboration.state import Meta
 from alexdsl.ir.network import Network
 from alexdsl.ir.serialize import parse_ir_json, read_ir
 from alexdsl.limits import max_source_bytes
@@ -82,7 +83,7 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
                for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
-    diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
+    diagnostics = sorted(_merge_instances(_with_uses(sink.diagnostics, graph, meta), graph), key=_position)
     if sink.has_errors:
         raise AlexDSLError(diagnostics, sources={file: text})
     for _, data in graph.nodes(data=True):
@@ -146,22 +147,47 @@ def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
                        hint="check the names this layer and the block it is in read from")
 
 
+def _layer_of(diagnostic: Diagnostic, graph: nx.DiGraph) -> tuple[str, str] | None:
+    """The layer a pass's message starts with ("layer: ..."), and the rest of the message."""
+    layer, sep, rest = diagnostic.message.partition(": ")
+    return (layer, rest) if sep and layer in graph else None
+
+
+def _with_uses(diagnostics: list[Diagnostic], graph: nx.DiGraph, meta: Meta) -> list[Diagnostic]:
+    """A pass's diagnostics about a layer inside a block body, with notes naming the lines that used the block."""
+    out = []
+    for diagnostic in diagnostics:
+        found = _layer_of(diagnostic, graph)
+        block = graph.nodes[found[0]].get("block") if found else None
+        if block and not diagnostic.notes and diagnostic.span is not None \
+                and block in meta.instances and meta.instances[block].encloses(diagnostic.span):
+            diagnostic = dataclasses.replace(diagnostic, notes=meta.use_notes(block))
+        out.append(diagnostic)
+    return out
+
+
 def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[Diagnostic]:
-    """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance."""
+    """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance.
+
+    Instances differ in their notes (where each was used), and a did-you-mean may be left off
+    past the first errors: neither makes them different mistakes. The first instance's notes are
+    kept, and the first hint given.
+    """
     groups: dict[tuple, list[Diagnostic]] = {}
     for diagnostic in diagnostics:
         message = diagnostic.message
-        layer, sep, rest = message.partition(": ")
-        block = graph.nodes[layer].get("block") if sep and layer in graph else None
-        if block:
-            message = f"{layer[len(block) + 1:]}: {rest}"
+        found = _layer_of(diagnostic, graph)
+        block = graph.nodes[found[0]].get("block") if found else None
+        if found and block:
+            message = f"{found[0][len(block) + 1:]}: {found[1]}"
         key = (diagnostic.severity, diagnostic.span, diagnostic.path, message, diagnostic.expected,
-               diagnostic.received, diagnostic.hint)
+               diagnostic.received)
         groups.setdefault(key, []).append(diagnostic)
     merged = []
     for key, group in groups.items():
         if len(group) == 1:
             merged.append(group[0])
         else:
-            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)"))
+            hint = next((d.hint for d in group if d.hint), None)
+            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)", hint=hint))
     return merged

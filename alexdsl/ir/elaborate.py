@@ -19,6 +19,7 @@ from alexdsl.ir.elaboration.state import (
     Meta,
     Scope,
 )
+from alexdsl.ir.elaboration.unknown_ops import report_unknown_ops
 from alexdsl.ops.split import SPLITTERS  # noqa: F401 - front-end forms -> the op of each part; re-exported
 from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS  # noqa: F401 - re-exported
 from alexdsl.syntax import ast
@@ -59,6 +60,7 @@ class Elaborator(Chains):
                     if target is not None:
                         self.meta.outputs.append((target, name.span))
         self._connect()
+        report_unknown_ops(self.sink, self.unknown_ops, sorted(self.blocks), self.module.file, self.unknown_hints)
         if not self.meta.name:
             stem = self.module.file.rsplit("/", 1)[-1].split(".", 1)[0] or "Network"
             self.meta.name = "".join(part.capitalize() for part in stem.replace("-", "_").split("_")) or "Network"

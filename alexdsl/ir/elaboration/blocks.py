@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from alexdsl.ir.elaboration.scopes import Scopes
 from alexdsl.ir.elaboration.state import (
     MAX_BLOCK_DEPTH,
     PENDING,
+    Instance,
     Scope,
     Unexpandable,
     listing,
@@ -37,6 +39,8 @@ class Blocks(Scopes):
         input_node = PENDING if sources else implicit
         inner = Scope(prefix=name + ".", values=values, in_node=input_node, prev=input_node, block=name)
         first_node = len(self.added)
+        first_diagnostic = len(self.sink.diagnostics)
+        self.meta.instances[name] = Instance(call.name, call.span, block.span)
         for stmt in block.body:
             self._statement(stmt, inner)
         output = inner.labels.get("out", inner.prev)
@@ -44,6 +48,7 @@ class Blocks(Scopes):
         if source is not None:
             inner.in_node = source
         self._resolve(inner)
+        self._note_uses(first_diagnostic, name)
         if not sources:
             return output
         for node in self.added[first_node:]:  # the instance's layers that read its input
@@ -62,6 +67,16 @@ class Blocks(Scopes):
                             hint=f"read '{sources[0].name}' directly, or define it before '{name}'")
             return None
         return source
+
+    def _note_uses(self, first: int, instance: str) -> None:
+        """Add where ``instance`` (and each instance around it) was used to the errors inside its block,
+        from diagnostic ``first`` on, as compilers do for a template's instantiation."""
+        diagnostics = self.sink.diagnostics
+        for index in range(first, len(diagnostics)):
+            diagnostic = diagnostics[index]
+            if not diagnostic.notes and diagnostic.span is not None \
+                    and self.meta.instances[instance].encloses(diagnostic.span):
+                diagnostics[index] = dataclasses.replace(diagnostic, notes=self.meta.use_notes(instance))
 
     def _block_values(self, block: ast.BlockDef, call: ast.Call, outer: dict[str, Any], report: bool
                       ) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from alexdsl.ir.elaboration.state import (
     Symbol,
     Unexpandable,
     describe,
-    listing,
 )
 from alexdsl.limits import MAX_DIM
 from alexdsl.ops.registry import lookup, op_names
@@ -61,22 +60,28 @@ class Chains(Blocks):
         scope.prev = output if output is not None else BROKEN
 
     def _chain(self, stmt: ast.LayerStmt, scope: Scope, full: str, phase: str) -> str | None:
+        """Each link as a layer, in order. An unlabelled link after the first is named after the nearest
+        labelled link before it (the statement's label at first): ``fc1: conv(..) | relu`` -> ``fc1_relu``.
+        After a link fails the rest are still elaborated, reading nothing, so each of their mistakes is
+        reported too; the chain's output is then broken."""
         prev = scope.prev
-        counts: Counter[str] = Counter()
+        base = full  # the name unlabelled links are named after
+        counts: Counter[tuple[str, str]] = Counter()
+        failed = False
         for i, link in enumerate(stmt.links):
             call = link.call
-            counts[call.name] += 1
             if link.label is not None:
-                name = scope.prefix + link.label.name
+                name = base = scope.prefix + link.label.name
                 if name in self.graph or link.label.name in scope.labels:
                     self.sink.error(f"duplicate name '{link.label.name}'", link.label.span,
                                     hint=self._first_definition(name))
                     return None
-            elif i == 0:
+            counts[base, call.name] += 1
+            if link.label is None and i == 0:
                 name = full
-            else:
-                suffix = str(counts[call.name]) if counts[call.name] > 1 else ""
-                name = f"{full}_{call.name}{suffix}"
+            elif link.label is None:
+                suffix = str(counts[base, call.name]) if counts[base, call.name] > 1 else ""
+                name = f"{base}_{call.name}{suffix}"
             sources = stmt.sources if i == 0 else []
             if self._is_splitter(call):
                 if i < len(stmt.links) - 1:
@@ -85,12 +90,12 @@ class Chains(Blocks):
                                          "-> conv(...)'")
                     return None
                 local = link.label.name if link.label is not None else stmt.label.name
-                return self._split(call, local, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
+                out = self._split(call, local, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
+                return None if failed else out
             out = self._apply(call, name, sources, prev, i > 0 or not stmt.sources, scope, phase)
-            if out is None:
-                return None
-            prev = out
-        return prev
+            failed = failed or out is None
+            prev = BROKEN if out is None else out
+        return None if failed else prev
 
     def _repeat(self, stmt: ast.RepeatStmt, scope: Scope, full: str, phase: str) -> str | None:
         count = self._eval(stmt.count, scope.values)
@@ -187,10 +192,9 @@ class Chains(Blocks):
             return None
         op = lookup(call.name)
         if op is None:
-            self.sink.error(f"unknown op '{call.name}'", call.name_span,
-                            expected="an op (" + ", ".join(op_names()) + ")" +
-                                     (" or a block (" + listing(sorted(self.blocks)) + ")" if self.blocks else ""),
-                            hint=self._did_you_mean(call.name, op_names() + list(self.blocks)))
+            if call.name not in self.unknown_hints:
+                self.unknown_hints[call.name] = self._did_you_mean(call.name, op_names() + list(self.blocks))
+            self.unknown_ops.append(call)  # reported at the end, in source order
             return None
         values = [(a.keyword, self._eval(a.value, scope.values), a.span, a.value) for a in call.args]
         refs: list[ast.Name] = list(sources)

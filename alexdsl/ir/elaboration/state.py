@@ -8,7 +8,7 @@ from typing import Any
 
 import networkx as nx
 
-from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Span, did_you_mean
+from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, DiagnosticSink, Note, Span, did_you_mean
 from alexdsl.limits import MAX_NAME_LENGTH, max_layers
 from alexdsl.syntax import ast
 
@@ -68,6 +68,30 @@ class Meta:
     outputs: list[tuple[str, Span]] = field(default_factory=list)
     solver: dict[str, Any] = field(default_factory=dict)
     preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)
+    instances: dict[str, Instance] = field(default_factory=dict)  # block instances by name
+
+    def use_notes(self, instance: str | None) -> tuple[Note, ...]:
+        """Where block instance ``instance`` was used, and each instance around it, innermost first."""
+        notes = []
+        parts = instance.split(".") if instance else []
+        for end in range(len(parts), 0, -1):
+            found = self.instances.get(".".join(parts[:end]))
+            if found is not None:
+                notes.append(Note(f"in block '{found.block}', used here as '{'.'.join(parts[:end])}'", found.use))
+        return tuple(notes)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A use of a block: the block's name, the call that used it, and the block's definition."""
+
+    block: str
+    use: Span
+    definition: Span
+
+    def encloses(self, span: Span) -> bool:
+        """Whether ``span`` lies inside the block's definition."""
+        return span.file == self.definition.file and self.definition.line <= span.line <= self.definition.end_line
 
 
 @dataclass
@@ -123,6 +147,8 @@ class ElaborationState:
         self.added: list[str] = []  # layers (not inputs) in the order they were added
         self.hints_left = MAX_DIAGNOSTICS_PER_FILE  # past this, errors are not shown: skip their hints
         self.block_sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
+        self.unknown_ops: list[ast.Call] = []  # calls of unknown ops, reported together at the end
+        self.unknown_hints: dict[str, str | None] = {}  # each unknown op's did-you-mean, looked up once
 
     def _did_you_mean(self, name: str, candidates: Iterable[str]) -> str | None:
         """:func:`did_you_mean` for the first errors only: each call may compare against every layer name."""
