@@ -57,6 +57,12 @@ class Note:
 
     message: str
     span: Span
+    subject: str | None = None  # what the place names, such as a block instance: "... as 'stage2'"
+
+    def render(self, sources: dict[str, str] | None = None) -> list[str]:
+        about = f" as '{self.subject}'" if self.subject else ""
+        where = f"{self.span.file}:{self.span.line}:{self.span.column}"
+        return [f"{where}: note: {self.message}{about}", *_quoted(self.span, sources)]
 
 
 @dataclass(frozen=True)
@@ -86,8 +92,7 @@ class Diagnostic:
         if self.hint:
             lines.append(f"  {self.hint}")
         for note in self.notes:
-            lines.append(f"{note.span.file}:{note.span.line}:{note.span.column}: note: {note.message}")
-            lines.extend(_quoted(note.span, sources))
+            lines.extend(note.render(sources))
         return "\n".join(lines)
 
 

@@ -170,8 +170,8 @@ def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[D
     """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance.
 
     Instances differ in their notes (where each was used), and a did-you-mean may be left off
-    past the first errors: neither makes them different mistakes. The first instance's notes are
-    kept, and the first hint given.
+    past the first errors: neither makes them different mistakes. The notes name every place
+    that used the block once, and the first hint given is kept.
     """
     groups: dict[tuple, list[Diagnostic]] = {}
     for diagnostic in diagnostics:
@@ -189,5 +189,7 @@ def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[D
             merged.append(group[0])
         else:
             hint = next((d.hint for d in group if d.hint), None)
-            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)", hint=hint))
+            uses = {note.span: dataclasses.replace(note, subject=None) for d in group for note in d.notes}
+            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)", hint=hint,
+                                              notes=tuple(uses.values())))
     return merged

@@ -200,8 +200,8 @@ def test_chain_naming_inline_labels_and_explicit_inputs() -> None:
         "    | conv(4, 3)\n"
         "c: add(a, b) @train\n"
     )
-    assert [layer.name for layer in net.layers()] == ["x", "a", "a_relu", "p", "a_relu2", "b", "b_conv2", "c"]
-    assert net.layer("c").inputs == ["a_relu2", "b_conv2"]
+    assert [layer.name for layer in net.layers()] == ["x", "a", "a_relu", "p", "p_relu", "b", "b_conv2", "c"]
+    assert net.layer("c").inputs == ["p_relu", "b_conv2"]
     assert net.layer("c").phase == "train"
 
 

@@ -208,6 +208,32 @@ class Comment:
     column: int
 
 
+def chain_names(first: str, links: list[tuple[str | None, str]]) -> list[str]:
+    """The name of each link of a chain, from its inline label (or None) and its op.
+
+    The first link takes ``first`` (the statement's label) unless it has its own; an unlabelled
+    link after it is named after the nearest labelled link before it, ``<label>_<op>``, with a
+    count when that op repeats under the same label. The one place this rule is written.
+
+    >>> chain_names("se", [("pool", "global_avgpool"), ("fc1", "conv"), (None, "relu"), ("fc2", "conv"),
+    ...                    (None, "sigmoid")])
+    ['pool', 'fc1', 'fc1_relu', 'fc2', 'fc2_sigmoid']
+    >>> chain_names("c", [(None, "conv"), (None, "relu"), (None, "conv"), (None, "relu")])
+    ['c', 'c_relu', 'c_conv2', 'c_relu2']
+    """
+    names = []
+    base = first
+    counts: dict[tuple[str, str], int] = {}
+    for i, (label, op) in enumerate(links):
+        base = label if label is not None else base
+        count = counts[base, op] = counts.get((base, op), 0) + 1
+        if label is not None or i == 0:
+            names.append(base)
+        else:
+            names.append(f"{base}_{op}{count if count > 1 else ''}")
+    return names
+
+
 @dataclass
 class Module:
     """One parsed file: its statements in order, and its comments (kept for the formatter)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 
 from alexdsl.fmt import format_value
 from alexdsl.ir.elaboration.blocks import Blocks
@@ -60,28 +59,21 @@ class Chains(Blocks):
         scope.prev = output if output is not None else BROKEN
 
     def _chain(self, stmt: ast.LayerStmt, scope: Scope, full: str, phase: str) -> str | None:
-        """Each link as a layer, in order. An unlabelled link after the first is named after the nearest
-        labelled link before it (the statement's label at first): ``fc1: conv(..) | relu`` -> ``fc1_relu``.
-        After a link fails the rest are still elaborated, reading nothing, so each of their mistakes is
-        reported too; the chain's output is then broken."""
+        """Each link as a layer, in order, named by :func:`~alexdsl.syntax.ast.chain_names`.
+
+        After a link fails the rest are still elaborated, reading nothing, so each of their mistakes
+        is reported too; the chain's output is then broken.
+        """
         prev = scope.prev
-        base = full  # the name unlabelled links are named after
-        counts: Counter[tuple[str, str]] = Counter()
+        names = ast.chain_names(full, [(scope.prefix + link.label.name if link.label else None, link.call.name)
+                                       for link in stmt.links])
         failed = False
-        for i, link in enumerate(stmt.links):
+        for i, (link, name) in enumerate(zip(stmt.links, names)):
             call = link.call
-            if link.label is not None:
-                name = base = scope.prefix + link.label.name
-                if name in self.graph or link.label.name in scope.labels:
-                    self.sink.error(f"duplicate name '{link.label.name}'", link.label.span,
-                                    hint=self._first_definition(name))
-                    return None
-            counts[base, call.name] += 1
-            if link.label is None and i == 0:
-                name = full
-            elif link.label is None:
-                suffix = str(counts[base, call.name]) if counts[base, call.name] > 1 else ""
-                name = f"{base}_{call.name}{suffix}"
+            if link.label is not None and (name in self.graph or link.label.name in scope.labels):
+                self.sink.error(f"duplicate name '{link.label.name}'", link.label.span,
+                                hint=self._first_definition(name))
+                return None
             sources = stmt.sources if i == 0 else []
             if self._is_splitter(call):
                 if i < len(stmt.links) - 1:

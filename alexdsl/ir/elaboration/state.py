@@ -77,7 +77,7 @@ class Meta:
         for end in range(len(parts), 0, -1):
             found = self.instances.get(".".join(parts[:end]))
             if found is not None:
-                notes.append(Note(f"in block '{found.block}', used here as '{'.'.join(parts[:end])}'", found.use))
+                notes.append(Note(f"in block '{found.block}', used here", found.use, ".".join(parts[:end])))
         return tuple(notes)
 
 
