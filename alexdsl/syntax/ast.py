@@ -47,7 +47,7 @@ class Call:
 
 @dataclass
 class BinaryOp:
-    """Integer arithmetic ``left op right``: ``op`` is ``+``, ``-``, ``*`` or ``//``."""
+    """Arithmetic ``left op right``: ``op`` is ``+``, ``-``, ``*``, ``/`` or ``//``."""
 
     op: str
     left: Value
@@ -101,7 +101,9 @@ class LayerStmt:
 
 @dataclass
 class RepeatStmt:
-    """``label: [src ->] repeat N call(...)``, expanded to ``label.0`` ... ``label.N-1``."""
+    """``label: [src ->] repeat N [as i:] [first(...), then] call(...)``, expanded to ``label.0`` ...
+    ``label.N-1``. ``index`` names the instance's number (from 0) in the calls' arguments; ``first``,
+    when given, is the first instance's call, and ``call`` the others'."""
 
     label: Name
     sources: list[Name]
@@ -109,6 +111,8 @@ class RepeatStmt:
     call: Call
     phase: Name | None
     span: Span
+    index: Name | None = None
+    first: Call | None = None
 
 
 @dataclass

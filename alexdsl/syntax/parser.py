@@ -246,8 +246,11 @@ class _ToAst(Transformer):
         return ast.LayerStmt(self._name(label), sources, links, phase, self._span(label, links, phase))
 
     def repeat_stmt(self, children: list) -> ast.RepeatStmt:
-        label, sources, _, count, call, phase = children
-        return ast.RepeatStmt(self._name(label), sources or [], count, call, phase, self._span(children))
+        label, sources, _, count, _, index, first, then, rest, phase = children
+        if then is None:  # one call for every instance
+            first, rest = None, first
+        return ast.RepeatStmt(self._name(label), sources or [], count, rest, phase, self._span(children),
+                              self._name(index) if index is not None else None, first)
 
     def network_stmt(self, children: list[Token]) -> ast.NetworkStmt:
         return ast.NetworkStmt(self._name(children[1]), self._span(children))
@@ -358,7 +361,7 @@ def _mistake_examples() -> dict[str, list[str]]:
     return {hint: [p + s for s in snippets for p in prefixes] for hint, snippets in _KNOWN_MISTAKES.items()}
 
 
-_ARITHMETIC = frozenset({"PLUS", "MINUS", "STAR", "DSLASH"})
+_ARITHMETIC = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "DSLASH"})
 
 
 def _describe_terminal(name: str, lark: Lark) -> str:
@@ -387,10 +390,24 @@ def _token_words(token: Token) -> str:
     return f"'{token}'"
 
 
+def _acceptable(error: UnexpectedInput) -> set[str]:
+    """The terminals the parser would take where ``error`` happened.
+
+    For a token, what the parser accepts when each is tried (exact: LALR's lookahead sets are merged
+    across states, so its ``expected`` may list a ',' that only a repeat's call takes).
+    """
+    if isinstance(error, UnexpectedToken) and error.interactive_parser is not None:
+        try:
+            return set(error.interactive_parser.accepts())
+        except Exception:  # noqa: BLE001 - fall back on the table's lookahead
+            pass
+    return set(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+
+
 def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
                        open_parens: list[Token]) -> Diagnostic:
     line, column = max(error.line, 1), max(error.column, 1)
-    expected_terms = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+    expected_terms = sorted(_acceptable(error))
     if set(expected_terms) - _ARITHMETIC:  # after a number, '+ - * //' would continue it: not worth listing
         expected_terms = [t for t in expected_terms if t not in _ARITHMETIC]
         if "RPAR" in expected_terms:  # a repeat count may be followed by a name; inside '(...)' nothing is
@@ -422,8 +439,6 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
         hint = error.match_examples(parse_example, _mistake_examples(), use_accepts=True)
     except Exception:  # noqa: BLE001 - a failed lookup only loses the hint
         hint = None
-    if isinstance(error, UnexpectedCharacters) and message == "unexpected character '/'":
-        hint = "divide integers with '//', as in c // 8"
     if open_parens and open_parens[-1].line < line:
         paren = open_parens[-1]
         hint = f"the '(' at line {paren.line}, column {paren.column} is never closed"

@@ -125,6 +125,34 @@ class Blocks(Scopes):
             return 1
         return self._block_size(call.name, self._block_values(block, call, values, report=False) or {}, chain)
 
+    @staticmethod
+    def _instance_call(stmt: ast.RepeatStmt, index: int) -> ast.Call:
+        """The call of instance ``index`` of a repeat: ``first`` for the first one when given."""
+        return stmt.first if index == 0 and stmt.first is not None else stmt.call
+
+    @staticmethod
+    def _instance_values(stmt: ast.RepeatStmt, values: dict[str, Any], index: int) -> dict[str, Any]:
+        """The values instance ``index`` of a repeat sees: ``values`` and its index, when it is named."""
+        return values if stmt.index is None else {**values, stmt.index.name: index}
+
+    def _repeat_size(self, stmt: ast.RepeatStmt, count: int, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers a repeat of ``count`` instances adds, computed without expanding it.
+
+        When the index reaches a block's arguments, instances are sized one by one, at most one past
+        the layer limit; any further instance counts as one layer (enough to refuse the repeat).
+        """
+        calls = [stmt.call] if stmt.first is None else [stmt.first, stmt.call]
+        if all(call.name not in self.blocks for call in calls):
+            return count
+        if stmt.index is None:
+            rest = count * self._call_size(stmt.call, values, chain)
+            if stmt.first is None:
+                return rest
+            return rest - self._call_size(stmt.call, values, chain) + self._call_size(stmt.first, values, chain)
+        sized = min(count, self.layer_limit + 1)
+        return count - sized + sum(self._call_size(self._instance_call(stmt, i), self._instance_values(stmt, values, i),
+                                                   chain) for i in range(sized))
+
     def _block_size(self, name: str, values: dict[str, Any], chain: list[str]) -> int:
         """Layers one instance of block ``name`` expands to, computed without expanding it.
 
@@ -148,7 +176,7 @@ class Blocks(Scopes):
             if isinstance(stmt, ast.RepeatStmt):
                 count = self._eval(stmt.count, values, report=False)
                 if isinstance(count, int) and not isinstance(count, bool) and count > 0:
-                    total += count * self._call_size(stmt.call, values, inner)
+                    total += self._repeat_size(stmt, count, values, inner)
             elif isinstance(stmt, ast.LayerStmt):
                 total += sum(self._call_size(link.call, values, inner) for link in stmt.links)
         self.block_sizes[key] = total

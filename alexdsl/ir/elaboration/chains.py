@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 from alexdsl.fmt import format_value
@@ -100,8 +101,12 @@ class Chains(Blocks):
             self.sink.error("repeat needs a count of at least 1", stmt.count.span, received=shown,
                             expected="a positive integer: a number, a block parameter or an expression of them")
             return None
+        if stmt.index is not None and stmt.index.name in scope.values:
+            self.sink.error(f"the repeat index '{stmt.index.name}' has the name of a block parameter",
+                            stmt.index.span, hint="name the index otherwise, as in 'repeat 3 as i: ...'")
+            return None
         try:
-            size = count * self._call_size(stmt.call, scope.values, [])
+            size = self._repeat_size(stmt, count, scope.values, [])
         except Unexpandable as error:
             self.sink.error(error.message, stmt.call.span, hint=error.hint)
             return None
@@ -109,8 +114,10 @@ class Chains(Blocks):
             return None
         prev = scope.prev
         for i in range(count):
-            out = self._apply(stmt.call, f"{full}.{i}", stmt.sources if i == 0 else [], prev,
-                              i > 0 or not stmt.sources, scope, phase)
+            instance = scope if stmt.index is None else dataclasses.replace(scope, values=self._instance_values(
+                stmt, scope.values, i))  # the same names and pending lists: only the values differ
+            out = self._apply(self._instance_call(stmt, i), f"{full}.{i}", stmt.sources if i == 0 else [], prev,
+                              i > 0 or not stmt.sources, instance, phase)
             if out is None:
                 return None
             prev = out

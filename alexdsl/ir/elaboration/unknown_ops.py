@@ -82,10 +82,10 @@ def report_unknown_ops(sink: DiagnosticSink, calls: list[ast.Call], blocks: list
             plugins[call.name] = plugin_defining(call.name, source_file)
         plugin = plugins[call.name]
         hint = hints.get(call.name)
-        if plugin is not None and call.name not in told:  # said once per op
+        if plugin is not None:  # said once per op, instead of a did-you-mean
+            hint = None if call.name in told else f"'{call.name}' is defined by the plugin {_shown(plugin)}: " \
+                                                  f"load it with 'alexdsl --plugin {_shown(plugin)} COMMAND ...'"
             told.add(call.name)
-            hint = f"'{call.name}' is defined by the plugin {_shown(plugin)}: load it with " \
-                   f"'alexdsl --plugin {_shown(plugin)} COMMAND ...'"
         if first is None or first.name_span == call.name_span:
             first = call
             expected = "an op (" + ", ".join(op_names()) + ")" + \

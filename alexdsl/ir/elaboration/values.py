@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from alexdsl.errors import Span
@@ -17,6 +19,10 @@ from alexdsl.ir.elaboration.state import (
 )
 from alexdsl.limits import MAX_DIM, MAX_INT
 from alexdsl.syntax import ast
+
+_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "//": operator.floordiv,
+}
 
 
 class Values(ElaborationState):
@@ -36,7 +42,8 @@ class Values(ElaborationState):
                                            for a in value.args), value.span)
 
     def _arith(self, value: ast.Value, values: dict[str, Any], report: bool) -> Any:
-        """An operand of integer arithmetic, or INVALID (reported when ``report``)."""
+        """An operand of arithmetic, or INVALID (reported when ``report``): integers stay exact, '/'
+        gives a float, and a result past int64 or not finite is a located error."""
         def fail(message: str, span: Span, **extra: str | None) -> Any:
             if report:
                 self.sink.error(message, span, **extra)
@@ -54,11 +61,10 @@ class Values(ElaborationState):
             left, right = self._arith(value.left, values, report), self._arith(value.right, values, report)
             if left is INVALID or right is INVALID:
                 return INVALID
-            if value.op == "//" and right == 0:
+            if value.op in ("/", "//") and right == 0:
                 return fail("division by zero", value.right.span, expected="a divisor other than 0",
                             received=f"{format_value(value.right)} = 0")
-            number = {"+": left + right, "-": left - right, "*": left * right}[value.op] if value.op != "//" \
-                else left // right
+            number = _OPERATORS[value.op](left, right)
         elif isinstance(value, ast.Negate):
             operand = self._arith(value.operand, values, report)
             number = INVALID if operand is INVALID else -operand
