@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,22 @@ class Span:
 
 
 @dataclass(frozen=True)
+class Note:
+    """A place that explains a diagnostic, such as the line that used the block the problem is in."""
+
+    message: str
+    span: Span
+    subject: str | None = None  # what the place names, such as a block instance: "... as 'stage2'"
+
+    def render(self, sources: dict[str, str] | None = None) -> list[str]:
+        about = f" as '{self.subject}'" if self.subject else ""
+        where = f"{self.span.file}:{self.span.line}:{self.span.column}"
+        return [f"{where}: note: {self.message}{about}", *_quoted(self.span, sources)]
+
+
+@dataclass(frozen=True)
 class Diagnostic:
-    """One problem: ``severity`` is "error" or "warning"."""
+    """One problem: ``severity`` is "error" or "warning"; ``notes`` are rendered after it, each located."""
 
     severity: str
     message: str
@@ -61,19 +76,14 @@ class Diagnostic:
     received: str | None = None
     hint: str | None = None
     path: str | None = None  # the file, for a problem with no line (a missing file, a bad weights file)
+    notes: tuple[Note, ...] = ()
 
     def render(self, sources: dict[str, str] | None = None) -> str:
         if self.span:
             where = f"{self.span.file}:{self.span.line}:{self.span.column}: "
         else:
             where = f"{self.path}: " if self.path else ""
-        lines = [f"{where}{self.severity}: {self.message}"]
-        source = (sources or {}).get(self.span.file) if self.span else None
-        if source is not None and self.span is not None:
-            text = source_line(source, self.span.line)
-            if text is not None:
-                width = self.span.end_column - self.span.column if self.span.end_line == self.span.line else 1
-                lines.extend(_excerpt(text.replace("\t", " "), self.span.column, width))
+        lines = [f"{where}{self.severity}: {self.message}", *_quoted(self.span, sources)]
         if self.expected:
             lines.append(f"  expected: {self.expected}")
         if self.received:
@@ -81,7 +91,21 @@ class Diagnostic:
             lines.append(f"  received: {cut}{'…' if len(cut) < len(self.received) else ''}")
         if self.hint:
             lines.append(f"  {self.hint}")
+        for note in self.notes:
+            lines.extend(note.render(sources))
         return "\n".join(lines)
+
+
+def _quoted(span: Span | None, sources: dict[str, str] | None) -> list[str]:
+    """The source line of ``span`` and its caret, when the source is known."""
+    source = (sources or {}).get(span.file) if span else None
+    if source is None or span is None:
+        return []
+    text = source_line(source, span.line)
+    if text is None:
+        return []
+    width = span.end_column - span.column if span.end_line == span.line else 1
+    return _excerpt(text.replace("\t", " "), span.column, width)
 
 
 MAX_DIAGNOSTICS_PER_FILE = 100  # rendered; the rest are counted in one last line
@@ -191,7 +215,7 @@ class DiagnosticSink:
 
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
-    def error(self, message: str, span: Span | None = None, **extra: str | None) -> None:
+    def error(self, message: str, span: Span | None = None, **extra: Any) -> None:
         self.diagnostics.append(Diagnostic("error", message, span, **extra))
 
     def warning(self, message: str, span: Span | None = None, **extra: str | None) -> None:

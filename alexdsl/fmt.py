@@ -50,7 +50,7 @@ def _align_trailing(lines: list[str]) -> list[str]:
 
 
 # values ---------------------------------------------------------------------------------------
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "//": 2}
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2}
 _ATOM = 3  # names, numbers, tuples, calls: never parenthesised
 
 
@@ -181,7 +181,9 @@ def _simple_lines(stmt: ast.Statement, width: int, indent: str) -> list[str]:
     if isinstance(stmt, ast.PreprocessStmt):
         return [indent + f"preprocess {stmt.target.name}({format_args(stmt.args)})"]
     if isinstance(stmt, ast.RepeatStmt):
-        return [indent + head + _sources(stmt.sources) + f"repeat {format_value(stmt.count)} "
+        index = f"as {stmt.index.name}: " if stmt.index is not None else ""
+        first = f"{format_call(stmt.first)}, then " if stmt.first is not None else ""
+        return [indent + head + _sources(stmt.sources) + f"repeat {format_value(stmt.count)} {index}{first}"
                 + format_call(stmt.call) + _phase(stmt.phase)]
     raise TypeError(f"not a statement: {stmt!r}")
 

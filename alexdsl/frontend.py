@@ -23,6 +23,7 @@ import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaborate import elaborate
+from alexdsl.ir.elaboration.state import Meta
 from alexdsl.ir.network import LAYER, Network, graph_of, layer_of
 from alexdsl.ir.serialize import read_ir
 from alexdsl.limits import max_source_bytes
@@ -30,7 +31,7 @@ from alexdsl.passes.resources import check_resources
 from alexdsl.passes.shapes import infer_shapes
 from alexdsl.passes.validate import choose_outputs, find_cycle
 from alexdsl.syntax import ast
-from alexdsl.syntax.parser import parse_module
+from alexdsl.syntax.parser import parse_recovering
 
 
 def _position(diagnostic: Diagnostic) -> tuple[int, int]:
@@ -66,17 +67,21 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     if len(text) > limit and len(text.encode("utf-8")) > limit:  # text given in memory is bounded like a file
         raise AlexDSLError([Diagnostic("error", f"the source is larger than the limit of {limit:,} bytes", path=file,
                                        hint="set ALEXDSL_MAX_SOURCE_BYTES to read a larger file")])
-    module = parse_module(text, file)
-    sink = DiagnosticSink()
+    module, syntax_errors = parse_recovering(text, file)
+    if syntax_errors and not module.statements:  # parsing stopped early: nothing more can be checked
+        raise AlexDSLError(syntax_errors, sources={file: text})
+    sink = DiagnosticSink(list(syntax_errors))
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
     order = check_graph(graph, sink, file)
     if order is not None and not sink.has_errors:
         outputs = choose_outputs(graph, order, meta.outputs, sink)
-    if not any(isinstance(statement, ast.InputStmt) for statement in module.statements):
+    if not any(isinstance(statement, ast.InputStmt) or (isinstance(statement, ast.BrokenStmt)
+                                                         and statement.kind == "input")
+               for statement in module.statements):
         sink.error("the network declares no input", None, path=file,
                    hint="add a line such as 'input data: 3x227x227'")
-    diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
+    diagnostics = sorted(_merge_instances(_with_uses(sink.diagnostics, graph, meta), graph), key=_position)
     if sink.has_errors:
         raise AlexDSLError(diagnostics, sources={file: text})
     return Network(
@@ -143,22 +148,49 @@ def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:
                        hint="check the names this layer and the block it is in read from")
 
 
+def _layer_of(diagnostic: Diagnostic, graph: nx.DiGraph) -> tuple[str, str] | None:
+    """The layer a pass's message starts with ("layer: ..."), and the rest of the message."""
+    layer, sep, rest = diagnostic.message.partition(": ")
+    return (layer, rest) if sep and layer in graph else None
+
+
+def _with_uses(diagnostics: list[Diagnostic], graph: nx.DiGraph, meta: Meta) -> list[Diagnostic]:
+    """A pass's diagnostics about a layer inside a block body, with notes naming the lines that used the block."""
+    out = []
+    for diagnostic in diagnostics:
+        found = _layer_of(diagnostic, graph)
+        block = layer_of(graph, found[0]).block if found else None
+        if block and not diagnostic.notes and diagnostic.span is not None \
+                and block in meta.instances and meta.instances[block].encloses(diagnostic.span):
+            diagnostic = dataclasses.replace(diagnostic, notes=meta.use_notes(block))
+        out.append(diagnostic)
+    return out
+
+
 def _merge_instances(diagnostics: list[Diagnostic], graph: nx.DiGraph) -> list[Diagnostic]:
-    """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance."""
+    """One diagnostic per mistake inside a block body, "(in N instances)", not one per instance.
+
+    Instances differ in their notes (where each was used), and a did-you-mean may be left off
+    past the first errors: neither makes them different mistakes. The notes name every place
+    that used the block once, and the first hint given is kept.
+    """
     groups: dict[tuple, list[Diagnostic]] = {}
     for diagnostic in diagnostics:
         message = diagnostic.message
-        layer, sep, rest = message.partition(": ")
-        block = layer_of(graph, layer).block if sep and layer in graph else None
-        if block:
-            message = f"{layer[len(block) + 1:]}: {rest}"
+        found = _layer_of(diagnostic, graph)
+        block = layer_of(graph, found[0]).block if found else None
+        if found and block:
+            message = f"{found[0][len(block) + 1:]}: {found[1]}"
         key = (diagnostic.severity, diagnostic.span, diagnostic.path, message, diagnostic.expected,
-               diagnostic.received, diagnostic.hint)
+               diagnostic.received)
         groups.setdefault(key, []).append(diagnostic)
     merged = []
     for key, group in groups.items():
         if len(group) == 1:
             merged.append(group[0])
         else:
-            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)"))
+            hint = next((d.hint for d in group if d.hint), None)
+            uses = {note.span: dataclasses.replace(note, subject=None) for d in group for note in d.notes}
+            merged.append(dataclasses.replace(group[0], message=f"{key[3]} (in {len(group)} instances)", hint=hint,
+                                              notes=tuple(uses.values())))
     return merged

@@ -16,7 +16,8 @@ from __future__ import annotations
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 
-KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat")
+KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat", "as",
+            "then")
 FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra")
 INPUT_KINDS = ("class",)  # input label: class(1000)
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)*"
@@ -59,7 +60,7 @@ class AlexDSLLexer(RegexLexer):
             (_NAME + r"(?=[ \t]*\()", Name.Function),
             (_NAME, Name),
             (r"->", Operator),
-            (r"//|[-+*]", Operator),  # integer arithmetic: 4 * w, c // 8
+            (r"//|[-+*/]", Operator),  # arithmetic: 4 * w, c // 8, 0.1 * i / 17
             (r"\|", Operator),
             (r"[(),{}:=]", Punctuation),
         ],
@@ -102,7 +103,7 @@ def textmate_grammar() -> dict:
             "match": rf"\b({names})\b|\b([A-Za-z_][A-Za-z0-9_]*)(?=\s*\()",
             "captures": _captures({1: "support.function.op", 2: "entity.name.function"}),
         },
-        "operator": {"name": "keyword.operator.alexdsl", "match": r"->|\||=|//|[-+*]"},
+        "operator": {"name": "keyword.operator.alexdsl", "match": r"->|\||=|//|[-+*/]"},
     }
     return {
         "$schema": "https://raw.githubusercontent.com/martinring/tmlanguage/master/tmlanguage.json",

@@ -244,8 +244,9 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
 
 def _chain_names(layers: list[_Layer]) -> None:
     """A stateless layer that continues a chain in its module takes the name alexdsl gives an unlabeled
-    link there (``conv1_relu``, ``out_relu2``), so the written source needs no inline label for it: its
-    name holds no weights, and ``/layer1/layer1.0/relu_1/Relu`` says less than its place in the chain."""
+    link there, after the nearest layer before it that keeps its name (``bn1_relu``, ``out_relu2``), so
+    the written source needs no inline label for it: its name holds no weights, and
+    ``/layer1/layer1.0/relu_1/Relu`` says less than its place in the chain."""
     by_output = {layer.output: layer for layer in layers}
     readers = Counter(value for layer in layers for value in layer.inputs)
     taken = {layer.name for layer in layers}
@@ -256,12 +257,14 @@ def _chain_names(layers: list[_Layer]) -> None:
         before = by_output.get(layer.inputs[0]) if len(layer.inputs) == 1 else None
         starts = before is None or readers[layer.inputs[0]] != 1 or (op is not None and op.arg("out") is not None)
         head = layer if starts else head_of[id(before)]  # type: ignore[index]
-        head_of[id(layer)] = head
-        count = counts.setdefault(id(head), Counter())
-        count[layer.op] += 1
         if starts or not layer.renamable or layer.params or layer.op in SPLITTERS.values() \
                 or layer.name.rpartition(".")[0] != head.name.rpartition(".")[0]:  # another module's: kept
+            head_of[id(layer)] = layer  # a layer that keeps its name names those after it (ast.chain_names)
+            counts[id(layer)] = Counter([layer.op])
             continue
+        head_of[id(layer)] = head
+        count = counts[id(head)]
+        count[layer.op] += 1
         name = f"{head.name}_{layer.op}{count[layer.op] if count[layer.op] > 1 else ''}"
         if name not in taken:
             taken.discard(layer.name)

@@ -411,17 +411,20 @@ class _Writer:
                 first = _full(scope.local(before.name) or "", prefix)
                 if self.readers.get(first, set()) != {_full(local, prefix)} or first in self.outputs:
                     return False
+        base = next((name for name in reversed(statement.names) if name), statement.label)  # see ast.chain_names
         counts[layer.op] += 1
-        if local == f"{statement.label}_{layer.op}{counts[layer.op] if counts[layer.op] > 1 else ''}":
+        if local == f"{base}_{layer.op}{counts[layer.op] if counts[layer.op] > 1 else ''}":
             statement.names.append(None)
             return True
         op = lookup(layer.op)
         starts = op is not None and op.arg("out") is not None  # conv, fc: a named one starts a statement
         elsewhere = local.rpartition(".")[0] != statement.label.rpartition(".")[0]  # a layer of another module
-        if (starts or elsewhere) and not _named_later(statement.label, units, i, counts, scope):
+        if starts or elsewhere:  # the names after it follow its label wherever its statement starts
             counts[layer.op] -= 1
             return False
         statement.names.append(local)
+        counts.clear()  # the links after a labelled one are named after it
+        counts[layer.op] = 1
         return True
 
     def _split_size(self, units: Sequence[_Unit], i: int) -> int:
@@ -754,20 +757,6 @@ def _stem(prefix: str) -> str:
         if letters:
             return letters if is_name(letters) else {"block": "blk"}.get(letters, letters + "_")
     return "unit"
-
-
-def _named_later(label: str, units: Sequence[_Unit], i: int, counts: Counter[str], scope: _Scope) -> bool:
-    """Whether a layer soon after ``units[i]``, down the same chain, has the name this chain would give it
-    (``b_relu`` after ``b: global_avgpool | fc1: conv(8, 1)``): then the chain goes on through ``units[i]``."""
-    seen = Counter(counts)
-    for j in range(i + 1, min(i + 8, len(units))):
-        layer, before = units[j].layer, units[j - 1].layer
-        if layer is None or before is None or layer.inputs != [before.name] or layer.phase != before.phase:
-            return False
-        seen[layer.op] += 1
-        if scope.local(layer.name) == f"{label}_{layer.op}{seen[layer.op] if seen[layer.op] > 1 else ''}":
-            return True
-    return False
 
 
 def _layers_of(units: Sequence[_Unit]) -> Iterator[_Unit]:

@@ -155,20 +155,10 @@ def link_names(stmt: ast.LayerStmt) -> list[str]:
 
     >>> stmt = parse_module("input x: 3x8x8\\nc: conv(2, 3) | relu | p: maxpool(2) | relu\\n").statements[1]
     >>> link_names(stmt)
-    ['c', 'c_relu', 'p', 'c_relu2']
+    ['c', 'c_relu', 'p', 'p_relu']
     """
-    counts: dict[str, int] = {}
-    names = []
-    for i, link in enumerate(stmt.links):
-        counts[link.call.name] = counts.get(link.call.name, 0) + 1
-        if link.label is not None:
-            names.append(link.label.name)
-        elif i == 0:
-            names.append(stmt.label.name)
-        else:
-            count = counts[link.call.name]
-            names.append(f"{stmt.label.name}_{link.call.name}{count if count > 1 else ''}")
-    return names
+    return ast.chain_names(stmt.label.name, [(link.label.name if link.label else None, link.call.name)
+                                             for link in stmt.links])
 
 
 def statement_calls(stmt: ast.LayerStmt | ast.RepeatStmt) -> list[tuple[ast.Call, list[str]]]:

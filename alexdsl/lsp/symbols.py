@@ -27,7 +27,7 @@ from alexdsl.syntax import ast
 class Symbol:
     """A named thing: ``kind`` is input, layer, block or param; ``scope`` is None or a block's name.
 
-    ``label`` is set on the names a statement label generates (``conv1_relu`` for ``conv1``), so a
+    ``label`` is set on the names a label generates (``conv1_relu`` for ``conv1``, see ast.chain_names), so a
     rename of the label can rename them too; such a name is written nowhere in its definition.
     """
 
@@ -116,7 +116,7 @@ class SymbolIndex:
                     owner = Symbol(name, "layer", link.label.span, scope, call=call)
                     self._define(owner)
                 elif i > 0:
-                    self._define(Symbol(name, "layer", call.name_span, scope, label=label, call=call))
+                    self._define(Symbol(name, "layer", call.name_span, scope, label=owner, call=call))
             last = stmt.links[-1].call.name
             if last in SPLITTERS and last not in self.blocks and lookup(last) is None:
                 self.splits[(scope, owner.name)] = owner

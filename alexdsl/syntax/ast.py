@@ -47,7 +47,7 @@ class Call:
 
 @dataclass
 class BinaryOp:
-    """Integer arithmetic ``left op right``: ``op`` is ``+``, ``-``, ``*`` or ``//``."""
+    """Arithmetic ``left op right``: ``op`` is ``+``, ``-``, ``*``, ``/`` or ``//``."""
 
     op: str
     left: Value
@@ -101,7 +101,9 @@ class LayerStmt:
 
 @dataclass
 class RepeatStmt:
-    """``label: [src ->] repeat N call(...)``, expanded to ``label.0`` ... ``label.N-1``."""
+    """``label: [src ->] repeat N [as i:] [first(...), then] call(...)``, expanded to ``label.0`` ...
+    ``label.N-1``. ``index`` names the instance's number (from 0) in the calls' arguments; ``first``,
+    when given, is the first instance's call, and ``call`` the others'."""
 
     label: Name
     sources: list[Name]
@@ -109,6 +111,8 @@ class RepeatStmt:
     call: Call
     phase: Name | None
     span: Span
+    index: Name | None = None
+    first: Call | None = None
 
 
 @dataclass
@@ -171,7 +175,18 @@ class BlockParam:
 class BlockDef:
     name: Name
     params: list[BlockParam]
-    body: list[LayerStmt | RepeatStmt]
+    body: list[LayerStmt | RepeatStmt | BrokenStmt]
+    span: Span
+
+
+@dataclass
+class BrokenStmt:
+    """A statement with a syntax error, kept where it was written so that elaboration says nothing
+    more about it: ``kind`` is what its first token shows ("layer", "input", "block", ...) and
+    ``label`` the name it would have defined, when that much of it parsed."""
+
+    kind: str
+    label: Name | None
     span: Span
 
 
@@ -186,6 +201,7 @@ Statement = (
     | LayerStmt
     | RepeatStmt
     | BlockDef
+    | BrokenStmt
 )
 
 
@@ -194,6 +210,32 @@ class Comment:
     text: str
     line: int
     column: int
+
+
+def chain_names(first: str, links: list[tuple[str | None, str]]) -> list[str]:
+    """The name of each link of a chain, from its inline label (or None) and its op.
+
+    The first link takes ``first`` (the statement's label) unless it has its own; an unlabelled
+    link after it is named after the nearest labelled link before it, ``<label>_<op>``, with a
+    count when that op repeats under the same label. The one place this rule is written.
+
+    >>> chain_names("se", [("pool", "global_avgpool"), ("fc1", "conv"), (None, "relu"), ("fc2", "conv"),
+    ...                    (None, "sigmoid")])
+    ['pool', 'fc1', 'fc1_relu', 'fc2', 'fc2_sigmoid']
+    >>> chain_names("c", [(None, "conv"), (None, "relu"), (None, "conv"), (None, "relu")])
+    ['c', 'c_relu', 'c_conv2', 'c_relu2']
+    """
+    names = []
+    base = first
+    counts: dict[tuple[str, str], int] = {}
+    for i, (label, op) in enumerate(links):
+        base = label if label is not None else base
+        count = counts[base, op] = counts.get((base, op), 0) + 1
+        if label is not None or i == 0:
+            names.append(base)
+        else:
+            names.append(f"{base}_{op}{count if count > 1 else ''}")
+    return names
 
 
 @dataclass

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr
+from lark.parsers.lalr_parser_state import ParserState
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.limits import MAX_INT, MAX_NESTING
@@ -42,12 +43,19 @@ def grammar_text(name: str = "alexdsl.lark") -> str:
 
 @dataclass
 class _ParseState:
-    """What one parse call tracks; kept per call (in a context variable) so threads may parse at once."""
+    """What one parse call tracks; kept per call (in a context variable) so threads may parse at once.
+
+    The post-lexer's state lives here too, not in its generator: after a syntax error Lark resumes
+    the parse with a new generator, which must go on where the last one stopped.
+    """
 
     file: str
     open_parens: list[Token] = field(default_factory=list)
     comments: list[Token] = field(default_factory=list)
     errors: list[Diagnostic] = field(default_factory=list)  # bad literals: too large, not finite
+    pending: Token | None = None  # a newline held back until the next token shows it is not a '|' line
+    lookahead: Token | None = None  # a token read after ``pending`` and not yet passed on
+    skipping: bool = False  # after a syntax error: drop tokens up to the end of the broken statement
 
 
 _STATE: contextvars.ContextVar[_ParseState] = contextvars.ContextVar("alexdsl_parse_state")
@@ -66,34 +74,48 @@ class _TooDeep(Exception):
 class _Continuations:
     """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'.
 
-    It also refuses more than MAX_NESTING open parentheses, so nothing downstream recurses deeply.
+    It also refuses more than MAX_NESTING open parentheses, so nothing downstream recurses deeply,
+    and after a syntax error it drops the rest of the broken statement (``_ParseState.skipping``).
     """
 
     always_accept = ("_NL",)
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        open_parens: list[Token] = []
-        _STATE.get().open_parens = open_parens
-        pending: Token | None = None
-        for token in stream:
+        state = _STATE.get()
+        open_parens = state.open_parens
+        while True:
+            if state.lookahead is not None:
+                token, state.lookahead = state.lookahead, None
+            else:
+                token = next(stream, None)
+                if token is None:
+                    break
             kind = token.type
             if kind == "_NL":
-                if not open_parens and pending is None:
-                    pending = token
+                if not open_parens and state.pending is None:
+                    state.pending = token
                 continue
-            if pending is not None:
+            if state.pending is not None:
+                pending, state.pending = state.pending, None
                 if kind != "VBAR":
-                    yield pending
-                pending = None
+                    if state.skipping:  # the broken statement ends with this line
+                        state.skipping = False
+                    else:
+                        state.lookahead = token
+                        yield pending
+                        continue
             if kind == "LPAR":
                 open_parens.append(token)
-                if len(open_parens) > MAX_NESTING:
+                if len(open_parens) > MAX_NESTING and not state.skipping:
                     raise _TooDeep(token)
             elif kind == "RPAR" and open_parens:
                 open_parens.pop()
-            yield token
-        if pending is not None:
-            yield pending
+            if not state.skipping:
+                yield token
+        if state.pending is not None:
+            pending, state.pending = state.pending, None
+            if not state.skipping:
+                yield pending
 
 
 def _bounds(item: object) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -224,8 +246,11 @@ class _ToAst(Transformer):
         return ast.LayerStmt(self._name(label), sources, links, phase, self._span(label, links, phase))
 
     def repeat_stmt(self, children: list) -> ast.RepeatStmt:
-        label, sources, _, count, call, phase = children
-        return ast.RepeatStmt(self._name(label), sources or [], count, call, phase, self._span(children))
+        label, sources, _, count, _, index, first, then, rest, phase = children
+        if then is None:  # one call for every instance
+            first, rest = None, first
+        return ast.RepeatStmt(self._name(label), sources or [], count, rest, phase, self._span(children),
+                              self._name(index) if index is not None else None, first)
 
     def network_stmt(self, children: list[Token]) -> ast.NetworkStmt:
         return ast.NetworkStmt(self._name(children[1]), self._span(children))
@@ -336,7 +361,7 @@ def _mistake_examples() -> dict[str, list[str]]:
     return {hint: [p + s for s in snippets for p in prefixes] for hint, snippets in _KNOWN_MISTAKES.items()}
 
 
-_ARITHMETIC = frozenset({"PLUS", "MINUS", "STAR", "DSLASH"})
+_ARITHMETIC = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "DSLASH"})
 
 
 def _describe_terminal(name: str, lark: Lark) -> str:
@@ -365,10 +390,24 @@ def _token_words(token: Token) -> str:
     return f"'{token}'"
 
 
+def _acceptable(error: UnexpectedInput) -> set[str]:
+    """The terminals the parser would take where ``error`` happened.
+
+    For a token, what the parser accepts when each is tried (exact: LALR's lookahead sets are merged
+    across states, so its ``expected`` may list a ',' that only a repeat's call takes).
+    """
+    if isinstance(error, UnexpectedToken) and error.interactive_parser is not None:
+        try:
+            return set(error.interactive_parser.accepts())
+        except Exception:  # noqa: BLE001 - fall back on the table's lookahead
+            pass
+    return set(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+
+
 def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
                        open_parens: list[Token]) -> Diagnostic:
     line, column = max(error.line, 1), max(error.column, 1)
-    expected_terms = sorted(getattr(error, "expected", None) or getattr(error, "allowed", None) or [])
+    expected_terms = sorted(_acceptable(error))
     if set(expected_terms) - _ARITHMETIC:  # after a number, '+ - * //' would continue it: not worth listing
         expected_terms = [t for t in expected_terms if t not in _ARITHMETIC]
         if "RPAR" in expected_terms:  # a repeat count may be followed by a name; inside '(...)' nothing is
@@ -388,13 +427,18 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
         message = f"unexpected character {char!r}"
     else:
         message = "unexpected end of file"
+    def parse_example(example: str) -> list[ast.Statement]:
+        reset = _STATE.set(_ParseState(file))  # each example is parsed with a state of its own
+        try:
+            return lark.parse(example)
+        finally:
+            _STATE.reset(reset)
+
     hint = None
     try:
-        hint = error.match_examples(lark.parse, _mistake_examples(), use_accepts=True)
+        hint = error.match_examples(parse_example, _mistake_examples(), use_accepts=True)
     except Exception:  # noqa: BLE001 - a failed lookup only loses the hint
         hint = None
-    if isinstance(error, UnexpectedCharacters) and message == "unexpected character '/'":
-        hint = "divide integers with '//', as in c // 8"
     if open_parens and open_parens[-1].line < line:
         paren = open_parens[-1]
         hint = f"the '(' at line {paren.line}, column {paren.column} is never closed"
@@ -407,56 +451,151 @@ def _syntax_diagnostic(error: UnexpectedInput, file: str, text: str, lark: Lark,
     )
 
 
-def _blank_line(text: str, line: int) -> str:
-    """Replace line ``line`` (1-based) with spaces, keeping every other position as it is."""
-    lines = text.split("\n")
-    if 1 <= line <= len(lines):
-        lines[line - 1] = " " * len(lines[line - 1])
-    return "\n".join(lines)
+_DECLARING = {"NAME": "layer", "INPUT": "input", "BLOCK": "block"}  # first token of a statement -> what it defines
+
+
+class _Recovery:
+    """Lark's ``on_error`` hook: reports the error (one per line), drops the broken statement and resumes.
+
+    The parser's stacks are cut back to where the broken statement began, and the post-lexer drops
+    the rest of it, up to the end of its line (past any '(' it left open); the parse goes on from the
+    next statement. What the broken statement would have defined is kept as an
+    :class:`~alexdsl.syntax.ast.BrokenStmt`, so that the elaborator says nothing more about it.
+    """
+
+    def __init__(self, file: str, text: str, lark: Lark, state: _ParseState):
+        self.file, self.text, self.lark, self.state = file, text, lark, state
+        self.diagnostics: list[Diagnostic] = []
+        self.broken: list[ast.BrokenStmt] = []
+        self.stopped = False
+
+    def __call__(self, error: UnexpectedInput) -> bool:
+        parser_state = error.interactive_parser.parser_state
+        if isinstance(error, UnexpectedCharacters) and self.state.pending is not None:
+            newline, self.state.pending = self.state.pending, None  # a line starts with the bad character
+            if self.state.skipping:  # and ends the statement skipped after an error before
+                self.state.skipping = False
+            else:
+                try:
+                    parser_state.feed_token(newline)
+                except UnexpectedToken as incomplete:  # and the line before it is incomplete
+                    incomplete.interactive_parser = error.interactive_parser
+                    self.report(incomplete)
+                    self._cut_back(incomplete, parser_state)
+        if not self.report(error):
+            self.stopped = True
+            return False
+        self._cut_back(error, parser_state)
+        if isinstance(error, UnexpectedCharacters):  # skip to the end of the line: one error per line
+            lexer = error.interactive_parser.lexer_thread.state
+            at = lexer.line_ctr.char_pos
+            end = self.text.find("\n", at)
+            lexer.line_ctr.feed(self.text[at:end if end >= 0 else len(self.text)])
+            self.state.skipping = True
+        else:
+            self.state.skipping = error.token.type not in ("_NL", "$END")
+        return True
+
+    def report(self, error: UnexpectedInput) -> bool:
+        """Record the error unless its line already has one; False when parsing should stop."""
+        diagnostic = _syntax_diagnostic(error, self.file, self.text, self.lark, list(self.state.open_parens))
+        assert diagnostic.span is not None
+        if all(d.span is None or d.span.line != diagnostic.span.line for d in self.diagnostics):
+            self.diagnostics.append(diagnostic)
+        unclosed = diagnostic.hint is not None and "never closed" in diagnostic.hint
+        return not unclosed and len(self.diagnostics) < MAX_SYNTAX_ERRORS
+
+    def _cut_back(self, error: UnexpectedInput, parser_state: ParserState) -> None:
+        """Pop the parser's stacks to the state before the broken statement; record what it defined."""
+        at_end = isinstance(error, UnexpectedToken) and error.token.type == "$END"
+        starts = _statement_starts(self.lark)[0 if at_end else 1]  # at the end of the file, leave any block
+        states, values = parser_state.state_stack, parser_state.value_stack
+        keep = len(states)
+        while keep > 1 and states[keep - 1] not in starts and (at_end or not _ends_statement(values[keep - 2])):
+            keep -= 1
+        popped = values[keep - 1:]
+        del states[keep:]
+        del values[keep - 1:]
+        if popped and isinstance(popped[0], Token):
+            first = popped[0]
+            kind = _DECLARING.get(first.type, first.type.lower())
+            label = first if first.type == "NAME" else next(
+                (t for t in popped[1:2] if isinstance(t, Token) and t.type == "NAME"), None)
+            span = Span(self.file, first.line, first.column, first.line, first.column + len(str(first)))
+            name = ast.Name(str(label), Span(self.file, label.line, label.column, label.line,
+                                             label.column + len(str(label)))) if label is not None else None
+            self.broken.append(ast.BrokenStmt(kind, name, span))
+        elif popped or not at_end:
+            line, column = max(error.line, 1), max(error.column, 1)
+            self.broken.append(ast.BrokenStmt("statement", None, Span(self.file, line, column, line, column + 1)))
+
+
+def _ends_statement(value: object) -> bool:
+    """Whether ``value``, the last on the parser's stack, is the newline that ends a statement."""
+    return isinstance(value, Token) and value.type == "_NL"
+
+
+@functools.cache
+def _statement_starts(lark: Lark) -> tuple[frozenset[int], frozenset[int]]:
+    """The LALR states where a top-level statement may start, and those where any statement may (blocks too)."""
+    states = lark.parser.parser.parser.parse_table.states
+    top = frozenset(s for s, actions in states.items() if "_statement" in actions)
+    return top, top | frozenset(s for s, actions in states.items() if "_block_statement" in actions)
+
+
+def _place_broken(statements: list[ast.Statement], broken: list[ast.BrokenStmt]) -> list[ast.Statement]:
+    """``statements`` with each broken statement put where it was written: at the top, or in a block's body."""
+    out = list(statements)
+    for item in broken:
+        line = item.span.line
+        block = next((s for s in out if isinstance(s, ast.BlockDef) and s.span.line < line <= s.span.end_line), None)
+        body: list = block.body if block is not None else out
+        index = next((i for i, s in enumerate(body) if s.span.line > line), len(body))
+        body.insert(index, item)
+    return out
 
 
 def parse_module(text: str, file: str = "<string>") -> ast.Module:
     """Parse alexdsl source into a :class:`~alexdsl.syntax.ast.Module`.
 
-    Every syntax error is reported: after one, the offending line is blanked and parsing
-    starts again, up to 20 errors. A leading byte order mark is ignored. Safe to call from
-    several threads at once. Raises :class:`AlexDSLError`.
+    Every syntax error is reported (up to 20). A leading byte order mark is ignored. Safe to call
+    from several threads at once. Raises :class:`AlexDSLError`.
+    """
+    module, diagnostics = parse_recovering(text, file)
+    if diagnostics:
+        raise AlexDSLError(diagnostics, sources={file: module.source})
+    return module
+
+
+def parse_recovering(text: str, file: str = "<string>") -> tuple[ast.Module, list[Diagnostic]]:
+    """The module and the syntax errors of ``text``, in source order.
+
+    After a syntax error the parse resumes at the next statement (Lark's ``on_error``), so the
+    module holds every statement that parsed, and a :class:`~alexdsl.syntax.ast.BrokenStmt` for
+    each one that did not. The module is empty when parsing stopped early (at a '(' never
+    closed, parentheses nested too deep, or after 20 errors) or a number is out of range.
     """
     text = text.removeprefix("\ufeff")
     lark = _parser()
-    diagnostics: list[Diagnostic] = []
-    attempt = text
-    seen_lines: set[int] = set()
-    while True:
-        state = _ParseState(file)
-        reset = _STATE.set(state)
-        try:
-            statements = lark.parse(attempt)
-        except _TooDeep as error:
-            diagnostics.append(_too_deep(error.token, file, error.expression))
-            break
-        except UnexpectedInput as error:
-            diag = _syntax_diagnostic(error, file, text, lark, list(state.open_parens))
-            if diag.span is None or diag.span.line in seen_lines:
-                diagnostics.append(diag) if diag.span is None or not diagnostics else None
-                break
-            diagnostics.append(diag)
-            seen_lines.add(diag.span.line)
-            unclosed = diag.hint is not None and "never closed" in diag.hint
-            if unclosed or isinstance(error, UnexpectedEOF) or len(diagnostics) >= MAX_SYNTAX_ERRORS:
-                break
-            attempt = _blank_line(attempt, diag.span.line)
-            continue
-        finally:
-            _STATE.reset(reset)
-        break
-    diagnostics.extend(state.errors)
-    if diagnostics:
-        raise AlexDSLError(sorted(diagnostics, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0)),
-                           sources={file: text})
-    module = ast.Module(file=file, source=text, statements=statements)
+    state = _ParseState(file)
+    recovery = _Recovery(file, text, lark, state)
+    statements: list[ast.Statement] = []
+    reset = _STATE.set(state)
+    try:
+        statements = _place_broken(lark.parse(text, on_error=recovery), recovery.broken)
+    except _TooDeep as error:
+        recovery.diagnostics.append(_too_deep(error.token, file, error.expression))
+    except UnexpectedInput as error:
+        if not recovery.stopped:  # an error the hook gave up on (Lark's guard against looping at the end)
+            recovery.report(error)
+    finally:
+        _STATE.reset(reset)
+    diagnostics = sorted(recovery.diagnostics + state.errors,
+                         key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+    complete = not recovery.stopped and not state.errors  # a bad literal's stand-in value would mislead
+    module = ast.Module(file=file, source=text, statements=statements if complete else [])
     module.comments = [ast.Comment(str(c), c.line, c.column) for c in state.comments]
-    return module
+    return module, diagnostics
 
 
 def _too_deep(token: Token, file: str, expression: bool = False) -> Diagnostic:

@@ -1,0 +1,183 @@
+"""Blocks: binding a block's parameters, expanding an instance, and its size before expanding it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from alexdsl.ir.elaboration.scopes import Scopes
+from alexdsl.ir.elaboration.state import (
+    MAX_BLOCK_DEPTH,
+    PENDING,
+    Instance,
+    Scope,
+    Unexpandable,
+    listing,
+)
+from alexdsl.syntax import ast
+
+
+class Blocks(Scopes):
+    """Expands block instances; sizes are computed first, so the layer limit holds before any work."""
+
+    def _instantiate(self, call: ast.Call, name: str, sources: list[ast.Name], implicit: str | None,
+                     scope: Scope, phase: str) -> str | None:
+        block = self.blocks[call.name]
+        if len(sources) > 1:
+            self.sink.error(f"block {call.name} takes one input, received {len(sources)}", call.span)
+            return None
+        values = self._block_values(block, call, scope.values, report=True)
+        if values is None:
+            return None
+        try:
+            size = self._block_size(call.name, values, [])
+        except Unexpandable as error:
+            self.sink.error(error.message, call.span, hint=error.hint)
+            return None
+        if not self._fits(size, f"block {call.name}", call.span):
+            return None
+        input_node = PENDING if sources else implicit
+        inner = Scope(prefix=name + ".", values=values, in_node=input_node, prev=input_node, block=name)
+        first_node = len(self.added)
+        first_diagnostic = len(self.sink.diagnostics)
+        self.meta.instances[name] = Instance(call.name, call.span, block.span)
+        for stmt in block.body:
+            self._statement(stmt, inner)
+        output = inner.labels.get("out", inner.prev)
+        source = self._lookup(sources[0], scope, report=False) if sources else None
+        if source is not None:
+            inner.in_node = source
+        self._resolve(inner)
+        self._note_uses(first_diagnostic, name)
+        if not sources:
+            return output
+        for node in self.added[first_node:]:  # the instance's layers that read its input
+            inputs = self.graph.nodes[node]["inputs"]
+            for index, item in enumerate(inputs):
+                if item == PENDING:
+                    if source is None:  # defined later: resolved with the layers that read it
+                        scope.pending.append((node, index, sources[0]))
+                    else:
+                        inputs[index] = source
+        if output != PENDING:
+            return output
+        if source is None:
+            self.sink.error(f"block {call.name} has no layers, so '{name}' would only pass on "
+                            f"'{sources[0].name}', which is defined later", call.span,
+                            hint=f"read '{sources[0].name}' directly, or define it before '{name}'")
+            return None
+        return source
+
+    def _note_uses(self, first: int, instance: str) -> None:
+        """Add where ``instance`` (and each instance around it) was used to the errors inside its block,
+        from diagnostic ``first`` on, as compilers do for a template's instantiation."""
+        diagnostics = self.sink.diagnostics
+        for index in range(first, len(diagnostics)):
+            diagnostic = diagnostics[index]
+            if not diagnostic.notes and diagnostic.span is not None \
+                    and self.meta.instances[instance].encloses(diagnostic.span):
+                diagnostics[index] = dataclasses.replace(diagnostic, notes=self.meta.use_notes(instance))
+
+    def _block_values(self, block: ast.BlockDef, call: ast.Call, outer: dict[str, Any], report: bool
+                      ) -> dict[str, Any] | None:
+        """The block's parameters bound to the call's arguments; None (reported) on a mistake.
+
+        With ``report=False`` nothing is reported and a best-effort binding is returned.
+        """
+        params = [p.name.name for p in block.params]
+        values: dict[str, Any] = {}
+        position = 0
+        for arg in call.args:
+            value = self._eval(arg.value, outer, report)
+            if arg.keyword is None:
+                if position >= len(params):
+                    if report:
+                        self.sink.error(f"too many arguments for block {call.name}", arg.span,
+                                        expected=f"{call.name}({listing(params)})")
+                        return None
+                    continue
+                key = params[position]
+                position += 1
+            else:
+                key = arg.keyword
+                if key not in params:
+                    if report:
+                        self.sink.error(f"unknown argument '{key}' for block {call.name}", arg.span,
+                                        expected=listing(params), hint=self._did_you_mean(key, params))
+                        return None
+                    continue
+            values[key] = value
+        for param in block.params:
+            if param.name.name not in values:
+                if param.default is None:
+                    if report:
+                        self.sink.error(f"block {call.name} is missing argument '{param.name.name}'", call.span,
+                                        expected=f"{call.name}({listing(params)})")
+                        return None
+                    continue
+                values[param.name.name] = self._eval(param.default, {}, report)
+        return values
+
+    def _call_size(self, call: ast.Call, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers that ``call`` adds: 1 for an op, the expanded size for a block."""
+        block = self.blocks.get(call.name)
+        if block is None:
+            return 1
+        return self._block_size(call.name, self._block_values(block, call, values, report=False) or {}, chain)
+
+    @staticmethod
+    def _instance_call(stmt: ast.RepeatStmt, index: int) -> ast.Call:
+        """The call of instance ``index`` of a repeat: ``first`` for the first one when given."""
+        return stmt.first if index == 0 and stmt.first is not None else stmt.call
+
+    @staticmethod
+    def _instance_values(stmt: ast.RepeatStmt, values: dict[str, Any], index: int) -> dict[str, Any]:
+        """The values instance ``index`` of a repeat sees: ``values`` and its index, when it is named."""
+        return values if stmt.index is None else {**values, stmt.index.name: index}
+
+    def _repeat_size(self, stmt: ast.RepeatStmt, count: int, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers a repeat of ``count`` instances adds, computed without expanding it.
+
+        When the index reaches a block's arguments, instances are sized one by one, at most one past
+        the layer limit; any further instance counts as one layer (enough to refuse the repeat).
+        """
+        calls = [stmt.call] if stmt.first is None else [stmt.first, stmt.call]
+        if all(call.name not in self.blocks for call in calls):
+            return count
+        if stmt.index is None:
+            rest = count * self._call_size(stmt.call, values, chain)
+            if stmt.first is None:
+                return rest
+            return rest - self._call_size(stmt.call, values, chain) + self._call_size(stmt.first, values, chain)
+        sized = min(count, self.layer_limit + 1)
+        return count - sized + sum(self._call_size(self._instance_call(stmt, i), self._instance_values(stmt, values, i),
+                                                   chain) for i in range(sized))
+
+    def _block_size(self, name: str, values: dict[str, Any], chain: list[str]) -> int:
+        """Layers one instance of block ``name`` expands to, computed without expanding it.
+
+        Memoised per (block, arguments), so even a block used 2**40 times through nesting costs
+        one walk of each body. Raises :class:`Unexpandable` for a block that uses itself.
+        """
+        key = (name, tuple(sorted(values.items())))
+        if key in self.block_sizes:
+            return self.block_sizes[key]
+        if name in chain:
+            cycle = " -> ".join(chain[chain.index(name):] + [name])
+            raise Unexpandable(f"block {name} expands into itself",
+                                f"a block may not use itself, directly or through another block: {cycle}")
+        if len(chain) >= MAX_BLOCK_DEPTH:
+            path = chain[:3] + ["..."] + chain[-2:] + [name]
+            raise Unexpandable(f"blocks are nested more than {MAX_BLOCK_DEPTH} deep here",
+                                "use fewer levels of blocks inside blocks: " + " -> ".join(path))
+        inner = chain + [name]
+        total = 0
+        for stmt in self.blocks[name].body:
+            if isinstance(stmt, ast.RepeatStmt):
+                count = self._eval(stmt.count, values, report=False)
+                if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                    total += self._repeat_size(stmt, count, values, inner)
+            elif isinstance(stmt, ast.LayerStmt):
+                total += sum(self._call_size(link.call, values, inner) for link in stmt.links)
+        self.block_sizes[key] = total
+        return total
