@@ -25,6 +25,7 @@ The foreign nodes that importers hand to converters are Protocols too: :class:`O
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 if TYPE_CHECKING:
@@ -39,14 +40,15 @@ class TorchContext(Protocol):
     """What a :class:`~alexdsl.ops.lowering.TorchLowering` sees of the module being generated.
 
     Every value an op writes into generated source goes through :meth:`int`, :meth:`float` or
-    :meth:`pair`, which check it and name the layer when it is not what they expect.
+    :meth:`pair`, which check it and name the layer when it is not what they expect. (``int`` and
+    ``float`` are members here, hence ``builtins.int`` in the other signatures.)
     """
 
     def pair(self, value: Any) -> str:
         """``3`` or ``(3, 5)`` as source, from an int or an ``(h, w)`` pair."""
         ...
 
-    def input_shape(self, layer: Any, index: int) -> tuple[int, ...]:
+    def input_shape(self, layer: Any, index: builtins.int) -> tuple[builtins.int, ...]:
         """The per-sample shape of the layer's ``index``-th input."""
         ...
 
