@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from alexdsl.backends.cupy.codegen import ExecutorCodegenContext
 from alexdsl.backends.torch.codegen import TorchCodegenContext
@@ -93,10 +94,6 @@ def _mismatches(protocol: type, cls: type) -> list[str]:
             found.append(f"{cls.__name__} does not declare {name}: {_annotation(annotation)} "
                          f"(it declares {annotated.get(name)})")
     return found
-
-
-def _param_names(cls: type, name: str) -> list[str]:
-    return list(_signature(cls, name).parameters)
 
 
 # --------------------------------------------------------------------------------- fake contexts
@@ -278,9 +275,13 @@ def test_every_protocol_member_is_documented() -> None:
         assert all(function.__doc__ for function in methods.values()), protocol.__name__
 
 
-def test_the_static_members_of_the_caffe_importer_take_what_converters_pass() -> None:
-    assert _param_names(CaffeImporter, "section") == ["layer", "name"]
-    assert _param_names(CaffeImporter, "arg") == ["item", "keyword"]
+def test_docs_extending_lists_every_member_of_each_protocol() -> None:
+    text = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `\w+` \| `(\w+)`[^|]* \| (.+) \|$", text, re.M)
+    assert len(rows) == 6
+    for name, offered in rows:
+        methods, data = _members(getattr(contexts, name))
+        assert set(re.findall(r"`(\w+)", offered)) == {*methods, *data}, name
 
 
 # ------------------------------------------------------------------------------ lowering with fakes
