@@ -451,7 +451,10 @@ def _is_true(s: Scalar | None) -> bool | None:
     return str(s.value).lower() in ("true", "1")
 
 
-class _Importer:
+class CaffeImporter:
+    """A prototxt's layers to alexdsl source; what the ops' converters see
+    (:class:`~alexdsl.ops.contexts.CaffeImportContext`)."""
+
     def __init__(self, net: Message, file: str, text: str):
         self.net = net
         self.file = file
@@ -877,7 +880,7 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
     located in the prototxt.
     """
     net = parse_prototxt(text, file)
-    importer = _Importer(net, file, text)
+    importer = CaffeImporter(net, file, text)
     importer.run()
     if importer.sink.has_errors:
         diagnostics = sorted(importer.sink.diagnostics,

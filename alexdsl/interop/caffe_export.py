@@ -16,7 +16,7 @@ with uneven windows) is an :class:`~alexdsl.errors.AlexDSLError`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
@@ -45,8 +45,9 @@ def _n(value: Any) -> str:
     return str(value)
 
 
-class _Context:
-    """What an op's Caffe lowering (:attr:`alexdsl.ops.lowering.Lowerings.caffe`) sees."""
+class CaffeLayerContext:
+    """What an op's Caffe lowering (:attr:`alexdsl.ops.lowering.Lowerings.caffe`) sees of the layer it writes
+    (:class:`~alexdsl.ops.contexts.CaffeExportContext`)."""
 
     def __init__(self, network: Network, layer: Layer):
         self.network = network
@@ -85,7 +86,7 @@ class _Context:
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return self.network.layer(layer.inputs[index]).shape
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         raise AlexDSLError([Diagnostic("error", f"layer '{self.layer.name}': {message}", self.layer.span)])
 
 
@@ -116,7 +117,7 @@ def _layer(network: Network, layer: Layer) -> list[str]:
         raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no Caffe layer (layer '{layer.name}')",
                                        layer.span, hint="export to ONNX instead, or replace the op")])
     lines: list[str] = []
-    for caffe in op.lower.caffe(layer, _Context(network, layer)):
+    for caffe in op.lower.caffe(layer, CaffeLayerContext(network, layer)):
         bottoms = [layer.name] if caffe.suffix else layer.inputs
         lines += ["layer {", f"  name: {_q(layer.name + caffe.suffix)}", f"  type: {_q(caffe.type)}"]
         lines += [f"  bottom: {_q(b)}" for b in bottoms]

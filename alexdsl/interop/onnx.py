@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -77,8 +77,11 @@ def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[La
 
 
 # the graph ---------------------------------------------------------------------------------------
-class _Context:
-    """What an op's ONNX lowering (:attr:`alexdsl.ops.lowering.Lowerings.onnx`) sees and adds to."""
+class OnnxGraphBuilder:
+    """What an op's ONNX lowering (:attr:`alexdsl.ops.lowering.Lowerings.onnx`) sees and adds to
+    (:class:`~alexdsl.ops.contexts.OnnxExportContext`): the nodes, initializers and aliases of the graph."""
+
+    inputs: list[str]
 
     def __init__(self, network: Network, weights: Mapping[str, Any], nodes: list[Any], initializers: list[Any],
                  alias: dict[str, str]):
@@ -118,7 +121,7 @@ class _Context:
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return self.network.layer(layer.inputs[index]).shape
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str) -> NoReturn:
         assert self.layer is not None
         raise AlexDSLError([Diagnostic("error", f"layer '{self.layer.name}': {message}", self.layer.span)])
 
@@ -138,7 +141,7 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
     nodes: list[Any] = []
     initializers: list[Any] = []
     graph_inputs = []
-    ctx = _Context(network, weights, nodes, initializers, alias)
+    ctx = OnnxGraphBuilder(network, weights, nodes, initializers, alias)
 
     def value(name: str) -> str:
         if name in skipped:

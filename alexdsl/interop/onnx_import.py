@@ -57,12 +57,16 @@ class _Layer:
     renamable: bool = False  # named after torch's scope or its op, not by the model: a chain may name it
 
 
-class _Context:
-    """What a ``from_onnx`` converter sees (see :class:`alexdsl.ops.lowering.Lowerings`)."""
+class OnnxMatchContext:
+    """What a ``from_onnx`` converter sees (:class:`~alexdsl.ops.contexts.OnnxImportContext`)."""
+
+    opset: int
+    outputs: list[str]
 
     def __init__(self, graph: OnnxGraph):
         self.graph = graph
         self.opset = graph.opset
+        self.outputs = graph.outputs
         self.claimed: set[OnnxNode] = set()
         self.anchor: OnnxNode | None = None
         self.failures: list[tuple[OnnxNode, str]] = []
@@ -102,7 +106,7 @@ class _Context:
 def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
     """Every node mapped onto a layer, or one error naming every node that could not be."""
     importers = onnx_importers()
-    ctx = _Context(graph)
+    ctx = OnnxMatchContext(graph)
     found: list[tuple[OnnxNode, list[OnnxImport]]] = []
     unsupported: dict[str, list[OnnxNode]] = {}
     failed: list[tuple[OnnxNode, str]] = []

@@ -10,6 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.from_onnx import f32, near, other_input, per_channel, producer_of, scalar, unary
 from alexdsl.ops.lowering import (
     CaffeLayer,
@@ -38,7 +48,7 @@ def epilogue_args(epilogue: str | None) -> str:
     return f"relu=False, act=rt.{epilogue}"
 
 
-def _relu_forward(layer: Any, args: list[str], ctx: Any) -> str:
+def _relu_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
     return f"F.relu({args[0]}, inplace=True)" if ctx.may_run_inplace(layer) else f"F.relu({args[0]})"
 
 
@@ -61,7 +71,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 def _clip_from_onnx(op: str) -> Any:
     """``Clip(x, min, max)`` -> relu (min 0, no max), relu6 (0, 6) or hardtanh (any other constant bounds);
     each op's converter takes only its own bounds, so no two claim one node."""
-    def convert(node: Any, ctx: Any) -> OnnxImport | None:
+    def convert(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
         bounds = [node.inputs[i] if len(node.inputs) > i else "" for i in (1, 2)]
         low, high = (scalar(ctx, value) if value else None for value in bounds)
         if any(value and (ctx.const(value) is None or ctx.const(value).size != 1) for value in bounds):
@@ -80,7 +90,7 @@ def _clip_from_onnx(op: str) -> Any:
     return convert
 
 
-def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _relu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     p = layer.message("relu_param")
     slope = p.scalar("negative_slope") if p is not None else None
     if slope is not None and slope.value != 0:
@@ -150,14 +160,14 @@ register(OpDef(
     ),
 ))
 
-def _softmax_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _softmax_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     axis = ctx.section(layer, "softmax_param").scalar("axis")
     if axis is not None and axis.value != 1:
         ctx.error("softmax along an axis other than channels (1) is not supported", axis.span)
     return "softmax", [], None
 
 
-def _softmax_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _softmax_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only)."""
     shape = ctx.shape(node.inputs[0])
     rank = len(shape) + 1 if shape is not None else 0
@@ -169,7 +179,7 @@ def _softmax_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("softmax", node.inputs[:1])
 
 
-def _softmax_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
+def _softmax_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Transpose`` moving the channels last, ``Softmax`` over the last axis, the inverse ``Transpose`` ->
     softmax: torch's export of a softmax over the channels of CxHxW below opset 13."""
     softmax = producer_of(ctx, node.inputs[0], "Softmax")
@@ -201,12 +211,12 @@ register(OpDef(
 
 # torch.nn.functional's activations after ReLU --------------------------------------------------
 
-def _onnx_silu(layer: Any, ctx: Any) -> None:
+def _onnx_silu(layer: Any, ctx: OnnxExportContext) -> None:
     gate = ctx.node("Sigmoid", ctx.inputs, output=f"{layer.name}.sigmoid")
     ctx.node("Mul", [ctx.inputs[0], gate])
 
 
-def _onnx_gelu(layer: Any, ctx: Any) -> None:
+def _onnx_gelu(layer: Any, ctx: OnnxExportContext) -> None:
     """Gelu is native only from opset 20: x * 0.5 * (1 + erf(x / sqrt 2)), or the tanh form."""
     x, name = ctx.inputs[0], layer.name
     if layer.attrs["approximate"] == "tanh":
@@ -223,7 +233,7 @@ def _onnx_gelu(layer: Any, ctx: Any) -> None:
     ctx.node("Mul", [x, half])
 
 
-def _onnx_softplus(layer: Any, ctx: Any) -> None:
+def _onnx_softplus(layer: Any, ctx: OnnxExportContext) -> None:
     """Softplus(beta * x) / beta, and x where beta * x > threshold (ONNX Softplus has neither)."""
     a, name, x = layer.attrs, layer.name, ctx.inputs[0]
     scaled = ctx.node("Mul", [x, ctx.constant(a["beta"])], output=f"{name}.scaled") if a["beta"] != 1 else x
@@ -234,12 +244,12 @@ def _onnx_softplus(layer: Any, ctx: Any) -> None:
     ctx.node("Where", [linear, x, soft])
 
 
-def _onnx_mish(layer: Any, ctx: Any) -> None:
+def _onnx_mish(layer: Any, ctx: OnnxExportContext) -> None:
     soft = ctx.node("Softplus", ctx.inputs, output=f"{layer.name}.softplus")
     ctx.node("Mul", [ctx.inputs[0], ctx.node("Tanh", [soft], output=f"{layer.name}.tanh")])
 
 
-def _gated(node: Any, ctx: Any, gate_type: str) -> tuple[str, Any] | None:
+def _gated(node: OnnxNodeView, ctx: OnnxImportContext, gate_type: str) -> tuple[str, Any] | None:
     """``Mul(x, gate(x))`` (either order): ``x`` and the gate node, which only the Mul reads."""
     for x, gate in (node.inputs[:2], node.inputs[1::-1]):
         found = producer_of(ctx, gate, gate_type)
@@ -248,7 +258,7 @@ def _gated(node: Any, ctx: Any, gate_type: str) -> tuple[str, Any] | None:
     return None
 
 
-def _silu_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _silu_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Mul(x, Sigmoid(x))`` -> silu (torch and alexdsl export it so at every opset)."""
     found = _gated(node, ctx, "Sigmoid")
     return OnnxImport("silu", [found[0]], absorbed=(found[1],)) if found else None
@@ -259,20 +269,20 @@ def _is_hard_gate(node: Any) -> bool:
     return near(node.attr("alpha", 0.2), 1 / 6) and near(node.attr("beta", 0.5), 0.5)
 
 
-def _hardswish_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+def _hardswish_from_mul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Mul(x, HardSigmoid(x))`` -> hardswish: torch's export below opset 14, which has no HardSwish."""
     found = _gated(node, ctx, "HardSigmoid")
     return OnnxImport("hardswish", [found[0]], absorbed=(found[1],)) if found and _is_hard_gate(found[1]) else None
 
 
-def _hardsigmoid_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _hardsigmoid_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     if not _is_hard_gate(node):
         return ctx.fail(node, f"HardSigmoid(alpha={node.attr('alpha', 0.2)}, beta={node.attr('beta', 0.5)}) is not "
                               "torch's hardsigmoid (alpha 1/6, beta 1/2)")
     return OnnxImport("hardsigmoid", node.inputs[:1])
 
 
-def _mish_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _mish_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Mul(x, Tanh(Softplus(x)))`` -> mish."""
     for x, gate in (node.inputs[:2], node.inputs[1::-1]):
         tanh = producer_of(ctx, gate, "Tanh")
@@ -285,7 +295,7 @@ def _mish_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
 Factor = tuple[str, Any]  # a computed value and the node reading it
 
 
-def _product(ctx: Any, value: str, reader: Any) -> tuple[list[Factor], float, list[Any]]:
+def _product(ctx: OnnxImportContext, value: str, reader: Any) -> tuple[list[Factor], float, list[Any]]:
     """``value`` taken apart as a product: its computed factors, the constant factor, and the ``Mul`` and
     ``Div``-by-a-constant nodes that only the product reads (which the pattern absorbs)."""
     constant = scalar(ctx, value)
@@ -303,7 +313,7 @@ def _product(ctx: Any, value: str, reader: Any) -> tuple[list[Factor], float, li
     return [(value, reader)], 1.0, []
 
 
-def _plus_one(ctx: Any, value: str, reader: Any) -> tuple[Any, Any] | None:
+def _plus_one(ctx: OnnxImportContext, value: str, reader: Any) -> tuple[Any, Any] | None:
     """``Add(curve, 1)`` (either order) computing ``value``: the Add and the curve's node."""
     add = producer_of(ctx, value, "Add", reader)
     if add is None:
@@ -315,7 +325,7 @@ def _plus_one(ctx: Any, value: str, reader: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def _gelu_curve(ctx: Any, x: str, curve: Any) -> tuple[str, list[Any]] | None:
+def _gelu_curve(ctx: OnnxImportContext, x: str, curve: Any) -> tuple[str, list[Any]] | None:
     """``erf(x / sqrt 2)`` or ``tanh(sqrt(2 / pi) * (x + 0.044715 x^3))``: the approximation and the nodes."""
     inner, constant, nodes = _product(ctx, curve.inputs[0], curve)
     if curve.op_type == "Erf" and [v for v, _ in inner] == [x] and near(constant, math.sqrt(0.5)):
@@ -332,7 +342,7 @@ def _gelu_curve(ctx: Any, x: str, curve: Any) -> tuple[str, list[Any]] | None:
     return "tanh", [*nodes, add, *cube_nodes]
 
 
-def _gelu_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+def _gelu_from_mul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``x * (1 + curve) * 0.5`` in any grouping of its products (torch's export below opset 20, and
     alexdsl's), the curve erf(x / sqrt 2) or the tanh approximation -> gelu."""
     factors, constant, nodes = [], 1.0, []
@@ -351,19 +361,20 @@ def _gelu_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
     return None
 
 
-def _gelu_from_onnx(node: Any, ctx: Any) -> OnnxImport:
+def _gelu_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport:
     """``Gelu`` (opset 20)."""
     return OnnxImport("gelu", node.inputs[:1], {"approximate": node.attr("approximate", "none")})
 
 
-def _softplus_from_div(node: Any, ctx: Any) -> OnnxImport | None:
+def _softplus_from_div(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Div(Softplus(Mul(x, beta)), beta)`` -> softplus(beta): torch's export (which drops the threshold)."""
     found = _scaled_softplus(ctx, node, [])
     return OnnxImport("softplus", [found[0]], {"beta": found[1], "threshold": 20.0}, absorbed=found[3]) \
         if found else None
 
 
-def _scaled_softplus(ctx: Any, div: Any, also: list[Any]) -> tuple[str, float, str, tuple[Any, ...]] | None:
+def _scaled_softplus(ctx: OnnxImportContext, div: Any, also: list[Any],
+                     ) -> tuple[str, float, str, tuple[Any, ...]] | None:
     """Of ``Div(Softplus(Mul(x, beta)), beta)``: x, beta, the Mul's output and the nodes before ``div``
     (the Mul may be read by ``also`` too)."""
     beta = scalar(ctx, div.inputs[1])
@@ -377,7 +388,7 @@ def _scaled_softplus(ctx: Any, div: Any, also: list[Any]) -> tuple[str, float, s
     return None
 
 
-def _softplus_from_where(node: Any, ctx: Any) -> OnnxImport | None:
+def _softplus_from_where(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Where(Greater(beta * x, threshold), x, softplus)``: alexdsl's export of a softplus with its threshold."""
     condition, x, soft = node.inputs
     greater = producer_of(ctx, condition, "Greater")
@@ -397,7 +408,7 @@ def _softplus_from_where(node: Any, ctx: Any) -> OnnxImport | None:
 
 def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
     """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
-    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+    def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
         return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
 
@@ -464,7 +475,7 @@ _activation(
 )
 
 
-def _swish_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
+def _swish_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
     beta = ctx.section(layer, "swish_param").scalar("beta")
     if beta is not None and beta.value != 1:
         ctx.error("Swish with beta other than 1 is not supported (silu is x * sigmoid(x))", beta.span,
@@ -482,7 +493,7 @@ _activation(
 )
 
 
-def _gelu_torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _gelu_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     return f"F.gelu({args[0]}, approximate='tanh')" if layer.attrs["approximate"] == "tanh" else f"F.gelu({args[0]})"
 
 
@@ -495,7 +506,7 @@ _activation(
 )
 
 
-def _elu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _elu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     alpha = ctx.section(layer, "elu_param").scalar("alpha")
     return "elu", [ctx.literal(alpha)] if alpha is not None else [], None
 
@@ -512,7 +523,7 @@ _activation(
 )
 
 
-def _softplus_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _softplus_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     if layer.attrs["beta"] != 1 or layer.attrs["threshold"] < 20:
         ctx.fail("Caffe's BNLL is softplus with beta=1; this softplus has no Caffe layer")
     return [CaffeLayer("BNLL")]
@@ -546,16 +557,16 @@ def _prelu_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
     return {"weight": (1 if attrs["shared"] else inputs[0][0],)}
 
 
-def _prelu_module(layer: Any, ctx: Any) -> str:
+def _prelu_module(layer: Any, ctx: TorchContext) -> str:
     return f"nn.PReLU({ctx.int(layer.params['weight'].shape[0])})"
 
 
-def _prelu_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _prelu_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     return ExecutorKernel(f"rt.prelu({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})", "prelu",
                           setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}",))
 
 
-def _prelu_onnx(layer: Any, ctx: Any) -> None:
+def _prelu_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     slope = ctx.initializer(layer, "weight")
     rank = len(ctx.input_shape(layer, 0))
     if rank > 1:  # (C,) -> (C, 1, 1), broadcast along the channels of NCHW
@@ -564,7 +575,7 @@ def _prelu_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("PRelu", [ctx.inputs[0], slope])
 
 
-def _prelu_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _prelu_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``PRelu(x, slope)`` with a constant slope per channel -> prelu; one slope for every channel -> shared."""
     slope, shape = ctx.const(node.inputs[1]), ctx.shape(node.inputs[0])
     weight = per_channel(ctx, node.inputs[1], shape) if shape else None
@@ -575,13 +586,13 @@ def _prelu_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("prelu", node.inputs[:1], {"shared": shared}, {"weight": source})
 
 
-def _prelu_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _prelu_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     body = ["channel_shared: true"] if layer.attrs["shared"] else []
     return [CaffeLayer("PReLU", "prelu_param", (*body, *ctx.filler("filler", layer.params["weight"].filler)),
                        ("weight",))]
 
 
-def _prelu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str]:
+def _prelu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], str]:
     shared = ctx.is_true(ctx.section(layer, "prelu_param").scalar("channel_shared"))
     return "prelu", [ctx.arg(True, "shared")] if shared else [], "prelu_param"
 

@@ -14,6 +14,16 @@ import operator
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.from_onnx import operands, per_channel, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
@@ -64,7 +74,7 @@ def _aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
             for i, arg in enumerate(args)]
 
 
-def _onnx_aligned(layer: Any, ctx: Any) -> list[str]:
+def _onnx_aligned(layer: Any, ctx: OnnxExportContext) -> list[str]:
     rank = len(layer.shape)
     values = []
     for i, value in enumerate(ctx.inputs):
@@ -78,7 +88,7 @@ def _onnx_aligned(layer: Any, ctx: Any) -> list[str]:
 
 def _binary_onnx(op_type: str) -> Any:
     """``a op b op c ...`` as a chain of ONNX ``op_type`` nodes, the last one the layer's."""
-    def lower(layer: Any, ctx: Any) -> None:
+    def lower(layer: Any, ctx: OnnxExportContext) -> None:
         values = _onnx_aligned(layer, ctx)
         result = values[0]
         for i, value in enumerate(values[1:], start=2):
@@ -91,7 +101,7 @@ def _binary_onnx(op_type: str) -> Any:
 def _binary_from_onnx(op: str) -> Any:
     """``Add``/``Sum``/``Sub``/``Mul`` of computed values -> ``op``, absorbing alexdsl's rank alignment
     (see :func:`alexdsl.ops.from_onnx.operands`); a constant operand is a scale's (or fc's bias)."""
-    def convert(node: Any, ctx: Any) -> OnnxImport | None:
+    def convert(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
         found = operands(ctx, node)
         return OnnxImport(op, found[0], absorbed=found[1]) if found else None
 
@@ -101,7 +111,7 @@ def _binary_from_onnx(op: str) -> Any:
 def _executor(function: str) -> ExecutorLowering:
     """``rt.<function>(inputs..., <epilogue>, out=...)``, in place: the walker shares only an input of the output's
     shape. ``rt.add`` takes ``relu=`` as conv and fc do; the others take the epilogue as ``act=``."""
-    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+    def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         inputs = _aligned(layer, list(ctx.inputs), ctx.input_shape)
         if function == "add":
             epilogue = epilogue_args(ctx.epilogue) + ", "
@@ -114,7 +124,7 @@ def _executor(function: str) -> ExecutorLowering:
 
 # add ------------------------------------------------------------------------------------------------
 
-def _eltwise_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
+def _eltwise_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
     """Eltwise SUM -> add (coefficients 1) or sub (1, -1); PROD -> mul."""
     p = ctx.section(layer, "eltwise_param")
     operation = p.scalar("operation")
@@ -134,7 +144,7 @@ def _eltwise_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any]
 
 def _eltwise(operation: str, *coeffs: str) -> Any:
     """Caffe's Eltwise layer, which needs inputs of one shape."""
-    def caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+    def caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
         shapes = [ctx.input_shape(layer, i) for i in range(len(layer.inputs))]
         if any(tuple(s) != tuple(layer.shape) for s in shapes):
             ctx.fail(f"Caffe's Eltwise needs inputs of one shape; {layer.op} broadcasts "
@@ -230,14 +240,14 @@ def _per_channel(rank: int) -> str:
     return "" if rank <= 2 else f".view(-1{', 1' * (rank - 2)})"
 
 
-def _scale_torch_module(layer: Any, ctx: Any) -> str:
+def _scale_torch_module(layer: Any, ctx: TorchContext) -> str:
     """An ``nn.ParameterDict`` keeps the parameter's name: ``features.1.0.layer_scale`` as in torchvision."""
     entries = ", ".join(f"{name!r}: nn.Parameter(torch.empty({', '.join(map(ctx.int, spec.shape))}))"
                         for name, spec in layer.params.items())
     return f"nn.ParameterDict({{{entries}}})"
 
 
-def _scale_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+def _scale_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
     weight, bias = _scale_terms(layer)
     view = _per_channel(len(layer.shape) + 1)
     module = ctx.module(layer)
@@ -245,7 +255,7 @@ def _scale_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
     return f"{expr} + {module}.bias{view}" if bias else expr
 
 
-def _scale_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _scale_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     weight, bias = _scale_terms(layer)
     ident = ctx.ident
     channels = layer.shape[0]
@@ -258,13 +268,13 @@ def _scale_executor(layer: Any, ctx: Any) -> ExecutorKernel:
     )
 
 
-def _scale_fold(layer: Any, ctx: Any, weight: str, bias: str) -> str:
+def _scale_fold(layer: Any, ctx: ExecutorContext, weight: str, bias: str) -> str:
     name, shift = _scale_terms(layer)
     return (f"rt.fold_affine({weight}, {bias}, {ctx.weight(layer, name)}, "
             f"{ctx.weight(layer, shift) if shift else 'None'})")
 
 
-def _scale_onnx(layer: Any, ctx: Any) -> None:
+def _scale_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     weight, bias = _scale_terms(layer)
     rank = len(layer.shape)
     factor = ctx.initializer(layer, weight)
@@ -281,7 +291,7 @@ def _scale_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Add", [scaled, shift])
 
 
-def _scaled(ctx: Any, node: Any) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
+def _scaled(ctx: OnnxImportContext, node: OnnxNodeView) -> tuple[str, dict[str, Any], dict[str, Any]] | None:
     """Of ``Mul(x, factor)`` (either order) with a per-channel constant factor: x, the scale's attrs and params.
 
     An initializer named ``...layer_scale`` of shape (C, 1, 1) is torchvision's ConvNeXt layer scale
@@ -299,7 +309,7 @@ def _scaled(ctx: Any, node: Any) -> tuple[str, dict[str, Any], dict[str, Any]] |
     return None
 
 
-def _scale_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
+def _scale_from_mul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Mul(x, factor)`` with a per-channel constant factor -> scale."""
     found = _scaled(ctx, node)
     if found is None:
@@ -309,7 +319,7 @@ def _scale_from_mul(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("scale", [x], {**attrs, "bias": False}, params)
 
 
-def _scale_from_add(node: Any, ctx: Any) -> OnnxImport | None:
+def _scale_from_add(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Add(Mul(x, factor), shift)`` with per-channel constants -> scale(bias=true); ``Add(x, shift)`` -> a scale
     whose factor is 1."""
     for value, shift in (node.inputs[:2], node.inputs[1::-1]):
@@ -330,7 +340,7 @@ def _scale_from_add(node: Any, ctx: Any) -> OnnxImport | None:
     return None
 
 
-def _scale_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _scale_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     weight, bias = _scale_terms(layer)
     body = [*ctx.filler("filler", layer.params[weight].filler)]
     if bias:
@@ -338,7 +348,7 @@ def _scale_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Scale", "scale_param", tuple(body), (weight, "bias"))]
 
 
-def _scale_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
+def _scale_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], str] | None:
     p = ctx.section(layer, "scale_param")
     for key, default in (("axis", 1), ("num_axes", 1)):
         value = p.scalar(key)

@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import linear_kernel, pair, symmetric_pads
 from alexdsl.ops.lowering import (
@@ -104,7 +114,7 @@ def window_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None
 
 # lowerings ----------------------------------------------------------------------------------
 
-def _torch_module(layer: Any, ctx: Any) -> str:
+def _torch_module(layer: Any, ctx: TorchContext) -> str:
     a = layer.attrs
     parts = [ctx.int(ctx.input_shape(layer, 0)[0]), ctx.int(a["out"]), ctx.pair(a["kernel"])]
     for key, name, default in (("stride", "stride", "1"), ("pad", "padding", "0"), ("dilation", "dilation", "1")):
@@ -118,7 +128,7 @@ def _torch_module(layer: Any, ctx: Any) -> str:
     return f"nn.Conv2d({', '.join(parts)})"
 
 
-def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     from alexdsl.backends.cupy.runtime import ConvPlan
 
     a = layer.attrs
@@ -136,7 +146,7 @@ def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
     )
 
 
-def _onnx(layer: Any, ctx: Any) -> None:
+def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
     a = layer.attrs
     ph, pw = a["pad"]
     inputs = [ctx.inputs[0], ctx.initializer(layer, "weight")]
@@ -146,7 +156,7 @@ def _onnx(layer: Any, ctx: Any) -> None:
              dilations=list(a["dilation"]), group=int(a["groups"]))
 
 
-def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Conv`` (2-D, even pads, a constant weight and optional bias) -> conv."""
     if linear_kernel(ctx, node) is not None:  # alexdsl's pointwise_fc export, which linear.py imports
         return None
@@ -167,7 +177,7 @@ def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("conv", [node.inputs[0]], attrs, params)
 
 
-def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"num_output: {a['out']}", *ctx.pair("kernel", a["kernel"], None), *ctx.pair("stride", a["stride"], 1),
             *ctx.pair("pad", a["pad"], 0)]
@@ -178,7 +188,7 @@ def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Convolution", "convolution_param", (*body, *ctx.weight_and_bias(layer)), ("weight", "bias"))]
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
+def _from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], str] | None:
     p = layer.message("convolution_param")
     if p is None or p.scalar("num_output") is None:
         ctx.error(f"Convolution '{name}' needs convolution_param {{ num_output kernel_size }}", layer.span)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alexdsl.ops.lowering import OnnxImport
+from alexdsl.ops.contexts import OnnxImportContext, OnnxNodeView
+from alexdsl.ops.lowering import OnnxConverter, OnnxImport
 
-Converter = Callable[[Any, Any], OnnxImport | list[OnnxImport] | None]
+Converter = OnnxConverter
 
 
 def f32(value: float) -> float:
@@ -24,18 +25,18 @@ def f32(value: float) -> float:
 def unary(op: str, **attrs: Any) -> Converter:
     """A converter for a node that is ``op`` on its first input, attributes fixed."""
 
-    def convert(node: Any, ctx: Any) -> OnnxImport:
+    def convert(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport:
         return OnnxImport(op, [node.inputs[0]], dict(attrs))
 
     return convert
 
 
-def computed(ctx: Any, values: list[str]) -> bool:
+def computed(ctx: OnnxImportContext, values: list[str]) -> bool:
     """Whether every value is computed from the network's inputs (none is a constant)."""
     return all(v and ctx.const(v) is None for v in values)
 
 
-def symmetric_pads(node: Any, ctx: Any, rank: int = 2) -> tuple[int, ...] | None:
+def symmetric_pads(node: OnnxNodeView, ctx: OnnxImportContext, rank: int = 2) -> tuple[int, ...] | None:
     """The 2-D ``pads`` of a window node as one pad per axis, or None (after ``ctx.fail``) when uneven."""
     if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
         return ctx.fail(node, f"auto_pad={node.attr('auto_pad')} is not supported; export with explicit pads")
@@ -54,13 +55,13 @@ def pair(values: Any) -> int | tuple[int, int]:
     return a if a == b else (a, b)
 
 
-def producer_of(ctx: Any, value: str, op_type: str, reader: Any = None) -> Any:
+def producer_of(ctx: OnnxImportContext, value: str, op_type: str, reader: Any = None) -> Any:
     """The node computing ``value`` if it is an ``op_type`` node the anchor (or ``reader``) may absorb."""
     node = ctx.absorb(value, reader)
     return node if node is not None and node.op_type == op_type else None
 
 
-def flattened_input(ctx: Any, value: str) -> tuple[str, tuple[Any, ...]]:
+def flattened_input(ctx: OnnxImportContext, value: str) -> tuple[str, tuple[Any, ...]]:
     """``value``, or the input of the ``Flatten``/``Reshape(N, -1)`` computing it (absorbed)."""
     node = ctx.absorb(value)
     if node is None:
@@ -72,7 +73,7 @@ def flattened_input(ctx: Any, value: str) -> tuple[str, tuple[Any, ...]]:
     return value, ()
 
 
-def is_flatten_reshape(node: Any, ctx: Any) -> bool:
+def is_flatten_reshape(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
     """A ``Reshape`` to ``(N, C*H*W)``: what ``x.view(x.size(0), -1)`` exports to."""
     shape = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
     source, result = ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
@@ -100,7 +101,7 @@ def axes_of(node: Any, const: Callable[[str], Any]) -> list[int] | None:
     return None if found is None else [int(a) for a in found]
 
 
-def scalar(ctx: Any, value: str) -> float | None:
+def scalar(ctx: OnnxImportContext, value: str) -> float | None:
     """The value of a one-element constant, or None (a computed value, a larger constant, a missing input)."""
     array = ctx.const(value) if value else None
     return float(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
@@ -121,7 +122,7 @@ def other_input(node: Any, value: str) -> str | None:
     return second if first == value else first if second == value else None
 
 
-def operands(ctx: Any, node: Any) -> tuple[list[str], tuple[Any, ...]] | None:
+def operands(ctx: OnnxImportContext, node: OnnxNodeView) -> tuple[list[str], tuple[Any, ...]] | None:
     """The computed inputs of an elementwise node as an alexdsl add/sub/mul reads them.
 
     alexdsl aligns an input of lower rank by giving it its missing dimensions after the batch
@@ -150,7 +151,7 @@ def operands(ctx: Any, node: Any) -> tuple[list[str], tuple[Any, ...]] | None:
     return values, tuple(absorbed)
 
 
-def per_channel(ctx: Any, value: str, shape: tuple[int, ...]) -> Any:
+def per_channel(ctx: OnnxImportContext, value: str, shape: tuple[int, ...]) -> Any:
     """A constant that broadcasts along the channels (axis 1) of an input of per-sample ``shape``, as a
     (C,) float32 array; None for a computed value or a constant of another shape (spatial, per-batch)."""
     import numpy as np
@@ -165,12 +166,12 @@ def per_channel(ctx: Any, value: str, shape: tuple[int, ...]) -> Any:
     return np.ascontiguousarray(np.broadcast_to(array.reshape(-1).astype(np.float32), (channels,)))
 
 
-def is_read(ctx: Any, value: str) -> bool:
+def is_read(ctx: OnnxImportContext, value: str) -> bool:
     """Whether a node or the graph's outputs read ``value``."""
-    return bool(ctx.readers(value)) or value in ctx.graph.outputs
+    return bool(ctx.readers(value)) or value in ctx.outputs
 
 
-def linear_kernel(ctx: Any, node: Any) -> str | None:
+def linear_kernel(ctx: OnnxImportContext, node: OnnxNodeView) -> str | None:
     """The (out, C) matrix a plain 1x1 ``Conv`` applies when its weight is alexdsl's pointwise_fc export
     (``<layer>.kernel = Reshape(<layer>.weight)``, folded on reading): the matrix's initializer, or None."""
     import numpy as np

@@ -6,6 +6,15 @@ import math
 from typing import Any
 
 from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.contexts import (
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import computed, flattened_input, linear_kernel, producer_of
 from alexdsl.ops.lowering import (
@@ -36,18 +45,18 @@ def _macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
     return attrs["out"] * numel(inputs[0])
 
 
-def _torch_module(layer: Any, ctx: Any) -> str:
+def _torch_module(layer: Any, ctx: TorchContext) -> str:
     in_features = math.prod(ctx.input_shape(layer, 0))
     bias = "" if "bias" in layer.params else ", bias=False"
     return f"nn.Linear({ctx.int(in_features)}, {ctx.int(layer.attrs['out'])}{bias})"
 
 
-def _torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+def _torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
     x = args[0] if len(ctx.input_shape(layer, 0)) == 1 else f"torch.flatten({args[0]}, 1)"
     return f"{ctx.module(layer)}({x})"
 
 
-def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     ident = ctx.ident
     return ExecutorKernel(
         code=(f"rt.linear({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
@@ -57,7 +66,7 @@ def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
     )
 
 
-def _onnx(layer: Any, ctx: Any) -> None:
+def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
     source = ctx.inputs[0]
     if len(ctx.input_shape(layer, 0)) != 1:
         source = ctx.node("Flatten", [source], output=f"{layer.name}.flatten", axis=1)
@@ -67,7 +76,7 @@ def _onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Gemm", inputs, transB=1)
 
 
-def _fc_import(node: Any, ctx: Any, source: str, weight: Any, bias: Any,
+def _fc_import(node: OnnxNodeView, ctx: OnnxImportContext, source: str, weight: Any, bias: Any,
                absorbed: tuple[Any, ...]) -> OnnxImport | None:
     """fc reading ``source`` (or what a Flatten before it reads) with ``weight`` (out, in) and ``bias``."""
     source, flatten = flattened_input(ctx, source)
@@ -83,7 +92,7 @@ def _fc_import(node: Any, ctx: Any, source: str, weight: Any, bias: Any,
     return OnnxImport("fc", [source], attrs, params, (*absorbed, *flatten))
 
 
-def _fc_from_gemm(node: Any, ctx: Any) -> OnnxImport | None:
+def _fc_from_gemm(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Gemm(x, W, b)`` (optionally after ``Flatten``) -> fc; transB=0 and alpha/beta are folded into W and b."""
     weight = ctx.const(node.inputs[1])
     if weight is None or weight.ndim != 2 or node.attr("transA", 0) or ctx.const(node.inputs[0]) is not None:
@@ -102,7 +111,7 @@ def _fc_from_gemm(node: Any, ctx: Any) -> OnnxImport | None:
     return _fc_import(node, ctx, node.inputs[0], chosen, bias, ())
 
 
-def _fc_from_matmul(node: Any, ctx: Any) -> OnnxImport | None:
+def _fc_from_matmul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``MatMul(x, W)`` with W (in, out) constant -> fc without bias."""
     weight = ctx.const(node.inputs[1])
     if weight is None or weight.ndim != 2 or not computed(ctx, node.inputs[:1]):
@@ -110,7 +119,7 @@ def _fc_from_matmul(node: Any, ctx: Any) -> OnnxImport | None:
     return _fc_import(node, ctx, node.inputs[0], weight.T, None, ())
 
 
-def _fc_from_matmul_add(node: Any, ctx: Any) -> OnnxImport | None:
+def _fc_from_matmul_add(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Add(MatMul(x, W), b)`` -> fc."""
     for product, bias in ((node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])):
         matmul = producer_of(ctx, product, "MatMul")
@@ -125,7 +134,7 @@ def _fc_from_matmul_add(node: Any, ctx: Any) -> OnnxImport | None:
     return None
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], str] | None:
+def _from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], str] | None:
     p = layer.message("inner_product_param")
     if p is None or p.scalar("num_output") is None:
         ctx.error(f"InnerProduct '{name}' needs inner_product_param {{ num_output }}", layer.span)
@@ -188,19 +197,19 @@ def _pw_macs(attrs: Attrs, inputs: list[Shape], output: Shape) -> int:
     return numel(output) * inputs[0][0]
 
 
-def _pw_torch_module(layer: Any, ctx: Any) -> str:
+def _pw_torch_module(layer: Any, ctx: TorchContext) -> str:
     bias = "" if "bias" in layer.params else ", bias=False"
     return f"nn.Linear({ctx.int(ctx.input_shape(layer, 0)[0])}, {ctx.int(layer.attrs['out'])}{bias})"
 
 
-def _pw_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+def _pw_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
     """Channels last, nn.Linear, channels first again: ConvNeXt's ``Permute``, ``Linear``, ``Permute``."""
     if len(layer.shape) == 1:
         return call_module(layer, args, ctx)
     return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
 
 
-def _pw_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _pw_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1)."""
     from alexdsl.backends.cupy.runtime import ConvPlan
 
@@ -221,7 +230,7 @@ def _pw_executor(layer: Any, ctx: Any) -> ExecutorKernel:
     )
 
 
-def _pw_onnx(layer: Any, ctx: Any) -> None:
+def _pw_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     if len(layer.shape) == 1:
         inputs = [ctx.inputs[0], ctx.initializer(layer, "weight")]
         if "bias" in layer.params:
@@ -236,7 +245,7 @@ def _pw_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Conv", inputs, kernel_shape=[1, 1])
 
 
-def _pw_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _pw_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """alexdsl's export of pointwise_fc over CxHxW: a 1x1 ``Conv`` whose kernel is the (out, C) weight reshaped
     (see :func:`alexdsl.ops.from_onnx.linear_kernel`). Over a vector it is a ``Gemm``, imported as fc (the same
     weight, key and output)."""

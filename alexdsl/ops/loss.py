@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.contexts import CaffeImportContext, CaffeMessage, TorchContext
 from alexdsl.ops.lowering import CaffeLayer, Lowerings, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
 
@@ -42,12 +43,12 @@ register(OpDef(
 ))
 
 
-def _accuracy_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _accuracy_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     top = ctx.section(layer, "accuracy_param").scalar("top_k")
     return "accuracy", [ctx.arg(ctx.literal(top), "top")] if top is not None and top.value != 1 else [], None
 
 
-def _accuracy_torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _accuracy_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     logits, label = args
     top = layer.attrs["top"]
     if top == 1:

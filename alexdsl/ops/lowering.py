@@ -2,9 +2,10 @@
 
 An :class:`~alexdsl.ops.registry.OpDef` carries one entry per target; the backends walk the
 graph and call them, and hold no op-name tables of their own. Each entry receives the layer
-and a small context object from the backend (documented on each class below), and returns
-source text or builds nodes through the context. Nothing here imports torch, NumPy or onnx:
-the lowerings produce text or call back into the context, so ``alexdsl shapes`` needs neither.
+and the target's typed context (a Protocol of :mod:`alexdsl.ops.contexts`, which the backend
+implements), and returns source text or builds nodes through the context. Nothing here imports
+torch, NumPy or onnx: the lowerings produce text or call back into the context, so
+``alexdsl shapes`` needs neither.
 
 Fusion reads :class:`Pattern` and the executor flags, never op names (TVM's ``OpPattern``):
 
@@ -22,6 +23,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 
 
 class Pattern(str, Enum):
@@ -46,13 +58,11 @@ class TorchLowering:
     ``overwritable_output``: an elementwise op after this one may run in place during
     training (the op's backward does not read its output).
 
-    The context offers ``ctx.pair(value)`` (``3`` or ``(3, 5)`` as source), ``ctx.int(v)``,
-    ``ctx.float(v)`` (checked, as ``repr``), ``ctx.input_shape(layer, i)``,
-    ``ctx.module(layer)`` and ``ctx.may_run_inplace(layer)``.
+    ``ctx`` is a :class:`~alexdsl.ops.contexts.TorchContext`.
     """
 
-    forward: Callable[[Any, list[str], Any], str] | None = None
-    module: Callable[[Any, Any], str] | None = None
+    forward: Callable[[Any, list[str], TorchContext], str] | None = None
+    module: Callable[[Any, TorchContext], str] | None = None
     overwritable_output: bool = False
 
     def __post_init__(self) -> None:
@@ -62,7 +72,7 @@ class TorchLowering:
             object.__setattr__(self, "forward", call_module)
 
 
-def call_module(layer: Any, args: list[str], ctx: Any) -> str:
+def call_module(layer: Any, args: list[str], ctx: TorchContext) -> str:
     """The layer's own module applied to its first input: ``self.conv1(x)``."""
     return f"{ctx.module(layer)}({args[0]})"
 
@@ -88,12 +98,9 @@ class ExecutorKernel:
 class ExecutorLowering:
     """The NumPy/CuPy executor lowering.
 
-    ``lower(layer, ctx) -> ExecutorKernel``. The context offers ``ctx.inputs`` (the input
-    variables), ``ctx.ident`` (a prefix for ``self`` attributes), ``ctx.lit(value)``,
-    ``ctx.weight(layer, name)`` (the weights-table expression), ``ctx.input_shape(layer, i)``,
-    ``ctx.epilogue`` (the epilogue fused into this op, or None), ``ctx.has_bias(layer)``
-    (a bias of its own or from a folded affine) and ``ctx.weights_setup(layer)`` (setup lines
-    binding ``self.<ident>_w`` and ``self.<ident>_b``, with any folded affine applied).
+    ``lower(layer, ctx) -> ExecutorKernel``, where ``ctx`` is an
+    :class:`~alexdsl.ops.contexts.ExecutorContext` (the input variables, the fused epilogue,
+    the weights' setup with any folded affine applied).
 
     Flags read by fusion and memory planning:
 
@@ -113,13 +120,13 @@ class ExecutorLowering:
       ``out`` when given. The generated module looks it up by op name.
     """
 
-    lower: Callable[[Any, Any], ExecutorKernel] | None = None
+    lower: Callable[[Any, ExecutorContext], ExecutorKernel] | None = None
     alias: bool = False
     inplace: bool = False
     epilogue: str | None = None
     epilogues: tuple[str, ...] = ()
     folds_affine: bool = False
-    fold: Callable[[Any, Any, str, str], str] | None = None
+    fold: Callable[[Any, ExecutorContext, str, str], str] | None = None
     function: Callable[..., Any] | None = None
 
 
@@ -142,38 +149,43 @@ class CaffeLayer:
     tops: tuple[str, ...] = ()
 
 
+CaffeCall = tuple[str, list[Any], str | None]
+"""What a ``from_caffe`` converter makes of a layer: the op, its arguments and the filler section."""
+CaffeConverter = Callable[[CaffeMessage, str, CaffeImportContext], CaffeCall | list[CaffeCall] | None]
+OnnxConverter = Callable[[OnnxNodeView, OnnxImportContext], "OnnxImport | list[OnnxImport] | None"]
+
+
 @dataclass(frozen=True)
 class Lowerings:
     """Every target's lowering of one op; None where the op has none (a located error then).
 
     * ``torch``: :class:`TorchLowering`.
     * ``executor``: :class:`ExecutorLowering`.
-    * ``onnx(layer, ctx)``: adds the op's nodes through ``ctx.node(op_type, inputs, **attrs)``
-      (its output is the layer's), ``ctx.initializer(layer, name)``, ``ctx.alias(value)``;
-      ``ctx.inputs`` are the ONNX values of the layer's inputs.
-    * ``caffe(layer, ctx) -> list[CaffeLayer]``: the Caffe layers; the context offers
-      ``ctx.number(v)``, ``ctx.pair(field, value, default)`` and ``ctx.filler(field, filler)``
-      (lines), ``ctx.weight_and_bias(layer)``, ``ctx.input_shape(layer, i)`` and
-      ``ctx.fail(message)`` for what Caffe cannot express.
-    * ``from_caffe``: Caffe layer type -> ``convert(message, name, ctx)`` returning
+    * ``onnx(layer, ctx)``: adds the op's nodes through an
+      :class:`~alexdsl.ops.contexts.OnnxExportContext` (``ctx.node(op_type, inputs, **attrs)``,
+      whose output is the layer's; ``ctx.inputs`` are the ONNX values of the layer's inputs).
+    * ``caffe(layer, ctx) -> list[CaffeLayer]``: the Caffe layers, written with a
+      :class:`~alexdsl.ops.contexts.CaffeExportContext` (``ctx.fail(message)`` for what Caffe
+      cannot express).
+    * ``from_caffe``: Caffe layer type -> ``convert(message, name, ctx)`` (a
+      :class:`~alexdsl.ops.contexts.CaffeMessage` and a
+      :class:`~alexdsl.ops.contexts.CaffeImportContext`) returning
       ``(op, args, section)`` (the alexdsl op; its arguments as :func:`alexdsl.syntax.build.call`
       takes them, values for the positional ones then ``ctx.arg(value, keyword)`` for each
       keyword; and the ``*_param`` section holding the fillers, or None), or None after
       ``ctx.error(...)``; a list of them for a layer with several tops (one alexdsl layer per
       top, named after it). The importer builds the syntax tree from them and prints it. A value
       is a Python value or a syntax node: ``ctx.literal(scalar)`` is a number as the prototxt
-      spells it (``1e-4`` stays ``1e-4``). The context also offers ``ctx.section(message, name)``
-      (an empty message when absent), ``ctx.pair(section, field, default)`` (``3`` or ``(3, 5)``),
-      ``ctx.is_true(scalar)`` and ``ctx.error(message, span, **extra)``.
-    * ``from_onnx``: ONNX op type -> ``convert(node, ctx)`` returning an :class:`OnnxImport` (a
+      spells it (``1e-4`` stays ``1e-4``).
+    * ``from_onnx``: ONNX op type -> ``convert(node, ctx)`` (an
+      :class:`~alexdsl.ops.contexts.OnnxNodeView` and an
+      :class:`~alexdsl.ops.contexts.OnnxImportContext`) returning an :class:`OnnxImport` (a
       list of them for a node with several outputs), or None when the node is not this op's
       pattern. The converter is keyed by the *last* node of its pattern and may take over nodes
       before it (``ctx.absorb(value, *readers)``: the producer of ``value`` when only this node,
       or only the given nodes of the pattern, read it), as ``fc`` takes the ``Flatten`` before a
-      ``Gemm``; where several ops claim a node, the one absorbing most nodes wins. The context
-      offers ``ctx.const(value)`` (an array, or None for a computed value), ``ctx.shape(value)``
-      (per sample, batch left out), ``ctx.producer(value)``, ``ctx.readers(value)`` and
-      ``ctx.fail(node, message)`` (an error naming the node; returns None). Export and
+      ``Gemm``; where several ops claim a node, the one absorbing most nodes wins
+      (``ctx.fail(node, message)`` says why a node is not the op's pattern). Export and
       import are inverses op by op: ``tests/test_onnx_import_ops.py`` checks both for every op.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
@@ -182,12 +194,11 @@ class Lowerings:
 
     torch: TorchLowering | None = None
     executor: ExecutorLowering | None = None
-    onnx: Callable[[Any, Any], None] | None = None
-    caffe: Callable[[Any, Any], list[CaffeLayer]] | None = None
-    from_caffe: Mapping[str, Callable[[Any, str, Any], tuple[str, list[Any], str | None] | None]] = field(
-        default_factory=dict)
+    onnx: Callable[[Any, OnnxExportContext], None] | None = None
+    caffe: Callable[[Any, CaffeExportContext], list[CaffeLayer]] | None = None
+    from_caffe: Mapping[str, CaffeConverter] = field(default_factory=dict)
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
-    from_onnx: Mapping[str, Callable[[Any, Any], OnnxImport | list[OnnxImport] | None]] = field(default_factory=dict)
+    from_onnx: Mapping[str, OnnxConverter] = field(default_factory=dict)
 
 
 @dataclass

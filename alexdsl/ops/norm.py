@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.fillers import UNIT_AFFINE
 from alexdsl.ops.from_onnx import axes_of, f32, near, per_channel, producer_of, scalar
 from alexdsl.ops.lowering import (
@@ -31,19 +41,19 @@ def _infer_lrn(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return x
 
 
-def _lrn_torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _lrn_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     a = layer.attrs
     return (f"F.local_response_norm({args[0]}, {ctx.int(a['size'])}, alpha={ctx.float(a['alpha'])}, "
             f"beta={ctx.float(a['beta'])}, k={ctx.float(a['k'])})")
 
 
-def _lrn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _lrn_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     a = layer.attrs
     terms = ", ".join(ctx.lit(float(a[k])) for k in ("alpha", "beta", "k"))
     return ExecutorKernel(f"rt.lrn({ctx.inputs[0]}, {ctx.lit(int(a['size']))}, {terms}, out={{out}})", "lrn")
 
 
-def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _lrn_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"local_size: {a['size']}", f"alpha: {ctx.number(a['alpha'])}", f"beta: {ctx.number(a['beta'])}"]
     if a["k"] != 1:
@@ -51,7 +61,7 @@ def _lrn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("LRN", "lrn_param", tuple(body))]
 
 
-def _lrn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _lrn_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``LRN`` -> lrn: ONNX divides alpha by size as Caffe does, so the values carry over. An even size
     centres ONNX's window one channel later than torch's, and alexdsl takes odd sizes only."""
     size = int(node.attr("size", 0))
@@ -61,7 +71,7 @@ def _lrn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
                                                "beta": f32(node.attr("beta", 0.75)), "k": f32(node.attr("bias", 1.0))})
 
 
-def _lrn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
+def _lrn_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "lrn_param")
     region = p.scalar("norm_region")
     if region is not None and str(region.value) != "ACROSS_CHANNELS":
@@ -120,20 +130,20 @@ def _stats(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
     return {"running_mean": (inputs[0][0],), "running_var": (inputs[0][0],)}
 
 
-def _bn_torch_module(layer: Any, ctx: Any) -> str:
+def _bn_torch_module(layer: Any, ctx: TorchContext) -> str:
     kind = "BatchNorm2d" if len(ctx.input_shape(layer, 0)) == 3 else "BatchNorm1d"
     a = layer.attrs
     return f"nn.{kind}({ctx.int(layer.shape[0])}, eps={ctx.float(a['eps'])}, momentum={ctx.float(a['momentum'])})"
 
 
-def _bn_terms(layer: Any, ctx: Any) -> tuple[str, str, str]:
+def _bn_terms(layer: Any, ctx: ExecutorContext) -> tuple[str, str, str]:
     """The running statistics, scale and shift (None when absent) and eps, as source arguments."""
     stats = [ctx.weight(layer, "running_mean"), ctx.weight(layer, "running_var")]
     affine = [ctx.weight(layer, p) if p in layer.params else "None" for p in ("weight", "bias")]
     return ", ".join(stats), ", ".join(affine), ctx.lit(float(layer.attrs["eps"]))
 
 
-def _bn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _bn_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     stats, affine, eps = _bn_terms(layer, ctx)
     ident = ctx.ident
     return ExecutorKernel(
@@ -144,19 +154,19 @@ def _bn_executor(layer: Any, ctx: Any) -> ExecutorKernel:
     )
 
 
-def _bn_fold(layer: Any, ctx: Any, weight: str, bias: str) -> str:
+def _bn_fold(layer: Any, ctx: ExecutorContext, weight: str, bias: str) -> str:
     stats, affine, eps = _bn_terms(layer, ctx)
     indent = "\n            "
     return f"rt.fold_batchnorm({indent}{weight}, {bias},{indent}{stats},{indent}{affine}, {eps},\n        )"
 
 
-def _bn_onnx(layer: Any, ctx: Any) -> None:
+def _bn_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     inputs = [ctx.initializer(layer, name) for name in ("weight", "bias", "running_mean", "running_var")]
     ctx.node("BatchNormalization", [ctx.inputs[0], *inputs], epsilon=float(layer.attrs["eps"]),
              momentum=1.0 - float(layer.attrs["momentum"]))
 
 
-def _bn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _bn_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     """Caffe's BatchNorm has no scale and shift: an in-place Scale layer follows it."""
     a = layer.attrs
     scale = ("bias_term: true", *ctx.filler("filler", layer.params["weight"].filler),
@@ -167,7 +177,7 @@ def _bn_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
             CaffeLayer("Scale", "scale_param", scale, ("weight", "bias"), suffix="_scale")]
 
 
-def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _bn_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     p = ctx.section(layer, "batch_norm_param")
     args = []
     eps = p.scalar("eps")
@@ -179,7 +189,7 @@ def _bn_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], Non
     return "batchnorm", args, None
 
 
-def _bn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _bn_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``BatchNormalization`` (inference form, constant statistics) -> batchnorm; ONNX's momentum is 1 - torch's."""
     if len(node.outputs) > 1 or any(ctx.const(v) is None for v in node.inputs[1:5]):
         return ctx.fail(node, "only inference BatchNormalization with constant scale, bias and statistics is imported")
@@ -222,7 +232,7 @@ register(OpDef(
 
 def _norm_executor(function: str, *args: str) -> ExecutorLowering:
     """``rt.<function>(x, <args>, scale, shift, eps, out=...)``, the scale and shift bound at setup."""
-    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+    def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         values = "".join(f"{ctx.lit(layer.attrs[a])}, " for a in args)
         ident = ctx.ident
         return ExecutorKernel(
@@ -233,20 +243,20 @@ def _norm_executor(function: str, *args: str) -> ExecutorLowering:
     return ExecutorLowering(lower=lower)
 
 
-def _per_channel_onnx(layer: Any, ctx: Any, name: str) -> str:
+def _per_channel_onnx(layer: Any, ctx: OnnxExportContext, name: str) -> str:
     """The (C,) parameter ``name`` as a (C, 1, 1) ONNX value, to broadcast along the channels of NCHW."""
     shape = ctx.constant([layer.shape[0], 1, 1], integer=True)
     return ctx.node("Reshape", [ctx.initializer(layer, name), shape], output=f"{layer.name}.{name}_c11")
 
 
-def _ln_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
+def _ln_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
     """torchvision's LayerNorm2d: nn.LayerNorm over the channels, applied channels last."""
     if len(layer.shape) == 1:
         return call_module(layer, args, ctx)
     return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
 
 
-def _ln_onnx(layer: Any, ctx: Any) -> None:
+def _ln_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     scale, bias = ctx.initializer(layer, "weight"), ctx.initializer(layer, "bias")
     eps = float(layer.attrs["eps"])
     if len(layer.shape) == 1:
@@ -257,7 +267,7 @@ def _ln_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Transpose", [normed], perm=[0, 3, 1, 2])
 
 
-def _mean_axis(ctx: Any, node: Any) -> int | None:
+def _mean_axis(ctx: OnnxImportContext, node: OnnxNodeView) -> int | None:
     """The one per-sample axis a ``ReduceMean`` averages, keeping it (axes an attribute below opset 18, an
     input from 18), or None."""
     axes = axes_of(node, ctx.const)
@@ -268,7 +278,7 @@ def _mean_axis(ctx: Any, node: Any) -> int | None:
     return axes[0] % (len(shape) + 1) - 1
 
 
-def _ln_affine(ctx: Any, value: str, channels: int) -> Any:
+def _ln_affine(ctx: OnnxImportContext, value: str, channels: int) -> Any:
     """The (C,) constant ``value`` as a parameter: its initializer's name when it has that shape."""
     array = ctx.const(value) if value else None
     if array is None or array.size != channels:
@@ -276,7 +286,7 @@ def _ln_affine(ctx: Any, value: str, channels: int) -> Any:
     return value if array.shape == (channels,) else array.reshape(channels)
 
 
-def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
+def _decomposed_ln(ctx: OnnxImportContext, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
     """torch's layer norm below opset 17, ending at ``top`` (the Add of the shift):
     ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * weight + bias`` over the last axis, or over
     the channels of CxHxW (a channels-last region made channels-first, alexdsl/interop/onnx_layout.py)."""
@@ -313,7 +323,7 @@ def _decomposed_ln(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list
     return None
 
 
-def _ln_core(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
+def _ln_core(ctx: OnnxImportContext, top: Any) -> tuple[str, float, dict[str, Any], list[Any], list[Any]] | None:
     """A layer norm over the last axis ending at ``top`` (``LayerNormalization``, or the decomposed form):
     its input, eps, weight and bias, the nodes before ``top``, and the nodes of it that read the input."""
     if top.op_type == "Add":
@@ -335,7 +345,7 @@ def _ln_core(ctx: Any, top: Any) -> tuple[str, float, dict[str, Any], list[Any],
     return top.inputs[0], f32(top.attr("epsilon", 1e-5)), {"weight": weight, "bias": bias}, [], [top]
 
 
-def _ln_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _ln_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """A layer norm of a vector (``LayerNormalization``, or its decomposition below opset 17) -> layernorm."""
     core = _ln_core(ctx, node)
     if core is None or not _over_channels(ctx, core):
@@ -347,7 +357,7 @@ def _ln_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
 
 
-def _over_channels(ctx: Any, core: tuple[Any, ...]) -> bool:
+def _over_channels(ctx: OnnxImportContext, core: tuple[Any, ...]) -> bool:
     """Whether a layer norm core normalises the channels of its input: a vector's, or CxHxW's when its
     means reduce axis 1 (a LayerNormalization always takes the last axis)."""
     rank = len(ctx.shape(core[0]) or ())
@@ -355,7 +365,7 @@ def _over_channels(ctx: Any, core: tuple[Any, ...]) -> bool:
     return rank == 1 or (rank == 3 and first.op_type == "ReduceMean" and _mean_axis(ctx, first) == 0)
 
 
-def _ln_from_transpose(node: Any, ctx: Any) -> OnnxImport | None:
+def _ln_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Transpose(0,2,3,1)``, a layer norm over the last axis, ``Transpose(0,3,1,2)`` -> layernorm of CxHxW
     (alexdsl's export and torchvision's LayerNorm2d, at every opset)."""
     top = ctx.absorb(node.inputs[0])
@@ -406,7 +416,7 @@ def _gn_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return x
 
 
-def _gn_onnx(layer: Any, ctx: Any) -> None:
+def _gn_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     """Reshape to (N, groups, -1), InstanceNormalization, reshape back, then the per-channel scale and shift."""
     groups, name = layer.attrs["groups"], layer.name
     grouped = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, groups, -1], integer=True)],
@@ -419,7 +429,7 @@ def _gn_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Add", [scaled, _per_channel_onnx(layer, ctx, "bias")])
 
 
-def _gn_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _gn_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Reshape(N, groups, -1)``, ``InstanceNormalization`` (unit scale, zero shift), ``Reshape`` back, then a
     per-channel ``Mul`` and ``Add`` -> groupnorm (alexdsl's and torch's export, at every opset)."""
     for scaled, shift in (node.inputs[:2], node.inputs[1::-1]):

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    ExecutorContext,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.conv import window_lint
 from alexdsl.ops.from_onnx import axes_of, pair, producer_of
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, TorchLowering
@@ -49,7 +59,7 @@ _POOL_ARGS = (
     Arg("round", "choice", "floor", "output size rounding: floor, or ceil as Caffe", choices=("floor", "ceil")),
 )
 
-def _pool_torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _pool_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     a = layer.attrs
     parts = [args[0], ctx.pair(a["kernel"]), ctx.pair(a["stride"])]
     if ctx.pair(a["pad"]) != "0":
@@ -61,7 +71,7 @@ def _pool_torch(layer: Any, args: list[str], ctx: Any) -> str:
     return f"F.{'max' if layer.op == 'maxpool' else 'avg'}_pool2d({', '.join(parts)})"
 
 
-def _pool_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _pool_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     a = layer.attrs
     _, height, width = ctx.input_shape(layer, 0)
     ident = ctx.ident
@@ -77,7 +87,7 @@ def _pool_executor(layer: Any, ctx: Any) -> ExecutorKernel:
         "out={out})", "avg_pool2d", tuple(setup))
 
 
-def _pool_onnx(layer: Any, ctx: Any) -> None:
+def _pool_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     """Pools as ONNX nodes that keep exactly alexdsl's (torch's, Caffe's) windows.
 
     ONNX's ``ceil_mode`` keeps a last window that starts in the right padding, which alexdsl
@@ -112,7 +122,7 @@ def _pool_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: 
                         count_include_pad=a["count_pad"])
 
 
-def _pool_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _pool_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     a = layer.attrs
     body = [f"pool: {'MAX' if layer.op == 'maxpool' else 'AVE'}", *ctx.pair("kernel", a["kernel"], None),
             *ctx.pair("stride", a["stride"], 1), *ctx.pair("pad", a["pad"], 0)]
@@ -128,7 +138,7 @@ def _pool_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Pooling", "pooling_param", tuple(body))]
 
 
-def _adaptive_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _adaptive_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     _, height, width = ctx.input_shape(layer, 0)
     oh, ow = layer.attrs["size"]
     if height % oh or width % ow:
@@ -139,7 +149,7 @@ def _adaptive_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
                        ("pool: AVE", *ctx.pair("kernel", window, None), *ctx.pair("stride", window, 1)))]
 
 
-def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
+def _pool_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "pooling_param")
     pool = p.scalar("pool")
     kind = str(pool.value) if pool is not None else "MAX"
@@ -168,7 +178,7 @@ def _pool_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], N
     return ("maxpool" if kind == "MAX" else "avgpool"), args, None
 
 
-def _padding_node(node: Any, ctx: Any) -> tuple[Any, list[int]] | None:
+def _padding_node(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[Any, list[int]] | None:
     """A zero ``Pad`` of height and width alike on both sides before an average: alexdsl's counted padding."""
     pad = producer_of(ctx, node.inputs[0], "Pad")
     if pad is None or pad.attr("mode", "constant") != "constant":
@@ -183,7 +193,7 @@ def _padding_node(node: Any, ctx: Any) -> tuple[Any, list[int]] | None:
     return pad, [h0, w0]
 
 
-def _pool_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _pool_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``MaxPool``/``AveragePool`` (and a ``Pad`` before an average) -> maxpool/avgpool with alexdsl's windows.
 
     alexdsl pads both sides alike and rounds the output size down or up (torch's ceil_mode, which
@@ -270,7 +280,7 @@ def _infer_adaptive(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (x[0], *attrs["size"])
 
 
-def _adaptive_executor(layer: Any, ctx: Any) -> ExecutorKernel:
+def _adaptive_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     _, height, width = ctx.input_shape(layer, 0)
     size = ctx.lit(tuple(layer.attrs["size"]))
     return ExecutorKernel(
@@ -280,7 +290,7 @@ def _adaptive_executor(layer: Any, ctx: Any) -> ExecutorKernel:
          f"rt.adaptive_matrices({ctx.lit(height)}, {ctx.lit(width)}, {size}))",))
 
 
-def _adaptive_onnx(layer: Any, ctx: Any) -> None:
+def _adaptive_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     _, height, width = ctx.input_shape(layer, 0)
     oh, ow = layer.attrs["size"]
     if height % oh or width % ow:
@@ -318,7 +328,7 @@ def _infer_global(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (x[0], 1, 1)
 
 
-def _global_from_reduce_mean(node: Any, ctx: Any) -> OnnxImport | list[OnnxImport] | None:
+def _global_from_reduce_mean(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | list[OnnxImport] | None:
     """``ReduceMean`` over height and width (``x.mean((2, 3), keepdim=True)``) -> global_avgpool, and a
     flatten after it when the reduced axes are dropped."""
     shape = ctx.shape(node.inputs[0])

@@ -11,6 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.limits import MAX_DIM
+from alexdsl.ops.contexts import (
+    CaffeExportContext,
+    CaffeImportContext,
+    CaffeMessage,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.from_onnx import is_read
 from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
@@ -69,12 +78,12 @@ def _infer_slice(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (stop - start, *x[1:])
 
 
-def _torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
     return f"{args[0]}[:, {ctx.int(start)}:{ctx.int(stop)}]"
 
 
-def _onnx(layer: Any, ctx: Any) -> None:
+def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
     start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
     ctx.node("Slice", [ctx.inputs[0], ctx.constant([start], integer=True), ctx.constant([stop], integer=True),
                        ctx.constant([1], integer=True)])
@@ -104,7 +113,7 @@ def _slice_executor(x: Any, *, start: int, stop: int, channels: int = 0, out: An
     return _copy(x, start, stop, out)
 
 
-def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
+def _caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     """One Slice layer whose top named after the layer is this part; the other parts are tops nobody reads."""
     channels = ctx.input_shape(layer, 0)[0]
     if layer.op == "channel_chunk" and channels % layer.attrs["chunks"] == 0:  # Caffe's even split: no points
@@ -117,7 +126,7 @@ def _caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
     return [CaffeLayer("Slice", "slice_param", ("axis: 1", *points), tops=tops)]
 
 
-def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[Any], None]] | None:
+def _from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> list[tuple[str, list[Any], None]] | None:
     """A Slice over channels: channel_chunk parts for an even split, else channel_slice parts (one per top)."""
     p = ctx.section(layer, "slice_param")
     axis = p.scalar("axis") or p.scalar("slice_dim")
@@ -137,7 +146,7 @@ def _from_caffe(layer: Any, name: str, ctx: Any) -> list[tuple[str, list[Any], N
         ("channel_slice", [points[-1]], None)]
 
 
-def _channel_axis(node: Any, ctx: Any, axis: int) -> int | None:
+def _channel_axis(node: OnnxNodeView, ctx: OnnxImportContext, axis: int) -> int | None:
     """The channel count of the node's input when ``axis`` is its channel axis (1), else None."""
     shape = ctx.shape(node.inputs[0])
     if shape is None or (axis + len(shape) + 1 if axis < 0 else axis) != 1:
@@ -145,7 +154,7 @@ def _channel_axis(node: Any, ctx: Any, axis: int) -> int | None:
     return shape[0]
 
 
-def _slice_bounds(node: Any, ctx: Any) -> tuple[int, int, int] | None:
+def _slice_bounds(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[int, int, int] | None:
     """The channels ``(start, stop)`` of a ``Slice`` of axis 1 with step 1 and constant bounds, and the input's
     channel count; None for any other Slice."""
     bounds = [ctx.const(v) if v else None for v in node.inputs[:5]]
@@ -158,7 +167,7 @@ def _slice_bounds(node: Any, ctx: Any) -> tuple[int, int, int] | None:
     return start, stop, channels
 
 
-def _slice_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _slice_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Slice`` of the channels (axis 1, step 1, constant bounds) -> channel_slice(start, stop); channel_chunk
     when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk)."""
     found = _slice_bounds(node, ctx)
@@ -175,7 +184,7 @@ def _slice_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
     return OnnxImport("channel_slice", node.inputs[:1], {"start": start, "stop": stop, "channels": 0})
 
 
-def _split_from_onnx(node: Any, ctx: Any) -> list[OnnxImport] | None:
+def _split_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
     """``Split`` of the channels -> one layer per output that is read: channel_chunk parts where the sizes are
     torch.chunk's, channel_slice parts (with ``channels``, as a split statement makes them) otherwise."""
     channels = _channel_axis(node, ctx, int(node.attr("axis", 0)))

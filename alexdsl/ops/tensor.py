@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.contexts import (
+    CaffeImportContext,
+    CaffeMessage,
+    OnnxExportContext,
+    OnnxImportContext,
+    OnnxNodeView,
+    TorchContext,
+)
 from alexdsl.ops.from_onnx import computed, producer_of
 from alexdsl.ops.lowering import (
     CaffeLayer,
@@ -52,7 +60,7 @@ def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (sum(s[0] for s in inputs), *first[1:])
 
 
-def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None] | None:
+def _concat_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
     p = ctx.section(layer, "concat_param")
     axis = p.scalar("axis") or p.scalar("concat_dim")
     if axis is not None and axis.value != 1:
@@ -61,12 +69,12 @@ def _concat_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any],
     return "concat", [], None
 
 
-def _dropout_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], None]:
+def _dropout_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None]:
     ratio = ctx.section(layer, "dropout_param").scalar("dropout_ratio")
     return "dropout", [ctx.literal(ratio) if ratio is not None else 0.5], None
 
 
-def _concat_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _concat_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Concat`` of computed values over the channels (axis 1) -> concat."""
     rank = len(ctx.shape(node.outputs[0]) or ()) + 1
     if node.attr("axis") not in (1, 1 - rank) or not computed(ctx, node.inputs):
@@ -126,7 +134,7 @@ register(OpDef(
 
 
 
-def _stochastic_depth_torch(layer: Any, args: list[str], ctx: Any) -> str:
+def _stochastic_depth_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     """torchvision.ops.stochastic_depth: in training, zero whole samples (row) or the batch with probability p
     and scale the survivors by 1 / (1 - p); the identity in eval mode."""
     p, x = layer.attrs["p"], args[0]
@@ -168,7 +176,7 @@ def _shuffle_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return x
 
 
-def _shuffle_onnx(layer: Any, ctx: Any) -> None:
+def _shuffle_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     c, h, w = layer.shape
     g = layer.attrs["groups"]
     grouped = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, g, c // g, h, w], integer=True)],
@@ -177,7 +185,7 @@ def _shuffle_onnx(layer: Any, ctx: Any) -> None:
     ctx.node("Reshape", [swapped, ctx.constant([0, c, h, w], integer=True)])
 
 
-def _shuffle_from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _shuffle_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Reshape`` to (N, g, C/g, H, W), ``Transpose(0, 2, 1, 3, 4)``, ``Reshape`` back -> channel_shuffle(g)
     (alexdsl's export and torchvision's ShuffleNetV2 ``channel_shuffle``)."""
     swapped = producer_of(ctx, node.inputs[0], "Transpose")

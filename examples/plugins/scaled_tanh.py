@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.ops.contexts import OnnxExportContext, OnnxImportContext, OnnxNodeView
 from alexdsl.ops.from_onnx import f32
 from alexdsl.ops.lowering import ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, register
@@ -31,13 +32,13 @@ def _executor(x: Any, *, a: float, b: float, out: Any = None) -> Any:
     return out
 
 
-def _onnx(layer: Any, ctx: Any) -> None:
+def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
     scaled = ctx.node("Mul", [ctx.inputs[0], ctx.constant(layer.attrs["b"])], output=f"{layer.name}.scaled")
     bent = ctx.node("Tanh", [scaled], output=f"{layer.name}.tanh")
     ctx.node("Mul", [bent, ctx.constant(layer.attrs["a"])])
 
 
-def _from_onnx(node: Any, ctx: Any) -> OnnxImport | None:
+def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Mul(Tanh(Mul(x, b)), a)`` with one-value constants ``a`` and ``b`` (the export above) -> scaled_tanh."""
     for bent, a in (node.inputs[:2], node.inputs[1::-1]):
         tanh, scale = ctx.absorb(bent), ctx.const(a)

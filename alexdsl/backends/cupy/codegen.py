@@ -121,17 +121,24 @@ def executor_lowering(layer: Layer) -> ExecutorLowering:
     return lowering
 
 
-class _Context:
-    """What an op's :class:`~alexdsl.ops.lowering.ExecutorLowering` sees of the network being lowered."""
+class ExecutorCodegenContext:
+    """What an op's :class:`~alexdsl.ops.lowering.ExecutorLowering` sees of the executor being generated
+    (:class:`~alexdsl.ops.contexts.ExecutorContext`)."""
 
-    def __init__(self, inputs: list[str], ident: str, layer: Layer, epilogue: str | None, affine: Layer | None,
+    inputs: list[str]
+    ident: str
+    epilogue: str | None
+
+    def __init__(self, inputs: list[str], ident: str, epilogue: str | None, affine: Layer | None,
                  by_name: dict[str, Layer]):
         self.inputs = inputs
         self.ident = ident
         self.epilogue = epilogue
-        self.affine = affine
+        self.affine = affine  # the per-channel affine layer folded into this step's weights, if any
         self._by_name = by_name
-        self.lit = lit
+
+    def lit(self, value: Any) -> str:
+        return lit(value)
 
     def weight(self, layer: Layer, name: str) -> str:
         return f"w[{lit(f'{layer.name}.{name}')}]"
@@ -153,7 +160,7 @@ class _Context:
         return [f"self.{self.ident}_w, self.{self.ident}_b = {fold(self.affine, self, weight, bias)}"]
 
 
-def _function_call(layer: Layer, ctx: _Context) -> ExecutorKernel:
+def _function_call(layer: Layer, ctx: ExecutorCodegenContext) -> ExecutorKernel:
     """A plugin op's xp function, looked up by op name when the module loads."""
     attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items())
     return ExecutorKernel(
@@ -163,135 +170,178 @@ def _function_call(layer: Layer, ctx: _Context) -> ExecutorKernel:
     )
 
 
-def lower(network: Network) -> Lowered:
-    """Network -> steps, memory plan and state table (see the module docstring)."""
+@dataclass
+class _InferenceGraph:
+    """The layers of a network that run at inference (data inputs first), and who reads each."""
+
+    by_name: dict[str, Layer]
+    kept: list[Layer]
+    consumers: dict[str, list[str]]
+    data_inputs: list[str]
+    outputs: list[str]
+    dropped: list[str]
+
+
+def _inference_graph(network: Network) -> _InferenceGraph:
+    """The network without its train-only layers, losses and metrics; an error when no output is left."""
     view = network.inference_view()
     by_name = {layer.name: layer for layer in network.layers()}
     kept = [by_name[name] for name in view.inputs] + view.layers
-    dropped, outputs, data_inputs = view.dropped, view.outputs, view.inputs
     consumers: dict[str, list[str]] = {layer.name: [] for layer in kept}
     for layer in kept:
         for src in layer.inputs:
             if src in consumers:
                 consumers[src].append(layer.name)
-    if not outputs:
+    if not view.outputs:
         raise AlexDSLError(f"network {network.name} has no output to compute")
+    return _InferenceGraph(by_name, kept, consumers, view.inputs, view.outputs, view.dropped)
 
-    names = naming.IdentifierMap(RESERVED)
-    input_vars = {n: names(n) for n in data_inputs}
-    var: dict[str, str] = dict(input_vars)  # value name -> python variable holding it
-    root: dict[str, str] = {n: n for n in data_inputs}  # value -> value owning its memory
+
+def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]:
+    """Each parameter's and buffer's shape and filler (running variances 1, other buffers 0), by state key."""
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
-    steps: list[Step] = []
-    lines: list[str] = []
-    fused: set[str] = set()
-    scratch = scratch_wide = 0
-    scratch_per_layer = 0
-
-    def sole_consumer(name: str, accepts: Callable[[ExecutorLowering], bool]) -> Layer | None:
-        """The one layer reading ``name`` (and only it), when its op's lowering ``accepts``; else None."""
-        users = consumers.get(name, [])
-        if len(users) != 1 or name in outputs:
-            return None
-        user = by_name[users[0]]
-        lowering = executor_lowering(user)
-        return user if user.inputs == [name] and accepts(lowering) else None
-
-    for layer in kept:
+    for layer in layers:
         for pname, spec in layer.params.items():
             state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
             state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})
+    return state
 
-    for layer in kept:
-        if layer.is_input or layer.name in fused:
-            continue
-        missing = [i for i in layer.inputs if i not in var]
-        if missing:
-            raise AlexDSLError(
-                [
-                    Diagnostic(
-                        "error",
-                        f"layer '{layer.name}' runs at inference but reads '{missing[0]}', which does not "
-                        "(a train-only layer, loss or label)",
-                        layer.span,
-                        hint="mark the reader @train too, or make the layer it reads run in every phase",
-                    )
-                ]
-            )
+
+def _check_runs_at_inference(layer: Layer, var: dict[str, str]) -> None:
+    """A located error when the layer reads a value that is not computed at inference."""
+    missing = [i for i in layer.inputs if i not in var]
+    if missing:
+        raise AlexDSLError(
+            [
+                Diagnostic(
+                    "error",
+                    f"layer '{layer.name}' runs at inference but reads '{missing[0]}', which does not "
+                    "(a train-only layer, loss or label)",
+                    layer.span,
+                    hint="mark the reader @train too, or make the layer it reads run in every phase",
+                )
+            ]
+        )
+
+
+class _StepWriter:
+    """Turns the inference layers into :class:`Step` s and forward lines, one layer (or fused group) at a time."""
+
+    def __init__(self, graph: _InferenceGraph):
+        self.graph = graph
+        self.names = naming.IdentifierMap(RESERVED)
+        self.input_vars = {n: self.names(n) for n in graph.data_inputs}
+        self.var: dict[str, str] = dict(self.input_vars)  # value name -> python variable holding it
+        self.root: dict[str, str] = {n: n for n in graph.data_inputs}  # value -> value owning its memory
+        self.steps: list[Step] = []
+        self.lines: list[str] = []
+        self.fused: set[str] = set()
+        self.scratch = self.scratch_wide = self.scratch_per_layer = 0
+
+    def write(self, layer: Layer) -> None:
+        """The layer's step (with what fuses into it), or its alias line; nothing for an input or a fused layer."""
+        if layer.is_input or layer.name in self.fused:
+            return
+        _check_runs_at_inference(layer, self.var)
         lowering = executor_lowering(layer)
-        ins = [var[i] for i in layer.inputs]
-        ident = names(layer.name)
+        ins = [self.var[i] for i in layer.inputs]
+        ident = self.names(layer.name)
         if lowering.alias:
-            view = lowering.lower(layer, _Context(ins, ident, layer, None, None, by_name))  # type: ignore[misc]
-            root[layer.name] = root[layer.inputs[0]]
-            if view.code:
-                var[layer.name] = ident
-                lines.append(f"{ident} = {view.code}  # {comment(layer.name)}: {comment(view.note)}")
-            else:
-                var[layer.name] = ins[0]
-                lines.append(f"# {comment(layer.name)}: {comment(view.note)}")
-            continue
+            self._alias(layer, lowering, ins, ident)
+        else:
+            self._kernel(layer, lowering, ins, ident)
 
-        covered = [layer.name]
-        last = layer
-        affine = sole_consumer(layer.name, lambda c: c.fold is not None) if lowering.folds_affine else None
-        if affine is not None:
-            covered.append(affine.name)
-            last = affine
+    def _sole_consumer(self, name: str, accepts: Callable[[ExecutorLowering], bool]) -> Layer | None:
+        """The one layer reading ``name`` (and only it), when its op's lowering ``accepts``; else None."""
+        users = self.graph.consumers.get(name, [])
+        if len(users) != 1 or name in self.graph.outputs:
+            return None
+        user = self.graph.by_name[users[0]]
+        lowering = executor_lowering(user)
+        return user if user.inputs == [name] and accepts(lowering) else None
+
+    def _alias(self, layer: Layer, lowering: ExecutorLowering, ins: list[str], ident: str) -> None:
+        """A view of the input, or the identity: no kernel, no buffer."""
+        ctx = ExecutorCodegenContext(ins, ident, None, None, self.graph.by_name)
+        view = lowering.lower(layer, ctx)  # type: ignore[misc]
+        self.root[layer.name] = self.root[layer.inputs[0]]
+        if view.code:
+            self.var[layer.name] = ident
+            self.lines.append(f"{ident} = {view.code}  # {comment(layer.name)}: {comment(view.note)}")
+        else:
+            self.var[layer.name] = ins[0]
+            self.lines.append(f"# {comment(layer.name)}: {comment(view.note)}")
+
+    def _fusion(self, layer: Layer, lowering: ExecutorLowering) -> tuple[Layer | None, Layer | None]:
+        """The affine layer folded into ``layer``'s weights and the elementwise layer run as its epilogue
+        (each None when there is none)."""
+        affine = self._sole_consumer(layer.name, lambda c: c.fold is not None) if lowering.folds_affine else None
+        last = affine if affine is not None else layer
         accepted = lowering.epilogues
-        finisher = sole_consumer(last.name, lambda c: c.epilogue in accepted) if accepted else None  # noqa: B023
-        if finisher is not None:
-            covered.append(finisher.name)
-            last = finisher
-        epilogue = executor_lowering(finisher).epilogue if finisher is not None else None
-        ctx = _Context(ins, ident, layer, epilogue, affine, by_name)
-        kernel = lowering.lower(layer, ctx) if lowering.lower is not None else _function_call(layer, ctx)
-        scratch = max(scratch, kernel.scratch[0])
-        scratch_wide = max(scratch_wide, kernel.scratch[1])
-        scratch_per_layer += kernel.scratch[0]
+        finisher = self._sole_consumer(last.name, lambda c: c.epilogue in accepted) if accepted else None
+        return affine, finisher
 
-        fused.update(covered)
+    def _kernel(self, layer: Layer, lowering: ExecutorLowering, ins: list[str], ident: str) -> None:
+        """One kernel call for the layer and what fuses into it, writing a planned buffer."""
+        affine, finisher = self._fusion(layer, lowering)
+        chain = [fused for fused in (layer, affine, finisher) if fused is not None]
+        covered, last = [fused.name for fused in chain], chain[-1]
+        epilogue = executor_lowering(finisher).epilogue if finisher is not None else None
+        ctx = ExecutorCodegenContext(ins, ident, epilogue, affine, self.graph.by_name)
+        kernel = lowering.lower(layer, ctx) if lowering.lower is not None else _function_call(layer, ctx)
+        self.scratch = max(self.scratch, kernel.scratch[0])
+        self.scratch_wide = max(self.scratch_wide, kernel.scratch[1])
+        self.scratch_per_layer += kernel.scratch[0]
+
+        self.fused.update(covered)
         out_name = last.name
-        out_ident = names(out_name)
+        out_ident = self.names(out_name)
         for name in covered:
-            var[name] = out_ident
-            root[name] = out_name
-        key = lit(out_name)
+            self.var[name] = out_ident
+            self.root[name] = out_name
         step = Step(
             name=out_name,
             kernel=kernel.kernel + (f"+{epilogue}" if epilogue else ""),
             layers=covered,
-            inputs=[root[i] for i in layer.inputs],
+            inputs=[self.root[i] for i in layer.inputs],
             shape=tuple(last.shape),
-            code=kernel.code.replace("{out}", f"v[{key}]"),
+            code=kernel.code.replace("{out}", f"v[{lit(out_name)}]"),
             setup=list(kernel.setup),
-            inplace=lowering.inplace and tuple(by_name[layer.inputs[0]].shape) == tuple(last.shape),
+            inplace=lowering.inplace and tuple(self.graph.by_name[layer.inputs[0]].shape) == tuple(last.shape),
             note=f"{affine.name} folded into the weights" if affine is not None else kernel.note,
         )
-        steps.append(step)
+        self.steps.append(step)
         what = " + ".join(comment(n) for n in covered)
-        lines.append(_wrap(f"{out_ident} = {step.code}", what))
+        self.lines.append(_wrap(f"{out_ident} = {step.code}", what))
 
-    values = [Value(s.name, ITEMSIZE * math.prod(s.shape), tuple(s.inputs), s.inplace) for s in steps]
-    memory = plan_memory(values, outputs=[root[o] for o in outputs])
+
+def lower(network: Network) -> Lowered:
+    """Network -> steps, memory plan and state table (see the module docstring)."""
+    graph = _inference_graph(network)
+    writer = _StepWriter(graph)
+    state = _state_table(graph.kept)
+    for layer in graph.kept:
+        writer.write(layer)
+    values = [Value(s.name, ITEMSIZE * math.prod(s.shape), tuple(s.inputs), s.inplace) for s in writer.steps]
+    memory = plan_memory(values, outputs=[writer.root[o] for o in graph.outputs])
     return Lowered(
         network=network,
         class_name=class_name(network.name),
-        inputs={n: tuple(by_name[n].shape) for n in data_inputs},
-        input_vars=input_vars,
-        outputs=outputs,
-        steps=steps,
-        lines=lines,
+        inputs={n: tuple(graph.by_name[n].shape) for n in graph.data_inputs},
+        input_vars=writer.input_vars,
+        outputs=graph.outputs,
+        steps=writer.steps,
+        lines=writer.lines,
         memory=memory,
-        scratch=scratch,
-        scratch_wide=scratch_wide,
-        scratch_per_layer=scratch_per_layer,
+        scratch=writer.scratch,
+        scratch_wide=writer.scratch_wide,
+        scratch_per_layer=writer.scratch_per_layer,
         state=state,
         unused=[k for k in network.state_keys() if k not in state],
-        dropped=dropped,
-        var=var,
+        dropped=graph.dropped,
+        var=writer.var,
     )
 
 

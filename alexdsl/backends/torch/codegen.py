@@ -117,21 +117,18 @@ def _role(layer: Layer) -> str:
     return op.role if op is not None else "input"
 
 
-class _Generator:
-    def __init__(self, network: Network, source_file: str | None):
+class TorchCodegenContext:
+    """What an op's :class:`~alexdsl.ops.lowering.TorchLowering` sees of the module being generated
+    (:class:`~alexdsl.ops.contexts.TorchContext`)."""
+
+    def __init__(self, network: Network):
         self.network = network
-        self.source_file = source_file if source_file is not None else network.source_file
-        self.cls = class_name(network)
         self.layers = network.layers()
         self.by_name = {layer.name: layer for layer in self.layers}
         self.consumers = {layer.name: network.consumers(layer.name) for layer in self.layers}
         self.access: dict[str, str] = {}  # parametric layer name -> expression for its module
-        self.tree = _Tree()
-        self.owns_module = {layer.name for layer in self.layers
-                            if not layer.is_input and torch_lowering(layer).module is not None}
         self.what = ""  # the layer being lowered, for error messages
 
-    # the context the ops' lowerings see (alexdsl.ops.lowering.TorchLowering) -------------------
     def int(self, value: Any) -> str:
         return repr(_int(value, self.what))
 
@@ -141,7 +138,7 @@ class _Generator:
     def pair(self, value: Any) -> str:
         return _pair(value, self.what)
 
-    def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
+    def input_shape(self, layer: Layer, index: builtins.int) -> tuple[builtins.int, ...]:
         return _shape(self.network.layer(layer.inputs[index]).shape, self.what)
 
     def module(self, layer: Layer) -> str:
@@ -154,6 +151,18 @@ class _Generator:
         return (producer is not None and not producer.is_input and torch_lowering(producer).overwritable_output
                 and len(self.consumers[producer.name]) == 1 and producer.name not in self.network.outputs
                 and producer.phase == layer.phase)
+
+
+class _Generator:
+    def __init__(self, network: Network, source_file: str | None):
+        self.network = network
+        self.source_file = source_file if source_file is not None else network.source_file
+        self.cls = class_name(network)
+        self.ctx = TorchCodegenContext(network)
+        self.layers = self.ctx.layers
+        self.tree = _Tree()
+        self.owns_module = {layer.name for layer in self.layers
+                            if not layer.is_input and torch_lowering(layer).module is not None}
 
     # submodules -----------------------------------------------------------------------------
     def build_tree(self) -> None:
@@ -184,7 +193,7 @@ class _Generator:
     def holds_children(self, layer: Layer) -> bool:
         """A layer whose module is an ``nn.ParameterDict`` (a bare parameter such as ConvNeXt's
         ``features.1.0.layer_scale``) may share its path with other layers' modules, as in torchvision."""
-        return torch_lowering(layer).module(layer, self).startswith("nn.ParameterDict(")
+        return torch_lowering(layer).module(layer, self.ctx).startswith("nn.ParameterDict(")
 
     @staticmethod
     def _top(segment: str) -> str:
@@ -204,9 +213,9 @@ class _Generator:
                 target = f"{expr}[{segment!r}]"
                 assign = f"{target} = {{}}"
             if node.layer is not None:
-                self.what = f"layer {node.layer.name!r}"
-                lines.append(assign.format(torch_lowering(node.layer).module(node.layer, self)))
-                self.access[node.layer.name] = target
+                self.ctx.what = f"layer {node.layer.name!r}"
+                lines.append(assign.format(torch_lowering(node.layer).module(node.layer, self.ctx)))
+                self.ctx.access[node.layer.name] = target
                 for child, sub in node.children.items():
                     visit(sub, target, child)
                 return
@@ -220,8 +229,8 @@ class _Generator:
 
     # forward --------------------------------------------------------------------------------
     def expression(self, layer: Layer, args: list[str]) -> str:
-        self.what = f"layer {layer.name!r}"
-        return torch_lowering(layer).forward(layer, args, self)
+        self.ctx.what = f"layer {layer.name!r}"
+        return torch_lowering(layer).forward(layer, args, self.ctx)
 
     def forward(self) -> tuple[list[str], list[str], dict[str, str]]:
         names = naming.IdentifierMap(RESERVED_LOCALS)
@@ -321,7 +330,7 @@ class _Generator:
         for layer in self.layers:
             if layer.name not in self.owns_module:
                 continue
-            lines.append(f"m = {self.access[layer.name]}")
+            lines.append(f"m = {self.ctx.access[layer.name]}")
             for pname, spec in layer.params.items():
                 if not _is_plain_identifier(pname):
                     raise AlexDSLError(f"torch backend: parameter name {pname!r} of {layer.name!r}")

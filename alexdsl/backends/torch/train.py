@@ -345,6 +345,281 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Process:
+    """This process's place in the run (one process, or one of ``torchrun``'s) and its device."""
+
+    rank: int
+    world: int
+    dev: Any
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_process(device: str | None) -> _Process:
+    """The process's rank and device, with the process group joined under ``torchrun``."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world, local_rank = _dist_env()
+    dev = torch_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return _Process(rank, world, dev)
+
+
+def _check_inputs(network: Any) -> None:
+    """An error unless the network has one data input and one label input."""
+    if len(network.data_inputs) != 1 or len(network.label_inputs) != 1:
+        raise AlexDSLError(f"alexdsl train needs a network with one tensor input and one label input; "
+                           f"{network.name} has {network.data_inputs} and {network.label_inputs}")
+
+
+@dataclass
+class _Data:
+    """The training and validation splits and this process's samplers over them."""
+
+    train: Any
+    val: Any
+    sampler: Any
+    val_sampler: Any
+
+
+def _open_data(network: Any, data: str, seed: int, process: _Process) -> _Data:
+    """The data source for the network's (one) input and label, split, with a DistributedSampler per split."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    from alexdsl.data import Split
+
+    data_name, label_name = network.data_inputs[0], network.label_inputs[0]
+    input_shape = tuple(network.layer(data_name).shape)
+    classes = int(network.layer(label_name).attrs.get("classes", 0))
+    source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
+    train_split, val_split = Split(source, True), Split(source, False)
+    sampler = DistributedSampler(train_split, num_replicas=process.world, rank=process.rank, shuffle=True, seed=seed)
+    val_sampler = DistributedSampler(val_split, num_replicas=process.world, rank=process.rank, shuffle=False)
+    return _Data(train_split, val_split, sampler, val_sampler)
+
+
+def _schedule(opts: Solver, steps_per_epoch: int) -> tuple[int, int]:
+    """``(epochs, max_iter)``: from the epochs asked for, else from max_iter, else the default epochs."""
+    if opts.epochs is not None:
+        return opts.epochs, opts.max_iter or opts.epochs * steps_per_epoch
+    if opts.max_iter is not None:
+        return math.ceil(opts.max_iter / steps_per_epoch), opts.max_iter
+    return DEFAULT_EPOCHS, DEFAULT_EPOCHS * steps_per_epoch
+
+
+def _build_model(network: Any, module: Any, weights: str | os.PathLike[str] | None, seed: int, dev: Any) -> Any:
+    """The module to train (built from the network, seeded, unless given), its weights loaded, on ``dev``."""
+    import torch
+
+    from alexdsl.backends.torch.codegen import build
+
+    torch.manual_seed(seed)
+    model = module if module is not None else build(network)
+    for name in ("loss", "metrics", "param_groups"):
+        if not callable(getattr(model, name, None)):
+            raise AlexDSLError(f"the module to train has no {name}() method")
+    if weights is not None:
+        from alexdsl.backends.torch.codegen import load_weights
+
+        load_weights(model, weights)
+    model.to(dev)
+    return model
+
+
+def _runner(model: Any, process: _Process, compile: bool) -> Any:
+    """What the steps call: the model, wrapped in DistributedDataParallel under torchrun, compiled if asked."""
+    import torch
+
+    runner = model
+    if process.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(model, device_ids=[process.dev.index] if process.dev.type == "cuda" else None)
+    return torch.compile(runner) if compile else runner
+
+
+def _zero_sums() -> dict[str, float]:
+    return {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+
+
+@dataclass
+class _Run:
+    """One training run's state, shared by its epochs: what is trained, on what, and how far it got."""
+
+    network: Any
+    data: str
+    out: Path
+    process: _Process
+    splits: _Data
+    opts: Solver
+    batch: int  # per process
+    seed: int
+    total_epochs: int
+    max_iter: int
+    model: Any
+    forward: Any
+    optimizer: Any
+    scheduler: Any
+    config: dict[str, Any]
+    checkpoint_path: Path
+    history: list[dict[str, Any]]
+    sums: dict[str, float]
+    global_step: int
+    checkpoint_every: int
+    progress: bool | None
+
+    def checkpoint(self, epoch: int, step: int) -> None:
+        """Write ``checkpoint.pt`` (rank 0 only): everything a resumed run needs to continue exactly."""
+        if not self.process.is_main:
+            return
+        _save_torch({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step, "global_step": self.global_step,
+            "history": self.history, "sums": dict(self.sums), "rng": _rng_state(),
+            "sampler": {"seed": self.seed, "epoch": epoch}, "config": self.config, "network": self.network.name,
+        }, self.checkpoint_path)
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the processes."""
+        if not self.process.distributed:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.process.dev)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def evaluate(self) -> dict[str, Any]:
+        """The validation loss and accuracies (``val_loss``, ``val_accuracy``, ``val_<metric>``)."""
+        import torch
+
+        model, dev, batch = self.model, self.process.dev, self.batch
+        model.eval()
+        totals: dict[str, float] = {"loss": 0.0, "count": 0.0}
+        names: list[str] = []
+        indices = list(self.splits.val_sampler)
+        with torch.no_grad():
+            for i in range(0, len(indices), batch):
+                x, y = map(torch.from_numpy, self.splits.val.batch(indices[i:i + batch], 0))
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                outputs = self.forward(x)
+                n = float(y.shape[0])
+                totals["loss"] += float(model.loss(outputs, y)) * n
+                totals["count"] += n
+                for name, value in model.metrics(outputs, y).items():
+                    if name not in names:
+                        names.append(name)
+                    totals[f"m:{name}"] = totals.get(f"m:{name}", 0.0) + float(value) * n
+        keys = ["loss", "count", *(f"m:{name}" for name in names)]
+        summed = dict(zip(keys, self.all_sum([totals.get(k, 0.0) for k in keys]), strict=True))
+        result: dict[str, Any] = {"val_loss": summed["loss"] / max(summed["count"], 1.0)}
+        for i, name in enumerate(names):
+            value = summed[f"m:{name}"] / max(summed["count"], 1.0)
+            result["val_accuracy" if i == 0 else f"val_{name}"] = value
+        result.setdefault("val_accuracy", None)
+        return result
+
+    def step(self, x: Any, y: Any, epoch: int, step: int) -> tuple[float, float]:
+        """One optimizer step on the batch; its loss and (first) accuracy."""
+        import torch
+
+        outputs = self.forward(x)
+        loss = self.model.loss(outputs, y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise AlexDSLError(f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1}; "
+                               f"lower the learning rate (--lr). Saved weights were left untouched.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.global_step += 1
+        with torch.no_grad():
+            metrics = self.model.metrics(outputs, y)
+        return value, float(next(iter(metrics.values()))) if metrics else float("nan")
+
+    def train_epoch(self, epoch: int, first: int) -> None:
+        """The epoch's steps from ``first`` on (a resumed run skips those done), checkpointing every
+        ``checkpoint_every`` steps; its sums accumulate in :attr:`sums`."""
+        import torch
+        from tqdm import tqdm
+
+        process, batch = self.process, self.batch
+        self.splits.sampler.set_epoch(epoch)
+        indices = list(self.splits.sampler)
+        batches = [indices[i:i + batch] for i in range(0, len(indices), batch)]
+        if first == 0:
+            self.sums = _zero_sums()
+        progress = self.progress
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{self.total_epochs}", unit="batch",
+                   disable=not process.is_main or progress is False or (progress is None and not sys.stderr.isatty()),
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        started = time.perf_counter()
+        images = 0
+        self.model.train()
+        for step in range(first, len(batches)):
+            if self.global_step >= self.max_iter:
+                break
+            torch.manual_seed(step_seed(self.seed, epoch, step, process.rank))
+            x, y = map(torch.from_numpy, self.splits.train.batch(batches[step], epoch))
+            x, y = x.to(process.dev, non_blocking=True), y.to(process.dev, non_blocking=True)
+            value, accuracy = self.step(x, y, epoch, step)
+            n = int(y.shape[0])
+            self.sums["loss"] += value * n
+            self.sums["correct"] += accuracy * n
+            self.sums["count"] += n
+            images += n
+            elapsed = time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}", acc=f"{accuracy:.3f}",
+                            img_s=f"{images * process.world / max(elapsed, 1e-9):.0f}", refresh=False)
+            if self.checkpoint_every and self.global_step % self.checkpoint_every == 0 and step + 1 < len(batches):
+                self.sums["seconds"] += time.perf_counter() - started
+                started, images = time.perf_counter(), 0
+                self.checkpoint(epoch, step + 1)
+        bar.close()
+        self.sums["seconds"] += time.perf_counter() - started
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """The epoch's line of ``metrics.jsonl``: train sums over the processes, then validation."""
+        loss_sum, correct, count = self.all_sum([self.sums["loss"], self.sums["correct"], self.sums["count"]])
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0),
+                                  "train_accuracy": correct / max(count, 1.0) if math.isfinite(correct) else None}
+        record.update(self.evaluate())
+        record["lr"] = self.opts.lr_at(max(self.global_step - 1, 0))
+        record["seconds"] = round(self.sums["seconds"], 3)
+        if not math.isfinite(record["val_loss"]):
+            raise AlexDSLError(f"training diverged: the validation loss is {record['val_loss']} after epoch "
+                               f"{epoch + 1}; lower the learning rate (--lr). Saved weights were left untouched.")
+        return record
+
+    def save_epoch(self, epoch: int, plotted: float) -> float:
+        """Weights, metrics and checkpoint after an epoch (rank 0), and the curves when due; when they were
+        last drawn."""
+        if not self.process.is_main:
+            return plotted
+        save_weights(self.model, self.out / WEIGHTS, {"network": str(self.network.name), "epoch": str(epoch + 1)})
+        write_text_atomic(self.out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+        self.checkpoint(epoch + 1, 0)
+        last_epoch = epoch + 1 == self.total_epochs or self.global_step >= self.max_iter
+        if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
+            plot_curves(self.history, self.out / PLOT, f"{self.network.name} on {self.data}")
+            plotted = time.monotonic()
+        return plotted
+
+
 @_restores_torch_threads
 def train(
     network: Any,
@@ -376,70 +651,30 @@ def train(
     """
     import torch
     import torch.distributed as dist
-    from torch.utils.data.distributed import DistributedSampler
-
-    from alexdsl.backends.torch.codegen import build
 
     out = Path(out)
-    rank, world, local_rank = _dist_env()
-    distributed = world > 1
-    dev = torch_device(device, local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    is_main = rank == 0
-    say = log if (log is not None and is_main) else (lambda message: None)
+    process = _start_process(device)
+    say = log if (log is not None and process.is_main) else (lambda message: None)
 
-    if len(network.data_inputs) != 1 or len(network.label_inputs) != 1:
-        raise AlexDSLError(f"alexdsl train needs a network with one tensor input and one label input; "
-                           f"{network.name} has {network.data_inputs} and {network.label_inputs}")
-    data_name, label_name = network.data_inputs[0], network.label_inputs[0]
-    input_shape = tuple(network.layer(data_name).shape)
-    classes = int(network.layer(label_name).attrs.get("classes", 0))
+    _check_inputs(network)
     settings = {**network.solver, **(solver or {})}
     opts = Solver.from_settings(settings, base_lr=lr, batch_size=batch_size, epochs=epochs)
     per_process_batch = opts.batch_size or DEFAULT_BATCH
-    step_threads = cpu_threads(network, per_process_batch, threads) if dev.type == "cpu" else None
+    step_threads = cpu_threads(network, per_process_batch, threads) if process.dev.type == "cpu" else None
     if step_threads is not None:
         torch.set_num_threads(step_threads)
-
-    source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
-
-    from alexdsl.data import Split
-
-    train_split, val_split = Split(source, True), Split(source, False)
-    sampler = DistributedSampler(train_split, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    val_sampler = DistributedSampler(val_split, num_replicas=world, rank=rank, shuffle=False)
-    steps_per_epoch = math.ceil(len(sampler) / per_process_batch)
-    if opts.epochs is not None:
-        total_epochs = opts.epochs
-        max_iter = opts.max_iter or total_epochs * steps_per_epoch
-    elif opts.max_iter is not None:
-        max_iter = opts.max_iter
-        total_epochs = math.ceil(max_iter / steps_per_epoch)
-    else:
-        total_epochs = DEFAULT_EPOCHS
-        max_iter = total_epochs * steps_per_epoch
+    splits = _open_data(network, data, seed, process)
+    total_epochs, max_iter = _schedule(opts, math.ceil(len(splits.sampler) / per_process_batch))
     opts = opts.with_max_iter(max_iter)
 
-    torch.manual_seed(seed)
-    model = module if module is not None else build(network)
-    for name in ("loss", "metrics", "param_groups"):
-        if not callable(getattr(model, name, None)):
-            raise AlexDSLError(f"the module to train has no {name}() method")
-    if weights is not None:
-        from alexdsl.backends.torch.codegen import load_weights
-
-        load_weights(model, weights)
-    model.to(dev)
+    model = _build_model(network, module, weights, seed, process.dev)
     optimizer = make_optimizer(model, opts)
     scheduler = make_scheduler(optimizer, opts)
 
-    config = {"batch_size": per_process_batch, "seed": seed, "world_size": world, "data": data}
+    config = {"batch_size": per_process_batch, "seed": seed, "world_size": process.world, "data": data}
     start_epoch = start_step = global_step = 0
     history: list[dict[str, Any]] = []
-    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+    sums = _zero_sums()
     checkpoint_path = out / CHECKPOINT
     if resume:
         state = restore(checkpoint_path, model, optimizer, scheduler, config)
@@ -448,134 +683,25 @@ def train(
         sums = dict(state["sums"])
         say(f"resuming {checkpoint_path}: epoch {start_epoch + 1}, step {start_step}")
 
-    runner = model
-    if distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        runner = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    forward = torch.compile(runner) if compile else runner
-
-    def checkpoint(epoch: int, step: int) -> None:
-        if not is_main:
-            return
-        _save_torch({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "step": step, "global_step": global_step, "history": history, "sums": dict(sums),
-            "rng": _rng_state(), "sampler": {"seed": seed, "epoch": epoch}, "config": config,
-            "network": network.name,
-        }, checkpoint_path)
-
-    def all_sum(values: list[float]) -> list[float]:
-        if not distributed:
-            return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=dev)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
-
-    def evaluate() -> dict[str, Any]:
-        model.eval()
-        totals: dict[str, float] = {"loss": 0.0, "count": 0.0}
-        names: list[str] = []
-        indices = list(val_sampler)
-        with torch.no_grad():
-            for i in range(0, len(indices), per_process_batch):
-                x, y = map(torch.from_numpy, val_split.batch(indices[i:i + per_process_batch], 0))
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                outputs = forward(x)
-                n = float(y.shape[0])
-                totals["loss"] += float(model.loss(outputs, y)) * n
-                totals["count"] += n
-                for name, value in model.metrics(outputs, y).items():
-                    if name not in names:
-                        names.append(name)
-                    totals[f"m:{name}"] = totals.get(f"m:{name}", 0.0) + float(value) * n
-        keys = ["loss", "count", *(f"m:{name}" for name in names)]
-        summed = dict(zip(keys, all_sum([totals.get(k, 0.0) for k in keys]), strict=True))
-        result: dict[str, Any] = {"val_loss": summed["loss"] / max(summed["count"], 1.0)}
-        for i, name in enumerate(names):
-            value = summed[f"m:{name}"] / max(summed["count"], 1.0)
-            result["val_accuracy" if i == 0 else f"val_{name}"] = value
-        result.setdefault("val_accuracy", None)
-        return result
-
+    run = _Run(network=network, data=data, out=out, process=process, splits=splits, opts=opts, batch=per_process_batch,
+               seed=seed, total_epochs=total_epochs, max_iter=max_iter, model=model,
+               forward=_runner(model, process, compile), optimizer=optimizer, scheduler=scheduler, config=config,
+               checkpoint_path=checkpoint_path, history=history, sums=sums, global_step=global_step,
+               checkpoint_every=checkpoint_every, progress=progress)
     if start_epoch >= total_epochs or global_step >= max_iter:
         say(f"{out}: already trained for {start_epoch} epoch(s); nothing to do (raise --epochs to continue)")
-    from tqdm import tqdm
-
     plotted = time.monotonic()
     for epoch in range(start_epoch, total_epochs):
-        if global_step >= max_iter:
+        if run.global_step >= max_iter:
             break
-        sampler.set_epoch(epoch)
-        indices = list(sampler)
-        batches = [indices[i:i + per_process_batch] for i in range(0, len(indices), per_process_batch)]
-        first = start_step if epoch == start_epoch else 0
-        if first == 0:
-            sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
-        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{total_epochs}", unit="batch",
-                   disable=not is_main or progress is False or (progress is None and not sys.stderr.isatty()),
-                   leave=False, dynamic_ncols=True, file=sys.stderr)
-        started = time.perf_counter()
-        images = 0
-        model.train()
-        for step in range(first, len(batches)):
-            if global_step >= max_iter:
-                break
-            torch.manual_seed(step_seed(seed, epoch, step, rank))
-            x, y = map(torch.from_numpy, train_split.batch(batches[step], epoch))
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            outputs = forward(x)
-            loss = model.loss(outputs, y)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise AlexDSLError(f"training diverged: the loss is {value} at epoch {epoch + 1}, step {step + 1}; "
-                                   f"lower the learning rate (--lr). Saved weights were left untouched.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            global_step += 1
-            n = int(y.shape[0])
-            with torch.no_grad():
-                metrics = model.metrics(outputs, y)
-            accuracy = float(next(iter(metrics.values()))) if metrics else float("nan")
-            sums["loss"] += value * n
-            sums["correct"] += accuracy * n
-            sums["count"] += n
-            images += n
-            elapsed = time.perf_counter() - started
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4f}", acc=f"{accuracy:.3f}",
-                            img_s=f"{images * world / max(elapsed, 1e-9):.0f}", refresh=False)
-            if checkpoint_every and global_step % checkpoint_every == 0 and step + 1 < len(batches):
-                sums["seconds"] += time.perf_counter() - started
-                started, images = time.perf_counter(), 0
-                checkpoint(epoch, step + 1)
-        bar.close()
-        sums["seconds"] += time.perf_counter() - started
-        loss_sum, correct, count = all_sum([sums["loss"], sums["correct"], sums["count"]])
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0),
-                                  "train_accuracy": correct / max(count, 1.0) if math.isfinite(correct) else None}
-        record.update(evaluate())
-        record["lr"] = opts.lr_at(max(global_step - 1, 0))
-        record["seconds"] = round(sums["seconds"], 3)
-        if not math.isfinite(record["val_loss"]):
-            raise AlexDSLError(f"training diverged: the validation loss is {record['val_loss']} after epoch "
-                               f"{epoch + 1}; lower the learning rate (--lr). Saved weights were left untouched.")
+        run.train_epoch(epoch, start_step if epoch == start_epoch else 0)
+        record = run.record(epoch)
         history.append(record)
-        if is_main:
-            save_weights(model, out / WEIGHTS, {"network": str(network.name), "epoch": str(epoch + 1)})
-            write_text_atomic(out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-            checkpoint(epoch + 1, 0)
-            last_epoch = epoch + 1 == total_epochs or global_step >= max_iter
-            if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
-                plot_curves(history, out / PLOT, f"{network.name} on {data}")
-                plotted = time.monotonic()
+        plotted = run.save_epoch(epoch, plotted)
         accuracy_text = "" if record["val_accuracy"] is None else f" val_accuracy {record['val_accuracy']:.4f}"
         say(f"epoch {epoch + 1}/{total_epochs}: train_loss {record['train_loss']:.4f} "
             f"val_loss {record['val_loss']:.4f}{accuracy_text} ({record['seconds']:.1f} s)")
-        start_step = 0
-    if distributed:
+    if process.distributed:
         dist.barrier()
     model.eval()
-    return TrainResult(module=model, history=history, out=out, steps=global_step)
+    return TrainResult(module=model, history=history, out=out, steps=run.global_step)
