@@ -87,23 +87,6 @@ def _fail(file: str, message: str, hint: str | None = None, **extra: Any) -> Ale
     return AlexDSLError([Diagnostic("error", message, path=file, hint=hint, **extra)])
 
 
-def module_path(node_name: str) -> str | None:
-    """The torch module a node came from, from the exporter's scoped node name.
-
-    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.3/conv/conv.0/conv.0.0/Conv")
-    ('layer1.0.conv1', 'features.3.conv.0.0')
-    """
-    segments = [s for s in node_name.split("/") if s]
-    if len(segments) < 2 or not node_name.startswith("/"):
-        return None
-    parts: list[str] = []
-    previous = ""
-    for segment in segments[:-1]:  # a child of a container is scoped "<container>.<index>"
-        parts.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
-        previous = segment
-    return ".".join(parts)
-
-
 # loading -----------------------------------------------------------------------------------------
 def _load(path: Path) -> Any:
     onnx = _onnx()  # first: protobuf comes with onnx, so without it the error must say to install onnx

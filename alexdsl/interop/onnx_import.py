@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
-from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, module_path, read_onnx
+from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
+from alexdsl.interop.torch_scope import module_path
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
