@@ -68,7 +68,21 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     if len(text) > limit and len(text.encode("utf-8")) > limit:  # text given in memory is bounded like a file
         raise AlexDSLError([Diagnostic("error", f"the source is larger than the limit of {limit:,} bytes", path=file,
                                        hint="set ALEXDSL_MAX_SOURCE_BYTES to read a larger file")])
-    module = parse_module(text, file)
+    return _build_module(parse_module(text, file), {file: text}, input_shapes, max_layers)
+
+
+def network_from_module(module: ast.Module, sources: dict[str, str] | None = None,
+                        input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+    """Elaborate and check a syntax tree built in code (an importer's, through :mod:`alexdsl.syntax.build`)
+    as :func:`build_network` does a parsed one: no text is printed or parsed. ``sources`` holds the text of
+    each file its spans point into, for the errors."""
+    with gc_paused():
+        return _build_module(module, sources or {}, input_shapes, None)
+
+
+def _build_module(module: ast.Module, sources: dict[str, str], input_shapes: dict[str, tuple[int, ...]] | None,
+                  max_layers: int | None) -> Network:
+    file = module.file
     sink = DiagnosticSink()
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
@@ -80,7 +94,7 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
                    hint="add a line such as 'input data: 3x227x227'")
     diagnostics = sorted(_merge_instances(sink.diagnostics, graph), key=_position)
     if sink.has_errors:
-        raise AlexDSLError(diagnostics, sources={file: text})
+        raise AlexDSLError(diagnostics, sources=sources)
     for _, data in graph.nodes(data=True):
         for key in _INTERNAL_ATTRS:
             data.pop(key, None)

@@ -1,7 +1,7 @@
 """Caffe ``.prototxt`` -> alexdsl source.
 
-The prototxt is parsed with its own grammar (``grammars/prototxt.lark``, protobuf text
-format) so every field keeps its line and column; anything this importer does not
+The prototxt is parsed by :mod:`alexdsl.interop.prototxt` (protobuf text format, in one linear
+pass) so every field keeps its line and column; anything this importer does not
 understand (legacy V1 ``layers``, an unknown layer type, an unknown field) is an
 :class:`~alexdsl.errors.AlexDSLError` that names it and points at it.
 
@@ -40,223 +40,16 @@ c1: conv(4, 3) | r1: relu
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
-import re
 from collections.abc import Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
+from alexdsl.interop.prototxt import Message, Scalar, parse_prototxt
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
 from alexdsl.syntax import ast
 from alexdsl.syntax.build import ModuleBuilder, arg, as_name, call, filler, number
-from alexdsl.syntax.parser import grammar_text
-
-
-# the parse tree ---------------------------------------------------------------------------------
-@dataclass
-class Scalar:
-    kind: str  # "string", "number" or "ident"
-    value: Any
-    text: str
-    span: Span
-
-
-@dataclass
-class Message:
-    fields: list[Field]
-    span: Span
-
-    def all(self, name: str) -> list[Field]:
-        return [f for f in self.fields if f.name == name]
-
-    def get(self, name: str) -> Field | None:
-        found = self.all(name)
-        return found[-1] if found else None
-
-    def scalar(self, name: str) -> Scalar | None:
-        f = self.get(name)
-        return f.value if f is not None and isinstance(f.value, Scalar) else None
-
-    def message(self, name: str) -> Message | None:
-        f = self.get(name)
-        return f.value if f is not None and isinstance(f.value, Message) else None
-
-    def scalars(self, name: str) -> list[Scalar]:
-        out: list[Scalar] = []
-        for f in self.all(name):
-            if isinstance(f.value, Scalar):
-                out.append(f.value)
-            elif isinstance(f.value, list):
-                out.extend(f.value)
-        return out
-
-
-@dataclass
-class Field:
-    name: str
-    value: Scalar | Message | list[Scalar]
-    span: Span
-
-
-def _span(file: str, tok: Any) -> Span:
-    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
-
-
-_FILE: ContextVar[str] = ContextVar("prototxt_file", default="<string>")  # the file being parsed, per thread
-
-
-class _Build(Transformer):
-    """Builds the messages while the LALR parser reduces (no parse tree, no recursion)."""
-
-    @property
-    def file(self) -> str:
-        return _FILE.get()
-
-    def start(self, children: list[Field]) -> Message:
-        return Message(list(children), Span(self.file, 1, 1, 1, 1))
-
-    def scalar_field(self, children: list) -> Field:
-        name, value = children
-        return Field(str(name), value, _span(self.file, name))
-
-    def list_field(self, children: list) -> Field:
-        name, *values = children
-        return Field(str(name), [v for v in values if v is not None], _span(self.file, name))
-
-    def message_field(self, children: list) -> Field:
-        name, lbrace, *fields, _ = children
-        return Field(str(name), Message(list(fields), _span(self.file, lbrace)), _span(self.file, name))
-
-    def strings(self, children: list[Token]) -> Scalar:
-        text = "".join(_unquote(str(t)) for t in children)
-        return Scalar("string", text, text, _span(self.file, children[0]))
-
-    def number(self, children: list[Token]) -> Scalar:
-        (tok,) = children
-        text = str(tok).rstrip("fF") if not str(tok).lower().startswith(("inf", "nan")) else str(tok)
-        try:
-            value: int | float = int(text)
-        except ValueError:
-            value = float(text)
-        return Scalar("number", value, text.lstrip("+"), _span(self.file, tok))
-
-    def ident(self, children: list[Token]) -> Scalar:
-        (tok,) = children
-        return Scalar("ident", str(tok), str(tok), _span(self.file, tok))
-
-
-_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
-_CONTROL_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b", b"f": b"\f", b"v": b"\v"}
-
-
-def _unquote(text: str) -> str:
-    """A quoted protobuf string's value: escapes (``\\n``, ``\\"``, octal, ``\\x``) give bytes, read as UTF-8.
-
-    >>> _unquote(r'"a\\"b\\n\\303\\251\\x41"')
-    'a"b\\néA'
-    """
-    def one(m: re.Match[bytes]) -> bytes:
-        octal, hexa, char = m.groups()
-        if octal:
-            return bytes([int(octal, 8) & 0xFF])
-        if hexa:
-            return bytes([int(hexa, 16)])
-        return _CONTROL_ESCAPES.get(char, char)
-
-    return _ESCAPE.sub(one, text[1:-1].encode("utf-8")).decode("utf-8", errors="replace")
-
-
-@functools.cache
-def _parser() -> Lark:
-    return Lark(grammar_text("prototxt.lark"), parser="lalr", lexer="basic", maybe_placeholders=True,
-                transformer=_Build())
-
-
-MAX_DEPTH = 100  # messages nested deeper than this are refused before the tree is built (recursion)
-_BRACE_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[{}<>]')
-
-
-@dataclass
-class _Braces:
-    """What one scan of the text finds: the braces left open at its end, and the first one nested too deep."""
-
-    unclosed: list[tuple[str, int]]  # (field name, offset of the name) of each brace still open at the end
-    too_deep: int | None  # offset of the first brace opened at depth MAX_DEPTH + 1
-
-
-def _scan_braces(text: str) -> _Braces:
-    """Track ``{``/``}`` (and ``<``/``>``) outside strings and comments, in one linear pass."""
-    stack: list[tuple[str, int]] = []
-    last_name = ("", 0)
-    too_deep = None
-    for m in _BRACE_TOKENS.finditer(text):
-        tok = m.group()
-        if tok in ("{", "<"):
-            stack.append(last_name)
-            if len(stack) > MAX_DEPTH and too_deep is None:
-                too_deep = m.start()
-        elif tok in ("}", ">"):
-            if stack:
-                stack.pop()
-        elif tok[0] not in "\"'#":
-            last_name = (tok, m.start())
-    return _Braces(stack, too_deep)
-
-
-def _line_starts(text: str) -> list[int]:
-    return [0] + [m.end() for m in re.finditer("\n", text)]
-
-
-def _offset_span(file: str, starts: list[int], offset: int, length: int) -> Span:
-    line = bisect.bisect_right(starts, offset)
-    column = offset - starts[line - 1] + 1
-    return Span(file, line, column, line, column + length)
-
-
-def parse_prototxt(text: str, file: str = "<string>") -> Message:
-    """Parse protobuf text format; raise :class:`AlexDSLError` with located diagnostics."""
-    braces = _scan_braces(text)
-    if braces.too_deep is not None:
-        span = _offset_span(file, _line_starts(text), braces.too_deep, 1)
-        raise AlexDSLError([Diagnostic("error", f"messages are nested more than {MAX_DEPTH} deep", span,
-                                       hint="a Caffe net nests a few levels; this file is damaged or hostile")],
-                           sources={file: text})
-    token = _FILE.set(file)
-    try:
-        return _parser().parse(text)
-    except UnexpectedInput as error:
-        at_end = isinstance(error, UnexpectedEOF) or (
-            isinstance(error, UnexpectedToken) and error.token.type == "$END")
-        if at_end and braces.unclosed:
-            starts = _line_starts(text)
-            diagnostics = [
-                Diagnostic("error", f"'{name} {{' is never closed", _offset_span(file, starts, offset, len(name)),
-                           hint=f"close it with a '}}' after the last field of '{name}'")
-                for name, offset in braces.unclosed
-            ]
-            raise AlexDSLError(diagnostics, sources={file: text}) from None
-        line, column = max(error.line, 1), max(error.column, 1)
-        if isinstance(error, UnexpectedToken):
-            what = "end of file" if error.token.type == "$END" else f"'{error.token}'"
-            message = f"unexpected {what} in the prototxt"
-            expected = ", ".join(sorted(error.expected)) if error.expected else None
-        elif isinstance(error, UnexpectedCharacters):
-            message = f"unexpected character {text[error.pos_in_stream]!r} in the prototxt"
-            expected = None
-        else:
-            message, expected = "unexpected end of the prototxt", None
-        raise AlexDSLError([Diagnostic("error", message, Span(file, line, column, line, column + 1),
-                                       expected=expected)], sources={file: text}) from None
-    finally:
-        _FILE.reset(token)
-
 
 # schema: the fields each message may hold --------------------------------------------------------
 _FILLER = {"type", "value", "min", "max", "mean", "std", "variance_norm", "sparse"}
