@@ -46,7 +46,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
+from alexdsl.frontend import gc_paused, network_from_module
 from alexdsl.interop.prototxt import Message, Scalar, parse_prototxt
+from alexdsl.ir.network import Network
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
 from alexdsl.syntax import ast
 from alexdsl.syntax.build import ModuleBuilder, arg, as_name, call, filler, number
@@ -122,6 +124,7 @@ _BOOL_FIELDS = {"bias_term", "mirror", "global_pooling", "use_global_stats", "fo
 _STRING_FIELDS = {"name", "type", "bottom", "top", "input", "source", "mean_file", "root_folder", "stage"}
 _ENUM_FIELDS = {"pool", "phase", "norm_region", "operation", "round_mode", "variance_norm", "engine", "backend",
                 "normalization"}
+_SCALAR_FIELDS = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS
 
 
 _FLOAT32_MAX = 3.4028234663852886e38  # Caffe's float fields are 32-bit
@@ -172,13 +175,13 @@ def _check_schema(message: Message, kind: str, sink: DiagnosticSink) -> None:
         if isinstance(f.value, Message):
             if f.name == "layers":  # legacy V1: reported once by the importer
                 continue
-            if f.name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+            if f.name in _SCALAR_FIELDS:
                 sink.error(f"field '{f.name}' takes a value, not a message", f.span)
                 continue
             _check_schema(f.value, f.name, sink)
             continue
         values = f.value if isinstance(f.value, list) else [f.value]
-        if f.name not in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+        if f.name not in _SCALAR_FIELDS:
             sink.error(f"field '{f.name}' is a message: write {f.name} {{ ... }}", f.span)
             continue
         for value in values:
@@ -198,6 +201,7 @@ class _Node:
     inputs: list[str]  # node names
     phase: str | None
     caffe: Message
+    origin: Span  # the prototxt's 'layer' field it came from
     params: dict[str, dict[str, ast.Value]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay
     consumers: int = 0
     filler_section: str | None = None  # the *_param message its fillers came from
@@ -412,7 +416,8 @@ class _Importer:
             self.error(f"layer '{caffe_name}' has {len(tops)} tops; alexdsl layers have one output", span)
             return
         for top, (op, args, section) in zip(tops, parts):
-            node = _Node(self._alex_name(caffe_name if len(parts) == 1 else top), op, args, inputs, phase, layer)
+            node = _Node(self._alex_name(caffe_name if len(parts) == 1 else top), op, args, inputs, phase, layer,
+                         span)
             if section is not None:  # the fillers are in the layer's own *_param section
                 node.filler_section = section
                 self._params(layer, node, ("weight", "bias"), layer.message(section), None)
@@ -607,18 +612,19 @@ class _Importer:
                     extra.append(arg(entry[key], f"{kind}_{key}"))
         return call(node.op, *refs, *node.args, *extra)
 
-    def write(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> str:
+    def module(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> ModuleBuilder:
+        """The network as a syntax tree, each statement and link with the prototxt field it came from."""
         out = ModuleBuilder(self.file + ".adsl")
         out.comment("# Imported from a Caffe prototxt by alexdsl import caffe.")
         out.network(network_name)
         out.blank()
         labels = {self.blob.get(b) for b in self.label_blobs}
-        for name, shape, _ in self.inputs:
+        for name, shape, span in self.inputs:
             if name in classes or shape is None or name in labels:
                 if not skip_losses:
-                    out.class_input(name, classes.get(name, 1))
+                    out.class_input(name, classes.get(name, 1), origin=span)
             else:
-                out.input(name, shape)
+                out.input(name, shape, origin=span)
         for name, settings in self.preprocess.items():
             if settings:
                 out.preprocess(name, settings)
@@ -653,8 +659,17 @@ class _Importer:
                 tail_of[link.name] = link.name
             tail_of[links[-1].name] = label
             prev = label
-            out.layer(label, chain, sources, phase)
-        return out.text()
+            out.layer(label, chain, sources, phase, origin=[link.origin for link in links])
+        return out
+
+    def build(self, builder: ModuleBuilder) -> Network:
+        """The network ``builder`` holds, elaborated and checked; an error points into the prototxt."""
+        try:
+            return network_from_module(builder.module(), {self.file: self.text})
+        except AlexDSLError as error:  # a bug here, or a value no layer takes (absurd input dims)
+            located = builder.locate(error)
+            raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + located.diagnostics,
+                               sources=located.sources) from None
 
 
 def _network_name(net: Message, file: str) -> str:
@@ -666,36 +681,28 @@ def _network_name(net: Message, file: str) -> str:
 def import_prototxt(text: str, file: str = "<string>") -> str:
     """Translate a Caffe prototxt (NetParameter text) into alexdsl source.
 
-    Raises :class:`AlexDSLError` for syntax errors and for anything not supported, each
-    located in the prototxt.
+    The layers are built as a syntax tree, elaborated and checked, and printed once. Raises
+    :class:`AlexDSLError` for syntax errors, for anything not supported and for a network that
+    does not check, each located in the prototxt.
     """
-    net = parse_prototxt(text, file)
-    importer = _Importer(net, file, text)
-    importer.run()
-    if importer.sink.has_errors:
-        diagnostics = sorted(importer.sink.diagnostics,
-                             key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
-        raise AlexDSLError(diagnostics, sources={file: text})
-    name = _network_name(net, file)
-    label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
-    classes = {}
-    if label_inputs:
-        # the class count of a label is the width of the logits it is compared with
-        from alexdsl import parse
-
-        network = parse(importer.write(name, {}, skip_losses=True), file + ".adsl")
-        for node in importer.nodes:
-            if _op(node.op).takes_label and node.inputs[1] in label_inputs:
-                logits = network.shapes.get(node.inputs[0], ())
-                if logits:
-                    classes[node.inputs[1]] = logits[0]
-    # the one printer lays it out (it passes fmt --check); an import that does not build is a bug here, said so
-    source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
-    from alexdsl import parse
-
-    try:
-        parse(source, file + ".adsl")
-    except AlexDSLError as error:
-        raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + error.diagnostics,
-                           sources=error.sources) from None
-    return source
+    with gc_paused():  # many small objects that all stay alive: collections would make it quadratic
+        net = parse_prototxt(text, file)
+        importer = _Importer(net, file, text)
+        importer.run()
+        if importer.sink.has_errors:
+            diagnostics = sorted(importer.sink.diagnostics,
+                                 key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+            raise AlexDSLError(diagnostics, sources={file: text})
+        name = _network_name(net, file)
+        label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
+        classes = {}
+        if label_inputs:  # a label's class count is the width of the logits it is compared with
+            network = importer.build(importer.module(name, {}, skip_losses=True))
+            for node in importer.nodes:
+                if _op(node.op).takes_label and node.inputs[1] in label_inputs:
+                    logits = network.shapes.get(node.inputs[0], ())
+                    if logits:
+                        classes[node.inputs[1]] = logits[0]
+        builder = importer.module(name, {label: classes.get(label, 1) for label in label_inputs})
+        importer.build(builder)
+        return builder.text()  # the one printer lays it out: it passes fmt --check

@@ -16,7 +16,7 @@ is linear in its size (a 3 MB file of 50,000 layers parses in seconds), messages
 
 >>> net = parse_prototxt('name: "T"  layer { name: "c" top: "c" param { lr_mult: 2 } }')
 >>> net.scalar("name").value, [f.name for f in net.message("layer").fields], net.message("layer").span.column
-('T', ['name', 'top', 'param'], 17)
+('T', ['name', 'top', 'param'], 18)
 """
 
 from __future__ import annotations

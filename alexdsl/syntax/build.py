@@ -228,8 +228,9 @@ class ModuleBuilder:
 
     Each statement is placed on the line it will have in :meth:`text`, the ``k``-th link of a
     chain at column ``k + 1``; a part of it without a place of its own gets the statement's (or
-    the link's). An importer passes ``origin``, where a statement came from in its own file (a
-    prototxt line), and :meth:`locate` moves an error about the statement there.
+    the link's), in a copy: the nodes the caller built stay as they were. An importer passes
+    ``origin``, where a statement came from in its own file (a prototxt line), and :meth:`locate`
+    moves an error about the statement there.
 
     >>> from alexdsl.frontend import network_from_module
     >>> b = ModuleBuilder("t.adsl")
@@ -258,7 +259,7 @@ class ModuleBuilder:
         return Span(self.file, first, 1, first + lines - 1, 2)
 
     def _add(self, stmt: ast.Statement, comment: str | None = None, origin: Span | None = None) -> None:
-        _locate(stmt, stmt.span)
+        stmt = _placed(stmt, stmt.span)
         if origin is not None:
             self._origins[(stmt.span.line, stmt.span.column)] = origin
         (self._body if self._body is not None else self._statements).append(stmt)
@@ -330,8 +331,7 @@ class ModuleBuilder:
         for k, link in enumerate(links):
             label_of, link_call = link if isinstance(link, tuple) else (None, link)
             place = Span(self.file, span.line, k + 1, span.line, k + 2)
-            built.append(ast.Link(name(label_of) if label_of is not None else None, link_call, place))
-            _locate(built[-1], place)
+            built.append(ast.Link(name(label_of) if label_of is not None else None, _placed(link_call, place), place))
             if k < len(origin) and origin[k] is not None:
                 self._origins[(span.line, k + 1)] = origin[k]  # type: ignore[assignment]
         self._add(ast.LayerStmt(name(label), [name(s) for s in sources], built,
@@ -405,17 +405,28 @@ class _BlockBody:
         builder._statements.append(self.stmt)
 
 
-def _locate(node: Any, span: Span) -> None:
-    """Give each part of a built node that has no place of its own (a line 0 span) the place ``span``."""
+def _placed(node: Any, span: Span) -> Any:
+    """``node`` with each part that has no place of its own (a line 0 span) at ``span``: the parts that
+    change are copies, so a node the caller holds (and compares) stays as it was."""
+    if isinstance(node, list):
+        items = [_placed(item, span) for item in node]
+        return node if all(a is b for a, b in zip(items, node)) else items
+    if not hasattr(node, "__dataclass_fields__"):
+        return node
+    changes = {}
     for key, item in vars(node).items():
         if type(item) is Span:
             if item.line == 0:
-                setattr(node, key, span)
-        elif isinstance(item, list):
-            for part in item:
-                _locate(part, span)
-        elif hasattr(item, "__dataclass_fields__"):
-            _locate(item, span)
+                changes[key] = span
+        elif isinstance(item, list) or hasattr(item, "__dataclass_fields__"):
+            moved = _placed(item, span)
+            if moved is not item:
+                changes[key] = moved
+    if not changes:
+        return node
+    copy = object.__new__(type(node))
+    copy.__dict__.update(vars(node), **changes)
+    return copy
 
 
 def _comment_text(text: str) -> str:
