@@ -538,3 +538,20 @@ def test_the_interop_modules_import_one_another_without_a_cycle() -> None:
                 graph.add_edge(path.stem, node.module.split(".")[2])
     assert graph.has_edge("onnx_layout", "torch_scope") and graph.has_edge("onnx_graph", "onnx_layout")
     assert list(nx.simple_cycles(graph)) == []
+
+
+@pytest.mark.parametrize("clash", ["node", "input"])
+def test_a_value_written_twice_is_refused_naming_both_writers(tmp_path: Path, clash: str) -> None:
+    """Issue 22 item 5: two nodes writing one output gave a KeyError in _chain_names."""
+    first = "x" if clash == "input" else "y"
+    nodes = [helper.make_node("Relu", ["x"], [first], name="first_relu"),
+             helper.make_node("Sigmoid", ["x"], ["y"], name="second_sigmoid")]
+    graph = helper.make_graph(nodes, "twice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "twice.onnx")
+    result = CliRunner().invoke(main, ["import", "onnx", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    if clash == "node":
+        assert "nodes 'first_relu' (Relu) and 'second_sigmoid' (Sigmoid) both write 'y'" in result.output
+    else:
+        assert "node 'first_relu' (Relu) writes 'x', which is a model input" in result.output

@@ -249,6 +249,22 @@ def _infer(model: Any, file: str) -> dict[str, list[int | str | None]]:
     return {v.name: _dims(v) for v in [*graph.value_info, *graph.output, *graph.input]}
 
 
+def _check_single_writers(graph: Any, file: str) -> None:
+    """Refuse a value that two nodes write, or that a node writes over a model input or an initializer:
+    each value of an ONNX graph has one writer (onnx.checker.check_model refuses such a model too)."""
+    given = {v.name: "a model input" for v in graph.input} | {t.name: "an initializer" for t in graph.initializer}
+    writers: dict[str, str] = {}
+    hint = "each value of an ONNX graph is written once; the model is malformed"
+    for i, node in enumerate(graph.node):
+        name = f"'{node.name or f'{node.op_type}_{i}'}' ({node.op_type})"
+        for out in filter(None, node.output):
+            if out in writers:
+                raise _fail(file, f"nodes {writers[out]} and {name} both write '{out}'", hint=hint)
+            if out in given:
+                raise _fail(file, f"node {name} writes '{out}', which is {given[out]}", hint=hint)
+            writers[out] = name
+
+
 # folding -----------------------------------------------------------------------------------------
 def _evaluate(node: Any, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
     """``node`` run by ONNX's reference evaluator as the model's opset defines it (a bare node
@@ -393,6 +409,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     opset = opsets.get("", opsets.get("ai.onnx", 0))
     if len(model.graph.node) > MAX_NODES:
         raise _fail(file, f"the model has {len(model.graph.node)} nodes", expected=f"at most {MAX_NODES}")
+    _check_single_writers(model.graph, file)
     _external_data(model, path.parent, file)
     if OLDEST_CONVERTED <= opset < OPSETS[0]:  # the model zoo's older files: onnx's converter brings them to 11
         model, opset = _converted(model, opset, file), OPSETS[0]
