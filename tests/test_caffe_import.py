@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from front_end_calls import count_front_end
 
 import alexdsl
 from alexdsl.cli.interop import import_group
@@ -412,3 +413,17 @@ def test_an_unclosed_brace_in_a_big_file_is_reported_without_building_anything(c
     assert time.process_time() - start < limit
     (diagnostic,) = info.value.diagnostics
     assert diagnostic.message == "'layer {' is never closed" and diagnostic.span.line == 6  # relu0
+
+
+@pytest.mark.parametrize(("labels", "elaborations"), [(False, 1), (True, 2)], ids=["deploy", "train"])
+def test_an_import_parses_no_alexdsl_text(monkeypatch: pytest.MonkeyPatch, labels: bool, elaborations: int) -> None:
+    """A deploy net is elaborated once; a net with a loss once more, without it, for its label's class count."""
+    text = in_place_relus(3) + ('layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"\n'
+                                '  inner_product_param { num_output: 7 } }\n')
+    if labels:
+        text += 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
+    calls = count_front_end(monkeypatch)
+    source = import_prototxt(text, "net.prototxt")
+    assert calls == {"parse": 0, "elaborate": elaborations}
+    assert ("input label: class(7)" in source) == labels
+    alexdsl.parse(source, "again.adsl")

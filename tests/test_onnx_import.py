@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import random_weights
+from front_end_calls import count_front_end
 
 import alexdsl
 from alexdsl.cli import main
@@ -555,3 +556,14 @@ def test_a_value_written_twice_is_refused_naming_both_writers(tmp_path: Path, cl
         assert "nodes 'first_relu' (Relu) and 'second_sigmoid' (Sigmoid) both write 'y'" in result.output
     else:
         assert "node 'first_relu' (Relu) writes 'x', which is a model input" in result.output
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_an_import_elaborates_once_and_parses_no_text(small_model, monkeypatch: pytest.MonkeyPatch,
+                                                      readable: bool) -> None:
+    path, network, _ = small_model
+    calls = count_front_end(monkeypatch)
+    imported = import_onnx_source(path, readable=readable)
+    assert calls == {"parse": 0, "elaborate": 1}
+    again = alexdsl.parse(imported.source, "again.adsl")  # what is written builds the same network
+    assert again.shapes == network.shapes and again.state_keys() == network.state_keys()

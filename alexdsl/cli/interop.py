@@ -85,7 +85,7 @@ def import_caffe(prototxt: str, output: str | None) -> None:
 @report_errors
 def import_json(ir_file: str, output: str | None) -> None:
     """Turn an IR .json file (from 'export --format json') back into alexdsl source (stdout unless -o)."""
-    from alexdsl.interop.source import network_to_source
+    from alexdsl.interop.writer.flat import network_to_source
     from alexdsl.ir.network import Network
 
     _emit(network_to_source(Network.from_json(read_source(ir_file), ir_file), ir_file), output)

@@ -9,7 +9,7 @@ Gemm`` is one ``fc``). Layers are named from what the model carries: the initial
 ``state_dict`` keys); otherwise torch's node name ``/layer1/layer1.0/relu/Relu`` gives
 ``layer1.0.relu``. The flat program is built as a syntax tree, elaborated and checked by the
 front end like any source (once; no text is parsed), and the network is printed readably
-(:mod:`alexdsl.interop.readable`: chains and blocks).
+(:mod:`alexdsl.interop.writer.readable`: chains and blocks).
 
 >>> import alexdsl, tempfile, os
 >>> from alexdsl.interop.onnx import export_onnx
@@ -36,8 +36,8 @@ import numpy as np
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.frontend import network_from_module
 from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
-from alexdsl.interop.readable import readable_source
 from alexdsl.interop.torch_scope import module_path
+from alexdsl.interop.writer.readable import readable_source
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
