@@ -377,6 +377,17 @@ def test_an_error_in_the_imported_network_points_into_the_prototxt() -> None:
     assert ".adsl" not in str(info.value)
 
 
+def test_an_error_in_a_shared_setting_points_at_the_first_layer_that_shares_it() -> None:
+    conv = ('layer {{ name: "{0}" type: "Convolution" bottom: "{1}" top: "{0}"\n  convolution_param {{ '
+            'num_output: 4 kernel_size: 3 weight_filler {{ type: "gaussian" std: -1 }} }} }}\n')
+    text = DEPLOY_8 + conv.format("c1", "data") + conv.format("c2", "c1")  # one 'defaults conv(weight=...)' line
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "neg.prototxt")
+    (diagnostic,) = [d for d in info.value.diagnostics if d.span is not None]
+    assert "gaussian std must not be negative" in diagnostic.message
+    assert (diagnostic.span.file, diagnostic.span.line, diagnostic.span.column) == ("neg.prototxt", 3, 1)
+
+
 def in_place_relus(count: int) -> str:
     """One conv and ``count`` ReLU layers that all write the conv's blob in place (one chain of ``count`` links)."""
     return ('name: "Relus"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'

@@ -630,8 +630,9 @@ class _Importer:
                 out.preprocess(name, settings)
         out.blank()
         defaults, effective = self._defaults()
-        for target, settings in defaults:
-            out.defaults(target, **settings)
+        for target, settings in defaults:  # an error in one points at the first layer that shares it
+            first = next((n.origin for n in self.nodes if n.op == target or target in n.params), None)
+            out.defaults(target, origin=first, **settings)
         out.blank()
         data_inputs = [n for n, shape, _ in self.inputs if shape is not None and n not in labels]
         prev = data_inputs[0] if data_inputs else None

@@ -305,11 +305,11 @@ class ModuleBuilder:
         span = self._span()
         self._add(ast.OutputStmt([name(n) for n in names], span))
 
-    def defaults(self, target: str, *args: ast.Arg, **kwargs: Any) -> None:
+    def defaults(self, target: str, *args: ast.Arg, origin: Span | None = None, **kwargs: Any) -> None:
         """``defaults target(key=value, ...)``."""
         span = self._span()
         items = list(args) + [arg(v, k) for k, v in kwargs.items()]
-        self._add(ast.DefaultsStmt(name(target), items, span))
+        self._add(ast.DefaultsStmt(name(target), items, span), origin=origin)
 
     def preprocess(self, target: str, settings: dict[str, Any]) -> None:
         span = self._span()
