@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import networkx as nx
 
@@ -70,6 +70,21 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
     module, syntax_errors = parse_recovering(text, file)
     if syntax_errors and not module.statements:  # parsing stopped early: nothing more can be checked
         raise AlexDSLError(syntax_errors, sources={file: text})
+    return _build_module(module, {file: text}, input_shapes, max_layers, syntax_errors)
+
+
+def network_from_module(module: ast.Module, sources: dict[str, str] | None = None,
+                        input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+    """Elaborate and check a syntax tree built in code (an importer's, through :mod:`alexdsl.syntax.build`)
+    as :func:`build_network` does a parsed one: no text is printed or parsed. ``sources`` holds the text of
+    each file its spans point into, for the errors."""
+    with gc_paused():
+        return _build_module(module, sources or {}, input_shapes, None)
+
+
+def _build_module(module: ast.Module, sources: dict[str, str], input_shapes: dict[str, tuple[int, ...]] | None,
+                  max_layers: int | None, syntax_errors: Sequence[Diagnostic] = ()) -> Network:
+    file = module.file
     sink = DiagnosticSink(list(syntax_errors))
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
     outputs: list[str] = []
@@ -83,7 +98,7 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
                    hint="add a line such as 'input data: 3x227x227'")
     diagnostics = sorted(_merge_instances(_with_uses(sink.diagnostics, graph, meta), graph), key=_position)
     if sink.has_errors:
-        raise AlexDSLError(diagnostics, sources={file: text})
+        raise AlexDSLError(diagnostics, sources=sources)
     return Network(
         meta.name,
         _checked(graph, order),

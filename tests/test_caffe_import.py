@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from front_end_calls import count_front_end
 
 import alexdsl
 from alexdsl.cli.interop import import_group
@@ -358,3 +361,80 @@ def test_one_side_of_a_kernel_is_a_located_error() -> None:
         import_prototxt(text, "half.prototxt")
     messages = {d.message: d.span.line for d in info.value.diagnostics}
     assert messages.get("kernel_h is given without kernel_w") == 4
+
+
+# imported networks that do not check, and big files ----------------------------------------------
+def test_an_error_in_the_imported_network_points_into_the_prototxt() -> None:
+    text = ('name: "Absurd"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 0 dim: 99999999999999 }\n'
+            'layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"\n'
+            '  convolution_param { num_output: 4 kernel_size: 3 } }\n')
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "absurd.prototxt")
+    located = [d for d in info.value.diagnostics if d.span is not None]
+    assert located and all(d.span.file == "absurd.prototxt" for d in located)
+    too_large = next(d for d in located if "too large" in d.message)
+    assert (too_large.span.line, too_large.span.column) == (2, 8)  # input: "data"
+    assert ".adsl" not in str(info.value)
+
+
+def test_an_error_in_a_shared_setting_points_at_the_first_layer_that_shares_it() -> None:
+    conv = ('layer {{ name: "{0}" type: "Convolution" bottom: "{1}" top: "{0}"\n  convolution_param {{ '
+            'num_output: 4 kernel_size: 3 weight_filler {{ type: "gaussian" std: -1 }} }} }}\n')
+    text = DEPLOY_8 + conv.format("c1", "data") + conv.format("c2", "c1")  # one 'defaults conv(weight=...)' line
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "neg.prototxt")
+    (diagnostic,) = [d for d in info.value.diagnostics if d.span is not None]
+    assert "gaussian std must not be negative" in diagnostic.message
+    assert (diagnostic.span.file, diagnostic.span.line, diagnostic.span.column) == ("neg.prototxt", 3, 1)
+
+
+def in_place_relus(count: int) -> str:
+    """One conv and ``count`` ReLU layers that all write the conv's blob in place (one chain of ``count`` links)."""
+    return ('name: "Relus"\ninput: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"\n'
+            '  convolution_param { num_output: 4 kernel_size: 3 } }\n'
+            + "".join(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "conv" top: "conv" }}\n' for i in range(count)))
+
+
+def cpu_seconds(run: Callable[[], object]) -> float:
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
+@pytest.mark.parametrize(("count", "limit"), [(5_000, 5.0), pytest.param(50_000, 30.0, marks=pytest.mark.slow)])
+def test_in_place_layers_import_in_time_linear_in_their_count(count: int, limit: float) -> None:
+    """Issue 22: a 3.0 MB prototxt of 50,000 in-place ReLUs did not import in 200 s (it takes about 7 s of CPU)."""
+    text = in_place_relus(count)
+    assert count < 50_000 or 3_000_000 < len(text) < 4 << 20  # the issue's file: under the 4 MiB limit
+    source: list[str] = []
+    seconds = cpu_seconds(lambda: source.append(import_prototxt(text, "relus.prototxt")))
+    assert source[0].count("| relu") == count and f"relu{count - 1}: relu\n" in source[0]
+    assert seconds < limit
+
+
+@pytest.mark.parametrize(("count", "limit"), [(2_000, 2.0), pytest.param(18_000, 10.0, marks=pytest.mark.slow)])
+def test_an_unclosed_brace_in_a_big_file_is_reported_without_building_anything(count: int, limit: float) -> None:
+    """Issue 22: a 1.2 MB prototxt with an unclosed brace took 8 s of CPU before its error (now under 1 s)."""
+    text = in_place_relus(count).replace('top: "conv" }\n', 'top: "conv"\n', 1)
+    assert count < 18_000 or len(text) > 1_200_000
+    start = time.process_time()
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "unclosed.prototxt")
+    assert time.process_time() - start < limit
+    (diagnostic,) = info.value.diagnostics
+    assert diagnostic.message == "'layer {' is never closed" and diagnostic.span.line == 6  # relu0
+
+
+@pytest.mark.parametrize(("labels", "elaborations"), [(False, 1), (True, 2)], ids=["deploy", "train"])
+def test_an_import_parses_no_alexdsl_text(monkeypatch: pytest.MonkeyPatch, labels: bool, elaborations: int) -> None:
+    """A deploy net is elaborated once; a net with a loss once more, without it, for its label's class count."""
+    text = in_place_relus(3) + ('layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"\n'
+                                '  inner_product_param { num_output: 7 } }\n')
+    if labels:
+        text += 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
+    calls = count_front_end(monkeypatch)
+    source = import_prototxt(text, "net.prototxt")
+    assert calls == {"parse": 0, "elaborate": elaborations}
+    assert ("input label: class(7)" in source) == labels
+    alexdsl.parse(source, "again.adsl")

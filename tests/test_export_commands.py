@@ -15,7 +15,7 @@ from alexdsl.cli.interop import export_command, import_group
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.caffe import import_prototxt
 from alexdsl.interop.caffe_export import export_prototxt
-from alexdsl.interop.source import network_to_source
+from alexdsl.interop.writer.flat import network_to_source
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.adsl"))

@@ -26,7 +26,7 @@ import alexdsl
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.caffe import import_prototxt
 from alexdsl.interop.caffe_export import export_prototxt
-from alexdsl.interop.source import network_to_source
+from alexdsl.interop.writer.flat import network_to_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 20261129

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import random_weights
+from front_end_calls import count_front_end
 
 import alexdsl
 from alexdsl.cli import main
@@ -521,3 +522,48 @@ def test_without_onnx_the_command_says_what_to_install(small_model, monkeypatch:
     result = CliRunner().invoke(main, ["import", "onnx", str(path), "-o", str(tmp_path / "net.adsl")])
     assert result.exit_code == 1 and "pip install 'alexdsl[onnx]'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "net.adsl").exists()
+
+
+def test_the_interop_modules_import_one_another_without_a_cycle() -> None:
+    """Counting imports made inside functions too: an importer module never reaches back to one that imports it."""
+    import ast
+
+    import networkx as nx
+
+    folder = Path(__file__).resolve().parent.parent / "alexdsl" / "interop"
+    graph = nx.DiGraph()
+    for path in folder.glob("*.py"):
+        graph.add_node(path.stem)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alexdsl.interop."):
+                graph.add_edge(path.stem, node.module.split(".")[2])
+    assert graph.has_edge("onnx_layout", "torch_scope") and graph.has_edge("onnx_graph", "onnx_layout")
+    assert list(nx.simple_cycles(graph)) == []
+
+
+@pytest.mark.parametrize("clash", ["node", "input"])
+def test_a_value_written_twice_is_refused_naming_both_writers(tmp_path: Path, clash: str) -> None:
+    """Issue 22 item 5: two nodes writing one output gave a KeyError in _chain_names."""
+    first = "x" if clash == "input" else "y"
+    nodes = [helper.make_node("Relu", ["x"], [first], name="first_relu"),
+             helper.make_node("Sigmoid", ["x"], ["y"], name="second_sigmoid")]
+    graph = helper.make_graph(nodes, "twice", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "twice.onnx")
+    result = CliRunner().invoke(main, ["import", "onnx", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    if clash == "node":
+        assert "nodes 'first_relu' (Relu) and 'second_sigmoid' (Sigmoid) both write 'y'" in result.output
+    else:
+        assert "node 'first_relu' (Relu) writes 'x', which is a model input" in result.output
+
+
+@pytest.mark.parametrize("readable", [True, False])
+def test_an_import_elaborates_once_and_parses_no_text(small_model, monkeypatch: pytest.MonkeyPatch,
+                                                      readable: bool) -> None:
+    path, network, _ = small_model
+    calls = count_front_end(monkeypatch)
+    imported = import_onnx_source(path, readable=readable)
+    assert calls == {"parse": 0, "elaborate": 1}
+    again = alexdsl.parse(imported.source, "again.adsl")  # what is written builds the same network
+    assert again.shapes == network.shapes and again.state_keys() == network.state_keys()

@@ -20,8 +20,8 @@ from conftest import EXAMPLES
 import alexdsl
 from alexdsl.errors import AlexDSLError
 from alexdsl.fmt import format_source
-from alexdsl.interop.readable import _Writer, readable_source
-from alexdsl.interop.source import network_to_source
+from alexdsl.interop.writer.flat import network_to_source
+from alexdsl.interop.writer.readable import _Writer, readable_source
 from alexdsl.ir.network import graph_of
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.adsl"))  # examples/plugins/ holds plugin modules, not examples

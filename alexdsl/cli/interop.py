@@ -86,7 +86,7 @@ def import_caffe(prototxt: str, output: str | None) -> None:
 def import_json(ir_file: str, output: str | None) -> None:
     """Turn an IR .json file (from 'export --format json') back into alexdsl source (stdout unless -o)."""
     import alexdsl
-    from alexdsl.interop.source import network_to_source
+    from alexdsl.interop.writer.flat import network_to_source
 
     _emit(network_to_source(alexdsl.from_json(read_source(ir_file), ir_file), ir_file), output)
 

@@ -1,7 +1,7 @@
 """Caffe ``.prototxt`` -> alexdsl source.
 
-The prototxt is parsed with its own grammar (``grammars/prototxt.lark``, protobuf text
-format) so every field keeps its line and column; anything this importer does not
+The prototxt is parsed by :mod:`alexdsl.interop.prototxt` (protobuf text format, in one linear
+pass) so every field keeps its line and column; anything this importer does not
 understand (legacy V1 ``layers``, an unknown layer type, an unknown field) is an
 :class:`~alexdsl.errors.AlexDSLError` that names it and points at it.
 
@@ -40,223 +40,18 @@ c1: conv(4, 3) | r1: relu
 
 from __future__ import annotations
 
-import bisect
-import functools
 import math
-import re
 from collections.abc import Iterable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink, Span
+from alexdsl.frontend import gc_paused, network_from_module
+from alexdsl.interop.prototxt import Message, Scalar, parse_prototxt
+from alexdsl.ir.network import Network
 from alexdsl.ops.registry import OpDef, caffe_importers, lookup
 from alexdsl.syntax import ast
 from alexdsl.syntax.build import ModuleBuilder, arg, as_name, call, filler, number
-from alexdsl.syntax.parser import grammar_text
-
-
-# the parse tree ---------------------------------------------------------------------------------
-@dataclass
-class Scalar:
-    kind: str  # "string", "number" or "ident"
-    value: Any
-    text: str
-    span: Span
-
-
-@dataclass
-class Message:
-    fields: list[Field]
-    span: Span
-
-    def all(self, name: str) -> list[Field]:
-        return [f for f in self.fields if f.name == name]
-
-    def get(self, name: str) -> Field | None:
-        found = self.all(name)
-        return found[-1] if found else None
-
-    def scalar(self, name: str) -> Scalar | None:
-        f = self.get(name)
-        return f.value if f is not None and isinstance(f.value, Scalar) else None
-
-    def message(self, name: str) -> Message | None:
-        f = self.get(name)
-        return f.value if f is not None and isinstance(f.value, Message) else None
-
-    def scalars(self, name: str) -> list[Scalar]:
-        out: list[Scalar] = []
-        for f in self.all(name):
-            if isinstance(f.value, Scalar):
-                out.append(f.value)
-            elif isinstance(f.value, list):
-                out.extend(f.value)
-        return out
-
-
-@dataclass
-class Field:
-    name: str
-    value: Scalar | Message | list[Scalar]
-    span: Span
-
-
-def _span(file: str, tok: Any) -> Span:
-    return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
-
-
-_FILE: ContextVar[str] = ContextVar("prototxt_file", default="<string>")  # the file being parsed, per thread
-
-
-class _Build(Transformer):
-    """Builds the messages while the LALR parser reduces (no parse tree, no recursion)."""
-
-    @property
-    def file(self) -> str:
-        return _FILE.get()
-
-    def start(self, children: list[Field]) -> Message:
-        return Message(list(children), Span(self.file, 1, 1, 1, 1))
-
-    def scalar_field(self, children: list) -> Field:
-        name, value = children
-        return Field(str(name), value, _span(self.file, name))
-
-    def list_field(self, children: list) -> Field:
-        name, *values = children
-        return Field(str(name), [v for v in values if v is not None], _span(self.file, name))
-
-    def message_field(self, children: list) -> Field:
-        name, lbrace, *fields, _ = children
-        return Field(str(name), Message(list(fields), _span(self.file, lbrace)), _span(self.file, name))
-
-    def strings(self, children: list[Token]) -> Scalar:
-        text = "".join(_unquote(str(t)) for t in children)
-        return Scalar("string", text, text, _span(self.file, children[0]))
-
-    def number(self, children: list[Token]) -> Scalar:
-        (tok,) = children
-        text = str(tok).rstrip("fF") if not str(tok).lower().startswith(("inf", "nan")) else str(tok)
-        try:
-            value: int | float = int(text)
-        except ValueError:
-            value = float(text)
-        return Scalar("number", value, text.lstrip("+"), _span(self.file, tok))
-
-    def ident(self, children: list[Token]) -> Scalar:
-        (tok,) = children
-        return Scalar("ident", str(tok), str(tok), _span(self.file, tok))
-
-
-_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
-_CONTROL_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b", b"f": b"\f", b"v": b"\v"}
-
-
-def _unquote(text: str) -> str:
-    """A quoted protobuf string's value: escapes (``\\n``, ``\\"``, octal, ``\\x``) give bytes, read as UTF-8.
-
-    >>> _unquote(r'"a\\"b\\n\\303\\251\\x41"')
-    'a"b\\néA'
-    """
-    def one(m: re.Match[bytes]) -> bytes:
-        octal, hexa, char = m.groups()
-        if octal:
-            return bytes([int(octal, 8) & 0xFF])
-        if hexa:
-            return bytes([int(hexa, 16)])
-        return _CONTROL_ESCAPES.get(char, char)
-
-    return _ESCAPE.sub(one, text[1:-1].encode("utf-8")).decode("utf-8", errors="replace")
-
-
-@functools.cache
-def _parser() -> Lark:
-    return Lark(grammar_text("prototxt.lark"), parser="lalr", lexer="basic", maybe_placeholders=True,
-                transformer=_Build())
-
-
-MAX_DEPTH = 100  # messages nested deeper than this are refused before the tree is built (recursion)
-_BRACE_TOKENS = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'|#[^\n]*|[A-Za-z_][A-Za-z0-9_]*|[{}<>]')
-
-
-@dataclass
-class _Braces:
-    """What one scan of the text finds: the braces left open at its end, and the first one nested too deep."""
-
-    unclosed: list[tuple[str, int]]  # (field name, offset of the name) of each brace still open at the end
-    too_deep: int | None  # offset of the first brace opened at depth MAX_DEPTH + 1
-
-
-def _scan_braces(text: str) -> _Braces:
-    """Track ``{``/``}`` (and ``<``/``>``) outside strings and comments, in one linear pass."""
-    stack: list[tuple[str, int]] = []
-    last_name = ("", 0)
-    too_deep = None
-    for m in _BRACE_TOKENS.finditer(text):
-        tok = m.group()
-        if tok in ("{", "<"):
-            stack.append(last_name)
-            if len(stack) > MAX_DEPTH and too_deep is None:
-                too_deep = m.start()
-        elif tok in ("}", ">"):
-            if stack:
-                stack.pop()
-        elif tok[0] not in "\"'#":
-            last_name = (tok, m.start())
-    return _Braces(stack, too_deep)
-
-
-def _line_starts(text: str) -> list[int]:
-    return [0] + [m.end() for m in re.finditer("\n", text)]
-
-
-def _offset_span(file: str, starts: list[int], offset: int, length: int) -> Span:
-    line = bisect.bisect_right(starts, offset)
-    column = offset - starts[line - 1] + 1
-    return Span(file, line, column, line, column + length)
-
-
-def parse_prototxt(text: str, file: str = "<string>") -> Message:
-    """Parse protobuf text format; raise :class:`AlexDSLError` with located diagnostics."""
-    braces = _scan_braces(text)
-    if braces.too_deep is not None:
-        span = _offset_span(file, _line_starts(text), braces.too_deep, 1)
-        raise AlexDSLError([Diagnostic("error", f"messages are nested more than {MAX_DEPTH} deep", span,
-                                       hint="a Caffe net nests a few levels; this file is damaged or hostile")],
-                           sources={file: text})
-    token = _FILE.set(file)
-    try:
-        return _parser().parse(text)
-    except UnexpectedInput as error:
-        at_end = isinstance(error, UnexpectedEOF) or (
-            isinstance(error, UnexpectedToken) and error.token.type == "$END")
-        if at_end and braces.unclosed:
-            starts = _line_starts(text)
-            diagnostics = [
-                Diagnostic("error", f"'{name} {{' is never closed", _offset_span(file, starts, offset, len(name)),
-                           hint=f"close it with a '}}' after the last field of '{name}'")
-                for name, offset in braces.unclosed
-            ]
-            raise AlexDSLError(diagnostics, sources={file: text}) from None
-        line, column = max(error.line, 1), max(error.column, 1)
-        if isinstance(error, UnexpectedToken):
-            what = "end of file" if error.token.type == "$END" else f"'{error.token}'"
-            message = f"unexpected {what} in the prototxt"
-            expected = ", ".join(sorted(error.expected)) if error.expected else None
-        elif isinstance(error, UnexpectedCharacters):
-            message = f"unexpected character {text[error.pos_in_stream]!r} in the prototxt"
-            expected = None
-        else:
-            message, expected = "unexpected end of the prototxt", None
-        raise AlexDSLError([Diagnostic("error", message, Span(file, line, column, line, column + 1),
-                                       expected=expected)], sources={file: text}) from None
-    finally:
-        _FILE.reset(token)
-
 
 # schema: the fields each message may hold --------------------------------------------------------
 _FILLER = {"type", "value", "min", "max", "mean", "std", "variance_norm", "sparse"}
@@ -329,6 +124,7 @@ _BOOL_FIELDS = {"bias_term", "mirror", "global_pooling", "use_global_stats", "fo
 _STRING_FIELDS = {"name", "type", "bottom", "top", "input", "source", "mean_file", "root_folder", "stage"}
 _ENUM_FIELDS = {"pool", "phase", "norm_region", "operation", "round_mode", "variance_norm", "engine", "backend",
                 "normalization"}
+_SCALAR_FIELDS = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS
 
 
 _FLOAT32_MAX = 3.4028234663852886e38  # Caffe's float fields are 32-bit
@@ -379,13 +175,13 @@ def _check_schema(message: Message, kind: str, sink: DiagnosticSink) -> None:
         if isinstance(f.value, Message):
             if f.name == "layers":  # legacy V1: reported once by the importer
                 continue
-            if f.name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+            if f.name in _SCALAR_FIELDS:
                 sink.error(f"field '{f.name}' takes a value, not a message", f.span)
                 continue
             _check_schema(f.value, f.name, sink)
             continue
         values = f.value if isinstance(f.value, list) else [f.value]
-        if f.name not in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS | _STRING_FIELDS | _ENUM_FIELDS:
+        if f.name not in _SCALAR_FIELDS:
             sink.error(f"field '{f.name}' is a message: write {f.name} {{ ... }}", f.span)
             continue
         for value in values:
@@ -405,6 +201,7 @@ class _Node:
     inputs: list[str]  # node names
     phase: str | None
     caffe: Message
+    origin: Span  # the prototxt's 'layer' field it came from
     params: dict[str, dict[str, ast.Value]] = field(default_factory=dict)  # weight/bias -> filler/lr/decay
     consumers: int = 0
     filler_section: str | None = None  # the *_param message its fillers came from
@@ -622,7 +419,8 @@ class CaffeImporter:
             self.error(f"layer '{caffe_name}' has {len(tops)} tops; alexdsl layers have one output", span)
             return
         for top, (op, args, section) in zip(tops, parts):
-            node = _Node(self._alex_name(caffe_name if len(parts) == 1 else top), op, args, inputs, phase, layer)
+            node = _Node(self._alex_name(caffe_name if len(parts) == 1 else top), op, args, inputs, phase, layer,
+                         span)
             if section is not None:  # the fillers are in the layer's own *_param section
                 node.filler_section = section
                 self._params(layer, node, ("weight", "bias"), layer.message(section), None)
@@ -817,25 +615,27 @@ class CaffeImporter:
                     extra.append(arg(entry[key], f"{kind}_{key}"))
         return call(node.op, *refs, *node.args, *extra)
 
-    def write(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> str:
+    def module(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> ModuleBuilder:
+        """The network as a syntax tree, each statement and link with the prototxt field it came from."""
         out = ModuleBuilder(self.file + ".adsl")
         out.comment("# Imported from a Caffe prototxt by alexdsl import caffe.")
         out.network(network_name)
         out.blank()
         labels = {self.blob.get(b) for b in self.label_blobs}
-        for name, shape, _ in self.inputs:
+        for name, shape, span in self.inputs:
             if name in classes or shape is None or name in labels:
                 if not skip_losses:
-                    out.class_input(name, classes.get(name, 1))
+                    out.class_input(name, classes.get(name, 1), origin=span)
             else:
-                out.input(name, shape)
+                out.input(name, shape, origin=span)
         for name, settings in self.preprocess.items():
             if settings:
                 out.preprocess(name, settings)
         out.blank()
         defaults, effective = self._defaults()
-        for target, settings in defaults:
-            out.defaults(target, **settings)
+        for target, settings in defaults:  # an error in one points at the first layer that shares it
+            first = next((n.origin for n in self.nodes if n.op == target or target in n.params), None)
+            out.defaults(target, origin=first, **settings)
         out.blank()
         data_inputs = [n for n, shape, _ in self.inputs if shape is not None and n not in labels]
         prev = data_inputs[0] if data_inputs else None
@@ -863,8 +663,17 @@ class CaffeImporter:
                 tail_of[link.name] = link.name
             tail_of[links[-1].name] = label
             prev = label
-            out.layer(label, chain, sources, phase)
-        return out.text()
+            out.layer(label, chain, sources, phase, origin=[link.origin for link in links])
+        return out
+
+    def build(self, builder: ModuleBuilder) -> Network:
+        """The network ``builder`` holds, elaborated and checked; an error points into the prototxt."""
+        try:
+            return network_from_module(builder.module(), {self.file: self.text})
+        except AlexDSLError as error:  # a bug here, or a value no layer takes (absurd input dims)
+            located = builder.locate(error)
+            raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + located.diagnostics,
+                               sources=located.sources) from None
 
 
 def _network_name(net: Message, file: str) -> str:
@@ -876,36 +685,28 @@ def _network_name(net: Message, file: str) -> str:
 def import_prototxt(text: str, file: str = "<string>") -> str:
     """Translate a Caffe prototxt (NetParameter text) into alexdsl source.
 
-    Raises :class:`AlexDSLError` for syntax errors and for anything not supported, each
-    located in the prototxt.
+    The layers are built as a syntax tree, elaborated and checked, and printed once. Raises
+    :class:`AlexDSLError` for syntax errors, for anything not supported and for a network that
+    does not check, each located in the prototxt.
     """
-    net = parse_prototxt(text, file)
-    importer = CaffeImporter(net, file, text)
-    importer.run()
-    if importer.sink.has_errors:
-        diagnostics = sorted(importer.sink.diagnostics,
-                             key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
-        raise AlexDSLError(diagnostics, sources={file: text})
-    name = _network_name(net, file)
-    label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
-    classes = {}
-    if label_inputs:
-        # the class count of a label is the width of the logits it is compared with
-        from alexdsl import parse
-
-        network = parse(importer.write(name, {}, skip_losses=True), file + ".adsl")
-        for node in importer.nodes:
-            if _op(node.op).takes_label and node.inputs[1] in label_inputs:
-                logits = network.shapes.get(node.inputs[0], ())
-                if logits:
-                    classes[node.inputs[1]] = logits[0]
-    # the one printer lays it out (it passes fmt --check); an import that does not build is a bug here, said so
-    source = importer.write(name, {label: classes.get(label, 1) for label in label_inputs})
-    from alexdsl import parse
-
-    try:
-        parse(source, file + ".adsl")
-    except AlexDSLError as error:
-        raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + error.diagnostics,
-                           sources=error.sources) from None
-    return source
+    with gc_paused():  # many small objects that all stay alive: collections would make it quadratic
+        net = parse_prototxt(text, file)
+        importer = CaffeImporter(net, file, text)
+        importer.run()
+        if importer.sink.has_errors:
+            diagnostics = sorted(importer.sink.diagnostics,
+                                 key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+            raise AlexDSLError(diagnostics, sources={file: text})
+        name = _network_name(net, file)
+        label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
+        classes = {}
+        if label_inputs:  # a label's class count is the width of the logits it is compared with
+            network = importer.build(importer.module(name, {}, skip_losses=True))
+            for node in importer.nodes:
+                if _op(node.op).takes_label and node.inputs[1] in label_inputs:
+                    logits = network.shapes.get(node.inputs[0], ())
+                    if logits:
+                        classes[node.inputs[1]] = logits[0]
+        builder = importer.module(name, {label: classes.get(label, 1) for label in label_inputs})
+        importer.build(builder)
+        return builder.text()  # the one printer lays it out: it passes fmt --check

@@ -87,23 +87,6 @@ def _fail(file: str, message: str, hint: str | None = None, **extra: Any) -> Ale
     return AlexDSLError([Diagnostic("error", message, path=file, hint=hint, **extra)])
 
 
-def module_path(node_name: str) -> str | None:
-    """The torch module a node came from, from the exporter's scoped node name.
-
-    >>> module_path("/layer1/layer1.0/conv1/Conv"), module_path("/features/features.3/conv/conv.0/conv.0.0/Conv")
-    ('layer1.0.conv1', 'features.3.conv.0.0')
-    """
-    segments = [s for s in node_name.split("/") if s]
-    if len(segments) < 2 or not node_name.startswith("/"):
-        return None
-    parts: list[str] = []
-    previous = ""
-    for segment in segments[:-1]:  # a child of a container is scoped "<container>.<index>"
-        parts.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
-        previous = segment
-    return ".".join(parts)
-
-
 # loading -----------------------------------------------------------------------------------------
 def _load(path: Path) -> Any:
     onnx = _onnx()  # first: protobuf comes with onnx, so without it the error must say to install onnx
@@ -266,6 +249,22 @@ def _infer(model: Any, file: str) -> dict[str, list[int | str | None]]:
     return {v.name: _dims(v) for v in [*graph.value_info, *graph.output, *graph.input]}
 
 
+def _check_single_writers(graph: Any, file: str) -> None:
+    """Refuse a value that two nodes write, or that a node writes over a model input or an initializer:
+    each value of an ONNX graph has one writer (onnx.checker.check_model refuses such a model too)."""
+    given = {v.name: "a model input" for v in graph.input} | {t.name: "an initializer" for t in graph.initializer}
+    writers: dict[str, str] = {}
+    hint = "each value of an ONNX graph is written once; the model is malformed"
+    for i, node in enumerate(graph.node):
+        name = f"'{node.name or f'{node.op_type}_{i}'}' ({node.op_type})"
+        for out in filter(None, node.output):
+            if out in writers:
+                raise _fail(file, f"nodes {writers[out]} and {name} both write '{out}'", hint=hint)
+            if out in given:
+                raise _fail(file, f"node {name} writes '{out}', which is {given[out]}", hint=hint)
+            writers[out] = name
+
+
 # folding -----------------------------------------------------------------------------------------
 def _evaluate(node: Any, values: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
     """``node`` run by ONNX's reference evaluator as the model's opset defines it (a bare node
@@ -410,6 +409,7 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     opset = opsets.get("", opsets.get("ai.onnx", 0))
     if len(model.graph.node) > MAX_NODES:
         raise _fail(file, f"the model has {len(model.graph.node)} nodes", expected=f"at most {MAX_NODES}")
+    _check_single_writers(model.graph, file)
     _external_data(model, path.parent, file)
     if OLDEST_CONVERTED <= opset < OPSETS[0]:  # the model zoo's older files: onnx's converter brings them to 11
         model, opset = _converted(model, opset, file), OPSETS[0]

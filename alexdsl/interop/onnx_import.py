@@ -7,8 +7,9 @@ back, so that a pattern is matched from its last node and the longest match wins
 Gemm`` is one ``fc``). Layers are named from what the model carries: the initializer
 ``features.0.weight`` names the layer ``features.0`` (so a torchvision model keeps its
 ``state_dict`` keys); otherwise torch's node name ``/layer1/layer1.0/relu/Relu`` gives
-``layer1.0.relu``. The flat program is built as a syntax tree, checked by the front end like
-any source, and written out readably (:mod:`alexdsl.interop.readable`: chains and blocks).
+``layer1.0.relu``. The flat program is built as a syntax tree, elaborated and checked by the
+front end like any source (once; no text is parsed), and the network is printed readably
+(:mod:`alexdsl.interop.writer.readable`: chains and blocks).
 
 >>> import alexdsl, tempfile, os
 >>> from alexdsl.interop.onnx import export_onnx
@@ -33,7 +34,10 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
-from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, module_path, read_onnx
+from alexdsl.frontend import network_from_module
+from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
+from alexdsl.interop.torch_scope import module_path
+from alexdsl.interop.writer.readable import readable_source
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.registry import OpDef, lookup, onnx_importers
@@ -295,8 +299,8 @@ def _network_name(graph: OnnxGraph) -> str:
     return as_name(raw, "Imported", dotted=False)
 
 
-def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> str:
-    """The network as flat source: one statement per layer, naming its inputs."""
+def _flat_module(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) -> ModuleBuilder:
+    """The network as a flat syntax tree: one statement per layer, naming its inputs."""
     builder = ModuleBuilder(graph.file + ".adsl")
     builder.network(_network_name(graph))
     builder.blank()
@@ -328,7 +332,7 @@ def _flat_source(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) 
     outputs = [resolve(v) for v in graph.outputs]
     if outputs and set(outputs) != _sinks(layers):
         builder.output(dict.fromkeys(outputs))
-    return builder.text()
+    return builder
 
 
 def _sinks(layers: list[_Layer]) -> set[str]:
@@ -382,29 +386,26 @@ class ImportedModel:
 
 def import_onnx_source(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,
                        *, readable: bool = True) -> ImportedModel:
-    """Read the model at ``path``: its alexdsl source, the network it builds, and its weights."""
-    from alexdsl.frontend import build_network
+    """Read the model at ``path``: its alexdsl source, the network it builds, and its weights.
 
+    The layers are built as a syntax tree and elaborated once; the source is printed once, from the
+    network (chains and blocks), or from the flat tree when not ``readable``; no text is parsed."""
     graph = read_onnx(path, inputs)
     layers, alias = _match(graph)
     _name_layers(layers, set(graph.constants))  # initializers, and what Identity nodes made of them
     _chain_names(layers)
-    flat = _flat_source(graph, layers, alias)
-    file = str(path) + ".adsl"
+    flat = _flat_module(graph, layers, alias)
     try:
-        network = build_network(flat, file)
-    except AlexDSLError as error:
+        network = network_from_module(flat.module())
+    except AlexDSLError as error:  # located in the flat source, printed for the message
         raise AlexDSLError([Diagnostic("error", f"{path}: the imported network does not check:")]
-                           + error.diagnostics, sources=error.sources) from None
+                           + error.diagnostics, sources={flat.file: flat.text()}) from None
     _check_shapes(graph, layers, network)
     weights = _weights(graph, layers, network)
-    source = flat
-    if readable:
-        from alexdsl.interop.readable import readable_source
-
-        header = [f"Imported from {Path(path).name} by alexdsl import onnx.", *(f"Note: {n}." for n in graph.notes)]
-        source = readable_source(network, header="\n".join(header), file=file)
-    return ImportedModel(source, network, weights)
+    if not readable:
+        return ImportedModel(flat.text(), network, weights)
+    header = [f"Imported from {Path(path).name} by alexdsl import onnx.", *(f"Note: {n}." for n in graph.notes)]
+    return ImportedModel(readable_source(network, header="\n".join(header), file=flat.file), network, weights)
 
 
 def import_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from alexdsl.interop.torch_scope import module_path
 from alexdsl.ops.from_onnx import axes_of
 
 TO_LAST = [0, 2, 3, 1]
@@ -236,8 +237,6 @@ def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], sha
 
 def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> str:
     """Torch's Linear weight name when the model kept it (``Transpose(pwconv1.weight)``), else the node's scope."""
-    from alexdsl.interop.onnx_graph import module_path  # onnx_graph imports this module
-
     for name, array in constants.items():
         if name.endswith(".weight") and "/" not in name and array.shape == matrix.shape \
                 and np.array_equal(array, matrix):

@@ -20,13 +20,14 @@ c: conv(4, 3, stride=2) | act: relu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from alexdsl.errors import Span
+from alexdsl.errors import AlexDSLError, Span
 from alexdsl.ops.registry import REQUIRED, OpDef
 from alexdsl.syntax import ast
 from alexdsl.syntax.parser import grammar_text
@@ -222,7 +223,26 @@ Link = tuple[str | None, ast.Call] | ast.Call
 
 class ModuleBuilder:
     """Statements added in order, one line each; :meth:`blank` separates groups, as a blank
-    line does in a file. :meth:`module` is the tree; :meth:`text` its canonical source."""
+    line does in a file. :meth:`module` is the tree, which the elaborator takes as it is
+    (:func:`alexdsl.frontend.network_from_module`); :meth:`text` its canonical source.
+
+    Each statement is placed on the line it will have in :meth:`text`, the ``k``-th link of a
+    chain at column ``k + 1``; a part of it without a place of its own gets the statement's (or
+    the link's), in a copy: the nodes the caller built stay as they were. An importer passes
+    ``origin``, where a statement came from in its own file (a prototxt line), and :meth:`locate`
+    moves an error about the statement there.
+
+    >>> from alexdsl.frontend import network_from_module
+    >>> b = ModuleBuilder("t.adsl")
+    >>> b.network("T")
+    >>> b.input("x", (3, 8, 8))
+    >>> b.layer("c", [call("conv", 0, 3)], origin=[Span("t.prototxt", 7, 1, 7, 6)])
+    >>> try:
+    ...     network_from_module(b.module())
+    ... except Exception as error:
+    ...     print(b.locate(error).diagnostics[0].span)
+    Span(file='t.prototxt', line=7, column=1, end_line=7, end_column=6)
+    """
 
     def __init__(self, file: str = "<built>"):
         self.file = file
@@ -230,6 +250,7 @@ class ModuleBuilder:
         self._statements: list[ast.Statement] = []
         self._comments: list[ast.Comment] = []
         self._body: list[ast.Statement] | None = None  # inside block(): its body
+        self._origins: dict[tuple[int, int], Span] = {}  # (line, column) of a statement or link -> its origin
 
     # positions ---------------------------------------------------------------------------------
     def _span(self, lines: int = 1) -> Span:
@@ -237,7 +258,10 @@ class ModuleBuilder:
         self._lines += ["."] * lines
         return Span(self.file, first, 1, first + lines - 1, 2)
 
-    def _add(self, stmt: ast.Statement, comment: str | None = None) -> None:
+    def _add(self, stmt: ast.Statement, comment: str | None = None, origin: Span | None = None) -> None:
+        stmt = _placed(stmt, stmt.span)
+        if origin is not None:
+            self._origins[(stmt.span.line, stmt.span.column)] = origin
         (self._body if self._body is not None else self._statements).append(stmt)
         if comment is not None:
             self._trailing(comment, stmt.span.line)
@@ -264,26 +288,28 @@ class ModuleBuilder:
         span = self._span()
         self._add(ast.DescriptionStmt(ast.Literal(text, span, string_literal(text)), span))
 
-    def input(self, input_name: str, shape: Sequence[int], comment: str | None = None) -> None:
+    def input(self, input_name: str, shape: Sequence[int], comment: str | None = None,
+              origin: Span | None = None) -> None:
         """``input name: CxHxW``."""
         span = self._span()
         dims = "x".join(str(int(d)) for d in shape)
-        self._add(ast.InputStmt(name(input_name), ast.Literal(dims, span, dims), None, span), comment)
+        self._add(ast.InputStmt(name(input_name), ast.Literal(dims, span, dims), None, span), comment, origin)
 
-    def class_input(self, input_name: str, classes: int) -> None:
+    def class_input(self, input_name: str, classes: int, origin: Span | None = None) -> None:
         """``input name: class(N)``: a label."""
         span = self._span()
-        self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes)], span, span), span))
+        self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes)], span, span), span),
+                  origin=origin)
 
     def output(self, names: Iterable[str]) -> None:
         span = self._span()
         self._add(ast.OutputStmt([name(n) for n in names], span))
 
-    def defaults(self, target: str, *args: ast.Arg, **kwargs: Any) -> None:
+    def defaults(self, target: str, *args: ast.Arg, origin: Span | None = None, **kwargs: Any) -> None:
         """``defaults target(key=value, ...)``."""
         span = self._span()
         items = list(args) + [arg(v, k) for k, v in kwargs.items()]
-        self._add(ast.DefaultsStmt(name(target), items, span))
+        self._add(ast.DefaultsStmt(name(target), items, span), origin=origin)
 
     def preprocess(self, target: str, settings: dict[str, Any]) -> None:
         span = self._span()
@@ -294,16 +320,20 @@ class ModuleBuilder:
         self._add(ast.SolverStmt([arg(v, k) for k, v in settings.items()], span))
 
     def layer(self, label: str, links: Sequence[Link], sources: Sequence[str] = (), phase: str | None = None,
-              comment: str | None = None) -> None:
+              comment: str | None = None, origin: Sequence[Span | None] = ()) -> None:
         """``label: sources -> op(...) | name: op(...) [@phase]``; each link is a call, or
-        ``(name, call)`` to name it inline (``None`` leaves it unnamed)."""
+        ``(name, call)`` to name it inline (``None`` leaves it unnamed); ``origin`` gives each
+        link's (the first's is the statement's)."""
         if not links:
             raise ValueError(f"layer {label!r} has no op")
         span = self._span()
         built = []
-        for link in links:
+        for k, link in enumerate(links):
             label_of, link_call = link if isinstance(link, tuple) else (None, link)
-            built.append(ast.Link(name(label_of) if label_of is not None else None, link_call, span))
+            place = Span(self.file, span.line, k + 1, span.line, k + 2)
+            built.append(ast.Link(name(label_of) if label_of is not None else None, _placed(link_call, place), place))
+            if k < len(origin) and origin[k] is not None:
+                self._origins[(span.line, k + 1)] = origin[k]  # type: ignore[assignment]
         self._add(ast.LayerStmt(name(label), [name(s) for s in sources], built,
                                 name(phase) if phase is not None else None, span), comment)
 
@@ -337,6 +367,16 @@ class ModuleBuilder:
         return _BlockBody(self, stmt)
 
     # results -----------------------------------------------------------------------------------
+    def locate(self, error: AlexDSLError) -> AlexDSLError:
+        """``error`` with each diagnostic about a statement that has an origin moved there."""
+        moved = []
+        for diagnostic in error.diagnostics:
+            span = diagnostic.span
+            origin = self._origins.get((span.line, span.column)) if span is not None and span.file == self.file \
+                else None
+            moved.append(dataclasses.replace(diagnostic, span=origin) if origin is not None else diagnostic)
+        return AlexDSLError(moved, sources=error.sources)
+
     def module(self) -> ast.Module:
         return ast.Module(self.file, "\n".join(self._lines), list(self._statements), list(self._comments))
 
@@ -363,6 +403,30 @@ class _BlockBody:
         end = builder._span().line  # the closing brace
         self.stmt.span = Span(builder.file, self.stmt.span.line, 1, end, 2)
         builder._statements.append(self.stmt)
+
+
+def _placed(node: Any, span: Span) -> Any:
+    """``node`` with each part that has no place of its own (a line 0 span) at ``span``: the parts that
+    change are copies, so a node the caller holds (and compares) stays as it was."""
+    if isinstance(node, list):
+        items = [_placed(item, span) for item in node]
+        return node if all(a is b for a, b in zip(items, node)) else items
+    if not hasattr(node, "__dataclass_fields__"):
+        return node
+    changes = {}
+    for key, item in vars(node).items():
+        if type(item) is Span:
+            if item.line == 0:
+                changes[key] = span
+        elif isinstance(item, list) or hasattr(item, "__dataclass_fields__"):
+            moved = _placed(item, span)
+            if moved is not item:
+                changes[key] = moved
+    if not changes:
+        return node
+    copy = object.__new__(type(node))
+    copy.__dict__.update(vars(node), **changes)
+    return copy
 
 
 def _comment_text(text: str) -> str:

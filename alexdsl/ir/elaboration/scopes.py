@@ -6,12 +6,12 @@ import itertools
 
 from alexdsl.errors import Span
 from alexdsl.ir.elaboration.declarations import Declarations
-from alexdsl.ir.network import LAYER, Layer, graph_of
 from alexdsl.ir.elaboration.state import (
     SPLIT,
     Scope,
     listing,
 )
+from alexdsl.ir.network import LAYER, Layer, graph_of
 from alexdsl.syntax import ast
 
 
