@@ -19,6 +19,6 @@ def count_front_end(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             return function(*args, **kwargs)
         return run
 
-    monkeypatch.setattr(frontend, "parse_module", counted("parse", frontend.parse_module))
+    monkeypatch.setattr(frontend, "parse_recovering", counted("parse", frontend.parse_recovering))
     monkeypatch.setattr(frontend, "elaborate", counted("elaborate", frontend.elaborate))
     return calls
