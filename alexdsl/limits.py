@@ -26,6 +26,11 @@ MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size, stride or 
 MAX_RANK = 8  # dimensions of an input
 MAX_NAME_LENGTH = 256  # characters of a network or (hierarchical) layer name
 LARGE_BYTES = 4 * 1024**3  # a layer or network past this gets a warning from check
+# An image (ALEXDSL_MAX_IMAGE_PIXELS): checked from its header before decoding, as Pillow's decompression-bomb
+# guard does (whose own default is 89,478,485). 50 megapixels is a 7000x7000 photo, 150 MB decoded as RGB.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024**2  # an image read from standard input (ALEXDSL_MAX_IMAGE_BYTES)
+DEFAULT_MAX_LSP_MESSAGE_BYTES = 16 * 1024**2  # one message to the language server (ALEXDSL_MAX_LSP_MESSAGE_BYTES)
 
 
 def _limit(given: int | None, variable: str, default: int) -> int:
@@ -52,3 +57,19 @@ def max_layers(given: int | None = None) -> int:
 def max_source_bytes(given: int | None = None) -> int:
     """The largest source file read: ``given``, else ``$ALEXDSL_MAX_SOURCE_BYTES``, else 4 MiB."""
     return _limit(given, "ALEXDSL_MAX_SOURCE_BYTES", DEFAULT_MAX_SOURCE_BYTES)
+
+
+def max_image_pixels(given: int | None = None) -> int:
+    """The most pixels an image may declare: ``given``, else ``$ALEXDSL_MAX_IMAGE_PIXELS``, else 50,000,000."""
+    return _limit(given, "ALEXDSL_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def max_image_bytes(given: int | None = None) -> int:
+    """The largest image read from standard input: ``given``, else ``$ALEXDSL_MAX_IMAGE_BYTES``, else 256 MiB."""
+    return _limit(given, "ALEXDSL_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)
+
+
+def max_lsp_message_bytes(given: int | None = None) -> int:
+    """The largest message the language server reads: ``given``, else ``$ALEXDSL_MAX_LSP_MESSAGE_BYTES``,
+    else 16 MiB (four times the largest source file, whose text a message may carry, JSON-escaped)."""
+    return _limit(given, "ALEXDSL_MAX_LSP_MESSAGE_BYTES", DEFAULT_MAX_LSP_MESSAGE_BYTES)
