@@ -30,9 +30,9 @@ def checkpoint_problems(state: Any, optimizer: Any, scheduler: Any) -> list[str]
         check.integer(key, state[key], 0)
     if check.need("model", state["model"], dict, "a state_dict"):
         for key, value in state["model"].items():
-            if check.need(f"model[{key!r}]", value, _torch().Tensor, "a tensor") and not (
-                    value.is_floating_point() or key.endswith("num_batches_tracked")):
-                check.problems.append(f"model[{key!r}]: expected floating point, found {value.dtype}")
+            if check.need(f"model[{key!r}]", value, _torch().Tensor, "a tensor") and \
+                    not key.endswith("num_batches_tracked"):
+                check.finite(f"model[{key!r}]", value, _torch().float32)
     if check.need("history", state["history"], list, "a list"):
         if isinstance(state["epoch"], int) and len(state["history"]) != state["epoch"]:
             check.problems.append(f"history: expected {state['epoch']} entries (one per epoch), "
@@ -41,6 +41,9 @@ def checkpoint_problems(state: Any, optimizer: Any, scheduler: Any) -> list[str]
             if check.need(f"history[{i}]", record, dict, "a dict"):
                 for key in ("epoch", "train_loss", "val_loss"):
                     check.number(f"history[{i}][{key!r}]", record.get(key))
+                for key, value in record.items():  # accuracies (None without an accuracy layer), lr, seconds
+                    if key not in ("epoch", "train_loss", "val_loss") and value is not None:
+                        check.number(f"history[{i}][{key!r}]", value)
     if check.need("sums", state["sums"], dict, "a dict"):
         for key in ("loss", "correct", "count", "seconds"):
             check.number(f"sums[{key!r}]", state["sums"].get(key))
@@ -101,6 +104,14 @@ class _Checker:
             return self.fail(where, f"{kind} of shape {shape}",
                              f"{str(value.dtype).removeprefix('torch.')} {tuple(value.shape)}")
         return True
+
+    def finite(self, where: str, value: Any, dtype: Any) -> bool:
+        """A floating-point tensor whose values stay finite in ``dtype`` (what restoring casts it to)."""
+        if not value.is_floating_point():
+            return self.fail(where, "a floating-point tensor", str(value.dtype).removeprefix("torch."))
+        bad = int((~_torch().isfinite(value.to(dtype))).sum())
+        return bad == 0 or self.fail(where, f"finite {str(dtype).removeprefix('torch.')} values",
+                                     f"{bad} that are not")
 
     def same(self, where: str, value: Any, like: Any) -> None:
         """Problems wherever ``value`` differs from ``like`` in type, keys, list length or range."""
@@ -209,19 +220,19 @@ def _check_optimizer(check: _Checker, saved: Any, optimizer: Any) -> None:
         return
     fresh = optimizer.state_dict()
     check.same("optimizer['param_groups']", saved.get("param_groups"), fresh["param_groups"])
-    shapes: dict[int, tuple[int, ...]] = {}
+    params: dict[int, Any] = {}
     for i, (group, like) in enumerate(zip(saved.get("param_groups") or [], fresh["param_groups"], strict=False)):
         if isinstance(group, dict) and group.get("params") != like["params"]:
             check.fail(f"optimizer['param_groups'][{i}]['params']", f"this network's parameter ids {like['params']}",
                        _short(group.get("params")))
     for group, like in zip(optimizer.param_groups, fresh["param_groups"], strict=True):
-        shapes.update({index: tuple(param.shape) for index, param in zip(like["params"], group["params"], strict=True)})
+        params.update(zip(like["params"], group["params"], strict=True))
     if not check.need("optimizer['state']", saved.get("state"), dict, "a dict"):
         return
     for key, value in saved["state"].items():
         where = f"optimizer['state'][{key!r}]"
-        if key not in shapes:
-            check.problems.append(f"optimizer['state']: {key!r} is not one of this network's {len(shapes)} parameters")
+        if key not in params:
+            check.problems.append(f"optimizer['state']: {key!r} is not one of this network's {len(params)} parameters")
         elif check.need(where, value, dict, "a dict"):
             for name, entry in value.items():
                 if name == "step":
@@ -229,6 +240,5 @@ def _check_optimizer(check: _Checker, saved: Any, optimizer: Any) -> None:
                         check.number(f"{where}['step']", entry)
                     elif check.tensor(f"{where}['step']", entry, ()) and not math.isfinite(float(entry)):
                         check.fail(f"{where}['step']", "a finite number", float(entry))
-                elif entry is not None and check.tensor(f"{where}[{name!r}]", entry, shapes[key]) and \
-                        not entry.is_floating_point():
-                    check.fail(f"{where}[{name!r}]", "a floating-point tensor", entry.dtype)
+                elif entry is not None and check.tensor(f"{where}[{name!r}]", entry, tuple(params[key].shape)):
+                    check.finite(f"{where}[{name!r}]", entry, params[key].dtype)
