@@ -225,6 +225,7 @@ class LspPipe:
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self.next_id = 0
+        self.seen: list[dict[str, Any]] = []  # messages read while waiting for another
 
     def _read(self) -> None:
         stream = self.process.stdout
@@ -256,10 +257,13 @@ class LspPipe:
         return message.get("id")
 
     def wait(self, test: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
-        """The first message passing ``test`` (others are dropped); AssertionError after ``timeout`` s."""
+        """The first message passing ``test`` (others are kept for later waits); AssertionError after ``timeout`` s."""
         import queue
         import time
 
+        for i, message in enumerate(self.seen):
+            if test(message):
+                return self.seen.pop(i)
         end = time.monotonic() + timeout
         while True:
             try:
@@ -270,6 +274,7 @@ class LspPipe:
                 raise AssertionError(f"no answer in {timeout} s; server stderr: {self.stderr_tail()}") from None
             if test(message):
                 return message
+            self.seen.append(message)
             if time.monotonic() > end:
                 raise AssertionError(f"no answer in {timeout} s; server stderr: {self.stderr_tail()}")
 
