@@ -323,3 +323,209 @@ def edit_storm(rng: random.Random, text: str, count: int) -> Iterator[tuple[dict
         lines[line] = lines[line][:column] + inserted + lines[line][end:]
         text = "\n".join(lines)
         yield change, text
+
+
+# endless seeded streams, for benchmarks/fuzz.py ------------------------------------------------------------
+def _genuine_weights(suffix: str, rng: random.Random) -> bytes:
+    """LeNet's weights in one format, in a float dtype drawn from ``rng``."""
+    import numpy as np
+
+    import alexdsl
+
+    shapes = alexdsl.load(LENET).state_keys()
+    generator = np.random.default_rng(rng.randrange(2**32))
+    dtype = rng.choice(["float32", "float16", "float64"])
+    arrays = {k: generator.standard_normal(shape).astype(dtype) for k, shape in shapes.items()}
+    if suffix == ".npz":
+        buffer = io.BytesIO()
+        (np.savez_compressed if rng.random() < 0.5 else np.savez)(buffer, **arrays)
+        return buffer.getvalue()
+    if suffix == ".safetensors":
+        from safetensors.numpy import save
+        return save(arrays)
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _damaged(rng: random.Random, data: bytes) -> bytes:
+    """``data`` truncated, bit-flipped, with a run of bytes overwritten or a length field blown up."""
+    data = bytearray(data)
+    how = rng.randrange(4)
+    if how == 0:
+        return bytes(data[: rng.randrange(len(data))])
+    if how == 1:
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        return bytes(data)
+    start = rng.randrange(len(data))
+    if how == 2:
+        data[start:start + 8] = rng.choice([b"\xff" * 8, bytes(8), struct.pack("<Q", rng.getrandbits(64))])
+        return bytes(data)
+    field = rng.randrange(max(1, len(data) - 4))  # a 4-byte little-endian number (zip sizes, header lengths)
+    data[field:field + 4] = struct.pack("<I", rng.choice([0xFFFFFFFF, 0x7FFFFFFF, rng.getrandbits(32)]))
+    return bytes(data)
+
+
+def weights_inputs(seed: int) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes): the hostile files of :func:`weights_files` with random sizes, and genuine
+    LeNet files in every format, damaged."""
+    rng = random.Random(seed)
+    genuine = {suffix: _genuine_weights(suffix, rng) for suffix in (".npz", ".safetensors", ".pt")}
+    while True:
+        if rng.random() < 0.3:
+            label, name, data = rng.choice(list(weights_files(rng)))
+        else:
+            suffix = rng.choice(list(genuine))
+            name, data = f"damaged{suffix}", _damaged(rng, genuine[suffix])
+        yield name, data
+
+
+def image_inputs(seed: int) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes): PNG headers declaring random sizes, and small genuine images damaged."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    while True:
+        if rng.random() < 0.4:
+            yield "declared.png", png_declaring(rng.choice([1, rng.randint(1, 70000)]), rng.randint(1, 70000))
+            continue
+        image = Image.new(rng.choice(["L", "RGB", "RGBA", "P", "I;16"]), (rng.randint(1, 64), rng.randint(1, 64)))
+        buffer = io.BytesIO()
+        fmt = rng.choice(["PNG", "JPEG", "BMP", "PPM", "TIFF", "WEBP", "GIF"])
+        try:
+            image.save(buffer, fmt)
+        except (OSError, ValueError, KeyError):
+            image.convert("RGB").save(buffer, fmt)
+        yield f"image.{fmt.lower()}", _damaged(rng, buffer.getvalue()) if rng.random() < 0.8 else buffer.getvalue()
+
+
+HOSTILE_VALUES: list[Any] = [10**400, -(10**400), 2**64, -1, float("nan"), float("inf"), 1e308, "x", None, [], {},
+                             True, [0] * 3, {"a": 1}]
+
+
+def leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Paths to every leaf of a checkpoint (dicts, and lists of dicts or lists, are walked)."""
+    if isinstance(value, dict):
+        return [leaf for key, item in value.items() for leaf in leaves(item, (*path, key))]
+    if isinstance(value, list) and value and all(isinstance(item, (dict, list)) for item in value):
+        return [leaf for i, item in enumerate(value) for leaf in leaves(item, (*path, i))]
+    return [path] if path else []
+
+
+def tamper(state: dict[str, Any], rng: random.Random) -> str:
+    """Replace one or a few leaves of ``state`` (in place) by hostile values; the fields changed."""
+    import torch
+
+    changed = []
+    paths = [p for p in leaves(state) if p[0] not in ("sampler", "network")]
+    for path in rng.sample(paths, rng.choice([1, 1, 1, 2, 3])):
+        holder = state
+        for key in path[:-1]:
+            holder = holder[key]
+        old = holder[path[-1]]
+        if isinstance(old, torch.Tensor):
+            new = rng.choice([old.double() * 1e300, old.reshape(-1)[:1], old.to(torch.int8) + 100, torch.zeros(3, 3),
+                              7, old * float("nan"), old.unsqueeze(0).expand(2, *old.shape)])
+        else:
+            new = rng.choice([v for v in HOSTILE_VALUES if v != old and type(v) is not type(old)])
+        holder[path[-1]] = new
+        changed.append("/".join(map(str, path)))
+    return ", ".join(changed)
+
+
+def lsp_session(rng: random.Random, limit: int) -> Iterator[bytes]:
+    """Raw bytes a hostile client sends after ``initialize``: oversized bodies, lying lengths, garbage
+    headers, huge documents, edit storms and random requests (the server must answer a shutdown after)."""
+    uri = "file:///tmp/fuzz.adsl"
+
+    def message(payload: dict[str, Any]) -> bytes:
+        body = json.dumps(payload).encode()
+        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    text = LENET.read_text()
+    yield message({"jsonrpc": "2.0", "method": "textDocument/didOpen",
+                   "params": {"textDocument": {"uri": uri, "languageId": "alexdsl", "version": 1, "text": text}}})
+    version = 1
+    for _ in range(rng.randint(5, 40)):
+        kind = rng.randrange(7)
+        if kind == 0:  # over the limit, request or notification
+            request = {"id": rng.randint(1000, 10**6)} if rng.random() < 0.5 else {}
+            yield message({"jsonrpc": "2.0", **request, "method": "textDocument/hover",
+                           "params": {"padding": "p" * rng.randint(limit + 1, 2 * limit)}})
+        elif kind == 1:  # a header line of up to a megabyte, or an unmatched header
+            yield rng.choice([b"X" * rng.randint(1, 1 << 20) + b"\r\n", b"Content-Type: x\r\n\r\n",
+                              b"Content-Length: 0\r\n\r\n"])
+        elif kind == 2:  # a huge document, inside the limit
+            big = text + "".join(f"x{i}: relu  # {'q' * rng.randint(0, 2000)}\n" for i in range(rng.randint(1, 2000)))
+            body = big.encode()[: limit // 2]
+            version += 1
+            yield message({"jsonrpc": "2.0", "method": "textDocument/didChange",
+                           "params": {"textDocument": {"uri": uri, "version": version},
+                                      "contentChanges": [{"text": body.decode(errors="ignore")}]}})
+            text = body.decode(errors="ignore")
+        elif kind == 3:  # an edit storm
+            storm = list(edit_storm(rng, text, rng.randint(10, 300)))
+            for change, _ in storm:
+                version += 1
+                yield message({"jsonrpc": "2.0", "method": "textDocument/didChange",
+                               "params": {"textDocument": {"uri": uri, "version": version},
+                                          "contentChanges": [change]}})
+            text = storm[-1][1]
+        elif kind == 4:  # requests at random places, some with parameters that do not fit
+            method = rng.choice(["textDocument/hover", "textDocument/completion", "textDocument/definition",
+                                 "textDocument/references", "textDocument/documentSymbol", "textDocument/formatting",
+                                 "textDocument/inlayHint", "textDocument/rename", "textDocument/semanticTokens/full"])
+            position = {"line": rng.choice([0, 3, 10**9, -1]), "character": rng.choice([0, 5, 10**9, -1])}
+            yield message({"jsonrpc": "2.0", "id": rng.randint(1, 10**6), "method": method,
+                           "params": {"textDocument": {"uri": rng.choice([uri, "file:///nowhere.adsl"])},
+                                      "position": position, "newName": "y", "options": {},
+                                      "context": {"includeDeclaration": True},
+                                      "range": {"start": position, "end": position}}})
+        elif kind == 5:  # JSON that is not a message
+            yield message(rng.choice([{}, [], {"jsonrpc": "2.0"}, {"id": [1]}, {"method": 7}]))  # type: ignore[arg-type]
+        else:  # a body that is not JSON, with its true length
+            body = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200)))
+            yield b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def onnx_inputs(seed: int) -> Iterator[tuple[str, bytes]]:
+    """(file name, bytes): LeNet's ONNX export with its graph edited (two nodes writing one output,
+    a node removed, a dangling input, huge dims or attributes) or its bytes damaged."""
+    import onnx
+
+    import alexdsl
+    from alexdsl.interop.onnx import export_onnx
+
+    rng = random.Random(seed)
+    good = export_onnx(alexdsl.load(LENET)).SerializeToString()
+    while True:
+        model = onnx.load_from_string(good)
+        graph = model.graph
+        for _ in range(rng.randint(1, 3)):
+            nodes = list(graph.node)
+            node = rng.choice(nodes)
+            how = rng.randrange(6)
+            if how == 0 and len(nodes) > 1:  # two nodes write the same output
+                node.output[0] = rng.choice([n for n in nodes if n is not node]).output[0]
+            elif how == 1:
+                graph.node.remove(node)
+            elif how == 2 and node.input:
+                node.input[rng.randrange(len(node.input))] = rng.choice(["nowhere", "", node.output[0]])
+            elif how == 3 and any(t.dims for t in graph.initializer):
+                tensor = rng.choice([t for t in graph.initializer if t.dims])
+                tensor.dims[rng.randrange(len(tensor.dims))] = rng.choice([0, -1, 2**31, 2**62])
+            elif how == 4 and node.attribute:
+                attribute = rng.choice(list(node.attribute))
+                if attribute.ints:
+                    attribute.ints[rng.randrange(len(attribute.ints))] = rng.choice([0, -5, 2**40, 2**62])
+                else:
+                    attribute.i = rng.choice([0, -5, 2**40, 2**62])
+            else:
+                dims = graph.input[0].type.tensor_type.shape.dim
+                if dims:
+                    dims[rng.randrange(len(dims))].dim_value = rng.choice([0, 1, 10**6, 2**40])
+        data = model.SerializeToString()
+        yield "model.onnx", _damaged(rng, data) if rng.random() < 0.2 else data

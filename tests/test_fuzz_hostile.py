@@ -253,6 +253,9 @@ def test_oversized_messages_are_dropped_and_the_server_goes_on() -> None:
         pipe.write(b"X" * 1_000_000 + b"\r\n")  # a megabyte of header line, no colon
         cancel = json.dumps({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 99}}).encode()
         pipe.write(b"Content-Length: %d\r\nContent-Type: %s\r\n\r\n%s" % (len(cancel), b"z" * 10_000, cancel))
+        pipe.write(b"Content-Length: 0\r\n\r\n")  # no body: the next message's length must count
+        pipe.send("$/cancelRequest", {"id": 98, "padding": "z" * 2 * LIMIT})
+        pipe.wait(lambda m: m.get("method") == "window/showMessage", 30)
         request = pipe.send("shutdown", None, request=True)
         assert "result" in pipe.response(request, 30)  # type: ignore[arg-type]
         pipe.write(b"Content-Length: 99999999999\r\n\r\n{}")  # then the client goes away

@@ -380,6 +380,8 @@ class CappedInput:
 
     def readline(self) -> bytes:
         line = self.stream.readline(self.HEADER_LINE)
+        if not line.strip() and not self.declared:  # headers without a length: pygls reads no body
+            self.declared = None
         match = CONTENT_LENGTH.fullmatch(line)
         if match and self.declared is None:
             digits = match.group(1)
