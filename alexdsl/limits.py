@@ -4,7 +4,7 @@ Each limit has a default, an environment variable that overrides it, and an argu
 :func:`alexdsl.load` / :func:`alexdsl.parse` that overrides both.
 
 >>> max_layers(None)
-1000000
+20000
 >>> max_layers(50)
 50
 """
@@ -15,7 +15,10 @@ import os
 
 from alexdsl.errors import AlexDSLError
 
-DEFAULT_MAX_LAYERS = 1_000_000  # layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS)
+# Layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS). Checking is linear in layers, about
+# 3,000 a second for relu and 2,000 for conv on a shared 2-core machine (docs/fuzzing.md), so the worst
+# case at the limit takes seconds; the largest example has 273 layers.
+DEFAULT_MAX_LAYERS = 20_000
 # One source file (ALEXDSL_MAX_SOURCE_BYTES). Parsing takes about 150 times a file's size in memory and
 # ~10 s per MiB, so 4 MiB (some 80 times the largest example network) stays well inside 2 GB.
 DEFAULT_MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -50,7 +53,7 @@ def _limit(given: int | None, variable: str, default: int) -> int:
 
 
 def max_layers(given: int | None = None) -> int:
-    """The most layers a network may expand to: ``given``, else ``$ALEXDSL_MAX_LAYERS``, else 1,000,000."""
+    """The most layers a network may expand to: ``given``, else ``$ALEXDSL_MAX_LAYERS``, else 20,000."""
     return _limit(given, "ALEXDSL_MAX_LAYERS", DEFAULT_MAX_LAYERS)
 
 

@@ -324,3 +324,25 @@ def test_a_huge_document_and_an_edit_storm() -> None:
         if pipe.process.poll() is None:
             pipe.process.kill()
     assert code == 0 and "Traceback" not in stderr, stderr
+
+
+# bounded work, bounded time -----------------------------------------------------------------------------------
+def test_the_50_byte_repeat_of_issue_22_is_refused_at_once() -> None:
+    """`r: repeat 999999 relu` took 11 minutes and 2 GB under the old 1,000,000-layer default."""
+    outcome = run_capped(child("import alexdsl\nalexdsl.parse('input x: 3x8x8\\nr: repeat 999999 relu\\n')"), 60)
+    assert_refused(outcome, "repeat 999999")
+    assert "more than the limit of 20,000" in str(outcome["detail"])
+
+
+@pytest.mark.slow
+def test_the_worst_case_at_the_default_layer_limit_takes_seconds() -> None:
+    """The costliest op measured (conv) repeated up to the limit: checked within 60 s (about 10 s on a
+    shared 2-core machine, see docs/fuzzing.md) and under the memory cap."""
+    from alexdsl.limits import DEFAULT_MAX_LAYERS
+
+    body = (f"import time, alexdsl\nstart = time.perf_counter()\n"
+            f"network = alexdsl.parse('input x: 3x8x8\\nr: repeat {DEFAULT_MAX_LAYERS - 1} conv(3, 3, pad=1)\\n')\n"
+            f"assert len(network) == {DEFAULT_MAX_LAYERS}, len(network)\n"
+            f"print(time.perf_counter() - start, file=sys.stderr)")
+    outcome = run_capped(child(body), 60)
+    assert outcome["outcome"] == "accepted", outcome
