@@ -516,3 +516,22 @@ def test_train_refuses_an_unwritable_out_before_training(tmp_path: Path) -> None
     assert_clean_error(result, f"{out / 'weights.safetensors'}: error: cannot write the output",
                        "is a file, not a folder")
     assert "epoch 1" not in result.output
+
+
+def test_torch_files_must_be_plain_torch_save_archives(tmp_path: Path, lenet: alexdsl.Network) -> None:
+    """.pt files are memory-mapped, so a storage is never read before its tensor is checked: the legacy
+    format (which declares storage sizes it may not hold) and compressed entries (a deflate bomb) are refused."""
+    torch = pytest.importorskip("torch", reason="reading .pt files needs PyTorch: pip install 'alexdsl[torch]'")
+    tensors = {k: torch.from_numpy(v) for k, v in lenet_weights(lenet).items()}
+    torch.save(tensors, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(AlexDSLError, match="not a torch.save zip archive.*saved before PyTorch 1.6"):
+        load_for_network(tmp_path / "legacy.pt", lenet)
+    torch.save(tensors, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "packed.pt", "w", zipfile.ZIP_DEFLATED) as packed:
+        for member in plain.infolist():
+            packed.writestr(member.filename, plain.read(member))
+    with pytest.raises(AlexDSLError, match="compressed entries .*which torch.save never writes"):
+        load_for_network(tmp_path / "packed.pt", lenet)
+    loaded = load_for_network(tmp_path / "plain.pt", lenet)
+    assert all(loaded[k].flags.writeable and np.array_equal(loaded[k], v.numpy()) for k, v in tensors.items())
