@@ -32,7 +32,7 @@ def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, 
     """Build a checked :class:`Network` from alexdsl source text.
 
     ``input_shapes`` overrides declared input shapes, e.g. ``{"data": (3, 224, 224)}``.
-    ``max_layers`` bounds the layers after expansion (default ``$ALEXDSL_MAX_LAYERS`` or 1,000,000).
+    ``max_layers`` bounds the layers after expansion (default ``$ALEXDSL_MAX_LAYERS`` or 20,000).
     Raises :class:`AlexDSLError` with every problem found.
     """
     return build_network(text, file, input_shapes, max_layers=max_layers)

@@ -29,6 +29,7 @@ import io
 import math
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from alexdsl.errors import AlexDSLError
+from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.limits import max_image_bytes, max_image_pixels
 from alexdsl.settings import PREPROCESS_KEYS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff"}
@@ -233,12 +235,28 @@ def resize_bilinear(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return (rows[:, :, :, x0] * (1 - fx) + rows[:, :, :, x1] * fx).astype(np.float32)
 
 
+def _image_error(path: str | Path, message: str,
+                 hint: str = "set ALEXDSL_MAX_IMAGE_PIXELS to allow larger images") -> AlexDSLError:
+    return AlexDSLError([Diagnostic("error", message, path=str(path), hint=hint)])
+
+
+def _stdin_image() -> io.BytesIO:
+    """Standard input's bytes, refused past ``$ALEXDSL_MAX_IMAGE_BYTES``."""
+    most = max_image_bytes()
+    data = sys.stdin.buffer.read(most + 1)
+    if len(data) > most:
+        raise _image_error("-", f"standard input holds more than {most:,} bytes, the limit for an image",
+                           "set ALEXDSL_MAX_IMAGE_BYTES to allow larger images")
+    return io.BytesIO(data)
+
+
 def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Preprocess, *, train: bool = False,
                rng: Any = None) -> np.ndarray:
     """Decode one image with Pillow and preprocess it as Caffe does: a CxHxW float32 array.
 
     ``path`` ``-`` reads standard input. Training draws a random crop and mirror from ``rng``;
-    evaluation takes the centre crop.
+    evaluation takes the centre crop. An image declaring more than ``$ALEXDSL_MAX_IMAGE_PIXELS``
+    (:func:`alexdsl.limits.max_image_pixels`) is refused from its header, before it is decoded.
     """
     try:
         from PIL import Image, UnidentifiedImageError
@@ -246,12 +264,22 @@ def load_image(path: str | Path, shape: tuple[int, int, int], preprocess: Prepro
         raise AlexDSLError("reading images needs Pillow: pip install pillow") from None
 
     channels, height, width = shape
+    most = max_image_pixels()
     try:
-        with Image.open(io.BytesIO(sys.stdin.buffer.read()) if str(path) == "-" else path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the limit named
+            image = Image.open(_stdin_image() if str(path) == "-" else path)
+        with image:
+            if image.width * image.height > most:
+                raise _image_error(path, f"the image declares {image.width}x{image.height} pixels, more than the "
+                                         f"limit of {most:,}; refused before decoding (a decompression bomb?)")
             image = image.convert("RGB" if channels == 3 else "L")
             image.load()
     except FileNotFoundError:
         raise AlexDSLError(f"{path}: no such image") from None
+    except Image.DecompressionBombError as error:
+        raise _image_error(path, f"the image declares more pixels than Pillow opens, more than the limit of "
+                                 f"{most:,}; refused before decoding (Pillow: {error})") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise AlexDSLError(f"{path}: cannot decode the image ({error})") from None
     p = preprocess

@@ -4,7 +4,7 @@ Each limit has a default, an environment variable that overrides it, and an argu
 :func:`alexdsl.load` / :func:`alexdsl.parse` that overrides both.
 
 >>> max_layers(None)
-1000000
+20000
 >>> max_layers(50)
 50
 """
@@ -15,7 +15,10 @@ import os
 
 from alexdsl.errors import AlexDSLError
 
-DEFAULT_MAX_LAYERS = 1_000_000  # layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS)
+# Layers after expanding every repeat and block (ALEXDSL_MAX_LAYERS). Checking is linear in layers, about
+# 3,000 a second for relu and 2,000 for conv on a shared 2-core machine (docs/fuzzing.md), so the worst
+# case at the limit takes seconds; the largest example has 273 layers.
+DEFAULT_MAX_LAYERS = 20_000
 # One source file (ALEXDSL_MAX_SOURCE_BYTES). Parsing takes about 150 times a file's size in memory and
 # ~10 s per MiB, so 4 MiB (some 80 times the largest example network) stays well inside 2 GB.
 DEFAULT_MAX_SOURCE_BYTES = 4 * 1024 * 1024
@@ -26,6 +29,11 @@ MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size, stride or 
 MAX_RANK = 8  # dimensions of an input
 MAX_NAME_LENGTH = 256  # characters of a network or (hierarchical) layer name
 LARGE_BYTES = 4 * 1024**3  # a layer or network past this gets a warning from check
+# An image (ALEXDSL_MAX_IMAGE_PIXELS): checked from its header before decoding, as Pillow's decompression-bomb
+# guard does (whose own default is 89,478,485). 50 megapixels is a 7000x7000 photo, 150 MB decoded as RGB.
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000
+DEFAULT_MAX_IMAGE_BYTES = 256 * 1024**2  # an image read from standard input (ALEXDSL_MAX_IMAGE_BYTES)
+DEFAULT_MAX_LSP_MESSAGE_BYTES = 16 * 1024**2  # one message to the language server (ALEXDSL_MAX_LSP_MESSAGE_BYTES)
 
 
 def _limit(given: int | None, variable: str, default: int) -> int:
@@ -45,10 +53,26 @@ def _limit(given: int | None, variable: str, default: int) -> int:
 
 
 def max_layers(given: int | None = None) -> int:
-    """The most layers a network may expand to: ``given``, else ``$ALEXDSL_MAX_LAYERS``, else 1,000,000."""
+    """The most layers a network may expand to: ``given``, else ``$ALEXDSL_MAX_LAYERS``, else 20,000."""
     return _limit(given, "ALEXDSL_MAX_LAYERS", DEFAULT_MAX_LAYERS)
 
 
 def max_source_bytes(given: int | None = None) -> int:
     """The largest source file read: ``given``, else ``$ALEXDSL_MAX_SOURCE_BYTES``, else 4 MiB."""
     return _limit(given, "ALEXDSL_MAX_SOURCE_BYTES", DEFAULT_MAX_SOURCE_BYTES)
+
+
+def max_image_pixels(given: int | None = None) -> int:
+    """The most pixels an image may declare: ``given``, else ``$ALEXDSL_MAX_IMAGE_PIXELS``, else 50,000,000."""
+    return _limit(given, "ALEXDSL_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def max_image_bytes(given: int | None = None) -> int:
+    """The largest image read from standard input: ``given``, else ``$ALEXDSL_MAX_IMAGE_BYTES``, else 256 MiB."""
+    return _limit(given, "ALEXDSL_MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES)
+
+
+def max_lsp_message_bytes(given: int | None = None) -> int:
+    """The largest message the language server reads: ``given``, else ``$ALEXDSL_MAX_LSP_MESSAGE_BYTES``,
+    else 16 MiB (four times the largest source file, whose text a message may carry, JSON-escaped)."""
+    return _limit(given, "ALEXDSL_MAX_LSP_MESSAGE_BYTES", DEFAULT_MAX_LSP_MESSAGE_BYTES)

@@ -12,12 +12,17 @@ Keys are ``<layer>.<param>`` (:meth:`alexdsl.Network.state_keys`).
 
 Values: float32 is used as it is. float16, bfloat16 and float64 arrays read from a file are
 converted to float32 with a :class:`WeightsWarning` that names them. Any other dtype (integers,
-bool, complex) is an error. Keys ending in ``.num_batches_tracked`` (torch batchnorm
-bookkeeping) are passed through unchecked.
+bool, complex, float8) is an error. Keys ending in ``.num_batches_tracked`` (torch batchnorm
+bookkeeping) are passed through if they hold at most one value.
 
-Bounds: only regular files are read; a file larger than ``$ALEXDSL_MAX_WEIGHTS_BYTES``
-(default 32 GiB) is refused before it is read, and so is a ``.npz`` whose arrays declare
-more than that.
+Bounds (the way safetensors, ``torch.load(weights_only=True)`` and Pillow's decompression-bomb
+guard work: check the header against what is expected, then read): only regular files are
+read; a file larger than ``$ALEXDSL_MAX_WEIGHTS_BYTES`` (default 32 GiB) is refused before it
+is read. Then the header alone is checked: each entry's dtype; its declared size against the
+bytes that hold it (a safetensors entry's offsets, an ``.npz`` member's stored or deflated size,
+a torch tensor's storage, memory-mapped); with the network's keys, every name and shape
+(:func:`check_state`); the float32 total against the limit. Only then is data read, and only
+the arrays the network uses, so reading never allocates more than the network's parameters.
 
 Every problem with the keys comes back as ONE error that counts and lists the missing,
 unexpected and mis-shaped keys:
@@ -36,12 +41,16 @@ alexdsl.errors.AlexDSLError: w.npz: error: the weights do not fit the network: 1
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import stat
 import warnings
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +62,7 @@ FORMATS = (".safetensors", ".npz", ".pt", ".pth")
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
 CAST_DTYPES = ("float16", "bfloat16", "float64")
 DEFAULT_MAX_WEIGHTS_BYTES = 32 * 1024**3
+NUMBER_PREFIXES = ("int", "uint", "bool", "complex")  # dtypes that are numbers but not floats
 LISTED = 10  # keys listed per kind of problem; the rest are counted
 
 Weights = str | os.PathLike[str] | Mapping[str, Any]
@@ -99,8 +109,29 @@ def _checked(key: str) -> bool:
 
 
 # reading ---------------------------------------------------------------------------------------------
-def read_weights(path: str | os.PathLike[str]) -> dict[str, numpy.ndarray]:
-    """The float32 arrays of a ``.safetensors``, ``.npz`` or ``.pt``/``.pth`` file, keyed as stored."""
+@dataclass(frozen=True)
+class Stored:
+    """One array of a weights file as the file's header describes it; nothing is read until :meth:`read`."""
+
+    shape: tuple[int, ...]
+    dtype: str  # NumPy's name (float32, int8, ...), else the format's own (bfloat16, F8_E4M3, float8_e4m3fn)
+    read: Callable[[], numpy.ndarray]  # the data, as stored (bfloat16 already widened to float32)
+
+    @property
+    def nbytes(self) -> int:
+        """float32 bytes it takes once read (what converting it allocates)."""
+        return math.prod(self.shape) * 4
+
+
+def read_weights(path: str | os.PathLike[str], expected: Mapping[str, tuple[int, ...]] | None = None, *,
+                 optional: Iterable[str] = (), strict: bool = True) -> dict[str, numpy.ndarray]:
+    """The float32 arrays of a ``.safetensors``, ``.npz`` or ``.pt``/``.pth`` file, keyed as stored.
+
+    The file's header is checked first: dtypes, and with ``expected`` (key -> shape) the names and
+    shapes (:func:`check_state`, with ``optional`` and ``strict``); only then is data read, and
+    only the arrays ``expected`` names, so a file can make alexdsl allocate no more than the
+    network's own parameters.
+    """
     name = os.fspath(path)
     suffix = Path(name).suffix.lower()
     if suffix not in FORMATS:
@@ -118,8 +149,19 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, numpy.ndarray]:
     if info.st_size > limit:
         raise _error(name, f"the weights file is {_size(info.st_size)}, over the limit of {_size(limit)}",
                      hint="raise ALEXDSL_MAX_WEIGHTS_BYTES if the file is genuine")
-    reader = {".safetensors": _read_safetensors, ".npz": _read_npz}.get(suffix, _read_torch)
-    return _as_float32(reader(name, limit), name)
+    opener = {".safetensors": _open_safetensors, ".npz": _open_npz}.get(suffix, _open_torch)
+    with ExitStack() as files:
+        stored = opener(name, files)
+        _check_header(stored, name)
+        if expected is not None:
+            check_state(stored, expected, optional=optional, strict=strict, source=name)
+            stored = {k: v for k, v in stored.items() if k in expected or not _checked(k)}
+        declared = sum(v.nbytes for v in stored.values())
+        if declared > limit:
+            raise _error(name, f"the arrays declare {_size(declared)} as float32, over the limit of {_size(limit)}",
+                         hint="raise ALEXDSL_MAX_WEIGHTS_BYTES if the file is genuine")
+        _warn_cast(stored, name)
+        return {k: _read(k, v, name) for k, v in stored.items()}
 
 
 def _size(count: float) -> str:
@@ -130,87 +172,203 @@ def _size(count: float) -> str:
     raise AssertionError  # unreachable
 
 
-def _read_safetensors(path: str, limit: int) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def _check_header(stored: Mapping[str, Stored], path: str) -> None:
+    """One error for every dtype that is not a float alexdsl reads, and every oversized bookkeeping entry."""
+    refused = {k: v.dtype for k, v in stored.items() if _checked(k) and not _is_float(v.dtype)}
+    numbers = [f"'{k}' ({dtype})" for k, dtype in refused.items() if dtype.startswith(NUMBER_PREFIXES)]
+    unreadable = [f"'{k}' ({dtype})" for k, dtype in refused.items() if not dtype.startswith(NUMBER_PREFIXES)]
+    bookkeeping = [f"'{k}' (shape {v.shape})" for k, v in stored.items() if not _checked(k) and math.prod(v.shape) > 1]
+    lines = [f"{len(items)} weights {what}: {_listed(items)}" for items, what in (
+        (numbers, "are not floating point"),
+        (unreadable, "have a type alexdsl cannot read"),
+        (bookkeeping, "are batchnorm step counters with more than one value")) if items]
+    if lines:
+        raise _error(path, "\n  ".join(lines),
+                     hint="weights must be float32 (float16, bfloat16 and float64 are converted)")
+
+
+def _warn_cast(stored: Mapping[str, Stored], path: str) -> None:
+    cast = [k for k, v in stored.items() if _checked(k) and v.dtype != "float32"]
+    if cast:
+        kinds = sorted({stored[k].dtype for k in cast})
+        warnings.warn(WeightsWarning(f"{path}: warning: converted {len(cast)} {'/'.join(kinds)} weights to float32: "
+                                     f"{_listed(cast)}"), stacklevel=4)
+
+
+def _read(key: str, stored: Stored, path: str) -> numpy.ndarray:
+    """The array of ``key``, float32 unless it is bookkeeping; a short or damaged entry is an error."""
+    try:
+        array = stored.read()
+    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
+        raise _error(path, f"cannot read '{key}' ({type(error).__name__}: {error})") from None
+    if tuple(array.shape) != stored.shape:
+        raise _error(path, f"cannot read '{key}': its header says shape {stored.shape}, its data {array.shape}")
+    return numpy.asarray(array, dtype=numpy.float32) if _checked(key) else numpy.asarray(array)
+
+
+# .safetensors: an 8-byte header length, a JSON header, the data (https://github.com/huggingface/safetensors)
+SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "BF16": "bfloat16", "BOOL": "bool",
+                      "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16", "U32": "uint32",
+                      "I32": "int32", "U64": "uint64", "I64": "int64", "C64": "complex64"}
+SAFETENSORS_MAX_HEADER = 100 * 1024**2  # the safetensors library's own bound
+
+
+def _open_safetensors(path: str, files: ExitStack) -> dict[str, Stored]:
+    """The header of a .safetensors file, checked against the file's size before any data is read."""
+    stream = files.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by ``files``
+    size = os.fstat(stream.fileno()).st_size
+
+    def bad(reason: str) -> AlexDSLError:
+        return _error(path, f"not a readable .safetensors file ({reason})",
+                      hint="write weights with safetensors.numpy.save_file or safetensors.torch.save_file")
+
+    head = stream.read(8)
+    if len(head) < 8:
+        raise bad("shorter than its 8-byte header length")
+    length = int.from_bytes(head, "little")
+    if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+        raise bad(f"the header declares {length} bytes; the file has {size - 8} after the length")
+    try:
+        header = json.loads(stream.read(length))
+    except (ValueError, RecursionError) as error:
+        raise bad(f"the header is not JSON: {str(error)[:120]}") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_start, data_size = 8 + length, size - 8 - length
+    stored: dict[str, Stored] = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and _is_shape(entry.get("shape"))
+                and _is_shape(entry.get("data_offsets")) and len(entry["data_offsets"]) == 2):
+            raise bad(f"entry '{key}' needs a dtype, a shape and two data_offsets")
+        begin, end = entry["data_offsets"]
+        kind, shape = entry["dtype"], tuple(entry["shape"])
+        dtype = SAFETENSORS_DTYPES.get(kind, kind)
+        width = 2 if dtype == "bfloat16" else numpy.dtype(dtype).itemsize if kind in SAFETENSORS_DTYPES else None
+        if not begin <= end <= data_size or (width is not None and end - begin != math.prod(shape) * width):
+            raise bad(f"entry '{key}' ({kind}, shape {shape}) has data_offsets [{begin}, {end}] "
+                      f"in {data_size} bytes of data")
+        stored[key] = Stored(shape, dtype, functools.partial(_read_span, stream, data_start + begin, end - begin,
+                                                             dtype, shape))
+    return stored
+
+
+def _read_span(stream: Any, offset: int, count: int, dtype: str, shape: tuple[int, ...]) -> numpy.ndarray:
+    stream.seek(offset)
+    data = bytearray(count)  # writable, so the array is too
+    if stream.readinto(data) != count:
+        raise EOFError(f"the file ends inside the entry's {count} bytes")
+    if dtype == "bfloat16":  # the top half of a float32
+        return (numpy.frombuffer(data, "<u2").astype(numpy.uint32) << 16).view(numpy.float32).reshape(shape)
+    return numpy.frombuffer(data, numpy.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+# .npz: a zip of .npy files
+NPZ_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # numpy.savez and numpy.savez_compressed
+DEFLATE_MAX_RATIO = 1032  # deflate cannot expand one byte into more than this: a bigger claim is a lie
+
+
+def _open_npz(path: str, files: ExitStack) -> dict[str, Stored]:
+    """The .npy headers of an .npz; each member's declared size is checked against its compressed size."""
+    def bad(reason: str) -> AlexDSLError:
+        return _error(path, f"not a readable .npz file ({reason})",
+                      hint="write weights with numpy.savez(path, **{'conv1.weight': array, ...})")
 
     try:
-        return dict(load_file(path))
-    except (SafetensorError, OSError, ValueError, TypeError) as error:
-        raise _error(path, f"not a readable .safetensors file ({error})",
-                     hint="bfloat16 tensors cannot be read into NumPy: save them as float32") from None
-
-
-def _read_npz(path: str, limit: int) -> dict[str, Any]:
-    """Arrays of an .npz, after checking that each member is a plain .npy whose declared size fits."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            declared = 0
-            for member in archive.infolist():
-                with archive.open(member) as stream:
-                    version = numpy.lib.format.read_magic(stream)
-                    reader = (numpy.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else numpy.lib.format.read_array_header_2_0)
-                    shape, _, dtype = reader(stream)
-                if dtype.hasobject:
-                    raise _error(path, f"array '{member.filename}' holds Python objects; weights must be numbers")
-                declared += math.prod(shape) * dtype.itemsize
-                if declared > limit:
-                    raise _error(path, f"the arrays declare more than {_size(limit)}",
-                                 hint="raise ALEXDSL_MAX_WEIGHTS_BYTES if the file is genuine")
-        with numpy.load(path, allow_pickle=False) as data:
-            return {key: numpy.asarray(data[key]) for key in data.files}
+        archive = files.enter_context(zipfile.ZipFile(path))
+        stored: dict[str, Stored] = {}
+        for member in archive.infolist():
+            key = member.filename.removesuffix(".npy")
+            if member.compress_type not in NPZ_COMPRESSION:
+                raise bad(f"'{member.filename}' is compressed with method {member.compress_type}; "
+                          "numpy.savez stores and numpy.savez_compressed deflates")
+            with archive.open(member) as stream:
+                version = numpy.lib.format.read_magic(stream)
+                reader = (numpy.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else numpy.lib.format.read_array_header_2_0)
+                shape, _, dtype = reader(stream)
+                header = stream.tell()
+            if dtype.hasobject:
+                raise _error(path, f"array '{member.filename}' holds Python objects; weights must be numbers")
+            declared = header + math.prod(shape) * dtype.itemsize
+            most = member.compress_size * (DEFLATE_MAX_RATIO if member.compress_type == zipfile.ZIP_DEFLATED else 1)
+            if member.file_size != declared or declared > most + header:
+                raise bad(f"'{member.filename}' declares shape {tuple(shape)} of {dtype.name} ({_size(declared)}), "
+                          f"but holds {_size(member.file_size)} in {_size(member.compress_size)}")
+            stored[key] = Stored(tuple(shape), dtype.name, functools.partial(_read_member, archive, member))
+        return stored
     except AlexDSLError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, RuntimeError, TypeError) as error:
-        raise _error(path, f"not a readable .npz file ({type(error).__name__}: {error})",
-                     hint="write weights with numpy.savez(path, **{'conv1.weight': array, ...})") from None
+        raise bad(f"{type(error).__name__}: {error}") from None
 
 
-def _read_torch(path: str, limit: int) -> dict[str, Any]:
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> numpy.ndarray:
+    with archive.open(member) as stream:
+        return numpy.lib.format.read_array(stream, allow_pickle=False)
+
+
+# .pt/.pth: torch.save's zip, memory-mapped so that no storage is read before its tensor is checked
+def _open_torch(path: str, files: ExitStack) -> dict[str, Stored]:
     try:
         import torch
     except ImportError:
         raise _error(path, "reading a .pt/.pth state_dict needs PyTorch: pip install 'alexdsl[torch]'") from None
     import pickle
 
+    def bad(reason: str) -> AlexDSLError:
+        return _error(path, f"not a readable torch state_dict ({reason})",
+                      hint="save it with torch.save(model.state_dict(), path)")
+
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            packed = [m.filename for m in archive.infolist() if m.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        raise bad(f"not a torch.save zip archive: {error}; files saved before PyTorch 1.6 must be saved again") \
+            from None
+    if packed:
+        raise bad(f"compressed entries ({_listed(packed)}), which torch.save never writes")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, OSError, EOFError, ValueError, TypeError, pickle.UnpicklingError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _error(path, f"not a readable torch state_dict ({first})") from None
+        raise bad(first) from None
     if isinstance(loaded, Mapping) and not any(isinstance(v, torch.Tensor) for v in loaded.values()):
         loaded = next((loaded[k] for k in ("state_dict", "model") if isinstance(loaded.get(k), Mapping)), loaded)
     if not isinstance(loaded, Mapping):
         raise _error(path, f"expected a state_dict (a dict of tensors), found {type(loaded).__name__}")
-    bad = [f"'{k}' ({type(v).__name__})" for k, v in loaded.items()
-           if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise _error(path, f"expected a state_dict (a dict of tensors); {len(bad)} entries are not: {_listed(bad)}")
-    return {k: (v.float() if v.dtype == torch.bfloat16 else v).numpy() for k, v in loaded.items()}
+    bad_entries = [f"'{k}' ({type(v).__name__})" for k, v in loaded.items()
+                   if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad_entries:
+        raise _error(path, f"expected a state_dict (a dict of tensors); {len(bad_entries)} entries are not: "
+                           f"{_listed(bad_entries)}")
+    expanded = [f"'{k}' (shape {tuple(v.shape)}, {v.untyped_storage().nbytes()} bytes stored)"
+                for k, v in loaded.items() if v.numel() * v.element_size() > v.untyped_storage().nbytes()]
+    if expanded:
+        raise _error(path, f"{len(expanded)} tensors have more elements than their storage holds (expanded or "
+                           f"overlapping views): {_listed(expanded)}", hint="save tensors made .contiguous()")
+    return {k: Stored(tuple(v.shape), _dtype_name(v), functools.partial(_torch_to_numpy, v)) for k, v in loaded.items()}
 
 
-def _as_float32(arrays: Mapping[str, Any], path: str) -> dict[str, numpy.ndarray]:
-    """float32 arrays; float16/float64 converted with one warning; other dtypes one error."""
-    refused = [f"'{k}' ({_dtype_name(v)})" for k, v in arrays.items() if _checked(k) and not _is_float(_dtype_name(v))]
-    if refused:
-        raise _error(path, f"{len(refused)} weights are not floating point: {_listed(refused)}",
-                     hint="weights must be float32 (float16 and float64 are converted)")
-    cast = [k for k, v in arrays.items() if _checked(k) and _dtype_name(v) != "float32"]
-    if cast:
-        kinds = sorted({_dtype_name(arrays[k]) for k in cast})
-        warnings.warn(WeightsWarning(f"{path}: warning: converted {len(cast)} {'/'.join(kinds)} weights to float32: "
-                                     f"{_listed(cast)}"), stacklevel=3)
-    return {k: (numpy.asarray(v, dtype=numpy.float32) if _checked(k) else numpy.asarray(v)) for k, v in arrays.items()}
+def _torch_to_numpy(tensor: Any) -> numpy.ndarray:
+    """A NumPy copy (the tensor maps the file); bfloat16, which NumPy lacks, widened to float32."""
+    return (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy().copy()
 
 
-def as_arrays(weights: Weights) -> dict[str, numpy.ndarray]:
-    """A weights file (see :func:`read_weights`) or a mapping of NumPy/CuPy arrays or tensors -> host arrays.
+def as_arrays(weights: Weights, expected: Mapping[str, tuple[int, ...]] | None = None, *,
+              optional: Iterable[str] = (), strict: bool = True) -> dict[str, numpy.ndarray]:
+    """A weights file (see :func:`read_weights`, which checks it against ``expected`` before
+    reading) or a mapping of NumPy/CuPy arrays or tensors -> host arrays.
 
     Arrays given in memory keep their float dtype (the caller chose it); non-float ones are refused.
     """
     if isinstance(weights, (str, os.PathLike)):
-        return read_weights(weights)
+        return read_weights(weights, expected, optional=optional, strict=strict)
     if not isinstance(weights, Mapping):
         raise _error(None, f"weights must be a path ({', '.join(FORMATS)}) or a dict of arrays, "
                            f"got {type(weights).__name__}")
@@ -267,7 +425,7 @@ def check_state(given: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]
 def load_weights(weights: Weights, expected: Mapping[str, tuple[int, ...]], *,
                  optional: Iterable[str] = ()) -> dict[str, numpy.ndarray]:
     """Read ``weights`` (:func:`as_arrays`) and check them against ``expected`` (:func:`check_state`)."""
-    arrays = as_arrays(weights)
+    arrays = as_arrays(weights, expected, optional=optional)
     check_state(arrays, expected, optional=optional,
                 source=os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None)
     return arrays

@@ -20,8 +20,8 @@ import alexdsl
 from alexdsl.fmt import format_source
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-# Layers a mutant may expand to. The front end is linear in layers (some thousands a second), so a
-# legal network of a million layers takes minutes: bounded, but not what a hang check should time.
+# Layers a mutant may expand to: the default limit (alexdsl.limits.DEFAULT_MAX_LAYERS), which the
+# front end, linear in layers, checks in seconds.
 FUZZ_MAX_LAYERS = 20_000
 
 # The lexical classes of the grammar, in the lexer's priority order; anything else is one character.

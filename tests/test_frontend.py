@@ -257,7 +257,7 @@ def test_a_huge_repeat_count_is_refused_before_expanding() -> None:
     error = _error("input x: 3x8x8\nr: repeat 1000000000000 relu\n")
     (diagnostic,) = error.errors
     assert diagnostic.message == ("repeat 1000000000000 relu expands to 1,000,000,000,000 layers, so the network "
-                                  "would have 1,000,000,000,001, more than the limit of 1,000,000")
+                                  "would have 1,000,000,000,001, more than the limit of 20,000")
     assert (diagnostic.span.line, diagnostic.span.column) == (2, 11)  # the count
 
 

@@ -12,6 +12,7 @@ import re
 import stat
 import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -337,19 +338,82 @@ def tampered_checkpoints(good: dict[str, Any]) -> dict[str, tuple[Any, str]]:
         "scheduler without last_epoch": (changed(("scheduler", "last_epoch"), delete=True),
                                          "scheduler: missing entries last_epoch"),
         "scheduler last_epoch as text": (changed(("scheduler", "last_epoch"), "x"),
-                                         "['last_epoch']: expected a number"),
+                                         "scheduler['last_epoch']: expected an integer, found str"),
         "history as text": (changed(("history",), "abc"), "history: expected a list, found str"),
         "history entry without loss": (changed(("history", 0), {"epoch": 1}), "history[0]['train_loss']"),
         "history longer than epochs": (changed(("history",), good["history"] * 3), "expected 1 entries"),
         "sums as a list": (changed(("sums",), []), "sums: expected a dict, found list"),
         "torch rng cut": (changed(("rng", "torch"), good["rng"]["torch"][:10]), "rng['torch']"),
-        "numpy rng position": (changed(("rng", "numpy", "pos"), 10**6), "expected 0 to 624, found 1000000"),
+        "numpy rng position": (changed(("rng", "numpy", "pos"), 10**6),
+                               "rng['numpy']['pos']: expected an integer from 0 to 624, found 1000000"),
         "python rng state short": (changed(("rng", "python", "state"), torch.zeros(3, dtype=torch.int64)),
                                    "rng['python']['state']"),
         "no rng": (changed(("rng",), delete=True), "missing entries: rng"),
         "config batch_size text": (changed(("config", "batch_size"), "16"), "config['batch_size']"),
         "config None": (changed(("config",), None), "config: expected a dict"),
         "another batch size": (changed(("config", "batch_size"), 32), "written with batch_size=32"),
+        **round_3_checkpoints(good, changed),
+    }
+
+
+def round_3_checkpoints(good: dict[str, Any], changed: Callable[..., dict[str, Any]]) -> dict[str, tuple[Any, str]]:
+    """The tampered fields of issue 22: out-of-range RNG states, huge numbers, duplicated ids, bad buffers."""
+    import torch
+
+    keys = good["rng"]["numpy"]["keys"]
+    parameter = next(iter(good["optimizer"]["state"]))
+    buffer = good["optimizer"]["state"][parameter]["momentum_buffer"]
+    params = good["optimizer"]["param_groups"][0]["params"]
+    return {
+        "numpy keys past 32 bits": (changed(("rng", "numpy", "keys"), keys + 2**40),
+                                    "rng['numpy']['keys']: expected 32-bit unsigned words"),
+        "numpy keys negative": (changed(("rng", "numpy", "keys"), keys - 2**33), "rng['numpy']['keys']"),
+        "numpy pos 2**64": (changed(("rng", "numpy", "pos"), 2**64), "rng['numpy']['pos']: expected an integer"),
+        "numpy has_gauss 7": (changed(("rng", "numpy", "has_gauss"), 7), "rng['numpy']['has_gauss']"),
+        "numpy cached_gaussian 10**400": (changed(("rng", "numpy", "cached_gaussian"), 10**400),
+                                          "rng['numpy']['cached_gaussian']: expected a finite number"),
+        "numpy keys as floats": (changed(("rng", "numpy", "keys"), keys.double()), "rng['numpy']['keys']"),
+        "python state past 32 bits": (changed(("rng", "python", "state"), good["rng"]["python"]["state"] + 2**40),
+                                      "rng['python']['state']"),
+        "python position 10**6": (changed(("rng", "python", "state"),
+                                          torch.cat([good["rng"]["python"]["state"][:-1], torch.tensor([10**6])])),
+                                  "rng['python']['state']"),
+        "python version 99": (changed(("rng", "python", "version"), 99), "rng['python']['version']"),
+        "python gauss text": (changed(("rng", "python", "gauss"), "x"), "rng['python']['gauss']"),
+        "python gauss 10**400": (changed(("rng", "python", "gauss"), 10**400), "rng['python']['gauss']"),
+        "torch rng garbage": (changed(("rng", "torch"), torch.full_like(good["rng"]["torch"], 255)), "rng['torch']"),
+        "torch rng as int64": (changed(("rng", "torch"), good["rng"]["torch"].long()), "rng['torch']"),
+        "scheduler last_epoch 10**400": (changed(("scheduler", "last_epoch"), 10**400), "scheduler['last_epoch']"),
+        "scheduler last_epoch -5": (changed(("scheduler", "last_epoch"), -5), "scheduler['last_epoch']"),
+        "scheduler last_epoch float": (changed(("scheduler", "last_epoch"), 1e300), "scheduler['last_epoch']"),
+        "momentum 10**400": (changed(("optimizer", "param_groups", 0, "momentum"), 10**400),
+                             "optimizer['param_groups'][0]['momentum']: expected a finite number"),
+        "lr nan": (changed(("optimizer", "param_groups", 0, "lr"), float("nan")),
+                   "optimizer['param_groups'][0]['lr']: expected a finite number"),
+        "nesterov text": (changed(("optimizer", "param_groups", 0, "nesterov"), "yes"),
+                          "optimizer['param_groups'][0]['nesterov']"),
+        "duplicated param ids": (changed(("optimizer", "param_groups", 0, "params"), [params[0]] * len(params)),
+                                 "optimizer['param_groups'][0]['params']: expected this network's parameter ids"),
+        "momentum buffer an int": (changed(("optimizer", "state", parameter, "momentum_buffer"), 3),
+                                   f"optimizer['state'][{parameter}]['momentum_buffer']: expected a tensor"),
+        "momentum buffer reshaped": (changed(("optimizer", "state", parameter, "momentum_buffer"),
+                                             torch.zeros(buffer.numel() + 1)),
+                                     f"optimizer['state'][{parameter}]['momentum_buffer']: expected a tensor of shape"),
+        "momentum buffer of ints": (changed(("optimizer", "state", parameter, "momentum_buffer"),
+                                            torch.zeros(buffer.shape, dtype=torch.int64)),
+                                    "expected a floating-point tensor"),
+        "model entry of ints": (changed(("model", next(iter(good["model"]))),
+                                        torch.zeros(next(iter(good["model"].values())).shape, dtype=torch.int32)),
+                                "expected a floating-point tensor, found int32"),
+        "momentum buffer past float32": (changed(("optimizer", "state", parameter, "momentum_buffer"),
+                                                 buffer.double() + 1e300),
+                                         f"optimizer['state'][{parameter}]['momentum_buffer']: expected finite float32 "
+                                         f"values, found {buffer.numel()} that are not"),
+        "model weight nan": (changed(("model", next(iter(good["model"]))),
+                                     next(iter(good["model"].values())) * float("nan")), "expected finite float32"),
+        "sums loss 10**400": (changed(("sums", "loss"), 10**400), "sums['loss']: expected a finite number"),
+        "history loss inf": (changed(("history", 0, "train_loss"), float("inf")), "history[0]['train_loss']"),
+        "global_step 10**400": (changed(("global_step",), 10**400), "global_step: expected an integer >= 0"),
     }
 
 
@@ -363,7 +427,7 @@ def test_tampered_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     train(network, "synthetic:32", tmp_path / "good", epochs=1, **options)
     good = torch.load(tmp_path / "good" / CHECKPOINT, weights_only=True)
     variants = tampered_checkpoints(good)
-    assert len(variants) >= 16
+    assert len(variants) >= 50
     run = tmp_path / "run"
     run.mkdir()
     for label, (state, message) in variants.items():
@@ -452,3 +516,22 @@ def test_train_refuses_an_unwritable_out_before_training(tmp_path: Path) -> None
     assert_clean_error(result, f"{out / 'weights.safetensors'}: error: cannot write the output",
                        "is a file, not a folder")
     assert "epoch 1" not in result.output
+
+
+def test_torch_files_must_be_plain_torch_save_archives(tmp_path: Path, lenet: alexdsl.Network) -> None:
+    """.pt files are memory-mapped, so a storage is never read before its tensor is checked: the legacy
+    format (which declares storage sizes it may not hold) and compressed entries (a deflate bomb) are refused."""
+    torch = pytest.importorskip("torch", reason="reading .pt files needs PyTorch: pip install 'alexdsl[torch]'")
+    tensors = {k: torch.from_numpy(v) for k, v in lenet_weights(lenet).items()}
+    torch.save(tensors, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(AlexDSLError, match="not a torch.save zip archive.*saved before PyTorch 1.6"):
+        load_for_network(tmp_path / "legacy.pt", lenet)
+    torch.save(tensors, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "packed.pt", "w", zipfile.ZIP_DEFLATED) as packed:
+        for member in plain.infolist():
+            packed.writestr(member.filename, plain.read(member))
+    with pytest.raises(AlexDSLError, match="compressed entries .*which torch.save never writes"):
+        load_for_network(tmp_path / "packed.pt", lenet)
+    loaded = load_for_network(tmp_path / "plain.pt", lenet)
+    assert all(loaded[k].flags.writeable and np.array_equal(loaded[k], v.numpy()) for k, v in tensors.items())

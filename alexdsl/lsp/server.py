@@ -9,14 +9,17 @@ analysis of the latest text, then answer from it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from lsprotocol import types
 from pygls.capabilities import get_capability
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcInvalidRequest
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
@@ -24,6 +27,7 @@ from pygls.uris import to_fs_path
 import alexdsl
 from alexdsl.errors import Diagnostic
 from alexdsl.frontend import gc_paused
+from alexdsl.limits import max_lsp_message_bytes
 from alexdsl.lsp import features
 from alexdsl.lsp.analysis import Analysis, FrontEnd, analyze, front_end, quick_analysis
 from alexdsl.lsp.features import Positions
@@ -211,6 +215,18 @@ def create_server() -> AlexDSLServer:
     def did_change_configuration(ls: AlexDSLServer, params: types.DidChangeConfigurationParams) -> None:
         ls.hint_settings = _settings(params.settings)
 
+    @server.feature(DROPPED)
+    def dropped(ls: AlexDSLServer, params: Any) -> None:
+        """A message over the size limit was thrown away (:class:`CappedInput`): say so, and fail
+        its request if it had an id."""
+        size, limit, request = getattr(params, "bytes", 0), getattr(params, "limit", 0), getattr(params, "id", None)
+        message = (f"alexdsl: ignored a message of {size:,} bytes, over the limit of {limit:,} "
+                   "(set ALEXDSL_MAX_LSP_MESSAGE_BYTES to allow larger ones)")
+        log.warning("%s", message)
+        if request is not None:
+            ls.protocol._send_response(request, None, JsonRpcInvalidRequest(message).to_response_error())
+        ls.window_show_message(types.ShowMessageParams(types.MessageType.Warning, message))
+
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: AlexDSLServer, params: types.DidOpenTextDocumentParams) -> None:
         if is_alexdsl(params.text_document.uri, params.text_document.language_id):
@@ -345,7 +361,58 @@ def create_server() -> AlexDSLServer:
     return server
 
 
-def serve() -> None:
-    """Speak LSP on stdin/stdout until the client says exit."""
+class CappedInput:
+    """Standard input for pygls's reader, with every message bounded by ``limit`` bytes.
+
+    pygls reads a body with ``read(Content-Length)``, which would allocate whatever a header
+    claims (``Content-Length: 99999999999``: a MemoryError that ends the server). Here a body
+    over the limit is read in chunks and thrown away, and pygls receives a
+    :data:`DROPPED` notification in its place (the server warns the user and answers the
+    request with an error if its id was seen); header lines are bounded too.
+    """
+
+    HEADER_LINE = 4096  # bytes of one header line
+    PEEK = 4096  # bytes of a dropped body searched for its request id
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream, self.limit = stream, limit
+        self.declared: int | None = None  # the Content-Length of the message being read
+
+    def readline(self) -> bytes:
+        line = self.stream.readline(self.HEADER_LINE)
+        if not line.strip() and not self.declared:  # headers without a length: pygls reads no body
+            self.declared = None
+        match = CONTENT_LENGTH.fullmatch(line)
+        if match and self.declared is None:
+            digits = match.group(1)
+            self.declared = int(digits) if len(digits) <= 30 else 10**30
+            if self.declared > self.limit:  # pygls parses the line again: give it a number it can hold
+                return b"Content-Length: %d\r\n" % (self.limit + 1)
+        return line
+
+    def read(self, count: int) -> bytes:
+        declared, self.declared = self.declared, None
+        if count <= self.limit or declared is None:
+            return self.stream.read(count)
+        head, left = b"", declared
+        while left > 0:
+            chunk = self.stream.read(min(left, 1 << 16))
+            if not chunk:
+                return b""  # the client is gone: pygls ends the loop
+            head, left = head or chunk[:self.PEEK], left - len(chunk)
+        found = REQUEST_ID.search(head.split(b'"params"', 1)[0])
+        request = json.loads(found.group(1)) if found else None
+        return json.dumps({"jsonrpc": "2.0", "method": DROPPED,
+                           "params": {"bytes": declared, "limit": self.limit, "id": request}}).encode()
+
+
+CONTENT_LENGTH = re.compile(rb"^Content-Length: (\d+)\r\n$")  # pygls's own pattern
+REQUEST_ID = re.compile(rb'"id"\s*:\s*(-?\d{1,18}|"[^"\\]{0,256}")')
+DROPPED = "alexdsl/droppedMessage"
+
+
+def serve(limit: int | None = None) -> None:
+    """Speak LSP on stdin/stdout until the client says exit; messages over ``limit`` bytes
+    (:func:`alexdsl.limits.max_lsp_message_bytes`) are dropped with a warning."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    create_server().start_io()
+    create_server().start_io(stdin=CappedInput(sys.stdin.buffer, max_lsp_message_bytes(limit)))  # type: ignore[arg-type]

@@ -75,18 +75,6 @@ def check_dtype(dtype: Any) -> numpy.dtype:
     return numpy.dtype(name)
 
 
-def load_weights(weights: str | os.PathLike[str] | Mapping[str, Any]) -> dict[str, numpy.ndarray]:
-    """A weights file (.safetensors, .npz, .pt) or a mapping of arrays/tensors -> host NumPy arrays."""
-    return weights_io.as_arrays(weights)
-
-
-def check_weights(
-    given: Mapping[str, numpy.ndarray], expected: Mapping[str, tuple[int, ...]], ignored: tuple[str, ...] = ()
-) -> None:
-    """Every expected key present with its shape, nothing extra (but ``ignored``); all problems in one error."""
-    weights_io.check_state(given, expected, optional=ignored)
-
-
 def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator) -> numpy.ndarray:
     """Caffe filler semantics (:func:`alexdsl.ops.fillers.draw`); fan_in = count / shape[0], fan_out = count / shape[1].
 
@@ -135,8 +123,7 @@ class Executor:
             rng = numpy.random.default_rng(seed)
             host = {key: fill(shape, kind, args, rng) for key, (shape, kind, args) in self.state.items()}
         else:
-            host = load_weights(weights)
-            check_weights(host, expected, self.unused)
+            host = weights_io.load_weights(weights, expected, optional=self.unused)
         self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
         self._arena: tuple[int, dict[str, Any], Any] | None = None
         self.setup(self.weights)

@@ -462,8 +462,9 @@ def load_weights(module: Any, weights: Any, *, strict: bool = True) -> None:
     from alexdsl.weights import as_arrays, check_state
 
     source = os.fspath(weights) if isinstance(weights, str | os.PathLike) else None
-    weights = {k: torch.from_numpy(v) for k, v in as_arrays(weights).items()}
     own = module.state_dict()
+    weights = {k: torch.from_numpy(v) for k, v in as_arrays(weights, {k: tuple(v.shape) for k, v in own.items()},
+                                                                strict=strict).items()}
     check_state(weights, {k: tuple(v.shape) for k, v in own.items()}, strict=strict, source=source)
     # Files from other tools (Caffe, the NumPy executor) carry no batchnorm step counter.
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in weights}

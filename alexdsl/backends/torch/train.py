@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alexdsl.backends.torch.checkpoint import checkpoint_problems
 from alexdsl.backends.torch.device import torch_device
 from alexdsl.backends.torch.solver import Solver, make_optimizer, make_scheduler
 from alexdsl.data import open_source
@@ -152,7 +153,7 @@ def restore(path: Path, model: Any, optimizer: Any, scheduler: Any, config: dict
     from alexdsl.weights import check_state
 
     state = load_checkpoint(path)
-    problems = _checkpoint_problems(state, optimizer.state_dict(), scheduler.state_dict())
+    problems = checkpoint_problems(state, optimizer, scheduler)
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
         raise AlexDSLError(f"{path}: error: cannot resume: the checkpoint is damaged or not written by alexdsl train "
@@ -167,117 +168,6 @@ def restore(path: Path, model: Any, optimizer: Any, scheduler: Any, config: dict
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
     return state
-
-
-def _checkpoint_problems(state: Any, optimizer: dict[str, Any], scheduler: dict[str, Any]) -> list[str]:
-    """Everything wrong with a loaded checkpoint's structure, compared with a fresh run's optimizer/scheduler."""
-    import torch
-
-    if not isinstance(state, dict):
-        return [f"expected a dict, found {type(state).__name__}"]
-    problems: list[str] = []
-
-    def need(where: str, value: Any, kind: type | tuple[type, ...], what: str) -> bool:
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, (int, float)))
-        if not ok:
-            problems.append(f"{where}: expected {what}, found {type(value).__name__}")
-        return ok
-
-    def tensor(where: str, value: Any, shape: tuple[int, ...] | None, dtype: Any = None) -> None:
-        if need(where, value, torch.Tensor, "a tensor") and (
-                (shape is not None and tuple(value.shape) != shape) or (dtype is not None and value.dtype != dtype)):
-            problems.append(f"{where}: expected a {dtype or ''} tensor of shape {shape}, "
-                            f"found {value.dtype} {tuple(value.shape)}")
-
-    required = ("model", "optimizer", "scheduler", "epoch", "step", "global_step", "history", "sums", "rng", "config")
-    missing = [key for key in required if key not in state]
-    if missing:
-        return [f"missing entries: {', '.join(missing)}"]
-    for key in ("epoch", "step", "global_step"):
-        if need(key, state[key], int, "an integer") and state[key] < 0:
-            problems.append(f"{key}: expected an integer >= 0, found {state[key]}")
-    if need("model", state["model"], dict, "a state_dict"):
-        for key, value in state["model"].items():
-            need(f"model[{key!r}]", value, torch.Tensor, "a tensor")
-    if need("history", state["history"], list, "a list"):
-        if isinstance(state["epoch"], int) and state["epoch"] >= 0 and len(state["history"]) != state["epoch"]:
-            problems.append(f"history: expected {state['epoch']} entries (one per epoch), "
-                            f"found {len(state['history'])}")
-        for i, record in enumerate(state["history"]):
-            if need(f"history[{i}]", record, dict, "a dict"):
-                for key in ("epoch", "train_loss", "val_loss"):
-                    need(f"history[{i}][{key!r}]", record.get(key), (int, float), "a number")
-    if need("sums", state["sums"], dict, "a dict"):
-        for key in ("loss", "correct", "count", "seconds"):
-            need(f"sums[{key!r}]", state["sums"].get(key), (int, float), "a number")
-    if need("config", state["config"], dict, "a dict"):
-        for key in ("batch_size", "seed", "world_size"):
-            need(f"config[{key!r}]", state["config"].get(key), int, "an integer")
-    if need("rng", state["rng"], dict, "a dict"):
-        rng = state["rng"]
-        tensor("rng['torch']", rng.get("torch"), tuple(torch.get_rng_state().shape), torch.uint8)
-        if need("rng['numpy']", rng.get("numpy"), dict, "a dict"):
-            numpy_state = rng["numpy"]
-            tensor("rng['numpy']['keys']", numpy_state.get("keys"), (624,), torch.int64)
-            if need("rng['numpy']['pos']", numpy_state.get("pos"), int, "an integer") and \
-                    not 0 <= numpy_state["pos"] <= 624:
-                problems.append(f"rng['numpy']['pos']: expected 0 to 624, found {numpy_state['pos']}")
-            need("rng['numpy']['has_gauss']", numpy_state.get("has_gauss"), int, "an integer")
-            need("rng['numpy']['cached_gaussian']", numpy_state.get("cached_gaussian"), (int, float), "a number")
-        if need("rng['python']", rng.get("python"), dict, "a dict"):
-            python_state = rng["python"]
-            need("rng['python']['version']", python_state.get("version"), int, "an integer")
-            tensor("rng['python']['state']", python_state.get("state"), (625,), torch.int64)
-            if python_state.get("gauss") is not None:
-                need("rng['python']['gauss']", python_state["gauss"], (int, float), "a number or None")
-        if "cuda" in rng and need("rng['cuda']", rng["cuda"], list, "a list"):
-            for i, value in enumerate(rng["cuda"]):
-                tensor(f"rng['cuda'][{i}]", value, None, torch.uint8)
-    _same_structure("scheduler", state["scheduler"], scheduler, problems)
-    if need("optimizer", state["optimizer"], dict, "a dict"):
-        _same_structure("optimizer['param_groups']", state["optimizer"].get("param_groups"),
-                        optimizer["param_groups"], problems)
-        if need("optimizer['state']", state["optimizer"].get("state"), dict, "a dict"):
-            ids = {i for group in optimizer["param_groups"] for i in group["params"]}
-            for key, value in state["optimizer"]["state"].items():
-                if key not in ids:
-                    problems.append(f"optimizer['state']: {key!r} is not one of this network's {len(ids)} parameters")
-                elif need(f"optimizer['state'][{key}]", value, dict, "a dict"):
-                    for name, entry in value.items():
-                        need(f"optimizer['state'][{key}][{name!r}]", entry, (torch.Tensor, int, float), "a tensor")
-    return problems
-
-
-def _same_structure(where: str, value: Any, like: Any, problems: list[str]) -> None:
-    """Append a problem wherever ``value`` differs from ``like`` in type, keys or list length."""
-    if isinstance(like, dict):
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected a dict, found {type(value).__name__}")
-        elif set(value) != set(like):
-            missing, extra = sorted(map(str, set(like) - set(value))), sorted(map(str, set(value) - set(like)))
-            problems.append(f"{where}: " + "; ".join(f"{kind} entries {', '.join(names)}" for kind, names in
-                                                     (("missing", missing), ("unexpected", extra)) if names))
-        else:
-            for key in like:
-                _same_structure(f"{where}[{key!r}]", value[key], like[key], problems)
-    elif isinstance(like, list):
-        if not isinstance(value, list) or len(value) != len(like):
-            problems.append(f"{where}: expected a list of {len(like)}, found {_describe(value)}")
-        else:
-            for i, (item, item_like) in enumerate(zip(value, like, strict=True)):
-                _same_structure(f"{where}[{i}]", item, item_like, problems)
-    elif isinstance(like, bool) or like is None:
-        if not isinstance(value, type(like)) and value is not None and like is not None:
-            problems.append(f"{where}: expected {type(like).__name__}, found {type(value).__name__}")
-    elif isinstance(like, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{where}: expected a number, found {type(value).__name__}")
-    elif type(value) is not type(like):
-        problems.append(f"{where}: expected {type(like).__name__}, found {type(value).__name__}")
-
-
-def _describe(value: Any) -> str:
-    return f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
