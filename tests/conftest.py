@@ -63,6 +63,18 @@ def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndar
     return out
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Plugin ops named in ``$ALEXDSL_PLUGINS`` join the registry before collection, so that the op
+    contract tests (tests/test_ops_contract.py) run over them too (docs/extending.md)."""
+    from alexdsl.errors import AlexDSLError
+    from alexdsl.plugins import load_plugins, plugin_names
+
+    try:
+        load_plugins(plugin_names(), entry_points=False)
+    except AlexDSLError as error:
+        raise pytest.UsageError(f"ALEXDSL_PLUGINS: {error}") from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from current output")
 

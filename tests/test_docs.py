@@ -155,3 +155,4 @@ def test_generated_code_excerpts_are_current(doc: str, line: int, code: str, mon
     generated = {text.strip() for text in source.splitlines()}
     stale = [text for text in code.splitlines() if text.strip() and "..." not in text and text.strip() not in generated]
     assert not stale, f"{doc}:{line}: lines the generator no longer writes: {stale}"
+
