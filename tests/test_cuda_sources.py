@@ -39,7 +39,7 @@ def _nvrtc() -> Any:
 
         nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - CuPy absent, or the NVRTC library missing
-        pytest.skip(f"NVRTC not available: {exc}")
+        pytest.skip(f"NVRTC not available ({exc}): pip install -e '.[cupy]' nvidia-cuda-nvrtc-cu12")
     return nvrtc
 
 
@@ -83,7 +83,7 @@ CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float64: ctypes
 def host_kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ctypes.CDLL]:
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
-        pytest.skip("no C++ compiler for the host emulation")
+        pytest.skip("no C++ compiler for the host emulation: apt-get install g++")
     libs = {}
     for dtype in cuda.C_TYPES:
         folder = tmp_path_factory.mktemp(dtype)

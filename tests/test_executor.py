@@ -395,7 +395,7 @@ def test_source_is_deterministic_readable_and_names_its_file() -> None:
     compile(src, "<generated>", "exec")
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed: pip install -e '.[dev]'")
 def test_generated_source_is_ruff_clean(tmp_path: Path) -> None:
     for path in EXAMPLE_FILES:
         (tmp_path / f"{path.stem}_executor.py").write_text(backend.generate_source(load_example(path)))
