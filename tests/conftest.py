@@ -99,18 +99,23 @@ def golden(request: pytest.FixtureRequest):
     return check
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _has_gpu() -> bool:
     try:
-        import cupy  # noqa: F401
+        import cupy
 
-        has_gpu = cupy.cuda.runtime.getDeviceCount() > 0
+        return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - any failure means no usable GPU
-        has_gpu = False
-    if not has_gpu:
+        return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip without a GPU; CuPy is imported only when a selected test needs it (after ``-m``)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_gpu():
         skip = pytest.mark.skip(reason="needs CUDA and CuPy: .ci/gpu runs it on a GPU machine")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 # A test that skips for a missing optional package says how to install it.
