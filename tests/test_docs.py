@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,7 +28,9 @@ from alexdsl.cli import main
 from alexdsl.fileio import write_text_atomic
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
+FENCE = re.compile(r"(<!-- slow -->\n)?```(\w+)\n(.*?)```", re.S)
+SLOW_BLOCKS: set[tuple[str, int]] = set()  # blocks after a "<!-- slow -->" line run with the slow tests
+SLOW_COMMANDS = ("train", "compare")  # and the commands that read what training wrote (runs/...)
 
 
 def blocks(kind: str) -> list[tuple[str, int, str]]:
@@ -34,9 +38,22 @@ def blocks(kind: str) -> list[tuple[str, int, str]]:
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         for match in FENCE.finditer(text):
-            if match.group(1) == kind:
-                found.append((doc.name, text[: match.start()].count("\n") + 1, match.group(2)))
+            if match.group(2) == kind:
+                line = text[: match.start(2)].count("\n") + 1
+                found.append((doc.name, line, match.group(3)))
+                if match.group(1):
+                    SLOW_BLOCKS.add((doc.name, line))
     return found
+
+
+def params(items: list[tuple[str, int, Any]], slow: Callable[[tuple[str, int, Any]], bool]) -> list[Any]:
+    """``items`` as parameters, the slow ones marked ``slow`` (README's command leaves them to CI)."""
+    return [pytest.param(*item, marks=pytest.mark.slow, id=f"{item[0]}:{item[1]}") if slow(item)
+            else pytest.param(*item, id=f"{item[0]}:{item[1]}") for item in items]
+
+
+def in_slow_block(item: tuple[str, int, Any]) -> bool:
+    return item[:2] in SLOW_BLOCKS
 
 
 def ids(items: list[tuple[str, int, str]]) -> list[str]:
@@ -80,7 +97,7 @@ def _commands() -> list[tuple[str, int, list[str]]]:
 COMMANDS = _commands()
 
 
-@pytest.mark.parametrize(("doc", "line", "code"), PYTHON, ids=ids(PYTHON))
+@pytest.mark.parametrize(("doc", "line", "code"), params(PYTHON, in_slow_block))
 def test_python_blocks_run(doc: str, line: int, code: str, doc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(doc_dir)
     exec(compile(code, f"{doc}:{line}", "exec"), {"__name__": "__doc_example__"})
@@ -88,7 +105,17 @@ def test_python_blocks_run(doc: str, line: int, code: str, doc_dir: Path, monkey
 
 
 
-@pytest.mark.parametrize(("doc", "line", "args"), COMMANDS, ids=[f"{d}:{n}:{a[0]}" for d, n, a in COMMANDS])
+def slow_command(item: tuple[str, int, list[str]]) -> bool:
+    """Training, comparing every backend, and what reads a training run's output take a while."""
+    args = item[2]
+    while args[:1] == ["--plugin"]:
+        args = args[2:]
+    return in_slow_block(item) or args[0] in SLOW_COMMANDS or any(arg.startswith("runs/") for arg in args)
+
+
+@pytest.mark.parametrize(("doc", "line", "args"), [
+    pytest.param(*param.values, marks=param.marks, id=f"{param.id}:{param.values[2][0]}")
+    for param in params(COMMANDS, slow_command)])
 def test_console_commands_run(doc: str, line: int, args: list[str], doc_dir: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(doc_dir)
@@ -96,6 +123,7 @@ def test_console_commands_run(doc: str, line: int, args: list[str], doc_dir: Pat
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_readme_training_reaches_the_accuracy_it_states(doc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's `alexdsl train` line (run by the console test, or here when this test runs alone)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
