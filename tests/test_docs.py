@@ -4,6 +4,8 @@
 - ```python blocks and the ``$ alexdsl ...`` lines of ```console blocks run in one temporary
   folder (with ``examples/`` linked into it), so what they write never lands in the checkout;
   console lines must exit 0, and run in document order (README trains, interop.md exports the weights);
+- ``train`` and ``compare`` lines, lines that read a training run's output (``runs/...``) and blocks
+  after a ``<!-- slow -->`` line are marked ``slow`` (README's test command leaves them to CI);
 - the README's shapes table must be what ``alexdsl shapes examples/alexnet.adsl`` prints, and its
   ``alexdsl check`` block what that command prints (``pytest --update-goldens`` rewrites the block);
 - every line of a ```py excerpt of generated code (other than ``...`` lines) is in what the
