@@ -27,7 +27,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.adsl"))
 # big networks run on smaller inputs (VGG16 and ConvNeXt-T keep 138M and 28.6M parameters whatever the input)
 SMALL_INPUT = {"vgg16": {"data": (3, 64, 64)}, "convnext_tiny": {"data": (3, 64, 64)}}
-SLOW = {"vgg16"}
+SLOW = {"vgg16", "alexnet", "alexnet_torchvision"}  # 61M-138M parameters: seconds of CPU and GBs of memory
 
 
 def _example_params(batches: tuple[int, ...]) -> list:
