@@ -10,6 +10,9 @@ three places, in this order:
 * the entry-point group ``alexdsl.ops`` of installed packages
   (``[project.entry-points."alexdsl.ops"] myops = "mypackage.ops"``).
 
+The CLI, the language server and the test suite load them at start-up; ``alexdsl.parse`` and
+``all_ops()`` do not, so a program calls ``load_plugins(plugin_names())`` first.
+
 >>> import os
 >>> loaded = load_plugins([os.path.join("examples", "plugins", "scaled_tanh.py")])
 >>> from alexdsl.ops.registry import lookup

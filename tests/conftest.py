@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import alexdsl
+from alexdsl.fileio import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -63,6 +66,18 @@ def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndar
     return out
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Plugin ops named in ``$ALEXDSL_PLUGINS`` join the registry before collection, so that the op
+    contract tests (tests/test_ops_contract.py) run over them too (docs/extending.md)."""
+    from alexdsl.errors import AlexDSLError
+    from alexdsl.plugins import load_plugins, plugin_names
+
+    try:
+        load_plugins(plugin_names(), entry_points=False)
+    except AlexDSLError as error:
+        raise pytest.UsageError(f"ALEXDSL_PLUGINS: {error}") from None
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from current output")
 
@@ -76,7 +91,7 @@ def golden(request: pytest.FixtureRequest):
         path = GOLDEN / name
         if update or not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            write_text_atomic(path, text)
             if not update:
                 pytest.fail(f"golden file {name} was missing and has been written; review and rerun")
         assert text == path.read_text(encoding="utf-8"), f"output differs from golden {name} (--update-goldens)"
@@ -84,15 +99,66 @@ def golden(request: pytest.FixtureRequest):
     return check
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _has_gpu() -> bool:
     try:
-        import cupy  # noqa: F401
+        import cupy
 
-        has_gpu = cupy.cuda.runtime.getDeviceCount() > 0
+        return cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - any failure means no usable GPU
-        has_gpu = False
-    if not has_gpu:
-        skip = pytest.mark.skip(reason="needs CUDA and CuPy")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+        return False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """GPU tests skip without a GPU; CuPy is imported only when a selected test needs it (after ``-m``)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if gpu_items and not _has_gpu():
+        skip = pytest.mark.skip(reason="needs CUDA and CuPy: .ci/gpu runs it on a GPU machine")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+# A test that skips for a missing optional package says how to install it.
+CHECKOUT_INSTALL = 'pip install -e ".[{extra}]"'
+EXTRA_OF_MODULE = {
+    "torch": "torch", "safetensors": "torch", "tqdm": "torch", "matplotlib": "torch", "PIL": "torch",
+    "onnx": "onnx", "onnxruntime": "onnx", "sklearn": "digits", "cupy": "cupy", "pygls": "lsp",
+    "pytest_lsp": "dev", "pygments": "dev", "hypothesis": "dev",
+}
+INSTALL_HINTS = {
+    "torch": 'pip install torch==2.13.0 && pip install -e ".[torch]" (the CPU build of torch first)',
+    "torchvision": "pip install torchvision==0.28.0 where it matches the torch build (PyPI's needs CUDA torch; "
+                   "the CPU torch of the README needs torchvision's CPU build)",
+}
+_MISSING = re.compile(r"could not import '([\w.]+)'")
+
+
+def install_hint(module: str) -> str | None:
+    """The command that installs the optional package providing ``module``, from a checkout."""
+    top = module.split(".", 1)[0]
+    if top in INSTALL_HINTS:
+        return INSTALL_HINTS[top]
+    return CHECKOUT_INSTALL.format(extra=EXTRA_OF_MODULE[top]) if top in EXTRA_OF_MODULE else None
+
+
+def add_install_hint(report: Any) -> None:
+    """Append the install command to the reason of a skip for a missing module (``pytest.importorskip``)."""
+    if not (report.skipped and isinstance(report.longrepr, tuple)):
+        return
+    path, line, reason = report.longrepr
+    missing = _MISSING.search(reason)
+    hint = install_hint(missing.group(1)) if missing else None
+    if hint:
+        report.longrepr = (path, line, f"{reason}; to run it: {hint}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    add_install_hint(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    add_install_hint(outcome.get_result())

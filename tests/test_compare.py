@@ -49,7 +49,7 @@ def test_reference_and_onnx_agree_on_every_layer() -> None:
 @pytest.mark.parametrize("backend", ["torch", "cupy"])
 def test_backends_agree_with_the_reference(backend: str) -> None:
     if not available(backend):
-        pytest.skip(f"alexdsl.backends.{backend} does not import here")
+        pytest.skip(f"alexdsl.backends.{backend} does not import here: pip install -e '.[torch]'")
     net = alexdsl.parse(
         "network Small\ninput data: 3x12x12\n"
         "c1: conv(4, 3, pad=1) | bn: batchnorm | relu | maxpool(3, stride=2, round=ceil) | lrn(3)\n"

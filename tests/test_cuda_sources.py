@@ -39,7 +39,7 @@ def _nvrtc() -> Any:
 
         nvrtc.getVersion()
     except Exception as exc:  # noqa: BLE001 - CuPy absent, or the NVRTC library missing
-        pytest.skip(f"NVRTC not available: {exc}")
+        pytest.skip(f"NVRTC not available ({exc}): pip install -e '.[cupy]' nvidia-cuda-nvrtc-cu12")
     return nvrtc
 
 
@@ -83,7 +83,7 @@ CTYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.float64: ctypes
 def host_kernels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ctypes.CDLL]:
     compiler = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if compiler is None:
-        pytest.skip("no C++ compiler for the host emulation")
+        pytest.skip("no C++ compiler for the host emulation: apt-get install g++")
     libs = {}
     for dtype in cuda.C_TYPES:
         folder = tmp_path_factory.mktemp(dtype)
@@ -185,6 +185,7 @@ def test_pooling_matches_xp(dtype: str) -> None:
             np.testing.assert_allclose(cuda.pool2d("avg", plan, x, out, inv), want, **TOL[dtype])
 
 
+@pytest.mark.slow  # AlexNet through the host-compiled kernels
 @pytest.mark.parametrize(
     ("name", "kernels"),
     [
@@ -213,6 +214,7 @@ def test_executor_runs_every_fused_kernel_on_host(
     assert {f"alexdsl_{k}" for k in kernels} <= set(on_host)
 
 
+@pytest.mark.slow  # AlexNet through the host-compiled kernels
 def test_fused_forward_takes_no_temporaries_on_host(on_host: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU side of test_cupy_forward_with_fused_kernels_requests_only_its_output: after the
     first call, an AlexNet forward through the fused kernels allocates no array of any size."""

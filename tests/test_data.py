@@ -146,6 +146,7 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
+@pytest.mark.slow  # a fresh interpreter: most of this file's CPU time
 def test_the_numpy_executor_runs_images_and_data_without_torch(tmp_path: Path) -> None:
     """``alexdsl run --backend cupy`` on an image, on digits and on synthetic data, with torch unimportable."""
     (tmp_path / "sitecustomize.py").write_text(NO_TORCH)

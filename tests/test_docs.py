@@ -1,9 +1,13 @@
 """Every example in README.md and docs/ is executed.
 
 - ```adsl blocks must check (a block without an ``input`` line gets a small scaffold);
-- ```python blocks are run from the repository root;
-- ``$ alexdsl ...`` lines of ```console blocks are run through the CLI and must exit 0;
-- the README's shapes table must be what ``alexdsl shapes examples/alexnet.adsl`` prints;
+- ```python blocks and the ``$ alexdsl ...`` lines of ```console blocks run in one temporary
+  folder (with ``examples/`` linked into it), so what they write never lands in the checkout;
+  console lines must exit 0, and run in document order (README trains, interop.md exports the weights);
+- ``train`` and ``compare`` lines, lines that read a training run's output (``runs/...``) and blocks
+  after a ``<!-- slow -->`` line are marked ``slow`` (README's test command leaves them to CI);
+- the README's shapes table must be what ``alexdsl shapes examples/alexnet.adsl`` prints, and its
+  ``alexdsl check`` block what that command prints (``pytest --update-goldens`` rewrites the block);
 - every line of a ```py excerpt of generated code (other than ``...`` lines) is in what the
   code generator now writes for the network its header names.
 """
@@ -11,10 +15,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -22,9 +27,12 @@ from conftest import ROOT, SCAFFOLD
 
 import alexdsl
 from alexdsl.cli import main
+from alexdsl.fileio import write_text_atomic
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
+FENCE = re.compile(r"(<!-- slow -->\n)?```(\w+)\n(.*?)```", re.S)
+SLOW_BLOCKS: set[tuple[str, int]] = set()  # blocks after a "<!-- slow -->" line run with the slow tests
+SLOW_COMMANDS = ("train", "compare")  # and the commands that read what training wrote (runs/...)
 
 
 def blocks(kind: str) -> list[tuple[str, int, str]]:
@@ -32,13 +40,34 @@ def blocks(kind: str) -> list[tuple[str, int, str]]:
     for doc in DOCS:
         text = doc.read_text(encoding="utf-8")
         for match in FENCE.finditer(text):
-            if match.group(1) == kind:
-                found.append((doc.name, text[: match.start()].count("\n") + 1, match.group(2)))
+            if match.group(2) == kind:
+                line = text[: match.start(2)].count("\n") + 1
+                found.append((doc.name, line, match.group(3)))
+                if match.group(1):
+                    SLOW_BLOCKS.add((doc.name, line))
     return found
+
+
+def params(items: list[tuple[str, int, Any]], slow: Callable[[tuple[str, int, Any]], bool]) -> list[Any]:
+    """``items`` as parameters, the slow ones marked ``slow`` (README's command leaves them to CI)."""
+    return [pytest.param(*item, marks=pytest.mark.slow, id=f"{item[0]}:{item[1]}") if slow(item)
+            else pytest.param(*item, id=f"{item[0]}:{item[1]}") for item in items]
+
+
+def in_slow_block(item: tuple[str, int, Any]) -> bool:
+    return item[:2] in SLOW_BLOCKS
 
 
 def ids(items: list[tuple[str, int, str]]) -> list[str]:
     return [f"{name}:{line}" for name, line, _ in items]
+
+
+@pytest.fixture(scope="module")
+def doc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reader's working folder: examples/ is there, and everything the examples write stays here."""
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "examples").symlink_to(ROOT / "examples")
+    return folder
 
 
 ADSL = blocks("adsl")
@@ -52,10 +81,6 @@ def test_adsl_blocks_check(doc: str, line: int, code: str) -> None:
     alexdsl.parse(text, f"{doc}:{line}")
 
 
-@pytest.mark.parametrize(("doc", "line", "code"), PYTHON, ids=ids(PYTHON))
-def test_python_blocks_run(doc: str, line: int, code: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(ROOT)
-    exec(compile(code, f"{doc}:{line}", "exec"), {"__name__": "__doc_example__"})
 
 
 def _commands() -> list[tuple[str, int, list[str]]]:
@@ -74,33 +99,42 @@ def _commands() -> list[tuple[str, int, list[str]]]:
 COMMANDS = _commands()
 
 
-@pytest.fixture(scope="module")
-def console_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One working folder for all console lines, run in document order (train, then run its weights)."""
-    folder = tmp_path_factory.mktemp("console")
-    (folder / "examples").symlink_to(ROOT / "examples")  # commands name examples/...; outputs stay here
-    return folder
+@pytest.mark.parametrize(("doc", "line", "code"), params(PYTHON, in_slow_block))
+def test_python_blocks_run(doc: str, line: int, code: str, doc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(doc_dir)
+    exec(compile(code, f"{doc}:{line}", "exec"), {"__name__": "__doc_example__"})
 
 
-@pytest.mark.parametrize(("doc", "line", "args"), COMMANDS, ids=[f"{d}:{n}:{a[0]}" for d, n, a in COMMANDS])
-def test_console_commands_run(doc: str, line: int, args: list[str], console_dir: Path, tmp_path: Path,
+
+
+def slow_command(item: tuple[str, int, list[str]]) -> bool:
+    """Training, comparing every backend, and what reads a training run's output take a while."""
+    args = item[2]
+    while args[:1] == ["--plugin"]:
+        args = args[2:]
+    return in_slow_block(item) or args[0] in SLOW_COMMANDS or any(arg.startswith("runs/") for arg in args)
+
+
+@pytest.mark.parametrize(("doc", "line", "args"), [
+    pytest.param(*param.values, marks=param.marks, id=f"{param.id}:{param.values[2][0]}")
+    for param in params(COMMANDS, slow_command)])
+def test_console_commands_run(doc: str, line: int, args: list[str], doc_dir: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(console_dir)
-    monkeypatch.setenv("ALEXDSL_DOC_TMP", str(tmp_path))
-    args = [os.path.expandvars(a) for a in args]
+    monkeypatch.chdir(doc_dir)
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
 
 
-def test_readme_training_reaches_the_accuracy_it_states(console_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_readme_training_reaches_the_accuracy_it_states(doc_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's `alexdsl train` line (run by the console test, or here when this test runs alone)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     stated = re.search(r"(\d+)-(\d+) ?% validation accuracy", " ".join(readme.split()))
     assert stated, "README.md no longer states the validation accuracy of its training run"
     args = next(args for doc, _, args in COMMANDS if doc == "README.md" and args[0] == "train")
-    metrics = console_dir / args[args.index("--out") + 1] / "metrics.jsonl"
+    metrics = doc_dir / args[args.index("--out") + 1] / "metrics.jsonl"
     if not metrics.exists():
-        monkeypatch.chdir(console_dir)
+        monkeypatch.chdir(doc_dir)
         result = CliRunner().invoke(main, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     final = json.loads(metrics.read_text().splitlines()[-1])
@@ -110,6 +144,24 @@ def test_readme_training_reaches_the_accuracy_it_states(console_dir: Path, monke
 def test_readme_shapes_table_is_current() -> None:
     table = CliRunner().invoke(main, ["shapes", "examples/alexnet.adsl"]).stdout
     assert table in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+CHECK_BLOCK = re.compile(r"```text\n\$ alexdsl (check [^\n]+)\n(.*?)```", re.S)
+
+
+def test_readme_check_output_is_current(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's `alexdsl check` block is what the command prints; ``--update-goldens`` rewrites the block."""
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    block = CHECK_BLOCK.search(text)
+    assert block, "README.md no longer shows an `alexdsl check` run in a text block"
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(main, shlex.split(block.group(1)))
+    assert result.exit_code == 1, result.output
+    if request.config.getoption("--update-goldens"):
+        write_text_atomic(readme, text[: block.start(2)] + result.output + text[block.end(2) :])
+    else:
+        assert block.group(2) == result.output, "README's `alexdsl check` block is stale (--update-goldens)"
 
 
 def test_language_reference_covers_every_op() -> None:
@@ -133,3 +185,4 @@ def test_generated_code_excerpts_are_current(doc: str, line: int, code: str, mon
     generated = {text.strip() for text in source.splitlines()}
     stale = [text for text in code.splitlines() if text.strip() and "..." not in text and text.strip() not in generated]
     assert not stale, f"{doc}:{line}: lines the generator no longer writes: {stale}"
+

@@ -43,7 +43,7 @@ def test_blocks_are_nested_clusters() -> None:
     assert "#d9822b" in train
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed: apt-get install graphviz")
 def test_draw_svg(tmp_path: Path) -> None:
     out = tmp_path / "net.svg"
     result = CliRunner().invoke(draw_command, [str(ROOT / "examples" / "inception.adsl"), "-o", str(out)])

@@ -51,6 +51,7 @@ def test_torch_module_has_torchvisions_state_dict(example: str) -> None:
     assert shapes == expected["state"]
 
 
+@pytest.mark.slow  # 2-3 s of CPU per example
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_numpy_executor_agrees_with_the_torch_module(example: str) -> None:
     pytest.importorskip("torch")
@@ -83,6 +84,7 @@ def _torch_logits(network: Network, weights: dict[str, np.ndarray], x: np.ndarra
     return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
 
 
+@pytest.mark.slow  # 2 s of CPU per example
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_onnx_export_agrees_with_the_torch_module(example: str) -> None:
     pytest.importorskip("torch")
@@ -101,6 +103,7 @@ def test_onnx_export_agrees_with_the_torch_module(example: str) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
+@pytest.mark.slow  # 1-3 s of CPU per example
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_trains_on_synthetic_data_at_a_small_input(example: str, tmp_path) -> None:
     assert_trains_one_epoch(load(example, SMALL), tmp_path)

@@ -72,6 +72,7 @@ def test_resnext50_matches_torchvision_when_installed() -> None:
     assert {k: tuple(s) for k, s in network.state_keys().items()} == state
 
 
+@pytest.mark.slow  # most of this file's CPU time
 def test_resnext50_trains_on_synthetic_data_at_a_small_input(tmp_path) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("safetensors")

@@ -54,6 +54,7 @@ def test_torch_module_has_torchvisions_state_dict_in_its_order(example: str) -> 
     assert list(shapes.items()) == list(reference(MODEL[example])["state"].items())
 
 
+@pytest.mark.slow  # 2-4 s of CPU per example
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str) -> None:
     """The logits at a small input; the ONNX model passes onnx.checker's full check on export."""
@@ -68,8 +69,8 @@ def test_numpy_executor_and_onnxruntime_agree_with_the_torch_module(example: str
         assert relative <= 1e-4, backend
 
 
-@pytest.mark.parametrize("example", [pytest.param(name, marks=pytest.mark.slow) if name == "convnext_tiny" else name
-                                     for name in EXAMPLE_NAMES])  # ConvNeXt-T: 28.6M parameters, 5-20 s
+@pytest.mark.slow  # 1-3 s of CPU per example
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_trains_on_synthetic_data_at_a_small_input(example: str, tmp_path) -> None:
     assert_trains_one_epoch(load(example, TINY), tmp_path)
 

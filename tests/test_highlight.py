@@ -46,7 +46,7 @@ def test_lexer_is_found_by_alias_and_filename() -> None:
     try:
         assert isinstance(get_lexer_by_name("adsl"), AlexDSLLexer)
     except pygments.util.ClassNotFound:
-        pytest.skip("alexdsl is not installed, so its pygments entry point is not registered")
+        pytest.skip("alexdsl is not installed, so its pygments entry point is not registered: pip install -e .")
     assert find_lexer_class_for_filename("net.adsl") is AlexDSLLexer
 
 

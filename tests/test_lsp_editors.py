@@ -136,6 +136,6 @@ def test_vscode_language_grammar_and_settings_match_the_server() -> None:
     assert settings == set(HintSettings.__dataclass_fields__)
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: apt-get install nodejs")
 def test_vscode_extension_script_parses() -> None:
     subprocess.run(["node", "--check", str(VSCODE / "extension.js")], check=True, capture_output=True)

@@ -26,6 +26,7 @@ from alexdsl.ops import registry
 from alexdsl.plugins import load_plugins
 
 PLUGIN = str(EXAMPLES / "plugins" / "scaled_tanh.py")
+DYT = str(EXAMPLES / "plugins" / "dyt.py")  # a plugin op with weights
 LENET5 = str(EXAMPLES / "plugins" / "lenet5.adsl")
 
 
@@ -177,22 +178,19 @@ def test_plugins_from_the_environment_and_from_entry_points(tmp_path: Path) -> N
     assert "scaled_tanh" in result.stdout
 
 
-def test_the_excerpts_in_extending_md_are_from_the_plugin() -> None:
-    """docs/extending.md quotes examples/plugins/scaled_tanh.py (``...`` stands for what it leaves out)."""
+def test_the_excerpts_in_extending_md_are_from_the_plugins() -> None:
+    """docs/extending.md quotes examples/plugins/*.py (``...`` stands for what it leaves out)."""
     import re
 
     doc = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
-    source = {line.strip() for line in Path(PLUGIN).read_text(encoding="utf-8").splitlines()}
+    sources = {path.name: {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
+               for path in (EXAMPLES / "plugins").glob("*.py")}
     excerpts = re.findall(r"```py\n(.*?)```", doc, re.S)
-    assert len(excerpts) == 2
+    assert len(excerpts) == 4
     for excerpt in excerpts:
-        for line in excerpt.splitlines():
-            text = line.strip()
-            if "..." in text or not text:
-                continue
-            plain = text.replace("def _executor(x, *, a, b, out=None):",
-                                 "def _executor(x: Any, *, a: float, b: float, out: Any = None) -> Any:")
-            assert plain in source, text
+        lines = [line.strip() for line in excerpt.splitlines() if line.strip() and "..." not in line]
+        holders = [name for name, source in sources.items() if all(line in source for line in lines)]
+        assert holders, f"no example plugin holds every line of:\n{excerpt}"
 
 
 def test_a_torch_lowering_needs_a_forward_or_a_module() -> None:
@@ -201,3 +199,49 @@ def test_a_torch_lowering_needs_a_forward_or_a_module() -> None:
     assert TorchLowering(module=lambda layer, ctx: "nn.Identity()").forward is call_module
     with pytest.raises(ValueError, match="needs a forward expression, or a module to call"):
         TorchLowering()
+
+
+def test_a_plugin_op_with_weights_computes_its_formula_everywhere(tmp_path: Path) -> None:
+    """dyt's weights reach the executor's function and torch's ParameterDict, and survive ONNX both ways."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    load_plugins([DYT])
+    from alexdsl.backends.cupy import compile as compile_network
+    from alexdsl.interop.onnx import export_onnx
+    from alexdsl.interop.onnx_import import import_onnx
+    from alexdsl.torch import build, load_weights
+
+    net = alexdsl.parse("network D\ninput x: 4x5x5\ny: dyt\n")
+    rng = np.random.default_rng(0)
+    weights = {"y.alpha": np.array([0.7], np.float32), "y.weight": rng.normal(size=4).astype(np.float32),
+               "y.bias": rng.normal(size=4).astype(np.float32)}
+    x = rng.normal(size=(2, 4, 5, 5)).astype(np.float32) * 3
+    expected = (weights["y.weight"].reshape(-1, 1, 1) * np.tanh(0.7 * x.astype(np.float64))
+                + weights["y.bias"].reshape(-1, 1, 1))
+    np.testing.assert_allclose(compile_network(net, weights, device="cpu")(x), expected, rtol=1e-5, atol=1e-5)
+    module = build(net)
+    assert sorted(module.state_dict()) == ["y.alpha", "y.bias", "y.weight"]
+    load_weights(module, {key: torch.from_numpy(value) for key, value in weights.items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(module(torch.from_numpy(x)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    path = tmp_path / "d.onnx"
+    path.write_bytes(export_onnx(net, weights).SerializeToString())
+    imported, imported_weights = import_onnx(path)
+    assert [layer.op for layer in imported.layers()] == ["input", "dyt"]
+    for key, value in weights.items():
+        np.testing.assert_array_equal(imported_weights[key], value)
+
+
+@pytest.mark.slow
+def test_the_op_contract_tests_run_over_a_plugin_named_in_the_environment() -> None:
+    """The command docs/extending.md gives: the suite loads $ALEXDSL_PLUGINS before collecting."""
+    import re
+    import shlex
+
+    doc = (ROOT / "docs" / "extending.md").read_text(encoding="utf-8")
+    line = re.search(r"^\$ ALEXDSL_PLUGINS=(\S+) python (-m pytest .*)$", doc, re.M)
+    assert line, "docs/extending.md no longer shows how to run the contract tests on a plugin"
+    result = subprocess.run([sys.executable, *shlex.split(line.group(2))], capture_output=True, text=True,
+                            env={**os.environ, "ALEXDSL_PLUGINS": line.group(1)}, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"\b5 passed", result.stdout), result.stdout
