@@ -256,3 +256,24 @@ def test_fmt_import_and_run_read_standard_input() -> None:
     image = CliRunner().invoke(main, ["run", str(EXAMPLES / "lenet.adsl"), "-", "--top", "3"], input=png.getvalue())
     assert image.exit_code == 0, image.output
     assert image.stdout.splitlines()[0].startswith("-: ") and image.stdout.splitlines()[0].count("(") == 3
+
+
+def test_compile_for_torch_needs_no_torch(tmp_path) -> None:
+    """Generating the module's source is string work: it runs with torch hidden, and writes the same bytes."""
+    from test_layering import _run_without_optional_packages
+
+    from alexdsl.backends.torch.codegen import generate_source
+
+    lenet = EXAMPLES / "lenet.adsl"
+    out = tmp_path / "lenet_torch.py"
+    result = _run_without_optional_packages("compile", str(lenet), "--backend", "torch", "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert out.read_text(encoding="utf-8") == generate_source(alexdsl.load(lenet))
+
+
+def test_the_names_a_submodule_may_not_take_cover_the_installed_torch() -> None:
+    torch = pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0 && pip install -e '.[torch]'")
+    from alexdsl.backends.torch.module_attributes import MODULE_ATTRIBUTES, MODULE_DICT_ATTRIBUTES
+
+    for cls, written in ((torch.nn.Module, MODULE_ATTRIBUTES), (torch.nn.ModuleDict, MODULE_DICT_ATTRIBUTES)):
+        assert set(dir(cls)) | set(vars(cls())) <= written, cls
