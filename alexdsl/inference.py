@@ -22,6 +22,7 @@ from typing import Any
 import numpy
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
 
 Predictor = Callable[[numpy.ndarray], numpy.ndarray]
@@ -54,7 +55,7 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
     try:
         import torch
     except ImportError:
-        raise AlexDSLError("error: --backend torch needs PyTorch: pip install 'alexdsl[torch]'") from None
+        raise AlexDSLError(f"error: --backend torch needs PyTorch: {install_command('torch')}") from None
     from alexdsl.backends.torch.codegen import build, load_weights
     from alexdsl.backends.torch.device import torch_device
 

@@ -48,6 +48,7 @@ from typing import Any
 import numpy
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth")
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
@@ -171,7 +172,7 @@ def _read_torch(path: str, limit: int) -> dict[str, Any]:
     try:
         import torch
     except ImportError:
-        raise _error(path, "reading a .pt/.pth state_dict needs PyTorch: pip install 'alexdsl[torch]'") from None
+        raise _error(path, f"reading a .pt/.pth state_dict needs PyTorch: {install_command('torch')}") from None
     import pickle
 
     try:

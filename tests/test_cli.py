@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
+import sys
+from importlib import metadata
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, GOLDEN
+from conftest import EXAMPLES, GOLDEN, ROOT
 
 import alexdsl
 from alexdsl.cli import main
@@ -277,3 +280,52 @@ def test_the_names_a_submodule_may_not_take_cover_the_installed_torch() -> None:
 
     for cls, written in ((torch.nn.Module, MODULE_ATTRIBUTES), (torch.nn.ModuleDict, MODULE_DICT_ATTRIBUTES)):
         assert set(dir(cls)) | set(vars(cls())) <= written, cls
+
+
+# Each "needs X" error, and the extra its command installs. Every command runs with the packages hidden.
+LENET = str(EXAMPLES / "lenet.adsl")
+MISSING_PACKAGE_COMMANDS = {
+    "run --backend torch": (("run", LENET, "--backend", "torch"), "torch"),
+    "run --weights .pt": (("run", LENET, "--weights", "{tmp}/w.pt"), "torch"),
+    "run --data digits": (("run", LENET, "--data", "digits"), "digits"),
+    "train": (("train", LENET, "--data", "synthetic", "--out", "{tmp}/run"), "torch"),
+    "compare with the reference": (("compare", LENET, "--backends", "reference,cupy"), "torch"),
+    "compare with torch": (("compare", LENET, "--backends", "cupy,torch"), "torch"),
+    "compare with onnx": (("compare", LENET, "--backends", "cupy,onnx"), "onnx"),
+    "export onnx": (("export", LENET, "--format", "onnx", "-o", "{tmp}/lenet.onnx"), "onnx"),
+    "import onnx": (("import", "onnx", "{tmp}/w.pt"), "onnx"),
+    "lsp": (("lsp",), "lsp"),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_PACKAGE_COMMANDS)
+def test_every_missing_package_error_gives_a_command_that_installs_it(case: str, tmp_path, monkeypatch) -> None:
+    from alexdsl.extras import install_command
+
+    for name in ("torch", "onnx", "onnxruntime", "google.protobuf", "sklearn", "pygls", "lsprotocol"):
+        monkeypatch.setitem(sys.modules, name, None)  # as in an install without the extras
+    monkeypatch.delitem(sys.modules, "alexdsl.lsp.server", raising=False)
+    (tmp_path / "w.pt").write_bytes(b"not read")
+    args, extra = MISSING_PACKAGE_COMMANDS[case]
+    result = CliRunner().invoke(main, [arg.format(tmp=tmp_path) for arg in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert install_command(extra) in result.stderr, result.stderr
+
+
+def test_the_install_command_installs_from_this_checkout_with_cpu_torch_first() -> None:
+    from alexdsl.extras import EXTRAS, install_command
+
+    assert install_command("torch") == f"pip install torch==2.13.0 && pip install -e '{ROOT}[torch]'"
+    for extra in EXTRAS:
+        assert extra in metadata.metadata("alexdsl").get_all("Provides-Extra")
+        assert install_command(extra).endswith(f"pip install -e {shlex.quote(f'{ROOT}[{extra}]')}")
+
+
+def test_outside_a_checkout_the_install_command_names_the_extras_requirements(monkeypatch) -> None:
+    from alexdsl import extras
+
+    monkeypatch.setattr(extras, "checkout_folder", lambda: None)
+    assert extras.install_command("onnx") == "pip install 'onnx>=1.15' 'onnxruntime>=1.17'"
+    assert extras.install_command("torch").startswith("pip install torch==2.13.0 && pip install 'torch>=2.1' ")
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        extras.install_command("gpu")

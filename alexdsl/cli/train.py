@@ -8,6 +8,7 @@ import click
 
 from alexdsl.cli.support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.fileio import output_target
 
 
@@ -50,7 +51,7 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     try:
         import torch  # noqa: F401 - the trainer imports it only when it runs: check here, before any work
     except ImportError as error:
-        raise AlexDSLError(f"alexdsl train needs the torch extra: pip install 'alexdsl[torch]' ({error})") from None
+        raise AlexDSLError(f"alexdsl train needs the torch extra ({error}): {install_command('torch')}") from None
     from alexdsl.backends.torch.train import train
 
     network = load_network(file, inputs)

@@ -24,6 +24,7 @@ import networkx as nx
 import numpy as np
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
 from alexdsl.ops.registry import format_shape
 
@@ -60,7 +61,8 @@ def run_torch(network: Network, layers: list[str], weights: Mapping[str, np.ndar
 
         from alexdsl.backends import torch as backend
     except ImportError as error:
-        raise AlexDSLError(f"error: the torch backend is not available ({error})") from None
+        raise AlexDSLError(f"error: the torch backend is not available ({error}): {install_command('torch')}"
+                           ) from None
     out = {}
     for name in layers:
         sub = subnetwork(network, name)
@@ -98,7 +100,7 @@ def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
         import onnxruntime as ort
         from onnx import helper
     except ImportError:
-        raise AlexDSLError("error: comparing with ONNX needs onnx and onnxruntime: pip install 'alexdsl[onnx]'"
+        raise AlexDSLError(f"error: comparing with ONNX needs onnx and onnxruntime: {install_command('onnx')}"
                            ) from None
     from alexdsl.interop.onnx import export_onnx
 
