@@ -42,13 +42,16 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
             executor = compile_executor(network, weights, device=device, dtype=dtype, seed=seed)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
+        if device == "auto" and executor.device == "cpu":
+            print(f"note: {_why_not_cupy()}, so the executor runs on NumPy (CPU)", file=sys.stderr)
 
         def run_executor(batch: numpy.ndarray) -> numpy.ndarray:
             out = executor(batch.astype(executor.dtype, copy=False))
             out = out[0] if isinstance(out, tuple) else out
             return numpy.asarray(out.get() if hasattr(out, "get") else out, dtype=numpy.float32)
 
-        return run_executor, f"{executor.device} (cupy executor)"
+        library = "numpy" if executor.device == "cpu" else "cupy"
+        return run_executor, f"{executor.device} ({library} executor)"
     if dtype != "float32":
         raise AlexDSLError(f"error: --dtype {dtype} is for --backend cupy; the torch backend runs its module "
                            f"in float32 (drop --dtype, or use --backend cupy --dtype {dtype} on a GPU)")
@@ -73,6 +76,15 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
         return out.float().cpu().numpy()
 
     return run_module, f"{device} (torch)"
+
+
+def _why_not_cupy() -> str:
+    """Why ``device="auto"`` chose NumPy: CuPy is missing (with how to install it), or it sees no GPU."""
+    from alexdsl.backends.cupy import arrays
+
+    if arrays.cupy_module is None:
+        return f"CuPy was not found (for an NVIDIA GPU: {install_command('cupy')})"
+    return "CuPy finds no usable CUDA GPU"
 
 
 def top_k(scores: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:

@@ -329,3 +329,19 @@ def test_outside_a_checkout_the_install_command_names_the_extras_requirements(mo
     assert extras.install_command("torch").startswith("pip install torch==2.13.0 && pip install 'torch>=2.1' ")
     with pytest.raises(ValueError, match="unknown extra 'gpu'"):
         extras.install_command("gpu")
+
+
+@pytest.mark.parametrize(("cupy_found", "reason"), [(True, "CuPy finds no usable CUDA GPU"),
+                                                     (False, "CuPy was not found (for an NVIDIA GPU: pip install")])
+def test_the_cupy_backend_says_once_when_numpy_runs_instead(cupy_found: bool, reason: str, monkeypatch) -> None:
+    from alexdsl.backends.cupy import arrays, executor
+
+    monkeypatch.setattr(executor, "cuda_available", lambda: False)
+    if not cupy_found:
+        monkeypatch.setattr(arrays, "cupy_module", None)
+    result = run("run", LENET, "--backend", "cupy", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    note = f"note: {reason}"
+    assert result.stderr.count(note) == 1 and "so the executor runs on NumPy (CPU)" in result.stderr
+    assert result.stdout.splitlines()[-1].endswith("images/s on cpu (numpy executor)")
+    assert "note: CuPy" not in run("run", LENET, "--backend", "cupy", "--batch", "2", "--device", "cpu").stderr
