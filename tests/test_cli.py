@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -230,18 +231,108 @@ class Terminal(io.StringIO):
 def test_busy_shows_elapsed_time_on_a_terminal_only() -> None:
     import time
 
-    from alexdsl.progress import TICK, busy
+    from alexdsl.progress import CLEAR, TICK, busy
 
     terminal, pipe = Terminal(), io.StringIO()
     for stream in (terminal, pipe):
-        with busy("reading huge.adsl", delay=0, stream=stream):
+        with busy("parsing huge.adsl", delay=0, stream=stream):
             time.sleep(3 * TICK)
-    assert "reading huge.adsl: 00:00" in terminal.getvalue()
+    assert terminal.getvalue().startswith(f"{CLEAR}parsing huge.adsl · 0s") and terminal.getvalue().endswith(CLEAR)
     assert pipe.getvalue() == ""
     quick = Terminal()
-    with busy("reading small.adsl", delay=60, stream=quick):
+    with busy("parsing small.adsl", delay=60, stream=quick):
         pass
     assert "small.adsl" not in quick.getvalue()  # nothing for work shorter than the delay
+
+
+def test_busy_blocks_nest_on_one_line_and_show_can_be_forced_either_way() -> None:
+    import time
+
+    from alexdsl.progress import CLEAR, TICK, busy
+
+    terminal = Terminal()
+    with busy("comparing LeNet", delay=0, stream=terminal):
+        time.sleep(2 * TICK)
+        with busy("torch", stream=terminal), busy("layer 3/9 (conv2)", stream=terminal):
+            time.sleep(2 * TICK)
+        time.sleep(2 * TICK)
+    drawn = [text.rsplit(" · ", 1)[0] for text in terminal.getvalue().split(CLEAR)[1:]]  # without the time
+    shown = [text for i, text in enumerate(drawn) if i == 0 or text != drawn[i - 1]]
+    assert shown[0] == "comparing LeNet" and shown[-2:] == ["comparing LeNet", ""]  # erased at the end
+    assert "comparing LeNet › torch › layer 3/9 (conv2)" in shown
+    silenced, forced = Terminal(), io.StringIO()
+    for stream, show in ((silenced, False), (forced, True)):
+        with busy("training", delay=0, stream=stream, show=show):
+            time.sleep(2 * TICK)
+    assert silenced.getvalue() == "" and forced.getvalue().startswith(f"{CLEAR}training · 0s")
+
+
+def run_on_a_terminal(*args: str, cwd: Path) -> tuple[str, str]:
+    """Run ``alexdsl ARGS`` with stderr on a pseudo-terminal and stdout to a file: (stderr as the terminal
+    received it, stdout)."""
+    import os
+    import pty
+    import subprocess
+
+    controller, terminal = pty.openpty()
+    with open(cwd / "stdout.txt", "wb") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "alexdsl.cli", *args], stdin=subprocess.DEVNULL,
+                                   stdout=stdout, stderr=terminal, cwd=ROOT)
+    os.close(terminal)
+    received = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the process closed the terminal (EIO on Linux)
+            break
+        if not chunk:
+            break
+        received.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=300) == 0, b"".join(received)
+    return b"".join(received).decode(), (cwd / "stdout.txt").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal (Linux or macOS)")
+def test_compare_with_stdout_redirected_shows_progress_on_the_terminal(tmp_path) -> None:
+    pytest.importorskip("torch", reason="the reference backend needs torch: pip install torch==2.13.0 && "
+                                        "pip install -e '.[torch]'")
+    from alexdsl.progress import CLEAR
+
+    args = ("compare", LENET, "--backends", "reference,cupy", "--layers", "conv1,ip2")
+    terminal, stdout = run_on_a_terminal(*args, cwd=tmp_path)
+    assert f"{CLEAR}comparing LeNet on reference, cupy › " in terminal  # the reference's torch alone takes >1 s
+    assert "all layers agree" in terminal and "conv1" in stdout and CLEAR not in stdout
+    piped = run(*args)
+    assert piped.exit_code == 0 and CLEAR not in piped.stderr and "comparing" not in piped.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal (Linux or macOS)")
+def test_train_says_what_its_start_up_is_doing_on_a_terminal(tmp_path) -> None:
+    pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0 && pip install -e '.[torch]'")
+    from alexdsl.progress import CLEAR
+
+    args = ("train", LENET, "--data", "synthetic:64", "--epochs", "1", "--out", str(tmp_path / "run"))
+    terminal, _ = run_on_a_terminal(*args, cwd=tmp_path)
+    steps = ["importing torch", f"parsing {LENET}", "loading the data (synthetic:64)", "building the model",
+             "preparing the optimizer"]
+    at = [terminal.find(f"{CLEAR}{step} · ") for step in steps] + [terminal.find("epoch 1/1: train_loss")]
+    assert -1 not in at and at == sorted(at), terminal
+    quiet, _ = run_on_a_terminal(*args, "--quiet", cwd=tmp_path)
+    assert CLEAR not in quiet
+    piped = subprocess_stderr(*args)
+    assert CLEAR not in piped and "importing torch" not in piped and "epoch 1/1: train_loss" in piped
+
+
+def subprocess_stderr(*args: str) -> str:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "alexdsl.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
 
 
 def test_fmt_import_and_run_read_standard_input() -> None:

@@ -45,6 +45,7 @@ from alexdsl.backends.torch.solver import Solver, make_optimizer, make_scheduler
 from alexdsl.data import open_source
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import atomic_path, write_bytes_atomic, write_text_atomic
+from alexdsl.progress import busy
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -404,7 +405,9 @@ def train(
     if step_threads is not None:
         torch.set_num_threads(step_threads)
 
-    source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
+    show = False if not is_main or progress is False else progress  # the start-up lines, as the bars
+    with busy(f"loading the data ({data})", delay=0, show=show):
+        source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
 
     from alexdsl.data import Split
 
@@ -424,7 +427,8 @@ def train(
     opts = opts.with_max_iter(max_iter)
 
     torch.manual_seed(seed)
-    model = module if module is not None else build(network)
+    with busy("building the model", delay=0, show=show):
+        model = module if module is not None else build(network)
     for name in ("loss", "metrics", "param_groups"):
         if not callable(getattr(model, name, None)):
             raise AlexDSLError(f"the module to train has no {name}() method")
@@ -433,7 +437,8 @@ def train(
 
         load_weights(model, weights)
     model.to(dev)
-    optimizer = make_optimizer(model, opts)
+    with busy("preparing the optimizer", delay=0, show=show):  # torch imports its compiler here: seconds
+        optimizer = make_optimizer(model, opts)
     scheduler = make_scheduler(optimizer, opts)
 
     config = {"batch_size": per_process_batch, "seed": seed, "world_size": world, "data": data}
@@ -556,7 +561,8 @@ def train(
         loss_sum, correct, count = all_sum([sums["loss"], sums["correct"], sums["count"]])
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0),
                                   "train_accuracy": correct / max(count, 1.0) if math.isfinite(correct) else None}
-        record.update(evaluate())
+        with busy(f"epoch {epoch + 1}/{total_epochs}: evaluating", show=show):
+            record.update(evaluate())
         record["lr"] = opts.lr_at(max(global_step - 1, 0))
         record["seconds"] = round(sums["seconds"], 3)
         if not math.isfinite(record["val_loss"]):
@@ -564,13 +570,14 @@ def train(
                                f"{epoch + 1}; lower the learning rate (--lr). Saved weights were left untouched.")
         history.append(record)
         if is_main:
-            save_weights(model, out / WEIGHTS, {"network": str(network.name), "epoch": str(epoch + 1)})
-            write_text_atomic(out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-            checkpoint(epoch + 1, 0)
-            last_epoch = epoch + 1 == total_epochs or global_step >= max_iter
-            if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
-                plot_curves(history, out / PLOT, f"{network.name} on {data}")
-                plotted = time.monotonic()
+            with busy(f"epoch {epoch + 1}/{total_epochs}: saving the weights, checkpoint and curves", show=show):
+                save_weights(model, out / WEIGHTS, {"network": str(network.name), "epoch": str(epoch + 1)})
+                write_text_atomic(out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+                checkpoint(epoch + 1, 0)
+                last_epoch = epoch + 1 == total_epochs or global_step >= max_iter
+                if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
+                    plot_curves(history, out / PLOT, f"{network.name} on {data}")
+                    plotted = time.monotonic()
         accuracy_text = "" if record["val_accuracy"] is None else f" val_accuracy {record['val_accuracy']:.4f}"
         say(f"epoch {epoch + 1}/{total_epochs}: train_loss {record['train_loss']:.4f} "
             f"val_loss {record['val_loss']:.4f}{accuracy_text} ({record['seconds']:.1f} s)")
