@@ -72,6 +72,8 @@ class _StatusLine:
     def pop(self) -> None:
         with self.lock:
             self.parts.pop()
+        if self.drawn:
+            self.draw()
 
     def draw(self) -> None:
         with self.lock:

@@ -421,6 +421,12 @@ def test_outside_a_checkout_the_install_command_names_the_extras_requirements(mo
     with pytest.raises(ValueError, match="unknown extra 'gpu'"):
         extras.install_command("gpu")
 
+    def not_installed(name: str) -> list[str]:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(extras.metadata, "requires", not_installed)  # the package folder put on the path by hand
+    assert extras.install_command("lsp") == "pip install -e '.[lsp]' (in an alexdsl checkout)"
+
 
 @pytest.mark.parametrize(("cupy_found", "reason"), [(True, "CuPy finds no usable CUDA GPU"),
                                                      (False, "CuPy was not found (for an NVIDIA GPU: pip install")])
