@@ -403,6 +403,16 @@ def test_every_missing_package_error_gives_a_command_that_installs_it(case: str,
     assert install_command(extra) in result.stderr, result.stderr
 
 
+def test_run_on_cuda_without_cupy_gives_a_command_that_installs_it(monkeypatch) -> None:
+    from alexdsl.backends.cupy import executor
+    from alexdsl.extras import install_command
+
+    monkeypatch.setattr(executor, "cupy_module", None)  # as in an install without the cupy extra
+    result = run("run", LENET, "--device", "cuda", "--batch", "2")
+    assert result.exit_code == 1 and "device 'cuda' needs CuPy, which is not installed" in result.stderr
+    assert install_command("cupy") in result.stderr and "Traceback" not in result.output
+
+
 def test_the_install_command_installs_from_this_checkout_with_cpu_torch_first() -> None:
     from alexdsl.extras import EXTRAS, install_command
 
