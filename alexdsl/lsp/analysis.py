@@ -33,7 +33,7 @@ WHOLE_INPUT = 0  # receptive-field size meaning "every input position"
 
 @dataclass(frozen=True)
 class StageHint:
-    """A hint inside a line, after a stage of a chain whose output shape differs from its input's
+    """A hint inside a line whose chain changes the shape more than once, after a stage that changes it
     (``conv(96, 11, stride=4) 96x55x55 | relu | maxpool(3, stride=2) 96x27x27 | lrn(...)``)."""
 
     column: int  # 0-based, just after the stage's call

@@ -405,7 +405,9 @@ def train(
     if step_threads is not None:
         torch.set_num_threads(step_threads)
 
-    show = False if not is_main or progress is False else progress  # the start-up lines, as the bars
+    # The progress lines (start-up, evaluation, saving) follow the bars: the main process only, never with
+    # progress=False, and with None only when stderr is a terminal.
+    show = False if not is_main or progress is False else progress
     with busy(f"loading the data ({data})", delay=0, show=show):
         source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
 
