@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 from alexdsl.limits import max_image_bytes, max_image_pixels
 from alexdsl.settings import PREPROCESS_KEYS
 
@@ -190,7 +191,7 @@ def digits(input_shape: tuple[int, ...], classes: int, preprocess: Preprocess | 
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise AlexDSLError("--data digits needs scikit-learn: pip install 'alexdsl[digits]'") from None
+        raise AlexDSLError(f"--data digits needs scikit-learn: {install_command('digits')}") from None
     bunch = load_digits()
     images = (bunch.images.astype(np.float32) * np.float32(255.0 / 16.0))[:, None]
     labels = bunch.target.astype(np.int64)

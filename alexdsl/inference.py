@@ -22,7 +22,9 @@ from typing import Any
 import numpy
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
+from alexdsl.progress import busy
 
 Predictor = Callable[[numpy.ndarray], numpy.ndarray]
 
@@ -36,33 +38,38 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
     if backend == "cupy":
         from alexdsl.backends.cupy import compile as compile_executor
 
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, busy(f"compiling the executor of {network.name}"):
             warnings.simplefilter("always")
             executor = compile_executor(network, weights, device=device, dtype=dtype, seed=seed)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
+        if device == "auto" and executor.device == "cpu":
+            print(f"note: {_why_not_cupy()}, so the executor runs on NumPy (CPU)", file=sys.stderr)
 
         def run_executor(batch: numpy.ndarray) -> numpy.ndarray:
             out = executor(batch.astype(executor.dtype, copy=False))
             out = out[0] if isinstance(out, tuple) else out
             return numpy.asarray(out.get() if hasattr(out, "get") else out, dtype=numpy.float32)
 
-        return run_executor, f"{executor.device} (cupy executor)"
+        library = "numpy" if executor.device == "cpu" else "cupy"
+        return run_executor, f"{executor.device} ({library} executor)"
     if dtype != "float32":
         raise AlexDSLError(f"error: --dtype {dtype} is for --backend cupy; the torch backend runs its module "
                            f"in float32 (drop --dtype, or use --backend cupy --dtype {dtype} on a GPU)")
     try:
-        import torch
+        with busy("importing torch"):
+            import torch
     except ImportError:
-        raise AlexDSLError("error: --backend torch needs PyTorch: pip install 'alexdsl[torch]'") from None
+        raise AlexDSLError(f"error: --backend torch needs PyTorch: {install_command('torch')}") from None
     from alexdsl.backends.torch.codegen import build, load_weights
     from alexdsl.backends.torch.device import torch_device
 
     device = torch_device(device)
     torch.manual_seed(seed)
-    module = build(network)
-    if weights is not None:
-        load_weights(module, weights)
+    with busy(f"building the model of {network.name}"):
+        module = build(network)
+        if weights is not None:
+            load_weights(module, weights)
     module = module.eval().to(device)
 
     def run_module(batch: numpy.ndarray) -> numpy.ndarray:
@@ -72,6 +79,15 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
         return out.float().cpu().numpy()
 
     return run_module, f"{device} (torch)"
+
+
+def _why_not_cupy() -> str:
+    """Why ``device="auto"`` chose NumPy: CuPy is missing (with how to install it), or it sees no GPU."""
+    from alexdsl.backends.cupy import arrays
+
+    if arrays.cupy_module is None:
+        return f"CuPy was not found (for an NVIDIA GPU: {install_command('cupy')})"
+    return "CuPy finds no usable CUDA GPU"
 
 
 def top_k(scores: numpy.ndarray, k: int) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -89,15 +105,17 @@ def evaluate(predict: Predictor, source: Any, batch: int, k: int) -> dict[str, f
     count = source.length(False)
     hits1 = hitsk = 0
     seconds = 0.0
-    for start in range(0, count, batch):
-        images, labels = source.batch(range(start, min(count, start + batch)), 0, False)
-        x, y = numpy.asarray(images), numpy.asarray(labels)
-        began = time.perf_counter()
-        scores = predict(x)
-        seconds += time.perf_counter() - began
-        order, _ = top_k(scores, k)
-        hits1 += int((order[:, 0] == y).sum())
-        hitsk += int((order == y[:, None]).any(axis=1).sum())
+    with busy(f"evaluating {count:,} samples"):
+        for start in range(0, count, batch):
+            with busy(f"{start:,} done"):
+                images, labels = source.batch(range(start, min(count, start + batch)), 0, False)
+                x, y = numpy.asarray(images), numpy.asarray(labels)
+                began = time.perf_counter()
+                scores = predict(x)
+                seconds += time.perf_counter() - began
+            order, _ = top_k(scores, k)
+            hits1 += int((order[:, 0] == y).sum())
+            hitsk += int((order == y[:, None]).any(axis=1).sum())
     return {"samples": count, "top1": hits1 / count, f"top{k}": hitsk / count,
             "images_per_second": count / seconds if seconds else float("inf")}
 

@@ -57,6 +57,7 @@ from typing import Any
 import numpy
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth")
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # torch BatchNorm bookkeeping, unused at inference
@@ -318,7 +319,7 @@ def _open_torch(path: str, files: ExitStack) -> dict[str, Stored]:
     try:
         import torch
     except ImportError:
-        raise _error(path, "reading a .pt/.pth state_dict needs PyTorch: pip install 'alexdsl[torch]'") from None
+        raise _error(path, f"reading a .pt/.pth state_dict needs PyTorch: {install_command('torch')}") from None
     import pickle
 
     def bad(reason: str) -> AlexDSLError:

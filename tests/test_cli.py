@@ -5,10 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
+import sys
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import EXAMPLES, GOLDEN
+from conftest import EXAMPLES, GOLDEN, ROOT
 
 import alexdsl
 from alexdsl.cli import main
@@ -227,18 +231,108 @@ class Terminal(io.StringIO):
 def test_busy_shows_elapsed_time_on_a_terminal_only() -> None:
     import time
 
-    from alexdsl.progress import TICK, busy
+    from alexdsl.progress import CLEAR, TICK, busy
 
     terminal, pipe = Terminal(), io.StringIO()
     for stream in (terminal, pipe):
-        with busy("reading huge.adsl", delay=0, stream=stream):
+        with busy("parsing huge.adsl", delay=0, stream=stream):
             time.sleep(3 * TICK)
-    assert "reading huge.adsl: 00:00" in terminal.getvalue()
+    assert terminal.getvalue().startswith(f"{CLEAR}parsing huge.adsl · 0s") and terminal.getvalue().endswith(CLEAR)
     assert pipe.getvalue() == ""
     quick = Terminal()
-    with busy("reading small.adsl", delay=60, stream=quick):
+    with busy("parsing small.adsl", delay=60, stream=quick):
         pass
     assert "small.adsl" not in quick.getvalue()  # nothing for work shorter than the delay
+
+
+def test_busy_blocks_nest_on_one_line_and_show_can_be_forced_either_way() -> None:
+    import time
+
+    from alexdsl.progress import CLEAR, TICK, busy
+
+    terminal = Terminal()
+    with busy("comparing LeNet", delay=0, stream=terminal):
+        time.sleep(2 * TICK)
+        with busy("torch", stream=terminal), busy("layer 3/9 (conv2)", stream=terminal):
+            time.sleep(2 * TICK)
+        time.sleep(2 * TICK)
+    drawn = [text.rsplit(" · ", 1)[0] for text in terminal.getvalue().split(CLEAR)[1:]]  # without the time
+    shown = [text for i, text in enumerate(drawn) if i == 0 or text != drawn[i - 1]]
+    assert shown[0] == "comparing LeNet" and shown[-2:] == ["comparing LeNet", ""]  # erased at the end
+    assert "comparing LeNet › torch › layer 3/9 (conv2)" in shown
+    silenced, forced = Terminal(), io.StringIO()
+    for stream, show in ((silenced, False), (forced, True)):
+        with busy("training", delay=0, stream=stream, show=show):
+            time.sleep(2 * TICK)
+    assert silenced.getvalue() == "" and forced.getvalue().startswith(f"{CLEAR}training · 0s")
+
+
+def run_on_a_terminal(*args: str, cwd: Path) -> tuple[str, str]:
+    """Run ``alexdsl ARGS`` with stderr on a pseudo-terminal and stdout to a file: (stderr as the terminal
+    received it, stdout)."""
+    import os
+    import pty
+    import subprocess
+
+    controller, terminal = pty.openpty()
+    with open(cwd / "stdout.txt", "wb") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "alexdsl.cli", *args], stdin=subprocess.DEVNULL,
+                                   stdout=stdout, stderr=terminal, cwd=ROOT)
+    os.close(terminal)
+    received = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the process closed the terminal (EIO on Linux)
+            break
+        if not chunk:
+            break
+        received.append(chunk)
+    os.close(controller)
+    assert process.wait(timeout=300) == 0, b"".join(received)
+    return b"".join(received).decode(), (cwd / "stdout.txt").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal (Linux or macOS)")
+def test_compare_with_stdout_redirected_shows_progress_on_the_terminal(tmp_path) -> None:
+    pytest.importorskip("torch", reason="the reference backend needs torch: pip install torch==2.13.0 && "
+                                        "pip install -e '.[torch]'")
+    from alexdsl.progress import CLEAR
+
+    args = ("compare", LENET, "--backends", "reference,cupy", "--layers", "conv1,ip2")
+    terminal, stdout = run_on_a_terminal(*args, cwd=tmp_path)
+    assert f"{CLEAR}comparing LeNet on reference, cupy › " in terminal  # the reference's torch alone takes >1 s
+    assert "all layers agree" in terminal and "conv1" in stdout and CLEAR not in stdout
+    piped = run(*args)
+    assert piped.exit_code == 0 and CLEAR not in piped.stderr and "comparing" not in piped.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal (Linux or macOS)")
+def test_train_says_what_its_start_up_is_doing_on_a_terminal(tmp_path) -> None:
+    pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0 && pip install -e '.[torch]'")
+    from alexdsl.progress import CLEAR
+
+    args = ("train", LENET, "--data", "synthetic:64", "--epochs", "1", "--out", str(tmp_path / "run"))
+    terminal, _ = run_on_a_terminal(*args, cwd=tmp_path)
+    steps = ["importing torch", f"parsing {LENET}", "loading the data (synthetic:64)", "building the model",
+             "preparing the optimizer"]
+    at = [terminal.find(f"{CLEAR}{step} · ") for step in steps] + [terminal.find("epoch 1/1: train_loss")]
+    assert -1 not in at and at == sorted(at), terminal
+    quiet, _ = run_on_a_terminal(*args, "--quiet", cwd=tmp_path)
+    assert CLEAR not in quiet
+    piped = subprocess_stderr(*args)
+    assert CLEAR not in piped and "importing torch" not in piped and "epoch 1/1: train_loss" in piped
+
+
+def subprocess_stderr(*args: str) -> str:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "alexdsl.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stderr
 
 
 def test_fmt_import_and_run_read_standard_input() -> None:
@@ -256,3 +350,105 @@ def test_fmt_import_and_run_read_standard_input() -> None:
     image = CliRunner().invoke(main, ["run", str(EXAMPLES / "lenet.adsl"), "-", "--top", "3"], input=png.getvalue())
     assert image.exit_code == 0, image.output
     assert image.stdout.splitlines()[0].startswith("-: ") and image.stdout.splitlines()[0].count("(") == 3
+
+
+def test_compile_for_torch_needs_no_torch(tmp_path) -> None:
+    """Generating the module's source is string work: it runs with torch hidden, and writes the same bytes."""
+    from test_layering import _run_without_optional_packages
+
+    from alexdsl.backends.torch.codegen import generate_source
+
+    lenet = EXAMPLES / "lenet.adsl"
+    out = tmp_path / "lenet_torch.py"
+    result = _run_without_optional_packages("compile", str(lenet), "--backend", "torch", "-o", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert out.read_text(encoding="utf-8") == generate_source(alexdsl.load(lenet))
+
+
+def test_the_names_a_submodule_may_not_take_cover_the_installed_torch() -> None:
+    torch = pytest.importorskip("torch", reason="needs torch: pip install torch==2.13.0 && pip install -e '.[torch]'")
+    from alexdsl.backends.torch.module_attributes import MODULE_ATTRIBUTES, MODULE_DICT_ATTRIBUTES
+
+    for cls, written in ((torch.nn.Module, MODULE_ATTRIBUTES), (torch.nn.ModuleDict, MODULE_DICT_ATTRIBUTES)):
+        assert set(dir(cls)) | set(vars(cls())) <= written, cls
+
+
+# Each "needs X" error, and the extra its command installs. Every command runs with the packages hidden.
+LENET = str(EXAMPLES / "lenet.adsl")
+MISSING_PACKAGE_COMMANDS = {
+    "run --backend torch": (("run", LENET, "--backend", "torch"), "torch"),
+    "run --weights .pt": (("run", LENET, "--weights", "{tmp}/w.pt"), "torch"),
+    "run --data digits": (("run", LENET, "--data", "digits"), "digits"),
+    "train": (("train", LENET, "--data", "synthetic", "--out", "{tmp}/run"), "torch"),
+    "compare with the reference": (("compare", LENET, "--backends", "reference,cupy"), "torch"),
+    "compare with torch": (("compare", LENET, "--backends", "cupy,torch"), "torch"),
+    "compare with onnx": (("compare", LENET, "--backends", "cupy,onnx"), "onnx"),
+    "export onnx": (("export", LENET, "--format", "onnx", "-o", "{tmp}/lenet.onnx"), "onnx"),
+    "import onnx": (("import", "onnx", "{tmp}/w.pt"), "onnx"),
+    "lsp": (("lsp",), "lsp"),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_PACKAGE_COMMANDS)
+def test_every_missing_package_error_gives_a_command_that_installs_it(case: str, tmp_path, monkeypatch) -> None:
+    from alexdsl.extras import install_command
+
+    for name in ("torch", "onnx", "onnxruntime", "google.protobuf", "sklearn", "pygls", "lsprotocol"):
+        monkeypatch.setitem(sys.modules, name, None)  # as in an install without the extras
+    monkeypatch.delitem(sys.modules, "alexdsl.lsp.server", raising=False)
+    (tmp_path / "w.pt").write_bytes(b"not read")
+    args, extra = MISSING_PACKAGE_COMMANDS[case]
+    result = CliRunner().invoke(main, [arg.format(tmp=tmp_path) for arg in args])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert install_command(extra) in result.stderr, result.stderr
+
+
+def test_run_on_cuda_without_cupy_gives_a_command_that_installs_it(monkeypatch) -> None:
+    from alexdsl.backends.cupy import executor
+    from alexdsl.extras import install_command
+
+    monkeypatch.setattr(executor, "cupy_module", None)  # as in an install without the cupy extra
+    result = run("run", LENET, "--device", "cuda", "--batch", "2")
+    assert result.exit_code == 1 and "device 'cuda' needs CuPy, which is not installed" in result.stderr
+    assert install_command("cupy") in result.stderr and "Traceback" not in result.output
+
+
+def test_the_install_command_installs_from_this_checkout_with_cpu_torch_first() -> None:
+    from alexdsl.extras import EXTRAS, install_command
+
+    assert install_command("torch") == f"pip install torch==2.13.0 && pip install -e '{ROOT}[torch]'"
+    for extra in EXTRAS:
+        assert extra in metadata.metadata("alexdsl").get_all("Provides-Extra")
+        assert install_command(extra).endswith(f"pip install -e {shlex.quote(f'{ROOT}[{extra}]')}")
+
+
+def test_outside_a_checkout_the_install_command_names_the_extras_requirements(monkeypatch) -> None:
+    from alexdsl import extras
+
+    monkeypatch.setattr(extras, "checkout_folder", lambda: None)
+    assert extras.install_command("onnx") == "pip install 'onnx>=1.15' 'onnxruntime>=1.17'"
+    assert extras.install_command("torch").startswith("pip install torch==2.13.0 && pip install 'torch>=2.1' ")
+    with pytest.raises(ValueError, match="unknown extra 'gpu'"):
+        extras.install_command("gpu")
+
+    def not_installed(name: str) -> list[str]:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(extras.metadata, "requires", not_installed)  # the package folder put on the path by hand
+    assert extras.install_command("lsp") == "pip install -e '.[lsp]' (in an alexdsl checkout)"
+
+
+@pytest.mark.parametrize(("cupy_found", "reason"), [(True, "CuPy finds no usable CUDA GPU"),
+                                                     (False, "CuPy was not found (for an NVIDIA GPU: pip install")])
+def test_the_cupy_backend_says_once_when_numpy_runs_instead(cupy_found: bool, reason: str, monkeypatch) -> None:
+    from alexdsl.backends.cupy import arrays, executor
+
+    monkeypatch.setattr(executor, "cuda_available", lambda: False)
+    if not cupy_found:
+        monkeypatch.setattr(arrays, "cupy_module", None)
+    result = run("run", LENET, "--backend", "cupy", "--batch", "2")
+    assert result.exit_code == 0, result.output
+    note = f"note: {reason}"
+    assert result.stderr.count(note) == 1 and "so the executor runs on NumPy (CPU)" in result.stderr
+    assert result.stdout.splitlines()[-1].endswith("images/s on cpu (numpy executor)")
+    assert "note: CuPy" not in run("run", LENET, "--backend", "cupy", "--batch", "2", "--device", "cpu").stderr

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLES, ROOT
 
 from alexdsl.cli import main
+from alexdsl.extras import install_command
 from alexdsl.frontend import build_network
 
 VSCODE = ROOT / "editors" / "vscode"
@@ -99,7 +100,7 @@ def test_lsp_without_its_extra_says_how_to_install_it(monkeypatch: pytest.Monkey
     result = CliRunner().invoke(main, ["lsp"])
     assert result.exit_code == 1
     assert 'error: the language server needs the lsp extra' in result.stderr
-    assert 'pip install "alexdsl[lsp]"' in result.stderr and "Traceback" not in result.output
+    assert install_command("lsp") in result.stderr and "Traceback" not in result.output
 
 
 # VS Code ---------------------------------------------------------------------------------------

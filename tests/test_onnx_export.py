@@ -171,3 +171,26 @@ def test_a_model_that_fails_the_checker_is_an_error(monkeypatch: pytest.MonkeyPa
     net = alexdsl.parse("network P\ninput data: 3x7x7\np: maxpool(2, stride=2, pad=1, round=ceil)\n")
     with pytest.raises(AlexDSLError, match="fails onnx.checker"):
         export_onnx(net)
+
+
+# Every example, with a smaller input where its export allows one; vgg16 and alexnet_torchvision need theirs
+# (their adaptive pool must divide evenly) and are slow.
+EXAMPLE_FILES = sorted((ROOT / "examples").glob("**/*.adsl"))
+
+
+@pytest.mark.parametrize("path", [pytest.param(path, marks=pytest.mark.slow) if path.name in SLOW else path
+                                  for path in EXAMPLE_FILES], ids=lambda path: path.stem)
+def test_an_export_holds_nothing_unused(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every initializer and every node output is read by a node or is a graph output: onnxruntime warns
+    ("Removing initializer ...") about a value no one reads, as an unused Constant per ConvNeXt block once was."""
+    if path.parent.name == "plugins":
+        from alexdsl import plugins
+        from alexdsl.ops import registry
+
+        monkeypatch.setattr(registry, "_REGISTRY", {**registry._REGISTRY})  # the plugin's op, for this test only
+        monkeypatch.setattr(plugins, "_LOADED", {})
+        plugins.load_plugins([str(path.parent / "scaled_tanh.py")], entry_points=False)
+    graph = export_onnx(alexdsl.load(path, input_shapes=CASES.get(path.name))).graph
+    read = {value for node in graph.node for value in node.input} | {output.name for output in graph.output}
+    assert [tensor.name for tensor in graph.initializer if tensor.name not in read] == []
+    assert [value for node in graph.node for value in node.output if value not in read] == []

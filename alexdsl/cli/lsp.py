@@ -1,6 +1,6 @@
 """``alexdsl lsp``: run the language server of :mod:`alexdsl.lsp` (diagnostics, inlay shapes, hover, ...).
 
-pygls is an optional dependency (``pip install "alexdsl[lsp]"``), imported only when the
+pygls is an optional dependency (the ``lsp`` extra), imported only when the
 command runs, so the other commands work without it. See docs/editors.md.
 """
 
@@ -10,6 +10,7 @@ import click
 
 from alexdsl.cli.support import print_diagnostics
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 
 
 @click.command("lsp", epilog="\b\nSet-up for VS Code, Neovim, Helix and Emacs: docs/editors.md")
@@ -19,6 +20,6 @@ def lsp_command() -> None:
         from alexdsl.lsp.server import serve
     except ModuleNotFoundError as error:
         print_diagnostics(AlexDSLError(f"error: the language server needs the lsp extra (missing: {error.name}): "
-                                       'pip install "alexdsl[lsp]"'))
+                                       f"{install_command('lsp')}"))
         raise SystemExit(1) from None
     serve()

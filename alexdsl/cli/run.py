@@ -11,6 +11,7 @@ import numpy
 from alexdsl.cli.support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.inference import evaluate, load_array, make_predictor, top_k
+from alexdsl.progress import busy
 
 
 @click.command("run", epilog="""\b
@@ -56,7 +57,8 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     if data:
         from alexdsl.data import open_source
 
-        source = open_source(data, shape, classes, preprocess=network.preprocess.get(input_name), seed=seed)
+        with busy(f"loading the data ({data})"):
+            source = open_source(data, shape, classes, preprocess=network.preprocess.get(input_name), seed=seed)
         result = evaluate(predict, source, batch, top)
         click.echo(f"{data}: top-1 {result['top1']:.4f}  top-{top} {result[f'top{top}']:.4f} "
                    f"on {result['samples']} validation samples")

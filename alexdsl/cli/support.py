@@ -143,12 +143,14 @@ def read_source(path: str) -> str:
     return read(path)
 
 
-def load_network(path: str, inputs: tuple[str, ...] = ()) -> Any:
-    """Load a network for a command, printing its warnings to stderr."""
+def load_network(path: str, inputs: tuple[str, ...] = (), *, delay: float = 1.0, show: bool | None = None) -> Any:
+    """Load a network for a command, printing its warnings to stderr; on a terminal, a progress line says
+    so once it has taken ``delay`` seconds (a huge ``repeat`` takes a while to expand and check).
+    ``show=False``: no progress line (``train --quiet``)."""
     import alexdsl
     from alexdsl.progress import busy
 
-    with busy(f"reading {path}"):  # a huge `repeat` takes a while to expand and check
+    with busy(f"parsing {path}", delay=delay, show=show):
         network = alexdsl.load(path, input_shapes=parse_shape_overrides(inputs) or None)
     if network.warnings:
         sources = {path: read_source(path)}

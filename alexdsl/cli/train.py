@@ -8,7 +8,9 @@ import click
 
 from alexdsl.cli.support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.fileio import output_target
+from alexdsl.progress import busy
 
 
 @click.command("train", epilog="""\b
@@ -47,13 +49,16 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     Writes DIR/weights.safetensors, DIR/metrics.jsonl (one line per epoch),
     DIR/checkpoint.pt (for --resume) and DIR/curves.png.
     """
-    try:
-        import torch  # noqa: F401 - the trainer imports it only when it runs: check here, before any work
-    except ImportError as error:
-        raise AlexDSLError(f"alexdsl train needs the torch extra: pip install 'alexdsl[torch]' ({error})") from None
+    startup = {"delay": 0.0, "show": False if quiet else None}  # say at once what the first seconds are spent on
+    with busy("importing torch", **startup):
+        try:
+            import torch  # noqa: F401 - the trainer imports it only when it runs: check here, before any work
+        except ImportError as error:
+            raise AlexDSLError(f"alexdsl train needs the torch extra ({error}): {install_command('torch')}"
+                               ) from None
     from alexdsl.backends.torch.train import train
 
-    network = load_network(file, inputs)
+    network = load_network(file, inputs, **startup)
     check_memory(network, batch_size or int(network.solver.get("batch_size", 64)), "train",
                  copies_of_parameters=3)  # weights, gradients, momentum
     out_dir = Path(out) if out else Path("runs") / Path(file).stem

@@ -17,15 +17,17 @@ losses and metrics are not compared; ``dropout`` is the identity at inference.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 
 from alexdsl.errors import AlexDSLError
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
 from alexdsl.ops.registry import format_shape
+from alexdsl.progress import busy
 
 BACKENDS = ("reference", "torch", "cupy", "onnx")
 
@@ -49,6 +51,13 @@ def _sub_weights(sub: Network, weights: Mapping[str, np.ndarray]) -> dict[str, n
     return {k: v for k, v in weights.items() if k in keys}
 
 
+def _each_layer(layers: list[str]) -> Iterator[str]:
+    """``layers``, each shown on the progress line while it runs (``layer 3/9 (conv2)``)."""
+    for number, name in enumerate(layers, 1):
+        with busy(f"layer {number}/{len(layers)} ({name})"):
+            yield name
+
+
 def _feeds_for(sub: Network, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     return [feeds[name] for name in sub.data_inputs]
 
@@ -60,9 +69,10 @@ def run_torch(network: Network, layers: list[str], weights: Mapping[str, np.ndar
 
         from alexdsl.backends import torch as backend
     except ImportError as error:
-        raise AlexDSLError(f"error: the torch backend is not available ({error})") from None
+        raise AlexDSLError(f"error: the torch backend is not available ({error}): {install_command('torch')}"
+                           ) from None
     out = {}
-    for name in layers:
+    for name in _each_layer(layers):
         sub = subnetwork(network, name)
         module = backend.build(sub)
         state = dict(module.state_dict())  # keeps torch-only buffers such as num_batches_tracked
@@ -84,7 +94,7 @@ def run_cupy(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
         raise AlexDSLError(f"error: the cupy backend is not available ({error})") from None
     device = "cuda" if backend.cuda_available() else "cpu"
     out = {}
-    for name in layers:
+    for name in _each_layer(layers):
         sub = subnetwork(network, name)
         executor = backend.compile(sub, _sub_weights(sub, weights), device=device)
         result = executor(*_feeds_for(sub, feeds))
@@ -98,7 +108,7 @@ def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
         import onnxruntime as ort
         from onnx import helper
     except ImportError:
-        raise AlexDSLError("error: comparing with ONNX needs onnx and onnxruntime: pip install 'alexdsl[onnx]'"
+        raise AlexDSLError(f"error: comparing with ONNX needs onnx and onnxruntime: {install_command('onnx')}"
                            ) from None
     from alexdsl.interop.onnx import export_onnx
 
@@ -168,7 +178,10 @@ def compare(network: Network, backends: list[str], *, weights: Mapping[str, np.n
     rng = np.random.default_rng(seed)
     feeds = {name: rng.standard_normal((batch, *network.layer(name).shape)).astype(np.float32)
              for name in network.data_inputs}
-    results = {backend: RUNNERS[backend](network, chosen, weights, feeds) for backend in backends}
+    results = {}
+    for backend in backends:
+        with busy(backend):
+            results[backend] = RUNNERS[backend](network, chosen, weights, feeds)
     base = results[backends[0]]
     rows = []
     for name in chosen:

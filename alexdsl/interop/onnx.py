@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.fillers import draw
 from alexdsl.ops.registry import lookup
@@ -41,7 +42,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError:  # pragma: no cover - depends on the environment
-        raise AlexDSLError("error: ONNX export needs the onnx package: pip install 'alexdsl[onnx]'") from None
+        raise AlexDSLError(f"error: ONNX export needs the onnx package: {install_command('onnx')}") from None
     return onnx
 
 

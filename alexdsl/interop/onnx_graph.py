@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 from alexdsl.interop.onnx_layout import channels_first, channels_first_inputs
 from alexdsl.limits import MAX_DIM, MAX_RANK
 
@@ -79,7 +80,7 @@ def _onnx() -> Any:
     try:
         import onnx
     except ImportError:  # pragma: no cover - depends on the environment
-        raise AlexDSLError("error: ONNX import needs the onnx package: pip install 'alexdsl[onnx]'") from None
+        raise AlexDSLError(f"error: ONNX import needs the onnx package: {install_command('onnx')}") from None
     return onnx
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
 from alexdsl.ops.registry import lookup
 
@@ -30,7 +31,7 @@ def run_reference(network: Network, weights: Mapping[str, Any], feeds: Mapping[s
         import torch
         import torch.nn.functional as F  # noqa: N812
     except ImportError:
-        raise AlexDSLError("error: the reference interpreter needs torch: pip install 'alexdsl[torch]'") from None
+        raise AlexDSLError(f"error: the reference interpreter needs torch: {install_command('torch')}") from None
     view = network.inference_view()
     values: dict[str, Any] = {name: torch.as_tensor(np.asarray(feeds[name], dtype=np.float32)) for name in view.inputs}
     with torch.no_grad():

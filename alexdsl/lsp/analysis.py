@@ -8,9 +8,11 @@ hints of unchanged lines come from the document's last good analysis.
 
 Positions are 0-based (line, column) pairs in code points; spans are the front end's 1-based ones.
 
->>> a = analyze("network T\\ninput x: 3x8x8\\nc: conv(2, 3) | relu\\n", "t.adsl")
+>>> a = analyze("network T\\ninput x: 3x8x8\\nc: conv(2, 3) | relu | maxpool(2) | relu\\n", "t.adsl")
 >>> a.network.shapes["c_relu"], a.line_hints[2].label
-((2, 6, 6), '2x6x6')
+((2, 6, 6), '2x3x3')
+>>> [(stage.column, stage.label) for stage in a.line_hints[2].stages]  # after conv(2, 3) and maxpool(2)
+[(13, '2x6x6'), (33, '2x3x3')]
 """
 
 from __future__ import annotations
@@ -30,13 +32,25 @@ WHOLE_INPUT = 0  # receptive-field size meaning "every input position"
 
 
 @dataclass(frozen=True)
+class StageHint:
+    """A hint inside a line whose chain changes the shape more than once, after a stage that changes it
+    (``conv(96, 11, stride=4) 96x55x55 | relu | maxpool(3, stride=2) 96x27x27 | lrn(...)``)."""
+
+    column: int  # 0-based, just after the stage's call
+    label: str
+    layers: tuple[str, ...]  # the IR layers of the stage (several in a block body: one per instance)
+
+
+@dataclass(frozen=True)
 class LineHint:
-    """The inlay hint at the end of a line: the output of the last layer written on it."""
+    """The inlay hint at the end of a line: the output of the last layer written on it; and the hints
+    of the stages before it on the line whose shape changes."""
 
     column: int  # 0-based, just after the last call on the line (or the statement's @phase)
     label: str
     layers: tuple[str, ...]  # the IR layers it describes (several: repeat copies or block instances)
     line_layers: tuple[str, ...]  # every IR layer written on the line (for parameter and MAC totals)
+    stages: tuple[StageHint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -201,10 +215,13 @@ def _with_hints(analysis: Analysis) -> Analysis:
     for stmt, top_level in _layer_statements(analysis.module):
         last: dict[int, tuple[ast.Call, list[str]]] = {}
         on_line: dict[int, list[str]] = {}
+        op_calls: dict[int, list[tuple[Span, list[str]]]] = {}  # the calls of ops, in order, per line
         for call, names in statement_calls(stmt):
             layers = call_layers(analysis, call, names, top_level)
             if layers:
                 last[call.span.end_line - 1] = (call, layers)
+                if call.span in analysis.spans:
+                    op_calls.setdefault(call.span.end_line - 1, []).append((call.span, layers))
                 on_line.setdefault(call.span.end_line - 1, []).extend(
                     [n for name in names for n in analysis.members.get(name, [])]
                     if top_level and call.span not in analysis.spans else layers)
@@ -212,8 +229,23 @@ def _with_hints(analysis: Analysis) -> Analysis:
         for line, (call, layers) in last.items():
             end = phase.end_column if phase is not None and phase.end_line - 1 == line else call.span.end_column
             described = describe_shapes([network.layer(n) for n in layers])
-            analysis.line_hints[line] = LineHint(end - 1, described, tuple(layers), tuple(on_line[line]))
+            stages = _stage_hints(network, op_calls.get(line, []), call.span)
+            analysis.line_hints[line] = LineHint(end - 1, described, tuple(layers), tuple(on_line[line]), stages)
     return analysis
+
+
+def _stage_hints(network: Network, calls: list[tuple[Span, list[str]]], last: Span) -> tuple[StageHint, ...]:
+    """The hints inside a line whose op ``calls`` (span and IR layers, in order) change the shape more than
+    once: one after each call that changes it, but the ``last`` call of the line (the line's own hint is there).
+
+    A line that changes the shape once shows it at its end alone (``conv(384, 3, pad=1) | relu``)."""
+    changing = []
+    for span, names in calls:
+        layers = [network.layer(n) for n in names]
+        if any(layer.inputs and network.layer(layer.inputs[0]).shape != layer.shape for layer in layers):
+            changing.append(StageHint(span.end_column - 1, describe_shapes(layers), tuple(names)))
+    last_column = last.end_column - 1
+    return tuple(h for h in changing if h.column != last_column) if len(changing) > 1 else ()
 
 
 def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
@@ -239,7 +271,11 @@ def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
     for line, span in last.items():
         layers = analysis.spans[span]
         described = describe_shapes([network.layer(n) for n in layers])
-        analysis.line_hints[line] = LineHint(span.end_column - 1, described, tuple(layers), tuple(on_line[line]))
+        calls = sorted((s for s in analysis.spans if s.end_line - 1 == line
+                        and network.graph.nodes[analysis.spans[s][0]]["op"] != "input"), key=lambda s: s.end_column)
+        stages = _stage_hints(network, [(s, analysis.spans[s]) for s in calls], span)
+        analysis.line_hints[line] = LineHint(span.end_column - 1, described, tuple(layers), tuple(on_line[line]),
+                                             stages)
     return analysis
 
 

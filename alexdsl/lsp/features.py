@@ -17,7 +17,7 @@ from lsprotocol import types
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_source, format_value
 from alexdsl.ir.elaborate import PARAM_KIND_KEYS
-from alexdsl.ir.network import Layer
+from alexdsl.ir.network import Layer, Network
 from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes, statement_calls
 from alexdsl.lsp.symbols import Symbol, SymbolIndex
 from alexdsl.ops.registry import FILLERS, REQUIRED, Arg, OpDef, all_ops, format_shape, lookup
@@ -106,7 +106,8 @@ class HintSettings:
 
 def inlay_hints(analysis: Analysis, positions: Positions, first_line: int, last_line: int,
                 settings: HintSettings = HintSettings(), focus: str | None = None) -> list[types.InlayHint]:
-    """The output shape at the end of each layer line from 0-based ``first_line`` to ``last_line``.
+    """The output shape at the end of each layer line from 0-based ``first_line`` to ``last_line``, and
+    before it, the shape after each stage of a chain whose shape changes (as rust-analyzer shows chained types).
 
     In a block body, ``focus`` (a block instance, such as ``inc3b``) picks the instance shown.
     """
@@ -116,23 +117,38 @@ def inlay_hints(analysis: Analysis, positions: Positions, first_line: int, last_
         hint = analysis.line_hints.get(line)
         if hint is None:
             continue
-        label, line_layers = hint.label, hint.line_layers
         fresh = line not in analysis.stale_lines and network is not None
-        focused = [n for n in hint.layers if focus and n.startswith(focus + ".")] if fresh else []
-        if focused:
-            label = f"{describe_shapes([network.layer(n) for n in focused])} in {focus}"  # type: ignore[union-attr]
-            line_layers = tuple(n for n in line_layers if n.startswith(focus + "."))  # type: ignore[operator]
+        focus_here = focus if fresh else None
+        for stage in hint.stages:
+            in_focus = _in_focus(network, stage.layers, focus_here)
+            label = describe_shapes(in_focus) if in_focus else stage.label
+            hints.append(_shape_hint(positions, line, stage.column, label, fresh))
+        label, line_layers = hint.label, hint.line_layers
+        if in_focus := _in_focus(network, hint.layers, focus_here):
+            label = f"{describe_shapes(in_focus)} in {focus}"
+            line_layers = tuple(n for n in line_layers if n.startswith(f"{focus}."))
         if fresh and (settings.params or settings.macs):
             layers = [network.layer(n) for n in line_layers if n in network.graph]  # type: ignore[union-attr]
             if settings.params:
                 label += f" · {sum(layer.param_count for layer in layers):,} params"
             if settings.macs:
                 label += f" · {sum(layer.macs for layer in layers):,} MACs"
-        column = min(hint.column, len(positions.lines[line]))
-        hints.append(types.InlayHint(
-            positions.position(line + 1, column + 1), label, kind=types.InlayHintKind.Type, padding_left=True,
-            tooltip=None if fresh else "from the last version without errors here"))
+        hints.append(_shape_hint(positions, line, hint.column, label, fresh))
     return hints
+
+
+def _in_focus(network: Network | None, layers: tuple[str, ...], focus: str | None) -> list[Layer]:
+    """The ``layers`` of the block instance ``focus`` (none without a focus)."""
+    if network is None or not focus:
+        return []
+    return [network.layer(n) for n in layers if n.startswith(f"{focus}.")]
+
+
+def _shape_hint(positions: Positions, line: int, column: int, label: str, fresh: bool) -> types.InlayHint:
+    """A type hint after 0-based ``column`` of ``line`` (clamped to the line); a stale one says so."""
+    position = positions.position(line + 1, min(column, len(positions.lines[line])) + 1)
+    return types.InlayHint(position, label, kind=types.InlayHintKind.Type, padding_left=True,
+                           tooltip=None if fresh else "from the last version without errors here")
 
 
 def instance_at(index: SymbolIndex | None, line: int) -> str | None:

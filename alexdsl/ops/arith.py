@@ -278,7 +278,9 @@ def _scale_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     weight, bias = _scale_terms(layer)
     rank = len(layer.shape)
     factor = ctx.initializer(layer, weight)
-    shape = ctx.constant([layer.shape[0], *[1] * (rank - 1)], integer=True) if rank > 1 else None
+    # The (C, 1, 1) shape that (C,) vectors are reshaped to; a layer_scale has that shape already.
+    reshaped = rank > 1 and (weight == "weight" or bias is not None)
+    shape = ctx.constant([layer.shape[0], *[1] * (rank - 1)], integer=True) if reshaped else None
     if weight == "weight" and shape is not None:
         factor = ctx.node("Reshape", [factor, shape], output=f"{layer.name}.factor")
     if bias is None:

@@ -21,9 +21,9 @@ from alexdsl import weights as weights_io
 from alexdsl.backends.cupy import runtime as rt
 from alexdsl.backends.cupy.arrays import cupy_module
 from alexdsl.errors import AlexDSLError, Diagnostic
+from alexdsl.extras import install_command
 from alexdsl.ops.fillers import Filler, draw
 
-CUPY_HINT = "install CuPy with `pip install 'alexdsl[cupy]'` (needs an NVIDIA GPU and CUDA), or use device='cpu'"
 DTYPES = ("float32", "float64", "float16")
 CPU_FLOAT16_WARNING = (
     "float16 on the CPU is slow: NumPy has no fast float16 matrix products, so this executor runs "
@@ -39,6 +39,10 @@ def _error(
     message: str, hint: str | None = None, expected: str | None = None, received: str | None = None
 ) -> AlexDSLError:
     return AlexDSLError([Diagnostic("error", message, expected=expected, received=received, hint=hint)])
+
+
+def _cupy_hint() -> str:
+    return f"install CuPy with `{install_command('cupy')}` (needs an NVIDIA GPU and CUDA), or use device='cpu'"
 
 
 def cuda_available() -> bool:
@@ -59,9 +63,9 @@ def select_device(device: str) -> ModuleType:
         return cupy_module if cuda_available() else numpy
     if device == "cuda" or device.startswith("cuda:"):
         if cupy_module is None:
-            raise _error("device 'cuda' needs CuPy, which is not installed", hint=CUPY_HINT)
+            raise _error("device 'cuda' needs CuPy, which is not installed", hint=_cupy_hint())
         if not cuda_available():
-            raise _error("device 'cuda' requested but CuPy finds no usable CUDA device", hint=CUPY_HINT)
+            raise _error("device 'cuda' requested but CuPy finds no usable CUDA device", hint=_cupy_hint())
         if ":" in device:
             cupy_module.cuda.Device(int(device.split(":", 1)[1])).use()
         return cupy_module

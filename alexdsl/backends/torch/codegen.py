@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
+from alexdsl.backends.torch.module_attributes import MODULE_ATTRIBUTES, MODULE_DICT_ATTRIBUTES
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network, ParamSpec
 from alexdsl.ops.fillers import caffe_fans, distribution  # noqa: F401 - caffe_fans is part of this API
@@ -166,8 +167,8 @@ class _Generator:
 
     # submodules -----------------------------------------------------------------------------
     def build_tree(self) -> None:
-        forbidden_top = CLASS_ATTRS | _attribute_names("Module")
-        forbidden_nested = _attribute_names("ModuleDict")
+        forbidden_top = CLASS_ATTRS | MODULE_ATTRIBUTES
+        forbidden_nested = MODULE_DICT_ATTRIBUTES
         for layer in self.layers:
             if layer.name not in self.owns_module:
                 continue
@@ -416,15 +417,6 @@ class _Generator:
 def _long_ok(line: str) -> str:
     """``line``, marked for ruff when long names make it exceed 120 characters."""
     return line + "  # noqa: E501" if len(line) > 120 and "# noqa" not in line else line
-
-
-def _attribute_names(kind: str) -> set[str]:
-    """Every attribute of a ``torch.nn.<kind>``, its class's and an instance's (``training``, ``_modules``):
-    a submodule may take none of these names."""
-    import torch
-
-    cls = getattr(torch.nn, kind)
-    return set(dir(cls)) | set(vars(cls()))
 
 
 def generate_source(network: Network, *, source_file: str | None = None) -> str:

@@ -46,6 +46,7 @@ from alexdsl.backends.torch.solver import Solver, make_optimizer, make_scheduler
 from alexdsl.data import open_source
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import atomic_path, write_bytes_atomic, write_text_atomic
+from alexdsl.progress import busy
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "weights.safetensors"
@@ -283,6 +284,12 @@ class _Data:
     val_sampler: Any
 
 
+def _shows_progress(process: _Process, progress: bool | None) -> bool | None:
+    """``show`` for :func:`alexdsl.progress.busy`: never off the main process or with ``progress=False``;
+    None (when stderr is a terminal) unless asked."""
+    return False if not process.is_main or progress is False else progress
+
+
 def _open_data(network: Any, data: str, seed: int, process: _Process) -> _Data:
     """The data source for the network's (one) input and label, split, with a DistributedSampler per split."""
     from torch.utils.data.distributed import DistributedSampler
@@ -368,6 +375,11 @@ class _Run:
     global_step: int
     checkpoint_every: int
     progress: bool | None
+
+    @property
+    def show(self) -> bool | None:
+        """Whether this process draws progress lines (see :func:`_shows_progress`)."""
+        return _shows_progress(self.process, self.progress)
 
     def checkpoint(self, epoch: int, step: int) -> None:
         """Write ``checkpoint.pt`` (rank 0 only): everything a resumed run needs to continue exactly."""
@@ -487,7 +499,8 @@ class _Run:
         loss_sum, correct, count = self.all_sum([self.sums["loss"], self.sums["correct"], self.sums["count"]])
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": loss_sum / max(count, 1.0),
                                   "train_accuracy": correct / max(count, 1.0) if math.isfinite(correct) else None}
-        record.update(self.evaluate())
+        with busy(f"epoch {epoch + 1}/{self.total_epochs}: evaluating", show=self.show):
+            record.update(self.evaluate())
         record["lr"] = self.opts.lr_at(max(self.global_step - 1, 0))
         record["seconds"] = round(self.sums["seconds"], 3)
         if not math.isfinite(record["val_loss"]):
@@ -500,13 +513,15 @@ class _Run:
         last drawn."""
         if not self.process.is_main:
             return plotted
-        save_weights(self.model, self.out / WEIGHTS, {"network": str(self.network.name), "epoch": str(epoch + 1)})
-        write_text_atomic(self.out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
-        self.checkpoint(epoch + 1, 0)
-        last_epoch = epoch + 1 == self.total_epochs or self.global_step >= self.max_iter
-        if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
-            plot_curves(self.history, self.out / PLOT, f"{self.network.name} on {self.data}")
-            plotted = time.monotonic()
+        with busy(f"epoch {epoch + 1}/{self.total_epochs}: saving the weights, checkpoint and curves",
+                  show=self.show):
+            save_weights(self.model, self.out / WEIGHTS, {"network": str(self.network.name), "epoch": str(epoch + 1)})
+            write_text_atomic(self.out / METRICS, "".join(json.dumps(h, sort_keys=True) + "\n" for h in self.history))
+            self.checkpoint(epoch + 1, 0)
+            last_epoch = epoch + 1 == self.total_epochs or self.global_step >= self.max_iter
+            if last_epoch or time.monotonic() - plotted >= PLOT_INTERVAL:  # a redraw costs ~0.3 s
+                plot_curves(self.history, self.out / PLOT, f"{self.network.name} on {self.data}")
+                plotted = time.monotonic()
         return plotted
 
 
@@ -553,12 +568,18 @@ def train(
     step_threads = cpu_threads(network, per_process_batch, threads) if process.dev.type == "cpu" else None
     if step_threads is not None:
         torch.set_num_threads(step_threads)
-    splits = _open_data(network, data, seed, process)
+    # The progress lines (start-up, evaluation, saving) follow the bars: the main process only, never with
+    # progress=False, and with None only when stderr is a terminal.
+    show = _shows_progress(process, progress)
+    with busy(f"loading the data ({data})", delay=0, show=show):
+        splits = _open_data(network, data, seed, process)
     total_epochs, max_iter = _schedule(opts, math.ceil(len(splits.sampler) / per_process_batch))
     opts = opts.with_max_iter(max_iter)
 
-    model = _build_model(network, module, weights, seed, process.dev)
-    optimizer = make_optimizer(model, opts)
+    with busy("building the model", delay=0, show=show):
+        model = _build_model(network, module, weights, seed, process.dev)
+    with busy("preparing the optimizer", delay=0, show=show):  # torch imports its compiler here: seconds
+        optimizer = make_optimizer(model, opts)
     scheduler = make_scheduler(optimizer, opts)
 
     config = {"batch_size": per_process_batch, "seed": seed, "world_size": process.world, "data": data}
