@@ -119,13 +119,11 @@ def _torch_module(layer: Any, ctx: Any) -> str:
 
 
 def _executor(layer: Any, ctx: Any) -> ExecutorKernel:
-    from alexdsl.backends.cupy.runtime import ConvPlan
-
     a = layer.attrs
     c, h, w = ctx.input_shape(layer, 0)
     geometry = (c, h, w, a["out"], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]),
                 a["groups"])
-    plan = ConvPlan(*geometry)
+    plan = ctx.conv_plan(*geometry)
     ident = ctx.ident
     return ExecutorKernel(
         code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "

@@ -202,8 +202,6 @@ def _pw_torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
 
 def _pw_executor(layer: Any, ctx: Any) -> ExecutorKernel:
     """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1)."""
-    from alexdsl.backends.cupy.runtime import ConvPlan
-
     c, *size = ctx.input_shape(layer, 0)
     h, w = size if size else (1, 1)
     out = layer.attrs["out"]
@@ -217,7 +215,7 @@ def _pw_executor(layer: Any, ctx: Any) -> ExecutorKernel:
         kernel="conv2d+1x1" + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_w = self.{ident}_w.reshape({out}, {c}, 1, 1)",
                f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
-        scratch=(0, ConvPlan(*geometry).wide_size(1)),
+        scratch=(0, ctx.conv_plan(*geometry).wide_size(1)),
     )
 
 

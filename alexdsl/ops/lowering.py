@@ -91,8 +91,9 @@ class ExecutorLowering:
     ``lower(layer, ctx) -> ExecutorKernel``. The context offers ``ctx.inputs`` (the input
     variables), ``ctx.ident`` (a prefix for ``self`` attributes), ``ctx.lit(value)``,
     ``ctx.weight(layer, name)`` (the weights-table expression), ``ctx.input_shape(layer, i)``,
-    ``ctx.epilogue`` (the epilogue fused into this op, or None), ``ctx.has_bias(layer)``
-    (a bias of its own or from a folded affine) and ``ctx.weights_setup(layer)`` (setup lines
+    ``ctx.epilogue`` (the epilogue fused into this op, or None), ``ctx.conv_plan(c, h, w, out, kernel, ...)``
+    (the runtime's im2col plan of a convolution: ``is_pointwise``, ``cols_size(n)``, ``wide_size(n)``),
+    ``ctx.has_bias(layer)`` (a bias of its own or from a folded affine) and ``ctx.weights_setup(layer)`` (setup lines
     binding ``self.<ident>_w`` and ``self.<ident>_b``, with any folded affine applied).
 
     Flags read by fusion and memory planning:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
+from alexdsl.backends.cupy.conv import ConvPlan
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
@@ -141,6 +142,11 @@ class _Context:
 
     def has_bias(self, layer: Layer) -> bool:
         return "bias" in layer.params or self.affine is not None
+
+    @staticmethod
+    def conv_plan(*geometry: Any) -> ConvPlan:
+        """The runtime's :class:`ConvPlan` for ``geometry`` (its im2col strategy and scratch sizes)."""
+        return ConvPlan(*geometry)
 
     def weights_setup(self, layer: Layer) -> list[str]:
         """Bind ``self.<ident>_w`` and ``self.<ident>_b``, folding the affine layer that follows, if any."""
