@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 from conftest import SCAFFOLD
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
+from alexdsl.ops.lowering import Pattern
 from alexdsl.ops.registry import all_ops, lookup
 
 
@@ -192,3 +194,94 @@ def test_caffe_export_then_import_gives_the_same_op(op) -> None:
     assert again.layer(label).op == ("avgpool" if op.name == "adaptive_avgpool" else op.name)
     assert again.shapes[label] == net.shapes[label]
     assert again.layer(label).params.keys() == net.layer(label).params.keys()
+
+
+# Accuracy: every elementwise op's float32 executor kernel against its float64 reference ---------------------
+
+ULP_BOUND = 4.0
+"""The most float32 ulps an elementwise kernel may be from the float64 truth, anywhere."""
+TINY = 2.0**-100
+"""Results under this (7.9e-31) in magnitude count in ulps of TINY (9.4e-38): one under a few of those may be
+flushed to 0, as exp(-x) overflowing makes sigmoid and silu below -88.7 (where silu is under 2.6e-37, as in
+torch); at that size a value has no effect on a float32 network."""
+
+
+def _extreme_inputs() -> np.ndarray:
+    """0, and both signs of 1e-3..100 (dense) and of very small and very large magnitudes, as float32."""
+    magnitudes = np.concatenate([np.logspace(-3, 2, 4001), [0.0, 1e-38, 1e-30, 1e-20, 1e-12, 1e-8, 1e-5, 1e3, 1e4,
+                                                             1e6, 1e10, 1e20, 1e30, 3e38]])
+    return np.concatenate([magnitudes, -magnitudes]).astype(np.float32)
+
+
+def ulps(got: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|got - truth| in float32 ulps of the truth (of :data:`TINY` below it); an infinity is right where the truth
+    rounds to it in float32, and a NaN or an infinity elsewhere is infinitely far."""
+    got, truth = got.astype(np.float64), truth.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = truth.astype(np.float32)  # inf where the truth is past float32's largest
+        scale = np.spacing(np.clip(np.abs(truth), TINY, np.finfo(np.float32).max).astype(np.float32))
+        error = np.abs(got - truth) / scale.astype(np.float64)
+    error[np.isinf(got) & (got == rounded)] = 0
+    error[np.isnan(got) != np.isnan(truth)] = np.inf
+    return error
+
+
+def test_the_ulp_measure_counts_what_it_should() -> None:
+    one = np.float32(1)
+    assert ulps(np.array([np.nextafter(one, np.float32(2))]), np.array([1.0]))[0] == 1
+    assert ulps(np.array([0.0]), np.array([2.0**-125]))[0] < 1  # far under TINY: flushing it is fine
+    assert ulps(np.array([0.0]), np.array([2.06e-9]))[0] > 1e6  # the old sigmoid(-20)
+    assert ulps(np.array([np.inf]), np.array([3e38]))[0] == np.inf
+
+
+def _elementwise_ops() -> list:
+    return [op for op in all_ops() if op.pattern == Pattern.ELEMWISE and op.inputs == (1, 1) and op.role == "layer"]
+
+
+def _random_args(op, rng: np.random.Generator) -> list[str]:
+    """Every argument of ``op`` given a random value (floats: the default times 0.5..2; a choice: any)."""
+    args = []
+    for arg in op.args:
+        if arg.kind == "float":
+            args.append(f"{arg.name}={float(np.float32(arg.default * rng.uniform(0.5, 2.0)))!r}")
+        elif arg.kind == "choice":
+            args.append(f"{arg.name}={arg.choices[rng.integers(len(arg.choices))]}")
+        elif arg.kind == "bool":
+            args.append(f"{arg.name}={'true' if rng.integers(2) else 'false'}")
+    return args
+
+
+def _accuracy_case(op, seed: int, producer: str) -> tuple[alexdsl.Network, str]:
+    rng = np.random.default_rng(seed)
+    args = _random_args(op, rng)
+    call = f"{op.name}({', '.join(args)})" if args else op.name
+    n = _extreme_inputs().size
+    text = f"network Accuracy\ninput x: 1x1x{n}\n" + (f"p: x -> {producer}\ny: p -> {call}\n" if producer
+                                                       else f"y: x -> {call}\n") + "output y\n"
+    return alexdsl.parse(text, "accuracy.adsl"), call
+
+
+@pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
+@pytest.mark.parametrize("producer", ["", "conv(1, 1)"], ids=["alone", "after-conv"])
+def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, producer: str) -> None:
+    """The executor's float32 kernel (alone, and after a conv whose 1x1 weight 1 passes its input through exactly,
+    in the conv's epilogue where the op is one) over extreme inputs, with random arguments, against the op's
+    reference in float64."""
+    from alexdsl.backends import cupy as executor
+
+    x = _extreme_inputs()
+    for seed in range(3):
+        net, call = _accuracy_case(op, seed, producer)
+        rng = np.random.default_rng(seed)
+        weights = {f"y.{name}": rng.uniform(0.05, 2.0, spec.shape).astype(np.float32)
+                   for name, spec in net.layer("y").params.items()}
+        if producer:
+            weights.update({"p.weight": np.ones((1, 1, 1, 1), np.float32), "p.bias": np.zeros(1, np.float32)})
+        got = np.asarray(executor.compile(net, weights, device="cpu")(x.reshape(1, 1, 1, -1))).reshape(-1)
+        truth = op.lower.reference(net.layer("y"), [torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)],
+                                   {k.split(".", 1)[1]: torch.from_numpy(v.astype(np.float64))
+                                    for k, v in weights.items() if k.startswith("y.")}, F)
+        error = ulps(got, truth.reshape(-1).numpy())
+        worst = int(np.argmax(error))
+        assert error[worst] <= ULP_BOUND, (call, producer, float(x[worst]), float(got[worst]),
+                                           float(truth.reshape(-1)[worst]), float(error[worst]))

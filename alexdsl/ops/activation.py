@@ -486,10 +486,18 @@ def _gelu_torch(layer: Any, args: list[str], ctx: Any) -> str:
     return f"F.gelu({args[0]}, approximate='tanh')" if layer.attrs["approximate"] == "tanh" else f"F.gelu({args[0]})"
 
 
+def _gelu_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """x * erfc(-x / sqrt 2) / 2, or x * sigmoid(2u): F.gelu's 1 + erf(x / sqrt 2) (and 1 + tanh(u)) cancel to 0
+    in the negative tail, even in float64."""
+    x = xs[0]
+    if layer.attrs["approximate"] == "tanh":
+        return x * (2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)).sigmoid()
+    return x * (x * -math.sqrt(0.5)).erfc() * 0.5
+
+
 _activation(
     "gelu", "Gaussian error linear unit x * Phi(x), or its tanh approximation (no Caffe layer).",
-    "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu,
-    lambda layer, xs, w, F: F.gelu(xs[0], approximate=layer.attrs["approximate"]),
+    "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu, _gelu_reference,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
 )
