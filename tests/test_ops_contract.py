@@ -285,3 +285,73 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
         worst = int(np.argmax(error))
         assert error[worst] <= ULP_BOUND, (call, producer, float(x[worst]), float(got[worst]),
                                            float(truth.reshape(-1)[worst]), float(error[worst]))
+
+
+# A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------
+
+SOFTSIGN_PLUGIN = '''
+from alexdsl.backends.cupy.runtime import array_module
+from alexdsl.ops.from_onnx import unary
+from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.registry import OpDef, register
+
+
+def softsign(x, *, out=None):
+    xp = array_module(x)
+    magnitude = xp.abs(x)
+    magnitude += 1
+    return xp.divide(x, magnitude, out=out)
+
+
+register(OpDef(
+    name="softsign", family="activation", summary="x / (1 + |x|).", example="s: softsign", args=(),
+    infer=lambda attrs, inputs: inputs[0], pattern=Pattern.ELEMWISE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softsign({args[0]})"),
+        executor=ExecutorLowering(function=softsign, inplace=True, epilogue="softsign"),
+        onnx=lambda layer, ctx: ctx.node("Softsign", ctx.inputs),
+        from_onnx={"Softsign": unary("softsign")},
+        onnx_elementwise=("Softsign",),
+        reference=lambda layer, xs, w, F: F.softsign(xs[0]),
+    ),
+))
+'''
+
+
+def test_a_plugin_elementwise_op_is_fused_exported_imported_and_highlighted(tmp_path) -> None:
+    """softsign, declared once in a plugin file, with no other change anywhere."""
+    pytest.importorskip("onnxruntime")
+    from pygments.token import Name
+
+    from alexdsl.backends.cupy.codegen import generate_source, lower
+    from alexdsl.highlight import AlexDSLLexer, textmate_grammar
+    from alexdsl.interop.compare import compare
+    from alexdsl.interop.onnx import export_onnx
+    from alexdsl.interop.onnx_import import import_onnx_source
+    from alexdsl.ops.registry import ONNX_ELEMENTWISE
+    from alexdsl.plugins import load_plugins
+
+    plugin = tmp_path / "softsign.py"
+    plugin.write_text(SOFTSIGN_PLUGIN, encoding="utf-8")
+    load_plugins([str(plugin)], entry_points=False)
+    text = "network Soft\ninput x: 3x8x8\nc: conv(4, 3, pad=1)\ns: softsign\nalone: x -> softsign\n" \
+           "output s\noutput alone\n"
+    net = alexdsl.parse(text, "soft.adsl")
+
+    steps = {tuple(step.layers): step.kernel for step in lower(net).steps}
+    assert steps[("c", "s")] == "conv2d+bias+softsign"  # in the conv's epilogue
+    assert "act=rt.softsign" in generate_source(net) and ("alone",) in steps
+
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], batch=2, seed=1)  # ONNX checked by onnxruntime
+    for row in rows:
+        assert all(diff is not None and diff[1] < 1e-5 for diff in row.diffs.values()), (row.layer, row.diffs)
+
+    path = tmp_path / "soft.onnx"
+    path.write_bytes(export_onnx(net).SerializeToString())
+    imported = import_onnx_source(path, readable=False).network
+    assert sorted(layer.op for layer in imported.layers() if layer.op != "input") == ["conv", "softsign", "softsign"]
+    assert "Softsign" in ONNX_ELEMENTWISE  # a channels-last region runs through it
+
+    tokens = [(token, value) for token, value in AlexDSLLexer().get_tokens(text) if value == "softsign"]
+    assert tokens and all(token is Name.Builtin for token, _ in tokens)
+    assert "|softsign|" in textmate_grammar()["repository"]["call"]["match"]

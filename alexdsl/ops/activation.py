@@ -1,8 +1,9 @@
 """Elementwise activations and softmax.
 
-Named and defaulted as in ``torch.nn.functional``. The parameterless ones in
-:data:`EPILOGUES` (and relu) run in the epilogue of a conv, fc or arithmetic op before them
-in the NumPy/CuPy executor: ``relu=True``, or ``act=rt.<name>`` for the others.
+Named and defaulted as in ``torch.nn.functional``. The parameterless ones that declare an
+executor ``epilogue`` run in the epilogue of a conv, fc or arithmetic op before them in the
+NumPy/CuPy executor (:data:`~alexdsl.ops.lowering.EVERY_EPILOGUE`): ``relu=True``, or
+``act=rt.<name>`` for the others.
 """
 
 from __future__ import annotations
@@ -25,10 +26,6 @@ from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, r
 
 def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
-
-
-EPILOGUES = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "mish", "sigmoid", "tanh")
-"""The activations a producer with ``epilogues=EPILOGUES`` applies in its epilogue."""
 
 
 def epilogue_args(epilogue: str | None) -> str:
@@ -98,6 +95,7 @@ register(OpDef(
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
         from_onnx={"Relu": unary("relu"), "Clip": _clip_from_onnx("relu")},
+        onnx_elementwise=("Relu", "Clip"),
         reference=lambda layer, xs, w, F: F.relu(xs[0]),
     ),
 ))
@@ -116,6 +114,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("LeakyRelu", ctx.inputs, alpha=float(layer.attrs["slope"])),
         from_onnx={"LeakyRelu": lambda node, ctx: OnnxImport("leaky_relu", node.inputs[:1],
                                                              {"slope": f32(node.attr("alpha", 0.01))})},
+        onnx_elementwise=("LeakyRelu",),
         caffe=lambda layer, ctx: [
             CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
         reference=lambda layer, xs, w, F: F.leaky_relu(xs[0], layer.attrs["slope"]),
@@ -132,6 +131,7 @@ register(OpDef(
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
         from_onnx={"Sigmoid": unary("sigmoid")},
+        onnx_elementwise=("Sigmoid",),
         reference=lambda layer, xs, w, F: xs[0].sigmoid(),
     ),
 ))
@@ -146,6 +146,7 @@ register(OpDef(
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
         from_onnx={"Tanh": unary("tanh")},
+        onnx_elementwise=("Tanh",),
         reference=lambda layer, xs, w, F: xs[0].tanh(),
     ),
 ))
@@ -406,12 +407,14 @@ def _xp_call(function: str, *args: str, epilogue: str | None = None) -> Executor
 
 def _activation(name: str, summary: str, example: str, torch: Any, executor: ExecutorLowering, onnx: Any,
                 reference: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
-                from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None) -> None:
+                from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None,
+                onnx_elementwise: tuple[str, ...] = ()) -> None:
     register(OpDef(
         name=name, family="activation", summary=summary, example=example, args=args, infer=_same,
         pattern=Pattern.ELEMWISE,
         lower=Lowerings(torch=TorchLowering(forward=torch), executor=executor, onnx=onnx, caffe=caffe,
-                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {}),
+                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {},
+                        onnx_elementwise=onnx_elementwise),
     ))
 
 
@@ -420,7 +423,7 @@ _activation(
     _inplace_forward("relu6"), _xp_call("relu6", epilogue="relu6"),
     lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]),
     lambda layer, xs, w, F: F.relu6(xs[0]),
-    from_onnx={"Clip": _clip_from_onnx("relu6")},
+    from_onnx={"Clip": _clip_from_onnx("relu6")}, onnx_elementwise=("Clip",),
 )
 
 
@@ -443,6 +446,7 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(layer.attrs["min"]),
                                                   ctx.constant(layer.attrs["max"])]),
         from_onnx={"Clip": _clip_from_onnx("hardtanh")},
+        onnx_elementwise=("Clip",),
         reference=lambda layer, xs, w, F: F.hardtanh(xs[0], layer.attrs["min"], layer.attrs["max"]),
     ),
 ))
@@ -453,6 +457,7 @@ _activation(
     lambda layer, ctx: ctx.node("HardSwish", ctx.inputs),
     lambda layer, xs, w, F: F.hardswish(xs[0]),
     from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
+    onnx_elementwise=("HardSwish", "HardSigmoid", "Mul"),
 )
 
 _activation(
@@ -460,7 +465,7 @@ _activation(
     _inplace_forward("hardsigmoid"), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
     lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5),
     lambda layer, xs, w, F: F.hardsigmoid(xs[0]),
-    from_onnx={"HardSigmoid": _hardsigmoid_from_onnx},
+    from_onnx={"HardSigmoid": _hardsigmoid_from_onnx}, onnx_elementwise=("HardSigmoid",),
 )
 
 
@@ -478,7 +483,7 @@ _activation(
     _inplace_forward("silu"), _xp_call("silu", epilogue="silu"), _onnx_silu,
     lambda layer, xs, w, F: F.silu(xs[0]),
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
-    from_onnx={"Mul": _silu_from_onnx},
+    from_onnx={"Mul": _silu_from_onnx}, onnx_elementwise=("Sigmoid", "Mul"),
 )
 
 
@@ -500,6 +505,7 @@ _activation(
     "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu, _gelu_reference,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
+    onnx_elementwise=("Gelu", "Erf", "Tanh", "Add", "Mul", "Div"),
 )
 
 
@@ -517,6 +523,7 @@ _activation(
     caffe=lambda layer, ctx: [CaffeLayer("ELU", "elu_param", (f"alpha: {ctx.number(layer.attrs['alpha'])}",))],
     from_caffe={"ELU": _elu_from_caffe},
     from_onnx={"Elu": lambda node, ctx: OnnxImport("elu", node.inputs[:1], {"alpha": f32(node.attr("alpha", 1.0))})},
+    onnx_elementwise=("Elu",),
 )
 
 
@@ -538,13 +545,14 @@ _activation(
     caffe=_softplus_caffe, from_caffe={"BNLL": lambda layer, name, ctx: ("softplus", [], None)},
     from_onnx={"Softplus": lambda node, ctx: OnnxImport("softplus", node.inputs[:1], {"beta": 1.0, "threshold": 20.0}),
                "Div": _softplus_from_div, "Where": _softplus_from_where},
+    onnx_elementwise=("Softplus", "Mul", "Div"),
 )
 
 _activation(
     "mish", "x * tanh(softplus(x)) (no Caffe layer).", "m: mish",
     _inplace_forward("mish"), _xp_call("mish", epilogue="mish"), _onnx_mish,
     lambda layer, xs, w, F: F.mish(xs[0]),
-    from_onnx={"Mul": _mish_from_onnx},
+    from_onnx={"Mul": _mish_from_onnx}, onnx_elementwise=("Softplus", "Tanh", "Mul"),
 )
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import linear_kernel, pair, symmetric_pads
 from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
@@ -229,7 +230,7 @@ CONV = register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,
         from_caffe={"Convolution": _from_caffe},

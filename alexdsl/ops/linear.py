@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import computed, flattened_input, linear_kernel, producer_of
 from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
@@ -156,7 +157,7 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_onnx,
         caffe=lambda layer, ctx: [CaffeLayer("InnerProduct", "inner_product_param",
                                              (f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)),
@@ -269,7 +270,7 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_pw_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_pw_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_pw_onnx,
         from_onnx={"Conv": _pw_from_onnx},
         reference=_pw_reference,

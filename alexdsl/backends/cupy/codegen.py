@@ -246,8 +246,8 @@ def lower(network: Network) -> Lowered:
         if affine is not None:
             covered.append(affine.name)
             last = affine
-        accepted = lowering.epilogues
-        finisher = sole_consumer(last.name, lambda c: c.epilogue in accepted) if accepted else None  # noqa: B023
+        finisher = sole_consumer(last.name, lambda c: lowering.applies(c.epilogue)) if lowering.epilogues \
+            else None  # noqa: B023
         if finisher is not None:
             covered.append(finisher.name)
             last = finisher

@@ -20,6 +20,8 @@ Each concern lives in its own module; this one gathers them:
 
 from __future__ import annotations
 
+from typing import Any
+
 from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     Activation,
     Array,
@@ -83,3 +85,12 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     global_avg_pool2d,
     max_pool2d,
 )
+
+
+def __getattr__(name: str) -> Any:
+    """``rt.<op>``: the xp ``function`` a registered op (a plugin's) declares, so that a producer can apply a
+    plugin's elementwise op as its epilogue (``act=rt.<op>``) as it applies the built-in ones."""
+    try:
+        return op_function(name)
+    except ValueError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
