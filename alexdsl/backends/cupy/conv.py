@@ -29,7 +29,7 @@ from alexdsl.backends.cupy.arrays import (
     parallel_for,
     thread_pool,
 )
-from alexdsl.backends.cupy.pointwise import activate
+from alexdsl.backends.cupy.elementwise import activate
 from alexdsl.shape_math import conv_output_size
 
 

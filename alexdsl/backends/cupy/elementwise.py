@@ -1,4 +1,4 @@
-"""Elementwise kernels (activations, arithmetic with broadcasting) and the channel plumbing (concat, shuffle).
+"""Elementwise kernels: the activations and the arithmetic with broadcasting (add, multiply, subtract).
 
 Every activation takes ``out=`` and runs in place when ``out`` is its input, so the executor
 applies them in the epilogue of the op before them (:func:`activate`).
@@ -16,16 +16,6 @@ from collections.abc import Callable
 import numpy
 
 from alexdsl.backends.cupy.arrays import Activation, Array, array_module, parallel_for
-
-
-def channel_shuffle(x: Array, groups: int, *, out: Array | None = None) -> Array:
-    """ShuffleNet's channel shuffle: (N, g, C/g, ...) transposed to (N, C/g, g, ...)."""
-    n, c = x.shape[:2]
-    src = x.reshape(n, groups, c // groups, *x.shape[2:]).swapaxes(1, 2)
-    if out is None:
-        return array_module(x).ascontiguousarray(src).reshape(x.shape)
-    out.reshape(n, c // groups, groups, *x.shape[2:])[...] = src
-    return out
 
 
 def relu(x: Array, *, out: Array | None = None) -> Array:
@@ -250,26 +240,6 @@ def activate(y: Array, act: Activation | None) -> Array:
     return y
 
 
-def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
-    """Numerically stable softmax along ``axis``."""
-    xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True), out=out)
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
-
-
-def concat(inputs: list[Array] | tuple[Array, ...], *, out: Array | None = None) -> Array:
-    """Concatenate along the channel axis (1)."""
-    xp = array_module(inputs[0])
-    if out is None:
-        return xp.concatenate(list(inputs), axis=1)
-    start = 0
-    for part in inputs:
-        out[:, start : start + part.shape[1]] = part
-        start += part.shape[1]
-    return out
-
-
 def add(*inputs: Array, relu: bool = False, act: Activation | None = None, out: Array | None = None) -> Array:
     """Elementwise sum of any number of arrays (NumPy broadcasting); optional fused ReLU or ``act``."""
     if not inputs:
@@ -302,14 +272,3 @@ def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | 
     """``a - b`` elementwise (NumPy broadcasting)."""
     out = array_module(a).subtract(a, b, out=out)
     return activate(out, act)
-
-
-def op_function(name: str) -> Callable[..., Array]:
-    """The xp function a registered op (a plugin's) declares for the executor."""
-    from alexdsl.ops.registry import lookup
-
-    op = lookup(name)
-    function = op.lower.executor.function if op is not None and op.lower.executor is not None else None
-    if function is None:
-        raise ValueError(f"op {name!r} declares no executor function")
-    return function
