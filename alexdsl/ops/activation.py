@@ -9,6 +9,7 @@ NumPy/CuPy executor (:data:`~alexdsl.ops.lowering.EVERY_EPILOGUE`): ``relu=True`
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from alexdsl.ops.from_onnx import f32, near, other_input, per_channel, producer_of, scalar, unary
@@ -35,20 +36,36 @@ def epilogue_args(epilogue: str | None) -> str:
     return f"relu=False, act=rt.{epilogue}"
 
 
-def _relu_forward(layer: Any, args: list[str], ctx: Any) -> str:
-    return f"F.relu({args[0]}, inplace=True)" if ctx.may_run_inplace(layer) else f"F.relu({args[0]})"
+@dataclass(frozen=True)
+class TorchCall:
+    """An activation's torch form written once, as a call ``function(x, <attrs>...)`` of ``torch`` or
+    ``torch.nn.functional`` (``F``): the generated forward source and the reference that ``compare`` and the
+    contract tests measure against both come from it. ``inplace``: ``inplace=True`` where the layer may
+    overwrite its input."""
+
+    function: str
+    attrs: tuple[str, ...] = ()
+    inplace: bool = False
+
+    def forward(self, layer: Any, args: list[str], ctx: Any) -> str:
+        values = "".join(f", {ctx.float(layer.attrs[a])}" for a in self.attrs)
+        inplace = ", inplace=True" if self.inplace and ctx.may_run_inplace(layer) else ""
+        return f"{self.function}({args[0]}{values}{inplace})"
+
+    def reference(self, layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+        import torch
+
+        namespace, _, name = self.function.partition(".")
+        return getattr(F if namespace == "F" else torch, name)(xs[0], *(layer.attrs[a] for a in self.attrs))
 
 
-def _inplace_forward(function: str) -> Any:
-    """``F.<function>(x, inplace=True)`` where the layer may overwrite its input, else ``F.<function>(x)``."""
-    return lambda layer, args, ctx: f"F.{function}({args[0]}, inplace=True)" if ctx.may_run_inplace(layer) \
-        else f"F.{function}({args[0]})"
+def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
+    """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
+    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
+        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
+        return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
 
-
-def _runtime_call(function: str, epilogue: str | None = None) -> ExecutorLowering:
-    """An in-place elementwise runtime kernel ``rt.<function>(x, out=...)``."""
-    return ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(f"rt.{function}({ctx.inputs[0]}, out={{out}})",
-                                                                    function), inplace=True, epilogue=epilogue)
+    return ExecutorLowering(lower=lower, inplace=True, epilogue=epilogue)
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -85,28 +102,31 @@ def _relu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], N
     return "relu", [], None
 
 
+_RELU = TorchCall("F.relu", inplace=True)
+
 register(OpDef(
     name="relu", family="activation", summary="Rectified linear unit: max(x, 0).", example="r: relu",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=_relu_forward),
-        executor=_runtime_call("relu", epilogue="relu"),
+        torch=TorchLowering(forward=_RELU.forward),
+        executor=_xp_call("relu", epilogue="relu"),
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
         from_onnx={"Relu": unary("relu"), "Clip": _clip_from_onnx("relu")},
         onnx_elementwise=("Relu", "Clip"),
-        reference=lambda layer, xs, w, F: F.relu(xs[0]),
+        reference=_RELU.reference,
     ),
 ))
+
+_LEAKY_RELU = TorchCall("F.leaky_relu", ("slope",))
 
 register(OpDef(
     name="leaky_relu", family="activation", summary="x if x > 0 else slope * x.",
     example="r: leaky_relu(0.1)", args=(Arg("slope", "float", 0.01, "negative slope"),), infer=_same,
     pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(
-            forward=lambda layer, args, ctx: f"F.leaky_relu({args[0]}, {ctx.float(layer.attrs['slope'])})"),
+        torch=TorchLowering(forward=_LEAKY_RELU.forward),
         executor=ExecutorLowering(
             lower=lambda layer, ctx: ExecutorKernel(
                 f"rt.leaky_relu({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})", "leaky_relu"),
@@ -117,37 +137,41 @@ register(OpDef(
         onnx_elementwise=("LeakyRelu",),
         caffe=lambda layer, ctx: [
             CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
-        reference=lambda layer, xs, w, F: F.leaky_relu(xs[0], layer.attrs["slope"]),
+        reference=_LEAKY_RELU.reference,
     ),
 ))
+
+_SIGMOID = TorchCall("torch.sigmoid")
 
 register(OpDef(
     name="sigmoid", family="activation", summary="1 / (1 + exp(-x)).", example="s: sigmoid",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.sigmoid({args[0]})"),
-        executor=_runtime_call("sigmoid", epilogue="sigmoid"),
+        torch=TorchLowering(forward=_SIGMOID.forward),
+        executor=_xp_call("sigmoid", epilogue="sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
         from_onnx={"Sigmoid": unary("sigmoid")},
         onnx_elementwise=("Sigmoid",),
-        reference=lambda layer, xs, w, F: xs[0].sigmoid(),
+        reference=_SIGMOID.reference,
     ),
 ))
+
+_TANH = TorchCall("torch.tanh")
 
 register(OpDef(
     name="tanh", family="activation", summary="Hyperbolic tangent, elementwise.", example="t: tanh",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.tanh({args[0]})"),
-        executor=_runtime_call("tanh", epilogue="tanh"),
+        torch=TorchLowering(forward=_TANH.forward),
+        executor=_xp_call("tanh", epilogue="tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
         from_onnx={"Tanh": unary("tanh")},
         onnx_elementwise=("Tanh",),
-        reference=lambda layer, xs, w, F: xs[0].tanh(),
+        reference=_TANH.reference,
     ),
 ))
 
@@ -190,7 +214,7 @@ register(OpDef(
     example="prob: softmax", args=(), infer=_same,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softmax({args[0]}, 1)"),
-        executor=_runtime_call("softmax"),
+        executor=_xp_call("softmax"),
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
         from_caffe={"Softmax": _softmax_from_caffe},
@@ -396,23 +420,16 @@ def _softplus_from_where(node: Any, ctx: Any) -> OnnxImport | None:
                       absorbed=(greater, div, *found[3]))
 
 
-def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
-    """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
-    def lower(layer: Any, ctx: Any) -> ExecutorKernel:
-        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
-        return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
-
-    return ExecutorLowering(lower=lower, inplace=True, epilogue=epilogue)
-
-
-def _activation(name: str, summary: str, example: str, torch: Any, executor: ExecutorLowering, onnx: Any,
-                reference: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
+def _activation(name: str, summary: str, example: str, torch: TorchCall | tuple[Any, Any], executor: ExecutorLowering,
+                onnx: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
                 from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None,
                 onnx_elementwise: tuple[str, ...] = ()) -> None:
+    """Register an elementwise activation; ``torch`` is its :class:`TorchCall`, or a (forward, reference) pair."""
+    forward, reference = (torch.forward, torch.reference) if isinstance(torch, TorchCall) else torch
     register(OpDef(
         name=name, family="activation", summary=summary, example=example, args=args, infer=_same,
         pattern=Pattern.ELEMWISE,
-        lower=Lowerings(torch=TorchLowering(forward=torch), executor=executor, onnx=onnx, caffe=caffe,
+        lower=Lowerings(torch=TorchLowering(forward=forward), executor=executor, onnx=onnx, caffe=caffe,
                         from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {},
                         onnx_elementwise=onnx_elementwise),
     ))
@@ -420,9 +437,8 @@ def _activation(name: str, summary: str, example: str, torch: Any, executor: Exe
 
 _activation(
     "relu6", "min(max(x, 0), 6): MobileNet's clipped ReLU (no Caffe layer).", "r: relu6",
-    _inplace_forward("relu6"), _xp_call("relu6", epilogue="relu6"),
+    TorchCall("F.relu6", inplace=True), _xp_call("relu6", epilogue="relu6"),
     lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]),
-    lambda layer, xs, w, F: F.relu6(xs[0]),
     from_onnx={"Clip": _clip_from_onnx("relu6")}, onnx_elementwise=("Clip",),
 )
 
@@ -434,37 +450,36 @@ def _infer_hardtanh(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
+_HARDTANH = TorchCall("F.hardtanh", ("min", "max"))
+
 register(OpDef(
     name="hardtanh", family="activation", summary="x clipped to [min, max] (no Caffe layer).",
     example="h: hardtanh(-1, 1)",
     args=(Arg("min", "float", -1.0, "lower bound"), Arg("max", "float", 1.0, "upper bound")),
     infer=_infer_hardtanh, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: (
-            f"F.hardtanh({args[0]}, {ctx.float(layer.attrs['min'])}, {ctx.float(layer.attrs['max'])})")),
+        torch=TorchLowering(forward=_HARDTANH.forward),
         executor=_xp_call("hardtanh", "min", "max"),
         onnx=lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(layer.attrs["min"]),
                                                   ctx.constant(layer.attrs["max"])]),
         from_onnx={"Clip": _clip_from_onnx("hardtanh")},
         onnx_elementwise=("Clip",),
-        reference=lambda layer, xs, w, F: F.hardtanh(xs[0], layer.attrs["min"], layer.attrs["max"]),
+        reference=_HARDTANH.reference,
     ),
 ))
 
 _activation(
     "hardswish", "x * relu6(x + 3) / 6: MobileNetV3's activation (no Caffe layer).", "h: hardswish",
-    _inplace_forward("hardswish"), _xp_call("hardswish", epilogue="hardswish"),
+    TorchCall("F.hardswish", inplace=True), _xp_call("hardswish", epilogue="hardswish"),
     lambda layer, ctx: ctx.node("HardSwish", ctx.inputs),
-    lambda layer, xs, w, F: F.hardswish(xs[0]),
     from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
     onnx_elementwise=("HardSwish", "HardSigmoid", "Mul"),
 )
 
 _activation(
     "hardsigmoid", "relu6(x + 3) / 6: MobileNetV3's gate (no Caffe layer).", "g: hardsigmoid",
-    _inplace_forward("hardsigmoid"), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
+    TorchCall("F.hardsigmoid", inplace=True), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
     lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5),
-    lambda layer, xs, w, F: F.hardsigmoid(xs[0]),
     from_onnx={"HardSigmoid": _hardsigmoid_from_onnx}, onnx_elementwise=("HardSigmoid",),
 )
 
@@ -480,8 +495,7 @@ def _swish_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], 
 
 _activation(
     "silu", "x * sigmoid(x) (swish): EfficientNet's activation (Caffe Swish).", "s: silu",
-    _inplace_forward("silu"), _xp_call("silu", epilogue="silu"), _onnx_silu,
-    lambda layer, xs, w, F: F.silu(xs[0]),
+    TorchCall("F.silu", inplace=True), _xp_call("silu", epilogue="silu"), _onnx_silu,
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
     from_onnx={"Mul": _silu_from_onnx}, onnx_elementwise=("Sigmoid", "Mul"),
 )
@@ -502,7 +516,7 @@ def _gelu_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: 
 
 _activation(
     "gelu", "Gaussian error linear unit x * Phi(x), or its tanh approximation (no Caffe layer).",
-    "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu, _gelu_reference,
+    "g: gelu(approximate=none)", (_gelu_torch, _gelu_reference), _xp_call("gelu", "approximate"), _onnx_gelu,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
     onnx_elementwise=("Gelu", "Erf", "Tanh", "Add", "Mul", "Div"),
@@ -516,9 +530,8 @@ def _elu_from_caffe(layer: Any, name: str, ctx: Any) -> tuple[str, list[Any], No
 
 _activation(
     "elu", "x if x > 0 else alpha * (exp(x) - 1) (Caffe ELU).", "e: elu(1.0)",
-    lambda layer, args, ctx: f"F.elu({args[0]}, {ctx.float(layer.attrs['alpha'])})", _xp_call("elu", "alpha"),
+    TorchCall("F.elu", ("alpha",)), _xp_call("elu", "alpha"),
     lambda layer, ctx: ctx.node("Elu", ctx.inputs, alpha=float(layer.attrs["alpha"])),
-    lambda layer, xs, w, F: F.elu(xs[0], layer.attrs["alpha"]),
     args=(Arg("alpha", "float", 1.0, "the negative saturation value", min=0),),
     caffe=lambda layer, ctx: [CaffeLayer("ELU", "elu_param", (f"alpha: {ctx.number(layer.attrs['alpha'])}",))],
     from_caffe={"ELU": _elu_from_caffe},
@@ -536,10 +549,7 @@ def _softplus_caffe(layer: Any, ctx: Any) -> list[CaffeLayer]:
 _activation(
     "softplus", "log(1 + exp(beta * x)) / beta, linear above threshold (Caffe BNLL when beta=1).",
     "sp: softplus(beta=1, threshold=20)",
-    lambda layer, args, ctx: (f"F.softplus({args[0]}, {ctx.float(layer.attrs['beta'])}, "
-                              f"{ctx.float(layer.attrs['threshold'])})"),
-    _xp_call("softplus", "beta", "threshold"), _onnx_softplus,
-    lambda layer, xs, w, F: F.softplus(xs[0], layer.attrs["beta"], layer.attrs["threshold"]),
+    TorchCall("F.softplus", ("beta", "threshold")), _xp_call("softplus", "beta", "threshold"), _onnx_softplus,
     args=(Arg("beta", "float", 1.0, "sharpness", min=1e-6),
           Arg("threshold", "float", 20.0, "beta * x above which the output is x")),
     caffe=_softplus_caffe, from_caffe={"BNLL": lambda layer, name, ctx: ("softplus", [], None)},
@@ -550,8 +560,7 @@ _activation(
 
 _activation(
     "mish", "x * tanh(softplus(x)) (no Caffe layer).", "m: mish",
-    _inplace_forward("mish"), _xp_call("mish", epilogue="mish"), _onnx_mish,
-    lambda layer, xs, w, F: F.mish(xs[0]),
+    TorchCall("F.mish", inplace=True), _xp_call("mish", epilogue="mish"), _onnx_mish,
     from_onnx={"Mul": _mish_from_onnx}, onnx_elementwise=("Softplus", "Tanh", "Mul"),
 )
 
