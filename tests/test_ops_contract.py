@@ -6,10 +6,11 @@ The shape sweeps compare alexdsl's inferred shapes with what torch.nn.functional
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
-from conftest import SCAFFOLD
+from conftest import ROOT, SCAFFOLD
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
@@ -355,3 +356,24 @@ def test_a_plugin_elementwise_op_is_fused_exported_imported_and_highlighted(tmp_
     tokens = [(token, value) for token, value in AlexDSLLexer().get_tokens(text) if value == "softsign"]
     assert tokens and all(token is Name.Builtin for token, _ in tokens)
     assert "|softsign|" in textmate_grammar()["repository"]["call"]["match"]
+
+
+def _paragraph(doc: str, start: str) -> str:
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    return text[text.index(start):].split("\n\n", 1)[0]
+
+
+@pytest.mark.parametrize(("doc", "start"), [("language.md", "- **Epilogues.**"),
+                                            ("cupy.md", "The epilogue activations are")])
+def test_the_docs_name_the_epilogues_the_ops_declare(doc: str, start: str) -> None:
+    """The ops that declare an executor epilogue and those that apply them, as the docs list them."""
+    declared = {op.name for op in all_ops() if op.lower.executor is not None
+                and (op.lower.executor.epilogue or op.lower.executor.epilogues)}
+    named = set(re.findall(r"`([a-z_0-9]+)`", _paragraph(doc, start))) & {op.name for op in all_ops()}
+    assert named == declared
+
+
+def test_the_onnx_import_table_names_every_op_that_imports() -> None:
+    rows = _paragraph("interop.md", "| op | ONNX patterns imported |").splitlines()[2:]
+    listed = {name.strip() for row in rows for name in row.split("|")[1].split(",")}
+    assert {op.name for op in all_ops() if op.lower.from_onnx} <= listed
