@@ -61,12 +61,17 @@ def _narrowed(y: Array, x: Array, out: Array | None) -> Array:
 def sigmoid(x: Array, *, out: Array | None = None) -> Array:
     """Logistic function 1 / (1 + exp(-x)), a few ulps from the truth in both tails (``0.5 * (tanh(x / 2) + 1)``
     cancelled to 0 below -17). Below -88.7 exp(-x) is inf and the result, under 3e-39, is 0, as in torch."""
-    xp = array_module(x)
-    e = xp.negative(x, out=out)
+    e = _one_plus_exp_minus(x, out)
+    return array_module(x).divide(1, e, out=e)
+
+
+def _one_plus_exp_minus(x: Array, out: Array | None = None) -> Array:
+    """1 + exp(-x), into ``out`` when given; exp(-x) overflows to inf (below -88.7 in float32) silently."""
+    e = array_module(x).negative(x, out=out)
     with numpy.errstate(over="ignore"):
-        xp.exp(e, out=e)
+        array_module(x).exp(e, out=e)
     e += 1
-    return xp.divide(1, e, out=e)
+    return e
 
 
 def tanh(x: Array, *, out: Array | None = None) -> Array:
@@ -102,12 +107,7 @@ def hardswish(x: Array, *, out: Array | None = None) -> Array:
 
 def silu(x: Array, *, out: Array | None = None) -> Array:
     """x * sigmoid(x) (swish), as x / (1 + exp(-x)) (see :func:`sigmoid`)."""
-    xp = array_module(x)
-    e = xp.negative(x)
-    with numpy.errstate(over="ignore"):
-        xp.exp(e, out=e)
-    e += 1
-    return xp.divide(x, e, out=out)
+    return array_module(x).divide(x, _one_plus_exp_minus(x), out=out)
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -156,14 +156,11 @@ def _gelu_erf(x: Array) -> Array:
 
 
 def _gelu_tanh(x: Array) -> Array:
-    minus_2u = x * x
-    minus_2u *= -2 * _SQRT_2_OVER_PI * 0.044715
-    minus_2u -= 2 * _SQRT_2_OVER_PI
-    minus_2u *= x
-    with numpy.errstate(over="ignore"):
-        array_module(x).exp(minus_2u, out=minus_2u)
-    minus_2u += 1
-    return array_module(x).divide(x, minus_2u, out=minus_2u)
+    two_u = x * x
+    two_u *= 2 * _SQRT_2_OVER_PI * 0.044715
+    two_u += 2 * _SQRT_2_OVER_PI
+    two_u *= x
+    return array_module(x).divide(x, _one_plus_exp_minus(two_u, out=two_u), out=two_u)
 
 
 CHUNK = 1 << 16
