@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import ROOT, SCAFFOLD
+from conftest import ROOT, SCAFFOLD, random_weights
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
@@ -166,12 +166,13 @@ def test_every_op_declares_every_lowering(op) -> None:
 
 @pytest.mark.parametrize("op", [op for op in all_ops() if op.role == "layer"], ids=lambda op: op.name)
 def test_every_lowering_computes_what_the_reference_computes(op) -> None:
-    """torch module, NumPy executor and ONNX Runtime against the op's torch.nn.functional reference."""
+    """torch module, NumPy executor and ONNX Runtime against the op's torch.nn.functional reference, with random
+    weights and statistics (a kernel that ignores a parameter left at its filler's 1 or 0 fails) and signed inputs."""
     pytest.importorskip("onnxruntime")
     from alexdsl.interop.compare import compare
 
     net = _contract_network(op, data=(16, 12, 12))  # 12 = 2 * 6: adaptive pooling to 6x6 has even windows in ONNX
-    rows = compare(net, ["reference", "torch", "cupy", "onnx"], batch=2, seed=3)
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=3), batch=2, seed=3)
     label = op.example.split(":", 1)[0].strip()
     row = next(r for r in rows if r.layer == label)
     for backend, diff in row.diffs.items():
