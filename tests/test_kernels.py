@@ -293,13 +293,26 @@ def test_pointwise_matches_torch(name: str, ours, theirs) -> None:  # noqa: ANN0
     check(ours(x), theirs(T(x)))
 
 
-@pytest.mark.parametrize("fn", ["relu", "leaky_relu", "sigmoid", "tanh"])
-def test_pointwise_out_in_place(fn: str) -> None:
-    x = rand(2, 3, 4, 4)
-    want = {"relu": F.relu, "leaky_relu": F.leaky_relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[fn](T(x.copy()))
-    got = getattr(rt, fn)(x, out=x)
-    assert got is x
-    check(x, want)
+IN_PLACE = {
+    "relu": ((), F.relu), "leaky_relu": ((0.1,), lambda t: F.leaky_relu(t, 0.1)), "sigmoid": ((), torch.sigmoid),
+    "tanh": ((), torch.tanh), "silu": ((), F.silu), "mish": ((), F.mish), "hardswish": ((), F.hardswish),
+    "gelu": (("none",), F.gelu), "gelu_tanh": (("tanh",), lambda t: F.gelu(t, approximate="tanh")),
+    "elu": ((0.5,), lambda t: F.elu(t, 0.5)), "softplus": ((1.0, 20.0), F.softplus),
+    "softplus_beta": ((2.0, 3.0), lambda t: F.softplus(t, 2.0, 3.0)),
+}
+
+
+@pytest.mark.parametrize("name", IN_PLACE)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_out_in_place(name: str, dtype: type) -> None:
+    """``out=x`` overwrites the input with the result, in either float type, with signed inputs past every
+    threshold."""
+    args, theirs = IN_PLACE[name]
+    x = (rand(2, 3, 4, 4) * 8).astype(dtype)
+    want = theirs(torch.from_numpy(x.copy()))
+    got = getattr(rt, name.partition("_")[0] if name.startswith(("gelu", "softplus")) else name)(x, *args, out=x)
+    assert got is x and x.dtype == dtype
+    np.testing.assert_allclose(x, want.numpy(), rtol=RTOL, atol=ATOL)
 
 
 def test_concat_and_add() -> None:

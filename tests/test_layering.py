@@ -124,3 +124,139 @@ def test_the_cuda_kernels_do_not_import_the_runtime() -> None:
     assert len(kernels) == 3
     assert _module_imports(kernels, "alexdsl.backends.cupy.runtime") == []
     assert _module_imports(cupy_backend, "alexdsl.backends.cupy.arrays")  # the kernel modules do use it
+
+
+# The import graph, counting imports made anywhere (inside functions too) ------------------------------------
+
+JUSTIFIED_MODULE_CYCLES = {
+    frozenset({"alexdsl.ops.registry", "alexdsl.ops.activation", "alexdsl.ops.arith", "alexdsl.ops.conv",
+               "alexdsl.ops.linear", "alexdsl.ops.loss", "alexdsl.ops.norm", "alexdsl.ops.pool", "alexdsl.ops.split",
+               "alexdsl.ops.tensor"}):
+        "inside ops: the families register into the registry at import, and the registry imports the built-in "
+        "families on its first lookup (registry._load_families), so a plugin can import the registry alone",
+    frozenset({"alexdsl.backends.cupy.conv", "alexdsl.backends.cupy.depthwise"}):
+        "inside one backend: conv2d hands a depthwise plan to depthwise_conv2d, which builds a ConvPlan when "
+        "called without one",
+}
+"""Cycles inside one package, each with the reason it is kept."""
+
+JUSTIFIED_PACKAGE_CYCLES = {
+    frozenset({"alexdsl.fmt", "alexdsl.syntax"}):
+        "fmt is the syntax tree's one printer (the syntax layer, one module for its size): it reads syntax.ast and "
+        "syntax.parser, and syntax.build's ModuleBuilder.text() prints the tree it built through it",
+}
+"""Package cycles (no module cycle) kept, each with the reason."""
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:``, which never run."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            yield from (n for child in node.orelse for n in (child, *_runtime_nodes(child)))
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def _imported_modules(path: Path, modules: set[str]) -> Iterator[tuple[str, int]]:
+    """(alexdsl module, line) of every import in ``path`` that runs, at import time or in a function."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, node.module] if node.module else base)
+            submodules = [f"{module}.{alias.name}" for alias in node.names if f"{module}.{alias.name}" in modules]
+            targets = submodules if len(submodules) == len(node.names) else [module, *submodules]
+        else:
+            continue
+        yield from ((target, node.lineno) for target in targets if target in modules and target != name)
+
+
+def _module_graph() -> dict[str, dict[str, int]]:
+    """alexdsl module -> the alexdsl modules it imports anywhere -> the first line doing so."""
+    paths = _modules(".")
+    modules = {_module_name(path) for path in paths}
+    graph: dict[str, dict[str, int]] = {name: {} for name in modules}
+    for path in paths:
+        for target, line in _imported_modules(path, modules):
+            graph[_module_name(path)].setdefault(target, line)
+    return graph
+
+
+def _package(module: str) -> str:
+    """The package a module belongs to for layering: its folder, or itself for a top-level module or package."""
+    path = PACKAGE.joinpath(*module.split(".")[1:])
+    return module if module.count(".") <= 1 or path.is_dir() else module.rpartition(".")[0]
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
+    """The strongly connected components of ``graph`` with more than one node (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[frozenset[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(frozenset(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_walk_sees_function_level_and_relative_imports_but_not_type_checking_ones() -> None:
+    graph = _module_graph()
+    assert graph["alexdsl.backends.torch.train"]["alexdsl.backends.torch.codegen"] > 1  # inside _build_model
+    assert "alexdsl.backends.cupy.conv" not in graph["alexdsl.backends.cupy.cuda"]  # only under TYPE_CHECKING
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
+    assert _package("alexdsl.ops.conv") == "alexdsl.ops" and _package("alexdsl.fmt") == "alexdsl.fmt"
+    assert _package("alexdsl.backends.cupy.runtime") == "alexdsl.backends.cupy"
+
+
+def test_the_ops_import_no_backend() -> None:
+    """Ops declare; a backend finds its kernels through the declaration (and offers what a lowering needs through
+    its context), so an op module imports no backend, not even inside a function."""
+    graph = _module_graph()
+    reaching = [f"{module} -> {target} (line {line})" for module, targets in sorted(graph.items())
+                if module.startswith("alexdsl.ops.") for target, line in targets.items()
+                if target.startswith("alexdsl.backends")]
+    assert reaching == []
+
+
+def test_no_import_cycle_between_modules_but_the_named_ones() -> None:
+    graph = {module: set(targets) for module, targets in _module_graph().items()}
+    allowed = set(JUSTIFIED_MODULE_CYCLES)
+    unexpected = [sorted(cycle) for cycle in _cycles(graph) if cycle not in allowed]
+    assert unexpected == []
+
+
+def test_no_import_cycle_between_packages_but_the_named_ones() -> None:
+    packages: dict[str, set[str]] = {}
+    for module, targets in _module_graph().items():
+        packages.setdefault(_package(module), set()).update(
+            _package(target) for target in targets if _package(target) != _package(module))
+    allowed = set(JUSTIFIED_PACKAGE_CYCLES)
+    unexpected = [sorted(cycle) for cycle in _cycles(packages) if cycle not in allowed]
+    assert unexpected == []

@@ -6,12 +6,15 @@ The shape sweeps compare alexdsl's inferred shapes with what torch.nn.functional
 from __future__ import annotations
 
 import itertools
+import re
 
+import numpy as np
 import pytest
-from conftest import SCAFFOLD
+from conftest import ROOT, SCAFFOLD, random_weights
 
 import alexdsl
 from alexdsl.errors import AlexDSLError
+from alexdsl.ops.lowering import Pattern
 from alexdsl.ops.registry import all_ops, lookup
 
 
@@ -163,12 +166,13 @@ def test_every_op_declares_every_lowering(op) -> None:
 
 @pytest.mark.parametrize("op", [op for op in all_ops() if op.role == "layer"], ids=lambda op: op.name)
 def test_every_lowering_computes_what_the_reference_computes(op) -> None:
-    """torch module, NumPy executor and ONNX Runtime against the op's torch.nn.functional reference."""
+    """torch module, NumPy executor and ONNX Runtime against the op's torch.nn.functional reference, with random
+    weights and statistics (a kernel that ignores a parameter left at its filler's 1 or 0 fails) and signed inputs."""
     pytest.importorskip("onnxruntime")
     from alexdsl.interop.compare import compare
 
     net = _contract_network(op, data=(16, 12, 12))  # 12 = 2 * 6: adaptive pooling to 6x6 has even windows in ONNX
-    rows = compare(net, ["reference", "torch", "cupy", "onnx"], batch=2, seed=3)
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=3), batch=2, seed=3)
     label = op.example.split(":", 1)[0].strip()
     row = next(r for r in rows if r.layer == label)
     for backend, diff in row.diffs.items():
@@ -192,3 +196,215 @@ def test_caffe_export_then_import_gives_the_same_op(op) -> None:
     assert again.layer(label).op == ("avgpool" if op.name == "adaptive_avgpool" else op.name)
     assert again.shapes[label] == net.shapes[label]
     assert again.layer(label).params.keys() == net.layer(label).params.keys()
+
+
+# Accuracy: every elementwise op's float32 executor kernel against its float64 reference ---------------------
+
+ULP_BOUND = 4.0
+"""The most float32 ulps an elementwise kernel may be from the float64 truth, anywhere."""
+TINY = 2.0**-100
+"""Results under this (7.9e-31) in magnitude count in ulps of TINY (9.4e-38): one under a few of those may be
+flushed to 0, as exp(-x) overflowing makes sigmoid and silu below -88.7 (where silu is under 2.6e-37, as in
+torch); at that size a value has no effect on a float32 network."""
+
+
+def _extreme_inputs() -> np.ndarray:
+    """0, and both signs of 1e-3..100 (dense) and of very small and very large magnitudes, as float32."""
+    magnitudes = np.concatenate([np.logspace(-3, 2, 4001), [0.0, 1e-38, 1e-30, 1e-20, 1e-12, 1e-8, 1e-5, 1e3, 1e4,
+                                                             1e6, 1e10, 1e20, 1e30, 3e38]])
+    return np.concatenate([magnitudes, -magnitudes]).astype(np.float32)
+
+
+def ulps(got: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """|got - truth| in float32 ulps of the truth (of :data:`TINY` below it); an infinity is right where the truth
+    rounds to it in float32, and a NaN or an infinity elsewhere is infinitely far."""
+    got, truth = got.astype(np.float64), truth.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = truth.astype(np.float32)  # inf where the truth is past float32's largest
+        scale = np.spacing(np.clip(np.abs(truth), TINY, np.finfo(np.float32).max).astype(np.float32))
+        error = np.abs(got - truth) / scale.astype(np.float64)
+    error[np.isinf(got) & (got == rounded)] = 0
+    error[np.isnan(got) != np.isnan(truth)] = np.inf
+    return error
+
+
+def test_the_ulp_measure_counts_what_it_should() -> None:
+    one = np.float32(1)
+    assert ulps(np.array([np.nextafter(one, np.float32(2))]), np.array([1.0]))[0] == 1
+    assert ulps(np.array([0.0]), np.array([2.0**-125]))[0] < 1  # far under TINY: flushing it is fine
+    assert ulps(np.array([0.0]), np.array([2.06e-9]))[0] > 1e6  # the old sigmoid(-20)
+    assert ulps(np.array([np.inf]), np.array([3e38]))[0] == np.inf
+
+
+def _elementwise_ops() -> list:
+    return [op for op in all_ops() if op.pattern == Pattern.ELEMWISE and op.inputs == (1, 1) and op.role == "layer"]
+
+
+def _random_args(op, rng: np.random.Generator) -> list[str]:
+    """Every argument of ``op`` given a random value (floats: the default times 0.5..2; a choice: any)."""
+    args = []
+    for arg in op.args:
+        if arg.kind == "float":
+            args.append(f"{arg.name}={float(np.float32(arg.default * rng.uniform(0.5, 2.0)))!r}")
+        elif arg.kind == "choice":
+            args.append(f"{arg.name}={arg.choices[rng.integers(len(arg.choices))]}")
+        elif arg.kind == "bool":
+            args.append(f"{arg.name}={'true' if rng.integers(2) else 'false'}")
+    return args
+
+
+def _accuracy_case(op, seed: int, producer: str) -> tuple[alexdsl.Network, str]:
+    rng = np.random.default_rng(seed)
+    args = _random_args(op, rng)
+    call = f"{op.name}({', '.join(args)})" if args else op.name
+    n = _extreme_inputs().size
+    text = f"network Accuracy\ninput x: 1x1x{n}\n" + (f"p: x -> {producer}\ny: p -> {call}\n" if producer
+                                                       else f"y: x -> {call}\n") + "output y\n"
+    return alexdsl.parse(text, "accuracy.adsl"), call
+
+
+@pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
+@pytest.mark.parametrize("producer", ["", "conv(1, 1)"], ids=["alone", "after-conv"])
+def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, producer: str) -> None:
+    """The executor's float32 kernel (alone, and after a conv whose 1x1 weight 1 passes its input through exactly,
+    in the conv's epilogue where the op is one) over extreme inputs, with random arguments, against the op's
+    reference in float64."""
+    from alexdsl.backends import cupy as executor
+
+    x = _extreme_inputs()
+    for seed in range(3):
+        net, call = _accuracy_case(op, seed, producer)
+        rng = np.random.default_rng(seed)
+        weights = {f"y.{name}": rng.uniform(0.05, 2.0, spec.shape).astype(np.float32)
+                   for name, spec in net.layer("y").params.items()}
+        if producer:
+            weights.update({"p.weight": np.ones((1, 1, 1, 1), np.float32), "p.bias": np.zeros(1, np.float32)})
+        got = np.asarray(executor.compile(net, weights, device="cpu")(x.reshape(1, 1, 1, -1))).reshape(-1)
+        truth = op.lower.reference(net.layer("y"), [torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)],
+                                   {k.split(".", 1)[1]: torch.from_numpy(v.astype(np.float64))
+                                    for k, v in weights.items() if k.startswith("y.")}, F)
+        error = ulps(got, truth.reshape(-1).numpy())
+        worst = int(np.argmax(error))
+        assert error[worst] <= ULP_BOUND, (call, producer, float(x[worst]), float(got[worst]),
+                                           float(truth.reshape(-1)[worst]), float(error[worst]))
+
+
+# A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------
+
+SOFTSIGN_PLUGIN = '''
+from alexdsl.backends.cupy.runtime import array_module
+from alexdsl.ops.from_onnx import unary
+from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
+from alexdsl.ops.registry import OpDef, register
+
+
+def softsign(x, *, out=None):
+    xp = array_module(x)
+    magnitude = xp.abs(x)
+    magnitude += 1
+    return xp.divide(x, magnitude, out=out)
+
+
+register(OpDef(
+    name="softsign", family="activation", summary="x / (1 + |x|).", example="s: softsign", args=(),
+    infer=lambda attrs, inputs: inputs[0], pattern=Pattern.ELEMWISE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softsign({args[0]})"),
+        executor=ExecutorLowering(function=softsign, inplace=True, epilogue="softsign"),
+        onnx=lambda layer, ctx: ctx.node("Softsign", ctx.inputs),
+        from_onnx={"Softsign": unary("softsign")},
+        onnx_elementwise=("Softsign",),
+        reference=lambda layer, xs, w, F: F.softsign(xs[0]),
+    ),
+))
+'''
+
+
+def test_a_plugin_elementwise_op_is_fused_exported_imported_and_highlighted(tmp_path) -> None:
+    """softsign, declared once in a plugin file, with no other change anywhere."""
+    pytest.importorskip("onnxruntime")
+    from pygments.token import Name
+
+    from alexdsl.backends.cupy.codegen import generate_source, lower
+    from alexdsl.highlight import AlexDSLLexer, textmate_grammar
+    from alexdsl.interop.compare import compare
+    from alexdsl.interop.onnx import export_onnx
+    from alexdsl.interop.onnx_import import import_onnx_source
+    from alexdsl.ops.registry import ONNX_ELEMENTWISE
+    from alexdsl.plugins import load_plugins
+
+    plugin = tmp_path / "softsign.py"
+    plugin.write_text(SOFTSIGN_PLUGIN, encoding="utf-8")
+    load_plugins([str(plugin)], entry_points=False)
+    text = "network Soft\ninput x: 3x8x8\nc: conv(4, 3, pad=1)\ns: softsign\nalone: x -> softsign\n" \
+           "output s\noutput alone\n"
+    net = alexdsl.parse(text, "soft.adsl")
+
+    steps = {tuple(step.layers): step.kernel for step in lower(net).steps}
+    assert steps[("c", "s")] == "conv2d+bias+softsign"  # in the conv's epilogue
+    assert "act=rt.softsign" in generate_source(net) and ("alone",) in steps
+
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], batch=2, seed=1)  # ONNX checked by onnxruntime
+    for row in rows:
+        assert all(diff is not None and diff[1] < 1e-5 for diff in row.diffs.values()), (row.layer, row.diffs)
+
+    path = tmp_path / "soft.onnx"
+    path.write_bytes(export_onnx(net).SerializeToString())
+    imported = import_onnx_source(path, readable=False).network
+    assert sorted(layer.op for layer in imported.layers() if layer.op != "input") == ["conv", "softsign", "softsign"]
+    assert "Softsign" in ONNX_ELEMENTWISE  # a channels-last region runs through it
+
+    tokens = [(token, value) for token, value in AlexDSLLexer().get_tokens(text) if value == "softsign"]
+    assert tokens and all(token is Name.Builtin for token, _ in tokens)
+    assert "|softsign|" in textmate_grammar()["repository"]["call"]["match"]
+
+
+def _paragraph(doc: str, start: str) -> str:
+    text = (ROOT / "docs" / doc).read_text(encoding="utf-8")
+    return text[text.index(start):].split("\n\n", 1)[0]
+
+
+@pytest.mark.parametrize(("doc", "start"), [("language.md", "- **Epilogues.**"),
+                                            ("cupy.md", "The epilogue activations are")])
+def test_the_docs_name_the_epilogues_the_ops_declare(doc: str, start: str) -> None:
+    """The ops that declare an executor epilogue and those that apply them, as the docs list them."""
+    declared = {op.name for op in all_ops() if op.lower.executor is not None
+                and (op.lower.executor.epilogue or op.lower.executor.epilogues)}
+    named = set(re.findall(r"`([a-z_0-9]+)`", _paragraph(doc, start))) & {op.name for op in all_ops()}
+    assert named == declared
+
+
+def test_the_onnx_import_table_names_every_op_that_imports() -> None:
+    rows = _paragraph("interop.md", "| op | ONNX patterns imported |").splitlines()[2:]
+    listed = {name.strip() for row in rows for name in row.split("|")[1].split(",")}
+    assert {op.name for op in all_ops() if op.lower.from_onnx} <= listed
+
+
+LOST_BY_TORCHS_EXPORT = {("softplus", "threshold")}
+"""Arguments torch's ONNX exporter drops: it writes softplus as Softplus, linear nowhere."""
+
+
+@pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
+def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -> None:
+    """What torch's exporter makes of an elementwise op's generated torch code (random arguments, opsets 11, 13 and
+    17, and 20 for gelu's native node) imports back as the op: the torch cases come from the declarations."""
+    pytest.importorskip("onnx")
+    from onnx_models import export as torch_export
+
+    from alexdsl.backends import torch as backend
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    for seed, opset in enumerate((11, 13, 17, 20) if op.name == "gelu" else (11, 13, 17)):
+        rng = np.random.default_rng(seed)
+        args = _random_args(op, rng)
+        call = f"{op.name}({', '.join(args)})" if args else op.name
+        net = alexdsl.parse(f"network Exported\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "exported.adsl")
+        module = backend.build(net).eval()
+        path = torch_export(module, (1, 8, 4, 4), tmp_path / f"{op.name}_{opset}.onnx", opset)
+        imported = import_onnx_source(path, readable=False).network
+        ops = [layer for layer in imported.layers() if layer.op != "input"]
+        assert [layer.op for layer in ops] == [op.name], (call, opset)
+        for name, value in net.layer("y").attrs.items():
+            if (op.name, name) not in LOST_BY_TORCHS_EXPORT:
+                expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
+                assert ops[0].attrs[name] == expected, (call, opset, name)

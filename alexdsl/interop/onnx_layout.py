@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from alexdsl.interop.torch_scope import module_path
+from alexdsl.ops import registry
 from alexdsl.ops.from_onnx import axes_of
 
 TO_LAST = [0, 2, 3, 1]
 TO_FIRST = [0, 3, 1, 2]
-_ELEMENTWISE = {"Relu", "Sigmoid", "Tanh", "Erf", "Gelu", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu",
-                "Softplus", "Identity", "Dropout", "Clip", "Add", "Sub", "Mul", "Div", "Pow", "Sqrt"}
+_ELEMENTWISE = registry.ONNX_ELEMENTWISE  # each op declares its elementwise ONNX op types
 
 
 def _node(template: Any, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> Any:

@@ -1,13 +1,15 @@
 """Elementwise activations and softmax.
 
-Named and defaulted as in ``torch.nn.functional``. The parameterless ones in
-:data:`EPILOGUES` (and relu) run in the epilogue of a conv, fc or arithmetic op before them
-in the NumPy/CuPy executor: ``relu=True``, or ``act=rt.<name>`` for the others.
+Named and defaulted as in ``torch.nn.functional``. The parameterless ones that declare an
+executor ``epilogue`` run in the epilogue of a conv, fc or arithmetic op before them in the
+NumPy/CuPy executor (:data:`~alexdsl.ops.lowering.EVERY_EPILOGUE`): ``relu=True``, or
+``act=rt.<name>`` for the others.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from alexdsl.ops.contexts import (
@@ -37,10 +39,6 @@ def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
-EPILOGUES = ("relu", "relu6", "hardswish", "hardsigmoid", "silu", "mish", "sigmoid", "tanh")
-"""The activations a producer with ``epilogues=EPILOGUES`` applies in its epilogue."""
-
-
 def epilogue_args(epilogue: str | None) -> str:
     """A producer's epilogue arguments for the runtime: ``relu=True``/``relu=False``, or ``act=rt.<kernel>``."""
     if epilogue is None or epilogue == "relu":
@@ -48,20 +46,36 @@ def epilogue_args(epilogue: str | None) -> str:
     return f"relu=False, act=rt.{epilogue}"
 
 
-def _relu_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
-    return f"F.relu({args[0]}, inplace=True)" if ctx.may_run_inplace(layer) else f"F.relu({args[0]})"
+@dataclass(frozen=True)
+class TorchCall:
+    """An activation's torch form written once, as a call ``function(x, <attrs>...)`` of ``torch`` or
+    ``torch.nn.functional`` (``F``): the generated forward source and the reference that ``compare`` and the
+    contract tests measure against both come from it. ``inplace``: ``inplace=True`` where the layer may
+    overwrite its input."""
+
+    function: str
+    attrs: tuple[str, ...] = ()
+    inplace: bool = False
+
+    def forward(self, layer: Any, args: list[str], ctx: TorchContext) -> str:
+        values = "".join(f", {ctx.float(layer.attrs[a])}" for a in self.attrs)
+        inplace = ", inplace=True" if self.inplace and ctx.may_run_inplace(layer) else ""
+        return f"{self.function}({args[0]}{values}{inplace})"
+
+    def reference(self, layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+        import torch
+
+        namespace, _, name = self.function.partition(".")
+        return getattr(F if namespace == "F" else torch, name)(xs[0], *(layer.attrs[a] for a in self.attrs))
 
 
-def _inplace_forward(function: str) -> Any:
-    """``F.<function>(x, inplace=True)`` where the layer may overwrite its input, else ``F.<function>(x)``."""
-    return lambda layer, args, ctx: f"F.{function}({args[0]}, inplace=True)" if ctx.may_run_inplace(layer) \
-        else f"F.{function}({args[0]})"
+def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
+    """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
+    def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
+        return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
 
-
-def _runtime_call(function: str, epilogue: str | None = None) -> ExecutorLowering:
-    """An in-place elementwise runtime kernel ``rt.<function>(x, out=...)``."""
-    return ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(f"rt.{function}({ctx.inputs[0]}, out={{out}})",
-                                                                    function), inplace=True, epilogue=epilogue)
+    return ExecutorLowering(lower=lower, inplace=True, epilogue=epilogue)
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -98,27 +112,31 @@ def _relu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) ->
     return "relu", [], None
 
 
+_RELU = TorchCall("F.relu", inplace=True)
+
 register(OpDef(
     name="relu", family="activation", summary="Rectified linear unit: max(x, 0).", example="r: relu",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=_relu_forward),
-        executor=_runtime_call("relu", epilogue="relu"),
+        torch=TorchLowering(forward=_RELU.forward),
+        executor=_xp_call("relu", epilogue="relu"),
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
         from_onnx={"Relu": unary("relu"), "Clip": _clip_from_onnx("relu")},
-        reference=lambda layer, xs, w, F: F.relu(xs[0]),
+        onnx_elementwise=("Relu", "Clip"),
+        reference=_RELU.reference,
     ),
 ))
+
+_LEAKY_RELU = TorchCall("F.leaky_relu", ("slope",))
 
 register(OpDef(
     name="leaky_relu", family="activation", summary="x if x > 0 else slope * x.",
     example="r: leaky_relu(0.1)", args=(Arg("slope", "float", 0.01, "negative slope"),), infer=_same,
     pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(
-            forward=lambda layer, args, ctx: f"F.leaky_relu({args[0]}, {ctx.float(layer.attrs['slope'])})"),
+        torch=TorchLowering(forward=_LEAKY_RELU.forward),
         executor=ExecutorLowering(
             lower=lambda layer, ctx: ExecutorKernel(
                 f"rt.leaky_relu({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})", "leaky_relu"),
@@ -126,37 +144,44 @@ register(OpDef(
         onnx=lambda layer, ctx: ctx.node("LeakyRelu", ctx.inputs, alpha=float(layer.attrs["slope"])),
         from_onnx={"LeakyRelu": lambda node, ctx: OnnxImport("leaky_relu", node.inputs[:1],
                                                              {"slope": f32(node.attr("alpha", 0.01))})},
+        onnx_elementwise=("LeakyRelu",),
         caffe=lambda layer, ctx: [
             CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
-        reference=lambda layer, xs, w, F: F.leaky_relu(xs[0], layer.attrs["slope"]),
+        reference=_LEAKY_RELU.reference,
     ),
 ))
+
+_SIGMOID = TorchCall("torch.sigmoid")
 
 register(OpDef(
     name="sigmoid", family="activation", summary="1 / (1 + exp(-x)).", example="s: sigmoid",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.sigmoid({args[0]})"),
-        executor=_runtime_call("sigmoid", epilogue="sigmoid"),
+        torch=TorchLowering(forward=_SIGMOID.forward),
+        executor=_xp_call("sigmoid", epilogue="sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
         from_onnx={"Sigmoid": unary("sigmoid")},
-        reference=lambda layer, xs, w, F: xs[0].sigmoid(),
+        onnx_elementwise=("Sigmoid",),
+        reference=_SIGMOID.reference,
     ),
 ))
+
+_TANH = TorchCall("torch.tanh")
 
 register(OpDef(
     name="tanh", family="activation", summary="Hyperbolic tangent, elementwise.", example="t: tanh",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.tanh({args[0]})"),
-        executor=_runtime_call("tanh", epilogue="tanh"),
+        torch=TorchLowering(forward=_TANH.forward),
+        executor=_xp_call("tanh", epilogue="tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
         from_onnx={"Tanh": unary("tanh")},
-        reference=lambda layer, xs, w, F: xs[0].tanh(),
+        onnx_elementwise=("Tanh",),
+        reference=_TANH.reference,
     ),
 ))
 
@@ -199,7 +224,7 @@ register(OpDef(
     example="prob: softmax", args=(), infer=_same,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softmax({args[0]}, 1)"),
-        executor=_runtime_call("softmax"),
+        executor=_xp_call("softmax"),
         onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
         caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
         from_caffe={"Softmax": _softmax_from_caffe},
@@ -406,32 +431,26 @@ def _softplus_from_where(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
                       absorbed=(greater, div, *found[3]))
 
 
-def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
-    """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
-    def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
-        return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
-
-    return ExecutorLowering(lower=lower, inplace=True, epilogue=epilogue)
-
-
-def _activation(name: str, summary: str, example: str, torch: Any, executor: ExecutorLowering, onnx: Any,
-                reference: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
-                from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None) -> None:
+def _activation(name: str, summary: str, example: str, torch: TorchCall | tuple[Any, Any], executor: ExecutorLowering,
+                onnx: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
+                from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None,
+                onnx_elementwise: tuple[str, ...] = ()) -> None:
+    """Register an elementwise activation; ``torch`` is its :class:`TorchCall`, or a (forward, reference) pair."""
+    forward, reference = (torch.forward, torch.reference) if isinstance(torch, TorchCall) else torch
     register(OpDef(
         name=name, family="activation", summary=summary, example=example, args=args, infer=_same,
         pattern=Pattern.ELEMWISE,
-        lower=Lowerings(torch=TorchLowering(forward=torch), executor=executor, onnx=onnx, caffe=caffe,
-                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {}),
+        lower=Lowerings(torch=TorchLowering(forward=forward), executor=executor, onnx=onnx, caffe=caffe,
+                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {},
+                        onnx_elementwise=onnx_elementwise),
     ))
 
 
 _activation(
     "relu6", "min(max(x, 0), 6): MobileNet's clipped ReLU (no Caffe layer).", "r: relu6",
-    _inplace_forward("relu6"), _xp_call("relu6", epilogue="relu6"),
+    TorchCall("F.relu6", inplace=True), _xp_call("relu6", epilogue="relu6"),
     lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]),
-    lambda layer, xs, w, F: F.relu6(xs[0]),
-    from_onnx={"Clip": _clip_from_onnx("relu6")},
+    from_onnx={"Clip": _clip_from_onnx("relu6")}, onnx_elementwise=("Clip",),
 )
 
 
@@ -442,36 +461,37 @@ def _infer_hardtanh(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
+_HARDTANH = TorchCall("F.hardtanh", ("min", "max"))
+
 register(OpDef(
     name="hardtanh", family="activation", summary="x clipped to [min, max] (no Caffe layer).",
     example="h: hardtanh(-1, 1)",
     args=(Arg("min", "float", -1.0, "lower bound"), Arg("max", "float", 1.0, "upper bound")),
     infer=_infer_hardtanh, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: (
-            f"F.hardtanh({args[0]}, {ctx.float(layer.attrs['min'])}, {ctx.float(layer.attrs['max'])})")),
+        torch=TorchLowering(forward=_HARDTANH.forward),
         executor=_xp_call("hardtanh", "min", "max"),
         onnx=lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(layer.attrs["min"]),
                                                   ctx.constant(layer.attrs["max"])]),
         from_onnx={"Clip": _clip_from_onnx("hardtanh")},
-        reference=lambda layer, xs, w, F: F.hardtanh(xs[0], layer.attrs["min"], layer.attrs["max"]),
+        onnx_elementwise=("Clip",),
+        reference=_HARDTANH.reference,
     ),
 ))
 
 _activation(
     "hardswish", "x * relu6(x + 3) / 6: MobileNetV3's activation (no Caffe layer).", "h: hardswish",
-    _inplace_forward("hardswish"), _xp_call("hardswish", epilogue="hardswish"),
+    TorchCall("F.hardswish", inplace=True), _xp_call("hardswish", epilogue="hardswish"),
     lambda layer, ctx: ctx.node("HardSwish", ctx.inputs),
-    lambda layer, xs, w, F: F.hardswish(xs[0]),
     from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
+    onnx_elementwise=("HardSwish", "HardSigmoid", "Mul"),
 )
 
 _activation(
     "hardsigmoid", "relu6(x + 3) / 6: MobileNetV3's gate (no Caffe layer).", "g: hardsigmoid",
-    _inplace_forward("hardsigmoid"), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
+    TorchCall("F.hardsigmoid", inplace=True), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
     lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5),
-    lambda layer, xs, w, F: F.hardsigmoid(xs[0]),
-    from_onnx={"HardSigmoid": _hardsigmoid_from_onnx},
+    from_onnx={"HardSigmoid": _hardsigmoid_from_onnx}, onnx_elementwise=("HardSigmoid",),
 )
 
 
@@ -486,10 +506,9 @@ def _swish_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -
 
 _activation(
     "silu", "x * sigmoid(x) (swish): EfficientNet's activation (Caffe Swish).", "s: silu",
-    _inplace_forward("silu"), _xp_call("silu", epilogue="silu"), _onnx_silu,
-    lambda layer, xs, w, F: F.silu(xs[0]),
+    TorchCall("F.silu", inplace=True), _xp_call("silu", epilogue="silu"), _onnx_silu,
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
-    from_onnx={"Mul": _silu_from_onnx},
+    from_onnx={"Mul": _silu_from_onnx}, onnx_elementwise=("Sigmoid", "Mul"),
 )
 
 
@@ -497,12 +516,21 @@ def _gelu_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     return f"F.gelu({args[0]}, approximate='tanh')" if layer.attrs["approximate"] == "tanh" else f"F.gelu({args[0]})"
 
 
+def _gelu_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """x * erfc(-x / sqrt 2) / 2, or x * sigmoid(2u): F.gelu's 1 + erf(x / sqrt 2) (and 1 + tanh(u)) cancel to 0
+    in the negative tail, even in float64."""
+    x = xs[0]
+    if layer.attrs["approximate"] == "tanh":
+        return x * (2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)).sigmoid()
+    return x * (x * -math.sqrt(0.5)).erfc() * 0.5
+
+
 _activation(
     "gelu", "Gaussian error linear unit x * Phi(x), or its tanh approximation (no Caffe layer).",
-    "g: gelu(approximate=none)", _gelu_torch, _xp_call("gelu", "approximate"), _onnx_gelu,
-    lambda layer, xs, w, F: F.gelu(xs[0], approximate=layer.attrs["approximate"]),
+    "g: gelu(approximate=none)", (_gelu_torch, _gelu_reference), _xp_call("gelu", "approximate"), _onnx_gelu,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
+    onnx_elementwise=("Gelu", "Erf", "Tanh", "Add", "Mul", "Div"),
 )
 
 
@@ -513,13 +541,13 @@ def _elu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> 
 
 _activation(
     "elu", "x if x > 0 else alpha * (exp(x) - 1) (Caffe ELU).", "e: elu(1.0)",
-    lambda layer, args, ctx: f"F.elu({args[0]}, {ctx.float(layer.attrs['alpha'])})", _xp_call("elu", "alpha"),
+    TorchCall("F.elu", ("alpha",)), _xp_call("elu", "alpha"),
     lambda layer, ctx: ctx.node("Elu", ctx.inputs, alpha=float(layer.attrs["alpha"])),
-    lambda layer, xs, w, F: F.elu(xs[0], layer.attrs["alpha"]),
     args=(Arg("alpha", "float", 1.0, "the negative saturation value", min=0),),
     caffe=lambda layer, ctx: [CaffeLayer("ELU", "elu_param", (f"alpha: {ctx.number(layer.attrs['alpha'])}",))],
     from_caffe={"ELU": _elu_from_caffe},
     from_onnx={"Elu": lambda node, ctx: OnnxImport("elu", node.inputs[:1], {"alpha": f32(node.attr("alpha", 1.0))})},
+    onnx_elementwise=("Elu",),
 )
 
 
@@ -532,22 +560,19 @@ def _softplus_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
 _activation(
     "softplus", "log(1 + exp(beta * x)) / beta, linear above threshold (Caffe BNLL when beta=1).",
     "sp: softplus(beta=1, threshold=20)",
-    lambda layer, args, ctx: (f"F.softplus({args[0]}, {ctx.float(layer.attrs['beta'])}, "
-                              f"{ctx.float(layer.attrs['threshold'])})"),
-    _xp_call("softplus", "beta", "threshold"), _onnx_softplus,
-    lambda layer, xs, w, F: F.softplus(xs[0], layer.attrs["beta"], layer.attrs["threshold"]),
+    TorchCall("F.softplus", ("beta", "threshold")), _xp_call("softplus", "beta", "threshold"), _onnx_softplus,
     args=(Arg("beta", "float", 1.0, "sharpness", min=1e-6),
           Arg("threshold", "float", 20.0, "beta * x above which the output is x")),
     caffe=_softplus_caffe, from_caffe={"BNLL": lambda layer, name, ctx: ("softplus", [], None)},
     from_onnx={"Softplus": lambda node, ctx: OnnxImport("softplus", node.inputs[:1], {"beta": 1.0, "threshold": 20.0}),
                "Div": _softplus_from_div, "Where": _softplus_from_where},
+    onnx_elementwise=("Softplus", "Mul", "Div"),
 )
 
 _activation(
     "mish", "x * tanh(softplus(x)) (no Caffe layer).", "m: mish",
-    _inplace_forward("mish"), _xp_call("mish", epilogue="mish"), _onnx_mish,
-    lambda layer, xs, w, F: F.mish(xs[0]),
-    from_onnx={"Mul": _mish_from_onnx},
+    TorchCall("F.mish", inplace=True), _xp_call("mish", epilogue="mish"), _onnx_mish,
+    from_onnx={"Mul": _mish_from_onnx}, onnx_elementwise=("Softplus", "Tanh", "Mul"),
 )
 
 

@@ -13,7 +13,7 @@ import functools
 import operator
 from typing import Any
 
-from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.contexts import (
     CaffeExportContext,
     CaffeImportContext,
@@ -26,6 +26,7 @@ from alexdsl.ops.contexts import (
 )
 from alexdsl.ops.from_onnx import operands, per_channel, producer_of
 from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
@@ -119,7 +120,7 @@ def _executor(function: str) -> ExecutorLowering:
             epilogue = f"act=rt.{ctx.epilogue}, " if ctx.epilogue is not None else ""
         return ExecutorKernel(f"rt.{function}({', '.join(inputs)}, {epilogue}out={{out}})", function)
 
-    return ExecutorLowering(lower=lower, inplace=True, epilogues=EPILOGUES)
+    return ExecutorLowering(lower=lower, inplace=True, epilogues=EVERY_EPILOGUE)
 
 
 # add ------------------------------------------------------------------------------------------------
@@ -172,6 +173,7 @@ register(OpDef(
         caffe=_eltwise("SUM"),
         from_caffe={"Eltwise": _eltwise_from_caffe},
         from_onnx={"Add": _binary_from_onnx("add"), "Sum": _binary_from_onnx("add")},
+        onnx_elementwise=("Add",),
         reference=_combined(operator.add),
     ),
 ))
@@ -187,6 +189,7 @@ register(OpDef(
         executor=_executor("subtract"),
         onnx=_binary_onnx("Sub"),
         from_onnx={"Sub": _binary_from_onnx("sub")},
+        onnx_elementwise=("Sub",),
         caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
         reference=_combined(operator.sub),
     ),
@@ -204,6 +207,7 @@ register(OpDef(
         executor=_executor("multiply"),
         onnx=_binary_onnx("Mul"),
         from_onnx={"Mul": _binary_from_onnx("mul")},
+        onnx_elementwise=("Mul",),
         caffe=_eltwise("PROD"),
         reference=_combined(operator.mul),
     ),
@@ -390,6 +394,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=_scale_executor, inplace=True, fold=_scale_fold),
         onnx=_scale_onnx,
         from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add},
+        onnx_elementwise=("Mul", "Add"),
         caffe=_scale_caffe,
         from_caffe={"Scale": _scale_from_caffe},
         reference=_scale_reference,

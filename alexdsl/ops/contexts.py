@@ -96,6 +96,11 @@ class ExecutorContext(Protocol):
         """Whether the step adds a bias: the layer's own, or one from a folded affine layer."""
         ...
 
+    def conv_plan(self, *geometry: Any) -> Any:
+        """The runtime's im2col plan of a convolution of ``geometry`` ``(c, h, w, out, kernel, stride, pad,
+        dilation, groups)``: ``is_pointwise``, ``cols_size(n)`` and ``wide_size(n)`` (scratch elements)."""
+        ...
+
     def weights_setup(self, layer: Any) -> list[str]:
         """Setup lines binding ``self.<ident>_w`` and ``self.<ident>_b`` (``None`` without a bias), with the
         affine layer folded into this one, if any, applied."""

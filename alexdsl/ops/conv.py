@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.contexts import (
     CaffeExportContext,
     CaffeImportContext,
@@ -18,6 +18,7 @@ from alexdsl.ops.contexts import (
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import linear_kernel, pair, symmetric_pads
 from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
@@ -129,13 +130,11 @@ def _torch_module(layer: Any, ctx: TorchContext) -> str:
 
 
 def _executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-    from alexdsl.backends.cupy.runtime import ConvPlan
-
     a = layer.attrs
     c, h, w = ctx.input_shape(layer, 0)
     geometry = (c, h, w, a["out"], tuple(a["kernel"]), tuple(a["stride"]), tuple(a["pad"]), tuple(a["dilation"]),
                 a["groups"])
-    plan = ConvPlan(*geometry)
+    plan = ctx.conv_plan(*geometry)
     ident = ctx.ident
     return ExecutorKernel(
         code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
@@ -241,7 +240,7 @@ CONV = register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,
         from_caffe={"Convolution": _from_caffe},

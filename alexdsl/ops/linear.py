@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from alexdsl.ops.activation import EPILOGUES, epilogue_args
+from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.contexts import (
     CaffeImportContext,
     CaffeMessage,
@@ -18,6 +18,7 @@ from alexdsl.ops.contexts import (
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
 from alexdsl.ops.from_onnx import computed, flattened_input, linear_kernel, producer_of
 from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
     CaffeLayer,
     ExecutorKernel,
     ExecutorLowering,
@@ -165,7 +166,7 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, forward=_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_onnx,
         caffe=lambda layer, ctx: [CaffeLayer("InnerProduct", "inner_product_param",
                                              (f"num_output: {layer.attrs['out']}", *ctx.weight_and_bias(layer)),
@@ -211,8 +212,6 @@ def _pw_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
 
 def _pw_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1)."""
-    from alexdsl.backends.cupy.runtime import ConvPlan
-
     c, *size = ctx.input_shape(layer, 0)
     h, w = size if size else (1, 1)
     out = layer.attrs["out"]
@@ -226,7 +225,7 @@ def _pw_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         kernel="conv2d+1x1" + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_w = self.{ident}_w.reshape({out}, {c}, 1, 1)",
                f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
-        scratch=(0, ConvPlan(*geometry).wide_size(1)),
+        scratch=(0, ctx.conv_plan(*geometry).wide_size(1)),
     )
 
 
@@ -280,7 +279,7 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_pw_executor, epilogues=EPILOGUES, folds_affine=True),
+        executor=ExecutorLowering(lower=_pw_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
         onnx=_pw_onnx,
         from_onnx={"Conv": _pw_from_onnx},
         reference=_pw_reference,

@@ -108,8 +108,9 @@ class ExecutorLowering:
       (``code`` without ``{out}``), or ``""`` for the identity; ``note`` says which.
     * ``inplace``: the output may share its input's buffer.
     * ``epilogue``: the name under which a fusable producer applies this elementwise op.
-    * ``epilogues``: the epilogues this op can apply to its own output (``("relu",)``):
-      a sole consumer with one of them is fused, and ``ctx.epilogue`` names it.
+    * ``epilogues``: the epilogues this op can apply to its own output (``("relu",)``), or
+      :data:`EVERY_EPILOGUE` for every op declaring one: a sole consumer with one of them is
+      fused (:meth:`applies`), and ``ctx.epilogue`` names it.
     * ``folds_affine``: this op folds a following per-channel affine layer (one with
       ``fold``) into its weights: ``ctx.weights_setup(layer)`` writes the folded weights.
     * ``fold(layer, ctx, weight, bias) -> str``: for a per-channel affine op, the source
@@ -124,10 +125,19 @@ class ExecutorLowering:
     alias: bool = False
     inplace: bool = False
     epilogue: str | None = None
-    epilogues: tuple[str, ...] = ()
+    epilogues: tuple[str, ...] | str = ()
     folds_affine: bool = False
     fold: Callable[[Any, ExecutorContext, str, str], str] | None = None
     function: Callable[..., Any] | None = None
+
+    def applies(self, epilogue: str | None) -> bool:
+        """Whether this op applies ``epilogue`` (an elementwise op's ``epilogue`` name) to its own output."""
+        return epilogue is not None and (self.epilogues == EVERY_EPILOGUE or epilogue in self.epilogues)
+
+
+EVERY_EPILOGUE = "every"
+"""The ``epilogues`` of a producer that applies every elementwise op declaring an ``epilogue``: the runtime
+kernel ``rt.<epilogue>`` (a plugin's xp ``function`` too) run in place on its output."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,9 @@ class Lowerings:
       ``Gemm``; where several ops claim a node, the one absorbing most nodes wins
       (``ctx.fail(node, message)`` says why a node is not the op's pattern). Export and
       import are inverses op by op: ``tests/test_onnx_import_ops.py`` checks both for every op.
+    * ``onnx_elementwise``: the elementwise ONNX op types among the nodes this op exports as or
+      imports from (``("Sigmoid", "Mul")`` for silu): the ONNX importer's layout pass carries a
+      channels-last region through nodes of these types (:data:`alexdsl.ops.registry.ONNX_ELEMENTWISE`).
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
       measures every backend against.
@@ -199,6 +212,7 @@ class Lowerings:
     from_caffe: Mapping[str, CaffeConverter] = field(default_factory=dict)
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
     from_onnx: Mapping[str, OnnxConverter] = field(default_factory=dict)
+    onnx_elementwise: tuple[str, ...] = ()
 
 
 @dataclass

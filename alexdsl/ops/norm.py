@@ -399,6 +399,7 @@ register(OpDef(
         executor=_norm_executor("layer_norm"),
         onnx=_ln_onnx,
         from_onnx={"LayerNormalization": _ln_from_onnx, "Add": _ln_from_onnx, "Transpose": _ln_from_transpose},
+        onnx_elementwise=("Sub", "Pow", "Add", "Sqrt", "Div", "Mul"),  # torch's decomposition below opset 17
         reference=lambda layer, xs, w, F: (
             F.layer_norm(xs[0], (layer.shape[0],), w["weight"], w["bias"], layer.attrs["eps"]) if len(layer.shape) == 1
             else F.layer_norm(xs[0].permute(0, 2, 3, 1), (layer.shape[0],), w["weight"], w["bias"],

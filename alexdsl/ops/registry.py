@@ -15,7 +15,7 @@ example, its fusion pattern and its lowering to every backend and format
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,27 @@ def onnx_importers() -> dict[str, list[Callable[..., Any]]]:
         for op_type, convert in op.lower.from_onnx.items():
             found.setdefault(op_type, []).append(convert)
     return found
+
+
+class _OnnxElementwise(Set[str]):
+    """The ONNX op types that registered ops declare elementwise (``Lowerings.onnx_elementwise``), read from the
+    registry at each use, so that a plugin op registered later counts too."""
+
+    def _types(self) -> frozenset[str]:
+        return frozenset(t for op in all_ops() for t in op.lower.onnx_elementwise)
+
+    def __contains__(self, op_type: object) -> bool:
+        return op_type in self._types()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._types()))
+
+    def __len__(self) -> int:
+        return len(self._types())
+
+
+ONNX_ELEMENTWISE: Set[str] = _OnnxElementwise()
+"""The ONNX op types through which the ONNX importer's layout pass carries a channels-last region."""
 
 
 def op_names() -> list[str]:

@@ -95,12 +95,11 @@ def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 
 
 
 def _copy(x: Any, start: int, stop: int, out: Any) -> Any:
-    """``x[:, start:stop]`` as a contiguous array (into ``out`` when given): the kernels read contiguous input."""
-    from alexdsl.backends.cupy.runtime import array_module
-
+    """``x[:, start:stop]`` as a contiguous array (into ``out`` when given): the kernels read contiguous input
+    (NumPy's and CuPy's ``copy`` are C-ordered)."""
     part = x[:, start:stop]
     if out is None:
-        return array_module(x).ascontiguousarray(part)
+        return part.copy()
     out[...] = part
     return out
 

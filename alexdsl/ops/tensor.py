@@ -128,6 +128,7 @@ register(OpDef(
         from_caffe={"Dropout": _dropout_from_caffe},
         from_onnx={"Dropout": lambda node, ctx: OnnxImport(None, node.inputs[:1]),  # the identity at inference
                    "Identity": lambda node, ctx: OnnxImport(None, node.inputs[:1])},
+        onnx_elementwise=("Dropout", "Identity"),
         reference=lambda layer, xs, w, F: xs[0],
     ),
 ))

@@ -70,6 +70,7 @@ register(OpDef(
         executor=ExecutorLowering(function=_executor, inplace=True),
         onnx=_onnx,
         from_onnx={"Mul": _from_onnx},
+        onnx_elementwise=("Mul", "Tanh"),
         reference=lambda layer, xs, w, F: layer.attrs["a"] * (layer.attrs["b"] * xs[0]).tanh(),
     ),
 ))

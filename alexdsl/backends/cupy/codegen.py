@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
+from alexdsl.backends.cupy.conv import ConvPlan
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
@@ -148,6 +149,10 @@ class ExecutorCodegenContext:
 
     def has_bias(self, layer: Layer) -> bool:
         return "bias" in layer.params or self.affine is not None
+
+    def conv_plan(self, *geometry: Any) -> ConvPlan:
+        """The runtime's :class:`ConvPlan` for ``geometry`` (its im2col strategy and scratch sizes)."""
+        return ConvPlan(*geometry)
 
     def weights_setup(self, layer: Layer) -> list[str]:
         """Bind ``self.<ident>_w`` and ``self.<ident>_b``, folding the affine layer that follows, if any."""
@@ -279,8 +284,8 @@ class _StepWriter:
         (each None when there is none)."""
         affine = self._sole_consumer(layer.name, lambda c: c.fold is not None) if lowering.folds_affine else None
         last = affine if affine is not None else layer
-        accepted = lowering.epilogues
-        finisher = self._sole_consumer(last.name, lambda c: c.epilogue in accepted) if accepted else None
+        finisher = self._sole_consumer(last.name, lambda c: lowering.applies(c.epilogue)) if lowering.epilogues \
+            else None
         return affine, finisher
 
     def _kernel(self, layer: Layer, lowering: ExecutorLowering, ins: list[str], ident: str) -> None:

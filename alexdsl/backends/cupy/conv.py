@@ -29,7 +29,7 @@ from alexdsl.backends.cupy.arrays import (
     parallel_for,
     thread_pool,
 )
-from alexdsl.backends.cupy.pointwise import activate
+from alexdsl.backends.cupy.elementwise import activate
 from alexdsl.shape_math import conv_output_size
 
 
@@ -282,7 +282,7 @@ def conv2d(
 
     ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
     ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place; ``act`` is any other
-    elementwise activation (``alexdsl.ops.activation.EPILOGUES``), applied in place after the bias.  ``scratch`` is an
+    elementwise activation (an op's declared ``epilogue``), applied in place after the bias.  ``scratch`` is an
     optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
     :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
 

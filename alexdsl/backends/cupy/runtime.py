@@ -10,7 +10,8 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.conv`: convolution and fully connected;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
-* :mod:`.pointwise`: activations, arithmetic, channel plumbing.
+* :mod:`.elementwise`: activations and arithmetic;
+* :mod:`.channels`: concat, channel shuffle, softmax.
 
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -19,6 +20,9 @@ Each concern lives in its own module; this one gathers them:
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     Activation,
@@ -33,6 +37,11 @@ from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     scratch_rows,
     thread_pool,
 )
+from alexdsl.backends.cupy.channels import (  # noqa: F401 - the runtime's names
+    channel_shuffle,
+    concat,
+    softmax,
+)
 from alexdsl.backends.cupy.conv import (  # noqa: F401 - the runtime's names
     ConvPlan,
     bias_relu_,
@@ -43,18 +52,9 @@ from alexdsl.backends.cupy.conv import (  # noqa: F401 - the runtime's names
     pretranspose,
     transpose_bias_relu,
 )
-from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
-    batchnorm_affine,
-    channel_affine,
-    group_norm,
-    layer_norm,
-    lrn,
-)
-from alexdsl.backends.cupy.pointwise import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's names
     activate,
     add,
-    channel_shuffle,
-    concat,
     elu,
     erfc,
     gelu,
@@ -64,16 +64,21 @@ from alexdsl.backends.cupy.pointwise import (  # noqa: F401 - the runtime's name
     leaky_relu,
     mish,
     multiply,
-    op_function,
     prelu,
     relu,
     relu6,
     sigmoid,
     silu,
-    softmax,
     softplus,
     subtract,
     tanh,
+)
+from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
+    batchnorm_affine,
+    channel_affine,
+    group_norm,
+    layer_norm,
+    lrn,
 )
 from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     PoolPlan,
@@ -83,3 +88,22 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     global_avg_pool2d,
     max_pool2d,
 )
+from alexdsl.ops.registry import lookup
+
+
+def op_function(name: str) -> Callable[..., Array]:
+    """The xp function a registered op (a plugin's) declares for the executor."""
+    op = lookup(name)
+    function = op.lower.executor.function if op is not None and op.lower.executor is not None else None
+    if function is None:
+        raise ValueError(f"op {name!r} declares no executor function")
+    return function
+
+
+def __getattr__(name: str) -> Any:
+    """``rt.<op>``: the xp ``function`` a registered op (a plugin's) declares, so that a producer can apply a
+    plugin's elementwise op as its epilogue (``act=rt.<op>``) as it applies the built-in ones."""
+    try:
+        return op_function(name)
+    except ValueError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

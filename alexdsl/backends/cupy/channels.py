@@ -1,0 +1,40 @@
+"""Kernels across the channel axis (1): concat, ShuffleNet's channel shuffle, softmax.
+
+>>> import numpy as np
+>>> softmax(np.zeros((1, 4, 1, 1))).ravel().tolist()
+[0.25, 0.25, 0.25, 0.25]
+"""
+
+from __future__ import annotations
+
+from alexdsl.backends.cupy.arrays import Array, array_module
+
+
+def concat(inputs: list[Array] | tuple[Array, ...], *, out: Array | None = None) -> Array:
+    """Concatenate along the channel axis (1)."""
+    xp = array_module(inputs[0])
+    if out is None:
+        return xp.concatenate(list(inputs), axis=1)
+    start = 0
+    for part in inputs:
+        out[:, start : start + part.shape[1]] = part
+        start += part.shape[1]
+    return out
+
+
+def channel_shuffle(x: Array, groups: int, *, out: Array | None = None) -> Array:
+    """ShuffleNet's channel shuffle: (N, g, C/g, ...) transposed to (N, C/g, g, ...)."""
+    n, c = x.shape[:2]
+    src = x.reshape(n, groups, c // groups, *x.shape[2:]).swapaxes(1, 2)
+    if out is None:
+        return array_module(x).ascontiguousarray(src).reshape(x.shape)
+    out.reshape(n, c // groups, groups, *x.shape[2:])[...] = src
+    return out
+
+
+def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
+    """Numerically stable softmax along ``axis``."""
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True), out=out)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
