@@ -151,6 +151,26 @@ class FakeExecutor:
     def weights_setup(self, layer: Any) -> list[str]:
         return [f"self.{self.ident}_w = {self.weight(layer, 'weight')}"]
 
+    def conv_plan(self, *geometry: Any) -> contexts.ConvPlanView:
+        return FakeConvPlan(*geometry)
+
+
+class FakeConvPlan:
+    """A ConvPlanView: im2col columns of (C / groups) * kh * kw rows per output pixel, no wide buffer."""
+
+    def __init__(self, c: int, h: int, w: int, out: int, kernel: tuple[int, int], stride: tuple[int, int],
+                 pad: tuple[int, int], dilation: tuple[int, int], groups: int) -> None:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, pad, dilation
+        self.is_pointwise = kernel == (1, 1) and stride == (1, 1) and pad == (0, 0)
+        oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        self.rows, self.pixels = c // groups * kh * kw, oh * ow
+
+    def cols_size(self, batch: int = 1) -> int:
+        return 0 if self.is_pointwise else batch * self.rows * self.pixels
+
+    def wide_size(self, batch: int = 1) -> int:
+        return 0
+
 
 class FakeOnnx:
     """An OnnxExportContext recording ``(op_type, inputs, output, attrs)`` per node."""

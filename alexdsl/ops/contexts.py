@@ -70,6 +70,20 @@ class TorchContext(Protocol):
         ...
 
 
+class ConvPlanView(Protocol):
+    """What a convolution's lowering reads of the executor's im2col plan (:meth:`ExecutorContext.conv_plan`)."""
+
+    is_pointwise: bool
+
+    def cols_size(self, batch: int = 1) -> int:
+        """Scratch elements of the im2col columns for a batch of ``batch``."""
+        ...
+
+    def wide_size(self, batch: int = 1) -> int:
+        """Scratch elements of the wide output buffer for a batch of ``batch``."""
+        ...
+
+
 class ExecutorContext(Protocol):
     """What an :class:`~alexdsl.ops.lowering.ExecutorLowering` sees of the executor being generated."""
 
@@ -96,7 +110,7 @@ class ExecutorContext(Protocol):
         """Whether the step adds a bias: the layer's own, or one from a folded affine layer."""
         ...
 
-    def conv_plan(self, *geometry: Any) -> Any:
+    def conv_plan(self, *geometry: Any) -> ConvPlanView:
         """The runtime's im2col plan of a convolution of ``geometry`` ``(c, h, w, out, kernel, stride, pad,
         dilation, groups)``: ``is_pointwise``, ``cols_size(n)`` and ``wide_size(n)`` (scratch elements)."""
         ...

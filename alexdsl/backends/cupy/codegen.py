@@ -31,6 +31,7 @@ from alexdsl.backends.cupy.conv import ConvPlan
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
+from alexdsl.ops import contexts
 from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering
 from alexdsl.ops.registry import lookup
 
@@ -150,7 +151,7 @@ class ExecutorCodegenContext:
     def has_bias(self, layer: Layer) -> bool:
         return "bias" in layer.params or self.affine is not None
 
-    def conv_plan(self, *geometry: Any) -> ConvPlan:
+    def conv_plan(self, *geometry: Any) -> contexts.ConvPlanView:
         """The runtime's :class:`ConvPlan` for ``geometry`` (its im2col strategy and scratch sizes)."""
         return ConvPlan(*geometry)
 
