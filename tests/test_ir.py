@@ -67,7 +67,7 @@ def test_layers_added_together_may_read_each_other_in_any_order() -> None:
     assert set(graph.edges) == {("a", "b")} and layer_of(graph, "b").inputs == ["a"]
 
 
-def test_a_network_built_in_python_runs_its_passes_results() -> None:
+def test_a_network_built_in_python_answers_from_its_layers() -> None:
     net = alexdsl.Network("T", graph_of([Layer("x", "input", {"kind": "tensor"}, [], (3, 4, 4)),
                                          Layer("r", "relu", {}, ["x"], (3, 4, 4))]), inputs=["x"], outputs=["r"])
     assert net.shapes == {"x": (3, 4, 4), "r": (3, 4, 4)} and net.consumers("x") == ["r"]
