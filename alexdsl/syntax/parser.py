@@ -393,10 +393,11 @@ def _token_words(token: Token) -> str:
 def _acceptable(error: UnexpectedInput) -> set[str]:
     """The terminals the parser would take where ``error`` happened.
 
-    For a token, what the parser accepts when each is tried (exact: LALR's lookahead sets are merged
-    across states, so its ``expected`` may list a ',' that only a repeat's call takes).
+    What the parser accepts when each is tried (exact: LALR's lookahead sets are merged across
+    states, so its ``expected`` may list a ',' that only a repeat's call takes, and the lexer's
+    ``allowed`` lists every terminal).
     """
-    if isinstance(error, UnexpectedToken) and error.interactive_parser is not None:
+    if getattr(error, "interactive_parser", None) is not None:
         try:
             return set(error.interactive_parser.accepts())
         except Exception:  # noqa: BLE001 - fall back on the table's lookahead
