@@ -75,7 +75,8 @@ class _Continuations:
     """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'.
 
     It also refuses more than MAX_NESTING open parentheses, so nothing downstream recurses deeply,
-    and after a syntax error it drops the rest of the broken statement (``_ParseState.skipping``).
+    and after a syntax error it drops the rest of the broken statement (``_ParseState.skipping``),
+    up to the end of its line or a '}' that closes its block.
     """
 
     always_accept = ("_NL",)
@@ -110,6 +111,8 @@ class _Continuations:
                     raise _TooDeep(token)
             elif kind == "RPAR" and open_parens:
                 open_parens.pop()
+            elif kind == "RBRACE" and not open_parens:  # a '}' on a broken line still closes its block
+                state.skipping = False
             if not state.skipping:
                 yield token
         if state.pending is not None:
