@@ -354,7 +354,7 @@ def test_scale_folds_into_the_conv_before_it_and_matches_torch() -> None:
     net = alexdsl.parse("input x: 4x6x6\nc: conv(8, 3) | s: scale(bias=true) | relu6\n")
     assert net.layer("s").params["weight"].shape == (8,) and net.layer("s").params["bias"].shape == (8,)
     (step,) = codegen.lower(net).steps
-    assert step.layers == ["c", "s", "c_relu6"] and "s folded" in step.note
+    assert step.layers == ["c", "s", "s_relu6"] and "s folded" in step.note
     weights = _weights(net)
     x = _input((4, 6, 6))
     expected = F.relu6(F.conv2d(torch.from_numpy(x), torch.from_numpy(weights["c.weight"]),

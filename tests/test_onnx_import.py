@@ -30,7 +30,7 @@ SMALL = """network Small
 input data: 3x16x16
 conv1: conv(8, 3, pad=1) | bn1: batchnorm | relu | maxpool(2)
 conv2: conv(8, 3, pad=1) | relu
-sum:   add(conv2, conv1_maxpool) | global_avgpool
+sum:   add(conv2, bn1_maxpool) | global_avgpool
 fc:    fc(10)
 """
 

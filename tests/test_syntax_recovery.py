@@ -68,3 +68,8 @@ def test_hostile_files_end_quickly_with_a_clean_error(text: str) -> None:
         alexdsl.parse(text, "h.adsl")
     assert time.perf_counter() - start < 8
     assert 1 <= len(info.value.errors) <= 101 and "Traceback" not in str(info.value)
+
+
+def test_a_closing_brace_on_a_broken_line_still_closes_its_block() -> None:
+    text = "input d: 3x8x8\nblock b(c) {\n  a: conv(c 3) }\nx: b(4)\ny: cnov\n"
+    assert _errors(text) == [(3, "unexpected '3'"), (5, "unknown op 'cnov'")]

@@ -179,7 +179,10 @@ def statement_calls(stmt: ast.LayerStmt | ast.RepeatStmt) -> list[tuple[ast.Call
     """Each call of a layer statement with the local names it creates (a repeat: one per copy)."""
     if isinstance(stmt, ast.RepeatStmt):
         count = stmt.count.value if isinstance(stmt.count, ast.Literal) and isinstance(stmt.count.value, int) else 0
-        return [(stmt.call, [f"{stmt.label.name}.{i}" for i in range(max(0, min(count, 10_000)))])]
+        names = [f"{stmt.label.name}.{i}" for i in range(max(0, min(count, 10_000)))]
+        if stmt.first is not None:  # repeat N first(...), then call(...)
+            return [(stmt.first, names[:1]), (stmt.call, names[1:])]
+        return [(stmt.call, names)]
     return [(link.call, [name]) for link, name in zip(stmt.links, link_names(stmt))]
 
 

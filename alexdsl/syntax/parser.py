@@ -75,7 +75,8 @@ class _Continuations:
     """Post-lexer: drops newlines inside parentheses and before a line that starts with '|'.
 
     It also refuses more than MAX_NESTING open parentheses, so nothing downstream recurses deeply,
-    and after a syntax error it drops the rest of the broken statement (``_ParseState.skipping``).
+    and after a syntax error it drops the rest of the broken statement (``_ParseState.skipping``),
+    up to the end of its line or a '}' that closes its block.
     """
 
     always_accept = ("_NL",)
@@ -110,6 +111,8 @@ class _Continuations:
                     raise _TooDeep(token)
             elif kind == "RPAR" and open_parens:
                 open_parens.pop()
+            elif kind == "RBRACE" and not open_parens:  # a '}' on a broken line still closes its block
+                state.skipping = False
             if not state.skipping:
                 yield token
         if state.pending is not None:
@@ -393,10 +396,11 @@ def _token_words(token: Token) -> str:
 def _acceptable(error: UnexpectedInput) -> set[str]:
     """The terminals the parser would take where ``error`` happened.
 
-    For a token, what the parser accepts when each is tried (exact: LALR's lookahead sets are merged
-    across states, so its ``expected`` may list a ',' that only a repeat's call takes).
+    What the parser accepts when each is tried (exact: LALR's lookahead sets are merged across
+    states, so its ``expected`` may list a ',' that only a repeat's call takes, and the lexer's
+    ``allowed`` lists every terminal).
     """
-    if isinstance(error, UnexpectedToken) and error.interactive_parser is not None:
+    if getattr(error, "interactive_parser", None) is not None:
         try:
             return set(error.interactive_parser.accepts())
         except Exception:  # noqa: BLE001 - fall back on the table's lookahead

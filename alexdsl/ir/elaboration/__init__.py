@@ -1,7 +1,9 @@
-"""The parts of :mod:`alexdsl.ir.elaborate`, one concern each, stacked in this order:
+"""The parts of :mod:`alexdsl.ir.elaborate`, one concern each, each class built on the one before:
 
-state (shared state, values, scopes, adding a node) -> values (expressions, settings) -> binding
-(op arguments, fillers) -> declarations -> scopes (name lookup) -> blocks (expansion, sizes) ->
-chains (layer statements, repeats, splits). The driver, :class:`alexdsl.ir.elaborate.Elaborator`,
+state (shared state, scopes, block instances, the one place a node is added) -> values
+(expressions, arithmetic, settings) -> binding (op arguments, fillers) -> declarations (inputs,
+defaults, blocks) -> scopes (name lookup and resolution) -> blocks (expansion, sizes before
+expanding) -> chains (layer statements, automatic names, repeats, splits). unknown_ops reports
+unknown ops once the module is done. The driver, :class:`alexdsl.ir.elaborate.Elaborator`,
 runs them over a module.
 """

@@ -138,20 +138,45 @@ class Blocks(Scopes):
     def _repeat_size(self, stmt: ast.RepeatStmt, count: int, values: dict[str, Any], chain: list[str]) -> int:
         """Layers a repeat of ``count`` instances adds, computed without expanding it.
 
-        When the index reaches a block's arguments, instances are sized one by one, at most one past
-        the layer limit; any further instance counts as one layer (enough to refuse the repeat).
+        When the index reaches a block's arguments, instances are sized one by one until the sum
+        passes the layer limit; then each one left counts as one layer (a lower bound: the repeat is
+        refused either way).
         """
         calls = [stmt.call] if stmt.first is None else [stmt.first, stmt.call]
         if all(call.name not in self.blocks for call in calls):
             return count
-        if stmt.index is None:
+        if stmt.index is None or not any(_mentions(call, stmt.index.name) for call in calls) \
+                or all(self._size_is_fixed(call.name, ()) for call in calls):
             rest = count * self._call_size(stmt.call, values, chain)
             if stmt.first is None:
                 return rest
             return rest - self._call_size(stmt.call, values, chain) + self._call_size(stmt.first, values, chain)
-        sized = min(count, self.layer_limit + 1)
-        return count - sized + sum(self._call_size(self._instance_call(stmt, i), self._instance_values(stmt, values, i),
-                                                   chain) for i in range(sized))
+        total = 0
+        for i in range(count):
+            total += self._call_size(self._instance_call(stmt, i), self._instance_values(stmt, values, i), chain)
+            if total > self.layer_limit or i >= self.layer_limit:
+                return total + count - i - 1
+        return total
+
+    def _size_is_fixed(self, name: str, chain: tuple[str, ...]) -> bool:
+        """Whether op or block ``name`` adds the same layers whatever its arguments: no repeat count in it,
+        or in a block it uses, names anything."""
+        block = self.blocks.get(name)
+        if block is None or name in chain:  # an op; a block using itself is reported elsewhere
+            return True
+        if name not in self.fixed_sizes:
+            fixed = True
+            for stmt in block.body:
+                if isinstance(stmt, ast.RepeatStmt):
+                    calls = [stmt.call] + ([stmt.first] if stmt.first is not None else [])
+                    fixed = fixed and not _names(stmt.count)
+                elif isinstance(stmt, ast.LayerStmt):
+                    calls = [link.call for link in stmt.links]
+                else:
+                    calls = []
+                fixed = fixed and all(self._size_is_fixed(call.name, chain + (name,)) for call in calls)
+            self.fixed_sizes[name] = fixed
+        return self.fixed_sizes[name]
 
     def _block_size(self, name: str, values: dict[str, Any], chain: list[str]) -> int:
         """Layers one instance of block ``name`` expands to, computed without expanding it.
@@ -181,3 +206,27 @@ class Blocks(Scopes):
                 total += sum(self._call_size(link.call, values, inner) for link in stmt.links)
         self.block_sizes[key] = total
         return total
+
+
+def _names(value: ast.Value) -> set[str]:
+    """The names ``value`` mentions."""
+    found = set()
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, ast.Name):
+            found.add(item.name)
+        elif isinstance(item, ast.BinaryOp):
+            pending += [item.left, item.right]
+        elif isinstance(item, ast.Negate):
+            pending.append(item.operand)
+        elif isinstance(item, ast.TupleValue):
+            pending += item.items
+        elif isinstance(item, ast.Call):
+            pending += [arg.value for arg in item.args]
+    return found
+
+
+def _mentions(call: ast.Call, name: str) -> bool:
+    """Whether ``name`` appears in the arguments of ``call``."""
+    return any(name in _names(arg.value) for arg in call.args)

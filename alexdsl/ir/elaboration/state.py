@@ -147,6 +147,7 @@ class ElaborationState:
         self.added: list[str] = []  # layers (not inputs) in the order they were added
         self.hints_left = MAX_DIAGNOSTICS_PER_FILE  # past this, errors are not shown: skip their hints
         self.block_sizes: dict[tuple[str, tuple[tuple[str, Any], ...]], int] = {}
+        self.fixed_sizes: dict[str, bool] = {}  # blocks whose size does not depend on their arguments
         self.unknown_ops: list[ast.Call] = []  # calls of unknown ops, reported together at the end
         self.unknown_hints: dict[str, str | None] = {}  # each unknown op's did-you-mean, looked up once
 
