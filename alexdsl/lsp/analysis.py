@@ -275,7 +275,7 @@ def quick_analysis(text: str, file: str, checked: FrontEnd) -> Analysis | None:
         layers = analysis.spans[span]
         described = describe_shapes([network.layer(n) for n in layers])
         calls = sorted((s for s in analysis.spans if s.end_line - 1 == line
-                        and network.graph.nodes[analysis.spans[s][0]]["op"] != "input"), key=lambda s: s.end_column)
+                        and not network.layer(analysis.spans[s][0]).is_input), key=lambda s: s.end_column)
         stages = _stage_hints(network, [(s, analysis.spans[s]) for s in calls], span)
         analysis.line_hints[line] = LineHint(span.end_column - 1, described, tuple(layers), tuple(on_line[line]),
                                              stages)
