@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 import networkx as nx
 
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
-from alexdsl.ir.elaborate import elaborate
+from alexdsl.ir.elaboration.driver import elaborate
 from alexdsl.ir.elaboration.state import Meta
 from alexdsl.ir.network import LAYER, Network, graph_of, layer_of
 from alexdsl.ir.serialize import read_ir

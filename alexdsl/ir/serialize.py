@@ -30,6 +30,7 @@ import networkx as nx
 from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, AlexDSLError, Diagnostic, DiagnosticSink, Span, did_you_mean
 from alexdsl.ir.network import FORMAT, VERSION, Layer, add_layers, layer_of
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, format_shape, lookup, op_names
+from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS, convert_setting
 
 PHASES = ("all", "train", "test")
 MAX_NAME_LENGTH = 256
@@ -243,8 +244,6 @@ class _Reader:
         return config if ok else None
 
     def settings(self, value: Any, path: str, keys: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
-        from alexdsl.ir.elaborate import Elaborator
-
         if not isinstance(value, dict):
             self.error(path, "settings must be an object", received=_show(value))
             return {}
@@ -260,7 +259,7 @@ class _Reader:
                 self.error(f"{path}.{key}", f"setting '{key}' is out of range", received=_show(item),
                            expected=f"a number of at most {MAX_INT}")
                 continue
-            converted = Elaborator._convert_setting(kind, choices, plain)
+            converted = convert_setting(kind, choices, plain)
             numbers = converted if isinstance(converted, (list, tuple)) else [converted]
             if converted is None or any(isinstance(n, float) and not math.isfinite(n) for n in numbers) or any(
                     _is_int(n) and abs(n) > MAX_DIM for n in numbers):
@@ -310,8 +309,6 @@ class IRFile:
 
 def read_ir(text: str, file: str = "<json>") -> IRFile:
     """Parse IR JSON and check its form (see the module docstring); raise every problem of form at once."""
-    from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
-
     data, unreadable = _parse(text, file)
 
     if data.get("format") != FORMAT:

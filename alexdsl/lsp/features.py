@@ -16,7 +16,7 @@ from lsprotocol import types
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
 from alexdsl.fmt import format_source, format_value
-from alexdsl.ir.elaborate import PARAM_KIND_KEYS
+from alexdsl.ir.elaboration.state import PARAM_KIND_KEYS
 from alexdsl.ir.network import Layer, Network
 from alexdsl.lsp.analysis import Analysis, call_layers, describe_shapes, statement_calls
 from alexdsl.lsp.symbols import Symbol, SymbolIndex

@@ -17,9 +17,9 @@ import bisect
 from dataclasses import dataclass, field
 
 from alexdsl.errors import Span
-from alexdsl.ir.elaborate import SPLITTERS
 from alexdsl.lsp.analysis import statement_calls
 from alexdsl.ops.registry import lookup
+from alexdsl.ops.split import SPLITTERS
 from alexdsl.syntax import ast
 
 

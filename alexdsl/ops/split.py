@@ -243,5 +243,5 @@ CHANNEL_SLICE = register(OpDef(
 ))
 
 # The front end's split statements, 'half: chunk(2)' and 'parts: split((24, 40))', and the op
-# each of their parts becomes (alexdsl.ir.elaborate expands them).
+# each of their parts becomes (alexdsl.ir.elaboration expands them).
 SPLITTERS = {"chunk": CHANNEL_CHUNK.name, "split": CHANNEL_SLICE.name}

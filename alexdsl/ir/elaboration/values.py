@@ -17,7 +17,8 @@ from alexdsl.ir.elaboration.state import (
     describe,
     listing,
 )
-from alexdsl.limits import MAX_DIM, MAX_INT
+from alexdsl.limits import MAX_INT
+from alexdsl.settings import convert_setting
 from alexdsl.syntax import ast
 
 _OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
@@ -99,7 +100,7 @@ class Values(ElaborationState):
             value = self._eval(arg.value, values)
             if value is INVALID:
                 continue
-            converted = self._convert_setting(kind, choices, value)
+            converted = convert_setting(kind, choices, value.name if isinstance(value, Symbol) else value)
             if converted is None:
                 words = {"float": "a number", "int": "an integer", "bool": "true or false",
                          "pair": "an integer or an (h, w) pair", "ints": "an integer or a tuple of integers",
@@ -110,33 +111,3 @@ class Values(ElaborationState):
                 continue
             out[arg.keyword] = converted
         return out
-
-    @staticmethod
-    def _convert_setting(kind: str, choices: tuple[str, ...], value: Any) -> Any:
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-        if kind == "float" and is_num(value):
-            return float(value)
-        if kind == "int" and is_int(value) and 0 <= value <= MAX_DIM:
-            return value
-        if kind == "bool" and isinstance(value, bool):
-            return value
-        if kind == "choice":
-            name = value.name if isinstance(value, Symbol) else value
-            return name if name in choices else None
-        if kind == "pair":
-            if is_int(value) and 0 < value <= MAX_DIM:
-                return (value, value)
-            if isinstance(value, tuple) and len(value) == 2 and all(is_int(v) and 0 < v <= MAX_DIM for v in value):
-                return value
-        if kind == "ints":
-            items = value if isinstance(value, tuple) else (value,)
-            return list(items) if all(is_int(v) and abs(v) <= MAX_DIM for v in items) else None
-        if kind == "floats":
-            items = value if isinstance(value, tuple) else (value,)
-            return [float(v) for v in items] if all(is_num(v) for v in items) else None
-        return None

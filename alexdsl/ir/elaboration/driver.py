@@ -1,6 +1,6 @@
 """Syntax tree -> IR graph: resolves names, binds arguments, applies defaults, expands blocks.
 
-This is the driver; each concern is a module of :mod:`alexdsl.ir.elaboration`.
+This is the driver; each concern is a module beside it in :mod:`alexdsl.ir.elaboration`.
 
 Every mistake is recorded in a :class:`~alexdsl.errors.DiagnosticSink` and elaboration goes
 on, so one run reports every problem. Shapes are not known yet: :mod:`alexdsl.passes.shapes`
@@ -13,15 +13,8 @@ import networkx as nx
 
 from alexdsl.errors import DiagnosticSink
 from alexdsl.ir.elaboration.chains import Chains
-from alexdsl.ir.elaboration.state import (
-    BROKEN,
-    PARAM_KIND_KEYS,  # noqa: F401 - re-exported
-    Meta,
-    Scope,
-)
+from alexdsl.ir.elaboration.state import BROKEN, Meta, Scope
 from alexdsl.ir.elaboration.unknown_ops import report_unknown_ops
-from alexdsl.ops.split import SPLITTERS  # noqa: F401 - front-end forms -> the op of each part; re-exported
-from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS  # noqa: F401 - re-exported
 from alexdsl.syntax import ast
 
 
