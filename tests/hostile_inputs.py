@@ -18,6 +18,7 @@ import resource
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -223,7 +224,10 @@ class LspPipe:
             stderr=subprocess.PIPE, preexec_fn=cap, cwd=TESTS.parent,
             env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})})
         self.messages: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.errors = bytearray()  # the end of the server's stderr, drained so that its logging never blocks it
         threading.Thread(target=self._read, daemon=True).start()
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
         self.next_id = 0
         self.seen: list[dict[str, Any]] = []  # messages read while waiting for another
 
@@ -242,6 +246,12 @@ class LspPipe:
                     break
             self.messages.put(json.loads(stream.read(length)))
 
+    def _drain(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.errors += line
+            del self.errors[:-20_000]
+
     def write(self, data: bytes) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(data)
@@ -259,7 +269,6 @@ class LspPipe:
     def wait(self, test: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
         """The first message passing ``test`` (others are kept for later waits); AssertionError after ``timeout`` s."""
         import queue
-        import time
 
         for i, message in enumerate(self.seen):
             if test(message):
@@ -288,10 +297,11 @@ class LspPipe:
         self.send("initialized", {})
 
     def stderr_tail(self) -> str:
-        if self.process.poll() is None:
-            return "(still running)"
-        assert self.process.stderr is not None
-        return self.process.stderr.read().decode(errors="replace")[-3000:]
+        """The end of the server's stderr (all of it once the server has exited)."""
+        if self.process.poll() is not None:
+            self.drain.join(5)  # until it has read the last lines
+        return self.errors.decode(errors="replace")[-3000:] + ("" if self.process.poll() is not None
+                                                               else "\n(still running)")
 
     def close(self, timeout: float) -> tuple[int, str]:
         """Close stdin (the client is gone); the exit status and the end of stderr."""
