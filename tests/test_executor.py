@@ -212,7 +212,8 @@ def test_executor_matches_torch_backend(path: Path, batch: int) -> None:
         assert_close(g, t.numpy().reshape(g.shape))
 
 
-@pytest.mark.parametrize("name", ["alexnet", "resnet18", "inception"])
+@pytest.mark.parametrize("name", [pytest.param("alexnet", marks=pytest.mark.slow),  # 3.6 s of CPU, +0.7 GB of memory
+                                  "resnet18", "inception"])
 def test_wide_gemm_layout_matches_torch(name: str, monkeypatch) -> None:  # noqa: ANN001
     """ALEXDSL_GEMM=wide: CuPy's channel-major conv layout, run on NumPy, with a chunked scratch."""
 

@@ -98,6 +98,7 @@ train(network, "synthetic:64", out, module=module, epochs=2, batch_size=8, resum
 """
 
 
+@pytest.mark.slow  # 13 s of CPU: trains in two fresh processes
 def test_resume_after_sigkill_mid_epoch_gives_identical_weights(small, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RUN_SCRIPT)
@@ -153,6 +154,7 @@ torch.save(result.module.state_dict(), os.path.join(out, f"rank{rank}.pt"))
 """
 
 
+@pytest.mark.slow  # 16 s of CPU: three training processes
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     source = tmp_path / "small.adsl"
     source.write_text(NO_DROPOUT)
