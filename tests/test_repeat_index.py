@@ -75,7 +75,8 @@ def test_ints_stay_exact_and_a_float_makes_a_float() -> None:
 def test_the_layer_limit_holds_before_an_indexed_repeat_expands() -> None:
     start = time.perf_counter()
     error = _error(BLOCK + "s: repeat 1000000000000 as i: unit(8, 0.0 * i)\n")
-    assert "expands to" in error.errors[0].message and time.perf_counter() - start < 8
+    assert "expands to" in error.errors[0].message
+    assert time.perf_counter() - start < 60  # a hang guard (expanding first would never end), not a speed claim
 
 
 @pytest.mark.parametrize("line", [

@@ -66,7 +66,7 @@ def test_hostile_files_end_quickly_with_a_clean_error(text: str) -> None:
     start = time.perf_counter()
     with pytest.raises(AlexDSLError) as info:
         alexdsl.parse(text, "h.adsl")
-    assert time.perf_counter() - start < 8
+    assert time.perf_counter() - start < 60  # a hang guard for the recovery loop, not a speed claim
     assert 1 <= len(info.value.errors) <= 101 and "Traceback" not in str(info.value)
 
 
