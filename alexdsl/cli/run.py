@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy
 
 from alexdsl.cli.support import check_memory, load_network, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import output_target
-from alexdsl.inference import evaluate, load_array, make_predictor, top_k
-from alexdsl.profiling import Profile
+
+if TYPE_CHECKING:
+    from alexdsl.profiling import Profile
 
 
 @click.command("run", epilog="""\b
@@ -49,6 +50,11 @@ def run_command(file: str, images: tuple[str, ...], backend: str, weights: str |
     Image files get the network's preprocessing (resize, centre crop, mean) and print their
     top-k classes; a dataset prints top-1 and top-k accuracy; every run reports images/s.
     """
+    import numpy  # here, not at the top: `alexdsl --help` stays light
+
+    from alexdsl.inference import evaluate, load_array, make_predictor, top_k
+    from alexdsl.profiling import Profile
+
     network = load_network(file)
     if sum(map(bool, (images, arrays, data))) > 1:
         raise AlexDSLError("error: give image files, --input arrays or --data, not several")
