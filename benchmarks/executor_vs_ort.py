@@ -3,6 +3,7 @@
     python benchmarks/executor_vs_ort.py                                 # every network, batch 1/16, 1 and 2 threads
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1
     python benchmarks/executor_vs_ort.py --threads 1 --update-docs       # rewrite the table in docs/performance.md
+    python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1 --profile   # where time goes
 
 Every side runs the same weights (the executor's; torch through alexdsl's torch backend, ORT
 through alexdsl's ONNX export) and gets the same thread count: the executor through
@@ -11,6 +12,10 @@ onnxruntime through ``intra_op_num_threads``.  Timing is interleaved blocks, bes
 (``benchmarks/executor.py``'s ``_time_each``).  Ratios are executor throughput over the other
 side's: above 1 the executor is faster.  The machine's load (``os.getloadavg``) is recorded with
 the numbers, because on a shared machine it moves them.  The last line is JSON.
+
+``--profile`` prints, instead, where each side's time goes: the executor's per-kind profile
+(``alexdsl.profiling``, convolutions split into depthwise, 1x1 and larger kernels) beside
+onnxruntime's own profiler summed per op type, both in ms per call.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ import alexdsl  # noqa: E402
 from alexdsl.backends import cupy as backend  # noqa: E402
 from alexdsl.fileio import write_text_atomic  # noqa: E402
 from alexdsl.interop.onnx import export_onnx  # noqa: E402
+from alexdsl.profiling import Profile, profile_executor  # noqa: E402
 
 EXAMPLES = ROOT / "examples"
 DOCS = ROOT / "docs" / "performance.md"
@@ -72,6 +79,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=6, help="timed calls per point and side")
     p.add_argument("--rounds", type=int, default=3, help="interleaved blocks per side")
     p.add_argument("--update-docs", action="store_true", help=f"rewrite the table in {DOCS.relative_to(ROOT)}")
+    p.add_argument("--profile", action="store_true", help="per-kind time of the executor and of ORT, not ratios")
     return p.parse_args()
 
 
@@ -125,6 +133,70 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def conv_kind(net: alexdsl.Network, group: str) -> str:
+    """``conv2d`` split by the first layer of its fused group: depthwise, 1x1 or KxK."""
+    layer = net.layer(group.split(" + ")[0])
+    if layer.attrs["groups"] > 1 and layer.attrs["groups"] == layer.attrs["out"]:
+        return "conv2d depthwise"
+    return "conv2d 1x1" if tuple(layer.attrs["kernel"]) == (1, 1) else "conv2d KxK"
+
+
+def compare_profiles(name: str, args: argparse.Namespace, runs: int = 5) -> None:
+    """Print the executor's and onnxruntime's time per kind of kernel, in ms per call."""
+    net = NETWORKS[name]()
+    weights = _random_weights(net)
+    (shape,) = [net.layer(n).shape for n in net.data_inputs]
+    (input_name,) = net.data_inputs
+    executor = backend.compile(net, weights, device="cpu")
+    model = export_onnx(net, weights).SerializeToString()
+    profile = Profile(net.name)
+    profile_executor(executor, profile)
+    for threads in args.threads:
+        os.environ["ALEXDSL_NUM_THREADS"] = str(threads)
+        for batch in args.batches:
+            x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+            with threadpool_limits(threads):
+                executor(x)  # warm-up
+                profile.clear()
+                for _ in range(runs):
+                    executor(x)
+                theirs = ort_times(model, {input_name: x}, runs, threads)
+            ours: dict[str, float] = {}
+            for step, seconds in profile.totals().items():
+                kind = conv_kind(net, step.name) if step.kind == "conv2d" else step.kind
+                ours[kind] = ours.get(kind, 0.0) + seconds * 1e3 / runs
+            print(f"{net.name}, {threads} thread(s), batch {batch}, load {os.getloadavg()[0]:.1f}: "
+                  f"executor {sum(ours.values()):.1f} ms, onnxruntime {sum(theirs.values()):.1f} ms per call")
+            for label, times in (("executor", ours), ("onnxruntime", theirs)):
+                total = sum(times.values())
+                print(f"  {label}: " + ", ".join(f"{kind} {ms:.1f} ms ({100 * ms / total:.0f}%)"
+                                                 for kind, ms in sorted(times.items(), key=lambda i: -i[1])))
+
+
+def ort_times(model: bytes, feed: dict[str, np.ndarray], runs: int, threads: int) -> dict[str, float]:
+    """onnxruntime's own profile of ``runs`` calls after a warm-up, in ms per call per op type.
+
+    ORT's Conv is not split by kind: its layout pass renames the nodes it rewrites to NCHWc.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "ort")
+        session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    warm_up = next(e for e in events if e["name"] == "model_run")
+    after = warm_up["ts"] + warm_up["dur"]
+    times: dict[str, float] = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= after:
+            kind = event["args"]["op_name"]
+            times[kind] = times.get(kind, 0.0) + event["dur"] / 1e3 / runs
+    return times
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The ratio table: one row per network, one column per (threads, batch); 'ORT / torch' ratios in each cell."""
     points = sorted({(r["threads"], r["batch"]) for r in rows})
@@ -151,6 +223,10 @@ def update_docs(table: str) -> None:
 def main() -> None:
     args = _parse()
     print(f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+    if args.profile:
+        for name in args.networks:
+            compare_profiles(name, args)
+        return
     rows = [row for name in args.networks for row in measure(name, args)]
     table = markdown(rows)
     print(table)
