@@ -13,18 +13,32 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from alexdsl.errors import AlexDSLError, Diagnostic, Span
-from alexdsl.frontend import build_network, network_from_json
-from alexdsl.ir.network import Layer, Network, ParamSpec
-from alexdsl.ops.registry import Filler
 from alexdsl.syntax.source import read_source
+
+if TYPE_CHECKING:
+    from alexdsl.ir.network import Layer, Network, ParamSpec
+    from alexdsl.ops.registry import Filler
 
 __version__ = "0.1.0"
 __all__ = ["AlexDSLError", "Diagnostic", "Filler", "Layer", "Network", "ParamSpec", "Span", "from_json", "load",
            "parse", "__version__"]
+
+# The IR classes are imported on first use, so that `import alexdsl` (and with it the CLI's
+# start-up, `alexdsl --help`) does not load networkx, lark and NumPy.
+_LAZY = {"Layer": "alexdsl.ir.network", "Network": "alexdsl.ir.network", "ParamSpec": "alexdsl.ir.network",
+         "Filler": "alexdsl.ops.registry"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'alexdsl' has no attribute {name!r}")
 
 
 def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, ...]] | None = None,
@@ -35,6 +49,8 @@ def parse(text: str, file: str = "<string>", input_shapes: dict[str, tuple[int, 
     ``max_layers`` bounds the layers after expansion (default ``$ALEXDSL_MAX_LAYERS`` or 20,000).
     Raises :class:`AlexDSLError` with every problem found.
     """
+    from alexdsl.frontend import build_network
+
     return build_network(text, file, input_shapes, max_layers=max_layers)
 
 
@@ -44,6 +60,8 @@ def from_json(text: str, file: str = "<json>") -> Network:
     The file is checked as source is (every field, then every shape recomputed); ``file`` names it in
     errors. Raises :class:`AlexDSLError` with every problem found.
     """
+    from alexdsl.frontend import network_from_json
+
     return network_from_json(text, file)
 
 
@@ -53,6 +71,8 @@ def load(path: str | os.PathLike[str], input_shapes: dict[str, tuple[int, ...]] 
 
     ``max_bytes`` bounds the file's size (default ``$ALEXDSL_MAX_SOURCE_BYTES`` or 4 MiB).
     """
+    from alexdsl.frontend import build_network, network_from_json
+
     text = read_source(path, max_bytes)
     if Path(path).suffix == ".json":
         return network_from_json(text, os.fspath(path))

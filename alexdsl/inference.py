@@ -24,14 +24,18 @@ import numpy
 from alexdsl.errors import AlexDSLError
 from alexdsl.extras import install_command
 from alexdsl.ir.network import Network
+from alexdsl.profiling import Profile, profile_executor, profile_torch_module
 from alexdsl.progress import busy
 
 Predictor = Callable[[numpy.ndarray], numpy.ndarray]
 
 
 def make_predictor(network: Network, backend: str, weights: str | None = None, device: str = "auto",
-                   dtype: str = "float32", seed: int = 0) -> tuple[Predictor, str]:
-    """A batch -> first-output function for ``backend`` ("cupy" or "torch"), and where it runs."""
+                   dtype: str = "float32", seed: int = 0, profile: Profile | None = None) -> tuple[Predictor, str]:
+    """A batch -> first-output function for ``backend`` ("cupy" or "torch"), and where it runs.
+
+    With ``profile``, every call's forward is timed per layer into it (:mod:`alexdsl.profiling`).
+    """
     if len(network.data_inputs) != 1:
         raise AlexDSLError(f"error: alexdsl run feeds one input; {network.name} has "
                            f"{len(network.data_inputs)} ({', '.join(network.data_inputs)})")
@@ -45,6 +49,8 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
             print(f"warning: {warning.message}", file=sys.stderr)
         if device == "auto" and executor.device == "cpu":
             print(f"note: {_why_not_cupy()}, so the executor runs on NumPy (CPU)", file=sys.stderr)
+        if profile is not None:
+            profile_executor(executor, profile)
 
         def run_executor(batch: numpy.ndarray) -> numpy.ndarray:
             out = executor(batch.astype(executor.dtype, copy=False))
@@ -71,6 +77,8 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
         if weights is not None:
             load_weights(module, weights)
     module = module.eval().to(device)
+    if profile is not None:
+        profile_torch_module(module, profile)
 
     def run_module(batch: numpy.ndarray) -> numpy.ndarray:
         with torch.no_grad():

@@ -14,10 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alexdsl.ir.network import Network
 from alexdsl.ops.registry import format_shape
+
+if TYPE_CHECKING:  # only annotations: `alexdsl --help` (whose check command names FORMATS) skips networkx
+    from alexdsl.ir.network import Network
 
 FORMATS = ("table", "json", "csv", "markdown")
 
