@@ -97,4 +97,5 @@ def test_an_index_that_sets_a_blocks_repeat_count_is_sized_per_instance() -> Non
     assert [layer.name for layer in net.layers()][1:] == ["s.0.r.0", "s.1.r.0", "s.1.r.1", "s.2.r.0", "s.2.r.1",
                                                          "s.2.r.2"]
     error = _error(block + "t: repeat 100000000 as i: b(i)\n")
-    assert "expands to" in error.errors[0].message and f"more than the limit of {DEFAULT_MAX_LAYERS:,}" in error.errors[0].message
+    message = error.errors[0].message
+    assert "expands to" in message and f"more than the limit of {DEFAULT_MAX_LAYERS:,}" in message
