@@ -21,7 +21,7 @@ NET = """network Small
 input x: 3x12x12
 c1: conv(4, 3, pad=1) | bn1: batchnorm | relu | maxpool(2)
 c2: conv(4, 3, pad=1) | relu
-sum: c1_maxpool, c2 -> add
+sum: bn1_maxpool, c2 -> add
 head: global_avgpool | fc(5)
 """
 
@@ -61,7 +61,7 @@ def test_the_executor_profile_names_fused_groups_and_keeps_outputs() -> None:
     assert "forward" not in vars(plain)  # only the profiled instance runs the timed copy
     totals = profile.totals()
     names = {step.name: step.kind for step in totals}
-    assert names["c1 + bn1 + c1_relu"] == "conv2d"
+    assert names["c1 + bn1 + bn1_relu"] == "conv2d"
     assert names["sum"] == "add"
     assert list(totals.values()) == sorted(totals.values(), reverse=True)
     assert len(profile.calls) == 3
