@@ -280,13 +280,22 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
         if producer:
             weights.update({"p.weight": np.ones((1, 1, 1, 1), np.float32), "p.bias": np.zeros(1, np.float32)})
         got = np.asarray(executor.compile(net, weights, device="cpu")(x.reshape(1, 1, 1, -1))).reshape(-1)
-        truth = op.lower.reference(net.layer("y"), [torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)],
-                                   {k.split(".", 1)[1]: torch.from_numpy(v.astype(np.float64))
-                                    for k, v in weights.items() if k.startswith("y.")}, F)
-        error = ulps(got, truth.reshape(-1).numpy())
-        worst = int(np.argmax(error))
-        assert error[worst] <= ULP_BOUND, (call, producer, float(x[worst]), float(got[worst]),
-                                           float(truth.reshape(-1)[worst]), float(error[worst]))
+        layer, x64 = net.layer("y"), torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)
+        own = {k.split(".", 1)[1]: torch.from_numpy(v.astype(np.float64)) for k, v in weights.items()
+               if k.startswith("y.")}
+        truth = op.lower.reference(layer, [x64], own, F).reshape(-1).numpy()
+        error = ulps(got, truth)
+        # A learned parameter is itself rounded to float32: where the result cancels (weight * tanh(x) + bias near
+        # 0, in a plugin's op) no float32 kernel can be a few ulps of it. The bound there is 4x the change that a
+        # relative 2^-24 in one parameter makes; an op without parameters keeps ULP_BOUND everywhere.
+        bound = np.full_like(error, ULP_BOUND)
+        for name in own:
+            nudged = {**own, name: own[name] * (1 + 2.0**-24)}
+            moved = ulps(op.lower.reference(layer, [x64], nudged, F).reshape(-1).numpy(), truth)
+            bound = np.maximum(bound, 4 * moved)
+        worst = int(np.argmax(error / bound))
+        assert error[worst] <= bound[worst], (call, producer, float(x[worst]), float(got[worst]),
+                                              float(truth[worst]), float(error[worst]), float(bound[worst]))
 
 
 # A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------

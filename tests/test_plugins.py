@@ -244,4 +244,5 @@ def test_the_op_contract_tests_run_over_a_plugin_named_in_the_environment() -> N
     result = subprocess.run([sys.executable, *shlex.split(line.group(2))], capture_output=True, text=True,
                             env={**os.environ, "ALEXDSL_PLUGINS": line.group(1)}, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\b5 passed", result.stdout), result.stdout
+    passed = re.search(r"\b(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) >= 5 and "failed" not in result.stdout, result.stdout  # dyt's cases ran

@@ -53,3 +53,13 @@ def test_wheel_installs_and_runs_outside_the_tree(tmp_path: Path) -> None:
     located = run([str(python), "-c", "import alexdsl.syntax.parser as p; print(p.__file__)"], cwd=work)
     assert located.stdout.startswith(str(env_dir))  # the installed copy, not the checkout
     assert str(ROOT) not in located.stdout
+
+
+def test_pyproject_lists_every_package_the_wheel_must_ship() -> None:
+    """setuptools ships only the packages pyproject.toml names: a new sub-package missing there imports from a
+    checkout and fails from the wheel (the slow test above builds one to see it)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    folders = {".".join(path.parent.relative_to(ROOT).parts) for path in (ROOT / "alexdsl").rglob("__init__.py")}
+    assert folders and folders <= listed, sorted(folders - listed)
