@@ -56,6 +56,16 @@ print(json.dumps(results))
 
 
 # weights -------------------------------------------------------------------------------------------------
+
+def _cli_body(arguments: str) -> str:
+    """Child code running ``alexdsl <arguments>`` (Python source for the argument list, which may read ``path``
+    in :func:`run_all`) with its output captured; a non-zero exit raises AlexDSLError with that output."""
+    return (f"import contextlib, io\nfrom alexdsl.cli import main\nout = io.StringIO()\ncode = 0\n"
+            f"with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
+            f"    try:\n        main([{arguments}])\n"
+            f"    except SystemExit as stop:\n        code = stop.code\n"
+            f"if code:\n    raise AlexDSLError(out.getvalue())")
+
 def test_hostile_weights_are_refused_by_the_torch_reader_under_a_memory_cap(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the torch reader needs PyTorch: pip install 'alexdsl[torch]'")
     files = []
@@ -79,11 +89,7 @@ def test_the_cli_refuses_lying_weights_without_the_memory_message(tmp_path: Path
         path = tmp_path / name
         path.write_bytes(data)
         files.append((label, str(path)))
-    body = (f"import contextlib, io\nfrom alexdsl.cli import main\nout = io.StringIO()\n"
-            f"with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
-            f"    try:\n        main(['run', {str(LENET)!r}, '--weights', path, '--batch', '1'])\n"
-            f"    except SystemExit as stop:\n        code = stop.code\n"
-            f"if code:\n    raise AlexDSLError(out.getvalue())")
+    body = _cli_body(f"'run', {str(LENET)!r}, '--weights', path, '--batch', '1'")
     results = run_all(body, [path for _, path in files], PER_INPUT * len(files))
     for label, path in files:
         assert_refused(results[path], label)
@@ -191,11 +197,7 @@ def test_images_declaring_huge_sizes_are_refused_under_the_cap(tmp_path: Path) -
         path = tmp_path / f"bomb{i}.png"
         path.write_bytes(data)
         paths.append((label, str(path)))
-    body = (f"import contextlib, io\nfrom alexdsl.cli import main\nout = io.StringIO()\ncode = 0\n"
-            f"with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
-            f"    try:\n        main(['run', {str(LENET)!r}, path])\n"
-            f"    except SystemExit as stop:\n        code = stop.code\n"
-            f"if code:\n    raise AlexDSLError(out.getvalue())")
+    body = _cli_body(f"'run', {str(LENET)!r}, path")
     results = run_all(body, [p for _, p in paths], PER_INPUT * len(paths))
     for label, path in paths:
         assert_refused(results[path], label)
@@ -220,12 +222,7 @@ def test_the_pixel_limit_is_ours_and_settable(tmp_path: Path, monkeypatch: pytes
 
 
 def test_compare_on_a_huge_input_shape_is_refused_under_the_cap() -> None:
-    outcome = run_capped(child(
-        f"import contextlib, io\nfrom alexdsl.cli import main\nout = io.StringIO()\ncode = 0\n"
-        f"with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):\n"
-        f"    try:\n        main(['compare', {str(LENET)!r}, '--input', 'data=1x20000x20000'])\n"
-        f"    except SystemExit as stop:\n        code = stop.code\n"
-        f"if code:\n    raise AlexDSLError(out.getvalue())"), 120)
+    outcome = run_capped(child(_cli_body(f"'compare', {str(LENET)!r}, '--input', 'data=1x20000x20000'")), 120)
     assert_refused(outcome, "compare 1x20000x20000")
 
 
