@@ -40,9 +40,15 @@ def test_check_reports_every_error_and_exits_one() -> None:
     result = run("check", str(GOLDEN / "errors" / "many_mistakes.adsl"), ALEXNET)
     assert result.exit_code == 1
     assert "unknown op 'cnov'" in result.stderr and "did you mean 'stride'?" in result.stderr
-    assert "5 errors" in result.stderr
+    assert "many_mistakes.adsl: failed (5 errors)" in result.stderr and "\n5 errors" not in result.stderr
     assert "1 of 2 files failed" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_check_of_one_file_says_its_error_count_once() -> None:
+    result = run("check", str(GOLDEN / "errors" / "many_mistakes.adsl"))
+    assert result.exit_code == 1 and result.stderr.count("5 error") == 1 and "files failed" not in result.stderr
+    assert result.stderr.rstrip().endswith("many_mistakes.adsl: failed (5 errors)")
 
 
 def test_check_missing_file() -> None:

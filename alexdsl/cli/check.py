@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from alexdsl.cli.support import load_network, print_diagnostics, report_errors
+from alexdsl.cli.support import load_network, report_errors
 from alexdsl.errors import AlexDSLError
 from alexdsl.report import FORMATS, render
 
@@ -19,14 +19,14 @@ def check(files: tuple[str, ...], quiet: bool) -> None:
     """Check FILES (- reads standard input); exit 1 if any has an error.
 
     Prints one line per clean file (`FILE: ok (N layers, P params)`); diagnostics and a line
-    per failed file go to stderr.
+    per failed file (`FILE: failed (N errors)`) go to stderr, and with several files how many failed.
     """
     failed = 0
     for path in files:
         try:
             network = load_network(path)
         except AlexDSLError as error:
-            print_diagnostics(error)
+            click.echo(error.render(), err=True)  # the count is in the line below, said once
             count = len(error.errors)
             click.echo(f"{path}: failed ({count} error{'s' if count != 1 else ''})", err=True)
             failed += 1
@@ -34,7 +34,8 @@ def check(files: tuple[str, ...], quiet: bool) -> None:
             if not quiet:
                 click.echo(f"{path}: ok ({len(network.layers()):,} layers, {network.totals()['params']:,} params)")
     if failed:
-        click.echo(f"{failed} of {len(files)} file{'s' if len(files) != 1 else ''} failed", err=True)
+        if len(files) > 1:
+            click.echo(f"{failed} of {len(files)} files failed", err=True)
         sys.exit(1)
 
 
