@@ -55,7 +55,8 @@ class Arg:
     """One argument of an op's signature.
 
     ``kind`` is one of: int, float, bool, pair (an int or an (h, w) pair), choice, bias
-    (true, false or a filler for the bias).
+    (true, false or a filler for the bias), and for tensors of any rank: shape (``1x197x768``),
+    ints (an int or a tuple of them), string, sizes (the keywords not otherwise declared, each a size).
     """
 
     name: str
@@ -97,6 +98,7 @@ class OpDef:
     lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
     role: str = "layer"  # "layer", "loss" or "metric"
+    own_key: str | None = None  # the parameter kept under the layer's own name (param's), not <layer>.<name>
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     pattern: Pattern = Pattern.OPAQUE
     lower: Lowerings = NO_LOWERINGS
@@ -190,7 +192,18 @@ def _load_families() -> None:
         return
     with _FAMILIES_LOCK:
         if not _FAMILIES_LOADED:
-            from alexdsl.ops import activation, arith, conv, linear, loss, norm, pool, split, tensor  # noqa: F401
+            from alexdsl.ops import (  # noqa: F401
+                activation,
+                arith,
+                conv,
+                linear,
+                loss,
+                norm,
+                pool,
+                split,
+                tensor,
+                tokens,
+            )
 
             _FAMILIES_LOADED = True
 
@@ -205,6 +218,23 @@ def expect_rank(shape: Shape, rank: int, what: str = "input") -> None:
             expected=layout,
             received=format_shape(shape),
         )
+
+
+def expect_min_rank(shape: Shape, rank: int, what: str = "input") -> None:
+    """A ShapeError when ``shape`` has fewer than ``rank`` axes (a token op on a vector, say)."""
+    if len(shape) < rank:
+        raise ShapeError(f"expects {what} of rank {rank} or more", expected=f"rank >= {rank}",
+                         received=format_shape(shape))
+
+
+def normalize_axis(axis: int, rank: int, arg: str = "axis") -> int:
+    """``axis`` (negative counts from the end) as a per-sample axis in ``0..rank-1``, or a ShapeError naming
+    ``arg``."""
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{arg}={axis} is out of range for an input of rank {rank}", arg=arg,
+                         expected=f"an axis from {-rank} to {rank - 1} (the batch axis is never named)",
+                         received=f"{arg}={axis}")
+    return axis % rank
 
 
 def format_shape(shape: Shape) -> str:

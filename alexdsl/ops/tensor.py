@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.contexts import (
+    CaffeExportContext,
     CaffeImportContext,
     CaffeMessage,
+    ExecutorContext,
     OnnxExportContext,
     OnnxImportContext,
     OnnxNodeView,
@@ -22,7 +24,7 @@ from alexdsl.ops.lowering import (
     Pattern,
     TorchLowering,
 )
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, normalize_axis, numel, register
 
 
 def _flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -49,15 +51,36 @@ register(OpDef(
 
 def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     first = inputs[0]
+    axis = normalize_axis(attrs["axis"], len(first))
     for i, shape in enumerate(inputs[1:], start=2):
-        if len(shape) != len(first) or shape[1:] != first[1:]:
+        if len(shape) != len(first) or shape[:axis] + shape[axis + 1:] != first[:axis] + first[axis + 1:]:
+            channels = attrs["axis"] == 0 and len(first) in (1, 3)
+            where = "the channel dimension" if channels else f"axis {attrs['axis']}"
             raise ShapeError(
                 f"concat input {i} has shape {format_shape(shape)}, which does not match input 1 "
-                f"({format_shape(first)}) outside the channel dimension",
-                expected="inputs that differ only in channels",
+                f"({format_shape(first)}) outside {where}",
+                expected="inputs that differ only in channels" if channels
+                else f"inputs of one rank that differ only along axis {attrs['axis']}",
                 received=", ".join(format_shape(s) for s in inputs),
             )
-    return (sum(s[0] for s in inputs), *first[1:])
+    return (*first[:axis], sum(s[axis] for s in inputs), *first[axis + 1:])
+
+
+def _concat_dim(layer: Any) -> int:
+    """The axis as torch counts it: the batch added to a non-negative axis, a negative one kept."""
+    axis = layer.attrs["axis"]
+    return axis + 1 if axis >= 0 else axis
+
+
+def _concat_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
+    if layer.attrs["axis"] != 0:
+        ctx.fail(f"concat over axis {layer.attrs['axis']}: alexdsl exports Caffe's Concat over the channels only")
+    return [CaffeLayer("Concat")]
+
+
+def _concat_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    axis = "" if layer.attrs["axis"] == 0 else f", axis={ctx.lit(_concat_dim(layer))}"
+    return ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}]{axis}, out={{out}})", "concat")
 
 
 def _concat_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
@@ -85,20 +108,25 @@ def _concat_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport 
 
 
 def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """torch.cat, a learned tensor (batch 1, see ``param``) broadcast over the batch first."""
     import torch
 
-    return torch.cat(xs, dim=1)
+    batch = max(x.shape[0] for x in xs)
+    return torch.cat([x.expand(batch, *x.shape[1:]) for x in xs], dim=_concat_dim(layer))
 
 
 register(OpDef(
-    name="concat", family="tensor", summary="Join inputs along channels (Caffe Concat).",
-    example="out: concat(b1, b3, b5, bp)", args=(), infer=_concat, inputs=(2, None), pattern=Pattern.INJECTIVE,
+    name="concat", family="tensor",
+    summary="Join inputs along one axis: by default the channels (Caffe Concat); any axis of inputs of any rank.",
+    example="out: concat(b1, b3, b5, bp)",
+    args=(Arg("axis", "int", 0, "the per-sample axis joined: 0, the channels; -1, the last axis", positional=False),),
+    infer=_concat, inputs=(2, None), pattern=Pattern.INJECTIVE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.cat([{', '.join(args)}], 1)"),
-        executor=ExecutorLowering(
-            lower=lambda layer, ctx: ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}], out={{out}})", "concat")),
-        onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: [CaffeLayer("Concat")],
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.cat([{', '.join(args)}], "
+                                                             f"{ctx.int(_concat_dim(layer))})"),
+        executor=ExecutorLowering(lower=_concat_executor),
+        onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=_concat_dim(layer)),
+        caffe=_concat_caffe,
         from_caffe={"Concat": _concat_from_caffe},
         from_onnx={"Concat": _concat_from_onnx},
         reference=_concat_reference,

@@ -1,0 +1,377 @@
+"""Tensors of any rank (token tensors such as 197x768): learned tensors, einops rearrangement, selection,
+permutation, reshaping, rolling, matrix products and linear layers over the last axis.
+
+Axes are per-sample axes counted from 0 (negative from the end); the batch axis is never named.
+
+>>> plan_rearrange("c (h p) (w q) -> (h w) (p q c)", (("p", 16), ("q", 16)), (3, 224, 224)).output
+(196, 768)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from alexdsl.ops.activation import epilogue_args
+from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, TorchContext
+from alexdsl.ops.fillers import WEIGHT_AND_BIAS, Filler
+from alexdsl.ops.lowering import (
+    EVERY_EPILOGUE,
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    Pattern,
+    TorchLowering,
+    call_module,
+)
+from alexdsl.ops.registry import (
+    Arg,
+    Attrs,
+    OpDef,
+    Shape,
+    ShapeError,
+    expect_min_rank,
+    format_shape,
+    normalize_axis,
+    numel,
+    register,
+)
+
+
+def _batch_axes(axes: tuple[int, ...] | list[int]) -> list[int]:
+    """Per-sample axes as axes of the batched tensor (torch, NumPy and ONNX count the batch)."""
+    return [a + 1 for a in axes]
+
+
+def _restructure_onnx(layer: Any, ctx: OnnxExportContext, elementary: tuple[int, ...], perm: tuple[int, ...]) -> None:
+    """``Reshape`` to the elementary axes, ``Transpose``, ``Reshape`` to the layer's shape (a step is left out
+    when it changes nothing)."""
+    value = ctx.inputs[0]
+    if tuple(elementary) != tuple(ctx.input_shape(layer, 0)) and list(perm) != sorted(perm):
+        value = ctx.node("Reshape", [value, ctx.constant([-1, *elementary], integer=True)],
+                         output=f"{layer.name}.split")
+    if list(perm) != sorted(perm):
+        moved = [elementary[p] for p in perm]
+        last = tuple(moved) == tuple(layer.shape)
+        value = ctx.node("Transpose", [value], output=None if last else f"{layer.name}.moved",
+                         perm=[0, *_batch_axes(perm)])
+        if last:
+            return
+    ctx.node("Reshape", [value, ctx.constant([-1, *layer.shape], integer=True)])
+
+
+def _restructure_executor(layer: Any, ctx: ExecutorContext, elementary: tuple[int, ...],
+                          perm: tuple[int, ...]) -> ExecutorKernel:
+    return ExecutorKernel(f"rt.rearrange({ctx.inputs[0]}, {ctx.lit(tuple(elementary))}, {ctx.lit(tuple(perm))}, "
+                          "out={out})", "rearrange")
+
+
+# param: a learned tensor ------------------------------------------------------------------------------
+
+def _param_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    shape = tuple(attrs["shape"])
+    if len(shape) < 2 or shape[0] != 1:
+        raise ShapeError(f"the shape of a param starts with its batch axis, which must be 1 ({format_shape(shape)} "
+                         "does not)", arg="shape", expected="1xD1x..., as 1x197x768 (broadcast over the batch)",
+                         received=format_shape(shape))
+    return shape[1:]
+
+
+def _param_module(layer: Any, ctx: TorchContext) -> str:
+    return f"nn.Parameter(torch.empty({', '.join(map(ctx.int, layer.params['init'].shape))}))"
+
+
+def _param_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    return f"{ctx.module(layer)}.expand({ctx.batch_size()}{', -1' * len(layer.shape)})"
+
+
+def _param_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    dims = ctx.constant(list(layer.shape), integer=True)
+    shape = ctx.node("Concat", [ctx.batch_size(), dims], output=f"{layer.name}.shape", axis=0)
+    # The initializer has the layer's name (its state key), so the layer's value is named otherwise.
+    ctx.alias(ctx.node("Expand", [ctx.initializer(layer, "init"), shape], output=f"{layer.name}.expanded"))
+
+
+def _param_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    return ExecutorKernel(f"rt.broadcast_batch(self.{ctx.ident}_w, out={{out}})", "broadcast",
+                          setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'init')}",))
+
+
+register(OpDef(
+    name="param", family="tokens",
+    summary="A learned tensor of the written shape, batch axis (1) first, broadcast over the batch; kept under the "
+            "layer's own name (torchvision's class_token, encoder.pos_embedding; no Caffe layer).",
+    example="cls: param(1x1x16, init=constant(0))",
+    args=(Arg("shape", "shape", doc="the tensor's shape, its batch axis (1) first: 1x197x768"),),
+    inputs=(0, 0),
+    infer=_param_infer,
+    params=lambda attrs, inputs: {"init": tuple(attrs["shape"])},
+    default_fillers={"init": Filler("constant", (("value", 0.0),))},
+    own_key="init",
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_param_module, forward=_param_torch, parameter=True),
+        executor=ExecutorLowering(lower=_param_executor),
+        onnx=_param_onnx,
+        reference=lambda layer, xs, w, F: w["init"],
+    ),
+))
+
+
+# rearrange: einops notation ------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"\s*(->|\(|\)|[A-Za-z_][A-Za-z0-9_]*|\d+|\.\.\.|\S)")
+
+
+@dataclass(frozen=True)
+class Rearrangement:
+    """A checked einops pattern over one input shape: each sample viewed as its ``elementary`` axes, taken in
+    the order ``perm`` and grouped into ``output``."""
+
+    elementary: tuple[int, ...]
+    perm: tuple[int, ...]
+    output: tuple[int, ...]
+
+    @property
+    def steps(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The elementary axes and their order: what the executor and ONNX export reshape and transpose by."""
+        return self.elementary, self.perm
+
+
+def _groups(side: str, which: str) -> list[list[str]]:
+    """One side of a pattern as its axes, each a list of names (``(h p)`` -> ``["h", "p"]``)."""
+    groups: list[list[str]] = []
+    current: list[str] | None = None
+    for token in _TOKEN.findall(side):
+        if token == "(":
+            if current is not None:
+                raise ShapeError(f"nested parentheses on the {which} of the pattern", arg="pattern",
+                                 expected="axes such as c (h p) (w q)")
+            current = []
+        elif token == ")":
+            if current is None:
+                raise ShapeError(f"a ')' without '(' on the {which} of the pattern", arg="pattern")
+            groups.append(current)
+            current = None
+        elif token == "...":
+            raise ShapeError("'...' is not supported: name every axis", arg="pattern",
+                             expected="one name or group per axis, as c (h p) (w q)")
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*|1", token):
+            if current is None:
+                groups.append([token])
+            else:
+                current.append(token)
+        else:
+            raise ShapeError(f"unexpected {token!r} on the {which} of the pattern", arg="pattern",
+                             expected="names, (groups) and 1, as in c (h p) (w q) -> (h w) (p q c)")
+    if current is not None:
+        raise ShapeError(f"a '(' without ')' on the {which} of the pattern", arg="pattern")
+    return groups
+
+
+def plan_rearrange(pattern: str, sizes: tuple[tuple[str, int], ...], shape: Shape) -> Rearrangement:
+    """Check ``pattern`` (einops notation, per-sample axes) with ``sizes`` against ``shape``; a ShapeError names
+    the axis at fault."""
+    if pattern.count("->") != 1:
+        raise ShapeError("a rearrange pattern has one '->'", arg="pattern",
+                         expected="as in c (h p) (w q) -> (h w) (p q c)", received=repr(pattern))
+    left_text, right_text = pattern.split("->")
+    left, right = _groups(left_text, "left side"), _groups(right_text, "right side")
+    if len(left) != len(shape):
+        raise ShapeError(f"the pattern's left side names {len(left)} axes but the input has rank {len(shape)}",
+                         arg="pattern", expected=f"{len(shape)} axes (no batch axis) for {format_shape(shape)}",
+                         received=left_text.strip())
+    named = [n for g in left for n in g if n != "1"]
+    for side, names in (("left", named), ("right", [n for g in right for n in g if n != "1"])):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ShapeError(f"axis '{repeated[0]}' appears twice on the {side} side of the pattern", arg="pattern")
+    outputs = {n for g in right for n in g if n != "1"}
+    if set(named) != outputs:
+        odd = sorted(set(named) ^ outputs)[0]
+        where = "left" if odd in named else "right"
+        raise ShapeError(f"axis '{odd}' is only on the {where} side of the pattern", arg="pattern",
+                         expected="the same names on both sides")
+    given = dict(sizes)
+    for name in given:
+        if name not in named:
+            raise ShapeError(f"size {name}={given[name]} names no axis of the pattern", arg="sizes",
+                             expected=", ".join(named) or "axes of the pattern")
+    known: dict[str, int] = {}
+    for index, (group, dim) in enumerate(zip(left, shape, strict=True)):
+        names = [n for n in group if n != "1"]
+        unknown = [n for n in names if n not in given]
+        product = math.prod(given[n] for n in names if n in given)
+        written = f"({' '.join(group)})" if len(group) > 1 else group[0]
+        if len(unknown) > 1:
+            raise ShapeError(f"axis {index} ({written}, size {dim}) has {len(unknown)} unknown sizes",
+                             arg="pattern", expected=f"the sizes of all but one, as {unknown[-1]}=...")
+        if unknown:
+            if dim % product:
+                raise ShapeError(f"axis {index} ({written}) has size {dim}, which is not a multiple of {product}",
+                                 arg="sizes", expected=f"sizes whose product divides {dim}",
+                                 received=format_shape(shape))
+            known[unknown[0]] = dim // product
+        elif product != dim:
+            raise ShapeError(f"axis {index} ({written}) has size {dim}, not {product}", arg="pattern",
+                             expected=f"sizes whose product is {dim}", received=format_shape(shape))
+        known.update((n, given[n]) for n in names if n in given)
+    order = {n: i for i, n in enumerate(named)}
+    perm = tuple(order[n] for g in right for n in g if n != "1")
+    output = tuple(math.prod(known[n] for n in g if n != "1") for g in right)
+    return Rearrangement(tuple(known[n] for n in named), perm, output)
+
+
+def _batch_name(pattern: str) -> str:
+    """An axis name for the batch that the pattern does not use."""
+    taken = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", pattern))
+    return next(name for name in ("b", "batch", *(f"batch{i}" for i in range(len(taken) + 1))) if name not in taken)
+
+
+def _rearrange_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    pattern = layer.attrs["pattern"]
+    left, right = (side.strip() for side in pattern.split("->"))
+    batch = _batch_name(pattern)
+    sizes = "".join(f", {name}={ctx.int(size)}" for name, size in layer.attrs["sizes"])
+    return f"einops.rearrange({args[0]}, {f'{batch} {left} -> {batch} {right}'!r}{sizes})"
+
+
+def _rearrange_plan(layer: Any, shape: Shape) -> Rearrangement:
+    return plan_rearrange(layer.attrs["pattern"], tuple(layer.attrs["sizes"]), shape)
+
+
+register(OpDef(
+    name="rearrange", family="tokens",
+    summary="einops' rearrange over the per-sample axes: split, move and group axes (no Caffe layer).",
+    example='patches: rearrange("c (h p) (w q) -> (h w) (p q c)", p=4, q=4)',
+    args=(Arg("pattern", "string", doc="einops notation without the batch axis: names, (groups), 1"),
+          Arg("sizes", "sizes", (), "the size of each split axis the input does not fix: p=16, q=16",
+              positional=False)),
+    infer=lambda attrs, inputs: plan_rearrange(attrs["pattern"], tuple(attrs["sizes"]), inputs[0]).output,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_rearrange_torch, imports=("import einops",)),
+        executor=ExecutorLowering(lower=lambda layer, ctx: _restructure_executor(
+            layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps)),
+        onnx=lambda layer, ctx: _restructure_onnx(layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps),
+        reference=lambda layer, xs, w, F: _rearrange_reference(layer, xs[0]),
+    ),
+))
+
+
+def _rearrange_reference(layer: Any, x: Any) -> Any:
+    import einops
+
+    pattern = layer.attrs["pattern"]
+    left, right = (side.strip() for side in pattern.split("->"))
+    batch = _batch_name(pattern)
+    return einops.rearrange(x, f"{batch} {left} -> {batch} {right}", **dict(layer.attrs["sizes"]))
+
+
+# select: one index along an axis ---------------------------------------------------------------------
+
+def _select_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    expect_min_rank(x, 2)
+    axis = normalize_axis(attrs["axis"], len(x))
+    if not -x[axis] <= attrs["index"] < x[axis]:
+        raise ShapeError(f"index {attrs['index']} is out of range for axis {attrs['axis']} of size {x[axis]}",
+                         arg="index", expected=f"an index from {-x[axis]} to {x[axis] - 1}",
+                         received=format_shape(x))
+    return x[:axis] + x[axis + 1:]
+
+
+def _select_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    axis = normalize_axis(layer.attrs["axis"], len(ctx.input_shape(layer, 0)))
+    index = ctx.int(layer.attrs["index"])
+    return f"{args[0]}[:, {index}]" if axis == 0 else f"{args[0]}.select({axis + 1}, {index})"
+
+
+def _select_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    axis = normalize_axis(layer.attrs["axis"], len(ctx.input_shape(layer, 0)))
+    ctx.node("Gather", [ctx.inputs[0], ctx.constant(layer.attrs["index"], integer=True)], axis=axis + 1)
+
+
+def _select_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    axis = normalize_axis(layer.attrs["axis"], len(ctx.input_shape(layer, 0)))
+    return ExecutorKernel(f"rt.select({ctx.inputs[0]}, {ctx.lit(axis + 1)}, {ctx.lit(layer.attrs['index'])}, "
+                          "out={out})", "select")
+
+
+register(OpDef(
+    name="select", family="tokens",
+    summary="The slice at one index along an axis, which is dropped: ViT's x[:, 0] is select(0) (no Caffe layer).",
+    example="first: select(0, axis=0)",
+    args=(Arg("index", "int", doc="the index along the axis; negative counts from the end"),
+          Arg("axis", "int", 0, "the per-sample axis (0 = the first after the batch; -1 = the last)")),
+    infer=_select_infer,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_select_torch),
+        executor=ExecutorLowering(lower=_select_executor),
+        onnx=_select_onnx,
+        reference=lambda layer, xs, w, F: xs[0].select(normalize_axis(layer.attrs["axis"], xs[0].dim() - 1) + 1,
+                                                       layer.attrs["index"]),
+    ),
+))
+
+
+# linear: nn.Linear over the last axis ---------------------------------------------------------------
+
+def _linear_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    return (*x[:-1], attrs["out"])
+
+
+def _linear_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    params: dict[str, Shape] = {"weight": (attrs["out"], inputs[0][-1])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out"],)
+    return params
+
+
+def _linear_torch_module(layer: Any, ctx: TorchContext) -> str:
+    bias = "" if "bias" in layer.params else ", bias=False"
+    return f"nn.Linear({ctx.int(ctx.input_shape(layer, 0)[-1])}, {ctx.int(layer.attrs['out'])}{bias})"
+
+
+def _linear_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    ident = ctx.ident
+    return ExecutorKernel(
+        code=(f"rt.linear_last({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
+              "out={out})"),
+        kernel="linear" + "+bias" * ctx.has_bias(layer),
+        setup=(*ctx.weights_setup(layer), f"self.{ident}_w = rt.pretranspose(self.{ident}_w)"),
+    )
+
+
+def _linear_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """``MatMul`` by the transposed weight, then ``Add`` of the bias: torch's export of nn.Linear on 3-D input."""
+    weight = ctx.node("Transpose", [ctx.initializer(layer, "weight")], output=f"{layer.name}.weight_t", perm=[1, 0])
+    if "bias" not in layer.params:
+        ctx.node("MatMul", [ctx.inputs[0], weight])
+        return
+    product = ctx.node("MatMul", [ctx.inputs[0], weight], output=f"{layer.name}.product")
+    ctx.node("Add", [product, ctx.initializer(layer, "bias")])
+
+
+register(OpDef(
+    name="linear", family="tokens",
+    summary="nn.Linear over the last axis of a tensor of any rank: weight (out, in), bias (out) (no Caffe layer).",
+    example="proj: linear(8)",
+    args=(Arg("out", "int", doc="the size of the last axis of the output", min=1),
+          Arg("bias", "bias", True, "false for no bias, or the bias filler")),
+    infer=_linear_infer,
+    params=_linear_params,
+    macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
+    default_fillers=WEIGHT_AND_BIAS,
+    pattern=Pattern.OUT_ELEMWISE_FUSABLE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_linear_torch_module, forward=call_module, overwritable_output=True),
+        executor=ExecutorLowering(lower=_linear_executor, epilogues=EVERY_EPILOGUE),
+        onnx=_linear_onnx,
+        reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"], w.get("bias")),
+    ),
+))

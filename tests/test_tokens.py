@@ -1,0 +1,156 @@
+"""Token tensors (alexdsl/ops/tokens.py and the axis arguments of layernorm, softmax, concat): shape rules with
+located errors, state keys, and every backend against the torch.nn.functional reference.
+
+Networks using ops whose arguments the parser does not read yet (param's shape, rearrange's pattern) are built
+as IR directly, through the same checks as every way into the IR (:func:`alexdsl.frontend.check_graph`).
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import random_weights
+
+import alexdsl
+from alexdsl.errors import AlexDSLError, DiagnosticSink
+from alexdsl.frontend import check_graph
+from alexdsl.ir.network import Layer, Network, graph_of
+from alexdsl.ops.registry import ShapeError, lookup
+from alexdsl.ops.tokens import plan_rearrange
+
+
+def _network(layers: list[Layer], outputs: list[str]) -> Network:
+    graph = graph_of(layers)
+    sink = DiagnosticSink()
+    check_graph(graph, sink, "tokens")
+    assert not sink.has_errors, sink.diagnostics
+    inputs = [layer.name for layer in layers if layer.is_input]
+    return Network("Tokens", graph, inputs=inputs, outputs=outputs)
+
+
+def _vit(patch: int = 2) -> Network:
+    """A two-layer-deep ViT: patches, a class token, a position embedding, a layer norm, the class token's head."""
+    tokens = (8 // patch) ** 2
+    return _network([
+        Layer("img", "input", {"kind": "tensor"}, [], shape=(3, 8, 8)),
+        Layer("patches", "rearrange", {"pattern": "c (h p) (w q) -> (h w) (p q c)",
+                                       "sizes": (("p", patch), ("q", patch))}, ["img"]),
+        Layer("conv_proj", "linear", {"out": 6, "bias": True}, ["patches"]),
+        Layer("class_token", "param", {"shape": (1, 1, 6)}, []),
+        Layer("tokens", "concat", {"axis": 0}, ["class_token", "conv_proj"]),
+        Layer("encoder.pos_embedding", "param", {"shape": (1, tokens + 1, 6)}, []),
+        Layer("encoder.add", "add", {}, ["tokens", "encoder.pos_embedding"]),
+        Layer("encoder.mlp", "linear", {"out": 6, "bias": True}, ["encoder.add"]),
+        Layer("encoder.gelu", "gelu", {"approximate": "none"}, ["encoder.mlp"]),
+        Layer("encoder.ln", "layernorm", {"eps": 1e-6, "axis": -1}, ["encoder.gelu"]),
+        Layer("attn", "softmax", {"axis": -1}, ["encoder.ln"]),
+        Layer("cls", "select", {"index": 0, "axis": 0}, ["attn"]),
+        Layer("head", "linear", {"out": 3, "bias": True}, ["cls"]),
+    ], ["head"])
+
+
+def test_param_is_kept_under_the_layer_name_in_torchvision_order() -> None:
+    net = _vit()
+    assert net.shapes["class_token"] == (1, 6) and net.shapes["tokens"] == (17, 6)
+    keys = list(net.state_keys().items())
+    # a module's own parameters come before its children's, as in state_dict()
+    assert keys[0] == ("class_token", (1, 1, 6))
+    assert keys.index(("encoder.pos_embedding", (1, 17, 6))) < [k for k, _ in keys].index("encoder.mlp.weight")
+
+
+def test_param_shape_must_start_with_the_batch_axis_of_one() -> None:
+    with pytest.raises(ShapeError, match="must be 1") as error:
+        lookup("param").infer({"shape": (2, 3)}, [])
+    assert error.value.arg == "shape"
+
+
+torch = pytest.importorskip("torch")
+
+
+def test_torch_module_registers_parameters_at_their_dotted_paths() -> None:
+    from alexdsl.backends import torch as backend
+
+    net = _vit()
+    module = backend.build(net)
+    assert list(dict(module.state_dict()).keys()) == list(net.state_keys())
+    assert "import einops" in module.code
+    assert "self.class_token.expand(img.shape[0], -1, -1)" in module.code
+    assert "einops.rearrange(img, 'b c (h p) (w q) -> b (h w) (p q c)', p=2, q=2)" in module.code
+    out = module(torch.randn(2, 3, 8, 8))
+    out.sum().backward()  # trains: the learned tensors get gradients
+    assert module.class_token.grad is not None and module.encoder.pos_embedding.grad is not None
+
+
+@pytest.mark.parametrize("patch", [2, 4])
+def test_every_backend_agrees_with_the_reference_on_a_small_vit(patch: int) -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = _vit(patch)
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=1), batch=3, seed=1)
+    assert {row.layer for row in rows} >= {"class_token", "patches", "tokens", "cls", "head"}
+    for row in rows:
+        for backend, diff in row.diffs.items():
+            assert diff is not None and diff[1] < 1e-5, (row.layer, backend, diff)
+
+
+def test_token_ops_in_source_agree_across_backends() -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.parse(
+        "network T\ninput x: 16x8\n"
+        "a: x -> linear(12) | gelu\n"
+        "b: a -> layernorm(axis=-1)\n"
+        "c: b -> softmax(axis=-1)\n"
+        "d: concat(b, c, axis=0)\n"
+        "e: d -> select(-1)\n"
+        "f: concat(b, c, axis=-1)\n"
+        "g: f -> linear(8, bias=false) | relu\n"
+        "h: add(g, x) | dropout(0.1)\n"
+        "s: h -> softmax\n"
+        "output e, s\n", "t.adsl")
+    assert net.shapes["d"] == (32, 12) and net.shapes["e"] == (12,) and net.shapes["f"] == (16, 24)
+    assert net.layer("a").macs == 16 * 12 * 8
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=2), batch=2, seed=2)
+    for row in rows:
+        for backend, diff in row.diffs.items():
+            assert diff is not None and diff[1] < 1e-5, (row.layer, backend, diff)
+
+
+def test_rearrange_plans_and_its_errors_name_the_axis() -> None:
+    plan = plan_rearrange("c (h p) (w q) -> (h w) (p q c)", (("p", 16), ("q", 16)), (3, 224, 224))
+    assert plan.output == (196, 768) and plan.elementary == (3, 14, 16, 14, 16) and plan.perm == (1, 3, 2, 4, 0)
+    with pytest.raises(ShapeError, match=r"axis 1 \(\(h p\)\) has size 225, which is not a multiple of 16"):
+        plan_rearrange("c (h p) (w q) -> (h w) (p q c)", (("p", 16), ("q", 16)), (3, 225, 224))
+    with pytest.raises(ShapeError, match="names 3 axes but the input has rank 2"):
+        plan_rearrange("c h w -> h w c", (), (3, 4))
+    with pytest.raises(ShapeError, match="axis 'w' is only on the left side"):
+        plan_rearrange("c h w -> h c", (), (3, 4, 5))
+    with pytest.raises(ShapeError, match="2 unknown sizes"):
+        plan_rearrange("(h p) -> h p", (), (8,))
+    with pytest.raises(ShapeError, match="size r=2 names no axis"):
+        plan_rearrange("h -> h", (("r", 2),), (8,))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("y: x -> layernorm\n", "layernorm normalises the last axis, or the channels"),
+    ("y: x -> softmax(axis=2)\n", "axis=2 is out of range for an input of rank 2"),
+    ("y: x -> select(16)\n", "index 16 is out of range for axis 0 of size 16"),
+    ("y: x -> select(0, axis=-3)\n", "axis=-3 is out of range"),
+    ("z: x -> relu\ny: concat(x, z, axis=1)\nw: x -> linear(3)\nv: concat(x, w, axis=0)\n", "outside axis 0"),
+])
+def test_wrong_axes_are_located_errors(text: str, message: str) -> None:
+    with pytest.raises(AlexDSLError, match=message) as error:
+        alexdsl.parse("network T\ninput x: 16x8\n" + text, "t.adsl")
+    assert "t.adsl:" in str(error.value)
+
+
+def test_caffe_export_refuses_token_axes_naming_the_op() -> None:
+    from alexdsl.interop.caffe_export import export_prototxt
+
+    net = alexdsl.parse("network T\ninput x: 16x8\ns: x -> softmax(axis=-1)\n", "t.adsl")
+    with pytest.raises(AlexDSLError, match=r"t.adsl:3:\d+: error: .*softmax over axis -1 has no Caffe layer"):
+        export_prototxt(net)
+    net = alexdsl.parse("network T\ninput x: 16x8\ns: x -> linear(4)\n", "t.adsl")
+    with pytest.raises(AlexDSLError, match=r"t.adsl:3:\d+: error: op 'linear' has no Caffe layer"):
+        export_prototxt(net)
