@@ -27,24 +27,68 @@ from alexdsl.ops.lowering import (
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, normalize_axis, numel, register
 
 
+def _flatten_axes(attrs: Attrs, x: Shape) -> tuple[int, int]:
+    start, end = normalize_axis(attrs["start"], len(x), "start"), normalize_axis(attrs["end"], len(x), "end")
+    if start > end:
+        raise ShapeError(f"flatten's start ({attrs['start']}) comes after its end ({attrs['end']}) for "
+                         f"{format_shape(x)}", arg="end", expected="start <= end", received=format_shape(x))
+    return start, end
+
+
 def _flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    return (numel(inputs[0]),)
+    x = inputs[0]
+    start, end = _flatten_axes(attrs, x)
+    return (*x[:start], numel(x[start:end + 1]), *x[end + 1:])
+
+
+def _flattens_all(layer: Any) -> bool:
+    """Whether the layer flattens every per-sample axis (the default): torch.flatten(x, 1), ONNX Flatten."""
+    return len(layer.shape) == 1
+
+
+def _flatten_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    if _flattens_all(layer):
+        return f"torch.flatten({args[0]}, 1)"
+    start, end = _flatten_axes(layer.attrs, ctx.input_shape(layer, 0))
+    return f"torch.flatten({args[0]}, {ctx.int(start + 1)}, {ctx.int(end + 1)})"
+
+
+def _flatten_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    shape = "-1" if _flattens_all(layer) else ", ".join(ctx.lit(d) for d in layer.shape)
+    return ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, {shape})", "view", note="flatten (a view)")
+
+
+def _flatten_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    if _flattens_all(layer):
+        ctx.node("Flatten", ctx.inputs, axis=1)
+    else:
+        ctx.node("Reshape", [ctx.inputs[0], ctx.constant([-1, *layer.shape], integer=True)])
+
+
+def _flatten_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
+    if not _flattens_all(layer):
+        ctx.fail("a flatten of some axes only: alexdsl exports Caffe's Flatten of every axis after the batch")
+    return [CaffeLayer("Flatten")]
 
 
 register(OpDef(
-    name="flatten", family="tensor", summary="CxHxW -> C*H*W.", example="flat: flatten", args=(), infer=_flatten,
+    name="flatten", family="tensor",
+    summary="Axes start to end (every per-sample axis by default: CxHxW -> C*H*W) as one.",
+    example="flat: flatten",
+    args=(Arg("start", "int", 0, "the first per-sample axis flattened"),
+          Arg("end", "int", -1, "the last per-sample axis flattened (-1: the last axis)")),
+    infer=_flatten,
     pattern=Pattern.INJECTIVE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.flatten({args[0]}, 1)"),
-        executor=ExecutorLowering(
-            lower=lambda layer, ctx: ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, -1)", "view", note="flatten (a view)"),
-            alias=True),
-        onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: [CaffeLayer("Flatten")],
+        torch=TorchLowering(forward=_flatten_torch),
+        executor=ExecutorLowering(lower=_flatten_executor, alias=True),
+        onnx=_flatten_onnx,
+        caffe=_flatten_caffe,
         from_caffe={"Flatten": lambda layer, name, ctx: ("flatten", [], None)},
         from_onnx={"Flatten": lambda node, ctx: OnnxImport("flatten", node.inputs[:1]) if node.attr("axis", 1) == 1
                    else ctx.fail(node, "only Flatten(axis=1) is imported")},
-        reference=lambda layer, xs, w, F: xs[0].flatten(1),
+        reference=lambda layer, xs, w, F: xs[0].flatten(1) if _flattens_all(layer)
+        else xs[0].reshape(-1, *layer.shape),
     ),
 ))
 

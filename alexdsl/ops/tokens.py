@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alexdsl.ops.activation import epilogue_args
+from alexdsl.ops.arith import aligned, broadcast_shapes, onnx_aligned, reference_aligned
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, TorchContext
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS, Filler
 from alexdsl.ops.lowering import (
@@ -373,5 +374,178 @@ register(OpDef(
         executor=ExecutorLowering(lower=_linear_executor, epilogues=EVERY_EPILOGUE),
         onnx=_linear_onnx,
         reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"], w.get("bias")),
+    ),
+))
+
+
+# permute and reshape ----------------------------------------------------------------------------------
+
+def _permutation(attrs: Attrs, x: Shape) -> tuple[int, ...]:
+    dims = tuple(normalize_axis(d, len(x), "dims") for d in attrs["dims"])
+    if sorted(dims) != list(range(len(x))):
+        raise ShapeError(f"dims {tuple(attrs['dims'])} are not a permutation of the {len(x)} axes of "
+                         f"{format_shape(x)}", arg="dims", expected=f"each of 0..{len(x) - 1} once",
+                         received=str(tuple(attrs["dims"])))
+    return dims
+
+
+def _permute_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    x = inputs[0]
+    return tuple(x[d] for d in _permutation(attrs, x))
+
+
+def _permute_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    dims = _permutation(layer.attrs, ctx.input_shape(layer, 0))
+    ctx.node("Transpose", ctx.inputs, perm=[0, *_batch_axes(dims)])
+
+
+register(OpDef(
+    name="permute", family="tokens",
+    summary="The per-sample axes in a new order, as torch.permute without the batch axis (no Caffe layer).",
+    example="moved: permute((1, 2, 0))",
+    args=(Arg("dims", "ints", doc="the input axis at each output position: (1, 2, 0) moves CxHxW to HxWxC"),),
+    infer=_permute_infer,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: (
+            f"{args[0]}.permute(0, "
+            f"{', '.join(ctx.int(d) for d in _batch_axes(_permutation(layer.attrs, ctx.input_shape(layer, 0))))})")),
+        executor=ExecutorLowering(lower=lambda layer, ctx: _restructure_executor(
+            layer, ctx, ctx.input_shape(layer, 0), _permutation(layer.attrs, ctx.input_shape(layer, 0)))),
+        onnx=_permute_onnx,
+        reference=lambda layer, xs, w, F: xs[0].permute(
+            0, *_batch_axes(_permutation(layer.attrs, tuple(xs[0].shape[1:])))),
+    ),
+))
+
+
+def _reshape_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    x, shape = inputs[0], tuple(attrs["shape"])
+    if numel(shape) != numel(x):
+        raise ShapeError(f"cannot reshape {format_shape(x)} ({numel(x)} elements) to {format_shape(shape)} "
+                         f"({numel(shape)} elements)", arg="shape", expected=f"a shape of {numel(x)} elements",
+                         received=format_shape(shape))
+    return shape
+
+
+def _dims(shape: Shape) -> str:
+    return ", ".join(str(int(d)) for d in shape)
+
+
+register(OpDef(
+    name="reshape", family="tokens",
+    summary="The same elements in another per-sample shape, as torch.reshape after the batch axis (no Caffe "
+            "layer).",
+    example="grid: reshape(4x4x16)",
+    args=(Arg("shape", "shape", doc="the per-sample shape, of as many elements as the input"),),
+    infer=_reshape_infer,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"{args[0]}.reshape(-1, {_dims(layer.shape)})"),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, {_dims(layer.shape)})", "view",
+                                                    note="reshape (a view)"),
+            alias=True),
+        onnx=lambda layer, ctx: ctx.node("Reshape", [ctx.inputs[0], ctx.constant([-1, *layer.shape], integer=True)]),
+        reference=lambda layer, xs, w, F: xs[0].reshape(-1, *layer.shape),
+    ),
+))
+
+
+# roll: a cyclic shift -----------------------------------------------------------------------------------
+
+def _roll_axes(attrs: Attrs, x: Shape) -> tuple[int, ...]:
+    shifts, axes = tuple(attrs["shifts"]), tuple(attrs["axes"])
+    if len(shifts) != len(axes):
+        raise ShapeError(f"roll has {len(shifts)} shifts for {len(axes)} axes", arg="axes",
+                         expected="one shift per axis, as roll((-3, -3), axes=(0, 1))",
+                         received=f"shifts={shifts}, axes={axes}")
+    normal = tuple(normalize_axis(a, len(x), "axes") for a in axes)
+    if len(set(normal)) != len(normal):
+        raise ShapeError(f"roll names an axis twice in axes={axes}", arg="axes", expected="distinct axes")
+    return normal
+
+
+def _roll_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    _roll_axes(attrs, inputs[0])
+    return inputs[0]
+
+
+def _roll_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    axes = _batch_axes(_roll_axes(layer.attrs, ctx.input_shape(layer, 0)))
+    shifts = tuple(int(ctx.int(s)) for s in layer.attrs["shifts"])
+    return f"torch.roll({args[0]}, {shifts!r}, {tuple(axes)!r})"
+
+
+def _roll_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """Per axis, the last ``shift`` elements ``Slice`` d before the first ones and ``Concat`` -ed."""
+    shape = ctx.input_shape(layer, 0)
+    moves = [(a, s % shape[a]) for a, s in zip(_roll_axes(layer.attrs, shape), layer.attrs["shifts"], strict=True)]
+    moves = [(a, k) for a, k in moves if k]
+    value = ctx.inputs[0]
+    if not moves:
+        ctx.node("Identity", [value])
+        return
+    for i, (axis, k) in enumerate(moves):
+        size, last = shape[axis], i == len(moves) - 1
+        parts = [ctx.node("Slice", [value, ctx.constant([start], integer=True), ctx.constant([stop], integer=True),
+                                    ctx.constant([axis + 1], integer=True)], output=f"{layer.name}.{tag}{i}")
+                 for start, stop, tag in ((size - k, size, "tail"), (0, size - k, "head"))]
+        value = ctx.node("Concat", parts, output=None if last else f"{layer.name}.rolled{i}", axis=axis + 1)
+
+
+register(OpDef(
+    name="roll", family="tokens",
+    summary="A cyclic shift along axes, as torch.roll: Swin's shifted windows (no Caffe layer).",
+    example="shifted: roll((-1, -1), axes=(1, 2))",
+    args=(Arg("shifts", "ints", doc="the shift along each axis; elements leaving one end come back at the other"),
+          Arg("axes", "ints", doc="the per-sample axes shifted, one per shift")),
+    infer=_roll_infer,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_roll_torch),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.roll({ctx.inputs[0]}, {ctx.lit(tuple(layer.attrs['shifts']))}, "
+            f"{ctx.lit(tuple(_batch_axes(_roll_axes(layer.attrs, ctx.input_shape(layer, 0)))))}, out={{out}})",
+            "roll")),
+        onnx=_roll_onnx,
+        reference=lambda layer, xs, w, F: xs[0].roll(
+            tuple(layer.attrs["shifts"]), tuple(_batch_axes(_roll_axes(layer.attrs, tuple(xs[0].shape[1:]))))),
+    ),
+))
+
+
+# matmul: batched matrix products ---------------------------------------------------------------------
+
+def _matmul_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    a, b = inputs
+    for which, x in (("a", a), ("b", b)):
+        if len(x) < 2:
+            raise ShapeError(f"matmul's {which} has rank {len(x)}; it multiplies matrices (the last two axes)",
+                             expected="inputs of rank 2 or more: ...xMxK and ...xKxN", received=format_shape(x))
+    if a[-1] != b[-2]:
+        raise ShapeError(f"matmul of {format_shape(a)} and {format_shape(b)}: a's last axis ({a[-1]}) is not b's "
+                         f"second to last ({b[-2]})", expected="...xMxK and ...xKxN",
+                         received=f"{format_shape(a)}, {format_shape(b)}")
+    lead = broadcast_shapes("matmul", [a[:-2], b[:-2]])
+    return (*lead, a[-2], b[-1])
+
+
+register(OpDef(
+    name="matmul", family="tokens",
+    summary="The matrix product of the last two axes, batched over the others with NumPy broadcasting, as "
+            "torch.matmul (no Caffe layer).",
+    example="scores: matmul(b1, b3)",
+    args=(), inputs=(2, 2),
+    infer=_matmul_infer,
+    macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: (
+            f"torch.matmul({', '.join(aligned(layer, args, ctx.input_shape))})")),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.matmul({', '.join(aligned(layer, list(ctx.inputs), ctx.input_shape))}, out={{out}})", "matmul")),
+        onnx=lambda layer, ctx: ctx.node("MatMul", onnx_aligned(layer, ctx)),
+        reference=lambda layer, xs, w, F: reference_aligned(layer, xs)[0] @ reference_aligned(layer, xs)[1],
     ),
 ))

@@ -167,8 +167,16 @@ class ExecutorCodegenContext:
 
 
 def _function_call(layer: Layer, ctx: ExecutorCodegenContext) -> ExecutorKernel:
-    """A plugin op's xp function, looked up by op name when the module loads."""
-    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items())
+    """A plugin op's xp function, looked up by op name when the module loads. A keyword-only argument at its
+    default is left out: the function takes the same default."""
+    op = lookup(layer.op)
+    assert op is not None
+
+    def default(name: str, value: Any) -> bool:
+        arg = op.arg(name)
+        return arg is not None and not arg.positional and value == arg.default
+
+    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items() if not default(name, value))
     return ExecutorKernel(
         code=f"self.{ctx.ident}_fn({', '.join(ctx.inputs)}{attrs}, out={{out}})",
         kernel=layer.op,
