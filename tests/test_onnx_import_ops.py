@@ -69,7 +69,7 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
         if len(parts) == attrs["chunks"]:
             return layer.op, attrs
         start, stop = chunk_bounds(attrs["chunks"], attrs["index"], source.shape[0])
-        return "channel_slice", {"start": start, "stop": stop, "channels": 0}
+        return "channel_slice", {"start": start, "stop": stop, "channels": 0, "axis": 0}
     if layer.op == "channel_slice":
         return layer.op, {**attrs, "stop": attrs["stop"] or source.shape[0], "channels": 0}
     if layer.op == "pointwise_fc" and len(layer.shape) == 1:

@@ -193,15 +193,17 @@ def _softmax_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext)
 
 
 def _softmax_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only)."""
+    """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only); from opset 13 any
+    axis after the batch (softmax(axis=...))."""
     shape = ctx.shape(node.inputs[0])
     rank = len(shape) + 1 if shape is not None else 0
-    axis = int(node.attr("axis", 1 if ctx.opset < 13 else -1))
-    if axis < 0:
-        axis += rank
-    if axis != 1 or (ctx.opset < 13 and rank != 2):
-        return ctx.fail(node, f"a softmax over axis {node.attr('axis')} is not over the channels (axis 1)")
-    return OnnxImport("softmax", node.inputs[:1])
+    written = int(node.attr("axis", 1 if ctx.opset < 13 else -1))
+    axis = written + rank if written < 0 else written
+    if axis == 1 and (ctx.opset >= 13 or rank == 2):
+        return OnnxImport("softmax", node.inputs[:1])
+    if ctx.opset >= 13 and 1 < axis < rank:  # another per-sample axis; a negative one stays negative
+        return OnnxImport("softmax", node.inputs[:1], {"axis": written if written < 0 else axis - 1})
+    return ctx.fail(node, f"a softmax over axis {node.attr('axis')} is not over an axis after the batch")
 
 
 def _softmax_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:

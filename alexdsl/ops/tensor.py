@@ -142,13 +142,17 @@ def _dropout_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext)
 
 
 def _concat_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Concat`` of computed values over the channels (axis 1) -> concat."""
+    """``Concat`` of computed values over a per-sample axis -> concat (over the channels, axis 1, without
+    arguments; a negative axis stays negative)."""
     rank = len(ctx.shape(node.outputs[0]) or ()) + 1
-    if node.attr("axis") not in (1, 1 - rank) or not computed(ctx, node.inputs):
-        return ctx.fail(node, "only a Concat of computed values over the channels (axis 1) is imported")
+    axis = int(node.attr("axis", 1))
+    if axis in (0, -rank) or not -rank <= axis < rank or not computed(ctx, node.inputs):
+        return ctx.fail(node, "only a Concat of computed values over an axis after the batch is imported")
     if len(node.inputs) == 1:  # torch.cat([x]) (DenseNet's first layer of a block) is x
         return OnnxImport(None, list(node.inputs))
-    return OnnxImport("concat", list(node.inputs))
+    if axis in (1, 1 - rank):
+        return OnnxImport("concat", list(node.inputs))
+    return OnnxImport("concat", list(node.inputs), {"axis": axis - 1 if axis > 0 else axis})
 
 
 def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional

@@ -16,13 +16,15 @@ from typing import Any
 
 from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.arith import aligned, broadcast_shapes, onnx_aligned, reference_aligned
-from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, TorchContext
+from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS, Filler
+from alexdsl.ops.from_onnx import computed, operands, producer_of
 from alexdsl.ops.lowering import (
     EVERY_EPILOGUE,
     ExecutorKernel,
     ExecutorLowering,
     Lowerings,
+    OnnxImport,
     Pattern,
     TorchLowering,
     call_module,
@@ -301,6 +303,19 @@ def _select_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
                           "out={out})", "select")
 
 
+def _select_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Gather`` of a computed value at one constant index (a 0-d indices tensor) along a per-sample axis."""
+    index = ctx.const(node.inputs[1])
+    shape = ctx.shape(node.inputs[0])
+    axis = int(node.attr("axis", 0))
+    if index is None or index.ndim != 0 or shape is None or not computed(ctx, node.inputs[:1]):
+        return ctx.fail(node, "only a Gather of a computed value at one constant index is imported (as select)")
+    axis = axis + len(shape) + 1 if axis < 0 else axis
+    if axis == 0:
+        return ctx.fail(node, "a Gather along the batch axis is not a layer")
+    return OnnxImport("select", node.inputs[:1], {"index": int(index), "axis": axis - 1})
+
+
 register(OpDef(
     name="select", family="tokens",
     summary="The slice at one index along an axis, which is dropped: ViT's x[:, 0] is select(0) (no Caffe layer).",
@@ -313,6 +328,7 @@ register(OpDef(
         torch=TorchLowering(forward=_select_torch),
         executor=ExecutorLowering(lower=_select_executor),
         onnx=_select_onnx,
+        from_onnx={"Gather": _select_from_onnx},
         reference=lambda layer, xs, w, F: xs[0].select(normalize_axis(layer.attrs["axis"], xs[0].dim() - 1) + 1,
                                                        layer.attrs["index"]),
     ),
@@ -358,6 +374,30 @@ def _linear_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     ctx.node("Add", [product, ctx.initializer(layer, "bias")])
 
 
+def _linear_import(ctx: OnnxImportContext, matmul: OnnxNodeView, bias: str | None,
+                   absorbed: tuple[Any, ...]) -> OnnxImport | None:
+    """``MatMul(x, W^T)`` over the last axis of x (rank 2 or more after the batch; fc takes vectors)."""
+    weight = ctx.const(matmul.inputs[1])
+    shape = ctx.shape(matmul.inputs[0])
+    if weight is None or weight.ndim != 2 or shape is None or len(shape) < 2 \
+            or not computed(ctx, matmul.inputs[:1]):
+        return None
+    attrs: dict[str, Any] = {"out": int(weight.shape[1]), "bias": bias is not None}
+    params = {"weight": weight.T, **({"bias": bias} if bias is not None else {})}
+    return OnnxImport("linear", matmul.inputs[:1], attrs, params, absorbed)
+
+
+def _linear_from_add(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Add(MatMul(x, W^T), b)``: torch's export of nn.Linear on a token tensor, and alexdsl's."""
+    for product, bias in (node.inputs[:2], node.inputs[1::-1]):
+        matmul = producer_of(ctx, product, "MatMul")
+        value = ctx.const(bias)
+        weight = ctx.const(matmul.inputs[1]) if matmul is not None else None
+        if value is not None and weight is not None and weight.ndim == 2 and value.shape == (weight.shape[1],):
+            return _linear_import(ctx, matmul, bias, (matmul,))
+    return None
+
+
 register(OpDef(
     name="linear", family="tokens",
     summary="nn.Linear over the last axis of a tensor of any rank: weight (out, in), bias (out) (no Caffe layer).",
@@ -373,6 +413,7 @@ register(OpDef(
         torch=TorchLowering(module=_linear_torch_module, forward=call_module, overwritable_output=True),
         executor=ExecutorLowering(lower=_linear_executor, epilogues=EVERY_EPILOGUE),
         onnx=_linear_onnx,
+        from_onnx={"Add": _linear_from_add, "MatMul": lambda node, ctx: _linear_import(ctx, node, None, ())},
         reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"], w.get("bias")),
     ),
 ))
@@ -399,6 +440,14 @@ def _permute_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     ctx.node("Transpose", ctx.inputs, perm=[0, *_batch_axes(dims)])
 
 
+def _permute_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Transpose`` that keeps the batch axis first."""
+    perm = [int(p) for p in node.attr("perm", ())]
+    if not perm or perm[0] != 0 or not computed(ctx, node.inputs[:1]):
+        return ctx.fail(node, "only a Transpose that keeps the batch axis first is imported (as permute)")
+    return OnnxImport("permute", node.inputs[:1], {"dims": tuple(p - 1 for p in perm[1:])})
+
+
 register(OpDef(
     name="permute", family="tokens",
     summary="The per-sample axes in a new order, as torch.permute without the batch axis (no Caffe layer).",
@@ -413,6 +462,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: _restructure_executor(
             layer, ctx, ctx.input_shape(layer, 0), _permutation(layer.attrs, ctx.input_shape(layer, 0)))),
         onnx=_permute_onnx,
+        from_onnx={"Transpose": lambda node, ctx: _permute_from_onnx(node, ctx)},
         reference=lambda layer, xs, w, F: xs[0].permute(
             0, *_batch_axes(_permutation(layer.attrs, tuple(xs[0].shape[1:])))),
     ),
@@ -432,6 +482,16 @@ def _dims(shape: Shape) -> str:
     return ", ".join(str(int(d)) for d in shape)
 
 
+def _reshape_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Reshape`` of a computed value to a known per-sample shape that keeps the batch axis."""
+    target = ctx.const(node.inputs[1])
+    shape = ctx.shape(node.outputs[0])
+    if target is None or shape is None or int(target.reshape(-1)[0]) not in (-1, 0) \
+            or not computed(ctx, node.inputs[:1]):
+        return ctx.fail(node, "only a Reshape that keeps the batch axis is imported (as reshape)")
+    return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
+
+
 register(OpDef(
     name="reshape", family="tokens",
     summary="The same elements in another per-sample shape, as torch.reshape after the batch axis (no Caffe "
@@ -447,6 +507,7 @@ register(OpDef(
                                                     note="reshape (a view)"),
             alias=True),
         onnx=lambda layer, ctx: ctx.node("Reshape", [ctx.inputs[0], ctx.constant([-1, *layer.shape], integer=True)]),
+        from_onnx={"Reshape": lambda node, ctx: _reshape_from_onnx(node, ctx)},
         reference=lambda layer, xs, w, F: xs[0].reshape(-1, *layer.shape),
     ),
 ))
@@ -531,6 +592,12 @@ def _matmul_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return (*lead, a[-2], b[-1])
 
 
+def _matmul_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``MatMul`` of two computed values (a constant operand is a linear's weight)."""
+    found = operands(ctx, node)
+    return OnnxImport("matmul", found[0], absorbed=found[1]) if found else None
+
+
 register(OpDef(
     name="matmul", family="tokens",
     summary="The matrix product of the last two axes, batched over the others with NumPy broadcasting, as "
@@ -546,6 +613,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.matmul({', '.join(aligned(layer, list(ctx.inputs), ctx.input_shape))}, out={{out}})", "matmul")),
         onnx=lambda layer, ctx: ctx.node("MatMul", onnx_aligned(layer, ctx)),
+        from_onnx={"MatMul": _matmul_from_onnx},
         reference=lambda layer, xs, w, F: reference_aligned(layer, xs)[0] @ reference_aligned(layer, xs)[1],
     ),
 ))
