@@ -154,3 +154,108 @@ def test_caffe_export_refuses_token_axes_naming_the_op() -> None:
     net = alexdsl.parse("network T\ninput x: 16x8\ns: x -> linear(4)\n", "t.adsl")
     with pytest.raises(AlexDSLError, match=r"t.adsl:3:\d+: error: op 'linear' has no Caffe layer"):
         export_prototxt(net)
+
+
+def _windows(shifts: tuple[int, int] = (-2, 1)) -> Network:
+    """Swin's pieces: a cyclic shift, a window partition, attention scores as matmuls, axes moved and merged."""
+    return _network([
+        Layer("x", "input", {"kind": "tensor"}, [], shape=(8, 8, 6)),
+        Layer("shifted", "roll", {"shifts": shifts, "axes": (0, -1)}, ["x"]),
+        Layer("windows", "rearrange", {"pattern": "(h p) (w q) c -> (h w) (p q) c", "sizes": (("p", 4), ("q", 4))},
+              ["shifted"]),
+        Layer("q", "linear", {"out": 5, "bias": False}, ["windows"]),
+        Layer("k", "linear", {"out": 5, "bias": True}, ["windows"]),
+        Layer("kt", "permute", {"dims": (0, 2, 1)}, ["k"]),
+        Layer("scores", "matmul", {}, ["q", "kt"]),
+        Layer("attn", "softmax", {"axis": -1}, ["scores"]),
+        Layer("v", "select", {"index": 1, "axis": 0}, ["windows"]),
+        Layer("out", "matmul", {}, ["attn", "v"]),
+        Layer("merged", "flatten", {"start": 1, "end": -1}, ["out"]),
+        Layer("grid", "reshape", {"shape": (4, 4, 4, 6)}, ["out"]),
+        Layer("channels", "permute", {"dims": (3, 0, 1, 2)}, ["grid"]),
+    ], ["merged", "channels"])
+
+
+def test_swin_pieces_shapes_macs_and_torch_code() -> None:
+    from alexdsl.backends.torch.codegen import generate_source
+
+    net = _windows()
+    assert net.shapes["windows"] == (4, 16, 6) and net.shapes["scores"] == (4, 16, 16)
+    assert net.shapes["out"] == (4, 16, 6) and net.shapes["merged"] == (4, 96)
+    assert net.layer("scores").macs == 4 * 16 * 16 * 5 and net.layer("out").macs == 4 * 16 * 6 * 16
+    code = generate_source(net)
+    for line in ("shifted = torch.roll(x, (-2, 1), (1, 3))", "kt = k.permute(0, 1, 3, 2)",
+                 "scores = torch.matmul(q, kt)", "out = torch.matmul(attn, v[:, None])",
+                 "merged = torch.flatten(out, 2, 3)", "grid = out.reshape(-1, 4, 4, 4, 6)"):
+        assert line in code
+
+
+def test_swin_pieces_agree_across_backends() -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = _windows()
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=4), batch=2, seed=4)
+    assert len(rows) == 12
+    for row in rows:
+        for backend, diff in row.diffs.items():
+            assert diff is not None and diff[1] < 1e-5, (row.layer, backend, diff)
+
+
+def test_chunk_and_split_along_the_last_axis() -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.backends.torch.codegen import generate_source
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.parse("network T\ninput x: 16x8\nqkv: x -> linear(24)\nparts: qkv -> chunk(3, axis=-1)\n"
+                        "rows: x -> split((3, 5), axis=1)\ns: add(parts.0, parts.1, parts.2)\n"
+                        "c: concat(rows.0, rows.1, axis=-1)\noutput s, c\n", "t.adsl")
+    assert [net.shapes[f"parts.{i}"] for i in range(3)] == [(16, 8)] * 3
+    assert net.shapes["rows.1"] == (16, 5)
+    code = generate_source(net)
+    assert "parts_2 = qkv[..., 16:24]" in code and "rows_1 = x[:, :, 3:8]" in code
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=5), batch=2, seed=5)
+    for row in rows:
+        for backend, diff in row.diffs.items():
+            assert diff is not None and diff[1] < 1e-5, (row.layer, backend, diff)
+    with pytest.raises(AlexDSLError, match="axis=2 is out of range"):
+        alexdsl.parse("network T\ninput x: 16x8\nparts: x -> chunk(2, axis=2)\n", "t.adsl")
+
+
+@pytest.mark.parametrize(("op", "attrs", "message"), [
+    ("permute", {"dims": (0, 0, 1)}, "not a permutation"),
+    ("reshape", {"shape": (5, 5)}, "cannot reshape 8x8x6 .384 elements. to 5x5"),
+    ("roll", {"shifts": (1,), "axes": (0, 1)}, "1 shifts for 2 axes"),
+    ("flatten", {"start": 2, "end": 0}, "start .2. comes after its end"),
+    ("select", {"index": 0, "axis": 3}, "axis=3 is out of range"),
+])
+def test_shape_rules_name_the_argument_at_fault(op: str, attrs: dict, message: str) -> None:
+    with pytest.raises(ShapeError, match=message):
+        lookup(op).infer(attrs, [(8, 8, 6)])
+
+
+def test_matmul_checks_the_inner_sizes_and_broadcasts_the_leading_axes() -> None:
+    matmul = lookup("matmul")
+    assert matmul.infer({}, [(4, 16, 5), (5, 7)]) == (4, 16, 7)
+    assert matmul.infer({}, [(1, 16, 5), (3, 5, 7)]) == (3, 16, 7)
+    with pytest.raises(ShapeError, match="a's last axis .5. is not b's second to last .6."):
+        matmul.infer({}, [(4, 16, 5), (6, 7)])
+    with pytest.raises(ShapeError, match="rank 1"):
+        matmul.infer({}, [(5,), (5, 7)])
+
+
+def test_token_ops_import_back_from_onnx(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.onnx import export_onnx
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    net = _windows(shifts=(0, 0))  # a roll by nothing is an Identity (a roll's Slices and Concat are not imported)
+    weights = random_weights(net, seed=6)
+    path = tmp_path / "windows.onnx"
+    path.write_bytes(export_onnx(net, weights).SerializeToString())
+    imported = import_onnx_source(path, readable=False)
+    ops = {layer.name: layer.op for layer in imported.network.layers()}
+    assert {ops[name] for name in ("q", "k", "kt", "scores", "attn", "v", "out")} == {
+        "linear", "permute", "matmul", "softmax", "select"}
+    assert imported.network.layer("attn").attrs["axis"] == -1
+    assert list(imported.weights) == list(net.state_keys())
