@@ -396,6 +396,8 @@ def test_onnx_import_converters_with_a_fake_context() -> None:
     ctx = FakeOnnxGraph({"a": (4, 8, 8), "b": (4, 8, 8), "cat": (8, 8, 8)})
     convert = _lowerings("concat").from_onnx["Concat"]
     assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=1), ctx) == OnnxImport("concat", ["a", "b"])
-    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=2), ctx) is None
-    assert ctx.failures == ["only a Concat of computed values over the channels (axis 1) is imported"]
+    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=2), ctx) == OnnxImport("concat", ["a", "b"],
+                                                                                       {"axis": 1})
+    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=0), ctx) is None  # the batch axis
+    assert ctx.failures == ["only a Concat of computed values over an axis after the batch is imported"]
     assert _lowerings("relu").from_onnx["Relu"](FakeNode("Relu", ["a"], ["r"]), ctx) == OnnxImport("relu", ["a"])

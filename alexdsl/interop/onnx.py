@@ -3,7 +3,8 @@
 * One ONNX node per layer, named after it; initializers are ``<layer>.<param>`` (the torch
   state_dict keys, see :meth:`Network.state_keys`).
 * The batch dimension is symbolic (``N``); graph inputs are the data inputs, graph outputs
-  the network's outputs (the scores its losses read).
+  the network's outputs (the scores its losses read); a ``param`` output keeps its value's name,
+  ``<layer>.expanded``, since its initializer has the layer's.
 * Layers of the test phase are kept and layers only run while training are dropped, as are
   loss and metric layers, label inputs and dropout (identity at inference).
 * ``fc`` is ``Flatten`` + ``Gemm`` (transB=1); ``maxpool``/``avgpool`` keep alexdsl's windows
@@ -183,7 +184,8 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         onnx_name = value(target)
         if onnx_name in (o.name for o in outputs):
             continue
-        if onnx_name != target:  # an output that is an alias (a dropout): give it its own name
+        held = {tensor.name for tensor in initializers}
+        if onnx_name != target and target not in held:  # an output that is an alias (a dropout): give it its name
             nodes.append(helper.make_node("Identity", [onnx_name], [target], name=target))
             onnx_name = target
         shape = network.layer(target).shape

@@ -496,7 +496,7 @@ register(OpDef(
     name="reshape", family="tokens",
     summary="The same elements in another per-sample shape, as torch.reshape after the batch axis (no Caffe "
             "layer).",
-    example="grid: reshape(4x4x16)",
+    example="grid: fc8 -> reshape(2x5)",
     args=(Arg("shape", "shape", doc="the per-sample shape, of as many elements as the input"),),
     infer=_reshape_infer,
     pattern=Pattern.INJECTIVE,
