@@ -7,6 +7,7 @@ as IR directly, through the same checks as every way into the IR (:func:`alexdsl
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import random_weights
 
@@ -259,3 +260,38 @@ def test_token_ops_import_back_from_onnx(tmp_path) -> None:
         "linear", "permute", "matmul", "softmax", "select"}
     assert imported.network.layer("attn").attrs["axis"] == -1
     assert list(imported.weights) == list(net.state_keys())
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_torchs_export_of_a_token_block_imports_as_linear_layernorm_and_softmax(opset: int, tmp_path) -> None:
+    """torch's exporter on nn.Linear, nn.LayerNorm and softmax over the last axis of (N, L, E): the ops come back
+    with torch's keys and compute what torch computes."""
+    pytest.importorskip("onnx")
+    from onnx_models import export as torch_export
+
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(8, eps=1e-6)
+            self.proj = torch.nn.Linear(8, 6)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.proj(self.norm(x)), -1)
+
+    module = Block().eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    path = torch_export(module, (1, 5, 8), tmp_path / f"block{opset}.onnx", opset)
+    imported = import_onnx_source(path, readable=False)
+    layers = [layer for layer in imported.network.layers() if not layer.is_input]
+    assert [(layer.op, layer.attrs.get("axis")) for layer in layers] == [
+        ("layernorm", -1), ("linear", None), ("softmax", -1)]
+    assert sorted(imported.weights) == sorted(module.state_dict())
+    x = torch.randn(2, 5, 8)
+    from alexdsl.backends.cupy import compile as compile_executor
+
+    got = compile_executor(imported.network, imported.weights, device="cpu")(x.numpy())
+    np.testing.assert_allclose(np.asarray(got), module(x).detach().numpy(), rtol=1e-5, atol=1e-6)

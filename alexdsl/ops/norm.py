@@ -394,15 +394,18 @@ def _ln_core(ctx: OnnxImportContext, top: Any) -> tuple[str, float, dict[str, An
 
 
 def _ln_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """A layer norm of a vector (``LayerNormalization``, or its decomposition below opset 17) -> layernorm."""
+    """A layer norm over the last axis (``LayerNormalization``, or its decomposition below opset 17) -> layernorm:
+    of a vector (the default axis), of a token tensor (``axis=-1``)."""
     core = _ln_core(ctx, node)
-    if core is None or not _over_channels(ctx, core):
+    if core is None:
         if node.op_type == "LayerNormalization":
-            return ctx.fail(node, "a LayerNormalization is imported over the channels: of a vector, or of CxHxW "
-                                  "between Transposes to channels-last and back (torchvision's LayerNorm2d)")
+            return ctx.fail(node, "a LayerNormalization is imported over the last axis, with a constant scale and "
+                                  "shift of its size")
         return None
     source, eps, params, nodes, _ = core
-    return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+    if _over_channels(ctx, core):
+        return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+    return OnnxImport("layernorm", [source], {"eps": eps, "axis": -1}, params, tuple(nodes))  # a token tensor
 
 
 def _over_channels(ctx: OnnxImportContext, core: tuple[Any, ...]) -> bool:
