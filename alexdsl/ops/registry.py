@@ -55,7 +55,15 @@ class Arg:
     """One argument of an op's signature.
 
     ``kind`` is one of: int, float, bool, pair (an int or an (h, w) pair), choice, bias
-    (true, false or a filler for the bias).
+    (true, false or a filler for the bias), and, held as the attribute value shown:
+
+    - shape: a shape literal ``1x197x768`` or one int, every dimension >= 1 and at most
+      ``MAX_SHAPE_RANK`` of them; ``tuple[int, ...]``.
+    - ints: an int or a tuple of ints, negatives allowed unless ``min`` says otherwise;
+      ``tuple[int, ...]`` (a lone int is a 1-tuple).
+    - string: a string literal; ``str``.
+    - sizes: keyword-only; every keyword the op does not otherwise declare, each an int >= 1;
+      ``tuple[tuple[str, int], ...]`` in written order (``()`` when none is given).
     """
 
     name: str
