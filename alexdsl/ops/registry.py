@@ -75,6 +75,19 @@ class Arg:
     choices: tuple[str, ...] = ()
     positional: bool = True
 
+    @property
+    def attr_default(self) -> Any:
+        """The attribute value the default gives: a pair's int as an (h, w) tuple, a shape's or ints' int as a
+        1-tuple, no sizes as ``()``; REQUIRED when the argument must be given."""
+        plain_int = isinstance(self.default, int) and not isinstance(self.default, bool)
+        if self.kind == "pair" and plain_int:
+            return (self.default, self.default)
+        if self.kind in ("shape", "ints") and plain_int:
+            return (self.default,)
+        if self.kind == "sizes" and self.default is REQUIRED:
+            return ()
+        return self.default
+
 
 def _no_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
     return {}

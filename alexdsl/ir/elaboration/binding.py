@@ -38,18 +38,6 @@ def _bound(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
-def _default(arg: Arg) -> Any:
-    """An argument's default value: a pair default as an (h, w) tuple, an int default of a shape or ints
-    argument as a 1-tuple, no sizes as ()."""
-    if arg.kind == "pair" and isinstance(arg.default, int):
-        return (arg.default, arg.default)
-    if arg.kind in ("shape", "ints") and isinstance(arg.default, int) and not isinstance(arg.default, bool):
-        return (arg.default,)
-    if arg.kind == "sizes" and arg.default is REQUIRED:
-        return ()
-    return arg.default
-
-
 class Binding(Values):
     """Binds and checks the arguments of op calls and parameter settings."""
 
@@ -114,7 +102,7 @@ class Binding(Values):
             elif arg.name in defaults:
                 value, span = defaults[arg.name]
             elif arg.default is not REQUIRED:
-                attrs[arg.name] = _default(arg)
+                attrs[arg.name] = arg.attr_default
                 continue
             else:
                 self.sink.error(f"{op.name} is missing required argument '{arg.name}'", call.span,
@@ -126,7 +114,7 @@ class Binding(Values):
                 if arg.default is REQUIRED:
                     ok = False
                 else:
-                    attrs[arg.name] = _default(arg)
+                    attrs[arg.name] = arg.attr_default
                 continue
             spans[arg.name] = span
             attrs[arg.name] = converted
