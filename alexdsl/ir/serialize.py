@@ -165,7 +165,11 @@ class _Reader:
                 return tuple(value) if all(in_range(v) for v in value) else None
             return bad()
         if arg.kind == "string":
-            return value if isinstance(value, str) and len(value) <= MAX_STRING_LENGTH else bad()
+            if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+                self.error(path, f"argument '{arg.name}' of {op.name} is too long",
+                           expected=f"at most {MAX_STRING_LENGTH:,} characters", received=f"{len(value):,} characters")
+                return None
+            return value if isinstance(value, str) else bad()
         if arg.kind == "sizes":
             return self.sizes(op, value, path) if isinstance(value, list) and len(value) <= MAX_SIZES else bad()
         raise AssertionError(arg.kind)
@@ -185,8 +189,11 @@ class _Reader:
             if key is None:
                 return None
             if key in taken or "." in key:
-                self.error(f"{where}[0]", f"size '{key}' of {op.name} cannot be written as a keyword",
-                           expected="a name without dots that is not an argument of " + op.name,
+                again = any(key == k for k, _ in out)
+                self.error(f"{where}[0]", f"size '{key}' of {op.name} is given twice" if again
+                           else f"size '{key}' of {op.name} cannot be written as a keyword",
+                           expected="each name once" if again
+                           else "a name without dots that is not an argument of " + op.name,
                            received=_show(key))
                 return None
             taken.add(key)
