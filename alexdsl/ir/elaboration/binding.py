@@ -19,21 +19,6 @@ from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler,
 from alexdsl.syntax import ast
 
 
-def _kind_words(arg: Arg) -> str:
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "pair": "an integer or an (h, w) pair",
-        "choice": "one of " + ", ".join(arg.choices),
-        "bias": "true, false or a filler such as constant(0)",
-        "shape": "a shape such as 1x197x768, or one integer",
-        "ints": "an integer or a tuple of integers such as (0, 2, 1)",
-        "string": 'a string such as "b c -> c b"',
-        "sizes": "keyword sizes such as p=16, each an integer at least 1",
-    }[arg.kind]
-
-
 def _bound(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
@@ -106,7 +91,7 @@ class Binding(Values):
                 continue
             else:
                 self.sink.error(f"{op.name} is missing required argument '{arg.name}'", call.span,
-                                expected=f"{arg.name}: {_kind_words(arg)}, as in {op.example}")
+                                expected=f"{arg.name}: {arg.words}, as in {op.example}")
                 ok = False
                 continue
             converted = self._convert(op, arg, value, span, written.get(arg.name))
@@ -167,7 +152,7 @@ class Binding(Values):
         def bad() -> None:
             fraction = isinstance(value, float) and arg.kind in ("int", "pair")
             self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
-                            expected=_kind_words(arg), received=shown,
+                            expected=arg.words, received=shown,
                             hint="divide integers with '//', as in c // 8" if fraction else None)
 
         if value is INVALID:
@@ -241,7 +226,7 @@ class Binding(Values):
         if arg.kind == "string":
             if not isinstance(value, str):
                 self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
-                                expected=_kind_words(arg), received=shown,
+                                expected=arg.words, received=shown,
                                 hint=f'quote it: {arg.name}="{value.name}"' if isinstance(value, Symbol) else None)
                 return None
             if len(value) > MAX_STRING_LENGTH:
