@@ -229,3 +229,15 @@ def test_the_language_server_says_each_kind_in_words() -> None:
     assert "sizes=" not in items
     hints = features.inlay_hints(checked.analysis, checked.positions, 0, 3)
     assert "1x8" in {str(hint.label) for hint in hints}
+
+
+def test_the_readable_writer_of_importers_writes_every_kind_back() -> None:
+    from alexdsl.interop.writer.readable import readable_source
+
+    text = NET + "block b(s) {\n  p: test_token(s, p=2)\n  y: in, p -> add\n}\nu: x -> b(1x4x8)\nw: u -> relu\n"
+    network = alexdsl.parse(text.replace("output y, z\n", "output y, z, w\n"), "net.adsl")
+    source = readable_source(network)
+    assert 'cls: test_token(1x4x8, order=(0, -1), pattern="b (h p) -> h p b", p=16, q=2)\n' in source
+    rebuilt = alexdsl.parse(source, "again.adsl")
+    assert [(layer.name, layer.attrs, layer.inputs) for layer in rebuilt.layers()] == \
+        [(layer.name, layer.attrs, layer.inputs) for layer in network.layers()]
