@@ -109,6 +109,7 @@ g: x -> conv(8, 3x3)
 h: test_token(1x2, pattern="""+'"'+"x" * 4097+'")'+"""
 i: test_token()
 j: x -> test_pick((1, 2), shape="4x8")
+k: test_token(1x99999999999999999999999x08)
 """
     golden("errors/tensor_args.txt", errors_of(text))
 
@@ -139,6 +140,8 @@ def test_import_json_and_fmt_write_every_kind_back() -> None:
     assert [(layer.name, layer.attrs) for layer in rebuilt.layers()] == \
         [(layer.name, layer.attrs) for layer in network.layers()]
     assert format_source(NET, "net.adsl") == NET.replace("y: ", "y:   ").replace("z: ", "z:   ")
+    kept = "network T\ninput x: 4x8\nt: test_token(1x99999999999999999999999x08)\n"
+    assert format_source(kept, "net.adsl") == kept  # a shape stays as written, even one refused when bound
 
 
 def test_a_string_that_reads_as_a_name_is_written_quoted() -> None:

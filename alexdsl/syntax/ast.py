@@ -40,6 +40,7 @@ class ShapeValue:
 
     dims: tuple[int, ...]
     span: Span
+    text: str = ""  # as written (fmt keeps it); empty when built from values
 
 
 @dataclass

@@ -204,7 +204,7 @@ class _ToAst(Transformer):
         (tok,) = children
         digits = str(tok).split("x")  # a dimension too long to be one is kept too large, refused when bound
         dims = tuple(int(d) if len(d.lstrip("0")) <= len(str(MAX_INT)) else MAX_INT for d in digits)
-        return ast.ShapeValue(dims, self._span(tok))
+        return ast.ShapeValue(dims, self._span(tok), str(tok))
 
     def true_value(self, children: list[Token]) -> ast.Literal:
         return ast.Literal(True, self._span(children[0]), "true")

@@ -148,6 +148,8 @@ class Binding(Values):
                 isinstance(written, ast.TupleValue) and any(isinstance(v, (ast.BinaryOp, ast.Negate))
                                                             for v in written.items)):
             shown = f"{format_value(written)} = {shown}"
+        if isinstance(written, ast.ShapeValue):
+            shown = format_value(written)  # as written: a dimension too long to hold is not shown clamped
 
         def bad() -> None:
             fraction = isinstance(value, float) and arg.kind in ("int", "pair")
