@@ -110,6 +110,7 @@ h: test_token(1x2, pattern="""+'"'+"x" * 4097+'")'+"""
 i: test_token()
 j: x -> test_pick((1, 2), shape="4x8")
 k: test_token(1x99999999999999999999999x08)
+l: test_token(1x2, sizes=3)
 """
     golden("errors/tensor_args.txt", errors_of(text))
 

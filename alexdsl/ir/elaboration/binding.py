@@ -58,7 +58,11 @@ class Binding(Values):
             if key in param_keys:
                 param_args[key] = (value, span)
                 continue
-            if sizes_arg is not None and keyword is not None and (op.arg(key) is None or key == sizes_arg.name):
+            if sizes_arg is not None and key == sizes_arg.name:
+                self.sink.error(f"the {key} of {op.name} are written as keywords of their own", span,
+                                expected=f"{sizes_arg.words}, as in {op.example}", received=f"{key}={describe(value)}")
+                continue
+            if sizes_arg is not None and keyword is not None and op.arg(key) is None:
                 if key in sizes:
                     self.sink.error(f"size '{key}' of {op.name} is given twice", span)
                 else:
