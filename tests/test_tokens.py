@@ -1,8 +1,5 @@
-"""Token tensors (alexdsl/ops/tokens.py and the axis arguments of layernorm, softmax, concat): shape rules with
-located errors, state keys, and every backend against the torch.nn.functional reference.
-
-Networks using ops whose arguments the parser does not read yet (param's shape, rearrange's pattern) are built
-as IR directly, through the same checks as every way into the IR (:func:`alexdsl.frontend.check_graph`).
+"""Token tensors (alexdsl/ops/tokens.py and the axis arguments of layernorm, softmax, concat, flatten, chunk and
+split): shape rules with located errors, state keys, and every backend against the torch.nn.functional reference.
 """
 
 from __future__ import annotations
@@ -12,41 +9,31 @@ import pytest
 from conftest import random_weights
 
 import alexdsl
-from alexdsl.errors import AlexDSLError, DiagnosticSink
-from alexdsl.frontend import check_graph
-from alexdsl.ir.network import Layer, Network, graph_of
+from alexdsl.errors import AlexDSLError
+from alexdsl.ir.network import Network
 from alexdsl.ops.registry import ShapeError, lookup
 from alexdsl.ops.tokens import plan_rearrange
 
 
-def _network(layers: list[Layer], outputs: list[str]) -> Network:
-    graph = graph_of(layers)
-    sink = DiagnosticSink()
-    check_graph(graph, sink, "tokens")
-    assert not sink.has_errors, sink.diagnostics
-    inputs = [layer.name for layer in layers if layer.is_input]
-    return Network("Tokens", graph, inputs=inputs, outputs=outputs)
-
-
 def _vit(patch: int = 2) -> Network:
-    """A two-layer-deep ViT: patches, a class token, a position embedding, a layer norm, the class token's head."""
+    """A tiny ViT: patches, a class token, a position embedding, a layer norm, the class token's head."""
     tokens = (8 // patch) ** 2
-    return _network([
-        Layer("img", "input", {"kind": "tensor"}, [], shape=(3, 8, 8)),
-        Layer("patches", "rearrange", {"pattern": "c (h p) (w q) -> (h w) (p q c)",
-                                       "sizes": (("p", patch), ("q", patch))}, ["img"]),
-        Layer("conv_proj", "linear", {"out": 6, "bias": True}, ["patches"]),
-        Layer("class_token", "param", {"shape": (1, 1, 6)}, []),
-        Layer("tokens", "concat", {"axis": 0}, ["class_token", "conv_proj"]),
-        Layer("encoder.pos_embedding", "param", {"shape": (1, tokens + 1, 6)}, []),
-        Layer("encoder.add", "add", {}, ["tokens", "encoder.pos_embedding"]),
-        Layer("encoder.mlp", "linear", {"out": 6, "bias": True}, ["encoder.add"]),
-        Layer("encoder.gelu", "gelu", {"approximate": "none"}, ["encoder.mlp"]),
-        Layer("encoder.ln", "layernorm", {"eps": 1e-6, "axis": -1}, ["encoder.gelu"]),
-        Layer("attn", "softmax", {"axis": -1}, ["encoder.ln"]),
-        Layer("cls", "select", {"index": 0, "axis": 0}, ["attn"]),
-        Layer("head", "linear", {"out": 3, "bias": True}, ["cls"]),
-    ], ["head"])
+    return alexdsl.parse(f"""network Tokens
+input img: 3x8x8
+patches: img -> rearrange("c (h p) (w q) -> (h w) (p q c)", p={patch}, q={patch})
+conv_proj: patches -> linear(6)
+class_token: param(1x1x6)
+tokens: concat(class_token, conv_proj, axis=0)
+encoder.pos_embedding: param(1x{tokens + 1}x6, init=gaussian(0.02))
+encoder.add: add(tokens, encoder.pos_embedding)
+encoder.mlp: encoder.add -> linear(6)
+encoder.gelu: gelu
+encoder.ln: layernorm(eps=1e-6, axis=-1)
+attn: softmax(axis=-1)
+cls: select(0)
+head: linear(3)
+output head
+""", "tokens.adsl")
 
 
 def test_param_is_kept_under_the_layer_name_in_torchvision_order() -> None:
@@ -139,6 +126,11 @@ def test_rearrange_plans_and_its_errors_name_the_axis() -> None:
     ("y: x -> select(16)\n", "index 16 is out of range for axis 0 of size 16"),
     ("y: x -> select(0, axis=-3)\n", "axis=-3 is out of range"),
     ("z: x -> relu\ny: concat(x, z, axis=1)\nw: x -> linear(3)\nv: concat(x, w, axis=0)\n", "outside axis 0"),
+    ('y: x -> rearrange("(h p) d -> h p d", p=5)\n',
+     r'rearrange\("\(h p\) d -> h p d", p=5\)\n +\^~+\n  expected: sizes whose product divides 16'),
+    ('y: x -> rearrange("h d -> d")\n', "axis 'h' is only on the left side of the pattern"),
+    ("p: param(2x8)\n", r"p: param\(2x8\)\n +\^~~\n  expected: 1xD1x..."),
+    ("y: x -> roll((1, 2), axes=0)\n", "roll has 2 shifts for 1 axes"),
 ])
 def test_wrong_axes_are_located_errors(text: str, message: str) -> None:
     with pytest.raises(AlexDSLError, match=message) as error:
@@ -159,22 +151,22 @@ def test_caffe_export_refuses_token_axes_naming_the_op() -> None:
 
 def _windows(shifts: tuple[int, int] = (-2, 1)) -> Network:
     """Swin's pieces: a cyclic shift, a window partition, attention scores as matmuls, axes moved and merged."""
-    return _network([
-        Layer("x", "input", {"kind": "tensor"}, [], shape=(8, 8, 6)),
-        Layer("shifted", "roll", {"shifts": shifts, "axes": (0, -1)}, ["x"]),
-        Layer("windows", "rearrange", {"pattern": "(h p) (w q) c -> (h w) (p q) c", "sizes": (("p", 4), ("q", 4))},
-              ["shifted"]),
-        Layer("q", "linear", {"out": 5, "bias": False}, ["windows"]),
-        Layer("k", "linear", {"out": 5, "bias": True}, ["windows"]),
-        Layer("kt", "permute", {"dims": (0, 2, 1)}, ["k"]),
-        Layer("scores", "matmul", {}, ["q", "kt"]),
-        Layer("attn", "softmax", {"axis": -1}, ["scores"]),
-        Layer("v", "select", {"index": 1, "axis": 0}, ["windows"]),
-        Layer("out", "matmul", {}, ["attn", "v"]),
-        Layer("merged", "flatten", {"start": 1, "end": -1}, ["out"]),
-        Layer("grid", "reshape", {"shape": (4, 4, 4, 6)}, ["out"]),
-        Layer("channels", "permute", {"dims": (3, 0, 1, 2)}, ["grid"]),
-    ], ["merged", "channels"])
+    return alexdsl.parse(f"""network Windows
+input x: 8x8x6
+shifted: x -> roll({shifts}, axes=(0, -1))
+windows: rearrange("(h p) (w q) c -> (h w) (p q) c", p=4, q=4)
+q: windows -> linear(5, bias=false)
+k: windows -> linear(5)
+kt: k -> permute((0, 2, 1))
+scores: matmul(q, kt)
+attn: softmax(axis=-1)
+v: windows -> select(1)
+out: matmul(attn, v)
+merged: out -> flatten(1)
+grid: out -> reshape(4x4x4x6)
+channels: permute((3, 0, 1, 2))
+output merged, channels
+""", "windows.adsl")
 
 
 def test_swin_pieces_shapes_macs_and_torch_code() -> None:
