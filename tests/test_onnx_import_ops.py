@@ -20,11 +20,12 @@ from conftest import random_weights
 
 import alexdsl
 from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.errors import AlexDSLError
 from alexdsl.interop.onnx import export_onnx
 from alexdsl.interop.onnx_import import ImportedModel, import_onnx_source
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.activation import FLOAT32_MAX
-from alexdsl.ops.registry import all_ops
+from alexdsl.ops.registry import all_ops, lookup
 from alexdsl.ops.split import chunk_bounds
 
 ort = pytest.importorskip("onnxruntime")
@@ -119,9 +120,23 @@ def test_the_ops_without_an_onnx_lowering_are_the_loss_and_the_metric() -> None:
     assert {op.name for op in all_ops() if op.lower.onnx is None} == NO_ONNX
 
 
-@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.onnx is not None], ids=lambda op: op.name)
+NOT_IMPORTED_YET = {"attention", "sdpa"}
+"""Ops whose ONNX import is still to be written (issue 19): their export is refused, node by node, with a
+located error."""
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.onnx is not None
+                                and op.name not in NOT_IMPORTED_YET], ids=lambda op: op.name)
 def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
     _round_trip(_contract_network(op, data=DATA), tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IMPORTED_YET))
+def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
+    network = _contract_network(lookup(name), data=DATA)
+    path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
+    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: node '.*' \((MatMul|Softmax)\)"):
+        import_onnx_source(path, readable=False)
 
 
 VARIANTS = {
@@ -319,7 +334,6 @@ def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> Non
     """Clip's bounds are scalars; a model with a vector bound is refused, not read as unbounded."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from alexdsl.errors import AlexDSLError
 
     graph = helper.make_graph(
         [helper.make_node("Clip", ["x", "low"], ["y"])], "clip",

@@ -8,6 +8,7 @@ Each concern lives in its own module; this one gathers them:
 
 * :mod:`.arrays`: the array module, CPU threads, scratch sizing;
 * :mod:`.conv`: convolution and fully connected;
+* :mod:`.attention`: scaled dot-product and multi-head self-attention;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
 * :mod:`.elementwise`: activations and arithmetic;
@@ -36,6 +37,10 @@ from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     parallel_for,
     scratch_rows,
     thread_pool,
+)
+from alexdsl.backends.cupy.attention import (  # noqa: F401 - the runtime's names
+    attention,
+    sdpa,
 )
 from alexdsl.backends.cupy.channels import (  # noqa: F401 - the runtime's names
     channel_shuffle,

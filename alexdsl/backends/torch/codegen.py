@@ -333,7 +333,7 @@ class _Generator:
                 continue
             lines.append(f"m = {self.ctx.access[layer.name]}")
             for pname, spec in layer.params.items():
-                if not _is_plain_identifier(pname):
+                if not all(_is_plain_identifier(part) for part in pname.split(".")):  # out_proj.weight
                     raise AlexDSLError(f"torch backend: parameter name {pname!r} of {layer.name!r}")
                 statement, note = filler_statement(f"m.{pname}", spec, f"{layer.name}.{pname}")
                 if note:
