@@ -120,7 +120,7 @@ def test_the_ops_without_an_onnx_lowering_are_the_loss_and_the_metric() -> None:
     assert {op.name for op in all_ops() if op.lower.onnx is None} == NO_ONNX
 
 
-NOT_IMPORTED_YET = {"attention", "sdpa"}
+NOT_IMPORTED_YET = {"attention", "relative_position_bias", "sdpa", "window_mask"}
 """Ops whose ONNX import is still to be written (issue 19): their export is refused, node by node, with a
 located error."""
 
@@ -135,7 +135,7 @@ def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
 def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
     network = _contract_network(lookup(name), data=DATA)
     path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
-    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: node '.*' \((MatMul|Softmax)\)"):
+    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: node '.*' \(\w+\)"):
         import_onnx_source(path, readable=False)
 
 

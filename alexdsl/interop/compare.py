@@ -33,8 +33,11 @@ BACKENDS = ("reference", "torch", "cupy", "onnx")
 
 
 def subnetwork(network: Network, layer: str) -> Network:
-    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output."""
+    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output (and the data
+    inputs, for a layer computed from none)."""
     keep = nx.ancestors(network.graph, layer) | {layer}
+    if not any(name in keep for name in network.data_inputs):  # a learned tensor alone: the inputs give the batch
+        keep |= set(network.data_inputs)
     graph = network.graph.subgraph([n for n in network.graph if n in keep]).copy()
     inputs = [name for name in network.inputs if name in keep]
     return Network(network.name, graph, description=network.description, inputs=inputs, outputs=[layer],

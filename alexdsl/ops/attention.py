@@ -320,3 +320,222 @@ register(OpDef(
         reference=_attention_reference,
     ),
 ))
+
+
+# Swin's and MaxViT's relative position bias ----------------------------------------------------------
+
+def relative_position_index(window: int, square: bool) -> Any:
+    """torchvision's index into the bias table of each pair of tokens of a ``window`` x ``window`` window, int64:
+    (w^2, w^2) for MaxViT (``square``), flattened to (w^4,) for Swin.
+
+    >>> relative_position_index(2, square=True).tolist()
+    [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]
+    """
+    import numpy
+
+    coords = numpy.stack(numpy.meshgrid(numpy.arange(window), numpy.arange(window), indexing="ij")).reshape(2, -1)
+    relative = coords[:, :, None] - coords[:, None, :] + window - 1  # (2, w^2, w^2): row and column offsets
+    index = (relative[0] * (2 * window - 1) + relative[1]).astype(numpy.int64)
+    return index if square else index.reshape(-1)
+
+
+def _bias_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    tokens = attrs["window"] ** 2
+    return (attrs["heads"], tokens, tokens)
+
+
+def _bias_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    return {"relative_position_bias_table": ((2 * attrs["window"] - 1) ** 2, attrs["heads"])}
+
+
+def _bias_buffers(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    tokens = attrs["window"] ** 2
+    return {"relative_position_index": (tokens, tokens) if attrs["index"] == "square" else (tokens * tokens,)}
+
+
+RELATIVE_POSITION_BIAS = '''
+class RelativePositionBias(nn.ModuleDict):
+    """Swin's and MaxViT's relative position bias: a learned table with one row of heads values per offset between
+    two tokens of a w x w window, gathered by the offset of each pair of tokens into (1, heads, w*w, w*w). A
+    ModuleDict, so that the attention's own modules (qkv, proj) sit beside it, as in torchvision."""
+
+    def __init__(self, window: int, heads: int, flat: bool) -> None:
+        super().__init__()
+        self.window = window
+        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * window - 1) ** 2, heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        relative = coords[:, :, None] - coords[:, None, :] + window - 1  # (2, w*w, w*w): row and column offsets
+        index = relative[0] * (2 * window - 1) + relative[1]
+        self.register_buffer("relative_position_index", index.flatten() if flat else index)
+
+    def forward(self) -> torch.Tensor:
+        tokens = self.window**2
+        bias = self.relative_position_bias_table[self.relative_position_index.flatten()]
+        return bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+'''
+
+
+def _bias_module(layer: Any, ctx: TorchContext) -> str:
+    a = layer.attrs
+    return f"RelativePositionBias({ctx.int(a['window'])}, {ctx.int(a['heads'])}, flat={a['index'] == 'flat'})"
+
+
+def _bias_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    """The bias is a constant of the weights: gathered once at setup, copied out (batch 1) at each call."""
+    ident = ctx.ident
+    table, index = (ctx.weight(layer, name) for name in ("relative_position_bias_table", "relative_position_index"))
+    return ExecutorKernel(
+        f"rt.copy_constant(self.{ident}_bias, out={{out}}[:1])", "relative_position_bias",
+        setup=(f"self.{ident}_bias = rt.relative_position_bias({table}, {index}, {ctx.lit(layer.attrs['window'])})",))
+
+
+def _bias_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """Gather the table's rows by the index (stored as the initializer of its state key, cast to int64)."""
+    name, heads, tokens = layer.name, layer.attrs["heads"], layer.attrs["window"] ** 2
+    index = ctx.node("Cast", [ctx.initializer(layer, "relative_position_index")], output=f"{name}.index", to=7)
+    flat = ctx.node("Reshape", [index, ctx.constant([-1], integer=True)], output=f"{name}.index_flat")
+    rows = ctx.node("Gather", [ctx.initializer(layer, "relative_position_bias_table"), flat], output=f"{name}.rows",
+                    axis=0)
+    square = ctx.node("Reshape", [rows, ctx.constant([1, tokens, tokens, heads], integer=True)],
+                      output=f"{name}.square")
+    ctx.node("Transpose", [square], perm=[0, 3, 1, 2])
+
+
+def _bias_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    tokens = layer.attrs["window"] ** 2
+    rows = w["relative_position_bias_table"][w["relative_position_index"].long().flatten()]
+    return rows.reshape(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+
+
+register(OpDef(
+    name="relative_position_bias",
+    family="attention",
+    summary="Swin's and MaxViT's relative position bias of a w x w window: a learned table gathered by torchvision's "
+            "relative_position_index into heads x w^2 x w^2 (no input; batch 1, broadcast where it is added).",
+    example="bias: relative_position_bias(7, 3)",
+    args=(
+        Arg("window", "int", doc="the window's side w, in tokens", min=1, max=64),
+        Arg("heads", "int", doc="attention heads: one bias per head", min=1),
+        Arg("index", "choice", "flat", "the index buffer's shape: flat (w^4, Swin) or square (w^2 x w^2, MaxViT)",
+            choices=("flat", "square")),
+    ),
+    infer=_bias_infer,
+    inputs=(0, 0),
+    params=_bias_params,
+    buffers=_bias_buffers,
+    buffer_values=lambda attrs: {"relative_position_index": relative_position_index(attrs["window"],
+                                                                                    attrs["index"] == "square")},
+    default_fillers={"relative_position_bias_table": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_bias_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}()",
+                            definitions=RELATIVE_POSITION_BIAS, holds_children=True),
+        executor=ExecutorLowering(lower=_bias_executor),
+        onnx=_bias_onnx,
+        reference=_bias_reference,
+    ),
+))
+
+
+# Swin's shifted-window mask -----------------------------------------------------------------------------
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int) -> Any:
+    """torchvision's attention mask of Swin's shifted windows, float32 (windows, 1, w^2, w^2): after the cyclic
+    shift, -100 between two tokens of a window that came from different regions of the map, else 0.
+
+    >>> shifted_window_mask(4, 4, 2, 1)[-1, 0].tolist()[0]
+    [0.0, -100.0, -100.0, -100.0]
+    """
+    import numpy
+
+    regions = numpy.zeros((height, width), dtype=numpy.float32)
+    slices = ((0, -window), (-window, -shift), (-shift, None))
+    for count, (rows, cols) in enumerate((rows, cols) for rows in slices for cols in slices):
+        regions[rows[0]:rows[1], cols[0]:cols[1]] = count
+    windows = regions.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
+    windows = windows.reshape(-1, window * window)
+    differs = windows[:, None, :] - windows[:, :, None]
+    return numpy.where(differs != 0, numpy.float32(-100.0), numpy.float32(0.0))[:, None]
+
+
+def _mask_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (height, width), window, shift = attrs["size"], attrs["window"], attrs["shift"]
+    if height % window or width % window:
+        raise ShapeError(f"a {height}x{width} map does not split into {window}x{window} windows", arg="window",
+                         expected=f"a map size that is a multiple of window={window}", received=f"{height}x{width}",
+                         hint="torchvision pads the map to a multiple of the window first (pad, then the mask)")
+    if shift >= window:
+        raise ShapeError(f"shift={shift} is not less than window={window}", arg="shift",
+                         expected=f"0 <= shift < {window}", received=f"shift={shift}")
+    tokens = window * window
+    return ((height // window) * (width // window), 1, tokens, tokens)
+
+
+def _mask_values(layer: Any) -> Any:
+    (height, width), window, shift = layer.attrs["size"], layer.attrs["window"], layer.attrs["shift"]
+    return shifted_window_mask(height, width, window, shift)
+
+
+SHIFTED_WINDOW_MASK = '''
+class ShiftedWindowMask(nn.Module):
+    """Swin's attention mask for shifted windows, built as torchvision builds it: (1, windows, 1, w*w, w*w),
+    -100 between two tokens of a window that the cyclic shift brought from different regions, else 0. A buffer
+    outside the state_dict."""
+
+    def __init__(self, height: int, width: int, window: int, shift: int) -> None:
+        super().__init__()
+        regions = torch.zeros(height, width)
+        slices = ((0, -window), (-window, -shift), (-shift, None))
+        for count, (rows, cols) in enumerate((rows, cols) for rows in slices for cols in slices):
+            regions[rows[0] : rows[1], cols[0] : cols[1]] = count
+        windows = regions.view(height // window, window, width // window, window).permute(0, 2, 1, 3)
+        windows = windows.reshape(-1, window * window)
+        differs = windows.unsqueeze(1) - windows.unsqueeze(2)
+        mask = torch.zeros_like(differs).masked_fill(differs != 0, -100.0)
+        self.register_buffer("mask", mask.unsqueeze(1).unsqueeze(0), persistent=False)
+
+    def forward(self) -> torch.Tensor:
+        return self.mask
+'''
+
+
+def _mask_module(layer: Any, ctx: TorchContext) -> str:
+    (height, width), window, shift = layer.attrs["size"], layer.attrs["window"], layer.attrs["shift"]
+    return f"ShiftedWindowMask({', '.join(ctx.int(v) for v in (height, width, window, shift))})"
+
+
+def _mask_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    (height, width), window, shift = layer.attrs["size"], layer.attrs["window"], layer.attrs["shift"]
+    values = ", ".join(ctx.lit(v) for v in (height, width, window, shift))
+    return ExecutorKernel(f"rt.copy_constant(self.{ctx.ident}_mask, out={{out}}[:1])", "window_mask",
+                          setup=(f"self.{ctx.ident}_mask = self.const(rt.shifted_window_mask({values}))",))
+
+
+def _mask_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    import torch
+
+    return torch.from_numpy(_mask_values(layer)[None])
+
+
+register(OpDef(
+    name="window_mask",
+    family="attention",
+    summary="Swin's shifted-window attention mask as torchvision builds it: windows x 1 x w^2 x w^2 of 0 and -100 "
+            "(no input, no parameters; batch 1, broadcast where it is added).",
+    example="mask: window_mask(14, 7, 3)",
+    args=(
+        Arg("size", "pair", doc="the feature map's height and width, in tokens (after any padding)", min=1),
+        Arg("window", "int", doc="the window's side w", min=1),
+        Arg("shift", "int", doc="the cyclic shift, in tokens (torchvision: window // 2)", min=0),
+    ),
+    infer=_mask_infer,
+    inputs=(0, 0),
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_mask_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}()",
+                            definitions=SHIFTED_WINDOW_MASK),
+        executor=ExecutorLowering(lower=_mask_executor),
+        onnx=lambda layer, ctx: ctx.constant(_mask_values(layer)[None], output=layer.name),
+        reference=_mask_reference,
+    ),
+))

@@ -5,15 +5,16 @@ Arrays are token tensors with the batch first: ``(N, ..., L, heads * d)``. The l
 into one batch of GEMMs; the scores ``(B, heads, Lq, Lk)`` are the one temporary of a layer's size.
 
 >>> import numpy as np
->>> q = np.zeros((1, 3, 4), np.float32)  # equal scores: every token takes the mean of the values
->>> v = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+>>> q = np.zeros((1, 2, 4), np.float32)  # equal scores: every token takes the mean of the values
+>>> v = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
 >>> sdpa(q, q, v, heads=2).tolist()
-[[[4.0, 5.0, 6.0, 7.0], [4.0, 5.0, 6.0, 7.0], [4.0, 5.0, 6.0, 7.0]]]
+[[[2.0, 3.0, 4.0, 5.0], [2.0, 3.0, 4.0, 5.0]]]
 """
 
 from __future__ import annotations
 
 from alexdsl.backends.cupy.arrays import Array, array_module
+from alexdsl.ops.attention import shifted_window_mask  # noqa: F401 - the runtime's name: the mask's values
 
 
 def _heads(x: Array, heads: int) -> Array:
@@ -77,3 +78,18 @@ def attention(x: Array, in_weight: Array, in_bias: Array | None, out_weight: Arr
         out += out_bias
     return out
 
+
+
+def relative_position_bias(table: Array, index: Array, window: int) -> Array:
+    """The (1, heads, w^2, w^2) bias: the rows of ``table`` ((2w-1)^2, heads) that ``index`` (any shape of w^4
+    entries, integer or integer-valued floats) picks, one per pair of tokens."""
+    xp = array_module(table)
+    tokens = window * window
+    rows = table[index.reshape(-1).astype(xp.int64)]
+    return xp.ascontiguousarray(rows.reshape(tokens, tokens, -1).transpose(2, 0, 1))[None]
+
+
+def copy_constant(value: Array, *, out: Array) -> Array:
+    """``value`` (a constant of the weights, batch 1) written into ``out``."""
+    out[...] = value
+    return out
