@@ -135,7 +135,7 @@ def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
 def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
     network = _contract_network(lookup(name), data=DATA)
     path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
-    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: node '.*' \(\w+\)"):
+    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: (node|value) '"):
         import_onnx_source(path, readable=False)
 
 
