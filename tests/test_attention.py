@@ -254,3 +254,17 @@ def test_the_language_server_hovers_the_ops_and_their_arguments() -> None:
     assert "nn.MultiheadAttention's parameters" in hover(3, 4) and "`a.in_proj_weight`: 192x64" in hover(3, 4)
     assert "Scaled dot-product attention" in hover(4, 4) and "MACs: 32,768" in hover(4, 4)
     assert "`causal=false` (bool): mask the scores above the diagonal" in hover(4, 27)
+
+
+def test_attention_and_sdpa_train_in_torch() -> None:
+    """One optimizer step: every parameter gets a gradient and changes."""
+    from alexdsl.backends import torch as backend
+
+    net = _net("input x: 6x16\na: attention(4, dropout=0.1)\nb: sdpa(a, a, a, heads=2, causal=true)\n")
+    module = backend.build(net).train()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    module(torch.randn(3, 6, 16)).square().mean().backward()
+    optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(not torch.equal(before[k], v) for k, v in module.state_dict().items() if k.endswith("weight"))
