@@ -268,13 +268,15 @@ def _attention_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     name, shape, heads = layer.name, ctx.input_shape(layer, 0), layer.attrs["heads"]
     e = shape[-1]
 
-    def project(value: str, weight: str, bias: str, tag: str) -> str:
+    def project(value: str, weight: str, bias: str, tag: str, last: bool = False) -> str:
+        """``value @ weight^T + bias``; the last node's output is the layer's when ``last``."""
         transposed = ctx.node("Transpose", [ctx.initializer(layer, weight)], output=f"{name}.{tag}_weight_t",
                               perm=[1, 0])
-        product = ctx.node("MatMul", [value, transposed], output=f"{name}.{tag}")
-        if not layer.attrs["bias"]:
+        biased = layer.attrs["bias"]
+        product = ctx.node("MatMul", [value, transposed], output=None if last and not biased else f"{name}.{tag}")
+        if not biased:
             return product
-        return ctx.node("Add", [product, ctx.initializer(layer, bias)], output=f"{name}.{tag}_biased")
+        return ctx.node("Add", [product, ctx.initializer(layer, bias)], output=None if last else f"{name}.{tag}_biased")
 
     qkv = project(ctx.inputs[0], "in_proj_weight", "in_proj_bias", "in_proj")
     axis = ctx.constant([-1], integer=True)
@@ -283,8 +285,7 @@ def _attention_onnx(layer: Any, ctx: OnnxExportContext) -> None:
                for i, tag in enumerate("qkv"))
     mixed = onnx_sdpa(layer, ctx, q, k, v, [], heads=heads, q_shape=shape, k_shape=shape, v_shape=shape,
                       causal=False, scale=None, output=f"{name}.attended")
-    result = project(mixed, "out_proj.weight", "out_proj.bias", "out_proj")
-    ctx.node("Identity", [result])
+    project(mixed, "out_proj.weight", "out_proj.bias", "out_proj", last=True)
 
 
 def _attention_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
