@@ -412,7 +412,7 @@ register(OpDef(
     name="relative_position_bias",
     family="attention",
     summary="Swin's and MaxViT's relative position bias of a w x w window: a learned table gathered by torchvision's "
-            "relative_position_index into heads x w^2 x w^2 (no input; batch 1, broadcast where it is added).",
+            "relative_position_index into heads x w^2 x w^2 (no input; the same for every sample).",
     example="bias: relative_position_bias(7, 3)",
     args=(
         Arg("window", "int", doc="the window's side w, in tokens", min=1, max=64),
@@ -522,7 +522,7 @@ register(OpDef(
     name="window_mask",
     family="attention",
     summary="Swin's shifted-window attention mask as torchvision builds it: windows x 1 x w^2 x w^2 of 0 and -100 "
-            "(no input, no parameters; batch 1, broadcast where it is added).",
+            "(no input, no parameters; the same for every sample).",
     example="mask: window_mask(14, 7, 3)",
     args=(
         Arg("size", "pair", doc="the feature map's height and width, in tokens (after any padding)", min=1),
