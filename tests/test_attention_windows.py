@@ -236,3 +236,35 @@ def test_a_swin_window_attention_written_with_token_ops_is_torchvisions() -> Non
     state = {k: torch.from_numpy(v) for k, v in weights.items()}
     expected = _swin_window_attention(torch.from_numpy(x), state, heads=2, window=3, shift=1, size=6)
     _run_every_backend(net, weights, [x], expected.numpy())
+
+
+MAXVIT = """network MaxVitAttention
+input x: 4x9x12
+attn_layer.1: relative_position_bias(3, 2, index=square)
+attn_layer.1.to_qkv: x -> linear(36)
+qkv: chunk(3, axis=-1)
+mixed: sdpa(qkv.0, qkv.1, qkv.2, attn_layer.1, heads=2)
+attn_layer.1.merge: linear(12)
+output attn_layer.1.merge
+"""
+
+
+def test_a_maxvit_attention_written_with_token_ops_is_torchvisions() -> None:
+    """RelativePositionalMultiHeadAttention's keys in its order (table, square index, to_qkv, merge) and output."""
+    from test_attention import _maxvit_attention, _run_every_backend
+
+    net = alexdsl.parse(MAXVIT, "maxvit.adsl")
+    prefix = "attn_layer.1."
+    assert list(net.state_keys()) == [prefix + key for key in (
+        "relative_position_bias_table", "relative_position_index", "to_qkv.weight", "to_qkv.bias", "merge.weight",
+        "merge.bias")]
+    assert net.state_keys()[prefix + "relative_position_index"] == (9, 9)
+    weights = random_weights(net, seed=8)
+    w = {k.removeprefix(prefix): torch.from_numpy(v) for k, v in weights.items()}
+    x = torch.from_numpy(np.random.default_rng(8).standard_normal((2, 4, 9, 12), dtype=np.float32))
+    bias = w["relative_position_bias_table"][w["relative_position_index"].view(-1)].view(9, 9, -1)
+    bias = bias.permute(2, 0, 1).contiguous().unsqueeze(0)  # MaxViT's get_relative_positional_bias
+    q, k, v = torch.chunk(torch.nn.functional.linear(x, w["to_qkv.weight"], w["to_qkv.bias"]), 3, dim=-1)
+    expected = torch.nn.functional.linear(_maxvit_attention(q, k, v, bias, heads=2), w["merge.weight"],
+                                          w["merge.bias"])
+    _run_every_backend(net, weights, [x.numpy()], expected.numpy())
