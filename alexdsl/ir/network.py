@@ -89,6 +89,11 @@ class Layer:
     def is_label(self) -> bool:
         return self.op == "input" and self.attrs.get("kind") == "label"
 
+    @property
+    def is_tokens(self) -> bool:
+        """An input of token ids (``tokens(N)``): integers, int64 in torch and ONNX."""
+        return self.op == "input" and self.attrs.get("kind") == "tokens"
+
     def activation_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's output for a batch (float32; labels as int64)."""
         if self.is_label:
