@@ -151,7 +151,8 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         return alias.get(name, name)
 
     for name in view.inputs:
-        graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *network.layer(name).shape]))
+        kind = TensorProto.INT64 if network.layer(name).is_tokens else TensorProto.FLOAT
+        graph_inputs.append(helper.make_tensor_value_info(name, kind, [BATCH, *network.layer(name).shape]))
     for layer in view.layers:
         op = lookup(layer.op)
         if op is None or op.lower.onnx is None:

@@ -227,7 +227,7 @@ def _load_families() -> None:
         return
     with _FAMILIES_LOCK:
         if not _FAMILIES_LOADED:
-            from alexdsl.ops import activation, arith, conv, linear, loss, norm, pool, split, tensor  # noqa: F401
+            from alexdsl.ops import activation, arith, conv, language, linear, loss, norm, pool, split, tensor  # noqa: F401
 
             _FAMILIES_LOADED = True
 

@@ -446,6 +446,9 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
         f"    source_file = {lit(net.source_file)}",
     ]
     head += _table("inputs", low.inputs)
+    tokens = tuple(name for name in low.inputs if net.layer(name).is_tokens)
+    if tokens:
+        head.append(f"    token_inputs = {lit(tokens)}")
     head.append(f"    outputs = {lit(tuple(low.outputs))}")
     head += _table("state", low.state)
     if low.unused:

@@ -10,6 +10,7 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.conv`: convolution and fully connected;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
+* :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: activations and arithmetic;
 * :mod:`.channels`: concat, channel shuffle, softmax.
 
@@ -72,6 +73,13 @@ from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's na
     softplus,
     subtract,
     tanh,
+)
+from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
+    embedding,
+    positions,
+    rms_norm,
+    rope,
+    rope_table,
 )
 from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
     batchnorm_affine,

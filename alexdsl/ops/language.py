@@ -1,0 +1,306 @@
+"""Language models: token embeddings, positions, RMS normalisation and rotary position embeddings.
+
+Token ids come from a ``tokens(N)`` input (int64 in torch and ONNX; the NumPy/CuPy executor holds them as
+floats, exact below 2**24, and rounds them when it looks them up). Every op here acts on the last axis of
+a token tensor (L x D), as Hugging Face's GPT-2 and Llama do.
+
+>>> [round(f, 6) for f in rope_frequencies(8, 10000.0)]
+[1.0, 0.1, 0.01, 0.001]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy
+
+from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, TorchContext
+from alexdsl.ops.fillers import Filler
+from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering, call_module
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
+
+ONNX_INT64 = 7
+"""``TensorProto.INT64``: what ``Cast`` turns token ids into for ``Gather``."""
+
+
+def _expect_tokens(shape: Shape, what: str = "input") -> None:
+    """A ShapeError unless ``shape`` is LxD (tokens x features)."""
+    expect_rank(shape, 2, what)
+
+
+# embedding: a row of a learned table per token id --------------------------------------------------------
+
+def _embedding_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (ids,) = inputs
+    if len(ids) != 1:
+        raise ShapeError("expects token ids, a sequence (L)", expected="L, such as a tokens(1024) input",
+                         received=format_shape(ids))
+    return (ids[0], attrs["dim"])
+
+
+def _embedding_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    ids = ctx.node("Cast", ctx.inputs, output=f"{layer.name}.ids", to=ONNX_INT64)
+    ctx.node("Gather", [ctx.initializer(layer, "weight"), ids], axis=0)
+
+
+def _embedding_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    return ExecutorKernel(f"rt.embedding({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})", "embedding",
+                          setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}",))
+
+
+register(OpDef(
+    name="embedding", family="language",
+    summary="A learned row per token id (nn.Embedding; key weight (vocab, dim)): ids L -> LxD (no Caffe layer).",
+    example="wte: ids -> embedding(10, 6)",
+    args=(Arg("vocab", "int", doc="the number of rows: ids run from 0 to vocab - 1", min=1),
+          Arg("dim", "int", doc="the width of each row", min=1)),
+    infer=_embedding_infer,
+    params=lambda attrs, inputs: {"weight": (attrs["vocab"], attrs["dim"])},
+    macs=lambda attrs, inputs, output: 0,
+    default_fillers={"weight": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(module=lambda layer, ctx: f"nn.Embedding({ctx.int(layer.attrs['vocab'])}, "
+                                                      f"{ctx.int(layer.attrs['dim'])})",
+                            forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]}.long())"),
+        executor=ExecutorLowering(lower=_embedding_executor),
+        onnx=_embedding_onnx,
+        reference=lambda layer, xs, w, F: F.embedding(xs[0].round().long(), w["weight"]),
+    ),
+))
+
+
+# positions: 0 .. L-1, what a learned position embedding looks up -----------------------------------------
+
+def _positions_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if not x:
+        raise ShapeError("expects a sequence (L or LxD)", expected="an input of rank 1 or more", received="scalar")
+    return (x[0],)
+
+
+def _positions_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """The constant 0..L-1 expanded to the batch: the batch size is the first entry of the input's Shape."""
+    batch = ctx.node("Shape", ctx.inputs, output=f"{layer.name}.input_shape", start=0, end=1)
+    shape = ctx.node("Concat", [batch, ctx.constant([layer.shape[0]], integer=True)],
+                     output=f"{layer.name}.shape", axis=0)
+    ctx.node("Expand", [ctx.constant(list(range(layer.shape[0]))), shape])
+
+
+register(OpDef(
+    name="positions", family="language",
+    summary="The positions 0, 1, ... L-1 of a sequence (L or LxD) as token ids, for a learned position "
+            "embedding (GPT-2's wpe) (no Caffe layer).",
+    example="pos: ids -> positions",
+    args=(),
+    infer=_positions_infer,
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: (
+            f"torch.arange({args[0]}.shape[1], device={args[0]}.device).expand({args[0]}.shape[0], -1)")),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.positions({ctx.inputs[0]}, out={{out}})", "positions")),
+        onnx=_positions_onnx,
+        reference=lambda layer, xs, w, F: __import__("torch").arange(xs[0].shape[1]).expand(xs[0].shape[0], -1)
+        .to(xs[0].dtype if xs[0].is_floating_point() else __import__("torch").float32),
+    ),
+))
+
+
+# rmsnorm: Llama's RMSNorm over the last axis ---------------------------------------------------------------
+
+def _rmsnorm_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if not x:
+        raise ShapeError("expects a tensor with a last axis", received="scalar")
+    return x
+
+
+def _rmsnorm_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """x * 1/sqrt(mean(x*x, last axis) + eps) * weight (RMSNormalization needs opset 23)."""
+    x = ctx.inputs[0]
+    name = layer.name
+    square = ctx.node("Mul", [x, x], output=f"{name}.square")
+    mean = ctx.node("ReduceMean", [square], output=f"{name}.mean", axes=[-1], keepdims=1)
+    shifted = ctx.node("Add", [mean, ctx.constant(float(layer.attrs["eps"]))], output=f"{name}.shifted")
+    root = ctx.node("Sqrt", [shifted], output=f"{name}.root")
+    inverse = ctx.node("Reciprocal", [root], output=f"{name}.inverse")
+    normed = ctx.node("Mul", [x, inverse], output=f"{name}.normed")
+    ctx.node("Mul", [normed, ctx.initializer(layer, "weight")])
+
+
+def _rmsnorm_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    return ExecutorKernel(
+        f"rt.rms_norm({ctx.inputs[0]}, self.{ctx.ident}_w, {ctx.lit(float(layer.attrs['eps']))}, out={{out}})",
+        "rms_norm", setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}",))
+
+
+def _rmsnorm_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """LlamaRMSNorm: the variance in float32, ``weight * x * rsqrt(variance + eps)``."""
+    import torch
+
+    x = xs[0].to(torch.float32)
+    variance = x.pow(2).mean(-1, keepdim=True)
+    return w["weight"] * (x * torch.rsqrt(variance + layer.attrs["eps"]))
+
+
+register(OpDef(
+    name="rmsnorm", family="language",
+    summary="Root-mean-square normalisation over the last axis with a learned scale (Llama's RMSNorm, "
+            "nn.RMSNorm; key weight) (no Caffe layer).",
+    example="norm: rmsnorm(eps=1e-6)",
+    args=(Arg("eps", "float", 1e-6, "added to the mean square", min=0),),
+    infer=_rmsnorm_infer,
+    params=lambda attrs, inputs: {"weight": (inputs[0][-1],)},
+    default_fillers={"weight": Filler("constant", (("value", 1.0),))},
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(module=lambda layer, ctx: f"nn.RMSNorm({ctx.int(layer.shape[-1])}, "
+                                                      f"eps={ctx.float(layer.attrs['eps'])})",
+                            forward=call_module),
+        executor=ExecutorLowering(lower=_rmsnorm_executor),
+        onnx=_rmsnorm_onnx,
+        reference=_rmsnorm_reference,
+    ),
+))
+
+
+# rope: rotary position embeddings, Hugging Face's rotate-half layout -----------------------------------------
+
+def rope_frequencies(dim: int, theta: float, scaling: str = "none", factor: float = 8.0,
+                     low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+                     original_length: int = 8192) -> list[float]:
+    """The ``dim // 2`` inverse frequencies of rotary embeddings, in float32 as Hugging Face computes them:
+    ``1 / theta ** (2i / dim)``, with Llama 3's smoothing of the low frequencies when ``scaling`` is llama3."""
+    f32 = numpy.float32
+    exponents = numpy.arange(0, dim, 2, dtype=numpy.int64).astype(f32) / f32(dim)
+    inv = f32(1.0) / (f32(theta) ** exponents)
+    if scaling == "llama3":
+        low_wavelen = f32(original_length / low_freq_factor)
+        high_wavelen = f32(original_length / high_freq_factor)
+        wavelen = f32(2 * math.pi) / inv
+        scaled = numpy.where(wavelen > low_wavelen, inv / f32(factor), inv).astype(f32)
+        smooth = ((f32(original_length) / wavelen - f32(low_freq_factor))
+                  / f32(high_freq_factor - low_freq_factor)).astype(f32)
+        smoothed = ((f32(1) - smooth) * scaled / f32(factor) + smooth * scaled).astype(f32)
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = numpy.where(medium, smoothed, scaled).astype(f32)
+    return [float(v) for v in inv]
+
+
+def _rope_frequencies(layer: Any) -> list[float]:
+    a = layer.attrs
+    return rope_frequencies(layer.shape[-1] // a["heads"], a["theta"], a["scaling"], a["factor"],
+                            a["low_freq_factor"], a["high_freq_factor"], a["original_length"])
+
+
+def _rope_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    _expect_tokens(x)
+    heads = attrs["heads"]
+    if x[-1] % heads or (x[-1] // heads) % 2:
+        raise ShapeError(f"{x[-1]} features do not split into {heads} heads of an even width", arg="heads",
+                         expected="heads x an even head width", received=format_shape(x))
+    return x
+
+
+def _rope_torch_module(layer: Any, ctx: TorchContext) -> str:
+    """A non-persistent buffer (2, L, D): cos and sin of every position, as Hugging Face's rotary embedding."""
+    freqs = ", ".join(repr(f) for f in _rope_frequencies(layer))
+    angles = f"torch.arange({ctx.int(layer.shape[0])}).float()[:, None] * torch.tensor([{freqs}])"
+    return (f"nn.Buffer(torch.stack([torch.cat([{angles}] * 2, -1).cos(), torch.cat([{angles}] * 2, -1).sin()]), "
+            "persistent=False)")
+
+
+def _rope_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    dim = layer.shape[-1] // layer.attrs["heads"]
+    x, table = args[0], ctx.module(layer)
+    heads = f"{x}.unflatten(-1, ({ctx.int(layer.attrs['heads'])}, {ctx.int(dim)}))"
+    half = ctx.int(dim // 2)
+    rotated = f"torch.cat((-{heads}[..., {half}:], {heads}[..., :{half}]), -1)"
+    length = f"{x}.shape[1]"
+    return (f"({heads} * {table}[0, :{length}, None] + {rotated} * {table}[1, :{length}, None]).flatten(2)")
+
+
+def _rope_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    freqs = ctx.lit(_rope_frequencies(layer))
+    return ExecutorKernel(
+        f"rt.rope({ctx.inputs[0]}, self.{ctx.ident}_table, {ctx.lit(layer.attrs['heads'])}, out={{out}})", "rope",
+        setup=(f"self.{ctx.ident}_table = rt.rope_table({ctx.lit(layer.shape[0])}, {freqs}, self.xp, self.dtype)",))
+
+
+def _rope_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """Reshape to heads, halves swapped with the first negated, times the sin table plus x times the cos table."""
+    from alexdsl.backends.cupy.language import rope_table
+
+    length, width = layer.shape
+    heads = layer.attrs["heads"]
+    dim = width // heads
+    name = layer.name
+    table = rope_table(length, _rope_frequencies(layer))
+    cos = ctx.constant(table[0][:, None, :].tolist(), output=f"{name}.cos")
+    sin = ctx.constant(table[1][:, None, :].tolist(), output=f"{name}.sin")
+    split = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, length, heads, dim], integer=True)],
+                     output=f"{name}.heads")
+    first = ctx.node("Slice", [split, *(ctx.constant([v], integer=True) for v in (0, dim // 2, -1))],
+                     output=f"{name}.first")
+    second = ctx.node("Slice", [split, *(ctx.constant([v], integer=True) for v in (dim // 2, dim, -1))],
+                      output=f"{name}.second")
+    negated = ctx.node("Neg", [second], output=f"{name}.negated")
+    rotated = ctx.node("Concat", [negated, first], output=f"{name}.rotated", axis=-1)
+    straight = ctx.node("Mul", [split, cos], output=f"{name}.straight")
+    turned = ctx.node("Mul", [rotated, sin], output=f"{name}.turned")
+    total = ctx.node("Add", [straight, turned], output=f"{name}.sum")
+    ctx.node("Reshape", [total, ctx.constant([0, length, width], integer=True)])
+
+
+def _rope_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """Hugging Face's apply_rotary_pos_emb on (N, heads, L, D), with its rotary embedding's cos and sin."""
+    import torch
+
+    a = layer.attrs
+    x = xs[0]
+    n, length, width = x.shape
+    dim = width // a["heads"]
+    inv_freq = 1.0 / (a["theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if a["scaling"] == "llama3":
+        low_wavelen = a["original_length"] / a["low_freq_factor"]
+        high_wavelen = a["original_length"] / a["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / a["factor"], inv_freq)
+        smooth = (a["original_length"] / wavelen - a["low_freq_factor"]) / (a["high_freq_factor"]
+                                                                              - a["low_freq_factor"])
+        smoothed = (1 - smooth) * scaled / a["factor"] + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    freqs = inv_freq[:, None] @ torch.arange(length).float()[None, :]
+    emb = torch.cat((freqs.T, freqs.T), dim=-1)
+    q = x.view(n, length, a["heads"], dim).transpose(1, 2)
+    rotated = torch.cat((-q[..., dim // 2:], q[..., :dim // 2]), dim=-1)
+    return (q * emb.cos() + rotated * emb.sin()).transpose(1, 2).reshape(n, length, width)
+
+
+register(OpDef(
+    name="rope", family="language",
+    summary="Rotary position embeddings of every head of a token tensor (LxD, D = heads x head width), "
+            "Hugging Face's rotate-half layout; apply it to q and k (no parameters, no Caffe layer).",
+    example="rot: rope(2, theta=10000)",
+    args=(Arg("heads", "int", doc="the heads the last axis holds; each is rotated on its own", min=1),
+          Arg("theta", "float", 10000.0, "the base of the frequencies (rope_theta)", min=1),
+          Arg("scaling", "choice", "none", "none, or llama3: Llama 3's frequency scaling (rope_scaling)",
+              choices=("none", "llama3")),
+          Arg("factor", "float", 8.0, "llama3 scaling: the factor low frequencies are divided by", min=1),
+          Arg("low_freq_factor", "float", 1.0, "llama3 scaling: low_freq_factor", min=0),
+          Arg("high_freq_factor", "float", 4.0, "llama3 scaling: high_freq_factor", min=0),
+          Arg("original_length", "int", 8192, "llama3 scaling: original_max_position_embeddings", min=1)),
+    infer=_rope_infer,
+    macs=lambda attrs, inputs, output: 2 * inputs[0][0] * inputs[0][1],
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(module=_rope_torch_module, forward=_rope_torch),
+        executor=ExecutorLowering(lower=_rope_executor),
+        onnx=_rope_onnx,
+        reference=_rope_reference,
+    ),
+))
