@@ -15,9 +15,18 @@ from typing import Any
 
 import numpy
 
-from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, TorchContext
+from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
+from alexdsl.ops.from_onnx import computed, producer_of
 from alexdsl.ops.fillers import Filler
-from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, Pattern, TorchLowering, call_module
+from alexdsl.ops.lowering import (
+    ExecutorKernel,
+    ExecutorLowering,
+    Lowerings,
+    OnnxImport,
+    Pattern,
+    TorchLowering,
+    call_module,
+)
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 ONNX_INT64 = 7
@@ -44,6 +53,22 @@ def _embedding_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     ctx.node("Gather", [ctx.initializer(layer, "weight"), ids], axis=0)
 
 
+def _embedding_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Gather(table, ids)`` along axis 0 of a constant 2-D table (nn.Embedding's export), the ``Cast`` of the
+    ids before it taken over."""
+    table = ctx.const(node.inputs[0])
+    if table is None or table.ndim != 2 or int(node.attr("axis", 0)) != 0 or not computed(ctx, node.inputs[1:]):
+        return None
+    ids, absorbed = node.inputs[1], ()
+    cast = producer_of(ctx, ids, "Cast")
+    if cast is not None:
+        ids, absorbed = cast.inputs[0], (cast,)
+    if len(ctx.shape(ids) or ()) != 1:
+        return ctx.fail(node, "only a Gather of a table by a sequence of ids (N, L) is imported (as embedding)")
+    return OnnxImport("embedding", [ids], {"vocab": int(table.shape[0]), "dim": int(table.shape[1])},
+                      {"weight": node.inputs[0]}, absorbed)
+
+
 def _embedding_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     return ExecutorKernel(f"rt.embedding({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})", "embedding",
                           setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}",))
@@ -66,6 +91,7 @@ register(OpDef(
                             forward=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]}.long())"),
         executor=ExecutorLowering(lower=_embedding_executor),
         onnx=_embedding_onnx,
+        from_onnx={"Gather": _embedding_from_onnx},
         reference=lambda layer, xs, w, F: F.embedding(xs[0].round().long(), w["weight"]),
     ),
 ))
@@ -149,7 +175,7 @@ register(OpDef(
     name="rmsnorm", family="language",
     summary="Root-mean-square normalisation over the last axis with a learned scale (Llama's RMSNorm, "
             "nn.RMSNorm; key weight) (no Caffe layer).",
-    example="norm: rmsnorm(eps=1e-6)",
+    example="norm: seq -> rmsnorm(eps=1e-6)",
     args=(Arg("eps", "float", 1e-6, "added to the mean square", min=0),),
     infer=_rmsnorm_infer,
     params=lambda attrs, inputs: {"weight": (inputs[0][-1],)},
@@ -285,7 +311,7 @@ register(OpDef(
     name="rope", family="language",
     summary="Rotary position embeddings of every head of a token tensor (LxD, D = heads x head width), "
             "Hugging Face's rotate-half layout; apply it to q and k (no parameters, no Caffe layer).",
-    example="rot: rope(2, theta=10000)",
+    example="rot: seq -> rope(2, theta=10000)",
     args=(Arg("heads", "int", doc="the heads the last axis holds; each is rotated on its own", min=1),
           Arg("theta", "float", 10000.0, "the base of the frequencies (rope_theta)", min=1),
           Arg("scaling", "choice", "none", "none, or llama3: Llama 3's frequency scaling (rope_scaling)",

@@ -304,6 +304,11 @@ class ModuleBuilder:
         dims = "x".join(str(int(d)) for d in shape)
         self._add(ast.InputStmt(name(input_name), ast.Literal(dims, span, dims), None, span), comment, origin)
 
+    def tokens_input(self, input_name: str, length: int) -> None:
+        """``input name: tokens(N)``: up to N token ids."""
+        span = self._span()
+        self._add(ast.InputStmt(name(input_name), None, ast.Call("tokens", [arg(length)], span, span), span))
+
     def class_input(self, input_name: str, classes: int, origin: Span | None = None) -> None:
         """``input name: class(N)``: a label."""
         span = self._span()
