@@ -20,12 +20,12 @@ from conftest import random_weights
 
 import alexdsl
 from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.errors import AlexDSLError
 from alexdsl.interop.compare import random_feed
 from alexdsl.interop.onnx import export_onnx
 from alexdsl.interop.onnx_import import ImportedModel, import_onnx_source
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.activation import FLOAT32_MAX
-from alexdsl.errors import AlexDSLError
 from alexdsl.ops.registry import all_ops
 from alexdsl.ops.split import chunk_bounds
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy
 
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
-from alexdsl.ops.from_onnx import computed, producer_of
 from alexdsl.ops.fillers import Filler
+from alexdsl.ops.from_onnx import computed, producer_of
 from alexdsl.ops.lowering import (
     ExecutorKernel,
     ExecutorLowering,
