@@ -24,6 +24,7 @@ input v: 10
 fc8: v -> relu
 input ids: tokens(6, vocab=10)
 input seq: 6x8
+table: ids -> embedding(10, 8)
 b1: data -> relu
 b3: data -> relu
 b5: data -> relu

@@ -54,6 +54,7 @@ def test_mistakes_are_located_errors(text: str, message: str) -> None:
 
 
 torch = pytest.importorskip("torch")
+import alexdsl.torch  # noqa: E402 - needs torch
 
 
 def test_every_backend_agrees_with_the_reference() -> None:
@@ -70,8 +71,6 @@ def test_every_backend_agrees_with_the_reference() -> None:
 
 def test_rope_is_hugging_faces_rotate_half_and_positions_are_per_token() -> None:
     """Position 0 is unrotated; at position p the pair (i, i + D/2) of each head turns by p * theta^(-2i/D)."""
-    import alexdsl.torch
-
     net = alexdsl.parse("network R\ninput x: 3x8\nr: x -> rope(2, theta=100)\n", "r.adsl")
     module = alexdsl.torch.build(net)
     assert list(module.state_dict()) == []  # the cos/sin table is not a state key, as in Hugging Face's models
@@ -102,3 +101,43 @@ def test_the_executor_takes_integer_ids_and_refuses_others() -> None:
         executor(ids.astype(np.float32))
     with pytest.raises(ValueError, match="token id out of range"):
         executor(np.full((1, 8), 50))
+
+
+TIED = """network Tied
+input ids: tokens(8, vocab=50)
+wte: ids -> embedding(50, 16)
+norm: wte -> rmsnorm
+lm_head: norm -> unembed(50, tied="wte")
+"""
+
+
+def test_a_tied_weight_is_stored_and_counted_once() -> None:
+    net = alexdsl.parse(TIED, "tied.adsl")
+    assert net.state_keys() == {"wte.weight": (50, 16), "norm.weight": (16,)}
+    assert net.layer("lm_head").params["weight"].tied == "wte.weight" and net.layer("lm_head").param_count == 0
+    assert net.totals()["params"] == 50 * 16 + 16
+    assert alexdsl.from_json(net.to_json()).layer("lm_head").params["weight"].tied == "wte.weight"
+    module = alexdsl.torch.build(net)
+    assert sum(p.numel() for p in module.parameters()) == 50 * 16 + 16
+    assert list(module.state_dict()) == ["wte.weight", "norm.weight"]
+
+
+def test_a_tied_layer_agrees_on_every_backend() -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.parse(TIED, "tied.adsl")
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=4), batch=2, seed=0)
+    row = next(r for r in rows if r.layer == "lm_head")
+    assert all(diff is not None and diff[1] < 1e-6 for diff in row.diffs.values()), row.diffs
+
+
+@pytest.mark.parametrize(("tied", "message"), [
+    ('"wt"', "tied.adsl:5:30: error: lm_head: tied='wt' names no other layer"),
+    ('"norm"', "tied.adsl:5:30: error: lm_head: tied='norm' names a layer without a weight of this layer's shape"),
+    ('"ids"', "tied.adsl:5:30: error: lm_head: tied='ids' names no other layer"),
+])
+def test_a_wrong_tie_is_a_located_error(tied: str, message: str) -> None:
+    with pytest.raises(AlexDSLError) as caught:
+        alexdsl.parse(TIED.replace('"wte"', tied), "tied.adsl")
+    assert message in str(caught.value)

@@ -34,8 +34,13 @@ BACKENDS = ("reference", "torch", "cupy", "onnx")
 
 
 def subnetwork(network: Network, layer: str) -> Network:
-    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output."""
+    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output; a layer whose
+    parameter is tied to another's keeps that layer (and its ancestors), which holds the parameter."""
     keep = nx.ancestors(network.graph, layer) | {layer}
+    owners = {spec.tied.rsplit(".", 1)[0] for name in keep for spec in network.layer(name).params.values()
+              if spec.tied}
+    for owner in owners:
+        keep |= nx.ancestors(network.graph, owner) | {owner}
     graph = network.graph.subgraph([n for n in network.graph if n in keep]).copy()
     inputs = [name for name in network.inputs if name in keep]
     return Network(network.name, graph, description=network.description, inputs=inputs, outputs=[layer],

@@ -53,7 +53,8 @@ def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for layer in network.layers():
         for name, spec in layer.params.items():
-            weights[f"{layer.name}.{name}"] = draw(spec.filler, spec.shape, rng).astype(np.float32)
+            if not spec.tied:  # stored once, under its owner's key
+                weights[f"{layer.name}.{name}"] = draw(spec.filler, spec.shape, rng).astype(np.float32)
         for name, shape in layer.buffers.items():
             value = 1.0 if "var" in name else 0.0
             weights[f"{layer.name}.{name}"] = np.full(shape, value, dtype=np.float32)
@@ -72,7 +73,8 @@ def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[La
     from alexdsl.weights import check_state
 
     keys = network.state_keys()
-    names = (f"{layer.name}.{name}" for layer in layers for name in [*layer.params, *layer.buffers])
+    names = [*(spec.key(layer.name, name) for layer in layers for name, spec in layer.params.items()),
+             *(f"{layer.name}.{name}" for layer in layers for name in layer.buffers)]
     needed = {key: keys[key] for key in names}
     check_state({key: value for key, value in weights.items() if key in needed}, needed)
 
@@ -102,8 +104,11 @@ class OnnxGraphBuilder:
         return output
 
     def initializer(self, layer: Layer, name: str) -> str:
-        key = f"{layer.name}.{name}"
-        self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32), key))
+        spec = layer.params.get(name)
+        key = spec.key(layer.name, name) if spec else f"{layer.name}.{name}"
+        if all(tensor.name != key for tensor in self.initializers):  # a tied parameter is stored once
+            self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32),
+                                                                   key))
         return key
 
     def constant(self, values: Any, *, output: str | None = None, integer: bool = False) -> str:

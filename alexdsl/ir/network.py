@@ -44,14 +44,20 @@ class ParamSpec:
     filler: Filler
     lr_mult: float = 1.0
     decay_mult: float = 1.0
+    tied: str | None = None  # the state key of the parameter this one is (GPT-2's lm_head.weight: the wte's)
 
     @property
     def count(self) -> int:
         return numel(self.shape)
 
+    def key(self, layer: str, name: str) -> str:
+        """The state key this parameter is stored under: its own, ``<layer>.<name>``, or the one it is tied to."""
+        return self.tied or f"{layer}.{name}"
+
     def to_json(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "filler": self.filler.to_json(), "lr_mult": self.lr_mult,
+        data = {"shape": list(self.shape), "filler": self.filler.to_json(), "lr_mult": self.lr_mult,
                 "decay_mult": self.decay_mult}
+        return {**data, "tied": self.tied} if self.tied else data
 
 
 @dataclass(slots=True)
@@ -79,7 +85,7 @@ class Layer:
 
     @property
     def param_count(self) -> int:
-        return sum(p.count for p in self.params.values())
+        return sum(p.count for p in self.params.values() if not p.tied)  # a tied parameter counts once, at its owner
 
     @property
     def is_input(self) -> bool:
@@ -310,7 +316,7 @@ class Network:
         """
         tree: dict[str, Any] = {}  # a name segment -> its subtree; _OWN -> the entries of the layer named so
         for layer in self.layers():
-            entries = [(f"{layer.name}.{pname}", spec.shape) for pname, spec in layer.params.items()]
+            entries = [(f"{layer.name}.{pname}", spec.shape) for pname, spec in layer.params.items() if not spec.tied]
             entries += [(f"{layer.name}.{bname}", shape) for bname, shape in layer.buffers.items()]
             if entries:
                 node = tree

@@ -11,6 +11,7 @@ a token tensor (L x D), as Hugging Face's GPT-2 and Llama do.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import numpy
@@ -27,7 +28,7 @@ from alexdsl.ops.lowering import (
     TorchLowering,
     call_module,
 )
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, numel, register
 
 ONNX_INT64 = 7
 """``TensorProto.INT64``: what ``Cast`` turns token ids into for ``Gather``."""
@@ -328,5 +329,50 @@ register(OpDef(
         executor=ExecutorLowering(lower=_rope_executor),
         onnx=_rope_onnx,
         reference=_rope_reference,
+    ),
+))
+
+
+# unembed: scores over the vocabulary with an embedding's table (tied weights) ----------------------------------
+
+def _unembed_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    if not x:
+        raise ShapeError("expects a tensor with a last axis", received="scalar")
+    return (*x[:-1], attrs["vocab"])
+
+
+def _owner(layer: Any) -> Any:
+    """The layer whose weight this one uses, as the lowering contexts name it (by its name)."""
+    return SimpleNamespace(name=layer.params["weight"].tied.rsplit(".", 1)[0])
+
+
+def _unembed_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    return ExecutorKernel(f"rt.unembed({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})", "unembed",
+                          setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}.T.copy()",))
+
+
+def _unembed_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    weight = ctx.node("Transpose", [ctx.initializer(layer, "weight")], output=f"{layer.name}.weight_t", perm=[1, 0])
+    ctx.node("MatMul", [ctx.inputs[0], weight])
+
+
+register(OpDef(
+    name="unembed", family="language",
+    summary="Scores over the vocabulary, x @ E^T, with the table E of the embedding that tied= names, stored and "
+            "counted once (GPT-2's and Llama's tied lm_head) (no Caffe layer).",
+    example='logits: seq -> unembed(10, tied="table")',
+    args=(Arg("vocab", "int", doc="the rows of the tied table: the scores per token", min=1),
+          Arg("tied", "string", doc="the layer whose weight (vocab x D) this one uses: an embedding")),
+    infer=_unembed_infer,
+    params=lambda attrs, inputs: {"weight": (attrs["vocab"], inputs[0][-1])},
+    macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
+    default_fillers={"weight": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
+    pattern=Pattern.OPAQUE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.linear({args[0]}, {ctx.module(_owner(layer))}.weight)"),
+        executor=ExecutorLowering(lower=_unembed_executor),
+        onnx=_unembed_onnx,
+        reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"]),
     ),
 ))

@@ -143,7 +143,8 @@ class ExecutorCodegenContext:
         return lit(value)
 
     def weight(self, layer: Layer, name: str) -> str:
-        return f"w[{lit(f'{layer.name}.{name}')}]"
+        spec = layer.params.get(name)
+        return f"w[{lit(spec.key(layer.name, name) if spec else f'{layer.name}.{name}')}]"
 
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return tuple(self._by_name[layer.inputs[index]].shape)
@@ -208,7 +209,8 @@ def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, d
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
     for layer in layers:
         for pname, spec in layer.params.items():
-            state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
+            if not spec.tied:
+                state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
             state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})

@@ -70,3 +70,8 @@ def rope(x: Array, table: Array, heads: int, *, out: Array | None = None) -> Arr
     result[..., :half] -= split[..., half:] * sin[..., :half]
     result[..., half:] += split[..., :half] * sin[..., half:]
     return result.reshape(n, length, width)
+
+
+def unembed(x: Array, weight_t: Array, *, out: Array | None = None) -> Array:
+    """``x @ weight_t`` over the last axis: scores over the vocabulary from an embedding's transposed table."""
+    return array_module(x).matmul(x, weight_t, out=out)

@@ -80,6 +80,7 @@ from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
     rms_norm,
     rope,
     rope_table,
+    unembed,
 )
 from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
     batchnorm_affine,
