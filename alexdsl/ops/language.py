@@ -370,7 +370,8 @@ register(OpDef(
     default_fillers={"weight": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.linear({args[0]}, {ctx.module(_owner(layer))}.weight)"),
+        torch=TorchLowering(forward=lambda layer, args, ctx: (
+            f"F.linear({args[0]}, {ctx.module(_owner(layer))}.weight)")),
         executor=ExecutorLowering(lower=_unembed_executor),
         onnx=_unembed_onnx,
         reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"]),
