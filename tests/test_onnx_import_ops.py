@@ -26,7 +26,7 @@ from alexdsl.interop.onnx import export_onnx
 from alexdsl.interop.onnx_import import ImportedModel, import_onnx_source
 from alexdsl.ir.network import Layer, Network
 from alexdsl.ops.activation import FLOAT32_MAX
-from alexdsl.ops.registry import all_ops
+from alexdsl.ops.registry import all_ops, lookup
 from alexdsl.ops.split import chunk_bounds
 
 ort = pytest.importorskip("onnxruntime")
@@ -37,7 +37,6 @@ from test_ops_contract import _contract_network  # noqa: E402
 from torch import nn  # noqa: E402
 
 NO_ONNX = {"accuracy", "softmax_loss"}  # a metric and a loss: not part of an inference graph
-NOT_IMPORTED = {"positions", "rmsnorm", "rope", "unembed"}  # language-model ops whose exports no op imports yet
 RELATIVE = 1e-5  # of the largest output magnitude
 DATA = (16, 12, 12)  # the contract networks' input: 12 = 2 * 6, so adaptive_avgpool(6) has even windows
 
@@ -72,7 +71,7 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
         if len(parts) == attrs["chunks"]:
             return layer.op, attrs
         start, stop = chunk_bounds(attrs["chunks"], attrs["index"], source.shape[0])
-        return "channel_slice", {"start": start, "stop": stop, "channels": 0}
+        return "channel_slice", {"start": start, "stop": stop, "channels": 0, "axis": 0}
     if layer.op == "channel_slice":
         return layer.op, {**attrs, "stop": attrs["stop"] or source.shape[0], "channels": 0}
     if layer.op == "pointwise_fc" and len(layer.shape) == 1:
@@ -116,28 +115,55 @@ def _round_trip(network: Network, tmp_path: Path) -> None:
     _close(_run(again, imported.weights, inputs), session.run(None, feeds)[0])
 
 
-def all_ops_by_name() -> dict:
-    return {op.name: op for op in all_ops()}
-
-
 # every op, in its contract network -------------------------------------------------------------------
 def test_the_ops_without_an_onnx_lowering_are_the_loss_and_the_metric() -> None:
     assert {op.name for op in all_ops() if op.lower.onnx is None} == NO_ONNX
 
 
-@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.onnx is not None and op.name not in NOT_IMPORTED],
-                         ids=lambda op: op.name)
+NOT_IMPORTED_YET = {
+    "param": "an initializer read through Expand to the batch: no op imports it yet",
+    "rearrange": "Reshape -> Transpose -> Reshape: imports as reshape and permute layers, not as one rearrange",
+    "roll": "pairs of Slices joined by a Concat: no op imports them yet",
+    **{name: "its import is still to be written (issue 19): refused, node by node, with a located error"
+       for name in ("attention", "relative_position_bias", "sdpa", "window_mask")},
+}
+"""Ops whose export does not import back as the op: the import then computes what onnxruntime computes on the
+export, or stops with an error in the model's file."""
+
+
+def _imports_equivalently_or_refuses(network: Network, tmp_path: Path) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    weights = random_weights(network)
+    path = _save(export_onnx(network, weights), tmp_path / f"{network.name}.onnx")
+    try:
+        imported = import_onnx_source(path, readable=False)
+    except AlexDSLError as error:
+        assert f"{path}: error: " in str(error), error
+        return
+    rng = np.random.default_rng(1)
+    feeds = {name: random_feed(network.layer(name), 2, rng) for name in network.inference_view().inputs}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = [feeds[value.name] for value in session.get_inputs()]
+    _close(_run(imported.network, imported.weights, inputs), session.run(None, feeds)[0])
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.onnx is not None], ids=lambda op: op.name)
 def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
-    _round_trip(_contract_network(op, data=DATA), tmp_path)
+    if op.name in NOT_IMPORTED_YET:
+        _imports_equivalently_or_refuses(_contract_network(op, data=DATA), tmp_path)
+    else:
+        _round_trip(_contract_network(op, data=DATA), tmp_path)
 
 
-@pytest.mark.parametrize("name", sorted(NOT_IMPORTED))
-def test_ops_without_an_import_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
-    """positions, rmsnorm, rope and unembed export as plain nodes that no op claims yet: a clear error."""
-    network = _contract_network(all_ops_by_name()[name], data=DATA)
-    path = _save(export_onnx(network, random_weights(network)), tmp_path / "refused.onnx")
-    with pytest.raises(AlexDSLError, match=r"refused\.onnx: error: (.*alexdsl has no op for|.*read before any layer computes it|node .*is imported as)"):
+@pytest.mark.parametrize("name", ["attention", "relative_position_bias", "sdpa", "window_mask"])
+def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
+    network = _contract_network(lookup(name), data=DATA)
+    path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
+    with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: (node|value) '"):
         import_onnx_source(path, readable=False)
+
+
 
 
 VARIANTS = {
@@ -335,7 +361,6 @@ def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> Non
     """Clip's bounds are scalars; a model with a vector bound is refused, not read as unbounded."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from alexdsl.errors import AlexDSLError
 
     graph = helper.make_graph(
         [helper.make_node("Clip", ["x", "low"], ["y"])], "clip",

@@ -308,7 +308,7 @@ def _describe_layer(analysis: Analysis, layer: Layer) -> str:
     if layer.inputs:
         lines.append("inputs: " + ", ".join(f"`{n}`" for n in layer.inputs))
     for name, spec in layer.params.items():
-        lines.append(f"- `{layer.name}.{name}`: {format_shape(spec.shape)} ({spec.count:,}), {spec.filler}, "
+        lines.append(f"- `{layer.state_key(name)}`: {format_shape(spec.shape)} ({spec.count:,}), {spec.filler}, "
                      f"lr ×{spec.lr_mult:g}, decay ×{spec.decay_mult:g}")
     if layer.params:
         lines.append(f"parameters: {layer.param_count:,}")

@@ -117,6 +117,10 @@ def _no_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None]]:
     return []
 
 
+def _no_values(attrs: Attrs) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class OpDef:
     """Everything about one op. See the module docstring."""
@@ -130,10 +134,14 @@ class OpDef:
     inputs: tuple[int, int | None] = (1, 1)
     params: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
     buffers: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
+    buffer_values: Callable[[Attrs], dict[str, Any]] = _no_values
+    """The buffers whose values the op computes from its arguments (an index table), as NumPy arrays, integer
+    ones as int64 (a weights file may hold them so); other buffers are running statistics."""
     macs: Callable[[Attrs, list[Shape], Shape], int] = _no_macs
     lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
     role: str = "layer"  # "layer", "loss" or "metric"
+    own_key: str | None = None  # the parameter kept under the layer's own name (param's), not <layer>.<name>
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     pattern: Pattern = Pattern.OPAQUE
     lower: Lowerings = NO_LOWERINGS
@@ -144,6 +152,10 @@ class OpDef:
 
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
+
+    def integer_buffers(self, attrs: Attrs) -> list[str]:
+        """The buffers of integer values (an index table) among :attr:`buffer_values`."""
+        return [name for name, value in self.buffer_values(attrs).items() if value.dtype.kind in "iu"]
 
     def param_kinds(self) -> list[str]:
         """The learnable parameter names this op can have (weight, bias, ...)."""
@@ -227,7 +239,20 @@ def _load_families() -> None:
         return
     with _FAMILIES_LOCK:
         if not _FAMILIES_LOADED:
-            from alexdsl.ops import activation, arith, conv, language, linear, loss, norm, pool, split, tensor  # noqa: F401
+            from alexdsl.ops import (  # noqa: F401
+                activation,
+                arith,
+                attention,
+                conv,
+                language,
+                linear,
+                loss,
+                norm,
+                pool,
+                split,
+                tensor,
+                tokens,
+            )
 
             _FAMILIES_LOADED = True
 
@@ -252,6 +277,23 @@ def expect_rank(shape: Shape, rank: int, what: str = "input") -> None:
             expected=layout,
             received=format_shape(shape),
         )
+
+
+def expect_min_rank(shape: Shape, rank: int, what: str = "input") -> None:
+    """A ShapeError when ``shape`` has fewer than ``rank`` axes (a token op on a vector, say)."""
+    if len(shape) < rank:
+        raise ShapeError(f"expects {what} of rank {rank} or more", expected=f"rank >= {rank}",
+                         received=format_shape(shape))
+
+
+def normalize_axis(axis: int, rank: int, arg: str = "axis") -> int:
+    """``axis`` (negative counts from the end) as a per-sample axis in ``0..rank-1``, or a ShapeError naming
+    ``arg``."""
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{arg}={axis} is out of range for an input of rank {rank}", arg=arg,
+                         expected=f"an axis from {-rank} to {rank - 1} (the batch axis is never named)",
+                         received=f"{arg}={axis}")
+    return axis % rank
 
 
 def format_shape(shape: Shape) -> str:

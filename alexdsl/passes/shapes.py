@@ -84,7 +84,7 @@ def _tied_weight(graph: nx.DiGraph, layer: Layer, owner: str, spec: ParamSpec | 
                    expected=f"a weight of shape {format_shape(spec.shape) if spec else '?'}, before this layer",
                    received=f"'{owner}': " + (format_shape(source.shape) if source else "no weight (yet)"))
         return None
-    return f"{owner}.weight"
+    return layer_of(graph, owner).state_key("weight")
 
 
 def _check_label(sources: list[Layer], attrs: dict) -> None:

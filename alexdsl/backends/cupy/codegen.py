@@ -28,6 +28,7 @@ from typing import Any
 
 from alexdsl.backends import naming
 from alexdsl.backends.cupy.conv import ConvPlan
+from alexdsl.backends.cupy.executor import COMPUTED
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
@@ -143,8 +144,7 @@ class ExecutorCodegenContext:
         return lit(value)
 
     def weight(self, layer: Layer, name: str) -> str:
-        spec = layer.params.get(name)
-        return f"w[{lit(spec.key(layer.name, name) if spec else f'{layer.name}.{name}')}]"
+        return f"w[{lit(layer.state_key(name))}]"
 
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return tuple(self._by_name[layer.inputs[index]].shape)
@@ -168,8 +168,16 @@ class ExecutorCodegenContext:
 
 
 def _function_call(layer: Layer, ctx: ExecutorCodegenContext) -> ExecutorKernel:
-    """A plugin op's xp function, looked up by op name when the module loads."""
-    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items())
+    """A plugin op's xp function, looked up by op name when the module loads. A keyword-only argument at its
+    default is left out: the function takes the same default."""
+    op = lookup(layer.op)
+    assert op is not None
+
+    def default(name: str, value: Any) -> bool:
+        arg = op.arg(name)
+        return arg is not None and not arg.positional and value == arg.default
+
+    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items() if not default(name, value))
     return ExecutorKernel(
         code=f"self.{ctx.ident}_fn({', '.join(ctx.inputs)}{attrs}, out={{out}})",
         kernel=layer.op,
@@ -204,16 +212,25 @@ def _inference_graph(network: Network) -> _InferenceGraph:
     return _InferenceGraph(by_name, kept, consumers, view.inputs, view.outputs, view.dropped)
 
 
+def _computed(layer: Layer, buffer: str) -> tuple[tuple[int, ...], str, dict[str, Any]] | None:
+    """The state entry of a buffer that the layer's op computes from its arguments (``buffer_values``): its filler
+    is :data:`~alexdsl.backends.cupy.executor.COMPUTED`; None for another buffer."""
+    op = lookup(layer.op)
+    if op is None or buffer not in op.buffer_values(layer.attrs):
+        return None
+    return tuple(layer.buffers[buffer]), COMPUTED, {"op": layer.op, "attrs": dict(layer.attrs)}
+
+
 def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]:
     """Each parameter's and buffer's shape and filler (running variances 1, other buffers 0), by state key."""
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
     for layer in layers:
         for pname, spec in layer.params.items():
-            if not spec.tied:
-                state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
+            if not spec.tied:  # stored once, under its owner's key
+                state[layer.state_key(pname)] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
-            state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})
+            state[f"{layer.name}.{bname}"] = _computed(layer, bname) or (tuple(shape), "constant", {"value": value})
     return state
 
 
@@ -408,7 +425,8 @@ def _table(name: str, items: dict[Any, Any], indent: str = "    ") -> list[str]:
     if not items:
         return [f"{indent}{name} = {{}}"]
     out = [f"{indent}{name} = {{"]
-    out += [f"{indent}    {lit(k)}: {lit(v)}," for k, v in items.items()]
+    entries = [f"{indent}    {lit(k)}: {lit(v)}," for k, v in items.items()]
+    out += [entry + "  # noqa: E501" if len(entry) > 120 else entry for entry in entries]  # a computed buffer's recipe
     out.append(f"{indent}}}")
     return out
 
@@ -468,12 +486,12 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [f"        {line}" for line in setup] or ["        pass"]
     args = ", ".join(low.input_vars.values())
-    first = next(iter(low.input_vars.values()))
+    first = next(iter(low.input_vars.values()), None)
     head += [
         "",
         f"    def forward(self, {args}):",
         '        """One line per kernel; every activation lives in a planned buffer."""',
-        f"        n = {first}.shape[0]",
+        f"        n = {first}.shape[0]" if first else "        n = 1  # no input: a learned tensor alone is one sample",
         "        v, scratch = self.arena(n)",
     ]
     head += ["        " + line.replace("\n", "\n        ") for line in low.lines]

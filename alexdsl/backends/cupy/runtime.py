@@ -8,11 +8,13 @@ Each concern lives in its own module; this one gathers them:
 
 * :mod:`.arrays`: the array module, CPU threads, scratch sizing;
 * :mod:`.conv`: convolution and fully connected;
+* :mod:`.attention`: scaled dot-product and multi-head self-attention, Swin's and MaxViT's biases;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
 * :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: activations and arithmetic;
-* :mod:`.channels`: concat, channel shuffle, softmax.
+* :mod:`.channels`: concat, channel shuffle, softmax;
+* :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
 
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -37,6 +39,13 @@ from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     parallel_for,
     scratch_rows,
     thread_pool,
+)
+from alexdsl.backends.cupy.attention import (  # noqa: F401 - the runtime's names
+    attention,
+    copy_constant,
+    relative_position_bias,
+    sdpa,
+    shifted_window_mask,
 )
 from alexdsl.backends.cupy.channels import (  # noqa: F401 - the runtime's names
     channel_shuffle,
@@ -96,6 +105,15 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     avg_pool2d,
     global_avg_pool2d,
     max_pool2d,
+)
+from alexdsl.backends.cupy.tokens import (  # noqa: F401 - the runtime's names
+    broadcast_batch,
+    layer_norm_last,
+    linear_last,
+    matmul,
+    rearrange,
+    roll,
+    select,
 )
 from alexdsl.ops.registry import lookup
 

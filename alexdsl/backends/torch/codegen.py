@@ -129,6 +129,7 @@ class TorchCodegenContext:
         self.consumers = {layer.name: network.consumers(layer.name) for layer in self.layers}
         self.access: dict[str, str] = {}  # parametric layer name -> expression for its module
         self.what = ""  # the layer being lowered, for error messages
+        self.first_input: str | None = None  # the variable of forward's first input, once named
 
     def int(self, value: Any) -> str:
         return repr(_int(value, self.what))
@@ -144,6 +145,9 @@ class TorchCodegenContext:
 
     def module(self, layer: Layer) -> str:
         return self.access[layer.name]
+
+    def batch_size(self) -> str:
+        return f"{self.first_input}.shape[0]" if self.first_input else "1"
 
     def may_run_inplace(self, layer: Layer) -> bool:
         """An elementwise layer may overwrite its input: the producer's backward does not read its output,
@@ -193,8 +197,10 @@ class _Generator:
 
     def holds_children(self, layer: Layer) -> bool:
         """A layer whose module is an ``nn.ParameterDict`` (a bare parameter such as ConvNeXt's
-        ``features.1.0.layer_scale``) may share its path with other layers' modules, as in torchvision."""
-        return torch_lowering(layer).module(layer, self.ctx).startswith("nn.ParameterDict(")
+        ``features.1.0.layer_scale``), or one declared ``holds_children`` (Swin's relative position bias), may
+        share its path with other layers' modules, as in torchvision."""
+        lowering = torch_lowering(layer)
+        return lowering.holds_children or lowering.module(layer, self.ctx).startswith("nn.ParameterDict(")
 
     @staticmethod
     def _top(segment: str) -> str:
@@ -213,6 +219,17 @@ class _Generator:
             else:
                 target = f"{expr}[{segment!r}]"
                 assign = f"{target} = {{}}"
+            if node.layer is not None and torch_lowering(node.layer).parameter:
+                self.ctx.what = f"layer {node.layer.name!r}"
+                tensor = torch_lowering(node.layer).module(node.layer, self.ctx)
+                parent = expr or "self"
+                if _is_plain_identifier(segment):
+                    lines.append(f"{parent}.{segment} = {tensor}")
+                    self.ctx.access[node.layer.name] = f"{parent}.{segment}"
+                else:
+                    lines.append(f"{parent}.register_parameter({segment!r}, {tensor})")
+                    self.ctx.access[node.layer.name] = f"getattr({parent}, {segment!r})"
+                return
             if node.layer is not None:
                 self.ctx.what = f"layer {node.layer.name!r}"
                 lines.append(assign.format(torch_lowering(node.layer).module(node.layer, self.ctx)))
@@ -236,6 +253,7 @@ class _Generator:
     def forward(self) -> tuple[list[str], list[str], dict[str, str]]:
         names = naming.IdentifierMap(RESERVED_LOCALS)
         params = [names(n) for n in self.network.data_inputs]
+        self.ctx.first_input = params[0] if params else None
         body: list[str] = []
         labels = set(self.network.label_inputs)
         for layer in self.layers:
@@ -331,17 +349,29 @@ class _Generator:
         for layer in self.layers:
             if layer.name not in self.owns_module:
                 continue
+            if torch_lowering(layer).parameter:  # the layer's one tensor is the parameter itself
+                ((pname, spec),) = layer.params.items()
+                statement, note = filler_statement(self.ctx.access[layer.name], spec, layer.state_key(pname))
+                lines += [f"# {note}"] * bool(note) + [statement]
+                continue
             lines.append(f"m = {self.ctx.access[layer.name]}")
             for pname, spec in layer.params.items():
-                if not _is_plain_identifier(pname):
+                if not all(_is_plain_identifier(part) for part in pname.split(".")):  # out_proj.weight
                     raise AlexDSLError(f"torch backend: parameter name {pname!r} of {layer.name!r}")
                 statement, note = filler_statement(f"m.{pname}", spec, f"{layer.name}.{pname}")
                 if note:
                     lines.append(f"# {note}")
                 lines.append(statement)
-            if layer.buffers:
+            op = lookup(layer.op)
+            if op is not None and set(layer.buffers) - set(op.buffer_values(layer.attrs)):  # running statistics
                 lines.append("m.reset_running_stats()")
         return lines
+
+    def definitions(self) -> list[str]:
+        """The module-level classes the layers' modules use (:attr:`TorchLowering.definitions`), each once."""
+        found = dict.fromkeys(torch_lowering(layer).definitions for layer in self.layers
+                              if layer.name in self.owns_module)
+        return [line for text in found if text for line in (text.strip("\n"), "", "")]
 
     def generate(self) -> str:
         from alexdsl import __version__
@@ -356,7 +386,7 @@ class _Generator:
         multipliers = []
         for layer in self.layers:
             for pname, spec in layer.params.items():
-                key = f"{layer.name}.{pname}"
+                key = layer.state_key(pname)
                 multipliers.append(f"        {key!r}: ({_float(spec.lr_mult, key)!r}, "
                                    f"{_float(spec.decay_mult, key)!r}),")
         sig = ", ".join(["self", *(f"{p}: torch.Tensor" for p in params)])
@@ -368,11 +398,13 @@ class _Generator:
             "# Regenerate with `alexdsl compile FILE --backend torch`.",
             f'"""{self.cls}: a PyTorch module generated by alexdsl."""',
             "",
+            *sorted({line for layer in self.layers if not layer.is_input for line in torch_lowering(layer).imports}),
             "import torch",
             "import torch.nn.functional as F",
             "from torch import nn",
             "",
             "",
+            *self.definitions(),
             f"class {self.cls}(nn.Module):",
             f"    description = {net.description!r}",
             f"    source_file = {str(self.source_file) if self.source_file else None!r}",
@@ -455,8 +487,9 @@ def load_weights(module: Any, weights: Any, *, strict: bool = True) -> None:
 
     source = os.fspath(weights) if isinstance(weights, str | os.PathLike) else None
     own = module.state_dict()
+    integers = [k for k, v in own.items() if not v.is_floating_point()]  # relative_position_index
     weights = {k: torch.from_numpy(v) for k, v in as_arrays(weights, {k: tuple(v.shape) for k, v in own.items()},
-                                                                strict=strict).items()}
+                                                                strict=strict, integers=integers).items()}
     check_state(weights, {k: tuple(v.shape) for k, v in own.items()}, strict=strict, source=source)
     # Files from other tools (Caffe, the NumPy executor) carry no batchnorm step counter.
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in weights}

@@ -148,9 +148,12 @@ class Chains(Blocks):
         refs, rest = call.args[:leading], call.args[leading:]
         keyword = "chunks" if call.name == "chunk" else "sizes"
         example = "half: chunk(2)" if call.name == "chunk" else "parts: split((24, 40))"
-        if len(rest) != 1 or rest[0].keyword not in (None, keyword):
-            self.sink.error(f"{call.name} takes one argument, {keyword}", call.span, expected=example,
-                            received=", ".join(format_value(a.value) for a in rest) or "no argument")
+        axis = [a for a in rest if a.keyword == "axis"]  # passed on to each part, which checks it
+        rest = [a for a in rest if a.keyword != "axis"]
+        if len(rest) != 1 or rest[0].keyword not in (None, keyword) or len(axis) > 1:
+            self.sink.error(f"{call.name} takes one argument, {keyword}, and optionally axis=", call.span,
+                            expected=f"{example}, or {example[:-1]}, axis=-1)",
+                            received=", ".join(format_value(a.value) for a in call.args[leading:]) or "no argument")
             return None
         arg = rest[0]
         value = self._eval(arg.value, scope.values)
@@ -181,7 +184,7 @@ class Chains(Blocks):
                 extra = [number(starts[index]), number(starts[index + 1])]
                 if index == count - 1:  # the last part checks the sizes add up to the input's channels
                     extra.append(ast.Arg("channels", ast.Literal(starts[-1], arg.span, str(starts[-1])), arg.span))
-            part = ast.Call(SPLITTERS[call.name], refs + extra, call.span, call.name_span)
+            part = ast.Call(SPLITTERS[call.name], refs + extra + axis, call.span, call.name_span)
             out = self._apply(part, f"{name}.{index}", sources, implicit, implicit_allowed, scope, phase)
             if out is None:
                 return None
