@@ -141,3 +141,16 @@ def test_a_wrong_tie_is_a_located_error(tied: str, message: str) -> None:
     with pytest.raises(AlexDSLError) as caught:
         alexdsl.parse(TIED.replace('"wte"', tied), "tied.adsl")
     assert message in str(caught.value)
+
+
+def test_repeat_kv_repeats_each_key_value_head_for_its_group_of_query_heads() -> None:
+    """Query heads 0..2 read key/value head 0 and 3..5 head 1, as Hugging Face's repeat_kv."""
+    from alexdsl.backends.cupy import compile as compile_executor
+
+    net = alexdsl.parse("network K\ninput x: 2x4\nkv: x -> repeat_kv(2, groups=3)\n", "k.adsl")
+    assert net.shapes["kv"] == (2, 12)
+    x = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
+    heads = [x[0, :, :2], x[0, :, 2:]]
+    expected = np.concatenate([heads[0]] * 3 + [heads[1]] * 3, axis=-1)
+    np.testing.assert_array_equal(compile_executor(net, {}, device="cpu")(x)[0], expected)
+    np.testing.assert_array_equal(alexdsl.torch.build(net)(torch.from_numpy(x))[0].numpy(), expected)

@@ -127,7 +127,7 @@ NOT_IMPORTED_YET = {
     **{name: "its import is still to be written (issue 19): refused, node by node, with a located error"
        for name in ("attention", "relative_position_bias", "sdpa", "window_mask")},
     **{name: "a language-model op whose export (plain nodes; a tied table) no op imports yet: refused"
-       for name in ("positions", "rmsnorm", "rope", "unembed")},
+       for name in ("positions", "repeat_kv", "rmsnorm", "rope", "unembed")},
 }
 """Ops whose export does not import back as the op: the import then computes what onnxruntime computes on the
 export, or stops with an error in the model's file."""

@@ -377,3 +377,62 @@ register(OpDef(
         reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"]),
     ),
 ))
+
+
+# repeat_kv: grouped-query attention's key/value heads, each repeated for its group of query heads -------------
+
+def _repeat_kv_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    _expect_tokens(x)
+    if x[-1] % attrs["heads"]:
+        raise ShapeError(f"{x[-1]} features do not split into {attrs['heads']} key/value heads", arg="heads",
+                         expected="heads x the head width", received=format_shape(x))
+    return (x[0], x[1] * attrs["groups"])
+
+
+def _repeat_kv_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    heads, groups = layer.attrs["heads"], layer.attrs["groups"]
+    dim = layer.shape[-1] // (heads * groups)
+    return (f"{args[0]}.unflatten(-1, ({ctx.int(heads)}, {ctx.int(dim)})).repeat_interleave({ctx.int(groups)}, "
+            "dim=-2).flatten(-2)")
+
+
+def _repeat_kv_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    """Reshape to (N, L, heads, 1, d), Expand the 1 to the groups, Reshape back to (N, L, heads * groups * d)."""
+    length, _ = layer.shape
+    heads, groups = layer.attrs["heads"], layer.attrs["groups"]
+    dim = layer.shape[-1] // (heads * groups)
+    split = ctx.node("Reshape", [ctx.inputs[0], ctx.constant([0, length, heads, 1, dim], integer=True)],
+                     output=f"{layer.name}.heads")
+    ones = ctx.constant([1, 1, 1, groups, 1], integer=True)
+    repeated = ctx.node("Expand", [split, ones], output=f"{layer.name}.repeated")
+    ctx.node("Reshape", [repeated, ctx.constant([0, length, layer.shape[-1]], integer=True)])
+
+
+register(OpDef(
+    name="repeat_kv", family="language",
+    summary="Grouped-query attention: each of the key/value heads repeated for its group of query heads, as "
+            "Hugging Face's repeat_kv: Lx(heads*d) -> Lx(heads*groups*d) (no Caffe layer).",
+    example="kv: seq -> repeat_kv(2, groups=3)",
+    args=(Arg("heads", "int", doc="the key/value heads the last axis holds", min=1),
+          Arg("groups", "int", doc="query heads per key/value head (num_attention_heads / num_key_value_heads)",
+              min=1)),
+    infer=_repeat_kv_infer,
+    pattern=Pattern.INJECTIVE,
+    lower=Lowerings(
+        torch=TorchLowering(forward=_repeat_kv_torch),
+        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
+            f"rt.repeat_kv({ctx.inputs[0]}, {ctx.lit(layer.attrs['heads'])}, {ctx.lit(layer.attrs['groups'])}, "
+            "out={out})", "repeat_kv")),
+        onnx=_repeat_kv_onnx,
+        reference=lambda layer, xs, w, F: _repeat_kv_reference(xs[0], layer.attrs["heads"], layer.attrs["groups"]),
+    ),
+))
+
+
+def _repeat_kv_reference(x: Any, heads: int, groups: int) -> Any:
+    """Hugging Face's repeat_kv on (N, heads, L, d), with the heads moved there and back."""
+    n, length, width = x.shape
+    states = x.view(n, length, heads, width // heads).transpose(1, 2)
+    expanded = states[:, :, None, :, :].expand(n, heads, groups, length, width // heads)
+    return expanded.reshape(n, heads * groups, length, width // heads).transpose(1, 2).reshape(n, length, -1)

@@ -75,3 +75,15 @@ def rope(x: Array, table: Array, heads: int, *, out: Array | None = None) -> Arr
 def unembed(x: Array, weight_t: Array, *, out: Array | None = None) -> Array:
     """``x @ weight_t`` over the last axis: scores over the vocabulary from an embedding's transposed table."""
     return array_module(x).matmul(x, weight_t, out=out)
+
+
+def repeat_kv(x: Array, heads: int, groups: int, *, out: Array | None = None) -> Array:
+    """Each of the ``heads`` key/value heads of ``x`` (N, L, heads * d) repeated ``groups`` times in place:
+    (N, L, heads * groups * d)."""
+    xp = array_module(x)
+    n, length, width = x.shape
+    split = x.reshape(n, length, heads, 1, width // heads)
+    if out is None:
+        out = xp.empty((n, length, width * groups), dtype=x.dtype)
+    out.reshape(n, length, heads, groups, width // heads)[...] = split
+    return out

@@ -86,6 +86,7 @@ from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's na
 from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
     embedding,
     positions,
+    repeat_kv,
     rms_norm,
     rope,
     rope_table,
