@@ -232,22 +232,32 @@ def _rope_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return x
 
 
+ROTARY_EMBEDDING = '''
+class RotaryEmbedding(nn.Module):
+    """Hugging Face's rotary position embedding of each head: x * cos + rotate_half(x) * sin, where rotate_half
+    swaps the halves of a head and negates the new first half. The cos and sin of every position up to
+    ``length`` are buffers outside the state_dict."""
+
+    def __init__(self, heads: int, inv_freq: list[float], length: int) -> None:
+        super().__init__()
+        self.heads = heads
+        angles = torch.arange(length).float()[:, None] * torch.tensor(inv_freq)[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
+        self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        heads = x.unflatten(-1, (self.heads, -1))
+        half = heads.shape[-1] // 2
+        rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
+        length = x.shape[1]
+        return (heads * self.cos[:length] + rotated * self.sin[:length]).flatten(-2)
+'''
+
+
 def _rope_torch_module(layer: Any, ctx: TorchContext) -> str:
-    """A non-persistent buffer (2, L, D): cos and sin of every position, as Hugging Face's rotary embedding."""
     freqs = ", ".join(repr(f) for f in _rope_frequencies(layer))
-    angles = f"torch.arange({ctx.int(layer.shape[0])}).float()[:, None] * torch.tensor([{freqs}])"
-    return (f"nn.Buffer(torch.stack([torch.cat([{angles}] * 2, -1).cos(), torch.cat([{angles}] * 2, -1).sin()]), "
-            "persistent=False)")
-
-
-def _rope_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
-    dim = layer.shape[-1] // layer.attrs["heads"]
-    x, table = args[0], ctx.module(layer)
-    heads = f"{x}.unflatten(-1, ({ctx.int(layer.attrs['heads'])}, {ctx.int(dim)}))"
-    half = ctx.int(dim // 2)
-    rotated = f"torch.cat((-{heads}[..., {half}:], {heads}[..., :{half}]), -1)"
-    length = f"{x}.shape[1]"
-    return (f"({heads} * {table}[0, :{length}, None] + {rotated} * {table}[1, :{length}, None]).flatten(2)")
+    return f"RotaryEmbedding({ctx.int(layer.attrs['heads'])}, [{freqs}], {ctx.int(layer.shape[0])})"
 
 
 def _rope_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
@@ -325,7 +335,7 @@ register(OpDef(
     macs=lambda attrs, inputs, output: 2 * inputs[0][0] * inputs[0][1],
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(module=_rope_torch_module, forward=_rope_torch),
+        torch=TorchLowering(module=_rope_torch_module, definitions=ROTARY_EMBEDDING),
         executor=ExecutorLowering(lower=_rope_executor),
         onnx=_rope_onnx,
         reference=_rope_reference,
