@@ -338,7 +338,7 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("softplus_beta").attrs == {"beta": 2.0, "threshold": 20.0}
     assert layer("elu").attrs == {"alpha": 0.5}
     assert layer("prelu").attrs == {"shared": False} and layer("prelu_shared").attrs == {"shared": True}
-    assert layer("layernorm_2d", 11).attrs == layer("layernorm_2d", 17).attrs == {"eps": 1e-6}
+    assert layer("layernorm_2d", 11).attrs == layer("layernorm_2d", 17).attrs == {"eps": 1e-6, "axis": 0}
     assert layer("groupnorm").attrs == {"groups": 2, "eps": 1e-5}
     assert layer("channel_shuffle").attrs == {"groups": 2}
     assert layer("adaptive_avgpool").attrs["kernel"] == (2, 2)
