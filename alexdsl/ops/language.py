@@ -216,6 +216,15 @@ def rope_frequencies(dim: int, theta: float, scaling: str = "none", factor: floa
     return [float(v) for v in inv]
 
 
+def rope_table(length: int, inv_freq: list[float]) -> numpy.ndarray:
+    """cos and sin of position * frequency, each frequency twice (Hugging Face's layout), in float32:
+    (2, length, 2 * len(inv_freq))."""
+    freqs = numpy.asarray(inv_freq, numpy.float32)
+    angles = numpy.arange(length, dtype=numpy.float32)[:, None] * freqs[None, :]
+    doubled = numpy.concatenate([angles, angles], axis=-1)
+    return numpy.stack([numpy.cos(doubled), numpy.sin(doubled)])
+
+
 def _rope_frequencies(layer: Any) -> list[float]:
     a = layer.attrs
     return rope_frequencies(layer.shape[-1] // a["heads"], a["theta"], a["scaling"], a["factor"],
@@ -269,8 +278,6 @@ def _rope_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
 
 def _rope_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     """Reshape to heads, halves swapped with the first negated, times the sin table plus x times the cos table."""
-    from alexdsl.backends.cupy.language import rope_table
-
     length, width = layer.shape
     heads = layer.attrs["heads"]
     dim = width // heads

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy
 
 from alexdsl.backends.cupy.arrays import Array, array_module
+from alexdsl.ops import language
 
 
 def embedding(ids: Array, weight: Array, *, out: Array | None = None) -> Array:
@@ -48,12 +49,8 @@ def rms_norm(x: Array, weight: Array, eps: float, *, out: Array | None = None) -
 
 
 def rope_table(length: int, inv_freq: list[float], xp: object = numpy, dtype: object = numpy.float32) -> Array:
-    """cos and sin of position * frequency, each frequency twice (Hugging Face's layout): (2, length, 2 * F)."""
-    freqs = numpy.asarray(inv_freq, numpy.float32)
-    angles = numpy.arange(length, dtype=numpy.float32)[:, None] * freqs[None, :]
-    doubled = numpy.concatenate([angles, angles], axis=-1)
-    table = numpy.stack([numpy.cos(doubled), numpy.sin(doubled)])
-    return xp.asarray(table, dtype=dtype)  # type: ignore[attr-defined]
+    """cos and sin of every position (:func:`alexdsl.ops.language.rope_table`) as an array of ``xp``."""
+    return xp.asarray(language.rope_table(length, inv_freq), dtype=dtype)  # type: ignore[attr-defined]
 
 
 def rope(x: Array, table: Array, heads: int, *, out: Array | None = None) -> Array:
