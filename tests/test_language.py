@@ -154,3 +154,19 @@ def test_repeat_kv_repeats_each_key_value_head_for_its_group_of_query_heads() ->
     expected = np.concatenate([heads[0]] * 3 + [heads[1]] * 3, axis=-1)
     np.testing.assert_array_equal(compile_executor(net, {}, device="cpu")(x)[0], expected)
     np.testing.assert_array_equal(alexdsl.torch.build(net)(torch.from_numpy(x))[0].numpy(), expected)
+
+
+def test_the_torch_module_takes_sequences_shorter_than_the_declared_length() -> None:
+    """A tokens input's length is the longest; the torch module runs any shorter sequence, the same as a network
+    declared at that length (the executor and ONNX are compiled for one length: --input ids=L)."""
+    from alexdsl.backends.cupy import compile as compile_executor
+
+    net = alexdsl.parse(TINY, "tiny.adsl")
+    weights = random_weights(net, seed=5)
+    module = alexdsl.torch.build(net).eval()
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    ids = np.array([[7, 3, 49, 0, 12]])
+    with torch.no_grad():
+        got = module(torch.from_numpy(ids)).numpy()
+    shorter = alexdsl.parse(TINY, "tiny.adsl", input_shapes={"ids": (5,)})
+    np.testing.assert_allclose(got, compile_executor(shorter, weights, device="cpu")(ids), rtol=1e-5, atol=1e-6)
