@@ -25,7 +25,7 @@ def _reference(model: str) -> dict:
     return json.loads((DATA / f"{model}.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("model", ["llama_tiny", "llama"])
+@pytest.mark.parametrize("model", ["gpt2", "llama_tiny", "llama"])
 def test_state_keys_shapes_and_parameters_are_hugging_faces(model: str) -> None:
     """Every state_dict key with its shape; a tied key (lm_head.weight) is stored once, under its owner's."""
     ref = _reference(model)
@@ -62,7 +62,7 @@ def _relative(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-@pytest.mark.parametrize("model", ["llama_tiny"])
+@pytest.mark.parametrize("model", ["llama_tiny", pytest.param("gpt2", marks=pytest.mark.slow)])  # gpt2: 124M
 def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model: str) -> None:
     import torch
 
