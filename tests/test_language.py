@@ -170,3 +170,18 @@ def test_the_torch_module_takes_sequences_shorter_than_the_declared_length() -> 
         got = module(torch.from_numpy(ids)).numpy()
     shorter = alexdsl.parse(TINY, "tiny.adsl", input_shapes={"ids": (5,)})
     np.testing.assert_allclose(got, compile_executor(shorter, weights, device="cpu")(ids), rtol=1e-5, atol=1e-6)
+
+
+def test_a_linear_layer_in_gpt2s_conv1d_layout_agrees_on_every_backend() -> None:
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.parse("network C\ninput x: 6x8\nc: x -> linear(24, layout=conv1d) | gelu\n"
+                        "p: c -> linear(8, bias=false, layout=conv1d)\n", "c.adsl")
+    assert net.state_keys() == {"c.weight": (8, 24), "c.bias": (24,), "p.weight": (24, 8)}
+    assert "class Conv1D(nn.Module)" in alexdsl.torch.generate_source(net)
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=6), batch=2, seed=2)
+    for row in rows:
+        assert all(diff is not None and diff[1] < 1e-6 for diff in row.diffs.values()), (row.layer, row.diffs)
+    plain = alexdsl.parse("network L\ninput x: 6x8\nc: x -> linear(24)\n", "l.adsl")
+    assert "Conv1D" not in alexdsl.torch.generate_source(plain)
