@@ -1,4 +1,4 @@
-"""Data sources for ``alexdsl train`` and ``alexdsl run``: ``synthetic``, ``digits`` and an image folder.
+"""Data sources for ``alexdsl train`` and ``alexdsl run``: ``synthetic``, ``digits``, an image folder, and text.
 
 Written with NumPy and Pillow only, so the NumPy/CuPy executor runs images and data sets
 without torch. Every source yields ``(images, labels)`` batches (float32 NxCxHxW and int64 N
@@ -14,6 +14,8 @@ function of ``(seed, epoch, index)``, so an interrupted run can be resumed exact
   input is not 8x8, replicated to 3 channels if the input has 3.
 * a folder ``DIR`` with ``DIR/train/<class>/*.jpg`` and ``DIR/val/<class>/*.jpg`` (also png,
   bmp, ppm, webp): decoded with Pillow; classes are the sorted ``train`` subfolder names.
+* ``text:FILE`` for a network whose input is token ids: windows of the file's ids (see
+  :class:`TextSource`), encoded by characters or by a tokenizer (:mod:`alexdsl.text`).
 
 Preprocessing (``preprocess data(...)`` in the network file, Caffe's ``transform_param``):
 pixels are 0..255; ``resize`` to (h, w); ``crop``: a random crop for training, the centre
@@ -381,9 +383,72 @@ class ImageFolder:
         return images, labels
 
 
+VALIDATION_FRACTION = 0.1  # the last tenth of a text is its validation split
+
+
+class TextSource:
+    """Windows of ``length`` token ids cut from a text: the first 90% trains, the last 10% validates.
+
+    Training windows do not overlap; each epoch shifts them all by an offset drawn from
+    ``(seed, epoch)``, so the model sees every position at every place of the window over the
+    epochs. Validation windows are fixed. A batch is ``(ids, ids)``, both int64 NxL: a language
+    model's loss (``next_token_loss``) compares each position's scores with the next id.
+    """
+
+    name = "text"
+
+    def __init__(self, path: str | Path, length: int, vocab: int, tokenizer_file: str | None = None, seed: int = 0):
+        from alexdsl.text import CharTokenizer, open_tokenizer
+
+        self.path, self.window, self.seed = Path(path), int(length), int(seed)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise AlexDSLError(f"--data text:{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise AlexDSLError(f"--data text:{path}: cannot read it as UTF-8 text ({error})") from None
+        self.tokenizer = open_tokenizer(tokenizer_file) if tokenizer_file else CharTokenizer.from_text(text)
+        if self.tokenizer.vocab_size > vocab:
+            kind = "tokenizer" if tokenizer_file else "text's character vocabulary"
+            raise AlexDSLError(f"--data text:{path}: the {kind} has {self.tokenizer.vocab_size} tokens but the "
+                               f"network's embedding takes {vocab}; declare a larger vocabulary")
+        ids = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+        cut = int(len(ids) * (1 - VALIDATION_FRACTION))
+        self.ids = {True: ids[:cut], False: ids[cut:]}
+        self.tokens = len(ids)
+        if self.length(True) < 1 or self.length(False) < 1:
+            raise AlexDSLError(f"--data text:{path}: its {len(ids):,} tokens are too few: the training split "
+                               f"({cut:,}) needs at least two windows of {length} and the validation split "
+                               f"({len(ids) - cut:,}) one")
+        self.validation = (f"the validation split: the last {VALIDATION_FRACTION:.0%} of the text, "
+                           f"{len(ids) - cut:,} of {len(ids):,} tokens")
+
+    def length(self, train: bool) -> int:
+        """Windows per epoch; a training window may start up to one window late (the epoch's offset)."""
+        return len(self.ids[train]) // self.window - (1 if train else 0)
+
+    def batch(self, indices: Sequence[int], epoch: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        offset = int(np.random.default_rng((self.seed, epoch)).integers(self.window)) if train else 0
+        starts = np.asarray(list(indices), dtype=np.int64) * self.window + offset
+        windows = self.ids[train][starts[:, None] + np.arange(self.window)]
+        return windows, windows
+
+
 def open_source(spec: str, input_shape: tuple[int, ...], classes: int, *,
-                preprocess: dict[str, Any] | None = None, seed: int = 0) -> Any:
-    """A data source from its name: ``synthetic[:N]``, ``digits`` or a folder path."""
+                preprocess: dict[str, Any] | None = None, seed: int = 0, vocab: int | None = None,
+                tokenizer: str | None = None) -> Any:
+    """A data source from its name: ``synthetic[:N]``, ``digits``, a folder path, or ``text:FILE`` for an
+    input of token ids (``tokens(N, vocab=V)``: pass ``vocab``), encoded with ``tokenizer`` if given."""
+    if vocab is not None or spec.startswith("text:"):
+        if vocab is None:
+            raise AlexDSLError(f"--data {spec}: text trains a network whose input is token ids (tokens(N)); "
+                               f"this one's input is {'x'.join(map(str, input_shape))}")
+        if not spec.startswith("text:") or not spec[5:]:
+            raise AlexDSLError(f"--data {spec}: a network whose input is token ids trains on text: "
+                               f"--data text:FILE")
+        return TextSource(spec[5:], input_shape[0], vocab, tokenizer, seed)
+    if tokenizer is not None:
+        raise AlexDSLError("--tokenizer encodes text: it goes with --data text:FILE")
     pre = Preprocess.from_settings(preprocess)
     if spec == "synthetic" or spec.startswith("synthetic:"):
         _input_spec(input_shape, classes) if len(input_shape) == 3 else None

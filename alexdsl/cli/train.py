@@ -18,10 +18,14 @@ Examples:
   alexdsl train examples/lenet.adsl --data digits --epochs 10
   alexdsl train net.adsl --data synthetic --epochs 2 --out runs/smoke
   alexdsl train net.adsl --data images/ --out runs/net --resume
+  alexdsl train examples/llama_tiny.adsl --data text:README.md --epochs 5
   torchrun --nproc-per-node 2 -m alexdsl.cli train net.adsl --data images/ --out runs/net""")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--data", required=True, metavar="SOURCE",
-              help="synthetic, synthetic:N, digits, or a folder with train/<class>/ and val/<class>/.")
+              help="synthetic, synthetic:N, digits, a folder with train/<class>/ and val/<class>/, or text:FILE "
+                   "for a network whose input is token ids.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
+              help="Encode text:FILE with this tokenizer.json (the text extra) [default: one token per character].")
 @click.option("--out", "out", default=None, metavar="DIR", help="Output folder [default: runs/<file stem>].")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [default: the solver's, or 10].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -40,14 +44,14 @@ Examples:
               help="CPU threads [default: OMP_NUM_THREADS, else 1 for small networks such as LeNet, else all].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @report_errors
-def train_command(file: str, data: str, out: str | None, epochs: int | None, batch_size: int | None,
-                  lr: float | None, device: str | None, resume: bool, seed: int, compile_: bool,
+def train_command(file: str, data: str, tokenizer: str | None, out: str | None, epochs: int | None,
+                  batch_size: int | None, lr: float | None, device: str | None, resume: bool, seed: int, compile_: bool,
                   checkpoint_every: int, weights: str | None, inputs: tuple[str, ...], threads: int | None,
                   quiet: bool) -> None:
     """Train the network in FILE with PyTorch and write weights, metrics and a plot to DIR.
 
     Writes DIR/weights.safetensors, DIR/metrics.jsonl (one line per epoch),
-    DIR/checkpoint.pt (for --resume) and DIR/curves.png.
+    DIR/checkpoint.pt (for --resume), DIR/curves.png and, for text, DIR/tokenizer.json.
     """
     startup = {"delay": 0.0, "show": False if quiet else None}  # say at once what the first seconds are spent on
     with busy("importing torch", **startup):
@@ -65,7 +69,7 @@ def train_command(file: str, data: str, out: str | None, epochs: int | None, bat
     output_target(out_dir / "weights.safetensors")  # an unwritable --out fails now, not after an epoch
     result = train(network, data, out_dir, epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                    resume=resume, seed=seed, compile=compile_, checkpoint_every=checkpoint_every,
-                   progress=False if quiet else None, weights=weights, threads=threads,
+                   progress=False if quiet else None, weights=weights, threads=threads, tokenizer=tokenizer,
                    log=None if quiet else (lambda message: click.echo(message, err=True)))
     final = result.final
     if final and not quiet:

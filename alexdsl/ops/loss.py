@@ -72,3 +72,33 @@ register(OpDef(
         from_caffe={"Accuracy": _accuracy_from_caffe},
     ),
 ))
+
+
+def _next_token_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    logits, ids = inputs
+    if len(ids) != 1:
+        raise ShapeError("reads token ids as its second input", expected="a tokens(N) input",
+                         received=format_shape(ids))
+    if len(logits) != 2 or logits[0] != ids[0]:
+        raise ShapeError(f"expects one row of vocabulary scores per token: {ids[0]}xV",
+                         expected=f"{ids[0]}xV", received=format_shape(logits))
+    return ()
+
+
+register(OpDef(
+    name="next_token_loss",
+    family="loss",
+    summary="Cross-entropy of each position's vocabulary scores against the next token id (logits[:-1] against "
+            "ids[1:]), averaged over the positions and the batch: a decoder language model's training loss.",
+    example="loss: next_token_loss(lm_head, ids) @train",
+    args=(),
+    infer=_next_token_infer,
+    inputs=(2, 2),
+    role="loss",
+    reads_label=False,
+    lower=Lowerings(
+        torch=TorchLowering(
+            forward=lambda layer, args, ctx: f"F.cross_entropy({args[0]}[:, :-1].flatten(0, 1), "
+                                             f"{args[1]}[:, 1:].flatten())"),
+    ),
+))

@@ -141,6 +141,7 @@ class OpDef:
     lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
     role: str = "layer"  # "layer", "loss" or "metric"
+    reads_label: bool = True  # a loss or metric whose second input is a label (not the network's own token ids)
     own_key: str | None = None  # the parameter kept under the layer's own name (param's), not <layer>.<name>
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     pattern: Pattern = Pattern.OPAQUE
@@ -163,7 +164,7 @@ class OpDef:
 
     @property
     def takes_label(self) -> bool:
-        return self.role in ("loss", "metric")
+        return self.role in ("loss", "metric") and self.reads_label
 
 
 _REGISTRY: dict[str, OpDef] = {}

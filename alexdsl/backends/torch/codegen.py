@@ -118,6 +118,11 @@ def _role(layer: Layer) -> str:
     return op.role if op is not None else "input"
 
 
+def _takes_label(layer: Layer) -> bool:
+    op = lookup(layer.op)
+    return op is not None and op.takes_label
+
+
 class TorchCodegenContext:
     """What an op's :class:`~alexdsl.ops.lowering.TorchLowering` sees of the module being generated
     (:class:`~alexdsl.ops.contexts.TorchContext`)."""
@@ -279,14 +284,16 @@ class _Generator:
     def head_lines(self, role: str) -> tuple[list[str], str, list[Layer]]:
         """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
         chosen = [layer for layer in self.layers if _role(layer) == role]
-        reserved = RESERVED_LOCALS - {"label"} if len(self.network.label_inputs) == 1 else RESERVED_LOCALS
+        # A language model's loss reads the network's own token ids: they stand for the label.
+        label_names = self.network.label_inputs or list(dict.fromkeys(
+            layer.inputs[1] for layer in chosen if len(layer.inputs) > 1 and not _takes_label(layer)))
+        reserved = RESERVED_LOCALS - {"label"} if len(label_names) == 1 else RESERVED_LOCALS
         names = naming.IdentifierMap(reserved)
         lines: list[str] = []
         outputs = self.network.outputs
         out_names = [names(n) for n in outputs]
         if chosen:
             lines.append(f"{out_names[0]} = outputs" if len(outputs) == 1 else f"{', '.join(out_names)} = outputs")
-        label_names = self.network.label_inputs
         if len(label_names) == 1:
             param = "label"
             local = names(label_names[0])

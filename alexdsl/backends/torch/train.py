@@ -7,6 +7,7 @@ generated modules have all four). Written to ``OUT`` (rank 0 only, every file at
 * ``metrics.jsonl``: one JSON object per epoch: epoch, train_loss, train_accuracy, val_loss,
   val_accuracy, lr, seconds (plus val_<name> for each further accuracy layer);
 * ``weights.safetensors``: the state_dict after the last completed epoch;
+* ``tokenizer.json``: for ``text:FILE`` data, the tokenizer that encoded it (:mod:`alexdsl.text`);
 * ``checkpoint.pt``: model, optimizer, scheduler, epoch, step within the epoch, RNG states
   (torch, cuda, numpy, python, sampler), the epoch's running sums and the history; written
   at the end of every epoch and every ``checkpoint_every`` steps; readable with
@@ -267,8 +268,25 @@ def _start_process(device: str | None) -> _Process:
     return _Process(rank, world, dev)
 
 
+def _language_model_vocab(network: Any) -> int | None:
+    """A language model's vocabulary: the width of the scores its loss compares with its own token ids
+    (``next_token_loss(lm_head, ids)``); None for a network that is not one."""
+    from alexdsl.ops.registry import lookup
+
+    for layer in network.layers():
+        op = lookup(layer.op)
+        if op is not None and op.role == "loss" and not op.takes_label and layer.inputs[1:2] == network.data_inputs:
+            return int(network.layer(layer.inputs[0]).shape[-1])
+    return None
+
+
 def _check_inputs(network: Any) -> None:
-    """An error unless the network has one data input and one label input."""
+    """An error unless the network has one data input and one label input, or is a language model."""
+    if len(network.data_inputs) == 1 and not network.label_inputs and network.layer(network.data_inputs[0]).is_tokens:
+        if _language_model_vocab(network) is None:
+            raise AlexDSLError(f"alexdsl train: {network.name} reads token ids but declares no loss on them; add "
+                               f"'loss: next_token_loss(<scores>, {network.data_inputs[0]}) @train'")
+        return
     if len(network.data_inputs) != 1 or len(network.label_inputs) != 1:
         raise AlexDSLError(f"alexdsl train needs a network with one tensor input and one label input; "
                            f"{network.name} has {network.data_inputs} and {network.label_inputs}")
@@ -282,6 +300,7 @@ class _Data:
     val: Any
     sampler: Any
     val_sampler: Any
+    tokenizer: Any = None  # text's: written beside the weights
 
 
 def _shows_progress(process: _Process, progress: bool | None) -> bool | None:
@@ -290,20 +309,21 @@ def _shows_progress(process: _Process, progress: bool | None) -> bool | None:
     return False if not process.is_main or progress is False else progress
 
 
-def _open_data(network: Any, data: str, seed: int, process: _Process) -> _Data:
+def _open_data(network: Any, data: str, seed: int, process: _Process, tokenizer: str | None) -> _Data:
     """The data source for the network's (one) input and label, split, with a DistributedSampler per split."""
     from torch.utils.data.distributed import DistributedSampler
 
     from alexdsl.data import Split
 
-    data_name, label_name = network.data_inputs[0], network.label_inputs[0]
+    data_name = network.data_inputs[0]
     input_shape = tuple(network.layer(data_name).shape)
-    classes = int(network.layer(label_name).attrs.get("classes", 0))
-    source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed)
+    classes = int(network.layer(network.label_inputs[0]).attrs.get("classes", 0)) if network.label_inputs else 0
+    source = open_source(data, input_shape, classes, preprocess=network.preprocess.get(data_name), seed=seed,
+                         vocab=_language_model_vocab(network), tokenizer=tokenizer)
     train_split, val_split = Split(source, True), Split(source, False)
     sampler = DistributedSampler(train_split, num_replicas=process.world, rank=process.rank, shuffle=True, seed=seed)
     val_sampler = DistributedSampler(val_split, num_replicas=process.world, rank=process.rank, shuffle=False)
-    return _Data(train_split, val_split, sampler, val_sampler)
+    return _Data(train_split, val_split, sampler, val_sampler, getattr(source, "tokenizer", None))
 
 
 def _schedule(opts: Solver, steps_per_epoch: int) -> tuple[int, int]:
@@ -545,6 +565,7 @@ def train(
     solver: dict[str, Any] | None = None,
     weights: str | os.PathLike[str] | None = None,
     threads: int | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train ``network`` (an :class:`alexdsl.Network`) on ``data`` and write ``out``.
 
@@ -552,7 +573,8 @@ def train(
     ``weights`` (a ``.safetensors``, ``.npz`` or ``.pt`` file) initialises it instead of the fillers.
     ``epochs``, ``batch_size`` and ``lr`` override the network's ``solver(...)`` (``solver``
     overrides any other setting). ``threads`` sets torch's CPU threads for the run (default:
-    :func:`cpu_threads`). Raises :class:`AlexDSLError` for user mistakes.
+    :func:`cpu_threads`). ``tokenizer`` (a ``tokenizer.json``) encodes ``text:FILE`` data instead of its
+    characters; the tokenizer used is written as ``out/tokenizer.json``. Raises :class:`AlexDSLError` for user mistakes.
     """
     import torch
     import torch.distributed as dist
@@ -572,7 +594,11 @@ def train(
     # progress=False, and with None only when stderr is a terminal.
     show = _shows_progress(process, progress)
     with busy(f"loading the data ({data})", delay=0, show=show):
-        splits = _open_data(network, data, seed, process)
+        splits = _open_data(network, data, seed, process, None if tokenizer is None else str(tokenizer))
+    if splits.tokenizer is not None and process.is_main:
+        from alexdsl.text import TOKENIZER_FILE
+
+        splits.tokenizer.save(out / TOKENIZER_FILE)
     total_epochs, max_iter = _schedule(opts, math.ceil(len(splits.sampler) / per_process_batch))
     opts = opts.with_max_iter(max_iter)
 
