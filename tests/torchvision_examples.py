@@ -76,13 +76,15 @@ def assert_keys_are_torchvisions(network: Network, model: str, params: int,
     assert network.totals()["params"] == params
 
 
-def assert_trains_one_epoch(network: Network, tmp_path: Path) -> None:
-    """One epoch on synthetic:16 at batch 8 gives a finite, positive loss and writes the weights."""
+def assert_trains_one_epoch(network: Network, tmp_path: Path, samples: int = 16, batch_size: int = 8) -> None:
+    """One epoch on synthetic:16 at batch 8 (or ``samples`` at ``batch_size``) gives a finite, positive loss and
+    writes the weights."""
     for module in ("torch", "safetensors", "tqdm", "matplotlib"):  # the torch extra, which train() uses
         pytest.importorskip(module)
     from alexdsl.backends.torch.train import train
 
-    result = train(network, "synthetic:16", tmp_path / "run", epochs=1, batch_size=8, progress=False, log=None)
+    result = train(network, f"synthetic:{samples}", tmp_path / "run", epochs=1, batch_size=batch_size,
+                   progress=False, log=None)
     (record,) = result.history
     assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
     assert (tmp_path / "run" / "weights.safetensors").exists()
