@@ -81,6 +81,8 @@ def format_value(value: ast.Value) -> str:
         return value.name
     if isinstance(value, ast.TupleValue):
         return "(" + ", ".join(format_value(v) for v in value.items) + ")"
+    if isinstance(value, ast.ShapeValue):
+        return value.text or "x".join(map(str, value.dims))
     if isinstance(value, ast.Call):
         return format_call(value)
     if isinstance(value, ast.BinaryOp):  # minimal parentheses: the right operand of equal precedence keeps them

@@ -27,6 +27,10 @@ MAX_INT = 2**63 - 1  # the largest integer a source may write: every size is int
 # What the IR JSON reader accepts (alexdsl/ir/serialize.py), so every source accepted round-trips:
 MAX_DIM = 2**31 - 1  # any one dimension, channel count, kernel size, stride or integer setting
 MAX_RANK = 8  # dimensions of an input
+MAX_SHAPE_RANK = 6  # dimensions of a shape argument (param(1x197x768), reshape(49x96)): per-sample rank 1 to 6
+MAX_INTS = 64  # integers in an `ints` argument, such as permute((0, 2, 1))
+MAX_SIZES = 64  # keyword sizes an op collects (rearrange(pattern, p=16, q=16))
+MAX_STRING_LENGTH = 4096  # characters of a string argument, such as an einops pattern
 MAX_NAME_LENGTH = 256  # characters of a network or (hierarchical) layer name
 LARGE_BYTES = 4 * 1024**3  # a layer or network past this gets a warning from check
 # An image (ALEXDSL_MAX_IMAGE_PIXELS): checked from its header before decoding, as Pillow's decompression-bomb

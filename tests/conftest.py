@@ -52,7 +52,7 @@ def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndar
     rng = np.random.default_rng(seed)
     out = {}
     for key, shape in network.state_keys().items():
-        kind = key.rsplit(".", 1)[1]
+        kind = key.rsplit(".", 1)[-1]
         if kind == "weight" and len(shape) > 1:
             fan_in = math.prod(shape[1:])
             value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))

@@ -115,6 +115,9 @@ class FakeTorch:
     def module(self, layer: Any) -> str:
         return f"self.{layer.name}"
 
+    def batch_size(self) -> str:
+        return "x.shape[0]"
+
     def may_run_inplace(self, layer: Any) -> bool:
         return self.inplace
 
@@ -181,6 +184,7 @@ class FakeOnnx:
         self.layer, self.shapes, self.inputs = layer, shapes, list(layer.inputs)
         self.nodes: list[tuple[str, list[str], str, dict[str, Any]]] = []
         self.initializers: list[str] = []
+        self.aliased: str | None = None
 
     def node(self, op_type: str, inputs: list[str], *, output: str | None = None, **attrs: Any) -> str:
         output = output or self.layer.name
@@ -195,7 +199,10 @@ class FakeOnnx:
         return self.node("Constant", [], output=output or f"{self.layer.name}.constant", value=values)
 
     def alias(self, value: str) -> None:
-        raise AssertionError("not an alias")
+        self.aliased = value
+
+    def batch_size(self) -> str:
+        return "N"
 
     def input_shape(self, layer: Any, index: int) -> tuple[int, ...]:
         return self.shapes[layer.inputs[index]]
@@ -326,7 +333,7 @@ def _add(*inputs: str) -> Layer:
 
 
 def _concat() -> Layer:
-    return Layer("cat", "concat", {}, ["a", "b"], (8, 8, 8))
+    return Layer("cat", "concat", {"axis": 0}, ["a", "b"], (8, 8, 8))
 
 
 def _lowerings(op: str) -> Any:
@@ -389,6 +396,8 @@ def test_onnx_import_converters_with_a_fake_context() -> None:
     ctx = FakeOnnxGraph({"a": (4, 8, 8), "b": (4, 8, 8), "cat": (8, 8, 8)})
     convert = _lowerings("concat").from_onnx["Concat"]
     assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=1), ctx) == OnnxImport("concat", ["a", "b"])
-    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=2), ctx) is None
-    assert ctx.failures == ["only a Concat of computed values over the channels (axis 1) is imported"]
+    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=2), ctx) == OnnxImport("concat", ["a", "b"],
+                                                                                       {"axis": 1})
+    assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=0), ctx) is None  # the batch axis
+    assert ctx.failures == ["only a Concat of computed values over an axis after the batch is imported"]
     assert _lowerings("relu").from_onnx["Relu"](FakeNode("Relu", ["a"], ["r"]), ctx) == OnnxImport("relu", ["a"])

@@ -33,8 +33,11 @@ BACKENDS = ("reference", "torch", "cupy", "onnx")
 
 
 def subnetwork(network: Network, layer: str) -> Network:
-    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output."""
+    """The network cut at ``layer``: its ancestors and itself, with ``layer`` the only output (and the data
+    inputs, for a layer computed from none)."""
     keep = nx.ancestors(network.graph, layer) | {layer}
+    if not any(name in keep for name in network.data_inputs):  # a learned tensor alone: the inputs give the batch
+        keep |= set(network.data_inputs)
     graph = network.graph.subgraph([n for n in network.graph if n in keep]).copy()
     inputs = [name for name in network.inputs if name in keep]
     return Network(network.name, graph, description=network.description, inputs=inputs, outputs=[layer],
@@ -112,18 +115,21 @@ def run_onnx(network: Network, layers: list[str], weights: Mapping[str, np.ndarr
                            ) from None
     from alexdsl.interop.onnx import export_onnx
 
-    model = export_onnx(network, weights)  # checked (full_check): a broken model is an error, never "agreeing"
+    aliases: dict[str, str] = {}
+    model = export_onnx(network, weights, aliases=aliases)  # checked (full_check): a broken model is an error
     produced = {o for node in model.graph.node for o in node.output}
     present = {o.name for o in model.graph.output}
-    wanted = [name for name in layers if name in produced]
-    for name in wanted:
-        if name not in present:
-            model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    # a layer's value: its own, or one of another name that a node computes (a param's <layer>.expanded)
+    wanted = {name: name if name in produced else aliases[name] for name in layers
+              if name in produced or aliases.get(name) in produced}
+    for value in dict.fromkeys(wanted.values()):
+        if value not in present:
+            model.graph.output.append(helper.make_empty_tensor_value_info(value))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     results = session.run(names, {i.name: feeds[i.name] for i in session.get_inputs()})
     values = dict(zip(names, results))
-    out = {name: values[name] for name in wanted}
+    out = {name: values[value] for name, value in wanted.items()}
     for name in layers:  # a layer with no node of its own (dropout) is its input's value
         if name not in out and name not in produced and network.layer(name).inputs:
             source = network.layer(name).inputs[0]

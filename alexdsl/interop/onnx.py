@@ -3,7 +3,8 @@
 * One ONNX node per layer, named after it; initializers are ``<layer>.<param>`` (the torch
   state_dict keys, see :meth:`Network.state_keys`).
 * The batch dimension is symbolic (``N``); graph inputs are the data inputs, graph outputs
-  the network's outputs (the scores its losses read).
+  the network's outputs (the scores its losses read); a ``param`` output keeps its value's name,
+  ``<layer>.expanded``, since its initializer has the layer's.
 * Layers of the test phase are kept and layers only run while training are dropped, as are
   loss and metric layers, label inputs and dropout (identity at inference).
 * ``fc`` is ``Flatten`` + ``Gemm`` (transB=1); ``maxpool``/``avgpool`` keep alexdsl's windows
@@ -36,6 +37,7 @@ from alexdsl.ops.registry import lookup
 
 OPSET = 17
 BATCH = "N"
+BATCH_SIZE = "batch_size"  # the value batch_size() adds: N as an int64 (1,) tensor
 
 
 def _onnx() -> Any:
@@ -53,7 +55,7 @@ def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for layer in network.layers():
         for name, spec in layer.params.items():
-            weights[f"{layer.name}.{name}"] = draw(spec.filler, spec.shape, rng).astype(np.float32)
+            weights[layer.state_key(name)] = draw(spec.filler, spec.shape, rng).astype(np.float32)
         for name, shape in layer.buffers.items():
             value = 1.0 if "var" in name else 0.0
             weights[f"{layer.name}.{name}"] = np.full(shape, value, dtype=np.float32)
@@ -72,7 +74,7 @@ def _check_weights(network: Network, weights: Mapping[str, Any], layers: list[La
     from alexdsl.weights import check_state
 
     keys = network.state_keys()
-    names = (f"{layer.name}.{name}" for layer in layers for name in [*layer.params, *layer.buffers])
+    names = (layer.state_key(name) for layer in layers for name in [*layer.params, *layer.buffers])
     needed = {key: keys[key] for key in names}
     check_state({key: value for key, value in weights.items() if key in needed}, needed)
 
@@ -102,7 +104,7 @@ class OnnxGraphBuilder:
         return output
 
     def initializer(self, layer: Layer, name: str) -> str:
-        key = f"{layer.name}.{name}"
+        key = layer.state_key(name)
         self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32), key))
         return key
 
@@ -119,6 +121,18 @@ class OnnxGraphBuilder:
         assert self.layer is not None
         self.aliases[self.layer.name] = value
 
+    def batch_size(self) -> str:
+        """An int64 (1,) value holding the batch size: ``Shape`` of the first graph input, sliced, added once."""
+        if not any(node.output == [BATCH_SIZE] for node in self.nodes):
+            first = self.network.inference_view().inputs
+            if first:
+                self.nodes.append(self._helper.make_node("Shape", [first[0]], [BATCH_SIZE], name=BATCH_SIZE, end=1))
+            else:  # no input: a learned tensor alone is one sample
+                self.nodes.append(self._helper.make_node(
+                    "Constant", [], [BATCH_SIZE], name=BATCH_SIZE,
+                    value=self._numpy_helper.from_array(np.ones(1, np.int64), BATCH_SIZE)))
+        return BATCH_SIZE
+
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return self.network.layer(layer.inputs[index]).shape
 
@@ -127,8 +141,13 @@ class OnnxGraphBuilder:
         raise AlexDSLError([Diagnostic("error", f"layer '{self.layer.name}': {message}", self.layer.span)])
 
 
-def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, seed: int = 0) -> Any:
-    """Build the ONNX ``ModelProto`` of ``network`` (inference graph, opset 17)."""
+def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, seed: int = 0,
+                aliases: dict[str, str] | None = None) -> Any:
+    """Build the ONNX ``ModelProto`` of ``network`` (inference graph, opset 17).
+
+    ``aliases``, when given, receives each layer whose ONNX value has another name (a dropout's is its input's;
+    a param's is ``<layer>.expanded``, its initializer having the layer's name) -> that value.
+    """
     onnx = _onnx()
     from onnx import TensorProto, helper
 
@@ -138,7 +157,7 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         weights = initial_weights(network, seed)
     _check_weights(network, weights, view.layers)
 
-    alias: dict[str, str] = {}  # layer -> the ONNX value holding its output
+    alias: dict[str, str] = aliases if aliases is not None else {}  # layer -> the ONNX value holding its output
     nodes: list[Any] = []
     initializers: list[Any] = []
     graph_inputs = []
@@ -165,7 +184,8 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         onnx_name = value(target)
         if onnx_name in (o.name for o in outputs):
             continue
-        if onnx_name != target:  # an output that is an alias (a dropout): give it its own name
+        held = {tensor.name for tensor in initializers}
+        if onnx_name != target and target not in held:  # an output that is an alias (a dropout): give it its name
             nodes.append(helper.make_node("Identity", [onnx_name], [target], name=target))
             onnx_name = target
         shape = network.layer(target).shape

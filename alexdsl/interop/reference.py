@@ -40,7 +40,10 @@ def run_reference(network: Network, weights: Mapping[str, Any], feeds: Mapping[s
             if op is None or op.lower.reference is None:
                 raise AlexDSLError([Diagnostic("error", f"op '{layer.op}' has no reference lowering (layer "
                                                         f"'{layer.name}')", layer.span)])
-            own = {name: torch.as_tensor(np.asarray(weights[f"{layer.name}.{name}"], dtype=np.float32))
+            own = {name: torch.as_tensor(np.asarray(weights[layer.state_key(name)], dtype=np.float32))
                    for name in (*layer.params, *layer.buffers)}
-            values[layer.name] = op.lower.reference(layer, [values[i] for i in layer.inputs], own, F)
+            value = op.lower.reference(layer, [values[i] for i in layer.inputs], own, F)
+            if not layer.inputs and view.inputs:  # a layer without inputs (param) is broadcast over the batch
+                value = value.expand(len(values[view.inputs[0]]), *value.shape[1:])
+            values[layer.name] = value
     return {k: v.numpy() for k, v in values.items()}

@@ -81,6 +81,14 @@ class Layer:
     def param_count(self) -> int:
         return sum(p.count for p in self.params.values())
 
+    def state_key(self, pname: str) -> str:
+        """The state_dict key of parameter or buffer ``pname``: ``<layer>.<pname>``, or the layer's own name for
+        the tensor an op keeps under it (``param``'s: ``class_token``, ``encoder.pos_embedding``)."""
+        from alexdsl.ops.registry import lookup
+
+        op = lookup(self.op) if not self.is_input else None
+        return self.name if op is not None and op.own_key == pname else f"{self.name}.{pname}"
+
     @property
     def is_input(self) -> bool:
         return self.op == "input"
@@ -299,19 +307,23 @@ class Network:
     def state_keys(self) -> dict[str, Shape]:
         """Every parameter and buffer as ``<layer>.<name>`` -> shape, in the torch module's order: layers in
         layer order, except that a layer's own entries come before those of the layers named below it
-        (ConvNeXt's ``features.1.0.layer_scale`` before ``features.1.0.block.0.weight``), as in state_dict().
+        (ConvNeXt's ``features.1.0.layer_scale`` before ``features.1.0.block.0.weight``), and a tensor kept under a
+        layer's own name (``encoder.pos_embedding``) comes with its parent's entries, as in state_dict().
 
         These keys are the torch state_dict keys and the executor's weight keys.
         """
         tree: dict[str, Any] = {}  # a name segment -> its subtree; _OWN -> the entries of the layer named so
         for layer in self.layers():
-            entries = [(f"{layer.name}.{pname}", spec.shape) for pname, spec in layer.params.items()]
-            entries += [(f"{layer.name}.{bname}", shape) for bname, shape in layer.buffers.items()]
+            entries = [(layer.state_key(pname), spec.shape) for pname, spec in layer.params.items()]
+            entries += [(layer.state_key(bname), shape) for bname, shape in layer.buffers.items()]
             if entries:
                 node = tree
-                for segment in layer.name.split("."):
+                segments = layer.name.split(".")
+                if len(entries) == 1 and entries[0][0] == layer.name:  # a bare tensor is its parent's own entry
+                    segments = segments[:-1]
+                for segment in segments:
                     node = node.setdefault(segment, {})
-                node[_OWN] = entries
+                node.setdefault(_OWN, []).extend(entries)
         keys: dict[str, Shape] = {}
 
         def visit(node: dict[str, Any]) -> None:

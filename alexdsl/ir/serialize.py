@@ -29,6 +29,7 @@ import networkx as nx
 
 from alexdsl.errors import MAX_DIAGNOSTICS_PER_FILE, AlexDSLError, Diagnostic, DiagnosticSink, Span, did_you_mean
 from alexdsl.ir.network import FORMAT, VERSION, Layer, add_layers, layer_of
+from alexdsl.limits import MAX_INTS, MAX_SHAPE_RANK, MAX_SIZES, MAX_STRING_LENGTH
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef, format_shape, lookup, op_names
 from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS, convert_setting
 
@@ -120,13 +121,17 @@ class _Reader:
         def bad() -> None:
             words = {"int": "an integer", "float": "a finite number", "bool": "true or false",
                      "pair": "a list of two integers", "choice": "one of " + ", ".join(arg.choices),
-                     "bias": "true or false"}[arg.kind]
+                     "bias": "true or false",
+                     "shape": f"a list of 1 to {MAX_SHAPE_RANK} integers from 1 to {MAX_DIM}, such as [1, 197, 768]",
+                     "ints": f"a list of 1 to {MAX_INTS} integers, such as [0, 2, 1]",
+                     "string": f"a string of at most {MAX_STRING_LENGTH} characters",
+                     "sizes": f"a list of at most {MAX_SIZES} [name, size] pairs, such as [[\"p\", 16]]"}[arg.kind]
             self.error(path, f"argument '{arg.name}' of {op.name} has the wrong type", expected=words,
                        received=_show(value))
 
         def in_range(number: float) -> bool:
-            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair") else None)
-            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair") else None)
+            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair", "ints") else None)
+            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair", "ints") else None)
             if (low is not None and number < low) or (high is not None and number > high):
                 self.error(path, f"argument '{arg.name}' of {op.name} is out of range", received=_show(number),
                            expected=f"a value from {low:g} to {high:g}" if low is not None and high is not None
@@ -150,7 +155,50 @@ class _Reader:
             if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
                 return tuple(value) if all(in_range(v) for v in value) else None
             return bad()
+        if arg.kind == "shape":
+            if isinstance(value, list) and 1 <= len(value) <= MAX_SHAPE_RANK and all(
+                    _is_int(v) and 1 <= v <= MAX_DIM for v in value):
+                return tuple(value)
+            return bad()
+        if arg.kind == "ints":
+            if isinstance(value, list) and 1 <= len(value) <= MAX_INTS and all(_is_int(v) for v in value):
+                return tuple(value) if all(in_range(v) for v in value) else None
+            return bad()
+        if arg.kind == "string":
+            if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+                self.error(path, f"argument '{arg.name}' of {op.name} is too long",
+                           expected=f"at most {MAX_STRING_LENGTH:,} characters", received=f"{len(value):,} characters")
+                return None
+            return value if isinstance(value, str) else bad()
+        if arg.kind == "sizes":
+            return self.sizes(op, value, path) if isinstance(value, list) and len(value) <= MAX_SIZES else bad()
         raise AssertionError(arg.kind)
+
+    def sizes(self, op: OpDef, value: list[Any], path: str) -> tuple[tuple[str, int], ...] | None:
+        """A sizes argument's [name, size] pairs: each name one source could write as a keyword that the op does
+        not otherwise take, once; each size an integer from 1."""
+        taken = set(op.arg_names) | {f"{k}{s}" for k in op.param_kinds() for s in ("", "_lr", "_decay")}
+        out: list[tuple[str, int]] = []
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if not (isinstance(item, list) and len(item) == 2 and _is_int(item[1]) and 1 <= item[1] <= MAX_DIM):
+                self.error(where, f"a size of {op.name} must be a [name, size] pair", received=_show(item),
+                           expected=f"a name and an integer from 1 to {MAX_DIM}, such as [\"p\", 16]")
+                return None
+            key = self.name(item[0], f"{where}[0]", "the size's name")
+            if key is None:
+                return None
+            if key in taken or "." in key:
+                again = any(key == k for k, _ in out)
+                self.error(f"{where}[0]", f"size '{key}' of {op.name} is given twice" if again
+                           else f"size '{key}' of {op.name} cannot be written as a keyword",
+                           expected="each name once" if again
+                           else "a name without dots that is not an argument of " + op.name,
+                           received=_show(key))
+                return None
+            taken.add(key)
+            out.append((key, item[1]))
+        return tuple(out)
 
     def attrs(self, op: OpDef, value: Any, path: str) -> dict[str, Any] | None:
         if not isinstance(value, dict):
@@ -159,7 +207,7 @@ class _Reader:
         attrs: dict[str, Any] = {}
         ok = True
         for key in value:
-            if op.arg(key) is None:
+            if op.arg(key) is None:  # a sizes argument's keywords are inside it: {"sizes": [["p", 16]]}
                 self.error(f"{path}.{key}", f"unknown argument '{key}' for {op.name}",
                            expected=", ".join(op.arg_names) or f"{op.name} takes no arguments",
                            hint=did_you_mean(str(key), op.arg_names))
@@ -170,8 +218,7 @@ class _Reader:
                     self.error(path, f"{op.name} is missing required argument '{arg.name}'", expected=op.example)
                     ok = False
                     continue
-                attrs[arg.name] = (arg.default, arg.default) if arg.kind == "pair" and _is_int(arg.default) \
-                    else arg.default
+                attrs[arg.name] = arg.attr_default
                 continue
             converted = self.arg_value(op, arg, value[arg.name], f"{path}.{arg.name}")
             if converted is None and not (arg.kind == "pair" and arg.default is None and value[arg.name] is None):

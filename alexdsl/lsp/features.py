@@ -23,6 +23,7 @@ from alexdsl.lsp.symbols import Symbol, SymbolIndex
 from alexdsl.ops.registry import FILLERS, REQUIRED, Arg, OpDef, all_ops, format_shape, lookup
 from alexdsl.settings import PREPROCESS_KEYS, SOLVER_KEYS
 from alexdsl.syntax import ast
+from alexdsl.syntax.build import string_literal
 
 KEYWORDS = ("network", "description", "input", "output", "defaults", "solver", "preprocess", "block", "repeat")
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
@@ -307,7 +308,7 @@ def _describe_layer(analysis: Analysis, layer: Layer) -> str:
     if layer.inputs:
         lines.append("inputs: " + ", ".join(f"`{n}`" for n in layer.inputs))
     for name, spec in layer.params.items():
-        lines.append(f"- `{layer.name}.{name}`: {format_shape(spec.shape)} ({spec.count:,}), {spec.filler}, "
+        lines.append(f"- `{layer.state_key(name)}`: {format_shape(spec.shape)} ({spec.count:,}), {spec.filler}, "
                      f"lr ×{spec.lr_mult:g}, decay ×{spec.decay_mult:g}")
     if layer.params:
         lines.append(f"parameters: {layer.param_count:,}")
@@ -325,11 +326,22 @@ def signature(op: OpDef) -> str:
 
 
 def _arg_text(arg: Arg) -> str:
+    """``name`` or ``name=default`` as source writes it; a sizes argument is ``**name`` (its keywords)."""
+    if arg.kind == "sizes":
+        return f"**{arg.name}"
     if arg.default is REQUIRED:
         return arg.name
     default = arg.default
-    text = ("true" if default else "false") if isinstance(default, bool) else \
-        ("none" if default is None else str(default))
+    if isinstance(default, bool):
+        text = "true" if default else "false"
+    elif default is None:
+        text = "none"
+    elif arg.kind == "shape" and isinstance(default, tuple):
+        text = "x".join(map(str, default))
+    elif arg.kind == "string":
+        text = string_literal(default)
+    else:
+        text = str(default)
     return f"{arg.name}={text}"
 
 
@@ -344,11 +356,16 @@ def _arg_doc(op_name: str, keyword: str) -> str:
             return f"`{keyword}`: argument of filler `{_filler_signature(op_name)}`"
         return f"`{keyword}`"
     arg = op.arg(keyword)
+    sizes = next((a for a in op.args if a.kind == "sizes"), None)
+    setting = keyword in op.param_kinds() or keyword.endswith(("_lr", "_decay"))
+    if arg is None and sizes is not None and not setting:
+        return f"`{keyword}`: a size collected by `**{sizes.name}` ({sizes.words}): {sizes.doc}\n\n" \
+               f"example: `{op.example}`"
     if arg is None:
         kind = keyword.rsplit("_", 1)[0]
         return f"`{keyword}`: parameter setting of `{kind}` (filler, `_lr` or `_decay` multiplier)\n\n" \
                f"example: `{op.example}`"
-    return f"`{_arg_text(arg)}` ({arg.kind}): {arg.doc}\n\nexample: `{op.example}`"
+    return f"`{_arg_text(arg)}`: {arg.words}. {arg.doc}\n\nexample: `{op.example}`"
 
 
 def _filler_signature(name: str) -> str:
@@ -490,9 +507,9 @@ def _argument_items(call_name: str, inside: str, blocks: dict[str, ast.BlockDef]
     given = set(re.findall(r"([A-Za-z_]\w*)\s*=", inside))
     op = lookup(call_name)
     if op is not None:
-        items = [_item(f"{a.name}=", types.CompletionItemKind.Property, f"{a.kind}, default {_arg_text(a)}"
-                       if a.default is not REQUIRED else f"{a.kind}, required", a.doc)
-                 for a in op.args if a.name not in given]
+        items = [_item(f"{a.name}=", types.CompletionItemKind.Property, f"{a.words}, default {_arg_text(a)}"
+                       if a.default is not REQUIRED else f"{a.words}, required", a.doc)
+                 for a in op.args if a.name not in given and a.kind != "sizes"]
         items += [_item(f"{k}{s}=", types.CompletionItemKind.Property, "filler" if not s else "multiplier")
                   for k in op.param_kinds() for s in ("", "_lr", "_decay") if op.arg(k + s) is None]
         if op.inputs[1] is None or op.inputs[1] > 1 or "=" not in inside:

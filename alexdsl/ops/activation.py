@@ -32,7 +32,7 @@ from alexdsl.ops.lowering import (
     Pattern,
     TorchLowering,
 )
-from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, register
+from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, normalize_axis, register
 
 
 def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -193,15 +193,17 @@ def _softmax_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext)
 
 
 def _softmax_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only)."""
+    """``Softmax`` over the channels: axis 1 (before opset 13, axis 1 of a flat input only); from opset 13 any
+    axis after the batch (softmax(axis=...))."""
     shape = ctx.shape(node.inputs[0])
     rank = len(shape) + 1 if shape is not None else 0
-    axis = int(node.attr("axis", 1 if ctx.opset < 13 else -1))
-    if axis < 0:
-        axis += rank
-    if axis != 1 or (ctx.opset < 13 and rank != 2):
-        return ctx.fail(node, f"a softmax over axis {node.attr('axis')} is not over the channels (axis 1)")
-    return OnnxImport("softmax", node.inputs[:1])
+    written = int(node.attr("axis", 1 if ctx.opset < 13 else -1))
+    axis = written + rank if written < 0 else written
+    if axis == 1 and (ctx.opset >= 13 or rank == 2):
+        return OnnxImport("softmax", node.inputs[:1])
+    if ctx.opset >= 13 and 1 < axis < rank:  # another per-sample axis; a negative one stays negative
+        return OnnxImport("softmax", node.inputs[:1], {"axis": written if written < 0 else axis - 1})
+    return ctx.fail(node, f"a softmax over axis {node.attr('axis')} is not over an axis after the batch")
 
 
 def _softmax_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
@@ -219,17 +221,43 @@ def _softmax_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxI
     return OnnxImport("softmax", first.inputs[:1], absorbed=(softmax, first))
 
 
+def _softmax_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    normalize_axis(attrs["axis"], len(inputs[0]))
+    return inputs[0]
+
+
+def _softmax_dim(layer: Any) -> int:
+    """The axis as torch counts it: the batch added to a non-negative axis, a negative one kept."""
+    axis = layer.attrs["axis"]
+    return axis + 1 if axis >= 0 else axis
+
+
+def _softmax_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    axis = "" if layer.attrs["axis"] == 0 else f", {ctx.lit(_softmax_dim(layer))}"
+    return ExecutorKernel(f"rt.softmax({ctx.inputs[0]}{axis}, out={{out}})", "softmax")
+
+
+def _softmax_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
+    if layer.attrs["axis"] != 0:
+        ctx.fail(f"softmax over axis {layer.attrs['axis']} has no Caffe layer: Caffe's Softmax is over the channels "
+                 "(axis 0)")
+    return [CaffeLayer("Softmax")]
+
+
 register(OpDef(
-    name="softmax", family="activation", summary="Softmax over channels (dimension 1 of NCHW).",
-    example="prob: softmax", args=(), infer=_same,
+    name="softmax", family="activation",
+    summary="Softmax over one axis: by default the channels (dimension 1 of NCHW); axis=-1 the last axis.",
+    example="prob: softmax", args=(
+        Arg("axis", "int", 0, "the per-sample axis: 0, the channels; -1, the last axis", positional=False),),
+    infer=_softmax_infer,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softmax({args[0]}, 1)"),
-        executor=_xp_call("softmax"),
-        onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: [CaffeLayer("Softmax")],
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"F.softmax({args[0]}, {ctx.int(_softmax_dim(layer))})"),
+        executor=ExecutorLowering(lower=_softmax_executor, inplace=True),
+        onnx=lambda layer, ctx: ctx.node("Softmax", ctx.inputs, axis=_softmax_dim(layer)),
+        caffe=_softmax_caffe,
         from_caffe={"Softmax": _softmax_from_caffe},
         from_onnx={"Softmax": _softmax_from_onnx, "Transpose": _softmax_from_transpose},
-        reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=1),
+        reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=_softmax_dim(layer)),
     ),
 ))
 

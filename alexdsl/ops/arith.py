@@ -63,19 +63,20 @@ def _broadcast(op: str) -> Any:
 def _combined(combine: Any) -> Any:
     """The reference of a broadcasting op: the inputs aligned once, then folded left with ``combine``."""
     def reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-        return functools.reduce(combine, _reference_aligned(layer, xs))
+        return functools.reduce(combine, reference_aligned(layer, xs))
 
     return reference
 
 
-def _aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
+def aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
     """The inputs, each of lower rank than the output given its missing dimensions after the batch."""
     rank = len(layer.shape)
     return [arg if len(input_shape(layer, i)) == rank else f"{arg}[:{', None' * (rank - len(input_shape(layer, i)))}]"
             for i, arg in enumerate(args)]
 
 
-def _onnx_aligned(layer: Any, ctx: OnnxExportContext) -> list[str]:
+def onnx_aligned(layer: Any, ctx: OnnxExportContext) -> list[str]:
+    """The ONNX inputs, each of lower rank than the output unsqueezed after the batch."""
     rank = len(layer.shape)
     values = []
     for i, value in enumerate(ctx.inputs):
@@ -90,7 +91,7 @@ def _onnx_aligned(layer: Any, ctx: OnnxExportContext) -> list[str]:
 def _binary_onnx(op_type: str) -> Any:
     """``a op b op c ...`` as a chain of ONNX ``op_type`` nodes, the last one the layer's."""
     def lower(layer: Any, ctx: OnnxExportContext) -> None:
-        values = _onnx_aligned(layer, ctx)
+        values = onnx_aligned(layer, ctx)
         result = values[0]
         for i, value in enumerate(values[1:], start=2):
             last = i == len(values)
@@ -113,7 +114,7 @@ def _executor(function: str) -> ExecutorLowering:
     """``rt.<function>(inputs..., <epilogue>, out=...)``, in place: the walker shares only an input of the output's
     shape. ``rt.add`` takes ``relu=`` as conv and fc do; the others take the epilogue as ``act=``."""
     def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-        inputs = _aligned(layer, list(ctx.inputs), ctx.input_shape)
+        inputs = aligned(layer, list(ctx.inputs), ctx.input_shape)
         if function == "add":
             epilogue = epilogue_args(ctx.epilogue) + ", "
         else:
@@ -155,7 +156,8 @@ def _eltwise(operation: str, *coeffs: str) -> Any:
     return caffe
 
 
-def _reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
+def reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
+    """The torch inputs, each of lower rank than the output given its missing dimensions after the batch."""
     rank = len(layer.shape) + 1
     return [x.reshape(x.shape[0], *[1] * (rank - x.dim()), *x.shape[1:]) for x in xs]
 
@@ -166,10 +168,10 @@ register(OpDef(
     example="out: add(branch, shortcut)", args=(), infer=_broadcast("add"), inputs=(2, None),
     pattern=Pattern.BROADCAST,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(_aligned(layer, args, ctx.input_shape)),
+        torch=TorchLowering(forward=lambda layer, args, ctx: " + ".join(aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
         executor=_executor("add"),
-        onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", _onnx_aligned(layer, ctx)),
+        onnx=lambda layer, ctx: ctx.node("Add" if len(ctx.inputs) == 2 else "Sum", onnx_aligned(layer, ctx)),
         caffe=_eltwise("SUM"),
         from_caffe={"Eltwise": _eltwise_from_caffe},
         from_onnx={"Add": _binary_from_onnx("add"), "Sum": _binary_from_onnx("add")},
@@ -184,7 +186,7 @@ register(OpDef(
     summary="Elementwise difference a - b, with NumPy broadcasting (Caffe Eltwise SUM with coeff 1, -1).",
     example="d: sub(branch, shortcut)", args=(), infer=_broadcast("sub"), inputs=(2, 2), pattern=Pattern.BROADCAST,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: " - ".join(_aligned(layer, args, ctx.input_shape)),
+        torch=TorchLowering(forward=lambda layer, args, ctx: " - ".join(aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
         executor=_executor("subtract"),
         onnx=_binary_onnx("Sub"),
@@ -202,7 +204,7 @@ register(OpDef(
     example="se: mul(branch, shortcut)", args=(), infer=_broadcast("mul"), inputs=(2, None),
     pattern=Pattern.BROADCAST,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: " * ".join(_aligned(layer, args, ctx.input_shape)),
+        torch=TorchLowering(forward=lambda layer, args, ctx: " * ".join(aligned(layer, args, ctx.input_shape)),
                             overwritable_output=True),
         executor=_executor("multiply"),
         onnx=_binary_onnx("Mul"),

@@ -56,6 +56,10 @@ class TorchContext(Protocol):
         """The expression of the layer's own module (``self.conv1``, ``self.features['0']``)."""
         ...
 
+    def batch_size(self) -> str:
+        """The expression of the batch size in ``forward`` (``x.shape[0]``, of the first input)."""
+        ...
+
     def may_run_inplace(self, layer: Any) -> bool:
         """Whether an elementwise layer may overwrite its input while training (its producer's backward
         does not read it, nothing else reads it, it is no output, and both run in the same phase)."""
@@ -133,7 +137,8 @@ class OnnxExportContext(Protocol):
         ...
 
     def initializer(self, layer: Any, name: str) -> str:
-        """Add the layer's parameter ``name`` as an initializer; returns its name, ``<layer>.<name>``."""
+        """Add the layer's parameter ``name`` as an initializer; returns its name, the state key (``<layer>.<name>``,
+        or the layer's name for ``param``'s tensor)."""
         ...
 
     def constant(self, values: Any, *, output: str | None = None, integer: bool = False) -> str:
@@ -142,6 +147,10 @@ class OnnxExportContext(Protocol):
 
     def alias(self, value: str) -> None:
         """The layer is ``value`` at inference (dropout): it adds no node."""
+        ...
+
+    def batch_size(self) -> str:
+        """An int64 value of shape (1,) holding the batch size, of the first graph input (added once)."""
         ...
 
     def input_shape(self, layer: Any, index: int) -> tuple[int, ...]:

@@ -57,6 +57,9 @@ class TorchLowering:
     returns a scalar tensor and a metric a 0-d tensor from ``(logits, label)``.
     ``overwritable_output``: an elementwise op after this one may run in place during
     training (the op's backward does not read its output).
+    ``imports``: the import lines the forward expression needs besides torch (``"import einops"``).
+    ``parameter``: ``module`` is an ``nn.Parameter``, registered on the parent module under the
+    layer's last name segment (``param``: ``self.class_token``, ``self.encoder.pos_embedding``).
 
     ``ctx`` is a :class:`~alexdsl.ops.contexts.TorchContext`.
     """
@@ -64,6 +67,8 @@ class TorchLowering:
     forward: Callable[[Any, list[str], TorchContext], str] | None = None
     module: Callable[[Any, TorchContext], str] | None = None
     overwritable_output: bool = False
+    parameter: bool = False
+    imports: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.forward is None:

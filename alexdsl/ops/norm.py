@@ -25,7 +25,17 @@ from alexdsl.ops.lowering import (
     TorchLowering,
     call_module,
 )
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
+from alexdsl.ops.registry import (
+    Arg,
+    Attrs,
+    OpDef,
+    Shape,
+    ShapeError,
+    expect_rank,
+    format_shape,
+    normalize_axis,
+    register,
+)
 
 
 def _infer_lrn(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -249,17 +259,55 @@ def _per_channel_onnx(layer: Any, ctx: OnnxExportContext, name: str) -> str:
     return ctx.node("Reshape", [ctx.initializer(layer, name), shape], output=f"{layer.name}.{name}_c11")
 
 
+def _ln_over_last(layer: Any) -> bool:
+    """Whether the layer normalises the last axis of its input (else the channels of CxHxW)."""
+    return normalize_axis(layer.attrs["axis"], len(layer.shape)) == len(layer.shape) - 1
+
+
+def _ln_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
+    (x,) = inputs
+    axis = normalize_axis(attrs["axis"], len(x))
+    if axis != len(x) - 1 and not (axis == 0 and len(x) == 3):
+        raise ShapeError(f"layernorm normalises the last axis, or the channels (axis 0) of CxHxW; not axis "
+                         f"{attrs['axis']} of {format_shape(x)}", arg="axis",
+                         expected="axis=-1 (the last axis, any rank) or axis=0 of CxHxW", received=format_shape(x))
+    return x
+
+
+def _ln_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
+    size = inputs[0][normalize_axis(attrs["axis"], len(inputs[0]))]
+    return {"weight": (size,), "bias": (size,)}
+
+
 def _ln_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
-    """torchvision's LayerNorm2d: nn.LayerNorm over the channels, applied channels last."""
-    if len(layer.shape) == 1:
+    """nn.LayerNorm over the last axis; over the channels of CxHxW, applied channels last (torchvision's
+    LayerNorm2d)."""
+    if _ln_over_last(layer):
         return call_module(layer, args, ctx)
     return f"{ctx.module(layer)}({args[0]}.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)"
+
+
+def _ln_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    if not _ln_over_last(layer) or len(layer.shape) == 1:
+        return _norm_executor("layer_norm").lower(layer, ctx)  # type: ignore[misc]
+    ident = ctx.ident
+    return ExecutorKernel(
+        f"rt.layer_norm_last({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {ctx.lit(float(layer.attrs['eps']))}, "
+        "out={out})", "layer_norm_last",
+        setup=(f"self.{ident}_w = {ctx.weight(layer, 'weight')}", f"self.{ident}_b = {ctx.weight(layer, 'bias')}"))
+
+
+def _ln_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    size = w["weight"].shape
+    if _ln_over_last(layer):
+        return F.layer_norm(xs[0], size, w["weight"], w["bias"], layer.attrs["eps"])
+    return F.layer_norm(xs[0].permute(0, 2, 3, 1), size, w["weight"], w["bias"], layer.attrs["eps"]).permute(0, 3, 1, 2)
 
 
 def _ln_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     scale, bias = ctx.initializer(layer, "weight"), ctx.initializer(layer, "bias")
     eps = float(layer.attrs["eps"])
-    if len(layer.shape) == 1:
+    if _ln_over_last(layer):
         ctx.node("LayerNormalization", [ctx.inputs[0], scale, bias], axis=-1, epsilon=eps)
         return
     last = ctx.node("Transpose", ctx.inputs, output=f"{layer.name}.nhwc", perm=[0, 2, 3, 1])
@@ -346,15 +394,18 @@ def _ln_core(ctx: OnnxImportContext, top: Any) -> tuple[str, float, dict[str, An
 
 
 def _ln_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """A layer norm of a vector (``LayerNormalization``, or its decomposition below opset 17) -> layernorm."""
+    """A layer norm over the last axis (``LayerNormalization``, or its decomposition below opset 17) -> layernorm:
+    of a vector (the default axis), of a token tensor (``axis=-1``)."""
     core = _ln_core(ctx, node)
-    if core is None or not _over_channels(ctx, core):
+    if core is None:
         if node.op_type == "LayerNormalization":
-            return ctx.fail(node, "a LayerNormalization is imported over the channels: of a vector, or of CxHxW "
-                                  "between Transposes to channels-last and back (torchvision's LayerNorm2d)")
+            return ctx.fail(node, "a LayerNormalization is imported over the last axis, with a constant scale and "
+                                  "shift of its size")
         return None
     source, eps, params, nodes, _ = core
-    return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+    if _over_channels(ctx, core):
+        return OnnxImport("layernorm", [source], {"eps": eps}, params, tuple(nodes))
+    return OnnxImport("layernorm", [source], {"eps": eps, "axis": -1}, params, tuple(nodes))  # a token tensor
 
 
 def _over_channels(ctx: OnnxImportContext, core: tuple[Any, ...]) -> bool:
@@ -386,24 +437,25 @@ def _ln_from_transpose(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport
 register(OpDef(
     name="layernorm",
     family="norm",
-    summary="Layer normalisation over the channels of every pixel (torchvision's LayerNorm2d; no Caffe layer).",
+    summary="Layer normalisation over one axis with a learned scale and shift of its size: by default the channels "
+            "of every pixel of CxHxW (torchvision's LayerNorm2d) or of a vector; axis=-1: nn.LayerNorm over the last "
+            "axis of any rank (no Caffe layer).",
     example="norm: layernorm(eps=1e-6)",
-    args=(Arg("eps", "float", 1e-5, "added to the variance", min=0),),
-    infer=_infer_same,
-    params=_channels,
+    args=(Arg("eps", "float", 1e-5, "added to the variance", min=0),
+          Arg("axis", "int", 0, "the axis normalised: 0, the channels of CxHxW or a vector; -1, the last axis",
+              positional=False)),
+    infer=_ln_infer,
+    params=_ln_params,
     default_fillers=UNIT_AFFINE,
     lower=Lowerings(
-        torch=TorchLowering(module=lambda layer, ctx: (f"nn.LayerNorm({ctx.int(layer.shape[0])}, "
+        torch=TorchLowering(module=lambda layer, ctx: (f"nn.LayerNorm({ctx.int(layer.params['weight'].shape[0])}, "
                                                        f"eps={ctx.float(layer.attrs['eps'])})"),
                             forward=_ln_torch_forward),
-        executor=_norm_executor("layer_norm"),
+        executor=ExecutorLowering(lower=_ln_executor),
         onnx=_ln_onnx,
         from_onnx={"LayerNormalization": _ln_from_onnx, "Add": _ln_from_onnx, "Transpose": _ln_from_transpose},
         onnx_elementwise=("Sub", "Pow", "Add", "Sqrt", "Div", "Mul"),  # torch's decomposition below opset 17
-        reference=lambda layer, xs, w, F: (
-            F.layer_norm(xs[0], (layer.shape[0],), w["weight"], w["bias"], layer.attrs["eps"]) if len(layer.shape) == 1
-            else F.layer_norm(xs[0].permute(0, 2, 3, 1), (layer.shape[0],), w["weight"], w["bias"],
-                              layer.attrs["eps"]).permute(0, 3, 1, 2)),
+        reference=_ln_reference,
     ),
 ))
 

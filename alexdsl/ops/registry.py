@@ -55,7 +55,15 @@ class Arg:
     """One argument of an op's signature.
 
     ``kind`` is one of: int, float, bool, pair (an int or an (h, w) pair), choice, bias
-    (true, false or a filler for the bias).
+    (true, false or a filler for the bias), and, held as the attribute value shown:
+
+    - shape: a shape literal ``1x197x768`` or one int, every dimension >= 1 and at most
+      ``MAX_SHAPE_RANK`` of them; ``tuple[int, ...]``.
+    - ints: an int or a tuple of ints, negatives allowed unless ``min`` says otherwise;
+      ``tuple[int, ...]`` (a lone int is a 1-tuple).
+    - string: a string literal; ``str``.
+    - sizes: keyword-only; every keyword the op does not otherwise declare, each an int >= 1;
+      ``tuple[tuple[str, int], ...]`` in written order (``()`` when none is given).
     """
 
     name: str
@@ -66,6 +74,35 @@ class Arg:
     max: float | None = None
     choices: tuple[str, ...] = ()
     positional: bool = True
+
+    @property
+    def words(self) -> str:
+        """What the argument takes, in words (errors, hover and completion say it)."""
+        return {
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true or false",
+            "pair": "an integer or an (h, w) pair",
+            "choice": "one of " + ", ".join(self.choices),
+            "bias": "true, false or a filler such as constant(0)",
+            "shape": "a shape such as 1x197x768, or one integer",
+            "ints": "an integer or a tuple of integers such as (0, 2, 1)",
+            "string": 'a string such as "b c -> c b"',
+            "sizes": "keyword sizes such as p=16, each an integer at least 1",
+        }[self.kind]
+
+    @property
+    def attr_default(self) -> Any:
+        """The attribute value the default gives: a pair's int as an (h, w) tuple, a shape's or ints' int as a
+        1-tuple, no sizes as ``()``; REQUIRED when the argument must be given."""
+        plain_int = isinstance(self.default, int) and not isinstance(self.default, bool)
+        if self.kind == "pair" and plain_int:
+            return (self.default, self.default)
+        if self.kind in ("shape", "ints") and plain_int:
+            return (self.default,)
+        if self.kind == "sizes" and self.default is REQUIRED:
+            return ()
+        return self.default
 
 
 def _no_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
@@ -97,6 +134,7 @@ class OpDef:
     lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
     role: str = "layer"  # "layer", "loss" or "metric"
+    own_key: str | None = None  # the parameter kept under the layer's own name (param's), not <layer>.<name>
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     pattern: Pattern = Pattern.OPAQUE
     lower: Lowerings = NO_LOWERINGS
@@ -190,21 +228,59 @@ def _load_families() -> None:
         return
     with _FAMILIES_LOCK:
         if not _FAMILIES_LOADED:
-            from alexdsl.ops import activation, arith, conv, linear, loss, norm, pool, split, tensor  # noqa: F401
+            from alexdsl.ops import (  # noqa: F401
+                activation,
+                arith,
+                conv,
+                linear,
+                loss,
+                norm,
+                pool,
+                split,
+                tensor,
+                tokens,
+            )
 
             _FAMILIES_LOADED = True
 
 
 # Shared helpers for shape rules -------------------------------------------------------------
 
+def rank_layout(rank: int) -> str:
+    """The words for a per-sample layout of ``rank`` axes, as shape errors name it.
+
+    >>> [rank_layout(r) for r in (1, 2, 3, 4)]
+    ['a vector (C)', 'LxD (tokens x features)', 'CxHxW', 'rank 4']
+    """
+    return {1: "a vector (C)", 2: "LxD (tokens x features)", 3: "CxHxW"}.get(rank, f"rank {rank}")
+
+
 def expect_rank(shape: Shape, rank: int, what: str = "input") -> None:
+    """A :class:`ShapeError` unless ``shape`` has ``rank`` axes, naming the layout wanted and the shape received."""
     if len(shape) != rank:
-        layout = {3: "CxHxW", 1: "a vector (C)"}.get(rank, f"rank {rank}")
+        layout = rank_layout(rank)
         raise ShapeError(
             f"expects {what} of rank {rank} ({layout})",
             expected=layout,
             received=format_shape(shape),
         )
+
+
+def expect_min_rank(shape: Shape, rank: int, what: str = "input") -> None:
+    """A ShapeError when ``shape`` has fewer than ``rank`` axes (a token op on a vector, say)."""
+    if len(shape) < rank:
+        raise ShapeError(f"expects {what} of rank {rank} or more", expected=f"rank >= {rank}",
+                         received=format_shape(shape))
+
+
+def normalize_axis(axis: int, rank: int, arg: str = "axis") -> int:
+    """``axis`` (negative counts from the end) as a per-sample axis in ``0..rank-1``, or a ShapeError naming
+    ``arg``."""
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{arg}={axis} is out of range for an input of rank {rank}", arg=arg,
+                         expected=f"an axis from {-rank} to {rank - 1} (the batch axis is never named)",
+                         received=f"{arg}={axis}")
+    return axis % rank
 
 
 def format_shape(shape: Shape) -> str:

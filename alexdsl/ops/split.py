@@ -22,7 +22,7 @@ from alexdsl.ops.contexts import (
 )
 from alexdsl.ops.from_onnx import is_read
 from alexdsl.ops.lowering import CaffeLayer, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, normalize_axis, register
 
 
 def chunk_bounds(chunks: int, index: int, channels: int) -> tuple[int, int]:
@@ -42,78 +42,105 @@ def _bounds(op: str, attrs: Attrs, channels: int) -> tuple[int, int]:
     return attrs["start"], attrs["stop"] or channels
 
 
-def _channels(x: Shape) -> int:
+def _axis(attrs: Attrs, x: Shape) -> int:
+    """The per-sample axis split (0, the channels, by default), checked against the input's rank."""
     if not x:
         raise ShapeError("a scalar has no channels to split", expected="CxHxW or a vector (C)", received="scalar")
-    return x[0]
+    return normalize_axis(attrs.get("axis", 0), len(x))
+
+
+def _part(x: Shape, axis: int, size: int) -> Shape:
+    return (*x[:axis], size, *x[axis + 1:])
+
+
+def _where(attrs: Attrs) -> str:
+    return "channels" if attrs.get("axis", 0) == 0 else f"elements of axis {attrs['axis']}"
 
 
 def _infer_chunk(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
-    _channels(x)
-    chunks, index = attrs["chunks"], attrs["index"]
+    axis = _axis(attrs, x)
+    chunks, index, size = attrs["chunks"], attrs["index"], x[axis]
     if index >= chunks:
         raise ShapeError(f"part {index} of chunk({chunks}) does not exist", arg="index",
                          expected=f"an index below {chunks}", received=str(index))
-    start, stop = chunk_bounds(chunks, index, x[0])
+    start, stop = chunk_bounds(chunks, index, size)
     if start >= stop:
-        made = -(-x[0] // -(-x[0] // chunks))
-        raise ShapeError(f"chunk({chunks}) of {x[0]} channels makes only {made} parts, as torch.chunk does, "
+        made = -(-size // -(-size // chunks))
+        raise ShapeError(f"chunk({chunks}) of {size} {_where(attrs)} makes only {made} parts, as torch.chunk does, "
                          f"so part {index} is empty", arg="chunks",
-                         expected=f"at most {x[0]} parts, or channels that divide into {chunks}",
+                         expected=f"at most {size} parts, or {_where(attrs)} that divide into {chunks}",
                          received=format_shape(x))
-    return (stop - start, *x[1:])
+    return _part(x, axis, stop - start)
 
 
 def _infer_slice(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
-    start, stop, channels = attrs["start"], attrs["stop"] or _channels(x), attrs["channels"]
-    if channels and channels != x[0]:
-        raise ShapeError(f"the parts of the split add up to {channels} channels, but the input has {x[0]}",
-                         arg="channels", expected=f"an input of {channels} channels, or sizes that add up to {x[0]}",
-                         received=format_shape(x))
-    if not start < stop <= x[0]:
-        raise ShapeError(f"channels {start}:{stop} are not inside the input's {x[0]}", arg="stop",
-                         expected=f"0 <= start < stop <= {x[0]}", received=format_shape(x))
-    return (stop - start, *x[1:])
+    axis = _axis(attrs, x)
+    size = x[axis]
+    start, stop, channels = attrs["start"], attrs["stop"] or size, attrs["channels"]
+    if channels and channels != size:
+        raise ShapeError(f"the parts of the split add up to {channels} {_where(attrs)}, but the input has {size}",
+                         arg="channels", expected=f"an input of {channels} {_where(attrs)}, or sizes that add up to "
+                                                  f"{size}", received=format_shape(x))
+    if not start < stop <= size:
+        raise ShapeError(f"{_where(attrs)} {start}:{stop} are not inside the input's {size}", arg="stop",
+                         expected=f"0 <= start < stop <= {size}", received=format_shape(x))
+    return _part(x, axis, stop - start)
+
+
+def _index(axis: int, start: str, stop: str) -> str:
+    """The torch indexing of ``start:stop`` along per-sample ``axis``: ``[:, 0:4]``, ``[..., 0:4]``."""
+    if axis < 0:
+        return f"[..., {start}:{stop}{', :' * (-axis - 1)}]"
+    return f"[:, {':, ' * axis}{start}:{stop}]"
 
 
 def _torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
-    start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
-    return f"{args[0]}[:, {ctx.int(start)}:{ctx.int(stop)}]"
+    shape = ctx.input_shape(layer, 0)
+    axis = layer.attrs.get("axis", 0)
+    start, stop = _bounds(layer.op, layer.attrs, shape[normalize_axis(axis, len(shape))])
+    return f"{args[0]}{_index(axis, ctx.int(start), ctx.int(stop))}"
 
 
 def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
-    start, stop = _bounds(layer.op, layer.attrs, ctx.input_shape(layer, 0)[0])
+    shape = ctx.input_shape(layer, 0)
+    axis = normalize_axis(layer.attrs.get("axis", 0), len(shape))
+    start, stop = _bounds(layer.op, layer.attrs, shape[axis])
     ctx.node("Slice", [ctx.inputs[0], ctx.constant([start], integer=True), ctx.constant([stop], integer=True),
-                       ctx.constant([1], integer=True)])
+                       ctx.constant([axis + 1], integer=True)])
 
 
 def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-    start, stop = _bounds(layer.op, layer.attrs, xs[0].shape[1])
-    return xs[0][:, start:stop]
+    axis = normalize_axis(layer.attrs.get("axis", 0), xs[0].dim() - 1) + 1
+    start, stop = _bounds(layer.op, layer.attrs, xs[0].shape[axis])
+    return xs[0].narrow(axis, start, stop - start)
 
 
-def _copy(x: Any, start: int, stop: int, out: Any) -> Any:
-    """``x[:, start:stop]`` as a contiguous array (into ``out`` when given): the kernels read contiguous input
-    (NumPy's and CuPy's ``copy`` are C-ordered)."""
-    part = x[:, start:stop]
+def _copy(x: Any, axis: int, start: int, stop: int, out: Any) -> Any:
+    """``x[:, start:stop]`` along per-sample ``axis`` as a contiguous array (into ``out`` when given): the kernels
+    read contiguous input (NumPy's and CuPy's ``copy`` are C-ordered)."""
+    axis = axis % (x.ndim - 1) + 1
+    part = x[(slice(None),) * axis + (slice(start, stop),)]
     if out is None:
         return part.copy()
     out[...] = part
     return out
 
 
-def _chunk_executor(x: Any, *, chunks: int, index: int, out: Any = None) -> Any:
-    return _copy(x, *chunk_bounds(chunks, index, x.shape[1]), out)
+def _chunk_executor(x: Any, *, chunks: int, index: int, axis: int = 0, out: Any = None) -> Any:
+    return _copy(x, axis, *chunk_bounds(chunks, index, x.shape[axis % (x.ndim - 1) + 1]), out)
 
 
-def _slice_executor(x: Any, *, start: int, stop: int, channels: int = 0, out: Any = None) -> Any:
-    return _copy(x, start, stop, out)
+def _slice_executor(x: Any, *, start: int, stop: int, channels: int = 0, axis: int = 0, out: Any = None) -> Any:
+    return _copy(x, axis, start, stop, out)
 
 
 def _caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
     """One Slice layer whose top named after the layer is this part; the other parts are tops nobody reads."""
+    if layer.attrs.get("axis", 0) != 0:
+        ctx.fail(f"a part of a split along axis {layer.attrs['axis']}: alexdsl exports Caffe's Slice over the "
+                 "channels only")
     channels = ctx.input_shape(layer, 0)[0]
     if layer.op == "channel_chunk" and channels % layer.attrs["chunks"] == 0:  # Caffe's even split: no points
         index = layer.attrs["index"]
@@ -225,7 +252,8 @@ CHANNEL_CHUNK = register(OpDef(
             "(Caffe Slice).",
     example="part: channel_chunk(2, 1)",
     args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
-          Arg("index", "int", doc="which part, from 0", min=0)),
+          Arg("index", "int", doc="which part, from 0", min=0),
+          Arg("axis", "int", 0, "the per-sample axis split: 0, the channels; -1, the last axis", positional=False)),
     infer=_infer_chunk, pattern=Pattern.INJECTIVE,
     lower=_lowerings(_chunk_executor, from_onnx={"Split": _split_from_onnx}),
 ))
@@ -237,7 +265,8 @@ CHANNEL_SLICE = register(OpDef(
     example="part: channel_slice(4, 12)",
     args=(Arg("start", "int", doc="the first channel", min=0),
           Arg("stop", "int", 0, "one past the last channel (0: to the last channel)", min=0),
-          Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM)),
+          Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM),
+          Arg("axis", "int", 0, "the per-sample axis split: 0, the channels; -1, the last axis", positional=False)),
     infer=_infer_slice, pattern=Pattern.INJECTIVE,
     lower=_lowerings(_slice_executor, "Slice", from_onnx={"Slice": _slice_from_onnx}),
 ))

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from alexdsl.ops.contexts import (
+    CaffeExportContext,
     CaffeImportContext,
     CaffeMessage,
+    ExecutorContext,
     OnnxExportContext,
     OnnxImportContext,
     OnnxNodeView,
@@ -22,42 +24,107 @@ from alexdsl.ops.lowering import (
     Pattern,
     TorchLowering,
 )
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, normalize_axis, numel, register
+
+
+def _flatten_axes(attrs: Attrs, x: Shape) -> tuple[int, int]:
+    start, end = normalize_axis(attrs["start"], len(x), "start"), normalize_axis(attrs["end"], len(x), "end")
+    if start > end:
+        raise ShapeError(f"flatten's start ({attrs['start']}) comes after its end ({attrs['end']}) for "
+                         f"{format_shape(x)}", arg="end", expected="start <= end", received=format_shape(x))
+    return start, end
 
 
 def _flatten(attrs: Attrs, inputs: list[Shape]) -> Shape:
-    return (numel(inputs[0]),)
+    x = inputs[0]
+    start, end = _flatten_axes(attrs, x)
+    return (*x[:start], numel(x[start:end + 1]), *x[end + 1:])
+
+
+def _flattens_all(layer: Any) -> bool:
+    """Whether the layer flattens every per-sample axis (the default): torch.flatten(x, 1), ONNX Flatten."""
+    return len(layer.shape) == 1
+
+
+def _flatten_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    if _flattens_all(layer):
+        return f"torch.flatten({args[0]}, 1)"
+    start, end = _flatten_axes(layer.attrs, ctx.input_shape(layer, 0))
+    return f"torch.flatten({args[0]}, {ctx.int(start + 1)}, {ctx.int(end + 1)})"
+
+
+def _flatten_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    shape = "-1" if _flattens_all(layer) else ", ".join(ctx.lit(d) for d in layer.shape)
+    return ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, {shape})", "view", note="flatten (a view)")
+
+
+def _flatten_onnx(layer: Any, ctx: OnnxExportContext) -> None:
+    if _flattens_all(layer):
+        ctx.node("Flatten", ctx.inputs, axis=1)
+    else:
+        ctx.node("Reshape", [ctx.inputs[0], ctx.constant([-1, *layer.shape], integer=True)])
+
+
+def _flatten_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
+    if not _flattens_all(layer):
+        ctx.fail("a flatten of some axes only: alexdsl exports Caffe's Flatten of every axis after the batch")
+    return [CaffeLayer("Flatten")]
 
 
 register(OpDef(
-    name="flatten", family="tensor", summary="CxHxW -> C*H*W.", example="flat: flatten", args=(), infer=_flatten,
+    name="flatten", family="tensor",
+    summary="Axes start to end (every per-sample axis by default: CxHxW -> C*H*W) as one.",
+    example="flat: flatten",
+    args=(Arg("start", "int", 0, "the first per-sample axis flattened"),
+          Arg("end", "int", -1, "the last per-sample axis flattened (-1: the last axis)")),
+    infer=_flatten,
     pattern=Pattern.INJECTIVE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.flatten({args[0]}, 1)"),
-        executor=ExecutorLowering(
-            lower=lambda layer, ctx: ExecutorKernel(f"{ctx.inputs[0]}.reshape(n, -1)", "view", note="flatten (a view)"),
-            alias=True),
-        onnx=lambda layer, ctx: ctx.node("Flatten", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: [CaffeLayer("Flatten")],
+        torch=TorchLowering(forward=_flatten_torch),
+        executor=ExecutorLowering(lower=_flatten_executor, alias=True),
+        onnx=_flatten_onnx,
+        caffe=_flatten_caffe,
         from_caffe={"Flatten": lambda layer, name, ctx: ("flatten", [], None)},
         from_onnx={"Flatten": lambda node, ctx: OnnxImport("flatten", node.inputs[:1]) if node.attr("axis", 1) == 1
                    else ctx.fail(node, "only Flatten(axis=1) is imported")},
-        reference=lambda layer, xs, w, F: xs[0].flatten(1),
+        reference=lambda layer, xs, w, F: xs[0].flatten(1) if _flattens_all(layer)
+        else xs[0].reshape(-1, *layer.shape),
     ),
 ))
 
 
 def _concat(attrs: Attrs, inputs: list[Shape]) -> Shape:
     first = inputs[0]
+    axis = normalize_axis(attrs["axis"], len(first))
     for i, shape in enumerate(inputs[1:], start=2):
-        if len(shape) != len(first) or shape[1:] != first[1:]:
+        if len(shape) != len(first) or shape[:axis] + shape[axis + 1:] != first[:axis] + first[axis + 1:]:
+            channels = attrs["axis"] == 0 and len(first) in (1, 3)
+            where = "the channel dimension" if channels else f"axis {attrs['axis']}"
             raise ShapeError(
                 f"concat input {i} has shape {format_shape(shape)}, which does not match input 1 "
-                f"({format_shape(first)}) outside the channel dimension",
-                expected="inputs that differ only in channels",
+                f"({format_shape(first)}) outside {where}",
+                expected="inputs that differ only in channels" if channels
+                else f"inputs of one rank that differ only along axis {attrs['axis']}",
                 received=", ".join(format_shape(s) for s in inputs),
             )
-    return (sum(s[0] for s in inputs), *first[1:])
+    return (*first[:axis], sum(s[axis] for s in inputs), *first[axis + 1:])
+
+
+def _concat_dim(layer: Any) -> int:
+    """The axis as torch counts it: the batch added to a non-negative axis, a negative one kept."""
+    axis = layer.attrs["axis"]
+    return axis + 1 if axis >= 0 else axis
+
+
+def _concat_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
+    if layer.attrs["axis"] != 0:
+        ctx.fail(f"concat over axis {layer.attrs['axis']}: alexdsl exports Caffe's Concat over the channels only")
+    return [CaffeLayer("Concat")]
+
+
+def _concat_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+    axis = "" if layer.attrs["axis"] == 0 else f", axis={ctx.lit(_concat_dim(layer))}"
+    return ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}]{axis}, out={{out}})", "concat")
 
 
 def _concat_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> tuple[str, list[Any], None] | None:
@@ -75,30 +142,39 @@ def _dropout_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext)
 
 
 def _concat_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Concat`` of computed values over the channels (axis 1) -> concat."""
+    """``Concat`` of computed values over a per-sample axis -> concat (over the channels, axis 1, without
+    arguments; a negative axis stays negative)."""
     rank = len(ctx.shape(node.outputs[0]) or ()) + 1
-    if node.attr("axis") not in (1, 1 - rank) or not computed(ctx, node.inputs):
-        return ctx.fail(node, "only a Concat of computed values over the channels (axis 1) is imported")
+    axis = int(node.attr("axis", 1))
+    if axis in (0, -rank) or not -rank <= axis < rank or not computed(ctx, node.inputs):
+        return ctx.fail(node, "only a Concat of computed values over an axis after the batch is imported")
     if len(node.inputs) == 1:  # torch.cat([x]) (DenseNet's first layer of a block) is x
         return OnnxImport(None, list(node.inputs))
-    return OnnxImport("concat", list(node.inputs))
+    if axis in (1, 1 - rank):
+        return OnnxImport("concat", list(node.inputs))
+    return OnnxImport("concat", list(node.inputs), {"axis": axis - 1 if axis > 0 else axis})
 
 
 def _concat_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
+    """torch.cat, a learned tensor (batch 1, see ``param``) broadcast over the batch first."""
     import torch
 
-    return torch.cat(xs, dim=1)
+    batch = max(x.shape[0] for x in xs)
+    return torch.cat([x.expand(batch, *x.shape[1:]) for x in xs], dim=_concat_dim(layer))
 
 
 register(OpDef(
-    name="concat", family="tensor", summary="Join inputs along channels (Caffe Concat).",
-    example="out: concat(b1, b3, b5, bp)", args=(), infer=_concat, inputs=(2, None), pattern=Pattern.INJECTIVE,
+    name="concat", family="tensor",
+    summary="Join inputs along one axis: by default the channels (Caffe Concat); any axis of inputs of any rank.",
+    example="out: concat(b1, b3, b5, bp)",
+    args=(Arg("axis", "int", 0, "the per-sample axis joined: 0, the channels; -1, the last axis", positional=False),),
+    infer=_concat, inputs=(2, None), pattern=Pattern.INJECTIVE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.cat([{', '.join(args)}], 1)"),
-        executor=ExecutorLowering(
-            lower=lambda layer, ctx: ExecutorKernel(f"rt.concat([{', '.join(ctx.inputs)}], out={{out}})", "concat")),
-        onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=1),
-        caffe=lambda layer, ctx: [CaffeLayer("Concat")],
+        torch=TorchLowering(forward=lambda layer, args, ctx: f"torch.cat([{', '.join(args)}], "
+                                                             f"{ctx.int(_concat_dim(layer))})"),
+        executor=ExecutorLowering(lower=_concat_executor),
+        onnx=lambda layer, ctx: ctx.node("Concat", ctx.inputs, axis=_concat_dim(layer)),
+        caffe=_concat_caffe,
         from_caffe={"Concat": _concat_from_caffe},
         from_onnx={"Concat": _concat_from_onnx},
         reference=_concat_reference,

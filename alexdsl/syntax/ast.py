@@ -35,6 +35,15 @@ class TupleValue:
 
 
 @dataclass
+class ShapeValue:
+    """A shape written as an argument value: ``1x197x768`` (``dims`` as written; checked when bound)."""
+
+    dims: tuple[int, ...]
+    span: Span
+    text: str = ""  # as written (fmt keeps it); empty when built from values
+
+
+@dataclass
 class Call:
     """``name(args)``: an op or block in a chain, or a filler such as ``gaussian(0.01)``."""
 
@@ -66,7 +75,7 @@ class Negate:
     depth: int = 1
 
 
-Value = Literal | Name | TupleValue | Call | BinaryOp | Negate
+Value = Literal | Name | TupleValue | ShapeValue | Call | BinaryOp | Negate
 Expression = BinaryOp | Negate
 
 

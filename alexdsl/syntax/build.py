@@ -114,7 +114,7 @@ def value(item: Any) -> ast.Value:
     >>> [format_value(value(v)) for v in (3, 0.5, True, "ceil", "a b", (1, 2))]
     ['3', '0.5', 'true', 'ceil', '"a b"', '(1, 2)']
     """
-    if isinstance(item, (ast.Literal, ast.Name, ast.TupleValue, ast.Call, ast.BinaryOp, ast.Negate)):
+    if isinstance(item, (ast.Literal, ast.Name, ast.TupleValue, ast.ShapeValue, ast.Call, ast.BinaryOp, ast.Negate)):
         return item
     if isinstance(item, bool):
         return ast.Literal(item, _NOWHERE, "true" if item else "false")
@@ -194,28 +194,37 @@ def op_args(op: OpDef, attrs: Mapping[str, Any],
     '3, pad=(1, 0), round=ceil'
     """
     args: list[ast.Arg] = []
+    sizes: list[ast.Arg] = []
     positional = True
     for spec in op.args:
         if spec.name not in attrs:
             continue
         item = attrs[spec.name]
-        default = spec.default
-        if spec.kind == "pair" and isinstance(default, int):
-            default = (default, default)
+        default = spec.attr_default
         if spec.name == "stride" and default is None:  # a pool's stride follows its kernel
             default = attrs.get("kernel")
         if default is not REQUIRED and item == default:
             positional = False
             continue
+        if spec.kind == "sizes" and isinstance(item, tuple):  # every size its own keyword, after the others
+            sizes += [arg(write(key, size), key) for key, size in item]
+            continue
         if spec.kind == "pair" and isinstance(item, tuple) and len(item) == 2 and item[0] == item[1]:
-            item = item[0]
-        node = write(spec.name, item)
+            item = item[0]  # a pair of equal sides is written as one number
+        if spec.kind == "ints" and isinstance(item, tuple) and len(item) == 1:
+            item = item[0]  # as is one int
+        if spec.kind == "shape" and isinstance(item, tuple) and all(type(d) is int for d in item):
+            node: ast.Value = ast.ShapeValue(item, _NOWHERE) if len(item) > 1 else number(item[0])
+        elif spec.kind == "string" and isinstance(item, str):
+            node = ast.Literal(item, _NOWHERE, string_literal(item))  # quoted even when it reads as a name
+        else:
+            node = write(spec.name, item)
         if positional and spec.positional and default is REQUIRED:
             args.append(ast.Arg(None, node, _NOWHERE))
         else:
             positional = False
             args.append(arg(node, spec.name))
-    return args
+    return args + sizes
 
 
 Link = tuple[str | None, ast.Call] | ast.Call

@@ -200,6 +200,12 @@ class _ToAst(Transformer):
         text = str(tok)[1:-1].encode("utf-8").decode("unicode_escape", errors="replace")
         return ast.Literal(text, self._span(tok), str(tok))
 
+    def shape_value(self, children: list[Token]) -> ast.ShapeValue:
+        (tok,) = children
+        digits = str(tok).split("x")  # a dimension too long to be one is kept too large, refused when bound
+        dims = tuple(int(d) if len(d.lstrip("0")) <= len(str(MAX_INT)) else MAX_INT for d in digits)
+        return ast.ShapeValue(dims, self._span(tok), str(tok))
+
     def true_value(self, children: list[Token]) -> ast.Literal:
         return ast.Literal(True, self._span(children[0]), "true")
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 from alexdsl.backends.cupy.arrays import Array, array_module
 
 
-def concat(inputs: list[Array] | tuple[Array, ...], *, out: Array | None = None) -> Array:
-    """Concatenate along the channel axis (1)."""
+def concat(inputs: list[Array] | tuple[Array, ...], *, axis: int = 1, out: Array | None = None) -> Array:
+    """Concatenate along ``axis`` (the channels, 1, by default); an input of batch 1 is broadcast over the batch."""
     xp = array_module(inputs[0])
     if out is None:
-        return xp.concatenate(list(inputs), axis=1)
+        return xp.concatenate(list(inputs), axis=axis)
+    axis %= out.ndim
     start = 0
     for part in inputs:
-        out[:, start : start + part.shape[1]] = part
-        start += part.shape[1]
+        size = part.shape[axis]
+        out[(slice(None),) * axis + (slice(start, start + size),)] = part
+        start += size
     return out
 
 

@@ -143,7 +143,7 @@ class ExecutorCodegenContext:
         return lit(value)
 
     def weight(self, layer: Layer, name: str) -> str:
-        return f"w[{lit(f'{layer.name}.{name}')}]"
+        return f"w[{lit(layer.state_key(name))}]"
 
     def input_shape(self, layer: Layer, index: int) -> tuple[int, ...]:
         return tuple(self._by_name[layer.inputs[index]].shape)
@@ -167,8 +167,16 @@ class ExecutorCodegenContext:
 
 
 def _function_call(layer: Layer, ctx: ExecutorCodegenContext) -> ExecutorKernel:
-    """A plugin op's xp function, looked up by op name when the module loads."""
-    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items())
+    """A plugin op's xp function, looked up by op name when the module loads. A keyword-only argument at its
+    default is left out: the function takes the same default."""
+    op = lookup(layer.op)
+    assert op is not None
+
+    def default(name: str, value: Any) -> bool:
+        arg = op.arg(name)
+        return arg is not None and not arg.positional and value == arg.default
+
+    attrs = "".join(f", {name}={lit(value)}" for name, value in layer.attrs.items() if not default(name, value))
     return ExecutorKernel(
         code=f"self.{ctx.ident}_fn({', '.join(ctx.inputs)}{attrs}, out={{out}})",
         kernel=layer.op,
@@ -208,7 +216,7 @@ def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, d
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
     for layer in layers:
         for pname, spec in layer.params.items():
-            state[f"{layer.name}.{pname}"] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
+            state[layer.state_key(pname)] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
             state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})
@@ -463,12 +471,12 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [f"        {line}" for line in setup] or ["        pass"]
     args = ", ".join(low.input_vars.values())
-    first = next(iter(low.input_vars.values()))
+    first = next(iter(low.input_vars.values()), None)
     head += [
         "",
         f"    def forward(self, {args}):",
         '        """One line per kernel; every activation lives in a planned buffer."""',
-        f"        n = {first}.shape[0]",
+        f"        n = {first}.shape[0]" if first else "        n = 1  # no input: a learned tensor alone is one sample",
         "        v, scratch = self.arena(n)",
     ]
     head += ["        " + line.replace("\n", "\n        ") for line in low.lines]

@@ -109,7 +109,8 @@ class Planner:
         for unit in units[i:]:
             layer = unit.layer
             if layer is None or layer.op != head.op or layer.name != f"{base}.{len(parts)}" \
-                    or layer.inputs != head.inputs or layer.phase != head.phase:
+                    or layer.inputs != head.inputs or layer.phase != head.phase \
+                    or layer.attrs.get("axis", 0) != head.attrs.get("axis", 0):
                 break
             parts.append(layer)
         if head.op == SPLITTERS["chunk"]:

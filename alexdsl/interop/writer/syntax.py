@@ -184,11 +184,12 @@ class Emitter:
             elif statement.kind == "split":
                 layer = first.layer
                 assert layer is not None
+                axis = [arg(layer.attrs["axis"], "axis")] if layer.attrs.get("axis", 0) else []
                 if layer.op == SPLITTERS["chunk"]:
-                    node = call("chunk", len(statement.units))
+                    node = call("chunk", len(statement.units), *axis)
                 else:
                     node = call("split", tuple(u.layer.attrs["stop"] - u.layer.attrs["start"]  # type: ignore
-                                               for u in statement.units))
+                                               for u in statement.units), *axis)
                 builder.layer(statement.label, [node], sources, layer.phase if layer.phase != "all" else None)
             elif statement.kind == "call":
                 builder.layer(statement.label, [self._block_call(first, statement.label, exprs)], sources)

@@ -9,33 +9,18 @@ from alexdsl.fmt import format_value
 from alexdsl.ir.elaboration.state import (
     INVALID,
     CallValue,
+    Dims,
     Symbol,
     describe,
 )
 from alexdsl.ir.elaboration.values import Values
-from alexdsl.limits import MAX_DIM
+from alexdsl.limits import MAX_DIM, MAX_INTS, MAX_SHAPE_RANK, MAX_SIZES, MAX_STRING_LENGTH
 from alexdsl.ops.registry import FILLERS, REQUIRED, VARIANCE_NORMS, Arg, Filler, OpDef
 from alexdsl.syntax import ast
 
 
-def _kind_words(arg: Arg) -> str:
-    return {
-        "int": "an integer",
-        "float": "a number",
-        "bool": "true or false",
-        "pair": "an integer or an (h, w) pair",
-        "choice": "one of " + ", ".join(arg.choices),
-        "bias": "true, false or a filler such as constant(0)",
-    }[arg.kind]
-
-
 def _bound(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
-
-
-def _default(arg: Arg) -> Any:
-    """An argument's default value, a pair default as an (h, w) tuple."""
-    return (arg.default, arg.default) if arg.kind == "pair" and isinstance(arg.default, int) else arg.default
 
 
 class Binding(Values):
@@ -46,7 +31,9 @@ class Binding(Values):
         given: dict[str, tuple[Any, Span]] = {}
         written: dict[str, ast.Value] = {}
         param_args: dict[str, tuple[Any, Span]] = {}
-        positional = [a for a in op.args if a.positional]
+        positional = [a for a in op.args if a.positional and a.kind != "sizes"]
+        sizes_arg = next((a for a in op.args if a.kind == "sizes"), None)
+        sizes: dict[str, tuple[Any, Span]] = {}  # the keywords a sizes argument collects, in written order
         position = 0
         ok = True
         seen_keyword = False
@@ -71,6 +58,16 @@ class Binding(Values):
             if key in param_keys:
                 param_args[key] = (value, span)
                 continue
+            if sizes_arg is not None and key == sizes_arg.name:
+                self.sink.error(f"the {key} of {op.name} are written as keywords of their own", span,
+                                expected=f"{sizes_arg.words}, as in {op.example}", received=f"{key}={describe(value)}")
+                continue
+            if sizes_arg is not None and keyword is not None and op.arg(key) is None:
+                if key in sizes:
+                    self.sink.error(f"size '{key}' of {op.name} is given twice", span)
+                else:
+                    sizes[key] = (value, span)
+                continue
             if op.arg(key) is None:
                 allowed = op.arg_names + param_keys
                 self.sink.error(f"unknown argument '{key}' for {op.name}", span,
@@ -86,16 +83,19 @@ class Binding(Values):
         attrs: dict[str, Any] = {}
         spans: dict[str, Span] = {}
         for arg in op.args:
+            if arg is sizes_arg:
+                attrs[arg.name] = self._sizes(op, sizes)
+                continue
             if arg.name in given:
                 value, span = given[arg.name]
             elif arg.name in defaults:
                 value, span = defaults[arg.name]
             elif arg.default is not REQUIRED:
-                attrs[arg.name] = _default(arg)
+                attrs[arg.name] = arg.attr_default
                 continue
             else:
                 self.sink.error(f"{op.name} is missing required argument '{arg.name}'", call.span,
-                                expected=f"{arg.name}: {_kind_words(arg)}, as in {op.example}")
+                                expected=f"{arg.name}: {arg.words}, as in {op.example}")
                 ok = False
                 continue
             converted = self._convert(op, arg, value, span, written.get(arg.name))
@@ -103,7 +103,7 @@ class Binding(Values):
                 if arg.default is REQUIRED:
                     ok = False
                 else:
-                    attrs[arg.name] = _default(arg)
+                    attrs[arg.name] = arg.attr_default
                 continue
             spans[arg.name] = span
             attrs[arg.name] = converted
@@ -152,19 +152,21 @@ class Binding(Values):
                 isinstance(written, ast.TupleValue) and any(isinstance(v, (ast.BinaryOp, ast.Negate))
                                                             for v in written.items)):
             shown = f"{format_value(written)} = {shown}"
+        if isinstance(written, ast.ShapeValue):
+            shown = format_value(written)  # as written: a dimension too long to hold is not shown clamped
 
         def bad() -> None:
             fraction = isinstance(value, float) and arg.kind in ("int", "pair")
             self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
-                            expected=_kind_words(arg), received=shown,
+                            expected=arg.words, received=shown,
                             hint="divide integers with '//', as in c // 8" if fraction else None)
 
         if value is INVALID:
             return None
 
         def in_range(v: float) -> bool:
-            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair") else None)
-            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair") else None)
+            low = arg.min if arg.min is not None else (-MAX_DIM if arg.kind in ("int", "pair", "ints") else None)
+            high = arg.max if arg.max is not None else (MAX_DIM if arg.kind in ("int", "pair", "ints") else None)
             if low is not None and v < low:
                 self.sink.error(f"argument '{arg.name}' of {op.name} must be at least {_bound(low)}", span,
                                 received=shown)
@@ -205,7 +207,59 @@ class Binding(Values):
             if isinstance(value, CallValue):
                 return value  # a filler: the caller records it
             return bad()
+        if arg.kind == "shape":
+            dims = (value,) if is_int else value.dims if isinstance(value, Dims) else None
+            if dims is None:
+                return bad()
+            if len(dims) > MAX_SHAPE_RANK:
+                self.sink.error(f"argument '{arg.name}' of {op.name} has too many dimensions", span,
+                                expected=f"at most {MAX_SHAPE_RANK} dimensions", received=shown)
+                return None
+            if any(d < 1 or d > MAX_DIM for d in dims):
+                self.sink.error(f"argument '{arg.name}' of {op.name} has a dimension out of range", span,
+                                expected=f"every dimension from 1 to {MAX_DIM:,}", received=shown)
+                return None
+            return dims
+        if arg.kind == "ints":
+            items = (value,) if is_int else value if isinstance(value, tuple) else None
+            if items is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+                return None if items is not None and INVALID in items else bad()
+            if len(items) > MAX_INTS:
+                self.sink.error(f"argument '{arg.name}' of {op.name} has too many integers", span,
+                                expected=f"at most {MAX_INTS}", received=f"{len(items)} integers")
+                return None
+            return items if all(in_range(v) for v in items) else None
+        if arg.kind == "string":
+            if not isinstance(value, str):
+                self.sink.error(f"argument '{arg.name}' of {op.name} has the wrong type", span,
+                                expected=arg.words, received=shown,
+                                hint=f'quote it: {arg.name}="{value.name}"' if isinstance(value, Symbol) else None)
+                return None
+            if len(value) > MAX_STRING_LENGTH:
+                self.sink.error(f"argument '{arg.name}' of {op.name} is too long", span,
+                                expected=f"at most {MAX_STRING_LENGTH:,} characters",
+                                received=f"{len(value):,} characters")
+                return None
+            return value
         raise AssertionError(arg.kind)
+
+    def _sizes(self, op: OpDef, sizes: dict[str, tuple[Any, Span]]) -> tuple[tuple[str, int], ...]:
+        """The keyword sizes of ``op`` in written order, each checked to be an integer from 1; the bad ones reported
+        and left out."""
+        out = []
+        for index, (key, (value, span)) in enumerate(sizes.items()):
+            if index == MAX_SIZES:
+                self.sink.error(f"{op.name} takes at most {MAX_SIZES} sizes", span,
+                                received=f"{len(sizes)} sizes")
+                break
+            if value is INVALID:
+                continue
+            if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_DIM:
+                out.append((key, value))
+            else:
+                self.sink.error(f"size '{key}' of {op.name} must be an integer from 1 to {MAX_DIM:,}", span,
+                                received=describe(value))
+        return tuple(out)
 
     def _filler(self, value: Any, span: Span) -> Filler | None:
         if not isinstance(value, CallValue):

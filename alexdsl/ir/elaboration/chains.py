@@ -76,6 +76,13 @@ class Chains(Blocks):
                                 hint=self._first_definition(name))
                 return None
             sources = stmt.sources if i == 0 else []
+            if i > 0 and self._takes_no_input(call):
+                self.sink.error(f"{call.name} takes no input, so it cannot follow another link of a chain", call.span,
+                                hint=f"start a statement with it, as in '{link.label.name if link.label else 'p'}: "
+                                     f"{call.name}(...)', and name that layer where it is read")
+                failed = True
+                prev = BROKEN
+                continue
             if self._is_splitter(call):
                 if i < len(stmt.links) - 1:
                     self.sink.error(f"{call.name} must end its chain: its parts are read by name", call.span,
@@ -123,6 +130,11 @@ class Chains(Blocks):
             prev = out
         return prev
 
+    def _takes_no_input(self, call: ast.Call) -> bool:
+        """Whether ``call`` is an op declared with no inputs (``param(1x1x768)``): it never reads the layer before."""
+        op = lookup(call.name) if call.name not in self.blocks else None
+        return op is not None and op.inputs == (0, 0)
+
     def _is_splitter(self, call: ast.Call) -> bool:
         return call.name in SPLITTERS and call.name not in self.blocks and lookup(call.name) is None
 
@@ -136,9 +148,12 @@ class Chains(Blocks):
         refs, rest = call.args[:leading], call.args[leading:]
         keyword = "chunks" if call.name == "chunk" else "sizes"
         example = "half: chunk(2)" if call.name == "chunk" else "parts: split((24, 40))"
-        if len(rest) != 1 or rest[0].keyword not in (None, keyword):
-            self.sink.error(f"{call.name} takes one argument, {keyword}", call.span, expected=example,
-                            received=", ".join(format_value(a.value) for a in rest) or "no argument")
+        axis = [a for a in rest if a.keyword == "axis"]  # passed on to each part, which checks it
+        rest = [a for a in rest if a.keyword != "axis"]
+        if len(rest) != 1 or rest[0].keyword not in (None, keyword) or len(axis) > 1:
+            self.sink.error(f"{call.name} takes one argument, {keyword}, and optionally axis=", call.span,
+                            expected=f"{example}, or {example[:-1]}, axis=-1)",
+                            received=", ".join(format_value(a.value) for a in call.args[leading:]) or "no argument")
             return None
         arg = rest[0]
         value = self._eval(arg.value, scope.values)
@@ -169,7 +184,7 @@ class Chains(Blocks):
                 extra = [number(starts[index]), number(starts[index + 1])]
                 if index == count - 1:  # the last part checks the sizes add up to the input's channels
                     extra.append(ast.Arg("channels", ast.Literal(starts[-1], arg.span, str(starts[-1])), arg.span))
-            part = ast.Call(SPLITTERS[call.name], refs + extra, call.span, call.name_span)
+            part = ast.Call(SPLITTERS[call.name], refs + extra + axis, call.span, call.name_span)
             out = self._apply(part, f"{name}.{index}", sources, implicit, implicit_allowed, scope, phase)
             if out is None:
                 return None
@@ -179,6 +194,8 @@ class Chains(Blocks):
     def _apply(self, call: ast.Call, name: str, sources: list[ast.Name], implicit: str | None,
                implicit_allowed: bool, scope: Scope, phase: str) -> str | None:
         """Add the op or block instance ``call`` as ``name``; return the name of its output."""
+        if self._takes_no_input(call):
+            implicit, implicit_allowed = None, False
         if implicit is not None and implicit.startswith(SPLIT) and implicit_allowed and not sources and (
                 call.name in self.blocks or not (call.args and call.args[0].keyword is None
                                                  and isinstance(call.args[0].value, ast.Name)
@@ -197,11 +214,17 @@ class Chains(Blocks):
             return None
         values = [(a.keyword, self._eval(a.value, scope.values), a.span, a.value) for a in call.args]
         refs: list[ast.Name] = list(sources)
-        while values and values[0][0] is None and isinstance(values[0][1], Symbol):
-            refs.append(values.pop(0)[3])  # type: ignore[arg-type]
         lo, hi = op.inputs
+        if hi == 0 and refs:
+            self.sink.error(f"{call.name} takes no input, received {len(refs)}", refs[0].span,
+                            expected=op.example, hint=f"remove '{', '.join(r.name for r in refs)} ->'")
+            return None
+        while hi != 0 and values and values[0][0] is None and isinstance(values[0][1], Symbol):
+            refs.append(values.pop(0)[3])  # type: ignore[arg-type]
         inputs: list[str | None] = []
-        if len(refs) < lo or not refs:
+        if hi == 0:
+            pass  # an op without inputs (param(1x1x768)) reads nothing, never the layer before
+        elif len(refs) < lo or not refs:
             if implicit == BROKEN and implicit_allowed:
                 inputs.append(None)
             elif implicit is None or not implicit_allowed:

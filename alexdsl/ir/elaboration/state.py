@@ -55,6 +55,13 @@ class CallValue:
     span: Span
 
 
+@dataclass(frozen=True)
+class Dims:
+    """A shape written as a value, such as ``1x197x768``: only a ``shape`` argument takes one."""
+
+    dims: tuple[int, ...]
+
+
 PARAM_KIND_KEYS = ("filler", "lr", "decay")
 
 
@@ -112,6 +119,8 @@ def describe(value: Any) -> str:
         return value.name
     if isinstance(value, CallValue):
         return f"{value.name}(...)"
+    if isinstance(value, Dims):
+        return "x".join(map(str, value.dims))
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):

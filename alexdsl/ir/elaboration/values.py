@@ -12,6 +12,7 @@ from alexdsl.fmt import format_value
 from alexdsl.ir.elaboration.state import (
     INVALID,
     CallValue,
+    Dims,
     ElaborationState,
     Symbol,
     describe,
@@ -37,6 +38,8 @@ class Values(ElaborationState):
             return values[value.name] if value.name in values else Symbol(value.name)
         if isinstance(value, ast.TupleValue):
             return tuple(self._eval(v, values, report) for v in value.items)
+        if isinstance(value, ast.ShapeValue):
+            return Dims(value.dims)
         if isinstance(value, (ast.BinaryOp, ast.Negate)):
             return self._arith(value, values, report)
         return CallValue(value.name, tuple((a.keyword, self._eval(a.value, values, report), a.span)
