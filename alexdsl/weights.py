@@ -12,8 +12,10 @@ Keys are ``<layer>.<param>`` (:meth:`alexdsl.Network.state_keys`).
 
 Values: float32 is used as it is. float16, bfloat16 and float64 arrays read from a file are
 converted to float32 with a :class:`WeightsWarning` that names them. Any other dtype (integers,
-bool, complex, float8) is an error. Keys ending in ``.num_batches_tracked`` (torch batchnorm
-bookkeeping) are passed through if they hold at most one value.
+bool, complex, float8) is an error, except integers for the buffers an op declares integer
+(``integers``: torchvision's ``relative_position_index`` is int64), which are read as int64.
+Keys ending in ``.num_batches_tracked`` (torch batchnorm bookkeeping) are passed through if
+they hold at most one value.
 
 Bounds (the way safetensors, ``torch.load(weights_only=True)`` and Pillow's decompression-bomb
 guard work: check the header against what is expected, then read): only regular files are
@@ -125,14 +127,16 @@ class Stored:
 
 
 def read_weights(path: str | os.PathLike[str], expected: Mapping[str, tuple[int, ...]] | None = None, *,
-                 optional: Iterable[str] = (), strict: bool = True) -> dict[str, numpy.ndarray]:
+                 optional: Iterable[str] = (), strict: bool = True, integers: Iterable[str] = ()
+                 ) -> dict[str, numpy.ndarray]:
     """The float32 arrays of a ``.safetensors``, ``.npz`` or ``.pt``/``.pth`` file, keyed as stored.
 
     The file's header is checked first: dtypes, and with ``expected`` (key -> shape) the names and
     shapes (:func:`check_state`, with ``optional`` and ``strict``); only then is data read, and
     only the arrays ``expected`` names, so a file can make alexdsl allocate no more than the
-    network's own parameters.
+    network's own parameters. The keys in ``integers`` may hold integers, read as int64.
     """
+    integers = frozenset(integers)
     name = os.fspath(path)
     suffix = Path(name).suffix.lower()
     if suffix not in FORMATS:
@@ -153,7 +157,7 @@ def read_weights(path: str | os.PathLike[str], expected: Mapping[str, tuple[int,
     opener = {".safetensors": _open_safetensors, ".npz": _open_npz}.get(suffix, _open_torch)
     with ExitStack() as files:
         stored = opener(name, files)
-        _check_header(stored, name)
+        _check_header(stored, name, integers)
         if expected is not None:
             check_state(stored, expected, optional=optional, strict=strict, source=name)
             stored = {k: v for k, v in stored.items() if k in expected or not _checked(k)}
@@ -161,8 +165,8 @@ def read_weights(path: str | os.PathLike[str], expected: Mapping[str, tuple[int,
         if declared > limit:
             raise _error(name, f"the arrays declare {_size(declared)} as float32, over the limit of {_size(limit)}",
                          hint="raise ALEXDSL_MAX_WEIGHTS_BYTES if the file is genuine")
-        _warn_cast(stored, name)
-        return {k: _read(k, v, name) for k, v in stored.items()}
+        _warn_cast(stored, name, integers)
+        return {k: _read(k, v, name, k in integers and _is_integer(v.dtype)) for k, v in stored.items()}
 
 
 def _size(count: float) -> str:
@@ -173,9 +177,15 @@ def _size(count: float) -> str:
     raise AssertionError  # unreachable
 
 
-def _check_header(stored: Mapping[str, Stored], path: str) -> None:
-    """One error for every dtype that is not a float alexdsl reads, and every oversized bookkeeping entry."""
-    refused = {k: v.dtype for k, v in stored.items() if _checked(k) and not _is_float(v.dtype)}
+def _is_integer(name: str) -> bool:
+    return name.startswith(("int", "uint"))
+
+
+def _check_header(stored: Mapping[str, Stored], path: str, integers: frozenset[str] = frozenset()) -> None:
+    """One error for every dtype that is not a float alexdsl reads (integers where ``integers`` allows them), and
+    every oversized bookkeeping entry."""
+    refused = {k: v.dtype for k, v in stored.items()
+               if _checked(k) and not _is_float(v.dtype) and not (k in integers and _is_integer(v.dtype))}
     numbers = [f"'{k}' ({dtype})" for k, dtype in refused.items() if dtype.startswith(NUMBER_PREFIXES)]
     unreadable = [f"'{k}' ({dtype})" for k, dtype in refused.items() if not dtype.startswith(NUMBER_PREFIXES)]
     bookkeeping = [f"'{k}' (shape {v.shape})" for k, v in stored.items() if not _checked(k) and math.prod(v.shape) > 1]
@@ -188,22 +198,26 @@ def _check_header(stored: Mapping[str, Stored], path: str) -> None:
                      hint="weights must be float32 (float16, bfloat16 and float64 are converted)")
 
 
-def _warn_cast(stored: Mapping[str, Stored], path: str) -> None:
-    cast = [k for k, v in stored.items() if _checked(k) and v.dtype != "float32"]
+def _warn_cast(stored: Mapping[str, Stored], path: str, integers: frozenset[str]) -> None:
+    cast = [k for k, v in stored.items() if _checked(k) and v.dtype != "float32" and not (
+        k in integers and _is_integer(v.dtype))]
     if cast:
         kinds = sorted({stored[k].dtype for k in cast})
         warnings.warn(WeightsWarning(f"{path}: warning: converted {len(cast)} {'/'.join(kinds)} weights to float32: "
                                      f"{_listed(cast)}"), stacklevel=4)
 
 
-def _read(key: str, stored: Stored, path: str) -> numpy.ndarray:
-    """The array of ``key``, float32 unless it is bookkeeping; a short or damaged entry is an error."""
+def _read(key: str, stored: Stored, path: str, integer: bool = False) -> numpy.ndarray:
+    """The array of ``key``, float32 unless it is bookkeeping (as stored) or ``integer`` (int64); a short or damaged
+    entry is an error."""
     try:
         array = stored.read()
     except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile) as error:
         raise _error(path, f"cannot read '{key}' ({type(error).__name__}: {error})") from None
     if tuple(array.shape) != stored.shape:
         raise _error(path, f"cannot read '{key}': its header says shape {stored.shape}, its data {array.shape}")
+    if integer:
+        return numpy.asarray(array, dtype=numpy.int64)
     return numpy.asarray(array, dtype=numpy.float32) if _checked(key) else numpy.asarray(array)
 
 
@@ -362,25 +376,30 @@ def _torch_to_numpy(tensor: Any) -> numpy.ndarray:
 
 
 def as_arrays(weights: Weights, expected: Mapping[str, tuple[int, ...]] | None = None, *,
-              optional: Iterable[str] = (), strict: bool = True) -> dict[str, numpy.ndarray]:
+              optional: Iterable[str] = (), strict: bool = True, integers: Iterable[str] = ()
+              ) -> dict[str, numpy.ndarray]:
     """A weights file (see :func:`read_weights`, which checks it against ``expected`` before
     reading) or a mapping of NumPy/CuPy arrays or tensors -> host arrays.
 
-    Arrays given in memory keep their float dtype (the caller chose it); non-float ones are refused.
+    Arrays given in memory keep their float dtype (the caller chose it); non-float ones are refused, except
+    integers for the keys in ``integers``.
     """
     if isinstance(weights, (str, os.PathLike)):
-        return read_weights(weights, expected, optional=optional, strict=strict)
+        return read_weights(weights, expected, optional=optional, strict=strict, integers=integers)
     if not isinstance(weights, Mapping):
         raise _error(None, f"weights must be a path ({', '.join(FORMATS)}) or a dict of arrays, "
                            f"got {type(weights).__name__}")
-    check_floats(weights)
+    check_floats(weights, integers)
     return {k: _to_host(v) for k, v in weights.items()}
 
 
-def check_floats(weights: Mapping[Any, Any]) -> None:
-    """Refuse (in one error) keys that are not strings and values that are not float arrays or tensors."""
+def check_floats(weights: Mapping[Any, Any], integers: Iterable[str] = ()) -> None:
+    """Refuse (in one error) keys that are not strings and values that are not float arrays or tensors (or integer
+    ones, for the keys in ``integers``)."""
+    allowed = frozenset(integers)
     refused = [f"'{k}' ({_dtype_name(v)})" for k, v in weights.items()
-               if not isinstance(k, str) or (_checked(k) and not _is_float(_dtype_name(v)))]
+               if not isinstance(k, str) or (_checked(k) and not _is_float(_dtype_name(v))
+                                             and not (k in allowed and _is_integer(_dtype_name(v))))]
     if refused:
         raise _error(None, f"{len(refused)} weights are not floating-point arrays: {_listed(refused)}")
 
@@ -424,9 +443,9 @@ def check_state(given: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]
 
 
 def load_weights(weights: Weights, expected: Mapping[str, tuple[int, ...]], *,
-                 optional: Iterable[str] = ()) -> dict[str, numpy.ndarray]:
+                 optional: Iterable[str] = (), integers: Iterable[str] = ()) -> dict[str, numpy.ndarray]:
     """Read ``weights`` (:func:`as_arrays`) and check them against ``expected`` (:func:`check_state`)."""
-    arrays = as_arrays(weights, expected, optional=optional)
+    arrays = as_arrays(weights, expected, optional=optional, integers=integers)
     check_state(arrays, expected, optional=optional,
                 source=os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else None)
     return arrays
@@ -434,4 +453,12 @@ def load_weights(weights: Weights, expected: Mapping[str, tuple[int, ...]], *,
 
 def load_for_network(weights: Weights, network: Any) -> dict[str, numpy.ndarray]:
     """``weights`` read and checked against ``network.state_keys()`` (what every command loads)."""
-    return load_weights(weights, network.state_keys())
+    return load_weights(weights, network.state_keys(), integers=integer_state_keys(network))
+
+
+def integer_state_keys(network: Any) -> list[str]:
+    """The state keys of the buffers that the network's ops declare integer (:meth:`OpDef.integer_buffers`)."""
+    from alexdsl.ops.registry import lookup
+
+    return [f"{layer.name}.{name}" for layer in network.layers() if (op := lookup(layer.op)) is not None
+            for name in op.integer_buffers(layer.attrs)]

@@ -48,11 +48,19 @@ def _registry_unchanged():
 
 
 def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """He-scaled weights and non-trivial batchnorm statistics, so activations stay O(1)."""
+    """He-scaled weights and non-trivial batchnorm statistics, so activations stay O(1); the buffers an op computes
+    from its arguments (a relative position index) as it computes them."""
+    from alexdsl.ops.registry import lookup
+
     rng = np.random.default_rng(seed)
     out = {}
+    computed = {f"{layer.name}.{name}": value for layer in network.layers() if (op := lookup(layer.op)) is not None
+                for name, value in op.buffer_values(layer.attrs).items()}
     for key, shape in network.state_keys().items():
         kind = key.rsplit(".", 1)[-1]
+        if key in computed:
+            out[key] = computed[key]
+            continue
         if kind == "weight" and len(shape) > 1:
             fan_in = math.prod(shape[1:])
             value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))

@@ -18,9 +18,9 @@ def _error(text: str, file: str = "e.adsl") -> AlexDSLError:
 
 
 def test_every_unknown_op_of_a_chain_is_reported() -> None:
-    error = _error("input x: 3x8x8\nc: permute | relu | reshape(3)\nd: c -> relu\n")
-    assert [(d.span.column, d.message) for d in error.errors] == [(4, "unknown op 'permute'"),
-                                                                  (21, "unknown op 'reshape'")]
+    error = _error("input x: 3x8x8\nc: transpose_all | relu | squeeze(3)\nd: c -> relu\n")
+    assert [(d.span.column, d.message) for d in error.errors] == [(4, "unknown op 'transpose_all'"),
+                                                                  (27, "unknown op 'squeeze'")]
 
 
 def test_a_mistake_after_a_failed_link_is_reported_too() -> None:
@@ -29,7 +29,7 @@ def test_a_mistake_after_a_failed_link_is_reported_too() -> None:
 
 
 def test_the_op_list_is_shown_once_per_file() -> None:
-    error = _error("input x: 3x8x8\na: cnov(4, 3)\nb: a -> cnov(4, 3) | relu\nc: b -> permute\n")
+    error = _error("input x: 3x8x8\na: cnov(4, 3)\nb: a -> cnov(4, 3) | relu\nc: b -> transpose_all\n")
     expected = [d.expected for d in error.errors]
     assert expected[0].startswith("an op (accuracy, ") and "conv" in expected[0]
     assert expected[1:] == ["an op or a block, as listed at line 2"] * 2

@@ -198,7 +198,10 @@ def compare(network: Network, backends: list[str], *, weights: Mapping[str, np.n
             if got is None or want is None:
                 diffs[backend] = None
                 continue
-            got = np.asarray(got, dtype=np.float64).reshape(want.shape)
+            got = np.asarray(got, dtype=np.float64)
+            if got.shape[:1] == (1,) and got.shape[1:] == want.shape[1:]:  # a layer computed from no input: one
+                got = np.broadcast_to(got, want.shape)  # sample, broadcast over the batch
+            got = got.reshape(want.shape)
             delta = float(np.abs(got - want).max()) if want.size else 0.0
             scale = float(np.abs(want).max()) if want.size else 0.0
             diffs[backend] = (delta, delta / scale if scale > 0 else delta)

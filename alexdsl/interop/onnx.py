@@ -50,15 +50,21 @@ def _onnx() -> Any:
 
 # weights -----------------------------------------------------------------------------------------
 def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every parameter drawn from its filler; running means 0 and variances 1."""
+    """Every parameter drawn from its filler; running means 0 and variances 1; the buffers an op computes from its
+    arguments (``buffer_values``) as it computes them."""
     rng = np.random.default_rng(seed)
     weights: dict[str, np.ndarray] = {}
     for layer in network.layers():
         for name, spec in layer.params.items():
             weights[layer.state_key(name)] = draw(spec.filler, spec.shape, rng).astype(np.float32)
+        op = lookup(layer.op)
+        computed = op.buffer_values(layer.attrs) if op is not None else {}
         for name, shape in layer.buffers.items():
+            if name in computed:
+                weights[layer.state_key(name)] = computed[name]
+                continue
             value = 1.0 if "var" in name else 0.0
-            weights[f"{layer.name}.{name}"] = np.full(shape, value, dtype=np.float32)
+            weights[layer.state_key(name)] = np.full(shape, value, dtype=np.float32)
     return weights
 
 

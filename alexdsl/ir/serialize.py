@@ -139,6 +139,8 @@ class _Reader:
                 return False
             return True
 
+        if value is None and arg.default is None:  # an optional argument left unset (pool's stride, sdpa's scale)
+            return None
         if arg.kind == "int":
             return value if _is_int(value) and in_range(value) else bad() if not _is_int(value) else None
         if arg.kind == "float":
@@ -150,8 +152,6 @@ class _Reader:
                 return value
             return bad()
         if arg.kind == "pair":
-            if value is None and arg.default is None:
-                return None
             if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
                 return tuple(value) if all(in_range(v) for v in value) else None
             return bad()
@@ -221,7 +221,7 @@ class _Reader:
                 attrs[arg.name] = arg.attr_default
                 continue
             converted = self.arg_value(op, arg, value[arg.name], f"{path}.{arg.name}")
-            if converted is None and not (arg.kind == "pair" and arg.default is None and value[arg.name] is None):
+            if converted is None and not (arg.default is None and value[arg.name] is None):
                 ok = False
             attrs[arg.name] = converted
         if not ok:

@@ -60,6 +60,11 @@ class TorchLowering:
     ``imports``: the import lines the forward expression needs besides torch (``"import einops"``).
     ``parameter``: ``module`` is an ``nn.Parameter``, registered on the parent module under the
     layer's last name segment (``param``: ``self.class_token``, ``self.encoder.pos_embedding``).
+    ``definitions``: module-level source (a small ``nn.Module`` class) that ``module`` constructs;
+    the generated file holds each one once, after its imports.
+    ``holds_children``: the module may hold the modules of layers named below it, as torchvision's
+    Swin attention holds ``qkv`` and ``proj`` beside its relative position bias table (it is an
+    ``nn.ModuleDict``).
 
     ``ctx`` is a :class:`~alexdsl.ops.contexts.TorchContext`.
     """
@@ -69,6 +74,8 @@ class TorchLowering:
     overwritable_output: bool = False
     parameter: bool = False
     imports: tuple[str, ...] = ()
+    definitions: str = ""
+    holds_children: bool = False
 
     def __post_init__(self) -> None:
         if self.forward is None:

@@ -117,6 +117,10 @@ def _no_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None]]:
     return []
 
 
+def _no_values(attrs: Attrs) -> dict[str, Any]:
+    return {}
+
+
 @dataclass(frozen=True)
 class OpDef:
     """Everything about one op. See the module docstring."""
@@ -130,6 +134,9 @@ class OpDef:
     inputs: tuple[int, int | None] = (1, 1)
     params: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
     buffers: Callable[[Attrs, list[Shape]], dict[str, Shape]] = _no_params
+    buffer_values: Callable[[Attrs], dict[str, Any]] = _no_values
+    """The buffers whose values the op computes from its arguments (an index table), as NumPy arrays, integer
+    ones as int64 (a weights file may hold them so); other buffers are running statistics."""
     macs: Callable[[Attrs, list[Shape], Shape], int] = _no_macs
     lint: Callable[[Attrs, list[Shape]], list[tuple[str, str | None]]] = _no_lint
     default_fillers: Mapping[str, Filler] = field(default_factory=dict)
@@ -145,6 +152,10 @@ class OpDef:
 
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
+
+    def integer_buffers(self, attrs: Attrs) -> list[str]:
+        """The buffers of integer values (an index table) among :attr:`buffer_values`."""
+        return [name for name, value in self.buffer_values(attrs).items() if value.dtype.kind in "iu"]
 
     def param_kinds(self) -> list[str]:
         """The learnable parameter names this op can have (weight, bias, ...)."""
@@ -231,6 +242,7 @@ def _load_families() -> None:
             from alexdsl.ops import (  # noqa: F401
                 activation,
                 arith,
+                attention,
                 conv,
                 linear,
                 loss,

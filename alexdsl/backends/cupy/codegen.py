@@ -28,6 +28,7 @@ from typing import Any
 
 from alexdsl.backends import naming
 from alexdsl.backends.cupy.conv import ConvPlan
+from alexdsl.backends.cupy.executor import COMPUTED
 from alexdsl.backends.cupy.memory import MemoryPlan, Value, plan_memory
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network
@@ -211,6 +212,15 @@ def _inference_graph(network: Network) -> _InferenceGraph:
     return _InferenceGraph(by_name, kept, consumers, view.inputs, view.outputs, view.dropped)
 
 
+def _computed(layer: Layer, buffer: str) -> tuple[tuple[int, ...], str, dict[str, Any]] | None:
+    """The state entry of a buffer that the layer's op computes from its arguments (``buffer_values``): its filler
+    is :data:`~alexdsl.backends.cupy.executor.COMPUTED`; None for another buffer."""
+    op = lookup(layer.op)
+    if op is None or buffer not in op.buffer_values(layer.attrs):
+        return None
+    return tuple(layer.buffers[buffer]), COMPUTED, {"op": layer.op, "attrs": dict(layer.attrs)}
+
+
 def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]:
     """Each parameter's and buffer's shape and filler (running variances 1, other buffers 0), by state key."""
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
@@ -219,7 +229,7 @@ def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, d
             state[layer.state_key(pname)] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
-            state[f"{layer.name}.{bname}"] = (tuple(shape), "constant", {"value": value})
+            state[f"{layer.name}.{bname}"] = _computed(layer, bname) or (tuple(shape), "constant", {"value": value})
     return state
 
 
@@ -414,7 +424,8 @@ def _table(name: str, items: dict[Any, Any], indent: str = "    ") -> list[str]:
     if not items:
         return [f"{indent}{name} = {{}}"]
     out = [f"{indent}{name} = {{"]
-    out += [f"{indent}    {lit(k)}: {lit(v)}," for k, v in items.items()]
+    entries = [f"{indent}    {lit(k)}: {lit(v)}," for k, v in items.items()]
+    out += [entry + "  # noqa: E501" if len(entry) > 120 else entry for entry in entries]  # a computed buffer's recipe
     out.append(f"{indent}}}")
     return out
 

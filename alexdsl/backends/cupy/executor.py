@@ -23,6 +23,7 @@ from alexdsl.backends.cupy.arrays import cupy_module
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.extras import install_command
 from alexdsl.ops.fillers import Filler, draw
+from alexdsl.ops.registry import lookup
 
 DTYPES = ("float32", "float64", "float16")
 CPU_FLOAT16_WARNING = (
@@ -79,12 +80,22 @@ def check_dtype(dtype: Any) -> numpy.dtype:
     return numpy.dtype(name)
 
 
-def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator) -> numpy.ndarray:
+COMPUTED = "computed"
+"""The filler of a buffer whose values its op computes from its arguments (a relative position index):
+``args`` are ``{"op": <op name>, "attrs": <the layer's arguments>}``; its key names the buffer."""
+
+
+def fill(shape: tuple[int, ...], filler: str, args: Mapping[str, Any], rng: numpy.random.Generator,
+         key: str = "") -> numpy.ndarray:
     """Caffe filler semantics (:func:`alexdsl.ops.fillers.draw`); fan_in = count / shape[0], fan_out = count / shape[1].
 
     For a conv weight (O, C/groups, kh, kw) that is fan_in = C/groups*kh*kw and
-    fan_out = O*kh*kw (Caffe's definitions).
+    fan_out = O*kh*kw (Caffe's definitions). A :data:`COMPUTED` buffer ``key`` is its op's ``buffer_values``.
     """
+    if filler == COMPUTED:
+        op = lookup(args["op"])
+        assert op is not None, args["op"]
+        return op.buffer_values(args["attrs"])[key.rsplit(".", 1)[1]]
     try:
         return draw(Filler(filler, tuple(args.items())), shape, rng)
     except ValueError as error:
@@ -125,9 +136,10 @@ class Executor:
         expected = {key: shape for key, (shape, _, _) in self.state.items()}
         if weights is None:
             rng = numpy.random.default_rng(seed)
-            host = {key: fill(shape, kind, args, rng) for key, (shape, kind, args) in self.state.items()}
+            host = {key: fill(shape, kind, args, rng, key) for key, (shape, kind, args) in self.state.items()}
         else:
-            host = weights_io.load_weights(weights, expected, optional=self.unused)
+            integers = [key for key, (_, kind, _) in self.state.items() if kind == COMPUTED]
+            host = weights_io.load_weights(weights, expected, optional=self.unused, integers=integers)
         self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
         self._arena: tuple[int, dict[str, Any], Any] | None = None
         self.setup(self.weights)

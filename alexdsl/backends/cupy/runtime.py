@@ -8,6 +8,7 @@ Each concern lives in its own module; this one gathers them:
 
 * :mod:`.arrays`: the array module, CPU threads, scratch sizing;
 * :mod:`.conv`: convolution and fully connected;
+* :mod:`.attention`: scaled dot-product and multi-head self-attention, Swin's and MaxViT's biases;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
 * :mod:`.elementwise`: activations and arithmetic;
@@ -37,6 +38,13 @@ from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     parallel_for,
     scratch_rows,
     thread_pool,
+)
+from alexdsl.backends.cupy.attention import (  # noqa: F401 - the runtime's names
+    attention,
+    copy_constant,
+    relative_position_bias,
+    sdpa,
+    shifted_window_mask,
 )
 from alexdsl.backends.cupy.channels import (  # noqa: F401 - the runtime's names
     channel_shuffle,

@@ -197,8 +197,10 @@ class _Generator:
 
     def holds_children(self, layer: Layer) -> bool:
         """A layer whose module is an ``nn.ParameterDict`` (a bare parameter such as ConvNeXt's
-        ``features.1.0.layer_scale``) may share its path with other layers' modules, as in torchvision."""
-        return torch_lowering(layer).module(layer, self.ctx).startswith("nn.ParameterDict(")
+        ``features.1.0.layer_scale``), or one declared ``holds_children`` (Swin's relative position bias), may
+        share its path with other layers' modules, as in torchvision."""
+        lowering = torch_lowering(layer)
+        return lowering.holds_children or lowering.module(layer, self.ctx).startswith("nn.ParameterDict(")
 
     @staticmethod
     def _top(segment: str) -> str:
@@ -354,15 +356,22 @@ class _Generator:
                 continue
             lines.append(f"m = {self.ctx.access[layer.name]}")
             for pname, spec in layer.params.items():
-                if not _is_plain_identifier(pname):
+                if not all(_is_plain_identifier(part) for part in pname.split(".")):  # out_proj.weight
                     raise AlexDSLError(f"torch backend: parameter name {pname!r} of {layer.name!r}")
                 statement, note = filler_statement(f"m.{pname}", spec, f"{layer.name}.{pname}")
                 if note:
                     lines.append(f"# {note}")
                 lines.append(statement)
-            if layer.buffers:
+            op = lookup(layer.op)
+            if op is not None and set(layer.buffers) - set(op.buffer_values(layer.attrs)):  # running statistics
                 lines.append("m.reset_running_stats()")
         return lines
+
+    def definitions(self) -> list[str]:
+        """The module-level classes the layers' modules use (:attr:`TorchLowering.definitions`), each once."""
+        found = dict.fromkeys(torch_lowering(layer).definitions for layer in self.layers
+                              if layer.name in self.owns_module)
+        return [line for text in found if text for line in (text.strip("\n"), "", "")]
 
     def generate(self) -> str:
         from alexdsl import __version__
@@ -395,6 +404,7 @@ class _Generator:
             "from torch import nn",
             "",
             "",
+            *self.definitions(),
             f"class {self.cls}(nn.Module):",
             f"    description = {net.description!r}",
             f"    source_file = {str(self.source_file) if self.source_file else None!r}",
@@ -477,8 +487,9 @@ def load_weights(module: Any, weights: Any, *, strict: bool = True) -> None:
 
     source = os.fspath(weights) if isinstance(weights, str | os.PathLike) else None
     own = module.state_dict()
+    integers = [k for k, v in own.items() if not v.is_floating_point()]  # relative_position_index
     weights = {k: torch.from_numpy(v) for k, v in as_arrays(weights, {k: tuple(v.shape) for k, v in own.items()},
-                                                                strict=strict).items()}
+                                                                strict=strict, integers=integers).items()}
     check_state(weights, {k: tuple(v.shape) for k, v in own.items()}, strict=strict, source=source)
     # Files from other tools (Caffe, the NumPy executor) carry no batchnorm step counter.
     counters = {k: v for k, v in own.items() if k.endswith("num_batches_tracked") and k not in weights}
