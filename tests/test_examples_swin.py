@@ -35,6 +35,17 @@ def network(example: str):  # noqa: ANN201 - an alexdsl Network, loaded once per
     return _NETWORKS[example]
 
 
+_MODULES: dict = {}
+
+
+def torch_module(example: str):  # noqa: ANN201 - the generated torch module, built once per process
+    if example not in _MODULES:
+        from alexdsl.backends.torch import build
+
+        _MODULES[example] = build(network(example))
+    return _MODULES[example]
+
+
 def torchvision_relative_position_index(window: int) -> np.ndarray:
     """(w^2, w^2): torchvision's index into the (2w-1)^2 table for each pair of tokens in a w x w window."""
     coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
@@ -88,9 +99,7 @@ def test_swin_t_keys_are_in_torchvisions_order() -> None:
 def test_torch_module_state_dict_is_in_the_same_order(example: str) -> None:
     """The generated module's state_dict: torchvision's keys and shapes, in state_keys()' order."""
     pytest.importorskip("torch")
-    from alexdsl.backends.torch import build
-
-    state = build(network(example)).state_dict()
+    state = torch_module(example).state_dict()
     shapes = {key: list(value.shape) for key, value in state.items() if not key.endswith("num_batches_tracked")}
     want = reference(example)["state"]
     order = norm_before_reduction if example == "swin_t" else list
@@ -145,10 +154,8 @@ def test_stochastic_depth_rates_are_torchvisions() -> None:
 def test_relative_position_index_is_torchvisions(example: str, key: str, square: bool) -> None:
     """The index buffer, as the torch module holds it: Swin's flattened (2401,), MaxViT's square (49, 49)."""
     pytest.importorskip("torch")
-    from alexdsl.backends.torch import build
-
     want = torchvision_relative_position_index(7)
-    got = build(network(example)).state_dict()[key].numpy()
+    got = torch_module(example).state_dict()[key].numpy()
     assert got.dtype == np.int64
     assert np.array_equal(got, want if square else want.reshape(-1))
 
