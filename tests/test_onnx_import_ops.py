@@ -36,7 +36,7 @@ from onnx_models import randomise  # noqa: E402
 from test_ops_contract import _contract_network  # noqa: E402
 from torch import nn  # noqa: E402
 
-NO_ONNX = {"accuracy", "softmax_loss"}  # a metric and a loss: not part of an inference graph
+NO_ONNX = {"accuracy", "softmax_loss", "next_token_loss"}  # a metric and losses: not part of an inference graph
 RELATIVE = 1e-5  # of the largest output magnitude
 DATA = (16, 12, 12)  # the contract networks' input: 12 = 2 * 6, so adaptive_avgpool(6) has even windows
 

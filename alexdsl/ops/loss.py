@@ -90,7 +90,7 @@ register(OpDef(
     family="loss",
     summary="Cross-entropy of each position's vocabulary scores against the next token id (logits[:-1] against "
             "ids[1:]), averaged over the positions and the batch: a decoder language model's training loss.",
-    example="loss: next_token_loss(lm_head, ids) @train",
+    example="loss: next_token_loss(seq, ids) @train",
     args=(),
     infer=_next_token_infer,
     inputs=(2, 2),

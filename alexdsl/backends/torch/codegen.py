@@ -285,8 +285,8 @@ class _Generator:
         """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
         chosen = [layer for layer in self.layers if _role(layer) == role]
         # A language model's loss reads the network's own token ids: they stand for the label.
-        label_names = self.network.label_inputs or list(dict.fromkeys(
-            layer.inputs[1] for layer in chosen if len(layer.inputs) > 1 and not _takes_label(layer)))
+        label_names = list(dict.fromkeys([*self.network.label_inputs, *(
+            layer.inputs[1] for layer in chosen if len(layer.inputs) > 1 and not _takes_label(layer))]))
         reserved = RESERVED_LOCALS - {"label"} if len(label_names) == 1 else RESERVED_LOCALS
         names = naming.IdentifierMap(reserved)
         lines: list[str] = []
