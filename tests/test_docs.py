@@ -64,9 +64,10 @@ def ids(items: list[tuple[str, int, str]]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def doc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reader's working folder: examples/ is there, and everything the examples write stays here."""
+    """The reader's working folder: examples/ and docs/ are there, and everything the examples write stays here."""
     folder = tmp_path_factory.mktemp("docs")
     (folder / "examples").symlink_to(ROOT / "examples")
+    (folder / "docs").symlink_to(ROOT / "docs")  # text to train a language model on
     return folder
 
 
