@@ -22,6 +22,9 @@ SCAFFOLD = """input data: 16x32x32
 input label: class(10)
 input v: 10
 fc8: v -> relu
+input ids: tokens(6, vocab=10)
+input seq: 6x8
+table: ids -> embedding(10, 8)
 b1: data -> relu
 b3: data -> relu
 b5: data -> relu

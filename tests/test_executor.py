@@ -31,12 +31,14 @@ SMALL_INPUT = {"vgg16": {"data": (3, 64, 64)}, "convnext_tiny": {"data": (3, 64,
 # LeNet runs with README's test command; every other example is marked slow: 3-11 s of CPU each
 # (measured: alexnet 3.4, convnext_tiny 4.2, efficientnet_b0 11) and its compiled executor stays cached
 FAST = {"lenet"}
+# language models take token ids and are compared with Hugging Face's in tests/test_language_models.py
+LANGUAGE_MODELS = {"gpt2", "llama", "llama_tiny"}
 
 
 def _example_params(batches: tuple[int, ...]) -> list:
     return [
         pytest.param(path, batch, id=f"{path.stem}-{batch}", marks=[] if path.stem in FAST else [pytest.mark.slow])
-        for path in EXAMPLE_FILES
+        for path in EXAMPLE_FILES if path.stem not in LANGUAGE_MODELS
         for batch in batches
     ]
 

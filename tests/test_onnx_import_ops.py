@@ -21,6 +21,7 @@ from conftest import random_weights
 import alexdsl
 from alexdsl.backends.cupy import compile as compile_executor
 from alexdsl.errors import AlexDSLError
+from alexdsl.interop.compare import random_feed
 from alexdsl.interop.onnx import export_onnx
 from alexdsl.interop.onnx_import import ImportedModel, import_onnx_source
 from alexdsl.ir.network import Layer, Network
@@ -108,10 +109,9 @@ def _round_trip(network: Network, tmp_path: Path) -> None:
     for key, value in imported.weights.items():
         np.testing.assert_array_equal(value, weights[key], err_msg=key)
     rng = np.random.default_rng(1)
-    inputs = [rng.standard_normal((2, *network.layer(name).shape), dtype=np.float32)
-              for name in network.inference_view().inputs]
+    feeds = {name: random_feed(network.layer(name), 2, rng) for name in network.inference_view().inputs}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {value.name: array for value, array in zip(session.get_inputs(), inputs)}
+    inputs = [feeds[value.name] for value in session.get_inputs()]
     _close(_run(again, imported.weights, inputs), session.run(None, feeds)[0])
 
 
@@ -126,6 +126,8 @@ NOT_IMPORTED_YET = {
     "roll": "pairs of Slices joined by a Concat: no op imports them yet",
     **{name: "its import is still to be written (issue 19): refused, node by node, with a located error"
        for name in ("attention", "relative_position_bias", "sdpa", "window_mask")},
+    **{name: "a language-model op whose export (plain nodes; a tied table) no op imports yet: refused"
+       for name in ("positions", "repeat_kv", "rmsnorm", "rope", "unembed")},
 }
 """Ops whose export does not import back as the op: the import then computes what onnxruntime computes on the
 export, or stops with an error in the model's file."""
@@ -142,10 +144,9 @@ def _imports_equivalently_or_refuses(network: Network, tmp_path: Path) -> None:
         assert f"{path}: error: " in str(error), error
         return
     rng = np.random.default_rng(1)
-    inputs = [rng.standard_normal((2, *network.layer(name).shape), dtype=np.float32)
-              for name in network.inference_view().inputs]
+    feeds = {name: random_feed(network.layer(name), 2, rng) for name in network.inference_view().inputs}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {value.name: array for value, array in zip(session.get_inputs(), inputs)}
+    inputs = [feeds[value.name] for value in session.get_inputs()]
     _close(_run(imported.network, imported.weights, inputs), session.run(None, feeds)[0])
 
 
@@ -163,6 +164,8 @@ def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tm
     path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
     with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: (node|value) '"):
         import_onnx_source(path, readable=False)
+
+
 
 
 VARIANTS = {

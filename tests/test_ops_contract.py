@@ -184,8 +184,10 @@ def test_caffe_export_then_import_gives_the_same_op(op) -> None:
     from alexdsl.interop.caffe import import_prototxt
     from alexdsl.interop.caffe_export import export_prototxt
 
-    net = _contract_network(op, SCAFFOLD.replace("input v: 10\nfc8: v -> relu\n", "fc8: data -> fc(10)\n"),
-                            data=(16, 12, 12))
+    scaffold = SCAFFOLD.replace("input v: 10\nfc8: v -> relu\n", "fc8: data -> fc(10)\n")
+    if '"table"' not in op.example:  # the tied embedding of unembed's example has no Caffe layer either
+        scaffold = scaffold.replace("table: ids -> embedding(10, 8)\n", "")
+    net = _contract_network(op, scaffold, data=(16, 12, 12))
     label = op.example.split(":", 1)[0].strip()
     if op.lower.caffe is None:  # Caffe has no such layer: a located error naming the op
         with pytest.raises(AlexDSLError, match=rf"contract.adsl:\d+:\d+: error: op '{op.name}' has no Caffe layer"):

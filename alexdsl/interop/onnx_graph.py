@@ -65,6 +65,7 @@ class OnnxGraph:
     constants: dict[str, np.ndarray]
     shapes: dict[str, tuple[int, ...]]  # value -> per-sample shape (batch left out)
     notes: list[str] = field(default_factory=list)  # what a reader of the imported source should know
+    integer_inputs: frozenset[str] = frozenset()  # graph inputs of an integer type: token ids
     producer: dict[str, OnnxNode] = field(default_factory=dict)
     consumers: dict[str, list[OnnxNode]] = field(default_factory=dict)
 
@@ -438,5 +439,9 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     _check_nodes(model, nodes, opset, file)
     nodes, notes = channels_first_inputs(nodes, input_shapes, per_sample)
     nodes = channels_first(nodes, constants, per_sample, outputs)
+    from onnx import TensorProto
+
+    integers = frozenset(v.name for v in model.graph.input if v.name in input_shapes
+                         and v.type.tensor_type.elem_type in (TensorProto.INT64, TensorProto.INT32))
     return OnnxGraph(file, model.graph.name, model.doc_string or model.graph.doc_string, opset, input_shapes,
-                     outputs, nodes, constants, per_sample, notes)
+                     outputs, nodes, constants, per_sample, notes, integers)

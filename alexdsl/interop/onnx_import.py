@@ -310,7 +310,11 @@ def _flat_module(graph: OnnxGraph, layers: list[_Layer], alias: dict[str, str]) 
         while name in producer.values():
             name += "_"
         producer[value] = name
-        builder.input(name, graph.inputs[value])
+        shape = graph.inputs[value]
+        if value in graph.integer_inputs and len(shape) == 1:
+            builder.tokens_input(name, shape[0])
+        else:
+            builder.input(name, shape)
     builder.blank()
 
     def resolve(value: str) -> str:

@@ -244,6 +244,7 @@ def _load_families() -> None:
                 arith,
                 attention,
                 conv,
+                language,
                 linear,
                 loss,
                 norm,

@@ -226,7 +226,8 @@ def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, d
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
     for layer in layers:
         for pname, spec in layer.params.items():
-            state[layer.state_key(pname)] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
+            if not spec.tied:  # stored once, under its owner's key
+                state[layer.state_key(pname)] = (tuple(spec.shape), spec.filler.type, dict(spec.filler.args))
         for bname, shape in layer.buffers.items():
             value = 1.0 if bname == "running_var" else 0.0
             state[f"{layer.name}.{bname}"] = _computed(layer, bname) or (tuple(shape), "constant", {"value": value})
@@ -465,6 +466,9 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
         f"    source_file = {lit(net.source_file)}",
     ]
     head += _table("inputs", low.inputs)
+    tokens = tuple(name for name in low.inputs if net.layer(name).is_tokens)
+    if tokens:
+        head.append(f"    token_inputs = {lit(tokens)}")
     head.append(f"    outputs = {lit(tuple(low.outputs))}")
     head += _table("state", low.state)
     if low.unused:

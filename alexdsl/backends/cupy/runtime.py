@@ -11,6 +11,7 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.attention`: scaled dot-product and multi-head self-attention, Swin's and MaxViT's biases;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
+* :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: activations and arithmetic;
 * :mod:`.channels`: concat, channel shuffle, softmax;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
@@ -81,6 +82,15 @@ from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's na
     softplus,
     subtract,
     tanh,
+)
+from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
+    embedding,
+    positions,
+    repeat_kv,
+    rms_norm,
+    rope,
+    rope_table,
+    unembed,
 )
 from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
     batchnorm_affine,

@@ -113,6 +113,8 @@ def network_to_source(network: Network, file: str = "<network>") -> str:
         label = write.name(name, f"layers[{index[name]}].name", "the input name")
         if layer.is_label:
             out.class_input(label, write.number(layer.attrs.get("classes", 1), f"layers[{index[name]}].attrs.classes"))
+        elif layer.is_tokens:
+            out.tokens_input(label, layer.shape[0], layer.attrs.get("vocab"))
         else:
             out.input(label, layer.shape)
     for name, settings in network.preprocess.items():

@@ -209,6 +209,8 @@ class Emitter:
             layer = network.layer(name)
             if layer.is_label:
                 builder.class_input(name, layer.attrs.get("classes", 1))
+            elif layer.is_tokens:
+                builder.tokens_input(name, layer.shape[0], layer.attrs.get("vocab"))
             else:
                 builder.input(name, layer.shape)
         for name, settings in network.preprocess.items():
