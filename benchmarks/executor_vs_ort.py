@@ -4,6 +4,7 @@
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1
     python benchmarks/executor_vs_ort.py --threads 1 --update-docs       # rewrite the table in docs/performance.md
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1 --profile   # where time goes
+    python benchmarks/executor_vs_ort.py --networks vit_b_16 --threads 1 --batches 1 8 --repeat 3 --rounds 2
 
 Every side runs the same weights (the executor's; torch through alexdsl's torch backend, ORT
 through alexdsl's ONNX export) and gets the same thread count: the executor through
@@ -68,6 +69,7 @@ NETWORKS: dict[str, Callable[[], alexdsl.Network]] = {
     "mobilenet_v2": lambda: alexdsl.load(EXAMPLES / "mobilenet_v2.adsl"),
     "efficientnet_b0": lambda: alexdsl.load(EXAMPLES / "efficientnet_b0.adsl"),
     "convnext_tiny": lambda: alexdsl.load(EXAMPLES / "convnext_tiny.adsl"),
+    "vit_b_16": lambda: alexdsl.load(EXAMPLES / "vit_b_16.adsl"),
 }
 
 
