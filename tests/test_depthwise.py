@@ -180,7 +180,7 @@ def test_tap_windows_cover_exactly_the_inside_of_the_input() -> None:
     for h, w, k, s, p, d in [(7, 6, 3, 2, 1, 1), (5, 9, 5, 1, 3, 2), (4, 4, 3, 3, 3, 1)]:
         plan = rt.ConvPlan(1, h, w, 1, k, s, p, d, 1)
         count = np.zeros((plan.out_h, plan.out_w), int)
-        for _, out_rows, out_cols, in_rows, in_cols in depthwise.tap_windows(
+        for _, out_rows, out_cols, in_rows, in_cols in arrays.tap_windows(
             h, w, plan.out_h, plan.out_w, plan.kernel, plan.stride, plan.pad, plan.dilation
         ):
             count[out_rows, out_cols] += 1

@@ -194,6 +194,22 @@ def test_pool_with_plan_and_out() -> None:
     check(rt.avg_pool2d(x, (3, 3), plan=plan, divisor=inv), F.avg_pool2d(T(x), 3, 2, ceil_mode=True))
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_pool_in_blocks_of_channels(threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """NumPy pools a few channel planes at a time (cache-sized blocks, spread over threads): blocks
+    of 3 planes over 2x5 planes, so block edges fall inside an image and between images."""
+    from alexdsl.backends.cupy import arrays, pool
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    x = rand(2, 5, 11, 10)
+    plan = rt.PoolPlan(11, 10, (3, 3), (2, 2), (1, 1), True)
+    monkeypatch.setattr(pool, "BLOCK_BYTES", 3 * (11 * 10 + plan.out_h * plan.out_w) * 4)
+    check(rt.max_pool2d(x, (3, 3), (2, 2), (1, 1), True), F.max_pool2d(T(x), 3, 2, 1, ceil_mode=True))
+    check(rt.avg_pool2d(x, (3, 3), (2, 2), (1, 1), True, False),
+          F.avg_pool2d(T(x), 3, 2, 1, ceil_mode=True, count_include_pad=False))
+
+
 def test_max_pool_asymmetric_kernel() -> None:
     x = rand(1, 2, 9, 8)
     check(rt.max_pool2d(x, (3, 2), (2, 1), (1, 0), True), F.max_pool2d(T(x), (3, 2), (2, 1), (1, 0), ceil_mode=True))

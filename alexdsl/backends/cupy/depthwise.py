@@ -24,13 +24,20 @@ then runs ``C`` GEMMs of one row each over it; here, instead:
 from __future__ import annotations
 
 import contextlib
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy
 
 from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import Activation, Array, array_module, as_strided, blas_one_thread, parallel_for
+from alexdsl.backends.cupy.arrays import (
+    Activation,
+    Array,
+    array_module,
+    as_strided,
+    blas_one_thread,
+    parallel_for,
+    tap_windows,
+)
 
 if TYPE_CHECKING:
     from alexdsl.backends.cupy.conv import ConvPlan
@@ -39,42 +46,7 @@ if TYPE_CHECKING:
 
 BLOCK_COLUMNS = 1 << 18  # column elements per NumPy block (1 MiB of float32): half a core's L2
 
-__all__ = ["depthwise_conv2d", "tap_windows"]
-
-
-@cache
-def tap_windows(
-    height: int,
-    width: int,
-    out_h: int,
-    out_w: int,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pad: tuple[int, int],
-    dilation: tuple[int, int],
-) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
-    """Per kernel tap: (tap index, output rows, output cols, input rows, input cols) it touches.
-
-    A tap only reaches the output pixels whose input pixel lies inside the image, so zero
-    padding needs neither a padded copy nor bounds checks.  Taps that reach nothing are left out.
-    """
-    taps = []
-
-    def span(k: int, s: int, p: int, d: int, size: int, out: int) -> tuple[slice, slice] | None:
-        offset = k * d - p  # input index of output 0
-        lo, hi = max(0, -(offset // s)), min(out, (size - 1 - offset) // s + 1)
-        if lo >= hi:
-            return None
-        start = lo * s + offset
-        return slice(lo, hi), slice(start, start + (hi - lo - 1) * s + 1, s)
-
-    for i in range(kernel[0]):
-        rows = span(i, stride[0], pad[0], dilation[0], height, out_h)
-        for j in range(kernel[1]):
-            cols = span(j, stride[1], pad[1], dilation[1], width, out_w)
-            if rows is not None and cols is not None:
-                taps.append((i * kernel[1] + j, rows[0], cols[0], rows[1], cols[1]))
-    return tuple(taps)
+__all__ = ["depthwise_conv2d"]
 
 
 def depthwise_conv2d(
