@@ -181,3 +181,24 @@ def tap_windows(
             if rows is not None and cols is not None:
                 taps.append((i * kernel[1] + j, rows[0], cols[0], rows[1], cols[1]))
     return tuple(taps)
+
+
+def numba_kernels(dtype: Any) -> ModuleType | None:
+    """:mod:`alexdsl.backends.cupy.numba_kernels` for arrays of ``dtype``, or None for plain NumPy.
+
+    None without Numba (the optional ``numba`` extra), with ``ALEXDSL_NUMBA=0``, or for a dtype
+    the kernels are not compiled for (float16). Numba is imported on the first call only.
+    """
+    if os.environ.get("ALEXDSL_NUMBA", "1") == "0":
+        return None
+    kernels = _numba_module()
+    return kernels if kernels is not None and numpy.dtype(dtype).name in kernels.DTYPES else None
+
+
+@cache
+def _numba_module() -> ModuleType | None:
+    try:
+        from alexdsl.backends.cupy import numba_kernels
+    except ImportError:
+        return None
+    return numba_kernels

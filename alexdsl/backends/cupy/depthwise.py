@@ -5,7 +5,10 @@ Output channel ``o`` reads input channel ``o // multiplier`` (torch's layout for
 convolution.  im2col + GEMM builds a ``kh*kw``-times larger copy of the whole input and
 then runs ``C`` GEMMs of one row each over it; here, instead:
 
-* NumPy (:func:`_columns_by_blocks`): per block of one image's channels small enough to
+* NumPy with Numba (the optional ``numba`` extra; :func:`_compiled_planes`): a compiled kernel,
+  one run of multiply-adds per tap over the whole output plane (2-3x faster than the
+  columns below on MobileNetV2's layers at batch 1, more at batch 16).
+* NumPy without it (:func:`_columns_by_blocks`): per block of one image's channels small enough to
   stay in the L2 cache, the padded block, its ``(kh*kw, OH*OW)`` columns per channel, one
   ``(multiplier, kh*kw)`` GEMM per channel (a single batched matmul) and the epilogue, the
   blocks spread over the thread pool.  Accumulating tap by tap (``y += w[tap] * window``)
@@ -35,6 +38,7 @@ from alexdsl.backends.cupy.arrays import (
     array_module,
     as_strided,
     blas_one_thread,
+    numba_kernels,
     parallel_for,
     tap_windows,
 )
@@ -93,7 +97,10 @@ def depthwise_conv2d(
         if act is not None:
             act(out, out=out)
         return out
-    if xp is numpy:
+    compiled = numba_kernels(x.dtype) if xp is numpy else None
+    if compiled is not None:
+        _compiled_planes(compiled, plan, x, weight, bias, relu, act, out)
+    elif xp is numpy:
         _columns_by_blocks(plan, x, weight, bias, relu, act, out)
     else:
         _taps(xp, plan, x, weight, bias, relu, act, out)
@@ -105,6 +112,39 @@ def _epilogue(xp: Any, y: Array, relu: bool, act: Activation | None) -> None:
         xp.maximum(y, 0, out=y)
     if act is not None:
         act(y, out=y)
+
+
+def _compiled_planes(
+    compiled: Any,
+    plan: ConvPlan,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    relu: bool,
+    act: Activation | None,
+    out: Array,
+) -> None:
+    """NumPy with Numba: the compiled kernel (:func:`.numba_kernels.depthwise_conv2d`) on blocks of output planes.
+
+    A block is about :data:`BLOCK_COLUMNS` / ``kh*kw`` output elements, so that ``act`` runs on it while
+    it is still in cache; the blocks are spread over the thread pool.
+    """
+    n, o = out.shape[:2]
+    (kh, kw), (oh, ow) = plan.kernel, (plan.out_h, plan.out_w)
+    x = numpy.ascontiguousarray(x)
+    taps = numpy.ascontiguousarray(weight.reshape(o, kh, kw))
+    shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
+    planes = out.reshape(n * o, oh * ow)
+    per_block = max(1, BLOCK_COLUMNS // (kh * kw * oh * ow))
+
+    def run(lo: int, hi: int) -> None:
+        for start in range(lo, hi, per_block):
+            stop = min(hi, start + per_block)
+            compiled.depthwise_conv2d(x, taps, shift, out, start, stop, plan.stride, plan.pad, plan.dilation, relu)
+            if act is not None:
+                act(planes[start:stop], out=planes[start:stop])
+
+    parallel_for(numpy, n * o, out.size * kh * kw, run)
 
 
 def _columns_by_blocks(
