@@ -93,3 +93,85 @@ def depthwise_conv2d(
             else:
                 for k in range(uintp(ow)):
                     flat_out[to + k] = acc[row + k]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd_input(
+    x: numpy.ndarray, tiles: numpy.ndarray, lo: int, hi: int, pad: tuple[int, int], grid: tuple[int, int]
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(2x2, 3x3): ``B^T d B`` of every 4x4 input tile of channels ``lo..hi``.
+
+    ``x`` is (N, C, H, W); ``tiles`` is (16, C, N * TH * TW) for ``grid`` (TH, TW), tile ``(ty, tx)``
+    of image ``n`` reading padded rows ``2ty..2ty+3`` and columns ``2tx..2tx+3`` (zero outside the
+    image). A row of tiles is done at once, from four input rows, so the stores are contiguous.
+    """
+    n, c, h, w = x.shape
+    (ph, pw), (tiles_h, tiles_w) = pad, grid
+    pitch = 2 * tiles_w + 2
+    rows = numpy.zeros((4, pitch), x.dtype)
+    diff = numpy.empty((4, pitch), x.dtype)
+    zero = x.dtype.type(0)
+    for channel in range(lo, hi):
+        for image in range(n):
+            for ty in range(tiles_h):
+                for i in range(4):
+                    y = 2 * ty - ph + i
+                    for k in range(pitch):
+                        col = k - pw
+                        rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+                for k in range(pitch):  # B^T along the rows of the tile
+                    diff[0, k] = rows[0, k] - rows[2, k]
+                    diff[1, k] = rows[1, k] + rows[2, k]
+                    diff[2, k] = rows[2, k] - rows[1, k]
+                    diff[3, k] = rows[1, k] - rows[3, k]
+                first = (image * tiles_h + ty) * tiles_w
+                for i in range(4):  # B along its columns
+                    for tx in range(tiles_w):
+                        q = uintp(2 * tx)
+                        tiles[4 * i, channel, first + tx] = diff[i, q] - diff[i, q + 2]
+                        tiles[4 * i + 1, channel, first + tx] = diff[i, q + 1] + diff[i, q + 2]
+                        tiles[4 * i + 2, channel, first + tx] = diff[i, q + 2] - diff[i, q + 1]
+                        tiles[4 * i + 3, channel, first + tx] = diff[i, q + 1] - diff[i, q + 3]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd_output(
+    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(2x2, 3x3): ``A^T M A`` + bias (+ ReLU) of output channels ``lo..hi`` into ``out`` (N, O, OH, OW).
+
+    ``products`` is (16, O, N * TH * TW), the 16 GEMMs' results; the last tile row and column are
+    cropped where OH or OW is odd.
+    """
+    n, o, oh, ow = out.shape
+    tiles_h, tiles_w = (oh + 1) // 2, (ow + 1) // 2
+    zero = out.dtype.type(0)
+    m = products
+    for channel in range(lo, hi):
+        shift = bias[channel] if bias.size else zero
+        for image in range(n):
+            for ty in range(tiles_h):
+                for tx in range(tiles_w):
+                    t = (image * tiles_h + ty) * tiles_w + tx
+                    top0 = m[0, channel, t] + m[4, channel, t] + m[8, channel, t]
+                    top1 = m[1, channel, t] + m[5, channel, t] + m[9, channel, t]
+                    top2 = m[2, channel, t] + m[6, channel, t] + m[10, channel, t]
+                    top3 = m[3, channel, t] + m[7, channel, t] + m[11, channel, t]
+                    low0 = m[4, channel, t] - m[8, channel, t] - m[12, channel, t]
+                    low1 = m[5, channel, t] - m[9, channel, t] - m[13, channel, t]
+                    low2 = m[6, channel, t] - m[10, channel, t] - m[14, channel, t]
+                    low3 = m[7, channel, t] - m[11, channel, t] - m[15, channel, t]
+                    y00 = top0 + top1 + top2 + shift
+                    y01 = top1 - top2 - top3 + shift
+                    y10 = low0 + low1 + low2 + shift
+                    y11 = low1 - low2 - low3 + shift
+                    if relu:
+                        y00, y01, y10, y11 = max(y00, zero), max(y01, zero), max(y10, zero), max(y11, zero)
+                    y, col = 2 * ty, 2 * tx
+                    out[image, channel, y, col] = y00
+                    if col + 1 < ow:
+                        out[image, channel, y, col + 1] = y01
+                    if y + 1 < oh:
+                        out[image, channel, y + 1, col] = y10
+                        if col + 1 < ow:
+                            out[image, channel, y + 1, col + 1] = y11
