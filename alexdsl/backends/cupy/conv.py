@@ -393,7 +393,8 @@ def _conv2d_winograd(
     16 ``B^T d B`` components of every 4x4 tile ``(16, C, tiles)``, one batched GEMM by the
     transformed weight (:meth:`ConvPlan.winograd_weight`) gives ``(16, O, tiles)``, and the
     compiled output transform ``A^T M A`` adds the bias, applies ReLU and writes NCHW. With
-    several chunks and threads, the chunks run on the thread pool with BLAS on one thread.
+    several chunks and threads, the chunks run on the thread pool with BLAS on one thread; with one
+    chunk, the transforms are split over the pool by channels and BLAS keeps its threads.
     """
     n, c = x.shape[:2]
     o = plan.out_channels
@@ -404,8 +405,11 @@ def _conv2d_winograd(
     chunks = [(lo, min(n, lo + images)) for lo in range(0, n, images)]
     x = numpy.ascontiguousarray(x)
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
+    pad = plan.pad
 
-    def run(lo: int, hi: int) -> None:
+    def run(lo: int, hi: int, spread: bool = False) -> None:
+        """Chunks ``lo..hi``; with ``spread``, each transform split by channels over the thread pool."""
+        split = parallel_for if spread else lambda xp, total, work, fn: fn(0, total)
         for first, last in chunks[lo:hi]:
             count = (last - first) * per_image
             work = getattr(_thread_work, "winograd", None)
@@ -413,14 +417,17 @@ def _conv2d_winograd(
                 work = _thread_work.winograd = numpy.empty(16 * (c + o) * count, x.dtype)
             tiles = work[: 16 * c * count].reshape(16, c, count)
             products = work[16 * c * count : 16 * (c + o) * count].reshape(16, o, count)
-            compiled.winograd_input(x[first:last], tiles, 0, c, plan.pad, grid)
+            image, y = x[first:last], out[first:last]
+            split(numpy, c, tiles.size,
+                  lambda lo, hi, image=image, tiles=tiles: compiled.winograd_input(image, tiles, lo, hi, pad, grid))
             numpy.matmul(u, tiles, out=products)
-            compiled.winograd_output(products, shift, out[first:last], 0, o, relu)
+            split(numpy, o, products.size,
+                  lambda lo, hi, products=products, y=y: compiled.winograd_output(products, shift, y, lo, hi, relu))
 
     pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 else None
-    if pin is None:
-        run(0, len(chunks))
-    else:
+    if pin is None:  # one chunk or one thread: BLAS threads for the GEMM, the pool for the transforms
+        run(0, len(chunks), spread=True)
+    else:  # a chunk per thread, BLAS on one thread
         with pin:
             parallel_for(numpy, len(chunks), x.size + out.size, run)
     return out
