@@ -159,6 +159,9 @@ out: concat(half.1, half.0, parts.0, parts.1, third.2)
     "channels": """input x: 8x6x6
 n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | channel_shuffle(4)
 """,
+    "padding": """input x: 8x6x6
+p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
+""",
 }
 
 
@@ -252,6 +255,14 @@ TORCH_CASES: dict[str, tuple] = {
     "split_even": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, 4, dim=1)[::-1], 1)),
                    ["channel_chunk", "channel_chunk", "concat"]),
     "adaptive_avgpool": (lambda: nn.AdaptiveAvgPool2d(2), ["avgpool"]),
+    "pad": (lambda: Lambda(lambda self, x: nn.functional.pad(x, (0, 1, 2, 0), value=0.5)), ["pad"]),
+    # timm's Conv2dSame: F.pad to TensorFlow's 'SAME', then a conv without padding
+    "conv2d_same": (lambda: _with(nn.Conv2d(8, 8, 3, stride=2), lambda self, x: self.inner(
+        nn.functional.pad(x, (0, 1, 0, 1)))), ["pad", "conv"]),
+    "conv2d_same_even": (lambda: _with(nn.Conv2d(8, 8, 3), lambda self, x: self.inner(
+        nn.functional.pad(x, (1, 1, 1, 1)))), ["conv"]),
+    "conv_padding_same": (lambda: nn.Conv2d(8, 8, 3, padding="same"), ["conv"]),
+    "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
 
@@ -300,6 +311,11 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("adaptive_avgpool").attrs["kernel"] == (2, 2)
     assert layer("layer_scale").attrs == {"bias": False, "param": "layer_scale"}
     assert layer("scale").attrs == {"bias": True, "param": "weight"}
+    assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
+    assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
+    assert layer("conv2d_same_even").attrs["pad"] == (1, 1)
+    assert layer("conv_padding_same").attrs["pad"] == (1, 1)
+    assert layer("conv_padding_same_uneven").attrs == {"top": 1, "bottom": 2, "left": 1, "right": 2, "value": 0.0}
 
 
 def test_torch_parameters_keep_their_values(tmp_path: Path) -> None:
@@ -329,3 +345,12 @@ def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> Non
     path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "clip.onnx")
     with pytest.raises(AlexDSLError, match=r"Clip\): only a Clip with constant scalar bounds"):
         import_onnx_source(path, readable=False)
+
+
+def test_a_pad_alexdsl_cannot_express_is_an_error_naming_the_node(tmp_path: Path) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    module = nn.Sequential(nn.ReflectionPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3))
+    path = torch_export(module, TORCH_INPUT, tmp_path / "reflect.onnx", 17)
+    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Pad\): mode=reflect is not supported"):
+        import_onnx_source(path)

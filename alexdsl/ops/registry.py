@@ -190,7 +190,18 @@ def _load_families() -> None:
         return
     with _FAMILIES_LOCK:
         if not _FAMILIES_LOADED:
-            from alexdsl.ops import activation, arith, conv, linear, loss, norm, pool, split, tensor  # noqa: F401
+            from alexdsl.ops import (  # noqa: F401
+                activation,
+                arith,
+                conv,
+                linear,
+                loss,
+                norm,
+                padding,
+                pool,
+                split,
+                tensor,
+            )
 
             _FAMILIES_LOADED = True
 
