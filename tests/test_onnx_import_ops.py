@@ -162,6 +162,11 @@ n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | chann
     "padding": """input x: 8x6x6
 p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
 """,
+    "upsampling": """input x: 8x5x6
+near: x -> upsample((3, 2))
+corners: x -> upsample(2, mode=bilinear, align_corners=true)
+out: corners -> upsample((1, 2), mode=bilinear)
+""",
 }
 
 
@@ -262,6 +267,12 @@ TORCH_CASES: dict[str, tuple] = {
     "conv2d_same_even": (lambda: _with(nn.Conv2d(8, 8, 3), lambda self, x: self.inner(
         nn.functional.pad(x, (1, 1, 1, 1)))), ["conv"]),
     "conv_padding_same": (lambda: nn.Conv2d(8, 8, 3, padding="same"), ["conv"]),
+    "upsample_nearest": (lambda: nn.Upsample(scale_factor=2), ["upsample"], (18, 20, 21)),
+    "upsample_nearest_3": (lambda: Lambda(lambda self, x: nn.functional.interpolate(x, scale_factor=(3, 2))),
+                           ["upsample"], (18, 20, 21)),
+    "upsample_bilinear": (lambda: nn.Upsample(scale_factor=2, mode="bilinear"), ["upsample"], (18, 20, 21)),
+    "upsample_bilinear_corners": (lambda: nn.Upsample(scale_factor=3, mode="bilinear", align_corners=True),
+                                  ["upsample"], (18, 20, 21)),
     "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
@@ -311,6 +322,12 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("adaptive_avgpool").attrs["kernel"] == (2, 2)
     assert layer("layer_scale").attrs == {"bias": False, "param": "layer_scale"}
     assert layer("scale").attrs == {"bias": True, "param": "weight"}
+    assert layer("upsample_nearest").attrs == layer("upsample_nearest", 20).attrs == {
+        "scale": (2, 2), "mode": "nearest", "align_corners": False}
+    assert layer("upsample_nearest_3").attrs["scale"] == (3, 2)
+    assert layer("upsample_bilinear").attrs == layer("upsample_bilinear", 18).attrs == {
+        "scale": (2, 2), "mode": "bilinear", "align_corners": False}
+    assert layer("upsample_bilinear_corners").attrs == {"scale": (3, 3), "mode": "bilinear", "align_corners": True}
     assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
     assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
     assert layer("conv2d_same_even").attrs["pad"] == (1, 1)
@@ -353,4 +370,13 @@ def test_a_pad_alexdsl_cannot_express_is_an_error_naming_the_node(tmp_path: Path
     module = nn.Sequential(nn.ReflectionPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3))
     path = torch_export(module, TORCH_INPUT, tmp_path / "reflect.onnx", 17)
     with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Pad\): mode=reflect is not supported"):
+        import_onnx_source(path)
+
+
+def test_a_resize_to_a_size_that_is_no_integer_factor_is_an_error_naming_the_node(tmp_path: Path) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    module = Lambda(lambda self, x: nn.functional.interpolate(x, size=(6, 5), mode="bilinear"))
+    path = torch_export(module, TORCH_INPUT, tmp_path / "resize.onnx", 17)
+    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Resize\): it resizes 8x4x4 to 8x6x5"):
         import_onnx_source(path)

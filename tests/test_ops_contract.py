@@ -417,3 +417,25 @@ def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -
             if (op.name, name) not in LOST_BY_TORCHS_EXPORT:
                 expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
                 assert ops[0].attrs[name] == expected, (call, opset, name)
+
+
+def test_pad_and_upsample_shapes_match_torch() -> None:
+    x = torch.zeros(1, 6, 13, 11)
+    base = "input x: 6x13x11\n"
+    cases = {
+        "pad(0, 1, 2, 3)": lambda: F.pad(x, (2, 3, 0, 1)),
+        "pad(right=1)": lambda: F.pad(x, (0, 1)),
+        "upsample(2)": lambda: F.interpolate(x, scale_factor=2),
+        "upsample((3, 2), mode=bilinear)": lambda: F.interpolate(x, scale_factor=(3, 2), mode="bilinear"),
+    }
+    for call, fn in cases.items():
+        assert _shape(base + f"y: {call}\n", "y") == tuple(fn().shape[1:]), call
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("pad(0, 0)", "pads nothing: every side is 0"),
+    ("upsample(2, align_corners=true)", "align_corners applies to bilinear upsampling only"),
+])
+def test_pad_and_upsample_mistakes_are_located_errors(call: str, message: str) -> None:
+    with pytest.raises(AlexDSLError, match=rf"t.adsl:2:\d+: error: .*{message}"):
+        alexdsl.parse(f"input x: 6x13x11\ny: {call}\n", "t.adsl")
