@@ -50,6 +50,7 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
     * channel_slice: ``channels`` (the split statement's check) is not in the Slice: 0.
     * pointwise_fc of a vector: a Gemm, which is fc (the same weight and key).
     * flatten read only by fc: ``Flatten -> Gemm`` is one fc, which flattens its input itself.
+    * sum, mean, max: ONNX counts axes from the batch, so a negative axis comes back counted from 0.
     """
     attrs = dict(layer.attrs)
     source = network.layer(layer.inputs[0]) if layer.inputs else None
@@ -72,6 +73,8 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
         return "channel_slice", {"start": start, "stop": stop, "channels": 0}
     if layer.op == "channel_slice":
         return layer.op, {**attrs, "stop": attrs["stop"] or source.shape[0], "channels": 0}
+    if layer.op in ("sum", "mean", "max"):
+        return layer.op, {**attrs, "axis": attrs["axis"] % len(source.shape)}
     if layer.op == "pointwise_fc" and len(layer.shape) == 1:
         return "fc", attrs
     return layer.op, attrs
@@ -161,6 +164,11 @@ n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | chann
 """,
     "padding": """input x: 8x6x6
 p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
+""",
+    "reductions": """input x: 8x5x6
+s: x -> sum(axis=0, keepdims=true)
+m: x -> mean(-1)
+t: x -> max(1)
 """,
     "upsampling": """input x: 8x5x6
 near: x -> upsample((3, 2))
@@ -273,6 +281,11 @@ TORCH_CASES: dict[str, tuple] = {
     "upsample_bilinear": (lambda: nn.Upsample(scale_factor=2, mode="bilinear"), ["upsample"], (18, 20, 21)),
     "upsample_bilinear_corners": (lambda: nn.Upsample(scale_factor=3, mode="bilinear", align_corners=True),
                                   ["upsample"], (18, 20, 21)),
+    "sum_keepdim": (lambda: Lambda(lambda self, x: x.sum(1, keepdim=True)), ["sum"], (18,)),
+    "mean_last": (lambda: Lambda(lambda self, x: x.mean(-1)), ["mean"], (18,)),
+    "amax": (lambda: Lambda(lambda self, x: x.amax(2, keepdim=True)), ["max"], (18,)),
+    "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
+    "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
     "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
@@ -328,6 +341,10 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("upsample_bilinear").attrs == layer("upsample_bilinear", 18).attrs == {
         "scale": (2, 2), "mode": "bilinear", "align_corners": False}
     assert layer("upsample_bilinear_corners").attrs == {"scale": (3, 3), "mode": "bilinear", "align_corners": True}
+    assert layer("sum_keepdim").attrs == layer("sum_keepdim", 18).attrs == {"axis": 0, "keepdims": True}
+    assert layer("mean_last").attrs == {"axis": 2, "keepdims": False}
+    assert layer("amax", 18).attrs == {"axis": 1, "keepdims": True}
+    assert layer("sum_two_axes").attrs == {"axis": 2, "keepdims": False}  # the highest axis first
     assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
     assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
     assert layer("conv2d_same_even").attrs["pad"] == (1, 1)

@@ -199,6 +199,7 @@ def _load_families() -> None:
                 norm,
                 padding,
                 pool,
+                reduce,
                 resample,
                 split,
                 tensor,
