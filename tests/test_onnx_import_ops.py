@@ -286,6 +286,7 @@ TORCH_CASES: dict[str, tuple] = {
     "amax": (lambda: Lambda(lambda self, x: x.amax(2, keepdim=True)), ["max"], (18,)),
     "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
     "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
+    "slice_every_channel": (lambda: Lambda(lambda self, x: torch.relu(x[:, :8])), ["relu"]),
     "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
