@@ -287,6 +287,9 @@ TORCH_CASES: dict[str, tuple] = {
     "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
     "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
     "slice_every_channel": (lambda: Lambda(lambda self, x: torch.relu(x[:, :8])), ["relu"]),
+    # timm's MaxPool2dSame: a -inf F.pad, then a pool without padding: a ceil-rounded maxpool
+    "maxpool_same": (lambda: Lambda(lambda self, x: nn.functional.max_pool2d(
+        nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, 2)), ["maxpool"]),
     "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
@@ -346,6 +349,7 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("mean_last").attrs == {"axis": 2, "keepdims": False}
     assert layer("amax", 18).attrs == {"axis": 1, "keepdims": True}
     assert layer("sum_two_axes").attrs == {"axis": 2, "keepdims": False}  # the highest axis first
+    assert layer("maxpool_same").attrs == {"kernel": (3, 3), "stride": (2, 2), "pad": (0, 0), "round": "ceil"}
     assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
     assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
     assert layer("conv2d_same_even").attrs["pad"] == (1, 1)
@@ -398,3 +402,29 @@ def test_a_resize_to_a_size_that_is_no_integer_factor_is_an_error_naming_the_nod
     path = torch_export(module, TORCH_INPUT, tmp_path / "resize.onnx", 17)
     with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Resize\): it resizes 8x4x4 to 8x6x5"):
         import_onnx_source(path)
+
+
+@pytest.mark.parametrize(("op_type", "auto_pad", "ops"), [
+    ("MaxPool", "SAME_UPPER", ["maxpool"]), ("AveragePool", "SAME_UPPER", ["avgpool"]),
+    ("Conv", "SAME_LOWER", ["pad", "conv"]), ("Conv", "SAME_UPPER", ["pad", "conv"])])
+def test_auto_pad_is_made_explicit(op_type: str, auto_pad: str, ops: list[str], tmp_path: Path) -> None:
+    """ONNX's auto_pad=SAME_*: the pads it means, from the input's shape, and what onnxruntime computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs, initializers, attrs = ["x"], [], {"kernel_shape": [4, 4] if op_type == "Conv" else [3, 3]}
+    if op_type == "Conv":
+        weight = np.random.default_rng(0).standard_normal((4, 4, 4, 4)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, "w"))
+        inputs.append("w")
+    else:
+        attrs["strides"] = [2, 2]
+    graph = helper.make_graph(
+        [helper.make_node(op_type, inputs, ["y"], auto_pad=auto_pad, **attrs)], "same",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=initializers)
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "same.onnx")
+    imported = import_onnx_source(path, readable=False)
+    assert [layer.op for layer in imported.network.layers() if layer.op != "input"] == ops
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _close(_run(imported.network, imported.weights, [x]), session.run(None, {"x": x})[0])

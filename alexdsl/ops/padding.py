@@ -100,8 +100,6 @@ def pad_sides(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[tuple[int, in
         value = float(fill.reshape(-1)[0])
     elif len(node.inputs) == 1:
         value = float(node.attr("value", 0.0))
-    if not math.isfinite(value):
-        return f"the fill value {value} is not finite (timm's MaxPool2dSame); alexdsl's pad fills with a number"
     return (top, bottom, left, right), value
 
 
@@ -111,6 +109,9 @@ def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     if isinstance(found, str):
         return ctx.fail(node, found)
     (top, bottom, left, right), value = found
+    if not math.isfinite(value):
+        return ctx.fail(node, f"the fill value {value} is not finite (timm's MaxPool2dSame before a pool it does "
+                              "not fit); alexdsl's pad fills with a number")
     attrs: dict[str, Any] = {"top": top, "bottom": bottom, "left": left, "right": right}
     if value:
         attrs["value"] = value
@@ -145,14 +146,15 @@ def window_pads(node: OnnxNodeView, ctx: OnnxImportContext, kernel: list[int]) -
     return [s[0] for s in sides], [s[1] for s in sides]
 
 
-def zero_padding_before(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[Any, list[int], list[int]] | None:
-    """The zero ``Pad`` computing the node's first input, if only this node reads it: the Pad node and its
-    (top, left) and (bottom, right) pads; None otherwise."""
+def padding_before(node: OnnxNodeView, ctx: OnnxImportContext,
+                   value: float = 0.0) -> tuple[Any, list[int], list[int]] | None:
+    """The ``Pad`` filling with ``value`` that computes the node's first input, if only this node reads it: the
+    Pad node and its (top, left) and (bottom, right) pads; None otherwise."""
     pad = ctx.absorb(node.inputs[0])
     if pad is None or pad.op_type != "Pad":
         return None
     found = pad_sides(pad, ctx)
-    if isinstance(found, str) or found[1] != 0.0:
+    if isinstance(found, str) or found[1] != value:
         return None
     top, bottom, left, right = found[0]
     return pad, [top, left], [bottom, right]
@@ -168,7 +170,7 @@ def padded_window(node: OnnxNodeView, ctx: OnnxImportContext, op: str, attrs: di
         return None
     begin, end = pads
     source, absorbed = node.inputs[0], ()
-    before = zero_padding_before(node, ctx)
+    before = padding_before(node, ctx)
     if before is not None and all(b + pb == e + pe for b, pb, e, pe in zip(begin, before[1], end, before[2])):
         absorbed, source = (before[0],), before[0].inputs[0]
         begin, end = [b + pb for b, pb in zip(begin, before[1])], [e + pe for e, pe in zip(end, before[2])]
