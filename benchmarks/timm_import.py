@@ -5,10 +5,10 @@
 Needs torch, timm, onnx and onnxruntime next to alexdsl (timm is not a test dependency; make a side
 environment: ``python -m venv side && side/bin/pip install torch torchvision timm -e .[onnx]``).
 
-One model per architecture: for each of timm's model modules (``timm.list_modules()``), the first of
-its models in timm's own order, built with ``pretrained=False``; an architecture counts as
-convolutional when its model has a ``Conv2d`` and no module whose class name ends in ``Attention``
-(vision transformers and their hybrids are issue 19's, not this benchmark's). Without names, a
+One model per architecture: for each of timm's model modules (``timm.list_modules()``) but the
+vision transformers, attention hybrids and MLP mixers (``NOT_CONVOLUTIONAL``; issue 19's), its
+default model (:func:`architectures`), built with ``pretrained=False``; it counts as convolutional
+when it has a ``Conv2d`` and no module whose class name ends in ``Attention``. Without names, a
 seeded sample of ``--sample`` architectures is measured (all of them with ``--sample 0``).
 
 Each model gets seeded random weights and batchnorm statistics (tests/onnx_models.randomise), is
@@ -48,15 +48,22 @@ from alexdsl.errors import AlexDSLError  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 
 TOLERANCE = 1e-4
+# timm's modules of vision transformers, hybrids built around attention, and MLP mixers: issue 19's, not built here
+NOT_CONVOLUTIONAL = frozenset("""beit cait coat convit crossvit davit deepseek_vit deit edgenext efficientformer
+efficientformer_v2 eva fastvit focalnet gcvit gemma4_vit hiera hieradet_sam2 iformer levit lowformer maxxvit
+mlp_mixer mobilevit mvitv2 naflexvit nest nextvit pit pvt_v2 qwen3_vit sequencer shvit swiftformer swin_transformer
+swin_transformer_v2 swin_transformer_v2_cr tiny_vit tnt twins visformer vision_transformer vision_transformer_hybrid
+vision_transformer_relpos vision_transformer_sam vitamin volo xcit""".split())
 
 
 def architectures() -> dict[str, str]:
-    """timm module -> its first model, for every module with a model."""
+    """timm module -> its default model: the first (timm lists them by name) of those named after the module
+    (``resnet`` -> resnet101), else its first, for every module with models that is not in NOT_CONVOLUTIONAL."""
     found = {}
     for module in timm.list_modules():
         models = timm.list_models(module=module)
-        if models:
-            found[module] = models[0]
+        if models and module not in NOT_CONVOLUTIONAL:
+            found[module] = next((m for m in models if m.startswith(module)), models[0])
     return found
 
 
