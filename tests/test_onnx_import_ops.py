@@ -164,6 +164,7 @@ n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | chann
 """,
     "padding": """input x: 8x6x6
 p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
+shifted: x -> pad(-1, 1, -1, 1) | conv(4, 3, pad=1)
 """,
     "reductions": """input x: 8x5x6
 s: x -> sum(axis=0, keepdims=true)
@@ -287,6 +288,7 @@ TORCH_CASES: dict[str, tuple] = {
     "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
     "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
     "slice_every_channel": (lambda: Lambda(lambda self, x: torch.relu(x[:, :8])), ["relu"]),
+    "pad_shift": (lambda: nn.ZeroPad2d((-1, 1, -1, 1)), ["pad"]),  # timm's nasnet: a shift by one pixel
     # timm's MaxPool2dSame: a -inf F.pad, then a pool without padding: a ceil-rounded maxpool
     "maxpool_same": (lambda: Lambda(lambda self, x: nn.functional.max_pool2d(
         nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, 2)), ["maxpool"]),
@@ -349,6 +351,7 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("mean_last").attrs == {"axis": 2, "keepdims": False}
     assert layer("amax", 18).attrs == {"axis": 1, "keepdims": True}
     assert layer("sum_two_axes").attrs == {"axis": 2, "keepdims": False}  # the highest axis first
+    assert layer("pad_shift").attrs == {"top": -1, "bottom": 1, "left": -1, "right": 1, "value": 0.0}
     assert layer("maxpool_same").attrs == {"kernel": (3, 3), "stride": (2, 2), "pad": (0, 0), "round": "ceil"}
     assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
     assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}

@@ -425,6 +425,7 @@ def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
     cases = {
         "pad(0, 1, 2, 3)": lambda: F.pad(x, (2, 3, 0, 1)),
         "pad(right=1)": lambda: F.pad(x, (0, 1)),
+        "pad(-1, 1, 2, -3)": lambda: F.pad(x, (2, -3, -1, 1)),
         "upsample(2)": lambda: F.interpolate(x, scale_factor=2),
         "upsample((3, 2), mode=bilinear)": lambda: F.interpolate(x, scale_factor=(3, 2), mode="bilinear"),
         "sum(axis=-2)": lambda: x.sum(-2),
@@ -437,6 +438,7 @@ def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
 
 @pytest.mark.parametrize(("call", "message"), [
     ("pad(0, 0)", "pads nothing: every side is 0"),
+    ("pad(-7, -6)", "removes every row or column of a 6x13x11 input"),
     ("upsample(2, align_corners=true)", "align_corners applies to bilinear upsampling only"),
     ("sum(axis=3)", "axis 3 is not an axis of a 3-axis input"),
     ("x -> flatten | mean(0)", "reducing the only axis leaves a scalar per sample"),

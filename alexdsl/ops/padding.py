@@ -1,4 +1,5 @@
-"""Padding of height and width by different amounts on each side: ``pad(top, bottom, left, right)``.
+"""Padding of height and width by different amounts on each side: ``pad(top, bottom, left, right)``; a negative
+amount removes rows or columns, as ``F.pad`` does.
 
 A convolution or pool pads both ends of an axis alike; TensorFlow's 'SAME' padding (timm's
 Conv2dSame, ONNX's ``auto_pad=SAME_UPPER``) pads the end one more than the start when the
@@ -17,7 +18,7 @@ from typing import Any
 
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
 from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
+from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 SIDES = ("top", "bottom", "left", "right")
 
@@ -26,9 +27,14 @@ def _infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (x,) = inputs
     expect_rank(x, 3)
     if not any(attrs[side] for side in SIDES):
-        raise ShapeError("pads nothing: every side is 0", arg="top", expected="at least one side above 0",
+        raise ShapeError("pads nothing: every side is 0", arg="top", expected="at least one side other than 0",
                          received="pad(0, 0, 0, 0)")
-    return (x[0], x[1] + attrs["top"] + attrs["bottom"], x[2] + attrs["left"] + attrs["right"])
+    height, width = x[1] + attrs["top"] + attrs["bottom"], x[2] + attrs["left"] + attrs["right"]
+    if height < 1 or width < 1:
+        raise ShapeError(f"removes every row or column of a {format_shape(x)} input", arg="top",
+                         expected="negative pads that leave at least one row and column",
+                         received=f"{height}x{width}")
+    return (x[0], height, width)
 
 
 def _sides(layer: Any) -> tuple[int, int, int, int]:
@@ -65,7 +71,7 @@ def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 
 # ONNX import --------------------------------------------------------------------------------------
 def pad_sides(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[tuple[int, int, int, int], float] | str:
     """A ``Pad`` node's (top, bottom, left, right) and fill value, or why alexdsl cannot express it: a mode
-    other than constant, padding of the batch or channels, negative pads (cropping), computed pads."""
+    other than constant, padding of the batch or channels, computed pads."""
     mode = node.attr("mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode != "constant":
@@ -90,8 +96,6 @@ def pad_sides(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[tuple[int, in
     n0, c0, top, left, n1, c1, bottom, right = pads
     if n0 or c0 or n1 or c1:
         return f"pads {pads} pad the batch or the channels; alexdsl pads height and width only"
-    if min(pads) < 0:
-        return f"pads {pads} crop (negative pads); alexdsl's pad only adds"
     value = 0.0
     if len(node.inputs) > 2 and node.inputs[2]:
         fill = ctx.const(node.inputs[2])
@@ -154,7 +158,7 @@ def padding_before(node: OnnxNodeView, ctx: OnnxImportContext,
     if pad is None or pad.op_type != "Pad":
         return None
     found = pad_sides(pad, ctx)
-    if isinstance(found, str) or found[1] != value:
+    if isinstance(found, str) or found[1] != value or min(found[0]) < 0:  # a crop is no window's padding
         return None
     top, bottom, left, right = found[0]
     return pad, [top, left], [bottom, right]
@@ -192,10 +196,10 @@ register(OpDef(
     summary="Pad height and width by (top, bottom, left, right) with a constant (F.pad; TensorFlow's 'SAME').",
     example="padded: pad(0, 1, 0, 1)",
     args=(
-        Arg("top", "int", 0, "rows added above", min=0),
-        Arg("bottom", "int", 0, "rows added below", min=0),
-        Arg("left", "int", 0, "columns added on the left", min=0),
-        Arg("right", "int", 0, "columns added on the right", min=0),
+        Arg("top", "int", 0, "rows added above (negative: removed)"),
+        Arg("bottom", "int", 0, "rows added below (negative: removed)"),
+        Arg("left", "int", 0, "columns added on the left (negative: removed)"),
+        Arg("right", "int", 0, "columns added on the right (negative: removed)"),
         Arg("value", "float", 0.0, "the fill value", positional=False),
     ),
     infer=_infer,

@@ -4,6 +4,8 @@
 >>> x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
 >>> pad2d(x, (0, 1, 1, 0)).tolist()
 [[[[0.0, 0.0, 1.0], [0.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]]
+>>> pad2d(x, (-1, 1, 0, 0)).tolist()
+[[[[2.0, 3.0], [0.0, 0.0]]]]
 >>> upsample_nearest(x, (2, 1)).tolist()
 [[[[0.0, 1.0], [0.0, 1.0], [2.0, 3.0], [2.0, 3.0]]]]
 """
@@ -16,13 +18,16 @@ from alexdsl.backends.cupy.arrays import Array, array_module, as_pair
 
 
 def pad2d(x: Array, pads: tuple[int, int, int, int], value: float = 0.0, *, out: Array | None = None) -> Array:
-    """``F.pad(x, (left, right, top, bottom), value=value)`` of NCHW ``x``; ``pads`` is (top, bottom, left, right)."""
+    """``F.pad(x, (left, right, top, bottom), value=value)`` of NCHW ``x``; ``pads`` is (top, bottom, left, right),
+    a negative one removing rows or columns (nasnet's ``ZeroPad2d((-1, 1, -1, 1))``)."""
     top, bottom, left, right = pads
     n, c, h, w = x.shape
+    kept = x[:, :, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
     if out is None:
         out = array_module(x).empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
     out[...] = value
-    out[:, :, top : top + h, left : left + w] = x
+    row, column = max(top, 0), max(left, 0)
+    out[:, :, row : row + kept.shape[2], column : column + kept.shape[3]] = kept
     return out
 
 
