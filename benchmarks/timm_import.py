@@ -61,7 +61,7 @@ vision_transformer_hybrid vision_transformer_relpos vision_transformer_sam vitam
 
 def architectures() -> dict[str, str]:
     """timm module -> its default model: the first (timm lists them by name) of those named after the module
-    (``resnet`` -> resnet101), else its first, for every module with models that is not in NOT_CONVOLUTIONAL."""
+    (``resnet`` -> resnet10t), else its first, for every module with models that is not in NOT_CONVOLUTIONAL."""
     found = {}
     for module in timm.list_modules():
         models = timm.list_models(module=module)
