@@ -102,6 +102,32 @@ def _param_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
                           setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'init')}",))
 
 
+def _param_from_onnx(op: str) -> Any:
+    """``Add``/``Concat`` of a computed value and a float constant of the batch axis 1 and at least one more (a
+    learned tensor: ViT's position embedding, its class token once folding has expanded it to the batch) ->
+    a param layer, keyed by the constant's name, and ``op`` on it."""
+    def convert(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
+        learned = [v for v in node.inputs if ctx.const(v) is not None]
+        rank = len(ctx.shape(node.outputs[0]) or ()) + 1
+        if len(learned) != 1 or len(node.inputs) != 2 or not computed(ctx, [v for v in node.inputs if v != learned[0]]):
+            return None
+        tensor = ctx.const(learned[0])
+        if tensor.ndim != rank or tensor.shape[0] != 1 or tensor.dtype.kind != "f":
+            return None
+        attrs: dict[str, Any] = {}
+        if op == "concat":
+            axis = int(node.attr("axis", 1))
+            axis = axis + rank if axis < 0 else axis
+            if axis == 0:
+                return None
+            attrs = {"axis": axis - 1}
+        return [OnnxImport("param", [], {"shape": tuple(int(d) for d in tensor.shape)}, {"init": learned[0]},
+                           output=learned[0]),
+                OnnxImport(op, list(node.inputs), attrs)]
+
+    return convert
+
+
 register(OpDef(
     name="param", family="tokens",
     summary="A learned tensor of the written shape, batch axis (1) first, broadcast over the batch; kept under the "
@@ -118,6 +144,7 @@ register(OpDef(
         torch=TorchLowering(module=_param_module, forward=_param_torch, parameter=True),
         executor=ExecutorLowering(lower=_param_executor),
         onnx=_param_onnx,
+        from_onnx={"Add": _param_from_onnx("add"), "Concat": _param_from_onnx("concat")},
         reference=lambda layer, xs, w, F: w["init"],
     ),
 ))
@@ -483,11 +510,13 @@ def _dims(shape: Shape) -> str:
 
 
 def _reshape_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Reshape`` of a computed value to a known per-sample shape that keeps the batch axis."""
+    """``Reshape`` of a computed value to a known per-sample shape that keeps the batch axis (``0``, ``-1``, or the
+    batch size 1 import infers shapes with, a dynamic batch folded, and as many elements per sample)."""
     target = ctx.const(node.inputs[1])
     shape = ctx.shape(node.outputs[0])
-    if target is None or shape is None or int(target.reshape(-1)[0]) not in (-1, 0) \
-            or not computed(ctx, node.inputs[:1]):
+    source = ctx.shape(node.inputs[0])
+    if target is None or shape is None or source is None or not computed(ctx, node.inputs[:1]) \
+            or int(target.reshape(-1)[0]) not in (-1, 0, 1) or numel(shape) != numel(source):
         return ctx.fail(node, "only a Reshape that keeps the batch axis is imported (as reshape)")
     return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
 
