@@ -311,8 +311,9 @@ def _fold(model: Any, shapes: dict[str, list[Any]], constants: dict[str, np.ndar
                 folded = True
                 continue
         known = all(not name or name in constants for name in node.input)
-        if known and node.op_type == "Expand" and node.output[0] not in outputs \
-                and _broadcast(constants[node.input[0]].shape, constants[node.input[1]]) == constants[node.input[0]].shape:
+        source = constants.get(node.input[0]) if node.input else None
+        if known and node.op_type == "Expand" and node.output[0] not in outputs and source is not None \
+                and _broadcast(source.shape, constants[node.input[1]]) == source.shape:
             forwarded[node.output[0]] = node.input[0]  # a tensor expanded to batch 1 is itself: it keeps its name
             folded = True
             continue
