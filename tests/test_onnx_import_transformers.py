@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import alexdsl
 from alexdsl.backends.cupy import compile as compile_executor
 from alexdsl.interop.onnx_import import import_onnx_source
 
@@ -99,7 +100,10 @@ def test_vit_imports_as_param_attention_and_select_layers(vit: tuple[nn.Module, 
         "encoder.layers.encoder_layer_0.self_attention", "encoder.layers.encoder_layer_1.self_attention"]
     assert imported.network.layer("encoder.layers.encoder_layer_0.self_attention").attrs["heads"] == 4
     assert "select" in ops.values() and "concat" in ops.values()
-    assert "attention(4)" in imported.source and "param(1x17x32)" in imported.source
+    assert "param(1x17x32)" in imported.source and "self_attention: attention(4)" in imported.source
+    assert "block encoder_layer() {" in imported.source  # the encoder layers, written once
+    again = alexdsl.parse(imported.source)
+    assert again.state_keys() == imported.network.state_keys() and again.shapes == imported.network.shapes
 
 
 def test_vit_import_keeps_torch_keys_and_values(vit: tuple[nn.Module, Path]) -> None:
