@@ -136,10 +136,12 @@ class Folder:
         scope = Scope(rep.prefix + ".", rep.source, tuple(c.prefix + "." for c in group))
         statements = self.planner.plan(rep.units, scope)
         output = _body_output(statements, scope)
-        if any(layer.name.startswith(c.prefix + "_") for c in group for layer in layers_of(c.units)) \
+        under = {layer.name for layer in layers_of(rep.units)}
+        if any(name.startswith("self_") and rep.prefix + "." + name not in under
+               for s in statements for name in [s.label, *s.names] if name is not None) \
                 or (output or "").startswith("self_"):
-            return {}  # only a link of the chain labelled 'self' gets a name after the instance ('self_attention'
-            # is a layer under the instance, torchvision ViT's, unless it is the instance's output)
+            return {}  # only a link of the chain labelled 'self' gets a name after the instance; a layer labelled
+            # self_<name> under it (torchvision ViT's self_attention) is written as it is, unless it is the output
         outs = [full_name(output, c.prefix + ".") if output is not None else None for c in group]
         for candidate, out in zip(group, outs):
             if candidate.prefix in self.readers and out != candidate.prefix and (
