@@ -101,6 +101,7 @@ def test_vit_imports_as_param_attention_and_select_layers(vit: tuple[nn.Module, 
     assert imported.network.layer("encoder.layers.encoder_layer_0.self_attention").attrs["heads"] == 4
     assert "select" in ops.values() and "concat" in ops.values()
     assert "param(1x17x32)" in imported.source and "self_attention: attention(4)" in imported.source
+    assert "conv(32, 4, stride=4) | rearrange(\"c h w -> (h w) c\")" in imported.source  # the patches
     assert "block encoder_layer() {" in imported.source  # the encoder layers, written once
     again = alexdsl.parse(imported.source)
     assert again.state_keys() == imported.network.state_keys() and again.shapes == imported.network.shapes
