@@ -125,3 +125,18 @@ def test_vit_import_computes_what_onnxruntime_computes(vit: tuple[nn.Module, Pat
     got = np.asarray(compile_executor(imported.network, imported.weights, device="cpu")(x))
     assert got.shape == expected.shape
     assert float(np.abs(got - expected).max()) <= RELATIVE * float(np.abs(expected).max())
+
+
+def test_an_attention_like_subgraph_that_computes_otherwise_stops_naming_its_node(
+        vit: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    import onnx
+
+    from alexdsl.errors import AlexDSLError
+
+    _, path = vit
+    model = onnx.load(str(path))
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    next(a for a in softmax.attribute if a.name == "axis").i = 2  # over the queries, not the keys
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    with pytest.raises(AlexDSLError, match=r"odd\.onnx: error: .*'/encoder/layers/encoder_layer_0/self_attention/"):
+        import_onnx_source(tmp_path / "odd.onnx")  # its nodes are left to the ops that take them one by one
