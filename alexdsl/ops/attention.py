@@ -351,21 +351,53 @@ def _mha_weights(body: list[OnnxNodeView], ctx: OnnxImportContext, e: int) -> di
     return params if len(params) == 4 else None
 
 
+MAX_CHECKED = 64  # subgraph structures remembered as computing attention
+_checked: dict[tuple[Any, ...], bool] = {}
+
+
+def _mha_structure(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImportContext,
+                   heads: int) -> tuple[Any, ...]:
+    """The subgraph with its weights left out: nodes, attributes, wiring, and the values of small constants (a
+    model's encoder layers share one, so one check covers them all)."""
+    position = {out: i for i, n in enumerate(ordered) for out in n.outputs}
+    wiring = []
+    for n in ordered:
+        inputs = []
+        for v in n.inputs:
+            const = ctx.const(v) if v else None
+            inputs.append("x" if v == entry.inputs[0] else position.get(v) if const is None else
+                          (const.shape, const.tobytes() if const.size <= 64 else "weight"))
+        wiring.append((n.op_type, repr(sorted(n.attrs.items())), tuple(inputs)))
+    return heads, ctx.shape(entry.inputs[0]), tuple(wiring)
+
+
 def _mha_agrees(entry: OnnxNodeView, body: list[OnnxNodeView], ctx: OnnxImportContext, heads: int,
                 params: dict[str, Any]) -> bool:
-    """Whether the nodes, run by ONNX's reference evaluator on a random input, compute multi-head attention."""
+    """Whether the nodes, run by ONNX's reference evaluator on a random input, compute multi-head attention
+    (checked once per structure: the weights are random to the check)."""
+    ordered = sorted(body, key=lambda n: n.index)
+    structure = _mha_structure(entry, ordered, ctx, heads)
+    if structure not in _checked:
+        if len(_checked) >= MAX_CHECKED:
+            _checked.clear()
+        _checked[structure] = _mha_computes(entry, ordered, ctx, heads, params)
+    return _checked[structure]
+
+
+def _mha_computes(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImportContext, heads: int,
+                  params: dict[str, Any]) -> bool:
+    """Whether ``ordered``, run by ONNX's reference evaluator on a random input, computes attention."""
     import numpy as np
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
 
     shape = ctx.shape(entry.inputs[0])
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    ordered = sorted(body, key=lambda n: n.index)
     constants = {v: ctx.const(v) for n in ordered for v in n.inputs if v and ctx.const(v) is not None}
     nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, **n.attrs) for n in ordered]
     graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(v, 0, None)
                                                    for v in [entry.inputs[0], *constants]],
-                              [helper.make_tensor_value_info(body[0].outputs[0], 0, None)])
+                              [helper.make_tensor_value_info(ordered[-1].outputs[0], 0, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
     got = ReferenceEvaluator(model).run(None, {entry.inputs[0]: x, **constants})[0]
     weight = {k: v if not isinstance(v, str) else ctx.const(v) for k, v in params.items()}
