@@ -101,7 +101,7 @@ def test_examples_are_in_canonical_format() -> None:
 
 def test_every_command_is_registered() -> None:
     assert set(main.commands) == {"check", "shapes", "compile", "run", "train", "fmt", "import", "export", "draw",
-                                  "compare", "lsp"}
+                                  "compare", "lsp", "generate"}
 
 
 def test_compile_writes_modules_atomically(tmp_path, monkeypatch) -> None:

@@ -104,11 +104,21 @@ def export_prototxt(network: Network) -> str:
         dims = [1] if layer.is_label else [1, *layer.shape]
         out.append(f"input: {_q(name)}")
         out.append("input_shape { " + " ".join(f"dim: {d}" for d in dims) + " }")
+    missing = [Diagnostic("error", f"op '{layer.op}' has no Caffe layer (layer '{layer.name}')", layer.span,
+                          hint="export to ONNX instead, or replace the op")
+               for layer in network.layers() if not layer.is_input and _caffe_lowering(layer) is None]
+    if missing:  # every layer Caffe cannot hold, in one run
+        raise AlexDSLError(missing)
     for layer in network.layers():
         if layer.is_input:
             continue
         out.extend(_layer(network, layer))
     return "\n".join(out) + "\n"
+
+
+def _caffe_lowering(layer: Layer) -> Any:
+    op = lookup(layer.op)
+    return op.lower.caffe if op is not None else None
 
 
 def _layer(network: Network, layer: Layer) -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -38,6 +39,10 @@ def subnetwork(network: Network, layer: str) -> Network:
     keep = nx.ancestors(network.graph, layer) | {layer}
     if not any(name in keep for name in network.data_inputs):  # a learned tensor alone: the inputs give the batch
         keep |= set(network.data_inputs)
+    owners = {spec.tied.rsplit(".", 1)[0] for name in keep for spec in network.layer(name).params.values()
+              if spec.tied}
+    for owner in owners:  # a layer whose parameter is tied to another's keeps the layer holding it
+        keep |= nx.ancestors(network.graph, owner) | {owner}
     graph = network.graph.subgraph([n for n in network.graph if n in keep]).copy()
     inputs = [name for name in network.inputs if name in keep]
     return Network(network.name, graph, description=network.description, inputs=inputs, outputs=[layer],
@@ -153,6 +158,15 @@ RUNNERS: dict[str, Callable[..., dict[str, np.ndarray]]] = {
 }
 
 
+def random_feed(layer: Any, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """A random batch for the input ``layer``: standard normal floats, or int64 token ids below the input's
+    declared vocab (below 2 when it declares none)."""
+    shape = (batch, *layer.shape)
+    if layer.is_tokens:
+        return rng.integers(0, layer.attrs.get("vocab") or 2, shape, dtype=np.int64)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
 @dataclass
 class Row:
     layer: str
@@ -182,8 +196,7 @@ def compare(network: Network, backends: list[str], *, weights: Mapping[str, np.n
 
         weights = initial_weights(network, seed)
     rng = np.random.default_rng(seed)
-    feeds = {name: rng.standard_normal((batch, *network.layer(name).shape)).astype(np.float32)
-             for name in network.data_inputs}
+    feeds = {name: random_feed(network.layer(name), batch, rng) for name in network.data_inputs}
     results = {}
     for backend in backends:
         with busy(backend):

@@ -56,7 +56,8 @@ def initial_weights(network: Network, seed: int = 0) -> dict[str, np.ndarray]:
     weights: dict[str, np.ndarray] = {}
     for layer in network.layers():
         for name, spec in layer.params.items():
-            weights[layer.state_key(name)] = draw(spec.filler, spec.shape, rng).astype(np.float32)
+            if not spec.tied:  # stored once, under its owner's key
+                weights[layer.state_key(name)] = draw(spec.filler, spec.shape, rng).astype(np.float32)
         op = lookup(layer.op)
         computed = op.buffer_values(layer.attrs) if op is not None else {}
         for name, shape in layer.buffers.items():
@@ -111,7 +112,9 @@ class OnnxGraphBuilder:
 
     def initializer(self, layer: Layer, name: str) -> str:
         key = layer.state_key(name)
-        self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32), key))
+        if all(tensor.name != key for tensor in self.initializers):  # a tied parameter is stored once
+            self.initializers.append(self._numpy_helper.from_array(np.asarray(self.weights[key], dtype=np.float32),
+                                                                   key))
         return key
 
     def constant(self, values: Any, *, output: str | None = None, integer: bool = False) -> str:
@@ -176,7 +179,8 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
         return alias.get(name, name)
 
     for name in view.inputs:
-        graph_inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *network.layer(name).shape]))
+        kind = TensorProto.INT64 if network.layer(name).is_tokens else TensorProto.FLOAT
+        graph_inputs.append(helper.make_tensor_value_info(name, kind, [BATCH, *network.layer(name).shape]))
     for layer in view.layers:
         op = lookup(layer.op)
         if op is None or op.lower.onnx is None:

@@ -44,14 +44,16 @@ class ParamSpec:
     filler: Filler
     lr_mult: float = 1.0
     decay_mult: float = 1.0
+    tied: str | None = None  # the state key of the parameter this one is (GPT-2's lm_head.weight: the wte's)
 
     @property
     def count(self) -> int:
         return numel(self.shape)
 
     def to_json(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "filler": self.filler.to_json(), "lr_mult": self.lr_mult,
+        data = {"shape": list(self.shape), "filler": self.filler.to_json(), "lr_mult": self.lr_mult,
                 "decay_mult": self.decay_mult}
+        return {**data, "tied": self.tied} if self.tied else data
 
 
 @dataclass(slots=True)
@@ -79,13 +81,16 @@ class Layer:
 
     @property
     def param_count(self) -> int:
-        return sum(p.count for p in self.params.values())
+        return sum(p.count for p in self.params.values() if not p.tied)  # a tied parameter counts once, at its owner
 
     def state_key(self, pname: str) -> str:
         """The state_dict key of parameter or buffer ``pname``: ``<layer>.<pname>``, or the layer's own name for
         the tensor an op keeps under it (``param``'s: ``class_token``, ``encoder.pos_embedding``)."""
         from alexdsl.ops.registry import lookup
 
+        spec = self.params.get(pname)
+        if spec is not None and spec.tied:  # stored once, under the key of the layer it is tied to
+            return spec.tied
         op = lookup(self.op) if not self.is_input else None
         return self.name if op is not None and op.own_key == pname else f"{self.name}.{pname}"
 
@@ -96,6 +101,11 @@ class Layer:
     @property
     def is_label(self) -> bool:
         return self.op == "input" and self.attrs.get("kind") == "label"
+
+    @property
+    def is_tokens(self) -> bool:
+        """An input of token ids (``tokens(N)``): integers, int64 in torch and ONNX."""
+        return self.op == "input" and self.attrs.get("kind") == "tokens"
 
     def activation_bytes(self, batch: int = 1) -> int:
         """Bytes of this layer's output for a batch (float32; labels as int64)."""
@@ -314,7 +324,8 @@ class Network:
         """
         tree: dict[str, Any] = {}  # a name segment -> its subtree; _OWN -> the entries of the layer named so
         for layer in self.layers():
-            entries = [(layer.state_key(pname), spec.shape) for pname, spec in layer.params.items()]
+            entries = [(layer.state_key(pname), spec.shape) for pname, spec in layer.params.items()
+                       if not spec.tied]
             entries += [(layer.state_key(bname), shape) for bname, shape in layer.buffers.items()]
             if entries:
                 node = tree

@@ -403,10 +403,20 @@ def read_ir(text: str, file: str = "<json>") -> IRFile:
             if attrs == {"kind": "tensor"}:
                 if shape is not None and not shape:
                     read.error(f"{path}.shape", "a tensor input needs a shape", expected="such as [3, 227, 227]")
+            elif isinstance(attrs, dict) and attrs.get("kind") == "tokens":
+                if not (set(attrs) == {"kind", "vocab"} and (attrs["vocab"] is None or (
+                        _is_int(attrs["vocab"]) and 1 <= attrs["vocab"] <= MAX_DIM))):
+                    read.error(f"{path}.attrs", "a tokens input's attrs must be {\"kind\": \"tokens\", "
+                               "\"vocab\": N or null}", received=_show(attrs))
+                    attrs = None
+                elif shape is not None and len(shape) != 1:
+                    read.error(f"{path}.shape", "a tokens input has one axis, its longest length",
+                               expected="such as [1024]", received=_show(shape))
             elif not (isinstance(attrs, dict) and set(attrs) == {"kind", "classes"} and attrs["kind"] == "label"
                       and _is_int(attrs["classes"]) and 1 <= attrs["classes"] <= MAX_DIM):
-                read.error(f"{path}.attrs", "an input's attrs must be {\"kind\": \"tensor\"} or "
-                           "{\"kind\": \"label\", \"classes\": N}", received=_show(attrs))
+                read.error(f"{path}.attrs", "an input's attrs must be {\"kind\": \"tensor\"}, "
+                           "{\"kind\": \"label\", \"classes\": N} or {\"kind\": \"tokens\", \"vocab\": N or null}",
+                           received=_show(attrs))
                 attrs = None
             elif shape:
                 read.error(f"{path}.shape", "a label input has no shape", expected="[]", received=_show(shape))

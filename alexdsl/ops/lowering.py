@@ -61,7 +61,8 @@ class TorchLowering:
     ``parameter``: ``module`` is an ``nn.Parameter``, registered on the parent module under the
     layer's last name segment (``param``: ``self.class_token``, ``self.encoder.pos_embedding``).
     ``definitions``: module-level source (a small ``nn.Module`` class) that ``module`` constructs;
-    the generated file holds each one once, after its imports.
+    the generated file holds each one once, after its imports. A function of the layer gives the source
+    a layer needs ("" for none), when only some layers of the op construct the class.
     ``holds_children``: the module may hold the modules of layers named below it, as torchvision's
     Swin attention holds ``qkv`` and ``proj`` beside its relative position bias table (it is an
     ``nn.ModuleDict``).
@@ -74,7 +75,7 @@ class TorchLowering:
     overwritable_output: bool = False
     parameter: bool = False
     imports: tuple[str, ...] = ()
-    definitions: str = ""
+    definitions: str | Callable[[Any], str] = ""
     holds_children: bool = False
 
     def __post_init__(self) -> None:
@@ -82,6 +83,11 @@ class TorchLowering:
             if self.module is None:
                 raise ValueError("a TorchLowering needs a forward expression, or a module to call")
             object.__setattr__(self, "forward", call_module)
+
+
+    def definitions_for(self, layer: Any) -> str:
+        """The module-level source ``layer``'s module needs."""
+        return self.definitions(layer) if callable(self.definitions) else self.definitions
 
 
 def call_module(layer: Any, args: list[str], ctx: TorchContext) -> str:

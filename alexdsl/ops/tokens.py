@@ -446,15 +446,34 @@ def _linear_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 def _linear_params(attrs: Attrs, inputs: list[Shape]) -> dict[str, Shape]:
-    params: dict[str, Shape] = {"weight": (attrs["out"], inputs[0][-1])}
+    shape = (attrs["out"], inputs[0][-1])
+    params: dict[str, Shape] = {"weight": shape[::-1] if attrs["layout"] == "conv1d" else shape}
     if attrs["bias"]:
         params["bias"] = (attrs["out"],)
     return params
 
 
+CONV1D = '''
+class Conv1D(nn.Module):
+    """GPT-2's Conv1D (Hugging Face's transformers.pytorch_utils.Conv1D): a linear layer over the last axis whose
+    weight is (in, out)."""
+
+    def __init__(self, nx: int, nf: int, bias: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.empty(nf)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(self.bias, rows, self.weight) if self.bias is not None else rows @ self.weight
+        return out.view(*x.shape[:-1], -1)
+'''
+
+
 def _linear_torch_module(layer: Any, ctx: TorchContext) -> str:
     bias = "" if "bias" in layer.params else ", bias=False"
-    return f"nn.Linear({ctx.int(ctx.input_shape(layer, 0)[-1])}, {ctx.int(layer.attrs['out'])}{bias})"
+    kind = "Conv1D" if layer.attrs["layout"] == "conv1d" else "nn.Linear"
+    return f"{kind}({ctx.int(ctx.input_shape(layer, 0)[-1])}, {ctx.int(layer.attrs['out'])}{bias})"
 
 
 def _linear_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
@@ -463,13 +482,17 @@ def _linear_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         code=(f"rt.linear_last({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
               "out={out})"),
         kernel="linear" + "+bias" * ctx.has_bias(layer),
-        setup=(*ctx.weights_setup(layer), f"self.{ident}_w = rt.pretranspose(self.{ident}_w)"),
+        setup=(*ctx.weights_setup(layer),
+               *((f"self.{ident}_w = rt.pretranspose(self.{ident}_w)",) if layer.attrs["layout"] != "conv1d" else ())),
     )
 
 
 def _linear_onnx(layer: Any, ctx: OnnxExportContext) -> None:
-    """``MatMul`` by the transposed weight, then ``Add`` of the bias: torch's export of nn.Linear on 3-D input."""
-    weight = ctx.node("Transpose", [ctx.initializer(layer, "weight")], output=f"{layer.name}.weight_t", perm=[1, 0])
+    """``MatMul`` by the transposed weight (by the weight itself for GPT-2's Conv1D layout), then ``Add`` of the
+    bias: torch's export of nn.Linear on 3-D input."""
+    weight = ctx.initializer(layer, "weight")
+    if layer.attrs["layout"] != "conv1d":
+        weight = ctx.node("Transpose", [weight], output=f"{layer.name}.weight_t", perm=[1, 0])
     if "bias" not in layer.params:
         ctx.node("MatMul", [ctx.inputs[0], weight])
         return
@@ -506,18 +529,23 @@ register(OpDef(
     summary="nn.Linear over the last axis of a tensor of any rank: weight (out, in), bias (out) (no Caffe layer).",
     example="proj: linear(8)",
     args=(Arg("out", "int", doc="the size of the last axis of the output", min=1),
-          Arg("bias", "bias", True, "false for no bias, or the bias filler")),
+          Arg("bias", "bias", True, "false for no bias, or the bias filler"),
+          Arg("layout", "choice", "linear", "the weight's layout: linear, (out, in) as nn.Linear's; conv1d, (in, out) "
+              "as GPT-2's Conv1D (transformer.h.0.attn.c_attn.weight is 768x2304)", choices=("linear", "conv1d"),
+              positional=False)),
     infer=_linear_infer,
     params=_linear_params,
     macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
     default_fillers=WEIGHT_AND_BIAS,
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
-        torch=TorchLowering(module=_linear_torch_module, forward=call_module, overwritable_output=True),
+        torch=TorchLowering(module=_linear_torch_module, forward=call_module, overwritable_output=True,
+                            definitions=lambda layer: CONV1D if layer.attrs["layout"] == "conv1d" else ""),
         executor=ExecutorLowering(lower=_linear_executor, epilogues=EVERY_EPILOGUE),
         onnx=_linear_onnx,
         from_onnx={"Add": _linear_from_add, "MatMul": lambda node, ctx: _linear_import(ctx, node, None, ())},
-        reference=lambda layer, xs, w, F: F.linear(xs[0], w["weight"], w.get("bias")),
+        reference=lambda layer, xs, w, F: F.linear(
+            xs[0], w["weight"].T if layer.attrs["layout"] == "conv1d" else w["weight"], w.get("bias")),
     ),
 ))
 

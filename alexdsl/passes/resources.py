@@ -103,7 +103,7 @@ def check_resources(network: Network, sink: DiagnosticSink, file: str | None = N
                                 f"{MAX_INT // BYTES_PER_ELEMENT:,} elements in an output or its parameters",
                        received=f"output {format_shape(shape)}, {params:,} parameters")
             continue
-        total_params += params
+        total_params += layer.param_count  # a tied parameter counts once, at its owner
         total_activations += elements
         for what, count in (("its parameters need", params), ("one sample's output needs", elements)):
             if count * BYTES_PER_ELEMENT > LARGE_BYTES:

@@ -7,9 +7,11 @@ reported once. Warnings come from each op's lint rule.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 
-from alexdsl.errors import DiagnosticSink
+from alexdsl.errors import DiagnosticSink, did_you_mean
 from alexdsl.ir.network import Layer, ParamSpec, layer_of
 from alexdsl.ops.loss import class_count
 from alexdsl.ops.registry import Filler, ShapeError, format_shape, lookup
@@ -52,11 +54,37 @@ def infer_shapes(graph: nx.DiGraph, order: list[str], sink: DiagnosticSink) -> N
             entry = layer.param_config.get(pname) or {
                 "filler": op.default_fillers.get(pname, Filler("constant")), "lr": 1.0, "decay": 1.0}
             params[pname] = ParamSpec(tuple(pshape), entry["filler"], entry["lr"], entry["decay"])
+        if op.arg("tied") is not None and attrs.get("tied"):
+            owner = _tied_weight(graph, layer, attrs["tied"], params.get("weight"), sink)
+            if owner is None:
+                layer.unshaped()
+                continue
+            params["weight"] = replace(params["weight"], tied=owner)
         buffers = {bname: tuple(b) for bname, b in op.buffers(attrs, in_shapes).items()}
         layer.computed(shape, params, buffers, op.macs(attrs, in_shapes, shape))
         for message, arg in op.lint(attrs, in_shapes):
             span = layer.arg_spans.get(arg, layer.span) if arg else layer.span
             sink.warning(f"{name}: {message}", span)
+
+
+def _tied_weight(graph: nx.DiGraph, layer: Layer, owner: str, spec: ParamSpec | None,
+                 sink: DiagnosticSink) -> str | None:
+    """The state key of the ``weight`` that an op's ``tied`` argument names (another layer's, of the same shape),
+    or None after a located error."""
+    span = layer.arg_spans.get("tied", layer.span)
+    names = [n for n in graph if not layer_of(graph, n).is_input]
+    if owner not in graph or layer_of(graph, owner).is_input or owner == layer.name:
+        sink.error(f"{layer.name}: tied='{owner}' names no other layer", span,
+                   expected="the name of a layer with a weight, such as an embedding",
+                   hint=did_you_mean(owner, names))
+        return None
+    source = layer_of(graph, owner).params.get("weight")
+    if spec is None or source is None or source.tied or tuple(source.shape) != tuple(spec.shape):
+        sink.error(f"{layer.name}: tied='{owner}' names a layer without a weight of this layer's shape", span,
+                   expected=f"a weight of shape {format_shape(spec.shape) if spec else '?'}, before this layer",
+                   received=f"'{owner}': " + (format_shape(source.shape) if source else "no weight (yet)"))
+        return None
+    return layer_of(graph, owner).state_key("weight")
 
 
 def _check_label(sources: list[Layer], attrs: dict) -> None:

@@ -304,6 +304,12 @@ class ModuleBuilder:
         dims = "x".join(str(int(d)) for d in shape)
         self._add(ast.InputStmt(name(input_name), ast.Literal(dims, span, dims), None, span), comment, origin)
 
+    def tokens_input(self, input_name: str, length: int, vocab: int | None = None) -> None:
+        """``input name: tokens(N)``, or ``tokens(N, vocab=V)``: up to N token ids (below V)."""
+        span = self._span()
+        args = [arg(length)] + ([arg(vocab, "vocab")] if vocab is not None else [])
+        self._add(ast.InputStmt(name(input_name), None, ast.Call("tokens", args, span, span), span))
+
     def class_input(self, input_name: str, classes: int, origin: Span | None = None) -> None:
         """``input name: class(N)``: a label."""
         span = self._span()

@@ -109,6 +109,7 @@ class Executor:
     source_file: ClassVar[str | None] = None
     inputs: ClassVar[dict[str, tuple[int, ...]]] = {}
     outputs: ClassVar[tuple[str, ...]] = ()
+    token_inputs: ClassVar[tuple[str, ...]] = ()  # integer token ids, held in the float dtype (exact below 2**24)
     # key -> (shape, filler type, filler args); buffers (running stats) use constant fillers
     state: ClassVar[dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]] = {}
     unused: ClassVar[tuple[str, ...]] = ()  # parameters of train-only layers: accepted, ignored
@@ -186,6 +187,11 @@ class Executor:
                 hint="inputs are NCHW batches" if len(shape) == 3 else None,
             )
         dtype = getattr(x, "dtype", None)
+        if name in self.token_inputs:
+            if dtype is None or numpy.dtype(dtype).kind not in "iu":
+                raise _error(f"input '{name}' holds token ids, integers, not {dtype}",
+                             hint="pass an integer array, such as numpy.array(ids, 'int64')[None]")
+            return
         if dtype is None or numpy.dtype(dtype) != self.dtype:
             raise _error(
                 f"input '{name}' has dtype {dtype}, this executor runs {self.dtype.name}",
@@ -209,6 +215,7 @@ class Executor:
             moved = [cupy_module.asnumpy(x) if on_gpu else x for x in inputs]
         else:
             moved = [xp.asarray(x) for x in inputs]
+        moved = [x.astype(self.dtype) if name in self.token_inputs else x for name, x in zip(self.inputs, moved)]
         result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:

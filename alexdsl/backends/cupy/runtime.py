@@ -11,9 +11,11 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.attention`: scaled dot-product and multi-head self-attention, Swin's and MaxViT's biases;
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
+* :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: activations and arithmetic;
 * :mod:`.channels`: concat, channel shuffle, softmax;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
+* :mod:`.resample`: padding, upsampling, reductions over axes.
 
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -82,6 +84,15 @@ from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's na
     subtract,
     tanh,
 )
+from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
+    embedding,
+    positions,
+    repeat_kv,
+    rms_norm,
+    rope,
+    rope_table,
+    unembed,
+)
 from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
     batchnorm_affine,
     channel_affine,
@@ -96,6 +107,13 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     avg_pool2d,
     global_avg_pool2d,
     max_pool2d,
+)
+from alexdsl.backends.cupy.resample import (  # noqa: F401 - the runtime's names
+    bilinear_matrices,
+    pad2d,
+    reduce,
+    upsample_bilinear,
+    upsample_nearest,
 )
 from alexdsl.backends.cupy.tokens import (  # noqa: F401 - the runtime's names
     broadcast_batch,

@@ -369,7 +369,7 @@ class _Generator:
 
     def definitions(self) -> list[str]:
         """The module-level classes the layers' modules use (:attr:`TorchLowering.definitions`), each once."""
-        found = dict.fromkeys(torch_lowering(layer).definitions for layer in self.layers
+        found = dict.fromkeys(torch_lowering(layer).definitions_for(layer) for layer in self.layers
                               if layer.name in self.owns_module)
         return [line for text in found if text for line in (text.strip("\n"), "", "")]
 

@@ -64,23 +64,29 @@ class Declarations(Binding):
             return
         if not self._check_name_length(name, stmt.name.span):
             return
-        if stmt.type_call is not None:
+        if stmt.type_call is not None and stmt.type_call.name == "tokens":
+            typed = self._tokens_input(stmt)
+            if typed is None:
+                return
+            attrs, shape = typed
+        elif stmt.type_call is not None:
             call = stmt.type_call
             values = [self._eval(a.value, {}) for a in call.args]
             if call.name != "class" or len(values) != 1 or not isinstance(values[0], int) or values[0] < 1 \
                     or isinstance(values[0], bool) or values[0] > MAX_DIM:
                 self.sink.error(
                     f"unknown input type '{call.name}({', '.join(describe(v) for v in values)})'", call.span,
-                    expected="a shape such as 3x227x227, or class(N) for a label with N classes",
-                    hint=self._did_you_mean(call.name, ["class"]),
+                    expected="a shape such as 3x227x227, class(N) for a label with N classes, or tokens(N) for "
+                             "up to N token ids",
+                    hint=self._did_you_mean(call.name, ["class", "tokens"]),
                 )
                 return
             if name in self.input_shapes:
                 self.sink.error(f"--input gives a shape to '{name}', a label input, which takes none", stmt.span,
                                 received="x".join(map(str, self.input_shapes[name])),
                                 hint="override only tensor inputs (declared with a shape such as 3x224x224)")
-            attrs: dict[str, Any] = {"kind": "label", "classes": values[0]}
-            shape: tuple[int, ...] = ()
+            attrs = {"kind": "label", "classes": values[0]}
+            shape = ()
         else:
             assert stmt.shape is not None
             written = str(stmt.shape.value)
@@ -103,6 +109,38 @@ class Declarations(Binding):
             attrs = {"kind": "tensor"}
         self.meta.inputs.append(name)
         self._add_node(name, "input", attrs, [], shape, "all", stmt.span, None, {})
+
+    def _tokens_input(self, stmt: ast.InputStmt) -> tuple[dict[str, Any], tuple[int, ...]] | None:
+        """``tokens(N)`` or ``tokens(N, vocab=V)``: a sequence of up to N token ids (below V when given); its
+        shape is (N,), the longest sequence, which ``--input ids=L`` may change."""
+        call = stmt.type_call
+        assert call is not None
+        written = "tokens(N) or tokens(N, vocab=V), N and V integers from 1 to " + f"{MAX_DIM:,}"
+        values: dict[str, Any] = {}
+        for index, arg in enumerate(call.args):
+            key = arg.keyword or ("length" if index == 0 else "vocab" if index == 1 else "")
+            value = self._eval(arg.value, {})
+            if key not in ("length", "vocab") or key in values:
+                what = f"unknown argument '{arg.keyword}'" if arg.keyword else f"unexpected argument {describe(value)}"
+                self.sink.error(f"{what} for tokens", arg.span, expected=written,
+                                hint=self._did_you_mean(arg.keyword, ["length", "vocab"]) if arg.keyword else None)
+                return None
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DIM:
+                self.sink.error(f"tokens takes an integer {key}, not {describe(value)}", arg.span, expected=written)
+                return None
+            values[key] = value
+        if "length" not in values:
+            self.sink.error("tokens needs the longest sequence length", call.span, expected=written)
+            return None
+        length = values["length"]
+        override = self.input_shapes.get(stmt.name.name)
+        if override is not None:
+            if len(override) != 1 or not 1 <= override[0] <= MAX_DIM:
+                self.sink.error(f"--input gives '{stmt.name.name}', a tokens input, the shape "
+                                f"{'x'.join(map(str, override))}", stmt.span, expected="one length, such as ids=64")
+                return None
+            length = override[0]
+        return {"kind": "tokens", "vocab": values.get("vocab")}, (length,)
 
     def _defaults(self, stmt: ast.DefaultsStmt) -> None:
         target = stmt.target.name

@@ -1,0 +1,56 @@
+"""``alexdsl generate``: continue a sequence of token ids with a causal language model."""
+
+from __future__ import annotations
+
+import click
+
+from alexdsl.cli.support import load_network, report_errors
+from alexdsl.errors import AlexDSLError
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise AlexDSLError(f"error: --ids takes comma-separated token ids, such as 15496,11,995; got {text!r}"
+                           ) from None
+    return ids
+
+
+@click.command("generate", epilog="""\b
+Examples:
+  alexdsl generate examples/llama_tiny.adsl --weights llama.safetensors --ids 1,2,3 --max-new-tokens 20
+  alexdsl generate examples/llama_tiny.adsl --ids 1,2,3 --temperature 0.8 --top-k 40 --seed 1
+""")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Weights (.safetensors, .npz, .pt) keyed as the network's state keys; default: random, from the "
+                   "fillers (--seed).")
+@click.option("--ids", "ids_text", required=True, help="The prompt: comma-separated token ids (15496,11,995).")
+@click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="0: greedy (the highest score); else sample from softmax(scores / temperature).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Sample among the k highest scores only.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling and for filler weights.")
+@click.option("--backend", type=click.Choice(["cupy", "torch"]), default="cupy", show_default=True)
+@report_errors
+def generate_command(file: str, weights: str | None, ids_text: str, max_new_tokens: int, temperature: float,
+                     top_k: int | None, seed: int, backend: str) -> None:
+    """Continue the token ids --ids with FILE's causal language model; print the prompt and the new ids."""
+    import alexdsl
+    from alexdsl.generation import generate
+    from alexdsl.interop.onnx import initial_weights
+    from alexdsl.weights import read_weights
+
+    network = load_network(file)
+    ids = _ids(ids_text)
+    if weights is None:
+        click.echo(f"note: no --weights given: {network.name} runs with random weights drawn from its fillers "
+                   f"(--seed {seed})", err=True)
+        arrays = initial_weights(network, seed)
+    else:
+        arrays = read_weights(weights, network.state_keys())
+    name = next(iter(network.data_inputs), "")
+    tokens = generate(network, arrays, ids, max_new_tokens, backend=backend, temperature=temperature, top_k=top_k,
+                      seed=seed, rebuild=lambda length: alexdsl.load(file, input_shapes={name: (length,)}))
+    click.echo(",".join(map(str, tokens)))
