@@ -101,3 +101,18 @@ def test_greedy_generation_equals_hugging_faces_generate(backend: str) -> None:
     got = generate(net, weights, prompt, 10, backend=backend,
                    rebuild=lambda length: alexdsl.load(path, input_shapes={"ids": (length,)}))
     assert got == want
+
+
+@pytest.mark.parametrize("model", ["llama_tiny", pytest.param("gpt2", marks=pytest.mark.slow)])
+def test_onnx_export_agrees_with_the_torch_backend(model: str) -> None:
+    """The whole network (no key/value cache) through ONNX Runtime, at a short sequence."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from conftest import random_weights
+
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.load(str(ROOT / "examples" / f"{model}.adsl"), input_shapes={"ids": (LENGTH,)})
+    rows = compare(net, ["torch", "onnx"], weights=random_weights(net, seed=1), batch=1, seed=0, layers=["lm_head"])
+    (row,) = rows
+    assert row.diffs["onnx"] is not None and row.diffs["onnx"][1] < RELATIVE, row.diffs
