@@ -116,3 +116,12 @@ def test_onnx_export_agrees_with_the_torch_backend(model: str) -> None:
     rows = compare(net, ["torch", "onnx"], weights=random_weights(net, seed=1), batch=1, seed=0, layers=["lm_head"])
     (row,) = rows
     assert row.diffs["onnx"] is not None and row.diffs["onnx"][1] < RELATIVE, row.diffs
+
+
+def test_a_model_past_onnxs_two_gib_is_refused_before_any_weight_is_drawn() -> None:
+    pytest.importorskip("onnx")
+    from alexdsl.errors import AlexDSLError
+    from alexdsl.interop.onnx import export_onnx
+
+    with pytest.raises(AlexDSLError, match=r"weights take 4\.6 GiB as float32, more than the 2 GiB an ONNX model"):
+        export_onnx(alexdsl.load(str(ROOT / "examples" / "llama.adsl"), input_shapes={"ids": (LENGTH,)}))
