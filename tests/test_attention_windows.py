@@ -189,3 +189,82 @@ def test_window_mask_errors_are_located(body: str, message: str) -> None:
 
     with pytest.raises(AlexDSLError, match=r"mask\.adsl:3:\d+: error: mask: " + message):
         alexdsl.parse("network M\ninput x: 4x9x12\n" + body, "mask.adsl")
+
+
+def _swin_window_attention(x: torch.Tensor, state: dict[str, torch.Tensor], heads: int, window: int, shift: int,
+                           size: int) -> torch.Tensor:
+    """torchvision's shifted_window_attention from its qkv to its proj, on windows already partitioned (B, nW, N, C),
+    with the module's own state (qkv, proj, table, index)."""
+    batch, windows, tokens, channels = x.shape
+    bias = state["attn.relative_position_bias_table"][state["attn.relative_position_index"]]
+    bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
+    flat = x.reshape(batch * windows, tokens, channels)
+    qkv = torch.nn.functional.linear(flat, state["attn.qkv.weight"], state["attn.qkv.bias"])
+    qkv = qkv.reshape(flat.size(0), tokens, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    q = q * (channels // heads) ** -0.5
+    attn = q.matmul(k.transpose(-2, -1)) + bias
+    mask = _swin_mask(size, size, window, shift)
+    attn = attn.view(batch, windows, heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+    attn = torch.nn.functional.softmax(attn.view(-1, heads, tokens, tokens), dim=-1)
+    out = attn.matmul(v).transpose(1, 2).reshape(flat.size(0), tokens, channels)
+    out = torch.nn.functional.linear(out, state["attn.proj.weight"], state["attn.proj.bias"])
+    return out.reshape(batch, windows, tokens, channels)
+
+
+SWIN = """network SwinAttention
+input x: 4x9x12
+attn: relative_position_bias(3, 2)
+mask: window_mask(6, 3, 1)
+attn.qkv: x -> linear(36)
+qkv: chunk(3, axis=-1)
+mixed: sdpa(qkv.0, qkv.1, qkv.2, attn, mask, heads=2)
+attn.proj: linear(12)
+output attn.proj
+"""
+
+
+def test_a_swin_window_attention_written_with_token_ops_is_torchvisions() -> None:
+    """The keys and order of torchvision's ShiftedWindowAttention, and its output, on every backend."""
+    from test_attention import _run_every_backend
+
+    net = alexdsl.parse(SWIN, "swin.adsl")
+    assert list(net.state_keys()) == ["attn.relative_position_bias_table", "attn.relative_position_index",
+                                      "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias"]
+    weights = random_weights(net, seed=7)
+    x = np.random.default_rng(7).standard_normal((2, 4, 9, 12), dtype=np.float32)
+    state = {k: torch.from_numpy(v) for k, v in weights.items()}
+    expected = _swin_window_attention(torch.from_numpy(x), state, heads=2, window=3, shift=1, size=6)
+    _run_every_backend(net, weights, [x], expected.numpy())
+
+
+MAXVIT = """network MaxVitAttention
+input x: 4x9x12
+attn_layer.1: relative_position_bias(3, 2, index=square)
+attn_layer.1.to_qkv: x -> linear(36)
+qkv: chunk(3, axis=-1)
+mixed: sdpa(qkv.0, qkv.1, qkv.2, attn_layer.1, heads=2)
+attn_layer.1.merge: linear(12)
+output attn_layer.1.merge
+"""
+
+
+def test_a_maxvit_attention_written_with_token_ops_is_torchvisions() -> None:
+    """RelativePositionalMultiHeadAttention's keys in its order (table, square index, to_qkv, merge) and output."""
+    from test_attention import _maxvit_attention, _run_every_backend
+
+    net = alexdsl.parse(MAXVIT, "maxvit.adsl")
+    prefix = "attn_layer.1."
+    assert list(net.state_keys()) == [prefix + key for key in (
+        "relative_position_bias_table", "relative_position_index", "to_qkv.weight", "to_qkv.bias", "merge.weight",
+        "merge.bias")]
+    assert net.state_keys()[prefix + "relative_position_index"] == (9, 9)
+    weights = random_weights(net, seed=8)
+    w = {k.removeprefix(prefix): torch.from_numpy(v) for k, v in weights.items()}
+    x = torch.from_numpy(np.random.default_rng(8).standard_normal((2, 4, 9, 12), dtype=np.float32))
+    bias = w["relative_position_bias_table"][w["relative_position_index"].view(-1)].view(9, 9, -1)
+    bias = bias.permute(2, 0, 1).contiguous().unsqueeze(0)  # MaxViT's get_relative_positional_bias
+    q, k, v = torch.chunk(torch.nn.functional.linear(x, w["to_qkv.weight"], w["to_qkv.bias"]), 3, dim=-1)
+    expected = torch.nn.functional.linear(_maxvit_attention(q, k, v, bias, heads=2), w["merge.weight"],
+                                          w["merge.bias"])
+    _run_every_backend(net, weights, [x.numpy()], expected.numpy())

@@ -33,12 +33,15 @@ SMALL_INPUT = {"vgg16": {"data": (3, 64, 64)}, "convnext_tiny": {"data": (3, 64,
 FAST = {"lenet"}
 # language models take token ids and are compared with Hugging Face's in tests/test_language_models.py
 LANGUAGE_MODELS = {"gpt2", "llama", "llama_tiny"}
+# compared with torchvision itself instead, executor and torch module both (tests/test_examples_swin.py): this
+# file's interpreter knows the image ops only
+OWN_TESTS = {"swin_t", "maxvit_t"}
 
 
 def _example_params(batches: tuple[int, ...]) -> list:
     return [
         pytest.param(path, batch, id=f"{path.stem}-{batch}", marks=[] if path.stem in FAST else [pytest.mark.slow])
-        for path in EXAMPLE_FILES if path.stem not in LANGUAGE_MODELS
+        for path in EXAMPLE_FILES if path.stem not in LANGUAGE_MODELS | OWN_TESTS
         for batch in batches
     ]
 

@@ -45,6 +45,19 @@ def test_json_source_round_trip(path: Path) -> None:
     assert comparable(again) == comparable(network)
 
 
+def test_writers_keep_a_tuple_of_equal_ints_that_is_not_a_pair() -> None:
+    """roll's shifts (-3, -3) are two shifts: written as one number they would be one (Swin's cyclic shift)."""
+    from alexdsl.interop.writer.readable import readable_source
+
+    source = "network T\ninput x: 8x14x14\ndefaults roll(shifts=(1, 1), axes=(1, 2))\n" \
+             "a: roll((-3, -3), (1, 2))\nb: roll((2, 2), (0, 1))\nc: roll\nd: roll((1, 1), (1, 2))\n"
+    network = alexdsl.parse(source)
+    for written in (network_to_source(network), readable_source(network)):
+        assert "roll((-3, -3), (1, 2))" in written and "roll((2, 2), (0, 1))" in written, written
+        again = alexdsl.parse(written)
+        assert [again.layer(n).attrs for n in "abcd"] == [network.layer(n).attrs for n in "abcd"], written
+
+
 def test_json_source_writes_a_bias_an_op_lacks_by_default() -> None:
     # scale has no bias unless told: bias=true is written, and once only when its filler is written too
     network = alexdsl.parse("network T\ninput x: 3x8x8\ns: scale(bias=true) | t: scale(bias=gaussian(0.1))\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,23 +63,28 @@ def assert_same_settings(torchvision_model, ours, network: Network, torch, torch
             assert layers[name].attrs.get("mode", "row") == getattr(module, "mode", "row"), name
 
 
-def assert_keys_are_torchvisions(network: Network, model: str, params: int) -> None:
-    """State keys, their order and shapes are the torchvision model's, and so is the parameter count."""
+def assert_keys_are_torchvisions(network: Network, model: str, params: int,
+                                 order: Callable[[list[str]], list[str]] | None = None) -> None:
+    """State keys, their order and shapes are the torchvision model's, and so is the parameter count.
+    ``order``, where given, is the order expected instead of state_dict()'s, from state_dict()'s keys."""
     expected = reference(model)
     assert expected["params"] == params  # the data file is the published model
     keys = {key: list(shape) for key, shape in network.state_keys().items()}
-    assert list(keys) == list(expected["state"])  # the same order, as state_dict() gives them
+    want = list(expected["state"]) if order is None else order(list(expected["state"]))
+    assert list(keys) == want  # the same order, as state_dict() gives them
     assert keys == expected["state"]
     assert network.totals()["params"] == params
 
 
-def assert_trains_one_epoch(network: Network, tmp_path: Path) -> None:
-    """One epoch on synthetic:16 at batch 8 gives a finite, positive loss and writes the weights."""
+def assert_trains_one_epoch(network: Network, tmp_path: Path, samples: int = 16, batch_size: int = 8) -> None:
+    """One epoch on synthetic:16 at batch 8 (or ``samples`` at ``batch_size``) gives a finite, positive loss and
+    writes the weights."""
     for module in ("torch", "safetensors", "tqdm", "matplotlib"):  # the torch extra, which train() uses
         pytest.importorskip(module)
     from alexdsl.backends.torch.train import train
 
-    result = train(network, "synthetic:16", tmp_path / "run", epochs=1, batch_size=8, progress=False, log=None)
+    result = train(network, f"synthetic:{samples}", tmp_path / "run", epochs=1, batch_size=batch_size,
+                   progress=False, log=None)
     (record,) = result.history
     assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
     assert (tmp_path / "run" / "weights.safetensors").exists()
@@ -93,3 +99,25 @@ def outputs_with_torchvisions_weights(reference_model, ours, torch) -> tuple:  #
         want = reference_model(x)
         got = ours(x)
     return (got[0] if isinstance(got, (tuple, list)) else got), want
+
+
+def randomise_every_parameter(model, torch) -> None:  # noqa: ANN001 - a torchvision module, torch
+    """Every parameter random, those torchvision initialises to zero or one included, so that no part of the
+    network goes untested: weights of std 1 / sqrt(fan-in), norm scales in [0.5, 1.5], biases and relative
+    position bias tables of std 0.1 and 1, and random batchnorm statistics. Buffers that are not statistics
+    (a relative position index) stay as torchvision made them."""
+    randomise_statistics(model, torch)
+    generator = torch.Generator().manual_seed(2)
+    norms = (torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    scales = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, norms)}
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in scales:
+                parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
+            elif name.endswith("relative_position_bias_table"):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+            elif parameter.dim() > 1:
+                fan_in = parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+            else:
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))

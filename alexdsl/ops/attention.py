@@ -325,6 +325,18 @@ register(OpDef(
 
 # Swin's and MaxViT's relative position bias ----------------------------------------------------------
 
+def _batched_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
+    """The layer's module called with no input, its batch of 1 expanded over the batch (a view)."""
+    return f"{ctx.module(layer)}().expand({ctx.batch_size()}{', -1' * len(layer.shape)})"
+
+
+def _batched_onnx(layer: Any, ctx: OnnxExportContext, value: str) -> None:
+    """The layer's value: ``value`` (batch 1) expanded over the batch."""
+    dims = ctx.constant(list(layer.shape), integer=True)
+    shape = ctx.node("Concat", [ctx.batch_size(), dims], output=f"{layer.name}.shape", axis=0)
+    ctx.node("Expand", [value, shape])
+
+
 def relative_position_index(window: int, square: bool) -> Any:
     """torchvision's index into the bias table of each pair of tokens of a ``window`` x ``window`` window, int64:
     (w^2, w^2) for MaxViT (``square``), flattened to (w^4,) for Swin.
@@ -382,11 +394,11 @@ def _bias_module(layer: Any, ctx: TorchContext) -> str:
 
 
 def _bias_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-    """The bias is a constant of the weights: gathered once at setup, copied out (batch 1) at each call."""
+    """The bias is a constant of the weights: gathered once at setup, copied to every sample at each call."""
     ident = ctx.ident
     table, index = (ctx.weight(layer, name) for name in ("relative_position_bias_table", "relative_position_index"))
     return ExecutorKernel(
-        f"rt.copy_constant(self.{ident}_bias, out={{out}}[:1])", "relative_position_bias",
+        f"rt.copy_constant(self.{ident}_bias, out={{out}})", "relative_position_bias",
         setup=(f"self.{ident}_bias = rt.relative_position_bias({table}, {index}, {ctx.lit(layer.attrs['window'])})",))
 
 
@@ -399,7 +411,7 @@ def _bias_onnx(layer: Any, ctx: OnnxExportContext) -> None:
                     axis=0)
     square = ctx.node("Reshape", [rows, ctx.constant([1, tokens, tokens, heads], integer=True)],
                       output=f"{name}.square")
-    ctx.node("Transpose", [square], perm=[0, 3, 1, 2])
+    _batched_onnx(layer, ctx, ctx.node("Transpose", [square], output=f"{name}.bias", perm=[0, 3, 1, 2]))
 
 
 def _bias_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
@@ -429,7 +441,7 @@ register(OpDef(
     default_fillers={"relative_position_bias_table": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(module=_bias_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}()",
+        torch=TorchLowering(module=_bias_module, forward=_batched_torch,
                             definitions=RELATIVE_POSITION_BIAS, holds_children=True),
         executor=ExecutorLowering(lower=_bias_executor),
         onnx=_bias_onnx,
@@ -508,7 +520,7 @@ def _mask_module(layer: Any, ctx: TorchContext) -> str:
 def _mask_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     (height, width), window, shift = layer.attrs["size"], layer.attrs["window"], layer.attrs["shift"]
     values = ", ".join(ctx.lit(v) for v in (height, width, window, shift))
-    return ExecutorKernel(f"rt.copy_constant(self.{ctx.ident}_mask, out={{out}}[:1])", "window_mask",
+    return ExecutorKernel(f"rt.copy_constant(self.{ctx.ident}_mask, out={{out}})", "window_mask",
                           setup=(f"self.{ctx.ident}_mask = self.const(rt.shifted_window_mask({values}))",))
 
 
@@ -533,10 +545,11 @@ register(OpDef(
     inputs=(0, 0),
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(module=_mask_module, forward=lambda layer, args, ctx: f"{ctx.module(layer)}()",
+        torch=TorchLowering(module=_mask_module, forward=_batched_torch,
                             definitions=SHIFTED_WINDOW_MASK),
         executor=ExecutorLowering(lower=_mask_executor),
-        onnx=lambda layer, ctx: ctx.constant(_mask_values(layer)[None], output=layer.name),
+        onnx=lambda layer, ctx: _batched_onnx(layer, ctx, ctx.constant(_mask_values(layer)[None],
+                                                                       output=f"{layer.name}.mask")),
         reference=_mask_reference,
     ),
 ))

@@ -90,6 +90,6 @@ def relative_position_bias(table: Array, index: Array, window: int) -> Array:
 
 
 def copy_constant(value: Array, *, out: Array) -> Array:
-    """``value`` (a constant of the weights, batch 1) written into ``out``."""
+    """``value`` (a constant of the weights, batch 1) written into every sample of ``out``."""
     out[...] = value
     return out

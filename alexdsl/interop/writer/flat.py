@@ -52,12 +52,13 @@ class _Writer:
             return value(self.error(path, "a number that is not finite cannot be written", item, "a finite number"))
         return number(item)
 
-    def value(self, item: Any, path: str) -> ast.Value:
+    def value(self, item: Any, path: str, pairs: bool = True) -> ast.Value:
+        """``item`` as source; with ``pairs``, a pair of equal ints as one number (a setting's ``crop``)."""
         if isinstance(item, bool):
             return value(item)
         if isinstance(item, (tuple, list)):
             items = list(item)
-            if len(items) == 2 and items[0] == items[1] and all(type(v) is int for v in items):
+            if pairs and len(items) == 2 and items[0] == items[1] and all(type(v) is int for v in items):
                 return number(items[0])
             return value([self.value(v, f"{path}[{i}]") for i, v in enumerate(items)])
         if isinstance(item, (int, float)):
@@ -81,7 +82,9 @@ class _Writer:
         op = lookup(layer.op)
         if op is None:
             return call(self.error(f"{path}.op", "unknown op", layer.op, "a registered op"))
-        args = op_args(op, layer.attrs, lambda key, item: self.value(item, f"{path}.attrs.{key}"))
+        # op_args writes a pair argument of equal sides as one number; a tuple of ints such as roll's shifts
+        # (-3, -3) stays a tuple (one number would be one shift)
+        args = op_args(op, layer.attrs, lambda key, item: self.value(item, f"{path}.attrs.{key}", pairs=False))
         for name, spec in layer.params.items():
             where = f"{path}.params.{name}"
             if op.default_fillers.get(name) != spec.filler:

@@ -76,6 +76,8 @@ class Emitter:
             if spec.name in defaults:
                 if item == defaults[spec.name]:
                     continue  # the file's default: left out
+                if spec.kind == "pair" and isinstance(item, tuple) and len(item) == 2 and item[0] == item[1]:
+                    item = item[0]  # a pair of equal sides as one number, as op_args writes it
                 item = _Kept(item)  # may equal the op's default, which the file's overrides: written
             attrs[spec.name] = item
         args = op_args(op, attrs, lambda key, item: _node(item))
@@ -265,8 +267,6 @@ def _with_exprs(item: Any, where: tuple, exprs: dict[tuple, ast.Value]) -> Any:
 def _node(item: Any) -> ast.Value:
     if isinstance(item, _Kept):
         item = item.item
-        if isinstance(item, tuple) and len(item) == 2 and item[0] == item[1]:
-            item = item[0]
     if isinstance(item, _Expr):
         return item.node
     if isinstance(item, tuple):
