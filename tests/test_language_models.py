@@ -84,19 +84,20 @@ def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model:
     assert all(error < RELATIVE for error in errors.values()), errors
 
 
-@pytest.mark.parametrize("backend", ["cupy", "torch"])
-def test_greedy_generation_equals_hugging_faces_generate(backend: str) -> None:
+@pytest.mark.parametrize(("model", "backend"), [("llama_tiny", "cupy"), ("llama_tiny", "torch"),
+                                                pytest.param("gpt2", "cupy", marks=pytest.mark.slow)])
+def test_greedy_generation_equals_hugging_faces_generate(model: str, backend: str) -> None:
     import torch
 
     from alexdsl.generation import generate
 
-    hf, weights = _randomised("llama_tiny")
+    hf, weights = _randomised(model)
     hf.generation_config.eos_token_id = None  # random weights: generate every token asked for
     hf.generation_config.pad_token_id = 0
     prompt = [15, 11, 99, 3]
     with torch.no_grad():
         want = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0].tolist()
-    path = str(ROOT / "examples" / "llama_tiny.adsl")
+    path = str(ROOT / "examples" / f"{model}.adsl")
     net = alexdsl.load(path)
     got = generate(net, weights, prompt, 10, backend=backend,
                    rebuild=lambda length: alexdsl.load(path, input_shapes={"ids": (length,)}))
