@@ -18,7 +18,7 @@ import shlex
 from importlib import metadata
 from pathlib import Path
 
-EXTRAS = ("torch", "onnx", "digits", "lsp", "cupy")
+EXTRAS = ("torch", "onnx", "digits", "lsp", "cupy", "numba")
 # The CPU build of PyTorch, installed before the torch extra (README's first step).
 TORCH_CPU_STEP = "pip install torch==2.13.0"
 

@@ -3,7 +3,9 @@
     python benchmarks/executor_vs_ort.py                                 # every network, batch 1/16, 1 and 2 threads
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1
     python benchmarks/executor_vs_ort.py --threads 1 --update-docs       # rewrite the table in docs/performance.md
+    python benchmarks/executor_vs_ort.py --threads 1 --cpu-time          # CPU seconds, not wall: on a loaded machine
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1 --profile   # where time goes
+    python benchmarks/executor_vs_ort.py --networks vit_b_16 --threads 1 --batches 1 8 --repeat 3 --rounds 2
 
 Every side runs the same weights (the executor's; torch through alexdsl's torch backend, ORT
 through alexdsl's ONNX export) and gets the same thread count: the executor through
@@ -26,6 +28,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,7 @@ NETWORKS: dict[str, Callable[[], alexdsl.Network]] = {
     "mobilenet_v2": lambda: alexdsl.load(EXAMPLES / "mobilenet_v2.adsl"),
     "efficientnet_b0": lambda: alexdsl.load(EXAMPLES / "efficientnet_b0.adsl"),
     "convnext_tiny": lambda: alexdsl.load(EXAMPLES / "convnext_tiny.adsl"),
+    "vit_b_16": lambda: alexdsl.load(EXAMPLES / "vit_b_16.adsl"),
 }
 
 
@@ -79,6 +83,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=6, help="timed calls per point and side")
     p.add_argument("--rounds", type=int, default=3, help="interleaved blocks per side")
     p.add_argument("--update-docs", action="store_true", help=f"rewrite the table in {DOCS.relative_to(ROOT)}")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="one-thread points: time CPU seconds of the process, not wall time (for a loaded machine)")
     p.add_argument("--profile", action="store_true", help="per-kind time of the executor and of ORT, not ratios")
     return p.parse_args()
 
@@ -119,12 +125,14 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                      lambda x=x, s=session: s.run(None, {input_name: x})],
                     args.repeat,
                     rounds=args.rounds,
+                    clock=time.process_time if args.cpu_time and threads == 1 else time.perf_counter,
                 )
             row = {"network": net.name, "threads": threads, "batch": batch,
                    "executor_ips": round(batch / t_ex, 2), "torch_ips": round(batch / t_torch, 2),
                    "ort_ips": round(batch / t_ort, 2), "vs_ort": round(t_ort / t_ex, 3),
                    "vs_torch": round(t_torch / t_ex, 3), "max_rel_diff": diff,
-                   "load": round((load + os.getloadavg()[0]) / 2, 1)}
+                   "load": round((load + os.getloadavg()[0]) / 2, 1),
+                   "clock": "cpu" if args.cpu_time and threads == 1 else "wall"}
             rows.append(row)
             print(f"  {net.name:16s} {threads} thr batch {batch:3d}: executor {row['executor_ips']:8.1f}  "
                   f"torch {row['torch_ips']:8.1f}  ort {row['ort_ips']:8.1f} img/s   vs ORT {row['vs_ort']:.2f}x  "
@@ -208,7 +216,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{cells[p]['vs_ort']:.2f} / {cells[p]['vs_torch']:.2f}" if p in cells else "" for p in points) + " |")
     loads = [r["load"] for r in rows]
     lines.append("")
-    lines.append(f"Cells: executor/ORT / executor/torch throughput. Load average (1 min) while measured: "
+    clocks = {f"{r['threads']} thread{'s' * (r['threads'] > 1)}: {r['clock']} time" for r in rows}
+    lines.append(f"Cells: executor/ORT / executor/torch throughput ({', '.join(sorted(clocks))}). "
+                 f"Load average (1 min) while measured: "
                  f"{min(loads)} to {max(loads)} on {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}, "
                  f"torch {torch.__version__}, numpy {np.__version__}.")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def random_weights(network: alexdsl.Network, seed: int = 0) -> dict[str, np.ndar
         if key in computed:
             out[key] = computed[key]
             continue
-        if kind == "weight" and len(shape) > 1:
+        if kind.endswith("weight") and len(shape) > 1:  # conv, fc, linear; attention's in_proj_weight
             fan_in = math.prod(shape[1:])
             value = rng.standard_normal(shape, dtype=np.float32) * np.float32(math.sqrt(2.0 / fan_in))
         elif kind == "running_var":

@@ -101,6 +101,21 @@ def test_depthwise_matches_torch(case: tuple, dtype: str) -> None:
         taps = np.full(want.shape, np.nan, dtype)  # the whole-batch path CuPy runs without the CUDA kernel
         depthwise._taps(np, plan, x, weight, b, relu, None, taps)
         _check(taps, want, dtype)
+        columns = np.full(want.shape, np.nan, dtype)  # NumPy's path without Numba
+        depthwise._columns_by_blocks(plan, x, weight, b, relu, None, columns)
+        _check(columns, want, dtype)
+
+
+def test_numpy_takes_the_compiled_kernel_where_numba_is_installed(monkeypatch) -> None:  # noqa: ANN001
+    """With Numba, depthwise_conv2d above ran the compiled kernel; ALEXDSL_NUMBA=0 and float16 take NumPy's."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    assert arrays.numba_kernels("float32") is not None and arrays.numba_kernels("float64") is not None
+    assert arrays.numba_kernels("float16") is None
+    monkeypatch.setenv("ALEXDSL_NUMBA", "0")
+    assert arrays.numba_kernels("float32") is None
+    monkeypatch.setattr(depthwise, "_compiled_planes", lambda *a: pytest.fail("compiled kernel called"))
+    x, weight, bias, plan = _inputs(CASES[0], "float32")
+    _check(depthwise.depthwise_conv2d(x, weight, bias, plan=plan), _torch(x, weight, bias, plan, False), "float32")
 
 
 @pytest.mark.parametrize("gemm", ["batched", "wide"])
@@ -127,11 +142,13 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
            "float32")  # fmt: skip
 
 
+@pytest.mark.parametrize("numba", ["1", "0"])  # the compiled kernel where Numba is installed, or NumPy's columns
 @pytest.mark.parametrize("stride", [1, 2])  # whole padded rows as columns, or OH x OW windows
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_blocks_cover_every_image_and_channel(threads: str, stride: int, monkeypatch) -> None:  # noqa: ANN001
+def test_blocks_cover_every_image_and_channel(threads: str, stride: int, numba: str, monkeypatch) -> None:  # noqa: ANN001
     """Three channels a block: four blocks an image, the last one partial, several images a thread."""
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, stride, 1, 1), "float32")
     pitch = 31 + 2 if stride == 1 else plan.out_w
@@ -180,7 +197,7 @@ def test_tap_windows_cover_exactly_the_inside_of_the_input() -> None:
     for h, w, k, s, p, d in [(7, 6, 3, 2, 1, 1), (5, 9, 5, 1, 3, 2), (4, 4, 3, 3, 3, 1)]:
         plan = rt.ConvPlan(1, h, w, 1, k, s, p, d, 1)
         count = np.zeros((plan.out_h, plan.out_w), int)
-        for _, out_rows, out_cols, in_rows, in_cols in depthwise.tap_windows(
+        for _, out_rows, out_cols, in_rows, in_cols in arrays.tap_windows(
             h, w, plan.out_h, plan.out_w, plan.kernel, plan.stride, plan.pad, plan.dilation
         ):
             count[out_rows, out_cols] += 1

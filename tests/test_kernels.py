@@ -81,6 +81,62 @@ def test_conv2d_matches_torch(case: tuple, bias: bool, gemm: str, method: str, t
     check(rt.conv2d(x2, wt, b, plan=plan, gemm=gemm), F.conv2d(T(x2), T(wt), None if b is None else T(b), s, p, d, g))
 
 
+WINOGRAD_CASES = [
+    # (N, C, H, W, O, pad): even and odd output sizes (the last tile cropped), pads 0..2, non-square
+    (1, 3, 15, 13, 8, 1),
+    (2, 5, 9, 9, 7, 0),
+    (3, 4, 8, 11, 6, 2),
+    (1, 16, 16, 16, 16, 1),
+    (5, 6, 7, 7, 9, 1),
+]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-p{c[5]}")
+def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """3x3 stride-1 convs take Winograd F(2x2, 3x3) on NumPy where Numba is installed: in chunks of
+    one image here (so the chunks also run on two threads), with bias and ReLU or neither."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    from alexdsl.backends.cupy import arrays, conv
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    taken = []
+    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(1) or run(*a))
+    n, c, h, w, o, p = case
+    x, wt, b = (rand(*shape, seed=i).astype(dtype) for i, shape in enumerate([(n, c, h, w), (o, c, 3, 3), (o,)]))
+    plan = rt.ConvPlan(c, h, w, o, (3, 3), pad=(p, p))
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-10}
+    for bias, relu in ((b, True), (None, False)):
+        want = F.conv2d(T(x), T(wt), None if bias is None else T(bias), padding=p)
+        got = rt.conv2d(x, wt, bias, plan=plan, relu=relu)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(got, (F.relu(want) if relu else want).numpy(), **tol)
+    fresh = wt + 1  # another weight array: transformed anew, not the plan's cached transform
+    want = F.conv2d(T(x), T(fresh), T(b), padding=p).numpy()
+    np.testing.assert_allclose(rt.conv2d(x, fresh, b, plan=plan), want, **tol)
+    assert len(taken) == 3
+
+
+def test_winograd_only_where_it_pays(monkeypatch) -> None:  # noqa: ANN001
+    """Too few tiles (ResNet's 7x7 maps at batch 1), another kernel or stride, a layout asked for by name,
+    no Numba, or ALEXDSL_NUMBA=0: im2col + GEMM."""
+    from alexdsl.backends.cupy import conv
+
+    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a: pytest.fail("Winograd taken"))
+    x, wt = rand(1, 8, 7, 7), rand(8, 8, 3, 3, seed=1)
+    check(rt.conv2d(x, wt, pad=(1, 1)), F.conv2d(T(x), T(wt), padding=1))  # 16 tiles
+    x = rand(1, 4, 16, 16)
+    check(rt.conv2d(x, rand(4, 4, 3, 3), stride=(2, 2)), F.conv2d(T(x), T(rand(4, 4, 3, 3)), stride=2))
+    check(rt.conv2d(x, rand(4, 2, 3, 3), groups=2), F.conv2d(T(x), T(rand(4, 2, 3, 3)), groups=2))
+    check(rt.conv2d(x, rand(4, 4, 3, 3), gemm="batched"), F.conv2d(T(x), T(rand(4, 4, 3, 3))))
+    monkeypatch.setenv("ALEXDSL_NUMBA", "0")
+    check(rt.conv2d(x, rand(4, 4, 3, 3)), F.conv2d(T(x), T(rand(4, 4, 3, 3))))
+
+
 @pytest.mark.parametrize("rows", [1, 2, 3])
 def test_wide_conv_runs_a_batch_in_chunks_of_the_scratch(rows: int) -> None:
     x, wt, b = rand(5, 4, 9, 9), rand(6, 2, 3, 3, seed=1), rand(6, seed=2)
@@ -113,7 +169,8 @@ def test_conv2d_uses_shared_scratch() -> None:
     x, wt = rand(2, 3, 9, 9), rand(4, 3, 3, 3, seed=1)
     plan = rt.ConvPlan(3, 9, 9, 4, (3, 3), pad=(1, 1))
     scratch = np.zeros(plan.cols_size(2) + 7, np.float32)
-    check(rt.conv2d(x, wt, plan=plan, scratch=scratch), F.conv2d(T(x), T(wt), padding=1))
+    # im2col by name: with Numba installed, "auto" would take Winograd, which needs no columns
+    check(rt.conv2d(x, wt, plan=plan, scratch=scratch, gemm="batched"), F.conv2d(T(x), T(wt), padding=1))
     assert plan.cols_size(2) == 2 * 27 * 81
     assert np.any(scratch != 0) and "cols" not in plan._work or plan._work["cols"] is None
 
@@ -192,6 +249,22 @@ def test_pool_with_plan_and_out() -> None:
     check(out, F.max_pool2d(T(x), 3, 2, ceil_mode=True))
     inv = (1.0 / plan.divisor(True)).astype(np.float32)
     check(rt.avg_pool2d(x, (3, 3), plan=plan, divisor=inv), F.avg_pool2d(T(x), 3, 2, ceil_mode=True))
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_pool_in_blocks_of_channels(threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """NumPy pools a few channel planes at a time (cache-sized blocks, spread over threads): blocks
+    of 3 planes over 2x5 planes, so block edges fall inside an image and between images."""
+    from alexdsl.backends.cupy import arrays, pool
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    x = rand(2, 5, 11, 10)
+    plan = rt.PoolPlan(11, 10, (3, 3), (2, 2), (1, 1), True)
+    monkeypatch.setattr(pool, "BLOCK_BYTES", 3 * (11 * 10 + plan.out_h * plan.out_w) * 4)
+    check(rt.max_pool2d(x, (3, 3), (2, 2), (1, 1), True), F.max_pool2d(T(x), 3, 2, 1, ceil_mode=True))
+    check(rt.avg_pool2d(x, (3, 3), (2, 2), (1, 1), True, False),
+          F.avg_pool2d(T(x), 3, 2, 1, ceil_mode=True, count_include_pad=False))
 
 
 def test_max_pool_asymmetric_kernel() -> None:
@@ -435,11 +508,12 @@ def test_conv2d_runs_big_batches_in_scratch_sized_chunks(threads: str, monkeypat
     plan = rt.ConvPlan(3, 9, 9, 4, (3, 3), pad=(1, 1))
     scratch = np.empty(2 * plan.cols_size(1), np.float32)  # two images' columns at a time
     want = F.relu(F.conv2d(T(x), T(wt), T(b), padding=1))
-    check(rt.conv2d(x, wt, b, relu=True, plan=plan, scratch=scratch), want)
-    check(rt.conv2d(x[:3], wt, b, relu=True, plan=plan, scratch=scratch), want[:3])  # padded buffer reused
+    im2col = {"gemm": "batched"}  # by name: with Numba installed, "auto" would take Winograd, which needs no columns
+    check(rt.conv2d(x, wt, b, relu=True, plan=plan, scratch=scratch, **im2col), want)
+    check(rt.conv2d(x[:3], wt, b, relu=True, plan=plan, scratch=scratch, **im2col), want[:3])  # padded buffer reused
     with pytest.raises(ValueError, match="smaller than one image"):
         monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
-        rt.conv2d(x, wt, b, plan=plan, scratch=scratch[:5])
+        rt.conv2d(x, wt, b, plan=plan, scratch=scratch[:5], **im2col)
 
 
 def test_scratch_rows() -> None:

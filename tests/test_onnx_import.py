@@ -20,7 +20,8 @@ from alexdsl.cli import main
 from alexdsl.errors import AlexDSLError
 from alexdsl.extras import install_command
 from alexdsl.interop.onnx import export_onnx
-from alexdsl.interop.onnx_import import clean_name, import_onnx, import_onnx_source, module_path
+from alexdsl.interop.onnx_import import clean_name, import_onnx, import_onnx_source
+from alexdsl.interop.torch_scope import module_path
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -572,3 +573,22 @@ def test_an_import_elaborates_once_and_parses_no_text(small_model, monkeypatch: 
     assert calls == {"parse": 0, "elaborate": 1}
     again = alexdsl.parse(imported.source, "again.adsl")  # what is written builds the same network
     assert again.shapes == network.shapes and again.state_keys() == network.state_keys()
+
+
+def test_the_dynamo_exporters_namespaces_name_the_layers(tmp_path: Path) -> None:
+    """torch.onnx.export(dynamo=True) names nodes node_relu_3 and keeps the module in the node's
+    ``namespace`` metadata; the layers are named after that module, as the TorchScript exporter's scoped
+    names name them."""
+    relu = helper.make_node("Relu", ["x"], ["y"], name="node_relu_3")
+    entry = relu.metadata_props.add()
+    entry.key, entry.value = "namespace", (": timm.models.resnet.ResNet/layer1: torch.nn.modules.container.Sequential/"
+                                           "layer1.0: timm.models.resnet.BasicBlock/layer1.0.act1: "
+                                           "torch.nn.modules.activation.ReLU/relu_3: aten.relu.default")
+    pool = helper.make_node("GlobalAveragePool", ["y"], ["z"], name="node_mean")  # no namespace: its op names it
+    graph = helper.make_graph([relu, pool], "dynamo",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 1, 1])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "dynamo.onnx")
+    network, _ = import_onnx(path)
+    assert [(layer.name, layer.op) for layer in network.layers() if layer.op != "input"] == [
+        ("layer1.0.act1", "relu"), ("node_mean", "global_avgpool")]

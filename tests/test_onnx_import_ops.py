@@ -52,6 +52,7 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
     * channel_slice: ``channels`` (the split statement's check) is not in the Slice: 0.
     * pointwise_fc of a vector: a Gemm, which is fc (the same weight and key).
     * flatten read only by fc: ``Flatten -> Gemm`` is one fc, which flattens its input itself.
+    * sum, mean, max: ONNX counts axes from the batch, so a negative axis comes back counted from 0.
     """
     attrs = dict(layer.attrs)
     source = network.layer(layer.inputs[0]) if layer.inputs else None
@@ -74,6 +75,8 @@ def expected_layer(layer: Layer, network: Network) -> tuple[str, dict] | None:
         return "channel_slice", {"start": start, "stop": stop, "channels": 0, "axis": 0}
     if layer.op == "channel_slice":
         return layer.op, {**attrs, "stop": attrs["stop"] or source.shape[0], "channels": 0}
+    if layer.op in ("sum", "mean", "max"):
+        return layer.op, {**attrs, "axis": attrs["axis"] % len(source.shape)}
     if layer.op == "pointwise_fc" and len(layer.shape) == 1:
         return "fc", attrs
     return layer.op, attrs
@@ -203,6 +206,20 @@ out: concat(half.1, half.0, parts.0, parts.1, third.2)
     "channels": """input x: 8x6x6
 n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | channel_shuffle(4)
 """,
+    "padding": """input x: 8x6x6
+p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
+shifted: x -> pad(-1, 1, -1, 1) | conv(4, 3, pad=1)
+""",
+    "reductions": """input x: 8x5x6
+s: x -> sum(axis=0, keepdims=true)
+m: x -> mean(-1)
+t: x -> max(1)
+""",
+    "upsampling": """input x: 8x5x6
+near: x -> upsample((3, 2))
+corners: x -> upsample(2, mode=bilinear, align_corners=true)
+out: corners -> upsample((1, 2), mode=bilinear)
+""",
 }
 
 
@@ -296,6 +313,30 @@ TORCH_CASES: dict[str, tuple] = {
     "split_even": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, 4, dim=1)[::-1], 1)),
                    ["channel_chunk", "channel_chunk", "concat"]),
     "adaptive_avgpool": (lambda: nn.AdaptiveAvgPool2d(2), ["avgpool"]),
+    "pad": (lambda: Lambda(lambda self, x: nn.functional.pad(x, (0, 1, 2, 0), value=0.5)), ["pad"]),
+    # timm's Conv2dSame: F.pad to TensorFlow's 'SAME', then a conv without padding
+    "conv2d_same": (lambda: _with(nn.Conv2d(8, 8, 3, stride=2), lambda self, x: self.inner(
+        nn.functional.pad(x, (0, 1, 0, 1)))), ["pad", "conv"]),
+    "conv2d_same_even": (lambda: _with(nn.Conv2d(8, 8, 3), lambda self, x: self.inner(
+        nn.functional.pad(x, (1, 1, 1, 1)))), ["conv"]),
+    "conv_padding_same": (lambda: nn.Conv2d(8, 8, 3, padding="same"), ["conv"]),
+    "upsample_nearest": (lambda: nn.Upsample(scale_factor=2), ["upsample"], (18, 20, 21)),
+    "upsample_nearest_3": (lambda: Lambda(lambda self, x: nn.functional.interpolate(x, scale_factor=(3, 2))),
+                           ["upsample"], (18, 20, 21)),
+    "upsample_bilinear": (lambda: nn.Upsample(scale_factor=2, mode="bilinear"), ["upsample"], (18, 20, 21)),
+    "upsample_bilinear_corners": (lambda: nn.Upsample(scale_factor=3, mode="bilinear", align_corners=True),
+                                  ["upsample"], (18, 20, 21)),
+    "sum_keepdim": (lambda: Lambda(lambda self, x: x.sum(1, keepdim=True)), ["sum"], (18,)),
+    "mean_last": (lambda: Lambda(lambda self, x: x.mean(-1)), ["mean"], (18,)),
+    "amax": (lambda: Lambda(lambda self, x: x.amax(2, keepdim=True)), ["max"], (18,)),
+    "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
+    "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
+    "slice_every_channel": (lambda: Lambda(lambda self, x: torch.relu(x[:, :8])), ["relu"]),
+    "pad_shift": (lambda: nn.ZeroPad2d((-1, 1, -1, 1)), ["pad"]),  # timm's nasnet: a shift by one pixel
+    # timm's MaxPool2dSame: a -inf F.pad, then a pool without padding: a ceil-rounded maxpool
+    "maxpool_same": (lambda: Lambda(lambda self, x: nn.functional.max_pool2d(
+        nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, 2)), ["maxpool"]),
+    "conv_padding_same_uneven": (lambda: nn.Conv2d(8, 8, 4, padding="same", dilation=1), ["pad", "conv"]),
 }
 TORCH_INPUT = (1, 8, 4, 4)
 
@@ -344,6 +385,23 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("adaptive_avgpool").attrs["kernel"] == (2, 2)
     assert layer("layer_scale").attrs == {"bias": False, "param": "layer_scale"}
     assert layer("scale").attrs == {"bias": True, "param": "weight"}
+    assert layer("upsample_nearest").attrs == layer("upsample_nearest", 20).attrs == {
+        "scale": (2, 2), "mode": "nearest", "align_corners": False}
+    assert layer("upsample_nearest_3").attrs["scale"] == (3, 2)
+    assert layer("upsample_bilinear").attrs == layer("upsample_bilinear", 18).attrs == {
+        "scale": (2, 2), "mode": "bilinear", "align_corners": False}
+    assert layer("upsample_bilinear_corners").attrs == {"scale": (3, 3), "mode": "bilinear", "align_corners": True}
+    assert layer("sum_keepdim").attrs == layer("sum_keepdim", 18).attrs == {"axis": 0, "keepdims": True}
+    assert layer("mean_last").attrs == {"axis": 2, "keepdims": False}
+    assert layer("amax", 18).attrs == {"axis": 1, "keepdims": True}
+    assert layer("sum_two_axes").attrs == {"axis": 2, "keepdims": False}  # the highest axis first
+    assert layer("pad_shift").attrs == {"top": -1, "bottom": 1, "left": -1, "right": 1, "value": 0.0}
+    assert layer("maxpool_same").attrs == {"kernel": (3, 3), "stride": (2, 2), "pad": (0, 0), "round": "ceil"}
+    assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
+    assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
+    assert layer("conv2d_same_even").attrs["pad"] == (1, 1)
+    assert layer("conv_padding_same").attrs["pad"] == (1, 1)
+    assert layer("conv_padding_same_uneven").attrs == {"top": 1, "bottom": 2, "left": 1, "right": 2, "value": 0.0}
 
 
 def test_torch_parameters_keep_their_values(tmp_path: Path) -> None:
@@ -372,3 +430,47 @@ def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> Non
     path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "clip.onnx")
     with pytest.raises(AlexDSLError, match=r"Clip\): only a Clip with constant scalar bounds"):
         import_onnx_source(path, readable=False)
+
+
+def test_a_pad_alexdsl_cannot_express_is_an_error_naming_the_node(tmp_path: Path) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    module = nn.Sequential(nn.ReflectionPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3))
+    path = torch_export(module, TORCH_INPUT, tmp_path / "reflect.onnx", 17)
+    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Pad\): mode=reflect is not supported"):
+        import_onnx_source(path)
+
+
+def test_a_resize_to_a_size_that_is_no_integer_factor_is_an_error_naming_the_node(tmp_path: Path) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    module = Lambda(lambda self, x: nn.functional.interpolate(x, size=(6, 5), mode="bilinear"))
+    path = torch_export(module, TORCH_INPUT, tmp_path / "resize.onnx", 17)
+    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Resize\): it resizes 8x4x4 to 8x6x5"):
+        import_onnx_source(path)
+
+
+@pytest.mark.parametrize(("op_type", "auto_pad", "ops"), [
+    ("MaxPool", "SAME_UPPER", ["maxpool"]), ("AveragePool", "SAME_UPPER", ["avgpool"]),
+    ("Conv", "SAME_LOWER", ["pad", "conv"]), ("Conv", "SAME_UPPER", ["pad", "conv"])])
+def test_auto_pad_is_made_explicit(op_type: str, auto_pad: str, ops: list[str], tmp_path: Path) -> None:
+    """ONNX's auto_pad=SAME_*: the pads it means, from the input's shape, and what onnxruntime computes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs, initializers, attrs = ["x"], [], {"kernel_shape": [4, 4] if op_type == "Conv" else [3, 3]}
+    if op_type == "Conv":
+        weight = np.random.default_rng(0).standard_normal((4, 4, 4, 4)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(weight, "w"))
+        inputs.append("w")
+    else:
+        attrs["strides"] = [2, 2]
+    graph = helper.make_graph(
+        [helper.make_node(op_type, inputs, ["y"], auto_pad=auto_pad, **attrs)], "same",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=initializers)
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "same.onnx")
+    imported = import_onnx_source(path, readable=False)
+    assert [layer.op for layer in imported.network.layers() if layer.op != "input"] == ops
+    x = np.random.default_rng(1).standard_normal((1, 4, 6, 6), dtype=np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _close(_run(imported.network, imported.weights, [x]), session.run(None, {"x": x})[0])

@@ -419,3 +419,32 @@ def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -
             if (op.name, name) not in LOST_BY_TORCHS_EXPORT:
                 expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
                 assert ops[0].attrs[name] == expected, (call, opset, name)
+
+
+def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
+    x = torch.zeros(1, 6, 13, 11)
+    base = "input x: 6x13x11\n"
+    cases = {
+        "pad(0, 1, 2, 3)": lambda: F.pad(x, (2, 3, 0, 1)),
+        "pad(right=1)": lambda: F.pad(x, (0, 1)),
+        "pad(-1, 1, 2, -3)": lambda: F.pad(x, (2, -3, -1, 1)),
+        "upsample(2)": lambda: F.interpolate(x, scale_factor=2),
+        "upsample((3, 2), mode=bilinear)": lambda: F.interpolate(x, scale_factor=(3, 2), mode="bilinear"),
+        "sum(axis=-2)": lambda: x.sum(-2),
+        "mean(axis=0, keepdims=true)": lambda: x.mean(1, keepdim=True),
+        "max(axis=2)": lambda: x.amax(3),
+    }
+    for call, fn in cases.items():
+        assert _shape(base + f"y: {call}\n", "y") == tuple(fn().shape[1:]), call
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ("pad(0, 0)", "pads nothing: every side is 0"),
+    ("pad(-7, -6)", "removes every row or column of a 6x13x11 input"),
+    ("upsample(2, align_corners=true)", "align_corners applies to bilinear upsampling only"),
+    ("sum(axis=3)", "axis 3 is not an axis of a 3-axis input"),
+    ("x -> flatten | mean(0)", "reducing the only axis leaves a scalar per sample"),
+])
+def test_pad_upsample_and_reduction_mistakes_are_located_errors(call: str, message: str) -> None:
+    with pytest.raises(AlexDSLError, match=rf"t.adsl:2:\d+: error: .*{message}"):
+        alexdsl.parse(f"input x: 6x13x11\ny: {call}\n", "t.adsl")

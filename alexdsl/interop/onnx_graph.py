@@ -23,12 +23,14 @@ import numpy as np
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.extras import install_command
 from alexdsl.interop.onnx_layout import channels_first, channels_first_inputs
+from alexdsl.interop.torch_scope import namespace_path
 from alexdsl.limits import MAX_DIM, MAX_RANK
 
 OPSETS = range(11, 22)  # the default-domain opsets read
 OLDEST_CONVERTED = 7  # older opsets, from 7, are converted to 11 first
 MAX_FOLDED_ELEMENTS = 1 << 24  # a constant computed while folding, in elements
 MAX_NODES = 1_000_000
+MAX_NAMESPACE = 4096  # characters of a node's dynamo namespace read (a module path is far shorter)
 MAX_FOLD_ROUNDS = 256  # each round folds what the last shape inference resolved (a block's shapes need its input's)
 SMALL_CONSTANT = 64  # constants shape inference sees the values of (shapes, axes, pads); larger are weights
 BATCH = 1  # the batch size shapes are inferred with; alexdsl shapes leave the batch out
@@ -46,6 +48,7 @@ class OnnxNode:
     outputs: list[str]
     attrs: dict[str, Any]
     index: int  # its position in the model's node list
+    scope: str | None = None  # the torch module the dynamo exporter says it came from (torch_scope.node_scope)
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -402,6 +405,14 @@ def _check_nodes(model: Any, nodes: list[OnnxNode], opset: int, file: str) -> No
 
 
 # the whole read ----------------------------------------------------------------------------------
+def _namespace(node: Any) -> str | None:
+    """The torch module path in the node's ``namespace`` metadata (the dynamo exporter's), or None."""
+    for prop in node.metadata_props:
+        if prop.key == "namespace":
+            return namespace_path(prop.value[:MAX_NAMESPACE])
+    return None
+
+
 def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]] | None = None) -> OnnxGraph:
     """Load, check and simplify the model at ``path``; ``inputs`` fixes input shapes (``name -> (C, H, W)``)."""
     path = Path(path)
@@ -429,7 +440,8 @@ def read_onnx(path: str | os.PathLike[str], inputs: Mapping[str, tuple[int, ...]
     else:
         shapes = _infer(model, file)
     nodes = [OnnxNode(n.op_type if not n.domain or n.domain == "ai.onnx" else f"{n.domain}.{n.op_type}",
-                      n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attrs(n, file), i)
+                      n.name or f"{n.op_type}_{i}", list(n.input), list(n.output), _attrs(n, file), i,
+                      _namespace(n))
              for i, n in enumerate(model.graph.node)]
     per_sample: dict[str, tuple[int, ...]] = {}
     for name, dims in shapes.items():

@@ -36,7 +36,7 @@ import numpy as np
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.frontend import network_from_module
 from alexdsl.interop.onnx_graph import OnnxGraph, OnnxNode, read_onnx
-from alexdsl.interop.torch_scope import module_path
+from alexdsl.interop.torch_scope import node_scope
 from alexdsl.interop.writer.readable import readable_source
 from alexdsl.ir.network import Network
 from alexdsl.ops.lowering import OnnxImport
@@ -237,7 +237,7 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
         else:
             unnamed.append(layer)
     for layer in unnamed:
-        path = module_path(layer.anchor.name)
+        path = node_scope(layer.anchor)
         if path is not None:
             name = clean_name(path)
             if name in taken or name in parents:

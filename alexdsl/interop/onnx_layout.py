@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from alexdsl.interop.torch_scope import module_path
+from alexdsl.interop.torch_scope import node_scope
 from alexdsl.ops import registry
 from alexdsl.ops.from_onnx import axes_of
 
@@ -241,7 +241,7 @@ def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray
         if name.endswith(".weight") and "/" not in name and array.shape == matrix.shape \
                 and np.array_equal(array, matrix):
             return name[: -len(".weight")]
-    return module_path(node.name) or node.name.strip("/").replace("/", ".") or "linear"
+    return node_scope(node) or node.name.strip("/").replace("/", ".") or "linear"
 
 
 def _free_name(base: str, constants: dict[str, np.ndarray]) -> str:

@@ -1,10 +1,13 @@
-"""The torch module an ONNX node came from, read from the scoped name torch's exporter gives it.
+"""The torch module an ONNX node came from, read from the scoped name torch's TorchScript exporter gives it,
+or from the ``namespace`` metadata the dynamo exporter (``torch.onnx.export(dynamo=True)``) writes.
 
 Both the channels-last rewrite (:mod:`alexdsl.interop.onnx_layout`) and the layer naming of
 :mod:`alexdsl.interop.onnx_import` name what they make after it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 def module_path(node_name: str) -> str | None:
@@ -22,3 +25,26 @@ def module_path(node_name: str) -> str | None:
         parts.append(segment[len(previous) + 1:] if previous and segment.startswith(previous + ".") else segment)
         previous = segment
     return ".".join(parts)
+
+
+def namespace_path(namespace: str) -> str | None:
+    """The torch module a node came from, from the dynamo exporter's ``namespace`` metadata: the module names
+    of its ``name: class`` segments, the last of which is the op.
+
+    >>> namespace_path(": torchvision.models.resnet.ResNet/layer1: torch.nn.modules.container.Sequential/"
+    ...                "layer1.0: torchvision.models.resnet.BasicBlock/layer1.0.relu: torch.nn.modules.activation.ReLU/"
+    ...                "relu_2: aten.relu.default")
+    'layer1.0.relu'
+    >>> namespace_path(": torchvision.models.resnet.ResNet/add: aten.add.Tensor") is None
+    True
+    """
+    segments = namespace.split("/")
+    if len(segments) < 3:
+        return None
+    return segments[-2].split(":", 1)[0].strip() or None
+
+
+def node_scope(node: Any) -> str | None:
+    """The torch module of an ONNX node (an :class:`~alexdsl.interop.onnx_graph.OnnxNode`): its dynamo
+    ``namespace`` where it has one, else its TorchScript scoped name; None for neither."""
+    return node.scope or module_path(node.name)

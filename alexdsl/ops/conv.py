@@ -16,7 +16,7 @@ from alexdsl.ops.contexts import (
     TorchContext,
 )
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS
-from alexdsl.ops.from_onnx import linear_kernel, pair, symmetric_pads
+from alexdsl.ops.from_onnx import linear_kernel, pair
 from alexdsl.ops.lowering import (
     EVERY_EPILOGUE,
     CaffeLayer,
@@ -27,6 +27,7 @@ from alexdsl.ops.lowering import (
     Pattern,
     TorchLowering,
 )
+from alexdsl.ops.padding import padded_window
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import conv_output_size, uncovered_pixels
 
@@ -155,25 +156,23 @@ def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
              dilations=list(a["dilation"]), group=int(a["groups"]))
 
 
-def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Conv`` (2-D, even pads, a constant weight and optional bias) -> conv."""
+def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | list[OnnxImport] | None:
+    """``Conv`` (2-D, a constant weight and optional bias) -> conv; a zero ``Pad`` before it that evens its pads
+    is folded into ``pad``, and pads that stay uneven (``auto_pad=SAME_UPPER``) become a ``pad`` layer before it."""
     if linear_kernel(ctx, node) is not None:  # alexdsl's pointwise_fc export, which linear.py imports
         return None
     weight = ctx.const(node.inputs[1])
     if weight is None or weight.ndim != 4:
         return ctx.fail(node, "only 2-D convolutions with a constant weight are imported")
-    pads = symmetric_pads(node, ctx)
-    if pads is None:
-        return None
-    attrs = {"out": int(weight.shape[0]), "kernel": pair(node.attr("kernel_shape", weight.shape[2:])),
-             "stride": pair(node.attr("strides", (1, 1))), "pad": pair(pads),
+    kernel = [int(k) for k in node.attr("kernel_shape", weight.shape[2:])]
+    attrs = {"out": int(weight.shape[0]), "kernel": pair(kernel), "stride": pair(node.attr("strides", (1, 1))),
              "dilation": pair(node.attr("dilations", (1, 1))), "groups": int(node.attr("group", 1))}
     params = {"weight": node.inputs[1]}
     if len(node.inputs) > 2 and node.inputs[2]:
         params["bias"] = node.inputs[2]
     else:
         attrs["bias"] = False
-    return OnnxImport("conv", [node.inputs[0]], attrs, params)
+    return padded_window(node, ctx, "conv", attrs, kernel, params)
 
 
 def _caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:

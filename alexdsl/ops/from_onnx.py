@@ -36,19 +36,6 @@ def computed(ctx: OnnxImportContext, values: list[str]) -> bool:
     return all(v and ctx.const(v) is None for v in values)
 
 
-def symmetric_pads(node: OnnxNodeView, ctx: OnnxImportContext, rank: int = 2) -> tuple[int, ...] | None:
-    """The 2-D ``pads`` of a window node as one pad per axis, or None (after ``ctx.fail``) when uneven."""
-    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return ctx.fail(node, f"auto_pad={node.attr('auto_pad')} is not supported; export with explicit pads")
-    pads = list(node.attr("pads", [0] * (2 * rank)))
-    if node.attr("auto_pad", "NOTSET") == "VALID":
-        pads = [0] * (2 * rank)
-    begin, end = pads[:rank], pads[rank:]
-    if begin != end:
-        return ctx.fail(node, f"pads {pads} differ at the start and end of an axis; alexdsl pads both ends alike")
-    return tuple(int(p) for p in begin)
-
-
 def pair(values: Any) -> int | tuple[int, int]:
     """``(a, a)`` as ``a``; a pair otherwise."""
     a, b = (int(v) for v in values)

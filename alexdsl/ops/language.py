@@ -15,8 +15,6 @@ import math
 from types import SimpleNamespace
 from typing import Any
 
-import numpy
-
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
 from alexdsl.ops.fillers import Filler
 from alexdsl.ops.from_onnx import computed, producer_of
@@ -206,6 +204,8 @@ def rope_frequencies(dim: int, theta: float, scaling: str = "none", factor: floa
                      original_length: int = 8192) -> list[float]:
     """The ``dim // 2`` inverse frequencies of rotary embeddings, in float32 as Hugging Face computes them:
     ``1 / theta ** (2i / dim)``, with Llama 3's smoothing of the low frequencies when ``scaling`` is llama3."""
+    import numpy  # lazily: `alexdsl --help` and `shapes` load the registry without NumPy
+
     f32 = numpy.float32
     exponents = numpy.arange(0, dim, 2, dtype=numpy.int64).astype(f32) / f32(dim)
     inv = f32(1.0) / (f32(theta) ** exponents)
@@ -222,9 +222,11 @@ def rope_frequencies(dim: int, theta: float, scaling: str = "none", factor: floa
     return [float(v) for v in inv]
 
 
-def rope_table(length: int, inv_freq: list[float]) -> numpy.ndarray:
+def rope_table(length: int, inv_freq: list[float]) -> numpy.ndarray:  # noqa: F821 - a string annotation
     """cos and sin of position * frequency, each frequency twice (Hugging Face's layout), in float32:
     (2, length, 2 * len(inv_freq))."""
+    import numpy
+
     freqs = numpy.asarray(inv_freq, numpy.float32)
     angles = numpy.arange(length, dtype=numpy.float32)[:, None] * freqs[None, :]
     doubled = numpy.concatenate([angles, angles], axis=-1)

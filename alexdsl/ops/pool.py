@@ -17,6 +17,7 @@ from alexdsl.ops.contexts import (
 from alexdsl.ops.conv import window_lint
 from alexdsl.ops.from_onnx import axes_of, pair, producer_of
 from alexdsl.ops.lowering import CaffeLayer, ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, TorchLowering
+from alexdsl.ops.padding import padding_before, window_pads
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, register
 from alexdsl.shape_math import pool_output_size
 
@@ -202,14 +203,20 @@ def _pool_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | 
     """
     op = "maxpool" if node.op_type == "MaxPool" else "avgpool"
     kernel = [int(k) for k in node.attr("kernel_shape", ())]
-    if len(kernel) != 2 or any(d != 1 for d in node.attr("dilations", (1, 1))) or len(node.outputs) > 1 \
-            or node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        return ctx.fail(node, "only 2-D pools without dilation, indices or auto_pad are imported")
+    if len(kernel) != 2 or any(d != 1 for d in node.attr("dilations", (1, 1))) or len(node.outputs) > 1:
+        return ctx.fail(node, "only 2-D pools without dilation or indices are imported")
     stride = [int(s) for s in node.attr("strides", (1, 1))]
-    pads = [int(p) for p in node.attr("pads", (0, 0, 0, 0))] if node.attr("auto_pad", "NOTSET") == "NOTSET" \
-        else [0, 0, 0, 0]
-    begin, end = pads[:2], pads[2:]
+    found = window_pads(node, ctx, kernel)
+    if found is None:
+        return None
+    begin, end = found
+    pads = begin + end
     source, absorbed, count_pad = node.inputs[0], (), True
+    before = padding_before(node, ctx, float("-inf")) if op == "maxpool" else None
+    if before is not None:  # timm's MaxPool2dSame: a -inf Pad, which is a max pool's own padding
+        absorbed, source = (before[0],), before[0].inputs[0]
+        begin, end = [b + p for b, p in zip(begin, before[1])], [e + p for e, p in zip(end, before[2])]
+        pads = begin + end
     if op == "avgpool":
         padded = _padding_node(node, ctx) if not any(begin) and not node.attr("count_include_pad", 0) else None
         if padded is not None:  # counted padding: a zero Pad, then an average over it

@@ -195,13 +195,16 @@ def _slice_bounds(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[int, int,
 
 def _slice_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Slice`` of the channels (axis 1, step 1, constant bounds) -> channel_slice(start, stop); channel_chunk
-    when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk)."""
+    when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk);
+    no layer for a Slice of every channel."""
     found = _slice_bounds(node, ctx)
     if found is None:
         return ctx.fail(node, "only a Slice of the channels (axis 1), with step 1 and constant bounds, is imported")
     start, stop, channels = found
     if not 0 <= start < stop:
         return ctx.fail(node, f"the Slice of channels {start}:{stop} is empty")
+    if start == 0 and stop >= channels:  # every channel (GhostNet's x[:, :out]): the identity, no layer
+        return OnnxImport(None, node.inputs[:1])
     siblings = {_slice_bounds(r, ctx) for r in ctx.readers(node.inputs[0]) if r.op_type == "Slice"}
     parts = len(siblings)
     chunks = [(*chunk_bounds(parts, i, channels), channels) for i in range(parts)]

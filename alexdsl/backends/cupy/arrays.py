@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -145,3 +146,59 @@ def blas_one_thread() -> Any:
     if _BLAS_CONTROLLER is False:
         return None
     return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+@cache
+def tap_windows(
+    height: int,
+    width: int,
+    out_h: int,
+    out_w: int,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
+    """Per kernel tap: (tap index, output rows, output cols, input rows, input cols) it touches.
+
+    A tap only reaches the output pixels whose input pixel lies inside the image, so zero
+    padding needs neither a padded copy nor bounds checks.  Taps that reach nothing are left out.
+    """
+    taps = []
+
+    def span(k: int, s: int, p: int, d: int, size: int, out: int) -> tuple[slice, slice] | None:
+        offset = k * d - p  # input index of output 0
+        lo, hi = max(0, -(offset // s)), min(out, (size - 1 - offset) // s + 1)
+        if lo >= hi:
+            return None
+        start = lo * s + offset
+        return slice(lo, hi), slice(start, start + (hi - lo - 1) * s + 1, s)
+
+    for i in range(kernel[0]):
+        rows = span(i, stride[0], pad[0], dilation[0], height, out_h)
+        for j in range(kernel[1]):
+            cols = span(j, stride[1], pad[1], dilation[1], width, out_w)
+            if rows is not None and cols is not None:
+                taps.append((i * kernel[1] + j, rows[0], cols[0], rows[1], cols[1]))
+    return tuple(taps)
+
+
+def numba_kernels(dtype: Any) -> ModuleType | None:
+    """:mod:`alexdsl.backends.cupy.numba_kernels` for arrays of ``dtype``, or None for plain NumPy.
+
+    None without Numba (the optional ``numba`` extra), with ``ALEXDSL_NUMBA=0``, or for a dtype
+    the kernels are not compiled for (float16). Numba is imported on the first call only.
+    """
+    if os.environ.get("ALEXDSL_NUMBA", "1") == "0":
+        return None
+    kernels = _numba_module()
+    return kernels if kernels is not None and numpy.dtype(dtype).name in kernels.DTYPES else None
+
+
+@cache
+def _numba_module() -> ModuleType | None:
+    try:
+        from alexdsl.backends.cupy import numba_kernels
+    except ImportError:
+        return None
+    return numba_kernels

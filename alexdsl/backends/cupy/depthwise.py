@@ -5,7 +5,10 @@ Output channel ``o`` reads input channel ``o // multiplier`` (torch's layout for
 convolution.  im2col + GEMM builds a ``kh*kw``-times larger copy of the whole input and
 then runs ``C`` GEMMs of one row each over it; here, instead:
 
-* NumPy (:func:`_columns_by_blocks`): per block of one image's channels small enough to
+* NumPy with Numba (the optional ``numba`` extra; :func:`_compiled_planes`): a compiled kernel,
+  one run of multiply-adds per tap over the whole output plane (2-3x faster than the
+  columns below on MobileNetV2's layers at batch 1, more at batch 16).
+* NumPy without it (:func:`_columns_by_blocks`): per block of one image's channels small enough to
   stay in the L2 cache, the padded block, its ``(kh*kw, OH*OW)`` columns per channel, one
   ``(multiplier, kh*kw)`` GEMM per channel (a single batched matmul) and the epilogue, the
   blocks spread over the thread pool.  Accumulating tap by tap (``y += w[tap] * window``)
@@ -24,13 +27,21 @@ then runs ``C`` GEMMs of one row each over it; here, instead:
 from __future__ import annotations
 
 import contextlib
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy
 
 from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import Activation, Array, array_module, as_strided, blas_one_thread, parallel_for
+from alexdsl.backends.cupy.arrays import (
+    Activation,
+    Array,
+    array_module,
+    as_strided,
+    blas_one_thread,
+    numba_kernels,
+    parallel_for,
+    tap_windows,
+)
 
 if TYPE_CHECKING:
     from alexdsl.backends.cupy.conv import ConvPlan
@@ -39,42 +50,7 @@ if TYPE_CHECKING:
 
 BLOCK_COLUMNS = 1 << 18  # column elements per NumPy block (1 MiB of float32): half a core's L2
 
-__all__ = ["depthwise_conv2d", "tap_windows"]
-
-
-@cache
-def tap_windows(
-    height: int,
-    width: int,
-    out_h: int,
-    out_w: int,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    pad: tuple[int, int],
-    dilation: tuple[int, int],
-) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
-    """Per kernel tap: (tap index, output rows, output cols, input rows, input cols) it touches.
-
-    A tap only reaches the output pixels whose input pixel lies inside the image, so zero
-    padding needs neither a padded copy nor bounds checks.  Taps that reach nothing are left out.
-    """
-    taps = []
-
-    def span(k: int, s: int, p: int, d: int, size: int, out: int) -> tuple[slice, slice] | None:
-        offset = k * d - p  # input index of output 0
-        lo, hi = max(0, -(offset // s)), min(out, (size - 1 - offset) // s + 1)
-        if lo >= hi:
-            return None
-        start = lo * s + offset
-        return slice(lo, hi), slice(start, start + (hi - lo - 1) * s + 1, s)
-
-    for i in range(kernel[0]):
-        rows = span(i, stride[0], pad[0], dilation[0], height, out_h)
-        for j in range(kernel[1]):
-            cols = span(j, stride[1], pad[1], dilation[1], width, out_w)
-            if rows is not None and cols is not None:
-                taps.append((i * kernel[1] + j, rows[0], cols[0], rows[1], cols[1]))
-    return tuple(taps)
+__all__ = ["depthwise_conv2d"]
 
 
 def depthwise_conv2d(
@@ -121,7 +97,10 @@ def depthwise_conv2d(
         if act is not None:
             act(out, out=out)
         return out
-    if xp is numpy:
+    compiled = numba_kernels(x.dtype) if xp is numpy else None
+    if compiled is not None:
+        _compiled_planes(compiled, plan, x, weight, bias, relu, act, out)
+    elif xp is numpy:
         _columns_by_blocks(plan, x, weight, bias, relu, act, out)
     else:
         _taps(xp, plan, x, weight, bias, relu, act, out)
@@ -133,6 +112,39 @@ def _epilogue(xp: Any, y: Array, relu: bool, act: Activation | None) -> None:
         xp.maximum(y, 0, out=y)
     if act is not None:
         act(y, out=y)
+
+
+def _compiled_planes(
+    compiled: Any,
+    plan: ConvPlan,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    relu: bool,
+    act: Activation | None,
+    out: Array,
+) -> None:
+    """NumPy with Numba: the compiled kernel (:func:`.numba_kernels.depthwise_conv2d`) on blocks of output planes.
+
+    A block is about :data:`BLOCK_COLUMNS` / ``kh*kw`` output elements, so that ``act`` runs on it while
+    it is still in cache; the blocks are spread over the thread pool.
+    """
+    n, o = out.shape[:2]
+    (kh, kw), (oh, ow) = plan.kernel, (plan.out_h, plan.out_w)
+    x = numpy.ascontiguousarray(x)
+    taps = numpy.ascontiguousarray(weight.reshape(o, kh, kw))
+    shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
+    planes = out.reshape(n * o, oh * ow)
+    per_block = max(1, BLOCK_COLUMNS // (kh * kw * oh * ow))
+
+    def run(lo: int, hi: int) -> None:
+        for start in range(lo, hi, per_block):
+            stop = min(hi, start + per_block)
+            compiled.depthwise_conv2d(x, taps, shift, out, start, stop, plan.stride, plan.pad, plan.dilation, relu)
+            if act is not None:
+                act(planes[start:stop], out=planes[start:stop])
+
+    parallel_for(numpy, n * o, out.size * kh * kw, run)
 
 
 def _columns_by_blocks(

@@ -16,17 +16,18 @@ from typing import Any
 import numpy
 
 from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import Array, array_module, as_pair, parallel_for
+from alexdsl.backends.cupy.arrays import Array, array_module, as_pair, parallel_for, tap_windows
 from alexdsl.shape_math import pool_output_size
 
 
 @dataclass
 class PoolPlan:
-    """Output size, padding geometry and (for average pooling) the divisor table.
+    """Output size, the kernel taps (:meth:`taps`) and (for average pooling) the divisor table.
 
-    With ceil rounding the padded extent is grown on the right so the last window fits
-    (filled with ``-inf`` for max, ``0`` for average); with floor rounding pixels no
-    window reaches are cropped.
+    Padding, and with ceil rounding the part of the last window past the padded input, is
+    ``-inf`` for max and ``0`` for average: neither changes the result, so the kernels skip
+    those taps instead of padding a copy; with floor rounding pixels no window reaches are
+    never read.
     """
 
     height: int
@@ -46,14 +47,6 @@ class PoolPlan:
         if self.out_h < 1 or self.out_w < 1:
             raise ValueError(f"pooling output would be {self.out_h}x{self.out_w}")
 
-    @property
-    def extent(self) -> tuple[int, int]:
-        """Padded height/width the windows span: (out-1)*stride + kernel."""
-        return (
-            (self.out_h - 1) * self.stride[0] + self.kernel[0],
-            (self.out_w - 1) * self.stride[1] + self.kernel[1],
-        )
-
     def divisor(self, count_include_pad: bool) -> numpy.ndarray:
         """(OH, OW) window sizes torch divides by (windows clipped to input + padding)."""
 
@@ -67,23 +60,13 @@ class PoolPlan:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
         return numpy.outer(sizes(self.out_h, kh, sh, ph, self.height), sizes(self.out_w, kw, sw, pw, self.width))
 
-    def padded(self, x: Array, fill: float) -> Array:
-        """``x`` placed in a ``fill``-valued canvas of size :attr:`extent` at offset pad."""
-        xp = array_module(x)
-        n, c, h, w = x.shape
-        eh, ew = self.extent
-        ph, pw = self.pad
-        if (ph, pw) == (0, 0) and eh <= h and ew <= w:
-            return x
-        canvas = xp.full((n, c, eh, ew), fill, dtype=x.dtype)
-        hh, ww = min(h, eh - ph), min(w, ew - pw)
-        canvas[:, :, ph : ph + hh, pw : pw + ww] = x[:, :, :hh, :ww]
-        return canvas
+    def taps(self) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
+        """The kernel taps as :func:`~alexdsl.backends.cupy.arrays.tap_windows` gives them.
 
-    def window(self, src: Array, i: int, j: int) -> Array:
-        """The (N, C, OH, OW) strided slice of kernel tap (i, j)."""
-        sh, sw = self.stride
-        return src[:, :, i : i + sh * (self.out_h - 1) + 1 : sh, j : j + sw * (self.out_w - 1) + 1 : sw]
+        Each tap reaches only the output pixels whose input pixel is inside the image, so
+        padding (``-inf`` for max, ``0`` for average) needs no padded copy: it never wins.
+        """
+        return tap_windows(self.height, self.width, self.out_h, self.out_w, self.kernel, self.stride, self.pad, (1, 1))
 
 
 def _pool_setup(
@@ -98,21 +81,47 @@ def _pool_setup(
     return xp, plan, out
 
 
+BLOCK_BYTES = 1 << 19  # input + output bytes per NumPy block of channels: a quarter of a core's L2
+
+
 def _combine_taps(
-    xp: ModuleType, plan: PoolPlan, src: Array, out: Array, combine: Callable[[Array, Array], None]
+    xp: ModuleType,
+    plan: PoolPlan,
+    x: Array,
+    out: Array,
+    combine: Callable[[Array, Array], None],
+    empty: float,
+    scale: Array | None = None,
 ) -> Array:
-    """``out`` = tap (0, 0) of the padded ``src``, then ``combine(out, tap)`` in place for every other tap."""
-    kh, kw = plan.kernel
+    """``out`` = every tap of ``x`` combined in place by ``combine(part, tap)``, then ``*= scale``.
+
+    One block of channel planes at a time, all taps while the block is in cache (on NumPy;
+    CuPy takes the whole batch as one block). The block starts as a tap that reaches every
+    output pixel, or as ``empty`` where none does; no padded copy of the input is made.
+    """
+    n, c, h, w = x.shape
+    planes, rows = x.reshape(n * c, h, w), out.reshape(n * c, plan.out_h, plan.out_w)
+    taps = plan.taps()
+    first = next((t for t in taps if (t[1], t[2]) == (slice(0, plan.out_h), slice(0, plan.out_w))), None)
+    per_block = n * c
+    if xp is numpy:
+        per_block = max(1, BLOCK_BYTES // ((h * w + plan.out_h * plan.out_w) * x.itemsize))
 
     def chunk(lo: int, hi: int) -> None:
-        part, block = out[lo:hi], src[lo:hi]
-        part[...] = plan.window(block, 0, 0)
-        for i in range(kh):
-            for j in range(kw):
-                if i or j:
-                    combine(part, plan.window(block, i, j))
+        for start in range(lo, hi, per_block):
+            src, dst = planes[start : min(hi, start + per_block)], rows[start : min(hi, start + per_block)]
+            if first is None:
+                dst.fill(empty)
+            else:
+                dst[...] = src[:, first[3], first[4]]
+            for tap in taps:
+                if tap is not first:
+                    _, out_rows, out_cols, in_rows, in_cols = tap
+                    combine(dst[:, out_rows, out_cols], src[:, in_rows, in_cols])
+            if scale is not None:
+                dst *= scale
 
-    parallel_for(xp, out.shape[0], src.size, chunk)
+    parallel_for(xp, n * c, x.size, chunk)
     return out
 
 
@@ -131,7 +140,7 @@ def max_pool2d(
     fused = cuda.fused_kernels(xp, x, out)
     if fused is not None:
         return fused.pool2d("max", plan, x, out)
-    return _combine_taps(xp, plan, plan.padded(x, -numpy.inf), out, lambda part, tap: xp.maximum(part, tap, out=part))
+    return _combine_taps(xp, plan, x, out, lambda part, tap: xp.maximum(part, tap, out=part), -numpy.inf)
 
 
 def avg_pool2d(
@@ -158,9 +167,7 @@ def avg_pool2d(
     fused = cuda.fused_kernels(xp, x, out, divisor)
     if fused is not None:
         return fused.pool2d("avg", plan, x, out, divisor)
-    _combine_taps(xp, plan, plan.padded(x, 0.0), out, lambda part, tap: xp.add(part, tap, out=part))
-    out *= divisor
-    return out
+    return _combine_taps(xp, plan, x, out, lambda part, tap: xp.add(part, tap, out=part), 0.0, divisor)
 
 
 def _adaptive_matrix(size: int, out: int) -> numpy.ndarray:

@@ -15,6 +15,7 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.elementwise`: activations and arithmetic;
 * :mod:`.channels`: concat, channel shuffle, softmax;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
+* :mod:`.resample`: padding, upsampling, reductions over axes.
 
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
@@ -106,6 +107,13 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     avg_pool2d,
     global_avg_pool2d,
     max_pool2d,
+)
+from alexdsl.backends.cupy.resample import (  # noqa: F401 - the runtime's names
+    bilinear_matrices,
+    pad2d,
+    reduce,
+    upsample_bilinear,
+    upsample_nearest,
 )
 from alexdsl.backends.cupy.tokens import (  # noqa: F401 - the runtime's names
     broadcast_batch,

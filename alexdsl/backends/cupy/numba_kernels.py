@@ -1,0 +1,177 @@
+"""CPU kernels compiled by Numba: the optional ``numba`` extra (``pip install -e '.[numba]'``).
+
+Importing this module imports Numba; the NumPy path asks :func:`alexdsl.backends.cupy.arrays.numba_kernels`
+for it, which imports it on first use and returns None without Numba (or with ``ALEXDSL_NUMBA=0``),
+and the kernels fall back to plain NumPy. Every kernel here releases the GIL (``nogil``), so
+:func:`~alexdsl.backends.cupy.arrays.parallel_for` runs slices of its work on several threads,
+and is compiled once per dtype, then cached on disk beside this file.
+
+``fastmath={"contract"}`` only lets LLVM fuse a multiply and an add into one FMA (one rounding
+instead of two); it allows no reordering. Indices are unsigned (``uintp``) so that Numba emits no
+negative-index wraparound, which would keep the inner loops from vectorising.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy
+from numba import uintp
+
+DTYPES = ("float32", "float64")  # what the kernels are compiled for; float16 stays on NumPy
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def depthwise_conv2d(
+    x: numpy.ndarray,
+    weight: numpy.ndarray,
+    bias: numpy.ndarray,
+    out: numpy.ndarray,
+    lo: int,
+    hi: int,
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    dilation: tuple[int, int],
+    relu: bool,
+) -> None:  # pragma: no cover - compiled; tests/test_depthwise.py checks it against torch
+    """Output planes ``lo..hi`` (of ``N * O``) of a depthwise convolution, with bias and ReLU.
+
+    ``x`` (N, C, H, W) and ``out`` (N, O, OH, OW) are C-contiguous, ``weight`` is (O, kh, kw),
+    ``bias`` is (O,) or empty; output channel ``o`` reads input channel ``o // (O / C)``.
+
+    Each input plane is split once into ``sh * sw`` zero-bordered phase planes (rows ``a::sh``
+    and columns ``b::sw`` of the padded plane), so that every kernel tap becomes one run of
+    ``OH * pitch`` consecutive multiply-adds over one phase plane, whatever the stride and
+    dilation: the run covers whole rows of ``pitch`` columns, of which the first ``OW`` are
+    kept. The accumulator row block stays in L1.
+    """
+    n, c, h, w = x.shape
+    o, kh, kw = weight.shape
+    multiplier = o // c
+    oh, ow = out.shape[2], out.shape[3]
+    (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
+    rows = (h + 2 * ph - 1) // sh + 2  # one spare row: the last tap's run ends in it
+    pitch = (w + 2 * pw + sw - 1) // sw
+    plane = rows * pitch
+    run = oh * pitch
+    phases = numpy.zeros(sh * sw * plane, x.dtype)  # borders are never written: they stay zero
+    acc = numpy.empty(run, out.dtype)
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    zero = out.dtype.type(0)
+    for p in range(lo, hi):
+        image, channel = p // o, p % o
+        if p == lo or channel % multiplier == 0:  # a new input channel: its phase planes
+            source = (image * c + channel // multiplier) * h * w
+            for a in range(sh):
+                for r in range(rows):
+                    y = r * sh + a - ph
+                    if y < 0 or y >= h:
+                        continue
+                    for b in range(sw):
+                        first = max(0, (pw - b + sw - 1) // sw)
+                        last = max(first, min(pitch, (w - 1 + pw - b) // sw + 1))
+                        to = uintp(((a * sw + b) * rows + r) * pitch)
+                        start = uintp(source + y * w + b - pw)
+                        for k in range(uintp(first), uintp(last)):
+                            phases[to + k] = flat_x[start + k * uintp(sw)]
+        start_value = bias[channel] if bias.size else zero
+        for q in range(uintp(run)):
+            acc[q] = start_value
+        for i in range(kh):
+            for j in range(kw):
+                tap = weight[channel, i, j]
+                phase = (i * dh) % sh * sw + (j * dw) % sw
+                base = uintp((phase * rows + (i * dh) // sh) * pitch + (j * dw) // sw)
+                for q in range(uintp(run)):
+                    acc[q] += tap * phases[base + q]
+        target = p * oh * ow
+        for r in range(oh):
+            row, to = uintp(r * pitch), uintp(target + r * ow)
+            if relu:
+                for k in range(uintp(ow)):
+                    value = acc[row + k]
+                    flat_out[to + k] = value if value > zero else zero
+            else:
+                for k in range(uintp(ow)):
+                    flat_out[to + k] = acc[row + k]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd_input(
+    x: numpy.ndarray, tiles: numpy.ndarray, lo: int, hi: int, pad: tuple[int, int], grid: tuple[int, int]
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(2x2, 3x3): ``B^T d B`` of every 4x4 input tile of channels ``lo..hi``.
+
+    ``x`` is (N, C, H, W); ``tiles`` is (16, C, N * TH * TW) for ``grid`` (TH, TW), tile ``(ty, tx)``
+    of image ``n`` reading padded rows ``2ty..2ty+3`` and columns ``2tx..2tx+3`` (zero outside the
+    image). A row of tiles is done at once, from four input rows, so the stores are contiguous.
+    """
+    n, c, h, w = x.shape
+    (ph, pw), (tiles_h, tiles_w) = pad, grid
+    pitch = 2 * tiles_w + 2
+    rows = numpy.zeros((4, pitch), x.dtype)
+    diff = numpy.empty((4, pitch), x.dtype)
+    zero = x.dtype.type(0)
+    for channel in range(lo, hi):
+        for image in range(n):
+            for ty in range(tiles_h):
+                for i in range(4):
+                    y = 2 * ty - ph + i
+                    for k in range(pitch):
+                        col = k - pw
+                        rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+                for k in range(pitch):  # B^T along the rows of the tile
+                    diff[0, k] = rows[0, k] - rows[2, k]
+                    diff[1, k] = rows[1, k] + rows[2, k]
+                    diff[2, k] = rows[2, k] - rows[1, k]
+                    diff[3, k] = rows[1, k] - rows[3, k]
+                first = (image * tiles_h + ty) * tiles_w
+                for i in range(4):  # B along its columns
+                    for tx in range(tiles_w):
+                        q = uintp(2 * tx)
+                        tiles[4 * i, channel, first + tx] = diff[i, q] - diff[i, q + 2]
+                        tiles[4 * i + 1, channel, first + tx] = diff[i, q + 1] + diff[i, q + 2]
+                        tiles[4 * i + 2, channel, first + tx] = diff[i, q + 2] - diff[i, q + 1]
+                        tiles[4 * i + 3, channel, first + tx] = diff[i, q + 1] - diff[i, q + 3]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd_output(
+    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(2x2, 3x3): ``A^T M A`` + bias (+ ReLU) of output channels ``lo..hi`` into ``out`` (N, O, OH, OW).
+
+    ``products`` is (16, O, N * TH * TW), the 16 GEMMs' results; the last tile row and column are
+    cropped where OH or OW is odd.
+    """
+    n, o, oh, ow = out.shape
+    tiles_h, tiles_w = (oh + 1) // 2, (ow + 1) // 2
+    zero = out.dtype.type(0)
+    m = products
+    for channel in range(lo, hi):
+        shift = bias[channel] if bias.size else zero
+        for image in range(n):
+            for ty in range(tiles_h):
+                for tx in range(tiles_w):
+                    t = (image * tiles_h + ty) * tiles_w + tx
+                    top0 = m[0, channel, t] + m[4, channel, t] + m[8, channel, t]
+                    top1 = m[1, channel, t] + m[5, channel, t] + m[9, channel, t]
+                    top2 = m[2, channel, t] + m[6, channel, t] + m[10, channel, t]
+                    top3 = m[3, channel, t] + m[7, channel, t] + m[11, channel, t]
+                    low0 = m[4, channel, t] - m[8, channel, t] - m[12, channel, t]
+                    low1 = m[5, channel, t] - m[9, channel, t] - m[13, channel, t]
+                    low2 = m[6, channel, t] - m[10, channel, t] - m[14, channel, t]
+                    low3 = m[7, channel, t] - m[11, channel, t] - m[15, channel, t]
+                    y00 = top0 + top1 + top2 + shift
+                    y01 = top1 - top2 - top3 + shift
+                    y10 = low0 + low1 + low2 + shift
+                    y11 = low1 - low2 - low3 + shift
+                    if relu:
+                        y00, y01, y10, y11 = max(y00, zero), max(y01, zero), max(y10, zero), max(y11, zero)
+                    y, col = 2 * ty, 2 * tx
+                    out[image, channel, y, col] = y00
+                    if col + 1 < ow:
+                        out[image, channel, y, col + 1] = y01
+                    if y + 1 < oh:
+                        out[image, channel, y + 1, col] = y10
+                        if col + 1 < ow:
+                            out[image, channel, y + 1, col + 1] = y11
