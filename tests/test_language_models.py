@@ -67,7 +67,7 @@ def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model:
     import torch
 
     import alexdsl.torch
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     hf, weights = _randomised(model)
     net = alexdsl.load(str(ROOT / "examples" / f"{model}.adsl"), input_shapes={"ids": (LENGTH,)})

@@ -47,7 +47,7 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _executor(network: alexdsl.Network, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     out = compile_executor(network, weights, device="cpu")(x)
     return np.asarray(out[0] if isinstance(out, tuple) else out)

@@ -19,7 +19,7 @@ import pytest
 from conftest import random_weights
 
 import alexdsl
-from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.backends.executor import compile as compile_executor
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.compare import random_feed
 from alexdsl.interop.onnx import export_onnx
