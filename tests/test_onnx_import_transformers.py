@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import alexdsl
-from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.backends.executor import compile as compile_executor
 from alexdsl.interop.onnx_import import import_onnx_source
 
 ort = pytest.importorskip("onnxruntime", reason="pip install onnxruntime to check the import against it")
