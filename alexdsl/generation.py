@@ -45,7 +45,7 @@ def _scorer(network: Network, weights: Mapping[str, numpy.ndarray], backend: str
                 return module(torch.from_numpy(ids)).numpy()
 
         return score
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     return compile_executor(network, weights, device="cpu")
 

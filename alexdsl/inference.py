@@ -40,7 +40,7 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
         raise AlexDSLError(f"error: alexdsl run feeds one input; {network.name} has "
                            f"{len(network.data_inputs)} ({', '.join(network.data_inputs)})")
     if backend == "cupy":
-        from alexdsl.backends.cupy import compile as compile_executor
+        from alexdsl.backends.executor import compile as compile_executor
 
         with warnings.catch_warnings(record=True) as caught, busy(f"compiling the executor of {network.name}"):
             warnings.simplefilter("always")
@@ -91,7 +91,7 @@ def make_predictor(network: Network, backend: str, weights: str | None = None, d
 
 def _why_not_cupy() -> str:
     """Why ``device="auto"`` chose NumPy: CuPy is missing (with how to install it), or it sees no GPU."""
-    from alexdsl.backends.cupy import arrays
+    from alexdsl.backends.executor import arrays
 
     if arrays.cupy_module is None:
         return f"CuPy was not found (for an NVIDIA GPU: {install_command('cupy')})"

@@ -8,7 +8,7 @@ untouched. On a GPU every clock read first waits for the device, so each stateme
 its own kernels.
 
 >>> import alexdsl, numpy
->>> from alexdsl.backends.cupy import compile as compile_executor
+>>> from alexdsl.backends.executor import compile as compile_executor
 >>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nc: conv(4, 3) | relu\\ng: global_avgpool | fc(5)\\n")
 >>> executor = compile_executor(net, device="cpu")
 >>> profile = Profile(net.name)

@@ -8,7 +8,7 @@
 
 Each layer is a 3x3 (or 5x5) depthwise conv with bias and a fused ReLU, float32, timed in
 one process on the same data: ``rt.conv2d`` (which sends depthwise convs to
-:mod:`alexdsl.backends.cupy.depthwise`), the same call forced through im2col + GEMM (the
+:mod:`alexdsl.backends.executor.depthwise`), the same call forced through im2col + GEMM (the
 path every depthwise conv took before), and ``torch.nn.functional.conv2d`` + ``relu_``.
 Ratios are direct / im2col and direct / torch in images per second (above 1: the direct
 kernel is faster).  ``--network`` times a whole network the same three ways instead: the
@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from executor import _blas_threads, _random_weights, _time_each, torch_forward  # noqa: E402
 
 import alexdsl  # noqa: E402
-from alexdsl.backends import cupy as backend  # noqa: E402
-from alexdsl.backends.cupy import runtime as rt  # noqa: E402
+from alexdsl.backends import executor as backend  # noqa: E402
+from alexdsl.backends.executor import runtime as rt  # noqa: E402
 
 # (channels, height, width, kernel, stride): MobileNetV2's depthwise layers (and one of EfficientNet-B0's 5x5)
 LAYERS = [

@@ -50,8 +50,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import alexdsl  # noqa: E402
-from alexdsl.backends import cupy as backend  # noqa: E402
-from alexdsl.backends.cupy.executor import cuda_available  # noqa: E402
+from alexdsl.backends import executor as backend  # noqa: E402
+from alexdsl.backends.executor.executor import cuda_available  # noqa: E402
 from alexdsl.backends.torch import build  # noqa: E402
 
 

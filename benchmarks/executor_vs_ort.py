@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from executor import _random_weights, _time_each, torch_forward  # noqa: E402 - the shared timing and weights
 
 import alexdsl  # noqa: E402
-from alexdsl.backends import cupy as backend  # noqa: E402
+from alexdsl.backends import executor as backend  # noqa: E402
 from alexdsl.fileio import write_text_atomic  # noqa: E402
 from alexdsl.interop.onnx import export_onnx  # noqa: E402
 from alexdsl.profiling import Profile, profile_executor  # noqa: E402

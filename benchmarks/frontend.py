@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import alexdsl
-from alexdsl.backends.cupy import codegen, load_source
+from alexdsl.backends.executor import codegen, load_source
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compile_scaling import generate  # noqa: E402

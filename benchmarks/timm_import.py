@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from onnx_models import export, randomise  # noqa: E402
 
-from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
+from alexdsl.backends.executor import compile as compile_executor  # noqa: E402
 from alexdsl.errors import AlexDSLError  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from onnx_models import TORCHVISION, TORCHVISION_MORE, export, randomise  # noqa: E402
 
-from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
+from alexdsl.backends.executor import compile as compile_executor  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 
 MODELS = {**TORCHVISION, **TORCHVISION_MORE}

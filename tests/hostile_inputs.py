@@ -184,7 +184,7 @@ def child(body: str) -> str:
 def weights_check(path: Path, how: str = "executor") -> str:
     """A child that loads ``path`` for LeNet through the executor, torch or the CLI's reader."""
     body = {
-        "executor": f"import alexdsl\nfrom alexdsl.backends import cupy\n"
+        "executor": f"import alexdsl\nfrom alexdsl.backends import executor\n"
                     f"cupy.compile(alexdsl.load({str(LENET)!r}), {str(path)!r}, device='cpu')",
         "torch": f"import alexdsl, alexdsl.torch\nm = alexdsl.torch.build(alexdsl.load({str(LENET)!r}))\n"
                  f"alexdsl.torch.load_weights(m, {str(path)!r})",

@@ -82,7 +82,7 @@ def test_sdpa_heads_is_keyword_only_and_scale_defaults_to_none_through_ir_json()
 def _run_every_backend(net: alexdsl.Network, weights: dict[str, np.ndarray], feeds: list[np.ndarray],
                        expected: np.ndarray) -> None:
     """The torch module, the NumPy executor and ONNX Runtime (when installed) each compute ``expected``."""
-    from alexdsl.backends import cupy as executor
+    from alexdsl.backends import executor
     from alexdsl.backends import torch as backend
 
     module = backend.build(net).eval()
@@ -230,7 +230,7 @@ def test_causal_sdpa_is_torchs(lq: int, lk: int, scale: float | None, extra: boo
 
 def test_the_executor_keeps_attention_in_the_memory_plan() -> None:
     """Token tensors go to planned buffers like image tensors; the scores are the kernel's own temporary."""
-    from alexdsl.backends.cupy.codegen import lower
+    from alexdsl.backends.executor.codegen import lower
 
     net = _net("input x: 16x64\na: attention(4)\nb: attention(4)\nc: sdpa(a, b, b, heads=2)\n")
     low = lower(net)

@@ -141,7 +141,7 @@ def test_every_backend_adds_the_bias_and_the_mask() -> None:
 def test_the_index_is_generated_without_weights_and_loaded_from_torchvisions_int64(tmp_path) -> None:
     """No weights: each backend computes the index. A file torch saved (int64 index, its state_dict) loads into the
     torch module and the executor; so does a dict holding it; another integer key is still refused."""
-    from alexdsl.backends import cupy as executor
+    from alexdsl.backends import executor
     from alexdsl.backends import torch as backend
     from alexdsl.errors import AlexDSLError
     from alexdsl.interop.onnx import initial_weights

@@ -410,7 +410,7 @@ def test_every_missing_package_error_gives_a_command_that_installs_it(case: str,
 
 
 def test_run_on_cuda_without_cupy_gives_a_command_that_installs_it(monkeypatch) -> None:
-    from alexdsl.backends.cupy import executor
+    from alexdsl.backends.executor import executor
     from alexdsl.extras import install_command
 
     monkeypatch.setattr(executor, "cupy_module", None)  # as in an install without the cupy extra
@@ -447,7 +447,7 @@ def test_outside_a_checkout_the_install_command_names_the_extras_requirements(mo
 @pytest.mark.parametrize(("cupy_found", "reason"), [(True, "CuPy finds no usable CUDA GPU"),
                                                      (False, "CuPy was not found (for an NVIDIA GPU: pip install")])
 def test_the_cupy_backend_says_once_when_numpy_runs_instead(cupy_found: bool, reason: str, monkeypatch) -> None:
-    from alexdsl.backends.cupy import arrays, executor
+    from alexdsl.backends.executor import arrays, executor
 
     monkeypatch.setattr(executor, "cuda_available", lambda: False)
     if not cupy_found:

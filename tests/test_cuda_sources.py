@@ -1,4 +1,4 @@
-"""The optional fused CUDA kernels (alexdsl/backends/cupy/cuda.py) without a GPU.
+"""The optional fused CUDA kernels (alexdsl/backends/executor/cuda.py) without a GPU.
 
 * NVRTC compiles every source, as CuPy would (skips where NVRTC cannot be loaded; it
   comes with ``nvidia-cuda-nvrtc-cu12``).
@@ -24,9 +24,9 @@ import pytest
 from test_kernels import CONV_CASES, POOL_CASES, rand  # the kernel tests' parameter sweeps
 
 import alexdsl
-from alexdsl.backends import cupy as backend
-from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy import runtime as rt
+from alexdsl.backends import executor as backend
+from alexdsl.backends.executor import cuda
+from alexdsl.backends.executor import runtime as rt
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,4 +1,4 @@
-"""Depthwise convolution (alexdsl/backends/cupy/depthwise.py and its CUDA kernel) against torch.
+"""Depthwise convolution (alexdsl/backends/executor/depthwise.py and its CUDA kernel) against torch.
 
 * the NumPy path (blocked columns + one matmul per block), the whole-batch per-tap path CuPy
   runs, and ``rt.conv2d``'s dispatch to them, over a sweep of kernels, strides, paddings,
@@ -21,9 +21,9 @@ from test_cuda_sources import TOL, host_kernels, on_host  # noqa: F401 - fixture
 from test_executor import assert_close, torch_module, torch_reference
 
 import alexdsl
-from alexdsl.backends import cupy as backend
-from alexdsl.backends.cupy import arrays, cuda, depthwise
-from alexdsl.backends.cupy import runtime as rt
+from alexdsl.backends import executor as backend
+from alexdsl.backends.executor import arrays, cuda, depthwise
+from alexdsl.backends.executor import runtime as rt
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

@@ -177,7 +177,7 @@ EXCERPTS = [(doc, line, code) for doc, line, code in blocks("py") if GENERATED.m
 
 @pytest.mark.parametrize(("doc", "line", "code"), EXCERPTS, ids=ids(EXCERPTS))
 def test_generated_code_excerpts_are_current(doc: str, line: int, code: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from alexdsl.backends.cupy import generate_source as cupy_source
+    from alexdsl.backends.executor import generate_source as cupy_source
     from alexdsl.backends.torch import generate_source as torch_source
 
     monkeypatch.chdir(ROOT)  # the header names the source file as given

@@ -55,7 +55,7 @@ def test_torch_module_has_torchvisions_state_dict(example: str) -> None:
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_numpy_executor_agrees_with_the_torch_module(example: str) -> None:
     pytest.importorskip("torch")
-    from alexdsl.backends import cupy as executor_backend
+    from alexdsl.backends import executor as executor_backend
 
     network = load(example, SMALL)
     weights = random_weights(network)

@@ -187,7 +187,7 @@ def _torchvision_model(example: str, torch, torchvision):  # noqa: ANN001, ANN20
 def test_outputs_equal_torchvisions_with_its_weights_on_torch_and_the_executor(example: str) -> None:
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
-    from alexdsl.backends import cupy
+    from alexdsl.backends import executor as numpy_executor
     from alexdsl.backends.torch import build
 
     reference = _torchvision_model(example, torch, torchvision)
@@ -205,7 +205,7 @@ def test_outputs_equal_torchvisions_with_its_weights_on_torch_and_the_executor(e
     scale = float(want.abs().max())
     relative = float((got - want).abs().max()) / scale
     weights = {key: value.numpy() for key, value in state.items() if not key.endswith("num_batches_tracked")}
-    executor = cupy.compile(net, weights, device="cpu")
+    executor = numpy_executor.compile(net, weights, device="cpu")
     result = executor(x.numpy())
     executed = np.asarray(result[0] if isinstance(result, tuple) else result)
     executor_relative = float(np.abs(executed - want.numpy()).max()) / scale

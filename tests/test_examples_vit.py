@@ -104,7 +104,7 @@ def test_torch_backend_equals_torchvision(torchvision_and_ours) -> None:  # noqa
 
 @pytest.mark.slow  # the executor's 86M-parameter network on two images: 12 s at a load of 8
 def test_numpy_executor_equals_torchvision(torchvision_and_ours) -> None:  # noqa: ANN001 - a fixture
-    from alexdsl.backends import cupy as backend
+    from alexdsl.backends import executor as backend
 
     _, network, state, x, want = torchvision_and_ours
     executor = backend.compile(network, state, device="cpu")
@@ -180,7 +180,7 @@ def test_small_vit_reaches_ninety_percent_on_the_digits(tmp_path) -> None:
         pytest.importorskip(module)
     import torch
 
-    from alexdsl.backends import cupy as backend
+    from alexdsl.backends import executor as backend
     from alexdsl.backends.torch.train import train
     from alexdsl.data import digits
 

@@ -13,9 +13,9 @@ import pytest
 from conftest import random_weights
 
 import alexdsl
-from alexdsl.backends import cupy as backend
-from alexdsl.backends.cupy import arrays, codegen, executor
-from alexdsl.backends.cupy.memory import Value, plan_memory
+from alexdsl.backends import executor as backend
+from alexdsl.backends.executor import arrays, codegen, executor
+from alexdsl.backends.executor.memory import Value, plan_memory
 from alexdsl.errors import AlexDSLError
 from alexdsl.extras import install_command
 from alexdsl.ir.network import Layer, Network, ParamSpec, graph_of
@@ -503,7 +503,7 @@ def test_load_source_registers_for_tracebacks() -> None:
 def test_written_module_imports_and_runs(tmp_path: Path) -> None:
     import importlib.util
 
-    from alexdsl.backends.cupy.module_file import write_executor_module
+    from alexdsl.backends.executor.module_file import write_executor_module
 
     net, weights, ex = compiled(EXAMPLES / "lenet.adsl")
     path = write_executor_module(net, tmp_path / "lenet_cupy.py")
@@ -652,7 +652,7 @@ def test_weights_of_train_only_layers_are_accepted_and_ignored() -> None:
 def test_float16_module_default_dtype(tmp_path: Path) -> None:
     import importlib.util
 
-    from alexdsl.backends.cupy.module_file import write_executor_module
+    from alexdsl.backends.executor.module_file import write_executor_module
 
     net, weights, ex32 = compiled(EXAMPLES / "lenet.adsl")
     path = write_executor_module(net, tmp_path / "lenet16.py", dtype="float16")
@@ -680,3 +680,28 @@ def test_generated_header_sizes_follow_the_dtype() -> None:
         assert f"Activations per sample ({dtype})" in head
         sizes[dtype] = [float(x) for x in re.findall(r"([0-9.]+) MiB", head)]
     assert sizes["float16"] == pytest.approx([s / 2 for s in sizes["float32"]], abs=0.01)
+
+
+def test_a_module_generated_before_the_rename_still_runs(tmp_path: Path) -> None:
+    """Generated modules once imported ``alexdsl.backends.cupy.runtime``: in a fresh process, that name is the
+    executor's runtime module itself, and such a module runs."""
+    import sys
+
+    net = alexdsl.parse("network Old\ninput x: 3x8x8\nc: conv(4, 3) | relu\n")
+    low = codegen.lower(net)
+    source = backend._emit(low, "float32")
+    assert "from alexdsl.backends.executor import runtime as rt" in source
+    path = tmp_path / "old_module.py"
+    path.write_text(source.replace("alexdsl.backends.executor", "alexdsl.backends.cupy"), encoding="utf-8")
+    script = (
+        "import importlib.util, numpy as np\n"
+        f"spec = importlib.util.spec_from_file_location('old_module', {str(path)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "import alexdsl.backends.executor.runtime as runtime\n"
+        "assert module.rt is runtime\n"
+        f"out = module.{low.class_name}(None, device='cpu')(np.ones((2, 3, 8, 8), np.float32))\n"
+        "print(np.asarray(out[0] if isinstance(out, tuple) else out).shape)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 4, 6, 6)"

@@ -22,7 +22,7 @@ from click.testing import CliRunner, Result
 from conftest import EXAMPLES
 
 import alexdsl
-from alexdsl.backends import cupy as executor_backend
+from alexdsl.backends import executor as executor_backend
 from alexdsl.cli import main
 from alexdsl.errors import AlexDSLError
 from alexdsl.fileio import output_target, write_text_atomic

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import EXAMPLES
 
 import alexdsl
-from alexdsl.backends.cupy.codegen import generate_source as cupy_source
+from alexdsl.backends.executor.codegen import generate_source as cupy_source
 from alexdsl.backends.torch.codegen import generate_source as torch_source
 from alexdsl.cli import main
 from alexdsl.errors import AlexDSLError

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from alexdsl.backends.cupy import runtime as rt  # noqa: E402
+from alexdsl.backends.executor import runtime as rt  # noqa: E402
 from alexdsl.shape_math import pool_output_size  # noqa: E402
 
 RTOL = ATOL = 1e-4
@@ -98,7 +98,7 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, monk
     """3x3 stride-1 convs take Winograd F(2x2, 3x3) on NumPy where Numba is installed: in chunks of
     one image here (so the chunks also run on two threads), with bias and ReLU or neither."""
     pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
-    from alexdsl.backends.cupy import arrays, conv
+    from alexdsl.backends.executor import arrays, conv
 
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
@@ -124,7 +124,7 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, monk
 def test_winograd_only_where_it_pays(monkeypatch) -> None:  # noqa: ANN001
     """Too few tiles (ResNet's 7x7 maps at batch 1), another kernel or stride, a layout asked for by name,
     no Numba, or ALEXDSL_NUMBA=0: im2col + GEMM."""
-    from alexdsl.backends.cupy import conv
+    from alexdsl.backends.executor import conv
 
     monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a: pytest.fail("Winograd taken"))
     x, wt = rand(1, 8, 7, 7), rand(8, 8, 3, 3, seed=1)
@@ -255,7 +255,7 @@ def test_pool_with_plan_and_out() -> None:
 def test_pool_in_blocks_of_channels(threads: str, monkeypatch) -> None:  # noqa: ANN001
     """NumPy pools a few channel planes at a time (cache-sized blocks, spread over threads): blocks
     of 3 planes over 2x5 planes, so block edges fall inside an image and between images."""
-    from alexdsl.backends.cupy import arrays, pool
+    from alexdsl.backends.executor import arrays, pool
 
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
@@ -443,9 +443,9 @@ def test_linear_with_pretransposed_weight() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fused_cuda_kernels_match_xp_reference(dtype: str, monkeypatch) -> None:  # noqa: ANN001
-    """Each RawKernel of alexdsl/backends/cupy/cuda.py against the portable xp code on the same GPU."""
+    """Each RawKernel of alexdsl/backends/executor/cuda.py against the portable xp code on the same GPU."""
     cp = pytest.importorskip("cupy")
-    from alexdsl.backends.cupy import cuda
+    from alexdsl.backends.executor import cuda
 
     tol = {"rtol": RTOL, "atol": ATOL} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-10}
     monkeypatch.setenv("ALEXDSL_CUDA_KERNELS", "0")  # the xp reference
@@ -495,7 +495,7 @@ def test_fused_cuda_kernels_match_xp_reference(dtype: str, monkeypatch) -> None:
 
 
 def test_cuda_kernels_are_off_without_the_switch(monkeypatch) -> None:  # noqa: ANN001
-    from alexdsl.backends.cupy import cuda
+    from alexdsl.backends.executor import cuda
 
     monkeypatch.delenv("ALEXDSL_CUDA_KERNELS", raising=False)
     assert not cuda.enabled()

@@ -87,7 +87,7 @@ def test_rope_is_hugging_faces_rotate_half_and_positions_are_per_token() -> None
 
 
 def test_the_executor_takes_integer_ids_and_refuses_others() -> None:
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     net = alexdsl.parse(TINY, "tiny.adsl")
     weights = random_weights(net, seed=0)
@@ -145,7 +145,7 @@ def test_a_wrong_tie_is_a_located_error(tied: str, message: str) -> None:
 
 def test_repeat_kv_repeats_each_key_value_head_for_its_group_of_query_heads() -> None:
     """Query heads 0..2 read key/value head 0 and 3..5 head 1, as Hugging Face's repeat_kv."""
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     net = alexdsl.parse("network K\ninput x: 2x4\nkv: x -> repeat_kv(2, groups=3)\n", "k.adsl")
     assert net.shapes["kv"] == (2, 12)
@@ -159,7 +159,7 @@ def test_repeat_kv_repeats_each_key_value_head_for_its_group_of_query_heads() ->
 def test_the_torch_module_takes_sequences_shorter_than_the_declared_length() -> None:
     """A tokens input's length is the longest; the torch module runs any shorter sequence, the same as a network
     declared at that length (the executor and ONNX are compiled for one length: --input ids=L)."""
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     net = alexdsl.parse(TINY, "tiny.adsl")
     weights = random_weights(net, seed=5)

@@ -67,7 +67,7 @@ def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model:
     import torch
 
     import alexdsl.torch
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     hf, weights = _randomised(model)
     net = alexdsl.load(str(ROOT / "examples" / f"{model}.adsl"), input_shapes={"ids": (LENGTH,)})
@@ -84,20 +84,45 @@ def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model:
     assert all(error < RELATIVE for error in errors.values()), errors
 
 
-@pytest.mark.parametrize("backend", ["cupy", "torch"])
-def test_greedy_generation_equals_hugging_faces_generate(backend: str) -> None:
+@pytest.mark.parametrize(("model", "backend"), [("llama_tiny", "cupy"), ("llama_tiny", "torch"),
+                                                pytest.param("gpt2", "cupy", marks=pytest.mark.slow)])
+def test_greedy_generation_equals_hugging_faces_generate(model: str, backend: str) -> None:
     import torch
 
     from alexdsl.generation import generate
 
-    hf, weights = _randomised("llama_tiny")
+    hf, weights = _randomised(model)
     hf.generation_config.eos_token_id = None  # random weights: generate every token asked for
     hf.generation_config.pad_token_id = 0
     prompt = [15, 11, 99, 3]
     with torch.no_grad():
         want = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0].tolist()
-    path = str(ROOT / "examples" / "llama_tiny.adsl")
+    path = str(ROOT / "examples" / f"{model}.adsl")
     net = alexdsl.load(path)
     got = generate(net, weights, prompt, 10, backend=backend,
                    rebuild=lambda length: alexdsl.load(path, input_shapes={"ids": (length,)}))
     assert got == want
+
+
+@pytest.mark.parametrize("model", ["llama_tiny", pytest.param("gpt2", marks=pytest.mark.slow)])
+def test_onnx_export_agrees_with_the_torch_backend(model: str) -> None:
+    """The whole network (no key/value cache) through ONNX Runtime, at a short sequence."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from conftest import random_weights
+
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.load(str(ROOT / "examples" / f"{model}.adsl"), input_shapes={"ids": (LENGTH,)})
+    rows = compare(net, ["torch", "onnx"], weights=random_weights(net, seed=1), batch=1, seed=0, layers=["lm_head"])
+    (row,) = rows
+    assert row.diffs["onnx"] is not None and row.diffs["onnx"][1] < RELATIVE, row.diffs
+
+
+def test_a_model_past_onnxs_two_gib_is_refused_before_any_weight_is_drawn() -> None:
+    pytest.importorskip("onnx")
+    from alexdsl.errors import AlexDSLError
+    from alexdsl.interop.onnx import export_onnx
+
+    with pytest.raises(AlexDSLError, match=r"weights take 4\.6 GiB as float32, more than the 2 GiB an ONNX model"):
+        export_onnx(alexdsl.load(str(ROOT / "examples" / "llama.adsl"), input_shapes={"ids": (LENGTH,)}))

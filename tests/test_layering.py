@@ -15,7 +15,7 @@ from conftest import EXAMPLES, ROOT
 from alexdsl.extras import install_command
 
 PACKAGE = ROOT / "alexdsl"
-NUMPY_PATH = ("backends/cupy", "ir", "ops", "passes", "syntax")
+NUMPY_PATH = ("backends/executor", "ir", "ops", "passes", "syntax")
 OPTIONAL = ("torch", "torchvision", "onnx", "onnxruntime", "pygls", "lsprotocol", "cupy")
 
 
@@ -119,11 +119,11 @@ def test_ir_and_passes_do_not_import_each_other_at_import_time() -> None:
 
 def test_the_cuda_kernels_do_not_import_the_runtime() -> None:
     """The runtime's modules reach the fused kernels (cuda.fused_kernels), never the other way round."""
-    cupy_backend = _modules("backends/cupy")
+    cupy_backend = _modules("backends/executor")
     kernels = [path for path in cupy_backend if path.stem in ("cuda", "depthwise", "arrays")]
     assert len(kernels) == 3
-    assert _module_imports(kernels, "alexdsl.backends.cupy.runtime") == []
-    assert _module_imports(cupy_backend, "alexdsl.backends.cupy.arrays")  # the kernel modules do use it
+    assert _module_imports(kernels, "alexdsl.backends.executor.runtime") == []
+    assert _module_imports(cupy_backend, "alexdsl.backends.executor.arrays")  # the kernel modules do use it
 
 
 # The import graph, counting imports made anywhere (inside functions too) ------------------------------------
@@ -136,7 +136,7 @@ JUSTIFIED_MODULE_CYCLES = {
     frozenset({"alexdsl.ops.registry", *OP_FAMILIES}):
         "inside ops: the families register into the registry at import, and the registry imports the built-in "
         "families on its first lookup (registry._load_families), so a plugin can import the registry alone",
-    frozenset({"alexdsl.backends.cupy.conv", "alexdsl.backends.cupy.depthwise"}):
+    frozenset({"alexdsl.backends.executor.conv", "alexdsl.backends.executor.depthwise"}):
         "inside one backend: conv2d hands a depthwise plan to depthwise_conv2d, which builds a ConvPlan when "
         "called without one",
 }
@@ -231,10 +231,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 def test_the_graph_walk_sees_function_level_and_relative_imports_but_not_type_checking_ones() -> None:
     graph = _module_graph()
     assert graph["alexdsl.backends.torch.train"]["alexdsl.backends.torch.codegen"] > 1  # inside _build_model
-    assert "alexdsl.backends.cupy.conv" not in graph["alexdsl.backends.cupy.cuda"]  # only under TYPE_CHECKING
+    assert "alexdsl.backends.executor.conv" not in graph["alexdsl.backends.executor.cuda"]  # only under TYPE_CHECKING
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [frozenset("abc")]
     assert _package("alexdsl.ops.conv") == "alexdsl.ops" and _package("alexdsl.fmt") == "alexdsl.fmt"
-    assert _package("alexdsl.backends.cupy.runtime") == "alexdsl.backends.cupy"
+    assert _package("alexdsl.backends.executor.runtime") == "alexdsl.backends.executor"
 
 
 def test_the_ops_import_no_backend() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from alexdsl.backends.cupy.codegen import ExecutorCodegenContext
+from alexdsl.backends.executor.codegen import ExecutorCodegenContext
 from alexdsl.backends.torch.codegen import TorchCodegenContext
 from alexdsl.interop.caffe import CaffeImporter, Message, Scalar
 from alexdsl.interop.caffe_export import CaffeLayerContext

@@ -137,7 +137,8 @@ async def test_examples_open_without_errors_and_with_a_hint_per_top_level_statem
     uri = open_document(client, text, example)
     found = await hints(client, uri, text)
     network = build_network(text, example)
-    assert [d.message for d in client.diagnostics[uri]] == [w.message for w in network.warnings]
+    # a diagnostic's message goes on with its hint (Llama-3.2-1B's memory warnings have one)
+    assert [d.message.split("\n")[0] for d in client.diagnostics[uri]] == [w.message for w in network.warnings]
     layer_lines = [i for i, line in enumerate(text.splitlines()) if re.match(r"[A-Za-z_][\w.]*\s*:", line)]
     assert layer_lines and all(line in found for line in layer_lines)
 

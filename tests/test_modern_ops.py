@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import alexdsl
-from alexdsl.backends import cupy as executor_backend
-from alexdsl.backends.cupy import codegen
+from alexdsl.backends import executor as executor_backend
+from alexdsl.backends.executor import codegen
 from alexdsl.errors import AlexDSLError
 
 torch = pytest.importorskip("torch")

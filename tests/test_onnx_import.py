@@ -47,7 +47,7 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _executor(network: alexdsl.Network, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     out = compile_executor(network, weights, device="cpu")(x)
     return np.asarray(out[0] if isinstance(out, tuple) else out)
@@ -328,7 +328,11 @@ def test_a_node_with_too_few_inputs_is_an_error_naming_it(tmp_path: Path, op: st
 
 
 # every example: export, then import ---------------------------------------------------------------------
-EXAMPLES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.adsl"))
+# The language models export (tests/test_language_models.py), but no op imports positions, rmsnorm, rope or unembed
+# yet: tests/test_onnx_import_ops.py checks that their import is refused.
+LANGUAGE_MODELS = {"gpt2.adsl", "llama.adsl", "llama_tiny.adsl"}
+EXAMPLES = sorted(p.name for p in (Path(__file__).resolve().parent.parent / "examples").glob("*.adsl")
+                  if p.name not in LANGUAGE_MODELS)
 LARGE = {"alexnet.adsl", "alexnet_torchvision.adsl", "vgg16.adsl"}  # 61M-138M parameters
 
 

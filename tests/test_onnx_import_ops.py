@@ -19,7 +19,7 @@ import pytest
 from conftest import random_weights
 
 import alexdsl
-from alexdsl.backends.cupy import compile as compile_executor
+from alexdsl.backends.executor import compile as compile_executor
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.compare import random_feed
 from alexdsl.interop.onnx import export_onnx
@@ -124,8 +124,9 @@ def test_the_ops_without_an_onnx_lowering_are_the_loss_and_the_metric() -> None:
 
 
 NOT_IMPORTED_YET = {
-    "param": "an initializer read through Expand to the batch: no op imports it yet",
-    "rearrange": "Reshape -> Transpose -> Reshape: imports as reshape and permute layers, not as one rearrange",
+    "param": "imported where an Add or Concat reads it (test_onnx_import_transformers.py); a model's output "
+             "that is a constant is refused",
+    "rearrange": "Reshape -> Transpose -> Reshape: imports as one rearrange, its axes named by the importer",
     "roll": "pairs of Slices joined by a Concat: no op imports them yet",
     **{name: "its import is still to be written (issue 19): refused, node by node, with a located error"
        for name in ("attention", "relative_position_bias", "sdpa", "window_mask")},
@@ -159,6 +160,14 @@ def test_every_op_imports_back_from_its_export(op, tmp_path: Path) -> None:
         _imports_equivalently_or_refuses(_contract_network(op, data=DATA), tmp_path)
     else:
         _round_trip(_contract_network(op, data=DATA), tmp_path)
+
+
+def test_rearrange_imports_back_as_one_rearrange(tmp_path: Path) -> None:
+    network = _contract_network(lookup("rearrange"), data=DATA)
+    path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
+    layer = import_onnx_source(path, readable=False).network.layer("patches")
+    assert (layer.op, layer.attrs["pattern"], layer.attrs["sizes"]) == (
+        "rearrange", "c (h1 h2) (w1 w2) -> (h1 w1) (h2 w2 c)", (("h2", 4), ("w2", 4)))
 
 
 @pytest.mark.parametrize("name", ["attention", "relative_position_bias", "sdpa", "window_mask"])

@@ -24,7 +24,7 @@ import onnx  # noqa: E402
 import onnx_models  # noqa: E402 - needs torch
 
 import alexdsl  # noqa: E402
-from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
+from alexdsl.backends.executor import compile as compile_executor  # noqa: E402
 from alexdsl.backends.torch.codegen import build  # noqa: E402
 from alexdsl.errors import AlexDSLError  # noqa: E402
 from alexdsl.fmt import format_source  # noqa: E402

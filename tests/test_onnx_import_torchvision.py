@@ -25,7 +25,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx_models import TORCHVISION, export, randomise, sample_input  # noqa: E402 - needs torch
 
 import alexdsl  # noqa: E402
-from alexdsl.backends.cupy import compile as compile_executor  # noqa: E402
+from alexdsl.backends.executor import compile as compile_executor  # noqa: E402
 from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 
 MODELS = TORCHVISION

@@ -122,7 +122,7 @@ def test_parameter_shapes_match_torch_modules() -> None:
 @pytest.mark.parametrize("op", all_ops(), ids=lambda op: op.name)
 def test_every_backend_lowers_every_op(op) -> None:
     """Adding an op to the registry without a lowering in each backend fails here."""
-    from alexdsl.backends.cupy.codegen import generate_source as cupy_source
+    from alexdsl.backends.executor.codegen import generate_source as cupy_source
     from alexdsl.backends.torch.codegen import generate_source as torch_source
     from alexdsl.errors import AlexDSLError
     from alexdsl.interop.onnx import export_onnx
@@ -271,7 +271,7 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
     """The executor's float32 kernel (alone, and after a conv whose 1x1 weight 1 passes its input through exactly,
     in the conv's epilogue where the op is one) over extreme inputs, with random arguments, against the op's
     reference in float64."""
-    from alexdsl.backends import cupy as executor
+    from alexdsl.backends import executor
 
     x = _extreme_inputs()
     for seed in range(3):
@@ -303,7 +303,7 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
 # A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------
 
 SOFTSIGN_PLUGIN = '''
-from alexdsl.backends.cupy.runtime import array_module
+from alexdsl.backends.executor.runtime import array_module
 from alexdsl.ops.from_onnx import unary
 from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern, TorchLowering
 from alexdsl.ops.registry import OpDef, register
@@ -336,7 +336,7 @@ def test_a_plugin_elementwise_op_is_fused_exported_imported_and_highlighted(tmp_
     pytest.importorskip("onnxruntime")
     from pygments.token import Name
 
-    from alexdsl.backends.cupy.codegen import generate_source, lower
+    from alexdsl.backends.executor.codegen import generate_source, lower
     from alexdsl.highlight import AlexDSLLexer, textmate_grammar
     from alexdsl.interop.compare import compare
     from alexdsl.interop.onnx import export_onnx

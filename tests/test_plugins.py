@@ -60,7 +60,7 @@ def test_every_backend_computes_the_plugin_op(tmp_path: Path) -> None:
 def test_plugin_values_match_the_formula() -> None:
     torch = pytest.importorskip("torch")
     load_plugins([PLUGIN])
-    from alexdsl.backends.cupy import compile as compile_network
+    from alexdsl.backends.executor import compile as compile_network
     from alexdsl.torch import build
 
     net = alexdsl.parse("network P\ninput x: 3x5x5\ny: scaled_tanh(a=1.5, b=0.25)\n")
@@ -114,7 +114,7 @@ def test_a_lowering_the_plugin_lacks_is_a_located_error(tmp_path: Path) -> None:
     registry.register(dataclasses.replace(op, lower=dataclasses.replace(op.lower, executor=None, torch=None)),
                       override=True)
     net = alexdsl.load(LENET5)
-    from alexdsl.backends.cupy.codegen import generate_source as cupy_source
+    from alexdsl.backends.executor.codegen import generate_source as cupy_source
     from alexdsl.backends.torch.codegen import generate_source as torch_source
 
     for generate, backend in ((cupy_source, "cupy"), (torch_source, "torch")):
@@ -206,7 +206,7 @@ def test_a_plugin_op_with_weights_computes_its_formula_everywhere(tmp_path: Path
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnx")
     load_plugins([DYT])
-    from alexdsl.backends.cupy import compile as compile_network
+    from alexdsl.backends.executor import compile as compile_network
     from alexdsl.interop.onnx import export_onnx
     from alexdsl.interop.onnx_import import import_onnx
     from alexdsl.torch import build, load_weights

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from conftest import EXAMPLES
 
 import alexdsl
-from alexdsl.backends.cupy import compile as compile_executor
-from alexdsl.backends.cupy.codegen import generate_source
+from alexdsl.backends.executor import compile as compile_executor
+from alexdsl.backends.executor.codegen import generate_source
 from alexdsl.cli import main
 from alexdsl.profiling import Profile, profile_executor, profile_torch_module
 

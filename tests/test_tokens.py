@@ -283,7 +283,7 @@ def test_torchs_export_of_a_token_block_imports_as_linear_layernorm_and_softmax(
         ("layernorm", -1), ("linear", None), ("softmax", -1)]
     assert sorted(imported.weights) == sorted(module.state_dict())
     x = torch.randn(2, 5, 8)
-    from alexdsl.backends.cupy import compile as compile_executor
+    from alexdsl.backends.executor import compile as compile_executor
 
     got = compile_executor(imported.network, imported.weights, device="cpu")(x.numpy())
     np.testing.assert_allclose(np.asarray(got), module(x).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -41,8 +41,8 @@ def compile_command(file: str, backend: str, output: str | None, dtype: str, inp
                                f"float32 (convert it after building: module.to(torch.{dtype}))")
         path = write_torch_module(network, output)
     else:
-        from alexdsl.backends.cupy import summary
-        from alexdsl.backends.cupy.module_file import write_executor_module
+        from alexdsl.backends.executor import summary
+        from alexdsl.backends.executor.module_file import write_executor_module
 
         path = write_executor_module(network, output, dtype=dtype)
         click.echo(summary(network, dtype=dtype))

@@ -6,7 +6,7 @@ magnitude are reported. Backends:
 
 ``reference``  the torch.nn.functional interpreter of :mod:`alexdsl.interop.reference`
 ``torch``      the generated nn.Module of :mod:`alexdsl.backends.torch`
-``cupy``       the generated executor of :mod:`alexdsl.backends.cupy` (``device="cpu"`` unless CUDA)
+``cupy``       the generated executor of :mod:`alexdsl.backends.executor` (``device="cpu"`` unless CUDA)
 ``onnx``       the ONNX export run by onnxruntime
 
 The reference and ONNX produce every layer in one run; torch and cupy are compiled once per
@@ -97,7 +97,7 @@ def run_torch(network: Network, layers: list[str], weights: Mapping[str, np.ndar
 def run_cupy(network: Network, layers: list[str], weights: Mapping[str, np.ndarray],
              feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     try:
-        from alexdsl.backends import cupy as backend
+        from alexdsl.backends import executor as backend
     except ImportError as error:
         raise AlexDSLError(f"error: the cupy backend is not available ({error})") from None
     device = "cuda" if backend.cuda_available() else "cpu"

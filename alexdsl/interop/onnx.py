@@ -36,6 +36,7 @@ from alexdsl.ops.fillers import draw
 from alexdsl.ops.registry import lookup
 
 OPSET = 17
+PROTOBUF_LIMIT = 2**31  # bytes: the most one serialized ONNX model (a protobuf message) may take
 BATCH = "N"
 BATCH_SIZE = "batch_size"  # the value batch_size() adds: N as an int64 (1,) tensor
 
@@ -162,6 +163,10 @@ def export_onnx(network: Network, weights: Mapping[str, Any] | None = None, *, s
 
     view = network.inference_view()
     skipped = set(view.dropped)
+    stored = 4 * sum(layer.param_count for layer in view.layers)
+    if stored >= PROTOBUF_LIMIT:
+        raise AlexDSLError(f"error: {network.name}'s weights take {stored / 2**30:.1f} GiB as float32, more than the "
+                           "2 GiB an ONNX model holds in one file (a protobuf message)")
     if weights is None:
         weights = initial_weights(network, seed)
     _check_weights(network, weights, view.layers)

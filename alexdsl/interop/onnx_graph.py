@@ -290,7 +290,12 @@ def _fold(model: Any, shapes: dict[str, list[Any]], constants: dict[str, np.ndar
 
     graph = model.graph
     kept, folded = [], False
+    outputs = {v.name for v in graph.output}
+    forwarded: dict[str, str] = {}
     for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in forwarded:
+                node.input[i] = forwarded[name]
         if node.op_type == "Constant" and len(node.output) == 1:
             attrs = _attrs(node, file)
             if "value" in attrs:
@@ -310,6 +315,12 @@ def _fold(model: Any, shapes: dict[str, list[Any]], constants: dict[str, np.ndar
                 folded = True
                 continue
         known = all(not name or name in constants for name in node.input)
+        source = constants.get(node.input[0]) if node.input else None
+        if known and node.op_type == "Expand" and node.output[0] not in outputs and source is not None \
+                and _broadcast(source.shape, constants[node.input[1]]) == source.shape:
+            forwarded[node.output[0]] = node.input[0]  # a tensor expanded to batch 1 is itself: it keeps its name
+            folded = True
+            continue
         if known and node.input and node.op_type not in _NOT_FOLDED and not node.domain:
             for out in node.output:
                 dims = shapes.get(out)
@@ -338,6 +349,14 @@ def _fold(model: Any, shapes: dict[str, list[Any]], constants: dict[str, np.ndar
         for name in sorted(needed & set(constants) - present):
             _declare(graph, name, constants[name])
     return folded
+
+
+def _broadcast(shape: tuple[int, ...], to: np.ndarray) -> tuple[int, ...] | None:
+    """What ``Expand`` makes of a tensor of ``shape`` by the shape ``to``; None when they do not broadcast."""
+    try:
+        return tuple(np.broadcast_shapes(shape, tuple(int(d) for d in np.asarray(to).reshape(-1))))
+    except ValueError:
+        return None
 
 
 def _declare(graph: Any, name: str, array: np.ndarray) -> None:

@@ -202,9 +202,12 @@ def clean_name(text: str) -> str:
 def _param_prefix(layer: _Layer, initializers: set[str]) -> str | None:
     """The layer's name in its weights' names: ``features.0`` of torch's ``features.0.weight``, ``conv1``
     of Caffe2's ``conv1_w_0`` (the ONNX model zoo's older files)."""
+    op = lookup(layer.op)
     for pname, source in layer.params.items():
         if isinstance(source, str) and source in initializers and not source.startswith("onnx::") \
                 and "/" not in source:  # torch's exporter names what it computes '/scope/Op_output_0'
+            if op is not None and op.own_key == pname:  # kept under the layer's name: param's
+                return source
             if source.endswith("." + pname):
                 return source[: -len(pname) - 1]
             if "." in source:
@@ -348,13 +351,15 @@ def _weights(graph: OnnxGraph, layers: list[_Layer], network: Network) -> dict[s
     expected = network.state_keys()
     weights: dict[str, np.ndarray] = {}
     for layer in layers:
+        op = lookup(layer.op)
         for pname, source in layer.params.items():
             array = graph.constants.get(source) if isinstance(source, str) else source
             if array is None:
                 raise AlexDSLError([Diagnostic("error", f"layer '{layer.name}': its {pname} is computed in the "
                                                         "model, not a constant", path=graph.file)])
             array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
-            weights[f"{layer.name}.{pname}"] = array if array.flags.writeable else array.copy()  # not onnx's buffer
+            key = layer.name if op is not None and op.own_key == pname else f"{layer.name}.{pname}"
+            weights[key] = array if array.flags.writeable else array.copy()  # not onnx's buffer
     wrong = [f"{key} {tuple(value.shape)} (expected {expected.get(key)})" for key, value in weights.items()
              if tuple(value.shape) != tuple(expected.get(key, ()))]
     missing = sorted(set(expected) - set(weights))

@@ -10,7 +10,7 @@ and a lowering can be tested with a small fake context and no network at all:
 protocol                      implemented by
 ============================  =====================================================================
 :class:`TorchContext`         :class:`alexdsl.backends.torch.codegen.TorchCodegenContext`
-:class:`ExecutorContext`      :class:`alexdsl.backends.cupy.codegen.ExecutorCodegenContext`
+:class:`ExecutorContext`      :class:`alexdsl.backends.executor.codegen.ExecutorCodegenContext`
 :class:`OnnxExportContext`    :class:`alexdsl.interop.onnx.OnnxExportGraph`
 :class:`OnnxImportContext`    :class:`alexdsl.interop.onnx_import.OnnxMatchContext`
 :class:`CaffeExportContext`   :class:`alexdsl.interop.caffe_export.CaffeExportContext`

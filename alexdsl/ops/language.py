@@ -1,4 +1,5 @@
-"""Language models: token embeddings, positions, RMS normalisation and rotary position embeddings.
+"""Language models: token embeddings, positions, RMS normalisation, rotary position embeddings, grouped-query
+attention's repeated key/value heads, and scores over the vocabulary with a tied embedding table.
 
 Token ids come from a ``tokens(N)`` input (int64 in torch and ONNX; the NumPy/CuPy executor holds them as
 floats, exact below 2**24, and rounds them when it looks them up). Every op here acts on the last axis of
@@ -113,6 +114,12 @@ def _positions_onnx(layer: Any, ctx: OnnxExportContext) -> None:
     ctx.node("Expand", [ctx.constant(list(range(layer.shape[0]))), shape])
 
 
+def _positions_reference(x: Any) -> Any:
+    import torch
+
+    return torch.arange(x.shape[1], dtype=torch.float32).expand(x.shape[0], -1)
+
+
 register(OpDef(
     name="positions", family="language",
     summary="The positions 0, 1, ... L-1 of a sequence (L or LxD) as token ids, for a learned position "
@@ -127,8 +134,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
             f"rt.positions({ctx.inputs[0]}, out={{out}})", "positions")),
         onnx=_positions_onnx,
-        reference=lambda layer, xs, w, F: __import__("torch").arange(xs[0].shape[1]).expand(xs[0].shape[0], -1)
-        .to(xs[0].dtype if xs[0].is_floating_point() else __import__("torch").float32),
+        reference=lambda layer, xs, w, F: _positions_reference(xs[0]),
     ),
 ))
 

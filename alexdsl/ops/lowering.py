@@ -135,7 +135,7 @@ class ExecutorLowering:
       of a ``(weight, bias)`` pair with the affine folded into the producer's terms.
     * ``function``: for ops without a runtime kernel (plugins):
       ``function(*inputs, out=None, **attrs)`` written against NumPy/CuPy (use
-      ``alexdsl.backends.cupy.runtime.array_module(x)``); it returns the output, into
+      ``alexdsl.backends.executor.runtime.array_module(x)``); it returns the output, into
       ``out`` when given. The generated module looks it up by op name.
     """
 

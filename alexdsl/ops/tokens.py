@@ -102,6 +102,32 @@ def _param_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
                           setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'init')}",))
 
 
+def _param_from_onnx(op: str) -> Any:
+    """``Add``/``Concat`` of a computed value and a float constant of the batch axis 1 and at least one more (a
+    learned tensor: ViT's position embedding, its class token once folding has expanded it to the batch) ->
+    a param layer, keyed by the constant's name, and ``op`` on it."""
+    def convert(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
+        learned = [v for v in node.inputs if ctx.const(v) is not None]
+        rank = len(ctx.shape(node.outputs[0]) or ()) + 1
+        if len(learned) != 1 or len(node.inputs) != 2 or not computed(ctx, [v for v in node.inputs if v != learned[0]]):
+            return None
+        tensor = ctx.const(learned[0])
+        if tensor.ndim != rank or tensor.shape[0] != 1 or tensor.dtype.kind != "f":
+            return None
+        attrs: dict[str, Any] = {}
+        if op == "concat":
+            axis = int(node.attr("axis", 1))
+            axis = axis + rank if axis < 0 else axis
+            if axis == 0:
+                return None
+            attrs = {"axis": axis - 1}
+        return [OnnxImport("param", [], {"shape": tuple(int(d) for d in tensor.shape)}, {"init": learned[0]},
+                           output=learned[0]),
+                OnnxImport(op, list(node.inputs), attrs)]
+
+    return convert
+
+
 register(OpDef(
     name="param", family="tokens",
     summary="A learned tensor of the written shape, batch axis (1) first, broadcast over the batch; kept under the "
@@ -118,6 +144,7 @@ register(OpDef(
         torch=TorchLowering(module=_param_module, forward=_param_torch, parameter=True),
         executor=ExecutorLowering(lower=_param_executor),
         onnx=_param_onnx,
+        from_onnx={"Add": _param_from_onnx("add"), "Concat": _param_from_onnx("concat")},
         reference=lambda layer, xs, w, F: w["init"],
     ),
 ))
@@ -241,6 +268,81 @@ def _rearrange_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     return f"einops.rearrange({args[0]}, {f'{batch} {left} -> {batch} {right}'!r}{sizes})"
 
 
+def _batch_kept(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
+    """Whether a ``Transpose`` or ``Reshape`` keeps the batch axis first (a Reshape: 0, -1 or the folded batch 1)."""
+    if node.op_type == "Transpose":
+        return list(node.attr("perm", [0]))[0] == 0
+    target, source, result = ctx.const(node.inputs[1]), ctx.shape(node.inputs[0]), ctx.shape(node.outputs[0])
+    return target is not None and source is not None and result is not None and target.size > 0 \
+        and int(target.reshape(-1)[0]) in (-1, 0, 1) and numel(source) == numel(result)
+
+
+def _regroup(axes: list[list[str]], sizes: dict[str, int], target: Shape, split: Any) -> list[list[str]] | None:
+    """The elementary axes of ``axes`` grouped into ``target``'s axes, splitting one where a group ends inside it
+    (``split(name, first)`` renames it as two); None when an axis of size 1 would have to appear or vanish."""
+    flat = [name for axis in axes for name in axis]
+    groups, i = [], 0
+    for dim in target:
+        group, product = [], 1
+        while product < dim:
+            if i >= len(flat):
+                return None
+            need = dim // product
+            if dim % product or (sizes[flat[i]] > need and sizes[flat[i]] % need):
+                return None
+            if sizes[flat[i]] > need:
+                flat[i:i + 1] = split(flat[i], need)
+            group.append(flat[i])
+            product, i = product * sizes[flat[i]], i + 1
+        if not group:
+            return None
+        groups.append(group)
+    return groups if i == len(flat) else None
+
+
+def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """A chain of ``Reshape`` and ``Transpose`` nodes that keep the batch axis, one of each at least (ViT's patch
+    flattening ``reshape(n, c, h * w).permute(0, 2, 1)``) -> one rearrange."""
+    chain = [node]
+    while (before := ctx.absorb(chain[-1].inputs[0], chain[-1])) is not None \
+            and before.op_type in ("Reshape", "Transpose"):
+        chain.append(before)
+    chain = [n for n in reversed(chain)]
+    while chain and not _batch_kept(chain[0], ctx):
+        chain.pop(0)
+    kinds = {n.op_type for n in chain}
+    shape = ctx.shape(chain[0].inputs[0]) if chain else None
+    if kinds != {"Reshape", "Transpose"} or shape is None or not computed(ctx, chain[0].inputs[:1]) \
+            or not all(_batch_kept(n, ctx) for n in chain) or 1 in shape:
+        return None
+    letters = iter("chw" if len(shape) == 3 else "abcdefgh")
+    axes = [[next(letters)] for _ in shape]
+    sizes = {axis[0]: dim for axis, dim in zip(axes, shape)}
+    inputs = [list(axis) for axis in axes]
+
+    def split(name: str, first: int) -> list[str]:
+        parts = [f"{name}{k}" for k in (1, 2)]
+        sizes.update({parts[0]: first, parts[1]: sizes.pop(name) // first})
+        for group in inputs:
+            if name in group:
+                group[group.index(name):group.index(name) + 1] = parts
+        return parts
+
+    for step in chain:
+        if step.op_type == "Transpose":
+            axes = [axes[p - 1] for p in step.attr("perm")[1:]]
+        else:
+            regrouped = _regroup(axes, sizes, ctx.shape(step.outputs[0]) or (), split)
+            if regrouped is None:
+                return None
+            axes = regrouped
+    written = [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in inputs], \
+        [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in axes]
+    given = tuple((name, sizes[name]) for group in inputs if len(group) > 1 for name in group[1:])
+    return OnnxImport("rearrange", chain[0].inputs[:1], {"pattern": f"{' '.join(written[0])} -> {' '.join(written[1])}",
+                                                         "sizes": given}, absorbed=tuple(chain[:-1]))
+
+
 def _rearrange_plan(layer: Any, shape: Shape) -> Rearrangement:
     return plan_rearrange(layer.attrs["pattern"], tuple(layer.attrs["sizes"]), shape)
 
@@ -259,6 +361,7 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: _restructure_executor(
             layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps)),
         onnx=lambda layer, ctx: _restructure_onnx(layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps),
+        from_onnx={"Transpose": _rearrange_from_onnx, "Reshape": _rearrange_from_onnx},
         reference=lambda layer, xs, w, F: _rearrange_reference(layer, xs[0]),
     ),
 ))
@@ -511,11 +614,13 @@ def _dims(shape: Shape) -> str:
 
 
 def _reshape_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Reshape`` of a computed value to a known per-sample shape that keeps the batch axis."""
+    """``Reshape`` of a computed value to a known per-sample shape that keeps the batch axis (``0``, ``-1``, or the
+    batch size 1 import infers shapes with, a dynamic batch folded, and as many elements per sample)."""
     target = ctx.const(node.inputs[1])
     shape = ctx.shape(node.outputs[0])
-    if target is None or shape is None or int(target.reshape(-1)[0]) not in (-1, 0) \
-            or not computed(ctx, node.inputs[:1]):
+    source = ctx.shape(node.inputs[0])
+    if target is None or shape is None or source is None or not computed(ctx, node.inputs[:1]) \
+            or int(target.reshape(-1)[0]) not in (-1, 0, 1) or numel(shape) != numel(source):
         return ctx.fail(node, "only a Reshape that keeps the batch axis is imported (as reshape)")
     return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
 

@@ -57,7 +57,7 @@ def _torch_forward(layer: Any, args: list[str], ctx: Any) -> str:
 
 def _executor_function(x: Any, alpha: Any, weight: Any, bias: Any, *, out: Any = None) -> Any:
     """NumPy or CuPy (``x`` decides which); ``weight`` and ``bias`` come shaped to broadcast over ``x``."""
-    from alexdsl.backends.cupy.runtime import array_module
+    from alexdsl.backends.executor.runtime import array_module
 
     xp = array_module(x)
     out = xp.multiply(x, alpha, out=out)

@@ -23,7 +23,7 @@ def _same_shape(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 def _executor(x: Any, *, a: float, b: float, out: Any = None) -> Any:
     """NumPy or CuPy: the same code runs on both (``x`` decides which)."""
-    from alexdsl.backends.cupy.runtime import array_module
+    from alexdsl.backends.executor.runtime import array_module
 
     xp = array_module(x)
     out = xp.multiply(x, x.dtype.type(b), out=out)

@@ -135,9 +135,13 @@ class Folder:
         rep = group[0]
         scope = Scope(rep.prefix + ".", rep.source, tuple(c.prefix + "." for c in group))
         statements = self.planner.plan(rep.units, scope)
-        if any(name.startswith("self_") for s in statements for name in [s.label, *s.names] if name is not None):
-            return {}  # only a link of the chain labelled 'self' gets a name after the instance
         output = _body_output(statements, scope)
+        under = {layer.name for layer in layers_of(rep.units)}
+        if any(name.startswith("self_") and rep.prefix + "." + name not in under
+               for s in statements for name in [s.label, *s.names] if name is not None) \
+                or (output or "").startswith("self_"):
+            return {}  # only a link of the chain labelled 'self' gets a name after the instance; a layer labelled
+            # self_<name> under it (torchvision ViT's self_attention) is written as it is, unless it is the output
         outs = [full_name(output, c.prefix + ".") if output is not None else None for c in group]
         for candidate, out in zip(group, outs):
             if candidate.prefix in self.readers and out != candidate.prefix and (

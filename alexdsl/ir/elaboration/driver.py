@@ -36,7 +36,7 @@ class Elaborator(Chains):
                 hint = self._did_you_mean(name, self.meta.inputs)
                 self.sink.error(f"--input names '{name}', which is not a declared input",
                                 expected=", ".join(self.meta.inputs) or "a declared input", hint=hint)
-        data_inputs = [n for n in self.meta.inputs if self.graph.nodes[n]["attrs"]["kind"] == "tensor"]
+        data_inputs = [n for n in self.meta.inputs if self.graph.nodes[n]["attrs"]["kind"] in ("tensor", "tokens")]
         broken_input = any(isinstance(s, ast.BrokenStmt) and s.kind == "input" for s in statements)
         scope = Scope(prefix="", values={}, in_node=None, block=None,
                        prev=data_inputs[0] if data_inputs else BROKEN if broken_input else None)

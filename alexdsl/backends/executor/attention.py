@@ -13,7 +13,7 @@ into one batch of GEMMs; the scores ``(B, heads, Lq, Lk)`` are the one temporary
 
 from __future__ import annotations
 
-from alexdsl.backends.cupy.arrays import Array, array_module
+from alexdsl.backends.executor.arrays import Array, array_module
 from alexdsl.ops.attention import shifted_window_mask  # noqa: F401 - the runtime's name: the mask's values
 
 
@@ -61,7 +61,7 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
 def attention(x: Array, in_weight: Array, in_bias: Array | None, out_weight: Array, out_bias: Array | None, *,
               heads: int, out: Array | None = None) -> Array:
     """nn.MultiheadAttention's self-attention on ``x`` (N, ..., L, E), weights pre-transposed (in, out)
-    (:func:`alexdsl.backends.cupy.conv.pretranspose`): ``x in_weight + in_bias`` split into q, k and v,
+    (:func:`alexdsl.backends.executor.conv.pretranspose`): ``x in_weight + in_bias`` split into q, k and v,
     :func:`sdpa`, then ``@ out_weight + out_bias``."""
     xp = array_module(x)
     features = x.shape[-1]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy
 
-from alexdsl.backends.cupy.arrays import Array, array_module
+from alexdsl.backends.executor.arrays import Array, array_module
 from alexdsl.ops import language
 
 

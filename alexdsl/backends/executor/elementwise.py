@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy
 
-from alexdsl.backends.cupy.arrays import Activation, Array, array_module, parallel_for
+from alexdsl.backends.executor.arrays import Activation, Array, array_module, parallel_for
 
 
 def relu(x: Array, *, out: Array | None = None) -> Array:

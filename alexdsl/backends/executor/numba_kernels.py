@@ -1,9 +1,9 @@
 """CPU kernels compiled by Numba: the optional ``numba`` extra (``pip install -e '.[numba]'``).
 
-Importing this module imports Numba; the NumPy path asks :func:`alexdsl.backends.cupy.arrays.numba_kernels`
+Importing this module imports Numba; the NumPy path asks :func:`alexdsl.backends.executor.arrays.numba_kernels`
 for it, which imports it on first use and returns None without Numba (or with ``ALEXDSL_NUMBA=0``),
 and the kernels fall back to plain NumPy. Every kernel here releases the GIL (``nogil``), so
-:func:`~alexdsl.backends.cupy.arrays.parallel_for` runs slices of its work on several threads,
+:func:`~alexdsl.backends.executor.arrays.parallel_for` runs slices of its work on several threads,
 and is compiled once per dtype, then cached on disk beside this file.
 
 ``fastmath={"contract"}`` only lets LLVM fuse a multiply and an add into one FMA (one rounding

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy
 
-from alexdsl.backends.cupy.arrays import Array, array_module, as_pair
+from alexdsl.backends.executor.arrays import Array, array_module, as_pair
 
 
 def pad2d(x: Array, pads: tuple[int, int, int, int], value: float = 0.0, *, out: Array | None = None) -> Array:

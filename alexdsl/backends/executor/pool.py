@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy
 
-from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import Array, array_module, as_pair, parallel_for, tap_windows
+from alexdsl.backends.executor import cuda
+from alexdsl.backends.executor.arrays import Array, array_module, as_pair, parallel_for, tap_windows
 from alexdsl.shape_math import pool_output_size
 
 
@@ -61,7 +61,7 @@ class PoolPlan:
         return numpy.outer(sizes(self.out_h, kh, sh, ph, self.height), sizes(self.out_w, kw, sw, pw, self.width))
 
     def taps(self) -> tuple[tuple[int, slice, slice, slice, slice], ...]:
-        """The kernel taps as :func:`~alexdsl.backends.cupy.arrays.tap_windows` gives them.
+        """The kernel taps as :func:`~alexdsl.backends.executor.arrays.tap_windows` gives them.
 
         Each tap reaches only the output pixels whose input pixel is inside the image, so
         padding (``-inf`` for max, ``0`` for average) needs no padded copy: it never wins.

@@ -14,7 +14,7 @@ then runs ``C`` GEMMs of one row each over it; here, instead:
   blocks spread over the thread pool.  Accumulating tap by tap (``y += w[tap] * window``)
   is 2-5x slower on NumPy, which has no fused multiply-add: two passes and a temporary per tap.
 * CuPy: with ``ALEXDSL_CUDA_KERNELS=1`` one RawKernel, one thread per output element
-  (:func:`alexdsl.backends.cupy.cuda.depthwise_conv2d`); otherwise :func:`_taps`, one
+  (:func:`alexdsl.backends.executor.cuda.depthwise_conv2d`); otherwise :func:`_taps`, one
   multiply-add of a strided window of the unpadded input per tap (about 2*kh*kw launches,
   no copy of the input).
 
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy
 
-from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import (
+from alexdsl.backends.executor import cuda
+from alexdsl.backends.executor.arrays import (
     Activation,
     Array,
     array_module,
@@ -44,7 +44,7 @@ from alexdsl.backends.cupy.arrays import (
 )
 
 if TYPE_CHECKING:
-    from alexdsl.backends.cupy.conv import ConvPlan
+    from alexdsl.backends.executor.conv import ConvPlan
 
 
 
@@ -69,7 +69,7 @@ def depthwise_conv2d(
     """``torch.nn.functional.conv2d(x, weight, bias, stride, pad, dilation, groups=C)``.
 
     ``weight`` is ``(C * multiplier, 1, kh, kw)``; ``out``, when given, must be C-contiguous.
-    The epilogue is the one of :func:`~alexdsl.backends.cupy.runtime.conv2d`: bias, then ReLU
+    The epilogue is the one of :func:`~alexdsl.backends.executor.runtime.conv2d`: bias, then ReLU
     when ``relu``, then ``act(y, out=y)`` in place when given (on NumPy block by block, while
     the block is in cache).
     """
@@ -77,7 +77,7 @@ def depthwise_conv2d(
     n, c, h, w = x.shape
     o = weight.shape[0]
     if plan is None:
-        from alexdsl.backends.cupy.conv import ConvPlan
+        from alexdsl.backends.executor.conv import ConvPlan
 
         plan = ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, c)
     expected = (plan.groups, plan.in_channels, plan.height, plan.width, plan.out_channels, 1, *plan.kernel)

@@ -1,6 +1,6 @@
 """The base class of every generated executor: weights, device, buffers, input checks.
 
-A generated module (see :mod:`alexdsl.backends.cupy.codegen`) subclasses
+A generated module (see :mod:`alexdsl.backends.executor.codegen`) subclasses
 :class:`Executor` with class-level tables (inputs, state keys with fillers, the memory
 plan) and two straight-line methods: ``setup(w)`` (compile-time work on the loaded
 weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kernel).
@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import numpy
 
 from alexdsl import weights as weights_io
-from alexdsl.backends.cupy import runtime as rt
-from alexdsl.backends.cupy.arrays import cupy_module
+from alexdsl.backends.executor import runtime as rt
+from alexdsl.backends.executor.arrays import cupy_module
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.extras import install_command
 from alexdsl.ops.fillers import Filler, draw

@@ -1,6 +1,6 @@
 """Optional GPU-only fused kernels (CuPy ``RawKernel``), each replacing a few xp passes.
 
-They are off by default: the portable kernels of :mod:`alexdsl.backends.cupy.runtime`
+They are off by default: the portable kernels of :mod:`alexdsl.backends.executor.runtime`
 run on CuPy as they are.  Set ``ALEXDSL_CUDA_KERNELS=1`` to use these where they apply
 (float32 and float64 arrays); each has a GPU test against the xp reference
 (``tests/test_kernels.py``, marked ``gpu``), and ``tests/test_cuda_sources.py`` compiles
@@ -14,7 +14,7 @@ every source with NVRTC wherever the NVRTC library is installed, GPU or not.
   in place or not.
 * :func:`pool2d` -- max or average pooling in one pass instead of one per kernel tap.
 * :func:`depthwise_conv2d` -- a depthwise convolution (one thread per output, bias and ReLU fused)
-  instead of the xp path's per-tap passes (:mod:`alexdsl.backends.cupy.depthwise`).
+  instead of the xp path's per-tap passes (:mod:`alexdsl.backends.executor.depthwise`).
 
 Every kernel is a grid-stride loop (over its output; for LRN, over pixels) with 64-bit
 indices; ``{T}`` in a source is replaced by the element type.
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy
 
-from alexdsl.backends.cupy.arrays import cupy_module
+from alexdsl.backends.executor.arrays import cupy_module
 
 if TYPE_CHECKING:
-    from alexdsl.backends.cupy.conv import ConvPlan
-    from alexdsl.backends.cupy.pool import PoolPlan
+    from alexdsl.backends.executor.conv import ConvPlan
+    from alexdsl.backends.executor.pool import PoolPlan
 
 Array = Any
 THREADS = 256

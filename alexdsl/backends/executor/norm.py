@@ -8,8 +8,8 @@
 
 from __future__ import annotations
 
-from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import Array, array_module, parallel_for
+from alexdsl.backends.executor import cuda
+from alexdsl.backends.executor.arrays import Array, array_module, parallel_for
 
 
 def lrn(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alexdsl.backends.cupy.codegen import generate_source
+from alexdsl.backends.executor.codegen import generate_source
 from alexdsl.fileio import write_text_atomic
 from alexdsl.ir.network import Network
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from alexdsl.backends.cupy.arrays import Array, array_module
+from alexdsl.backends.executor.arrays import Array, array_module
 
 
 def concat(inputs: list[Array] | tuple[Array, ...], *, axis: int = 1, out: Array | None = None) -> Array:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy
 
-from alexdsl.backends.cupy import cuda
-from alexdsl.backends.cupy.arrays import (
+from alexdsl.backends.executor import cuda
+from alexdsl.backends.executor.arrays import (
     GEMM_LAYOUTS,
     Activation,
     Array,
@@ -31,7 +31,7 @@ from alexdsl.backends.cupy.arrays import (
     parallel_for,
     thread_pool,
 )
-from alexdsl.backends.cupy.elementwise import activate
+from alexdsl.backends.executor.elementwise import activate
 from alexdsl.shape_math import conv_output_size
 
 
@@ -348,7 +348,7 @@ def conv2d(
     if out is None:
         out = xp.empty((n, o, oh, ow), dtype=x.dtype)
     if plan.is_depthwise:
-        from alexdsl.backends.cupy.depthwise import depthwise_conv2d
+        from alexdsl.backends.executor.depthwise import depthwise_conv2d
 
         return depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out)
     if gemm == "wide":

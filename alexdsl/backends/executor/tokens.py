@@ -11,8 +11,8 @@ Axes here count the batch (axis 0), as NumPy's do; the ops' lowerings add 1 to t
 
 from __future__ import annotations
 
-from alexdsl.backends.cupy.arrays import Activation, Array, array_module
-from alexdsl.backends.cupy.conv import linear
+from alexdsl.backends.executor.arrays import Activation, Array, array_module
+from alexdsl.backends.executor.conv import linear
 
 
 def broadcast_batch(tensor: Array, *, out: Array) -> Array:

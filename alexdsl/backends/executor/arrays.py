@@ -184,7 +184,7 @@ def tap_windows(
 
 
 def numba_kernels(dtype: Any) -> ModuleType | None:
-    """:mod:`alexdsl.backends.cupy.numba_kernels` for arrays of ``dtype``, or None for plain NumPy.
+    """:mod:`alexdsl.backends.executor.numba_kernels` for arrays of ``dtype``, or None for plain NumPy.
 
     None without Numba (the optional ``numba`` extra), with ``ALEXDSL_NUMBA=0``, or for a dtype
     the kernels are not compiled for (float16). Numba is imported on the first call only.
@@ -198,7 +198,7 @@ def numba_kernels(dtype: Any) -> ModuleType | None:
 @cache
 def _numba_module() -> ModuleType | None:
     try:
-        from alexdsl.backends.cupy import numba_kernels
+        from alexdsl.backends.executor import numba_kernels
     except ImportError:
         return None
     return numba_kernels

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.arrays import (  # noqa: F401 - the runtime's names
     Activation,
     Array,
     array_module,
@@ -41,19 +41,19 @@ from alexdsl.backends.cupy.arrays import (  # noqa: F401 - the runtime's names
     scratch_rows,
     thread_pool,
 )
-from alexdsl.backends.cupy.attention import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.attention import (  # noqa: F401 - the runtime's names
     attention,
     copy_constant,
     relative_position_bias,
     sdpa,
     shifted_window_mask,
 )
-from alexdsl.backends.cupy.channels import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.channels import (  # noqa: F401 - the runtime's names
     channel_shuffle,
     concat,
     softmax,
 )
-from alexdsl.backends.cupy.conv import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
     ConvPlan,
     bias_relu_,
     conv2d,
@@ -63,7 +63,7 @@ from alexdsl.backends.cupy.conv import (  # noqa: F401 - the runtime's names
     pretranspose,
     transpose_bias_relu,
 )
-from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.elementwise import (  # noqa: F401 - the runtime's names
     activate,
     add,
     elu,
@@ -84,7 +84,7 @@ from alexdsl.backends.cupy.elementwise import (  # noqa: F401 - the runtime's na
     subtract,
     tanh,
 )
-from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.language import (  # noqa: F401 - the runtime's names
     embedding,
     positions,
     repeat_kv,
@@ -93,14 +93,14 @@ from alexdsl.backends.cupy.language import (  # noqa: F401 - the runtime's names
     rope_table,
     unembed,
 )
-from alexdsl.backends.cupy.norm import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.norm import (  # noqa: F401 - the runtime's names
     batchnorm_affine,
     channel_affine,
     group_norm,
     layer_norm,
     lrn,
 )
-from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.pool import (  # noqa: F401 - the runtime's names
     PoolPlan,
     adaptive_avg_pool2d,
     adaptive_matrices,
@@ -108,14 +108,14 @@ from alexdsl.backends.cupy.pool import (  # noqa: F401 - the runtime's names
     global_avg_pool2d,
     max_pool2d,
 )
-from alexdsl.backends.cupy.resample import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.resample import (  # noqa: F401 - the runtime's names
     bilinear_matrices,
     pad2d,
     reduce,
     upsample_bilinear,
     upsample_nearest,
 )
-from alexdsl.backends.cupy.tokens import (  # noqa: F401 - the runtime's names
+from alexdsl.backends.executor.tokens import (  # noqa: F401 - the runtime's names
     broadcast_batch,
     layer_norm_last,
     linear_last,
