@@ -177,6 +177,20 @@ def test_train_command_on_text_and_its_errors(corpus, tmp_path):
                                            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o" / "tokenizer.json").is_file()
+    from alexdsl.cli.generate import generate_command
+
+    weights = str(tmp_path / "o" / "weights.safetensors")  # the tokenizer.json beside it turns text into ids
+    for backend in ("cupy", "torch"):
+        result = runner.invoke(generate_command, [str(source), "--weights", weights, "--prompt", "the ",
+                                                  "--max-new-tokens", "5", "--backend", backend])
+        assert result.exit_code == 0, result.output
+        printed = result.output.splitlines()[-1]
+        assert printed.startswith("the ") and len(printed) == len("the ") + 5, printed  # char level: 5 characters
+        if backend == "cupy":
+            first = printed
+    assert printed == first  # greedy: both backends continue the prompt alike
+    result = runner.invoke(generate_command, [str(source), "--prompt", "the "])
+    assert result.exit_code != 0 and "--prompt needs a tokenizer" in result.output
     result = runner.invoke(train_command, [str(source), "--data", "synthetic", "--device", "cpu", "--quiet"])
     assert result.exit_code != 0 and "trains on text: --data text:FILE" in result.output
     source.write_text(TINY_LM.replace("loss: next_token_loss(head, ids) @train\n", ""))

@@ -21,12 +21,17 @@ def _ids(text: str) -> list[int]:
 Examples:
   alexdsl generate examples/llama_tiny.adsl --weights llama.safetensors --ids 1,2,3 --max-new-tokens 20
   alexdsl generate examples/llama_tiny.adsl --ids 1,2,3 --temperature 0.8 --top-k 40 --seed 1
+  alexdsl generate examples/llama_tiny.adsl --weights runs/tiny/weights.safetensors --prompt "The "
 """)
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Weights (.safetensors, .npz, .pt) keyed as the network's state keys; default: random, from the "
                    "fillers (--seed).")
-@click.option("--ids", "ids_text", required=True, help="The prompt: comma-separated token ids (15496,11,995).")
+@click.option("--ids", "ids_text", help="The prompt: comma-separated token ids (15496,11,995).")
+@click.option("--prompt", help="The prompt as text, encoded with the tokenizer (give --ids or --prompt).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False),
+              help="A tokenizer.json (Hugging Face's, or the one alexdsl train writes) to encode --prompt and print "
+                   "text; default: the tokenizer.json beside --weights, if any.")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.0, show_default=True, type=click.FloatRange(min=0),
               help="0: greedy (the highest score); else sample from softmax(scores / temperature).")
@@ -34,16 +39,19 @@ Examples:
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling and for filler weights.")
 @click.option("--backend", type=click.Choice(["cupy", "torch"]), default="cupy", show_default=True)
 @report_errors
-def generate_command(file: str, weights: str | None, ids_text: str, max_new_tokens: int, temperature: float,
-                     top_k: int | None, seed: int, backend: str) -> None:
-    """Continue the token ids --ids with FILE's causal language model; print the prompt and the new ids."""
+def generate_command(file: str, weights: str | None, ids_text: str | None, prompt: str | None, tokenizer: str | None,
+                     max_new_tokens: int, temperature: float, top_k: int | None, seed: int, backend: str) -> None:
+    """Continue the prompt (--ids, or --prompt with a tokenizer) with FILE's causal language model; print the
+    prompt and the new tokens, as text when there is a tokenizer, else as ids."""
     import alexdsl
     from alexdsl.generation import generate
     from alexdsl.interop.onnx import initial_weights
+    from alexdsl.text import find_tokenizer, prompt_ids
     from alexdsl.weights import read_weights
 
     network = load_network(file)
-    ids = _ids(ids_text)
+    text_tokenizer = find_tokenizer(tokenizer, weights)
+    ids = prompt_ids(text_tokenizer, prompt, None if ids_text is None else _ids(ids_text))
     if weights is None:
         click.echo(f"note: no --weights given: {network.name} runs with random weights drawn from its fillers "
                    f"(--seed {seed})", err=True)
@@ -53,4 +61,4 @@ def generate_command(file: str, weights: str | None, ids_text: str, max_new_toke
     name = next(iter(network.data_inputs), "")
     tokens = generate(network, arrays, ids, max_new_tokens, backend=backend, temperature=temperature, top_k=top_k,
                       seed=seed, rebuild=lambda length: alexdsl.load(file, input_shapes={name: (length,)}))
-    click.echo(",".join(map(str, tokens)))
+    click.echo(text_tokenizer.decode(tokens) if text_tokenizer is not None else ",".join(map(str, tokens)))
