@@ -110,6 +110,7 @@ def silu(x: Array, *, out: Array | None = None) -> Array:
     return array_module(x).divide(x, _one_plus_exp_minus(x), out=out)
 
 
+_SQRT_HALF = math.sqrt(0.5)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -141,74 +142,17 @@ def gelu(x: Array, approximate: str = "none", *, out: Array | None = None) -> Ar
     """Gaussian error linear unit, as torch: x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2, or its tanh
     approximation x * (1 + tanh(u)) / 2 = x / (1 + exp(-2u)), u = sqrt(2 / pi) * (x + 0.044715 x^3).
 
-    The exact one in ``x``'s own dtype (float32: :func:`_gelu_erf`); the tanh one in float64, rounded once: in
-    the negative tail its relative error is 2u's absolute error, which float32 rounding of u makes tens of ulps.
+    Computed in float64 and rounded once: in the negative tail the result's relative error is the argument's
+    absolute error times |x| (or 2|u|), which float32 rounding of x / sqrt 2 or u would make tens of ulps.
     """
-    if approximate == "tanh":
-        return _in_float64(_gelu_tanh, x, out)
-    return _in_pieces(_gelu_erf, x, out)
+    return _in_float64(_gelu_tanh if approximate == "tanh" else _gelu_erf, x, out)
 
 
-_GELU_T_SCALE = 0.3
-"""t = 1 / (1 + 0.3 |x|) maps |x| in [0, 14] into (0.19, 1], where :data:`_GELU_TAIL` is fitted."""
-_GELU_TAIL = (-0.02132805942309982, 0.11610528650995391, -0.2364674810152051, 0.2022829487875824,
-              -0.08772541302726115, 0.1003793097104139, 0.07701155193734326, 0.11051315199507727,
-              0.11954050494595592, 0.11968819256433452)
-"""S(t), highest power first, with Q(a) = Phi(-a) = exp(-a^2 / 2) t S(t) to 1.4e-8 relative for a in [0, 14]
-(a Chebyshev least-squares fit of erfc(a / sqrt 2) exp(a^2 / 2) / 2t, weighted by 1 / S)."""
-_GELU_CLAMP = 16.0
-"""|x| is clamped here: exp(-a^2 / 2) is 0 in float32 past 14.5, so Q = 0 and gelu(x) = max(x, 0) exactly."""
-
-
-def _gelu_erf(x: Array, out: Array) -> None:
-    """gelu(x) = max(x, 0) - a Q(a), a = |x|, into ``out`` (which may be ``x``), in ``x``'s dtype: a few float32
-    ulps everywhere, tails included (Q(a) relative-accurate, no 1 + erf cancelling).
-
-    exp(-a^2 / 2) is exp(-h^2 / 2) exp(-(a - h)(a + h) / 2) with h = a rounded to 1/64: h^2 / 2 is exact and the
-    second argument under 0.13, so neither exponential sees a rounded large argument (a^2 / 2 rounded alone is
-    up to 6e-6 off at a = 14: fifty ulps of the result).
-    """
-    xp, f = array_module(x), x.dtype.type
-    a = xp.abs(x)
-    xp.minimum(a, f(_GELU_CLAMP), out=a)
-    t = a * f(_GELU_T_SCALE)
-    t += 1
-    xp.divide(1, t, out=t)
-    q = t * f(_GELU_TAIL[0])
-    for c in _GELU_TAIL[1:]:
-        q += f(c)
-        q *= t
-    h = xp.multiply(a, f(64), out=t)
-    xp.rint(h, out=h)
-    h *= f(1 / 64)
-    low = a - h
-    low *= h + a
-    low *= f(-0.5)
-    q *= xp.exp(low, out=low)
-    h *= h
-    h *= f(-0.5)
-    q *= xp.exp(h, out=h)
-    q *= a
-    xp.maximum(x, 0, out=out)
-    out -= q
-
-
-CHUNK = 1 << 16
-"""Elements per piece of a kernel on NumPy: its temporaries stay in cache and are never fresh pages."""
-
-
-def _in_pieces(kernel: Callable[[Array, Array], None], x: Array, out: Array | None) -> Array:
-    """``kernel(x, out)`` (which writes ``out``, possibly ``x`` itself), into ``out`` or a new array; on NumPy
-    piece by piece (:data:`CHUNK`) where both are contiguous."""
-    xp = array_module(x)
-    out = xp.empty_like(x) if out is None else out
-    if xp is not numpy or not (x.flags.c_contiguous and out.flags.c_contiguous):
-        kernel(x, out)
-        return out
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    for start in range(0, flat_x.size, CHUNK):
-        kernel(flat_x[start : start + CHUNK], flat_out[start : start + CHUNK])
-    return out
+def _gelu_erf(x: Array) -> Array:
+    phi = erfc(x * -_SQRT_HALF)
+    phi *= 0.5
+    phi *= x
+    return phi
 
 
 def _gelu_tanh(x: Array) -> Array:
@@ -219,14 +163,22 @@ def _gelu_tanh(x: Array) -> Array:
     return array_module(x).divide(x, _one_plus_exp_minus(two_u, out=two_u), out=two_u)
 
 
+CHUNK = 1 << 16
+"""Elements per piece of a float64 kernel on NumPy: its temporaries stay in cache and are never fresh pages."""
+
+
 def _in_float64(kernel: Callable[[Array], Array], x: Array, out: Array | None) -> Array:
     """``kernel`` (float64 array -> float64 array of its own) over ``x`` in float64, rounded once into ``x``'s
-    dtype, into ``out`` when given; on NumPy piece by piece (:func:`_in_pieces`)."""
-
-    def wide(piece: Array, piece_out: Array) -> None:
-        piece_out[...] = kernel(piece.astype(array_module(piece).float64))
-
-    return _in_pieces(wide, x, out)
+    dtype, into ``out`` when given; on NumPy piece by piece (:data:`CHUNK`)."""
+    xp = array_module(x)
+    out = xp.empty_like(x) if out is None else out
+    if xp is not numpy or not (x.flags.c_contiguous and out.flags.c_contiguous):
+        out[...] = kernel(x.astype(xp.float64))
+        return out
+    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, flat_x.size, CHUNK):
+        flat_out[start : start + CHUNK] = kernel(flat_x[start : start + CHUNK].astype(numpy.float64))
+    return out
 
 
 def elu(x: Array, alpha: float = 1.0, *, out: Array | None = None) -> Array:
