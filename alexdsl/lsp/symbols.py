@@ -133,10 +133,18 @@ class SymbolIndex:
                     start = arg.span
                     keyword = Span(start.file, start.line, start.column, start.line, start.column + len(arg.keyword))
                     self.occurrences.append(Occurrence(param, keyword, False))
-        leading = block is None and lookup(call.name) is not None
+        op = lookup(call.name) if block is None else None
+        leading = op is not None
         for arg in call.args:
             if leading and arg.keyword is None and isinstance(arg.value, ast.Name):
                 uses.append((arg.value, scope, "layer"))
+                continue
+            spec = op.arg(arg.keyword) if op is not None and arg.keyword else None
+            if spec is not None and spec.names_layer and isinstance(arg.value, ast.Literal) \
+                    and isinstance(arg.value.value, str):  # tied="wte": the name inside the quotes
+                span = arg.value.span
+                inside = Span(span.file, span.line, span.column + 1, span.line, span.column + 1 + len(arg.value.value))
+                uses.append((ast.Name(arg.value.value, inside), scope, "layer"))
                 continue
             leading = False
             uses.extend((n, scope, "value") for n in _names_in(arg.value))

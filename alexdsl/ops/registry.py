@@ -74,6 +74,7 @@ class Arg:
     max: float | None = None
     choices: tuple[str, ...] = ()
     positional: bool = True
+    names_layer: bool = False  # a string that names another layer (unembed's tied=): the language server renames it
 
     @property
     def words(self) -> str:

@@ -393,6 +393,8 @@ class _Generator:
         multipliers = []
         for layer in self.layers:
             for pname, spec in layer.params.items():
+                if spec.tied:  # the tied layer's own entry holds the multipliers of the one stored tensor
+                    continue
                 key = layer.state_key(pname)
                 multipliers.append(f"        {key!r}: ({_float(spec.lr_mult, key)!r}, "
                                    f"{_float(spec.decay_mult, key)!r}),")
