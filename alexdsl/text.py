@@ -8,8 +8,8 @@ kind back, so a command that takes text (``alexdsl generate --prompt``) encodes 
 exactly as training did:
 
 >>> tokenizer = CharTokenizer.from_text("hello world")
->>> tokenizer.encode("hold"), tokenizer.decode([3, 4, 7, 2])
-([3, 5, 4, 2], 'loed')
+>>> tokenizer.encode("hold"), tokenizer.decode([3, 2, 4, 4, 5])
+([3, 5, 4, 1], 'hello')
 """
 
 from __future__ import annotations
