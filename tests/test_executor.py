@@ -216,17 +216,27 @@ def test_full_size_examples_match_torch(path: Path) -> None:
 
 @pytest.mark.parametrize(("path", "batch"), _example_params((2,)))
 def test_executor_matches_torch_backend(path: Path, batch: int) -> None:
-    """The other backend, given the same state_dict, computes the same outputs."""
+    """The other backend, given the same state_dict, computes the same outputs: both within 1e-4 of the output's
+    scale from torch in float64, or, where the network amplifies rounding so much that torch's own float32 result
+    strays further (mobilenet_v3_large's random weights: 9e-5), the executor no further than twice torch's error."""
+    import copy
+
     net, weights, ex = compiled(path)
     model = torch_module(net, weights)
     xs = batch_inputs(ex, batch)
     with torch.no_grad():
         want = model(*[torch.from_numpy(x) for x in xs])
+        truth = copy.deepcopy(model).double()(*[torch.from_numpy(x).double() for x in xs])
     want = tuple(want) if isinstance(want, (tuple, list)) else (want,)
+    truth = tuple(truth) if isinstance(truth, (tuple, list)) else (truth,)
     got = ex(*xs)
     got = got if isinstance(got, tuple) else (got,)
-    for g, t in zip(got, want, strict=True):
-        assert_close(g, t.numpy().reshape(g.shape))
+    for g, t, exact in zip(got, want, truth, strict=True):
+        exact = exact.numpy().reshape(g.shape)
+        scale = float(np.abs(exact).max()) or 1.0
+        torch_error = float(np.abs(t.numpy().reshape(g.shape) - exact).max()) / scale
+        executor_error = float(np.abs(g - exact).max()) / scale
+        assert executor_error <= max(1e-4, 2 * torch_error), (executor_error, torch_error)
 
 
 @pytest.mark.parametrize("name", [pytest.param("alexnet", marks=pytest.mark.slow),  # 3.6 s of CPU, +0.7 GB of memory
