@@ -12,11 +12,11 @@ device: nothing is downloaded and no weights are allocated. Runs with any python
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import transformers
+from reference_json import dumps_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "transformers"
@@ -71,13 +71,6 @@ def reference(name: str) -> dict:
     }
 
 
-def _dumps(data: dict) -> str:
-    """JSON with one state_dict key and its shape per line, so a diff shows which layer changed."""
-    head = {key: value for key, value in data.items() if key != "state"}
-    lines = [f" {json.dumps(key)}: {json.dumps(value)}," for key, value in head.items()]
-    state = ",\n".join(f"  {json.dumps(key)}: {json.dumps(shape)}" for key, shape in data["state"].items())
-    return "{\n" + "\n".join(lines) + '\n "state": {\n' + state + "\n }\n}\n"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,7 +80,7 @@ def main() -> None:
     for name in args.models:
         data = reference(name)
         path = OUT / f"{name}.json"
-        path.write_text(_dumps(data))
+        path.write_text(dumps_reference(data))
         print(f"{path.relative_to(ROOT)}: {len(data['state'])} keys, {data['params']:,} parameters, "
               f"tied {data['tied']}")
 
