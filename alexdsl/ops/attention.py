@@ -118,6 +118,20 @@ def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         f"causal={ctx.lit(a['causal'])}, out={{out}})", "sdpa")
 
 
+def _sdpa_decode(layer: Any, ctx: ExecutorContext) -> ExecutorKernel | None:
+    """Causal self-attention over a key/value cache: the new tokens' keys and values are written into the cache at
+    ``offset`` and the queries attend to every cached token up to their own. None for any other attention
+    (non-causal, or with added terms: each token would see later ones, or the terms span the sequence)."""
+    a = layer.attrs
+    q, k, v = (ctx.input_shape(layer, i) for i in range(3))
+    if not a["causal"] or len(layer.inputs) != 3 or not len(q) == len(k) == len(v) == 2 or not q[0] == k[0] == v[0]:
+        return None
+    cache = ctx.cache(layer, (k, v))
+    return ExecutorKernel(
+        f"rt.cached_sdpa({', '.join(ctx.inputs)}, {cache}, {ctx.offset}, heads={ctx.lit(a['heads'])}, "
+        f"scale={ctx.lit(a['scale'])}, out={{out}})", "cached_sdpa")
+
+
 def onnx_sdpa(layer: Any, ctx: OnnxExportContext, q: str, k: str, v: str, additive: list[tuple[str, int]], *,
               heads: int, q_shape: Shape, k_shape: Shape, v_shape: Shape, causal: bool, scale: float | None,
               output: str | None = None) -> str:
@@ -197,7 +211,7 @@ register(OpDef(
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
         torch=TorchLowering(forward=_sdpa_torch),
-        executor=ExecutorLowering(lower=_sdpa_executor),
+        executor=ExecutorLowering(lower=_sdpa_executor, decode=_sdpa_decode),
         onnx=_sdpa_onnx,
         reference=lambda layer, xs, w, F: reference_sdpa(*xs[:3], xs[3:], heads=layer.attrs["heads"],
                                                          causal=layer.attrs["causal"], scale=layer.attrs["scale"],

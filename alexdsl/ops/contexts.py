@@ -124,6 +124,15 @@ class ExecutorContext(Protocol):
         affine layer folded into this one, if any, applied."""
         ...
 
+    offset: str
+    """In a key/value-cached decoder (:attr:`~alexdsl.ops.lowering.ExecutorLowering.decode`): the variable
+    holding the position of the first token of this call."""
+
+    def cache(self, layer: Any, shapes: tuple[tuple[int, ...], ...]) -> str:
+        """In a key/value-cached decoder: the expression of the layer's persistent buffers, one per sample of
+        each per-sample shape in ``shapes`` (the longest sequence first), planned with the activations."""
+        ...
+
 
 class OnnxExportContext(Protocol):
     """What an ONNX lowering (:attr:`~alexdsl.ops.lowering.Lowerings.onnx`) sees and adds to."""

@@ -27,7 +27,18 @@ from alexdsl.ops.lowering import (
     TorchLowering,
     call_module,
 )
-from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, numel, register
+from alexdsl.ops.registry import (
+    Arg,
+    Attrs,
+    OpDef,
+    Shape,
+    ShapeError,
+    expect_rank,
+    format_shape,
+    last_axis,
+    numel,
+    register,
+)
 
 ONNX_INT64 = 7
 """``TensorProto.INT64``: what ``Cast`` turns token ids into for ``Gather``."""
@@ -85,6 +96,7 @@ register(OpDef(
     macs=lambda attrs, inputs, output: 0,
     default_fillers={"weight": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
     pattern=Pattern.INJECTIVE,
+    per_token=lambda attrs, inputs: True,
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: f"nn.Embedding({ctx.int(layer.attrs['vocab'])}, "
                                                       f"{ctx.int(layer.attrs['dim'])})",
@@ -131,8 +143,10 @@ register(OpDef(
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: (
             f"torch.arange({args[0]}.shape[1], device={args[0]}.device).expand({args[0]}.shape[0], -1)")),
-        executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(
-            f"rt.positions({ctx.inputs[0]}, out={{out}})", "positions")),
+        executor=ExecutorLowering(
+            lower=lambda layer, ctx: ExecutorKernel(f"rt.positions({ctx.inputs[0]}, out={{out}})", "positions"),
+            decode=lambda layer, ctx: ExecutorKernel(
+                f"rt.positions({ctx.inputs[0]}, offset={ctx.offset}, out={{out}})", "positions")),
         onnx=_positions_onnx,
         reference=lambda layer, xs, w, F: _positions_reference(xs[0]),
     ),
@@ -186,6 +200,7 @@ register(OpDef(
     params=lambda attrs, inputs: {"weight": (inputs[0][-1],)},
     default_fillers={"weight": Filler("constant", (("value", 1.0),))},
     pattern=Pattern.OPAQUE,
+    per_token=last_axis,
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: f"nn.RMSNorm({ctx.int(layer.shape[-1])}, "
                                                       f"eps={ctx.float(layer.attrs['eps'])})",
@@ -277,10 +292,12 @@ def _rope_torch_module(layer: Any, ctx: TorchContext) -> str:
     return f"RotaryEmbedding({ctx.int(layer.attrs['heads'])}, [{freqs}], {ctx.int(layer.shape[0])})"
 
 
-def _rope_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
+def _rope_executor(layer: Any, ctx: ExecutorContext, offset: str = "") -> ExecutorKernel:
+    """rt.rope with a table of every position the layer sees; in a cached decoder, from position ``offset``."""
     freqs = ctx.lit(_rope_frequencies(layer))
+    at = f", offset={offset}" if offset else ""
     return ExecutorKernel(
-        f"rt.rope({ctx.inputs[0]}, self.{ctx.ident}_table, {ctx.lit(layer.attrs['heads'])}, out={{out}})", "rope",
+        f"rt.rope({ctx.inputs[0]}, self.{ctx.ident}_table, {ctx.lit(layer.attrs['heads'])}{at}, out={{out}})", "rope",
         setup=(f"self.{ctx.ident}_table = rt.rope_table({ctx.lit(layer.shape[0])}, {freqs}, self.xp, self.dtype)",))
 
 
@@ -351,7 +368,8 @@ register(OpDef(
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
         torch=TorchLowering(module=_rope_torch_module, definitions=ROTARY_EMBEDDING),
-        executor=ExecutorLowering(lower=_rope_executor),
+        executor=ExecutorLowering(lower=_rope_executor,
+                                  decode=lambda layer, ctx: _rope_executor(layer, ctx, ctx.offset)),
         onnx=_rope_onnx,
         reference=_rope_reference,
     ),
@@ -395,6 +413,7 @@ register(OpDef(
     macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
     default_fillers={"weight": Filler("gaussian", (("std", 0.02), ("mean", 0.0)))},
     pattern=Pattern.OPAQUE,
+    per_token=last_axis,
     lower=Lowerings(
         torch=TorchLowering(forward=lambda layer, args, ctx: (
             f"F.linear({args[0]}, {ctx.module(_owner(layer))}.weight)")),
@@ -445,6 +464,7 @@ register(OpDef(
               min=1)),
     infer=_repeat_kv_infer,
     pattern=Pattern.INJECTIVE,
+    per_token=last_axis,
     lower=Lowerings(
         torch=TorchLowering(forward=_repeat_kv_torch),
         executor=ExecutorLowering(lower=lambda layer, ctx: ExecutorKernel(

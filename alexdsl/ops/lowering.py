@@ -137,6 +137,10 @@ class ExecutorLowering:
       ``function(*inputs, out=None, **attrs)`` written against NumPy/CuPy (use
       ``alexdsl.backends.executor.runtime.array_module(x)``); it returns the output, into
       ``out`` when given. The generated module looks it up by op name.
+    * ``decode(layer, ctx) -> ExecutorKernel | None``: the kernel of an op that is not per token
+      (:meth:`~alexdsl.ops.registry.OpDef.is_per_token`) in a key/value-cached decoder, which runs
+      only the new tokens, the first at position ``ctx.offset`` (positions, rope, causal sdpa with
+      ``ctx.cache(...)``); None when this layer cannot run so (non-causal attention).
     """
 
     lower: Callable[[Any, ExecutorContext], ExecutorKernel] | None = None
@@ -147,6 +151,7 @@ class ExecutorLowering:
     folds_affine: bool = False
     fold: Callable[[Any, ExecutorContext, str, str], str] | None = None
     function: Callable[..., Any] | None = None
+    decode: Callable[[Any, ExecutorContext], ExecutorKernel | None] | None = None
 
     def applies(self, epilogue: str | None) -> bool:
         """Whether this op applies ``epilogue`` (an elementwise op's ``epilogue`` name) to its own output."""

@@ -447,6 +447,7 @@ register(OpDef(
     infer=_ln_infer,
     params=_ln_params,
     default_fillers=UNIT_AFFINE,
+    per_token=lambda attrs, inputs: attrs["axis"] == -1 and len(inputs[0]) >= 2,
     lower=Lowerings(
         torch=TorchLowering(module=lambda layer, ctx: (f"nn.LayerNorm({ctx.int(layer.params['weight'].shape[0])}, "
                                                        f"eps={ctx.float(layer.attrs['eps'])})"),

@@ -118,6 +118,12 @@ def _no_lint(attrs: Attrs, inputs: list[Shape]) -> list[tuple[str, str | None]]:
     return []
 
 
+def last_axis(attrs: Attrs, inputs: list[Shape]) -> bool:
+    """The ``per_token`` of an op acting on the last axis alone: per token when the first input has a token
+    axis before it (LxD)."""
+    return len(inputs[0]) >= 2
+
+
 def _no_values(attrs: Attrs) -> dict[str, Any]:
     return {}
 
@@ -147,6 +153,10 @@ class OpDef:
     normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     pattern: Pattern = Pattern.OPAQUE
     lower: Lowerings = NO_LOWERINGS
+    per_token: Callable[[Attrs, list[Shape]], bool] | None = None
+    """Whether each output token depends on the same token of the inputs alone (the first per-sample axis is
+    the sequence), so a key/value-cached decoder runs the op on the new tokens only; None derives it from the
+    pattern (:meth:`is_per_token`)."""
 
     @property
     def arg_names(self) -> list[str]:
@@ -158,6 +168,15 @@ class OpDef:
     def integer_buffers(self, attrs: Attrs) -> list[str]:
         """The buffers of integer values (an index table) among :attr:`buffer_values`."""
         return [name for name, value in self.buffer_values(attrs).items() if value.dtype.kind in "iu"]
+
+    def is_per_token(self, attrs: Attrs, inputs: list[Shape]) -> bool:
+        """:attr:`per_token`; undeclared, an elementwise op is, and a broadcasting one whose inputs all have the
+        output's shape."""
+        if self.per_token is not None:
+            return self.per_token(attrs, inputs)
+        if self.pattern is Pattern.BROADCAST:
+            return len({tuple(shape) for shape in inputs}) == 1
+        return self.pattern is Pattern.ELEMWISE
 
     def param_kinds(self) -> list[str]:
         """The learnable parameter names this op can have (weight, bias, ...)."""

@@ -257,7 +257,7 @@ CHANNEL_CHUNK = register(OpDef(
     args=(Arg("chunks", "int", doc="the number of parts (torch.chunk: each ceil(C / chunks) channels)", min=1),
           Arg("index", "int", doc="which part, from 0", min=0),
           Arg("axis", "int", 0, "the per-sample axis split: 0, the channels; -1, the last axis", positional=False)),
-    infer=_infer_chunk, pattern=Pattern.INJECTIVE,
+    infer=_infer_chunk, pattern=Pattern.INJECTIVE, per_token=lambda attrs, inputs: _axis(attrs, inputs[0]) > 0,
     lower=_lowerings(_chunk_executor, from_onnx={"Split": _split_from_onnx}),
 ))
 
@@ -270,7 +270,7 @@ CHANNEL_SLICE = register(OpDef(
           Arg("stop", "int", 0, "one past the last channel (0: to the last channel)", min=0),
           Arg("channels", "int", 0, "the input channels the split expects (0: any)", min=0, max=MAX_DIM),
           Arg("axis", "int", 0, "the per-sample axis split: 0, the channels; -1, the last axis", positional=False)),
-    infer=_infer_slice, pattern=Pattern.INJECTIVE,
+    infer=_infer_slice, pattern=Pattern.INJECTIVE, per_token=lambda attrs, inputs: _axis(attrs, inputs[0]) > 0,
     lower=_lowerings(_slice_executor, "Slice", from_onnx={"Slice": _slice_from_onnx}),
 ))
 

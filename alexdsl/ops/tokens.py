@@ -37,6 +37,7 @@ from alexdsl.ops.registry import (
     ShapeError,
     expect_min_rank,
     format_shape,
+    last_axis,
     normalize_axis,
     numel,
     register,
@@ -538,6 +539,7 @@ register(OpDef(
     macs=lambda attrs, inputs, output: numel(output) * inputs[0][-1],
     default_fillers=WEIGHT_AND_BIAS,
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
+    per_token=last_axis,
     lower=Lowerings(
         torch=TorchLowering(module=_linear_torch_module, forward=call_module, overwritable_output=True,
                             definitions=lambda layer: CONV1D if layer.attrs["layout"] == "conv1d" else ""),

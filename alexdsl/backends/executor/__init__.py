@@ -21,12 +21,14 @@ from typing import Any
 from alexdsl.backends.executor import runtime
 from alexdsl.backends.executor.codegen import Lowered, generate_source, lower
 from alexdsl.backends.executor.codegen import emit as _emit
+from alexdsl.backends.executor.decoder import Decoder
 from alexdsl.backends.executor.executor import Executor, check_dtype, cuda_available
 from alexdsl.ir.network import Network
 
 __all__ = [
     "Executor",
     "compile",
+    "compile_decoder",
     "cuda_available",
     "generate_source",
     "load_source",
@@ -70,6 +72,18 @@ def compile(  # noqa: A001 - mirrors torch.compile / the CLI verb
     source = _emit(low, dtype)
     cls = load_source(source, low.class_name, f"<alexdsl-cupy {network.name}>")
     return cls(weights, device=device, dtype=dtype, seed=seed)
+
+
+def compile_decoder(network: Network, weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                    device: str = "auto", dtype: str = "float32", seed: int = 0) -> Decoder:
+    """Generate, load and instantiate ``network``'s key/value-cached decoder
+    (:mod:`alexdsl.backends.executor.decoder`), arguments as :func:`compile`'s; a
+    :class:`~alexdsl.backends.executor.codegen.NotCacheable` error names the layer that is neither per token
+    nor cacheable."""
+    dtype = check_dtype(dtype).name
+    low = lower(network, decoder=True)
+    cls = load_source(_emit(low, dtype), low.class_name, f"<alexdsl-cupy decoder {network.name}>")
+    return cls(weights, device=device, dtype=dtype, seed=seed)  # type: ignore[return-value]
 
 
 def _mib(n: int) -> str:

@@ -29,12 +29,13 @@ def _aligned(term: Array, rank: int) -> Array:
 
 
 def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: float | None = None,
-         causal: bool = False, out: Array | None = None) -> Array:
+         causal: bool = False, past: int = 0, out: Array | None = None) -> Array:
     """softmax(q k^T * scale + sum(additive), masked above the diagonal when ``causal``) v, per head.
 
     ``q``: (N, ..., Lq, heads*d), ``k``: (N, ..., Lk, heads*d), ``v``: (N, ..., Lk, heads*dv); each added
     term broadcasts (per sample, NumPy's rules) to the scores (N, ..., heads, Lq, Lk). ``scale`` defaults to
-    d ** -0.5. Returns (N, ..., Lq, heads*dv), into ``out`` when given.
+    d ** -0.5. ``past``: the query tokens come after that many keys (a cached decoder's), so the causal mask
+    lets query i see keys up to ``past + i``. Returns (N, ..., Lq, heads*dv), into ``out`` when given.
     """
     xp = array_module(q)
     lq, lk, d = q.shape[-2], k.shape[-2], q.shape[-1] // heads
@@ -47,7 +48,7 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
         for term in additive:
             full += _aligned(term, full.ndim)
     if causal:
-        scores[..., xp.triu(xp.ones((lq, lk), dtype=bool), 1)] = -xp.inf
+        scores[..., xp.triu(xp.ones((lq, lk), dtype=bool), 1 + past)] = -xp.inf
     scores -= scores.max(axis=-1, keepdims=True)
     xp.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
@@ -56,6 +57,18 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
         out = xp.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)
     out.reshape(mixed.shape[0], lq, heads, -1)[...] = mixed.transpose(0, 2, 1, 3)
     return out
+
+
+def cached_sdpa(q: Array, k: Array, v: Array, cache: tuple[Array, Array], offset: int, *, heads: int,
+                scale: float | None = None, out: Array | None = None) -> Array:
+    """Causal :func:`sdpa` of the new tokens (``q``, ``k``, ``v``: (N, L, features), at positions ``offset`` on)
+    over a key/value ``cache`` ((N, longest, features) each): ``k`` and ``v`` are written into it at ``offset``,
+    then the queries attend to the cached tokens 0 to ``offset + L - 1``."""
+    keys, values = cache
+    end = offset + q.shape[-2]
+    keys[:, offset:end] = k
+    values[:, offset:end] = v
+    return sdpa(q, keys[:, :end], values[:, :end], heads=heads, scale=scale, causal=True, past=offset, out=out)
 
 
 def attention(x: Array, in_weight: Array, in_bias: Array | None, out_weight: Array, out_bias: Array | None, *,

@@ -14,6 +14,12 @@
 * activations go to reusable buffers by the liveness plan of
   :mod:`alexdsl.backends.executor.memory`.
 
+``lower(network, decoder=True)`` lowers a causal language model for generation with a key/value
+cache (:mod:`alexdsl.backends.executor.decoder`): each call runs only the new tokens, the first at
+position ``offset``. Every layer must be per token (:meth:`~alexdsl.ops.registry.OpDef.is_per_token`)
+or have a ``decode`` kernel (positions, rope, causal sdpa); anything else is refused
+(:class:`NotCacheable`). The caches are persistent values of the memory plan.
+
 :func:`emit` prints the steps as a module with one class.  Every user-supplied string
 reaches the source through ``repr()`` (or as a sanitised identifier), so nothing in a
 network file can inject code.
@@ -38,6 +44,11 @@ from alexdsl.ops.registry import lookup
 
 ITEMSIZE = 4  # the plan counts float32 bytes; other dtypes scale it
 RESERVED = {"self", "rt", "v", "n", "w", "scratch", "math", "numpy", "Executor"}
+DECODER_RESERVED = RESERVED | {"offset", "Decoder"}
+
+
+class NotCacheable(AlexDSLError):
+    """The network cannot run as a key/value-cached decoder; the message says which layer and why."""
 
 
 @dataclass
@@ -74,13 +85,15 @@ class Lowered:
     unused: list[str]  # state keys of layers that do not run at inference (accepted, ignored)
     dropped: list[str]
     var: dict[str, str]
+    decoder: bool = False  # the steps of a key/value-cached decoder
+    caches: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # a decoder's, per sample
 
 
 # ------------------------------------------------------------------------------------ naming
 
 
-def class_name(name: str) -> str:
-    return naming.class_name(name, RESERVED | {"ConvPlan", "PoolPlan"})
+def class_name(name: str, reserved: set[str] = RESERVED) -> str:
+    return naming.class_name(name, reserved | {"ConvPlan", "PoolPlan"})
 
 
 def lit(value: Any) -> str:
@@ -132,13 +145,22 @@ class ExecutorCodegenContext:
     ident: str
     epilogue: str | None
 
+    offset = "offset"
+
     def __init__(self, inputs: list[str], ident: str, epilogue: str | None, affine: Layer | None,
-                 by_name: dict[str, Layer]):
+                 by_name: dict[str, Layer], caches: dict[str, tuple[tuple[int, ...], ...]] | None = None):
         self.inputs = inputs
         self.ident = ident
         self.epilogue = epilogue
         self.affine = affine  # the per-channel affine layer folded into this step's weights, if any
         self._by_name = by_name
+        self._caches = caches  # a decoder's: layer name -> per-sample cache shapes
+
+    def cache(self, layer: Layer, shapes: tuple[tuple[int, ...], ...]) -> str:
+        """``self.cache[<layer>]``: the layer's persistent buffers of ``shapes`` per sample (a decoder's)."""
+        assert self._caches is not None, "only a decoder's kernels have a cache"
+        self._caches[layer.name] = tuple(tuple(shape) for shape in shapes)
+        return f"self.cache[{lit(layer.name)}]"
 
     def lit(self, value: Any) -> str:
         return lit(value)
@@ -254,9 +276,10 @@ def _check_runs_at_inference(layer: Layer, var: dict[str, str]) -> None:
 class _StepWriter:
     """Turns the inference layers into :class:`Step` s and forward lines, one layer (or fused group) at a time."""
 
-    def __init__(self, graph: _InferenceGraph):
+    def __init__(self, graph: _InferenceGraph, decoder: bool = False):
         self.graph = graph
-        self.names = naming.IdentifierMap(RESERVED)
+        self.caches: dict[str, tuple[tuple[int, ...], ...]] | None = {} if decoder else None
+        self.names = naming.IdentifierMap(DECODER_RESERVED if decoder else RESERVED)
         self.input_vars = {n: self.names(n) for n in graph.data_inputs}
         self.var: dict[str, str] = dict(self.input_vars)  # value name -> python variable holding it
         self.root: dict[str, str] = {n: n for n in graph.data_inputs}  # value -> value owning its memory
@@ -273,10 +296,30 @@ class _StepWriter:
         lowering = executor_lowering(layer)
         ins = [self.var[i] for i in layer.inputs]
         ident = self.names(layer.name)
+        if self.caches is not None:
+            lowering = self._decoding(layer, lowering)
         if lowering.alias:
             self._alias(layer, lowering, ins, ident)
         else:
             self._kernel(layer, lowering, ins, ident)
+
+    def _decoding(self, layer: Layer, lowering: ExecutorLowering) -> ExecutorLowering:
+        """The lowering of ``layer`` in a decoder: its own when it is per token, else its ``decode`` kernel (which
+        may decline); a :class:`NotCacheable` error otherwise."""
+        op = lookup(layer.op)
+        assert op is not None
+        if op.is_per_token(layer.attrs, [tuple(self.graph.by_name[i].shape) for i in layer.inputs]):
+            return lowering
+        decode = lowering.decode
+        ctx = ExecutorCodegenContext([self.var[i] for i in layer.inputs], self.names(layer.name), None, None,
+                                     self.graph.by_name, self.caches)
+        if decode is None or decode(layer, ctx) is None:
+            why = "it is not per token and has no cached kernel" if decode is None else \
+                "its cached kernel declines it (only causal self-attention is cached)"
+            raise NotCacheable([Diagnostic(
+                "error", f"layer '{layer.name}' ({layer.op}) mixes the tokens of the sequence: {why}", layer.span,
+                hint="a key/value cache needs every layer per token, apart from positions, rope and causal sdpa")])
+        return ExecutorLowering(lower=decode)
 
     def _sole_consumer(self, name: str, accepts: Callable[[ExecutorLowering], bool]) -> Layer | None:
         """The one layer reading ``name`` (and only it), when its op's lowering ``accepts``; else None."""
@@ -314,7 +357,7 @@ class _StepWriter:
         chain = [fused for fused in (layer, affine, finisher) if fused is not None]
         covered, last = [fused.name for fused in chain], chain[-1]
         epilogue = executor_lowering(finisher).epilogue if finisher is not None else None
-        ctx = ExecutorCodegenContext(ins, ident, epilogue, affine, self.graph.by_name)
+        ctx = ExecutorCodegenContext(ins, ident, epilogue, affine, self.graph.by_name, self.caches)
         kernel = lowering.lower(layer, ctx) if lowering.lower is not None else _function_call(layer, ctx)
         self.scratch = max(self.scratch, kernel.scratch[0])
         self.scratch_wide = max(self.scratch_wide, kernel.scratch[1])
@@ -342,18 +385,31 @@ class _StepWriter:
         self.lines.append(_wrap(f"{out_ident} = {step.code}", what))
 
 
-def lower(network: Network) -> Lowered:
-    """Network -> steps, memory plan and state table (see the module docstring)."""
+def _check_decodable(graph: _InferenceGraph) -> None:
+    """A :class:`NotCacheable` error unless the network's one input is a sequence of token ids."""
+    inputs = [graph.by_name[name] for name in graph.data_inputs]
+    if len(inputs) != 1 or not inputs[0].is_tokens:
+        raise NotCacheable("error: a key/value-cached decoder needs a network with one input, of token ids "
+                           "(input ids: tokens(N))")
+
+
+def lower(network: Network, decoder: bool = False) -> Lowered:
+    """Network -> steps, memory plan and state table (see the module docstring); ``decoder``: the steps of a
+    key/value-cached decoder, or a :class:`NotCacheable` error."""
     graph = _inference_graph(network)
-    writer = _StepWriter(graph)
+    if decoder:
+        _check_decodable(graph)
+    writer = _StepWriter(graph, decoder)
     state = _state_table(graph.kept)
     for layer in graph.kept:
         writer.write(layer)
     values = [Value(s.name, ITEMSIZE * math.prod(s.shape), tuple(s.inputs), s.inplace) for s in writer.steps]
-    memory = plan_memory(values, outputs=[writer.root[o] for o in graph.outputs])
+    caches = writer.caches or {}
+    memory = plan_memory(values, outputs=[writer.root[o] for o in graph.outputs],
+                         persistent={name: ITEMSIZE * sum(map(math.prod, shapes)) for name, shapes in caches.items()})
     return Lowered(
         network=network,
-        class_name=class_name(network.name),
+        class_name=class_name(network.name, DECODER_RESERVED if decoder else RESERVED),
         inputs={n: tuple(graph.by_name[n].shape) for n in graph.data_inputs},
         input_vars=writer.input_vars,
         outputs=graph.outputs,
@@ -367,6 +423,8 @@ def lower(network: Network) -> Lowered:
         unused=[k for k in network.state_keys() if k not in state],
         dropped=graph.dropped,
         var=writer.var,
+        decoder=decoder,
+        caches=caches,
     )
 
 
@@ -452,6 +510,8 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     keep_all = mem.keep_all_bytes // ITEMSIZE
     item = _itemsize(dtype)
     src = net.source_file or "<string>"
+    cache_elems = sum(math.prod(shape) for shapes in low.caches.values() for shape in shapes)
+    base = "Decoder" if low.decoder else "Executor"
     head = [
         f"# Generated by alexdsl (cupy backend) from {comment(src)}; do not edit.",
         f"# Network {comment(net.name)}: {sum(len(s.layers) for s in low.steps)} layers in {len(low.steps)} kernel "
@@ -460,13 +520,20 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
         f"vs {keep_all * item / 2**20:.2f} MiB keeping every tensor alive;",
         f"# plus im2col scratch shared by all convs: {item * low.scratch / 2**20:.2f} MiB (NumPy), "
         f"{item * low.scratch_wide / 2**20:.2f} MiB (CuPy).",
+    ]
+    if low.decoder:
+        head.append(f"# Key/value caches per sample: {cache_elems * item / 2**20:.2f} MiB in {len(low.caches)} layers.")
+    head += [
         '"""A NumPy/CuPy inference executor generated by alexdsl; see docs/cupy.md."""',
         "",
         "from alexdsl.backends.executor import runtime as rt",
+        "from alexdsl.backends.executor.decoder import Decoder" if low.decoder else
         "from alexdsl.backends.executor.executor import Executor",
         "",
         "",
-        f"class {low.class_name}(Executor):",
+        f"class {low.class_name}({base}):",
+        '    """Call with token ids and the position of the first (NumPy or CuPy): each call runs only the new tokens '
+        'over\n    the key/value caches; returns the output in the same library."""' if low.decoder else
         '    """Call with NCHW arrays (NumPy or CuPy); returns the output in the same library."""',
         "",
         f"    network_name = {lit(net.name)}",
@@ -489,26 +556,40 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     head.append(f"    scratch_wide = {low.scratch_wide}")
     head.append(f"    default_dtype = {lit(str(dtype))}")
     head.append(f"    keep_all = {keep_all}")
+    if low.decoder:
+        head += _table("caches", low.caches)
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [_marked(f"        {line}") for line in setup] or ["        pass"]
     args = ", ".join(low.input_vars.values())
     first = next(iter(low.input_vars.values()), None)
-    head += [
-        "",
-        f"    def forward(self, {args}):",
-        '        """One line per kernel; every activation lives in a planned buffer."""',
-        f"        n = {first}.shape[0]" if first else "        n = 1  # no input: a learned tensor alone is one sample",
-        "        v, scratch = self.arena(n)",
-    ]
+    if low.decoder:
+        head += [
+            "",
+            f"    def forward(self, {args}, offset):",
+            '        """One line per kernel over the new tokens, the first at position offset; every activation lives '
+            'in a\n        planned buffer."""',
+            f"        n = {first}.shape[0]",
+            f"        v, scratch = self.arena(n, {first}.shape[1])",
+        ]
+    else:
+        batch = f"n = {first}.shape[0]" if first else "n = 1  # no input: a learned tensor alone is one sample"
+        head += [
+            "",
+            f"    def forward(self, {args}):",
+            '        """One line per kernel; every activation lives in a planned buffer."""',
+            f"        {batch}",
+            "        v, scratch = self.arena(n)",
+        ]
     head += [_marked("        " + line.replace("\n", "\n        ")) for line in low.lines]
     outs = [low.var[o] for o in low.outputs]
     head.append(f"        return {outs[0]}" if len(outs) == 1 else f"        return ({', '.join(outs)},)")
     return "\n".join(head) + "\n"
 
 
-def generate_source(network: Network, dtype: str = "float32") -> str:
-    """Readable Python source of the executor module for ``network`` (default ``dtype``)."""
+def generate_source(network: Network, dtype: str = "float32", decoder: bool = False) -> str:
+    """Readable Python source of the executor module for ``network`` (default ``dtype``); ``decoder``: of its
+    key/value-cached decoder (:mod:`alexdsl.backends.executor.decoder`)."""
     from alexdsl.backends.executor.executor import check_dtype
 
-    return emit(lower(network), check_dtype(dtype).name)
+    return emit(lower(network, decoder), check_dtype(dtype).name)

@@ -27,13 +27,14 @@ def embedding(ids: Array, weight: Array, *, out: Array | None = None) -> Array:
     return xp.take(weight, index, axis=0, out=out)
 
 
-def positions(x: Array, *, out: Array | None = None) -> Array:
-    """0, 1, ... L-1 along the first per-sample axis of ``x`` (N, L, ...), for every sample: (N, L)."""
+def positions(x: Array, *, offset: int = 0, out: Array | None = None) -> Array:
+    """offset, offset + 1, ... offset + L-1 along the first per-sample axis of ``x`` (N, L, ...), for every sample:
+    (N, L)."""
     xp = array_module(x)
     n, length = x.shape[:2]
     if out is None:
         out = xp.empty((n, length), dtype=x.dtype)
-    out[...] = xp.arange(length, dtype=out.dtype)
+    out[...] = xp.arange(offset, offset + length, dtype=out.dtype)
     return out
 
 
@@ -53,15 +54,16 @@ def rope_table(length: int, inv_freq: list[float], xp: object = numpy, dtype: ob
     return xp.asarray(language.rope_table(length, inv_freq), dtype=dtype)  # type: ignore[attr-defined]
 
 
-def rope(x: Array, table: Array, heads: int, *, out: Array | None = None) -> Array:
-    """Rotate every head of ``x`` (N, L, heads * D) by its position: ``x * cos + rotate_half(x) * sin``, where
-    rotate_half swaps the halves of each head and negates the new first half."""
+def rope(x: Array, table: Array, heads: int, *, offset: int = 0, out: Array | None = None) -> Array:
+    """Rotate every head of ``x`` (N, L, heads * D) by its position (``offset`` + its index):
+    ``x * cos + rotate_half(x) * sin``, where rotate_half swaps the halves of each head and negates the new first
+    half."""
     xp = array_module(x)
     n, length, width = x.shape
     dim = width // heads
     half = dim // 2
     split = x.reshape(n, length, heads, dim)
-    cos, sin = table[0, :length, None, :], table[1, :length, None, :]
+    cos, sin = table[0, offset:offset + length, None, :], table[1, offset:offset + length, None, :]
     result = (out if out is not None else xp.empty_like(x)).reshape(n, length, heads, dim)
     xp.multiply(split, cos, out=result)
     result[..., :half] -= split[..., half:] * sin[..., :half]

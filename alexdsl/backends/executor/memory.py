@@ -6,6 +6,9 @@ value takes the smallest free buffer that fits (growing the largest free one whe
 fits).  Sizes are per sample, so one plan serves every batch size: the executor
 allocates ``batch * size`` elements per buffer once per batch size and carves views.
 
+A key/value-cached decoder's caches are persistent values: held from one call to the next, never
+shared, and counted with the buffers.
+
 An op that may run in place (``inplace=True``: ReLU, batchnorm, ...) reuses its first
 input's buffer when that input dies at this step.  Network outputs stay alive to the
 end.
@@ -21,7 +24,7 @@ end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -43,11 +46,12 @@ class MemoryPlan:
     assignment: dict[str, int] = field(default_factory=dict)
     keep_all_bytes: int = 0
     last_use: dict[str, int] = field(default_factory=dict)
+    persistent: dict[str, int] = field(default_factory=dict)  # a cache's name -> its per-sample bytes
 
     @property
     def planned_bytes(self) -> int:
-        """Per-sample bytes of all buffers together (the plan's peak)."""
-        return sum(self.buffers)
+        """Per-sample bytes of all buffers and persistent values together (the plan's peak)."""
+        return sum(self.buffers) + sum(self.persistent.values())
 
     def describe(self, batch: int = 1) -> str:
         """One line: planned vs keep-every-tensor-alive bytes at ``batch``."""
@@ -63,8 +67,10 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def plan_memory(values: Sequence[Value], outputs: Iterable[str] = ()) -> MemoryPlan:
-    """Assign ``values`` (in execution order) to reusable buffers.
+def plan_memory(values: Sequence[Value], outputs: Iterable[str] = (),
+                persistent: Mapping[str, int] | None = None) -> MemoryPlan:
+    """Assign ``values`` (in execution order) to reusable buffers; ``persistent`` values (name -> per-sample bytes)
+    each keep their own memory across calls.
 
     Inputs that no value produces (the network's inputs) are external and never planned.
     """
@@ -79,7 +85,9 @@ def plan_memory(values: Sequence[Value], outputs: Iterable[str] = ()) -> MemoryP
         if name in last_use:
             last_use[name] = end
 
-    plan = MemoryPlan(keep_all_bytes=sum(v.nbytes for v in values), last_use=last_use)
+    kept = dict(persistent or {})
+    plan = MemoryPlan(keep_all_bytes=sum(v.nbytes for v in values) + sum(kept.values()), last_use=last_use,
+                      persistent=kept)
     free: list[int] = []  # buffer ids
     holders: dict[int, int] = {}  # buffer id -> number of live values in it
     for i, v in enumerate(values):

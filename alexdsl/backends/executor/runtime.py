@@ -43,6 +43,7 @@ from alexdsl.backends.executor.arrays import (  # noqa: F401 - the runtime's nam
 )
 from alexdsl.backends.executor.attention import (  # noqa: F401 - the runtime's names
     attention,
+    cached_sdpa,
     copy_constant,
     relative_position_bias,
     sdpa,
