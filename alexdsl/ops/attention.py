@@ -118,18 +118,51 @@ def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
         f"causal={ctx.lit(a['causal'])}, out={{out}})", "sdpa")
 
 
+def _cacheable(layer: Any, shapes: list[Shape]) -> bool:
+    """Whether a cached decoder can run this sdpa: causal self-attention of q, k and v (L x features each, the
+    same L), nothing added to the scores."""
+    return layer.attrs["causal"] and len(shapes) == 3 and all(len(s) == 2 and s[0] == shapes[0][0] for s in shapes)
+
+
 def _sdpa_decode(layer: Any, ctx: ExecutorContext) -> ExecutorKernel | None:
     """Causal self-attention over a key/value cache: the new tokens' keys and values are written into the cache at
     ``offset`` and the queries attend to every cached token up to their own. None for any other attention
     (non-causal, or with added terms: each token would see later ones, or the terms span the sequence)."""
     a = layer.attrs
-    q, k, v = (ctx.input_shape(layer, i) for i in range(3))
-    if not a["causal"] or len(layer.inputs) != 3 or not len(q) == len(k) == len(v) == 2 or not q[0] == k[0] == v[0]:
+    shapes = [ctx.input_shape(layer, i) for i in range(len(layer.inputs))]
+    if not _cacheable(layer, shapes):
         return None
-    cache = ctx.cache(layer, (k, v))
+    cache = ctx.cache(layer, (shapes[1], shapes[2]))
     return ExecutorKernel(
         f"rt.cached_sdpa({', '.join(ctx.inputs)}, {cache}, {ctx.offset}, heads={ctx.lit(a['heads'])}, "
         f"scale={ctx.lit(a['scale'])}, out={{out}})", "cached_sdpa")
+
+
+CACHED_SDPA = '''
+def cached_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor],
+                offset: int, heads: int, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of the new tokens q, k, v (N, L, heads * d), the first at position offset: their keys and
+    values are written into the cache (N, longest, features) at offset, then each query attends to the cached
+    tokens up to its own."""
+    keys, values = cache
+    end = offset + q.shape[1]
+    keys[:, offset:end] = k
+    values[:, offset:end] = v
+    mask = torch.ones(q.shape[1], end, dtype=torch.bool, device=q.device).tril(offset)
+    return F.scaled_dot_product_attention(*(x.unflatten(-1, (heads, -1)).transpose(1, 2)
+                                            for x in (q, keys[:, :end], values[:, :end])),
+                                          attn_mask=mask, scale=scale).transpose(1, 2).flatten(-2)
+'''
+
+
+def _sdpa_torch_decode(layer: Any, args: list[str], ctx: TorchContext) -> str | None:
+    """:data:`CACHED_SDPA` for causal self-attention; None for any other (see :func:`_sdpa_decode`)."""
+    if not _cacheable(layer, [ctx.input_shape(layer, i) for i in range(len(layer.inputs))]):
+        return None
+    cache = ctx.cache(layer, (ctx.input_shape(layer, 1), ctx.input_shape(layer, 2)))
+    scale = "None" if layer.attrs["scale"] is None else ctx.float(layer.attrs["scale"])
+    return (f"cached_sdpa({', '.join(args)}, {cache}, {ctx.offset}, {ctx.int(layer.attrs['heads'])}, "
+            f"scale={scale})")
 
 
 def onnx_sdpa(layer: Any, ctx: OnnxExportContext, q: str, k: str, v: str, additive: list[tuple[str, int]], *,
@@ -210,7 +243,7 @@ register(OpDef(
     macs=_sdpa_macs,
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(forward=_sdpa_torch),
+        torch=TorchLowering(forward=_sdpa_torch, decode=_sdpa_torch_decode, decode_definitions=CACHED_SDPA),
         executor=ExecutorLowering(lower=_sdpa_executor, decode=_sdpa_decode),
         onnx=_sdpa_onnx,
         reference=lambda layer, xs, w, F: reference_sdpa(*xs[:3], xs[3:], heads=layer.attrs["heads"],

@@ -60,6 +60,15 @@ class TorchContext(Protocol):
         """The expression of the batch size in ``forward`` (``x.shape[0]``, of the first input)."""
         ...
 
+    offset: str
+    """In a key/value-cached decoder's ``decode`` (:attr:`~alexdsl.ops.lowering.TorchLowering.decode`): the
+    variable holding the position of the first new token."""
+
+    def cache(self, layer: Any, shapes: tuple[tuple[builtins.int, ...], ...]) -> str:
+        """In ``decode``: the expression of the layer's cached tensors, one per sample of each per-sample shape
+        in ``shapes`` (the longest sequence first)."""
+        ...
+
     def may_run_inplace(self, layer: Any) -> bool:
         """Whether an elementwise layer may overwrite its input while training (its producer's backward
         does not read it, nothing else reads it, it is no output, and both run in the same phase)."""

@@ -141,8 +141,12 @@ register(OpDef(
     infer=_positions_infer,
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(forward=lambda layer, args, ctx: (
-            f"torch.arange({args[0]}.shape[1], device={args[0]}.device).expand({args[0]}.shape[0], -1)")),
+        torch=TorchLowering(
+            forward=lambda layer, args, ctx: (
+                f"torch.arange({args[0]}.shape[1], device={args[0]}.device).expand({args[0]}.shape[0], -1)"),
+            decode=lambda layer, args, ctx: (
+                f"torch.arange({ctx.offset}, {ctx.offset} + {args[0]}.shape[1], device={args[0]}.device)"
+                f".expand({args[0]}.shape[0], -1)")),
         executor=ExecutorLowering(
             lower=lambda layer, ctx: ExecutorKernel(f"rt.positions({ctx.inputs[0]}, out={{out}})", "positions"),
             decode=lambda layer, ctx: ExecutorKernel(
@@ -278,12 +282,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
         self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         heads = x.unflatten(-1, (self.heads, -1))
         half = heads.shape[-1] // 2
         rotated = torch.cat((-heads[..., half:], heads[..., :half]), dim=-1)
-        length = x.shape[1]
-        return (heads * self.cos[:length] + rotated * self.sin[:length]).flatten(-2)
+        end = offset + x.shape[1]  # the tokens of x are at positions offset to end - 1
+        return (heads * self.cos[offset:end] + rotated * self.sin[offset:end]).flatten(-2)
 '''
 
 
@@ -367,7 +371,8 @@ register(OpDef(
     macs=lambda attrs, inputs, output: 2 * inputs[0][0] * inputs[0][1],
     pattern=Pattern.OPAQUE,
     lower=Lowerings(
-        torch=TorchLowering(module=_rope_torch_module, definitions=ROTARY_EMBEDDING),
+        torch=TorchLowering(module=_rope_torch_module, definitions=ROTARY_EMBEDDING,
+                            decode=lambda layer, args, ctx: f"{ctx.module(layer)}({args[0]}, {ctx.offset})"),
         executor=ExecutorLowering(lower=_rope_executor,
                                   decode=lambda layer, ctx: _rope_executor(layer, ctx, ctx.offset)),
         onnx=_rope_onnx,

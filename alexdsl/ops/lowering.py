@@ -66,6 +66,10 @@ class TorchLowering:
     ``holds_children``: the module may hold the modules of layers named below it, as torchvision's
     Swin attention holds ``qkv`` and ``proj`` beside its relative position bias table (it is an
     ``nn.ModuleDict``).
+    ``decode(layer, args, ctx) -> str | None``: for an op that is not per token
+    (:meth:`~alexdsl.ops.registry.OpDef.is_per_token`), the expression in a key/value-cached decoder's
+    ``decode``, which runs only the new tokens, the first at position ``ctx.offset``; None when this layer
+    cannot run so. ``decode_definitions``: module-level source that expression uses (emitted only with it).
 
     ``ctx`` is a :class:`~alexdsl.ops.contexts.TorchContext`.
     """
@@ -77,6 +81,8 @@ class TorchLowering:
     imports: tuple[str, ...] = ()
     definitions: str | Callable[[Any], str] = ""
     holds_children: bool = False
+    decode: Callable[[Any, list[str], TorchContext], str | None] | None = None
+    decode_definitions: str = ""
 
     def __post_init__(self) -> None:
         if self.forward is None:

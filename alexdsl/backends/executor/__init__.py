@@ -78,7 +78,7 @@ def compile_decoder(network: Network, weights: str | os.PathLike[str] | Mapping[
                     device: str = "auto", dtype: str = "float32", seed: int = 0) -> Decoder:
     """Generate, load and instantiate ``network``'s key/value-cached decoder
     (:mod:`alexdsl.backends.executor.decoder`), arguments as :func:`compile`'s; a
-    :class:`~alexdsl.backends.executor.codegen.NotCacheable` error names the layer that is neither per token
+    :class:`~alexdsl.backends.decoding.NotCacheable` error names the layer that is neither per token
     nor cacheable."""
     dtype = check_dtype(dtype).name
     low = lower(network, decoder=True)

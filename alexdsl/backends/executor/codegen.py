@@ -18,7 +18,7 @@
 cache (:mod:`alexdsl.backends.executor.decoder`): each call runs only the new tokens, the first at
 position ``offset``. Every layer must be per token (:meth:`~alexdsl.ops.registry.OpDef.is_per_token`)
 or have a ``decode`` kernel (positions, rope, causal sdpa); anything else is refused
-(:class:`NotCacheable`). The caches are persistent values of the memory plan.
+(:class:`~alexdsl.backends.decoding.NotCacheable`). The caches are persistent values of the memory plan.
 
 :func:`emit` prints the steps as a module with one class.  Every user-supplied string
 reaches the source through ``repr()`` (or as a sanitised identifier), so nothing in a
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
+from alexdsl.backends.decoding import is_per_token, not_a_language_model, not_cacheable
 from alexdsl.backends.executor.conv import ConvPlan
 from alexdsl.backends.executor.executor import COMPUTED
 from alexdsl.backends.executor.memory import MemoryPlan, Value, plan_memory
@@ -45,10 +46,6 @@ from alexdsl.ops.registry import lookup
 ITEMSIZE = 4  # the plan counts float32 bytes; other dtypes scale it
 RESERVED = {"self", "rt", "v", "n", "w", "scratch", "math", "numpy", "Executor"}
 DECODER_RESERVED = RESERVED | {"offset", "Decoder"}
-
-
-class NotCacheable(AlexDSLError):
-    """The network cannot run as a key/value-cached decoder; the message says which layer and why."""
 
 
 @dataclass
@@ -306,19 +303,13 @@ class _StepWriter:
     def _decoding(self, layer: Layer, lowering: ExecutorLowering) -> ExecutorLowering:
         """The lowering of ``layer`` in a decoder: its own when it is per token, else its ``decode`` kernel (which
         may decline); a :class:`NotCacheable` error otherwise."""
-        op = lookup(layer.op)
-        assert op is not None
-        if op.is_per_token(layer.attrs, [tuple(self.graph.by_name[i].shape) for i in layer.inputs]):
+        if is_per_token(layer, [tuple(self.graph.by_name[i].shape) for i in layer.inputs]):
             return lowering
         decode = lowering.decode
         ctx = ExecutorCodegenContext([self.var[i] for i in layer.inputs], self.names(layer.name), None, None,
                                      self.graph.by_name, self.caches)
         if decode is None or decode(layer, ctx) is None:
-            why = "it is not per token and has no cached kernel" if decode is None else \
-                "its cached kernel declines it (only causal self-attention is cached)"
-            raise NotCacheable([Diagnostic(
-                "error", f"layer '{layer.name}' ({layer.op}) mixes the tokens of the sequence: {why}", layer.span,
-                hint="a key/value cache needs every layer per token, apart from positions, rope and causal sdpa")])
+            raise not_cacheable(layer, declined=decode is not None)
         return ExecutorLowering(lower=decode)
 
     def _sole_consumer(self, name: str, accepts: Callable[[ExecutorLowering], bool]) -> Layer | None:
@@ -389,13 +380,12 @@ def _check_decodable(graph: _InferenceGraph) -> None:
     """A :class:`NotCacheable` error unless the network's one input is a sequence of token ids."""
     inputs = [graph.by_name[name] for name in graph.data_inputs]
     if len(inputs) != 1 or not inputs[0].is_tokens:
-        raise NotCacheable("error: a key/value-cached decoder needs a network with one input, of token ids "
-                           "(input ids: tokens(N))")
+        raise not_a_language_model()
 
 
 def lower(network: Network, decoder: bool = False) -> Lowered:
     """Network -> steps, memory plan and state table (see the module docstring); ``decoder``: the steps of a
-    key/value-cached decoder, or a :class:`NotCacheable` error."""
+    key/value-cached decoder, or a :class:`~alexdsl.backends.decoding.NotCacheable` error."""
     graph = _inference_graph(network)
     if decoder:
         _check_decodable(graph)
@@ -533,7 +523,7 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
         "",
         f"class {low.class_name}({base}):",
         '    """Call with token ids and the position of the first (NumPy or CuPy): each call runs only the new tokens '
-        'over\n    the key/value caches; returns the output in the same library."""' if low.decoder else
+        'over\n    the key/value caches; returns the output as a NumPy array."""' if low.decoder else
         '    """Call with NCHW arrays (NumPy or CuPy); returns the output in the same library."""',
         "",
         f"    network_name = {lit(net.name)}",

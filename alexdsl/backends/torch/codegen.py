@@ -9,7 +9,10 @@ The generated module imports only torch. Its submodules are named after the laye
 * ``loss(outputs, label)`` and ``metrics(outputs, label)`` from the softmax_loss and accuracy layers;
 * ``reset_parameters()``: the fillers with Caffe's meaning (called by the constructor);
 * ``param_groups(base_lr, weight_decay)``: optimizer groups with each parameter's lr_mult and
-  decay_mult.
+  decay_mult;
+* with ``decoder=True`` (a causal language model's key/value-cached decoder), also
+  ``decode(ids, offset, cache)``, the forward pass of the new tokens only, and ``new_cache(batch)``
+  (:mod:`alexdsl.backends.decoding` says which networks can have one).
 
 Nothing from a network file reaches the source except sanitised identifiers and ``repr()`` /
 ``ascii()`` of checked values, so a layer name or description cannot inject code.
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alexdsl.backends import naming
+from alexdsl.backends.decoding import is_per_token, not_a_language_model, not_cacheable
 from alexdsl.backends.torch.module_attributes import MODULE_ATTRIBUTES, MODULE_DICT_ATTRIBUTES
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.ir.network import Layer, Network, ParamSpec
@@ -46,6 +50,7 @@ CLASS_ATTRS = {"input_shapes", "label_classes", "output_names", "description", "
                "forward", "loss", "metrics", "reset_parameters", "param_groups", "code"}
 RESERVED_LOCALS = {"self", "m", "torch", "F", "nn", "label", "labels", "outputs", "groups", "group", "name", "param",
                    "lr_mult", "decay_mult", "base_lr", "weight_decay"} | set(dir(builtins))
+DECODER_ATTRS = {"decode", "new_cache", "KV_CACHES"}  # what a decoder's class adds to CLASS_ATTRS
 
 
 def _is_plain_identifier(text: str) -> bool:
@@ -135,6 +140,13 @@ class TorchCodegenContext:
         self.access: dict[str, str] = {}  # parametric layer name -> expression for its module
         self.what = ""  # the layer being lowered, for error messages
         self.first_input: str | None = None  # the variable of forward's first input, once named
+        self.caches: dict[str, tuple[tuple[builtins.int, ...], ...]] = {}  # decode's, per sample
+
+    offset = "offset"
+
+    def cache(self, layer: Layer, shapes: tuple[tuple[builtins.int, ...], ...]) -> str:
+        self.caches[layer.name] = tuple(_shape(shape, self.what) for shape in shapes)
+        return f"cache[{layer.name!r}]"
 
     def int(self, value: Any) -> str:
         return repr(_int(value, self.what))
@@ -164,8 +176,9 @@ class TorchCodegenContext:
 
 
 class _Generator:
-    def __init__(self, network: Network, source_file: str | None):
+    def __init__(self, network: Network, source_file: str | None, decoder: bool = False):
         self.network = network
+        self.decoder = decoder
         self.source_file = source_file if source_file is not None else network.source_file
         self.cls = class_name(network)
         self.ctx = TorchCodegenContext(network)
@@ -176,7 +189,7 @@ class _Generator:
 
     # submodules -----------------------------------------------------------------------------
     def build_tree(self) -> None:
-        forbidden_top = CLASS_ATTRS | MODULE_ATTRIBUTES
+        forbidden_top = CLASS_ATTRS | MODULE_ATTRIBUTES | (DECODER_ATTRS if self.decoder else set())
         forbidden_nested = MODULE_DICT_ATTRIBUTES
         for layer in self.layers:
             if layer.name not in self.owns_module:
@@ -280,6 +293,56 @@ class _Generator:
             raise AlexDSLError(f"torch backend: network {self.network.name!r} has no outputs")
         body.append(f"return {outputs[0]}" if len(outputs) == 1 else f"return ({', '.join(outputs)})")
         return params, body, names.assigned
+
+    def decode_method(self) -> list[str]:
+        """``decode`` (the inference layers over the new tokens: per-token layers as in forward, the others by
+        their ``decode`` expression), ``new_cache`` and the table of cache shapes; a NotCacheable error when a
+        layer is neither."""
+        view = self.network.inference_view()
+        if len(view.inputs) != 1 or not self.network.layer(view.inputs[0]).is_tokens:
+            raise not_a_language_model()
+        names = naming.IdentifierMap(RESERVED_LOCALS | {"offset", "cache", "like", "batch"})
+        param = names(view.inputs[0])
+        body = []
+        for layer in view.layers:
+            args = [names(i) for i in layer.inputs]
+            lowering = torch_lowering(layer)
+            self.ctx.what = f"layer {layer.name!r}"
+            if is_per_token(layer, [tuple(self.network.layer(i).shape) for i in layer.inputs]):
+                expr = lowering.forward(layer, args, self.ctx)
+            else:
+                expr = lowering.decode(layer, args, self.ctx) if lowering.decode is not None else None
+                if expr is None:
+                    raise not_cacheable(layer, declined=lowering.decode is not None)
+            body.append(f"{names(layer.name)} = {expr}")
+        outputs = [names(n) for n in view.outputs]
+        ret = "torch.Tensor" if len(outputs) == 1 else "tuple[torch.Tensor, ...]"
+        caches = [f"    {name!r}: {shapes!r}," for name, shapes in self.ctx.caches.items()]
+        table = ["KV_CACHES = {", *caches, "}"] if caches else \
+            ["KV_CACHES: dict[str, tuple[tuple[int, ...], ...]] = {}"]
+        return [
+            *table,
+            "",
+            f"def decode(self, {param}: torch.Tensor, offset: int, cache: dict[str, tuple[torch.Tensor, ...]]) "
+            f"-> {ret}:",
+            '    """forward() of the new tokens (N, L), the first at position offset, over the key/value cache of the '
+            'tokens',
+            '    before them (new_cache(); each call writes its own tokens\' keys and values into it)."""',
+            *("    " + line for line in body),
+            f"    return {outputs[0]}" if len(outputs) == 1 else f"    return ({', '.join(outputs)})",
+            "",
+            "def new_cache(self, batch: int) -> dict[str, tuple[torch.Tensor, ...]]:",
+            '    """Zeroed keys and values of ``batch`` sequences of the longest length, for decode()."""',
+            "    like = next(self.parameters())",
+            "    return {name: tuple(like.new_zeros(batch, *shape) for shape in shapes)",
+            "            for name, shapes in self.KV_CACHES.items()}",
+        ]
+
+    def decode_definitions(self) -> list[str]:
+        """The module-level source the decode expressions use (:attr:`TorchLowering.decode_definitions`), once."""
+        layers = self.network.inference_view().layers
+        found = dict.fromkeys(torch_lowering(layer).decode_definitions for layer in layers)
+        return [line for text in found if text for line in (text.strip("\n"), "", "")]
 
     def head_lines(self, role: str) -> tuple[list[str], str, list[Layer]]:
         """Unpacking of ``outputs`` and labels shared by loss() and metrics()."""
@@ -387,6 +450,7 @@ class _Generator:
         self.build_tree()
         init = self.init_lines()
         params, body, _ = self.forward()
+        decoding = self.decode_method() if self.decoder else []
         source = ascii(str(self.source_file)) if self.source_file else "a network built in Python"
         input_shapes = {n: _shape(net.layer(n).shape, n) for n in net.data_inputs}
         classes = {n: _int(net.layer(n).attrs.get("classes", 0), n) for n in net.label_inputs}
@@ -414,6 +478,7 @@ class _Generator:
             "",
             "",
             *self.definitions(),
+            *(self.decode_definitions() if self.decoder else []),
             f"class {self.cls}(nn.Module):",
             f"    description = {net.description!r}",
             f"    source_file = {str(self.source_file) if self.source_file else None!r}",
@@ -431,6 +496,8 @@ class _Generator:
             f"    def forward({sig}) -> {ret}:",
             *("        " + line for line in body),
             "",
+            *(f"    {line}" if line else "" for line in decoding),
+            *([""] if decoding else []),
             *("    " + line for line in self.loss_method()),
             "",
             *("    " + line for line in self.metrics_method()),
@@ -460,18 +527,19 @@ def _long_ok(line: str) -> str:
     return line + "  # noqa: E501" if len(line) > 120 and "# noqa" not in line else line
 
 
-def generate_source(network: Network, *, source_file: str | None = None) -> str:
-    """The standalone PyTorch source for ``network`` (deterministic: same input, same bytes)."""
-    return _Generator(network, source_file).generate()
+def generate_source(network: Network, *, source_file: str | None = None, decoder: bool = False) -> str:
+    """The standalone PyTorch source for ``network`` (deterministic: same input, same bytes); ``decoder``: with
+    ``decode`` and ``new_cache``, the network's key/value-cached decoder."""
+    return _Generator(network, source_file, decoder).generate()
 
 
 _BUILD_COUNT = 0
 
 
-def build(network: Network, *, source_file: str | None = None) -> Any:
+def build(network: Network, *, source_file: str | None = None, decoder: bool = False) -> Any:
     """Instantiate the module from its generated source (exec'd as torch.fx does); ``.code`` holds it."""
     global _BUILD_COUNT
-    code = generate_source(network, source_file=source_file)
+    code = generate_source(network, source_file=source_file, decoder=decoder)
     _BUILD_COUNT += 1
     filename = f"<alexdsl-torch-{_BUILD_COUNT}:{class_name(network)}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
