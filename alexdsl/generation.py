@@ -1,9 +1,16 @@
 """Text generation with a causal language model: greedy, or sampled with a temperature and top-k.
 
 The network has one ``tokens`` input and one output of scores over the vocabulary (L x vocab). It is
-compiled once, at the length of the prompt plus the new tokens: causal attention lets no position see a
-later one, so the scores at position t do not depend on the padding after it. Each step runs the whole
-sequence (there is no key/value cache yet: a step costs a full forward pass).
+compiled once, at the length of the prompt plus the new tokens, as a key/value-cached decoder
+(:mod:`alexdsl.backends.decoding`): a prefill pass runs the prompt, then each new token runs alone at its
+position, its causal attention reading the keys and values of the tokens before it from caches that the
+decoder holds (the executor's memory plan counts them; the torch module's ``new_cache`` makes them). A step
+costs the same at every position but for attention's reading of the cache.
+
+A network with a layer that mixes tokens other than positions, rope and causal sdpa (a non-causal attention,
+a mean over the tokens) cannot be cached: it generates by rerunning the whole sequence for each new token,
+which gives the same tokens (causal attention lets no position see a later one, so the scores at position t
+do not depend on the padding after it), and ``note`` is told why.
 
 >>> import alexdsl
 >>> net = alexdsl.parse("input ids: tokens(8, vocab=5)\\ne: ids -> embedding(5, 5)\\n")
@@ -19,6 +26,7 @@ from typing import Any
 
 import numpy
 
+from alexdsl.backends.decoding import NotCacheable
 from alexdsl.errors import AlexDSLError
 from alexdsl.ir.network import Network
 
@@ -30,24 +38,84 @@ def _tokens_input(network: Network) -> str:
     return names[0]
 
 
-def _scorer(network: Network, weights: Mapping[str, numpy.ndarray], backend: str) -> Callable[[numpy.ndarray], Any]:
-    """The network's scores (1, L, vocab) for ids (1, L) on ``backend``."""
+Step = Callable[[numpy.ndarray, int], numpy.ndarray]
+"""Scores (N, L, vocab) of the token ids (N, L) at positions ``offset`` on: ``step(ids, offset)``."""
+
+
+def _torch_module(network: Network, weights: Mapping[str, numpy.ndarray], decoder: bool) -> Any:
+    import torch
+
+    from alexdsl.backends.torch import build, load_weights
+
+    module = build(network, decoder=decoder).eval()
+    load_weights(module, {key: torch.from_numpy(numpy.ascontiguousarray(value)) for key, value in weights.items()})
+    return module
+
+
+def decoder(network: Network, weights: Mapping[str, numpy.ndarray], backend: str) -> Step:
+    """The network's key/value-cached decoder on ``backend``: each call runs only the new tokens, over the keys
+    and values of earlier calls (offset 0 starts a sequence anew); a
+    :class:`~alexdsl.backends.decoding.NotCacheable` error when the network cannot be cached."""
     if backend == "torch":
         import torch
 
-        from alexdsl.backends.torch import build, load_weights
+        module = _torch_module(network, weights, decoder=True)
+        caches: dict[str, Any] = {}
 
-        module = build(network).eval()
-        load_weights(module, {key: torch.from_numpy(numpy.ascontiguousarray(value)) for key, value in weights.items()})
+        def step(ids: numpy.ndarray, offset: int) -> numpy.ndarray:
+            if offset == 0:
+                caches.clear()
+                caches.update(module.new_cache(ids.shape[0]))
+            with torch.no_grad():
+                return module.decode(torch.from_numpy(ids), offset, caches).numpy()
 
-        def score(ids: numpy.ndarray) -> numpy.ndarray:
+        return step
+    from alexdsl.backends.executor import compile_decoder
+
+    return compile_decoder(network, weights, device="cpu")
+
+
+def recomputer(network: Network, weights: Mapping[str, numpy.ndarray], backend: str) -> Step:
+    """Without a cache: each call reruns the whole sequence up to its new tokens (padded to the compiled length)
+    and returns the new tokens' scores."""
+    if backend == "torch":
+        import torch
+
+        module = _torch_module(network, weights, decoder=False)
+
+        def forward(ids: numpy.ndarray) -> numpy.ndarray:
             with torch.no_grad():
                 return module(torch.from_numpy(ids)).numpy()
+    else:
+        from alexdsl.backends.executor import compile as compile_executor
 
-        return score
-    from alexdsl.backends.executor import compile as compile_executor
+        forward = compile_executor(network, weights, device="cpu")
+    tokens = numpy.zeros((1, network.layer(_tokens_input(network)).shape[0]), dtype=numpy.int64)
 
-    return compile_executor(network, weights, device="cpu")
+    def step(ids: numpy.ndarray, offset: int) -> numpy.ndarray:
+        end = offset + ids.shape[1]
+        tokens[:, offset:end] = ids
+        scores = numpy.asarray(forward(tokens))
+        if scores.ndim != 3 or scores.shape[1] != tokens.shape[1]:
+            raise AlexDSLError(f"error: generate needs scores per token (L x vocab); {network.name}'s output is "
+                               f"{'x'.join(map(str, scores.shape[1:]))}")
+        return scores[:, offset:end]
+
+    return step
+
+
+def _stepper(network: Network, weights: Mapping[str, numpy.ndarray], backend: str, cache: bool,
+             note: Callable[[str], None] | None) -> Step:
+    """The decoder when ``cache`` is asked for and the network allows it, else the recomputer (with a note)."""
+    if cache:
+        try:
+            return decoder(network, weights, backend)
+        except NotCacheable as error:
+            if note is not None:
+                reason = str(error).splitlines()[0].split("error: ", 1)[-1]
+                note(f"note: {network.name} generates without a key/value cache, rerunning the whole sequence for "
+                     f"each new token: {reason}")
+    return recomputer(network, weights, backend)
 
 
 def choose(scores: numpy.ndarray, temperature: float, top_k: int | None, rng: numpy.random.Generator) -> int:
@@ -66,11 +134,14 @@ def choose(scores: numpy.ndarray, temperature: float, top_k: int | None, rng: nu
 
 def generate(network: Network, weights: Mapping[str, numpy.ndarray], ids: list[int], max_new_tokens: int, *,
              backend: str = "cupy", temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
-             rebuild: Callable[[int], Network] | None = None) -> list[int]:
+             rebuild: Callable[[int], Network] | None = None, cache: bool = True,
+             note: Callable[[str], None] | None = None) -> list[int]:
     """The prompt ``ids`` followed by ``max_new_tokens`` generated tokens.
 
     ``network`` is compiled at its declared length unless ``rebuild(length)`` gives the network at the
-    length the prompt and the new tokens need (``alexdsl.load(path, input_shapes=...)``).
+    length the prompt and the new tokens need (``alexdsl.load(path, input_shapes=...)``). ``cache``: run a
+    key/value-cached decoder (:func:`decoder`) where the network allows it, else rerun the whole sequence per
+    token (:func:`recomputer`) and pass ``note`` one line saying why.
     """
     name = _tokens_input(network)
     longest = network.layer(name).shape[0]
@@ -85,15 +156,12 @@ def generate(network: Network, weights: Mapping[str, numpy.ndarray], ids: list[i
         raise AlexDSLError(f"error: a prompt id is outside the vocabulary (0 to {vocab - 1})")
     if rebuild is not None and length != longest:
         network = rebuild(length)
-    compiled_length = network.layer(name).shape[0]
-    score = _scorer(network, weights, backend)
+    step = _stepper(network, weights, backend, cache, note)
     rng = numpy.random.default_rng(seed)
-    tokens = numpy.zeros((1, compiled_length), dtype=numpy.int64)
-    tokens[0, :len(ids)] = ids
+    tokens = numpy.array([ids + [0] * max_new_tokens], dtype=numpy.int64)
+    scores = step(tokens[:, :len(ids)], 0)
     for position in range(len(ids), length):
-        scores = numpy.asarray(score(tokens))
-        if scores.ndim != 3 or scores.shape[1] != compiled_length:
-            raise AlexDSLError(f"error: generate needs scores per token (L x vocab); {network.name}'s output is "
-                               f"{'x'.join(map(str, scores.shape[1:]))}")
-        tokens[0, position] = choose(scores[0, position - 1], temperature, top_k, rng)
-    return [int(t) for t in tokens[0, :length]]
+        tokens[0, position] = choose(scores[0, -1], temperature, top_k, rng)
+        if position + 1 < length:
+            scores = step(tokens[:, position:position + 1], position)
+    return [int(t) for t in tokens[0]]

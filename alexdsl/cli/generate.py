@@ -38,11 +38,17 @@ Examples:
 @click.option("--top-k", type=click.IntRange(min=1), help="Sample among the k highest scores only.")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling and for filler weights.")
 @click.option("--backend", type=click.Choice(["cupy", "torch"]), default="cupy", show_default=True)
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help="Keep each attention layer's keys and values, so that a new token runs alone; --no-cache reruns "
+                   "the whole sequence for each token (the same tokens, slower).")
 @report_errors
 def generate_command(file: str, weights: str | None, ids_text: str | None, prompt: str | None, tokenizer: str | None,
-                     max_new_tokens: int, temperature: float, top_k: int | None, seed: int, backend: str) -> None:
+                     max_new_tokens: int, temperature: float, top_k: int | None, seed: int, backend: str,
+                     cache: bool) -> None:
     """Continue the prompt (--ids, or --prompt with a tokenizer) with FILE's causal language model; print the
-    prompt and the new tokens, as text when there is a tokenizer, else as ids."""
+    prompt and the new tokens, as text when there is a tokenizer, else as ids. The prompt runs once, then each
+    new token alone over a key/value cache; a network that cannot be cached (a layer mixing tokens other than
+    positions, rope and causal sdpa) reruns the whole sequence per token, with a note on stderr."""
     import alexdsl
     from alexdsl.generation import generate
     from alexdsl.interop.onnx import initial_weights
@@ -60,5 +66,6 @@ def generate_command(file: str, weights: str | None, ids_text: str | None, promp
         arrays = read_weights(weights, network.state_keys())
     name = next(iter(network.data_inputs), "")
     tokens = generate(network, arrays, ids, max_new_tokens, backend=backend, temperature=temperature, top_k=top_k,
-                      seed=seed, rebuild=lambda length: alexdsl.load(file, input_shapes={name: (length,)}))
+                      seed=seed, rebuild=lambda length: alexdsl.load(file, input_shapes={name: (length,)}), cache=cache,
+                      note=lambda line: click.echo(line, err=True))
     click.echo(text_tokenizer.decode(tokens) if text_tokenizer is not None else ",".join(map(str, tokens)))
