@@ -85,8 +85,10 @@ def test_logits_equal_hugging_faces_on_the_torch_backend_and_the_executor(model:
 
 
 @pytest.mark.parametrize(("model", "backend"), [("llama_tiny", "cupy"), ("llama_tiny", "torch"),
-                                                pytest.param("gpt2", "cupy", marks=pytest.mark.slow)])
+                                                pytest.param("gpt2", "cupy", marks=pytest.mark.slow),
+                                                pytest.param("gpt2", "torch", marks=pytest.mark.slow)])
 def test_greedy_generation_equals_hugging_faces_generate(model: str, backend: str) -> None:
+    """Both with alexdsl's key/value cache and without it (Hugging Face's generate uses its own)."""
     import torch
 
     from alexdsl.generation import generate
@@ -99,9 +101,10 @@ def test_greedy_generation_equals_hugging_faces_generate(model: str, backend: st
         want = hf.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False)[0].tolist()
     path = str(ROOT / "examples" / f"{model}.adsl")
     net = alexdsl.load(path)
-    got = generate(net, weights, prompt, 10, backend=backend,
-                   rebuild=lambda length: alexdsl.load(path, input_shapes={"ids": (length,)}))
-    assert got == want
+    for cache in (True, False):
+        got = generate(net, weights, prompt, 10, backend=backend, cache=cache,
+                       rebuild=lambda length: alexdsl.load(path, input_shapes={"ids": (length,)}))
+        assert got == want, cache
 
 
 @pytest.mark.parametrize("model", ["llama_tiny", pytest.param("gpt2", marks=pytest.mark.slow)])

@@ -127,6 +127,12 @@ class FakeTorch:
     def float(self, value: Any) -> str:
         return repr(float(value))
 
+    offset: str = "offset"
+
+    def cache(self, layer: Any, shapes: tuple[tuple[int, ...], ...]) -> str:
+        self.cached = shapes
+        return f"cache[{layer.name!r}]"
+
 
 class FakeExecutor:
     """An ExecutorContext: the inputs are the variables ``x0, x1...``; weights are ``w['<layer>.<name>']``."""
@@ -156,6 +162,12 @@ class FakeExecutor:
 
     def conv_plan(self, *geometry: Any) -> contexts.ConvPlanView:
         return FakeConvPlan(*geometry)
+
+    offset: str = "offset"
+
+    def cache(self, layer: Any, shapes: tuple[tuple[int, ...], ...]) -> str:
+        self.cached = shapes
+        return f"self.cache[{layer.name!r}]"
 
 
 class FakeConvPlan:
@@ -401,3 +413,21 @@ def test_onnx_import_converters_with_a_fake_context() -> None:
     assert convert(FakeNode("Concat", ["a", "b"], ["cat"], axis=0), ctx) is None  # the batch axis
     assert ctx.failures == ["only a Concat of computed values over an axis after the batch is imported"]
     assert _lowerings("relu").from_onnx["Relu"](FakeNode("Relu", ["a"], ["r"]), ctx) == OnnxImport("relu", ["a"])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_sdpas_cached_lowerings_take_causal_self_attention_alone(causal: bool) -> None:
+    """A decoder's sdpa writes the keys and values (their shapes the cache's) and reads from ``offset``; a
+    non-causal one declines (None), and the network then generates without a cache."""
+    shapes = {"q": (8, 16), "k": (8, 16), "v": (8, 12)}
+    layer = Layer("att", "sdpa", {"heads": 2, "causal": causal, "scale": None}, ["q", "k", "v"], (8, 12))
+    lowering = lookup("sdpa").lower
+    executor, torch = FakeExecutor(layer, shapes), FakeTorch(shapes)
+    kernel = lowering.executor.decode(layer, executor)
+    expression = lowering.torch.decode(layer, ["q", "k", "v"], torch)
+    if not causal:
+        assert kernel is None and expression is None
+        return
+    assert kernel.code == "rt.cached_sdpa(x0, x1, x2, self.cache['att'], offset, heads=2, scale=None, out={out})"
+    assert expression == "cached_sdpa(q, k, v, cache['att'], offset, 2, scale=None)"
+    assert executor.cached == torch.cached == ((8, 16), (8, 12))

@@ -142,7 +142,7 @@ class ExecutorCodegenContext:
     ident: str
     epilogue: str | None
 
-    offset = "offset"
+    offset: str = "offset"
 
     def __init__(self, inputs: list[str], ident: str, epilogue: str | None, affine: Layer | None,
                  by_name: dict[str, Layer], caches: dict[str, tuple[tuple[int, ...], ...]] | None = None):

@@ -142,7 +142,7 @@ class TorchCodegenContext:
         self.first_input: str | None = None  # the variable of forward's first input, once named
         self.caches: dict[str, tuple[tuple[builtins.int, ...], ...]] = {}  # decode's, per sample
 
-    offset = "offset"
+    offset: str = "offset"
 
     def cache(self, layer: Layer, shapes: tuple[tuple[builtins.int, ...], ...]) -> str:
         self.caches[layer.name] = tuple(_shape(shape, self.what) for shape in shapes)
