@@ -74,7 +74,7 @@ def full_pass_time(step: Step, ids: np.ndarray, context: int, rounds: int) -> fl
 
 
 def hf_step_time(ids: np.ndarray, context: int, steps: int, rounds: int) -> float:
-    """:func:`cached_step_time` for Hugging Face's GPT2LMHeadModel with its own cache (cropped back each round)."""
+    """:func:`cached_step_time` for Hugging Face's GPT2LMHeadModel with its own cache (cropped back to the context after each round)."""
     import torch
     import transformers
 
@@ -88,7 +88,7 @@ def hf_step_time(ids: np.ndarray, context: int, steps: int, rounds: int) -> floa
             cache = past
             for offset in range(context, context + steps):
                 cache = model(tokens[:, offset:offset + 1], past_key_values=cache, use_cache=True).past_key_values
-            cache.crop(context)
+            cache.crop(-steps)  # the cache grows in place: back to the context
 
         return min(_cpu_seconds(steps_from_context) for _ in range(rounds)) / steps
 
