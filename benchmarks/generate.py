@@ -74,7 +74,8 @@ def full_pass_time(step: Step, ids: np.ndarray, context: int, rounds: int) -> fl
 
 
 def hf_step_time(ids: np.ndarray, context: int, steps: int, rounds: int) -> float:
-    """:func:`cached_step_time` for Hugging Face's GPT2LMHeadModel with its own cache (cropped back to the context after each round)."""
+    """:func:`cached_step_time` for Hugging Face's GPT2LMHeadModel with its own cache (cropped back to the context
+    after each round)."""
     import torch
     import transformers
 
