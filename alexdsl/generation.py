@@ -8,7 +8,7 @@ decoder holds (the executor's memory plan counts them; the torch module's ``new_
 costs the same at every position but for attention's reading of the cache.
 
 A network with a layer that mixes tokens other than positions, rope and causal sdpa (a non-causal attention,
-a mean over the tokens) cannot be cached: it generates by rerunning the whole sequence for each new token,
+a softmax over the tokens) cannot be cached: it generates by rerunning the whole sequence for each new token,
 which gives the same tokens (causal attention lets no position see a later one, so the scores at position t
 do not depend on the padding after it), and ``note`` is told why.
 
@@ -96,10 +96,7 @@ def recomputer(network: Network, weights: Mapping[str, numpy.ndarray], backend: 
         end = offset + ids.shape[1]
         tokens[:, offset:end] = ids
         scores = numpy.asarray(forward(tokens))
-        if scores.ndim != 3 or scores.shape[1] != tokens.shape[1]:
-            raise AlexDSLError(f"error: generate needs scores per token (L x vocab); {network.name}'s output is "
-                               f"{'x'.join(map(str, scores.shape[1:]))}")
-        return scores[:, offset:end]
+        return scores[:, offset:end] if scores.ndim == 3 and scores.shape[1] == tokens.shape[1] else scores
 
     return step
 
@@ -160,6 +157,9 @@ def generate(network: Network, weights: Mapping[str, numpy.ndarray], ids: list[i
     rng = numpy.random.default_rng(seed)
     tokens = numpy.array([ids + [0] * max_new_tokens], dtype=numpy.int64)
     scores = step(tokens[:, :len(ids)], 0)
+    if scores.ndim != 3 or scores.shape[1] != len(ids):
+        raise AlexDSLError(f"error: generate needs scores per token (L x vocab); {network.name}'s output is "
+                           f"{'x'.join(map(str, scores.shape[1:]))} for {len(ids)} tokens")
     for position in range(len(ids), length):
         tokens[0, position] = choose(scores[0, -1], temperature, top_k, rng)
         if position + 1 < length:

@@ -196,3 +196,13 @@ def test_the_decoder_sources_are_readable_and_the_executor_source_unchanged(tmp_
         ["ruff", "check", "--isolated", "--line-length", "120", "--select", "E,F,W,B,I,UP", str(tmp_path)],
         capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_a_network_without_scores_per_token_is_refused(cache: bool) -> None:
+    from alexdsl.errors import AlexDSLError
+
+    net = alexdsl.parse("network Positions\ninput ids: tokens(8, vocab=5)\npos: ids -> positions\n")
+    with pytest.raises(AlexDSLError, match=r"generate needs scores per token \(L x vocab\); Positions's output is "
+                                           r"3 for 3 tokens" if cache else r"Positions's output is 8 for 3 tokens"):
+        generate(net, {}, [1, 2, 3], 2, cache=cache)
