@@ -26,6 +26,7 @@ from alexdsl.backends.executor.executor import Executor, check_dtype, cuda_avail
 from alexdsl.ir.network import Network
 
 __all__ = [
+    "Decoder",
     "Executor",
     "compile",
     "compile_decoder",
