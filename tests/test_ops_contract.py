@@ -397,11 +397,15 @@ LOST_BY_TORCHS_EXPORT = {("softplus", "threshold")}
 
 @pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
 def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -> None:
-    """What torch's exporter makes of an elementwise op's generated torch code (random arguments, opsets 11, 13 and
-    17, and 20 for gelu's native node) imports back as the op: the torch cases come from the declarations."""
+    """What torch's exporter makes of an elementwise op's generated torch code (random arguments and parameters,
+    opsets 11, 13 and 17, and 20 for gelu's native node) imports back as the op, with the arguments and parameters
+    it was exported with: the import computes what the torch module computes. The torch cases come from the
+    declarations (tests/test_onnx_import_ops.py keeps only torch patterns that no op's torch code writes)."""
     pytest.importorskip("onnx")
     from onnx_models import export as torch_export
+    from onnx_models import randomise
 
+    from alexdsl.backends import executor
     from alexdsl.backends import torch as backend
     from alexdsl.interop.onnx_import import import_onnx_source
 
@@ -410,15 +414,21 @@ def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -
         args = _random_args(op, rng)
         call = f"{op.name}({', '.join(args)})" if args else op.name
         net = alexdsl.parse(f"network Exported\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "exported.adsl")
-        module = backend.build(net).eval()
+        module = randomise(backend.build(net), seed).eval()
         path = torch_export(module, (1, 8, 4, 4), tmp_path / f"{op.name}_{opset}.onnx", opset)
-        imported = import_onnx_source(path, readable=False).network
-        ops = [layer for layer in imported.layers() if layer.op != "input"]
+        imported = import_onnx_source(path, readable=False)
+        ops = [layer for layer in imported.network.layers() if layer.op != "input"]
         assert [layer.op for layer in ops] == [op.name], (call, opset)
         for name, value in net.layer("y").attrs.items():
             if (op.name, name) not in LOST_BY_TORCHS_EXPORT:
                 expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
                 assert ops[0].attrs[name] == expected, (call, opset, name)
+        x = 3 * rng.standard_normal((2, 8, 4, 4), dtype=np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        got = np.asarray(executor.compile(imported.network, imported.weights, device="cpu")(x))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
+                                   err_msg=f"{call} at opset {opset}")
 
 
 def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
