@@ -296,6 +296,21 @@ def _truth(op, call: str, x: np.ndarray, params: dict[str, np.ndarray]) -> np.nd
         return module(x64).reshape(-1).numpy()
 
 
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.kernel is not None], ids=lambda op: op.name)
+def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
+    """An op's math written once (``Lowerings.kernel``): the runtime's ``rt.<kernel>``, which the op's generated
+    executor code calls, and its reference."""
+    from alexdsl.backends.executor import runtime as rt
+    from alexdsl.backends.executor.codegen import generate_source
+
+    kernel = op.lower.kernel
+    assert getattr(rt, kernel.name) is kernel.function
+    assert op.lower.reference == kernel.reference
+    call = op.example.split(":", 1)[1].strip()
+    net = alexdsl.parse(f"network K\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "kernel.adsl")
+    assert f"rt.{kernel.name}(x" in generate_source(net)
+
+
 def test_the_truth_is_not_the_reference() -> None:
     """The accuracy test's truth does not run the kernel it measures: a kernel broken in place is far from it."""
     op = lookup("silu")
