@@ -13,22 +13,30 @@ dtype('float32')
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from functools import cache
 from types import ModuleType
 from typing import Any
 
 Array = Any  # numpy.ndarray or cupy.ndarray
 
 
-def array_module(x: Array = None) -> ModuleType:
-    """The array library that owns ``x``: ``cupy`` for a CuPy array, else ``numpy``."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
+@cache
+def _numpy() -> ModuleType:
     import numpy
 
     return numpy
+
+
+def array_module(x: Array = None) -> ModuleType:
+    """The array library that owns ``x``: ``cupy`` for a CuPy array, else ``numpy``. A NumPy array is
+    recognised first, in a few hundred nanoseconds (``cupy.get_array_module`` takes microseconds)."""
+    numpy = _numpy()
+    if x is None or isinstance(x, numpy.ndarray):
+        return numpy
+    cupy = sys.modules.get("cupy")  # a CuPy array exists only once CuPy is imported
+    return cupy if cupy is not None and isinstance(x, cupy.ndarray) else numpy
 
 
 CHUNK = 1 << 16
