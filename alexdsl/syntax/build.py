@@ -321,13 +321,13 @@ class ModuleBuilder:
         self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes or 1)], span, span), span),
                   origin=origin)
 
-    def resolve_labels(self, classes: Mapping[str, int | None]) -> None:
+    def resolve_labels(self, classes: Mapping[str, int]) -> None:
         """Each deferred label's ``class(N)``: its count in ``classes`` (what the shape pass found: the label
-        layer's ``attrs["classes"]``), 1 where none was found (no loss or metric read the label)."""
+        layer's ``attrs["classes"]``)."""
         for stmt in self._statements:
             if isinstance(stmt, ast.InputStmt) and stmt.name.name in self.deferred_labels:
                 assert stmt.type_call is not None
-                stmt.type_call.args = [_placed(arg(classes.get(stmt.name.name) or 1), stmt.type_call.span)]
+                stmt.type_call.args = [_placed(arg(classes[stmt.name.name]), stmt.type_call.span)]
 
     def output(self, names: Iterable[str]) -> None:
         span = self._span()
