@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import networkx as nx
 
@@ -74,21 +74,33 @@ def _build(text: str, file: str, input_shapes: dict[str, tuple[int, ...]] | None
 
 
 def network_from_module(module: ast.Module, sources: dict[str, str] | None = None,
-                        input_shapes: dict[str, tuple[int, ...]] | None = None) -> Network:
+                        input_shapes: dict[str, tuple[int, ...]] | None = None,
+                        deferred_labels: Collection[str] = ()) -> Network:
     """Elaborate and check a syntax tree built in code (an importer's, through :mod:`alexdsl.syntax.build`)
     as :func:`build_network` does a parsed one: no text is printed or parsed. ``sources`` holds the text of
-    each file its spans point into, for the errors."""
+    each file its spans point into, for the errors. The label inputs named in ``deferred_labels`` (whose
+    ``class(N)`` the importer does not know) take their class count from the shape pass: the width of the
+    logits of the first loss or metric reading them (see ``Layer.attrs["classes"]`` of the result), or 1 where
+    none reads them."""
     with gc_paused():
-        return _build_module(module, sources or {}, input_shapes, None)
+        return _build_module(module, sources or {}, input_shapes, None, deferred_labels=deferred_labels)
 
 
 def _build_module(module: ast.Module, sources: dict[str, str], input_shapes: dict[str, tuple[int, ...]] | None,
-                  max_layers: int | None, syntax_errors: Sequence[Diagnostic] = ()) -> Network:
+                  max_layers: int | None, syntax_errors: Sequence[Diagnostic] = (),
+                  deferred_labels: Collection[str] = ()) -> Network:
     file = module.file
     sink = DiagnosticSink(list(syntax_errors))
     graph, meta = elaborate(module, sink, input_shapes, max_layers)
+    for name in deferred_labels:
+        layer = layer_of(graph, name) if name in graph else None
+        if layer is not None and layer.is_label:
+            layer.attrs["classes"] = None  # resolved by the shape pass (passes.shapes.infer_shapes)
     outputs: list[str] = []
     order = check_graph(graph, sink, file)
+    for name in deferred_labels:  # one no loss or metric read is the class(1) it is printed as
+        if name in graph and layer_of(graph, name).is_label and layer_of(graph, name).attrs["classes"] is None:
+            layer_of(graph, name).attrs["classes"] = 1
     if order is not None and not sink.has_errors:
         outputs = choose_outputs(graph, order, meta.outputs, sink)
     if not any(isinstance(statement, ast.InputStmt) or (isinstance(statement, ast.BrokenStmt)

@@ -4,7 +4,7 @@
     python benchmarks/gelu.py --shape 16 197 3072 --repeat 30
     python benchmarks/gelu.py --scale 100            # activations of magnitude ~100 (random-weight ViT)
 
-Times ``elementwise.gelu`` (approximate none and tanh, into a preallocated ``out`` as the
+Times the op's kernel ``alexdsl.ops.activation.gelu`` (approximate none and tanh, into a preallocated ``out`` as the
 executor calls it), ``torch.nn.functional.gelu`` on the same data (standard normal times
 ``--scale``), and one float32 ``np.multiply`` pass over the array (what one NumPy pass costs
 here, to read the kernels' times in passes).  Timing as in benchmarks/executor.py (best of
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from executor import _time_each  # noqa: E402
 
-from alexdsl.backends.cupy import elementwise  # noqa: E402
+from alexdsl.ops.activation import gelu  # noqa: E402
 
 
 def main() -> None:
@@ -42,12 +42,12 @@ def main() -> None:
     out, tx = np.empty_like(x), torch.from_numpy(x)
     with torch.inference_mode():
         for approximate in ("none", "tanh"):
-            diff = np.abs(elementwise.gelu(x, approximate) - torch.nn.functional.gelu(tx, approximate=approximate)
+            diff = np.abs(gelu(x, approximate) - torch.nn.functional.gelu(tx, approximate=approximate)
                           .numpy()).max()
             print(f"gelu({approximate}): largest difference from torch {diff:.2e}")
         names = ["gelu_none", "gelu_tanh", "torch_gelu_none", "torch_gelu_tanh", "one_pass"]
-        seconds = _time_each([lambda: elementwise.gelu(x, "none", out=out),
-                              lambda: elementwise.gelu(x, "tanh", out=out),
+        seconds = _time_each([lambda: gelu(x, "none", out=out),
+                              lambda: gelu(x, "tanh", out=out),
                               lambda: torch.nn.functional.gelu(tx),
                               lambda: torch.nn.functional.gelu(tx, approximate="tanh"),
                               lambda: np.multiply(x, x, out=out)], args.repeat)

@@ -426,15 +426,30 @@ def test_an_unclosed_brace_in_a_big_file_is_reported_without_building_anything(c
     assert diagnostic.message == "'layer {' is never closed" and diagnostic.span.line == 6  # relu0
 
 
-@pytest.mark.parametrize(("labels", "elaborations"), [(False, 1), (True, 2)], ids=["deploy", "train"])
-def test_an_import_parses_no_alexdsl_text(monkeypatch: pytest.MonkeyPatch, labels: bool, elaborations: int) -> None:
-    """A deploy net is elaborated once; a net with a loss once more, without it, for its label's class count."""
+@pytest.mark.parametrize("labels", [False, True], ids=["deploy", "train"])
+def test_an_import_parses_no_alexdsl_text_and_elaborates_once(monkeypatch: pytest.MonkeyPatch, labels: bool) -> None:
+    """One elaboration per import, a net with a loss too: its label's class count comes from the shape pass."""
     text = in_place_relus(3) + ('layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc"\n'
                                 '  inner_product_param { num_output: 7 } }\n')
     if labels:
         text += 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
     calls = count_front_end(monkeypatch)
     source = import_prototxt(text, "net.prototxt")
-    assert calls == {"parse": 0, "elaborate": elaborations}
+    assert calls == {"parse": 0, "elaborate": 1}
     assert ("input label: class(7)" in source) == labels
     alexdsl.parse(source, "again.adsl")
+
+
+def test_a_label_read_with_logits_of_two_widths_is_a_located_error() -> None:
+    """The first loss reading a label gives its class count; a metric reading it with other logits is an error
+    pointing at the metric's layer in the prototxt."""
+    text = in_place_relus(1) + (
+        'layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param { num_output: 7 } }\n'
+        'layer { name: "fc2" type: "InnerProduct" bottom: "conv" top: "fc2" inner_product_param { num_output: 5 } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }\n'
+        'layer { name: "acc" type: "Accuracy" bottom: "fc2" bottom: "label" top: "acc" }\n')
+    with pytest.raises(AlexDSLError) as info:
+        import_prototxt(text, "net.prototxt")
+    message = str(info.value)
+    assert "'fc2' scores 5 classes but the label 'label' has 7" in message
+    assert f"net.prototxt:{text.count(chr(10))}:" in message  # the Accuracy layer's line

@@ -6,6 +6,7 @@ The shape sweeps compare alexdsl's inferred shapes with what torch.nn.functional
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 import numpy as np
@@ -265,12 +266,67 @@ def _accuracy_case(op, seed: int, producer: str) -> tuple[alexdsl.Network, str]:
     return alexdsl.parse(text, "accuracy.adsl"), call
 
 
+def _gelu_truth(layer, x: torch.Tensor) -> torch.Tensor:
+    """x * erfc(-x / sqrt 2) / 2, or x * sigmoid(2u): F.gelu's 1 + erf(x / sqrt 2) (and 1 + tanh(u)) cancel to 0 in
+    the negative tail, even in float64."""
+    if layer.attrs["approximate"] == "tanh":
+        return x * (2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)).sigmoid()
+    return x * (x * -math.sqrt(0.5)).erfc() * 0.5
+
+
+TAIL_TRUTHS = {"gelu": _gelu_truth}
+"""float64 truths, in torch, for the ops whose generated torch code loses a tail even in float64."""
+
+
+def _truth(op, call: str, x: np.ndarray, params: dict[str, np.ndarray]) -> np.ndarray:
+    """``call`` of ``op`` over ``x`` with its parameters ``params``, in float64 and independent of the op's xp kernel
+    (which is its reference, and what is measured): the op's generated torch module run in float64, or its
+    :data:`TAIL_TRUTHS` entry."""
+    from alexdsl.backends import torch as backend
+
+    net = alexdsl.parse(f"network Truth\ninput x: 1x1x{x.size}\ny: x -> {call}\noutput y\n", "truth.adsl")
+    x64 = torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)
+    with torch.no_grad():
+        if op.name in TAIL_TRUTHS:
+            return TAIL_TRUTHS[op.name](net.layer("y"), x64).reshape(-1).numpy()
+        module = backend.build(net).double().eval()
+        state = module.state_dict()
+        for name, value in params.items():
+            state[f"y.{name}"].copy_(torch.from_numpy(value.astype(np.float64)))
+        return module(x64).reshape(-1).numpy()
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.kernel is not None], ids=lambda op: op.name)
+def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
+    """An op's math written once (``Lowerings.kernel``): the runtime's ``rt.<kernel>``, which the op's generated
+    executor code calls, and its reference."""
+    from alexdsl.backends.executor import runtime as rt
+    from alexdsl.backends.executor.codegen import generate_source
+
+    kernel = op.lower.kernel
+    assert getattr(rt, kernel.name) is kernel.function
+    assert op.lower.reference == kernel.reference
+    call = op.example.split(":", 1)[1].strip()
+    net = alexdsl.parse(f"network K\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "kernel.adsl")
+    assert f"rt.{kernel.name}(x" in generate_source(net)
+
+
+def test_the_truth_is_not_the_reference() -> None:
+    """The accuracy test's truth does not run the kernel it measures: a kernel broken in place is far from it."""
+    op = lookup("silu")
+    x = np.linspace(-5, 5, 11).astype(np.float32)
+    truth = _truth(op, "silu", x, {})
+    kernel = op.lower.kernel.function
+    assert ulps(kernel(x), truth).max() <= ULP_BOUND
+    assert ulps(kernel(x) * np.float32(1 + 1e-5), truth).max() > 10 * ULP_BOUND
+
+
 @pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
 @pytest.mark.parametrize("producer", ["", "conv(1, 1)"], ids=["alone", "after-conv"])
 def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, producer: str) -> None:
     """The executor's float32 kernel (alone, and after a conv whose 1x1 weight 1 passes its input through exactly,
-    in the conv's epilogue where the op is one) over extreme inputs, with random arguments, against the op's
-    reference in float64."""
+    in the conv's epilogue where the op is one) over extreme inputs, with random arguments, against the float64
+    truth (:func:`_truth`: torch's, not the op's kernel, which is its reference)."""
     from alexdsl.backends import executor
 
     x = _extreme_inputs()
@@ -282,18 +338,16 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
         if producer:
             weights.update({"p.weight": np.ones((1, 1, 1, 1), np.float32), "p.bias": np.zeros(1, np.float32)})
         got = np.asarray(executor.compile(net, weights, device="cpu")(x.reshape(1, 1, 1, -1))).reshape(-1)
-        layer, x64 = net.layer("y"), torch.from_numpy(x.astype(np.float64)).reshape(1, 1, 1, -1)
-        own = {k.split(".", 1)[1]: torch.from_numpy(v.astype(np.float64)) for k, v in weights.items()
-               if k.startswith("y.")}
-        truth = op.lower.reference(layer, [x64], own, F).reshape(-1).numpy()
+        own = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith("y.")}
+        truth = _truth(op, call, x, own)
         error = ulps(got, truth)
         # A learned parameter is itself rounded to float32: where the result cancels (weight * tanh(x) + bias near
         # 0, in a plugin's op) no float32 kernel can be a few ulps of it. The bound there is 4x the change that a
         # relative 2^-24 in one parameter makes; an op without parameters keeps ULP_BOUND everywhere.
         bound = np.full_like(error, ULP_BOUND)
         for name in own:
-            nudged = {**own, name: own[name] * (1 + 2.0**-24)}
-            moved = ulps(op.lower.reference(layer, [x64], nudged, F).reshape(-1).numpy(), truth)
+            nudged = {**own, name: own[name].astype(np.float64) * (1 + 2.0**-24)}
+            moved = ulps(_truth(op, call, x, nudged), truth)
             bound = np.maximum(bound, 4 * moved)
         worst = int(np.argmax(error / bound))
         assert error[worst] <= bound[worst], (call, producer, float(x[worst]), float(got[worst]),
@@ -397,11 +451,15 @@ LOST_BY_TORCHS_EXPORT = {("softplus", "threshold")}
 
 @pytest.mark.parametrize("op", _elementwise_ops(), ids=lambda op: op.name)
 def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -> None:
-    """What torch's exporter makes of an elementwise op's generated torch code (random arguments, opsets 11, 13 and
-    17, and 20 for gelu's native node) imports back as the op: the torch cases come from the declarations."""
+    """What torch's exporter makes of an elementwise op's generated torch code (random arguments and parameters,
+    opsets 11, 13 and 17, and 20 for gelu's native node) imports back as the op, with the arguments and parameters
+    it was exported with: the import computes what the torch module computes. The torch cases come from the
+    declarations (tests/test_onnx_import_ops.py keeps only torch patterns that no op's torch code writes)."""
     pytest.importorskip("onnx")
     from onnx_models import export as torch_export
+    from onnx_models import randomise
 
+    from alexdsl.backends import executor
     from alexdsl.backends import torch as backend
     from alexdsl.interop.onnx_import import import_onnx_source
 
@@ -410,15 +468,21 @@ def test_torchs_export_of_the_generated_module_imports_as_the_op(op, tmp_path) -
         args = _random_args(op, rng)
         call = f"{op.name}({', '.join(args)})" if args else op.name
         net = alexdsl.parse(f"network Exported\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "exported.adsl")
-        module = backend.build(net).eval()
+        module = randomise(backend.build(net), seed).eval()
         path = torch_export(module, (1, 8, 4, 4), tmp_path / f"{op.name}_{opset}.onnx", opset)
-        imported = import_onnx_source(path, readable=False).network
-        ops = [layer for layer in imported.layers() if layer.op != "input"]
+        imported = import_onnx_source(path, readable=False)
+        ops = [layer for layer in imported.network.layers() if layer.op != "input"]
         assert [layer.op for layer in ops] == [op.name], (call, opset)
         for name, value in net.layer("y").attrs.items():
             if (op.name, name) not in LOST_BY_TORCHS_EXPORT:
                 expected = pytest.approx(value, rel=1e-6) if isinstance(value, float) else value
                 assert ops[0].attrs[name] == expected, (call, opset, name)
+        x = 3 * rng.standard_normal((2, 8, 4, 4), dtype=np.float32)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        got = np.asarray(executor.compile(imported.network, imported.weights, device="cpu")(x))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
+                                   err_msg=f"{call} at opset {opset}")
 
 
 def test_pad_upsample_and_reduction_shapes_match_torch() -> None:

@@ -615,17 +615,17 @@ class CaffeImporter:
                     extra.append(arg(entry[key], f"{kind}_{key}"))
         return call(node.op, *refs, *node.args, *extra)
 
-    def module(self, network_name: str, classes: dict[str, int], skip_losses: bool = False) -> ModuleBuilder:
-        """The network as a syntax tree, each statement and link with the prototxt field it came from."""
+    def module(self, network_name: str) -> ModuleBuilder:
+        """The network as a syntax tree, each statement and link with the prototxt field it came from; each label's
+        class count is deferred to the shape pass (the width of the logits it is compared with)."""
         out = ModuleBuilder(self.file + ".adsl")
         out.comment("# Imported from a Caffe prototxt by alexdsl import caffe.")
         out.network(network_name)
         out.blank()
         labels = {self.blob.get(b) for b in self.label_blobs}
         for name, shape, span in self.inputs:
-            if name in classes or shape is None or name in labels:
-                if not skip_losses:
-                    out.class_input(name, classes.get(name, 1), origin=span)
+            if shape is None or name in labels:
+                out.class_input(name, None, origin=span)
             else:
                 out.input(name, shape, origin=span)
         for name, settings in self.preprocess.items():
@@ -642,8 +642,6 @@ class CaffeImporter:
         statements: list[tuple[str, str | None, list[_Node]]] = []  # label, phase, the nodes it chains
         for node in self.nodes:
             opdef = _op(node.op)
-            if skip_losses and opdef.role != "layer":
-                continue
             starts = bool(opdef.default_fillers) or opdef.inputs != (1, 1)  # a layer with parameters starts one
             last = statements[-1] if statements else None
             if (last is not None and not starts and len(node.inputs) == 1 and node.inputs[0] == last[2][-1].name
@@ -669,7 +667,8 @@ class CaffeImporter:
     def build(self, builder: ModuleBuilder) -> Network:
         """The network ``builder`` holds, elaborated and checked; an error points into the prototxt."""
         try:
-            return network_from_module(builder.module(), {self.file: self.text})
+            return network_from_module(builder.module(), {self.file: self.text},
+                                       deferred_labels=builder.deferred_labels)
         except AlexDSLError as error:  # a bug here, or a value no layer takes (absurd input dims)
             located = builder.locate(error)
             raise AlexDSLError([Diagnostic("error", "the imported network does not check:")] + located.diagnostics,
@@ -697,16 +696,7 @@ def import_prototxt(text: str, file: str = "<string>") -> str:
             diagnostics = sorted(importer.sink.diagnostics,
                                  key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
             raise AlexDSLError(diagnostics, sources={file: text})
-        name = _network_name(net, file)
-        label_inputs = {importer.blob[b] for b in importer.label_blobs if b in importer.blob}
-        classes = {}
-        if label_inputs:  # a label's class count is the width of the logits it is compared with
-            network = importer.build(importer.module(name, {}, skip_losses=True))
-            for node in importer.nodes:
-                if _op(node.op).takes_label and node.inputs[1] in label_inputs:
-                    logits = network.shapes.get(node.inputs[0], ())
-                    if logits:
-                        classes[node.inputs[1]] = logits[0]
-        builder = importer.module(name, {label: classes.get(label, 1) for label in label_inputs})
-        importer.build(builder)
+        builder = importer.module(_network_name(net, file))
+        network = importer.build(builder)
+        builder.resolve_labels({label: network.layer(label).attrs["classes"] for label in builder.deferred_labels})
         return builder.text()  # the one printer lays it out: it passes fmt --check

@@ -4,7 +4,7 @@ Every backend runs the same network on the same weights and inputs; for each lay
 largest absolute difference and the largest difference relative to the baseline's largest
 magnitude are reported. Backends:
 
-``reference``  the torch.nn.functional interpreter of :mod:`alexdsl.interop.reference`
+``reference``  the plain interpreter of :mod:`alexdsl.interop.reference` (torch.nn.functional, xp kernels in float64)
 ``torch``      the generated nn.Module of :mod:`alexdsl.backends.torch`
 ``cupy``       the generated executor of :mod:`alexdsl.backends.executor` (``device="cpu"`` unless CUDA)
 ``onnx``       the ONNX export run by onnxruntime

@@ -1,5 +1,7 @@
-"""A plain torch.nn.functional interpreter of the IR: the yardstick ``alexdsl compare`` and the
-ONNX tests measure backends against. One op per line, no fusion, no memory planning.
+"""A plain interpreter of the IR: the yardstick ``alexdsl compare`` and the ONNX tests measure backends
+against. One op per line, no fusion, no memory planning; each op through its ``reference`` lowering, in
+torch.nn.functional, or for an op whose math is an xp kernel (the activations), that kernel in float64 on
+NumPy.
 
 >>> import alexdsl, numpy as np
 >>> net = alexdsl.parse("network T\\ninput x: 3x8x8\\nc: conv(4, 3) | relu\\n")
@@ -25,7 +27,8 @@ def run_reference(network: Network, weights: Mapping[str, Any], feeds: Mapping[s
                   ) -> dict[str, np.ndarray]:
     """Every inference-time layer's output (test phase; losses, metrics and labels skipped).
 
-    Each op computes through its own ``reference`` lowering (:mod:`alexdsl.ops.lowering`).
+    Each op computes through its own ``reference`` lowering (:mod:`alexdsl.ops.lowering`; an
+    :class:`~alexdsl.ops.lowering.XpKernel`'s by default).
     """
     try:
         import torch

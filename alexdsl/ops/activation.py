@@ -1,9 +1,16 @@
 """Elementwise activations and softmax.
 
-Named and defaulted as in ``torch.nn.functional``. The parameterless ones that declare an
+Named and defaulted as in ``torch.nn.functional``. Each elementwise activation's math is written
+once, as an xp kernel here (:class:`~alexdsl.ops.lowering.XpKernel`): the NumPy/CuPy executor runs
+it as ``rt.<kernel>``, and in float64 it is the op's reference for ``compare``. Every kernel takes
+``out=`` and runs in place when ``out`` is its input. The parameterless ones that declare an
 executor ``epilogue`` run in the epilogue of a conv, fc or arithmetic op before them in the
 NumPy/CuPy executor (:data:`~alexdsl.ops.lowering.EVERY_EPILOGUE`): ``relu=True``, or
 ``act=rt.<name>`` for the others.
+
+>>> import numpy as np
+>>> relu6(np.array([-1.0, 3.0, 9.0])).tolist()
+[0.0, 3.0, 6.0]
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ from alexdsl.ops.lowering import (
     OnnxImport,
     Pattern,
     TorchLowering,
+    XpKernel,
 )
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, normalize_axis, register
+from alexdsl.ops.xp import Array, array_module, in_float64, narrowed
 
 
 def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -48,10 +57,9 @@ def epilogue_args(epilogue: str | None) -> str:
 
 @dataclass(frozen=True)
 class TorchCall:
-    """An activation's torch form written once, as a call ``function(x, <attrs>...)`` of ``torch`` or
-    ``torch.nn.functional`` (``F``): the generated forward source and the reference that ``compare`` and the
-    contract tests measure against both come from it. ``inplace``: ``inplace=True`` where the layer may
-    overwrite its input."""
+    """An activation's torch form, a call ``function(x, <attrs>...)`` of ``torch`` or ``torch.nn.functional``
+    (``F``): the generated forward source. ``inplace``: ``inplace=True`` where the layer may overwrite its
+    input."""
 
     function: str
     attrs: tuple[str, ...] = ()
@@ -62,20 +70,196 @@ class TorchCall:
         inplace = ", inplace=True" if self.inplace and ctx.may_run_inplace(layer) else ""
         return f"{self.function}({args[0]}{values}{inplace})"
 
-    def reference(self, layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-        import torch
 
-        namespace, _, name = self.function.partition(".")
-        return getattr(F if namespace == "F" else torch, name)(xs[0], *(layer.attrs[a] for a in self.attrs))
-
-
-def _xp_call(function: str, *args: str, epilogue: str | None = None) -> ExecutorLowering:
-    """An in-place runtime kernel ``rt.<function>(x, <args from attrs>, out=...)``."""
+def _xp_call(kernel: XpKernel, epilogue: str | None = None) -> ExecutorLowering:
+    """The op's kernel in place in the executor: ``rt.<kernel>(x, <its attrs>, out=...)``."""
     def lower(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in args)
-        return ExecutorKernel(f"rt.{function}({ctx.inputs[0]}{values}, out={{out}})", function)
+        values = "".join(f", {ctx.lit(layer.attrs[a])}" for a in kernel.attrs)
+        return ExecutorKernel(f"rt.{kernel.name}({ctx.inputs[0]}{values}, out={{out}})", kernel.name)
 
     return ExecutorLowering(lower=lower, inplace=True, epilogue=epilogue)
+
+
+# the xp kernels: each op's math, written once ------------------------------------------------------
+
+def relu(x: Array, *, out: Array | None = None) -> Array:
+    """max(x, 0); ``out=x`` runs in place."""
+    return array_module(x).maximum(x, 0, out=out)
+
+
+def leaky_relu(x: Array, slope: float = 0.01, *, out: Array | None = None) -> Array:
+    """x if x > 0 else slope * x, as max(x, 0) + slope * min(x, 0) (one term is 0: exact, no select)."""
+    return _positive_plus(x, _scaled_negative(x, x.dtype.type(slope)), out)
+
+
+def _scaled_negative(x: Array, slope: Array) -> Array:
+    """slope * min(x, 0), a new array."""
+    negative = array_module(x).minimum(x, 0)
+    negative *= slope
+    return negative
+
+
+def _positive_plus(x: Array, negative: Array, out: Array | None) -> Array:
+    """max(x, 0) + ``negative`` into ``out`` (which may be ``x``)."""
+    y = array_module(x).maximum(x, 0, out=out)
+    y += negative
+    return y
+
+
+def _exp_neg_abs(x: Array) -> Array:
+    """exp(-|x|) in (0, 1], a new array: an exponential that never overflows, exact argument."""
+    xp = array_module(x)
+    t = xp.abs(x)
+    xp.negative(t, out=t)
+    return xp.exp(t, out=t)
+
+
+def sigmoid(x: Array, *, out: Array | None = None) -> Array:
+    """Logistic function 1 / (1 + exp(-x)), a few ulps from the truth in both tails (``0.5 * (tanh(x / 2) + 1)``
+    cancelled to 0 below -17). Below -88.7 exp(-x) is inf and the result, under 3e-39, is 0, as in torch."""
+    e = _one_plus_exp_minus(x, out)
+    return array_module(x).divide(1, e, out=e)
+
+
+def _one_plus_exp_minus(x: Array, out: Array | None = None) -> Array:
+    """1 + exp(-x), into ``out`` when given; exp(-x) overflows to inf (below -88.7 in float32) silently."""
+    import numpy
+
+    xp = array_module(x)
+    e = xp.negative(x, out=out)
+    with numpy.errstate(over="ignore"):
+        xp.exp(e, out=e)
+    e += 1
+    return e
+
+
+def tanh(x: Array, *, out: Array | None = None) -> Array:
+    """Hyperbolic tangent."""
+    return array_module(x).tanh(x, out=out)
+
+
+def relu6(x: Array, *, out: Array | None = None) -> Array:
+    """min(max(x, 0), 6)."""
+    return array_module(x).clip(x, 0, 6, out=out)
+
+
+def hardtanh(x: Array, low: float = -1.0, high: float = 1.0, *, out: Array | None = None) -> Array:
+    """x clipped to [low, high]."""
+    return array_module(x).clip(x, x.dtype.type(low), x.dtype.type(high), out=out)
+
+
+def hardsigmoid(x: Array, *, out: Array | None = None) -> Array:
+    """relu6(x + 3) / 6, as torch."""
+    xp = array_module(x)
+    out = xp.add(x, x.dtype.type(3), out=out)
+    xp.clip(out, 0, 6, out=out)
+    out /= x.dtype.type(6)
+    return out
+
+
+def hardswish(x: Array, *, out: Array | None = None) -> Array:
+    """x * relu6(x + 3) / 6, as torch."""
+    return array_module(x).multiply(x, hardsigmoid(x), out=out)
+
+
+def silu(x: Array, *, out: Array | None = None) -> Array:
+    """x * sigmoid(x) (swish), as x / (1 + exp(-x)) (see :func:`sigmoid`)."""
+    return array_module(x).divide(x, _one_plus_exp_minus(x), out=out)
+
+
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def erfc(x: Array) -> Array:
+    """The complementary error function, to 1.2e-7 relative (Numerical Recipes' Chebyshev fit).
+
+    Written against ``xp`` so it runs on NumPy (which has no erf) and CuPy alike; erfc(-z) = 2 - erfc(z).
+    """
+    xp = array_module(x)
+    z = xp.abs(x)
+    t = z * x.dtype.type(0.5)
+    t += 1
+    xp.divide(1, t, out=t)
+    poly = t * x.dtype.type(0.17087277)
+    for c in (-0.82215223, 1.48851587, -1.13520398, 0.27886807, -0.18628806, 0.09678418, 0.37409196, 1.00002368):
+        poly += x.dtype.type(c)
+        poly *= t
+    poly -= x.dtype.type(1.26551223)
+    z *= z
+    poly -= z
+    r = xp.exp(poly, out=poly)
+    r *= t
+    xp.copysign(r, x, out=r)
+    r += xp.signbit(x) * x.dtype.type(2)
+    return r
+
+
+def gelu(x: Array, approximate: str = "none", *, out: Array | None = None) -> Array:
+    """Gaussian error linear unit, as torch: x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2, or its tanh
+    approximation x * (1 + tanh(u)) / 2 = x / (1 + exp(-2u)), u = sqrt(2 / pi) * (x + 0.044715 x^3).
+
+    Computed in float64 and rounded once: in the negative tail the result's relative error is the argument's
+    absolute error times |x| (or 2|u|), which float32 rounding of x / sqrt 2 or u would make tens of ulps.
+    """
+    return in_float64(_gelu_tanh if approximate == "tanh" else _gelu_erf, x, out)
+
+
+def _gelu_erf(x: Array) -> Array:
+    phi = erfc(x * -_SQRT_HALF)
+    phi *= 0.5
+    phi *= x
+    return phi
+
+
+def _gelu_tanh(x: Array) -> Array:
+    two_u = x * x
+    two_u *= 2 * _SQRT_2_OVER_PI * 0.044715
+    two_u += 2 * _SQRT_2_OVER_PI
+    two_u *= x
+    return array_module(x).divide(x, _one_plus_exp_minus(two_u, out=two_u), out=two_u)
+
+
+def elu(x: Array, alpha: float = 1.0, *, out: Array | None = None) -> Array:
+    """x if x > 0 else alpha * (exp(x) - 1), as max(x, 0) + alpha * expm1(min(x, 0))."""
+    negative = array_module(x).minimum(x, 0)
+    array_module(x).expm1(negative, out=negative)
+    negative *= x.dtype.type(alpha)
+    return _positive_plus(x, negative, out)
+
+
+def softplus(x: Array, beta: float = 1.0, threshold: float = 20.0, *, out: Array | None = None) -> Array:
+    """log(1 + exp(beta * x)) / beta, and x where beta * x > threshold (torch's), as
+    max(bx, 0) + log1p(exp(-|bx|)): no overflow, accurate in both tails; in float64 when beta != 1, whose
+    rounded product the exponential would magnify."""
+    if beta != 1:
+        return in_float64(lambda wide: _softplus(wide, beta, threshold), x, out)
+    return narrowed(_softplus(x, beta, threshold), x, out)
+
+
+def _softplus(x: Array, beta: float, threshold: float) -> Array:
+    xp = array_module(x)
+    bx = x * x.dtype.type(beta) if beta != 1 else x
+    soft = _exp_neg_abs(bx)
+    xp.log1p(soft, out=soft)
+    soft += xp.maximum(bx, 0)
+    if beta != 1:
+        soft /= x.dtype.type(beta)
+    if math.exp(-threshold) >= threshold * float(xp.finfo(soft.dtype).eps) / 4:  # else x + that rounds to x
+        xp.copyto(soft, x, where=bx > threshold)
+    return soft
+
+
+def mish(x: Array, *, out: Array | None = None) -> Array:
+    """x * tanh(softplus(x))."""
+    xp = array_module(x)
+    return xp.multiply(x, xp.tanh(softplus(x)), out=out)
+
+
+def prelu(x: Array, weight: Array, *, out: Array | None = None) -> Array:
+    """x if x > 0 else weight * x, with one slope per channel (axis 1) or one shared."""
+    slope = weight.reshape((1, -1) + (1,) * (x.ndim - 2)) if weight.size > 1 else weight.reshape(())
+    return _positive_plus(x, _scaled_negative(x, slope), out)
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -113,23 +297,25 @@ def _relu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) ->
 
 
 _RELU = TorchCall("F.relu", inplace=True)
+_RELU_KERNEL = XpKernel(relu)
 
 register(OpDef(
     name="relu", family="activation", summary="Rectified linear unit: max(x, 0).", example="r: relu",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=_RELU.forward),
-        executor=_xp_call("relu", epilogue="relu"),
+        executor=_xp_call(_RELU_KERNEL, epilogue="relu"),
         onnx=lambda layer, ctx: ctx.node("Relu", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("ReLU")],
         from_caffe={"ReLU": _relu_from_caffe},
         from_onnx={"Relu": unary("relu"), "Clip": _clip_from_onnx("relu")},
         onnx_elementwise=("Relu", "Clip"),
-        reference=_RELU.reference,
+        kernel=_RELU_KERNEL,
     ),
 ))
 
 _LEAKY_RELU = TorchCall("F.leaky_relu", ("slope",))
+_LEAKY_RELU_KERNEL = XpKernel(leaky_relu, ("slope",))
 
 register(OpDef(
     name="leaky_relu", family="activation", summary="x if x > 0 else slope * x.",
@@ -139,7 +325,8 @@ register(OpDef(
         torch=TorchLowering(forward=_LEAKY_RELU.forward),
         executor=ExecutorLowering(
             lower=lambda layer, ctx: ExecutorKernel(
-                f"rt.leaky_relu({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})", "leaky_relu"),
+                f"rt.{_LEAKY_RELU_KERNEL.name}({ctx.inputs[0]}, {ctx.lit(float(layer.attrs['slope']))}, out={{out}})",
+                _LEAKY_RELU_KERNEL.name),
             inplace=True),
         onnx=lambda layer, ctx: ctx.node("LeakyRelu", ctx.inputs, alpha=float(layer.attrs["slope"])),
         from_onnx={"LeakyRelu": lambda node, ctx: OnnxImport("leaky_relu", node.inputs[:1],
@@ -147,41 +334,43 @@ register(OpDef(
         onnx_elementwise=("LeakyRelu",),
         caffe=lambda layer, ctx: [
             CaffeLayer("ReLU", "relu_param", (f"negative_slope: {ctx.number(layer.attrs['slope'])}",))],
-        reference=_LEAKY_RELU.reference,
+        kernel=_LEAKY_RELU_KERNEL,
     ),
 ))
 
 _SIGMOID = TorchCall("torch.sigmoid")
+_SIGMOID_KERNEL = XpKernel(sigmoid)
 
 register(OpDef(
     name="sigmoid", family="activation", summary="1 / (1 + exp(-x)).", example="s: sigmoid",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=_SIGMOID.forward),
-        executor=_xp_call("sigmoid", epilogue="sigmoid"),
+        executor=_xp_call(_SIGMOID_KERNEL, epilogue="sigmoid"),
         onnx=lambda layer, ctx: ctx.node("Sigmoid", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("Sigmoid")],
         from_caffe={"Sigmoid": lambda layer, name, ctx: ("sigmoid", [], None)},
         from_onnx={"Sigmoid": unary("sigmoid")},
         onnx_elementwise=("Sigmoid",),
-        reference=_SIGMOID.reference,
+        kernel=_SIGMOID_KERNEL,
     ),
 ))
 
 _TANH = TorchCall("torch.tanh")
+_TANH_KERNEL = XpKernel(tanh)
 
 register(OpDef(
     name="tanh", family="activation", summary="Hyperbolic tangent, elementwise.", example="t: tanh",
     args=(), infer=_same, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=_TANH.forward),
-        executor=_xp_call("tanh", epilogue="tanh"),
+        executor=_xp_call(_TANH_KERNEL, epilogue="tanh"),
         onnx=lambda layer, ctx: ctx.node("Tanh", ctx.inputs),
         caffe=lambda layer, ctx: [CaffeLayer("TanH")],
         from_caffe={"TanH": lambda layer, name, ctx: ("tanh", [], None)},
         from_onnx={"Tanh": unary("tanh")},
         onnx_elementwise=("Tanh",),
-        reference=_TANH.reference,
+        kernel=_TANH_KERNEL,
     ),
 ))
 
@@ -459,25 +648,25 @@ def _softplus_from_where(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
                       absorbed=(greater, div, *found[3]))
 
 
-def _activation(name: str, summary: str, example: str, torch: TorchCall | tuple[Any, Any], executor: ExecutorLowering,
-                onnx: Any, args: tuple[Arg, ...] = (), caffe: Any = None,
+def _activation(name: str, summary: str, example: str, forward: Any, kernel: XpKernel, onnx: Any,
+                epilogue: str | None = None, args: tuple[Arg, ...] = (), caffe: Any = None,
                 from_caffe: dict[str, Any] | None = None, from_onnx: dict[str, Any] | None = None,
                 onnx_elementwise: tuple[str, ...] = ()) -> None:
-    """Register an elementwise activation; ``torch`` is its :class:`TorchCall`, or a (forward, reference) pair."""
-    forward, reference = (torch.forward, torch.reference) if isinstance(torch, TorchCall) else torch
+    """Register an elementwise activation: its torch ``forward`` (a :class:`TorchCall`'s), its xp ``kernel`` (the
+    executor's and the reference), and the ``epilogue`` name under which a producer applies it, if any."""
     register(OpDef(
         name=name, family="activation", summary=summary, example=example, args=args, infer=_same,
         pattern=Pattern.ELEMWISE,
-        lower=Lowerings(torch=TorchLowering(forward=forward), executor=executor, onnx=onnx, caffe=caffe,
-                        from_caffe=from_caffe or {}, reference=reference, from_onnx=from_onnx or {},
+        lower=Lowerings(torch=TorchLowering(forward=forward), executor=_xp_call(kernel, epilogue), onnx=onnx,
+                        caffe=caffe, from_caffe=from_caffe or {}, kernel=kernel, from_onnx=from_onnx or {},
                         onnx_elementwise=onnx_elementwise),
     ))
 
 
 _activation(
     "relu6", "min(max(x, 0), 6): MobileNet's clipped ReLU (no Caffe layer).", "r: relu6",
-    TorchCall("F.relu6", inplace=True), _xp_call("relu6", epilogue="relu6"),
-    lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]),
+    TorchCall("F.relu6", inplace=True).forward, XpKernel(relu6),
+    lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]), epilogue="relu6",
     from_onnx={"Clip": _clip_from_onnx("relu6")}, onnx_elementwise=("Clip",),
 )
 
@@ -490,6 +679,7 @@ def _infer_hardtanh(attrs: Attrs, inputs: list[Shape]) -> Shape:
 
 
 _HARDTANH = TorchCall("F.hardtanh", ("min", "max"))
+_HARDTANH_KERNEL = XpKernel(hardtanh, ("min", "max"))
 
 register(OpDef(
     name="hardtanh", family="activation", summary="x clipped to [min, max] (no Caffe layer).",
@@ -498,27 +688,27 @@ register(OpDef(
     infer=_infer_hardtanh, pattern=Pattern.ELEMWISE,
     lower=Lowerings(
         torch=TorchLowering(forward=_HARDTANH.forward),
-        executor=_xp_call("hardtanh", "min", "max"),
+        executor=_xp_call(_HARDTANH_KERNEL),
         onnx=lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(layer.attrs["min"]),
                                                   ctx.constant(layer.attrs["max"])]),
         from_onnx={"Clip": _clip_from_onnx("hardtanh")},
         onnx_elementwise=("Clip",),
-        reference=_HARDTANH.reference,
+        kernel=_HARDTANH_KERNEL,
     ),
 ))
 
 _activation(
     "hardswish", "x * relu6(x + 3) / 6: MobileNetV3's activation (no Caffe layer).", "h: hardswish",
-    TorchCall("F.hardswish", inplace=True), _xp_call("hardswish", epilogue="hardswish"),
-    lambda layer, ctx: ctx.node("HardSwish", ctx.inputs),
+    TorchCall("F.hardswish", inplace=True).forward, XpKernel(hardswish),
+    lambda layer, ctx: ctx.node("HardSwish", ctx.inputs), epilogue="hardswish",
     from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
     onnx_elementwise=("HardSwish", "HardSigmoid", "Mul"),
 )
 
 _activation(
     "hardsigmoid", "relu6(x + 3) / 6: MobileNetV3's gate (no Caffe layer).", "g: hardsigmoid",
-    TorchCall("F.hardsigmoid", inplace=True), _xp_call("hardsigmoid", epilogue="hardsigmoid"),
-    lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5),
+    TorchCall("F.hardsigmoid", inplace=True).forward, XpKernel(hardsigmoid),
+    lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5), epilogue="hardsigmoid",
     from_onnx={"HardSigmoid": _hardsigmoid_from_onnx}, onnx_elementwise=("HardSigmoid",),
 )
 
@@ -534,7 +724,7 @@ def _swish_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -
 
 _activation(
     "silu", "x * sigmoid(x) (swish): EfficientNet's activation (Caffe Swish).", "s: silu",
-    TorchCall("F.silu", inplace=True), _xp_call("silu", epilogue="silu"), _onnx_silu,
+    TorchCall("F.silu", inplace=True).forward, XpKernel(silu), _onnx_silu, epilogue="silu",
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
     from_onnx={"Mul": _silu_from_onnx}, onnx_elementwise=("Sigmoid", "Mul"),
 )
@@ -544,18 +734,9 @@ def _gelu_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     return f"F.gelu({args[0]}, approximate='tanh')" if layer.attrs["approximate"] == "tanh" else f"F.gelu({args[0]})"
 
 
-def _gelu_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-    """x * erfc(-x / sqrt 2) / 2, or x * sigmoid(2u): F.gelu's 1 + erf(x / sqrt 2) (and 1 + tanh(u)) cancel to 0
-    in the negative tail, even in float64."""
-    x = xs[0]
-    if layer.attrs["approximate"] == "tanh":
-        return x * (2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)).sigmoid()
-    return x * (x * -math.sqrt(0.5)).erfc() * 0.5
-
-
 _activation(
     "gelu", "Gaussian error linear unit x * Phi(x), or its tanh approximation (no Caffe layer).",
-    "g: gelu(approximate=none)", (_gelu_torch, _gelu_reference), _xp_call("gelu", "approximate"), _onnx_gelu,
+    "g: gelu(approximate=none)", _gelu_torch, XpKernel(gelu, ("approximate",)), _onnx_gelu,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
     onnx_elementwise=("Gelu", "Erf", "Tanh", "Add", "Mul", "Div"),
@@ -569,7 +750,7 @@ def _elu_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -> 
 
 _activation(
     "elu", "x if x > 0 else alpha * (exp(x) - 1) (Caffe ELU).", "e: elu(1.0)",
-    TorchCall("F.elu", ("alpha",)), _xp_call("elu", "alpha"),
+    TorchCall("F.elu", ("alpha",)).forward, XpKernel(elu, ("alpha",)),
     lambda layer, ctx: ctx.node("Elu", ctx.inputs, alpha=float(layer.attrs["alpha"])),
     args=(Arg("alpha", "float", 1.0, "the negative saturation value", min=0),),
     caffe=lambda layer, ctx: [CaffeLayer("ELU", "elu_param", (f"alpha: {ctx.number(layer.attrs['alpha'])}",))],
@@ -588,7 +769,7 @@ def _softplus_caffe(layer: Any, ctx: CaffeExportContext) -> list[CaffeLayer]:
 _activation(
     "softplus", "log(1 + exp(beta * x)) / beta, linear above threshold (Caffe BNLL when beta=1).",
     "sp: softplus(beta=1, threshold=20)",
-    TorchCall("F.softplus", ("beta", "threshold")), _xp_call("softplus", "beta", "threshold"), _onnx_softplus,
+    TorchCall("F.softplus", ("beta", "threshold")).forward, XpKernel(softplus, ("beta", "threshold")), _onnx_softplus,
     args=(Arg("beta", "float", 1.0, "sharpness", min=1e-6),
           Arg("threshold", "float", 20.0, "beta * x above which the output is x")),
     caffe=_softplus_caffe, from_caffe={"BNLL": lambda layer, name, ctx: ("softplus", [], None)},
@@ -599,7 +780,7 @@ _activation(
 
 _activation(
     "mish", "x * tanh(softplus(x)) (no Caffe layer).", "m: mish",
-    TorchCall("F.mish", inplace=True), _xp_call("mish", epilogue="mish"), _onnx_mish,
+    TorchCall("F.mish", inplace=True).forward, XpKernel(mish), _onnx_mish, epilogue="mish",
     from_onnx={"Mul": _mish_from_onnx}, onnx_elementwise=("Softplus", "Tanh", "Mul"),
 )
 
@@ -614,8 +795,12 @@ def _prelu_module(layer: Any, ctx: TorchContext) -> str:
     return f"nn.PReLU({ctx.int(layer.params['weight'].shape[0])})"
 
 
+_PRELU_KERNEL = XpKernel(prelu, params=("weight",))
+
+
 def _prelu_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-    return ExecutorKernel(f"rt.prelu({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})", "prelu",
+    return ExecutorKernel(f"rt.{_PRELU_KERNEL.name}({ctx.inputs[0]}, self.{ctx.ident}_w, out={{out}})",
+                          _PRELU_KERNEL.name,
                           setup=(f"self.{ctx.ident}_w = {ctx.weight(layer, 'weight')}",))
 
 
@@ -664,6 +849,6 @@ register(OpDef(
         caffe=_prelu_caffe,
         from_caffe={"PReLU": _prelu_from_caffe},
         from_onnx={"PRelu": _prelu_from_onnx},
-        reference=lambda layer, xs, w, F: F.prelu(xs[0], w["weight"]),
+        kernel=_PRELU_KERNEL,
     ),
 ))

@@ -170,6 +170,35 @@ kernel ``rt.<epilogue>`` (a plugin's xp ``function`` too) run in place on its ou
 
 
 @dataclass(frozen=True)
+class XpKernel:
+    """An op's math written once against an array module ``xp`` (:func:`alexdsl.ops.xp.array_module`), in its op
+    module: ``function(*inputs, *params, *attrs, out=None)``, the layer's ``params`` (weights) and ``attrs``
+    (arguments) in the order named here, returns the output, into ``out`` when given (``out`` may be the first
+    input: it runs in place). Every target reuses it: the NumPy/CuPy executor calls it as ``rt.<function name>``
+    (the runtime holds every declared kernel under its name), and run in float64 on NumPy it is the op's
+    reference (:meth:`reference`), what ``compare`` and the contract tests measure every backend against."""
+
+    function: Callable[..., Any]
+    attrs: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The kernel's name in the executor's runtime (``rt.<name>``)."""
+        return self.function.__name__
+
+    def reference(self, layer: Any, xs: list[Any], w: Mapping[str, Any], F: Any) -> Any:  # noqa: N803 - F unused
+        """The kernel in float64 on NumPy over torch tensors (a :attr:`Lowerings.reference`), returned in the
+        dtype of the first input."""
+        import numpy
+        import torch
+
+        wide = [numpy.asarray(t.detach().cpu(), dtype=numpy.float64) for t in (*xs, *(w[p] for p in self.params))]
+        out = self.function(*wide, *(layer.attrs[a] for a in self.attrs))
+        return torch.from_numpy(numpy.asarray(out)).to(xs[0].dtype)
+
+
+@dataclass(frozen=True)
 class CaffeLayer:
     """One Caffe layer an op exports as (see :attr:`Lowerings.caffe`).
 
@@ -229,9 +258,11 @@ class Lowerings:
     * ``onnx_elementwise``: the elementwise ONNX op types among the nodes this op exports as or
       imports from (``("Sigmoid", "Mul")`` for silu): the ONNX importer's layout pass carries a
       channels-last region through nodes of these types (:data:`alexdsl.ops.registry.ONNX_ELEMENTWISE`).
+    * ``kernel``: the op's math as an :class:`XpKernel` (a simple elementwise op's), which the
+      executor calls and which is the op's ``reference`` unless one is given.
     * ``reference(layer, xs, w, F)``: the output from the input tensors ``xs``, the layer's
       weights ``w`` (``name -> tensor``) and ``torch.nn.functional`` as ``F``; what ``compare``
-      measures every backend against.
+      measures every backend against. By default the ``kernel``'s, in float64.
     """
 
     torch: TorchLowering | None = None
@@ -242,6 +273,11 @@ class Lowerings:
     reference: Callable[[Any, list[Any], Mapping[str, Any], Any], Any] | None = None
     from_onnx: Mapping[str, OnnxConverter] = field(default_factory=dict)
     onnx_elementwise: tuple[str, ...] = ()
+    kernel: XpKernel | None = None
+
+    def __post_init__(self) -> None:
+        if self.reference is None and self.kernel is not None:
+            object.__setattr__(self, "reference", self.kernel.reference)
 
 
 @dataclass

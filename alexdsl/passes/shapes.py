@@ -96,6 +96,8 @@ def _check_label(sources: list[Layer], attrs: dict) -> None:
             received=f"'{label.name}' ({format_shape(label.shape)})",
         )
     classes = class_count(logits.shape)
+    if label.attrs["classes"] is None:  # a deferred label (an importer's): the first logits read with it say
+        label.attrs["classes"] = classes
     if classes != label.attrs["classes"]:
         raise ShapeError(
             f"'{logits.name}' scores {classes} classes but the label '{label.name}' has {label.attrs['classes']}",

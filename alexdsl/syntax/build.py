@@ -260,6 +260,7 @@ class ModuleBuilder:
         self._comments: list[ast.Comment] = []
         self._body: list[ast.Statement] | None = None  # inside block(): its body
         self._origins: dict[tuple[int, int], Span] = {}  # (line, column) of a statement or link -> its origin
+        self.deferred_labels: list[str] = []  # label inputs whose class count the shape pass gives
 
     # positions ---------------------------------------------------------------------------------
     def _span(self, lines: int = 1) -> Span:
@@ -310,11 +311,23 @@ class ModuleBuilder:
         args = [arg(length)] + ([arg(vocab, "vocab")] if vocab is not None else [])
         self._add(ast.InputStmt(name(input_name), None, ast.Call("tokens", args, span, span), span))
 
-    def class_input(self, input_name: str, classes: int, origin: Span | None = None) -> None:
-        """``input name: class(N)``: a label."""
+    def class_input(self, input_name: str, classes: int | None, origin: Span | None = None) -> None:
+        """``input name: class(N)``: a label. ``classes`` None leaves N to the shape pass: pass
+        :attr:`deferred_labels` to :func:`~alexdsl.frontend.network_from_module`, then give
+        :meth:`resolve_labels` what it found."""
         span = self._span()
-        self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes)], span, span), span),
+        if classes is None:
+            self.deferred_labels.append(input_name)
+        self._add(ast.InputStmt(name(input_name), None, ast.Call("class", [arg(classes or 1)], span, span), span),
                   origin=origin)
+
+    def resolve_labels(self, classes: Mapping[str, int]) -> None:
+        """Each deferred label's ``class(N)``: its count in ``classes`` (what the shape pass found: the label
+        layer's ``attrs["classes"]``)."""
+        for stmt in self._statements:
+            if isinstance(stmt, ast.InputStmt) and stmt.name.name in self.deferred_labels:
+                assert stmt.type_call is not None
+                stmt.type_call.args = [_placed(arg(classes[stmt.name.name]), stmt.type_call.span)]
 
     def output(self, names: Iterable[str]) -> None:
         span = self._span()

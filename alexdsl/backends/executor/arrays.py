@@ -22,20 +22,14 @@ from typing import Any
 
 import numpy
 
-Array = Any  # numpy.ndarray or cupy.ndarray
+from alexdsl.ops.xp import Array, array_module  # noqa: F401 - the kernels' array module, written once in ops
+
 Activation = Callable[..., Array]  # an elementwise kernel f(x, *, out=None); out=x runs it in place
 
 try:  # pragma: no cover - exercised only where CuPy is installed
     import cupy as cupy_module
 except Exception:  # noqa: BLE001 - ImportError, or a CUDA runtime that fails to load
     cupy_module = None
-
-
-def array_module(x: Array = None) -> ModuleType:
-    """The array library that owns ``x``: ``cupy`` for CuPy arrays, else ``numpy``."""
-    if cupy_module is not None and x is not None:
-        return cupy_module.get_array_module(x)
-    return numpy
 
 
 #

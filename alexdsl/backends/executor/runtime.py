@@ -12,7 +12,8 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.pool`: pooling;
 * :mod:`.norm`: normalisation;
 * :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
-* :mod:`.elementwise`: activations and arithmetic;
+* :mod:`.elementwise`: epilogues and arithmetic;
+* every op's xp kernel (:class:`~alexdsl.ops.lowering.XpKernel`: the activations), under its name;
 * :mod:`.channels`: concat, channel shuffle, softmax;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
 * :mod:`.resample`: padding, upsampling, reductions over axes.
@@ -67,23 +68,8 @@ from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
 from alexdsl.backends.executor.elementwise import (  # noqa: F401 - the runtime's names
     activate,
     add,
-    elu,
-    erfc,
-    gelu,
-    hardsigmoid,
-    hardswish,
-    hardtanh,
-    leaky_relu,
-    mish,
     multiply,
-    prelu,
-    relu,
-    relu6,
-    sigmoid,
-    silu,
-    softplus,
     subtract,
-    tanh,
 )
 from alexdsl.backends.executor.language import (  # noqa: F401 - the runtime's names
     embedding,
@@ -125,7 +111,15 @@ from alexdsl.backends.executor.tokens import (  # noqa: F401 - the runtime's nam
     roll,
     select,
 )
-from alexdsl.ops.registry import lookup
+from alexdsl.ops.registry import all_ops, lookup
+
+
+def _declared_kernels() -> dict[str, Callable[..., Array]]:
+    """The xp kernel each registered op declares (``Lowerings.kernel``), by the name generated code calls it by."""
+    return {op.lower.kernel.name: op.lower.kernel.function for op in all_ops() if op.lower.kernel is not None}
+
+
+globals().update(_declared_kernels())  # rt.relu, rt.gelu, ...: the generated modules' calls
 
 
 def op_function(name: str) -> Callable[..., Array]:
@@ -139,7 +133,11 @@ def op_function(name: str) -> Callable[..., Array]:
 
 def __getattr__(name: str) -> Any:
     """``rt.<op>``: the xp ``function`` a registered op (a plugin's) declares, so that a producer can apply a
-    plugin's elementwise op as its epilogue (``act=rt.<op>``) as it applies the built-in ones."""
+    plugin's elementwise op as its epilogue (``act=rt.<op>``) as it applies the built-in ones; or the kernel a
+    plugin registered after this module loaded declares."""
+    kernel = _declared_kernels().get(name)
+    if kernel is not None:
+        return kernel
     try:
         return op_function(name)
     except ValueError:
