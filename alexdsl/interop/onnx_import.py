@@ -59,6 +59,7 @@ class _Layer:
     output: str
     name: str = ""
     renamable: bool = False  # named after torch's scope or its op, not by the model: a chain may name it
+    scoped: str | None = None  # its name under the anchor's torch module (OnnxImport.name)
 
 
 class OnnxMatchContext:
@@ -153,7 +154,7 @@ def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
                 alias[output] = result.inputs[0]
                 continue
             layers.append(_Layer(node, result.op, list(result.inputs), dict(result.attrs), dict(result.params),
-                                 output))
+                                 output, scoped=result.name))
     return layers, alias
 
 
@@ -241,6 +242,9 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             unnamed.append(layer)
     for layer in unnamed:
         path = node_scope(layer.anchor)
+        if path is not None and layer.scoped is not None:  # one of several layers of one module
+            layer.name = unique(clean_name(".".join(filter(None, (path, layer.scoped)))))
+            continue
         if path is not None:
             name = clean_name(path)
             if name in taken or name in parents:

@@ -111,6 +111,14 @@ def _sdpa_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
             f"{split(args[2], v[-1])}{''.join(', ' + o for o in options)}).transpose(-3, -2).flatten(-2)")
 
 
+def _window_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
+    """torch's export of Swin's window attention (:mod:`alexdsl.ops.window_attention_onnx`, which reads this
+    module's bias and mask)."""
+    from alexdsl.ops.window_attention_onnx import window_attention_from_onnx
+
+    return window_attention_from_onnx(node, ctx)
+
+
 def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     a = layer.attrs
     return ExecutorKernel(
@@ -199,6 +207,7 @@ register(OpDef(
         torch=TorchLowering(forward=_sdpa_torch),
         executor=ExecutorLowering(lower=_sdpa_executor),
         onnx=_sdpa_onnx,
+        from_onnx={"Reshape": _window_attention_from_onnx},
         reference=lambda layer, xs, w, F: reference_sdpa(*xs[:3], xs[3:], heads=layer.attrs["heads"],
                                                          causal=layer.attrs["causal"], scale=layer.attrs["scale"],
                                                          F=F),

@@ -241,7 +241,9 @@ class OnnxImport:
     ``inputs`` are the ONNX values the layer reads; ``params`` maps each parameter and buffer
     (``weight``, ``running_mean``...) to the name of the initializer holding it or to an array
     computed from constants; ``absorbed`` are the nodes before the anchor that the layer takes
-    over; ``output`` is the ONNX value it stands for (default: the anchor's first output).
+    over; ``output`` is the ONNX value it stands for (default: the anchor's first output); ``name``, where
+    one anchor makes several layers, names the layer under the anchor's torch module (``"mask"`` gives
+    ``features.1.1.attn.mask``; ``""`` the module itself) when its weights do not name it.
     """
 
     op: str | None
@@ -250,6 +252,7 @@ class OnnxImport:
     params: dict[str, Any] = field(default_factory=dict)
     absorbed: tuple[Any, ...] = ()
     output: str | None = None
+    name: str | None = None
 
 
 NO_LOWERINGS = Lowerings()

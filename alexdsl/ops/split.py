@@ -193,10 +193,32 @@ def _slice_bounds(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[int, int,
     return start, stop, channels
 
 
+def _whole(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
+    """Whether a ``Slice`` keeps all of each per-sample axis it names, step 1 (torchvision's Swin crops its
+    padded map with ``x[:, :H, :W]``, all of it when nothing was padded)."""
+    starts, ends, axes, steps = ([ctx.const(v) if v else None for v in node.inputs[1:5]] + [None] * 4)[:4]
+    shape = ctx.shape(node.inputs[0])
+    if starts is None or ends is None or shape is None or starts.size != ends.size:
+        return False
+    axes = axes.reshape(-1) if axes is not None else range(starts.size)
+    steps = steps.reshape(-1) if steps is not None else [1] * starts.size
+    for axis, start, stop, step in zip(axes, starts.reshape(-1), ends.reshape(-1), steps):
+        axis = int(axis) + len(shape) + 1 if int(axis) < 0 else int(axis)
+        if not 1 <= axis <= len(shape) or int(step) != 1:
+            return False
+        size = shape[axis - 1]
+        start, stop = (min(max(int(v) + size if int(v) < 0 else int(v), 0), size) for v in (start, stop))
+        if (start, stop) != (0, size):
+            return False
+    return True
+
+
 def _slice_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Slice`` of the channels (axis 1, step 1, constant bounds) -> channel_slice(start, stop); channel_chunk
     when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk);
     no layer for a Slice of every channel."""
+    if _whole(node, ctx):
+        return OnnxImport(None, node.inputs[:1])
     found = _slice_bounds(node, ctx)
     if found is None:
         return ctx.fail(node, "only a Slice of the channels (axis 1), with step 1 and constant bounds, is imported")
