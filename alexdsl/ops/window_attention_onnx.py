@@ -181,6 +181,8 @@ def window_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> li
     if matched is None:
         return None
     entry, body = matched
+    if ctx.shape(entry) != ctx.shape(node.outputs[0]):  # from the grid back to the grid, not a part of it
+        return None
     found = _read(entry, body, ctx)
     if isinstance(found, str):
         return ctx.fail(node, f"it ends a subgraph like Swin's window attention, but {found}")
