@@ -315,9 +315,11 @@ TORCH_CASES: dict[str, tuple] = {
     "groupnorm": (lambda: nn.GroupNorm(2, 8), ["groupnorm"]),
     "channel_shuffle": (lambda: Lambda(lambda self, x: x.view(-1, 2, 4, 4, 4).transpose(1, 2).reshape(-1, 8, 4, 4)),
                         ["channel_shuffle"]),
-    "chunk": (lambda: Lambda(lambda self, x: torch.cat(x.chunk(2, dim=1)[::-1], 1)),
+    "chunk": (lambda: Lambda(lambda self, x: torch.cat([*x.chunk(2, dim=1)[::-1], x], 1)),
               ["channel_chunk", "channel_chunk", "concat"]),
-    "split": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, [3, 5], dim=1)[::-1], 1)),
+    # the two halves swapped: a roll by half the channels, as torch exports torch.roll
+    "roll": (lambda: Lambda(lambda self, x: torch.cat(x.chunk(2, dim=1)[::-1], 1)), ["roll"]),
+    "split": (lambda: Lambda(lambda self, x: torch.cat([*torch.split(x, [3, 5], dim=1)[::-1], x], 1)),
               ["channel_slice", "channel_slice", "concat"]),
     "split_even": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, 4, dim=1)[::-1], 1)),
                    ["channel_chunk", "channel_chunk", "concat"]),

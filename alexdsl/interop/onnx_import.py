@@ -242,7 +242,7 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             unnamed.append(layer)
     for layer in unnamed:
         path = node_scope(layer.anchor)
-        if path is not None and layer.scoped is not None:  # one of several layers of one module
+        if layer.scoped is not None:  # one of several layers of one anchor
             layer.name = unique(clean_name(".".join(filter(None, (path, layer.scoped)))))
             continue
         if path is not None:

@@ -111,12 +111,20 @@ def _sdpa_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
             f"{split(args[2], v[-1])}{''.join(', ' + o for o in options)}).transpose(-3, -2).flatten(-2)")
 
 
-def _window_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
-    """torch's export of Swin's window attention (:mod:`alexdsl.ops.window_attention_onnx`, which reads this
-    module's bias and mask)."""
+def _sdpa_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
+    """torch's export of Swin's window attention (:mod:`alexdsl.ops.window_attention_onnx`), else alexdsl's
+    export of sdpa (:mod:`alexdsl.ops.sdpa_onnx`); both modules read this one's bias and mask."""
+    from alexdsl.ops.sdpa_onnx import sdpa_from_onnx
     from alexdsl.ops.window_attention_onnx import window_attention_from_onnx
 
-    return window_attention_from_onnx(node, ctx)
+    return window_attention_from_onnx(node, ctx) or sdpa_from_onnx(node, ctx)
+
+
+def _own_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """alexdsl's export of attention (:mod:`alexdsl.ops.sdpa_onnx`)."""
+    from alexdsl.ops.sdpa_onnx import attention_from_onnx
+
+    return attention_from_onnx(node, ctx)
 
 
 def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
@@ -207,7 +215,7 @@ register(OpDef(
         torch=TorchLowering(forward=_sdpa_torch),
         executor=ExecutorLowering(lower=_sdpa_executor),
         onnx=_sdpa_onnx,
-        from_onnx={"Reshape": _window_attention_from_onnx},
+        from_onnx={"Reshape": _sdpa_from_onnx},
         reference=lambda layer, xs, w, F: reference_sdpa(*xs[:3], xs[3:], heads=layer.attrs["heads"],
                                                          causal=layer.attrs["causal"], scale=layer.attrs["scale"],
                                                          F=F),
@@ -467,7 +475,7 @@ register(OpDef(
         torch=TorchLowering(module=_attention_module, forward=_attention_forward),
         executor=ExecutorLowering(lower=_attention_executor),
         onnx=_attention_onnx,
-        from_onnx={"Transpose": _attention_from_onnx},
+        from_onnx={"Transpose": _attention_from_onnx, "Add": _own_attention_from_onnx},
         reference=_attention_reference,
     ),
 ))

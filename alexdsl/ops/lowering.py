@@ -242,8 +242,9 @@ class OnnxImport:
     (``weight``, ``running_mean``...) to the name of the initializer holding it or to an array
     computed from constants; ``absorbed`` are the nodes before the anchor that the layer takes
     over; ``output`` is the ONNX value it stands for (default: the anchor's first output); ``name``, where
-    one anchor makes several layers, names the layer under the anchor's torch module (``"mask"`` gives
-    ``features.1.1.attn.mask``; ``""`` the module itself) when its weights do not name it.
+    one anchor makes several layers, names the layer when its weights do not: under the anchor's torch module
+    where the model has torch's scopes (``"mask"`` gives ``features.1.1.attn.mask``; ``""`` the module
+    itself), as it is otherwise.
     """
 
     op: str | None
