@@ -103,6 +103,9 @@ class OnnxMatchContext:
                 return None
         return node
 
+    def constants_ending(self, suffix: str) -> list[str]:
+        return [name for name in self.graph.constants if name.endswith(suffix)]
+
     def fail(self, node: OnnxNode, message: str) -> None:
         self.failures.append((node, message))
         return None

@@ -114,28 +114,34 @@ def _computes(anchor: OnnxNodeView, found: Sdpa, ctx: OnnxImportContext) -> bool
     return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))
 
 
+TABLE, INDEX = "relative_position_bias_table", "relative_position_index"
+
+
 def _constant_layer(value: str, ctx: OnnxImportContext, tokens: int) -> OnnxImport | None:
-    """The layer that computed a constant added to the scores: a relative position bias or a window mask."""
+    """The layer that computed a constant added to the scores: a relative position bias (the table initializer,
+    gathered by the index beside it, gives the constant) or a shifted-window mask (torchvision's values; alexdsl's
+    export names its constant ``<layer>.mask``)."""
     array = ctx.const(value)
-    table, index = ctx.const(f"{value}.relative_position_bias_table"), ctx.const(f"{value}.relative_position_index")
     window = math.isqrt(tokens)
-    if table is not None and index is not None and window * window == tokens:
-        heads = table.shape[-1]
-        gathered = table[index.reshape(-1).astype(np.int64)].reshape(tokens, tokens, heads).transpose(2, 0, 1)
-        if array.size == gathered.size and np.array_equal(array.reshape(gathered.shape), gathered):
-            square = index.ndim == 2
-            return OnnxImport("relative_position_bias", [], {"window": window, "heads": heads,
-                                                             "index": "square" if square else "flat"},
-                              {"relative_position_bias_table": f"{value}.relative_position_bias_table",
-                               "relative_position_index": f"{value}.relative_position_index"}, output=value)
-    if window * window != tokens or array.size % (tokens * tokens):
+    if array is None or window * window != tokens:
         return None
+    for table_name in ctx.constants_ending(f".{TABLE}"):
+        layer = table_name[: -len(TABLE) - 1]
+        table, index = ctx.const(table_name), ctx.const(f"{layer}.{INDEX}")
+        if table is None or index is None or table.ndim != 2 or index.size != tokens * tokens \
+                or array.size != tokens * tokens * table.shape[1]:
+            continue
+        gathered = table[index.reshape(-1).astype(np.int64)].reshape(tokens, tokens, -1).transpose(2, 0, 1)
+        if np.array_equal(array.reshape(gathered.shape), gathered):
+            return OnnxImport("relative_position_bias", [], {"window": window, "heads": table.shape[1],
+                                                             "index": "square" if index.ndim == 2 else "flat"},
+                              {TABLE: table_name, INDEX: f"{layer}.{INDEX}"}, output=f"{value}#bias")
     side = math.isqrt(array.size // (tokens * tokens)) * window  # a square map of windows
     for shift in range(1, window):
         mask = shifted_window_mask(side, side, window, shift)
         if array.size == mask.size and np.array_equal(array.reshape(mask.shape), mask):
             return OnnxImport("window_mask", [], {"size": (side, side), "window": window, "shift": shift},
-                              output=value, name=value)
+                              output=f"{value}#mask", name=value.removesuffix(".mask"))
     return None
 
 
@@ -146,18 +152,20 @@ def sdpa_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImpor
     if found is None:
         return None
     q, k = ctx.shape(found.q), ctx.shape(found.k)
-    layers = []
+    layers, additive = [], []
     for value in found.additive:
-        if ctx.const(value) is not None and q is not None and k is not None:
-            layer = _constant_layer(value, ctx, k[-2])
-            if layer is None or q[-2] != k[-2]:
+        if ctx.const(value) is not None:  # its layer's output: the constant's shape has the alignment's axes
+            layer = _constant_layer(value, ctx, k[-2]) if q is not None and k is not None and q[-2] == k[-2] else None
+            if layer is None:
                 return ctx.fail(node, "it ends an sdpa that adds a constant alexdsl has no layer for")
             layers.append(layer)
+            value = layer.output
+        additive.append(value)
     if not _computes(node, found, ctx):
         return ctx.fail(node, "it ends nodes like sdpa's export that compute something else")
     d = (q[-1] if q else 0) // found.heads
     scale = None if near(found.scale, d ** -0.5) else f32(found.scale)
-    return [*layers, OnnxImport("sdpa", [found.q, found.k, found.v, *found.additive],
+    return [*layers, OnnxImport("sdpa", [found.q, found.k, found.v, *additive],
                                 {"heads": found.heads, "causal": found.causal, "scale": scale},
                                 absorbed=tuple(found.nodes))]
 
