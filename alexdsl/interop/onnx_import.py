@@ -255,9 +255,9 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
         elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name):
             name = clean_name(layer.anchor.name)  # a name of the model's own, not '/Conv_3' or 'Relu_7'
         else:
-            name = layer.op
-        layer.name = unique(name)
-        layer.renamable = path is not None or name == layer.op
+            name = ""
+        layer.name = unique(name or layer.op)
+        layer.renamable = path is not None or not name  # not a name of the model's own ('permute' is one)
 
 
 def _chain_names(layers: list[_Layer]) -> None:

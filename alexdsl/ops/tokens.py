@@ -279,11 +279,14 @@ def _batch_kept(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
 
 def _regroup(axes: list[list[str]], sizes: dict[str, int], target: Shape, split: Any) -> list[list[str]] | None:
     """The elementary axes of ``axes`` grouped into ``target``'s axes, splitting one where a group ends inside it
-    (``split(name, first)`` renames it as two); None when an axis of size 1 would have to appear or vanish."""
+    (``split(name, first)`` renames it as two); axes of size 1 are ``"1"``, which may appear and vanish."""
     flat = [name for axis in axes for name in axis]
     groups, i = [], 0
     for dim in target:
         group, product = [], 1
+        while i < len(flat) and sizes[flat[i]] == 1 and (dim == 1 or product < dim):
+            group.append(flat[i])  # units: kept in a unit axis, dropped from a larger one
+            i += 1
         while product < dim:
             if i >= len(flat):
                 return None
@@ -294,10 +297,15 @@ def _regroup(axes: list[list[str]], sizes: dict[str, int], target: Shape, split:
                 flat[i:i + 1] = split(flat[i], need)
             group.append(flat[i])
             product, i = product * sizes[flat[i]], i + 1
-        if not group:
-            return None
-        groups.append(group)
+        groups.append(group or ["1"])
+    while i < len(flat) and sizes[flat[i]] == 1:
+        i += 1
     return groups if i == len(flat) else None
+
+
+def _written(group: list[str]) -> str:
+    names = [name for name in group if name != "1"] or ["1"]
+    return f"({' '.join(names)})" if len(names) > 1 else names[0]
 
 
 def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
@@ -313,11 +321,11 @@ def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
     kinds = {n.op_type for n in chain}
     shape = ctx.shape(chain[0].inputs[0]) if chain else None
     if kinds != {"Reshape", "Transpose"} or shape is None or not computed(ctx, chain[0].inputs[:1]) \
-            or not all(_batch_kept(n, ctx) for n in chain) or 1 in shape:
+            or not all(_batch_kept(n, ctx) for n in chain):
         return None
     letters = iter("chw" if len(shape) == 3 else "abcdefgh")
-    axes = [[next(letters)] for _ in shape]
-    sizes = {axis[0]: dim for axis, dim in zip(axes, shape)}
+    axes = [[next(letters) if dim != 1 else "1"] for dim in shape]
+    sizes = {"1": 1} | {axis[0]: dim for axis, dim in zip(axes, shape)}
     inputs = [list(axis) for axis in axes]
 
     def split(name: str, first: int) -> list[str]:
@@ -336,9 +344,8 @@ def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
             if regrouped is None:
                 return None
             axes = regrouped
-    written = [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in inputs], \
-        [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in axes]
-    given = tuple((name, sizes[name]) for group in inputs if len(group) > 1 for name in group[1:])
+    written = [_written(g) for g in inputs], [_written(g) for g in axes]
+    given = tuple((name, sizes[name]) for group in inputs if len(group) > 1 for name in group[1:] if name != "1")
     return OnnxImport("rearrange", chain[0].inputs[:1], {"pattern": f"{' '.join(written[0])} -> {' '.join(written[1])}",
                                                          "sizes": given}, absorbed=tuple(chain[:-1]))
 
