@@ -318,6 +318,16 @@ def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
     chain = [n for n in reversed(chain)]
     while chain and not _batch_kept(chain[0], ctx):
         chain.pop(0)
+    for start in range(len(chain) - 1):  # the longest tail of the chain that is one rearrange
+        found = _rearrange_chain(chain[start:], ctx)
+        if found is not None:
+            return found
+    return None
+
+
+def _rearrange_chain(chain: list[Any], ctx: OnnxImportContext) -> OnnxImport | None:
+    """The rearrange that ``chain`` computes, or None (MaxViT's window reverse followed by its grid partition
+    is two: the grid splits the axes the windows merged otherwise)."""
     kinds = {n.op_type for n in chain}
     shape = ctx.shape(chain[0].inputs[0]) if chain else None
     if kinds != {"Reshape", "Transpose"} or shape is None or not computed(ctx, chain[0].inputs[:1]) \
