@@ -405,18 +405,12 @@ def _mha_computes(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImp
                   params: dict[str, Any]) -> bool:
     """Whether ``ordered``, run by ONNX's reference evaluator on a random input, computes attention."""
     import numpy as np
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
+
+    from alexdsl.ops.from_onnx import evaluate
 
     shape = ctx.shape(entry.inputs[0])
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    constants = {v: ctx.const(v) for n in ordered for v in n.inputs if v and ctx.const(v) is not None}
-    nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, **n.attrs) for n in ordered]
-    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(v, 0, None)
-                                                   for v in [entry.inputs[0], *constants]],
-                              [helper.make_tensor_value_info(ordered[-1].outputs[0], 0, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
-    got = ReferenceEvaluator(model).run(None, {entry.inputs[0]: x, **constants})[0]
+    got = evaluate(ctx, ordered, {entry.inputs[0]: x}, ordered[-1].outputs[0])
     weight = {k: v if not isinstance(v, str) else ctx.const(v) for k, v in params.items()}
     q, k, v = np.split(x @ weight["in_proj_weight"].T + weight["in_proj_bias"], 3, axis=-1)
     split = [t.reshape(*t.shape[:-1], heads, -1).swapaxes(-2, -3) for t in (q, k, v)]
