@@ -129,9 +129,9 @@ NOT_IMPORTED_YET = {
     "param": "imported where an Add or Concat reads it (test_onnx_import_transformers.py); a model's output "
              "that is a constant is refused",
     "rearrange": "Reshape -> Transpose -> Reshape: imports as one rearrange, its axes named by the importer",
-    "roll": "pairs of Slices joined by a Concat: no op imports them yet",
-    **{name: "its import is still to be written (issue 19): refused, node by node, with a located error"
-       for name in ("attention", "relative_position_bias", "sdpa", "window_mask")},
+    **{name: "a layer of no input: alone, its export is a constant output, which is refused; read back where "
+             "sdpa adds it (test_sdpa_reads_back_its_bias_and_mask)"
+       for name in ("relative_position_bias", "window_mask")},
     **{name: "a language-model op whose export (plain nodes; a tied table) no op imports yet: refused"
        for name in ("positions", "repeat_kv", "rmsnorm", "rope", "unembed")},
 }
@@ -172,14 +172,42 @@ def test_rearrange_imports_back_as_one_rearrange(tmp_path: Path) -> None:
         "rearrange", "c (h1 h2) (w1 w2) -> (h1 w1) (h2 w2 c)", (("h2", 4), ("w2", 4)))
 
 
-@pytest.mark.parametrize("name", ["attention", "relative_position_bias", "sdpa", "window_mask"])
-def test_the_ops_not_imported_yet_are_refused_with_the_nodes_named(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["relative_position_bias", "window_mask"])
+def test_a_constant_layer_alone_is_refused_with_a_value_named(name: str, tmp_path: Path) -> None:
     network = _contract_network(lookup(name), data=DATA)
     path = _save(export_onnx(network, random_weights(network)), tmp_path / "contract.onnx")
     with pytest.raises(AlexDSLError, match=r"contract\.onnx: error: (node|value) '"):
         import_onnx_source(path, readable=False)
 
 
+SWIN_ATTENTION = """input x: 8x8x16
+shifted: roll((-2, -2), (0, 1)) | windows: rearrange("(h p) (w q) c -> (h w) (p q) c", p=4, q=4)
+attn: relative_position_bias(4, 2)
+mask: window_mask(8, 4, 2)
+qkv: windows -> linear(48) | chunk(3, axis=-1)
+sdpa: sdpa(qkv.0, qkv.1, qkv.2, attn, mask, heads=2, scale=0.3)
+causal: sdpa(qkv.0, qkv.1, qkv.2, heads=2, causal=true)
+both: add(sdpa, causal)
+"""
+
+
+def test_sdpa_reads_back_its_bias_and_mask(tmp_path: Path) -> None:
+    """A relative position bias and a shifted-window mask, folded to constants on reading, are their layers again,
+    with the table's and the index's keys; the scale and causal arguments come back."""
+    network = alexdsl.parse(f"network W\n{SWIN_ATTENTION}")
+    weights = random_weights(network)
+    path = _save(export_onnx(network, weights), tmp_path / "swin.onnx")
+    imported = import_onnx_source(path, readable=False)
+    layers = {layer.name: (layer.op, dict(layer.attrs)) for layer in imported.network.layers()}
+    for name in ("shifted", "attn", "mask", "sdpa", "causal"):
+        assert layers[name] == (network.layer(name).op, dict(network.layer(name).attrs)), name
+    assert imported.network.layer("sdpa").inputs[3:] == ["attn", "mask"]
+    assert sorted(imported.weights) == sorted(network.state_keys())  # the table and the index among them
+    for key, value in imported.weights.items():
+        np.testing.assert_array_equal(value, weights[key], err_msg=key)
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 16)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    _close(_run(imported.network, imported.weights, [x]), session.run(None, {"x": x})[0])
 
 
 VARIANTS = {
@@ -305,9 +333,11 @@ TORCH_CASES: dict[str, tuple] = {
     "groupnorm": (lambda: nn.GroupNorm(2, 8), ["groupnorm"]),
     "channel_shuffle": (lambda: Lambda(lambda self, x: x.view(-1, 2, 4, 4, 4).transpose(1, 2).reshape(-1, 8, 4, 4)),
                         ["channel_shuffle"]),
-    "chunk": (lambda: Lambda(lambda self, x: torch.cat(x.chunk(2, dim=1)[::-1], 1)),
+    "chunk": (lambda: Lambda(lambda self, x: torch.cat([*x.chunk(2, dim=1)[::-1], x], 1)),
               ["channel_chunk", "channel_chunk", "concat"]),
-    "split": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, [3, 5], dim=1)[::-1], 1)),
+    # the two halves swapped: a roll by half the channels, as torch exports torch.roll
+    "roll": (lambda: Lambda(lambda self, x: torch.cat(x.chunk(2, dim=1)[::-1], 1)), ["roll"]),
+    "split": (lambda: Lambda(lambda self, x: torch.cat([*torch.split(x, [3, 5], dim=1)[::-1], x], 1)),
               ["channel_slice", "channel_slice", "concat"]),
     "split_even": (lambda: Lambda(lambda self, x: torch.cat(torch.split(x, 4, dim=1)[::-1], 1)),
                    ["channel_chunk", "channel_chunk", "concat"]),

@@ -59,6 +59,7 @@ class _Layer:
     output: str
     name: str = ""
     renamable: bool = False  # named after torch's scope or its op, not by the model: a chain may name it
+    scoped: str | None = None  # its name under the anchor's torch module (OnnxImport.name)
 
 
 class OnnxMatchContext:
@@ -101,6 +102,9 @@ class OnnxMatchContext:
                                                  for c in self.graph.consumers.get(out, [])):
                 return None
         return node
+
+    def constants_ending(self, suffix: str) -> list[str]:
+        return [name for name in self.graph.constants if name.endswith(suffix)]
 
     def fail(self, node: OnnxNode, message: str) -> None:
         self.failures.append((node, message))
@@ -153,7 +157,7 @@ def _match(graph: OnnxGraph) -> tuple[list[_Layer], dict[str, str]]:
                 alias[output] = result.inputs[0]
                 continue
             layers.append(_Layer(node, result.op, list(result.inputs), dict(result.attrs), dict(result.params),
-                                 output))
+                                 output, scoped=result.name))
     return layers, alias
 
 
@@ -241,6 +245,9 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             unnamed.append(layer)
     for layer in unnamed:
         path = node_scope(layer.anchor)
+        if layer.scoped is not None:  # one of several layers of one anchor
+            layer.name = unique(clean_name(".".join(filter(None, (path, layer.scoped)))))
+            continue
         if path is not None:
             name = clean_name(path)
             if name in taken or name in parents:
@@ -248,9 +255,9 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
         elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name):
             name = clean_name(layer.anchor.name)  # a name of the model's own, not '/Conv_3' or 'Relu_7'
         else:
-            name = layer.op
-        layer.name = unique(name)
-        layer.renamable = path is not None or name == layer.op
+            name = ""
+        layer.name = unique(name or layer.op)
+        layer.renamable = path is not None or not name  # not a name of the model's own ('permute' is one)
 
 
 def _chain_names(layers: list[_Layer]) -> None:

@@ -111,6 +111,22 @@ def _sdpa_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
             f"{split(args[2], v[-1])}{''.join(', ' + o for o in options)}).transpose(-3, -2).flatten(-2)")
 
 
+def _sdpa_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
+    """torch's export of Swin's window attention (:mod:`alexdsl.ops.window_attention_onnx`), else alexdsl's
+    export of sdpa (:mod:`alexdsl.ops.sdpa_onnx`); both modules read this one's bias and mask."""
+    from alexdsl.ops.sdpa_onnx import sdpa_from_onnx
+    from alexdsl.ops.window_attention_onnx import window_attention_from_onnx
+
+    return window_attention_from_onnx(node, ctx) or sdpa_from_onnx(node, ctx)
+
+
+def _own_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """alexdsl's export of attention (:mod:`alexdsl.ops.sdpa_onnx`)."""
+    from alexdsl.ops.sdpa_onnx import attention_from_onnx
+
+    return attention_from_onnx(node, ctx)
+
+
 def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     a = layer.attrs
     return ExecutorKernel(
@@ -246,6 +262,7 @@ register(OpDef(
         torch=TorchLowering(forward=_sdpa_torch, decode=_sdpa_torch_decode, decode_definitions=CACHED_SDPA),
         executor=ExecutorLowering(lower=_sdpa_executor, decode=_sdpa_decode),
         onnx=_sdpa_onnx,
+        from_onnx={"Reshape": _sdpa_from_onnx},
         reference=lambda layer, xs, w, F: reference_sdpa(*xs[:3], xs[3:], heads=layer.attrs["heads"],
                                                          causal=layer.attrs["causal"], scale=layer.attrs["scale"],
                                                          F=F),
@@ -435,18 +452,12 @@ def _mha_computes(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImp
                   params: dict[str, Any]) -> bool:
     """Whether ``ordered``, run by ONNX's reference evaluator on a random input, computes attention."""
     import numpy as np
-    from onnx import helper
-    from onnx.reference import ReferenceEvaluator
+
+    from alexdsl.ops.from_onnx import evaluate
 
     shape = ctx.shape(entry.inputs[0])
     x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    constants = {v: ctx.const(v) for n in ordered for v in n.inputs if v and ctx.const(v) is not None}
-    nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, **n.attrs) for n in ordered]
-    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info(v, 0, None)
-                                                   for v in [entry.inputs[0], *constants]],
-                              [helper.make_tensor_value_info(ordered[-1].outputs[0], 0, None)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
-    got = ReferenceEvaluator(model).run(None, {entry.inputs[0]: x, **constants})[0]
+    got = evaluate(ctx, ordered, {entry.inputs[0]: x}, ordered[-1].outputs[0])
     weight = {k: v if not isinstance(v, str) else ctx.const(v) for k, v in params.items()}
     q, k, v = np.split(x @ weight["in_proj_weight"].T + weight["in_proj_bias"], 3, axis=-1)
     split = [t.reshape(*t.shape[:-1], heads, -1).swapaxes(-2, -3) for t in (q, k, v)]
@@ -505,7 +516,7 @@ register(OpDef(
         torch=TorchLowering(module=_attention_module, forward=_attention_forward),
         executor=ExecutorLowering(lower=_attention_executor),
         onnx=_attention_onnx,
-        from_onnx={"Transpose": _attention_from_onnx},
+        from_onnx={"Transpose": _attention_from_onnx, "Add": _own_attention_from_onnx},
         reference=_attention_reference,
     ),
 ))

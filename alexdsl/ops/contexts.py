@@ -226,6 +226,10 @@ class OnnxImportContext(Protocol):
         or another layer took it."""
         ...
 
+    def constants_ending(self, suffix: str) -> list[str]:
+        """The names of the constants (initializers among them) that end with ``suffix``, in the model's order."""
+        ...
+
     def fail(self, node: OnnxNodeView, message: str) -> None:
         """Record why ``node`` is not this op's pattern (reported when no op takes it); returns None."""
         ...

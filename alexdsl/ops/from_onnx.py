@@ -175,3 +175,19 @@ def linear_kernel(ctx: OnnxImportContext, node: OnnxNodeView) -> str | None:
             or matrix.shape != kernel.shape[:2] or not np.array_equal(kernel.reshape(matrix.shape), matrix):
         return None
     return source
+
+
+def evaluate(ctx: OnnxImportContext, nodes: list[Any], feeds: dict[str, Any], output: str) -> Any:
+    """``output`` of ``nodes`` (a matched subgraph) run by ONNX's reference evaluator at the model's opset on
+    ``feeds`` (arrays with a batch axis), the constants the nodes read given: how a converter checks that
+    what it matched computes what its layers compute."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+
+    ordered = sorted(nodes, key=lambda n: n.index)
+    constants = {v: ctx.const(v) for n in ordered for v in n.inputs if v and ctx.const(v) is not None}
+    graph = helper.make_graph([helper.make_node(n.op_type, n.inputs, n.outputs, **n.attrs) for n in ordered],
+                              "matched", [helper.make_tensor_value_info(v, 0, None) for v in [*feeds, *constants]],
+                              [helper.make_tensor_value_info(output, 0, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
+    return ReferenceEvaluator(model).run(None, {**feeds, **constants})[0]

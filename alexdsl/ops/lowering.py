@@ -288,7 +288,10 @@ class OnnxImport:
     ``inputs`` are the ONNX values the layer reads; ``params`` maps each parameter and buffer
     (``weight``, ``running_mean``...) to the name of the initializer holding it or to an array
     computed from constants; ``absorbed`` are the nodes before the anchor that the layer takes
-    over; ``output`` is the ONNX value it stands for (default: the anchor's first output).
+    over; ``output`` is the ONNX value it stands for (default: the anchor's first output); ``name``, where
+    one anchor makes several layers, names the layer when its weights do not: under the anchor's torch module
+    where the model has torch's scopes (``"mask"`` gives ``features.1.1.attn.mask``; ``""`` the module
+    itself), as it is otherwise.
     """
 
     op: str | None
@@ -297,6 +300,7 @@ class OnnxImport:
     params: dict[str, Any] = field(default_factory=dict)
     absorbed: tuple[Any, ...] = ()
     output: str | None = None
+    name: str | None = None
 
 
 NO_LOWERINGS = Lowerings()

@@ -180,37 +180,65 @@ def _channel_axis(node: OnnxNodeView, ctx: OnnxImportContext, axis: int) -> int 
     return shape[0]
 
 
-def _slice_bounds(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[int, int, int] | None:
-    """The channels ``(start, stop)`` of a ``Slice`` of axis 1 with step 1 and constant bounds, and the input's
-    channel count; None for any other Slice."""
+def _slice_bounds(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[int, int, int, int] | None:
+    """The ``(start, stop)`` of a ``Slice`` of one per-sample axis with step 1 and constant bounds, the axis's size
+    and the axis as channel_slice's ``axis`` takes it (0, the channels; -1, the last; another one as it is);
+    None for any other Slice."""
     bounds = [ctx.const(v) if v else None for v in node.inputs[:5]]
     starts, ends, axes, steps = (bounds + [None] * 5)[1:5]
-    channels = _channel_axis(node, ctx, int(axes[0]) if axes is not None and len(axes) == 1 else 0)
-    if starts is None or ends is None or len(starts) != 1 or channels is None \
-            or (steps is not None and int(steps[0]) != 1):
+    shape = ctx.shape(node.inputs[0])
+    if starts is None or ends is None or len(starts) != 1 or shape is None or not shape \
+            or (axes is not None and len(axes) != 1) or (steps is not None and int(steps[0]) != 1):
         return None
-    start, stop = (min(int(v) + channels if int(v) < 0 else int(v), channels) for v in (starts[0], ends[0]))
-    return start, stop, channels
+    axis = int(axes[0]) if axes is not None else 0
+    axis = axis + len(shape) + 1 if axis < 0 else axis
+    if not 1 <= axis <= len(shape):
+        return None
+    size = shape[axis - 1]
+    start, stop = (min(int(v) + size if int(v) < 0 else int(v), size) for v in (starts[0], ends[0]))
+    return start, stop, size, -1 if axis == len(shape) and axis > 1 else axis - 1
+
+
+def _whole(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
+    """Whether a ``Slice`` keeps all of each per-sample axis it names, step 1 (GhostNet's ``x[:, :out]``;
+    torchvision's Swin crops its padded map with ``x[:, :H, :W]``, all of it when nothing was padded)."""
+    starts, ends, axes, steps = ([ctx.const(v) if v else None for v in node.inputs[1:5]] + [None] * 4)[:4]
+    shape = ctx.shape(node.inputs[0])
+    if starts is None or ends is None or shape is None or starts.size != ends.size:
+        return False
+    axes = axes.reshape(-1) if axes is not None else range(starts.size)
+    steps = steps.reshape(-1) if steps is not None else [1] * starts.size
+    for axis, start, stop, step in zip(axes, starts.reshape(-1), ends.reshape(-1), steps):
+        axis = int(axis) + len(shape) + 1 if int(axis) < 0 else int(axis)
+        if not 1 <= axis <= len(shape) or int(step) != 1:
+            return False
+        size = shape[axis - 1]
+        start, stop = (min(max(int(v) + size if int(v) < 0 else int(v), 0), size) for v in (start, stop))
+        if (start, stop) != (0, size):
+            return False
+    return True
 
 
 def _slice_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """``Slice`` of the channels (axis 1, step 1, constant bounds) -> channel_slice(start, stop); channel_chunk
-    when the Slices of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk);
-    no layer for a Slice of every channel."""
+    """``Slice`` of one axis (step 1, constant bounds) -> channel_slice(start, stop); channel_chunk when the Slices
+    of one input are exactly the parts of torch.chunk (as alexdsl and torch export a chunk); no layer for a
+    Slice of all of every axis it names."""
+    if _whole(node, ctx):
+        return OnnxImport(None, node.inputs[:1])
     found = _slice_bounds(node, ctx)
     if found is None:
-        return ctx.fail(node, "only a Slice of the channels (axis 1), with step 1 and constant bounds, is imported")
-    start, stop, channels = found
+        return ctx.fail(node, "only a Slice of one axis after the batch, with step 1 and constant bounds, is "
+                              "imported")
+    start, stop, size, axis = found
     if not 0 <= start < stop:
-        return ctx.fail(node, f"the Slice of channels {start}:{stop} is empty")
-    if start == 0 and stop >= channels:  # every channel (GhostNet's x[:, :out]): the identity, no layer
-        return OnnxImport(None, node.inputs[:1])
+        return ctx.fail(node, f"the Slice of elements {start}:{stop} is empty")
+    along = {"axis": axis} if axis else {}
     siblings = {_slice_bounds(r, ctx) for r in ctx.readers(node.inputs[0]) if r.op_type == "Slice"}
     parts = len(siblings)
-    chunks = [(*chunk_bounds(parts, i, channels), channels) for i in range(parts)]
+    chunks = [(*chunk_bounds(parts, i, size), size, axis) for i in range(parts)]
     if parts > 1 and siblings == set(chunks):
-        return OnnxImport("channel_chunk", node.inputs[:1], {"chunks": parts, "index": chunks.index(found)})
-    return OnnxImport("channel_slice", node.inputs[:1], {"start": start, "stop": stop, "channels": 0})
+        return OnnxImport("channel_chunk", node.inputs[:1], {"chunks": parts, "index": chunks.index(found), **along})
+    return OnnxImport("channel_slice", node.inputs[:1], {"start": start, "stop": stop, "channels": 0, **along})
 
 
 def _split_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:

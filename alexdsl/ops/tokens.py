@@ -18,7 +18,7 @@ from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.arith import aligned, broadcast_shapes, onnx_aligned, reference_aligned
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS, Filler
-from alexdsl.ops.from_onnx import computed, operands, producer_of
+from alexdsl.ops.from_onnx import computed, evaluate, operands, producer_of
 from alexdsl.ops.lowering import (
     EVERY_EPILOGUE,
     ExecutorKernel,
@@ -280,11 +280,14 @@ def _batch_kept(node: OnnxNodeView, ctx: OnnxImportContext) -> bool:
 
 def _regroup(axes: list[list[str]], sizes: dict[str, int], target: Shape, split: Any) -> list[list[str]] | None:
     """The elementary axes of ``axes`` grouped into ``target``'s axes, splitting one where a group ends inside it
-    (``split(name, first)`` renames it as two); None when an axis of size 1 would have to appear or vanish."""
+    (``split(name, first)`` renames it as two); axes of size 1 are ``"1"``, which may appear and vanish."""
     flat = [name for axis in axes for name in axis]
     groups, i = [], 0
     for dim in target:
         group, product = [], 1
+        while i < len(flat) and sizes[flat[i]] == 1 and (dim == 1 or product < dim):
+            group.append(flat[i])  # units: kept in a unit axis, dropped from a larger one
+            i += 1
         while product < dim:
             if i >= len(flat):
                 return None
@@ -295,10 +298,15 @@ def _regroup(axes: list[list[str]], sizes: dict[str, int], target: Shape, split:
                 flat[i:i + 1] = split(flat[i], need)
             group.append(flat[i])
             product, i = product * sizes[flat[i]], i + 1
-        if not group:
-            return None
-        groups.append(group)
+        groups.append(group or ["1"])
+    while i < len(flat) and sizes[flat[i]] == 1:
+        i += 1
     return groups if i == len(flat) else None
+
+
+def _written(group: list[str]) -> str:
+    names = [name for name in group if name != "1"] or ["1"]
+    return f"({' '.join(names)})" if len(names) > 1 else names[0]
 
 
 def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
@@ -311,14 +319,24 @@ def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
     chain = [n for n in reversed(chain)]
     while chain and not _batch_kept(chain[0], ctx):
         chain.pop(0)
+    for start in range(len(chain) - 1):  # the longest tail of the chain that is one rearrange
+        found = _rearrange_chain(chain[start:], ctx)
+        if found is not None:
+            return found
+    return None
+
+
+def _rearrange_chain(chain: list[Any], ctx: OnnxImportContext) -> OnnxImport | None:
+    """The rearrange that ``chain`` computes, or None (MaxViT's window reverse followed by its grid partition
+    is two: the grid splits the axes the windows merged otherwise)."""
     kinds = {n.op_type for n in chain}
     shape = ctx.shape(chain[0].inputs[0]) if chain else None
     if kinds != {"Reshape", "Transpose"} or shape is None or not computed(ctx, chain[0].inputs[:1]) \
-            or not all(_batch_kept(n, ctx) for n in chain) or 1 in shape:
+            or not all(_batch_kept(n, ctx) for n in chain):
         return None
     letters = iter("chw" if len(shape) == 3 else "abcdefgh")
-    axes = [[next(letters)] for _ in shape]
-    sizes = {axis[0]: dim for axis, dim in zip(axes, shape)}
+    axes = [[next(letters) if dim != 1 else "1"] for dim in shape]
+    sizes = {"1": 1} | {axis[0]: dim for axis, dim in zip(axes, shape)}
     inputs = [list(axis) for axis in axes]
 
     def split(name: str, first: int) -> list[str]:
@@ -337,11 +355,74 @@ def _rearrange_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
             if regrouped is None:
                 return None
             axes = regrouped
-    written = [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in inputs], \
-        [f"({' '.join(g)})" if len(g) > 1 else g[0] for g in axes]
-    given = tuple((name, sizes[name]) for group in inputs if len(group) > 1 for name in group[1:])
+    written = [_written(g) for g in inputs], [_written(g) for g in axes]
+    given = tuple((name, sizes[name]) for group in inputs if len(group) > 1 for name in group[1:] if name != "1")
     return OnnxImport("rearrange", chain[0].inputs[:1], {"pattern": f"{' '.join(written[0])} -> {' '.join(written[1])}",
                                                          "sizes": given}, absorbed=tuple(chain[:-1]))
+
+
+def _strided(part: str, ctx: OnnxImportContext, slices: list[Any]) -> tuple[str, dict[int, tuple[int, int]]] | None:
+    """The value a chain of ``Slice`` s (a start and a step, to the end) reads, and per per-sample axis the offset
+    and step kept: ``x[1::2, 0::2]`` is ``{0: (1, 2), 1: (0, 2)}``. The chain's Slices join ``slices``."""
+    chain, value = [], part
+    while (node := ctx.producer(value)) is not None and node.op_type == "Slice":
+        chain.append(node)
+        value = node.inputs[0]
+    kept: dict[int, tuple[int, int]] = {}
+    for node in reversed(chain):  # from the source: each Slice acts on the one before's output
+        shape = ctx.shape(node.inputs[0])
+        bounds = [ctx.const(v) if v else None for v in node.inputs[1:5]]
+        if shape is None or len(bounds) != 4 or any(b is None for b in bounds):
+            return None
+        for start, stop, axis, step in zip(*(b.reshape(-1).tolist() for b in bounds)):  # type: ignore[union-attr]
+            axis = axis + len(shape) + 1 if axis < 0 else axis
+            if not 1 <= axis <= len(shape) or step < 1 or not 0 <= start < step or stop < shape[axis - 1]:
+                return None
+            offset, stride = kept.get(axis - 1, (0, 1))
+            kept[axis - 1] = (offset + start * stride, stride * step)
+        if node not in slices:
+            slices.append(node)
+    return value, kept
+
+
+def _rearrange_from_slices(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Concat`` over the last axis of the p x q strided parts of an H x W x C grid (Swin's patch merging:
+    ``x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2]``) -> ``rearrange("(h p) (w q) c -> h w (q p c)")``
+    (or ``(p q c)`` in the other order), checked by ONNX's reference evaluator against NumPy."""
+    import numpy as np
+
+    shape = ctx.shape(node.outputs[0])
+    if shape is None or len(shape) != 3 or int(node.attr("axis", 0)) not in (-1, 3) or len(node.inputs) < 2:
+        return None
+    readers: list[Any] = [node]
+    parts = [_strided(value, ctx, readers) for value in node.inputs]
+    if any(p is None for p in parts) or len({p[0] for p in parts}) != 1:  # type: ignore[index]
+        return None
+    source = parts[0][0]  # type: ignore[index]
+    grid = ctx.shape(source)
+    kept = [p[1] for p in parts]  # type: ignore[index]
+    if grid is None or len(grid) != 3 or any(set(k) != {0, 1} for k in kept):
+        return None
+    p, q = kept[0][0][1], kept[0][1][1]
+    offsets = [(k[0][0], k[1][0]) for k in kept]
+    if any((k[0][1], k[1][1]) != (p, q) for k in kept) or grid[0] % p or grid[1] % q:
+        return None
+    if offsets == [(i, j) for j in range(q) for i in range(p)]:
+        order = "q p c"
+    elif offsets == [(i, j) for i in range(p) for j in range(q)]:
+        order = "p q c"
+    else:
+        return None
+    if any(ctx.absorb(r.outputs[0], *readers) is None for r in readers[1:]):
+        return None
+    h, w, c = grid
+    x = np.random.default_rng(0).standard_normal((1, *grid)).astype(np.float32)
+    moved = (0, 1, 3, 4, 2, 5) if order == "q p c" else (0, 1, 3, 2, 4, 5)
+    want = x.reshape(1, h // p, p, w // q, q, c).transpose(moved).reshape(1, *shape)
+    if not np.array_equal(evaluate(ctx, readers, {source: x}, node.outputs[0]), want):
+        return ctx.fail(node, "it ends strided Slices like a patch merging's that compute something else")
+    return OnnxImport("rearrange", [source], {"pattern": f"(h p) (w q) c -> h w ({order})",
+                                              "sizes": (("p", p), ("q", q))}, absorbed=tuple(readers[1:]))
 
 
 def _rearrange_plan(layer: Any, shape: Shape) -> Rearrangement:
@@ -362,7 +443,8 @@ register(OpDef(
         executor=ExecutorLowering(lower=lambda layer, ctx: _restructure_executor(
             layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps)),
         onnx=lambda layer, ctx: _restructure_onnx(layer, ctx, *_rearrange_plan(layer, ctx.input_shape(layer, 0)).steps),
-        from_onnx={"Transpose": _rearrange_from_onnx, "Reshape": _rearrange_from_onnx},
+        from_onnx={"Transpose": _rearrange_from_onnx, "Reshape": _rearrange_from_onnx,
+                   "Concat": _rearrange_from_slices},
         reference=lambda layer, xs, w, F: _rearrange_reference(layer, xs[0]),
     ),
 ))
@@ -690,6 +772,62 @@ def _roll_onnx(layer: Any, ctx: OnnxExportContext) -> None:
         value = ctx.node("Concat", parts, output=None if last else f"{layer.name}.rolled{i}", axis=axis + 1)
 
 
+def _roll_step(concat: OnnxNodeView, ctx: OnnxImportContext) -> tuple[str, int, int, tuple[Any, ...]] | None:
+    """``Concat(Slice(x, s:), Slice(x, :s))`` along one axis (torch's and alexdsl's export of a roll by -s):
+    x, the per-sample axis, the shift (the shorter way round) and the two Slices."""
+    if len(concat.inputs) != 2:
+        return None
+    parts = [producer_of(ctx, value, "Slice", concat) for value in concat.inputs]
+    if any(p is None or len(p.inputs) < 4 for p in parts) or parts[0].inputs[0] != parts[1].inputs[0]:
+        return None
+    shape = ctx.shape(parts[0].inputs[0])
+    bounds = []
+    for part in parts:
+        starts, ends, axes, *steps = (ctx.const(v) if v else None for v in part.inputs[1:5])
+        if any(b is None or b.size != 1 for b in (starts, ends, axes)) or shape is None \
+                or any(s is not None and int(s.reshape(-1)[0]) != 1 for s in steps):
+            return None
+        axis = int(axes.reshape(-1)[0])
+        axis = axis + len(shape) + 1 if axis < 0 else axis
+        if not 1 <= axis <= len(shape):
+            return None
+        size = shape[axis - 1]
+        start, stop = (min(max(v + size if v < 0 else v, 0), size) for v in (int(starts[0]), int(ends[0])))
+        bounds.append((axis, start, stop))
+    (axis, start, stop), (axis2, start2, stop2) = bounds
+    size = shape[axis - 1]
+    joined = int(concat.attr("axis", 0))
+    if axis != axis2 or joined not in (axis, axis - len(shape) - 1) or stop != size or start2 != 0 \
+            or stop2 != start or not 0 < start < size:
+        return None
+    return parts[0].inputs[0], axis - 1, -start if 2 * start <= size else size - start, tuple(parts)
+
+
+def _roll_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """One ``Concat`` of two ``Slice`` s per axis rolled (the outer one the anchor) -> roll(shifts, axes), checked by
+    ONNX's reference evaluator against NumPy's roll."""
+    step = _roll_step(node, ctx)
+    if step is None:
+        return None
+    source, axis, shift, absorbed = step
+    shifts, axes = [shift], [axis]
+    inner = ctx.absorb(source, *absorbed)
+    while inner is not None and inner.op_type == "Concat" and (step := _roll_step(inner, ctx)) is not None \
+            and step[1] not in axes:
+        source, absorbed = step[0], (*absorbed, inner, *step[3])
+        shifts.insert(0, step[2])
+        axes.insert(0, step[1])
+        inner = ctx.absorb(source, *step[3])
+    import numpy as np
+
+    shape = ctx.shape(source)
+    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
+    want = np.roll(x, shifts, [a + 1 for a in axes])
+    if not np.array_equal(evaluate(ctx, [*absorbed, node], {source: x}, node.outputs[0]), want):
+        return ctx.fail(node, "it ends Slices and Concats like a roll's that compute something else")
+    return OnnxImport("roll", [source], {"shifts": tuple(shifts), "axes": tuple(axes)}, absorbed=absorbed)
+
+
 register(OpDef(
     name="roll", family="tokens",
     summary="A cyclic shift along axes, as torch.roll: Swin's shifted windows (no Caffe layer).",
@@ -705,6 +843,7 @@ register(OpDef(
             f"{ctx.lit(tuple(_batch_axes(_roll_axes(layer.attrs, ctx.input_shape(layer, 0)))))}, out={{out}})",
             "roll")),
         onnx=_roll_onnx,
+        from_onnx={"Concat": _roll_from_onnx},
         reference=lambda layer, xs, w, F: xs[0].roll(
             tuple(layer.attrs["shifts"]), tuple(_batch_axes(_roll_axes(layer.attrs, tuple(xs[0].shape[1:]))))),
     ),
