@@ -263,6 +263,9 @@ class FakeOnnxGraph:
     def absorb(self, value: str, *readers: contexts.OnnxNodeView | None) -> contexts.OnnxNodeView | None:
         return None
 
+    def constants_ending(self, suffix: str) -> list[str]:
+        return []
+
     def fail(self, node: contexts.OnnxNodeView, message: str) -> None:
         self.failures.append(message)
 

@@ -21,6 +21,7 @@ from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportC
 from alexdsl.ops.fillers import Filler
 from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, OnnxImport, Pattern, TorchLowering
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, format_shape, numel, register
+from alexdsl.ops.windows import relative_position_index, shifted_window_mask
 
 
 def _tokens(shape: Shape, what: str) -> None:
@@ -113,18 +114,25 @@ def _sdpa_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
 
 def _sdpa_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
     """torch's export of Swin's window attention (:mod:`alexdsl.ops.window_attention_onnx`), else alexdsl's
-    export of sdpa (:mod:`alexdsl.ops.sdpa_onnx`); both modules read this one's bias and mask."""
-    from alexdsl.ops.sdpa_onnx import sdpa_from_onnx
+    export of sdpa (:mod:`alexdsl.ops.attention_onnx`); both modules read this one's bias and mask."""
+    from alexdsl.ops.attention_onnx import sdpa_from_onnx
     from alexdsl.ops.window_attention_onnx import window_attention_from_onnx
 
     return window_attention_from_onnx(node, ctx) or sdpa_from_onnx(node, ctx)
 
 
 def _own_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """alexdsl's export of attention (:mod:`alexdsl.ops.sdpa_onnx`)."""
-    from alexdsl.ops.sdpa_onnx import attention_from_onnx
+    """alexdsl's export of attention (:mod:`alexdsl.ops.attention_onnx`)."""
+    from alexdsl.ops.attention_onnx import attention_from_onnx
 
     return attention_from_onnx(node, ctx)
+
+
+def _torch_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """torch's export of nn.MultiheadAttention (:mod:`alexdsl.ops.attention_onnx`)."""
+    from alexdsl.ops.attention_onnx import torch_attention_from_onnx
+
+    return torch_attention_from_onnx(node, ctx)
 
 
 def _sdpa_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
@@ -358,140 +366,6 @@ def _attention_reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # n
     return F.linear(mixed, w["out_proj.weight"], w.get("out_proj.bias"))
 
 
-# torch's export of nn.MultiheadAttention (batch_first self-attention, need_weights=False): the tokens are
-# transposed to (L, N, E), projected by one MatMul (+ Add), split into q, k, v per head, scaled, multiplied,
-# soft-maxed, merged, projected by a Gemm and transposed back. The converter anchors at that last Transpose,
-# takes every node back to the first Transpose, and checks numerically that they compute attention.
-MHA_NODES = frozenset({"Transpose", "MatMul", "Add", "Reshape", "Unsqueeze", "Squeeze", "Gather", "Mul", "Div",
-                       "Softmax", "Gemm", "Slice", "Split", "Identity"})
-MAX_MHA_NODES = 64
-
-
-def _mha_body(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[OnnxNodeView, list[OnnxNodeView]] | None:
-    """The first Transpose of the subgraph ending at ``node``, and every node from it to ``node``; None when
-    the nodes between read another computed value or a node outside reads one of theirs."""
-    entry, body, todo = None, [node], [node]
-    while todo:
-        current = todo.pop()
-        for value in current.inputs:
-            if not value or ctx.const(value) is not None:
-                continue
-            found = ctx.producer(value)
-            if found is None or found.op_type not in MHA_NODES or len(body) > MAX_MHA_NODES:
-                return None
-            if any(found is b for b in body):
-                continue
-            body.append(found)
-            if found.op_type == "Transpose" and list(found.attr("perm", [])) == [1, 0, 2] \
-                    and ctx.producer(found.inputs[0]) is not None and any(
-                        r.op_type == "MatMul" for r in ctx.readers(found.outputs[0])):
-                if entry is not None and entry is not found:
-                    return None  # two ways in: not self-attention
-                entry = found
-                continue
-            todo.append(found)
-    if entry is None or any(ctx.absorb(out, *body) is None for b in body[1:] for out in b.outputs if out):
-        return None
-    return entry, body
-
-
-def _mha_weights(body: list[OnnxNodeView], ctx: OnnxImportContext, e: int) -> dict[str, Any] | None:
-    """nn.MultiheadAttention's four tensors, from the in-projection MatMul and Add and the out-projection Gemm."""
-    import numpy as np
-
-    params: dict[str, Any] = {}
-    for n in body:
-        w = ctx.const(n.inputs[1]) if n.op_type in ("MatMul", "Gemm") and len(n.inputs) > 1 else None
-        if n.op_type == "MatMul" and w is not None and w.shape == (e, 3 * e):
-            params["in_proj_weight"] = np.ascontiguousarray(w.T)
-            for add in ctx.readers(n.outputs[0]):
-                bias = [v for v in add.inputs if ctx.const(v) is not None]
-                if add.op_type == "Add" and len(bias) == 1 and ctx.const(bias[0]).shape == (3 * e,):
-                    params["in_proj_bias"] = bias[0]
-        elif n.op_type == "Gemm" and w is not None and w.shape == (e, e) and len(n.inputs) == 3 \
-                and n.attr("transB", 0) == 1 and not n.attr("transA", 0) \
-                and n.attr("alpha", 1.0) == 1.0 and n.attr("beta", 1.0) == 1.0:
-            params["out_proj.weight"], params["out_proj.bias"] = n.inputs[1], n.inputs[2]
-    return params if len(params) == 4 else None
-
-
-MAX_CHECKED = 64  # subgraph structures remembered as computing attention
-_checked: dict[tuple[Any, ...], bool] = {}
-
-
-def _mha_structure(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImportContext,
-                   heads: int) -> tuple[Any, ...]:
-    """The subgraph with its weights left out: nodes, attributes, wiring, and the values of small constants (a
-    model's encoder layers share one, so one check covers them all)."""
-    position = {out: i for i, n in enumerate(ordered) for out in n.outputs}
-    wiring = []
-    for n in ordered:
-        inputs = []
-        for v in n.inputs:
-            const = ctx.const(v) if v else None
-            inputs.append("x" if v == entry.inputs[0] else position.get(v) if const is None else
-                          (const.shape, const.tobytes() if const.size <= 64 else "weight"))
-        wiring.append((n.op_type, repr(sorted(n.attrs.items())), tuple(inputs)))
-    return heads, ctx.shape(entry.inputs[0]), tuple(wiring)
-
-
-def _mha_agrees(entry: OnnxNodeView, body: list[OnnxNodeView], ctx: OnnxImportContext, heads: int,
-                params: dict[str, Any]) -> bool:
-    """Whether the nodes, run by ONNX's reference evaluator on a random input, compute multi-head attention
-    (checked once per structure: the weights are random to the check)."""
-    ordered = sorted(body, key=lambda n: n.index)
-    structure = _mha_structure(entry, ordered, ctx, heads)
-    if structure not in _checked:
-        if len(_checked) >= MAX_CHECKED:
-            _checked.clear()
-        _checked[structure] = _mha_computes(entry, ordered, ctx, heads, params)
-    return _checked[structure]
-
-
-def _mha_computes(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImportContext, heads: int,
-                  params: dict[str, Any]) -> bool:
-    """Whether ``ordered``, run by ONNX's reference evaluator on a random input, computes attention."""
-    import numpy as np
-
-    from alexdsl.ops.from_onnx import evaluate
-
-    shape = ctx.shape(entry.inputs[0])
-    x = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
-    got = evaluate(ctx, ordered, {entry.inputs[0]: x}, ordered[-1].outputs[0])
-    weight = {k: v if not isinstance(v, str) else ctx.const(v) for k, v in params.items()}
-    q, k, v = np.split(x @ weight["in_proj_weight"].T + weight["in_proj_bias"], 3, axis=-1)
-    split = [t.reshape(*t.shape[:-1], heads, -1).swapaxes(-2, -3) for t in (q, k, v)]
-    scores = split[0] @ split[1].swapaxes(-1, -2) / np.sqrt(split[0].shape[-1])
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    mixed = (scores / scores.sum(axis=-1, keepdims=True)) @ split[2]
-    want = mixed.swapaxes(-2, -3).reshape(x.shape) @ weight["out_proj.weight"].T + weight["out_proj.bias"]
-    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))
-
-
-def _attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
-    """torch's export of ``nn.MultiheadAttention(batch_first=True)`` called as ``mha(x, x, x)``, anchored at its
-    last Transpose -> attention, with its keys (``in_proj_weight`` from the transposed MatMul weight)."""
-    if list(node.attr("perm", [])) != [1, 0, 2]:
-        return None
-    found = _mha_body(node, ctx)
-    if found is None:
-        return None
-    entry, body = found
-    shape = ctx.shape(entry.inputs[0])
-    softmax = [n for n in body if n.op_type == "Softmax"]
-    scores = ctx.shape(softmax[0].outputs[0]) if len(softmax) == 1 else None
-    if shape is None or len(shape) < 2 or scores is None or len(scores) < 3:
-        return None
-    e, heads = shape[-1], scores[-3]
-    params = _mha_weights(body, ctx, e)
-    if params is None or e % heads:
-        return ctx.fail(node, "it ends a subgraph like nn.MultiheadAttention's, but its projections are not "
-                              "an in-projection MatMul + Add and an out-projection Gemm")
-    if not _mha_agrees(entry, body, ctx, heads, params):
-        return ctx.fail(node, "it ends a subgraph like nn.MultiheadAttention's that does not compute attention")
-    return OnnxImport("attention", [entry.inputs[0]], {"heads": heads}, params, tuple(body[1:]))
-
-
 XAVIER_AVERAGE = Filler("xavier", (("variance_norm", "average"),))
 """torch's xavier_uniform_: +-sqrt(6 / (fan_in + fan_out)), what nn.MultiheadAttention gives its in_proj_weight."""
 
@@ -516,7 +390,7 @@ register(OpDef(
         torch=TorchLowering(module=_attention_module, forward=_attention_forward),
         executor=ExecutorLowering(lower=_attention_executor),
         onnx=_attention_onnx,
-        from_onnx={"Transpose": _attention_from_onnx, "Add": _own_attention_from_onnx},
+        from_onnx={"Transpose": _torch_attention_from_onnx, "Add": _own_attention_from_onnx},
         reference=_attention_reference,
     ),
 ))
@@ -534,21 +408,6 @@ def _batched_onnx(layer: Any, ctx: OnnxExportContext, value: str) -> None:
     dims = ctx.constant(list(layer.shape), integer=True)
     shape = ctx.node("Concat", [ctx.batch_size(), dims], output=f"{layer.name}.shape", axis=0)
     ctx.node("Expand", [value, shape])
-
-
-def relative_position_index(window: int, square: bool) -> Any:
-    """torchvision's index into the bias table of each pair of tokens of a ``window`` x ``window`` window, int64:
-    (w^2, w^2) for MaxViT (``square``), flattened to (w^4,) for Swin.
-
-    >>> relative_position_index(2, square=True).tolist()
-    [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]
-    """
-    import numpy
-
-    coords = numpy.stack(numpy.meshgrid(numpy.arange(window), numpy.arange(window), indexing="ij")).reshape(2, -1)
-    relative = coords[:, :, None] - coords[:, None, :] + window - 1  # (2, w^2, w^2): row and column offsets
-    index = (relative[0] * (2 * window - 1) + relative[1]).astype(numpy.int64)
-    return index if square else index.reshape(-1)
 
 
 def _bias_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -650,25 +509,6 @@ register(OpDef(
 
 
 # Swin's shifted-window mask -----------------------------------------------------------------------------
-
-def shifted_window_mask(height: int, width: int, window: int, shift: int) -> Any:
-    """torchvision's attention mask of Swin's shifted windows, float32 (windows, 1, w^2, w^2): after the cyclic
-    shift, -100 between two tokens of a window that came from different regions of the map, else 0.
-
-    >>> shifted_window_mask(4, 4, 2, 1)[-1, 0].tolist()[0]
-    [0.0, -100.0, -100.0, -100.0]
-    """
-    import numpy
-
-    regions = numpy.zeros((height, width), dtype=numpy.float32)
-    slices = ((0, -window), (-window, -shift), (-shift, None))
-    for count, (rows, cols) in enumerate((rows, cols) for rows in slices for cols in slices):
-        regions[rows[0]:rows[1], cols[0]:cols[1]] = count
-    windows = regions.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3)
-    windows = windows.reshape(-1, window * window)
-    differs = windows[:, None, :] - windows[:, :, None]
-    return numpy.where(differs != 0, numpy.float32(-100.0), numpy.float32(0.0))[:, None]
-
 
 def _mask_infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     (height, width), window, shift = attrs["size"], attrs["window"], attrs["shift"]

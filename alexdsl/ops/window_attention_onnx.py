@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexdsl.ops.attention import relative_position_index, shifted_window_mask
 from alexdsl.ops.contexts import OnnxImportContext, OnnxNodeView
 from alexdsl.ops.from_onnx import evaluate, f32, near
 from alexdsl.ops.lowering import OnnxImport
+from alexdsl.ops.windows import relative_position_index, shifted_window_mask
 
 BODY_OPS = frozenset({"Reshape", "Transpose", "MatMul", "Add", "Mul", "Div", "Gather", "Softmax", "Split",
                       "Squeeze"})
