@@ -327,6 +327,18 @@ def _scale_from_mul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | 
     return OnnxImport("scale", [x], {**attrs, "bias": False}, params)
 
 
+def _scale_from_div(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Div(x, divisor)`` with a per-channel constant divisor (RepViT's ``(head(x) + head_dist(x)) / 2``) -> a
+    scale by its reciprocal."""
+    x, divisor = node.inputs[:2]
+    shape = ctx.shape(x)
+    weight = per_channel(ctx, divisor, shape) if shape and len(shape) in (1, 3) and ctx.const(x) is None else None
+    if weight is None or not weight.all():
+        return ctx.fail(node, "a Div is imported only by a constant of one nonzero divisor per channel (a scale by "
+                              "its reciprocal)")
+    return OnnxImport("scale", [x], {"param": "weight", "bias": False}, {"weight": (1 / weight).astype(weight.dtype)})
+
+
 def _scale_from_add(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Add(Mul(x, factor), shift)`` with per-channel constants -> scale(bias=true); ``Add(x, shift)`` -> a scale
     whose factor is 1."""
@@ -395,7 +407,7 @@ register(OpDef(
         torch=TorchLowering(module=_scale_torch_module, forward=_scale_torch_forward, overwritable_output=True),
         executor=ExecutorLowering(lower=_scale_executor, inplace=True, fold=_scale_fold),
         onnx=_scale_onnx,
-        from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add},
+        from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add, "Div": _scale_from_div},
         onnx_elementwise=("Mul", "Add"),
         caffe=_scale_caffe,
         from_caffe={"Scale": _scale_from_caffe},
