@@ -19,12 +19,13 @@ with onnxruntime on the exported file: ``max |executor - ort| / max |ort|`` must
 
 Some models' random weights make float32 itself diverge: rounding grows layer by layer past 1e-4, so that
 torch and onnxruntime, both right, differ as much as the import does. For a model over the bound the truth
-is the exported graph evaluated in float64 (:func:`as_float64`: every float tensor and type made double, run
-by onnxruntime; not torch in float64, which recomputes what the exporter folded in float32, such as NFNet's
-standardised weights, and so is another function of the input). The model counts as ``ok in float64`` when
-onnxruntime's own float32 result is more than 1e-4 from that truth (float32 cannot follow these weights) and
-the executor run in float64 on the import is within 1e-4 of it (the import computes the model's function).
-Otherwise it is a ``mismatch``. Both kinds of ``ok`` count as agreeing.
+is the exported graph evaluated in float64 (:func:`as_float64`: every float tensor and type made double,
+run by ONNX's reference evaluator, as onnxruntime has no float64 convolution; not torch in float64, which
+recomputes what the exporter folded in float32, such as NFNet's standardised weights, and so computes
+another function). The model counts as ``ok in float64`` when onnxruntime's own float32 result is more
+than 1e-4 from that truth (float32 cannot follow these weights) and the executor run in float64 on the
+import is within 1e-4 of it (the import computes the model's function); otherwise it is a ``mismatch``.
+Both kinds of ``ok`` count as agreeing.
 
 Prints one line per model (torch's exporter writes its graph to stderr when it fails: ``2>/dev/null``),
 then the counts and the refusals grouped by cause (the error's message
@@ -50,6 +51,7 @@ import onnx.numpy_helper
 import onnxruntime
 import timm
 import torch
+from onnx.reference import ReferenceEvaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -124,8 +126,7 @@ def measure(name: str, size: int, folder: Path) -> tuple[str, str]:
     detail = f"rel {relative:.1e}, {lines} lines, {used}x{used}"
     if relative <= TOLERANCE:
         return "ok", detail
-    double = onnxruntime.InferenceSession(as_float64(path).SerializeToString(), providers=["CPUExecutionProvider"])
-    truth = double.run(None, {"data": x.astype(np.float64)})[0]
+    truth = ReferenceEvaluator(as_float64(path)).run(None, {"data": x.astype(np.float64)})[0]
     exact = compile_executor(imported.network, imported.weights, device="cpu", dtype="float64")(x.astype(np.float64))
     exact = exact[0] if isinstance(exact, tuple) else exact
     ort_error, exact_error = _relative(want, truth), _relative(np.asarray(exact), truth)

@@ -306,6 +306,7 @@ TORCH_CASES: dict[str, tuple] = {
                            ["global_avgpool", "conv", "sigmoid", "mul"]),
     "add_broadcast": (lambda: Lambda(lambda self, x: x + _pool(x)), ["global_avgpool", "add"]),
     "sub": (lambda: Lambda(lambda self, x: x[:, 4:7] - x[:, 1:4]), ["channel_slice", "channel_slice", "sub"]),
+    "div": (lambda: Lambda(lambda self, x: x[:, 4:7] / x[:, 1:4]), ["channel_slice", "channel_slice", "div"]),
     "scale": (lambda: Lambda(lambda self, x: x * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1),
                              weight=torch.empty(8), bias=torch.empty(8)), ["scale"]),
     "layer_scale": (lambda: Lambda(lambda self, x: self.layer_scale * x, layer_scale=torch.empty(8, 1, 1)),

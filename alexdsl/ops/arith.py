@@ -1,4 +1,4 @@
-"""Elementwise arithmetic with NumPy broadcasting (add, sub, mul) and a learned per-channel scale.
+"""Elementwise arithmetic with NumPy broadcasting (add, sub, mul, div) and a learned per-channel scale.
 
 Shapes broadcast as in NumPy over the shapes without the batch: trailing dimensions are aligned
 and each pair must be equal or 1, so a squeeze-excitation gate of Cx1x1 multiplies a CxHxW
@@ -194,6 +194,23 @@ register(OpDef(
         onnx_elementwise=("Sub",),
         caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
         reference=_combined(operator.sub),
+    ),
+))
+
+
+register(OpDef(
+    name="div", family="arith",
+    summary="Elementwise quotient a / b, with NumPy broadcasting (EfficientViT's attention normaliser; no Caffe "
+            "layer).",
+    example="q: div(branch, data)", args=(), infer=_broadcast("div"), inputs=(2, 2), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " / ".join(aligned(layer, args, ctx.input_shape)),
+                            overwritable_output=True),
+        executor=_executor("divide"),
+        onnx=_binary_onnx("Div"),
+        from_onnx={"Div": _binary_from_onnx("div")},
+        onnx_elementwise=("Div",),
+        reference=_combined(operator.truediv),
     ),
 ))
 

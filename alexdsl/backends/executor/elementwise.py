@@ -1,4 +1,4 @@
-"""Elementwise kernels: the activations and the arithmetic with broadcasting (add, multiply, subtract).
+"""Elementwise kernels: the activations and the arithmetic with broadcasting (add, multiply, subtract, divide).
 
 Every activation takes ``out=`` and runs in place when ``out`` is its input, so the executor
 applies them in the epilogue of the op before them (:func:`activate`).
@@ -268,4 +268,10 @@ def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = 
 def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
     """``a - b`` elementwise (NumPy broadcasting)."""
     out = array_module(a).subtract(a, b, out=out)
+    return activate(out, act)
+
+
+def divide(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
+    """``a / b`` elementwise (NumPy broadcasting)."""
+    out = array_module(a).divide(a, b, out=out)
     return activate(out, act)

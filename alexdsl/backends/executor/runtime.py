@@ -66,6 +66,7 @@ from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
 from alexdsl.backends.executor.elementwise import (  # noqa: F401 - the runtime's names
     activate,
     add,
+    divide,
     elu,
     erfc,
     gelu,
