@@ -19,10 +19,11 @@ with onnxruntime on the exported file: ``max |executor - ort| / max |ort|`` must
 
 Some models' random weights make float32 itself diverge: rounding grows layer by layer past 1e-4, so that
 torch and onnxruntime, both right, differ as much as the import does. For a model over the bound the truth
-is the exported graph evaluated in float64 (:func:`as_float64`: every float tensor and type made double,
-run by ONNX's reference evaluator, as onnxruntime has no float64 convolution; not torch in float64, which
-recomputes what the exporter folded in float32, such as NFNet's standardised weights, and so computes
-another function). The model counts as ``ok in float64`` when onnxruntime's own float32 result is more
+is the exported graph evaluated in float64 (:func:`as_float64`: what depends on constants alone folded in
+float32, as onnxruntime and the import fold it, then every float tensor and type made double, run by ONNX's
+reference evaluator, as onnxruntime has no float64 convolution; not torch in float64, which recomputes
+NFNet's standardised weights in float64, and weights other by float32 rounding are another function to a
+network that amplifies rounding). The model counts as ``ok in float64`` when onnxruntime's own float32 result is more
 than 1e-4 from that truth (float32 cannot follow these weights) and the executor run in float64 on the
 import is within 1e-4 of it (the import computes the model's function); otherwise it is a ``mismatch``.
 Both kinds of ``ok`` count as agreeing.
@@ -126,7 +127,7 @@ def measure(name: str, size: int, folder: Path) -> tuple[str, str]:
     detail = f"rel {relative:.1e}, {lines} lines, {used}x{used}"
     if relative <= TOLERANCE:
         return "ok", detail
-    truth = ReferenceEvaluator(as_float64(path)).run(None, {"data": x.astype(np.float64)})[0]
+    truth = ReferenceEvaluator(as_float64(path, x)).run(None, {"data": x.astype(np.float64)})[0]
     exact = compile_executor(imported.network, imported.weights, device="cpu", dtype="float64")(x.astype(np.float64))
     exact = exact[0] if isinstance(exact, tuple) else exact
     ort_error, exact_error = _relative(want, truth), _relative(np.asarray(exact), truth)
@@ -137,11 +138,24 @@ def measure(name: str, size: int, folder: Path) -> tuple[str, str]:
     return "mismatch", detail
 
 
-def as_float64(path: Path) -> onnx.ModelProto:
-    """The ONNX model at ``path`` computing in float64: float initializers, constants, attributes, value types
-    and ``Cast`` targets made double."""
+def as_float64(path: Path, x: np.ndarray) -> onnx.ModelProto:
+    """The ONNX model at ``path`` computing in float64: what depends on constants only (NFNet's standardised
+    weights) computed first in float32 on input ``x``, as onnxruntime and the import fold it, and kept; then
+    float initializers, constants, attributes, value types and ``Cast`` targets made double."""
     model = onnx.load(str(path))
     float32, float64 = onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE
+    known = {tensor.name for tensor in model.graph.initializer}
+    constant_nodes = []
+    for node in model.graph.node:
+        if all(not value or value in known for value in node.input):
+            constant_nodes.append(node)
+            known.update(node.output)
+    read = {value for node in model.graph.node if node not in constant_nodes for value in node.input}
+    folded = [value for node in constant_nodes if node.op_type != "Constant" for value in node.output if value in read]
+    values = ReferenceEvaluator(model).run(folded, {"data": x}) if folded else []
+    for node in [n for n in constant_nodes if n.op_type != "Constant"]:
+        model.graph.node.remove(node)
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v), name) for name, v in zip(folded, values))
 
     def widen(tensor: onnx.TensorProto) -> None:
         if tensor.data_type == float32:
