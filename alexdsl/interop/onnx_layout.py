@@ -88,8 +88,9 @@ class _Region:
             and sorted(a % 4 for a in axes_of(node, self.constants.get) or ()) == [1, 2]
 
     def _allowed(self, node: Any) -> bool:
-        if node.op_type in ("Split", "Concat"):
-            return int(node.attr("axis", 0)) in (-1, 3)
+        if node.op_type in ("Split", "Concat"):  # of computed values (a Split's sizes are its constant input)
+            computed = node.inputs[:1] if node.op_type == "Split" else node.inputs
+            return int(node.attr("axis", 0)) in (-1, 3) and all(v not in self.constants for v in computed)
         if len(node.outputs) != 1:
             return False
         if node.op_type == "LayerNormalization":
