@@ -339,6 +339,8 @@ TORCH_CASES: dict[str, tuple] = {
                                   ["upsample"], (18, 20, 21)),
     "sum_keepdim": (lambda: Lambda(lambda self, x: x.sum(1, keepdim=True)), ["sum"], (18,)),
     "mean_last": (lambda: Lambda(lambda self, x: x.mean(-1)), ["mean"], (18,)),
+    "unsqueeze_squeeze": (lambda: Lambda(lambda self, x: torch.relu(x.unsqueeze(2)).squeeze(2)),
+                          ["reshape", "relu", "reshape"]),
     "amax": (lambda: Lambda(lambda self, x: x.amax(2, keepdim=True)), ["max"], (18,)),
     "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
     "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),

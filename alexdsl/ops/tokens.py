@@ -629,11 +629,10 @@ def _unsqueeze_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImpo
     """``Unsqueeze``/``Squeeze`` of a computed value at axes after the batch (the stacked branches of SKNet's
     selective kernel: ``torch.stack`` exports ``Unsqueeze`` + ``Concat``) -> reshape to the output's shape."""
     axes = axes_of(node, ctx.const)
-    shape = ctx.shape(node.outputs[0])
-    rank = len(shape) + 1 if shape is not None else 0
-    if node.op_type == "Squeeze":
-        rank = len(ctx.shape(node.inputs[0]) or ()) + 1
-    if shape is None or axes is None or not computed(ctx, node.inputs[:1]) or any(a % rank == 0 for a in axes):
+    shape, source = ctx.shape(node.outputs[0]), ctx.shape(node.inputs[0])
+    rank = len((shape if node.op_type == "Unsqueeze" else source) or ()) + 1  # of the tensor the axes index
+    if not shape or source is None or axes is None or not computed(ctx, node.inputs[:1]) \
+            or any(a % rank == 0 for a in axes):
         return ctx.fail(node, f"only an {node.op_type} of given axes after the batch is imported (as reshape)")
     return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
 
