@@ -113,7 +113,7 @@ def test_prelu_shared_and_per_channel_match_nn_prelu(shared: bool) -> None:
 
 BROADCASTS = [("8x5x6", "8x5x6"), ("8x5x6", "8x1x1"), ("8x1x1", "8x5x6"), ("8x5x6", "1x5x6"), ("8x5x6", "6"),
               ("8x1x6", "1x5x1"), ("8", "8")]
-ARITH = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
+ARITH = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div}
 
 
 def _dims(text: str) -> tuple[int, ...]:

@@ -248,6 +248,7 @@ n: x -> layernorm | groupnorm(2, eps=1e-6) | pointwise_fc(8, bias=false) | chann
     "padding": """input x: 8x6x6
 p: x -> pad(1, 0, 2, 1, value=-1.5) | conv(4, 3) | pad(bottom=1, right=1) | maxpool(2)
 shifted: x -> pad(-1, 1, -1, 1) | conv(4, 3, pad=1)
+mirrored: x -> pad(1, 2, 0, 5, mode=reflect) | pad(3, 0, 1, 1, mode=replicate) | conv(4, 3)
 """,
     "reductions": """input x: 8x5x6
 s: x -> sum(axis=0, keepdims=true)
@@ -323,6 +324,7 @@ TORCH_CASES: dict[str, tuple] = {
                            ["global_avgpool", "conv", "sigmoid", "mul"]),
     "add_broadcast": (lambda: Lambda(lambda self, x: x + _pool(x)), ["global_avgpool", "add"]),
     "sub": (lambda: Lambda(lambda self, x: x[:, 4:7] - x[:, 1:4]), ["channel_slice", "channel_slice", "sub"]),
+    "div": (lambda: Lambda(lambda self, x: x[:, 4:7] / x[:, 1:4]), ["channel_slice", "channel_slice", "div"]),
     "scale": (lambda: Lambda(lambda self, x: x * self.weight.view(-1, 1, 1) + self.bias.view(-1, 1, 1),
                              weight=torch.empty(8), bias=torch.empty(8)), ["scale"]),
     "layer_scale": (lambda: Lambda(lambda self, x: self.layer_scale * x, layer_scale=torch.empty(8, 1, 1)),
@@ -357,11 +359,15 @@ TORCH_CASES: dict[str, tuple] = {
                                   ["upsample"], (18, 20, 21)),
     "sum_keepdim": (lambda: Lambda(lambda self, x: x.sum(1, keepdim=True)), ["sum"], (18,)),
     "mean_last": (lambda: Lambda(lambda self, x: x.mean(-1)), ["mean"], (18,)),
+    "unsqueeze_squeeze": (lambda: Lambda(lambda self, x: torch.relu(x.unsqueeze(2)).squeeze(2)),
+                          ["reshape", "relu", "reshape"]),
     "amax": (lambda: Lambda(lambda self, x: x.amax(2, keepdim=True)), ["max"], (18,)),
     "sum_two_axes": (lambda: Lambda(lambda self, x: x.sum((1, 3))), ["sum", "sum"], (18,)),
     "mean_spatial": (lambda: Lambda(lambda self, x: x.mean((2, 3), keepdim=True)), ["global_avgpool"], (18,)),
     "slice_every_channel": (lambda: Lambda(lambda self, x: torch.relu(x[:, :8])), ["relu"]),
     "pad_shift": (lambda: nn.ZeroPad2d((-1, 1, -1, 1)), ["pad"]),  # timm's nasnet: a shift by one pixel
+    "pad_reflect": (lambda: nn.ReflectionPad2d((0, 1, 2, 1)), ["pad"]),  # timm's BlurPool2d (tresnet)
+    "pad_replicate": (lambda: nn.ReplicationPad2d((1, 0, 0, 2)), ["pad"]),
     # timm's MaxPool2dSame: a -inf F.pad, then a pool without padding: a ceil-rounded maxpool
     "maxpool_same": (lambda: Lambda(lambda self, x: nn.functional.max_pool2d(
         nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf")), 3, 2)), ["maxpool"]),
@@ -418,13 +424,20 @@ def test_torch_attributes_come_through(tmp_path: Path) -> None:
     assert layer("mean_last").attrs == {"axis": 2, "keepdims": False}
     assert layer("amax", 18).attrs == {"axis": 1, "keepdims": True}
     assert layer("sum_two_axes").attrs == {"axis": 2, "keepdims": False}  # the highest axis first
-    assert layer("pad_shift").attrs == {"top": -1, "bottom": 1, "left": -1, "right": 1, "value": 0.0}
+    assert layer("pad_shift").attrs == {"top": -1, "bottom": 1, "left": -1, "right": 1, "value": 0.0,
+                                        "mode": "constant"}
+    assert layer("pad_reflect").attrs == {"top": 2, "bottom": 1, "left": 0, "right": 1, "value": 0.0,
+                                          "mode": "reflect"}
+    assert layer("pad_replicate").attrs == {"top": 0, "bottom": 2, "left": 1, "right": 0, "value": 0.0,
+                                            "mode": "replicate"}
     assert layer("maxpool_same").attrs == {"kernel": (3, 3), "stride": (2, 2), "pad": (0, 0), "round": "ceil"}
-    assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5}
-    assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0}
+    assert layer("pad").attrs == {"top": 2, "bottom": 0, "left": 0, "right": 1, "value": 0.5, "mode": "constant"}
+    assert layer("conv2d_same").attrs == {"top": 0, "bottom": 1, "left": 0, "right": 1, "value": 0.0,
+                                          "mode": "constant"}
     assert layer("conv2d_same_even").attrs["pad"] == (1, 1)
     assert layer("conv_padding_same").attrs["pad"] == (1, 1)
-    assert layer("conv_padding_same_uneven").attrs == {"top": 1, "bottom": 2, "left": 1, "right": 2, "value": 0.0}
+    assert layer("conv_padding_same_uneven").attrs == {"top": 1, "bottom": 2, "left": 1, "right": 2, "value": 0.0,
+                                                       "mode": "constant"}
 
 
 def test_torch_parameters_keep_their_values(tmp_path: Path) -> None:
@@ -458,9 +471,10 @@ def test_a_clip_with_a_bound_per_element_is_a_clear_error(tmp_path: Path) -> Non
 def test_a_pad_alexdsl_cannot_express_is_an_error_naming_the_node(tmp_path: Path) -> None:
     from alexdsl.errors import AlexDSLError
 
-    module = nn.Sequential(nn.ReflectionPad2d((0, 1, 0, 1)), nn.Conv2d(8, 8, 3))
-    path = torch_export(module, TORCH_INPUT, tmp_path / "reflect.onnx", 17)
-    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Pad\): mode=reflect is not supported"):
+    module = Lambda(lambda self, x: nn.functional.pad(x, (0, 0, 0, 0, 1, 0)))
+    path = torch_export(module, TORCH_INPUT, tmp_path / "channels.onnx", 17)
+    with pytest.raises(AlexDSLError, match=r"node '[^']+' \(Pad\): pads \[0, 1, 0, 0, 0, 0, 0, 0\] pad the batch or "
+                                           r"the channels"):
         import_onnx_source(path)
 
 

@@ -492,6 +492,8 @@ def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
         "pad(0, 1, 2, 3)": lambda: F.pad(x, (2, 3, 0, 1)),
         "pad(right=1)": lambda: F.pad(x, (0, 1)),
         "pad(-1, 1, 2, -3)": lambda: F.pad(x, (2, -3, -1, 1)),
+        "pad(12, 0, 1, 10, mode=reflect)": lambda: F.pad(x, (1, 10, 12, 0), mode="reflect"),
+        "pad(0, 20, 3, 0, mode=replicate)": lambda: F.pad(x, (3, 0, 0, 20), mode="replicate"),
         "upsample(2)": lambda: F.interpolate(x, scale_factor=2),
         "upsample((3, 2), mode=bilinear)": lambda: F.interpolate(x, scale_factor=(3, 2), mode="bilinear"),
         "sum(axis=-2)": lambda: x.sum(-2),
@@ -502,9 +504,27 @@ def test_pad_upsample_and_reduction_shapes_match_torch() -> None:
         assert _shape(base + f"y: {call}\n", "y") == tuple(fn().shape[1:]), call
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+def test_pad_modes_compute_what_torch_computes_on_every_backend(mode: str) -> None:
+    """The pad modes the op's example leaves out: torch module, NumPy executor and ONNX Runtime against F.pad."""
+    pytest.importorskip("onnxruntime")
+    from alexdsl.interop.compare import compare
+
+    net = alexdsl.parse(f"network Pads\ninput data: 3x6x5\nc: conv(4, 1)\np: pad(1, 5, 4, 0, mode={mode})\n",
+                        "pads.adsl")
+    rows = compare(net, ["reference", "torch", "cupy", "onnx"], weights=random_weights(net, seed=3), batch=2, seed=3)
+    row = next(r for r in rows if r.layer == "p")
+    for backend, diff in row.diffs.items():
+        assert diff is not None and diff[1] < 1e-6, (mode, backend, diff)
+
+
 @pytest.mark.parametrize(("call", "message"), [
     ("pad(0, 0)", "pads nothing: every side is 0"),
     ("pad(-7, -6)", "removes every row or column of a 6x13x11 input"),
+    ("pad(13, 0, mode=reflect)", r"mode=reflect pads each side by less than its axis \(6x13x11\)"),
+    ("pad(1, -1, mode=reflect)", "mode=reflect pads each side by less than its axis"),
+    ("pad(1, -1, mode=replicate)", "mode=replicate removes nothing"),
+    ("pad(1, value=2, mode=replicate)", "a fill value is given with mode=replicate"),
     ("upsample(2, align_corners=true)", "align_corners applies to bilinear upsampling only"),
     ("sum(axis=3)", "axis 3 is not an axis of a 3-axis input"),
     ("x -> flatten | mean(0)", "reducing the only axis leaves a scalar per sample"),

@@ -11,7 +11,12 @@ which the ops' ``from_onnx`` converters already read:
 * ``MatMul(x, W)`` (+ a bias ``Add``) becomes the 1x1 ``Conv`` of a ``pointwise_fc``
   (``<name>.kernel``, the ``(out, C)`` matrix ``<name>.weight`` = torch's Linear weight);
 * ``LayerNormalization`` over the last axis stays between its own two Transposes (a layernorm);
-  torch's spelled-out layer norm below opset 17 averages over the channels (``ReduceMean`` axis 1).
+  torch's spelled-out layer norm below opset 17 averages over the channels (``ReduceMean`` axis 1);
+* ``Split`` and ``Concat`` of the last axis become those of the channels (timm's MambaOut splits its
+  ``fc1`` output into gate, identity and convolved channels);
+* a ``Transpose(0,3,1,2)`` leaves the region and a ``Transpose(0,2,3,1)`` whose result a region node reads
+  enters it again (a convolution in the middle of a channels-last block, MambaOut's); a mean over height
+  and width that drops them (``x.mean((1, 2))``, MambaOut's head) leaves it as a vector.
 
 A region holding anything else (another reduction, a value read outside it) is left as it was,
 and matching then says which node alexdsl cannot take. Inputs given channels-last (Keras and
@@ -38,10 +43,12 @@ def _node(template: Any, op_type: str, inputs: list[str], outputs: list[str], na
 
 
 class _Region:
-    def __init__(self, start: Any, consumers: dict[str, list[Any]], constants: dict[str, np.ndarray],
-                 shapes: dict[str, tuple[int, ...]], outputs: set[str]):
+    def __init__(self, start: Any, consumers: dict[str, list[Any]], producers: dict[str, Any],
+                 constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]], outputs: set[str]):
         self.start, self.consumers, self.constants, self.shapes = start, consumers, constants, shapes
+        self.producers = producers
         self.graph_outputs = outputs
+        self.starts: list[Any] = [start]  # the Transposes(0,2,3,1) entering the region
         self.nodes: list[Any] = []
         self.ends: list[Any] = []
         self.values: set[str] = {start.outputs[0]}
@@ -58,7 +65,7 @@ class _Region:
                 if id(node) in seen:
                     continue
                 seen.add(id(node))
-                if node.op_type == "Transpose" and list(node.attr("perm", ())) == TO_FIRST:
+                if _is_transpose(node, TO_FIRST) or self._is_pooled_end(node):
                     self.ends.append(node)
                     continue
                 if not self._allowed(node):
@@ -66,10 +73,24 @@ class _Region:
                 self.nodes.append(node)
                 self.values.update(node.outputs)
                 pending.extend(node.outputs)
+                for source in node.inputs:  # a value brought back channels-last from outside joins the region
+                    entry = self.producers.get(source)
+                    if entry is not None and _is_transpose(entry, TO_LAST) and source not in self.values:
+                        self.starts.append(entry)
+                        self.values.add(source)
+                        pending.append(source)
         self.nodes.sort(key=lambda n: n.index)
         return bool(self.ends) and all(self._inputs_known(n) for n in self.nodes)
 
+    def _is_pooled_end(self, node: Any) -> bool:
+        """A mean over height and width that drops them: the region's value leaves as a (C) vector."""
+        return node.op_type == "ReduceMean" and node.attr("keepdims", 1) == 0 \
+            and sorted(a % 4 for a in axes_of(node, self.constants.get) or ()) == [1, 2]
+
     def _allowed(self, node: Any) -> bool:
+        if node.op_type in ("Split", "Concat"):  # of computed values (a Split's sizes are its constant input)
+            computed = node.inputs[:1] if node.op_type == "Split" else node.inputs
+            return int(node.attr("axis", 0)) in (-1, 3) and all(v not in self.constants for v in computed)
         if len(node.outputs) != 1:
             return False
         if node.op_type == "LayerNormalization":
@@ -134,23 +155,17 @@ def channels_first(nodes: list[Any], constants: dict[str, np.ndarray], shapes: d
     for node in nodes:
         for value in node.inputs:
             consumers.setdefault(value, []).append(node)
+    producers = {value: node for node in nodes for value in node.outputs}
     replaced: dict[int, list[Any]] = {}  # id(node) -> what stands in its place ([] drops it)
     for start in nodes:
-        if start.op_type != "Transpose" or list(start.attr("perm", ())) != TO_LAST or id(start) in replaced:
+        if not _is_transpose(start, TO_LAST) or id(start) in replaced:
             continue
-        region = _Region(start, consumers, constants, shapes, set(outputs))
-        if not region.grow() or any(id(n) in replaced for n in region.nodes):
+        region = _Region(start, consumers, producers, constants, shapes, set(outputs))
+        if not region.grow() or any(id(n) in replaced for n in [*region.starts, *region.nodes]):
             continue
-        new = _rewrite(region, start.inputs[0], constants, shapes, consumers)
-        if new is None:
-            continue
-        replaced[id(start)] = []
-        for node in region.nodes:
-            replaced[id(node)] = []
-        last = max([*region.nodes, *region.ends], key=lambda n: n.index)
-        for end in region.ends:
-            replaced[id(end)] = []
-        replaced[id(last)] = new
+        new = _rewrite(region, constants, shapes, consumers)
+        if new is not None:
+            replaced.update(new)
     if not replaced:
         return nodes
     result: list[Any] = []
@@ -161,9 +176,16 @@ def channels_first(nodes: list[Any], constants: dict[str, np.ndarray], shapes: d
     return result
 
 
-def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
-             consumers: dict[str, list[Any]]) -> list[Any] | None:
-    renamed = {region.start.outputs[0]: source}
+def _is_transpose(node: Any, perm: list[int]) -> bool:
+    return node.op_type == "Transpose" and list(node.attr("perm", ())) == perm
+
+
+def _rewrite(region: _Region, constants: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+             consumers: dict[str, list[Any]]) -> dict[int, list[Any]] | None:
+    """What stands in place of each node of the region (by ``id``), each where the node was, so that the nodes
+    outside it that it reads or that read it keep their order; None when a constant has no channels-first form."""
+    renamed = {start.outputs[0]: start.inputs[0] for start in region.starts}
+    placed: dict[int, list[Any]] = {id(start): [] for start in region.starts}
 
     def first(value: str) -> str:  # a region value's channels-first name
         if value not in renamed:
@@ -172,10 +194,15 @@ def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], sha
             shapes[renamed[value]] = (c, h, w)
         return renamed[value]
 
-    out: list[Any] = []
     taken_bias: set[int] = set()
     for node in region.nodes:
+        out = placed[id(node)] = []
         if id(node) in taken_bias:
+            continue
+        if node.op_type in ("Split", "Concat"):
+            inputs = [first(v) if v in region.values else v for v in node.inputs]
+            out.append(_node(node, node.op_type, inputs, [first(v) for v in node.outputs], node.name,
+                             **{**node.attrs, "axis": 1}))
             continue
         if node.op_type == "LayerNormalization":
             nhwc, normed = f"{node.outputs[0]}#nhwc", f"{node.outputs[0]}#normed"
@@ -231,8 +258,13 @@ def _rewrite(region: _Region, source: str, constants: dict[str, np.ndarray], sha
             inputs.append(value)
         out.append(_node(node, node.op_type, inputs, [first(node.outputs[0])], node.name, **node.attrs))
     for end in region.ends:
-        out.append(_node(end, "Identity", [first(end.inputs[0])], list(end.outputs), end.name))
-    return out
+        if end.op_type == "ReduceMean":  # over height and width, now axes 2 and 3
+            attrs = {k: v for k, v in end.attrs.items() if k != "axes"}
+            placed[id(end)] = [_node(end, "ReduceMean", [first(end.inputs[0])], list(end.outputs), end.name,
+                                     **attrs, axes=[2, 3])]
+        else:
+            placed[id(end)] = [_node(end, "Identity", [first(end.inputs[0])], list(end.outputs), end.name)]
+    return placed
 
 
 def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> str:

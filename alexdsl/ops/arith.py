@@ -1,4 +1,4 @@
-"""Elementwise arithmetic with NumPy broadcasting (add, sub, mul) and a learned per-channel scale.
+"""Elementwise arithmetic with NumPy broadcasting (add, sub, mul, div) and a learned per-channel scale.
 
 Shapes broadcast as in NumPy over the shapes without the batch: trailing dimensions are aligned
 and each pair must be equal or 1, so a squeeze-excitation gate of Cx1x1 multiplies a CxHxW
@@ -199,6 +199,23 @@ register(OpDef(
 
 
 register(OpDef(
+    name="div", family="arith",
+    summary="Elementwise quotient a / b, with NumPy broadcasting (EfficientViT's attention normaliser; no Caffe "
+            "layer).",
+    example="q: div(branch, data)", args=(), infer=_broadcast("div"), inputs=(2, 2), pattern=Pattern.BROADCAST,
+    lower=Lowerings(
+        torch=TorchLowering(forward=lambda layer, args, ctx: " / ".join(aligned(layer, args, ctx.input_shape)),
+                            overwritable_output=True),
+        executor=_executor("divide"),
+        onnx=_binary_onnx("Div"),
+        from_onnx={"Div": _binary_from_onnx("div")},
+        onnx_elementwise=("Div",),
+        reference=_combined(operator.truediv),
+    ),
+))
+
+
+register(OpDef(
     name="mul", family="arith",
     summary="Elementwise product, with NumPy broadcasting: squeeze-excitation's x * gate (Caffe Eltwise PROD).",
     example="se: mul(branch, shortcut)", args=(), infer=_broadcast("mul"), inputs=(2, None),
@@ -327,6 +344,18 @@ def _scale_from_mul(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | 
     return OnnxImport("scale", [x], {**attrs, "bias": False}, params)
 
 
+def _scale_from_div(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Div(x, divisor)`` with a per-channel constant divisor (RepViT's ``(head(x) + head_dist(x)) / 2``) -> a
+    scale by its reciprocal."""
+    x, divisor = node.inputs[:2]
+    shape = ctx.shape(x)
+    weight = per_channel(ctx, divisor, shape) if shape and len(shape) in (1, 3) and ctx.const(x) is None else None
+    if weight is None or not weight.all():
+        return ctx.fail(node, "a Div is imported only by a constant of one nonzero divisor per channel (a scale by "
+                              "its reciprocal)")
+    return OnnxImport("scale", [x], {"param": "weight", "bias": False}, {"weight": (1 / weight).astype(weight.dtype)})
+
+
 def _scale_from_add(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     """``Add(Mul(x, factor), shift)`` with per-channel constants -> scale(bias=true); ``Add(x, shift)`` -> a scale
     whose factor is 1."""
@@ -395,7 +424,7 @@ register(OpDef(
         torch=TorchLowering(module=_scale_torch_module, forward=_scale_torch_forward, overwritable_output=True),
         executor=ExecutorLowering(lower=_scale_executor, inplace=True, fold=_scale_fold),
         onnx=_scale_onnx,
-        from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add},
+        from_onnx={"Mul": _scale_from_mul, "Add": _scale_from_add, "Div": _scale_from_div},
         onnx_elementwise=("Mul", "Add"),
         caffe=_scale_caffe,
         from_caffe={"Scale": _scale_from_caffe},

@@ -1,5 +1,6 @@
 """Padding of height and width by different amounts on each side: ``pad(top, bottom, left, right)``; a negative
-amount removes rows or columns, as ``F.pad`` does.
+amount removes rows or columns, as ``F.pad`` does. ``mode=reflect`` mirrors the input without repeating its edge
+and ``mode=replicate`` repeats the edge (``F.pad``'s modes; timm's anti-aliasing ``BlurPool2d`` reflects).
 
 A convolution or pool pads both ends of an axis alike; TensorFlow's 'SAME' padding (timm's
 Conv2dSame, ONNX's ``auto_pad=SAME_UPPER``) pads the end one more than the start when the
@@ -21,6 +22,8 @@ from alexdsl.ops.lowering import ExecutorKernel, ExecutorLowering, Lowerings, On
 from alexdsl.ops.registry import Arg, Attrs, OpDef, Shape, ShapeError, expect_rank, format_shape, register
 
 SIDES = ("top", "bottom", "left", "right")
+MODES = ("constant", "reflect", "replicate")  # F.pad's names
+_ONNX_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
 
 
 def _infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
@@ -29,6 +32,17 @@ def _infer(attrs: Attrs, inputs: list[Shape]) -> Shape:
     if not any(attrs[side] for side in SIDES):
         raise ShapeError("pads nothing: every side is 0", arg="top", expected="at least one side other than 0",
                          received="pad(0, 0, 0, 0)")
+    mode = attrs["mode"]
+    if mode != "constant" and attrs["value"]:
+        raise ShapeError(f"a fill value is given with mode={mode}, which fills from the input", arg="value",
+                         expected="value only with mode=constant", received=f"value={attrs['value']}")
+    if mode == "reflect" and any(not 0 <= attrs[side] < x[1 + i // 2] for i, side in enumerate(SIDES)):
+        raise ShapeError(f"mode=reflect pads each side by less than its axis ({format_shape(x)}) and removes nothing",
+                         arg="top", expected=f"pads from 0 to {x[1] - 1} (rows) and {x[2] - 1} (columns)",
+                         received=f"pad({', '.join(str(attrs[side]) for side in SIDES)})")
+    if mode == "replicate" and any(attrs[side] < 0 for side in SIDES):
+        raise ShapeError("mode=replicate removes nothing", arg="top", expected="pads of 0 or more",
+                         received=f"pad({', '.join(str(attrs[side]) for side in SIDES)})")
     height, width = x[1] + attrs["top"] + attrs["bottom"], x[2] + attrs["left"] + attrs["right"]
     if height < 1 or width < 1:
         raise ShapeError(f"removes every row or column of a {format_shape(x)} input", arg="top",
@@ -46,12 +60,14 @@ def _torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
     top, bottom, left, right = (ctx.int(v) for v in _sides(layer))
     value = layer.attrs["value"]
     fill = f", value={ctx.float(value)}" if value else ""
-    return f"F.pad({args[0]}, ({left}, {right}, {top}, {bottom}){fill})"
+    mode = f", mode={layer.attrs['mode']!r}" if layer.attrs["mode"] != "constant" else ""
+    return f"F.pad({args[0]}, ({left}, {right}, {top}, {bottom}){fill}{mode})"
 
 
 def _executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     fill = ctx.lit(float(layer.attrs["value"]))
-    return ExecutorKernel(f"rt.pad2d({ctx.inputs[0]}, {ctx.lit(_sides(layer))}, {fill}, out={{out}})", "pad2d")
+    mode = f"mode={ctx.lit(layer.attrs['mode'])}, " if layer.attrs["mode"] != "constant" else ""
+    return ExecutorKernel(f"rt.pad2d({ctx.inputs[0]}, {ctx.lit(_sides(layer))}, {fill}, {mode}out={{out}})", "pad2d")
 
 
 def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
@@ -60,22 +76,33 @@ def _onnx(layer: Any, ctx: OnnxExportContext) -> None:
     inputs = [ctx.inputs[0], pads]
     if layer.attrs["value"]:
         inputs.append(ctx.constant(layer.attrs["value"], output=f"{layer.name}.value"))
-    ctx.node("Pad", inputs)
+    if layer.attrs["mode"] == "constant":
+        ctx.node("Pad", inputs)
+    else:
+        ctx.node("Pad", inputs, mode=_ONNX_MODES[layer.attrs["mode"]])
 
 
 def _reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
     top, bottom, left, right = _sides(layer)
+    if layer.attrs["mode"] != "constant":
+        return F.pad(xs[0], (left, right, top, bottom), mode=layer.attrs["mode"])
     return F.pad(xs[0], (left, right, top, bottom), value=float(layer.attrs["value"]))
 
 
 # ONNX import --------------------------------------------------------------------------------------
+def pad_mode(node: OnnxNodeView) -> str:
+    """A ``Pad`` node's mode as alexdsl names it (ONNX's ``edge`` is torch's ``replicate``)."""
+    mode = node.attr("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    return {onnx: ours for ours, onnx in _ONNX_MODES.items()}.get(mode, mode)
+
+
 def pad_sides(node: OnnxNodeView, ctx: OnnxImportContext) -> tuple[tuple[int, int, int, int], float] | str:
     """A ``Pad`` node's (top, bottom, left, right) and fill value, or why alexdsl cannot express it: a mode
-    other than constant, padding of the batch or channels, computed pads."""
-    mode = node.attr("mode", "constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
-    if mode != "constant":
-        return f"mode={mode} is not supported (alexdsl's pad fills with a constant)"
+    alexdsl lacks, padding of the batch or channels, computed pads."""
+    mode = pad_mode(node)
+    if mode not in MODES:
+        return f"mode={mode} is not supported (alexdsl pads with a constant, reflect or edge)"
     if len(node.inputs) > 1 and node.inputs[1]:
         found = ctx.const(node.inputs[1])
         pads = None if found is None else [int(p) for p in found.reshape(-1)]
@@ -119,6 +146,8 @@ def _from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
     attrs: dict[str, Any] = {"top": top, "bottom": bottom, "left": left, "right": right}
     if value:
         attrs["value"] = value
+    if pad_mode(node) != "constant":
+        attrs["mode"] = pad_mode(node)
     if not any((top, bottom, left, right)):
         return OnnxImport(None, node.inputs[:1])  # pads nothing: the identity
     return OnnxImport("pad", node.inputs[:1], attrs)
@@ -158,7 +187,7 @@ def padding_before(node: OnnxNodeView, ctx: OnnxImportContext,
     if pad is None or pad.op_type != "Pad":
         return None
     found = pad_sides(pad, ctx)
-    if isinstance(found, str) or found[1] != value or min(found[0]) < 0:  # a crop is no window's padding
+    if isinstance(found, str) or found[1] != value or min(found[0]) < 0 or pad_mode(pad) != "constant":
         return None
     top, bottom, left, right = found[0]
     return pad, [top, left], [bottom, right]
@@ -193,14 +222,17 @@ def _pair(values: list[int]) -> int | tuple[int, int]:
 register(OpDef(
     name="pad",
     family="conv",
-    summary="Pad height and width by (top, bottom, left, right) with a constant (F.pad; TensorFlow's 'SAME').",
+    summary="Pad height and width by (top, bottom, left, right) with a constant or the input's edge (F.pad; "
+            "TensorFlow's 'SAME').",
     example="padded: pad(0, 1, 0, 1)",
     args=(
         Arg("top", "int", 0, "rows added above (negative: removed)"),
         Arg("bottom", "int", 0, "rows added below (negative: removed)"),
         Arg("left", "int", 0, "columns added on the left (negative: removed)"),
         Arg("right", "int", 0, "columns added on the right (negative: removed)"),
-        Arg("value", "float", 0.0, "the fill value", positional=False),
+        Arg("value", "float", 0.0, "the fill value (mode=constant)", positional=False),
+        Arg("mode", "choice", "constant", "constant (value), reflect (mirror without the edge) or replicate "
+            "(repeat the edge), as F.pad", choices=MODES, positional=False),
     ),
     infer=_infer,
     pattern=Pattern.INJECTIVE,

@@ -186,6 +186,22 @@ def _same(attrs: Attrs, inputs: list[Shape]) -> Shape:
     return inputs[0]
 
 
+_ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT: what every value alexdsl computes is
+
+
+def _cast_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Cast`` to float32 of a value a node computes: no layer, since every value alexdsl computes is float32
+    already (timm's EfficientViT casts its attention to float32 with autocast off)."""
+    to = int(node.attr("to", 0))
+    if to != _ONNX_FLOAT:
+        return ctx.fail(node, f"a Cast to ONNX type {to} changes the dtype; alexdsl computes in float32 only "
+                              f"(a Cast to float32, type {_ONNX_FLOAT}, is imported as no layer)")
+    if ctx.producer(node.inputs[0]) is None:
+        return ctx.fail(node, "a Cast of the model's input or of a constant is not imported (only a Cast to float32 "
+                              "of a computed value, which changes nothing)")
+    return OnnxImport(None, node.inputs[:1])
+
+
 register(OpDef(
     name="dropout", family="tensor",
     summary="Zero each element with probability p while training; identity at inference.",
@@ -203,7 +219,8 @@ register(OpDef(
             CaffeLayer("Dropout", "dropout_param", (f"dropout_ratio: {ctx.number(layer.attrs['p'])}",))],
         from_caffe={"Dropout": _dropout_from_caffe},
         from_onnx={"Dropout": lambda node, ctx: OnnxImport(None, node.inputs[:1]),  # the identity at inference
-                   "Identity": lambda node, ctx: OnnxImport(None, node.inputs[:1])},
+                   "Identity": lambda node, ctx: OnnxImport(None, node.inputs[:1]),
+                   "Cast": _cast_from_onnx},
         onnx_elementwise=("Dropout", "Identity"),
         reference=lambda layer, xs, w, F: xs[0],
     ),

@@ -18,7 +18,7 @@ from alexdsl.ops.activation import epilogue_args
 from alexdsl.ops.arith import aligned, broadcast_shapes, onnx_aligned, reference_aligned
 from alexdsl.ops.contexts import ExecutorContext, OnnxExportContext, OnnxImportContext, OnnxNodeView, TorchContext
 from alexdsl.ops.fillers import WEIGHT_AND_BIAS, Filler
-from alexdsl.ops.from_onnx import computed, evaluate, operands, producer_of
+from alexdsl.ops.from_onnx import axes_of, computed, evaluate, operands, producer_of
 from alexdsl.ops.lowering import (
     EVERY_EPILOGUE,
     ExecutorKernel,
@@ -709,6 +709,18 @@ def _reshape_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport
     return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
 
 
+def _unsqueeze_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:
+    """``Unsqueeze``/``Squeeze`` of a computed value at axes after the batch (the stacked branches of SKNet's
+    selective kernel: ``torch.stack`` exports ``Unsqueeze`` + ``Concat``) -> reshape to the output's shape."""
+    axes = axes_of(node, ctx.const)
+    shape, source = ctx.shape(node.outputs[0]), ctx.shape(node.inputs[0])
+    rank = len((shape if node.op_type == "Unsqueeze" else source) or ()) + 1  # of the tensor the axes index
+    if not shape or source is None or axes is None or not computed(ctx, node.inputs[:1]) \
+            or any(a % rank == 0 for a in axes):
+        return ctx.fail(node, f"only an {node.op_type} of given axes after the batch is imported (as reshape)")
+    return OnnxImport("reshape", node.inputs[:1], {"shape": tuple(int(d) for d in shape)})
+
+
 register(OpDef(
     name="reshape", family="tokens",
     summary="The same elements in another per-sample shape, as torch.reshape after the batch axis (no Caffe "
@@ -724,7 +736,8 @@ register(OpDef(
                                                     note="reshape (a view)"),
             alias=True),
         onnx=lambda layer, ctx: ctx.node("Reshape", [ctx.inputs[0], ctx.constant([-1, *layer.shape], integer=True)]),
-        from_onnx={"Reshape": lambda node, ctx: _reshape_from_onnx(node, ctx)},
+        from_onnx={"Reshape": lambda node, ctx: _reshape_from_onnx(node, ctx),
+                   "Unsqueeze": _unsqueeze_from_onnx, "Squeeze": _unsqueeze_from_onnx},
         reference=lambda layer, xs, w, F: xs[0].reshape(-1, *layer.shape),
     ),
 ))

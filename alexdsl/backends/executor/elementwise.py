@@ -1,5 +1,5 @@
 """The executor's elementwise steps: an activation as a producer's epilogue (:func:`activate`), and the
-arithmetic with broadcasting (add, multiply, subtract) with its fused epilogue.
+arithmetic with broadcasting (add, multiply, subtract, divide) with its fused epilogue.
 
 The activations themselves are their ops' xp kernels (:class:`~alexdsl.ops.lowering.XpKernel`, in
 :mod:`alexdsl.ops.activation`); each takes ``out=`` and runs in place when ``out`` is its input,
@@ -60,4 +60,10 @@ def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = 
 def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
     """``a - b`` elementwise (NumPy broadcasting)."""
     out = array_module(a).subtract(a, b, out=out)
+    return activate(out, act)
+
+
+def divide(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
+    """``a / b`` elementwise (NumPy broadcasting)."""
+    out = array_module(a).divide(a, b, out=out)
     return activate(out, act)

@@ -6,6 +6,8 @@
 [[[[0.0, 0.0, 1.0], [0.0, 2.0, 3.0], [0.0, 0.0, 0.0]]]]
 >>> pad2d(x, (-1, 1, 0, 0)).tolist()
 [[[[2.0, 3.0], [0.0, 0.0]]]]
+>>> pad2d(x, (1, 0, 0, 1), mode="reflect").tolist(), pad2d(x, (0, 0, 1, 0), mode="replicate").tolist()
+([[[[2.0, 3.0, 2.0], [0.0, 1.0, 0.0], [2.0, 3.0, 2.0]]]], [[[[0.0, 0.0, 1.0], [2.0, 2.0, 3.0]]]])
 >>> upsample_nearest(x, (2, 1)).tolist()
 [[[[0.0, 1.0], [0.0, 1.0], [2.0, 3.0], [2.0, 3.0]]]]
 """
@@ -17,11 +19,20 @@ import numpy
 from alexdsl.backends.executor.arrays import Array, array_module, as_pair
 
 
-def pad2d(x: Array, pads: tuple[int, int, int, int], value: float = 0.0, *, out: Array | None = None) -> Array:
-    """``F.pad(x, (left, right, top, bottom), value=value)`` of NCHW ``x``; ``pads`` is (top, bottom, left, right),
-    a negative one removing rows or columns (nasnet's ``ZeroPad2d((-1, 1, -1, 1))``)."""
+def pad2d(x: Array, pads: tuple[int, int, int, int], value: float = 0.0, *, mode: str = "constant",
+          out: Array | None = None) -> Array:
+    """``F.pad(x, (left, right, top, bottom), value=value, mode=mode)`` of NCHW ``x``; ``pads`` is (top, bottom,
+    left, right), a negative one removing rows or columns (nasnet's ``ZeroPad2d((-1, 1, -1, 1))``); ``mode``
+    reflect or replicate fills from the input (pads of 0 or more)."""
     top, bottom, left, right = pads
     n, c, h, w = x.shape
+    if mode != "constant":
+        filled = array_module(x).pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)),
+                                     mode={"reflect": "reflect", "replicate": "edge"}[mode])
+        if out is None:
+            return filled
+        out[...] = filled
+        return out
     kept = x[:, :, max(-top, 0) : h - max(-bottom, 0), max(-left, 0) : w - max(-right, 0)]
     if out is None:
         out = array_module(x).empty((n, c, h + top + bottom, w + left + right), dtype=x.dtype)

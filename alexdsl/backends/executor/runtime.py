@@ -68,6 +68,7 @@ from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
 from alexdsl.backends.executor.elementwise import (  # noqa: F401 - the runtime's names
     activate,
     add,
+    divide,
     multiply,
     subtract,
 )
