@@ -665,7 +665,7 @@ def test_state_keys_follow_the_order_layers_are_written() -> None:
     """torch's state_dict follows __init__'s registration order, not forward's: a block lists reduction before
     the norm it reads (torchvision's PatchMerging), its keys come in that order everywhere, and it still runs norm
     first; the block's output is its last statement that nothing in it reads."""
-    text = ("input x: 8x4x4\nblock merge(c) {\n  merged:    permute((1, 2, 0))\n"
+    text = ("network Merge\ninput x: 8x4x4\nblock merge(c) {\n  merged:    permute((1, 2, 0))\n"
             "  reduction: norm -> linear(2 * c, bias=false)\n  norm:      merged -> layernorm(axis=-1)\n}\n"
             "m: merge(8)\nafter: relu\n")
     net = alexdsl.parse(text)
@@ -676,6 +676,11 @@ def test_state_keys_follow_the_order_layers_are_written() -> None:
     assert [layer.name for layer in net.declared_layers()] == ["x", "m.merged", "m.reduction", "m.norm", "after"]
     again = alexdsl.from_json(net.to_json())
     assert list(again.state_keys()) == keys and again.layer_names() == net.layer_names()
+    from alexdsl.interop.writer.flat import network_to_source
+    from alexdsl.interop.writer.readable import readable_source
+
+    for source in (network_to_source(again, "net.json"), readable_source(again, file="net.json")):  # import json
+        assert list(alexdsl.parse(source).state_keys()) == keys
 
     from alexdsl.backends.executor.codegen import lower
 
