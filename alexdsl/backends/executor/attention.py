@@ -50,12 +50,11 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
         scores[..., xp.triu(xp.ones((lq, lk), dtype=bool), 1)] = -xp.inf
     scores -= scores.max(axis=-1, keepdims=True)
     xp.exp(scores, out=scores)
-    total = scores.sum(axis=-1, keepdims=True)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    mixed = xp.matmul(scores, _heads(v, heads))  # (B, heads, Lq, dv)
     if out is None:
         out = xp.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)
-    mixed = out.reshape(-1, lq, heads, v.shape[-1] // heads).transpose(0, 2, 1, 3)
-    xp.matmul(scores, _heads(v, heads), out=mixed)
-    mixed /= total
+    out.reshape(mixed.shape[0], lq, heads, -1)[...] = mixed.transpose(0, 2, 1, 3)
     return out
 
 
