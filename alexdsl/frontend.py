@@ -24,7 +24,7 @@ import networkx as nx
 from alexdsl.errors import AlexDSLError, Diagnostic, DiagnosticSink
 from alexdsl.ir.elaboration.driver import elaborate
 from alexdsl.ir.elaboration.state import Meta
-from alexdsl.ir.network import LAYER, Network, graph_of, layer_of
+from alexdsl.ir.network import LAYER, Network, layer_of
 from alexdsl.ir.serialize import read_ir
 from alexdsl.limits import max_source_bytes
 from alexdsl.passes.resources import check_resources
@@ -113,7 +113,7 @@ def _build_module(module: ast.Module, sources: dict[str, str], input_shapes: dic
         raise AlexDSLError(diagnostics, sources=sources)
     return Network(
         meta.name,
-        _checked(graph, order),
+        _checked(graph),
         description=meta.description,
         inputs=meta.inputs,
         outputs=outputs,
@@ -154,17 +154,16 @@ def network_from_json(text: str, file: str = "<json>") -> Network:
     if errors:
         raise AlexDSLError(errors)
     assert order is not None
-    return Network(ir.name, _checked(ir.graph, order), description=ir.description, inputs=ir.inputs,
+    return Network(ir.name, _checked(ir.graph), description=ir.description, inputs=ir.inputs,
                    outputs=ir.outputs, solver=ir.solver, preprocess=ir.preprocess, source_file=ir.source,
                    warnings=[d for d in located if d.severity == "warning"])
 
 
-def _checked(graph: nx.DiGraph, order: list[str]) -> nx.DiGraph:
-    """The checked graph, its nodes in topological ``order``, without the front end's working state."""
-    layers = [layer_of(graph, name) for name in order]
-    for layer in layers:
+def _checked(graph: nx.DiGraph) -> nx.DiGraph:
+    """The checked graph, its nodes in declaration order, without the front end's working state."""
+    for _, layer in graph.nodes(data=LAYER):
         layer.clear_build_state()
-    return graph if list(graph) == order else graph_of(layers)
+    return graph
 
 
 def _require_shapes(graph: nx.DiGraph, sink: DiagnosticSink) -> None:

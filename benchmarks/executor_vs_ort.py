@@ -6,6 +6,7 @@
     python benchmarks/executor_vs_ort.py --threads 1 --cpu-time          # CPU seconds, not wall: on a loaded machine
     python benchmarks/executor_vs_ort.py --networks resnet18 --threads 1 --batches 1 --profile   # where time goes
     python benchmarks/executor_vs_ort.py --networks vit_b_16 --threads 1 --batches 1 8 --repeat 3 --rounds 2
+    python benchmarks/executor_vs_ort.py --networks vit_b_16 swin_t --threads 1 --batches 1 --profile
 
 Every side runs the same weights (the executor's; torch through alexdsl's torch backend, ORT
 through alexdsl's ONNX export) and gets the same thread count: the executor through
@@ -72,6 +73,7 @@ NETWORKS: dict[str, Callable[[], alexdsl.Network]] = {
     "efficientnet_b0": lambda: alexdsl.load(EXAMPLES / "efficientnet_b0.adsl"),
     "convnext_tiny": lambda: alexdsl.load(EXAMPLES / "convnext_tiny.adsl"),
     "vit_b_16": lambda: alexdsl.load(EXAMPLES / "vit_b_16.adsl"),
+    "swin_t": lambda: alexdsl.load(EXAMPLES / "swin_t.adsl"),
 }
 
 

@@ -71,28 +71,19 @@ def torchvision_shifted_window_mask(size: int, window: int, shift: int) -> np.nd
 @pytest.mark.parametrize(("example", "model", "params", "logits"), MODELS, ids=NAMES)
 def test_keys_shapes_and_parameter_count_are_torchvisions(example: str, model: str, params: int, logits: str) -> None:
     net = network(example)
-    if example == "swin_t":
-        assert_keys_are_torchvisions(net, model, params, order=norm_before_reduction)
-    else:
-        assert_keys_are_torchvisions(net, model, params)
+    assert_keys_are_torchvisions(net, model, params)
     assert net.shapes[logits] == (1000,)
 
 
-def norm_before_reduction(keys: list[str]) -> list[str]:
-    """torchvision's Swin keys with each PatchMerging's ``reduction.weight`` after its ``norm`` keys, the order
-    of the layers that compute them (PatchMerging registers ``reduction`` first but runs ``norm`` first)."""
-    out = [key for key in keys if not key.endswith(".reduction.weight")]
-    for key in keys:
-        if key.endswith(".reduction.weight"):
-            out.insert(out.index(key.replace(".reduction.weight", ".norm.bias")) + 1, key)
-    return out
-
-
-@pytest.mark.xfail(strict=True, reason="state_keys() follow the layer order; a layer cannot come before the "
-                   "layer it reads, so PatchMerging's reduction.weight, registered before norm in torchvision, "
-                   "comes after norm.weight and norm.bias")
 def test_swin_t_keys_are_in_torchvisions_order() -> None:
-    assert list(network("swin_t").state_keys()) == list(reference("swin_t")["state"])
+    """PatchMerging registers reduction before norm and runs norm first: the block lists reduction first, reading
+    norm, written below it, and the keys follow the order layers are written."""
+    net = network("swin_t")
+    assert list(net.state_keys()) == list(reference("swin_t")["state"])
+    assert net.layer("features.2.reduction").inputs == ["features.2.norm"]
+    assert net.layer("features.3.0.norm1").inputs == ["features.2.reduction"]  # the block's output
+    names = net.layer_names()
+    assert names.index("features.2.norm") < names.index("features.2.reduction")  # run in data order
 
 
 @pytest.mark.parametrize("example", NAMES)
@@ -102,8 +93,7 @@ def test_torch_module_state_dict_is_in_the_same_order(example: str) -> None:
     state = torch_module(example).state_dict()
     shapes = {key: list(value.shape) for key, value in state.items() if not key.endswith("num_batches_tracked")}
     want = reference(example)["state"]
-    order = norm_before_reduction if example == "swin_t" else list
-    assert list(shapes) == order(list(want))
+    assert list(shapes) == list(want)
     assert shapes == want
 
 

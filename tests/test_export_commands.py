@@ -206,7 +206,8 @@ def test_fuzzed_ir_writes_back_the_same_network_or_a_located_refusal(data: dict)
         network = alexdsl.from_json(json.dumps(data), "fuzz.json")
     except AlexDSLError:
         return  # refused by the IR reader
-    names = [("name", network.name)] + [(f"layers[{i}].name", n) for i, n in enumerate(network.layer_names())]
+    names = [("name", network.name)] + [(f"layers[{i}].name", layer.name)
+                                        for i, layer in enumerate(network.declared_layers())]
     unwritable = [path for path, name in names if not is_name(name)]
     try:
         source = network_to_source(network, "fuzz.json")

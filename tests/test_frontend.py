@@ -659,3 +659,44 @@ def test_source_text_given_in_memory_is_bounded_like_a_file(monkeypatch: pytest.
     with pytest.raises(AlexDSLError, match="big.adsl: error: the source is larger than the limit of 1,000 bytes"):
         alexdsl.parse("input x: 3x8x8\n" + "# padding\n" * 200, "big.adsl")
     assert alexdsl.parse("input x: 3x8x8\nc: conv(2, 3)\n").shapes["c"] == (2, 6, 6)
+
+
+def test_state_keys_follow_the_order_layers_are_written() -> None:
+    """torch's state_dict follows __init__'s registration order, not forward's: a block lists reduction before
+    the norm it reads (torchvision's PatchMerging), its keys come in that order everywhere, and it still runs norm
+    first; the block's output is its last statement that nothing in it reads."""
+    text = ("network Merge\ninput x: 8x4x4\nblock merge(c) {\n  merged:    permute((1, 2, 0))\n"
+            "  reduction: norm -> linear(2 * c, bias=false)\n  norm:      merged -> layernorm(axis=-1)\n}\n"
+            "m: merge(8)\nafter: relu\n")
+    net = alexdsl.parse(text)
+    keys = ["m.reduction.weight", "m.norm.weight", "m.norm.bias"]
+    assert list(net.state_keys()) == keys
+    assert net.layer("after").inputs == ["m.reduction"]
+    assert [layer.name for layer in net.layers()] == ["x", "m.merged", "m.norm", "m.reduction", "after"]
+    assert [layer.name for layer in net.declared_layers()] == ["x", "m.merged", "m.reduction", "m.norm", "after"]
+    again = alexdsl.from_json(net.to_json())
+    assert list(again.state_keys()) == keys and again.layer_names() == net.layer_names()
+    from alexdsl.interop.writer.flat import network_to_source
+    from alexdsl.interop.writer.readable import readable_source
+
+    for source in (network_to_source(again, "net.json"), readable_source(again, file="net.json")):  # import json
+        assert list(alexdsl.parse(source).state_keys()) == keys
+
+    from alexdsl.backends.executor.codegen import lower
+
+    assert list(lower(net).state) == keys
+    torch = pytest.importorskip("torch", reason="pip install torch (the torch extra) to build the torch module")
+    from alexdsl.backends.torch import build
+
+    module = build(net)
+    assert list(module.state_dict()) == keys
+    assert module(torch.zeros(2, 8, 4, 4)).shape == (2, 4, 4, 16)
+
+
+def test_a_block_output_named_out_or_written_last_is_unchanged_by_forward_references() -> None:
+    """``out`` is the output even when read by a statement before it; without forward references the last
+    statement is, even when nothing reads it."""
+    named = alexdsl.parse("input x: 8\nblock b(c) {\n  first: out -> fc(c)\n  out: in -> fc(c)\n}\ny: b(4)\nz: relu\n")
+    assert named.layer("z").inputs == ["y.out"]
+    plain = alexdsl.parse("input x: 8\nblock b(c) {\n  side: fc(c)\n  last: in -> fc(c)\n}\ny: b(4)\nz: relu\n")
+    assert plain.layer("z").inputs == ["y.last"]

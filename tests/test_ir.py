@@ -27,15 +27,19 @@ def test_every_node_is_one_layer_whose_inputs_are_the_edges(path: Path) -> None:
         assert list(data) == [LAYER] and isinstance(data[LAYER], Layer) and data[LAYER].name == name
     assert set(net.graph.edges) == derived_edges(net.graph)
     assert all(data == {} for _, _, data in net.graph.edges(data=True))  # no second record of connectivity
-    assert list(net.graph) == net.layer_names()  # the graph holds its nodes in topological order
+    position = {name: i for i, name in enumerate(net.layer_names())}
+    assert all(position[source] < position[reader] for source, reader in net.graph.edges)  # layers() runs in order
     assert all(net.layer(layer.name) is layer for layer in net.layers())  # no view built per access
     again = alexdsl.from_json(net.to_json())
     assert set(again.graph.edges) == derived_edges(again.graph) == set(net.graph.edges)
+    assert list(again.graph) == list(net.graph)  # the order layers are written, which orders the state keys
 
 
-def test_a_layer_read_before_it_is_written_comes_first_in_the_graph() -> None:
-    net = alexdsl.parse("input x: 3x8x8\nb: a -> relu\na: x -> conv(4, 3)\nc: add(a, b)\n")
-    assert list(net.graph) == ["x", "a", "b", "c"]
+def test_a_layer_read_before_it_is_written_runs_first_and_keeps_its_place_in_the_graph() -> None:
+    net = alexdsl.parse("input x: 3x8x8\nb: a -> conv(4, 1)\na: x -> conv(4, 3)\nc: add(a, b)\n")
+    assert list(net.graph) == ["x", "b", "a", "c"]  # as written: the state keys' order, as torch's __init__
+    assert net.layer_names() == ["x", "a", "b", "c"]  # as they run
+    assert list(net.state_keys()) == ["b.weight", "b.bias", "a.weight", "a.bias"]
     assert set(net.graph.edges) == {("x", "a"), ("a", "b"), ("a", "c"), ("b", "c")}
 
 

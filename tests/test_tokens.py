@@ -287,3 +287,40 @@ def test_torchs_export_of_a_token_block_imports_as_linear_layernorm_and_softmax(
 
     got = compile_executor(imported.network, imported.weights, device="cpu")(x.numpy())
     np.testing.assert_allclose(np.asarray(got), module(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("shape", [(2, 197, 768), (1, 7, 7, 5), (3, 1)])
+def test_layer_norm_last_matches_torch_in_place_and_on_a_view(shape: tuple[int, ...], dtype: str) -> None:
+    """The executor's last-axis layer norm against torch's in float64, within twice torch's own error in ``dtype``
+    (float16: in float32, plus the rounding to float16): into a new array, in place, into a strided ``out`` and
+    from a strided input; rows of very different offsets and scales."""
+    torch = pytest.importorskip("torch", reason="pip install torch (the torch extra) to compare with F.layer_norm")
+    from alexdsl.backends.executor.tokens import layer_norm_last
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * rng.uniform(0.01, 100, shape[:-1] + (1,)) + rng.uniform(-50, 50)).astype(dtype)
+    weight, bias = (rng.standard_normal(shape[-1]).astype(dtype) for _ in range(2))
+
+    def torch_norm(kind: object) -> np.ndarray:
+        tx, tw, tb = (torch.from_numpy(a).to(kind) for a in (x, weight, bias))
+        return torch.nn.functional.layer_norm(tx, shape[-1:], tw, tb, 1e-6).double().numpy()
+
+    want = torch_norm(torch.float64)
+    scale = np.abs(want).max()
+    own = np.abs(torch_norm(torch.float32 if dtype == "float16" else getattr(torch, dtype)) - want).max()
+    # float16: plus the rounding to float16; float64 (torch's own error is 0, it is the reference): plus float64
+    # rounding amplified by the rows' offset over their spread (up to 5000 here)
+    allowed = 2 * own + {"float16": 1e-3, "float64": 1e-12}.get(dtype, 0.0) * scale
+
+    def error(got: np.ndarray) -> float:
+        return float(np.abs(got.astype(np.float64) - want).max())
+
+    assert error(layer_norm_last(x, weight, bias, 1e-6)) <= allowed
+    inplace = x.copy()
+    assert layer_norm_last(inplace, weight, bias, 1e-6, out=inplace) is inplace
+    assert error(inplace) <= allowed
+    strided = np.ascontiguousarray(np.swapaxes(x, 0, -2)).swapaxes(0, -2)  # the same values, not C-contiguous
+    assert error(layer_norm_last(strided, weight, bias, 1e-6)) <= allowed
+    into = np.empty_like(strided)  # strided too
+    assert layer_norm_last(x, weight, bias, 1e-6, out=into) is into and error(into) <= allowed

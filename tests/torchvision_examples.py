@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,15 +62,12 @@ def assert_same_settings(torchvision_model, ours, network: Network, torch, torch
             assert layers[name].attrs.get("mode", "row") == getattr(module, "mode", "row"), name
 
 
-def assert_keys_are_torchvisions(network: Network, model: str, params: int,
-                                 order: Callable[[list[str]], list[str]] | None = None) -> None:
-    """State keys, their order and shapes are the torchvision model's, and so is the parameter count.
-    ``order``, where given, is the order expected instead of state_dict()'s, from state_dict()'s keys."""
+def assert_keys_are_torchvisions(network: Network, model: str, params: int) -> None:
+    """State keys, their order and shapes are the torchvision model's, and so is the parameter count."""
     expected = reference(model)
     assert expected["params"] == params  # the data file is the published model
     keys = {key: list(shape) for key, shape in network.state_keys().items()}
-    want = list(expected["state"]) if order is None else order(list(expected["state"]))
-    assert list(keys) == want  # the same order, as state_dict() gives them
+    assert list(keys) == list(expected["state"])  # the same order, as state_dict() gives them
     assert keys == expected["state"]
     assert network.totals()["params"] == params
 

@@ -4,7 +4,8 @@ Each node holds its :class:`Layer` under the node attribute ``"layer"`` (:data:`
 else. A layer's ``inputs`` is the one record of connectivity: the edges (producer -> consumer,
 without data) are derived from it by :func:`add_layers`, the one function that adds nodes, and
 :meth:`Layer.rewire` keeps them in step when an input changes. A checked network's nodes are in
-topological order. The fields are documented in docs/ir.md.
+declaration order, which is topological unless a layer reads one written after it; :meth:`Network.layers`
+gives the topological order. The fields are documented in docs/ir.md.
 
 >>> import alexdsl
 >>> net = alexdsl.parse("network Tiny\\ninput x: 3x8x8\\nc1: conv(4, 3) | relu\\n")
@@ -234,6 +235,11 @@ class Network:
                 self._order = list(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
         return self._order
 
+    def declared_layers(self) -> list[Layer]:
+        """Layers in declaration order (the graph's own order): the order of :meth:`state_keys`, as torch's
+        state_dict follows the order in which modules are registered, not the order forward runs them."""
+        return [layer for _, layer in self.graph.nodes(data=LAYER)]
+
     def layer(self, name: str) -> Layer:
         """The layer called ``name`` (the graph's own node, not a copy)."""
         if name not in self.graph:
@@ -316,14 +322,15 @@ class Network:
 
     def state_keys(self) -> dict[str, Shape]:
         """Every parameter and buffer as ``<layer>.<name>`` -> shape, in the torch module's order: layers in
-        layer order, except that a layer's own entries come before those of the layers named below it
-        (ConvNeXt's ``features.1.0.layer_scale`` before ``features.1.0.block.0.weight``), and a tensor kept under a
-        layer's own name (``encoder.pos_embedding``) comes with its parent's entries, as in state_dict().
+        declaration order (:meth:`declared_layers`), except that a layer's own entries come before those of the
+        layers named below it (ConvNeXt's ``features.1.0.layer_scale`` before ``features.1.0.block.0.weight``), and a
+        tensor kept under a layer's own name (``encoder.pos_embedding``) comes with its parent's entries, as in
+        state_dict().
 
         These keys are the torch state_dict keys and the executor's weight keys.
         """
         tree: dict[str, Any] = {}  # a name segment -> its subtree; _OWN -> the entries of the layer named so
-        for layer in self.layers():
+        for layer in self.declared_layers():
             entries = [(layer.state_key(pname), spec.shape) for pname, spec in layer.params.items()
                        if not spec.tied]
             entries += [(layer.state_key(bname), shape) for bname, shape in layer.buffers.items()]
@@ -359,7 +366,7 @@ class Network:
             "outputs": self.outputs,
             "solver": self.solver,
             "preprocess": self.preprocess,
-            "layers": [layer.to_json() for layer in self.layers()],
+            "layers": [layer.to_json() for layer in self.declared_layers()],
             "totals": self.totals(),
         }
 

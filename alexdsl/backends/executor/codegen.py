@@ -241,7 +241,8 @@ def _computed(layer: Layer, buffer: str) -> tuple[tuple[int, ...], str, dict[str
 
 
 def _state_table(layers: list[Layer]) -> dict[str, tuple[tuple[int, ...], str, dict[str, Any]]]:
-    """Each parameter's and buffer's shape and filler (running variances 1, other buffers 0), by state key."""
+    """Each parameter's and buffer's shape and filler (running variances 1, other buffers 0), by state key, in the
+    order of ``layers`` (declaration order, as state_keys())."""
     state: dict[str, tuple[tuple[int, ...], str, dict[str, Any]]] = {}
     for layer in layers:
         for pname, spec in layer.params.items():
@@ -390,7 +391,8 @@ def lower(network: Network, decoder: bool = False) -> Lowered:
     if decoder:
         _check_decodable(graph)
     writer = _StepWriter(graph, decoder)
-    state = _state_table(graph.kept)
+    kept = {layer.name for layer in graph.kept}
+    state = _state_table([layer for layer in network.declared_layers() if layer.name in kept])
     for layer in graph.kept:
         writer.write(layer)
     values = [Value(s.name, ITEMSIZE * math.prod(s.shape), tuple(s.inputs), s.inplace) for s in writer.steps]

@@ -191,7 +191,7 @@ class _Generator:
     def build_tree(self) -> None:
         forbidden_top = CLASS_ATTRS | MODULE_ATTRIBUTES | (DECODER_ATTRS if self.decoder else set())
         forbidden_nested = MODULE_DICT_ATTRIBUTES
-        for layer in self.layers:
+        for layer in self.network.declared_layers():  # registered as written, as state_keys() lists them
             if layer.name not in self.owns_module:
                 continue
             segments = layer.name.split(".")

@@ -110,7 +110,7 @@ def network_to_source(network: Network, file: str = "<network>") -> str:
     if network.description:
         out.description(network.description)
     out.blank()
-    index = {name: i for i, name in enumerate(network.layer_names())}
+    index = {layer.name: i for i, layer in enumerate(network.declared_layers())}  # the IR file's layers[i]
     for name in network.inputs:
         layer = network.layer(name)
         label = write.name(name, f"layers[{index[name]}].name", "the input name")
@@ -127,7 +127,7 @@ def network_to_source(network: Network, file: str = "<network>") -> str:
         out.solver(write.settings(network.solver, "solver"))
     out.blank()
     statements = []
-    for layer in network.layers():
+    for layer in network.declared_layers():  # as written, which orders the state keys
         if layer.is_input:
             continue
         path = f"layers[{index[layer.name]}]"

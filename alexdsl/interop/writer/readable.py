@@ -64,7 +64,7 @@ class _Writer:
     (:mod:`.chains`) and built as syntax (:mod:`.syntax`)."""
 
     def __init__(self, network: Network, file: str, *, blocks: bool, chains: bool):
-        layers = [layer for layer in network.layers() if not layer.is_input]
+        layers = [layer for layer in network.declared_layers() if not layer.is_input]  # as written: the keys' order
         planner = Planner(network, chains)
         units = [Unit("layer", layer.name, i, i, layer.name, layer=layer) for i, layer in enumerate(layers)]
         if blocks:
@@ -82,7 +82,7 @@ def _unwritable(network: Network, file: str) -> list[Diagnostic]:
     if not is_name(network.name):
         found.append(Diagnostic("error", "the network name cannot be written as an alexdsl name",
                                 path=f"{file}:name", received=repr(network.name), expected=NAME_RULE))
-    for i, layer in enumerate(network.layers()):
+    for i, layer in enumerate(network.declared_layers()):  # the IR file's layers[i]
         if not is_name(layer.name):
             found.append(Diagnostic("error", "the layer name cannot be written as an alexdsl name",
                                     path=f"{file}:layers[{i}].name", received=repr(layer.name), expected=NAME_RULE))

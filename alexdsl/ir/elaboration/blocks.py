@@ -43,11 +43,11 @@ class Blocks(Scopes):
         self.meta.instances[name] = Instance(call.name, call.span, block.span)
         for stmt in block.body:
             self._statement(stmt, inner)
-        output = inner.labels.get("out", inner.prev)
         source = self._lookup(sources[0], scope, report=False) if sources else None
         if source is not None:
             inner.in_node = source
         self._resolve(inner)
+        output = self._block_output(inner, first_node)
         self._note_uses(first_diagnostic, name)
         if not sources:
             return output
@@ -67,6 +67,18 @@ class Blocks(Scopes):
                             hint=f"read '{sources[0].name}' directly, or define it before '{name}'")
             return None
         return source
+
+    def _block_output(self, inner: Scope, first_node: int) -> str | None:
+        """The output of the statement labelled ``out``; else of the last statement, or, when a statement written
+        before it reads it (a forward reference: a block that lists its layers in torch's registration order), of
+        the last statement that no layer of the instance reads."""
+        if "out" in inner.labels:
+            return inner.labels["out"]
+        read = {source for node in self.added[first_node:] for source in self.graph.nodes[node]["inputs"]}
+        if inner.prev not in read:
+            return inner.prev
+        unread = [output for output in inner.labels.values() if output not in read]
+        return unread[-1] if unread else inner.prev
 
     def _note_uses(self, first: int, instance: str) -> None:
         """Add where ``instance`` (and each instance around it) was used to the errors inside its block,
