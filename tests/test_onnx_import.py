@@ -103,6 +103,28 @@ def test_weights_out_names_the_file_and_stdout_gets_the_source(small_model, tmp_
     assert list(load_file(weights)) and set(load_file(weights)) == set(network.state_keys())
 
 
+
+def test_a_weights_file_not_written_whole_is_an_error_and_leaves_the_target(small_model, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.numpy
+
+    path, _, _ = small_model
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"before")
+    real = safetensors.numpy.save_file
+
+    def short(tensors, filename, metadata=None):  # as on a full disk: safetensors reports nothing
+        real(tensors, filename, metadata=metadata)
+        with open(filename, "rb+") as handle:
+            handle.truncate(100)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", short)
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "--weights-out", str(weights)])
+    assert result.exit_code == 1
+    assert "w.safetensors" in result.output and "not written whole" in result.output
+    assert "Traceback" not in result.output
+    assert weights.read_bytes() == b"before"
+
 # names ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("node", "path"), [
     ("/layer1/layer1.0/conv1/Conv", "layer1.0.conv1"),
