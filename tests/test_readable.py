@@ -70,12 +70,46 @@ def test_resnet18_reads_like_the_hand_written_example() -> None:
     assert "  conv1: conv(c, 3, pad=1) | bn1: batchnorm | relu" in text
     assert "  out:   add(in) | relu" in text
     assert "  downsample.0: in -> conv(c, 1, stride=2) | downsample.1: batchnorm" in text
-    assert statements(text, r"^layer\S+: .*$") == [
-        "layer1:   repeat 2 layer(64)", "layer2.0: layer_downsample(128)", "layer2.1: layer(128)",
-        "layer3.0: layer_downsample(256)", "layer3.1: layer(256)", "layer4.0: layer_downsample(512)",
-        "layer4.1: layer(512)"]
-    assert "conv1:    conv(64, 7, stride=2, pad=3) | bn1: batchnorm | relu | maxpool(3, stride=2, pad=1)" in text
+    assert statements(text, r"^layer\S+: .*$") == [  # a stage whose first block differs: 'first, then'
+        "layer1:  repeat 2 layer(64)", "layer2:  repeat 2 layer_downsample(128), then layer(128)",
+        "layer3:  repeat 2 layer_downsample(256), then layer(256)",
+        "layer4:  repeat 2 layer_downsample(512), then layer(512)"]
+    assert "conv1:   conv(64, 7, stride=2, pad=3) | bn1: batchnorm | relu | maxpool(3, stride=2, pad=1)" in text
     assert "loss:     softmax_loss(fc, label) @train" in text
+
+
+_STAGE_BLOCK = """network T
+input x: 3x32x32
+block b(c, stride=1) {
+  conv:  conv(c, 3, stride=stride, pad=1) | relu
+  conv2: conv(c, 1)
+}
+"""
+
+
+@pytest.mark.parametrize(("stage", "written"), [
+    ("s: repeat 4 as i: b(8 + 4 * i)", "s: repeat 4 as i: s(8 + 4 * i)"),
+    ("s: repeat 3 conv(8, 3, stride=2, pad=1), then b(8)", "s: repeat 3 conv(8, 3, stride=2, pad=1), then s"),
+    ("s: repeat 3 as i: b(8, stride=2), then b(16 - 4 * i)", "s: repeat 3 as i: s(8, stride=2), then s(16 - 4 * i)"),
+    ("s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then b(8 * i)",
+     "s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then s(8 * i)"),
+])
+def test_a_stage_whose_copies_differ_by_their_index_or_first_copy_is_one_repeat(stage: str, written: str) -> None:
+    network = alexdsl.parse(_STAGE_BLOCK + stage + "\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")  # no block provenance, as imports give
+    text = readable_source(flat)
+    assert statements(text, r"^s: .*$") == [written]
+    rebuilds(flat, text)
+
+
+def test_a_stage_repeat_inside_a_block_keeps_its_index_and_first_copy() -> None:
+    network = alexdsl.parse(_STAGE_BLOCK + "block outer(c) {\n  s: repeat 3 as i: b(c, stride=2), then b(c + 4 * i)\n"
+                            "  p: conv(c, 1) | relu\n}\no.0: outer(8)\no.1: outer(16)\no.2: outer(24)\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")
+    text = readable_source(flat)
+    assert "  s: repeat 3 as i: s(c, stride=2), then s(c + 4 * i)" in text
+    assert "o: repeat 3 as i: o(8 + 8 * i)" in text
+    rebuilds(flat, text)
 
 
 def test_vgg16_stages_are_blocks_that_repeat_a_block() -> None:
