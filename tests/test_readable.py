@@ -90,7 +90,7 @@ block b(c, stride=1) {
 @pytest.mark.parametrize(("stage", "written"), [
     ("s: repeat 4 as i: b(8 + 4 * i)", "s: repeat 4 as i: s(8 + 4 * i)"),
     ("s: repeat 3 conv(8, 3, stride=2, pad=1), then b(8)", "s: repeat 3 conv(8, 3, stride=2, pad=1), then s"),
-    ("s: repeat 3 as i: b(8, stride=2), then b(16 - 4 * i)", "s: repeat 3 as i: s(8, stride=2), then s(16 - 4 * i)"),
+    ("s: repeat 4 as i: b(8, stride=2), then b(20 - 4 * i)", "s: repeat 4 as i: s(8, stride=2), then s(20 - 4 * i)"),
     ("s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then b(8 * i)",
      "s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then s(8 * i)"),
 ])
@@ -102,12 +102,21 @@ def test_a_stage_whose_copies_differ_by_their_index_or_first_copy_is_one_repeat(
     rebuilds(flat, text)
 
 
+@pytest.mark.parametrize("stage", ["s: repeat 2 as i: b(8 + 4 * i)",
+                                   "s: repeat 2 conv(8, 3, stride=2, pad=1), then b(8)"])
+def test_two_copies_that_differ_are_written_out(stage: str) -> None:
+    """Any two numbers make a step, and a layer with one use after it says nothing a repeat would."""
+    network = alexdsl.parse(_STAGE_BLOCK + stage + "\n")
+    text = readable_source(alexdsl.parse(network_to_source(network), "flat.adsl"))
+    assert "repeat" not in text
+
+
 def test_a_stage_repeat_inside_a_block_keeps_its_index_and_first_copy() -> None:
-    network = alexdsl.parse(_STAGE_BLOCK + "block outer(c) {\n  s: repeat 3 as i: b(c, stride=2), then b(c + 4 * i)\n"
+    network = alexdsl.parse(_STAGE_BLOCK + "block outer(c) {\n  s: repeat 4 as i: b(c, stride=2), then b(c + 4 * i)\n"
                             "  p: conv(c, 1) | relu\n}\no.0: outer(8)\no.1: outer(16)\no.2: outer(24)\n")
     flat = alexdsl.parse(network_to_source(network), "flat.adsl")
     text = readable_source(flat)
-    assert "  s: repeat 3 as i: s(c, stride=2), then s(c + 4 * i)" in text
+    assert "  s: repeat 4 as i: s(c, stride=2), then s(c + 4 * i)" in text
     assert "o: repeat 3 as i: o(8 + 8 * i)" in text
     rebuilds(flat, text)
 

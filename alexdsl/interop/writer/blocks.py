@@ -211,7 +211,7 @@ class Folder:
             if parent and last.isdigit():
                 by_parent.setdefault(parent, []).append(i)
         def grows(run: list[int]) -> bool:
-            steps = {key: values[run[1]][key] - values[run[0]][key] for key in values[run[0]]}
+            steps = {key: values[run[1]][key] - values[run[0]][key] if len(run) > 2 else 0 for key in values[run[0]]}
             return all(values[i][key] == values[run[0]][key] + step * j for j, i in enumerate(run)
                        for key, step in steps.items())
 
@@ -222,8 +222,10 @@ class Folder:
                 continue
             if numbers[0] == 0 and len(run) > 2 and not grows(run):
                 run, numbers = run[1:], numbers[1:]  # the first copy differs: 'first, then'
-            if len(run) >= 2 and grows(run):
-                saved += len(run) - 1 + (numbers[0] == 1 and f"{parent}.0" in members | self.planner.readers)
+            first = f"{parent}.0" if numbers[0] == 1 else None  # a block's use, or a layer before two or more
+            head = first in members or (first in self.planner.readers and len(run) >= 2)
+            if len(run) >= 2 and grows(run) or head:
+                saved += len(run) - 1 + head
         return saved
 
     def _repeat_runs(self, group: list[Candidate], outs: list[str | None], values: list[dict[str, Any]],
@@ -259,13 +261,14 @@ def _stage_repeat(stage: str, run: list[Unit]) -> Unit | None:
         return None
     for start in (0, 1):
         calls = run[start:]
-        if any(unit.kind != "call" or unit.block is not calls[0].block for unit in calls):
-            continue
+        if any(unit.kind != "call" or unit.block is not calls[0].block for unit in calls) \
+                or len(calls) < (2 if start == 0 or run[0].kind != "call" else 1):
+            continue  # a layer and a single use read better written out
         values, steps = dict(calls[0].values), {}
         for param, first in calls[0].values.items():
             numbers = [unit.values[param] for unit in calls]
-            step = numbers[1] - numbers[0] if len(numbers) > 1 and all(type(n) is int for n in numbers) else 0
-            if numbers != [numbers[0] + step * j for j in range(len(numbers))]:
+            step = numbers[1] - numbers[0] if len(numbers) > 2 and all(type(n) is int for n in numbers) else 0
+            if numbers != [numbers[0] + step * j for j in range(len(numbers))]:  # two numbers make no step
                 break
             if step:  # the index counts every copy, the first included
                 values[param], steps[param] = first - step * start, step
