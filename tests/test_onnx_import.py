@@ -6,6 +6,7 @@ models from torch's own exporter in test_onnx_import_torch.py.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -382,6 +383,15 @@ def test_every_example_exported_and_imported_is_the_same_network(example: str, t
     want = _executor(network, weights, x)
     got = _executor(imported.network, imported.weights, x)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    # reads as the hand-written file does (issue 24): blocks where it has blocks, and at most 20% more lines
+    written = (Path(__file__).resolve().parent.parent / "examples" / example).read_text()
+    assert re.search(r"^block ", imported.source, re.MULTILINE) or not re.search(r"^block ", written, re.MULTILINE)
+    assert _statement_lines(imported.source) <= 1.2 * _statement_lines(written), imported.source
+
+
+def _statement_lines(text: str) -> int:
+    """Lines that are neither blank nor comments."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 @pytest.mark.parametrize("example", ["vit_digits.adsl", "swin_t.adsl"])
