@@ -635,4 +635,23 @@ def test_the_dynamo_exporters_namespaces_name_the_layers(tmp_path: Path) -> None
     path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "dynamo.onnx")
     network, _ = import_onnx(path)
     assert [(layer.name, layer.op) for layer in network.layers() if layer.op != "input"] == [
-        ("layer1.0.act1", "relu"), ("node_mean", "global_avgpool")]
+        ("layer1.0.act1", "relu"), ("global_avgpool", "global_avgpool")]  # as TorchScript's '/GlobalAveragePool'
+
+
+def test_a_module_the_dynamo_exporter_scopes_twice_is_numbered_as_torchscript_numbers_it(tmp_path: Path) -> None:
+    """torchvision's BasicBlock calls self.relu twice: one namespace, as TorchScript's relu and relu_1."""
+    block = (": torchvision.models.resnet.ResNet/layer1: torch.nn.modules.container.Sequential/layer1.0: "
+             "torchvision.models.resnet.BasicBlock/")
+    relu = block + "layer1.0.relu: torch.nn.modules.activation.ReLU/relu: aten.relu"
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="node_relu"),
+             helper.make_node("Add", ["x", "y"], ["s"], name="node_add"),
+             helper.make_node("Relu", ["s"], ["z"], name="node_relu_1")]
+    for node, scope in zip(nodes, (relu, block + "add: aten.add.Tensor", relu)):
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "namespace", scope
+    graph = helper.make_graph(nodes, "dynamo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 3, 3])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "dynamo.onnx")
+    network, _ = import_onnx(path)
+    assert [layer.name for layer in network.layers() if layer.op != "input"] == [
+        "layer1.0.relu", "layer1.0.add", "layer1.0.add_relu"]
