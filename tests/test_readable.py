@@ -121,6 +121,16 @@ def test_a_stage_repeat_inside_a_block_keeps_its_index_and_first_copy() -> None:
     rebuilds(flat, text)
 
 
+def test_an_activation_inside_the_norm_module_before_it_continues_the_chain() -> None:
+    """timm's BatchNormAct2d keeps its activation as ``bn.act``: one chain, as a person writes it."""
+    network = alexdsl.parse("network T\ninput x: 3x8x8\nconv: conv(8, 3, pad=1)\nbn: batchnorm\nbn.act: silu\n"
+                            "conv2: conv(8, 1)\nother.act: relu\n")
+    text = readable_source(network)
+    assert statements(text, r"^\S+: .*$") == ["conv:      conv(8, 3, pad=1) | bn: batchnorm | bn.act: silu",
+                                              "conv2:     conv(8, 1)", "other.act: relu"]
+    rebuilds(network, text)
+
+
 def test_vgg16_stages_are_blocks_that_repeat_a_block() -> None:
     text = readable_source(alexdsl.load(EXAMPLES / "vgg16.adsl"))
     assert "block convs(c) {\n  conv: conv(c, 3, pad=1) | relu\n}" in text
