@@ -131,6 +131,18 @@ def test_an_activation_inside_the_norm_module_before_it_continues_the_chain() ->
     rebuilds(network, text)
 
 
+def test_a_block_is_not_named_as_another_blocks_uses_are_labelled() -> None:
+    """GhostNet's ghost1 and ghost2 differ by a relu in some blocks: 'ghost1: ghost2(...)' would mislead."""
+    body = "  a: conv(8, 1){act}\n  b: conv(8, 3, pad=1){act}\n  c: conv(8, 1){act}\n"
+    network = alexdsl.parse("network T\ninput x: 8x8x8\nblock s1() {\n" + body.format(act=" | relu") + "}\n"
+                            "block s2() {\n" + body.format(act="") + "}\n"
+                            + "".join(f"p.{k}.g{i}: s{k + 1}\n" for k in range(2) for i in range(1, 4)))
+    text = readable_source(alexdsl.parse(network_to_source(network), "flat.adsl"))
+    names = statements(text, r"^block (\w+)\(")
+    assert len(names) == 2 and not {"g1", "g2", "g3"} & set(names), text
+    rebuilds(alexdsl.parse(network_to_source(network), "flat.adsl"), text)
+
+
 def test_vgg16_stages_are_blocks_that_repeat_a_block() -> None:
     text = readable_source(alexdsl.load(EXAMPLES / "vgg16.adsl"))
     assert "block convs(c) {\n  conv: conv(c, 3, pad=1) | relu\n}" in text

@@ -295,15 +295,17 @@ def name_blocks(units: list[Unit]) -> None:
         fits = is_name(stem) and (len(stems) == 1 or len(stem) > 1)
         by_stem.setdefault(stem if fits else "unit", []).append(block)
     taken: set[str] = set()
+    labels = {id(block): {prefix[:-1].rpartition(".")[2] for prefix in block.instances} for block in blocks_of(units)}
     for stem, group in by_stem.items():
         words = [{_stem(u.name) for u in layers_of(b.rep.parts)} for b in group]
         for k, block in enumerate(group):
             others = set().union(*(w for j, w in enumerate(words) if j != k))
             suffixes = [] if k == 0 else ["res"] * _has_shortcut(block) + sorted(words[k] - others)
             names = [f"{stem}_{suffix}" for suffix in suffixes] + [stem] + [f"{stem}{n}" for n in range(2, 999)]
-            block.name = next(n for n in names if n not in taken and is_name(n) and lookup(n) is None
-                              and n not in ("chunk", "split"))
-            taken.add(block.name)
+            elsewhere = set().union(*(used for key, used in labels.items() if key != id(block)))
+            block.name = next(n for n in names if n not in taken and n not in elsewhere and is_name(n)
+                              and lookup(n) is None and n not in ("chunk", "split"))
+            taken.add(block.name)  # and not the label of another block's use: 'ghost1: ghost2(...)' misleads
 
 
 @dataclass(eq=False)
