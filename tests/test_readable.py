@@ -143,6 +143,18 @@ def test_a_block_is_not_named_as_another_blocks_uses_are_labelled() -> None:
     rebuilds(alexdsl.parse(network_to_source(network), "flat.adsl"), text)
 
 
+def test_a_use_after_a_block_that_ends_in_a_repeat_of_its_own_count_reads_it_implicitly() -> None:
+    """The last copy of ``blocks: repeat n b`` is s2.blocks.2, not the first instance's s1.blocks.1: no 'x ->'."""
+    network = alexdsl.parse("network T\ninput x: 8x8x8\nblock b() {\n  conv: conv(8, 3, pad=1) | relu\n"
+                            "  conv2: conv(8, 1)\n}\nblock st(n) {\n  down: conv(8, 1) | relu\n"
+                            "  mid: conv(8, 3, pad=1)\n  blocks: repeat n b\n}\n"
+                            "s1: st(2)\ns2: st(3)\ns3: st(2)\nhead: conv(4, 1)\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")
+    text = readable_source(flat)
+    assert statements(text, r"^\w+: .*$") == ["s1:   s(2)", "s2:   s(3)", "s3:   s(2)", "head: conv(4, 1)"]
+    rebuilds(flat, text)
+
+
 def test_vgg16_stages_are_blocks_that_repeat_a_block() -> None:
     text = readable_source(alexdsl.load(EXAMPLES / "vgg16.adsl"))
     assert "block convs(c) {\n  conv: conv(c, 3, pad=1) | relu\n}" in text

@@ -177,6 +177,9 @@ class Folder:
             return {}  # only a link of the chain labelled 'self' gets a name after the instance; a layer labelled
             # self_<name> under it (torchvision ViT's self_attention) is written as it is, unless it is the output
         outs = [full_name(output, c.prefix + ".") if output is not None else None for c in group]
+        at = next((k for k, unit in enumerate(rep.units) if unit.out == outs[0]), None)
+        if at is not None:  # what each instance's own unit passes on: a repeat's last copy depends on its count
+            outs = [c.units[at].out for c in group]
         for candidate, out in zip(group, outs):
             if candidate.prefix in self.readers and out != candidate.prefix and (
                     candidate.prefix in self.outputs
