@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,7 +135,7 @@ class Emitter:
         return call(block.name, *positional, **keywords)
 
     def _repeat(self, builder: Builder, statement: Statement, sources: list[str], exprs: dict[tuple, ast.Value],
-                taken: set[str]) -> None:
+                taken: AbstractSet[str]) -> None:
         """``label: repeat n [as i:] [first, then] blk(...)``; ``taken`` holds the names the index must not be."""
         unit, label = statement.units[0], statement.label
         count = exprs.get((label, "count"), value(unit.count))
@@ -149,7 +150,7 @@ class Emitter:
                        index=index, first=first)
 
     def _write(self, builder: Builder, statements: list[Statement], scope: Scope,
-               exprs: dict[tuple, ast.Value], taken: set[str] = frozenset()) -> Callable[..., str]:  # type: ignore
+               exprs: dict[tuple, ast.Value], taken: AbstractSet[str] = frozenset()) -> Callable[..., str]:
         """Add ``statements`` to ``builder``, naming each input as the scope resolves it; returns that naming.
         ``taken``: the block's parameters, which a repeat's index must not shadow."""
         labels: dict[str, str | None] = {}
