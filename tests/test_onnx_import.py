@@ -6,6 +6,7 @@ models from torch's own exporter in test_onnx_import_torch.py.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -102,6 +103,28 @@ def test_weights_out_names_the_file_and_stdout_gets_the_source(small_model, tmp_
 
     assert list(load_file(weights)) and set(load_file(weights)) == set(network.state_keys())
 
+
+
+def test_a_weights_file_not_written_whole_is_an_error_and_leaves_the_target(small_model, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.numpy
+
+    path, _, _ = small_model
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"before")
+    real = safetensors.numpy.save_file
+
+    def short(tensors, filename, metadata=None):  # as on a full disk: safetensors reports nothing
+        real(tensors, filename, metadata=metadata)
+        with open(filename, "rb+") as handle:
+            handle.truncate(100)
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", short)
+    result = CliRunner().invoke(main, ["import", "onnx", str(path), "--weights-out", str(weights)])
+    assert result.exit_code == 1
+    assert "w.safetensors" in result.output and "not written whole" in result.output
+    assert "Traceback" not in result.output
+    assert weights.read_bytes() == b"before"
 
 # names ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("node", "path"), [
@@ -357,6 +380,15 @@ def test_every_example_exported_and_imported_is_the_same_network(example: str, t
     want = _executor(network, weights, x)
     got = _executor(imported.network, imported.weights, x)
     assert np.abs(got - want).max() <= 1e-6 * np.abs(want).max()
+    # reads as the hand-written file does (issue 24): blocks where it has blocks, and at most 20% more lines
+    written = (Path(__file__).resolve().parent.parent / "examples" / example).read_text()
+    assert re.search(r"^block ", imported.source, re.MULTILINE) or not re.search(r"^block ", written, re.MULTILINE)
+    assert _statement_lines(imported.source) <= 1.2 * _statement_lines(written), imported.source
+
+
+def _statement_lines(text: str) -> int:
+    """Lines that are neither blank nor comments."""
+    return sum(1 for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
 
 
 def test_a_ceil_mode_pool_keeps_its_rounding_where_both_fit_this_input(tmp_path: Path) -> None:
@@ -592,4 +624,23 @@ def test_the_dynamo_exporters_namespaces_name_the_layers(tmp_path: Path) -> None
     path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "dynamo.onnx")
     network, _ = import_onnx(path)
     assert [(layer.name, layer.op) for layer in network.layers() if layer.op != "input"] == [
-        ("layer1.0.act1", "relu"), ("node_mean", "global_avgpool")]
+        ("layer1.0.act1", "relu"), ("global_avgpool", "global_avgpool")]  # as TorchScript's '/GlobalAveragePool'
+
+
+def test_a_module_the_dynamo_exporter_scopes_twice_is_numbered_as_torchscript_numbers_it(tmp_path: Path) -> None:
+    """torchvision's BasicBlock calls self.relu twice: one namespace, as TorchScript's relu and relu_1."""
+    block = (": torchvision.models.resnet.ResNet/layer1: torch.nn.modules.container.Sequential/layer1.0: "
+             "torchvision.models.resnet.BasicBlock/")
+    relu = block + "layer1.0.relu: torch.nn.modules.activation.ReLU/relu: aten.relu"
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="node_relu"),
+             helper.make_node("Add", ["x", "y"], ["s"], name="node_add"),
+             helper.make_node("Relu", ["s"], ["z"], name="node_relu_1")]
+    for node, scope in zip(nodes, (relu, block + "add: aten.add.Tensor", relu)):
+        entry = node.metadata_props.add()
+        entry.key, entry.value = "namespace", scope
+    graph = helper.make_graph(nodes, "dynamo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 3, 3])])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), tmp_path / "dynamo.onnx")
+    network, _ = import_onnx(path)
+    assert [layer.name for layer in network.layers() if layer.op != "input"] == [
+        "layer1.0.relu", "layer1.0.add", "layer1.0.add_relu"]

@@ -70,12 +70,89 @@ def test_resnet18_reads_like_the_hand_written_example() -> None:
     assert "  conv1: conv(c, 3, pad=1) | bn1: batchnorm | relu" in text
     assert "  out:   add(in) | relu" in text
     assert "  downsample.0: in -> conv(c, 1, stride=2) | downsample.1: batchnorm" in text
-    assert statements(text, r"^layer\S+: .*$") == [
-        "layer1:   repeat 2 layer(64)", "layer2.0: layer_downsample(128)", "layer2.1: layer(128)",
-        "layer3.0: layer_downsample(256)", "layer3.1: layer(256)", "layer4.0: layer_downsample(512)",
-        "layer4.1: layer(512)"]
-    assert "conv1:    conv(64, 7, stride=2, pad=3) | bn1: batchnorm | relu | maxpool(3, stride=2, pad=1)" in text
+    assert statements(text, r"^layer\S+: .*$") == [  # a stage whose first block differs: 'first, then'
+        "layer1:  repeat 2 layer(64)", "layer2:  repeat 2 layer_downsample(128), then layer(128)",
+        "layer3:  repeat 2 layer_downsample(256), then layer(256)",
+        "layer4:  repeat 2 layer_downsample(512), then layer(512)"]
+    assert "conv1:   conv(64, 7, stride=2, pad=3) | bn1: batchnorm | relu | maxpool(3, stride=2, pad=1)" in text
     assert "loss:     softmax_loss(fc, label) @train" in text
+
+
+_STAGE_BLOCK = """network T
+input x: 3x32x32
+block b(c, stride=1) {
+  conv:  conv(c, 3, stride=stride, pad=1) | relu
+  conv2: conv(c, 1)
+}
+"""
+
+
+@pytest.mark.parametrize(("stage", "written"), [
+    ("s: repeat 4 as i: b(8 + 4 * i)", "s: repeat 4 as i: s(8 + 4 * i)"),
+    ("s: repeat 3 conv(8, 3, stride=2, pad=1), then b(8)", "s: repeat 3 conv(8, 3, stride=2, pad=1), then s"),
+    ("s: repeat 4 as i: b(8, stride=2), then b(20 - 4 * i)", "s: repeat 4 as i: s(8, stride=2), then s(20 - 4 * i)"),
+    ("s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then b(8 * i)",
+     "s: repeat 4 as i: conv(8, 3, stride=2, pad=1), then s(8 * i)"),
+])
+def test_a_stage_whose_copies_differ_by_their_index_or_first_copy_is_one_repeat(stage: str, written: str) -> None:
+    network = alexdsl.parse(_STAGE_BLOCK + stage + "\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")  # no block provenance, as imports give
+    text = readable_source(flat)
+    assert statements(text, r"^s: .*$") == [written]
+    rebuilds(flat, text)
+
+
+@pytest.mark.parametrize("stage", ["s: repeat 2 as i: b(8 + 4 * i)",
+                                   "s: repeat 2 conv(8, 3, stride=2, pad=1), then b(8)"])
+def test_two_copies_that_differ_are_written_out(stage: str) -> None:
+    """Any two numbers make a step, and a layer with one use after it says nothing a repeat would."""
+    network = alexdsl.parse(_STAGE_BLOCK + stage + "\n")
+    text = readable_source(alexdsl.parse(network_to_source(network), "flat.adsl"))
+    assert "repeat" not in text
+
+
+def test_a_stage_repeat_inside_a_block_keeps_its_index_and_first_copy() -> None:
+    network = alexdsl.parse(_STAGE_BLOCK + "block outer(c) {\n  s: repeat 4 as i: b(c, stride=2), then b(c + 4 * i)\n"
+                            "  p: conv(c, 1) | relu\n}\no.0: outer(8)\no.1: outer(16)\no.2: outer(24)\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")
+    text = readable_source(flat)
+    assert "  s: repeat 4 as i: s(c, stride=2), then s(c + 4 * i)" in text
+    assert "o: repeat 3 as i: o(8 + 8 * i)" in text
+    rebuilds(flat, text)
+
+
+def test_an_activation_inside_the_norm_module_before_it_continues_the_chain() -> None:
+    """timm's BatchNormAct2d keeps its activation as ``bn.act``: one chain, as a person writes it."""
+    network = alexdsl.parse("network T\ninput x: 3x8x8\nconv: conv(8, 3, pad=1)\nbn: batchnorm\nbn.act: silu\n"
+                            "conv2: conv(8, 1)\nother.act: relu\n")
+    text = readable_source(network)
+    assert statements(text, r"^\S+: .*$") == ["conv:      conv(8, 3, pad=1) | bn: batchnorm | bn.act: silu",
+                                              "conv2:     conv(8, 1)", "other.act: relu"]
+    rebuilds(network, text)
+
+
+def test_a_block_is_not_named_as_another_blocks_uses_are_labelled() -> None:
+    """GhostNet's ghost1 and ghost2 differ by a relu in some blocks: 'ghost1: ghost2(...)' would mislead."""
+    body = "  a: conv(8, 1){act}\n  b: conv(8, 3, pad=1){act}\n  c: conv(8, 1){act}\n"
+    network = alexdsl.parse("network T\ninput x: 8x8x8\nblock s1() {\n" + body.format(act=" | relu") + "}\n"
+                            "block s2() {\n" + body.format(act="") + "}\n"
+                            + "".join(f"p.{k}.g{i}: s{k + 1}\n" for k in range(2) for i in range(1, 4)))
+    text = readable_source(alexdsl.parse(network_to_source(network), "flat.adsl"))
+    names = statements(text, r"^block (\w+)\(")
+    assert len(names) == 2 and not {"g1", "g2", "g3"} & set(names), text
+    rebuilds(alexdsl.parse(network_to_source(network), "flat.adsl"), text)
+
+
+def test_a_use_after_a_block_that_ends_in_a_repeat_of_its_own_count_reads_it_implicitly() -> None:
+    """The last copy of ``blocks: repeat n b`` is s2.blocks.2, not the first instance's s1.blocks.1: no 'x ->'."""
+    network = alexdsl.parse("network T\ninput x: 8x8x8\nblock b() {\n  conv: conv(8, 3, pad=1) | relu\n"
+                            "  conv2: conv(8, 1)\n}\nblock st(n) {\n  down: conv(8, 1) | relu\n"
+                            "  mid: conv(8, 3, pad=1)\n  blocks: repeat n b\n}\n"
+                            "s1: st(2)\ns2: st(3)\ns3: st(2)\nhead: conv(4, 1)\n")
+    flat = alexdsl.parse(network_to_source(network), "flat.adsl")
+    text = readable_source(flat)
+    assert statements(text, r"^\w+: .*$") == ["s1:   s(2)", "s2:   s(3)", "s3:   s(2)", "head: conv(4, 1)"]
+    rebuilds(flat, text)
 
 
 def test_vgg16_stages_are_blocks_that_repeat_a_block() -> None:

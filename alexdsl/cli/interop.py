@@ -6,14 +6,16 @@ file is written atomically. User mistakes print located diagnostics and exit wit
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from alexdsl.cli.support import check_memory, parse_shape_overrides, print_diagnostics, read_source, report_errors
 from alexdsl.errors import AlexDSLError
-from alexdsl.fileio import write_bytes_atomic, write_text_atomic
+from alexdsl.fileio import atomic_path, write_bytes_atomic, write_text_atomic
 from alexdsl.progress import busy
 
 
@@ -112,8 +114,6 @@ def import_onnx_command(model: str, output: str | None, weights_out: str | None,
     (torchvision's state_dict keys stay the same), and checked like any source; nothing is
     written unless the whole model imports.
     """
-    from safetensors.numpy import save
-
     from alexdsl.interop.onnx_import import import_onnx_source
 
     with busy(f"importing {model}"):
@@ -121,12 +121,27 @@ def import_onnx_command(model: str, output: str | None, weights_out: str | None,
     if weights_out is None and output not in (None, "-"):
         weights_out = str(Path(output).with_suffix(".safetensors"))  # type: ignore[arg-type]
     if weights_out is not None:
-        write_bytes_atomic(weights_out, save(imported.weights, metadata={"source": Path(model).name}))
+        _save_weights(weights_out, imported.weights, {"source": Path(model).name})
         count = sum(int(a.size) for a in imported.weights.values())
         click.echo(f"wrote {weights_out} ({len(imported.weights)} tensors, {count:,} values)", err=True)
     else:
         click.echo("note: weights not written; give --weights-out FILE.safetensors", err=True)
     _emit(imported.source, output)
+
+
+def _save_weights(path: str, weights: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Write ``weights`` as .safetensors atomically, straight from the arrays (no copy of them in memory).
+
+    safetensors' ``save_file`` reports no failed write (a full disk), so the file's size is checked
+    against its header: a short file is an error naming ``path``, and the target is left untouched."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(weights, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            header = int.from_bytes(handle.read(8), "little")
+        if tmp.stat().st_size != 8 + header + sum(int(array.nbytes) for array in weights.values()):
+            raise OSError(errno.ENOSPC, "the file was not written whole (is the disk full?)")
 
 
 # export -------------------------------------------------------------------------------------------

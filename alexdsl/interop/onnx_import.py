@@ -243,6 +243,7 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             layer.name = unique(clean_name(prefix))
         else:
             unnamed.append(layer)
+    made = r"node_\w+" if any(layer.anchor.scope for layer in layers) else None  # the dynamo exporter's: node_mean
     for layer in unnamed:
         path = node_scope(layer.anchor)
         if layer.scoped is not None:  # one of several layers of one anchor
@@ -250,9 +251,10 @@ def _name_layers(layers: list[_Layer], initializers: set[str]) -> None:
             continue
         if path is not None:
             name = clean_name(path)
-            if name in taken or name in parents:
-                name = f"{name}.{layer.op}"
-        elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name):
+            if name in parents:  # a container's own op is named below it; a module called twice (one scope in
+                name = f"{name}.{layer.op}"  # dynamo's namespaces) is numbered by unique(), relu_2, as TorchScript's
+        elif layer.anchor.name and not re.fullmatch(rf"/?{layer.anchor.op_type}(_\d+)?", layer.anchor.name) \
+                and not (made and re.fullmatch(made, layer.anchor.name)):
             name = clean_name(layer.anchor.name)  # a name of the model's own, not '/Conv_3' or 'Relu_7'
         else:
             name = ""

@@ -214,8 +214,10 @@ def _rewrite(region: _Region, constants: dict[str, np.ndarray], shapes: dict[str
                           perm=TO_FIRST)]
             continue
         if node.op_type == "MatMul":
-            matrix = np.ascontiguousarray(constants[node.inputs[1]].T)  # (out, C): torch's Linear weight
-            base = _free_name(_weight_base(node, constants, matrix), constants)
+            matrix = constants[node.inputs[1]].T  # (out, C): torch's Linear weight
+            base, kept = _weight_base(node, constants, matrix)
+            matrix = kept if kept is not None else np.ascontiguousarray(matrix)
+            base = _free_name(base, constants)
             constants[f"{base}.weight"] = matrix
             constants[f"{base}.kernel"] = matrix.reshape(*matrix.shape, 1, 1)
             inputs, output = [first(node.inputs[0]), f"{base}.kernel"], node.outputs[0]
@@ -267,13 +269,15 @@ def _rewrite(region: _Region, constants: dict[str, np.ndarray], shapes: dict[str
     return placed
 
 
-def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> str:
-    """Torch's Linear weight name when the model kept it (``Transpose(pwconv1.weight)``), else the node's scope."""
+def _weight_base(node: Any, constants: dict[str, np.ndarray], matrix: np.ndarray) -> tuple[str, np.ndarray | None]:
+    """Torch's Linear weight name and array when the model kept it (``Transpose(pwconv1.weight)``), else the
+    node's scope and None. A weight whose first row differs is passed over before the whole is compared."""
+    row = matrix[:1]
     for name, array in constants.items():
         if name.endswith(".weight") and "/" not in name and array.shape == matrix.shape \
-                and np.array_equal(array, matrix):
-            return name[: -len(".weight")]
-    return node_scope(node) or node.name.strip("/").replace("/", ".") or "linear"
+                and np.array_equal(array[:1], row) and np.array_equal(array, matrix):
+            return name[: -len(".weight")], array
+    return node_scope(node) or node.name.strip("/").replace("/", ".") or "linear", None
 
 
 def _free_name(base: str, constants: dict[str, np.ndarray]) -> str:

@@ -366,11 +366,12 @@ class ModuleBuilder:
                                 name(phase) if phase is not None else None, span), comment)
 
     def repeat(self, label: str, count: int, block_call: ast.Call, sources: Sequence[str] = (),
-               phase: str | None = None) -> None:
-        """``label: [sources ->] repeat count call(...)``."""
+               phase: str | None = None, *, index: str | None = None, first: ast.Call | None = None) -> None:
+        """``label: [sources ->] repeat count [as index:] [first, then] call(...)``."""
         span = self._span()
         self._add(ast.RepeatStmt(name(label), [name(s) for s in sources], value(count), block_call,
-                                 name(phase) if phase is not None else None, span))
+                                 name(phase) if phase is not None else None, span,
+                                 name(index) if index is not None else None, first))
 
     def block(self, block_name: str, params: Sequence[str | tuple[str, Any]] = (),
               comment: str | None = None) -> _BlockBody:

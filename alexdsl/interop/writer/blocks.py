@@ -85,7 +85,31 @@ class Folder:
                     else:
                         out.append(unit)
                 units = out
+            units = self._stage_repeats(units, members)
         return units
+
+    def _stage_repeats(self, units: list[Unit], members: dict[str, list[int]]) -> list[Unit]:
+        """Stages ``q.0 .. q.{n-1}``, chained and all of ``q``, whose copies after the first use one block with
+        arguments equal or growing by a step per copy: one repeat each (``repeat n as i: first, then blk(c + 2 * i)``);
+        runs of equal uses of one block are already repeats (:meth:`_repeat_runs`)."""
+        names = {layer.name for layer in self.layers}
+        out: list[Unit] = []
+        k = 0
+        while k < len(units):
+            head = units[k]
+            stage, _, number = head.name.rpartition(".")
+            run = [head]
+            if number == "0" and stage and stage not in names and head.kind in ("call", "layer"):
+                for unit in units[k + 1:]:
+                    if unit.kind != "call" or unit.name != f"{stage}.{len(run)}" or unit.source != run[-1].out \
+                            or unit.first != run[-1].last + 1 or unit.out is None:
+                        break
+                    run.append(unit)
+            repeat = _stage_repeat(stage, run) if len(members.get(stage, ())) == run[-1].last - head.first + 1 \
+                else None
+            out.append(repeat or head)
+            k += len(run) if repeat is not None else 1
+        return out
 
     def _candidate(self, prefix: str, found: list[int], itself: int | None, units: list[Unit],
                    starts: dict[int, int]) -> Candidate | None:
@@ -123,10 +147,20 @@ class Folder:
                 positions += _layer_positions(unit.layer, local)
             else:
                 assert unit.block is not None
-                signature.append((unit.kind, local, id(unit.block), refs))
+                signature.append((unit.kind, local, id(unit.block), refs, tuple(sorted(unit.steps.items()))))
                 positions += [((local, "arg", p.name), p.kind, unit.values[p.name]) for p in unit.block.params]
                 if unit.kind == "repeat":
                     positions.append(((local, "count"), "count", unit.count))
+                head = unit.head
+                if head is not None and head.block is not None:
+                    signature.append(("first", id(head.block)))
+                    positions += [((local, "first", p.name), p.kind, head.values[p.name]) for p in head.block.params]
+                elif head is not None and head.layer is not None:
+                    first = scope.local(head.name)
+                    if first is None:
+                        return None
+                    signature.append(_layer_signature(head.layer, first, ()))
+                    positions += _layer_positions(head.layer, first)
         signature.append(tuple((key, kind, type(number).__name__) for key, kind, number in positions))
         return Candidate(prefix, first, last, inner, source, tuple(signature), positions)
 
@@ -143,6 +177,9 @@ class Folder:
             return {}  # only a link of the chain labelled 'self' gets a name after the instance; a layer labelled
             # self_<name> under it (torchvision ViT's self_attention) is written as it is, unless it is the output
         outs = [full_name(output, c.prefix + ".") if output is not None else None for c in group]
+        at = next((k for k, unit in enumerate(rep.units) if unit.out == outs[0]), None)
+        if at is not None:  # what each instance's own unit passes on: a repeat's last copy depends on its count
+            outs = [c.units[at].out for c in group]
         for candidate, out in zip(group, outs):
             if candidate.prefix in self.readers and out != candidate.prefix and (
                     candidate.prefix in self.outputs
@@ -150,7 +187,8 @@ class Folder:
                 return {}  # a 'self' layer read from outside would be named by the label of its instance
         params, exprs, values = _parameters([c.positions for c in group], _body_names(statements, scope))
         runs = self._repeat_runs(group, outs, values, members)
-        if len(statements) + 2 + len(group) - sum(len(run) - 1 for run in runs) > len(statements) * len(group):
+        saved = sum(len(run) - 1 for run in runs) if runs else self._stage_lines_saved(group, values, members)
+        if len(statements) + 2 + len(group) - saved > len(statements) * len(group):
             return {}
         calls = [Unit("call", c.prefix, c.first, c.last, out, source=c.source, values=v, parts=c.units)
                  for c, out, v in zip(group, outs, values)]
@@ -165,6 +203,33 @@ class Folder:
                                           block=block, values=first.values, count=len(run),
                                           parts=[calls[i] for i in run])
         return replaced
+
+    def _stage_lines_saved(self, group: list[Candidate], values: list[dict[str, Any]],
+                           members: dict[str, list[int]]) -> int:
+        """Lines the stage repeats of :meth:`_stage_repeats` would save: each run of instances ``q.j .. q.k``
+        whose arguments grow by a step makes one line, the first copy ``q.0`` included when ``j`` is 1."""
+        by_parent: dict[str, list[int]] = {}
+        for i, candidate in enumerate(group):
+            parent, _, last = candidate.prefix.rpartition(".")
+            if parent and last.isdigit():
+                by_parent.setdefault(parent, []).append(i)
+        def grows(run: list[int]) -> bool:
+            steps = {key: values[run[1]][key] - values[run[0]][key] if len(run) > 2 else 0 for key in values[run[0]]}
+            return all(values[i][key] == values[run[0]][key] + step * j for j, i in enumerate(run)
+                       for key, step in steps.items())
+
+        saved = 0
+        for parent, run in by_parent.items():
+            numbers = [int(group[i].prefix.rpartition(".")[2]) for i in run]
+            if numbers != list(range(numbers[0], numbers[0] + len(run))) or numbers[0] > 1:
+                continue
+            if numbers[0] == 0 and len(run) > 2 and not grows(run):
+                run, numbers = run[1:], numbers[1:]  # the first copy differs: 'first, then'
+            first = f"{parent}.0" if numbers[0] == 1 else None  # a block's use, or a layer before two or more
+            head = first in members or (first in self.planner.readers and len(run) >= 2)
+            if len(run) >= 2 and grows(run) or head:
+                saved += len(run) - 1 + head
+        return saved
 
     def _repeat_runs(self, group: list[Candidate], outs: list[str | None], values: list[dict[str, Any]],
                      members: dict[str, list[int]]) -> list[list[int]]:
@@ -192,6 +257,36 @@ class Folder:
         return runs
 
 
+def _stage_repeat(stage: str, run: list[Unit]) -> Unit | None:
+    """One repeat for the stage ``run`` (see :meth:`Folder._stage_repeats`), or None when it is not one:
+    every copy a use of one block, its arguments growing by a step; else the copies after the first so."""
+    if len(run) < 2:
+        return None
+    for start in (0, 1):
+        calls = run[start:]
+        if any(unit.kind != "call" or unit.block is not calls[0].block for unit in calls) \
+                or len(calls) < (2 if start == 0 or run[0].kind != "call" else 1):
+            continue  # a layer and a single use read better written out
+        values, steps = dict(calls[0].values), {}
+        for param, first in calls[0].values.items():
+            numbers = [unit.values[param] for unit in calls]
+            step = numbers[1] - numbers[0] if len(numbers) > 2 and all(type(n) is int for n in numbers) else 0
+            if numbers != [numbers[0] + step * j for j in range(len(numbers))]:  # two numbers make no step
+                break
+            if step:  # the index counts every copy, the first included
+                values[param], steps[param] = first - step * start, step
+        else:
+            if start == 0 and not steps:
+                return None  # equal uses of one block: a plain repeat, where they are one (Folder._repeat_runs)
+            last, sources = run[-1], reads(run[0])
+            if len(sources) != 1:
+                return None
+            return Unit("repeat", stage, run[0].first, last.last, last.out, source=sources[0],
+                        block=calls[0].block, values=values, count=len(run), parts=list(run), steps=steps,
+                        head=run[0] if start else None)
+    return None
+
+
 def name_blocks(units: list[Unit]) -> None:
     """Name each block after its instances (``layer2.0`` -> layer); when blocks share that stem, the
     first keeps it and the others add what tells them apart: ``_res`` for an identity shortcut
@@ -203,15 +298,17 @@ def name_blocks(units: list[Unit]) -> None:
         fits = is_name(stem) and (len(stems) == 1 or len(stem) > 1)
         by_stem.setdefault(stem if fits else "unit", []).append(block)
     taken: set[str] = set()
+    labels = {id(block): {prefix[:-1].rpartition(".")[2] for prefix in block.instances} for block in blocks_of(units)}
     for stem, group in by_stem.items():
         words = [{_stem(u.name) for u in layers_of(b.rep.parts)} for b in group]
         for k, block in enumerate(group):
             others = set().union(*(w for j, w in enumerate(words) if j != k))
             suffixes = [] if k == 0 else ["res"] * _has_shortcut(block) + sorted(words[k] - others)
             names = [f"{stem}_{suffix}" for suffix in suffixes] + [stem] + [f"{stem}{n}" for n in range(2, 999)]
-            block.name = next(n for n in names if n not in taken and is_name(n) and lookup(n) is None
-                              and n not in ("chunk", "split"))
-            taken.add(block.name)
+            elsewhere = set().union(*(used for key, used in labels.items() if key != id(block)))
+            block.name = next(n for n in names if n not in taken and n not in elsewhere and is_name(n)
+                              and lookup(n) is None and n not in ("chunk", "split"))
+            taken.add(block.name)  # and not the label of another block's use: 'ghost1: ghost2(...)' misleads
 
 
 @dataclass(eq=False)

@@ -90,7 +90,8 @@ class Planner:
             return True
         op = lookup(layer.op)
         starts = op is not None and op.arg("out") is not None  # conv, fc: a named one starts a statement
-        elsewhere = local.rpartition(".")[0] != statement.label.rpartition(".")[0]  # a layer of another module
+        module = local.rpartition(".")[0]  # a layer of another module, unless the link before holds it (timm's bn.act)
+        elsewhere = module not in (statement.label.rpartition(".")[0], scope.local(before.name))
         if starts or elsewhere:  # the names after it follow its label wherever its statement starts
             counts[layer.op] -= 1
             return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,13 +113,19 @@ class Emitter:
                     out[f"{name}_{suffix}"] = value(number)
         return out
 
-    def _block_call(self, unit: Unit, local: str, exprs: dict[tuple, ast.Value]) -> ast.Call:
+    def _block_call(self, unit: Unit, local: str, exprs: dict[tuple, ast.Value], where: str = "arg",
+                    index: str | None = None) -> ast.Call:
+        """``blk(args)`` for a use of a block; a repeat's argument that grows per copy is ``a + step * index``."""
         block = unit.block
         assert block is not None
+        steps = unit.steps if where == "arg" else {}
         positional: list[ast.Value] = []
         keywords: dict[str, ast.Value] = {}
         for param in block.params:
-            node = exprs.get((local, "arg", param.name))
+            node = exprs.get((local, where, param.name))
+            step = steps.get(param.name)
+            if step is not None and index is not None:
+                node = _indexed(node if node is not None else value(unit.values[param.name]), step, index)
             if param.default is REQUIRED:
                 positional.append(node if node is not None else value(unit.values[param.name]))
             elif node is not None:
@@ -127,9 +134,25 @@ class Emitter:
                 keywords[param.name] = value(unit.values[param.name])
         return call(block.name, *positional, **keywords)
 
+    def _repeat(self, builder: Builder, statement: Statement, sources: list[str], exprs: dict[tuple, ast.Value],
+                taken: AbstractSet[str]) -> None:
+        """``label: repeat n [as i:] [first, then] blk(...)``; ``taken`` holds the names the index must not be."""
+        unit, label = statement.units[0], statement.label
+        count = exprs.get((label, "count"), value(unit.count))
+        index = next(name for name in ("i", "j", "k", "index") if name not in taken) if unit.steps else None
+        head = unit.head
+        first = None
+        if head is not None and head.block is not None:
+            first = self._block_call(head, label, exprs, "first")
+        elif head is not None and head.layer is not None:
+            first = self._op_call(head.layer, label + head.name[len(unit.name):], exprs)
+        builder.repeat(label, count, self._block_call(unit, label, exprs, index=index), sources,
+                       index=index, first=first)
+
     def _write(self, builder: Builder, statements: list[Statement], scope: Scope,
-               exprs: dict[tuple, ast.Value]) -> Callable[..., str]:
-        """Add ``statements`` to ``builder``, naming each input as the scope resolves it; returns that naming."""
+               exprs: dict[tuple, ast.Value], taken: AbstractSet[str] = frozenset()) -> Callable[..., str]:
+        """Add ``statements`` to ``builder``, naming each input as the scope resolves it; returns that naming.
+        ``taken``: the block's parameters, which a repeat's index must not shadow."""
         labels: dict[str, str | None] = {}
         if not scope.prefix:
             labels.update({name: name for name in self.network.inputs})
@@ -194,8 +217,7 @@ class Emitter:
             elif statement.kind == "call":
                 builder.layer(statement.label, [self._block_call(first, statement.label, exprs)], sources)
             else:
-                count = exprs.get((statement.label, "count"), value(first.count))
-                builder.repeat(statement.label, count, self._block_call(first, statement.label, exprs), sources)
+                self._repeat(builder, statement, sources, exprs, taken)
         return ref
 
     def text(self, header: str | None) -> str:
@@ -227,7 +249,8 @@ class Emitter:
             scope = Scope(block.rep.name + ".", block.rep.source, tuple(block.instances))
             params = [p.name if p.default is REQUIRED else (p.name, p.default) for p in block.params]
             with builder.block(block.name, params):
-                self._write(builder, self.planner.plan(block.rep.parts, scope), scope, block.exprs)
+                self._write(builder, self.planner.plan(block.rep.parts, scope), scope, block.exprs,
+                            {p.name for p in block.params})
             builder.blank()
         top = Scope("", None, ("",))
         ref = self._write(builder, self.planner.plan(self.units, top), top, {})
@@ -272,6 +295,16 @@ def _node(item: Any) -> ast.Value:
     if isinstance(item, tuple):
         return ast.TupleValue([_node(v) for v in item], NOWHERE)
     return value(item)
+
+
+def _indexed(start: ast.Value, step: int, index: str) -> ast.Value:
+    """``start + step * index`` as a repeat writes a number that grows per copy (``c + 16 * i``, ``i``, ``8 - i``)."""
+    grown: ast.Value = ast.Name(index, NOWHERE)
+    if abs(step) != 1:
+        grown = ast.BinaryOp("*", value(abs(step)), grown, NOWHERE, NOWHERE)
+    if isinstance(start, ast.Literal) and start.value == 0 and step > 0:
+        return grown
+    return ast.BinaryOp("+" if step > 0 else "-", start, grown, NOWHERE, NOWHERE)
 
 
 def _bias_default(op: OpDef) -> Filler | bool:

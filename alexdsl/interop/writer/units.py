@@ -60,6 +60,8 @@ class Unit:
     values: dict[str, Any] = field(default_factory=dict)  # call, repeat: parameter -> number
     count: int = 1
     parts: list[Unit] = field(default_factory=list)  # call: the instance's units; repeat: the calls
+    steps: dict[str, int] = field(default_factory=dict)  # repeat: parameter -> what each copy adds ('as i:')
+    head: Unit | None = None  # repeat: the first copy when it differs from the others ('first, then')
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def blocks_of(units: Sequence[Unit]) -> list[Block]:
 
     def visit(units: Sequence[Unit]) -> None:
         for unit in units:
+            if unit.head is not None:
+                visit([unit.head])
             if unit.block is not None and unit.block not in order:
                 visit(unit.block.rep.parts)
                 order.append(unit.block)
