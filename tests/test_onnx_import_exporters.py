@@ -5,8 +5,8 @@ functional average pool, a classifier) is exported by torch's TorchScript export
 and 21 (21 through onnx's version converter) with its batchnorms kept, and once at 17 with them folded,
 torch's eval default. The dynamo exporter (``torch.onnx.export(dynamo=True)``) folds the batchnorms too,
 so its exports at opsets 18, 20 and 21 are compared with the folded TorchScript export: the same source
-after the header comment, the same weight keys and values. The dynamo exporter needs onnxscript, which
-CI does not install; those cases skip, naming it.
+after the header comment, the same weight keys and values. The dynamo exporter needs onnxscript (the ``dev``
+extra); without it those cases skip, naming it.
 """
 
 from __future__ import annotations
