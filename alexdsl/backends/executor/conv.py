@@ -323,10 +323,6 @@ def conv2d(
       for the whole batch (:func:`_conv2d_wide`).  On CuPy that is cuBLAS ``gemmEx``,
       which honours ``CUPY_TF32=1``; a broadcast batched matmul would not.
     """
-    if act is not None:
-        y = conv2d(x, weight, bias, stride, pad, dilation, groups, relu=relu, plan=plan, scratch=scratch, out=out,
-                   gemm=gemm)
-        return activate(y, act)
     xp = array_module(x)
     n, c, h, w = x.shape
     o = weight.shape[0]
@@ -338,7 +334,7 @@ def conv2d(
     if compiled is not None and n * math.prod(plan.winograd_grid) >= WINOGRAD_MIN_TILES:
         if out is None:
             out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
-        return _conv2d_winograd(compiled, x, weight, bias, relu, plan, out)
+        return _conv2d_winograd(compiled, x, weight, bias, relu, act, plan, out)
     if gemm == "auto":
         gemm = gemm_layout(xp)
     elif gemm not in GEMM_LAYOUTS:
@@ -350,21 +346,22 @@ def conv2d(
     if plan.is_depthwise:
         from alexdsl.backends.executor.depthwise import depthwise_conv2d
 
-        return depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out)
+        return depthwise_conv2d(x, weight, bias, relu=relu, act=act, plan=plan, out=out)
     if gemm == "wide":
-        return _conv2d_wide(x, weight, bias, relu, plan, scratch, out)
+        return activate(_conv2d_wide(x, weight, bias, relu, plan, scratch, out), act)
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
     elif plan.method == "strided" and _use_image_threads(xp, n):
-        return _conv2d_image_threads(x, weight, bias, relu, plan, scratch, out)
+        return _conv2d_image_threads(x, weight, bias, relu, act, plan, scratch, out)
     else:
         rows = n if scratch is None else scratch.size // plan.cols_size(1)
         if rows < 1:
             raise ValueError(f"scratch of {scratch.size} elements is smaller than one image's columns")
         if rows < n:  # the shared scratch holds `rows` images' columns: run the batch in chunks
             for i in range(0, n, rows):
-                conv2d(x[i : i + rows], weight, bias, relu=relu, plan=plan, scratch=scratch, out=out[i : i + rows])
+                conv2d(x[i : i + rows], weight, bias, relu=relu, act=act, plan=plan, scratch=scratch,
+                       out=out[i : i + rows])
             return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
@@ -376,7 +373,45 @@ def conv2d(
             cols.reshape(n, g, k // g, oh * ow),
             out=out.reshape(n, g, o // g, oh * ow),
         )
-    return bias_relu_(out, bias, relu)
+    if xp is numpy:
+        return _epilogue_in_blocks(out, bias, relu, act)
+    return activate(bias_relu_(out, bias, relu), act)
+
+
+EPILOGUE_BLOCK_BYTES = 1 << 20  # output elements one epilogue block reads once and keeps in cache for every pass
+
+
+def _epilogue_in_blocks(out: Array, bias: Array | None, relu: bool, act: Activation | None) -> Array:
+    """NumPy: bias, ReLU and ``act`` in place on ``out`` (N, O, P), block by block, the blocks over the thread pool.
+
+    A block is a run of one image's output channels, about :data:`EPILOGUE_BLOCK_BYTES`, so
+    that it is read from memory once for all the passes instead of once per pass, on every core.
+    (Blocking the GEMM too, so that its result is still in cache, made it slower: blocks of
+    output channels leave it too few rows, and NumPy's elementwise passes over blocks of pixel
+    columns, strided 2-D views, pay a call per row.)
+    """
+    if bias is None and not relu and act is None:
+        return out
+    n, o = out.shape[:2]
+    planes = out.reshape(n, o, -1)
+    rows = min(o, max(1, EPILOGUE_BLOCK_BYTES // (planes.shape[2] * out.itemsize)))
+    per_image = -(-o // rows)
+    shift = None if bias is None else bias.reshape(o, 1)
+
+    def run(lo: int, hi: int) -> None:
+        for block in range(lo, hi):
+            image, first = divmod(block, per_image)
+            part = slice(first * rows, min(o, (first + 1) * rows))
+            y = planes[image, part]
+            if shift is not None:
+                y += shift[part]
+            if relu:
+                numpy.maximum(y, 0, out=y)
+            if act is not None:
+                act(y, out=y)
+
+    parallel_for(numpy, n * per_image, out.size, run)
+    return out
 
 
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
@@ -385,14 +420,22 @@ _thread_work = threading.local()
 
 
 def _conv2d_winograd(
-    compiled: ModuleType, x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, out: Array
+    compiled: ModuleType,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    relu: bool,
+    act: Activation | None,
+    plan: ConvPlan,
+    out: Array,
 ) -> Array:
     """NumPy with Numba: Winograd F(2x2, 3x3), 2.25x fewer multiplications than im2col + GEMM.
 
     Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`): the compiled input transform writes the
     16 ``B^T d B`` components of every 4x4 tile ``(16, C, tiles)``, one batched GEMM by the
     transformed weight (:meth:`ConvPlan.winograd_weight`) gives ``(16, O, tiles)``, and the
-    compiled output transform ``A^T M A`` adds the bias, applies ReLU and writes NCHW. With
+    compiled output transform ``A^T M A`` adds the bias, applies ReLU and writes NCHW, and ``act``
+    runs on the channels just written. With
     several chunks and threads, the chunks run on the thread pool with BLAS on one thread; with one
     chunk, the transforms are split over the pool by channels and BLAS keeps its threads.
     """
@@ -406,6 +449,11 @@ def _conv2d_winograd(
     x = numpy.ascontiguousarray(x)
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
     pad = plan.pad
+
+    def output(products: Array, y: Array, lo: int, hi: int) -> None:
+        compiled.winograd_output(products, shift, y, lo, hi, relu)
+        if act is not None:
+            act(y[:, lo:hi], out=y[:, lo:hi])
 
     def run(lo: int, hi: int, spread: bool = False) -> None:
         """Chunks ``lo..hi``; with ``spread``, each transform split by channels over the thread pool."""
@@ -421,8 +469,7 @@ def _conv2d_winograd(
             split(numpy, c, tiles.size,
                   lambda lo, hi, image=image, tiles=tiles: compiled.winograd_input(image, tiles, lo, hi, pad, grid))
             numpy.matmul(u, tiles, out=products)
-            split(numpy, o, products.size,
-                  lambda lo, hi, products=products, y=y: compiled.winograd_output(products, shift, y, lo, hi, relu))
+            split(numpy, o, products.size, lambda lo, hi, products=products, y=y: output(products, y, lo, hi))
 
     pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 else None
     if pin is None:  # one chunk or one thread: BLAS threads for the GEMM, the pool for the transforms
@@ -496,9 +543,16 @@ def _use_image_threads(xp: ModuleType, n: int) -> bool:
 
 
 def _conv2d_image_threads(
-    x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, scratch: Array | None, out: Array
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    relu: bool,
+    act: Activation | None,
+    plan: ConvPlan,
+    scratch: Array | None,
+    out: Array,
 ) -> Array:
-    """NumPy path for batches: each thread runs im2col + a one-thread GEMM + the epilogue per image.
+    """NumPy path for batches: each thread runs im2col + a one-thread GEMM + the epilogue (``act`` too) per image.
 
     The image's columns are still in cache when the GEMM reads them, and the copies run
     on every core instead of one; about 15% faster than one batched multi-thread GEMM
@@ -540,6 +594,8 @@ def _conv2d_image_threads(
                 y += b
             if relu:
                 numpy.maximum(y, 0, out=y)
+            if act is not None:
+                act(y, out=y)
 
     pool = thread_pool(threads)
     bounds = [n * t // threads for t in range(threads + 1)]
