@@ -346,9 +346,10 @@ def conv2d(
     if plan.is_depthwise:
         from alexdsl.backends.executor.depthwise import depthwise_conv2d
 
-        return depthwise_conv2d(x, weight, bias, relu=relu, act=act, plan=plan, out=out)
+        # act after the whole output: the kernel's blocks (a few planes) are too small for NumPy passes
+        return _activate(xp, depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out), act)
     if gemm == "wide":
-        return activate(_conv2d_wide(x, weight, bias, relu, plan, scratch, out), act)
+        return _activate(xp, _conv2d_wide(x, weight, bias, relu, plan, scratch, out), act)
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
@@ -376,6 +377,11 @@ def conv2d(
     if xp is numpy:
         return _epilogue_in_blocks(out, bias, relu, act)
     return activate(bias_relu_(out, bias, relu), act)
+
+
+def _activate(xp: ModuleType, y: Array, act: Activation | None) -> Array:
+    """``act`` in place on ``y``: on NumPy in blocks over the thread pool (:func:`_epilogue_in_blocks`)."""
+    return _epilogue_in_blocks(y, None, False, act) if xp is numpy else activate(y, act)
 
 
 EPILOGUE_BLOCK_BYTES = 1 << 20  # output elements one epilogue block reads once and keeps in cache for every pass
