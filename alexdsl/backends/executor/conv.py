@@ -580,20 +580,16 @@ def _conv2d_image_threads(
 
     def chunk(t: int, lo: int, hi: int) -> None:
         cols = scratch[t * per : (t + 1) * per]
-        for i in range(lo, hi):
-            if plan.is_pointwise:
-                src = x[i] if plan.stride == (1, 1) else x[i, :, ::sh, ::sw]
-                image_cols = numpy.ascontiguousarray(src).reshape(k, hw)
+        for i in range(lo, hi):  # never a 1x1 unpadded conv: conv2d runs those as one GEMM without im2col
+            if padded is not None:
+                padded[t, :, ph : ph + plan.height, pw : pw + plan.width] = x[i]
+                src = padded[t]
             else:
-                if padded is not None:
-                    padded[t, :, ph : ph + plan.height, pw : pw + plan.width] = x[i]
-                    src = padded[t]
-                else:
-                    src = numpy.ascontiguousarray(x[i])
-                s_c, s_h, s_w = src.strides
-                view = as_strided(numpy, src, (c, kh, kw, oh, ow), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
-                cols.reshape(c, kh, kw, oh, ow)[...] = view
-                image_cols = cols.reshape(k, hw)
+                src = numpy.ascontiguousarray(x[i])
+            s_c, s_h, s_w = src.strides
+            view = as_strided(numpy, src, (c, kh, kw, oh, ow), (s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw))
+            cols.reshape(c, kh, kw, oh, ow)[...] = view
+            image_cols = cols.reshape(k, hw)
             y = out[i].reshape(o, hw)
             numpy.matmul(w3, image_cols.reshape(g, k // g, hw), out=y.reshape(g, o // g, hw))
             if b is not None:
