@@ -81,6 +81,43 @@ def test_conv2d_matches_torch(case: tuple, bias: bool, gemm: str, method: str, t
     check(rt.conv2d(x2, wt, b, plan=plan, gemm=gemm), F.conv2d(T(x2), T(wt), None if b is None else T(b), s, p, d, g))
 
 
+ACT_CASES = [
+    # (N, C, H, W, O, k, stride, pad, groups): the conv paths an epilogue activation runs in
+    (2, 8, 9, 9, 24, (1, 1), (1, 1), (0, 0), 1),  # 1x1: one GEMM
+    (1, 8, 9, 9, 24, (1, 1), (2, 2), (0, 0), 1),  # 1x1 stride 2, one image
+    (1, 4, 11, 11, 16, (5, 5), (2, 2), (2, 2), 1),  # im2col, one image
+    (3, 4, 11, 11, 16, (5, 5), (1, 1), (2, 2), 1),  # im2col, per-image threads at 2 threads
+    (2, 8, 9, 9, 8, (3, 3), (1, 1), (1, 1), 4),  # grouped
+    (2, 8, 10, 10, 8, (3, 3), (1, 1), (1, 1), 8),  # depthwise (Numba where installed)
+    (2, 6, 10, 9, 10, (3, 3), (1, 1), (1, 1), 1),  # 3x3 stride 1: Winograd where Numba is installed
+]
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize(("gemm", "threads"), [("auto", "1"), ("auto", "2"), ("wide", "1")])
+@pytest.mark.parametrize("case", ACT_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-g{c[8]}")
+def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: str, numba: str,
+                                               monkeypatch) -> None:  # noqa: ANN001
+    """``act`` (an op's declared epilogue) runs once on every element, whichever path the conv takes, with no
+    minimum size for the thread pool, so several blocks run on two threads."""
+    from alexdsl.backends.executor import arrays, conv
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    n, c, h, w, o, k, s, p, g = case
+    x, wt, b = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2), rand(o, seed=3)
+    plan = rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
+    for relu in (False, True):
+        want = F.silu(F.relu(F.conv2d(T(x), T(wt), T(b), s, p, 1, g)) if relu else F.conv2d(T(x), T(wt), T(b), s, p,
+                                                                                               1, g))
+        out = np.full((n, o, plan.out_h, plan.out_w), np.nan, np.float32)
+        got = rt.conv2d(x, wt, b, relu=relu, act=rt.silu, plan=plan, out=out, gemm=gemm)
+        assert got is out
+        check(got, want)
+
+
 WINOGRAD_CASES = [
     # (N, C, H, W, O, pad): even and odd output sizes (the last tile cropped), pads 0..2, non-square
     (1, 3, 15, 13, 8, 1),
@@ -289,6 +326,19 @@ def test_global_avg_pool_keeps_spatial_dims() -> None:
     check(rt.global_avg_pool2d(x), F.adaptive_avg_pool2d(T(x), 1))
     out = np.empty((2, 5, 1, 1), np.float32)
     check(rt.global_avg_pool2d(x, out=out), F.adaptive_avg_pool2d(T(x), 1))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16"])
+def test_global_avg_pool_dtypes_and_strided_input(dtype: str) -> None:
+    """float32/float64 take a matrix-vector product by ones; float16 and strided inputs take numpy.mean."""
+    x = rand(2, 5, 14, 12)
+    want = x.astype(np.float64).mean(axis=(2, 3), keepdims=True)
+    got = rt.global_avg_pool2d(x.astype(dtype))
+    assert got.dtype == np.dtype(dtype) and got.shape == (2, 5, 1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-3 if dtype == "float16" else 1e-12, atol=1e-3 if dtype == "float16"
+                               else 1e-12)
+    strided = x[:, ::2]
+    np.testing.assert_allclose(rt.global_avg_pool2d(strided), want[:, ::2], rtol=1e-6, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- normalization
