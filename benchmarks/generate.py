@@ -2,7 +2,7 @@
 
     python benchmarks/generate.py                                  # executor and torch eager, cached and not
     python benchmarks/generate.py --contexts 64 512 --steps 16 --rounds 3
-    PYTHONPATH=. /work/side/bin/python benchmarks/generate.py --sides hf torch   # Hugging Face's GPT2LMHeadModel
+    python benchmarks/generate.py --sides hf torch   # (a venv with transformers) Hugging Face's GPT2LMHeadModel
 
 Batch 1, one thread on every side: the executor through ``ALEXDSL_NUM_THREADS=1`` and threadpoolctl (its
 BLAS), torch through ``torch.set_num_threads(1)``. Times are CPU seconds of the process
