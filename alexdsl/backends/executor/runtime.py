@@ -13,7 +13,7 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.norm`: normalisation;
 * :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: epilogues and arithmetic;
-* every op's xp kernel (:class:`~alexdsl.ops.lowering.XpKernel`: the activations), under its name;
+* every op's xp kernel (:class:`~alexdsl.ops.lowering.XpKernel`: the activations, the arithmetic), under its name;
 * :mod:`.channels`: concat, channel shuffle, softmax;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
 * :mod:`.resample`: padding, upsampling, reductions over axes.
