@@ -374,6 +374,27 @@ def test_every_arithmetic_kernel_is_correctly_rounded_against_the_float64_truth(
                                        float(got[worst]), float(error[worst]))
 
 
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_the_softmax_kernel_is_a_few_ulps_from_the_float64_truth(axis: int) -> None:
+    """The executor's float32 softmax (its op's xp kernel) over each per-sample axis of wide-ranging inputs, against
+    the op's generated torch module run in float64 (F.softmax, not the kernel, which is the op's reference). exp's
+    argument ``t = x - max`` is rounded to float32 (half an ulp) and exp's condition number is ``|t|``: the bound is
+    ULP_BOUND plus ``|t|`` ulps."""
+    from alexdsl.backends import executor
+    from alexdsl.backends import torch as backend
+
+    net = alexdsl.parse(f"network S\ninput x: 16x8x8\ny: x -> softmax(axis={axis})\noutput y\n", "softmax.adsl")
+    x = (np.random.default_rng(axis + 1).standard_normal((2, 16, 8, 8)) * 20).astype(np.float32)
+    got = np.asarray(executor.compile(net, {}, device="cpu")(x))
+    with torch.no_grad():
+        truth = backend.build(net).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
+    error = ulps(got, truth)
+    dim = axis + 1 if axis >= 0 else axis
+    bound = ULP_BOUND + np.abs(x - x.max(axis=dim, keepdims=True))
+    worst = int(np.argmax(error / bound))
+    assert error.flat[worst] <= bound.flat[worst], (axis, float(error.flat[worst]), float(bound.flat[worst]))
+
+
 def test_the_truth_is_not_the_reference() -> None:
     """The accuracy test's truth does not run the kernel it measures: a kernel broken in place is far from it."""
     op = lookup("silu")
