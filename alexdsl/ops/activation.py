@@ -1,7 +1,7 @@
 """Elementwise activations and softmax.
 
-Named and defaulted as in ``torch.nn.functional``. Each elementwise activation's math is written
-once, as an xp kernel here (:class:`~alexdsl.ops.lowering.XpKernel`): the NumPy/CuPy executor runs
+Named and defaulted as in ``torch.nn.functional``. Each elementwise activation's math, and softmax's,
+is written once, as an xp kernel here (:class:`~alexdsl.ops.lowering.XpKernel`): the NumPy/CuPy executor runs
 it as ``rt.<kernel>``, and in float64 it is the op's reference for ``compare``. Every kernel takes
 ``out=`` and runs in place when ``out`` is its input. The parameterless ones that declare an
 executor ``epilogue`` run in the epilogue of a conv, fc or arithmetic op before them in the
