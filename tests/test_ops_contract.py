@@ -352,6 +352,17 @@ def test_an_arithmetic_ops_xp_kernel_is_its_reference_and_its_executor_steps_mat
     np.testing.assert_array_equal(reference.numpy(), truth.astype(np.float32))
 
 
+def test_the_add_reference_folds_inputs_whose_broadcast_grows() -> None:
+    """add(a, b, c) with a + b of Cx1x1 (b of lower rank, aligned after the batch) and c of CxHxW: the kernel, run
+    without ``out`` as the reference runs it, broadcasts each partial sum anew."""
+    text = "network A\ninput a: 3x1x1\ninput b: 1x1\ninput c: 3x4x5\ny: add(a, b, c)\noutput y\n"
+    net = alexdsl.parse(text, "a.adsl")
+    rng = np.random.default_rng(2)
+    a, b, c = (torch.from_numpy(rng.standard_normal(shape)) for shape in ((2, 3, 1, 1), (2, 1, 1), (2, 3, 4, 5)))
+    reference = lookup("add").lower.reference(net.layer("y"), [a, b, c], {}, None)
+    np.testing.assert_allclose(reference.numpy(), (a + b[:, None] + c).numpy(), rtol=1e-15)
+
+
 @pytest.mark.parametrize("name", ARITHMETIC)
 def test_every_arithmetic_kernel_is_correctly_rounded_against_the_float64_truth(name: str) -> None:
     """The executor's float32 add/sub/mul/div over pairs of extreme inputs, the second of lower rank, against the
