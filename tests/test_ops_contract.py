@@ -296,7 +296,12 @@ def _truth(op, call: str, x: np.ndarray, params: dict[str, np.ndarray]) -> np.nd
         return module(x64).reshape(-1).numpy()
 
 
-@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.kernel is not None], ids=lambda op: op.name)
+ARITHMETIC = ("add", "sub", "mul", "div")
+"""The broadcasting ops, whose executor step (``rt.add``...) is their kernel with a fused epilogue."""
+
+
+@pytest.mark.parametrize("op", [op for op in all_ops() if op.lower.kernel is not None and op.name not in ARITHMETIC],
+                         ids=lambda op: op.name)
 def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
     """An op's math written once (``Lowerings.kernel``): the runtime's ``rt.<kernel>``, which the op's generated
     executor code calls, and its reference."""
@@ -309,6 +314,96 @@ def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
     call = op.example.split(":", 1)[1].strip()
     net = alexdsl.parse(f"network K\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "kernel.adsl")
     assert f"rt.{kernel.name}(x" in generate_source(net)
+
+
+def _arithmetic_inputs(op_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The extreme inputs, and a shuffle of them (no 0 for a divisor: 0 / 0 is NaN in every backend) as the lower
+    rank second input, which the op aligns after the batch."""
+    x = _extreme_inputs()
+    other = np.random.default_rng(0).permutation(x)
+    if op_name == "div":
+        other[other == 0] = 1
+    return x.reshape(1, 1, 1, -1), other.reshape(1, -1)
+
+
+@pytest.mark.parametrize("name", ARITHMETIC)
+def test_an_arithmetic_ops_xp_kernel_is_its_reference_and_its_executor_steps_math(name: str) -> None:
+    """add/sub/mul/div's math written once (``Lowerings.kernel``): the runtime holds it under its name, it is the
+    op's reference (the inputs aligned as alexdsl broadcasts them), and the step the generated executor code calls
+    (``rt.add(..., relu=...)``) computes what it computes bit for bit, then its epilogue."""
+    from alexdsl.backends.executor import runtime as rt
+    from alexdsl.backends.executor.codegen import lower
+
+    op = lookup(name)
+    kernel = op.lower.kernel
+    assert getattr(rt, kernel.name) is kernel.function
+    assert op.lower.reference == kernel.reference
+    net = alexdsl.parse(f"network K\ninput a: 2x3x4\ninput b: 4\ny: {name}(a, b)\nr: relu\noutput r\n", "k.adsl")
+    (step,) = [step for step in lower(net).steps if "y" in step.layers]
+    assert step.layers == ["y", "r"]  # the relu is the step's epilogue
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(-2, 2, (5, 2, 3, 4)).astype(np.float32), rng.uniform(0.5, 2, (5, 1, 1, 4)).astype(np.float32)
+    epilogue = {"relu": True} if name == "add" else {"act": rt.relu}
+    np.testing.assert_array_equal(getattr(rt, step.kernel.split("+")[0])(a, b, **epilogue),
+                                  np.maximum(kernel.function(a, b), 0))
+    reference = kernel.reference(net.layer("y"), [torch.from_numpy(a), torch.from_numpy(b[:, 0, 0])], {}, None)
+    truth = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[name](
+        a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_array_equal(reference.numpy(), truth.astype(np.float32))
+
+
+def test_the_add_reference_folds_inputs_whose_broadcast_grows() -> None:
+    """add(a, b, c) with a + b of Cx1x1 (b of lower rank, aligned after the batch) and c of CxHxW: the kernel, run
+    without ``out`` as the reference runs it, broadcasts each partial sum anew."""
+    text = "network A\ninput a: 3x1x1\ninput b: 1x1\ninput c: 3x4x5\ny: add(a, b, c)\noutput y\n"
+    net = alexdsl.parse(text, "a.adsl")
+    rng = np.random.default_rng(2)
+    a, b, c = (torch.from_numpy(rng.standard_normal(shape)) for shape in ((2, 3, 1, 1), (2, 1, 1), (2, 3, 4, 5)))
+    reference = lookup("add").lower.reference(net.layer("y"), [a, b, c], {}, None)
+    np.testing.assert_allclose(reference.numpy(), (a + b[:, None] + c).numpy(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("name", ARITHMETIC)
+def test_every_arithmetic_kernel_is_correctly_rounded_against_the_float64_truth(name: str) -> None:
+    """The executor's float32 add/sub/mul/div over pairs of extreme inputs, the second of lower rank, against the
+    op's generated torch module run in float64 (not the op's kernel, which is its reference): IEEE rounds each
+    result correctly, within half an ulp (a division as a product by the reciprocal is not)."""
+    from alexdsl.backends import executor
+    from alexdsl.backends import torch as backend
+
+    x, other = _arithmetic_inputs(name)
+    text = f"network Accuracy\ninput a: 1x1x{x.size}\ninput b: {x.size}\ny: {name}(a, b)\noutput y\n"
+    net = alexdsl.parse(text, "accuracy.adsl")
+    with np.errstate(over="ignore"):  # 3e38 / 1e-5 is past float32's largest: inf, where the truth rounds to it
+        got = np.asarray(executor.compile(net, {}, device="cpu")(x, other)).reshape(-1)
+    with torch.no_grad():
+        module = backend.build(net).double().eval()
+        truth = module(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(other.astype(np.float64)))
+    error = ulps(got, truth.reshape(-1).numpy())
+    worst = int(np.argmax(error))
+    assert error[worst] <= 0.5, (name, float(x.reshape(-1)[worst]), float(other.reshape(-1)[worst]),
+                                       float(got[worst]), float(error[worst]))
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_the_softmax_kernel_is_a_few_ulps_from_the_float64_truth(axis: int) -> None:
+    """The executor's float32 softmax (its op's xp kernel) over each per-sample axis of wide-ranging inputs, against
+    the op's generated torch module run in float64 (F.softmax, not the kernel, which is the op's reference). exp's
+    argument ``t = x - max`` is rounded to float32 (half an ulp) and exp's condition number is ``|t|``: the bound is
+    ULP_BOUND plus ``|t|`` ulps."""
+    from alexdsl.backends import executor
+    from alexdsl.backends import torch as backend
+
+    net = alexdsl.parse(f"network S\ninput x: 16x8x8\ny: x -> softmax(axis={axis})\noutput y\n", "softmax.adsl")
+    x = (np.random.default_rng(axis + 1).standard_normal((2, 16, 8, 8)) * 20).astype(np.float32)
+    got = np.asarray(executor.compile(net, {}, device="cpu")(x))
+    with torch.no_grad():
+        truth = backend.build(net).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
+    error = ulps(got, truth)
+    dim = axis + 1 if axis >= 0 else axis
+    bound = ULP_BOUND + np.abs(x - x.max(axis=dim, keepdims=True))
+    worst = int(np.argmax(error / bound))
+    assert error.flat[worst] <= bound.flat[worst], (axis, float(error.flat[worst]), float(bound.flat[worst]))
 
 
 def test_the_truth_is_not_the_reference() -> None:

@@ -1,7 +1,7 @@
 """Elementwise activations and softmax.
 
-Named and defaulted as in ``torch.nn.functional``. Each elementwise activation's math is written
-once, as an xp kernel here (:class:`~alexdsl.ops.lowering.XpKernel`): the NumPy/CuPy executor runs
+Named and defaulted as in ``torch.nn.functional``. Each elementwise activation's math, and softmax's,
+is written once, as an xp kernel here (:class:`~alexdsl.ops.lowering.XpKernel`): the NumPy/CuPy executor runs
 it as ``rt.<kernel>``, and in float64 it is the op's reference for ``compare``. Every kernel takes
 ``out=`` and runs in place when ``out`` is its input. The parameterless ones that declare an
 executor ``epilogue`` run in the epilogue of a conv, fc or arithmetic op before them in the
@@ -421,8 +421,18 @@ def _softmax_dim(layer: Any) -> int:
     return axis + 1 if axis >= 0 else axis
 
 
+def softmax(x: Array, axis: int = 0, *, out: Array | None = None) -> Array:
+    """Numerically stable softmax along the per-sample ``axis`` of a batch (0: the channels, -1: the last axis);
+    ``out=x`` runs in place."""
+    dim = axis + 1 if axis >= 0 else axis
+    e = array_module(x).exp(x - x.max(axis=dim, keepdims=True), out=out)
+    e /= e.sum(axis=dim, keepdims=True)
+    return e
+
+
 def _softmax_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-    axis = "" if layer.attrs["axis"] == 0 else f", {ctx.lit(_softmax_dim(layer))}"
+    """``rt.softmax(x, out=...)``, with the axis when it is not the channels."""
+    axis = "" if layer.attrs["axis"] == 0 else f", {ctx.lit(layer.attrs['axis'])}"
     return ExecutorKernel(f"rt.softmax({ctx.inputs[0]}{axis}, out={{out}})", "softmax")
 
 
@@ -446,7 +456,7 @@ register(OpDef(
         caffe=_softmax_caffe,
         from_caffe={"Softmax": _softmax_from_caffe},
         from_onnx={"Softmax": _softmax_from_onnx, "Transpose": _softmax_from_transpose},
-        reference=lambda layer, xs, w, F: F.softmax(xs[0], dim=_softmax_dim(layer)),
+        kernel=XpKernel(softmax, ("axis",)),
     ),
 ))
 

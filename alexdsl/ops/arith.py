@@ -9,8 +9,7 @@ broadcast copy.
 
 from __future__ import annotations
 
-import functools
-import operator
+from collections.abc import Callable
 from typing import Any
 
 from alexdsl.ops.activation import epilogue_args
@@ -34,8 +33,10 @@ from alexdsl.ops.lowering import (
     OnnxImport,
     Pattern,
     TorchLowering,
+    XpKernel,
 )
 from alexdsl.ops.registry import Arg, Attrs, Filler, OpDef, Shape, ShapeError, format_shape, register
+from alexdsl.ops.xp import Array, array_module
 
 
 def broadcast_shapes(op: str, inputs: list[Shape]) -> Shape:
@@ -60,12 +61,43 @@ def _broadcast(op: str) -> Any:
     return lambda attrs, inputs: broadcast_shapes(op, inputs)
 
 
-def _combined(combine: Any) -> Any:
-    """The reference of a broadcasting op: the inputs aligned once, then folded left with ``combine``."""
-    def reference(layer: Any, xs: list[Any], w: Any, F: Any) -> Any:  # noqa: N803 - torch.nn.functional
-        return functools.reduce(combine, reference_aligned(layer, xs))
+# the xp kernels: each op's math, written once; the executor's rt.add etc. call them and add the epilogue -----
 
-    return reference
+def broadcast_add(*inputs: Array, out: Array | None = None) -> Array:
+    """The sum of any number of arrays, folded left with NumPy broadcasting (one input: a copy of it); into ``out``
+    when given, which may be the first input (in place)."""
+    if not inputs:
+        raise ValueError("add needs at least one input")
+    if len(inputs) == 1:
+        if out is None:
+            return inputs[0].copy()
+        out[...] = inputs[0]
+        return out
+    return _folded(array_module(inputs[0]).add, inputs, out)
+
+
+def broadcast_multiply(*inputs: Array, out: Array | None = None) -> Array:
+    """The product of two or more arrays, folded left with NumPy broadcasting (squeeze-excitation's ``x * gate``
+    without a broadcast copy); into ``out`` when given, which may be the first input."""
+    return _folded(array_module(inputs[0]).multiply, inputs, out)
+
+
+def broadcast_subtract(a: Array, b: Array, *, out: Array | None = None) -> Array:
+    """``a - b`` with NumPy broadcasting, into ``out`` when given (which may be ``a``)."""
+    return array_module(a).subtract(a, b, out=out)
+
+
+def broadcast_divide(a: Array, b: Array, *, out: Array | None = None) -> Array:
+    """``a / b`` with NumPy broadcasting, into ``out`` when given (which may be ``a``)."""
+    return array_module(a).divide(a, b, out=out)
+
+
+def _folded(ufunc: Callable[..., Array], inputs: tuple[Array, ...], out: Array | None) -> Array:
+    """``ufunc`` folded left over ``inputs``: in ``out`` when given, else in new arrays as the broadcast grows."""
+    result = ufunc(inputs[0], inputs[1], out=out)
+    for extra in inputs[2:]:
+        result = ufunc(result, extra, out=out)
+    return result
 
 
 def aligned(layer: Any, args: list[str], input_shape: Any) -> list[str]:
@@ -157,9 +189,15 @@ def _eltwise(operation: str, *coeffs: str) -> Any:
 
 
 def reference_aligned(layer: Any, xs: list[Any]) -> list[Any]:
-    """The torch inputs, each of lower rank than the output given its missing dimensions after the batch."""
+    """The inputs (torch tensors or xp arrays, batch first), each of lower rank than the output given its missing
+    dimensions after the batch, as the generated code aligns them (:func:`aligned`)."""
     rank = len(layer.shape) + 1
-    return [x.reshape(x.shape[0], *[1] * (rank - x.dim()), *x.shape[1:]) for x in xs]
+    return [x.reshape(x.shape[0], *[1] * (rank - x.ndim), *x.shape[1:]) for x in xs]
+
+
+def _kernel(function: Callable[..., Array]) -> XpKernel:
+    """A broadcasting op's kernel, over its inputs aligned as alexdsl broadcasts them."""
+    return XpKernel(function, align=reference_aligned)
 
 
 register(OpDef(
@@ -176,7 +214,7 @@ register(OpDef(
         from_caffe={"Eltwise": _eltwise_from_caffe},
         from_onnx={"Add": _binary_from_onnx("add"), "Sum": _binary_from_onnx("add")},
         onnx_elementwise=("Add",),
-        reference=_combined(operator.add),
+        kernel=_kernel(broadcast_add),
     ),
 ))
 
@@ -193,7 +231,7 @@ register(OpDef(
         from_onnx={"Sub": _binary_from_onnx("sub")},
         onnx_elementwise=("Sub",),
         caffe=_eltwise("SUM", "coeff: 1", "coeff: -1"),
-        reference=_combined(operator.sub),
+        kernel=_kernel(broadcast_subtract),
     ),
 ))
 
@@ -210,7 +248,7 @@ register(OpDef(
         onnx=_binary_onnx("Div"),
         from_onnx={"Div": _binary_from_onnx("div")},
         onnx_elementwise=("Div",),
-        reference=_combined(operator.truediv),
+        kernel=_kernel(broadcast_divide),
     ),
 ))
 
@@ -228,7 +266,7 @@ register(OpDef(
         from_onnx={"Mul": _binary_from_onnx("mul")},
         onnx_elementwise=("Mul",),
         caffe=_eltwise("PROD"),
-        reference=_combined(operator.mul),
+        kernel=_kernel(broadcast_multiply),
     ),
 ))
 

@@ -176,11 +176,14 @@ class XpKernel:
     (arguments) in the order named here, returns the output, into ``out`` when given (``out`` may be the first
     input: it runs in place). Every target reuses it: the NumPy/CuPy executor calls it as ``rt.<function name>``
     (the runtime holds every declared kernel under its name), and run in float64 on NumPy it is the op's
-    reference (:meth:`reference`), what ``compare`` and the contract tests measure every backend against."""
+    reference (:meth:`reference`), what ``compare`` and the contract tests measure every backend against.
+    ``align(layer, xs) -> xs``: the inputs as the op aligns them before its math (a broadcasting op's lower-rank
+    inputs), for the reference; the executor's generated code aligns them itself."""
 
     function: Callable[..., Any]
     attrs: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
+    align: Callable[[Any, list[Any]], list[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -194,6 +197,8 @@ class XpKernel:
         import torch
 
         wide = [numpy.asarray(t.detach().cpu(), dtype=numpy.float64) for t in (*xs, *(w[p] for p in self.params))]
+        if self.align is not None:
+            wide[: len(xs)] = self.align(layer, wide[: len(xs)])
         out = self.function(*wide, *(layer.attrs[a] for a in self.attrs))
         return torch.from_numpy(numpy.asarray(out)).to(xs[0].dtype)
 

@@ -1,8 +1,9 @@
-"""Kernels across the channel axis (1): concat, ShuffleNet's channel shuffle, softmax.
+"""Kernels across the channel axis (1): concat and ShuffleNet's channel shuffle (softmax is its op's xp kernel, in
+:mod:`alexdsl.ops.activation`).
 
 >>> import numpy as np
->>> softmax(np.zeros((1, 4, 1, 1))).ravel().tolist()
-[0.25, 0.25, 0.25, 0.25]
+>>> channel_shuffle(np.arange(4.0).reshape(1, 4, 1, 1), 2).ravel().tolist()
+[0.0, 2.0, 1.0, 3.0]
 """
 
 from __future__ import annotations
@@ -33,10 +34,3 @@ def channel_shuffle(x: Array, groups: int, *, out: Array | None = None) -> Array
     out.reshape(n, c // groups, groups, *x.shape[2:])[...] = src
     return out
 
-
-def softmax(x: Array, axis: int = 1, *, out: Array | None = None) -> Array:
-    """Numerically stable softmax along ``axis``."""
-    xp = array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True), out=out)
-    e /= e.sum(axis=axis, keepdims=True)
-    return e

@@ -1,5 +1,6 @@
 """The executor's elementwise steps: an activation as a producer's epilogue (:func:`activate`), and the
-arithmetic with broadcasting (add, multiply, subtract, divide) with its fused epilogue.
+arithmetic with broadcasting (add, multiply, subtract, divide): each its op's xp kernel (in
+:mod:`alexdsl.ops.arith`) with the fused epilogue.
 
 The activations themselves are their ops' xp kernels (:class:`~alexdsl.ops.lowering.XpKernel`, in
 :mod:`alexdsl.ops.activation`); each takes ``out=`` and runs in place when ``out`` is its input,
@@ -14,6 +15,7 @@ so a producer applies it to its own output.
 from __future__ import annotations
 
 from alexdsl.backends.executor.arrays import Activation, Array, array_module, parallel_for
+from alexdsl.ops.arith import broadcast_add, broadcast_divide, broadcast_multiply, broadcast_subtract
 
 
 def activate(y: Array, act: Activation | None) -> Array:
@@ -30,40 +32,23 @@ def activate(y: Array, act: Activation | None) -> Array:
 
 
 def add(*inputs: Array, relu: bool = False, act: Activation | None = None, out: Array | None = None) -> Array:
-    """Elementwise sum of any number of arrays (NumPy broadcasting); optional fused ReLU or ``act``."""
-    if not inputs:
-        raise ValueError("add needs at least one input")
-    xp = array_module(inputs[0])
-    if len(inputs) == 1:
-        if out is None:
-            out = inputs[0].copy()
-        else:
-            out[...] = inputs[0]
-    else:
-        out = xp.add(inputs[0], inputs[1], out=out)
-    for extra in inputs[2:]:
-        out += extra
+    """The add op's kernel (any number of arrays, NumPy broadcasting); optional fused ReLU or ``act``."""
+    out = broadcast_add(*inputs, out=out)
     if relu:
-        xp.maximum(out, 0, out=out)
+        array_module(out).maximum(out, 0, out=out)
     return activate(out, act)
 
 
 def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = None) -> Array:
-    """Elementwise product (NumPy broadcasting, no broadcast copy: squeeze-excitation's ``x * gate``)."""
-    xp = array_module(inputs[0])
-    out = xp.multiply(inputs[0], inputs[1], out=out)
-    for extra in inputs[2:]:
-        out *= extra
-    return activate(out, act)
+    """The mul op's kernel (NumPy broadcasting, no broadcast copy: squeeze-excitation's ``x * gate``), then ``act``."""
+    return activate(broadcast_multiply(*inputs, out=out), act)
 
 
 def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
-    """``a - b`` elementwise (NumPy broadcasting)."""
-    out = array_module(a).subtract(a, b, out=out)
-    return activate(out, act)
+    """The sub op's kernel, ``a - b`` (NumPy broadcasting), then ``act``."""
+    return activate(broadcast_subtract(a, b, out=out), act)
 
 
 def divide(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:
-    """``a / b`` elementwise (NumPy broadcasting)."""
-    out = array_module(a).divide(a, b, out=out)
-    return activate(out, act)
+    """The div op's kernel, ``a / b`` (NumPy broadcasting), then ``act``."""
+    return activate(broadcast_divide(a, b, out=out), act)

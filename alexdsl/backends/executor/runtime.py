@@ -13,8 +13,9 @@ Each concern lives in its own module; this one gathers them:
 * :mod:`.norm`: normalisation;
 * :mod:`.language`: token embeddings, positions, RMS normalisation, rotary embeddings;
 * :mod:`.elementwise`: epilogues and arithmetic;
-* every op's xp kernel (:class:`~alexdsl.ops.lowering.XpKernel`: the activations), under its name;
-* :mod:`.channels`: concat, channel shuffle, softmax;
+* every op's xp kernel (:class:`~alexdsl.ops.lowering.XpKernel`: the activations, softmax, the arithmetic),
+  under its name;
+* :mod:`.channels`: concat, channel shuffle;
 * :mod:`.tokens`: tensors of any rank (rearrange, select, linear and layer norm over the last axis).
 * :mod:`.resample`: padding, upsampling, reductions over axes.
 
@@ -53,7 +54,6 @@ from alexdsl.backends.executor.attention import (  # noqa: F401 - the runtime's 
 from alexdsl.backends.executor.channels import (  # noqa: F401 - the runtime's names
     channel_shuffle,
     concat,
-    softmax,
 )
 from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
     ConvPlan,
