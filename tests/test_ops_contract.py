@@ -389,8 +389,10 @@ def test_every_arithmetic_kernel_is_correctly_rounded_against_the_float64_truth(
 def test_the_softmax_kernel_is_a_few_ulps_from_the_float64_truth(axis: int) -> None:
     """The executor's float32 softmax (its op's xp kernel) over each per-sample axis of wide-ranging inputs, against
     the op's generated torch module run in float64 (F.softmax, not the kernel, which is the op's reference). exp's
-    argument ``t = x - max`` is rounded to float32 (half an ulp) and exp's condition number is ``|t|``: the bound is
-    ULP_BOUND plus ``|t|`` ulps."""
+    argument ``t = x - max`` is rounded to float32 (half an ulp) and exp's condition number is ``|t|``; measured on
+    NumPy's float32 exp the error reaches 0.9 of ULP_BOUND plus ``|t|`` ulps, and other CPUs' exp (NumPy picks one
+    per instruction set) may round differently, so the bound is ULP_BOUND plus ``2 |t|`` ulps: a softmax over the
+    wrong axis is 1e24 ulps off."""
     from alexdsl.backends import executor
     from alexdsl.backends import torch as backend
 
@@ -401,7 +403,7 @@ def test_the_softmax_kernel_is_a_few_ulps_from_the_float64_truth(axis: int) -> N
         truth = backend.build(net).double().eval()(torch.from_numpy(x.astype(np.float64))).numpy()
     error = ulps(got, truth)
     dim = axis + 1 if axis >= 0 else axis
-    bound = ULP_BOUND + np.abs(x - x.max(axis=dim, keepdims=True))
+    bound = ULP_BOUND + 2 * np.abs(x - x.max(axis=dim, keepdims=True))
     worst = int(np.argmax(error / bound))
     assert error.flat[worst] <= bound.flat[worst], (axis, float(error.flat[worst]), float(bound.flat[worst]))
 
