@@ -304,7 +304,9 @@ def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
     from alexdsl.backends.executor.codegen import generate_source
 
     kernel = op.lower.kernel
-    assert getattr(rt, kernel.name) is kernel.function
+    executor_kernel = getattr(rt, kernel.name)
+    # An op that declares a compiled variant: rt.<kernel> runs it on NumPy with Numba, and the xp function otherwise
+    assert (executor_kernel.__wrapped__ if kernel.compiled else executor_kernel) is kernel.function
     assert op.lower.reference == kernel.reference
     call = op.example.split(":", 1)[1].strip()
     net = alexdsl.parse(f"network K\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "kernel.adsl")
@@ -352,6 +354,31 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
         worst = int(np.argmax(error / bound))
         assert error[worst] <= bound[worst], (call, producer, float(x[worst]), float(got[worst]),
                                               float(truth[worst]), float(error[worst]), float(bound[worst]))
+
+
+@pytest.mark.parametrize("op", [op for op in _elementwise_ops() if op.lower.kernel and op.lower.kernel.compiled], ids=lambda op: op.name)
+@pytest.mark.parametrize("numba", ["1", "0"])  # the compiled variant where Numba is installed, and the xp kernel
+def test_a_compiled_kernel_is_as_accurate_and_runs_where_numba_is(op, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    """An op's compiled variant (the executor's Numba kernels) keeps the few-ulps bound over extreme inputs, alone
+    and as an epilogue, in place and not, and it is what the executor runs on NumPy where Numba is installed."""
+    from alexdsl.backends.executor import arrays
+    from alexdsl.backends.executor import runtime as rt
+
+    if numba == "1":
+        kernels = pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'") and \
+            arrays.numba_kernels("float32")
+        calls = []
+        compiled = getattr(kernels, op.lower.kernel.name)
+        monkeypatch.setattr(kernels, op.lower.kernel.name, lambda *a, **k: calls.append(1) or compiled(*a, **k))
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    for producer in ("", "conv(1, 1)"):
+        test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, producer)
+    kernel, x = getattr(rt, op.lower.kernel.name), _extreme_inputs()
+    in_place = x.copy()
+    assert kernel(in_place, out=in_place) is in_place
+    assert np.array_equal(in_place, kernel(x), equal_nan=True)  # in place (out is x) as into a new array
+    if numba == "1":
+        assert calls
 
 
 # A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------

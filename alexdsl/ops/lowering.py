@@ -181,6 +181,9 @@ class XpKernel:
     function: Callable[..., Any]
     attrs: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
+    compiled: bool = False
+    """Whether the executor's optional Numba kernels hold a compiled variant of ``function`` under its name, with
+    its signature, which ``rt.<name>`` runs on NumPy where Numba is installed (this function everywhere else)."""
 
     @property
     def name(self) -> str:
