@@ -356,7 +356,10 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
                                               float(truth[worst]), float(error[worst]), float(bound[worst]))
 
 
-@pytest.mark.parametrize("op", [op for op in _elementwise_ops() if op.lower.kernel and op.lower.kernel.compiled], ids=lambda op: op.name)
+COMPILED_OPS = [op for op in _elementwise_ops() if op.lower.kernel is not None and op.lower.kernel.compiled]
+
+
+@pytest.mark.parametrize("op", COMPILED_OPS, ids=lambda op: op.name)
 @pytest.mark.parametrize("numba", ["1", "0"])  # the compiled variant where Numba is installed, and the xp kernel
 def test_a_compiled_kernel_is_as_accurate_and_runs_where_numba_is(op, numba: str, monkeypatch) -> None:  # noqa: ANN001
     """An op's compiled variant (the executor's Numba kernels) keeps the few-ulps bound over extreme inputs, alone
@@ -365,8 +368,8 @@ def test_a_compiled_kernel_is_as_accurate_and_runs_where_numba_is(op, numba: str
     from alexdsl.backends.executor import runtime as rt
 
     if numba == "1":
-        kernels = pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'") and \
-            arrays.numba_kernels("float32")
+        pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+        kernels = arrays.numba_kernels("float32")
         calls = []
         compiled = getattr(kernels, op.lower.kernel.name)
         monkeypatch.setattr(kernels, op.lower.kernel.name, lambda *a, **k: calls.append(1) or compiled(*a, **k))
