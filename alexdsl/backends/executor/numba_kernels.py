@@ -193,10 +193,11 @@ _TWO_SQRT_2_OVER_PI = 2 * math.sqrt(2.0 / math.pi)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
-def _exp(y: float) -> float:  # pragma: no cover - compiled
-    """exp(y) in float64 to about 5e-13 relative: exp(y / 2048) by its Taylor series to degree 12 (|y / 2048| under
-    0.37 once y is clamped to [-745, 709], where exp leaves float64), squared 11 times. Mul and add only."""
-    y = -745.0 if y < -745.0 else (709.0 if y > 709.0 else y)  # a NaN passes through
+def _exp(y: float, floor: float) -> float:  # pragma: no cover - compiled
+    """exp(y) in float64 to about 5e-13 relative for y in [floor, 709]: exp(y / 2048) by its Taylor series to degree
+    12 (|y / 2048| under 0.37), squared 11 times; mul and add only. y is clamped to that range (a NaN passes
+    through): ``floor`` at least -708 keeps every square a normal number (a subnormal one costs ~100x)."""
+    y = floor if y < floor else (709.0 if y > 709.0 else y)
     r = y * (1.0 / 2048.0)
     p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
         1 / 5040 + r * (1 / 40320 + r * (1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r / 479001600)))))))))))
@@ -215,9 +216,11 @@ def _exp(y: float) -> float:  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def _gelu_erf_range(x: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+def _gelu_erf_range(
+    x: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, floor: float
+) -> None:  # pragma: no cover - compiled
     """x * erfc(-x / sqrt 2) / 2 over flat elements ``lo..hi`` (``out`` may be ``x``), with
-    :func:`alexdsl.ops.activation.erfc`'s fit, in float64."""
+    :func:`alexdsl.ops.activation.erfc`'s fit, in float64; ``floor``: :func:`_floor`."""
     for i in range(uintp(lo), uintp(hi)):
         wide = numpy.float64(x[i])
         z = -wide * _SQRT_HALF
@@ -225,16 +228,24 @@ def _gelu_erf_range(x: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int) -> N
         t = 1.0 / (1.0 + 0.5 * magnitude)
         poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
             0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
-        tail = t * _exp(poly - magnitude * magnitude)
+        tail = t * _exp(poly - magnitude * magnitude, floor)
         out[i] = 0.5 * wide * (tail if z >= 0 else 2.0 - tail)
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def _gelu_tanh_range(x: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int) -> None:  # pragma: no cover - compiled
+def _gelu_tanh_range(
+    x: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, floor: float
+) -> None:  # pragma: no cover - compiled
     """x / (1 + exp(-2u)), u = sqrt(2 / pi) * (x + 0.044715 x^3), over flat elements ``lo..hi``, in float64."""
     for i in range(uintp(lo), uintp(hi)):
         wide = numpy.float64(x[i])
-        out[i] = wide / (1.0 + _exp(-_TWO_SQRT_2_OVER_PI * (wide + 0.044715 * wide * wide * wide)))
+        out[i] = wide / (1.0 + _exp(-_TWO_SQRT_2_OVER_PI * (wide + 0.044715 * wide * wide * wide), floor))
+
+
+def _floor(dtype: numpy.dtype) -> float:
+    """The least argument :func:`_exp` takes for results of ``dtype``: below exp(-120) = 7.7e-53, erfc's tail times
+    x / 2 (at most sqrt 2 times it) rounds to 0 in float32; float64 goes down to -708, still a normal number."""
+    return -120.0 if dtype == numpy.float32 else -708.0
 
 
 def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | None = None) -> numpy.ndarray:
@@ -244,6 +255,6 @@ def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | No
     """
     out = numpy.empty_like(x) if out is None else out
     kernel = _gelu_tanh_range if approximate == "tanh" else _gelu_erf_range
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
-    parallel_for(numpy, flat_x.size, 8 * flat_x.size, lambda lo, hi: kernel(flat_x, flat_out, lo, hi))
+    flat_x, flat_out, floor = x.reshape(-1), out.reshape(-1), _floor(out.dtype)
+    parallel_for(numpy, flat_x.size, 8 * flat_x.size, lambda lo, hi: kernel(flat_x, flat_out, lo, hi, floor))
     return out
