@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache, wraps
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -187,26 +187,6 @@ def numba_kernels(dtype: Any) -> ModuleType | None:
         return None
     kernels = _numba_module()
     return kernels if kernels is not None and numpy.dtype(dtype).name in kernels.DTYPES else None
-
-
-def with_compiled(kernel: Any) -> Callable[..., Array]:
-    """The function an op's :class:`~alexdsl.ops.lowering.XpKernel` runs as in the executor (``rt.<name>``): its xp
-    ``function``, or, where it declares a ``compiled`` variant, one that runs the variant (:mod:`.numba_kernels`, of
-    the same name and signature) on C-contiguous NumPy arrays of a dtype :func:`numba_kernels` serves, and the xp
-    function on everything else (CuPy, float16, strided views, no Numba, ``ALEXDSL_NUMBA=0``)."""
-    function = kernel.function
-    if not kernel.compiled:
-        return function
-
-    @wraps(function)
-    def run(x: Array, *args: Any, out: Array | None = None) -> Array:
-        compiled = numba_kernels(x.dtype) if isinstance(x, numpy.ndarray) and x.flags.c_contiguous else None
-        if compiled is not None and (out is None or (isinstance(out, numpy.ndarray) and out.flags.c_contiguous
-                                                     and out.dtype == x.dtype and out.shape == x.shape)):
-            return getattr(compiled, kernel.name)(x, *args, out=out)
-        return function(x, *args, out=out)
-
-    return run
 
 
 @cache

@@ -19,8 +19,6 @@ import numba
 import numpy
 from numba import uintp
 
-from alexdsl.backends.executor.arrays import parallel_for
-
 DTYPES = ("float32", "float64")  # what the kernels are compiled for; float16 stays on NumPy
 
 
@@ -216,9 +214,9 @@ def _exp(y: float, floor: float) -> float:  # pragma: no cover - compiled
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def _gelu_erf_range(values: numpy.ndarray, lo: int, hi: int, floor: float) -> None:  # pragma: no cover - compiled
+def gelu_erf_range(values: numpy.ndarray, lo: int, hi: int, floor: float) -> None:  # pragma: no cover - compiled
     """x * erfc(-x / sqrt 2) / 2 in place over flat elements ``lo..hi``, with :func:`alexdsl.ops.activation.erfc`'s
-    fit, in float64; ``floor``: :func:`_floor`."""
+    fit, in float64; ``floor``: the least argument of :func:`_exp`."""
     for i in range(uintp(lo), uintp(hi)):
         wide = numpy.float64(values[i])
         z = -wide * _SQRT_HALF
@@ -231,30 +229,8 @@ def _gelu_erf_range(values: numpy.ndarray, lo: int, hi: int, floor: float) -> No
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, error_model="numpy", boundscheck=False)
-def _gelu_tanh_range(values: numpy.ndarray, lo: int, hi: int, floor: float) -> None:  # pragma: no cover - compiled
+def gelu_tanh_range(values: numpy.ndarray, lo: int, hi: int, floor: float) -> None:  # pragma: no cover - compiled
     """x / (1 + exp(-2u)), u = sqrt(2 / pi) * (x + 0.044715 x^3), in place over flat elements ``lo..hi``."""
     for i in range(uintp(lo), uintp(hi)):
         wide = numpy.float64(values[i])
         values[i] = wide / (1.0 + _exp(-_TWO_SQRT_2_OVER_PI * (wide + 0.044715 * wide * wide * wide), floor))
-
-
-def _floor(dtype: numpy.dtype) -> float:
-    """The least argument :func:`_exp` takes for results of ``dtype``: below exp(-120) = 7.7e-53, erfc's tail times
-    x / 2 (at most sqrt 2 times it) rounds to 0 in float32; float64 goes down to -708, still a normal number."""
-    return -120.0 if dtype == numpy.float32 else -708.0
-
-
-def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | None = None) -> numpy.ndarray:
-    """:func:`alexdsl.ops.activation.gelu` compiled: one pass, per element in float64, on the thread pool.
-
-    ``x`` and ``out`` (when given: ``x`` itself, or of its shape and dtype) are C-contiguous. The kernels run in
-    place, on ``out`` after a copy of ``x`` into it: with two arrays LLVM cannot know that they are the same
-    (in place) or apart, and checks at run time, which kept the in-place loop from vectorising (7x slower).
-    """
-    out = x.copy() if out is None else out
-    if out is not x:
-        out[...] = x
-    kernel = _gelu_tanh_range if approximate == "tanh" else _gelu_erf_range
-    values, floor = out.reshape(-1), _floor(out.dtype)
-    parallel_for(numpy, values.size, 8 * values.size, lambda lo, hi: kernel(values, lo, hi, floor))
-    return out

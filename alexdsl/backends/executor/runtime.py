@@ -41,7 +41,6 @@ from alexdsl.backends.executor.arrays import (  # noqa: F401 - the runtime's nam
     parallel_for,
     scratch_rows,
     thread_pool,
-    with_compiled,
 )
 from alexdsl.backends.executor.attention import (  # noqa: F401 - the runtime's names
     attention,
@@ -56,6 +55,7 @@ from alexdsl.backends.executor.channels import (  # noqa: F401 - the runtime's n
     concat,
     softmax,
 )
+from alexdsl.backends.executor.compiled import with_compiled
 from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
     ConvPlan,
     bias_relu_,

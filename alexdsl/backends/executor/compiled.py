@@ -1,0 +1,59 @@
+"""Compiled variants of op kernels (the optional Numba extra), and the executor's choice between them and the ops'
+xp kernels. An op declares ``XpKernel(..., compiled=True)`` (the ops import no backend); this module holds a
+function of the kernel's name and signature that runs :mod:`.numba_kernels` on NumPy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import numpy
+
+from alexdsl.backends.executor.arrays import Array, numba_kernels, parallel_for
+
+
+def with_compiled(kernel: Any) -> Callable[..., Array]:
+    """The function an op's :class:`~alexdsl.ops.lowering.XpKernel` runs as in the executor (``rt.<name>``): its xp
+    ``function``, or, where it declares a ``compiled`` variant, one that runs the variant (this module's function
+    of the same name) on C-contiguous NumPy arrays of a dtype :func:`.arrays.numba_kernels` serves, and the xp
+    function on everything else (CuPy, float16, strided views, no Numba, ``ALEXDSL_NUMBA=0``)."""
+    function = kernel.function
+    if not kernel.compiled:
+        return function
+    variant = globals()[kernel.name]
+
+    @wraps(function)
+    def run(x: Array, *args: Any, out: Array | None = None) -> Array:
+        compiled = isinstance(x, numpy.ndarray) and x.flags.c_contiguous and numba_kernels(x.dtype) is not None
+        if compiled and (out is None or (isinstance(out, numpy.ndarray) and out.flags.c_contiguous
+                                         and out.dtype == x.dtype and out.shape == x.shape)):
+            return variant(x, *args, out=out)
+        return function(x, *args, out=out)
+
+    return run
+
+
+def _floor(dtype: numpy.dtype) -> float:
+    """The least argument the kernels' exponential takes for results of ``dtype``: below exp(-120) = 7.7e-53,
+    erfc's tail times x / 2 (at most sqrt 2 times it) rounds to 0 in float32; float64 goes down to -708, still a
+    normal number."""
+    return -120.0 if dtype == numpy.float32 else -708.0
+
+
+def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | None = None) -> numpy.ndarray:
+    """:func:`alexdsl.ops.activation.gelu` compiled (:mod:`.numba_kernels`): one pass, per element in float64, on
+    the thread pool.
+
+    ``x`` and ``out`` (when given: ``x`` itself, or of its shape and dtype) are C-contiguous. The kernels run in
+    place, on ``out`` after a copy of ``x`` into it: with two arrays LLVM cannot know that they are the same
+    (in place) or apart, and checks at run time, which kept the in-place loop from vectorising (7x slower).
+    """
+    out = x.copy() if out is None else out
+    if out is not x:
+        out[...] = x
+    kernels = numba_kernels(out.dtype)
+    kernel = kernels.gelu_tanh_range if approximate == "tanh" else kernels.gelu_erf_range
+    values, floor = out.reshape(-1), _floor(out.dtype)
+    parallel_for(numpy, values.size, 8 * values.size, lambda lo, hi: kernel(values, lo, hi, floor))
+    return out
