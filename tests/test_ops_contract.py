@@ -309,7 +309,9 @@ def test_an_ops_xp_kernel_is_its_executor_kernel_and_its_reference(op) -> None:
     from alexdsl.backends.executor.codegen import generate_source
 
     kernel = op.lower.kernel
-    assert getattr(rt, kernel.name) is kernel.function
+    executor_kernel = getattr(rt, kernel.name)
+    # An op that declares a compiled variant: rt.<kernel> runs it on NumPy with Numba, and the xp function otherwise
+    assert (executor_kernel.__wrapped__ if kernel.compiled else executor_kernel) is kernel.function
     assert op.lower.reference == kernel.reference
     call = op.example.split(":", 1)[1].strip()
     net = alexdsl.parse(f"network K\ninput x: 8x4x4\ny: x -> {call}\noutput y\n", "kernel.adsl")
@@ -449,6 +451,32 @@ def test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, produ
         worst = int(np.argmax(error / bound))
         assert error[worst] <= bound[worst], (call, producer, float(x[worst]), float(got[worst]),
                                               float(truth[worst]), float(error[worst]), float(bound[worst]))
+
+
+COMPILED_OPS = [op for op in _elementwise_ops() if op.lower.kernel is not None and op.lower.kernel.compiled]
+
+
+@pytest.mark.parametrize("op", COMPILED_OPS, ids=lambda op: op.name)
+@pytest.mark.parametrize("numba", ["1", "0"])  # the compiled variant where Numba is installed, and the xp kernel
+def test_a_compiled_kernel_is_as_accurate_and_runs_where_numba_is(op, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    """An op's compiled variant (the executor's Numba kernels) keeps the few-ulps bound over extreme inputs, alone
+    and as an epilogue, in place and not, and it is what the executor runs on NumPy where Numba is installed."""
+    from alexdsl.backends.executor import arrays, compiled
+    from alexdsl.backends.executor import runtime as rt
+
+    calls = []
+    if numba == "1":
+        pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+        assert arrays.numba_kernels("float32") is not None
+    monkeypatch.setattr(compiled, "numba_kernels", lambda dtype: calls.append(dtype) or arrays.numba_kernels(dtype))
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    for producer in ("", "conv(1, 1)"):
+        test_every_elementwise_kernel_is_a_few_ulps_from_the_float64_truth(op, producer)
+    kernel, x = getattr(rt, op.lower.kernel.name), _extreme_inputs()
+    in_place = x.copy()
+    assert kernel(in_place, out=in_place) is in_place
+    assert np.array_equal(in_place, kernel(x), equal_nan=True)  # in place (out is x) as into a new array
+    assert calls  # the executor asked for the compiled variant (with ALEXDSL_NUMBA=0 it got None: the xp kernel)
 
 
 # A new elementwise op is its declaration: fused, exported, imported and highlighted with nothing else -------

@@ -746,7 +746,7 @@ def _gelu_torch(layer: Any, args: list[str], ctx: TorchContext) -> str:
 
 _activation(
     "gelu", "Gaussian error linear unit x * Phi(x), or its tanh approximation (no Caffe layer).",
-    "g: gelu(approximate=none)", _gelu_torch, XpKernel(gelu, ("approximate",)), _onnx_gelu,
+    "g: gelu(approximate=none)", _gelu_torch, XpKernel(gelu, ("approximate",), compiled=True), _onnx_gelu,
     args=(Arg("approximate", "choice", "none", "none (erf), or tanh", choices=("none", "tanh")),),
     from_onnx={"Gelu": _gelu_from_onnx, "Mul": _gelu_from_mul},
     onnx_elementwise=("Gelu", "Erf", "Tanh", "Add", "Mul", "Div"),

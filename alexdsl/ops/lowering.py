@@ -184,6 +184,9 @@ class XpKernel:
     attrs: tuple[str, ...] = ()
     params: tuple[str, ...] = ()
     align: Callable[[Any, list[Any]], list[Any]] | None = None
+    compiled: bool = False
+    """Whether the executor's optional Numba kernels hold a compiled variant of ``function`` under its name, with
+    its signature, which ``rt.<name>`` runs on NumPy where Numba is installed (this function everywhere else)."""
 
     @property
     def name(self) -> str:

@@ -55,6 +55,7 @@ from alexdsl.backends.executor.channels import (  # noqa: F401 - the runtime's n
     channel_shuffle,
     concat,
 )
+from alexdsl.backends.executor.compiled import with_compiled
 from alexdsl.backends.executor.conv import (  # noqa: F401 - the runtime's names
     ConvPlan,
     bias_relu_,
@@ -117,7 +118,7 @@ from alexdsl.ops.registry import all_ops, lookup
 
 def _declared_kernels() -> dict[str, Callable[..., Array]]:
     """The xp kernel each registered op declares (``Lowerings.kernel``), by the name generated code calls it by."""
-    return {op.lower.kernel.name: op.lower.kernel.function for op in all_ops() if op.lower.kernel is not None}
+    return {op.lower.kernel.name: with_compiled(op.lower.kernel) for op in all_ops() if op.lower.kernel is not None}
 
 
 globals().update(_declared_kernels())  # rt.relu, rt.gelu, ...: the generated modules' calls
