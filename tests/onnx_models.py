@@ -400,6 +400,32 @@ def sample_input(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
+def assert_import_keeps_state(module: nn.Module, path: Path) -> None:
+    """The import of ``path`` (``module``'s export) holds ``module``'s state_dict: the same keys, equal values."""
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    weights = import_onnx_source(path).weights
+    state = {key: value.numpy() for key, value in module.state_dict().items()}
+    assert sorted(weights) == sorted(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(weights[key], value, err_msg=key)
+
+
+def assert_import_runs_as_onnxruntime(path: Path, x: np.ndarray, relative: float) -> None:
+    """The executor on the import of ``path`` computes what onnxruntime computes on ``path`` itself, within
+    ``relative`` of the largest output."""
+    import onnxruntime
+
+    from alexdsl.backends.executor import compile as compile_executor
+    from alexdsl.interop.onnx_import import import_onnx_source
+
+    imported = import_onnx_source(path)
+    expected = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
+    got = np.asarray(compile_executor(imported.network, imported.weights, device="cpu")(x))
+    assert got.shape == expected.shape
+    assert float(np.abs(got - expected).max()) <= relative * float(np.abs(expected).max())
+
+
 def export(module: nn.Module, input_shape: tuple[int, ...], path: str | Path, opset: int = 17,
            fold_batchnorm: bool = False, **kw: object) -> Path:
     """Export ``module`` (in eval mode) with torch's TorchScript exporter to ``path``; returns the path.

@@ -14,18 +14,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import alexdsl
-from alexdsl.backends.executor import compile as compile_executor
 from alexdsl.errors import AlexDSLError
 from alexdsl.interop.onnx_import import import_onnx_source
 
 ort = pytest.importorskip("onnxruntime", reason="pip install onnxruntime to check the import against it")
 torch = pytest.importorskip("torch", reason="pip install torch to export the models")
 import torch.nn.functional as F  # noqa: E402, N812 - torch's own name
-from onnx_models import export, randomise, sample_input  # noqa: E402 - needs torch
+from onnx_models import (  # noqa: E402 - needs torch
+    assert_import_keeps_state,
+    assert_import_runs_as_onnxruntime,
+    export,
+    randomise,
+    sample_input,
+)
 from torch import nn  # noqa: E402
 
 RELATIVE = 1e-5
@@ -154,22 +158,13 @@ def test_swin_imports_as_the_layers_of_the_example(swin: tuple[nn.Module, Path])
 def test_swin_import_keeps_torch_keys_and_values(swin: tuple[nn.Module, Path]) -> None:
     """The bias tables, folded into the scores' bias by the exporter, come back from it exactly."""
     module, path = swin
-    weights = import_onnx_source(path).weights
-    state = {key: value.numpy() for key, value in module.state_dict().items()}
-    assert sorted(weights) == sorted(state)
-    for key, value in state.items():
-        np.testing.assert_array_equal(weights[key], value, err_msg=key)
+    assert_import_keeps_state(module, path)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_swin_import_computes_what_onnxruntime_computes(swin: tuple[nn.Module, Path], batch: int) -> None:
     _, path = swin
-    imported = import_onnx_source(path)
-    x = sample_input((batch, 3, 16, 16), seed=batch)
-    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"data": x})[0]
-    got = np.asarray(compile_executor(imported.network, imported.weights, device="cpu")(x))
-    assert got.shape == expected.shape
-    assert float(np.abs(got - expected).max()) <= RELATIVE * float(np.abs(expected).max())
+    assert_import_runs_as_onnxruntime(path, sample_input((batch, 3, 16, 16), seed=batch), RELATIVE)
 
 
 @pytest.mark.parametrize("change", ["bias", "softmax"])
