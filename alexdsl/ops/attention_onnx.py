@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from alexdsl.ops.contexts import OnnxImportContext, OnnxNodeView
-from alexdsl.ops.from_onnx import evaluate, f32, near, producer_of, scalar
+from alexdsl.ops.from_onnx import agrees, evaluate, f32, near, producer_of, scalar
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.windows import shifted_window_mask
 
@@ -112,7 +112,7 @@ def _computes(anchor: OnnxNodeView, found: Sdpa, ctx: OnnxImportContext) -> bool
     got = evaluate(ctx, [*found.nodes, anchor], feeds, anchor.outputs[0])
     additive = [feeds[v] if v in feeds else ctx.const(v) for v in found.additive]
     want = reference(feeds[found.q], feeds[found.k], feeds[found.v], additive, found.heads, found.scale, found.causal)
-    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))
+    return agrees(got, want)
 
 
 TABLE, INDEX = "relative_position_bias_table", "relative_position_index"
@@ -301,12 +301,9 @@ def _mha_computes(entry: OnnxNodeView, ordered: list[OnnxNodeView], ctx: OnnxImp
     got = evaluate(ctx, ordered, {entry.inputs[0]: x}, ordered[-1].outputs[0])
     weight = {k: v if not isinstance(v, str) else ctx.const(v) for k, v in params.items()}
     q, k, v = np.split(x @ weight["in_proj_weight"].T + weight["in_proj_bias"], 3, axis=-1)
-    split = [t.reshape(*t.shape[:-1], heads, -1).swapaxes(-2, -3) for t in (q, k, v)]
-    scores = split[0] @ split[1].swapaxes(-1, -2) / np.sqrt(split[0].shape[-1])
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    mixed = (scores / scores.sum(axis=-1, keepdims=True)) @ split[2]
-    want = mixed.swapaxes(-2, -3).reshape(x.shape) @ weight["out_proj.weight"].T + weight["out_proj.bias"]
-    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))
+    mixed = reference(q, k, v, [], heads, (x.shape[-1] // heads) ** -0.5, causal=False)
+    want = mixed @ weight["out_proj.weight"].T + weight["out_proj.bias"]
+    return agrees(got, want)
 
 
 def torch_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> OnnxImport | None:

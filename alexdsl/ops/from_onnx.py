@@ -191,3 +191,11 @@ def evaluate(ctx: OnnxImportContext, nodes: list[Any], feeds: dict[str, Any], ou
                               [helper.make_tensor_value_info(output, 0, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ctx.opset)])
     return ReferenceEvaluator(model).run(None, {**feeds, **constants})[0]
+
+
+def agrees(got: Any, want: Any) -> bool:
+    """Whether a matched subgraph's output (:func:`evaluate`) is what its layers compute: the same shape, within
+    1e-4 relative and 1e-5 of the largest value."""
+    import numpy as np
+
+    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))

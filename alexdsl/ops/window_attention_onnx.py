@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from alexdsl.ops.attention_onnx import reference
 from alexdsl.ops.contexts import OnnxImportContext, OnnxNodeView
-from alexdsl.ops.from_onnx import evaluate, f32, near
+from alexdsl.ops.from_onnx import agrees, evaluate, f32, near
 from alexdsl.ops.lowering import OnnxImport
 from alexdsl.ops.windows import relative_position_index, shifted_window_mask
 
@@ -153,13 +154,10 @@ def window_attention(x: np.ndarray, found: WindowAttention, weights: dict[str, n
     windows = x.reshape(-1, rows, window, cols, window, channels).transpose(0, 1, 3, 2, 4, 5)
     windows = windows.reshape(-1, rows * cols, window * window, channels)
     qkv = windows @ weights["qkv.weight"].T + weights.get("qkv.bias", 0)
-    q, k, v = (t.reshape(*t.shape[:-1], heads, -1).swapaxes(-2, -3) for t in np.split(qkv, 3, axis=-1))
-    scores = q @ k.swapaxes(-1, -2) * found.scale + found.bias
-    if found.mask is not None:
-        scores = scores + found.mask
-    scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    mixed = (scores / scores.sum(axis=-1, keepdims=True)) @ v
-    out = mixed.swapaxes(-2, -3).reshape(windows.shape) @ weights["proj.weight"].T + weights.get("proj.bias", 0)
+    q, k, v = np.split(qkv, 3, axis=-1)
+    added = [term[None] for term in (found.bias, found.mask) if term is not None]  # each with a batch axis of 1
+    mixed = reference(q, k, v, added, heads, found.scale, causal=False)
+    out = mixed @ weights["proj.weight"].T + weights.get("proj.bias", 0)
     return out.reshape(-1, rows, cols, window, window, channels).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
 
 
@@ -171,7 +169,7 @@ def _computes(entry: str, body: list[OnnxNodeView], ctx: OnnxImportContext, foun
     weights.update({f"{name}.bias": ctx.const(bias) for name, (_, bias) in (("qkv", found.qkv), ("proj", found.proj))
                     if bias is not None})
     want = window_attention(x, found, weights)
-    return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max())))
+    return agrees(got, want)
 
 
 def window_attention_from_onnx(node: OnnxNodeView, ctx: OnnxImportContext) -> list[OnnxImport] | None:
