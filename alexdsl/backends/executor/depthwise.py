@@ -126,8 +126,9 @@ def _compiled_planes(
 ) -> None:
     """NumPy with Numba: the compiled kernel (:func:`.numba_kernels.depthwise_conv2d`) on blocks of output planes.
 
-    A block is about :data:`BLOCK_COLUMNS` / ``kh*kw`` output elements, so that ``act`` runs on it while
-    it is still in cache; the blocks are spread over the thread pool.
+    The planes are split over the thread pool (at batch 1 too: each output channel is a plane).
+    With ``act``, a thread's planes go in blocks of about :data:`BLOCK_COLUMNS` / ``kh*kw`` output
+    elements, so that ``act`` runs on a block while it is still in cache; without, in one call.
     """
     n, o = out.shape[:2]
     (kh, kw), (oh, ow) = plan.kernel, (plan.out_h, plan.out_w)
@@ -135,7 +136,7 @@ def _compiled_planes(
     taps = numpy.ascontiguousarray(weight.reshape(o, kh, kw))
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
     planes = out.reshape(n * o, oh * ow)
-    per_block = max(1, BLOCK_COLUMNS // (kh * kw * oh * ow))
+    per_block = n * o if act is None else max(1, BLOCK_COLUMNS // (kh * kw * oh * ow))
 
     def run(lo: int, hi: int) -> None:
         for start in range(lo, hi, per_block):
