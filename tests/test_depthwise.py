@@ -150,15 +150,20 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
 @pytest.mark.parametrize("stride", [1, 2])  # whole padded rows as columns, or OH x OW windows
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_blocks_cover_every_image_and_channel(threads: str, stride: int, numba: str, monkeypatch) -> None:  # noqa: ANN001
-    """Three channels a block: four blocks an image, the last one partial, several images a thread."""
+    """Three channels a block: four blocks an image, the last one partial, several images a thread.
+
+    The compiled kernel takes a thread's planes in blocks only when an ``act`` follows it (so that
+    ``act`` finds its block in cache), and in one call otherwise: both are checked.
+    """
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, stride, 1, 1), "float32")
     pitch = 31 + 2 if stride == 1 else plan.out_w
     monkeypatch.setattr(depthwise, "BLOCK_COLUMNS", 3 * 9 * plan.out_h * pitch)
-    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True),
-           "float32")  # fmt: skip
+    want = _torch(x, weight, bias, plan, True)
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), want, "float32")
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, act=rt.tanh, plan=plan), np.tanh(want), "float32")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
