@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import random_weights
+from conftest import EXAMPLES, random_weights
 from test_cuda_sources import TOL, host_kernels, on_host  # noqa: F401 - fixtures of the host build
 from test_executor import assert_close, torch_module, torch_reference
 
@@ -49,6 +49,10 @@ CASES = [
     (1, 4, 1, 6, 5, (3, 1), (1, 2), (1, 0), (2, 1)),  # everything asymmetric
     (2, 6, 1, 5, 5, 1, 1, 0, 1),  # 1x1 depthwise: a per-channel scale
     (1, 3, 1, 4, 4, 3, 1, 3, 1),  # padding wider than the kernel: the border outputs are bias only
+    (1, 2, 1, 20, 21, 3, 1, 4, 1),  # the same with rows of 16 and more (copied row by row, not by index map)
+    (2, 5, 1, 40, 37, 3, 3, 1, 1),  # stride 3: three column phases a row; long rows, several blocks of rows
+    (1, 4, 2, 11, 13, 5, 3, 2, 1),  # stride 3 on short rows (index maps), multiplier 2
+    (2, 6, 1, 45, 50, 5, 2, 2, 2),  # stride 2 and dilation 2 on long rows, several blocks of rows
 ]
 DTYPES = ["float32", "float64"]
 TORCH_TOL = {"float32": {"rtol": 1e-4, "atol": 1e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
@@ -146,15 +150,20 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
 @pytest.mark.parametrize("stride", [1, 2])  # whole padded rows as columns, or OH x OW windows
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_blocks_cover_every_image_and_channel(threads: str, stride: int, numba: str, monkeypatch) -> None:  # noqa: ANN001
-    """Three channels a block: four blocks an image, the last one partial, several images a thread."""
+    """Three channels a block: four blocks an image, the last one partial, several images a thread.
+
+    The compiled kernel takes a thread's planes in blocks only when an ``act`` follows it (so that
+    ``act`` finds its block in cache), and in one call otherwise: both are checked.
+    """
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x, weight, bias, plan = _inputs((5, 11, 2, 30, 31, 3, stride, 1, 1), "float32")
     pitch = 31 + 2 if stride == 1 else plan.out_w
     monkeypatch.setattr(depthwise, "BLOCK_COLUMNS", 3 * 9 * plan.out_h * pitch)
-    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), _torch(x, weight, bias, plan, True),
-           "float32")  # fmt: skip
+    want = _torch(x, weight, bias, plan, True)
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, plan=plan), want, "float32")
+    _check(depthwise.depthwise_conv2d(x, weight, bias, relu=True, act=rt.tanh, plan=plan), np.tanh(want), "float32")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -205,6 +214,32 @@ def test_tap_windows_cover_exactly_the_inside_of_the_input() -> None:
             assert len(range(w)[in_cols]) == len(range(plan.out_w)[out_cols])
         inside = F.conv2d(torch.ones(1, 1, h, w), torch.ones(1, 1, k, k), None, s, p, d)[0, 0].numpy()
         np.testing.assert_array_equal(count, inside)
+
+
+def _depthwise_layers(network: str) -> list[tuple]:
+    """Every distinct depthwise geometry of ``examples/<network>.adsl``, as a CASES entry (batch 2, 5 channels)."""
+    net = alexdsl.load(EXAMPLES / f"{network}.adsl")
+    cases = set()
+    for layer in net.layers():
+        c, h, w = net.layer(layer.inputs[0]).shape if layer.op == "conv" else (0, 0, 0)
+        a = layer.attrs
+        if layer.op == "conv" and a["groups"] == c > 1:
+            cases.add((2, 5, a["out"] // c, h, w, *(tuple(a[k]) for k in ("kernel", "stride", "pad", "dilation"))))
+    return sorted(cases)
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])  # the compiled kernel where Numba is installed, or NumPy's columns
+@pytest.mark.parametrize("network", ["mobilenet_v2", "efficientnet_b0", "convnext_tiny"])
+def test_every_depthwise_layer_of_the_example_networks_matches_torch(network: str, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    """112x112 down to 7x7 maps, 3x3/5x5/7x7 kernels, strides 1 and 2: the layer shapes the kernel is tuned for."""
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    layers = _depthwise_layers(network)
+    assert len(layers) >= 4
+    for case in layers:
+        x, weight, bias, plan = _inputs(case, "float32")
+        for b, relu in ((bias, True), (None, False)):
+            got = depthwise.depthwise_conv2d(x, weight, b, relu=relu, plan=plan)
+            _check(got, _torch(x, weight, b, plan, relu), "float32")
 
 
 # ------------------------------------------------------------------------------------ CUDA kernel

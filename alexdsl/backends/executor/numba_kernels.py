@@ -22,6 +22,11 @@ from numba import uintp
 DTYPES = ("float32", "float64")  # what the kernels are compiled for; float16 stays on NumPy
 
 
+DEPTHWISE_ROW_BLOCK = 512  # accumulator elements per block of output rows: 2 KiB of float32, in L1
+DEPTHWISE_LANES = 16  # runs are rounded up to whole vectors of this many elements (the buffers have room)
+DEPTHWISE_SHORT_ROW = 16  # rows shorter than this are copied by an index map, one loop a plane, not one a row
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
 def depthwise_conv2d(
     x: numpy.ndarray,
@@ -41,10 +46,14 @@ def depthwise_conv2d(
     ``bias`` is (O,) or empty; output channel ``o`` reads input channel ``o // (O / C)``.
 
     Each input plane is split once into ``sh * sw`` zero-bordered phase planes (rows ``a::sh``
-    and columns ``b::sw`` of the padded plane), so that every kernel tap becomes one run of
-    ``OH * pitch`` consecutive multiply-adds over one phase plane, whatever the stride and
-    dilation: the run covers whole rows of ``pitch`` columns, of which the first ``OW`` are
-    kept. The accumulator row block stays in L1.
+    and columns ``b::sw`` of the padded plane), so that every kernel tap reads one run of
+    consecutive elements of one phase plane, whatever the stride and dilation: the run covers
+    whole rows of ``pitch`` columns, of which the first ``OW`` are kept (with stride 1 a row's
+    right border is the next row's left border, so rows are ``W + pw`` apart). The output plane
+    is done in blocks of rows whose accumulator (:data:`DEPTHWISE_ROW_BLOCK` elements) stays in
+    L1, each block with every tap, four taps a pass (one load and store of the accumulator per
+    four multiply-adds, in the taps' order: the sums round as with one tap a pass). Short rows
+    (7x7 and 14x14 maps) move in and out through index maps, one loop a plane.
     """
     n, c, h, w = x.shape
     o, kh, kw = weight.shape
@@ -52,49 +61,112 @@ def depthwise_conv2d(
     oh, ow = out.shape[2], out.shape[3]
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
     rows = (h + 2 * ph - 1) // sh + 2  # one spare row: the last tap's run ends in it
-    pitch = (w + 2 * pw + sw - 1) // sw
+    pitch = max(w + pw, ow) if sw == 1 else (w + 2 * pw + sw - 1) // sw
     plane = rows * pitch
-    run = oh * pitch
-    phases = numpy.zeros(sh * sw * plane, x.dtype)  # borders are never written: they stay zero
-    acc = numpy.empty(run, out.dtype)
-    flat_x, flat_out = x.reshape(-1), out.reshape(-1)
+    taps = kh * kw
+    offsets = numpy.empty(taps, numpy.intp)  # where each tap's run starts, for output row 0
+    for i in range(kh):
+        for j in range(kw):
+            phase = (i * dh) % sh * sw + (j * dw) % sw
+            offsets[i * kw + j] = (phase * rows + (i * dh) // sh) * pitch + (j * dw) // sw
+    block = max(1, min(oh, DEPTHWISE_ROW_BLOCK // pitch))
+    phases = numpy.zeros(sh * sw * plane + pitch + DEPTHWISE_LANES, x.dtype)  # borders are never written: stay 0
+    acc = numpy.empty(block * pitch + DEPTHWISE_LANES, out.dtype)
+    padded = numpy.zeros(pitch * sw + sw, x.dtype)  # one padded input row, for _depthwise_phase_rows
+    short_in, short_out = w < DEPTHWISE_SHORT_ROW, ow < DEPTHWISE_SHORT_ROW
+    source_at = numpy.empty(h * w if short_in else 0, numpy.uintp)  # input element -> its phase plane position
+    for y in range(h if short_in else 0):
+        for col in range(w):
+            a, b = (y + ph) % sh, (col + pw) % sw
+            source_at[y * w + col] = ((a * sw + b) * rows + (y + ph) // sh) * pitch + (col + pw) // sw
+    kept_at = numpy.empty(block * ow if short_out else 0, numpy.uintp)  # output element of a block -> its acc
+    for k in range(kept_at.size):
+        kept_at[k] = k // ow * pitch + k % ow
+    flat_x, flat_w, flat_out = x.reshape(-1), weight.reshape(-1), out.reshape(-1)
     zero = out.dtype.type(0)
     for p in range(lo, hi):
         image, channel = p // o, p % o
         if p == lo or channel % multiplier == 0:  # a new input channel: its phase planes
-            source = (image * c + channel // multiplier) * h * w
-            for a in range(sh):
-                for r in range(rows):
-                    y = r * sh + a - ph
-                    if y < 0 or y >= h:
-                        continue
-                    for b in range(sw):
-                        first = max(0, (pw - b + sw - 1) // sw)
-                        last = max(first, min(pitch, (w - 1 + pw - b) // sw + 1))
-                        to = uintp(((a * sw + b) * rows + r) * pitch)
-                        start = uintp(source + y * w + b - pw)
-                        for k in range(uintp(first), uintp(last)):
-                            phases[to + k] = flat_x[start + k * uintp(sw)]
-        start_value = bias[channel] if bias.size else zero
-        for q in range(uintp(run)):
-            acc[q] = start_value
-        for i in range(kh):
-            for j in range(kw):
-                tap = weight[channel, i, j]
-                phase = (i * dh) % sh * sw + (j * dw) % sw
-                base = uintp((phase * rows + (i * dh) // sh) * pitch + (j * dw) // sw)
-                for q in range(uintp(run)):
-                    acc[q] += tap * phases[base + q]
-        target = p * oh * ow
-        for r in range(oh):
-            row, to = uintp(r * pitch), uintp(target + r * ow)
-            if relu:
-                for k in range(uintp(ow)):
-                    value = acc[row + k]
-                    flat_out[to + k] = value if value > zero else zero
+            source = uintp((image * c + channel // multiplier) * h * w)
+            if short_in:
+                for k in range(uintp(h * w)):
+                    phases[source_at[k]] = flat_x[source + k]
             else:
-                for k in range(uintp(ow)):
-                    flat_out[to + k] = acc[row + k]
+                _depthwise_phase_rows(flat_x, source, h, w, (sh, sw), (ph, pw), rows, pitch, padded, phases)
+        start_value = bias[channel] if bias.size else zero
+        tap0 = channel * taps
+        for r0 in range(0, oh, block):
+            count = min(block, oh - r0)
+            run, shift = uintp((count * pitch + DEPTHWISE_LANES - 1) // DEPTHWISE_LANES * DEPTHWISE_LANES), r0 * pitch
+            for q in range(run):
+                acc[q] = start_value
+            t = 0
+            while t + 4 <= taps:
+                w0, w1, w2, w3 = flat_w[tap0 + t], flat_w[tap0 + t + 1], flat_w[tap0 + t + 2], flat_w[tap0 + t + 3]
+                b0, b1 = uintp(offsets[t] + shift), uintp(offsets[t + 1] + shift)
+                b2, b3 = uintp(offsets[t + 2] + shift), uintp(offsets[t + 3] + shift)
+                for q in range(run):
+                    value = acc[q] + w0 * phases[b0 + q] + w1 * phases[b1 + q]
+                    acc[q] = value + w2 * phases[b2 + q] + w3 * phases[b3 + q]
+                t += 4
+            while t < taps:
+                w0, b0 = flat_w[tap0 + t], uintp(offsets[t] + shift)
+                for q in range(run):
+                    acc[q] += w0 * phases[b0 + q]
+                t += 1
+            target = uintp((p * oh + r0) * ow)
+            if short_out:
+                for k in range(uintp(count * ow)):
+                    value = acc[kept_at[k]]
+                    flat_out[target + k] = value if value > zero or not relu else zero
+                continue
+            for r in range(uintp(count)):
+                row, to = uintp(r * pitch), target + uintp(r * ow)
+                if relu:
+                    for k in range(uintp(ow)):
+                        value = acc[row + k]
+                        flat_out[to + k] = value if value > zero else zero
+                else:
+                    for k in range(uintp(ow)):
+                        flat_out[to + k] = acc[row + k]
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+def _depthwise_phase_rows(
+    flat_x: numpy.ndarray,
+    source: int,
+    h: int,
+    w: int,
+    stride: tuple[int, int],
+    pad: tuple[int, int],
+    rows: int,
+    pitch: int,
+    padded: numpy.ndarray,
+    phases: numpy.ndarray,
+) -> None:  # pragma: no cover - compiled
+    """The input plane at ``source`` into the phase planes of :func:`depthwise_conv2d`, a row at a time.
+
+    With stride > 1 each row goes through ``padded``, one zero-bordered row (its borders are never written).
+    """
+    (sh, sw), (ph, pw) = stride, pad
+    plane = rows * pitch
+    for y in range(h):
+        r = y + ph  # padded row r is row r // sh of the phase planes (r % sh, b)
+        start, to = uintp(source + y * w), uintp((r % sh * sw * rows + r // sh) * pitch)
+        if sw == 1:  # straight into the phase plane, inside its zero border
+            for k in range(uintp(w)):
+                phases[to + uintp(pw) + k] = flat_x[start + k]
+            continue
+        for k in range(uintp(w)):
+            padded[uintp(pw) + k] = flat_x[start + k]
+        if sw == 2:  # one interleaved pass (vectorised), not one strided pass per column phase
+            for k in range(uintp(pitch)):
+                phases[to + k] = padded[2 * k]
+                phases[to + uintp(plane) + k] = padded[2 * k + 1]
+        else:
+            for b in range(sw):
+                for k in range(uintp(pitch)):
+                    phases[to + uintp(b * plane) + k] = padded[k * uintp(sw) + uintp(b)]
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
