@@ -7,7 +7,8 @@
 Needs torch, onnx and onnxruntime next to alexdsl, and timm or torchvision for their zoos (neither is a
 test dependency: make a side environment as benchmarks/timm_import.py says). The zoos are issue 24's:
 timm's default convolutional model per architecture (benchmarks/timm_import.py's ``architectures``) and
-torchvision's classification models (benchmarks/torchvision_import.py's ``MODELS``).
+torchvision's classification models (benchmarks/torchvision_import.py's ``MODELS``, and the smallest
+model of each other line of variants: ``TORCHVISION_EXTRA``).
 
 Each model gets seeded random weights and batchnorm statistics (tests/onnx_models.randomise) and is
 exported by torch's TorchScript exporter at opset 17 (batchnorms kept) at 224x224, or 2x then 4x that where
@@ -47,6 +48,10 @@ from alexdsl.interop.onnx_import import import_onnx_source  # noqa: E402
 BATCH = 2
 SIZE = 224
 LIMIT = 4.0  # issue 21: the executor's error at most this many times onnxruntime's
+# torchvision's classification families beyond issue 24's models (benchmarks/torchvision_import.py): the
+# smallest of each line of variants, and efficientnet_v2_s, where issue 21 found the float32 sigmoid's tail
+TORCHVISION_EXTRA = ("efficientnet_v2_s", "mnasnet0_5", "mobilenet_v3_small", "regnet_x_400mf", "resnet50",
+                     "wide_resnet50_2", "squeezenet1_0", "vgg11_bn", "vit_b_16", "swin_t", "swin_v2_t", "maxvit_t")
 
 
 def relative_error(got: np.ndarray, truth: np.ndarray) -> float:
@@ -71,7 +76,8 @@ def float32_errors(model: torch.nn.Module, size: int, folder: Path, name: str = 
         except Exception as error:  # noqa: BLE001 - torch refuses a size: try a larger one, then report it
             failure = error
     else:
-        raise RuntimeError(f"torch's exporter: {type(failure).__name__}: {str(failure).splitlines()[0][:160]}")
+        message = str(failure).strip().splitlines()
+        raise RuntimeError(f"torch's exporter: {type(failure).__name__}: {message[0][:160] if message else ''}")
     x = np.random.default_rng(0).standard_normal((BATCH, 3, used, used)).astype(np.float32)
     imported = import_onnx_source(path)
     executor = compile_executor(imported.network, imported.weights, device="cpu")
@@ -98,12 +104,13 @@ def timm_models() -> dict[str, Any]:
 
 
 def torchvision_models() -> dict[str, Any]:
-    """torchvision's classification models that issue 24 imports: name -> a constructor with ``weights=None``."""
+    """torchvision's classification models: issue 24's and ``TORCHVISION_EXTRA``, name -> a constructor with
+    ``weights=None``."""
     import torchvision
     from torchvision_import import MODELS
 
-    return {name: lambda name=name: getattr(torchvision.models, name)(weights=None, **MODELS[name])
-            for name in MODELS}
+    models = {**MODELS, **dict.fromkeys(TORCHVISION_EXTRA, {})}
+    return {name: lambda name=name: getattr(torchvision.models, name)(weights=None, **models[name]) for name in models}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -146,8 +153,9 @@ def main() -> None:
                 if zoo == "timm" and not is_convolutional(model):
                     raise RuntimeError("not convolutional (a module class named ...Attention, or no Conv2d)")
                 row = float32_errors(randomise(model), size, Path(folder), name)
-            except (AlexDSLError, RuntimeError) as error:
-                left_out.append((zoo, name, str(error).strip().splitlines()[0][:200]))
+            except Exception as error:  # noqa: BLE001 - a refusal, or a crash in alexdsl: a finding, not the end
+                kind = "" if isinstance(error, (AlexDSLError, RuntimeError)) else f"crashed: {type(error).__name__}: "
+                left_out.append((zoo, name, kind + (str(error).strip().splitlines() or [""])[0][:200]))
                 print(f"{zoo:11s} {name:28s} left out: {left_out[-1][2]}", flush=True)
                 continue
             finally:
