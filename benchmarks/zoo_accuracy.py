@@ -60,12 +60,14 @@ def relative_error(got: np.ndarray, truth: np.ndarray) -> float:
     return float(np.abs(got - truth).max() / (np.abs(truth).max() or 1.0))
 
 
-def float32_errors(model: torch.nn.Module, size: int, folder: Path, name: str = "model") -> dict[str, Any]:
+def float32_errors(model: torch.nn.Module, size: int, folder: Path, name: str = "model",
+                   images: int = 0) -> dict[str, Any]:
     """Each side's float32 error against ``model`` in float64, on a batch of standard-normal ``size`` images.
 
     ``model`` is exported at opset 17 (at ``size``, else 2x or 4x it where torch refuses), imported by alexdsl
     and run by the executor; onnxruntime runs the exported file and torch the model itself in float32.
-    Raises AlexDSLError where the import refuses the model.
+    ``images`` more single images (seeds 1 to ``images``) give ``image_ratios``: the executor's error over
+    onnxruntime's on each. Raises AlexDSLError where the import refuses the model.
     """
     model = model.eval()
     failure: Exception | None = None
@@ -78,20 +80,36 @@ def float32_errors(model: torch.nn.Module, size: int, folder: Path, name: str = 
     else:
         message = str(failure).strip().splitlines()
         raise RuntimeError(f"torch's exporter: {type(failure).__name__}: {message[0][:160] if message else ''}")
-    x = np.random.default_rng(0).standard_normal((BATCH, 3, used, used)).astype(np.float32)
     imported = import_onnx_source(path)
     executor = compile_executor(imported.network, imported.weights, device="cpu")
-    ours = executor(x)
-    ours = ours[0] if isinstance(ours, tuple) else ours
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    theirs = session.run(None, {"data": x})[0]
-    with torch.inference_mode():
-        eager = model(torch.from_numpy(x)).numpy()
-        truth = copy.deepcopy(model).double()(torch.from_numpy(x.astype(np.float64))).numpy()
-    errors = {side: relative_error(y, truth) for side, y in (("executor", ours), ("ort", theirs), ("torch", eager))}
-    ratio = errors["executor"] / errors["ort"] if errors["ort"] else float("inf")
-    return {"model": name, "size": used, **{f"{side}_error": e for side, e in errors.items()},
-            "executor_over_ort": ratio}
+    wide = copy.deepcopy(model).double()
+
+    def errors(x: np.ndarray) -> dict[str, float]:
+        ours = executor(x)
+        ours = ours[0] if isinstance(ours, tuple) else ours
+        with torch.inference_mode():
+            eager = model(torch.from_numpy(x)).numpy()
+            truth = wide(torch.from_numpy(x.astype(np.float64))).numpy()
+        outputs = (("executor", ours), ("ort", session.run(None, {"data": x})[0]), ("torch", eager))
+        return {side: relative_error(y, truth) for side, y in outputs}
+
+    batch = errors(np.random.default_rng(0).standard_normal((BATCH, 3, used, used)).astype(np.float32))
+    row = {"model": name, "size": used, **{f"{side}_error": e for side, e in batch.items()},
+           "executor_over_ort": _ratio(batch)}
+    if images:
+        row["image_ratios"] = [_ratio(errors(np.random.default_rng(seed).standard_normal((1, 3, used, used))
+                                             .astype(np.float32))) for seed in range(1, images + 1)]
+    return row
+
+
+def _ratio(errors: dict[str, float]) -> float:
+    return errors["executor"] / errors["ort"] if errors["ort"] else float("inf")
+
+
+def geometric_mean(values: list[float]) -> float:
+    """The geometric mean: the typical ratio of errors, which a lucky or unlucky image does not dominate."""
+    return float(np.exp(np.mean(np.log(values))))
 
 
 def timm_models() -> dict[str, Any]:
@@ -114,32 +132,41 @@ def torchvision_models() -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """One row per model, largest ratio first."""
-    lines = ["| model | executor | onnxruntime | torch eager | executor / ORT |", "|---|---:|---:|---:|---:|"]
+    """One row per model, largest ratio first; with ``--images``, the per-image ratios' geometric mean and range."""
+    per_image = all("image_ratios" in row for row in rows)
+    lines = ["| model | executor | onnxruntime | torch eager | executor / ORT |" + " per image |" * per_image,
+             "|---|---:|---:|---:|---:|" + "---|" * per_image]
     for row in sorted(rows, key=lambda r: -r["executor_over_ort"]):
         size = "" if row["size"] == SIZE else f" ({row['size']}x{row['size']})"
-        lines.append(f"| {row['zoo']}: {row['model']}{size} | {row['executor_error']:.1e} | {row['ort_error']:.1e} | "
-                     f"{row['torch_error']:.1e} | {row['executor_over_ort']:.2f} |")
+        line = (f"| {row['zoo']}: {row['model']}{size} | {row['executor_error']:.1e} | {row['ort_error']:.1e} | "
+                f"{row['torch_error']:.1e} | {row['executor_over_ort']:.2f} |")
+        if per_image:
+            ratios = row["image_ratios"]
+            line += f" {geometric_mean(ratios):.2f} ({min(ratios):.2f} to {max(ratios):.2f}) |"
+        lines.append(line)
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="models of either zoo (default: every model of --zoo)")
-    parser.add_argument("--zoo", nargs="+", choices=["timm", "torchvision"], default=["timm", "torchvision"])
+    parser.add_argument("--zoo", choices=["timm", "torchvision", "both"], default="both")
     parser.add_argument("--size", type=int, default=SIZE, help="input height and width (inception_v3: 299)")
+    parser.add_argument("--images", type=int, default=0,
+                        help="also this many single images: the executor / ORT ratio on each, and their geometric mean")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     warnings.simplefilter("ignore")
     from timm_import import is_convolutional
 
     zoos = {"timm": timm_models, "torchvision": torchvision_models}
-    models = {(zoo, name): build for zoo in args.zoo for name, build in zoos[zoo]().items()}
+    chosen = list(zoos) if args.zoo == "both" else [args.zoo]
+    models = {(zoo, name): build for zoo in chosen for name, build in zoos[zoo]().items()}
     if args.names:
         models = {key: build for key, build in models.items() if key[1] in args.names}
         missing = sorted(set(args.names) - {name for _, name in models})
         if missing:
-            parser.error(f"not in the {' or '.join(args.zoo)} zoo: {', '.join(missing)}")
+            parser.error(f"not in the {' or '.join(chosen)} zoo: {', '.join(missing)}")
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, numpy {np.__version__}, "
           f"Numba: {'off' if os.environ.get('ALEXDSL_NUMBA') == '0' else _numba_version()}", flush=True)
     rows, left_out = [], []
@@ -152,7 +179,7 @@ def main() -> None:
                 model = build()
                 if zoo == "timm" and not is_convolutional(model):
                     raise RuntimeError("not convolutional (a module class named ...Attention, or no Conv2d)")
-                row = float32_errors(randomise(model), size, Path(folder), name)
+                row = float32_errors(randomise(model), size, Path(folder), name, args.images)
             except Exception as error:  # noqa: BLE001 - a refusal, or a crash in alexdsl: a finding, not the end
                 kind = "" if isinstance(error, (AlexDSLError, RuntimeError)) else f"crashed: {type(error).__name__}: "
                 left_out.append((zoo, name, kind + (str(error).strip().splitlines() or [""])[0][:200]))
@@ -167,6 +194,10 @@ def main() -> None:
                   f"ORT {row['ort_error']:.1e}  torch {row['torch_error']:.1e}  executor / ORT "
                   f"{row['executor_over_ort']:.2f}{flag}  ({time.process_time() - began:.0f} s CPU, "
                   f"load {os.getloadavg()[0]:.1f})", flush=True)
+            if args.images:
+                ratios = row["image_ratios"]
+                print(f"{'':40s} per image: {' '.join(f'{r:.2f}' for r in ratios)}; geometric mean "
+                      f"{geometric_mean(ratios):.2f}", flush=True)
     print(markdown(rows))
     for zoo, name, why in left_out:
         print(f"left out: {zoo} {name}: {why}")

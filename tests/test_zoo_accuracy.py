@@ -53,8 +53,11 @@ def test_relative_error_is_the_largest_difference_over_the_largest_truth() -> No
 
 def test_float32_errors_against_the_model_in_float64(tmp_path: Path) -> None:
     model = onnx_models.randomise(SqueezeExcitation()).eval()
-    row = _benchmark().float32_errors(model, 16, tmp_path, "se")
+    benchmark = _benchmark()
+    row = benchmark.float32_errors(model, 16, tmp_path, "se", images=3)
     assert row["model"] == "se" and row["size"] == 16
     for side in ("executor", "ort", "torch"):  # float32 rounding: above 0, far below a wrong kernel's error
         assert 0 < row[f"{side}_error"] < 1e-5, (side, row)
     assert row["executor_over_ort"] == row["executor_error"] / row["ort_error"]
+    assert len(row["image_ratios"]) == 3 and all(0 < ratio < float("inf") for ratio in row["image_ratios"])
+    assert benchmark.geometric_mean([0.5, 2.0, 8.0]) == pytest.approx(2.0)
