@@ -3,6 +3,7 @@
     PYTHONPATH=. side/bin/python benchmarks/zoo_accuracy.py                  # timm's zoo, then torchvision's
     PYTHONPATH=. side/bin/python benchmarks/zoo_accuracy.py --zoo torchvision
     PYTHONPATH=. side/bin/python benchmarks/zoo_accuracy.py resnet18 nfnet_f0    # some models of either zoo
+    PYTHONPATH=. side/bin/python benchmarks/zoo_accuracy.py regnetv_040 --images 8  # and 8 single images
 
 Needs torch, onnx and onnxruntime next to alexdsl, and timm or torchvision for their zoos (neither is a
 test dependency: make a side environment as benchmarks/timm_import.py says). The zoos are issue 24's:
@@ -19,6 +20,8 @@ as ``benchmarks/executor_vs_ort.py --accuracy`` does for the examples. The sides
 alexdsl's import of the ONNX file, onnxruntime on that file, and torch eager in float32; the last column is
 the executor's error over onnxruntime's (issue 21 asks for at most 4). A model that cannot be exported,
 imported or run is printed with the reason. Models run one at a time; the load average is printed with each.
+On a network that amplifies rounding one batch's ratio is a draw from a wide distribution: ``--images N``
+measures N more single images and prints the geometric mean of their ratios.
 """
 
 from __future__ import annotations
