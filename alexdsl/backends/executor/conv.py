@@ -91,7 +91,8 @@ class ConvPlan:
 
     @property
     def is_winograd(self) -> bool:
-        """3x3, stride 1, undilated, one group: Winograd F(2x2, 3x3) or F(4x4, 3x3) applies (:func:`_conv2d_winograd`)."""
+        """3x3, stride 1, undilated, one group: Winograd F(2x2, 3x3) or F(4x4, 3x3) applies
+        (:func:`_conv2d_winograd`)."""
         return self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
 
     def winograd_grid(self, tile: int) -> tuple[int, int]:
@@ -100,11 +101,10 @@ class ConvPlan:
 
     def winograd_tile(self, batch: int) -> int | None:
         """The Winograd output tile this layer takes at ``batch`` (4, 2), or None where im2col's GEMM is as fast."""
-        if batch * math.prod(self.winograd_grid(4)) >= WINOGRAD4_MIN_TILES:
+        four, two = (batch * math.prod(self.winograd_grid(tile)) for tile in (4, 2))
+        if four >= WINOGRAD4_MIN_TILES and 36 * four <= WINOGRAD4_MAX_PRODUCTS * 16 * two:
             return 4
-        if batch * math.prod(self.winograd_grid(2)) >= WINOGRAD_MIN_TILES:
-            return 2
-        return None
+        return 2 if two >= WINOGRAD_MIN_TILES else None
 
     def winograd_weight(self, weight: Array, tile: int) -> Array:
         """``G g G^T`` of every (output, input) channel pair of ``weight``, as (alpha^2, O, C), computed in float64.
@@ -388,7 +388,10 @@ def conv2d(
 
 
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
-WINOGRAD4_MIN_TILES = 32  # fewer 4x4 tiles in a batch: F(2x2, 3x3) is as fast
+WINOGRAD4_MIN_TILES = 48  # fewer 4x4 tiles in a batch: F(2x2, 3x3) is faster (7x7 maps at batch 1: 4; 28x28: 49)
+# F(4x4) where its GEMMs make at most this share of F(2x2)'s multiplications: 0.5625 where 4 divides the output
+# size (56x56, 28x28), 0.73 on 13x13 and 14x14 maps (cropped tiles), where its larger transforms eat the gain
+WINOGRAD4_MAX_PRODUCTS = 0.6
 WINOGRAD_CHUNK_BYTES = 8 << 20  # transformed tiles + GEMM products of one chunk of images, per thread
 WINOGRAD_WEIGHT_TRANSFORMS = {  # G of F(m x m, 3x3) by m; the transforms of inputs and outputs are in numba_kernels
     2: numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),  # points 0, 1, -1
