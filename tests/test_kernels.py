@@ -154,6 +154,7 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
     monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1 if tile == 4 else 1 << 30)
     monkeypatch.setattr(conv, "WINOGRAD4_MAX_PRODUCTS", 10.0)
+    monkeypatch.setattr(conv, "WINOGRAD4_MAX_SIZE", 1 << 30)
     taken = []
     monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(a[-1]) or run(*a))
     n, c, h, w, o, p = case
@@ -179,10 +180,12 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     (56, 1, 4), (28, 1, 4), (28, 16, 4), (7, 16, 4),  # 4 divides the output: F(4x4) from 48 tiles on
     (14, 1, 2), (14, 16, 2), (13, 16, 2),  # cropped 4x4 tiles: F(4x4)'s GEMMs are 0.73 of F(2x2)'s, too many
     (24, 1, 2),  # 36 tiles of 4x4: too few
+    (112, 1, 2), (224, 1, 2),  # over 56x56: F(2x2), for accuracy (VGG-16)
     (7, 1, None), (7, 2, 2),  # 16 and 32 tiles of 2x2
 ])
 def test_winograd_tile_by_tile_count_and_crop(size: int, batch: int, tile: int | None) -> None:
-    """F(4x4) where it pays (benchmarks/winograd.py), F(2x2) where that does, im2col below 32 2x2 tiles."""
+    """F(4x4) where it pays (benchmarks/winograd.py) on maps up to 56x56, F(2x2) where that does, im2col below
+    32 2x2 tiles."""
     assert rt.ConvPlan(64, size, size, 64, (3, 3), pad=(1, 1)).winograd_tile(batch) == tile
 
 

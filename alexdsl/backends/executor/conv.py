@@ -102,7 +102,8 @@ class ConvPlan:
     def winograd_tile(self, batch: int) -> int | None:
         """The Winograd output tile this layer takes at ``batch`` (4, 2), or None where im2col's GEMM is as fast."""
         four, two = (batch * math.prod(self.winograd_grid(tile)) for tile in (4, 2))
-        if four >= WINOGRAD4_MIN_TILES and 36 * four <= WINOGRAD4_MAX_PRODUCTS * 16 * two:
+        small = max(self.out_h, self.out_w) <= WINOGRAD4_MAX_SIZE
+        if small and four >= WINOGRAD4_MIN_TILES and 36 * four <= WINOGRAD4_MAX_PRODUCTS * 16 * two:
             return 4
         return 2 if two >= WINOGRAD_MIN_TILES else None
 
@@ -392,6 +393,9 @@ WINOGRAD4_MIN_TILES = 48  # fewer 4x4 tiles in a batch: F(2x2, 3x3) is faster (7
 # F(4x4) where its GEMMs make at most this share of F(2x2)'s multiplications: 0.5625 where 4 divides the output
 # size (56x56, 28x28), 0.73 on 13x13 and 14x14 maps (cropped tiles), where its larger transforms eat the gain
 WINOGRAD4_MAX_PRODUCTS = 0.6
+# F(4x4) on outputs up to 56x56 only, for accuracy: on VGG-16's 112x112 and 224x224 convs as well (13 convs in a
+# row, no normalisation) its float32 error was 2.0x onnxruntime's, capped 1.7x (docs/performance.md)
+WINOGRAD4_MAX_SIZE = 56
 WINOGRAD_CHUNK_BYTES = 8 << 20  # transformed tiles + GEMM products of one chunk of images, per thread
 WINOGRAD_WEIGHT_TRANSFORMS = {  # G of F(m x m, 3x3) by m; the transforms of inputs and outputs are in numba_kernels
     2: numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),  # points 0, 1, -1
