@@ -151,6 +151,7 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_WEIGHTS", 0)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
     monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1 if tile == 4 else 1 << 30)
     monkeypatch.setattr(conv, "WINOGRAD4_MAX_PRODUCTS", 10.0)

@@ -396,7 +396,11 @@ WINOGRAD4_MAX_PRODUCTS = 0.6
 # F(4x4) on outputs up to 56x56 only, for accuracy: on VGG-16's 112x112 and 224x224 convs as well (13 convs in a
 # row, no normalisation) its float32 error was 2.0x onnxruntime's, capped 1.7x (docs/performance.md)
 WINOGRAD4_MAX_SIZE = 56
-WINOGRAD_CHUNK_BYTES = 8 << 20  # transformed tiles + GEMM products of one chunk of images, per thread
+# Transformed tiles + GEMM products of one chunk of images, per thread: at least this many bytes (one 56x56 image at
+# most, which stays in cache), and at least this many times the transformed weight, which each chunk's GEMMs read
+# again (512 -> 512 channels on 7x7 maps: 38 MB for F(4x4), so the whole batch of 16 is one chunk)
+WINOGRAD_CHUNK_BYTES = 2 << 20
+WINOGRAD_CHUNK_WEIGHTS = 2
 WINOGRAD_WEIGHT_TRANSFORMS = {  # G of F(m x m, 3x3) by m; the transforms of inputs and outputs are in numba_kernels
     2: numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),  # points 0, 1, -1
     # points 0, 1, -1, 1/2, -2: 2.5x less float32 error than Lavin & Gray's 0, 1, -1, 2, -2 (rows 0-2, 4, 5 halved
@@ -414,10 +418,10 @@ def _conv2d_winograd(
     """NumPy with Numba: Winograd F(m x m, 3x3) for ``tile`` m = 2 or 4, 2.25x or 4x fewer multiplications than
     im2col + GEMM.
 
-    Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`): the compiled input transform writes the
-    alpha^2 ``B^T d B`` components (alpha = m + 2) of every alpha x alpha tile ``(alpha^2, C, tiles)``,
-    one batched GEMM by the transformed weight (:meth:`ConvPlan.winograd_weight`) gives
-    ``(alpha^2, O, tiles)``, and the compiled output transform ``A^T M A`` adds the bias, applies ReLU
+    Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`, :data:`WINOGRAD_CHUNK_WEIGHTS`): the compiled input
+    transform writes the alpha^2 ``B^T d B`` components (alpha = m + 2) of every alpha x alpha tile
+    ``(alpha^2, C, tiles)``, one batched GEMM by the transformed weight (:meth:`ConvPlan.winograd_weight`)
+    gives ``(alpha^2, O, tiles)``, and the compiled output transform ``A^T M A`` adds the bias, applies ReLU
     and writes NCHW. With several chunks and threads, the chunks run on the thread pool with BLAS on
     one thread; with one chunk, the transforms are split over the pool by channels and BLAS keeps
     its threads.
@@ -432,7 +436,8 @@ def _conv2d_winograd(
         transform_input, transform_output = compiled.winograd_input, compiled.winograd_output
     parts = u.shape[0]
     per_image = grid[0] * grid[1]
-    images = max(1, min(n, WINOGRAD_CHUNK_BYTES // (parts * (c + o) * per_image * x.itemsize)))
+    budget = max(WINOGRAD_CHUNK_BYTES, WINOGRAD_CHUNK_WEIGHTS * u.nbytes)
+    images = max(1, min(n, budget // (parts * (c + o) * per_image * x.itemsize)))
     chunks = [(lo, min(n, lo + images)) for lo in range(0, n, images)]
     x = numpy.ascontiguousarray(x)
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
