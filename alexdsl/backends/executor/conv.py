@@ -396,15 +396,15 @@ WINOGRAD4_MAX_PRODUCTS = 0.6
 # F(4x4) on outputs up to 56x56 only, for accuracy: on VGG-16's 112x112 and 224x224 convs as well (13 convs in a
 # row, no normalisation) its float32 error was 2.0x onnxruntime's, capped 1.7x (docs/performance.md)
 WINOGRAD4_MAX_SIZE = 56
-# Transformed tiles + GEMM products of one chunk of images, per thread: at least this many bytes (one 56x56 image at
-# most, which stays in cache), and at least this many times the transformed weight, which each chunk's GEMMs read
-# again (512 -> 512 channels on 7x7 maps: 38 MB for F(4x4), so the whole batch of 16 is one chunk)
+# Transformed tiles + GEMM products of one chunk of images, per thread: up to this many bytes (under one 56x56 image's,
+# so those run an image per chunk, in cache) or this many times the transformed weight, if more: each chunk's GEMMs
+# read it all again (512 -> 512 channels on 7x7 maps: 38 MB for F(4x4), so a batch of 16 is one chunk)
 WINOGRAD_CHUNK_BYTES = 2 << 20
 WINOGRAD_CHUNK_WEIGHTS = 2
 WINOGRAD_WEIGHT_TRANSFORMS = {  # G of F(m x m, 3x3) by m; the transforms of inputs and outputs are in numba_kernels
     2: numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),  # points 0, 1, -1
     # points 0, 1, -1, 1/2, -2: 2.5x less float32 error than Lavin & Gray's 0, 1, -1, 2, -2 (rows 0-2, 4, 5 halved
-    # against the textbook's, as B^T's rows are doubled to integers)
+    # against the Toom-Cook construction's, as B^T's rows are doubled to integers)
     4: numpy.array([[1 / 2, 0.0, 0.0], [1 / 6, 1 / 6, 1 / 6], [-1 / 6, 1 / 6, -1 / 6],
                     [-16 / 15, -8 / 15, -4 / 15], [1 / 30, -1 / 15, 2 / 15], [0.0, 0.0, 1 / 2]]),
 }
