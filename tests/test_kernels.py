@@ -89,7 +89,8 @@ ACT_CASES = [
     (3, 4, 11, 11, 16, (5, 5), (1, 1), (2, 2), 1),  # im2col, per-image threads at 2 threads
     (2, 8, 9, 9, 8, (3, 3), (1, 1), (1, 1), 4),  # grouped
     (2, 8, 10, 10, 8, (3, 3), (1, 1), (1, 1), 8),  # depthwise (Numba where installed)
-    (2, 6, 10, 9, 10, (3, 3), (1, 1), (1, 1), 1),  # 3x3 stride 1: Winograd where Numba is installed
+    (2, 6, 10, 9, 10, (3, 3), (1, 1), (1, 1), 1),  # 3x3 stride 1: Winograd F(2x2) where Numba is installed
+    (2, 4, 16, 16, 6, (3, 3), (1, 1), (1, 1), 1),  # 3x3 stride 1 on 16x16: F(4x4) where Numba is installed
 ]
 
 
@@ -106,6 +107,7 @@ def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: 
     monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1)
     n, c, h, w, o, k, s, p, g = case
     x, wt, b = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2), rand(o, seed=3)
     plan = rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
@@ -119,43 +121,73 @@ def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: 
 
 
 WINOGRAD_CASES = [
-    # (N, C, H, W, O, pad): even and odd output sizes (the last tile cropped), pads 0..2, non-square
+    # (N, C, H, W, O, pad): output sizes that 2 and 4 divide or not (the last tiles cropped), pads 0..2,
+    # non-square, tiny maps (a 1x1 and a 3x3 output), many channels
     (1, 3, 15, 13, 8, 1),
     (2, 5, 9, 9, 7, 0),
     (3, 4, 8, 11, 6, 2),
     (1, 16, 16, 16, 16, 1),
     (5, 6, 7, 7, 9, 1),
+    (2, 3, 3, 3, 5, 0),
+    (1, 4, 3, 3, 4, 1),
+    (1, 4, 6, 18, 3, 0),
+    (2, 160, 12, 12, 96, 1),
 ]
 
 
+@pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-p{c[5]}")
-def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
-    """3x3 stride-1 convs take Winograd F(2x2, 3x3) on NumPy where Numba is installed: in chunks of
-    one image here (so the chunks also run on two threads), with bias and ReLU or neither."""
-    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile: int,
+                                     monkeypatch) -> None:  # noqa: ANN001
+    """3x3 stride-1 convs take Winograd F(2x2, 3x3) or F(4x4, 3x3) on NumPy where Numba is installed: in
+    chunks of one image here (so the chunks also run on two threads), with bias and ReLU or neither.
+    The error is measured against torch's conv in float64, relative to the largest output."""
     from alexdsl.backends.executor import arrays, conv
 
+    if arrays.numba_kernels(np.float32) is None:
+        pytest.skip("Winograd runs on compiled kernels: pip install -e '.[numba]', and ALEXDSL_NUMBA not 0")
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     monkeypatch.setattr(conv, "WINOGRAD_CHUNK_BYTES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_CHUNK_WEIGHTS", 0)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1 if tile == 4 else 1 << 30)
+    monkeypatch.setattr(conv, "WINOGRAD4_MAX_PRODUCTS", 10.0)
+    monkeypatch.setattr(conv, "WINOGRAD4_MAX_SIZE", 1 << 30)
     taken = []
-    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(1) or run(*a))
+    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(a[-1]) or run(*a))
     n, c, h, w, o, p = case
     x, wt, b = (rand(*shape, seed=i).astype(dtype) for i, shape in enumerate([(n, c, h, w), (o, c, 3, 3), (o,)]))
     plan = rt.ConvPlan(c, h, w, o, (3, 3), pad=(p, p))
-    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == "float32" else {"rtol": 1e-10, "atol": 1e-10}
+    # float32: F(2x2) within 1e-6 of the largest output, F(4x4) (6x6 tiles, larger transforms) within 1e-5
+    bound = {"float32": 1e-6 if tile == 2 else 1e-5, "float64": 1e-13}[dtype]
+
+    def assert_close(got: np.ndarray, want: torch.Tensor) -> None:
+        assert got.dtype == np.dtype(dtype) and got.shape == tuple(want.shape)
+        assert np.abs(got - want.numpy()).max() <= bound * want.abs().max().item()
+
     for bias, relu in ((b, True), (None, False)):
-        want = F.conv2d(T(x), T(wt), None if bias is None else T(bias), padding=p)
-        got = rt.conv2d(x, wt, bias, plan=plan, relu=relu)
-        assert got.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(got, (F.relu(want) if relu else want).numpy(), **tol)
+        want = F.conv2d(T(x).double(), T(wt).double(), None if bias is None else T(bias).double(), padding=p)
+        assert_close(rt.conv2d(x, wt, bias, plan=plan, relu=relu), F.relu(want) if relu else want)
     fresh = wt + 1  # another weight array: transformed anew, not the plan's cached transform
-    want = F.conv2d(T(x), T(fresh), T(b), padding=p).numpy()
-    np.testing.assert_allclose(rt.conv2d(x, fresh, b, plan=plan), want, **tol)
-    assert len(taken) == 3
+    want = F.conv2d(T(x).double(), T(fresh).double(), T(b).double(), padding=p)
+    assert_close(rt.conv2d(x, fresh, b, plan=plan), want)
+    assert taken == [tile] * 3
+
+
+@pytest.mark.parametrize(("size", "batch", "tile"), [
+    (56, 1, 4), (28, 1, 4), (28, 16, 4), (7, 16, 4),  # 4 divides the output: F(4x4) from 48 tiles on
+    (14, 1, 2), (14, 16, 2), (13, 16, 2),  # cropped 4x4 tiles: F(4x4)'s GEMMs are 0.73 of F(2x2)'s, too many
+    (24, 1, 2),  # 36 tiles of 4x4: too few
+    (112, 1, 2), (224, 1, 2),  # over 56x56: F(2x2), for accuracy (VGG-16)
+    (7, 1, None), (7, 2, 2),  # 16 and 32 tiles of 2x2
+])
+def test_winograd_tile_by_tile_count_and_crop(size: int, batch: int, tile: int | None) -> None:
+    """F(4x4) where it pays (benchmarks/winograd.py) on maps up to 56x56, F(2x2) where that does, im2col below
+    32 2x2 tiles."""
+    assert rt.ConvPlan(64, size, size, 64, (3, 3), pad=(1, 1)).winograd_tile(batch) == tile
 
 
 def test_winograd_only_where_it_pays(monkeypatch) -> None:  # noqa: ANN001

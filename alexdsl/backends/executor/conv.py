@@ -91,27 +91,35 @@ class ConvPlan:
 
     @property
     def is_winograd(self) -> bool:
-        """3x3, stride 1, undilated, one group: Winograd F(2x2, 3x3) applies (:func:`_conv2d_winograd`)."""
+        """3x3, stride 1, undilated, one group: Winograd F(2x2, 3x3) or F(4x4, 3x3) applies
+        (:func:`_conv2d_winograd`)."""
         return self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
 
-    @property
-    def winograd_grid(self) -> tuple[int, int]:
-        """2x2 output tiles down and across one image (the last ones cropped where the output size is odd)."""
-        return (self.out_h + 1) // 2, (self.out_w + 1) // 2
+    def winograd_grid(self, tile: int) -> tuple[int, int]:
+        """``tile`` x ``tile`` output tiles down and across one image (the last ones cropped where they overhang)."""
+        return -(-self.out_h // tile), -(-self.out_w // tile)
 
-    def winograd_weight(self, weight: Array) -> Array:
-        """``G g G^T`` of every (output, input) channel pair of ``weight``, as (16, O, C), computed in float64.
+    def winograd_tile(self, batch: int) -> int | None:
+        """The Winograd output tile this layer takes at ``batch`` (4, 2), or None where im2col's GEMM is as fast."""
+        four, two = (batch * math.prod(self.winograd_grid(tile)) for tile in (4, 2))
+        small = max(self.out_h, self.out_w) <= WINOGRAD4_MAX_SIZE
+        if small and four >= WINOGRAD4_MIN_TILES and 36 * four <= WINOGRAD4_MAX_PRODUCTS * 16 * two:
+            return 4
+        return 2 if two >= WINOGRAD_MIN_TILES else None
+
+    def winograd_weight(self, weight: Array, tile: int) -> Array:
+        """``G g G^T`` of every (output, input) channel pair of ``weight``, as (alpha^2, O, C), computed in float64.
 
         Computed on the first call with a weight array and kept for the next calls with the same
         array (the executor's weights, folded once at setup, are never written again); a new
         array, not one changed in place, makes a new transform.
         """
-        cached = self._work.get("winograd")
+        cached = self._work.get(f"winograd{tile}")
         if cached is None or cached[0] is not weight:
-            g = numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+            g = WINOGRAD_WEIGHT_TRANSFORMS[tile]
             u = numpy.einsum("ai,ocij,bj->aboc", g, weight.astype(numpy.float64), g)
-            u = numpy.ascontiguousarray(u.reshape(16, self.out_channels, self.in_channels).astype(weight.dtype))
-            cached = self._work["winograd"] = (weight, u)
+            u = u.reshape(len(g) ** 2, self.out_channels, self.in_channels).astype(weight.dtype)
+            cached = self._work[f"winograd{tile}"] = (weight, numpy.ascontiguousarray(u))
         return cached[1]
 
     @property
@@ -335,10 +343,11 @@ def conv2d(
     elif (c, h, w) != (plan.in_channels, plan.height, plan.width):
         raise ValueError(f"ConvPlan built for {(plan.in_channels, plan.height, plan.width)}, got {(c, h, w)}")
     compiled = numba_kernels(x.dtype) if gemm == "auto" and xp is numpy and plan.is_winograd else None
-    if compiled is not None and n * math.prod(plan.winograd_grid) >= WINOGRAD_MIN_TILES:
+    tile = plan.winograd_tile(n) if compiled is not None else None
+    if tile is not None:
         if out is None:
             out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
-        return _conv2d_winograd(compiled, x, weight, bias, relu, plan, out)
+        return _conv2d_winograd(compiled, x, weight, bias, relu, plan, out, tile)
     if gemm == "auto":
         gemm = gemm_layout(xp)
     elif gemm not in GEMM_LAYOUTS:
@@ -380,28 +389,55 @@ def conv2d(
 
 
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
-WINOGRAD_CHUNK_BYTES = 8 << 20  # transformed tiles + GEMM products of one chunk of images, per thread
+WINOGRAD4_MIN_TILES = 48  # fewer 4x4 tiles in a batch: F(2x2, 3x3) is faster (7x7 maps at batch 1: 4; 28x28: 49)
+# F(4x4) where its GEMMs make at most this share of F(2x2)'s multiplications: 0.5625 where 4 divides the output
+# size (56x56, 28x28), 0.73 on 13x13 and 14x14 maps (cropped tiles), where its larger transforms eat the gain
+WINOGRAD4_MAX_PRODUCTS = 0.6
+# F(4x4) on outputs up to 56x56 only, for accuracy: on VGG-16's 112x112 and 224x224 convs as well (13 convs in a
+# row, no normalisation) its float32 error was 2.0x onnxruntime's, capped 1.7x (docs/performance.md)
+WINOGRAD4_MAX_SIZE = 56
+# Transformed tiles + GEMM products of one chunk of images, per thread: up to this many bytes (under one 56x56 image's,
+# so those run an image per chunk, in cache) or this many times the transformed weight, if more: each chunk's GEMMs
+# read it all again (512 -> 512 channels on 7x7 maps: 38 MB for F(4x4), so a batch of 16 is one chunk)
+WINOGRAD_CHUNK_BYTES = 2 << 20
+WINOGRAD_CHUNK_WEIGHTS = 2
+WINOGRAD_WEIGHT_TRANSFORMS = {  # G of F(m x m, 3x3) by m; the transforms of inputs and outputs are in numba_kernels
+    2: numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]]),  # points 0, 1, -1
+    # points 0, 1, -1, 1/2, -2: 2.5x less float32 error than Lavin & Gray's 0, 1, -1, 2, -2 (rows 0-2, 4, 5 halved
+    # against the Toom-Cook construction's, as B^T's rows are doubled to integers)
+    4: numpy.array([[1 / 2, 0.0, 0.0], [1 / 6, 1 / 6, 1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                    [-16 / 15, -8 / 15, -4 / 15], [1 / 30, -1 / 15, 2 / 15], [0.0, 0.0, 1 / 2]]),
+}
 _thread_work = threading.local()
 
 
 def _conv2d_winograd(
-    compiled: ModuleType, x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, out: Array
+    compiled: ModuleType, x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, out: Array,
+    tile: int,
 ) -> Array:
-    """NumPy with Numba: Winograd F(2x2, 3x3), 2.25x fewer multiplications than im2col + GEMM.
+    """NumPy with Numba: Winograd F(m x m, 3x3) for ``tile`` m = 2 or 4, 2.25x or 4x fewer multiplications than
+    im2col + GEMM.
 
-    Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`): the compiled input transform writes the
-    16 ``B^T d B`` components of every 4x4 tile ``(16, C, tiles)``, one batched GEMM by the
-    transformed weight (:meth:`ConvPlan.winograd_weight`) gives ``(16, O, tiles)``, and the
-    compiled output transform ``A^T M A`` adds the bias, applies ReLU and writes NCHW. With
-    several chunks and threads, the chunks run on the thread pool with BLAS on one thread; with one
-    chunk, the transforms are split over the pool by channels and BLAS keeps its threads.
+    Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`, :data:`WINOGRAD_CHUNK_WEIGHTS`): the compiled input
+    transform writes the alpha^2 ``B^T d B`` components (alpha = m + 2) of every alpha x alpha tile
+    ``(alpha^2, C, tiles)``, one batched GEMM by the transformed weight (:meth:`ConvPlan.winograd_weight`)
+    gives ``(alpha^2, O, tiles)``, and the compiled output transform ``A^T M A`` adds the bias, applies ReLU
+    and writes NCHW. With several chunks and threads, the chunks run on the thread pool with BLAS on
+    one thread; with one chunk, the transforms are split over the pool by channels and BLAS keeps
+    its threads.
     """
     n, c = x.shape[:2]
     o = plan.out_channels
-    u = plan.winograd_weight(weight)
-    grid = plan.winograd_grid
+    u = plan.winograd_weight(weight, tile)
+    grid = plan.winograd_grid(tile)
+    if tile == 4:
+        transform_input, transform_output = compiled.winograd4_input, compiled.winograd4_output
+    else:
+        transform_input, transform_output = compiled.winograd_input, compiled.winograd_output
+    parts = u.shape[0]
     per_image = grid[0] * grid[1]
-    images = max(1, min(n, WINOGRAD_CHUNK_BYTES // (16 * (c + o) * per_image * x.itemsize)))
+    budget = max(WINOGRAD_CHUNK_BYTES, WINOGRAD_CHUNK_WEIGHTS * u.nbytes)
+    images = max(1, min(n, budget // (parts * (c + o) * per_image * x.itemsize)))
     chunks = [(lo, min(n, lo + images)) for lo in range(0, n, images)]
     x = numpy.ascontiguousarray(x)
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
@@ -413,16 +449,16 @@ def _conv2d_winograd(
         for first, last in chunks[lo:hi]:
             count = (last - first) * per_image
             work = getattr(_thread_work, "winograd", None)
-            if work is None or work.size < 16 * (c + o) * count or work.dtype != x.dtype:
-                work = _thread_work.winograd = numpy.empty(16 * (c + o) * count, x.dtype)
-            tiles = work[: 16 * c * count].reshape(16, c, count)
-            products = work[16 * c * count : 16 * (c + o) * count].reshape(16, o, count)
+            if work is None or work.size < parts * (c + o) * count or work.dtype != x.dtype:
+                work = _thread_work.winograd = numpy.empty(parts * (c + o) * count, x.dtype)
+            tiles = work[: parts * c * count].reshape(parts, c, count)
+            products = work[parts * c * count : parts * (c + o) * count].reshape(parts, o, count)
             image, y = x[first:last], out[first:last]
             split(numpy, c, tiles.size,
-                  lambda lo, hi, image=image, tiles=tiles: compiled.winograd_input(image, tiles, lo, hi, pad, grid))
+                  lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid))
             numpy.matmul(u, tiles, out=products)
             split(numpy, o, products.size,
-                  lambda lo, hi, products=products, y=y: compiled.winograd_output(products, shift, y, lo, hi, relu))
+                  lambda lo, hi, products=products, y=y: transform_output(products, shift, y, lo, hi, relu))
 
     pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 else None
     if pin is None:  # one chunk or one thread: BLAS threads for the GEMM, the pool for the transforms

@@ -252,6 +252,107 @@ def winograd_output(
 
 
 
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd4_input(
+    x: numpy.ndarray, tiles: numpy.ndarray, lo: int, hi: int, pad: tuple[int, int], grid: tuple[int, int]
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(4x4, 3x3) (points 0, 1, -1, 1/2, -2 and infinity): ``B^T d B`` of every 6x6 input tile of channels
+    ``lo..hi``, ``B^T``'s rows scaled by powers of 2 to integers (``G``'s rows by the inverse, so nothing changes but
+    the exponents).
+
+    ``x`` is (N, C, H, W); ``tiles`` is (36, C, N * TH * TW) for ``grid`` (TH, TW), tile ``(ty, tx)`` of image ``n``
+    reading padded rows ``4ty..4ty+5`` and columns ``4tx..4tx+5`` (zero outside the image). A row of tiles is done
+    at once, from six input rows, so the stores are contiguous.
+    """
+    n, c, h, w = x.shape
+    (ph, pw), (tiles_h, tiles_w) = pad, grid
+    pitch = 4 * tiles_w + 2
+    rows = numpy.zeros((6, pitch), x.dtype)
+    mixed = numpy.empty((6, pitch), x.dtype)
+    zero = x.dtype.type(0)
+    for channel in range(lo, hi):
+        for image in range(n):
+            for ty in range(tiles_h):
+                for i in range(6):
+                    y = 4 * ty - ph + i
+                    for k in range(pitch):
+                        col = k - pw
+                        rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+                for k in range(pitch):  # B^T along the rows of the tile
+                    r0, r1, r2, r3, r4, r5 = rows[0, k], rows[1, k], rows[2, k], rows[3, k], rows[4, k], rows[5, k]
+                    mixed[0, k] = 2 * (r0 + r4) + 3 * (r3 - r1) - 4 * r2
+                    mixed[1, k] = 2 * (r4 - r1) + r2 + 5 * r3
+                    mixed[2, k] = 2 * (r1 + r4) - 5 * r2 + r3
+                    mixed[3, k] = 2 * (r3 - r1) + (r4 - r2)
+                    mixed[4, k] = 2 * (r4 - r2) + (r1 - r3)
+                    mixed[5, k] = 2 * (r1 + r5) + 3 * (r4 - r2) - 4 * r3
+                first = (image * tiles_h + ty) * tiles_w
+                for i in range(6):  # B along its columns
+                    for tx in range(tiles_w):
+                        q = uintp(4 * tx)
+                        d0, d1, d2 = mixed[i, q], mixed[i, q + 1], mixed[i, q + 2]
+                        d3, d4, d5 = mixed[i, q + 3], mixed[i, q + 4], mixed[i, q + 5]
+                        t = first + tx
+                        tiles[6 * i, channel, t] = 2 * (d0 + d4) + 3 * (d3 - d1) - 4 * d2
+                        tiles[6 * i + 1, channel, t] = 2 * (d4 - d1) + d2 + 5 * d3
+                        tiles[6 * i + 2, channel, t] = 2 * (d1 + d4) - 5 * d2 + d3
+                        tiles[6 * i + 3, channel, t] = 2 * (d3 - d1) + (d4 - d2)
+                        tiles[6 * i + 4, channel, t] = 2 * (d4 - d2) + (d1 - d3)
+                        tiles[6 * i + 5, channel, t] = 2 * (d1 + d5) + 3 * (d4 - d2) - 4 * d3
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
+def winograd4_output(
+    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
+    """Winograd F(4x4, 3x3): ``A^T M A`` + bias (+ ReLU) of output channels ``lo..hi`` into ``out`` (N, O, OH, OW).
+
+    ``products`` is (36, O, N * TH * TW), the 36 GEMMs' results; a row of tiles is done at once (``A^T`` down each
+    tile's columns, then ``A`` along its rows into a row buffer), and the last tile row and column are cropped where
+    OH or OW is not a multiple of 4.
+    """
+    n, o, oh, ow = out.shape
+    tiles_h, tiles_w = (oh + 3) // 4, (ow + 3) // 4
+    mixed = numpy.empty((4, 6, tiles_w), out.dtype)
+    line = numpy.empty((4, 4 * tiles_w), out.dtype)
+    zero = out.dtype.type(0)
+    m = products
+    for channel in range(lo, hi):
+        shift = bias[channel] if bias.size else zero
+        for image in range(n):
+            for ty in range(tiles_h):
+                first = (image * tiles_h + ty) * tiles_w
+                for j in range(6):  # A^T down the columns of every tile in the row
+                    for tx in range(tiles_w):
+                        t = first + tx
+                        m0, m1, m2 = m[j, channel, t], m[6 + j, channel, t], m[12 + j, channel, t]
+                        m3, m4, m5 = m[18 + j, channel, t], m[24 + j, channel, t], m[30 + j, channel, t]
+                        s12, d12 = m1 + m2, m1 - m2
+                        mixed[0, j, tx] = (m0 + s12) + (m3 + m4)
+                        mixed[1, j, tx] = d12 + (0.5 * m3 - 2 * m4)
+                        mixed[2, j, tx] = s12 + (0.25 * m3 + 4 * m4)
+                        mixed[3, j, tx] = d12 + (0.125 * m3 - 8 * m4) + m5
+                for i in range(4):  # A along the rows
+                    for tx in range(tiles_w):
+                        m0, m1, m2 = mixed[i, 0, tx], mixed[i, 1, tx], mixed[i, 2, tx]
+                        m3, m4, m5 = mixed[i, 3, tx], mixed[i, 4, tx], mixed[i, 5, tx]
+                        s12, d12 = m1 + m2, m1 - m2
+                        q = uintp(4 * tx)
+                        line[i, q] = (m0 + s12) + (m3 + m4) + shift
+                        line[i, q + 1] = d12 + (0.5 * m3 - 2 * m4) + shift
+                        line[i, q + 2] = s12 + (0.25 * m3 + 4 * m4) + shift
+                        line[i, q + 3] = d12 + (0.125 * m3 - 8 * m4) + m5 + shift
+                for i in range(min(4, oh - 4 * ty)):
+                    y = 4 * ty + i
+                    if relu:
+                        for k in range(ow):
+                            value = line[i, k]
+                            out[image, channel, y, k] = value if value > zero else zero
+                    else:
+                        for k in range(ow):
+                            out[image, channel, y, k] = line[i, k]
+
+
 # Elementwise kernels: each element in float64 and rounded once into the output's dtype, in one pass. ---------
 #
 # libm's exp and erfc are scalar calls that keep a loop from vectorising (slower than NumPy's SIMD passes), and
