@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -25,6 +25,7 @@ from alexdsl.backends.executor.arrays import (
     as_pair,
     as_strided,
     blas_one_thread,
+    can_pin_blas,
     gemm_layout,
     num_threads,
     numba_kernels,
@@ -63,6 +64,7 @@ class ConvPlan:
     out_h: int = field(init=False)
     out_w: int = field(init=False)
     _work: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _weights_of: ConvPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kernel, self.stride = as_pair(self.kernel), as_pair(self.stride)
@@ -106,6 +108,8 @@ class ConvPlan:
         array (the executor's weights, folded once at setup, are never written again); a new
         array, not one changed in place, makes a new transform.
         """
+        if self._weights_of is not None:
+            return self._weights_of.winograd_weight(weight)
         cached = self._work.get("winograd")
         if cached is None or cached[0] is not weight:
             g = numpy.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -113,6 +117,13 @@ class ConvPlan:
             u = numpy.ascontiguousarray(u.reshape(16, self.out_channels, self.in_channels).astype(weight.dtype))
             cached = self._work["winograd"] = (weight, u)
         return cached[1]
+
+    def for_thread(self) -> ConvPlan:
+        """A copy with workspaces of its own, for another thread (a batch shard's); the weight transforms
+        (:meth:`winograd_weight`) stay this plan's, computed once for both."""
+        twin = replace(self)
+        twin._weights_of = self._weights_of or self
+        return twin
 
     @property
     def k_size(self) -> int:
@@ -492,7 +503,7 @@ def transpose_bias_relu(src: Array, bias: Array | None, relu: bool, out: Array) 
 
 
 def _use_image_threads(xp: ModuleType, n: int) -> bool:
-    return xp is numpy and n > 1 and num_threads() > 1 and blas_one_thread() is not None
+    return xp is numpy and n > 1 and num_threads() > 1 and can_pin_blas()
 
 
 def _conv2d_image_threads(

@@ -8,6 +8,7 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -19,7 +20,14 @@ import numpy
 
 from alexdsl import weights as weights_io
 from alexdsl.backends.executor import runtime as rt
-from alexdsl.backends.executor.arrays import cupy_module
+from alexdsl.backends.executor.arrays import (
+    blas_one_thread,
+    can_pin_blas,
+    cupy_module,
+    num_threads,
+    one_thread,
+    thread_pool,
+)
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.extras import install_command
 from alexdsl.ops.fillers import Filler, draw
@@ -30,6 +38,11 @@ CPU_FLOAT16_WARNING = (
     "float16 on the CPU is slow: NumPy has no fast float16 matrix products, so this executor runs "
     "40-140x slower than in float32 (and saves no time); use dtype float32 on the CPU, float16 on a GPU with CuPy"
 )
+
+
+SHARD_MIN_IMAGES = 1
+"""The fewest images a batch shard gets: on NumPy with T > 1 threads a batch of at least 2 of them runs as
+``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`)."""
 
 
 class SlowDtypeWarning(UserWarning):
@@ -121,6 +134,8 @@ class Executor:
     scratch_wide: ClassVar[int] = 0  # ... and on CuPy (channel-major columns + GEMM result)
     default_dtype: ClassVar[str] = "float32"
     keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
+    # every layer's output depends on its own sample alone (OpDef.is_per_sample): a batch may be split over threads
+    per_sample: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -143,6 +158,8 @@ class Executor:
             host = weights_io.load_weights(weights, expected, optional=self.unused, integers=integers)
         self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
         self._arena: tuple[int, dict[str, Any], Any] | None = None
+        self.sharding = True  # False runs every batch whole (the profiler sets it: it times this forward alone)
+        self._shards: list[Executor] = []  # the second, third... shard's executors, made when first needed
         self.setup(self.weights)
 
     # generated ------------------------------------------------------------------------------
@@ -216,6 +233,9 @@ class Executor:
         else:
             moved = [xp.asarray(x) for x in inputs]
         moved = [x.astype(self.dtype) if name in self.token_inputs else x for name, x in zip(self.inputs, moved)]
+        bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
+        if len(bounds) > 2:
+            return self._sharded(moved, bounds, on_gpu)
         result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
@@ -225,6 +245,56 @@ class Executor:
         else:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]
+
+    # splitting a batch over threads -----------------------------------------------------------
+    def shard_bounds(self, n: int) -> list[int]:
+        """Where :meth:`__call__` splits a batch of ``n``: ``[0, b1, ..., n]``, one shard per thread; ``[0, n]``
+        when it runs whole.
+
+        A batch is split on NumPy with :func:`~alexdsl.backends.executor.arrays.num_threads` T > 1 when every
+        layer is per sample (:attr:`per_sample`), BLAS can be pinned to one thread (threadpoolctl) and the
+        profiler is not timing this executor (:attr:`sharding`): into ``min(T, n // SHARD_MIN_IMAGES)`` shards,
+        their sizes differing by one at most.
+        """
+        shards = min(num_threads(), n // SHARD_MIN_IMAGES)
+        if shards < 2 or not (self.per_sample and self.sharding and self.xp is numpy and can_pin_blas()):
+            return [0, n]
+        return [n * i // shards for i in range(shards + 1)]
+
+    def _shard(self, index: int) -> Executor:
+        """The executor of shard ``index``: this one for the first, else a copy with its own arena and conv
+        workspaces (a plan is not thread-safe) that shares the weights and everything else ``setup`` made."""
+        while len(self._shards) < index:
+            twin = copy.copy(self)
+            twin._arena, twin._shards = None, []
+            for name, value in vars(self).items():
+                if isinstance(value, rt.ConvPlan):
+                    setattr(twin, name, value.for_thread())
+            self._shards.append(twin)
+        return self if index == 0 else self._shards[index - 1]
+
+    def _sharded(self, inputs: list[Any], bounds: list[int], on_gpu: bool) -> Any:
+        """:meth:`forward` on each shard ``inputs[bounds[i]:bounds[i + 1]]`` in a thread of its own (the first in
+        the caller's), each with one thread inside (BLAS pinned, the thread pool not used); the outputs joined."""
+        shards = len(bounds) - 1
+        executors = [self._shard(i) for i in range(shards)]
+
+        def run(i: int) -> tuple[Any, ...]:
+            with one_thread():
+                result = executors[i].forward(*(x[bounds[i] : bounds[i + 1]] for x in inputs))
+            return result if isinstance(result, tuple) else (result,)
+
+        pool = thread_pool(shards)
+        with blas_one_thread():
+            futures = [pool.submit(run, i) for i in range(1, shards)]
+            try:
+                parts = [run(0)]
+            finally:
+                parts += [future.result() for future in futures]
+        outs = tuple(numpy.concatenate(pieces) for pieces in zip(*parts, strict=True))
+        if on_gpu:
+            outs = tuple(cupy_module.asarray(o) for o in outs)
+        return outs if len(self.outputs) > 1 else outs[0]
 
     # reporting --------------------------------------------------------------------------------
     def memory(self, batch: int = 1) -> dict[str, int]:
