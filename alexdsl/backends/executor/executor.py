@@ -40,9 +40,11 @@ CPU_FLOAT16_WARNING = (
 )
 
 
-SHARD_MIN_IMAGES = 1
-"""The fewest images a batch shard gets: on NumPy with T > 1 threads a batch of at least 2 of them runs as
-``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`)."""
+SHARD_MIN_IMAGES = 4
+"""The fewest images a batch shard gets: on NumPy with T > 1 threads a batch of ``n >= 2 * SHARD_MIN_IMAGES``
+runs as ``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`). Fewer rows
+than that can change which kernel runs: OpenBLAS takes its small-matrix GEMM below about 10**6 multiply-adds
+(an 800x500 fully connected layer rounds otherwise at 2 rows than at 4), and Winograd needs 32 tiles a call."""
 
 
 class SlowDtypeWarning(UserWarning):
@@ -298,11 +300,23 @@ class Executor:
 
     # reporting --------------------------------------------------------------------------------
     def memory(self, batch: int = 1) -> dict[str, int]:
-        """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive."""
+        """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive.
+
+        A batch split over threads (:meth:`shard_bounds`) holds the same buffer bytes in one arena per shard, but
+        one scratch per shard: ``shards`` says how many.
+        """
         item = self.dtype.itemsize
         per_image = self._scratch_per_image()
-        scratch = rt.scratch_rows(self.xp.__name__, batch, per_image, item) * per_image * item
+        bounds = self.shard_bounds(batch)
+        if len(bounds) > 2:
+            with one_thread():  # the scratch a shard's thread plans
+                rows = sum(rt.scratch_rows(self.xp.__name__, hi - lo, per_image, item)
+                           for lo, hi in zip(bounds, bounds[1:], strict=False))
+        else:
+            rows = rt.scratch_rows(self.xp.__name__, batch, per_image, item)
+        scratch = rows * per_image * item
         return {
+            "shards": len(bounds) - 1,
             "planned_bytes": sum(self.buffers) * batch * item + scratch,
             "buffer_bytes": sum(self.buffers) * batch * item,
             "scratch_bytes": scratch,
