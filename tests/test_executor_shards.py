@@ -4,6 +4,14 @@ A split batch runs each shard's ``forward`` in its own thread with one thread in
 not used), so its reference is the whole batch run the same way: ``ALEXDSL_NUM_THREADS=1`` and BLAS pinned
 to one thread (BLAS's own threads change the last bits of some GEMMs, and so do the executor's per-image
 conv threads).
+
+Bit for bit needs each layer to pick the same kernel for a shard as for the whole batch, which the
+batch size can change: OpenBLAS runs a GEMM of fewer than about 10**6 multiply-adds with its small-matrix
+kernel, which rounds otherwise, and the Winograd conv takes images in chunks of up to 8 MiB of tiles
+(GoogLeNet's inception 4a: 8 images), so the whole batch's ninth image runs alone, in a small GEMM,
+where a shard of 4 or 5 would not; and a 3x3 conv needs 32 tiles a call for Winograd (VGG16's 4x4 maps
+at a 64x64 input: 8 images). The batches below split into shards of 4 to 7 images whose kernels are the
+whole batch's (no one-image Winograd chunk, VGG16 at 96x96); docs/performance.md says this too.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ from alexdsl.ops.registry import OpDef
 from alexdsl.profiling import Profile, profile_executor
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SMALL_INPUT = {"vgg16": {"data": (3, 64, 64)}, "convnext_tiny": {"data": (3, 64, 64)}}
+SMALL_INPUT = {"vgg16": {"data": (3, 96, 96)}, "convnext_tiny": {"data": (3, 64, 64)}}
 # gpt2 and llama run their ops at 124M and 1.1B parameters: llama_tiny covers the same token ops
 TOO_BIG = {"gpt2", "llama"}
 FAST = {"lenet", "vit_digits", "llama_tiny"}
-# (threads, batch): uneven shards of 4 and 5, and of 4, 4 and 5
-SPLITS = ((2, 2 * SHARD_MIN_IMAGES + 1), (3, 3 * SHARD_MIN_IMAGES + 1))
+# (threads, batch): uneven shards of 6 and 7, and of 4, 5 and 5
+SPLITS = ((2, 13), (3, 14))
 
 
 def _examples() -> list[Any]:
