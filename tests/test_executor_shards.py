@@ -167,3 +167,24 @@ def test_a_profiled_executor_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None
     assert ex.shard_bounds(16) == [0, 16]
     ex(*_inputs(ex, 16))
     assert len(profile.calls) == 1 and profile.totals()
+
+
+SMALL_NET = """network Small
+input x: 3x32x32
+stem: conv(16, 3, pad=1) | batchnorm | relu | maxpool(2, stride=2)
+dw: conv(16, 3, pad=1, groups=16) | batchnorm | silu
+pw: conv(24, 1) | relu
+g: global_avgpool | fc(10)
+"""
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_split_is_bit_identical_with_and_without_numba(numba: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    net = alexdsl.parse(SMALL_NET)
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    xs = _inputs(ex, 13)
+    want = _whole_on_one_thread(ex, xs, monkeypatch)
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    assert ex.shard_bounds(13) == [0, 6, 13]
+    np.testing.assert_array_equal(ex(*xs), want)
