@@ -4,8 +4,10 @@
     python benchmarks/batch_shards.py --networks resnet18 --threads 1 2 --batches 8 16 --repeat 3
 
 One executor runs each batch split (``Executor.shard_bounds``: one shard per thread, each with one
-thread inside) and whole (``executor.sharding = False``: every kernel spread over the thread pool and
-BLAS's threads, as before shards), beside onnxruntime at the same thread count, on the same weights
+thread inside), whole (``executor.sharding = False``: every kernel spread over the thread pool and
+BLAS's threads), and whole with BLAS on one thread (what main before shards ran after its first
+batched conv, whose check for threadpoolctl pinned BLAS for good), beside onnxruntime at the same
+thread count, on the same weights
 (ORT through alexdsl's ONNX export), in interleaved blocks, best of N. Every call is timed on two
 clocks: wall time (what a caller waits for) and the process's CPU time (all its threads: what the
 work costs, the figure that survives a loaded machine). The load (``os.getloadavg``) is printed with
@@ -53,6 +55,12 @@ def best_times(fns: list[Callable[[], Any]], repeat: int, rounds: int) -> list[t
     return [(min(w for w, _ in bucket), min(c for _, c in bucket)) for bucket in times]
 
 
+def pinned(run: Callable[[bool], Any]) -> Any:
+    """The batch whole with BLAS on one thread (threadpoolctl)."""
+    with threadpool_limits(1, "blas"):
+        return run(False)
+
+
 def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Split, whole and ORT at every thread count and batch size for one network."""
     net = NETWORKS[name]()
@@ -75,13 +83,17 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             with threadpool_limits(threads):
                 shards = len(executor.shard_bounds(batch)) - 1
                 load = os.getloadavg()[0]
-                sides = [lambda: run(True), lambda: run(False), lambda x=x, s=session: s.run(None, {input_name: x})]
-                split, whole, ort = best_times(sides, args.repeat, args.rounds)
+                sides = [lambda: run(True), lambda: run(False), lambda: pinned(run),
+                         lambda x=x, s=session: s.run(None, {input_name: x})]
+                split, whole, whole_pinned, ort = best_times(sides, args.repeat, args.rounds)
             executor.sharding = True
             row = {"network": net.name, "threads": threads, "batch": batch, "shards": shards,
                    "split_vs_whole_wall": round(whole[0] / split[0], 3),
                    "split_vs_whole_cpu": round(whole[1] / split[1], 3),
                    "split_vs_ort_wall": round(ort[0] / split[0], 3), "whole_vs_ort_wall": round(ort[0] / whole[0], 3),
+                   "split_vs_whole_pinned_wall": round(whole_pinned[0] / split[0], 3),
+                   "split_vs_whole_pinned_cpu": round(whole_pinned[1] / split[1], 3),
+                   "whole_pinned_vs_ort_wall": round(ort[0] / whole_pinned[0], 3),
                    "split_ms": round(split[0] * 1e3, 1), "whole_ms": round(whole[0] * 1e3, 1),
                    "ort_ms": round(ort[0] * 1e3, 1), "split_cpu_ms": round(split[1] * 1e3, 1),
                    "whole_cpu_ms": round(whole[1] * 1e3, 1), "ort_cpu_ms": round(ort[1] * 1e3, 1),
@@ -89,6 +101,8 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append(row)
             print(f"  {net.name:16s} {threads} thr batch {batch:3d} ({shards} shard(s)): "
                   f"split/whole {row['split_vs_whole_wall']:.2f}x wall {row['split_vs_whole_cpu']:.2f}x CPU; "
+                  f"split/whole with BLAS on 1 thread {row['split_vs_whole_pinned_wall']:.2f}x wall "
+                  f"{row['split_vs_whole_pinned_cpu']:.2f}x CPU (vs ORT {row['whole_pinned_vs_ort_wall']:.2f}); "
                   f"vs ORT: split {row['split_vs_ort_wall']:.2f} whole {row['whole_vs_ort_wall']:.2f} (wall); "
                   f"ms wall split/whole/ORT {row['split_ms']}/{row['whole_ms']}/{row['ort_ms']}, "
                   f"CPU {row['split_cpu_ms']}/{row['whole_cpu_ms']}/{row['ort_cpu_ms']}; "
