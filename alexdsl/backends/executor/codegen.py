@@ -556,10 +556,10 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     head.append(f"    scratch_wide = {low.scratch_wide}")
     head.append(f"    default_dtype = {lit(str(dtype))}")
     head.append(f"    keep_all = {keep_all}")
-    if not low.decoder:
-        head.append(f"    per_sample = {low.per_sample}")
     if low.decoder:
         head += _table("caches", low.caches)
+    else:
+        head.append(f"    per_sample = {low.per_sample}")
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [_marked(f"        {line}") for line in setup] or ["        pass"]

@@ -44,7 +44,7 @@ SHARD_MIN_IMAGES = 4
 """The fewest images a batch shard gets: on NumPy with T > 1 threads a batch of ``n >= 2 * SHARD_MIN_IMAGES``
 runs as ``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`). Fewer rows
 than that can change which kernel runs: OpenBLAS takes its small-matrix GEMM below about 10**6 multiply-adds
-(an 800x500 fully connected layer rounds otherwise at 2 rows than at 4), and Winograd needs 32 tiles a call."""
+(an 800x500 fully connected layer rounds differently at 2 rows than at 4), and Winograd needs 32 tiles a call."""
 
 
 class SlowDtypeWarning(UserWarning):
