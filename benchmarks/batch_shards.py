@@ -5,9 +5,9 @@
 
 One executor runs each batch split (``Executor.shard_bounds``: one shard per thread, each with one
 thread inside), whole (``executor.sharding = False``: every kernel spread over the thread pool and
-BLAS's threads), and whole with BLAS on one thread (what main before shards ran after its first
-batched conv, whose check for threadpoolctl pinned BLAS for good), beside onnxruntime at the same
-thread count, on the same weights
+BLAS's threads), and whole with BLAS held on one thread (what the per-image conv path leaves after
+the first batched conv: its check for threadpoolctl pins BLAS for good, docs/performance.md), beside
+onnxruntime at the same thread count, on the same weights
 (ORT through alexdsl's ONNX export), in interleaved blocks, best of N. Every call is timed on two
 clocks: wall time (what a caller waits for) and the process's CPU time (all its threads: what the
 work costs, the figure that survives a loaded machine). The load (``os.getloadavg``) is printed with

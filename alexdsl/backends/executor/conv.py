@@ -25,7 +25,6 @@ from alexdsl.backends.executor.arrays import (
     as_pair,
     as_strided,
     blas_one_thread,
-    can_pin_blas,
     gemm_layout,
     num_threads,
     numba_kernels,
@@ -503,7 +502,7 @@ def transpose_bias_relu(src: Array, bias: Array | None, relu: bool, out: Array) 
 
 
 def _use_image_threads(xp: ModuleType, n: int) -> bool:
-    return xp is numpy and n > 1 and num_threads() > 1 and can_pin_blas()
+    return xp is numpy and n > 1 and num_threads() > 1 and blas_one_thread() is not None
 
 
 def _conv2d_image_threads(
