@@ -192,7 +192,12 @@ def executor_step(statement: ast.stmt, comment: str | None, segment: str) -> Ste
 
 
 def profile_executor(executor: Any, profile: Profile) -> None:
-    """Profile every later call of a generated CuPy/NumPy executor into ``profile``."""
+    """Profile every later call of a generated CuPy/NumPy executor into ``profile``.
+
+    A profiled executor runs every batch whole, never split over threads (``executor.sharding``): each step is
+    timed over the whole batch, its kernels using the thread pool as they do at batch 1.
+    """
+    executor.sharding = False
     sync = None
     if executor.device == "cuda":
         stream = executor.xp.cuda.get_current_stream

@@ -157,6 +157,10 @@ class OpDef:
     """Whether each output token depends on the same token of the inputs alone (the first per-sample axis is
     the sequence), so a key/value-cached decoder runs the op on the new tokens only; None derives it from the
     pattern (:meth:`is_per_token`)."""
+    per_sample: bool | None = None
+    """Whether each sample's output depends on that sample alone (the batch axis is never mixed), so the executor
+    may split a batch over threads; None derives it from the role (:meth:`is_per_sample`). An op whose kernels
+    mix the batch (a statistic over it, say) declares False."""
 
     @property
     def arg_names(self) -> list[str]:
@@ -177,6 +181,11 @@ class OpDef:
         if self.pattern is Pattern.BROADCAST:
             return len({tuple(shape) for shape in inputs}) == 1
         return self.pattern is Pattern.ELEMWISE
+
+    def is_per_sample(self) -> bool:
+        """:attr:`per_sample`; undeclared, a layer is (the language's shapes leave the batch out), a loss or metric
+        (an average over the batch) is not."""
+        return self.per_sample if self.per_sample is not None else self.role == "layer"
 
     def param_kinds(self) -> list[str]:
         """The learnable parameter names this op can have (weight, bias, ...)."""

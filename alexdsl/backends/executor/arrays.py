@@ -14,8 +14,10 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -40,10 +42,15 @@ except Exception:  # noqa: BLE001 - ImportError, or a CUDA runtime that fails to
 
 _POOL: ThreadPoolExecutor | None = None
 PARALLEL_MIN_ELEMENTS = 1 << 18
+_this_thread = threading.local()  # .threads: what num_threads() says on this thread (one_thread), when set
 
 
 def num_threads() -> int:
-    """Threads for the memory-bound NumPy passes (env ALEXDSL_NUM_THREADS, else the CPU count)."""
+    """Threads for the memory-bound NumPy passes: 1 inside :func:`one_thread`, else env ALEXDSL_NUM_THREADS, else
+    the CPU count."""
+    pinned = getattr(_this_thread, "threads", None)
+    if pinned is not None:
+        return pinned
     env = os.environ.get("ALEXDSL_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -51,6 +58,18 @@ def num_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS / Windows
         return os.cpu_count() or 1
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Within it, :func:`num_threads` is 1 on the calling thread (and only there): a batch shard's thread runs
+    every kernel on itself, and never submits work to the pool it may be running on (that could deadlock)."""
+    previous = getattr(_this_thread, "threads", None)
+    _this_thread.threads = 1
+    try:
+        yield
+    finally:
+        _this_thread.threads = previous
 
 
 def thread_pool(threads: int) -> ThreadPoolExecutor:
@@ -127,8 +146,8 @@ def as_strided(xp: ModuleType, x: Array, shape: tuple[int, ...], strides: tuple[
 _BLAS_CONTROLLER: Any = None
 
 
-def blas_one_thread() -> Any:
-    """A context manager pinning BLAS to one thread (threadpoolctl), or None if unavailable."""
+def _blas_controller() -> Any:
+    """threadpoolctl's controller of the loaded BLAS, or False without threadpoolctl."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         try:
@@ -137,9 +156,21 @@ def blas_one_thread() -> Any:
             _BLAS_CONTROLLER = ThreadpoolController()
         except ImportError:
             _BLAS_CONTROLLER = False
-    if _BLAS_CONTROLLER is False:
-        return None
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    return _BLAS_CONTROLLER
+
+
+def can_pin_blas() -> bool:
+    """Whether :func:`blas_one_thread` can pin BLAS (threadpoolctl is installed); changes nothing."""
+    return _blas_controller() is not False
+
+
+def blas_one_thread() -> Any:
+    """BLAS pinned to one thread (threadpoolctl) until the returned context manager exits, or None if unavailable.
+
+    The pin takes effect at this call, not at ``with``: ask :func:`can_pin_blas` to only know whether it can.
+    """
+    controller = _blas_controller()
+    return None if controller is False else controller.limit(limits=1, user_api="blas")
 
 
 @cache

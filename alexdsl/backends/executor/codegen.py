@@ -84,6 +84,7 @@ class Lowered:
     var: dict[str, str]
     decoder: bool = False  # the steps of a key/value-cached decoder
     caches: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # a decoder's, per sample
+    per_sample: bool = False  # every layer's output depends on its own sample alone: a batch may be split
 
 
 # ------------------------------------------------------------------------------------ naming
@@ -417,7 +418,14 @@ def lower(network: Network, decoder: bool = False) -> Lowered:
         var=writer.var,
         decoder=decoder,
         caches=caches,
+        per_sample=not decoder and all(_is_per_sample(layer) for layer in graph.kept if not layer.is_input),
     )
+
+
+def _is_per_sample(layer: Layer) -> bool:
+    """Whether the layer's op declares each sample's output its own sample's alone (:meth:`OpDef.is_per_sample`)."""
+    op = lookup(layer.op)
+    return op is not None and op.is_per_sample()
 
 
 # ------------------------------------------------------------------------------------ emitting
@@ -550,6 +558,8 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
     head.append(f"    keep_all = {keep_all}")
     if low.decoder:
         head += _table("caches", low.caches)
+    else:
+        head.append(f"    per_sample = {low.per_sample}")
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [_marked(f"        {line}") for line in setup] or ["        pass"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -63,6 +63,7 @@ class ConvPlan:
     out_h: int = field(init=False)
     out_w: int = field(init=False)
     _work: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _weights_of: ConvPlan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.kernel, self.stride = as_pair(self.kernel), as_pair(self.stride)
@@ -114,6 +115,8 @@ class ConvPlan:
         array (the executor's weights, folded once at setup, are never written again); a new
         array, not one changed in place, makes a new transform.
         """
+        if self._weights_of is not None:
+            return self._weights_of.winograd_weight(weight, tile)
         cached = self._work.get(f"winograd{tile}")
         if cached is None or cached[0] is not weight:
             g = WINOGRAD_WEIGHT_TRANSFORMS[tile]
@@ -121,6 +124,13 @@ class ConvPlan:
             u = u.reshape(len(g) ** 2, self.out_channels, self.in_channels).astype(weight.dtype)
             cached = self._work[f"winograd{tile}"] = (weight, numpy.ascontiguousarray(u))
         return cached[1]
+
+    def for_thread(self) -> ConvPlan:
+        """A copy with workspaces of its own, for another thread (a batch shard's); the weight transforms
+        (:meth:`winograd_weight`) stay this plan's, computed once for both."""
+        twin = replace(self)
+        twin._weights_of = self._weights_of or self
+        return twin
 
     @property
     def k_size(self) -> int:

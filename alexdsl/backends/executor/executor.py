@@ -8,6 +8,7 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -19,7 +20,14 @@ import numpy
 
 from alexdsl import weights as weights_io
 from alexdsl.backends.executor import runtime as rt
-from alexdsl.backends.executor.arrays import cupy_module
+from alexdsl.backends.executor.arrays import (
+    blas_one_thread,
+    can_pin_blas,
+    cupy_module,
+    num_threads,
+    one_thread,
+    thread_pool,
+)
 from alexdsl.errors import AlexDSLError, Diagnostic
 from alexdsl.extras import install_command
 from alexdsl.ops.fillers import Filler, draw
@@ -30,6 +38,13 @@ CPU_FLOAT16_WARNING = (
     "float16 on the CPU is slow: NumPy has no fast float16 matrix products, so this executor runs "
     "40-140x slower than in float32 (and saves no time); use dtype float32 on the CPU, float16 on a GPU with CuPy"
 )
+
+
+SHARD_MIN_IMAGES = 4
+"""The fewest images a batch shard gets: on NumPy with T > 1 threads a batch of ``n >= 2 * SHARD_MIN_IMAGES``
+runs as ``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`). Fewer rows
+than that can change which kernel runs: OpenBLAS takes its small-matrix GEMM below about 10**6 multiply-adds
+(an 800x500 fully connected layer rounds differently at 2 rows than at 4), and Winograd needs 32 tiles a call."""
 
 
 class SlowDtypeWarning(UserWarning):
@@ -121,6 +136,8 @@ class Executor:
     scratch_wide: ClassVar[int] = 0  # ... and on CuPy (channel-major columns + GEMM result)
     default_dtype: ClassVar[str] = "float32"
     keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
+    # every layer's output depends on its own sample alone (OpDef.is_per_sample): a batch may be split over threads
+    per_sample: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -143,6 +160,8 @@ class Executor:
             host = weights_io.load_weights(weights, expected, optional=self.unused, integers=integers)
         self.weights = {key: self.xp.asarray(host[key], dtype=self.dtype) for key in expected}
         self._arena: tuple[int, dict[str, Any], Any] | None = None
+        self.sharding = True  # False runs every batch whole (the profiler sets it: it times this forward alone)
+        self._shards: list[Executor] = []  # the second, third... shard's executors, made when first needed
         self.setup(self.weights)
 
     # generated ------------------------------------------------------------------------------
@@ -216,6 +235,9 @@ class Executor:
         else:
             moved = [xp.asarray(x) for x in inputs]
         moved = [x.astype(self.dtype) if name in self.token_inputs else x for name, x in zip(self.inputs, moved)]
+        bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
+        if len(bounds) > 2:
+            return self._sharded(moved, bounds, on_gpu)
         result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
@@ -226,13 +248,75 @@ class Executor:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]
 
+    # splitting a batch over threads -----------------------------------------------------------
+    def shard_bounds(self, n: int) -> list[int]:
+        """Where :meth:`__call__` splits a batch of ``n``: ``[0, b1, ..., n]``, one shard per thread; ``[0, n]``
+        when it runs whole.
+
+        A batch is split on NumPy with :func:`~alexdsl.backends.executor.arrays.num_threads` T > 1 when every
+        layer is per sample (:attr:`per_sample`), BLAS can be pinned to one thread (threadpoolctl) and the
+        profiler is not timing this executor (:attr:`sharding`): into ``min(T, n // SHARD_MIN_IMAGES)`` shards,
+        their sizes differing by one at most.
+        """
+        shards = min(num_threads(), n // SHARD_MIN_IMAGES)
+        if shards < 2 or not (self.per_sample and self.sharding and self.xp is numpy and can_pin_blas()):
+            return [0, n]
+        return [n * i // shards for i in range(shards + 1)]
+
+    def _shard(self, index: int) -> Executor:
+        """The executor of shard ``index``: this one for the first, else a copy with its own arena and conv
+        workspaces (a plan is not thread-safe) that shares the weights and everything else ``setup`` made."""
+        while len(self._shards) < index:
+            twin = copy.copy(self)
+            twin._arena, twin._shards = None, []
+            for name, value in vars(self).items():
+                if isinstance(value, rt.ConvPlan):
+                    setattr(twin, name, value.for_thread())
+            self._shards.append(twin)
+        return self if index == 0 else self._shards[index - 1]
+
+    def _sharded(self, inputs: list[Any], bounds: list[int], on_gpu: bool) -> Any:
+        """:meth:`forward` on each shard ``inputs[bounds[i]:bounds[i + 1]]`` in a thread of its own (the first in
+        the caller's), each with one thread inside (BLAS pinned, the thread pool not used); the outputs joined."""
+        shards = len(bounds) - 1
+        executors = [self._shard(i) for i in range(shards)]
+
+        def run(i: int) -> tuple[Any, ...]:
+            with one_thread():
+                result = executors[i].forward(*(x[bounds[i] : bounds[i + 1]] for x in inputs))
+            return result if isinstance(result, tuple) else (result,)
+
+        pool = thread_pool(shards)
+        with blas_one_thread():
+            futures = [pool.submit(run, i) for i in range(1, shards)]
+            try:
+                parts = [run(0)]
+            finally:
+                parts += [future.result() for future in futures]
+        outs = tuple(numpy.concatenate(pieces) for pieces in zip(*parts, strict=True))
+        if on_gpu:
+            outs = tuple(cupy_module.asarray(o) for o in outs)
+        return outs if len(self.outputs) > 1 else outs[0]
+
     # reporting --------------------------------------------------------------------------------
     def memory(self, batch: int = 1) -> dict[str, int]:
-        """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive."""
+        """Planned activation bytes (buffers + im2col scratch) vs keeping every tensor alive.
+
+        A batch split over threads (:meth:`shard_bounds`) holds the same buffer bytes in one arena per shard, but
+        one scratch per shard: ``shards`` says how many.
+        """
         item = self.dtype.itemsize
         per_image = self._scratch_per_image()
-        scratch = rt.scratch_rows(self.xp.__name__, batch, per_image, item) * per_image * item
+        bounds = self.shard_bounds(batch)
+        if len(bounds) > 2:
+            with one_thread():  # the scratch a shard's thread plans
+                rows = sum(rt.scratch_rows(self.xp.__name__, hi - lo, per_image, item)
+                           for lo, hi in zip(bounds, bounds[1:], strict=False))
+        else:
+            rows = rt.scratch_rows(self.xp.__name__, batch, per_image, item)
+        scratch = rows * per_image * item
         return {
+            "shards": len(bounds) - 1,
             "planned_bytes": sum(self.buffers) * batch * item + scratch,
             "buffer_bytes": sum(self.buffers) * batch * item,
             "scratch_bytes": scratch,

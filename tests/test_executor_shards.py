@@ -1,0 +1,190 @@
+"""A batch split over threads (``Executor.shard_bounds``): the same output, bit for bit, as running it whole.
+
+A split batch runs each shard's ``forward`` in its own thread with one thread inside (BLAS pinned, the pool
+not used), so its reference is the whole batch run the same way: ``ALEXDSL_NUM_THREADS=1`` and BLAS pinned
+to one thread (BLAS's own threads change the last bits of some GEMMs, and so do the executor's per-image
+conv threads).
+
+Bit for bit needs each layer to pick the same kernel for a shard as for the whole batch, which the
+batch size can change: OpenBLAS runs a GEMM of fewer than about 10**6 multiply-adds with its small-matrix
+kernel, which rounds otherwise, and the Winograd conv takes images in chunks of up to 8 MiB of tiles
+(GoogLeNet's inception 4a: 8 images), so the whole batch's ninth image runs alone, in a small GEMM,
+where a shard of 4 or 5 would not; and a 3x3 conv needs 32 tiles a call for Winograd (VGG16's 4x4 maps
+at a 64x64 input: 8 images). The batches below split into shards of 4 to 7 images whose kernels are the
+whole batch's (no one-image Winograd chunk, VGG16 at 96x96); docs/performance.md says this too.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import random_weights
+from threadpoolctl import threadpool_limits
+
+import alexdsl
+from alexdsl.backends import executor as backend
+from alexdsl.backends.executor import arrays
+from alexdsl.backends.executor.executor import SHARD_MIN_IMAGES
+from alexdsl.ops import registry
+from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern
+from alexdsl.ops.registry import OpDef
+from alexdsl.profiling import Profile, profile_executor
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SMALL_INPUT = {"vgg16": {"data": (3, 96, 96)}, "convnext_tiny": {"data": (3, 64, 64)}}
+# gpt2 and llama run their ops at 124M and 1.1B parameters: llama_tiny covers the same token ops
+TOO_BIG = {"gpt2", "llama"}
+FAST = {"lenet", "vit_digits", "llama_tiny"}
+# (threads, batch): uneven shards of 6 and 7, and of 4, 5 and 5
+SPLITS = ((2, 13), (3, 14))
+
+
+def _examples() -> list[Any]:
+    return [pytest.param(path, id=path.stem, marks=[] if path.stem in FAST else [pytest.mark.slow])
+            for path in sorted(EXAMPLES.glob("*.adsl")) if path.stem not in TOO_BIG]
+
+
+def _inputs(ex: backend.Executor, batch: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(batch)
+    return [rng.integers(0, 32, (batch, *shape)) if name in ex.token_inputs
+            else rng.standard_normal((batch, *shape)).astype(np.float32) for name, shape in ex.inputs.items()]
+
+
+def _whole_on_one_thread(ex: backend.Executor, xs: list[np.ndarray], monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+    with threadpool_limits(1, "blas"):
+        return ex(*xs)
+
+
+@pytest.mark.parametrize("path", _examples())
+def test_split_batch_is_bit_identical_to_the_whole(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = alexdsl.load(path, input_shapes=SMALL_INPUT.get(path.stem))
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    assert type(ex).per_sample
+    for threads, batch in SPLITS:
+        xs = _inputs(ex, batch)
+        want = _whole_on_one_thread(ex, xs, monkeypatch)
+        monkeypatch.setenv("ALEXDSL_NUM_THREADS", str(threads))
+        bounds = ex.shard_bounds(batch)
+        assert len(bounds) == threads + 1 and min(np.diff(bounds)) >= SHARD_MIN_IMAGES, bounds
+        got = ex(*xs)
+        for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,),
+                        strict=True):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_small_batches_and_one_thread_run_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = alexdsl.load(EXAMPLES / "lenet.adsl")
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    assert ex.shard_bounds(1) == [0, 1]
+    assert ex.shard_bounds(2 * SHARD_MIN_IMAGES - 1) == [0, 2 * SHARD_MIN_IMAGES - 1]
+    assert ex.shard_bounds(16) == [0, 8, 16]
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+    assert ex.shard_bounds(16) == [0, 16]
+    xs = _inputs(ex, 1)
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    with threadpool_limits(1, "blas"):
+        np.testing.assert_array_equal(ex(*xs), _whole_on_one_thread(ex, xs, monkeypatch))
+
+
+def _register(monkeypatch: pytest.MonkeyPatch, name: str, function: Any, per_sample: bool | None) -> None:
+    """A plugin-style op ``name`` running ``function`` on the executor, for this test only."""
+    op = OpDef(name=name, summary="a test op", example=f"t: {name}", args=(), family="activation",
+               infer=lambda attrs, inputs: inputs[0], pattern=Pattern.OPAQUE, per_sample=per_sample,
+               lower=Lowerings(executor=ExecutorLowering(function=function)))
+    registry.lookup("relu")  # the built-in ops first
+    monkeypatch.setitem(registry._REGISTRY, name, op)
+
+
+def test_a_network_mixing_the_batch_is_never_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    def center(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        return np.subtract(x, x.mean(axis=0), out=out)
+
+    _register(monkeypatch, "batch_center", center, per_sample=False)
+    assert not registry.lookup("batch_center").is_per_sample()
+    net = alexdsl.parse("network T\ninput x: 3x4x4\nc: batch_center\n")
+    source = backend.generate_source(net)
+    assert "    per_sample = False\n" in source
+    ex = backend.compile(net, device="cpu")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    (x,) = _inputs(ex, 16)
+    assert ex.shard_bounds(16) == [0, 16]
+    np.testing.assert_allclose(ex(x), x - x.mean(axis=0), rtol=1e-6, atol=1e-6)
+    halves = np.concatenate([x[:8] - x[:8].mean(axis=0), x[8:] - x[8:].mean(axis=0)])
+    assert not np.allclose(ex(x), halves)  # what a split would have given
+
+
+def test_each_shard_runs_on_its_own_thread_with_one_thread_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def probe(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        seen.append((threading.get_ident(), arrays.num_threads(), x.shape[0]))
+        if out is None:
+            return x.copy()
+        out[...] = x
+        return out
+
+    _register(monkeypatch, "probe", probe, per_sample=None)
+    net = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\np: probe\ng: global_avgpool | fc(5)\n")
+    ex = backend.compile(net, device="cpu")
+    assert type(ex).per_sample  # derived: a layer is per sample unless its op says otherwise
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
+    xs = _inputs(ex, 14)
+    got = ex(*xs)
+    assert sorted(size for _, _, size in seen) == [4, 5, 5]
+    assert len({ident for ident, _, _ in seen}) == 3 and {threads for _, threads, _ in seen} == {1}
+    assert arrays.num_threads() == 3  # the caller's thread is its own again
+    np.testing.assert_array_equal(got, _whole_on_one_thread(ex, xs, monkeypatch))
+
+
+def test_memory_counts_a_scratch_per_shard(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = alexdsl.load(EXAMPLES / "lenet.adsl")
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+    whole = ex.memory(16)
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    split = ex.memory(16)
+    assert (whole["shards"], split["shards"]) == (1, 2)
+    assert split["buffer_bytes"] == whole["buffer_bytes"]  # the batch's buffers, in two arenas
+    ex(*_inputs(ex, 16))
+    arenas = [ex._arena, *(shard._arena for shard in ex._shards)]
+    assert sorted(arena[0] for arena in arenas) == [8, 8]
+    assert sum(arena[2].nbytes for arena in arenas) == split["scratch_bytes"]
+    assert split["planned_bytes"] == split["buffer_bytes"] + split["scratch_bytes"]
+
+
+def test_a_profiled_executor_runs_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = alexdsl.load(EXAMPLES / "lenet.adsl")
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    profile = Profile(net.name)
+    profile_executor(ex, profile)
+    assert ex.shard_bounds(16) == [0, 16]
+    ex(*_inputs(ex, 16))
+    assert len(profile.calls) == 1 and profile.totals()
+
+
+SMALL_NET = """network Small
+input x: 3x32x32
+stem: conv(16, 3, pad=1) | batchnorm | relu | maxpool(2, stride=2)
+dw: conv(16, 3, pad=1, groups=16) | batchnorm | silu
+pw: conv(24, 1) | relu
+g: global_avgpool | fc(10)
+"""
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_split_is_bit_identical_with_and_without_numba(numba: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    net = alexdsl.parse(SMALL_NET)
+    ex = backend.compile(net, random_weights(net), device="cpu")
+    xs = _inputs(ex, 13)
+    want = _whole_on_one_thread(ex, xs, monkeypatch)
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    assert ex.shard_bounds(13) == [0, 6, 13]
+    np.testing.assert_array_equal(ex(*xs), want)
