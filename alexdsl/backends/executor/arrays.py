@@ -178,9 +178,10 @@ def one_image_call() -> Iterator[None]:
     """An executor call on one image (NumPy, :func:`num_threads` > 1): everything on the calling thread, BLAS
     pinned to one thread (threadpoolctl, when installed) until it exits, then back to its own setting.
 
-    Measured on a 2-CPU machine (docs/performance.md, *Two threads at batch 1*): at batch 1 neither the pool
+    Measured on a 2-CPU machine (docs/performance.md, *two threads at batch 1*): at batch 1 neither the pool
     (kernels split by channels or by blocks of GEMM rows) nor BLAS's own threads paid for themselves, and both
-    together were up to 9x slower than one thread; switching BLAS's threads at each call costs under 1%.
+    together were several times slower than one thread; switching BLAS's threads at each call cost nothing
+    measurable.
     """
     pin = blas_one_thread() if num_threads() > 1 else None
     with one_thread(), pin if pin is not None else nullcontext():
