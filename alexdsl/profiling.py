@@ -195,7 +195,8 @@ def profile_executor(executor: Any, profile: Profile) -> None:
     """Profile every later call of a generated CuPy/NumPy executor into ``profile``.
 
     A profiled executor runs every batch whole, never split over threads (``executor.sharding``): each step is
-    timed over the whole batch, its kernels using the thread pool as they do at batch 1.
+    timed over the whole batch, its kernels using the thread pool as on a batch too small to split (a batch of
+    one runs on one thread, see docs/cupy.md).
     """
     executor.sharding = False
     sync = None

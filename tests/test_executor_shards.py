@@ -9,6 +9,9 @@ The reference is not the whole batch: the batch size picks kernels (Winograd F(4
 tiles in a call, OpenBLAS's small-matrix GEMM under about 10**6 multiply-adds, Winograd's chunks of images),
 so ResNet-18, VGG16 and GoogLeNet round differently in the last bits at 13 images than at 6 or 7, as every
 executor does between batch sizes. ``test_a_split_batch_stays_close_to_the_whole`` bounds that difference.
+
+A batch of one runs on the calling thread alone, BLAS pinned for the call (``arrays.one_image_call``): the same
+output, bit for bit, as on one thread.
 """
 
 from __future__ import annotations
@@ -203,3 +206,57 @@ def test_split_is_bit_identical_with_and_without_numba(numba: str, monkeypatch: 
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
     assert ex.shard_bounds(13) == [0, 6, 13]
     np.testing.assert_array_equal(ex(*xs), want)
+
+
+# one image ----------------------------------------------------------------------------------------------------------
+def _blas_threads() -> int:
+    """BLAS's threads as the executor's threadpoolctl controller set them (a fresh ``threadpool_info()`` can read
+    another value in a process where earlier tests pinned BLAS from pool threads)."""
+    return max(info["num_threads"] for info in arrays._blas_controller().info() if info["user_api"] == "blas")
+
+
+def test_one_image_runs_on_the_calling_thread_with_blas_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def probe(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        seen.append((threading.get_ident(), arrays.num_threads(), _blas_threads()))
+        if out is None:
+            return x.copy()
+        out[...] = x
+        return out
+
+    _register(monkeypatch, "probe", probe, per_sample=None)
+    net = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\np: probe\ng: global_avgpool | fc(5)\n")
+    ex = backend.compile(net, device="cpu")
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
+    with threadpool_limits(2, "blas"):
+        ex(*_inputs(ex, 1))
+        assert seen == [(threading.get_ident(), 1, 1)]
+        assert (arrays.num_threads(), _blas_threads()) == (3, 2)  # both back after the call
+        seen.clear()
+        ex(*_inputs(ex, 2))  # a batch of two (too small to split) runs whole, with the pool
+        assert [(ident, threads) for ident, threads, _ in seen] == [(threading.get_ident(), 3)]
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+@pytest.mark.parametrize("pinnable", [True, False], ids=["blas-pinned", "no-threadpoolctl"])
+def test_one_image_on_several_threads_equals_one_thread(
+    numba: str, pinnable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    if not pinnable:
+        monkeypatch.setattr(arrays, "_BLAS_CONTROLLER", False)
+    nets = [alexdsl.parse(SMALL_NET), alexdsl.load(EXAMPLES / "lenet.adsl"), alexdsl.load(EXAMPLES / "resnet18.adsl")]
+    for net in nets:
+        ex = backend.compile(net, random_weights(net), device="cpu")
+        xs = _inputs(ex, 1)
+        want = _whole_on_one_thread(ex, xs, monkeypatch)
+        for threads in (2, 3):
+            monkeypatch.setenv("ALEXDSL_NUM_THREADS", str(threads))
+            with threadpool_limits(threads, "blas"):
+                got = ex(*xs)
+            if pinnable:
+                np.testing.assert_array_equal(got, want, err_msg=f"{net.name}, {threads} threads")
+            else:  # BLAS keeps its threads, which may sum in another order: float32 rounding apart
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
+                                           err_msg=f"{net.name}, {threads} threads")

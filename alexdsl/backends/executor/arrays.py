@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -171,6 +171,21 @@ def blas_one_thread() -> Any:
     """
     controller = _blas_controller()
     return None if controller is False else controller.limit(limits=1, user_api="blas")
+
+
+@contextmanager
+def one_image_call() -> Iterator[None]:
+    """An executor call on one image (NumPy, :func:`num_threads` > 1): everything on the calling thread, BLAS
+    pinned to one thread (threadpoolctl, when installed) until it exits, then back to its own setting.
+
+    Measured on a 2-CPU machine (docs/performance.md, *two threads at batch 1*): at batch 1 neither the pool
+    (kernels split by channels or by blocks of GEMM rows) nor BLAS's own threads paid for themselves, and both
+    together were several times slower than one thread; switching BLAS's threads at each call cost nothing
+    measurable.
+    """
+    pin = blas_one_thread() if num_threads() > 1 else None
+    with one_thread(), pin if pin is not None else nullcontext():
+        yield
 
 
 @cache

@@ -8,6 +8,7 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -25,6 +26,7 @@ from alexdsl.backends.executor.arrays import (
     can_pin_blas,
     cupy_module,
     num_threads,
+    one_image_call,
     one_thread,
     thread_pool,
 )
@@ -238,7 +240,8 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        result = self.forward(*moved)
+        with one_image_call() if xp is numpy and bounds[-1] == 1 else contextlib.nullcontext():
+            result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
             outs = tuple(cupy_module.asarray(o) for o in outs)
