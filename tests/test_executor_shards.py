@@ -11,7 +11,8 @@ so ResNet-18, VGG16 and GoogLeNet round differently in the last bits at 13 image
 executor does between batch sizes. ``test_a_split_batch_stays_close_to_the_whole`` bounds that difference.
 
 A batch of one runs on the calling thread alone, BLAS pinned for the call (``arrays.one_image_call``): the same
-output, bit for bit, as on one thread.
+output, bit for bit, as on one thread; unless the network is GEMM-bound (``Executor.gemm_bound``: ResNet-18), which
+keeps BLAS's threads and the pool, and is float32 rounding apart.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from threadpoolctl import threadpool_limits
 import alexdsl
 from alexdsl.backends import executor as backend
 from alexdsl.backends.executor import arrays
-from alexdsl.backends.executor.executor import SHARD_MIN_IMAGES
+from alexdsl.backends.executor.executor import GEMM_BOUND_MACS_PER_ELEMENT, SHARD_MIN_IMAGES
 from alexdsl.ops import registry
 from alexdsl.ops.lowering import ExecutorLowering, Lowerings, Pattern
 from alexdsl.ops.registry import OpDef
@@ -255,8 +256,21 @@ def test_one_image_on_several_threads_equals_one_thread(
             monkeypatch.setenv("ALEXDSL_NUM_THREADS", str(threads))
             with threadpool_limits(threads, "blas"):
                 got = ex(*xs)
-            if pinnable:
+            if pinnable and not ex.gemm_bound:
                 np.testing.assert_array_equal(got, want, err_msg=f"{net.name}, {threads} threads")
             else:  # BLAS keeps its threads, which may sum in another order: float32 rounding apart
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
                                            err_msg=f"{net.name}, {threads} threads")
+
+
+@pytest.mark.parametrize(("example", "bound"), [("alexnet", True), ("resnet18", True), ("convnext_tiny", True),
+                                                ("swin_t", True), ("mobilenet_v2", False), ("efficientnet_b0", False),
+                                                ("mobilenet_v3_large", False)])
+def test_gemm_bound_networks_keep_blas_threads_at_batch_one(example: str, bound: bool) -> None:
+    """The generated class carries the shape pass's multiply-adds; a network with at least
+    GEMM_BOUND_MACS_PER_ELEMENT of them per activation element it writes is GEMM-bound."""
+    net = alexdsl.load(EXAMPLES / f"{example}.adsl")
+    ex = backend.compile(net, device="cpu")
+    assert type(ex).macs == sum(layer.macs or 0 for layer in net.layers()) > 0
+    assert ex.gemm_bound is bound
+    assert (type(ex).macs >= GEMM_BOUND_MACS_PER_ELEMENT * type(ex).keep_all) is bound
