@@ -136,11 +136,12 @@ def test_a_network_mixing_the_batch_is_never_split(monkeypatch: pytest.MonkeyPat
     assert not np.allclose(ex(x), halves)  # what a split would have given
 
 
-def test_shards_run_on_several_threads_with_one_thread_inside(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[int, int, int]] = []
+def _probed_executor(monkeypatch: pytest.MonkeyPatch, record: Any) -> backend.Executor:
+    """A small network with a per-sample ``probe`` op between its conv and its pool, which calls ``record(x)`` on
+    each input it gets (on the thread it runs on) and passes it through."""
 
     def probe(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-        seen.append((threading.get_ident(), arrays.num_threads(), x.shape[0]))
+        record(x)
         if out is None:
             return x.copy()
         out[...] = x
@@ -148,7 +149,12 @@ def test_shards_run_on_several_threads_with_one_thread_inside(monkeypatch: pytes
 
     _register(monkeypatch, "probe", probe, per_sample=None)
     net = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\np: probe\ng: global_avgpool | fc(5)\n")
-    ex = backend.compile(net, device="cpu")
+    return backend.compile(net, device="cpu")
+
+
+def test_shards_run_on_several_threads_with_one_thread_inside(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[int, int, int]] = []
+    ex = _probed_executor(monkeypatch, lambda x: seen.append((threading.get_ident(), arrays.num_threads(), x.shape[0])))
     assert type(ex).per_sample  # derived: a layer is per sample unless its op says otherwise
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
     xs = _inputs(ex, 14)
@@ -218,17 +224,8 @@ def _blas_threads() -> int:
 
 def test_one_image_runs_on_the_calling_thread_with_blas_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[tuple[int, int, int]] = []
-
-    def probe(x: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
-        seen.append((threading.get_ident(), arrays.num_threads(), _blas_threads()))
-        if out is None:
-            return x.copy()
-        out[...] = x
-        return out
-
-    _register(monkeypatch, "probe", probe, per_sample=None)
-    net = alexdsl.parse("network T\ninput x: 3x8x8\nc: conv(4, 3) | relu\np: probe\ng: global_avgpool | fc(5)\n")
-    ex = backend.compile(net, device="cpu")
+    ex = _probed_executor(monkeypatch, lambda x: seen.append((threading.get_ident(), arrays.num_threads(),
+                                                              _blas_threads())))
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
     with threadpool_limits(2, "blas"):
         ex(*_inputs(ex, 1))

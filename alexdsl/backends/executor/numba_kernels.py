@@ -169,6 +169,20 @@ def _depthwise_phase_rows(
                     phases[to + uintp(b * plane) + k] = padded[k * uintp(sw) + uintp(b)]
 
 
+@numba.njit(nogil=True, cache=True, inline="always", boundscheck=False)
+def _tile_rows(x: numpy.ndarray, rows: numpy.ndarray, image: int, channel: int, first: int, pw: int,
+               ) -> None:  # pragma: no cover - compiled
+    """Rows ``first..`` of one channel plane of ``x`` (N, C, H, W) into ``rows`` (a Winograd tile row's input rows),
+    column ``k`` of ``rows`` holding column ``k - pw``; zero outside the plane (the padding)."""
+    h, w = x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
+    for i in range(rows.shape[0]):
+        y = first + i
+        for k in range(rows.shape[1]):
+            col = k - pw
+            rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+
+
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
 def winograd_input(
     x: numpy.ndarray, tiles: numpy.ndarray, lo: int, hi: int, pad: tuple[int, int], grid: tuple[int, int]
@@ -184,15 +198,10 @@ def winograd_input(
     pitch = 2 * tiles_w + 2
     rows = numpy.zeros((4, pitch), x.dtype)
     diff = numpy.empty((4, pitch), x.dtype)
-    zero = x.dtype.type(0)
     for channel in range(lo, hi):
         for image in range(n):
             for ty in range(tiles_h):
-                for i in range(4):
-                    y = 2 * ty - ph + i
-                    for k in range(pitch):
-                        col = k - pw
-                        rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+                _tile_rows(x, rows, image, channel, 2 * ty - ph, pw)
                 for k in range(pitch):  # B^T along the rows of the tile
                     diff[0, k] = rows[0, k] - rows[2, k]
                     diff[1, k] = rows[1, k] + rows[2, k]
@@ -269,15 +278,10 @@ def winograd4_input(
     pitch = 4 * tiles_w + 2
     rows = numpy.zeros((6, pitch), x.dtype)
     mixed = numpy.empty((6, pitch), x.dtype)
-    zero = x.dtype.type(0)
     for channel in range(lo, hi):
         for image in range(n):
             for ty in range(tiles_h):
-                for i in range(6):
-                    y = 4 * ty - ph + i
-                    for k in range(pitch):
-                        col = k - pw
-                        rows[i, k] = x[image, channel, y, col] if 0 <= y < h and 0 <= col < w else zero
+                _tile_rows(x, rows, image, channel, 4 * ty - ph, pw)
                 for k in range(pitch):  # B^T along the rows of the tile
                     r0, r1, r2, r3, r4, r5 = rows[0, k], rows[1, k], rows[2, k], rows[3, k], rows[4, k], rows[5, k]
                     mixed[0, k] = 2 * (r0 + r4) + 3 * (r3 - r1) - 4 * r2
