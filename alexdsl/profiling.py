@@ -196,7 +196,7 @@ def profile_executor(executor: Any, profile: Profile) -> None:
 
     A profiled executor runs every batch whole, never split over threads (``executor.sharding``): each step is
     timed over the whole batch, its kernels using the thread pool as on a batch too small to split (a batch of
-    one runs on one thread, see docs/cupy.md).
+    one of a network that is not GEMM-bound runs on one thread, see docs/cupy.md).
     """
     executor.sharding = False
     sync = None
