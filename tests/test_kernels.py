@@ -470,6 +470,89 @@ def test_pointwise_out_in_place(name: str, dtype: type) -> None:
     np.testing.assert_allclose(x, want.numpy(), rtol=RTOL, atol=ATOL)
 
 
+EPILOGUE_FORMS = ["relu6", "hardsigmoid", "hardswish", "sigmoid", "silu"]
+"""The activations with a compiled epilogue form (``XpKernel(..., compiled=True)``, numba_kernels.FORMS)."""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("name", ["bias", "relu", *EPILOGUE_FORMS])
+def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """Bias and activation in one compiled pass (``compiled.bias_activation_``) give what a bias pass and the op's
+    xp kernel give: bit for bit for the piecewise-linear forms, within 3 float32 ulps for sigmoid and SiLU (their
+    own exponential); each (N, C) plane gets its channel's bias, split over two threads too."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    from alexdsl.backends.executor import arrays, compiled
+    from alexdsl.ops import activation
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    y, bias = rand(3, 5, 7, 6) * 8, rand(5, seed=1)
+    want = y + bias.reshape(1, 5, 1, 1)
+    if name == "relu":
+        np.maximum(want, 0, out=want)
+    act = getattr(rt, name) if name in EPILOGUE_FORMS else None
+    if act is not None:
+        want = getattr(activation, name)(want)  # the op's xp kernel, on NumPy
+    got = y.copy()
+    assert compiled.bias_activation_(got, bias, name == "relu", act)
+    if name in ("sigmoid", "silu"):
+        assert np.all(np.abs(got - want) <= 3 * np.spacing(np.abs(want))), name
+    else:
+        assert np.array_equal(got, want), name
+    no_bias = y.copy()
+    assert compiled.bias_activation_(no_bias, None, name == "relu", act)
+    np.testing.assert_allclose(no_bias, y if act is None and name == "bias" else (
+        np.maximum(y, 0) if act is None else getattr(activation, name)(y)), rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize(("case", "why"), [
+    ("float64", "NumPy passes in float64"),
+    ("relu and act", "ReLU then another activation: no form for the pair"),
+    ("no form", "an activation without a compiled form (tanh)"),
+    ("strided", "a view that is not C-contiguous"),
+    ("fully connected", "(N, C): single-element planes"),
+])
+def test_the_compiled_epilogue_declines_what_it_does_not_cover(case: str, why: str) -> None:
+    """Where the compiled pass does not apply it returns False and leaves ``y`` as it was (``bias_relu_`` then runs
+    the NumPy passes)."""
+    from alexdsl.backends.executor import compiled
+
+    y, bias, relu, act = rand(2, 4, 5, 5), rand(4, seed=1), False, rt.silu
+    if case == "float64":
+        y = y.astype(np.float64)
+    elif case == "relu and act":
+        relu = True
+    elif case == "no form":
+        act = rt.tanh
+    elif case == "strided":
+        y = rand(2, 4, 5, 10)[..., ::2]
+    elif case == "fully connected":
+        y = rand(3, 4)
+    before = y.copy()
+    assert not compiled.bias_activation_(y, bias, relu, act), why
+    assert np.array_equal(y, before)
+
+
+@pytest.mark.parametrize("name", EPILOGUE_FORMS)
+def test_an_activation_inside_a_pool_worker_runs_on_that_worker(name: str, monkeypatch) -> None:  # noqa: ANN001
+    """Every pool worker busy with a compiled activation (as the depthwise conv applies one to its blocks of planes)
+    that splits its own work: the activation runs inline on each worker, where submitting to the pool would wait on
+    itself forever."""
+    from alexdsl.backends.executor import arrays
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    inputs = [rand(4, 64, seed=i) * 8 for i in range(2)]
+    pool = arrays.thread_pool(2)
+    results = [future.result(timeout=60) for future in [pool.submit(getattr(rt, name), x) for x in inputs]]
+    for x, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got, IN_PLACE_REFERENCES[name](T(x)).numpy(), rtol=RTOL, atol=ATOL)
+
+
+IN_PLACE_REFERENCES = {"relu6": F.relu6, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish,
+                       "sigmoid": torch.sigmoid, "silu": F.silu}
+
+
 def test_concat_and_add() -> None:
     a, b, c = rand(2, 3, 4, 4), rand(2, 5, 4, 4, seed=1), rand(2, 3, 4, 4, seed=2)
     check(rt.concat([a, b]), torch.cat([T(a), T(b)], 1))

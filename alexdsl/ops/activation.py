@@ -339,7 +339,7 @@ register(OpDef(
 ))
 
 _SIGMOID = TorchCall("torch.sigmoid")
-_SIGMOID_KERNEL = XpKernel(sigmoid)
+_SIGMOID_KERNEL = XpKernel(sigmoid, compiled=True)
 
 register(OpDef(
     name="sigmoid", family="activation", summary="1 / (1 + exp(-x)).", example="s: sigmoid",
@@ -675,7 +675,7 @@ def _activation(name: str, summary: str, example: str, forward: Any, kernel: XpK
 
 _activation(
     "relu6", "min(max(x, 0), 6): MobileNet's clipped ReLU (no Caffe layer).", "r: relu6",
-    TorchCall("F.relu6", inplace=True).forward, XpKernel(relu6),
+    TorchCall("F.relu6", inplace=True).forward, XpKernel(relu6, compiled=True),
     lambda layer, ctx: ctx.node("Clip", [ctx.inputs[0], ctx.constant(0.0), ctx.constant(6.0)]), epilogue="relu6",
     from_onnx={"Clip": _clip_from_onnx("relu6")}, onnx_elementwise=("Clip",),
 )
@@ -709,7 +709,7 @@ register(OpDef(
 
 _activation(
     "hardswish", "x * relu6(x + 3) / 6: MobileNetV3's activation (no Caffe layer).", "h: hardswish",
-    TorchCall("F.hardswish", inplace=True).forward, XpKernel(hardswish),
+    TorchCall("F.hardswish", inplace=True).forward, XpKernel(hardswish, compiled=True),
     lambda layer, ctx: ctx.node("HardSwish", ctx.inputs), epilogue="hardswish",
     from_onnx={"HardSwish": unary("hardswish"), "Mul": _hardswish_from_mul},
     onnx_elementwise=("HardSwish", "HardSigmoid", "Mul"),
@@ -717,7 +717,7 @@ _activation(
 
 _activation(
     "hardsigmoid", "relu6(x + 3) / 6: MobileNetV3's gate (no Caffe layer).", "g: hardsigmoid",
-    TorchCall("F.hardsigmoid", inplace=True).forward, XpKernel(hardsigmoid),
+    TorchCall("F.hardsigmoid", inplace=True).forward, XpKernel(hardsigmoid, compiled=True),
     lambda layer, ctx: ctx.node("HardSigmoid", ctx.inputs, alpha=1 / 6, beta=0.5), epilogue="hardsigmoid",
     from_onnx={"HardSigmoid": _hardsigmoid_from_onnx}, onnx_elementwise=("HardSigmoid",),
 )
@@ -734,7 +734,7 @@ def _swish_from_caffe(layer: CaffeMessage, name: str, ctx: CaffeImportContext) -
 
 _activation(
     "silu", "x * sigmoid(x) (swish): EfficientNet's activation (Caffe Swish).", "s: silu",
-    TorchCall("F.silu", inplace=True).forward, XpKernel(silu), _onnx_silu, epilogue="silu",
+    TorchCall("F.silu", inplace=True).forward, XpKernel(silu, compiled=True), _onnx_silu, epilogue="silu",
     caffe=lambda layer, ctx: [CaffeLayer("Swish")], from_caffe={"Swish": _swish_from_caffe},
     from_onnx={"Mul": _silu_from_onnx}, onnx_elementwise=("Sigmoid", "Mul"),
 )

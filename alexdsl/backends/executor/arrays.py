@@ -76,8 +76,14 @@ def thread_pool(threads: int) -> ThreadPoolExecutor:
     """The process's pool for the NumPy passes, with at least ``threads`` workers."""
     global _POOL
     if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexdsl")
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="alexdsl", initializer=_one_thread_here)
     return _POOL
+
+
+def _one_thread_here() -> None:
+    """A pool worker's :func:`num_threads` is 1: a kernel it runs (an activation on a block of the depthwise conv's
+    planes) runs its own :func:`parallel_for` inline, never waiting on the pool it is part of."""
+    _this_thread.threads = 1
 
 
 def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int], None]) -> None:
@@ -233,7 +239,7 @@ def numba_kernels(dtype: Any) -> ModuleType | None:
     if os.environ.get("ALEXDSL_NUMBA", "1") == "0":
         return None
     kernels = _numba_module()
-    return kernels if kernels is not None and numpy.dtype(dtype).name in kernels.DTYPES else None
+    return kernels if kernels is not None and numpy.dtype(dtype) in _kernel_dtypes() else None
 
 
 @cache
@@ -243,3 +249,10 @@ def _numba_module() -> ModuleType | None:
     except ImportError:
         return None
     return numba_kernels
+
+
+@cache
+def _kernel_dtypes() -> frozenset[numpy.dtype]:
+    """The dtypes the Numba kernels are compiled for, as a set (a dtype's ``name`` costs microseconds a call)."""
+    kernels = _numba_module()
+    return frozenset(numpy.dtype(name) for name in kernels.DTYPES) if kernels is not None else frozenset()

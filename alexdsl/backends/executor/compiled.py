@@ -18,7 +18,9 @@ def with_compiled(kernel: Any) -> Callable[..., Array]:
     ``function``, or, where it declares a ``compiled`` variant, one that runs the variant (this module's function
     of the same name) on C-contiguous NumPy float32 arrays, and the xp function on everything else (CuPy, float16
     and float64, strided views, no Numba, ``ALEXDSL_NUMBA=0``): the variants round a float64 computation accurate
-    to about 1e-12 once to float32, which a float64 result would not hide."""
+    to about 1e-12 once to float32, which a float64 result would not hide, or compute in float32 within a few
+    ulps of the float64 truth (the epilogue forms). The function it returns names the variant's epilogue form, if
+    it has one (``epilogue_form``: a key of :data:`.numba_kernels.FORMS`), for :func:`bias_activation_`."""
     function = kernel.function
     if not kernel.compiled:
         return function
@@ -33,6 +35,7 @@ def with_compiled(kernel: Any) -> Callable[..., Array]:
             return variant(x, *args, out=out)
         return function(x, *args, out=out)
 
+    run.epilogue_form = getattr(variant, "epilogue_form", None)  # type: ignore[attr-defined]
     return run
 
 
@@ -58,3 +61,69 @@ def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | No
     values, floor = out.reshape(-1), EXP_FLOOR
     parallel_for(numpy, values.size, 8 * values.size, lambda lo, hi: kernel(values, lo, hi, floor))
     return out
+
+
+def _is_float32_numpy(y: Array) -> bool:
+    return isinstance(y, numpy.ndarray) and y.dtype == numpy.float32 and y.flags.c_contiguous
+
+
+def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any) -> bool:
+    """``y = act(relu(y + bias))`` in place in one compiled pass (:func:`.numba_kernels.bias_activation`), split
+    over the thread pool by (N, C) planes, where it can: ``y`` a C-contiguous NumPy float32 (N, C, H, ...) (not a
+fully connected layer's (N, C), whose planes are single elements), ``bias``
+    (C,) or None, ``act`` None or an ``rt.<name>`` whose compiled variant has an epilogue form, not both ``relu``
+    and ``act``, Numba there. Returns whether it ran; otherwise ``y`` is untouched.
+
+    >>> import numpy as np
+    >>> from alexdsl.backends.executor import runtime as rt
+    >>> y, bias = np.array([[[-2.0, 7.0], [0.5, -1.0]]], np.float32), np.array([1.0, 0.0], np.float32)
+    >>> expected = np.clip(y + bias.reshape(1, 2, 1), 0, 6)  # (N, C, P) = (1, 2, 2)
+    >>> bias_activation_(y, bias, False, rt.relu6) == (numba_kernels(y.dtype) is not None)  # ran where Numba is
+    True
+    >>> bool((y == expected).all()) or numba_kernels(y.dtype) is None
+    True
+    """
+    name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
+    if name is None or (relu and act is not None) or not _is_float32_numpy(y) or y.ndim < 3:
+        return False
+    kernels = numba_kernels(y.dtype)
+    if kernels is None or (bias is not None and not (_is_float32_numpy(bias) and bias.size == y.shape[1])):
+        return False
+    if bias is None and name == "bias":
+        return True
+    shift = numpy.empty(0, numpy.float32) if bias is None else bias
+    values, planes = y.reshape(-1), y.shape[0] * y.shape[1]
+    plane, form = values.size // planes if planes else 0, kernels.FORMS[name]
+    parallel_for(numpy, planes, values.size, lambda lo, hi: kernels.bias_activation(
+        values, shift, plane, form, lo * plane, hi * plane))
+    return True
+
+
+def _activation(name: str, x: numpy.ndarray, out: numpy.ndarray | None) -> numpy.ndarray:
+    """The compiled epilogue form ``name`` alone over ``x`` (C-contiguous float32), into ``out`` (may be ``x``)."""
+    out = x.copy() if out is None else out
+    if out is not x:
+        out[...] = x
+    kernels = numba_kernels(out.dtype)
+    values, form, empty = out.reshape(-1), kernels.FORMS[name], numpy.empty(0, out.dtype)
+    parallel_for(numpy, values.size, values.size, lambda lo, hi: kernels.bias_activation(
+        values, empty, values.size, form, lo, hi))
+    return out
+
+
+def _epilogue_variant(name: str) -> Callable[..., numpy.ndarray]:
+    """The compiled variant of the op kernel ``name`` (:data:`.numba_kernels.FORMS`), for :func:`with_compiled`."""
+    def variant(x: numpy.ndarray, *, out: numpy.ndarray | None = None) -> numpy.ndarray:
+        return _activation(name, x, out)
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = f":func:`alexdsl.ops.activation.{name}` compiled for float32, in one pass (:func:`_activation`)."
+    variant.epilogue_form = name  # type: ignore[attr-defined]
+    return variant
+
+
+relu6 = _epilogue_variant("relu6")
+hardsigmoid = _epilogue_variant("hardsigmoid")
+hardswish = _epilogue_variant("hardswish")
+sigmoid = _epilogue_variant("sigmoid")
+silu = _epilogue_variant("silu")

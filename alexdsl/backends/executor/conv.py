@@ -31,6 +31,7 @@ from alexdsl.backends.executor.arrays import (
     parallel_for,
     thread_pool,
 )
+from alexdsl.backends.executor.compiled import bias_activation_
 from alexdsl.backends.executor.elementwise import activate
 from alexdsl.shape_math import conv_output_size
 
@@ -286,14 +287,20 @@ class ConvPlan:
         return cols.reshape(rows)
 
 
-def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
-    """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU."""
+def bias_relu_(y: Array, bias: Array | None, relu: bool, act: Activation | None = None) -> Array:
+    """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU, then ``act``.
+
+    On NumPy float32 with Numba, one compiled pass where ``act`` has a compiled epilogue form
+    (:func:`.compiled.bias_activation_`); otherwise a pass each (ReLU6 after a bias: two, SiLU: five).
+    """
     xp = array_module(y)
     if bias is None and not relu:
-        return y
+        return activate(y, act)
     fused = cuda.fused_kernels(xp, y, bias)
     if fused is not None:
-        return fused.bias_relu_(y, bias, relu)
+        return activate(fused.bias_relu_(y, bias, relu), act)
+    if bias_activation_(y, bias, relu, act):
+        return y
     b = None if bias is None else bias.reshape((1, -1) + (1,) * (y.ndim - 2))
 
     def chunk(lo: int, hi: int) -> None:
@@ -304,7 +311,7 @@ def bias_relu_(y: Array, bias: Array | None, relu: bool) -> Array:
             xp.maximum(part, 0, out=part)
 
     parallel_for(xp, y.shape[0], y.size, chunk)
-    return y
+    return activate(y, act)
 
 
 def conv2d(
@@ -327,7 +334,8 @@ def conv2d(
 
     ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
     ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place; ``act`` is any other
-    elementwise activation (an op's declared ``epilogue``), applied in place after the bias.  ``scratch`` is an
+    elementwise activation (an op's declared ``epilogue``), applied in place after the bias (in the same
+    pass where it has a compiled form: :func:`bias_relu_`).  ``scratch`` is an
     optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
     :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
 
@@ -341,10 +349,6 @@ def conv2d(
       for the whole batch (:func:`_conv2d_wide`).  On CuPy that is cuBLAS ``gemmEx``,
       which honours ``CUPY_TF32=1``; a broadcast batched matmul would not.
     """
-    if act is not None:
-        y = conv2d(x, weight, bias, stride, pad, dilation, groups, relu=relu, plan=plan, scratch=scratch, out=out,
-                   gemm=gemm)
-        return activate(y, act)
     xp = array_module(x)
     n, c, h, w = x.shape
     o = weight.shape[0]
@@ -357,7 +361,7 @@ def conv2d(
     if tile is not None:
         if out is None:
             out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
-        return _conv2d_winograd(compiled, x, weight, bias, relu, plan, out, tile)
+        return activate(_conv2d_winograd(compiled, x, weight, bias, relu, plan, out, tile), act)
     if gemm == "auto":
         gemm = gemm_layout(xp)
     elif gemm not in GEMM_LAYOUTS:
@@ -369,21 +373,22 @@ def conv2d(
     if plan.is_depthwise:
         from alexdsl.backends.executor.depthwise import depthwise_conv2d
 
-        return depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out)
+        return activate(depthwise_conv2d(x, weight, bias, relu=relu, plan=plan, out=out), act)
     if gemm == "wide":
-        return _conv2d_wide(x, weight, bias, relu, plan, scratch, out)
+        return activate(_conv2d_wide(x, weight, bias, relu, plan, scratch, out), act)
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
     elif plan.method == "strided" and _use_image_threads(xp, n):
-        return _conv2d_image_threads(x, weight, bias, relu, plan, scratch, out)
+        return activate(_conv2d_image_threads(x, weight, bias, relu, plan, scratch, out), act)
     else:
         rows = n if scratch is None else scratch.size // plan.cols_size(1)
         if rows < 1:
             raise ValueError(f"scratch of {scratch.size} elements is smaller than one image's columns")
         if rows < n:  # the shared scratch holds `rows` images' columns: run the batch in chunks
             for i in range(0, n, rows):
-                conv2d(x[i : i + rows], weight, bias, relu=relu, plan=plan, scratch=scratch, out=out[i : i + rows])
+                conv2d(x[i : i + rows], weight, bias, relu=relu, act=act, plan=plan, scratch=scratch,
+                       out=out[i : i + rows])
             return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
@@ -395,7 +400,7 @@ def conv2d(
             cols.reshape(n, g, k // g, oh * ow),
             out=out.reshape(n, g, o // g, oh * ow),
         )
-    return bias_relu_(out, bias, relu)
+    return bias_relu_(out, bias, relu, act)
 
 
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
@@ -655,8 +660,7 @@ def linear(
     if out is None:
         out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     xp.matmul(flat, w, out=out)
-    bias_relu_(out, bias, relu)
-    return activate(out, act)
+    return activate(bias_relu_(out, bias, relu), act)
 
 
 def pretranspose(weight: Array) -> Array:
