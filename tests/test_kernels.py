@@ -553,6 +553,35 @@ IN_PLACE_REFERENCES = {"relu6": F.relu6, "hardsigmoid": F.hardsigmoid, "hardswis
                        "sigmoid": torch.sigmoid, "silu": F.silu}
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("shape", [(1, 96, 56, 56), (3, 5, 7, 9), (2, 768, 7, 7), (1, 4, 1, 1)], ids=str)
+def test_the_compiled_channel_layer_norm_is_the_numpy_passes_bit_for_bit(shape: tuple[int, ...], threads: str,
+                                                                         monkeypatch) -> None:  # noqa: ANN001
+    """LayerNorm2d with Numba (numba_kernels.layer_norm_channels, blocks of 64 pixels: some cut short, several a
+    image) equals the NumPy kernel's passes exactly, into a new array and in place, on one and two threads; and
+    both are F.layer_norm over the channels."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    from alexdsl.backends.executor import arrays
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    x, w, b = rand(*shape) * 3 + 1, rand(shape[1], seed=1), rand(shape[1], seed=2)
+    monkeypatch.setenv("ALEXDSL_NUMBA", "0")
+    numpy_passes = rt.layer_norm(x, w, b, 1e-6)
+    monkeypatch.setenv("ALEXDSL_NUMBA", "1")
+    kernels, blocks = arrays.numba_kernels(np.float32), []
+    kernel = kernels.layer_norm_channels
+    monkeypatch.setattr(kernels, "layer_norm_channels", lambda *a: blocks.append(a[-2:]) or kernel(*a))
+    compiled = rt.layer_norm(x, w, b, 1e-6)
+    assert sum(hi - lo for lo, hi in blocks) == shape[0] * -(-shape[2] * shape[3] // kernels.LAYER_NORM_PIXELS)
+    assert np.array_equal(compiled, numpy_passes)
+    in_place = x.copy()
+    assert rt.layer_norm(in_place, w, b, 1e-6, out=in_place) is in_place
+    assert np.array_equal(in_place, numpy_passes)
+    want = F.layer_norm(T(x).permute(0, 2, 3, 1), shape[1:2], T(w), T(b), 1e-6).permute(0, 3, 1, 2)
+    check(compiled, want)
+
+
 def test_concat_and_add() -> None:
     a, b, c = rand(2, 3, 4, 4), rand(2, 5, 4, 4, seed=1), rand(2, 3, 4, 4, seed=2)
     check(rt.concat([a, b]), torch.cat([T(a), T(b)], 1))

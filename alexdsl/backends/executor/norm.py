@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import numpy
+
 from alexdsl.backends.executor import cuda
-from alexdsl.backends.executor.arrays import Array, array_module, parallel_for
+from alexdsl.backends.executor.arrays import Array, array_module, numba_kernels, parallel_for
 
 
 def lrn(
@@ -79,8 +81,21 @@ def channel_affine(x: Array, scale: Array, shift: Array | None, *, out: Array | 
 
 def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 1e-5, *,
                out: Array | None = None) -> Array:
-    """Normalise every pixel over the channels (axis 1) with a per-channel scale and shift (LayerNorm2d)."""
+    """Normalise every pixel over the channels (axis 1) with a per-channel scale and shift (LayerNorm2d).
+
+    With Numba, NumPy float32 and both affine terms: the compiled kernel
+    (:func:`.numba_kernels.layer_norm_channels`, bit for bit these passes) on blocks of pixels, over the pool.
+    """
     xp = array_module(x)
+    compiled = _compiled_layer_norm(x, weight, bias, out)
+    if compiled is not None:
+        n, c = x.shape[:2]
+        flat, target = numpy.ascontiguousarray(x).reshape(n, c, -1), compiled.reshape(n, c, -1)
+        kernels = numba_kernels(x.dtype)
+        blocks = n * -(-flat.shape[2] // kernels.LAYER_NORM_PIXELS)
+        parallel_for(numpy, blocks, 3 * x.size, lambda lo, hi: kernels.layer_norm_channels(
+            flat, weight, bias, eps, target, lo, hi))
+        return compiled
     mean = x.mean(axis=1, keepdims=True)
     centred = x - mean
     var = xp.mean(centred * centred, axis=1, keepdims=True)
@@ -88,6 +103,19 @@ def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 
     xp.sqrt(var, out=var)
     out = xp.divide(centred, var, out=out)
     return _scale_and_shift(out, weight, bias)
+
+
+def _compiled_layer_norm(x: Array, weight: Array | None, bias: Array | None, out: Array | None) -> Array | None:
+    """The array a compiled layer norm writes (``out``, or a new one), or None where the NumPy passes run: no
+    Numba, not float32 NumPy arrays, an affine term missing, or an ``out`` that is not C-contiguous."""
+    if not (isinstance(x, numpy.ndarray) and x.dtype == numpy.float32 and weight is not None and bias is not None
+            and numba_kernels(x.dtype) is not None and x.ndim >= 2):
+        return None
+    if not all(isinstance(t, numpy.ndarray) and t.dtype == x.dtype and t.flags.c_contiguous for t in (weight, bias)):
+        return None
+    if out is None:
+        return numpy.empty(x.shape, x.dtype)
+    return out if out.flags.c_contiguous and out.shape == x.shape and out.dtype == x.dtype else None
 
 
 def _scale_and_shift(out: Array, weight: Array | None, bias: Array | None) -> Array:
