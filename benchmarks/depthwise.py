@@ -41,15 +41,18 @@ import alexdsl  # noqa: E402
 from alexdsl.backends import executor as backend  # noqa: E402
 from alexdsl.backends.executor import runtime as rt  # noqa: E402
 
-# (channels, height, width, kernel, stride): MobileNetV2's depthwise layers (3x3), EfficientNet-B0's 5x5
-# ones and ConvNeXt-T's 7x7 ones
+# (channels, height, width, kernel, stride): MobileNetV2's depthwise layers (3x3, all ten geometries),
+# EfficientNet-B0's 5x5 ones and ConvNeXt-T's 7x7 ones
 LAYERS = [
     (32, 112, 112, 3, 1),
     (96, 112, 112, 3, 2),
     (144, 56, 56, 3, 1),
     (144, 56, 56, 3, 2),
     (192, 28, 28, 3, 1),
+    (192, 28, 28, 3, 2),
     (384, 14, 14, 3, 1),
+    (576, 14, 14, 3, 1),
+    (576, 14, 14, 3, 2),
     (960, 7, 7, 3, 1),
     (144, 56, 56, 5, 2),
     (240, 28, 28, 5, 1),

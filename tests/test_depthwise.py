@@ -122,6 +122,60 @@ def test_numpy_takes_the_compiled_kernel_where_numba_is_installed(monkeypatch) -
     _check(depthwise.depthwise_conv2d(x, weight, bias, plan=plan), _torch(x, weight, bias, plan, False), "float32")
 
 
+# "Same" padding (the layers of MobileNetV2, EfficientNet-B0 and ConvNeXt-T): the compiled kernel's one-pass paths
+# (3x3, 5x5), its passes per kernel column (7x7 and the rest), stride 2's column pairs (an even width) and its strided
+# split (an odd one), short rows by index map, outputs straight into `out` or through its buffer; (batch, channels,
+# multiplier, H, W, kernel, stride, pad, dilation)
+SAME_PADDING = [
+    (n, c, m, size, size + odd, k, s, d * (k - 1) // 2, d)
+    for (k, s, d), (size, odd), (n, c, m) in zip(
+        itertools.product((3, 5, 7), (1, 2), (1, 2)),
+        itertools.cycle([(7, 0), (14, 1), (28, 0), (12, 0), (56, 1), (15, 0)]),
+        itertools.cycle([(1, 5, 1), (3, 4, 2), (3, 3, 1), (1, 6, 3)]),
+    )
+] + [
+    (1, 3, 1, 112, 112, 3, 1, 1, 1),  # MobileNetV2's first depthwise layer
+    (3, 2, 1, 112, 112, 3, 2, 1, 1),
+    (1, 2, 2, 112, 112, 5, 2, 2, 1),
+    (3, 2, 1, 112, 112, 7, 1, 3, 1),  # 7x7 on 112x112 maps: a pass per kernel column, blocks of outputs
+    (2, 4, 1, 7, 7, 7, 1, 3, 1),  # a 7x7 kernel on a 7x7 map
+    (1, 4, 1, 33, 32, 7, 1, 3, 1),  # 1056 outputs: two blocks of passes per kernel column, the last one short
+    (2, 3, 1, 9, 30, 3, 3, 1, 1),  # stride 3: three column phases
+    (2, 3, 1, 20, 18, (3, 5), (1, 2), (1, 2), 1),  # kh != kw: passes per kernel column
+    (1, 3, 1, 10, 10, 4, 1, (1, 2), 1),  # an even kernel: a pass per tap
+]
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])  # the compiled kernel where Numba is installed, or NumPy's columns
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SAME_PADDING, ids=_case_id)
+def test_same_padding_layers_match_torch(case: tuple, dtype: str, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    x, weight, bias, plan = _inputs(case, dtype)
+    for b, relu in ((bias, True), (None, False)):
+        out = np.full((x.shape[0], plan.out_channels, plan.out_h, plan.out_w), np.nan, dtype)
+        depthwise.depthwise_conv2d(x, weight, b, relu=relu, plan=plan, out=out)
+        _check(out, _torch(x, weight, b, plan, relu), dtype)
+
+
+@pytest.mark.parametrize("case", [c for c in SAME_PADDING if c[0] * c[1] * c[2] >= 4][:8], ids=_case_id)
+def test_compiled_kernel_writes_only_its_planes(case: tuple) -> None:
+    """The compiled kernel writes a plane's run rounded up to whole vectors straight into ``out`` only where the
+    extra lands in a later plane of the same call: a call for planes ``lo..hi`` leaves every other plane alone."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    compiled = arrays.numba_kernels("float32")
+    x, weight, bias, plan = _inputs(case, "float32")
+    n, o = x.shape[0], plan.out_channels
+    want = _torch(x, weight, bias, plan, True).reshape(n * o, -1)
+    taps = np.ascontiguousarray(weight.reshape(o, *plan.kernel))
+    for lo, hi in ((0, 1), (1, n * o - 1), (n * o - 2, n * o), (0, n * o)):
+        out = np.full((n, o, plan.out_h, plan.out_w), np.nan, np.float32)
+        compiled.depthwise_conv2d(x, taps, bias, out, lo, hi, plan.stride, plan.pad, plan.dilation, True)
+        planes = out.reshape(n * o, -1)
+        np.testing.assert_allclose(planes[lo:hi], want[lo:hi], **TORCH_TOL["float32"])
+        assert np.isnan(planes[:lo]).all() and np.isnan(planes[hi:]).all()
+
+
 @pytest.mark.parametrize("gemm", ["batched", "wide"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] > 1], ids=_case_id)
 def test_conv2d_sends_depthwise_convs_to_the_direct_kernel(case: tuple, gemm: str, monkeypatch) -> None:  # noqa: ANN001
@@ -150,11 +204,8 @@ def test_only_depthwise_plans_take_the_direct_kernel(monkeypatch) -> None:  # no
 @pytest.mark.parametrize("stride", [1, 2])  # whole padded rows as columns, or OH x OW windows
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_blocks_cover_every_image_and_channel(threads: str, stride: int, numba: str, monkeypatch) -> None:  # noqa: ANN001
-    """Three channels a block: four blocks an image, the last one partial, several images a thread.
-
-    The compiled kernel takes a thread's planes in blocks only when an ``act`` follows it (so that
-    ``act`` finds its block in cache), and in one call otherwise: both are checked.
-    """
+    """Three channels a block of the NumPy path: four blocks an image, the last one partial, several images a
+    thread; the compiled kernel's share of planes per thread, with and without an ``act`` after it."""
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)

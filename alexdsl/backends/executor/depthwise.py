@@ -6,9 +6,12 @@ convolution.  im2col + GEMM builds a ``kh*kw``-times larger copy of the whole in
 then runs ``C`` GEMMs of one row each over it; here, instead:
 
 * NumPy with Numba (the optional ``numba`` extra; :func:`_compiled_planes`): a compiled kernel
-  over zero-bordered (phase) planes, every tap applied to a block of output rows that stays in
-  L1 before the next block (4-11x faster than the columns below on the depthwise layers of
-  MobileNetV2, EfficientNet-B0 and ConvNeXt-T at batch 1, one thread).
+  over phase planes of the input whose rows are as long as the output's, so that each output
+  plane is one run of multiply-adds written straight into ``out``, 3x3 and 5x5 kernels with all
+  their taps in registers (:func:`.numba_kernels.depthwise_conv2d`; 4-11x faster than the
+  columns below on the depthwise layers of MobileNetV2, EfficientNet-B0 and ConvNeXt-T at
+  batch 1, one thread, before its rewrite for registers, which made it 1.05-2.3x faster again on
+  MobileNetV2's 3x3 layers; docs/performance.md).
 * NumPy without it (:func:`_columns_by_blocks`): per block of one image's channels small enough to
   stay in the L2 cache, the padded block, its ``(kh*kw, OH*OW)`` columns per channel, one
   ``(multiplier, kh*kw)`` GEMM per channel (a single batched matmul) and the epilogue, the
@@ -125,11 +128,12 @@ def _compiled_planes(
     act: Activation | None,
     out: Array,
 ) -> None:
-    """NumPy with Numba: the compiled kernel (:func:`.numba_kernels.depthwise_conv2d`) on blocks of output planes.
+    """NumPy with Numba: the compiled kernel (:func:`.numba_kernels.depthwise_conv2d`) on each thread's share of the
+    output planes (output channels, so batch 1 splits too), in one call, then ``act`` on that share.
 
-    The planes are split over the thread pool (at batch 1 too: each output channel is a plane).
-    With ``act``, a thread's planes go in blocks of about :data:`BLOCK_COLUMNS` / ``kh*kw`` output
-    elements, so that ``act`` runs on a block while it is still in cache; without, in one call.
+    ``act`` on blocks of about 32K outputs, each right after the kernel wrote it (to find it in cache), measured
+    1.0 to 1.8x slower than after the whole share on every depthwise layer of MobileNetV2, EfficientNet-B0 and
+    ConvNeXt-T at batch 1, one thread (each call of the kernel sets up its phase planes and masks).
     """
     n, o = out.shape[:2]
     (kh, kw), (oh, ow) = plan.kernel, (plan.out_h, plan.out_w)
@@ -137,14 +141,11 @@ def _compiled_planes(
     taps = numpy.ascontiguousarray(weight.reshape(o, kh, kw))
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
     planes = out.reshape(n * o, oh * ow)
-    per_block = n * o if act is None else max(1, BLOCK_COLUMNS // (kh * kw * oh * ow))
 
     def run(lo: int, hi: int) -> None:
-        for start in range(lo, hi, per_block):
-            stop = min(hi, start + per_block)
-            compiled.depthwise_conv2d(x, taps, shift, out, start, stop, plan.stride, plan.pad, plan.dilation, relu)
-            if act is not None:
-                act(planes[start:stop], out=planes[start:stop])
+        compiled.depthwise_conv2d(x, taps, shift, out, lo, hi, plan.stride, plan.pad, plan.dilation, relu)
+        if act is not None:
+            act(planes[lo:hi], out=planes[lo:hi])
 
     parallel_for(numpy, n * o, out.size * kh * kw, run)
 

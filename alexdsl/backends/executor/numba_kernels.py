@@ -24,9 +24,9 @@ from numba.extending import intrinsic
 DTYPES = ("float32", "float64")  # what the kernels are compiled for; float16 stays on NumPy
 
 
-DEPTHWISE_ROW_BLOCK = 512  # accumulator elements per block of output rows: 2 KiB of float32, in L1
 DEPTHWISE_LANES = 16  # runs are rounded up to whole vectors of this many elements (the buffers have room)
-DEPTHWISE_SHORT_ROW = 16  # rows shorter than this are copied by an index map, one loop a plane, not one a row
+DEPTHWISE_BLOCK = 1024  # output elements per block when the taps take several passes: 4 KiB of float32, in L1
+DEPTHWISE_SHORT_ROW = 16  # rows shorter than this go to their phases by an index map, one loop a plane, not one a row
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
@@ -47,128 +47,290 @@ def depthwise_conv2d(
     ``x`` (N, C, H, W) and ``out`` (N, O, OH, OW) are C-contiguous, ``weight`` is (O, kh, kw),
     ``bias`` is (O,) or empty; output channel ``o`` reads input channel ``o // (O / C)``.
 
-    Each input plane is split once into ``sh * sw`` zero-bordered phase planes (rows ``a::sh``
-    and columns ``b::sw`` of the padded plane), so that every kernel tap reads one run of
-    consecutive elements of one phase plane, whatever the stride and dilation: the run covers
-    whole rows of ``pitch`` columns, of which the first ``OW`` are kept (with stride 1 a row's
-    right border is the next row's left border, so rows are ``W + pw`` apart). The output plane
-    is done in blocks of rows whose accumulator (:data:`DEPTHWISE_ROW_BLOCK` elements) stays in
-    L1, each block with every tap, four taps a pass (one load and store of the accumulator per
-    four multiply-adds, in the taps' order: the sums round as with one tap a pass). Short rows
-    (7x7 and 14x14 maps) move in and out through index maps, one loop a plane.
+    Each input plane is split once into ``sh * sw`` phase planes of the unpadded input (row ``m``,
+    column ``n`` of phase ``(a, b)`` holds ``x[sh*m + a, sw*n + b]``; with stride 1 that is the
+    plane itself), every row ``pitch = max(OW, ceil(W / sw))`` apart, with zero rows above and
+    below. Output ``k = r * pitch + c`` then reads, for each tap, element ``k + base`` of one phase
+    plane, the same ``base`` for every output: a tap is a run of multiply-adds over the whole
+    plane. A tap whose column falls outside the plane (the padding, or the previous or next row)
+    is dropped by a mask per kernel column (:func:`_depthwise_keep`); columns past the input's
+    are never written, so they read 0. Where ``pitch == OW`` (stride 1 with "same" padding,
+    stride 2 with half the input's width) the run writes ``out`` directly, nothing copied out.
+    A 3x3 or 5x5 kernel takes one pass, its taps in registers (:func:`_depthwise_3x3`,
+    :func:`_depthwise_5x5`); others a pass per kernel column, over blocks of
+    :data:`DEPTHWISE_BLOCK` outputs (a one-pass 7x7 kernel was faster on 7x7 maps only, and
+    tripled the compile time). Stride-2 float32 rows of even width are split a column pair at a
+    time (see :func:`_depthwise_split`), rows under :data:`DEPTHWISE_SHORT_ROW` by an index map.
     """
     n, c, h, w = x.shape
     o, kh, kw = weight.shape
     multiplier = o // c
     oh, ow = out.shape[2], out.shape[3]
     (sh, sw), (ph, pw), (dh, dw) = stride, pad, dilation
-    rows = (h + 2 * ph - 1) // sh + 2  # one spare row: the last tap's run ends in it
-    pitch = max(w + pw, ow) if sw == 1 else (w + 2 * pw + sw - 1) // sw
-    plane = rows * pitch
-    taps = kh * kw
-    offsets = numpy.empty(taps, numpy.intp)  # where each tap's run starts, for output row 0
+    pitch = max(ow, (w + sw - 1) // sw)
+    row_shift, row_phase = _depthwise_shifts(kh, dh, ph, sh)
+    col_shift, col_phase = _depthwise_shifts(kw, dw, pw, sw)
+    top, lead = max(0, -row_shift.min()), max(0, -col_shift.min())
+    plane_rows = top + max((h + sh - 1) // sh, oh + max(0, row_shift.max())) + 1
+    first = lead + top * pitch  # where phase plane (0, 0)'s first row starts
+    bases = numpy.empty(kh * kw, numpy.intp)
     for i in range(kh):
         for j in range(kw):
-            phase = (i * dh) % sh * sw + (j * dw) % sw
-            offsets[i * kw + j] = (phase * rows + (i * dh) // sh) * pitch + (j * dw) // sw
-    block = max(1, min(oh, DEPTHWISE_ROW_BLOCK // pitch))
-    phases = numpy.zeros(sh * sw * plane + pitch + DEPTHWISE_LANES, x.dtype)  # borders are never written: stay 0
-    acc = numpy.empty(block * pitch + DEPTHWISE_LANES, out.dtype)
-    padded = numpy.zeros(pitch * sw + sw, x.dtype)  # one padded input row, for _depthwise_phase_rows
-    short_in, short_out = w < DEPTHWISE_SHORT_ROW, ow < DEPTHWISE_SHORT_ROW
-    source_at = numpy.empty(h * w if short_in else 0, numpy.uintp)  # input element -> its phase plane position
-    for y in range(h if short_in else 0):
-        for col in range(w):
-            a, b = (y + ph) % sh, (col + pw) % sw
-            source_at[y * w + col] = ((a * sw + b) * rows + (y + ph) // sh) * pitch + (col + pw) // sw
-    kept_at = numpy.empty(block * ow if short_out else 0, numpy.uintp)  # output element of a block -> its acc
-    for k in range(kept_at.size):
-        kept_at[k] = k // ow * pitch + k % ow
+            phase = row_phase[i] * sw + col_phase[j]
+            bases[i * kw + j] = first + (phase * plane_rows + row_shift[i]) * pitch + col_shift[j]
+    run = (oh * pitch + DEPTHWISE_LANES - 1) // DEPTHWISE_LANES * DEPTHWISE_LANES
+    keep = _depthwise_keep(col_shift, pitch, run)
+    # zero rows and columns are never written: they stay 0
+    phases = numpy.zeros(lead + sh * sw * plane_rows * pitch + max(0, col_shift.max()) + DEPTHWISE_LANES, x.dtype)
+    acc = numpy.empty(run, out.dtype)
     flat_x, flat_w, flat_out = x.reshape(-1), weight.reshape(-1), out.reshape(-1)
+    pairs, words = flat_x[: flat_x.size - flat_x.size % 2].view(numpy.uint64), phases.view(numpy.uint32)
+    short = w < DEPTHWISE_SHORT_ROW and not (sh == 1 and sw == 1 and pitch == w)
+    source_at = numpy.empty(h * w if short else 0, numpy.uintp)  # input element -> its place in the phases
+    for y in range(h if short else 0):
+        for col in range(w):
+            phase = y % sh * sw + col % sw
+            source_at[y * w + col] = first + (phase * plane_rows + y // sh) * pitch + col // sw
     zero = out.dtype.type(0)
+    size = oh * ow
     for p in range(lo, hi):
         image, channel = p // o, p % o
         if p == lo or channel % multiplier == 0:  # a new input channel: its phase planes
-            source = uintp((image * c + channel // multiplier) * h * w)
-            if short_in:
-                for k in range(uintp(h * w)):
-                    phases[source_at[k]] = flat_x[source + k]
-            else:
-                _depthwise_phase_rows(flat_x, source, h, w, (sh, sw), (ph, pw), rows, pitch, padded, phases)
-        start_value = bias[channel] if bias.size else zero
-        tap0 = channel * taps
-        for r0 in range(0, oh, block):
-            count = min(block, oh - r0)
-            run, shift = uintp((count * pitch + DEPTHWISE_LANES - 1) // DEPTHWISE_LANES * DEPTHWISE_LANES), r0 * pitch
-            for q in range(run):
-                acc[q] = start_value
-            t = 0
-            while t + 4 <= taps:
-                w0, w1, w2, w3 = flat_w[tap0 + t], flat_w[tap0 + t + 1], flat_w[tap0 + t + 2], flat_w[tap0 + t + 3]
-                b0, b1 = uintp(offsets[t] + shift), uintp(offsets[t + 1] + shift)
-                b2, b3 = uintp(offsets[t + 2] + shift), uintp(offsets[t + 3] + shift)
-                for q in range(run):
-                    value = acc[q] + w0 * phases[b0 + q] + w1 * phases[b1 + q]
-                    acc[q] = value + w2 * phases[b2 + q] + w3 * phases[b3 + q]
-                t += 4
-            while t < taps:
-                w0, b0 = flat_w[tap0 + t], uintp(offsets[t] + shift)
-                for q in range(run):
-                    acc[q] += w0 * phases[b0 + q]
-                t += 1
-            target = uintp((p * oh + r0) * ow)
-            if short_out:
-                for k in range(uintp(count * ow)):
-                    value = acc[kept_at[k]]
-                    flat_out[target + k] = value if value > zero or not relu else zero
-                continue
-            for r in range(uintp(count)):
-                row, to = uintp(r * pitch), target + uintp(r * ow)
+            source = (image * c + channel // multiplier) * h * w
+            _depthwise_split(flat_x, source, h, w, sh, sw, plane_rows, pitch, first, phases, pairs, words, source_at)
+        start = bias[channel] if bias.size else zero
+        tap0 = channel * kh * kw
+        # straight into out where its rows are the run's, and the run's rounding lands in this call's next planes
+        direct = pitch == ow and p * size + run <= hi * size
+        dst, at = (flat_out, uintp(p * size)) if direct else (acc, uintp(0))
+        if kh == 3 and kw == 3:
+            _depthwise_3x3(dst, at, phases, bases, flat_w, tap0, keep, run, start, relu)
+        elif kh == 5 and kw == 5:
+            _depthwise_5x5(dst, at, phases, bases, flat_w, tap0, keep, run, start, relu)
+        else:
+            for k0 in range(0, run, DEPTHWISE_BLOCK):
+                k1 = min(run, k0 + DEPTHWISE_BLOCK)
+                for k in range(uintp(k0), uintp(k1)):
+                    dst[at + k] = start
+                for j in range(kw):
+                    _depthwise_column(dst, at, phases, bases, flat_w, tap0, j, kh, kw, keep, run, k0, k1)
                 if relu:
-                    for k in range(uintp(ow)):
-                        value = acc[row + k]
-                        flat_out[to + k] = value if value > zero else zero
-                else:
-                    for k in range(uintp(ow)):
-                        flat_out[to + k] = acc[row + k]
+                    for k in range(uintp(k0), uintp(k1)):
+                        value = dst[at + k]
+                        dst[at + k] = value if value > zero else zero
+        if direct:
+            continue
+        to = uintp(p * size)
+        if pitch == ow:
+            for k in range(uintp(size)):
+                flat_out[to + k] = acc[k]
+            continue
+        for r in range(uintp(oh)):
+            row, target = r * uintp(pitch), to + r * uintp(ow)
+            for k in range(uintp(ow)):
+                flat_out[target + k] = acc[row + k]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _depthwise_shifts(size: int, dilation: int, pad: int, stride: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Per kernel tap along one axis, its offset ``tap * dilation - pad`` as ``shift * stride + phase``
+    (``0 <= phase < stride``): output ``q`` reads element ``q + shift`` of phase ``phase``."""
+    shift, phase = numpy.empty(size, numpy.intp), numpy.empty(size, numpy.intp)
+    for i in range(size):
+        offset = i * dilation - pad
+        shift[i], phase[i] = offset // stride, offset % stride
+    return shift, phase
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _depthwise_keep(col_shift: numpy.ndarray, pitch: int, run: int) -> numpy.ndarray:
+    """``keep[j * run + k]``: whether kernel column ``j`` of output ``k`` (column ``k % pitch``) reads
+    inside its row of the phase plane (else it is padding, or it would read the row before or after)."""
+    keep = numpy.empty(col_shift.size * run, numpy.uint8)
+    pattern = numpy.empty(pitch, numpy.uint8)  # one row's, copied to every row (faster than a test per element)
+    for j in range(col_shift.size):
+        first, stop = max(0, -col_shift[j]), min(pitch, pitch - col_shift[j])  # the columns that read inside
+        for col in range(pitch):
+            pattern[col] = first <= col < stop
+        for row in range(0, run, pitch):
+            at = uintp(j * run + row)
+            for col in range(uintp(min(pitch, run - row))):
+                keep[at + col] = pattern[col]
+    return keep
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
-def _depthwise_phase_rows(
+def _depthwise_split(
     flat_x: numpy.ndarray,
     source: int,
     h: int,
     w: int,
-    stride: tuple[int, int],
-    pad: tuple[int, int],
-    rows: int,
+    sh: int,
+    sw: int,
+    plane_rows: int,
     pitch: int,
-    padded: numpy.ndarray,
+    first: int,
     phases: numpy.ndarray,
+    pairs: numpy.ndarray,
+    words: numpy.ndarray,
+    source_at: numpy.ndarray,
 ) -> None:  # pragma: no cover - compiled
-    """The input plane at ``source`` into the phase planes of :func:`depthwise_conv2d`, a row at a time.
+    """The input plane at ``source`` into the phase planes of :func:`depthwise_conv2d` (``plane_rows`` rows of
+    ``pitch`` each, the first of phase (0, 0) at ``first``); one copy when they are the plane itself.
 
-    With stride > 1 each row goes through ``padded``, one zero-bordered row (its borders are never written).
-    """
-    (sh, sw), (ph, pw) = stride, pad
-    plane = rows * pitch
+    ``pairs`` and ``words`` are ``flat_x`` as 64-bit and ``phases`` as 32-bit integers: a float32 stride-2 row
+    with an even width is split a pair of columns at a time, which vectorises (a strided loop does not). Planes
+    with short rows go through ``source_at`` (each input element's place), one loop a plane, not one a row."""
+    if source_at.size:
+        for k in range(uintp(h * w)):
+            phases[source_at[k]] = flat_x[uintp(source) + k]
+        return
+    if sh == 1 and sw == 1 and pitch == w:
+        for k in range(uintp(h * w)):
+            phases[uintp(first) + k] = flat_x[uintp(source) + k]
+        return
+    plane = uintp(plane_rows * pitch)
     for y in range(h):
-        r = y + ph  # padded row r is row r // sh of the phase planes (r % sh, b)
-        start, to = uintp(source + y * w), uintp((r % sh * sw * rows + r // sh) * pitch)
-        if sw == 1:  # straight into the phase plane, inside its zero border
+        a, m = (0, y) if sh == 1 else ((y & 1, y >> 1) if sh == 2 else (y % sh, y // sh))  # row m of row phase a
+        start, to = uintp(source + y * w), uintp(first + (a * sw * plane_rows + m) * pitch)
+        if sw == 1:
             for k in range(uintp(w)):
-                phases[to + uintp(pw) + k] = flat_x[start + k]
-            continue
-        for k in range(uintp(w)):
-            padded[uintp(pw) + k] = flat_x[start + k]
-        if sw == 2:  # one interleaved pass (vectorised), not one strided pass per column phase
-            for k in range(uintp(pitch)):
-                phases[to + k] = padded[2 * k]
-                phases[to + uintp(plane) + k] = padded[2 * k + 1]
+                phases[to + k] = flat_x[start + k]
+        elif sw == 2 and w % 2 == 0 and flat_x.itemsize == 4:  # a float32 pair as one word, its halves to the phases
+            half, pair0 = uintp(w // 2), uintp(start // 2)
+            for k in range(half):
+                pair = pairs[pair0 + k]
+                words[to + k] = numpy.uint32(pair & 0xFFFFFFFF)
+                words[to + plane + k] = numpy.uint32(pair >> 32)
+        elif sw == 2:  # even and odd columns in one pass
+            half = uintp(w // 2)
+            for k in range(half):
+                phases[to + k] = flat_x[start + 2 * k]
+                phases[to + plane + k] = flat_x[start + 2 * k + 1]
+            if w % 2:
+                phases[to + half] = flat_x[start + 2 * half]
         else:
             for b in range(sw):
-                for k in range(uintp(pitch)):
-                    phases[to + uintp(b * plane) + k] = padded[k * uintp(sw) + uintp(b)]
+                for k in range(uintp((w - b + sw - 1) // sw)):
+                    phases[to + uintp(b) * plane + k] = flat_x[start + k * uintp(sw) + uintp(b)]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False, inline="always")
+def _depthwise_3x3(
+    dst: numpy.ndarray,
+    at: int,
+    phases: numpy.ndarray,
+    bases: numpy.ndarray,
+    flat_w: numpy.ndarray,
+    tap0: int,
+    keep: numpy.ndarray,
+    run: int,
+    start: float,
+    relu: bool,
+) -> None:  # pragma: no cover - compiled
+    """``dst[at:at + run]`` of a 3x3 kernel (weights ``flat_w[tap0:tap0 + 9]``) in one pass: one load per tap and
+    one store per output, the sum of each kernel column dropped where :func:`_depthwise_keep` says so."""
+    b0, b1, b2, b3, b4 = uintp(bases[0]), uintp(bases[1]), uintp(bases[2]), uintp(bases[3]), uintp(bases[4])
+    b5, b6, b7, b8 = uintp(bases[5]), uintp(bases[6]), uintp(bases[7]), uintp(bases[8])
+    w0, w1, w2, w3, w4 = flat_w[tap0], flat_w[tap0 + 1], flat_w[tap0 + 2], flat_w[tap0 + 3], flat_w[tap0 + 4]
+    w5, w6, w7, w8 = flat_w[tap0 + 5], flat_w[tap0 + 6], flat_w[tap0 + 7], flat_w[tap0 + 8]
+    size, middle_keep, right_keep = uintp(run), uintp(run), uintp(2 * run)
+    zero = dst.dtype.type(0)
+    for k in range(size):
+        left = w0 * phases[b0 + k] + w3 * phases[b3 + k] + w6 * phases[b6 + k]
+        middle = w1 * phases[b1 + k] + w4 * phases[b4 + k] + w7 * phases[b7 + k]
+        right = w2 * phases[b2 + k] + w5 * phases[b5 + k] + w8 * phases[b8 + k]
+        value = start + (left if keep[k] else zero) + (middle if keep[middle_keep + k] else zero)
+        value += right if keep[right_keep + k] else zero
+        dst[at + k] = (value if value > zero else zero) if relu else value
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False, inline="always")
+def _depthwise_5x5(
+    dst: numpy.ndarray,
+    at: int,
+    phases: numpy.ndarray,
+    bases: numpy.ndarray,
+    flat_w: numpy.ndarray,
+    tap0: int,
+    keep: numpy.ndarray,
+    run: int,
+    start: float,
+    relu: bool,
+) -> None:  # pragma: no cover - compiled
+    """As :func:`_depthwise_3x3`, a 5x5 kernel (weights ``flat_w[tap0:tap0 + 25]``): one pass instead of one a
+    kernel column (about 1.5x faster on EfficientNet-B0's 7x7 maps)."""
+    b0, b1, b2, b3 = uintp(bases[0]), uintp(bases[1]), uintp(bases[2]), uintp(bases[3])
+    b4, b5, b6, b7 = uintp(bases[4]), uintp(bases[5]), uintp(bases[6]), uintp(bases[7])
+    b8, b9, b10, b11 = uintp(bases[8]), uintp(bases[9]), uintp(bases[10]), uintp(bases[11])
+    b12, b13, b14, b15 = uintp(bases[12]), uintp(bases[13]), uintp(bases[14]), uintp(bases[15])
+    b16, b17, b18, b19 = uintp(bases[16]), uintp(bases[17]), uintp(bases[18]), uintp(bases[19])
+    b20, b21, b22, b23 = uintp(bases[20]), uintp(bases[21]), uintp(bases[22]), uintp(bases[23])
+    b24 = uintp(bases[24])
+    w0, w1, w2, w3 = flat_w[tap0], flat_w[tap0 + 1], flat_w[tap0 + 2], flat_w[tap0 + 3]
+    w4, w5, w6, w7 = flat_w[tap0 + 4], flat_w[tap0 + 5], flat_w[tap0 + 6], flat_w[tap0 + 7]
+    w8, w9, w10, w11 = flat_w[tap0 + 8], flat_w[tap0 + 9], flat_w[tap0 + 10], flat_w[tap0 + 11]
+    w12, w13, w14, w15 = flat_w[tap0 + 12], flat_w[tap0 + 13], flat_w[tap0 + 14], flat_w[tap0 + 15]
+    w16, w17, w18, w19 = flat_w[tap0 + 16], flat_w[tap0 + 17], flat_w[tap0 + 18], flat_w[tap0 + 19]
+    w20, w21, w22, w23 = flat_w[tap0 + 20], flat_w[tap0 + 21], flat_w[tap0 + 22], flat_w[tap0 + 23]
+    w24 = flat_w[tap0 + 24]
+    size = uintp(run)
+    keep1, keep2, keep3, keep4 = uintp(run), uintp(2 * run), uintp(3 * run), uintp(4 * run)
+    zero = dst.dtype.type(0)
+    for k in range(size):
+        value = start
+        column = w0 * phases[b0 + k] + w5 * phases[b5 + k] + w10 * phases[b10 + k]
+        column += w15 * phases[b15 + k] + w20 * phases[b20 + k]
+        value += column if keep[k] else zero
+        column = w1 * phases[b1 + k] + w6 * phases[b6 + k] + w11 * phases[b11 + k]
+        column += w16 * phases[b16 + k] + w21 * phases[b21 + k]
+        value += column if keep[keep1 + k] else zero
+        column = w2 * phases[b2 + k] + w7 * phases[b7 + k] + w12 * phases[b12 + k]
+        column += w17 * phases[b17 + k] + w22 * phases[b22 + k]
+        value += column if keep[keep2 + k] else zero
+        column = w3 * phases[b3 + k] + w8 * phases[b8 + k] + w13 * phases[b13 + k]
+        column += w18 * phases[b18 + k] + w23 * phases[b23 + k]
+        value += column if keep[keep3 + k] else zero
+        column = w4 * phases[b4 + k] + w9 * phases[b9 + k] + w14 * phases[b14 + k]
+        column += w19 * phases[b19 + k] + w24 * phases[b24 + k]
+        value += column if keep[keep4 + k] else zero
+        dst[at + k] = (value if value > zero else zero) if relu else value
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False, inline="always")
+def _depthwise_column(
+    dst: numpy.ndarray,
+    at: int,
+    phases: numpy.ndarray,
+    bases: numpy.ndarray,
+    flat_w: numpy.ndarray,
+    tap0: int,
+    j: int,
+    kh: int,
+    kw: int,
+    keep: numpy.ndarray,
+    run: int,
+    k0: int,
+    k1: int,
+) -> None:  # pragma: no cover - compiled
+    """Kernel column ``j`` on outputs ``k0..k1`` of ``dst[at:]``, added to it: its seven taps in one pass for 7
+    rows (ConvNeXt's 7x7 kernels), else one pass a tap (kernels other than 3x3, 5x5 and 7x7 are rare)."""
+    mask, zero = uintp(j * run), dst.dtype.type(0)
+    lo, hi, t, b = uintp(k0), uintp(k1), tap0 + j, bases[j:]
+    if kh != 7:
+        for i in range(kh):
+            weight, base = flat_w[t + i * kw], uintp(b[i * kw])
+            for k in range(lo, hi):
+                dst[at + k] += weight * phases[base + k] if keep[mask + k] else zero
+        return
+    w0, w1, w2, w3 = flat_w[t], flat_w[t + kw], flat_w[t + 2 * kw], flat_w[t + 3 * kw]
+    w4, w5, w6 = flat_w[t + 4 * kw], flat_w[t + 5 * kw], flat_w[t + 6 * kw]
+    b0, b1, b2, b3 = uintp(b[0]), uintp(b[kw]), uintp(b[2 * kw]), uintp(b[3 * kw])
+    b4, b5, b6 = uintp(b[4 * kw]), uintp(b[5 * kw]), uintp(b[6 * kw])
+    for k in range(lo, hi):
+        value = w0 * phases[b0 + k] + w1 * phases[b1 + k] + w2 * phases[b2 + k] + w3 * phases[b3 + k]
+        value += w4 * phases[b4 + k] + w5 * phases[b5 + k] + w6 * phases[b6 + k]
+        dst[at + k] += value if keep[mask + k] else zero
 
 
 @numba.njit(nogil=True, cache=True, inline="always", boundscheck=False)
