@@ -195,8 +195,8 @@ def profile_executor(executor: Any, profile: Profile) -> None:
     """Profile every later call of a generated CuPy/NumPy executor into ``profile``.
 
     A profiled executor runs every batch whole, never split over threads (``executor.sharding``): each step is
-    timed over the whole batch, its kernels using the thread pool as on a batch too small to split (a batch of
-    one of a network that is not GEMM-bound runs on one thread, see docs/cupy.md).
+    timed over the whole batch, its kernels using the thread pool and BLAS's threads as on a batch too small to
+    split (see docs/cupy.md).
     """
     executor.sharding = False
     sync = None

@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -177,22 +177,6 @@ def blas_one_thread() -> Any:
     """
     controller = _blas_controller()
     return None if controller is False else controller.limit(limits=1, user_api="blas")
-
-
-@contextmanager
-def one_image_call() -> Iterator[None]:
-    """An executor call on one image of a network that is not GEMM-bound (NumPy, :func:`num_threads` > 1,
-    :attr:`Executor.gemm_bound` false): everything on the calling thread, BLAS pinned to one thread
-    (threadpoolctl, when installed) until it exits, then back to its own setting.
-
-    Measured on a 2-CPU machine (docs/performance.md, *two threads at batch 1*): on MobileNetV2 and
-    EfficientNet-B0 at batch 1, BLAS's own threads and the pool together were 1.5x slower than one thread, and
-    neither the pool alone (kernels split by channels or by blocks of GEMM rows) paid; switching BLAS's threads
-    at each call cost nothing measurable.
-    """
-    pin = blas_one_thread() if num_threads() > 1 else None
-    with one_thread(), pin if pin is not None else nullcontext():
-        yield
 
 
 @cache

@@ -560,7 +560,6 @@ def emit(low: Lowered, dtype: str = "float32") -> str:
         head += _table("caches", low.caches)
     else:
         head.append(f"    per_sample = {low.per_sample}")
-        head.append(f"    macs = {sum(layer.macs or 0 for layer in net.layers())}")
     head += ["", "    def setup(self, w):", '        """Compile time: fold batchnorms, build conv/pool plans."""']
     setup = [_wrap_setup(line) for s in low.steps for line in s.setup]
     head += [_marked(f"        {line}") for line in setup] or ["        pass"]

@@ -8,7 +8,6 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -26,7 +25,6 @@ from alexdsl.backends.executor.arrays import (
     can_pin_blas,
     cupy_module,
     num_threads,
-    one_image_call,
     one_thread,
     thread_pool,
 )
@@ -47,14 +45,6 @@ SHARD_MIN_IMAGES = 4
 runs as ``min(T, n // SHARD_MIN_IMAGES)`` shards, one per thread (:meth:`Executor.shard_bounds`). Fewer rows
 than that can change which kernel runs: OpenBLAS takes its small-matrix GEMM below about 10**6 multiply-adds
 (an 800x500 fully connected layer rounds differently at 2 rows than at 4), and Winograd needs 32 tiles a call."""
-
-
-GEMM_BOUND_MACS_PER_ELEMENT = 100
-"""Multiply-adds per activation element from which a batch of one keeps BLAS's threads (:attr:`Executor.gemm_bound`).
-Measured at batch 1 on two threads of an idle 2-CPU machine (docs/performance.md, *two threads at batch 1*), img/s
-on the calling thread alone -> with BLAS's threads and the pool: AlexNet (810 multiply-adds per element) 34.7 ->
-49.2, ResNet-18 (530) 26.3 -> 34.4, ConvNeXt-T (160) 7.2 -> 12.9, Swin-T (120) 7.6 -> 10.8; MobileNetV2 and
-EfficientNet-B0 (44 and 42: depthwise convs and elementwise passes between small GEMMs) ran 1.5x faster alone."""
 
 
 class SlowDtypeWarning(UserWarning):
@@ -148,7 +138,6 @@ class Executor:
     keep_all: ClassVar[int] = 0  # per-sample elements if every activation were kept
     # every layer's output depends on its own sample alone (OpDef.is_per_sample): a batch may be split over threads
     per_sample: ClassVar[bool] = False
-    macs: ClassVar[int] = 0  # multiply-adds per sample (the shape pass's): with keep_all, how GEMM-bound it is
 
     def __init__(
         self,
@@ -249,8 +238,7 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        with one_image_call() if xp is numpy and bounds[-1] == 1 and not self.gemm_bound else contextlib.nullcontext():
-            result = self.forward(*moved)
+        result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
             outs = tuple(cupy_module.asarray(o) for o in outs)
@@ -259,14 +247,6 @@ class Executor:
         else:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]
-
-    @property
-    def gemm_bound(self) -> bool:
-        """Whether most of the network's time is in GEMMs large enough for BLAS's own threads: at least
-        :data:`GEMM_BOUND_MACS_PER_ELEMENT` multiply-adds per activation element it writes. Such a network runs a
-        batch of one with BLAS's threads and the pool; any other on the calling thread alone
-        (:func:`~alexdsl.backends.executor.arrays.one_image_call`)."""
-        return self.macs >= GEMM_BOUND_MACS_PER_ELEMENT * max(self.keep_all, 1)
 
     # splitting a batch over threads -----------------------------------------------------------
     def shard_bounds(self, n: int) -> list[int]:
