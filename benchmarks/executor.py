@@ -63,7 +63,8 @@ def torch_forward(network: Any, weights: dict[str, np.ndarray], device: str) -> 
 
 
 def _time_each(
-    fns: list[Any], repeat: int, sync: Any = None, rounds: int = 3, clock: Any = time.perf_counter
+    fns: list[Any], repeat: int, sync: Any = None, rounds: int = 3, clock: Any = time.perf_counter,
+    pause: float = 0.0,
 ) -> list[float]:
     """Best (minimum) seconds per call of each function, as ``timeit`` recommends.
 
@@ -74,11 +75,14 @@ def _time_each(
     noisy machine hits every side alike, while the first call of each block (where the
     other library's spinning worker threads are still winding down) is discarded.  The
     minimum is the run least disturbed by other processes; ``--median`` reports medians.
+    ``pause``: seconds of sleep before each block, for the other libraries' worker threads to stop
+    spinning (onnxruntime's made the executor's next call on two threads up to 2x slower).
     """
     times: list[list[float]] = [[] for _ in fns]
     per_block = max(2, repeat // rounds + 1)
     for _ in range(rounds):
         for fn, bucket in zip(fns, times, strict=True):
+            time.sleep(pause)
             for i in range(per_block + 1):
                 if sync:
                     sync()

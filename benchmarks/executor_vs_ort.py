@@ -14,9 +14,11 @@ Every side runs the same weights (the executor's; torch through alexdsl's torch 
 through alexdsl's ONNX export) and gets the same thread count: the executor through
 ``ALEXDSL_NUM_THREADS`` and threadpoolctl (its BLAS), torch through ``torch.set_num_threads``,
 onnxruntime through ``intra_op_num_threads``.  Timing is interleaved blocks, best of N
-(``benchmarks/executor.py``'s ``_time_each``).  Ratios are executor throughput over the other
-side's: above 1 the executor is faster.  The machine's load (``os.getloadavg``) is recorded with
-the numbers, because on a shared machine it moves them.  The last line is JSON.
+(``benchmarks/executor.py``'s ``_time_each``), on several threads with a pause before each block
+(:data:`BLOCK_PAUSE`) so that no side runs while another's worker threads still spin.  Ratios are
+executor throughput over the other side's: above 1 the executor is faster.  The machine's load
+(``os.getloadavg``) is recorded with the numbers, because on a shared machine it moves them.  The last
+line is JSON.
 
 ``--profile`` prints, instead, where each side's time goes: the executor's per-kind profile
 (``alexdsl.profiling``, convolutions split into depthwise, 1x1 and larger kernels) beside
@@ -113,6 +115,12 @@ def ort_session(model: bytes, threads: int) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+BLOCK_PAUSE = 0.3
+"""Seconds of sleep before each timed block on several threads: onnxruntime's and torch's worker threads spin
+for a while after a run, and on two cores the executor's next call right after onnxruntime's block took 1.4 to
+3.4x its time alone (AlexNet, MobileNetV2, batch 1); half a second later, about its time alone."""
+
+
 def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Images/s of each side, and the ratios, at every thread count and batch size for one network."""
     net = NETWORKS[name]()
@@ -142,6 +150,7 @@ def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     args.repeat,
                     rounds=args.rounds,
                     clock=time.process_time if args.cpu_time and threads == 1 else time.perf_counter,
+                    pause=BLOCK_PAUSE if threads > 1 else 0.0,
                 )
             row = {"network": net.name, "threads": threads, "batch": batch,
                    "executor_ips": round(batch / t_ex, 2), "torch_ips": round(batch / t_torch, 2),
