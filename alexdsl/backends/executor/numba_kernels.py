@@ -14,10 +14,11 @@ negative-index wraparound, which would keep the inner loops from vectorising.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numba
 import numpy
-from llvmlite import ir
 from numba import uintp
 from numba.extending import intrinsic
 
@@ -534,22 +535,23 @@ _ROUNDER_64 = 1.5 * 2.0**52  # t + _ROUNDER_64 rounds t (|t| < 2^51) to an integ
 _ROUNDER_BITS_64 = numpy.int64(0x4338000000000000)
 
 
-@intrinsic
-def _float64_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The float64 whose IEEE bits are the int64 ``bits`` (a bit cast, which vectorises)."""
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.DoubleType())
+def _bit_cast(source: numba.types.Type, target: numba.types.Type) -> Callable[..., Any]:
+    """A Numba intrinsic that reads a ``source`` scalar's bits as a ``target`` of the same width (which
+    vectorises): an integer's as an IEEE float, or back."""
+    @intrinsic
+    def cast(typingctx, value):  # noqa: ANN001, ANN202 - a Numba intrinsic
+        def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
+            return builder.bitcast(args[0], context.get_value_type(target))
 
-    return numba.types.float64(numba.types.int64), codegen
+        return target(source), codegen
+
+    return cast
 
 
-@intrinsic
-def _bits_of_float64(typingctx, value):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The IEEE bits of the float64 ``value``, as an int64."""
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return numba.types.int64(numba.types.float64), codegen
+_float64_from_bits = _bit_cast(numba.types.int64, numba.types.float64)
+_bits_of_float64 = _bit_cast(numba.types.float64, numba.types.int64)
+_float32_from_bits = _bit_cast(numba.types.int32, numba.types.float32)
+_bits_of_float32 = _bit_cast(numba.types.float32, numba.types.int32)
 
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -620,24 +622,6 @@ _TWO_TO_MINUS_64 = _F32(2.0**-64)
 _P0, _P1, _P2 = _F32(1.9875691500e-4), _F32(1.3981999507e-3), _F32(8.3334519073e-3)
 _P3, _P4, _P5 = _F32(4.1665795894e-2), _F32(1.6666665459e-1), _F32(5.0000001201e-1)
 _FLOAT32_MATH = {"fastmath": {"contract"}, "error_model": "numpy"}
-
-
-@intrinsic
-def _float32_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The float32 whose IEEE bits are the int32 ``bits`` (a bit cast, which vectorises)."""
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return numba.types.float32(numba.types.int32), codegen
-
-
-@intrinsic
-def _bits_of_float32(typingctx, value):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The IEEE bits of the float32 ``value``, as an int32."""
-    def codegen(context, builder, signature, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return numba.types.int32(numba.types.float32), codegen
 
 
 @numba.njit(nogil=True, cache=True, inline="always", **_FLOAT32_MATH)
