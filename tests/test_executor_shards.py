@@ -222,7 +222,8 @@ def _blas_threads() -> int:
 
 def test_one_image_runs_whole_with_the_pool_and_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch of one (too small to split) runs on the calling thread with the pool and BLAS's own threads, which
-    the executor leaves as they are; so does a batch of two, with the pool."""
+    the executor leaves as they are; a batch of two runs with the pool and BLAS pinned to one thread for the call
+    (its strided conv image by image on the pool), then set back: the process's own NumPy keeps its threads."""
     seen: list[tuple[int, int, int]] = []
     ex = _probed_executor(monkeypatch, lambda x: seen.append((threading.get_ident(), arrays.num_threads(),
                                                               _blas_threads())))
@@ -232,7 +233,11 @@ def test_one_image_runs_whole_with_the_pool_and_blas_threads(monkeypatch: pytest
         assert seen == [(threading.get_ident(), 3, 2)]
         seen.clear()
         ex(*_inputs(ex, 2))
-        assert [(ident, threads) for ident, threads, _ in seen] == [(threading.get_ident(), 3)]
+        assert seen == [(threading.get_ident(), 3, 1)]
+        assert _blas_threads() == 2
+        seen.clear()
+        ex(*_inputs(ex, 1))  # no pin left behind by the batch of two
+        assert seen == [(threading.get_ident(), 3, 2)]
 
 
 @pytest.mark.parametrize("numba", ["0", "1"])

@@ -25,6 +25,7 @@ from alexdsl.backends.executor.arrays import (
     as_pair,
     as_strided,
     blas_one_thread,
+    can_pin_blas,
     gemm_layout,
     num_threads,
     numba_kernels,
@@ -543,7 +544,9 @@ def transpose_bias_relu(src: Array, bias: Array | None, relu: bool, out: Array) 
 
 
 def _use_image_threads(xp: ModuleType, n: int) -> bool:
-    return xp is numpy and n > 1 and num_threads() > 1 and blas_one_thread() is not None
+    """Whether a batch's strided conv runs image by image on the pool (BLAS pinned while it does): asks
+    threadpoolctl without pinning, which would leave BLAS on one thread for the rest of the process."""
+    return xp is numpy and n > 1 and num_threads() > 1 and can_pin_blas()
 
 
 def _conv2d_image_threads(

@@ -8,6 +8,7 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -221,7 +222,10 @@ class Executor:
         """Run the network on NCHW arrays (one per non-label input, in declaration order).
 
         Returns the output (a tuple when the network has several) as a fresh array of the
-        caller's library: NumPy in, NumPy out; CuPy in, CuPy out.
+        caller's library: NumPy in, NumPy out; CuPy in, CuPy out. On NumPy with several threads a
+        batch of one runs with BLAS's threads and the pool; a larger batch that is not split
+        (:meth:`shard_bounds`) with BLAS pinned to one thread for the call (its convs run image by image on
+        the pool), then set back.
         """
         if len(inputs) != len(self.inputs):
             names = ", ".join(self.inputs)
@@ -238,7 +242,9 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        result = self.forward(*moved)
+        pin = blas_one_thread() if xp is numpy and bounds[-1] > 1 and num_threads() > 1 else None
+        with pin if pin is not None else contextlib.nullcontext():
+            result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
             outs = tuple(cupy_module.asarray(o) for o in outs)
