@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -177,6 +177,13 @@ def blas_one_thread() -> Any:
     """
     controller = _blas_controller()
     return None if controller is False else controller.limit(limits=1, user_api="blas")
+
+
+def blas_pinned(when: bool = True) -> AbstractContextManager[Any]:
+    """:func:`blas_one_thread` where ``when`` and threadpoolctl allow it (pinned at this call), else a context
+    manager that changes nothing."""
+    pin = blas_one_thread() if when else None
+    return pin if pin is not None else nullcontext()
 
 
 @cache

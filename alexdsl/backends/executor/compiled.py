@@ -28,8 +28,7 @@ def with_compiled(kernel: Any) -> Callable[..., Array]:
 
     @wraps(function)
     def run(x: Array, *args: Any, out: Array | None = None) -> Array:
-        compiled = (isinstance(x, numpy.ndarray) and x.dtype == numpy.float32 and x.flags.c_contiguous
-                    and numba_kernels(x.dtype) is not None)
+        compiled = is_float32_numpy(x) and numba_kernels(x.dtype) is not None
         if compiled and (out is None or (isinstance(out, numpy.ndarray) and out.flags.c_contiguous
                                          and out.dtype == x.dtype and out.shape == x.shape)):
             return variant(x, *args, out=out)
@@ -53,9 +52,7 @@ def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | No
     place, on ``out`` after a copy of ``x`` into it: with two arrays LLVM cannot know that they are the same
     (in place) or apart, and checks at run time, which kept the in-place loop from vectorising (7x slower).
     """
-    out = x.copy() if out is None else out
-    if out is not x:
-        out[...] = x
+    out = _copied_into(x, out)
     kernels = numba_kernels(out.dtype)
     kernel = kernels.gelu_tanh_range if approximate == "tanh" else kernels.gelu_erf_range
     values, floor = out.reshape(-1), EXP_FLOOR
@@ -63,16 +60,25 @@ def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | No
     return out
 
 
-def _is_float32_numpy(y: Array) -> bool:
+def is_float32_numpy(y: Any) -> bool:
+    """Whether ``y`` is what the compiled kernels take: a C-contiguous NumPy float32 array."""
     return isinstance(y, numpy.ndarray) and y.dtype == numpy.float32 and y.flags.c_contiguous
+
+
+def _copied_into(x: numpy.ndarray, out: numpy.ndarray | None) -> numpy.ndarray:
+    """``out`` (a new array where None) holding ``x``, for a kernel that runs in place (``out`` may be ``x``)."""
+    out = x.copy() if out is None else out
+    if out is not x:
+        out[...] = x
+    return out
 
 
 def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any) -> bool:
     """``y = act(relu(y + bias))`` in place in one compiled pass (:func:`.numba_kernels.bias_activation`), split
-    over the thread pool by (N, C) planes, where it can: ``y`` a C-contiguous NumPy float32 (N, C, H, ...) (not a
-fully connected layer's (N, C), whose planes are single elements), ``bias``
-    (C,) or None, ``act`` None or an ``rt.<name>`` whose compiled variant has an epilogue form, not both ``relu``
-    and ``act``, Numba there. Returns whether it ran; otherwise ``y`` is untouched.
+    over the thread pool by (N, C) planes, where it can: ``y`` a C-contiguous NumPy float32 (N, C, H, ...) (not
+    a fully connected layer's (N, C), whose planes are single elements), ``bias`` (C,) or None, ``act`` None or
+    an ``rt.<name>`` whose compiled variant has an epilogue form, not both ``relu`` and ``act``, Numba there.
+    Returns whether it ran; otherwise ``y`` is untouched.
 
     >>> import numpy as np
     >>> from alexdsl.backends.executor import runtime as rt
@@ -84,10 +90,10 @@ fully connected layer's (N, C), whose planes are single elements), ``bias``
     True
     """
     name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
-    if name is None or (relu and act is not None) or not _is_float32_numpy(y) or y.ndim < 3:
+    if name is None or (relu and act is not None) or not is_float32_numpy(y) or y.ndim < 3:
         return False
     kernels = numba_kernels(y.dtype)
-    if kernels is None or (bias is not None and not (_is_float32_numpy(bias) and bias.size == y.shape[1])):
+    if kernels is None or (bias is not None and not (is_float32_numpy(bias) and bias.size == y.shape[1])):
         return False
     if bias is None and name == "bias":
         return True
@@ -101,9 +107,7 @@ fully connected layer's (N, C), whose planes are single elements), ``bias``
 
 def _activation(name: str, x: numpy.ndarray, out: numpy.ndarray | None) -> numpy.ndarray:
     """The compiled epilogue form ``name`` alone over ``x`` (C-contiguous float32), into ``out`` (may be ``x``)."""
-    out = x.copy() if out is None else out
-    if out is not x:
-        out[...] = x
+    out = _copied_into(x, out)
     kernels = numba_kernels(out.dtype)
     values, form, empty = out.reshape(-1), kernels.FORMS[name], numpy.empty(0, out.dtype)
     parallel_for(numpy, values.size, values.size, lambda lo, hi: kernels.bias_activation(

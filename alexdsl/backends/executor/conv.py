@@ -663,7 +663,7 @@ def linear(
     if out is None:
         out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
     xp.matmul(flat, w, out=out)
-    return activate(bias_relu_(out, bias, relu), act)
+    return bias_relu_(out, bias, relu, act)
 
 
 def pretranspose(weight: Array) -> Array:

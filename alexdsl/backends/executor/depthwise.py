@@ -30,7 +30,6 @@ then runs ``C`` GEMMs of one row each over it; here, instead:
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy
@@ -41,7 +40,7 @@ from alexdsl.backends.executor.arrays import (
     Array,
     array_module,
     as_strided,
-    blas_one_thread,
+    blas_pinned,
     numba_kernels,
     parallel_for,
     tap_windows,
@@ -214,8 +213,7 @@ def _columns_by_blocks(
                 y[...] = product
             _epilogue(np, y, relu, act)
 
-    pin = blas_one_thread()  # the blocks run on every core already
-    with pin if pin is not None else contextlib.nullcontext():
+    with blas_pinned():  # the blocks run on every core already
         parallel_for(np, n * per_image, out.size * kh * kw, run)
 
 

@@ -8,7 +8,6 @@ weights: batchnorm folding, conv plans) and ``forward(...)`` (one line per kerne
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -23,6 +22,7 @@ from alexdsl import weights as weights_io
 from alexdsl.backends.executor import runtime as rt
 from alexdsl.backends.executor.arrays import (
     blas_one_thread,
+    blas_pinned,
     can_pin_blas,
     cupy_module,
     num_threads,
@@ -242,8 +242,7 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        pin = blas_one_thread() if xp is numpy and bounds[-1] > 1 and num_threads() > 1 else None
-        with pin if pin is not None else contextlib.nullcontext():
+        with blas_pinned(xp is numpy and bounds[-1] > 1 and num_threads() > 1):
             result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:

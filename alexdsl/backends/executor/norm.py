@@ -12,6 +12,7 @@ import numpy
 
 from alexdsl.backends.executor import cuda
 from alexdsl.backends.executor.arrays import Array, array_module, numba_kernels, parallel_for
+from alexdsl.backends.executor.compiled import is_float32_numpy
 
 
 def lrn(
@@ -87,14 +88,8 @@ def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 
     (:func:`.numba_kernels.layer_norm_channels`, bit for bit these passes) on blocks of pixels, over the pool.
     """
     xp = array_module(x)
-    compiled = _compiled_layer_norm(x, weight, bias, out)
+    compiled = _compiled_layer_norm(x, weight, bias, eps, out)
     if compiled is not None:
-        n, c = x.shape[:2]
-        flat, target = numpy.ascontiguousarray(x).reshape(n, c, -1), compiled.reshape(n, c, -1)
-        kernels = numba_kernels(x.dtype)
-        blocks = n * -(-flat.shape[2] // kernels.LAYER_NORM_PIXELS)
-        parallel_for(numpy, blocks, 3 * x.size, lambda lo, hi: kernels.layer_norm_channels(
-            flat, weight, bias, eps, target, lo, hi))
         return compiled
     mean = x.mean(axis=1, keepdims=True)
     centred = x - mean
@@ -105,20 +100,29 @@ def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float = 
     return _scale_and_shift(out, weight, bias)
 
 
-def _compiled_layer_norm(x: Array, weight: Array | None, bias: Array | None, out: Array | None) -> Array | None:
-    """The array a compiled layer norm writes (``out``, or a new one), or None where the NumPy passes run: no
-    Numba, not float32 NumPy arrays, an affine term missing, an ``out`` that is not C-contiguous, or one pixel
+def _compiled_layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float,
+                         out: Array | None) -> Array | None:
+    """:func:`layer_norm` by the compiled kernel into ``out`` (or a new array), or None where the NumPy passes run:
+    no Numba, not float32 NumPy arrays, an affine term missing, an ``out`` that is not C-contiguous, or one pixel
     an image ((N, C) or (N, C, 1, 1), a classifier head's): there NumPy's sums over the channels are pairwise,
     which the kernel's channel-by-channel sums are not (a head's 1,000-odd channels summed in a row made an
     imported InceptionNeXt's float32 error 3.5x larger)."""
-    if not (isinstance(x, numpy.ndarray) and x.dtype == numpy.float32 and weight is not None and bias is not None
-            and numba_kernels(x.dtype) is not None and x.ndim >= 2 and x.size > x.shape[0] * x.shape[1]):
+    if not (isinstance(x, numpy.ndarray) and x.dtype == numpy.float32 and x.ndim >= 2
+            and x.size > x.shape[0] * x.shape[1] and is_float32_numpy(weight) and is_float32_numpy(bias)):
         return None
-    if not all(isinstance(t, numpy.ndarray) and t.dtype == x.dtype and t.flags.c_contiguous for t in (weight, bias)):
+    kernels = numba_kernels(x.dtype)
+    if kernels is None:
         return None
     if out is None:
-        return numpy.empty(x.shape, x.dtype)
-    return out if out.flags.c_contiguous and out.shape == x.shape and out.dtype == x.dtype else None
+        out = numpy.empty(x.shape, x.dtype)
+    elif not (is_float32_numpy(out) and out.shape == x.shape):
+        return None
+    n, c = x.shape[:2]
+    flat, target = numpy.ascontiguousarray(x).reshape(n, c, -1), out.reshape(n, c, -1)
+    blocks = n * -(-flat.shape[2] // kernels.LAYER_NORM_PIXELS)
+    parallel_for(numpy, blocks, 3 * x.size, lambda lo, hi: kernels.layer_norm_channels(
+        flat, weight, bias, eps, target, lo, hi))
+    return out
 
 
 def _scale_and_shift(out: Array, weight: Array | None, bias: Array | None) -> Array:
