@@ -237,6 +237,30 @@ def test_activation_runs_after_bias_and_relu(dtype: str) -> None:
     _check(taps, torch.tanh(F.relu(conv)).numpy(), dtype)
 
 
+TORCH_ACTIVATIONS = {"relu6": F.relu6, "hardsigmoid": F.hardsigmoid, "hardswish": F.hardswish,
+                     "sigmoid": torch.sigmoid, "silu": F.silu}
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(TORCH_ACTIVATIONS))
+@pytest.mark.parametrize("case", [(2, 6, 1, 14, 15, 3, 1, 1, 1), (1, 5, 2, 28, 28, 5, 2, 2, 1),
+                                  (2, 4, 1, 9, 9, 7, 1, 3, 1)], ids=_case_id)
+def test_activations_with_a_compiled_form_after_every_path(case: tuple, name: str, dtype: str, numba: str,
+                                                           monkeypatch) -> None:  # noqa: ANN001
+    """The activations with a compiled epilogue form (float32 with Numba: one compiled pass over each thread's share
+    of planes) after the compiled kernel and after NumPy's path, in float32 and float64, against torch, over inputs
+    large enough to reach the activations' tails."""
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    x, weight, bias, plan = _inputs(case, dtype)
+    x *= 4
+    conv = F.conv2d(torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), plan.stride, plan.pad,
+                    plan.dilation, plan.groups)
+    out = np.full((x.shape[0], plan.out_channels, plan.out_h, plan.out_w), np.nan, dtype)
+    depthwise.depthwise_conv2d(x, weight, bias, act=getattr(rt, name), plan=plan, out=out)
+    _check(out, TORCH_ACTIVATIONS[name](conv).numpy(), dtype)
+
+
 def test_rejects_what_is_not_depthwise() -> None:
     x = np.ones((1, 4, 8, 8), np.float32)
     with pytest.raises(ValueError, match="groups == in_channels"):

@@ -444,11 +444,57 @@ def test_batchnorm_is_folded_and_relu_fused_in_resnet() -> None:
     kernels = [s.kernel for s in low.steps]
     assert "channel_affine" not in kernels  # every batchnorm follows a conv: folded
     assert not any(k in ("relu",) for k in kernels)
-    assert any(k.startswith("add+relu") for k in kernels)
-    assert "conv2d+1x1+bias" in kernels  # the downsample shortcut takes the 1x1 fast path
+    # every residual add (and the ReLU after it) runs in the epilogue of the conv computed last of its two operands
+    assert not any(k.startswith("add") for k in kernels)
+    assert kernels.count("conv2d+bias+add+relu") == 5
+    assert kernels.count("conv2d+1x1+bias+add+relu") == 3  # the downsample shortcut takes the 1x1 fast path
     text = backend.summary(net, batch=2)
     assert "folded into the weights" in text and "keeping every tensor alive" in text
     assert "parameters:" in text
+
+
+RESIDUAL_CASES = {
+    # the add's other operand is computed before the conv: the add and the ReLU after it run in the conv's step
+    "fused": ("a: conv(4, 3, pad=1) | relu\nb: conv(4, 3, pad=1)\ns: b, a -> add | relu\n",
+              ["conv2d+bias+relu", "conv2d+bias+add+relu"]),
+    # through what is the identity at inference (stochastic depth before EfficientNet's and ConvNeXt's adds)
+    "identity": ("a: conv(4, 3, pad=1)\nb: conv(4, 3, pad=1) | d: dropout(0.5)\ns: d, a -> add | relu\n",
+                 ["conv2d+bias", "conv2d+bias+add+relu"]),
+    # a reshape is a view, not the identity, even to the same shape: not fused
+    "view": ("a: conv(4, 3, pad=1)\nb: conv(4, 3, pad=1) | r: reshape(4x9x9)\ns: r, a -> add\n",
+             ["conv2d+bias", "conv2d+bias", "add"]),
+    # the conv's output is read twice (by the add and by the network's second output): not fused
+    "shared": ("a: conv(4, 3, pad=1)\nb: x -> conv(4, 3, pad=1)\ns: a, b -> add\nt: b -> relu\n",
+               ["conv2d+bias", "conv2d+bias", "add", "relu"]),
+    # a broadcast add (a per-channel vector): not a residual
+    "broadcast": ("a: conv(4, 3, pad=1)\nv: global_avgpool\nb: x -> conv(4, 3, pad=1)\ns: b, v -> add\n",
+                  ["conv2d+bias", "global_avg_pool2d", "conv2d+bias", "add"]),
+    # three operands: not fused
+    "three": ("a: conv(4, 3, pad=1)\nb: x -> conv(4, 3, pad=1)\ns: b, a, x -> add\n",
+              ["conv2d+bias", "conv2d+bias", "add"]),
+    # a linear over channels (ConvNeXt's pwconv2; on a map and on a vector)
+    "pointwise": ("a: pointwise_fc(6)\nb: pointwise_fc(4)\ns: b, x -> add | relu\n",
+                  ["conv2d+1x1+bias", "conv2d+1x1+bias+add+relu"]),
+    "pointwise_vector": ("g: global_avgpool | flatten\na: pointwise_fc(6)\nb: pointwise_fc(4)\ns: b, g -> add\n",
+                         ["global_avg_pool2d", "conv2d+1x1+bias", "conv2d+1x1+bias+add"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESIDUAL_CASES))
+def test_residual_add_fuses_into_a_conv_only_where_it_can(case: str) -> None:
+    """An add of a conv's output and a value computed before it, of the same shape, with nothing else reading
+    the conv's output, runs in the conv's step (its epilogue adds the other operand): the executor still
+    computes what torch computes."""
+    body, kernels = RESIDUAL_CASES[case]
+    outputs = "\noutput s, t\n" if case == "shared" else ""
+    net = alexdsl.parse(f"network R\ninput x: 4x9x9\n{body}{outputs}")
+    assert [step.kernel for step in codegen.lower(net).steps] == kernels
+    weights = random_weights(net)
+    ex = backend.compile(net, weights, device="cpu")
+    xs = batch_inputs(ex, 2)
+    got = ex(*xs)
+    for g, t in zip(got if isinstance(got, tuple) else (got,), torch_reference(net, weights, *xs), strict=True):
+        assert_close(g, t)
 
 
 def test_standalone_ops_lower_to_kernels() -> None:

@@ -120,6 +120,36 @@ def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: 
         check(got, want)
 
 
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize(("gemm", "threads"), [("auto", "1"), ("auto", "2"), ("wide", "1")])
+@pytest.mark.parametrize("case", ACT_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-g{c[8]}")
+def test_conv2d_adds_a_residual_on_every_path(case: tuple, gemm: str, threads: str, numba: str,
+                                              monkeypatch) -> None:  # noqa: ANN001
+    """``residual`` (an add after the conv, fused: ResNet's shortcut) is added once, after the bias and before the
+    ReLU and ``act``, whichever path the conv takes (the GEMM epilogue, Winograd's output transform, or a pass
+    of its own), and the residual is left as it was."""
+    from alexdsl.backends.executor import arrays, conv
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1)
+    n, c, h, w, o, k, s, p, g = case
+    x, wt, b = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2), rand(o, seed=3)
+    plan = rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
+    residual = rand(n, o, plan.out_h, plan.out_w, seed=4)
+    kept = residual.copy()
+    summed = F.conv2d(T(x), T(wt), T(b), s, p, 1, g) + T(residual)
+    for relu, act, finish in ((False, None, lambda y: y), (True, None, F.relu), (False, rt.silu, F.silu),
+                              (True, rt.sigmoid, lambda y: torch.sigmoid(F.relu(y)))):
+        out = np.full((n, o, plan.out_h, plan.out_w), np.nan, np.float32)
+        got = rt.conv2d(x, wt, b, relu=relu, act=act, residual=residual, plan=plan, out=out, gemm=gemm)
+        assert got is out
+        check(got, finish(summed))
+    np.testing.assert_array_equal(residual, kept)
+
+
 WINOGRAD_CASES = [
     # (N, C, H, W, O, pad): output sizes that 2 and 4 divide or not (the last tiles cropped), pads 0..2,
     # non-square, tiny maps (a 1x1 and a 3x3 output), many channels
@@ -157,7 +187,7 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     monkeypatch.setattr(conv, "WINOGRAD4_MAX_PRODUCTS", 10.0)
     monkeypatch.setattr(conv, "WINOGRAD4_MAX_SIZE", 1 << 30)
     taken = []
-    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(a[-1]) or run(*a))
+    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(a[7]) or run(*a))
     n, c, h, w, o, p = case
     x, wt, b = (rand(*shape, seed=i).astype(dtype) for i, shape in enumerate([(n, c, h, w), (o, c, 3, 3), (o,)]))
     plan = rt.ConvPlan(c, h, w, o, (3, 3), pad=(p, p))
@@ -174,7 +204,12 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     fresh = wt + 1  # another weight array: transformed anew, not the plan's cached transform
     want = F.conv2d(T(x).double(), T(fresh).double(), T(b).double(), padding=p)
     assert_close(rt.conv2d(x, fresh, b, plan=plan), want)
-    assert taken == [tile] * 3
+    residual = rand(n, o, *plan.out_shape[1:], seed=7).astype(dtype)  # added in the output transform, cropped too
+    for relu in (True, False):
+        summed = want + T(residual).double()
+        got = rt.conv2d(x, fresh, b, plan=plan, relu=relu, residual=residual)
+        assert_close(got, F.relu(summed) if relu else summed)
+    assert taken == [tile] * 5
 
 
 @pytest.mark.parametrize(("size", "batch", "tile"), [

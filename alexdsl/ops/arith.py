@@ -153,7 +153,7 @@ def _executor(function: str) -> ExecutorLowering:
             epilogue = f"act=rt.{ctx.epilogue}, " if ctx.epilogue is not None else ""
         return ExecutorKernel(f"rt.{function}({', '.join(inputs)}, {epilogue}out={{out}})", function)
 
-    return ExecutorLowering(lower=lower, inplace=True, epilogues=EVERY_EPILOGUE)
+    return ExecutorLowering(lower=lower, inplace=True, epilogues=EVERY_EPILOGUE, sums_inputs=function == "add")
 
 
 # add ------------------------------------------------------------------------------------------------

@@ -106,6 +106,9 @@ class ExecutorContext(Protocol):
     """A prefix for the ``self`` attributes the step's setup binds (``self.<ident>_w``)."""
     epilogue: str | None
     """The epilogue fused into this step (``"relu"``), or None."""
+    residual: str | None
+    """The Python variable of a tensor of the output's shape this step adds after its bias and before its
+    epilogue (an add fused in: :attr:`~alexdsl.ops.lowering.ExecutorLowering.residual`), or None."""
 
     def lit(self, value: Any) -> str:
         """A Python literal for a number, string, bool, None, tuple, list or dict."""

@@ -139,7 +139,8 @@ def _executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     ident = ctx.ident
     return ExecutorKernel(
         code=(f"rt.conv2d({ctx.inputs[0]}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
-              f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"),
+              + (f"residual={ctx.residual}, " if ctx.residual is not None else "")
+              + f"plan=self.{ident}_plan, scratch=scratch, out={{out}})"),
         kernel="conv2d" + "+1x1" * plan.is_pointwise + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
         scratch=(plan.cols_size(1), plan.wide_size(1)),
@@ -239,7 +240,7 @@ CONV = register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_torch_module, overwritable_output=True),
-        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
+        executor=ExecutorLowering(lower=_executor, epilogues=EVERY_EPILOGUE, residual=True, folds_affine=True),
         onnx=_onnx,
         caffe=_caffe,
         from_caffe={"Convolution": _from_caffe},

@@ -211,7 +211,8 @@ def _pw_torch_forward(layer: Any, args: list[str], ctx: TorchContext) -> str:
 
 
 def _pw_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
-    """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1)."""
+    """A 1x1 convolution with the (out, C) weight viewed as (out, C, 1, 1); on a vector, of the vector viewed as a
+    1x1 map, its output viewed as a vector again."""
     c, *size = ctx.input_shape(layer, 0)
     h, w = size if size else (1, 1)
     out = layer.attrs["out"]
@@ -219,9 +220,12 @@ def _pw_executor(layer: Any, ctx: ExecutorContext) -> ExecutorKernel:
     ident = ctx.ident
     x = ctx.inputs[0] if size else f"{ctx.inputs[0]}.reshape(n, {c}, 1, 1)"
     target = "{out}" if size else f"{{out}}.reshape(n, {out}, 1, 1)"
+    residual = ""
+    if ctx.residual is not None:
+        residual = f"residual={ctx.residual}, " if size else f"residual={ctx.residual}.reshape(n, {out}, 1, 1), "
     return ExecutorKernel(
-        code=(f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, "
-              f"plan=self.{ident}_plan, scratch=scratch, out={target})"),
+        code=(f"rt.conv2d({x}, self.{ident}_w, self.{ident}_b, {epilogue_args(ctx.epilogue)}, {residual}"
+              f"plan=self.{ident}_plan, scratch=scratch, out={target})" + ("" if size else f".reshape(n, {out})")),
         kernel="conv2d+1x1" + "+bias" * ctx.has_bias(layer),
         setup=(*ctx.weights_setup(layer), f"self.{ident}_w = self.{ident}_w.reshape({out}, {c}, 1, 1)",
                f"self.{ident}_plan = rt.ConvPlan({', '.join(map(ctx.lit, geometry))})"),
@@ -279,7 +283,7 @@ register(OpDef(
     pattern=Pattern.OUT_ELEMWISE_FUSABLE,
     lower=Lowerings(
         torch=TorchLowering(module=_pw_torch_module, forward=_pw_torch_forward, overwritable_output=True),
-        executor=ExecutorLowering(lower=_pw_executor, epilogues=EVERY_EPILOGUE, folds_affine=True),
+        executor=ExecutorLowering(lower=_pw_executor, epilogues=EVERY_EPILOGUE, residual=True, folds_affine=True),
         onnx=_pw_onnx,
         from_onnx={"Conv": _pw_from_onnx},
         reference=_pw_reference,

@@ -135,6 +135,12 @@ class ExecutorLowering:
     * ``epilogues``: the epilogues this op can apply to its own output (``("relu",)``), or
       :data:`EVERY_EPILOGUE` for every op declaring one: a sole consumer with one of them is
       fused (:meth:`applies`), and ``ctx.epilogue`` names it.
+    * ``residual``: this op adds a tensor of its output's shape after its bias and before its epilogue
+      (``ctx.residual`` names it, else None): a following op with ``sums_inputs`` of its output and a value
+      computed before it fuses in (ResNet's ``conv + bn + add + relu`` is one step; onnxruntime's Conv with
+      Sum), and the add's own sole elementwise consumer becomes the epilogue.
+    * ``sums_inputs``: the op is the elementwise sum of its inputs (add), which a ``residual`` producer may
+      finish.
     * ``folds_affine``: this op folds a following per-channel affine layer (one with
       ``fold``) into its weights: ``ctx.weights_setup(layer)`` writes the folded weights.
     * ``fold(layer, ctx, weight, bias) -> str``: for a per-channel affine op, the source
@@ -154,6 +160,8 @@ class ExecutorLowering:
     inplace: bool = False
     epilogue: str | None = None
     epilogues: tuple[str, ...] | str = ()
+    residual: bool = False
+    sums_inputs: bool = False
     folds_affine: bool = False
     fold: Callable[[Any, ExecutorContext, str, str], str] | None = None
     function: Callable[..., Any] | None = None

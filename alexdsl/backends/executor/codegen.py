@@ -142,14 +142,17 @@ class ExecutorCodegenContext:
     inputs: list[str]
     ident: str
     epilogue: str | None
+    residual: str | None
 
     offset: str = "offset"
 
     def __init__(self, inputs: list[str], ident: str, epilogue: str | None, affine: Layer | None,
-                 by_name: dict[str, Layer], caches: dict[str, tuple[tuple[int, ...], ...]] | None = None):
+                 by_name: dict[str, Layer], caches: dict[str, tuple[tuple[int, ...], ...]] | None = None,
+                 residual: str | None = None):
         self.inputs = inputs
         self.ident = ident
         self.epilogue = epilogue
+        self.residual = residual
         self.affine = affine  # the per-channel affine layer folded into this step's weights, if any
         self._by_name = by_name
         self._caches = caches  # a decoder's: layer name -> per-sample cache shapes
@@ -335,22 +338,57 @@ class _StepWriter:
             self.var[layer.name] = ins[0]
             self.lines.append(f"# {comment(layer.name)}: {comment(view.note)}")
 
-    def _fusion(self, layer: Layer, lowering: ExecutorLowering) -> tuple[Layer | None, Layer | None]:
-        """The affine layer folded into ``layer``'s weights and the elementwise layer run as its epilogue
-        (each None when there is none)."""
+    def _fusion(self, layer: Layer, lowering: ExecutorLowering) -> tuple[Layer | None, list[Layer], Layer | None]:
+        """The affine layer folded into ``layer``'s weights, the add that sums its output with a value computed
+        before it, with the identities between them (:meth:`_summed`), and the elementwise layer run as its
+        epilogue (None or empty when there is none)."""
         affine = self._sole_consumer(layer.name, lambda c: c.fold is not None) if lowering.folds_affine else None
         last = affine if affine is not None else layer
+        summed = self._summed(last) if lowering.residual else []
+        last = summed[-1] if summed else last
         finisher = self._sole_consumer(last.name, lambda c: lowering.applies(c.epilogue)) if lowering.epilogues \
             else None
-        return affine, finisher
+        return affine, summed, finisher
+
+    def _summed(self, last: Layer) -> list[Layer]:
+        """The layers from ``last``'s sole consumer on, through identities at inference (stochastic depth), to a
+        sum (``sums_inputs``) of that value and one other of the same shape that is computed already, each the
+        sole reader of the one before and none a network output; else empty."""
+        chain: list[Layer] = []
+        while True:
+            users = self.graph.consumers.get(last.name, [])
+            if len(users) != 1 or last.name in self.graph.outputs:
+                return []
+            user = self.graph.by_name[users[0]]
+            if not self._is_identity(user):
+                break
+            chain.append(user)
+            last = user
+        if not executor_lowering(user).sums_inputs or len(user.inputs) != 2 or user.inputs.count(last.name) != 1:
+            return []
+        (other,) = [name for name in user.inputs if name != last.name]
+        shapes = {tuple(self.graph.by_name[name].shape) for name in (other, last.name, user.name)}
+        return [*chain, user] if other in self.var and len(shapes) == 1 else []
+
+    def _is_identity(self, layer: Layer) -> bool:
+        """Whether the layer is the identity at inference: an alias whose lowering returns no view."""
+        lowering = executor_lowering(layer)
+        if not lowering.alias or len(layer.inputs) != 1 or lowering.lower is None:
+            return False
+        ctx = ExecutorCodegenContext(["x"], self.names(layer.name), None, None, self.graph.by_name)
+        return not lowering.lower(layer, ctx).code
 
     def _kernel(self, layer: Layer, lowering: ExecutorLowering, ins: list[str], ident: str) -> None:
         """One kernel call for the layer and what fuses into it, writing a planned buffer."""
-        affine, finisher = self._fusion(layer, lowering)
-        chain = [fused for fused in (layer, affine, finisher) if fused is not None]
+        affine, summed, finisher = self._fusion(layer, lowering)
+        chain = [fused for fused in (layer, affine, *summed, finisher) if fused is not None]
         covered, last = [fused.name for fused in chain], chain[-1]
         epilogue = executor_lowering(finisher).epilogue if finisher is not None else None
-        ctx = ExecutorCodegenContext(ins, ident, epilogue, affine, self.graph.by_name, self.caches)
+        residual = None
+        if summed:
+            (residual,) = [name for name in summed[-1].inputs if name not in covered]
+        ctx = ExecutorCodegenContext(ins, ident, epilogue, affine, self.graph.by_name, self.caches,
+                                     None if residual is None else self.var[residual])
         kernel = lowering.lower(layer, ctx) if lowering.lower is not None else _function_call(layer, ctx)
         self.scratch = max(self.scratch, kernel.scratch[0])
         self.scratch_wide = max(self.scratch_wide, kernel.scratch[1])
@@ -364,9 +402,9 @@ class _StepWriter:
             self.root[name] = out_name
         step = Step(
             name=out_name,
-            kernel=kernel.kernel + (f"+{epilogue}" if epilogue else ""),
+            kernel=kernel.kernel + ("+add" if summed else "") + (f"+{epilogue}" if epilogue else ""),
             layers=covered,
-            inputs=[self.root[i] for i in layer.inputs],
+            inputs=[self.root[i] for i in layer.inputs] + ([] if residual is None else [self.root[residual]]),
             shape=tuple(last.shape),
             code=kernel.code.replace("{out}", f"v[{lit(out_name)}]"),
             setup=list(kernel.setup),

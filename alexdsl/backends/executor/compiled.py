@@ -73,12 +73,13 @@ def _copied_into(x: numpy.ndarray, out: numpy.ndarray | None) -> numpy.ndarray:
     return out
 
 
-def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any) -> bool:
-    """``y = act(relu(y + bias))`` in place in one compiled pass (:func:`.numba_kernels.bias_activation`), split
-    over the thread pool by (N, C) planes, where it can: ``y`` a C-contiguous NumPy float32 (N, C, H, ...) (not
-    a fully connected layer's (N, C), whose planes are single elements), ``bias`` (C,) or None, ``act`` None or
-    an ``rt.<name>`` whose compiled variant has an epilogue form, not both ``relu`` and ``act``, Numba there.
-    Returns whether it ran; otherwise ``y`` is untouched.
+def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any, residual: Array | None = None) -> bool:
+    """``y = act(relu(y + bias + residual))`` in place in one compiled pass (:func:`.numba_kernels.bias_activation`),
+    split over the thread pool by (N, C) planes, where it can: ``y`` a C-contiguous NumPy float32 (N, C, H, ...)
+    (not a fully connected layer's (N, C), whose planes are single elements), ``bias`` (C,) or None, ``residual``
+    None or a C-contiguous float32 of ``y``'s shape, ``act`` None or an ``rt.<name>`` whose compiled variant has
+    an epilogue form, not both ``relu`` and ``act``, Numba there. Returns whether it ran; otherwise ``y`` is
+    untouched.
 
     >>> import numpy as np
     >>> from alexdsl.backends.executor import runtime as rt
@@ -95,13 +96,17 @@ def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any) -> bool
     kernels = numba_kernels(y.dtype)
     if kernels is None or (bias is not None and not (is_float32_numpy(bias) and bias.size == y.shape[1])):
         return False
-    if bias is None and name == "bias":
+    if residual is not None and not (is_float32_numpy(residual) and residual.shape == y.shape):
+        return False
+    if bias is None and residual is None and name == "bias":
         return True
-    shift = numpy.empty(0, numpy.float32) if bias is None else bias
+    empty = numpy.empty(0, numpy.float32)
+    shift = empty if bias is None else bias
+    added = empty if residual is None else residual.reshape(-1)
     values, planes = y.reshape(-1), y.shape[0] * y.shape[1]
     plane, form = values.size // planes if planes else 0, kernels.FORMS[name]
     parallel_for(numpy, planes, values.size, lambda lo, hi: kernels.bias_activation(
-        values, shift, plane, form, lo * plane, hi * plane))
+        values, shift, plane, form, lo * plane, hi * plane, added))
     return True
 
 
@@ -111,7 +116,7 @@ def _activation(name: str, x: numpy.ndarray, out: numpy.ndarray | None) -> numpy
     kernels = numba_kernels(out.dtype)
     values, form, empty = out.reshape(-1), kernels.FORMS[name], numpy.empty(0, out.dtype)
     parallel_for(numpy, values.size, values.size, lambda lo, hi: kernels.bias_activation(
-        values, empty, values.size, form, lo, hi))
+        values, empty, values.size, form, lo, hi, empty))
     return out
 
 

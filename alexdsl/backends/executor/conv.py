@@ -33,7 +33,7 @@ from alexdsl.backends.executor.arrays import (
     thread_pool,
 )
 from alexdsl.backends.executor.compiled import bias_activation_
-from alexdsl.backends.executor.elementwise import activate
+from alexdsl.backends.executor.elementwise import activate, add
 from alexdsl.shape_math import conv_output_size
 
 
@@ -288,19 +288,22 @@ class ConvPlan:
         return cols.reshape(rows)
 
 
-def bias_relu_(y: Array, bias: Array | None, relu: bool, act: Activation | None = None) -> Array:
-    """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ReLU, then ``act``.
+def bias_relu_(
+    y: Array, bias: Array | None, relu: bool, act: Activation | None = None, residual: Array | None = None
+) -> Array:
+    """GEMM epilogue, in place on ``y`` (N, C, ...): add per-channel ``bias``, then ``residual`` (a tensor of
+    ``y``'s shape: the add after a conv, fused), then ReLU, then ``act``.
 
     On NumPy float32 with Numba, one compiled pass where ``act`` has a compiled epilogue form
     (:func:`.compiled.bias_activation_`); otherwise a pass each (ReLU6 after a bias: two, SiLU: five).
     """
     xp = array_module(y)
-    if bias is None and not relu:
+    if bias is None and not relu and residual is None:
         return activate(y, act)
-    fused = cuda.fused_kernels(xp, y, bias)
+    fused = cuda.fused_kernels(xp, y, bias) if residual is None else None
     if fused is not None:
         return activate(fused.bias_relu_(y, bias, relu), act)
-    if bias_activation_(y, bias, relu, act):
+    if bias_activation_(y, bias, relu, act, residual):
         return y
     b = None if bias is None else bias.reshape((1, -1) + (1,) * (y.ndim - 2))
 
@@ -308,6 +311,8 @@ def bias_relu_(y: Array, bias: Array | None, relu: bool, act: Activation | None 
         part = y[lo:hi]
         if b is not None:
             part += b
+        if residual is not None:
+            part += residual[lo:hi]
         if relu:
             xp.maximum(part, 0, out=part)
 
@@ -326,6 +331,7 @@ def conv2d(
     *,
     relu: bool = False,
     act: Activation | None = None,
+    residual: Array | None = None,
     plan: ConvPlan | None = None,
     scratch: Array | None = None,
     out: Array | None = None,
@@ -336,7 +342,10 @@ def conv2d(
     ``weight`` is (O, C/groups, kh, kw) and is only reshaped (a view), never copied.
     ``relu=True`` fuses bias + ReLU into the GEMM epilogue in place; ``act`` is any other
     elementwise activation (an op's declared ``epilogue``), applied in place after the bias (in the same
-    pass where it has a compiled form: :func:`bias_relu_`).  ``scratch`` is an
+    pass where it has a compiled form: :func:`bias_relu_`).  ``residual``, a tensor of the output's shape
+    (not ``out`` itself), is added after the bias and before the activation: an add after the conv, fused
+    (ResNet's shortcut); the GEMM paths and Winograd add it in their epilogue pass, the others
+    (depthwise, ``"wide"``, a batch on threads) in a pass of their own.  ``scratch`` is an
     optional 1-D buffer for the columns (see :meth:`ConvPlan.cols_size` and
     :meth:`ConvPlan.wide_size`); a batch larger than it runs in chunks.
 
@@ -362,7 +371,7 @@ def conv2d(
     if tile is not None:
         if out is None:
             out = xp.empty((n, o, plan.out_h, plan.out_w), dtype=x.dtype)
-        return activate(_conv2d_winograd(compiled, x, weight, bias, relu, plan, out, tile), act)
+        return activate(_conv2d_winograd(compiled, x, weight, bias, relu, plan, out, tile, residual), act)
     if gemm == "auto":
         gemm = gemm_layout(xp)
     elif gemm not in GEMM_LAYOUTS:
@@ -371,6 +380,9 @@ def conv2d(
     oh, ow = plan.out_h, plan.out_w
     if out is None:
         out = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if residual is not None and (plan.is_depthwise or gemm == "wide" or _on_image_threads(xp, plan, n)):
+        conv2d(x, weight, bias, plan=plan, scratch=scratch, out=out, gemm=gemm)
+        return add(out, residual, relu=relu, act=act, out=out)
     if plan.is_depthwise:
         from alexdsl.backends.executor.depthwise import depthwise_conv2d
 
@@ -380,7 +392,7 @@ def conv2d(
     if plan.is_pointwise:
         src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
         cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
-    elif plan.method == "strided" and _use_image_threads(xp, n):
+    elif _on_image_threads(xp, plan, n):
         return activate(_conv2d_image_threads(x, weight, bias, relu, plan, scratch, out), act)
     else:
         rows = n if scratch is None else scratch.size // plan.cols_size(1)
@@ -389,7 +401,7 @@ def conv2d(
         if rows < n:  # the shared scratch holds `rows` images' columns: run the batch in chunks
             for i in range(0, n, rows):
                 conv2d(x[i : i + rows], weight, bias, relu=relu, act=act, plan=plan, scratch=scratch,
-                       out=out[i : i + rows])
+                       out=out[i : i + rows], residual=None if residual is None else residual[i : i + rows])
             return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
@@ -401,7 +413,7 @@ def conv2d(
             cols.reshape(n, g, k // g, oh * ow),
             out=out.reshape(n, g, o // g, oh * ow),
         )
-    return bias_relu_(out, bias, relu, act)
+    return bias_relu_(out, bias, relu, act, residual)
 
 
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
@@ -429,7 +441,7 @@ _thread_work = threading.local()
 
 def _conv2d_winograd(
     compiled: ModuleType, x: Array, weight: Array, bias: Array | None, relu: bool, plan: ConvPlan, out: Array,
-    tile: int,
+    tile: int, residual: Array | None = None,
 ) -> Array:
     """NumPy with Numba: Winograd F(m x m, 3x3) for ``tile`` m = 2 or 4, 2.25x or 4x fewer multiplications than
     im2col + GEMM.
@@ -437,10 +449,10 @@ def _conv2d_winograd(
     Per chunk of images (:data:`WINOGRAD_CHUNK_BYTES`, :data:`WINOGRAD_CHUNK_WEIGHTS`): the compiled input
     transform writes the alpha^2 ``B^T d B`` components (alpha = m + 2) of every alpha x alpha tile
     ``(alpha^2, C, tiles)``, one batched GEMM by the transformed weight (:meth:`ConvPlan.winograd_weight`)
-    gives ``(alpha^2, O, tiles)``, and the compiled output transform ``A^T M A`` adds the bias, applies ReLU
-    and writes NCHW. With several chunks and threads, the chunks run on the thread pool with BLAS on
-    one thread; with one chunk, the transforms are split over the pool by channels and BLAS keeps
-    its threads.
+    gives ``(alpha^2, O, tiles)``, and the compiled output transform ``A^T M A`` adds the bias and the
+    ``residual``, applies ReLU and writes NCHW. With several chunks and threads, the chunks run on the thread
+    pool with BLAS on one thread; with one chunk, the transforms are split over the pool by channels and BLAS
+    keeps its threads.
     """
     n, c = x.shape[:2]
     o = plan.out_channels
@@ -457,6 +469,7 @@ def _conv2d_winograd(
     chunks = [(lo, min(n, lo + images)) for lo in range(0, n, images)]
     x = numpy.ascontiguousarray(x)
     shift = numpy.empty(0, x.dtype) if bias is None else numpy.ascontiguousarray(bias)
+    added = numpy.empty((0, 0, 0, 0), x.dtype) if residual is None else numpy.ascontiguousarray(residual)
     pad = plan.pad
 
     def run(lo: int, hi: int, spread: bool = False) -> None:
@@ -469,12 +482,12 @@ def _conv2d_winograd(
                 work = _thread_work.winograd = numpy.empty(parts * (c + o) * count, x.dtype)
             tiles = work[: parts * c * count].reshape(parts, c, count)
             products = work[parts * c * count : parts * (c + o) * count].reshape(parts, o, count)
-            image, y = x[first:last], out[first:last]
+            image, y, r = x[first:last], out[first:last], added[first:last] if added.size else added
             split(numpy, c, tiles.size,
                   lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid))
             numpy.matmul(u, tiles, out=products)
             split(numpy, o, products.size,
-                  lambda lo, hi, products=products, y=y: transform_output(products, shift, y, lo, hi, relu))
+                  lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r))
 
     pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 else None
     if pin is None:  # one chunk or one thread: BLAS threads for the GEMM, the pool for the transforms
@@ -543,10 +556,11 @@ def transpose_bias_relu(src: Array, bias: Array | None, relu: bool, out: Array) 
     return out
 
 
-def _use_image_threads(xp: ModuleType, n: int) -> bool:
-    """Whether a batch's strided conv runs image by image on the pool (BLAS pinned while it does): asks
-    threadpoolctl without pinning, which would leave BLAS on one thread for the rest of the process."""
-    return xp is numpy and n > 1 and num_threads() > 1 and can_pin_blas()
+def _on_image_threads(xp: ModuleType, plan: ConvPlan, n: int) -> bool:
+    """Whether a batch's strided (im2col, not 1x1) conv runs image by image on the pool (BLAS pinned while it
+    does): asks threadpoolctl without pinning, which would leave BLAS on one thread for the rest of the process."""
+    return (xp is numpy and not plan.is_pointwise and plan.method == "strided" and n > 1 and num_threads() > 1
+            and can_pin_blas())
 
 
 def _conv2d_image_threads(

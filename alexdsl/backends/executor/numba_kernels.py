@@ -384,9 +384,11 @@ def winograd_input(
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
 def winograd_output(
-    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool
+    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool,
+    residual: numpy.ndarray,
 ) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
-    """Winograd F(2x2, 3x3): ``A^T M A`` + bias (+ ReLU) of output channels ``lo..hi`` into ``out`` (N, O, OH, OW).
+    """Winograd F(2x2, 3x3): ``A^T M A`` + bias (+ ``residual``) (+ ReLU) of output channels ``lo..hi`` into ``out``
+    (N, O, OH, OW); ``residual`` is of ``out``'s shape, or empty for none.
 
     ``products`` is (16, O, N * TH * TW), the 16 GEMMs' results; the last tile row and column are
     cropped where OH or OW is odd.
@@ -413,9 +415,14 @@ def winograd_output(
                     y01 = top1 - top2 - top3 + shift
                     y10 = low0 + low1 + low2 + shift
                     y11 = low1 - low2 - low3 + shift
+                    y, col = 2 * ty, 2 * tx
+                    if residual.size:  # the tile's cropped outputs read 0 (they are never written)
+                        y00 += residual[image, channel, y, col]
+                        y01 += residual[image, channel, y, col + 1] if col + 1 < ow else zero
+                        y10 += residual[image, channel, y + 1, col] if y + 1 < oh else zero
+                        y11 += residual[image, channel, y + 1, col + 1] if y + 1 < oh and col + 1 < ow else zero
                     if relu:
                         y00, y01, y10, y11 = max(y00, zero), max(y01, zero), max(y10, zero), max(y11, zero)
-                    y, col = 2 * ty, 2 * tx
                     out[image, channel, y, col] = y00
                     if col + 1 < ow:
                         out[image, channel, y, col + 1] = y01
@@ -472,9 +479,11 @@ def winograd4_input(
 
 @numba.njit(nogil=True, cache=True, fastmath={"contract"}, boundscheck=False)
 def winograd4_output(
-    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool
+    products: numpy.ndarray, bias: numpy.ndarray, out: numpy.ndarray, lo: int, hi: int, relu: bool,
+    residual: numpy.ndarray,
 ) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks the convolution against torch
-    """Winograd F(4x4, 3x3): ``A^T M A`` + bias (+ ReLU) of output channels ``lo..hi`` into ``out`` (N, O, OH, OW).
+    """Winograd F(4x4, 3x3): ``A^T M A`` + bias (+ ``residual``) (+ ReLU) of output channels ``lo..hi`` into ``out``
+    (N, O, OH, OW); ``residual`` is of ``out``'s shape, or empty for none.
 
     ``products`` is (36, O, N * TH * TW), the 36 GEMMs' results; a row of tiles is done at once (``A^T`` down each
     tile's columns, then ``A`` along its rows into a row buffer), and the last tile row and column are cropped where
@@ -513,6 +522,9 @@ def winograd4_output(
                         line[i, q + 3] = d12 + (0.125 * m3 - 8 * m4) + m5 + shift
                 for i in range(min(4, oh - 4 * ty)):
                     y = 4 * ty + i
+                    if residual.size:
+                        for k in range(ow):
+                            line[i, k] += residual[image, channel, y, k]
                     if relu:
                         for k in range(ow):
                             value = line[i, k]
@@ -669,13 +681,15 @@ def _hardsigmoid(x: float) -> float:  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True, boundscheck=False, **_FLOAT32_MATH)
 def bias_activation(
-    values: numpy.ndarray, bias: numpy.ndarray, plane: int, form: int, lo: int, hi: int
+    values: numpy.ndarray, bias: numpy.ndarray, plane: int, form: int, lo: int, hi: int, residual: numpy.ndarray
 ) -> None:  # pragma: no cover - compiled; tests/test_ops_contract.py and tests/test_kernels.py check it
-    """``y = act(y + bias[c])`` in place over flat elements ``lo..hi`` of float32 ``values``, in float32.
+    """``y = act(y + bias[c] + residual)`` in place over flat elements ``lo..hi`` of float32 ``values``, in float32.
 
     ``act`` is the epilogue ``form`` (:data:`FORMS`: ``"bias"`` is none); element ``i`` is in plane ``i // plane``,
-    of channel ``(i // plane) % bias.size``; an empty ``bias`` adds nothing. Planes are (N, C) planes of an NCHW
-    output; for an activation alone, ``plane`` is the whole array.
+    of channel ``(i // plane) % bias.size``; an empty ``bias`` adds nothing, and so does an empty ``residual``
+    (else the flat elements of a tensor of ``values``' shape, added after the bias, a plane at a time while it is
+    in cache, rounded as the add op rounds). Planes are (N, C) planes of an NCHW output; for an activation alone,
+    ``plane`` is the whole array.
     """
     channels, size, end = uintp(bias.size), uintp(plane), uintp(hi)
     start = uintp(lo)
@@ -683,6 +697,13 @@ def bias_activation(
         index = start // size
         stop = min(end, (index + uintp(1)) * size)
         shift = bias[index % channels] if channels else _ZERO
+        if residual.size:
+            for i in range(start, stop):
+                values[i] = (values[i] + shift) + residual[i]
+            if form == FORM_BIAS:
+                start = stop
+                continue
+            shift = _ZERO
         if form == FORM_RELU:
             for i in range(start, stop):
                 v = values[i] + shift
