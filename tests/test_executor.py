@@ -457,6 +457,9 @@ RESIDUAL_CASES = {
     # the add's other operand is computed before the conv: the add and the ReLU after it run in the conv's step
     "fused": ("a: conv(4, 3, pad=1) | relu\nb: conv(4, 3, pad=1)\ns: b, a -> add | relu\n",
               ["conv2d+bias+relu", "conv2d+bias+add+relu"]),
+    # any epilogue activation after the add
+    "silu": ("a: conv(4, 3, pad=1) | relu\nb: conv(4, 3, pad=1)\ns: b, a -> add | silu\n",
+             ["conv2d+bias+relu", "conv2d+bias+add+silu"]),
     # through what is the identity at inference (stochastic depth before EfficientNet's and ConvNeXt's adds)
     "identity": ("a: conv(4, 3, pad=1)\nb: conv(4, 3, pad=1) | d: dropout(0.5)\ns: d, a -> add | relu\n",
                  ["conv2d+bias", "conv2d+bias+add+relu"]),

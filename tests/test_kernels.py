@@ -212,6 +212,36 @@ def test_winograd_conv_matches_torch(case: tuple, dtype: str, threads: str, tile
     assert taken == [tile] * 5
 
 
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize(("groups", "c", "o"), [(2, 64, 96), (3, 96, 96)])
+def test_grouped_winograd_conv_matches_torch(groups: int, c: int, o: int, tile: int, monkeypatch) -> None:  # noqa: ANN001
+    """A grouped 3x3 stride-1 conv whose groups have 32 or more channels each way (AlexNet's conv4 and conv5) takes
+    Winograd too: one GEMM per tile component and group, with bias, a residual and ReLU, against torch in float64."""
+    from alexdsl.backends.executor import arrays, conv
+
+    if arrays.numba_kernels(np.float32) is None:
+        pytest.skip("Winograd runs on compiled kernels: pip install -e '.[numba]', and ALEXDSL_NUMBA not 0")
+    monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1 if tile == 4 else 1 << 30)
+    monkeypatch.setattr(conv, "WINOGRAD4_MAX_PRODUCTS", 10.0)
+    taken = []
+    monkeypatch.setattr(conv, "_conv2d_winograd", lambda *a, run=conv._conv2d_winograd: taken.append(a[7]) or run(*a))
+    x, wt, b = rand(2, c, 13, 13, seed=1), rand(o, c // groups, 3, 3, seed=2), rand(o, seed=3)
+    plan = rt.ConvPlan(c, 13, 13, o, (3, 3), pad=(1, 1), groups=groups)
+    residual = rand(2, o, 13, 13, seed=4)
+    want = F.conv2d(T(x).double(), T(wt).double(), T(b).double(), padding=1, groups=groups) + T(residual).double()
+    got = rt.conv2d(x, wt, b, relu=True, residual=residual, plan=plan)
+    bound = 1e-6 if tile == 2 else 1e-5
+    assert np.abs(got - F.relu(want).numpy()).max() <= bound * want.abs().max().item()
+    assert taken == [tile]
+
+
+def test_winograd_needs_wide_groups() -> None:
+    """ResNeXt's and RegNet's groups of 4 to 16 channels stay on im2col: their per-group GEMMs are too small."""
+    assert rt.ConvPlan(384, 13, 13, 256, (3, 3), pad=(1, 1), groups=2).is_winograd  # AlexNet's conv5
+    assert not rt.ConvPlan(128, 56, 56, 128, (3, 3), pad=(1, 1), groups=32).is_winograd  # ResNeXt-50's 32x4d
+    assert not rt.ConvPlan(64, 28, 28, 64, (3, 3), pad=(1, 1), groups=64).is_winograd  # depthwise
+
+
 @pytest.mark.parametrize(("size", "batch", "tile"), [
     (56, 1, 4), (28, 1, 4), (28, 16, 4), (7, 16, 4),  # 4 divides the output: F(4x4) from 48 tiles on
     (14, 1, 2), (14, 16, 2), (13, 16, 2),  # cropped 4x4 tiles: F(4x4)'s GEMMs are 0.73 of F(2x2)'s, too many

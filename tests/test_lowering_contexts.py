@@ -140,10 +140,12 @@ class FakeExecutor:
     inputs: list[str]
     ident: str
     epilogue: str | None
+    residual: str | None
 
-    def __init__(self, layer: Layer, shapes: dict[str, tuple[int, ...]], epilogue: str | None = None):
+    def __init__(self, layer: Layer, shapes: dict[str, tuple[int, ...]], epilogue: str | None = None,
+                 residual: str | None = None):
         self.inputs = [f"x{i}" for i in range(len(layer.inputs))]
-        self.ident, self.epilogue, self.shapes = layer.name, epilogue, shapes
+        self.ident, self.epilogue, self.residual, self.shapes = layer.name, epilogue, residual, shapes
 
     def lit(self, value: Any) -> str:
         return repr(value)
@@ -377,6 +379,9 @@ def test_executor_lowerings_with_a_fake_context() -> None:
     assert kernel.setup == ("self.c_w = w['c.weight']",
                             "self.c_plan = rt.ConvPlan(3, 8, 8, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1)")
     assert kernel.scratch[0] == 3 * 3 * 3 * 8 * 8  # one sample's im2col columns
+    summed = _lowerings("conv").executor.lower(conv, FakeExecutor(conv, SHAPES, epilogue="relu", residual="r"))
+    assert summed.code == ("rt.conv2d(x0, self.c_w, self.c_b, relu=True, residual=r, plan=self.c_plan, "
+                           "scratch=scratch, out={out})")
     relu = _relu()
     assert _lowerings("relu").executor.lower(relu, FakeExecutor(relu, SHAPES)) == ExecutorKernel(
         "rt.relu(x0, out={out})", "relu")

@@ -94,9 +94,12 @@ class ConvPlan:
 
     @property
     def is_winograd(self) -> bool:
-        """3x3, stride 1, undilated, one group: Winograd F(2x2, 3x3) or F(4x4, 3x3) applies
+        """3x3, stride 1, undilated, one group or groups of at least :data:`WINOGRAD_MIN_GROUP_CHANNELS` input and
+        output channels (AlexNet's conv4 and conv5): Winograd F(2x2, 3x3) or F(4x4, 3x3) applies
         (:func:`_conv2d_winograd`)."""
-        return self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1
+        grouped = self.groups == 1 or min(self.in_channels, self.out_channels) // self.groups >= \
+            WINOGRAD_MIN_GROUP_CHANNELS
+        return self.kernel == (3, 3) and self.stride == (1, 1) and self.dilation == (1, 1) and grouped
 
     def winograd_grid(self, tile: int) -> tuple[int, int]:
         """``tile`` x ``tile`` output tiles down and across one image (the last ones cropped where they overhang)."""
@@ -111,7 +114,8 @@ class ConvPlan:
         return 2 if two >= WINOGRAD_MIN_TILES else None
 
     def winograd_weight(self, weight: Array, tile: int) -> Array:
-        """``G g G^T`` of every (output, input) channel pair of ``weight``, as (alpha^2, O, C), computed in float64.
+        """``G g G^T`` of every (output, input) channel pair of ``weight``, as (alpha^2, O, C / groups), computed in
+        float64.
 
         Computed on the first call with a weight array and kept for the next calls with the same
         array (the executor's weights, folded once at setup, are never written again); a new
@@ -123,7 +127,7 @@ class ConvPlan:
         if cached is None or cached[0] is not weight:
             g = WINOGRAD_WEIGHT_TRANSFORMS[tile]
             u = numpy.einsum("ai,ocij,bj->aboc", g, weight.astype(numpy.float64), g)
-            u = u.reshape(len(g) ** 2, self.out_channels, self.in_channels).astype(weight.dtype)
+            u = u.reshape(len(g) ** 2, self.out_channels, self.in_channels // self.groups).astype(weight.dtype)
             cached = self._work[f"winograd{tile}"] = (weight, numpy.ascontiguousarray(u))
         return cached[1]
 
@@ -416,6 +420,7 @@ def conv2d(
     return bias_relu_(out, bias, relu, act, residual)
 
 
+WINOGRAD_MIN_GROUP_CHANNELS = 32  # a grouped 3x3 conv takes Winograd where each group has this many channels in and out
 WINOGRAD_MIN_TILES = 32  # fewer 2x2 tiles in a batch: im2col's GEMM is as fast (ResNet's 7x7 maps at batch 1: 16)
 WINOGRAD4_MIN_TILES = 48  # fewer 4x4 tiles in a batch: F(2x2, 3x3) is faster (7x7 maps at batch 1: 4; 28x28: 49)
 # F(4x4) where its GEMMs make at most this share of F(2x2)'s multiplications: 0.5625 where 4 divides the output
@@ -462,7 +467,7 @@ def _conv2d_winograd(
         transform_input, transform_output = compiled.winograd4_input, compiled.winograd4_output
     else:
         transform_input, transform_output = compiled.winograd_input, compiled.winograd_output
-    parts = u.shape[0]
+    parts, groups = u.shape[0], plan.groups
     per_image = grid[0] * grid[1]
     budget = max(WINOGRAD_CHUNK_BYTES, WINOGRAD_CHUNK_WEIGHTS * u.nbytes)
     images = max(1, min(n, budget // (parts * (c + o) * per_image * x.itemsize)))
@@ -485,7 +490,12 @@ def _conv2d_winograd(
             image, y, r = x[first:last], out[first:last], added[first:last] if added.size else added
             split(numpy, c, tiles.size,
                   lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid))
-            numpy.matmul(u, tiles, out=products)
+            if groups == 1:
+                numpy.matmul(u, tiles, out=products)
+            else:  # one GEMM per tile component and group
+                numpy.matmul(u.reshape(parts, groups, o // groups, c // groups),
+                             tiles.reshape(parts, groups, c // groups, count),
+                             out=products.reshape(parts, groups, o // groups, count))
             split(numpy, o, products.size,
                   lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r))
 
