@@ -789,7 +789,8 @@ def _pool_rows(
     column: three rows (3x3 windows) in one pass, others one pass a row."""
     pitch = uintp(w)
     if rows == 3:
-        a, b, c = src, src + pitch, src + 2 * pitch
+        a, b = src, src + pitch
+        c = b + pitch  # not src + 2 * pitch: a signed 2 makes the index signed, and the loads gathers
         for k in range(uintp(width)):
             line[at + k] = _pool_combine(_pool_combine(flat_x[a + k], flat_x[b + k], average), flat_x[c + k], average)
         return
