@@ -347,8 +347,9 @@ POOL_SWEEP = [
     (k, s, p, ceil) for k in (1, 3, 5) for s in (1, 2, 3) for p in (0, 1, 2) for ceil in (False, True) if 2 * p <= k
 ]
 """(kernel, stride, pad, ceil) of the compiled pooling sweep: torch refuses padding over half the kernel."""
-POOL_SWEEP_SHAPES = [(2, 3, 9, 8), (1, 2, 12, 13), (3, 1, 1, 1), (1, 4, 6, 16)]
-"""(N, C, H, W): odd and even sizes, a 1x1 input, N and C above 1; W 16 gives a stride-2 row of whole pairs."""
+POOL_SWEEP_SHAPES = [(2, 3, 9, 8), (1, 2, 12, 13), (3, 1, 1, 1), (1, 4, 6, 16), (2, 2, 2, 5)]
+"""(N, C, H, W): odd and even sizes, a 1x1 input, N and C above 1; W 16 gives a stride-2 row of whole pairs; H 2
+gives a 3x3 stride-1 pool (whole-plane runs) no row with three input rows."""
 
 
 def _compiled_pool_calls(monkeypatch) -> list[tuple[int, int]]:  # noqa: ANN001
@@ -421,15 +422,16 @@ def test_compiled_pool2d_splits_planes_over_threads(threads: str, monkeypatch) -
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x = rand(2, 5, 14, 14)
-    plan = rt.PoolPlan(14, 14, (3, 3), (2, 2), (1, 1), True)
-    out = np.empty((2, 5, plan.out_h, plan.out_w), np.float32)
-    assert rt.max_pool2d(x, (3, 3), plan=plan, out=out) is out
-    check(out, F.max_pool2d(T(x), 3, 2, 1, ceil_mode=True))
-    inv = (1.0 / plan.divisor(False)).astype(np.float32)
-    assert rt.avg_pool2d(x, (3, 3), count_include_pad=False, plan=plan, divisor=inv, out=out) is out
-    check(out, F.avg_pool2d(T(x), 3, 2, 1, ceil_mode=True, count_include_pad=False))
+    for stride in (1, 2):  # a 3x3 stride-1 pool runs over whole planes, a stride-2 one row by row
+        plan = rt.PoolPlan(14, 14, (3, 3), (stride, stride), (1, 1), True)
+        out = np.empty((2, 5, plan.out_h, plan.out_w), np.float32)
+        assert rt.max_pool2d(x, (3, 3), plan=plan, out=out) is out
+        check(out, F.max_pool2d(T(x), 3, stride, 1, ceil_mode=True))
+        inv = (1.0 / plan.divisor(False)).astype(np.float32)
+        assert rt.avg_pool2d(x, (3, 3), count_include_pad=False, plan=plan, divisor=inv, out=out) is out
+        check(out, F.avg_pool2d(T(x), 3, stride, 1, ceil_mode=True, count_include_pad=False))
     shares = sorted(calls)
-    assert len(shares) == 2 * int(threads) and sum(hi - lo for lo, hi in shares) == 2 * 10
+    assert len(shares) == 4 * int(threads) and sum(hi - lo for lo, hi in shares) == 4 * 10
 
 
 @pytest.mark.parametrize("case", ["no numba", "float16", "strided input", "strided out"])

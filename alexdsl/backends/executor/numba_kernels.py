@@ -849,6 +849,38 @@ def _pool_column_pairs(
                 flat_out[dst + c] = _pool_combine(flat_out[dst + c], _pair_half(pairs[base + c], False), average)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+def _pool_plane_3x3(
+    flat_x: numpy.ndarray,
+    flat_out: numpy.ndarray,
+    flat_div: numpy.ndarray,
+    plane: int,
+    rows: numpy.ndarray,
+    edges: numpy.ndarray,
+    h: int,
+    w: int,
+    average: bool,
+) -> None:  # pragma: no cover - compiled
+    """One plane (at ``plane`` in ``flat_x`` and ``flat_out``) of a 3x3 stride-1 pool with padding 1 (H x W to
+    H x W: Inception's branch pools) in runs over the whole plane, not row by row (short rows are all loop
+    overhead): the rows of every output row into ``rows[1:1 + H * W]`` (the rows inside the image in one run),
+    then each output from its left, middle and right neighbour there, the left (``edges`` bit 1) and right (bit
+    2) ones only inside the image. The same operations in the same order as the row-by-row path."""
+    pitch = uintp(w)
+    if h == 1:
+        _pool_rows(flat_x, rows, uintp(1), w, plane, 1, w, average)
+    else:
+        _pool_rows(flat_x, rows, uintp(1), w, plane, 2, w, average)
+        _pool_rows(flat_x, rows, uintp(1) + pitch, (h - 2) * w, plane, 3, w, average)
+        _pool_rows(flat_x, rows, uintp(1) + uintp(h - 1) * pitch, w, plane + uintp(h - 2) * pitch, 2, w, average)
+    empty = rows.dtype.type(0) if average else rows.dtype.type(-numpy.inf)
+    for m in range(uintp(h * w)):
+        left = rows[m] if edges[m] & 1 else empty
+        right = rows[m + uintp(2)] if edges[m] & 2 else empty
+        value = _pool_combine(_pool_combine(left, rows[m + uintp(1)], average), right, average)
+        flat_out[plane + m] = value * flat_div[m] if average else value
+
+
 @numba.njit(nogil=True, cache=True, boundscheck=False)
 def pool2d(
     x: numpy.ndarray,
@@ -881,6 +913,14 @@ def pool2d(
     line = numpy.full(max(span, 2 * (ow + kw // 2)), empty, x.dtype)  # room for the pairs the last window reads
     pairs = line.view(numpy.uint64) if paired else numpy.empty(0, numpy.uint64)
     flat_x, flat_out, flat_div = x.reshape(-1), out.reshape(-1), divisor.reshape(-1)
+    if kh == kw == 3 and sh == sw == 1 and ph == pw == 1:
+        rows = numpy.full(h * w + 2, empty, x.dtype)
+        edges = numpy.empty(h * w, numpy.uint8)
+        for m in range(h * w):
+            edges[m] = (m % w > 0) | (m % w < w - 1) << 1
+        for p in range(lo, hi):
+            _pool_plane_3x3(flat_x, flat_out, flat_div, uintp(p * h * w), rows, edges, h, w, average)
+        return
     at = uintp(pw)
     for p in range(lo, hi):
         plane = uintp(p * h * w)
