@@ -828,8 +828,9 @@ def _pool_column_pairs(
 ) -> None:  # pragma: no cover - compiled
     """:func:`_pool_columns` with stride 2 on a float32 ``line`` read as 64-bit column pairs (``pairs``): kernel
     column ``j`` of output ``c`` is half ``j % 2`` of pair ``c + j // 2``, so every load is contiguous and the
-    halves are a shift and a truncation (strided float loads compile to gathers: ResNet's stem pool took 0.70 ms
-    that way, 0.36 ms this way, one thread). Three columns in one pass, as there."""
+    halves are a shift and a truncation (strided float loads compile to gathers: in an earlier version of the
+    kernel ResNet's stem pool took 0.70 ms that way, 0.36 ms this way, one thread). Three columns in one pass,
+    as there."""
     count = uintp(ow)
     if kw == 3:
         for c in range(count):
