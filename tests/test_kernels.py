@@ -358,17 +358,22 @@ def test_ceil_rule_drops_window_starting_in_padding() -> None:
     assert tuple(F.max_pool2d(torch.zeros(1, 1, 5, 5), 3, 3, 1, ceil_mode=True).shape[2:]) == (2, 2)
 
 
+@pytest.mark.parametrize("numba", ["1", "0"], ids=["numba", "numpy"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
-def test_max_pool2d_matches_torch(case: tuple) -> None:
+def test_max_pool2d_matches_torch(case: tuple, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    """The compiled kernel where Numba is (ALEXDSL_NUMBA=1), the NumPy tap passes with ALEXDSL_NUMBA=0."""
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     h, w, k, s, p, ceil = case
     x = rand(2, 3, h, w)
     got = rt.max_pool2d(x, (k, k), (s, s), (p, p), ceil)
     check(got, F.max_pool2d(T(x), k, s, p, ceil_mode=ceil))
 
 
+@pytest.mark.parametrize("numba", ["1", "0"], ids=["numba", "numpy"])
 @pytest.mark.parametrize("include", [True, False], ids=["count_pad", "no_count_pad"])
 @pytest.mark.parametrize("case", POOL_CASES, ids=_ids)
-def test_avg_pool2d_matches_torch(case: tuple, include: bool) -> None:
+def test_avg_pool2d_matches_torch(case: tuple, include: bool, numba: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
     h, w, k, s, p, ceil = case
     x = rand(2, 3, h, w)
     got = rt.avg_pool2d(x, (k, k), (s, s), (p, p), ceil, include)
@@ -388,9 +393,11 @@ def test_pool_with_plan_and_out() -> None:
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_pool_in_blocks_of_channels(threads: str, monkeypatch) -> None:  # noqa: ANN001
     """NumPy pools a few channel planes at a time (cache-sized blocks, spread over threads): blocks
-    of 3 planes over 2x5 planes, so block edges fall inside an image and between images."""
+    of 3 planes over 2x5 planes, so block edges fall inside an image and between images. Without
+    Numba's kernel (ALEXDSL_NUMBA=0), which pools plane by plane."""
     from alexdsl.backends.executor import arrays, pool
 
+    monkeypatch.setenv("ALEXDSL_NUMBA", "0")
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
     x = rand(2, 5, 11, 10)
@@ -399,6 +406,120 @@ def test_pool_in_blocks_of_channels(threads: str, monkeypatch) -> None:  # noqa:
     check(rt.max_pool2d(x, (3, 3), (2, 2), (1, 1), True), F.max_pool2d(T(x), 3, 2, 1, ceil_mode=True))
     check(rt.avg_pool2d(x, (3, 3), (2, 2), (1, 1), True, False),
           F.avg_pool2d(T(x), 3, 2, 1, ceil_mode=True, count_include_pad=False))
+
+
+POOL_SWEEP = [
+    (k, s, p, ceil) for k in (1, 3, 5) for s in (1, 2, 3) for p in (0, 1, 2) for ceil in (False, True) if 2 * p <= k
+]
+"""(kernel, stride, pad, ceil) of the compiled pooling sweep: torch refuses padding over half the kernel."""
+POOL_SWEEP_SHAPES = [(2, 3, 9, 8), (1, 2, 12, 13), (3, 1, 1, 1), (1, 4, 6, 16), (2, 2, 2, 5)]
+"""(N, C, H, W): odd and even sizes, a 1x1 input, N and C above 1; W 16 gives a stride-2 row of whole pairs; H 2
+gives a 3x3 stride-1 pool (whole-plane runs) no row with three input rows."""
+
+
+def _compiled_pool_calls(monkeypatch) -> list[tuple[int, int]]:  # noqa: ANN001
+    """The (lo, hi) planes of every call of the compiled pooling kernel from here on (skips without Numba)."""
+    pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
+    from alexdsl.backends.executor import arrays
+
+    monkeypatch.setenv("ALEXDSL_NUMBA", "1")
+    kernels, calls = arrays.numba_kernels(np.float32), []
+    if kernels is None:
+        pytest.skip("compiled pooling needs Numba: pip install -e '.[numba]', and ALEXDSL_NUMBA not 0")
+    kernel = kernels.pool2d
+    monkeypatch.setattr(kernels, "pool2d", lambda *a: calls.append(a[2:4]) or kernel(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["max", "avg_count_pad", "avg_no_count_pad"])
+def test_compiled_pool2d_matches_torch_over_a_sweep(kind: str, dtype: str, monkeypatch) -> None:  # noqa: ANN001
+    """numba_kernels.pool2d against torch for kernels 1, 3, 5 x strides 1, 2, 3 x pads 0, 1, 2 x floor and ceil
+    rounding over odd, even and 1x1 inputs: max bit for bit, average within the dtype's rounding (its sums run
+    rows first, then columns)."""
+    calls = _compiled_pool_calls(monkeypatch)
+    tolerance = {"float32": 2e-6, "float64": 1e-14}[dtype]
+    ran = 0
+    for shape in POOL_SWEEP_SHAPES:
+        x = rand(*shape, seed=sum(shape)).astype(dtype)
+        for k, s, p, ceil in POOL_SWEEP:
+            if k > shape[2] + 2 * p or k > shape[3] + 2 * p:
+                continue
+            before, ran = len(calls), ran + 1
+            if kind == "max":
+                got = rt.max_pool2d(x, (k, k), (s, s), (p, p), ceil)
+                want = F.max_pool2d(T(x), k, s, p, ceil_mode=ceil).numpy()
+                assert np.array_equal(got, want), (shape, k, s, p, ceil)
+            else:
+                include = kind == "avg_count_pad"
+                got = rt.avg_pool2d(x, (k, k), (s, s), (p, p), ceil, include)
+                want = F.avg_pool2d(T(x), k, s, p, ceil_mode=ceil, count_include_pad=include).numpy()
+                np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance, err_msg=f"{shape, k, s, p, ceil}")
+            assert got.dtype == np.dtype(dtype) and len(calls) == before + 1
+    assert ran > 100
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_compiled_max_pool2d_propagates_nan(stride: int, dtype: str, monkeypatch) -> None:  # noqa: ANN001
+    """A window holding a NaN gives NaN, wherever the NaN is in it (first tap, a later row or column), as in
+    torch; ``a if a > b else b`` would drop it. Average pooling's sums carry it too."""
+    calls = _compiled_pool_calls(monkeypatch)
+    x = rand(2, 3, 11, 12).astype(dtype)
+    x[0, 0, 0, 0] = x[0, 1, 5, 7] = x[1, 2, 10, 11] = x[1, 0, 4, 1] = np.nan
+    for k, p, ceil in [(3, 1, False), (2, 0, True), (3, 0, True), (5, 2, False)]:
+        got = rt.max_pool2d(x, (k, k), (stride, stride), (p, p), ceil)
+        want = F.max_pool2d(T(x), k, stride, p, ceil_mode=ceil).numpy()
+        assert np.isnan(want).any() and np.array_equal(got, want, equal_nan=True), (k, stride, p, ceil)
+        got = rt.avg_pool2d(x, (k, k), (stride, stride), (p, p), ceil, False)
+        want = F.avg_pool2d(T(x), k, stride, p, ceil_mode=ceil, count_include_pad=False).numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(want)), (k, stride, p, ceil)
+    assert len(calls) == 8
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_compiled_pool2d_splits_planes_over_threads(threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """Each thread pools its share of the N*C planes into a preallocated ``out`` (a plan and a divisor as the
+    generated code passes them); the shares cover every plane once."""
+    from alexdsl.backends.executor import arrays
+
+    calls = _compiled_pool_calls(monkeypatch)
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    x = rand(2, 5, 14, 14)
+    for stride in (1, 2):  # a 3x3 stride-1 pool runs over whole planes, a stride-2 one row by row
+        plan = rt.PoolPlan(14, 14, (3, 3), (stride, stride), (1, 1), True)
+        out = np.empty((2, 5, plan.out_h, plan.out_w), np.float32)
+        assert rt.max_pool2d(x, (3, 3), plan=plan, out=out) is out
+        check(out, F.max_pool2d(T(x), 3, stride, 1, ceil_mode=True))
+        inv = (1.0 / plan.divisor(False)).astype(np.float32)
+        assert rt.avg_pool2d(x, (3, 3), count_include_pad=False, plan=plan, divisor=inv, out=out) is out
+        check(out, F.avg_pool2d(T(x), 3, stride, 1, ceil_mode=True, count_include_pad=False))
+    shares = sorted(calls)
+    assert len(shares) == 4 * int(threads) and sum(hi - lo for lo, hi in shares) == 4 * 10
+
+
+@pytest.mark.parametrize("case", ["no numba", "float16", "strided input", "strided out"])
+def test_pool2d_without_the_compiled_kernel(case: str, monkeypatch) -> None:  # noqa: ANN001
+    """Where the compiled kernel does not apply (ALEXDSL_NUMBA=0, float16, views that are not C-contiguous) the
+    NumPy tap passes pool, and agree with torch."""
+    calls = _compiled_pool_calls(monkeypatch)
+    x, out = rand(2, 3, 10, 9), None
+    if case == "no numba":
+        monkeypatch.setenv("ALEXDSL_NUMBA", "0")
+    elif case == "float16":
+        x = x.astype(np.float16)
+    elif case == "strided input":
+        x = rand(2, 3, 10, 18)[..., ::2]
+    else:
+        out = np.empty((2, 3, 5, 10), np.float32)[..., ::2]
+    got = rt.max_pool2d(x, (3, 3), (2, 2), (1, 1), False, out=out)
+    want = F.max_pool2d(T(x.astype(np.float32)), 3, 2, 1)
+    np.testing.assert_array_equal(got.astype(np.float32), want.numpy())
+    avg = rt.avg_pool2d(x, (3, 3), (2, 2), (1, 1), False, False, out=out)
+    want = F.avg_pool2d(T(x.astype(np.float32)), 3, 2, 1, count_include_pad=False).numpy()
+    np.testing.assert_allclose(avg.astype(np.float32), want, rtol=1e-3 if case == "float16" else RTOL, atol=1e-3)
+    assert calls == []
 
 
 def test_max_pool_asymmetric_kernel() -> None:

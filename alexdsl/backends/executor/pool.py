@@ -1,5 +1,10 @@
 """Pooling kernels: max, average (with Caffe's and torch's divisor), adaptive and global average.
 
+Max and average pooling run, on NumPy with Numba (C-contiguous float32 or float64 input and output), the
+compiled kernel :func:`.numba_kernels.pool2d` over the thread pool by planes; otherwise (no Numba,
+``ALEXDSL_NUMBA=0``, float16, strided arrays) one NumPy pass per kernel tap on cache-sized blocks of planes
+(:func:`_combine_taps`), and on CuPy the fused CUDA kernel or those passes on the whole batch.
+
 >>> import numpy as np
 >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
 >>> max_pool2d(x, (2, 2), (2, 2), (0, 0)).tolist()
@@ -16,7 +21,7 @@ from typing import Any
 import numpy
 
 from alexdsl.backends.executor import cuda
-from alexdsl.backends.executor.arrays import Array, array_module, as_pair, parallel_for, tap_windows
+from alexdsl.backends.executor.arrays import Array, array_module, as_pair, numba_kernels, parallel_for, tap_windows
 from alexdsl.shape_math import pool_output_size
 
 
@@ -125,6 +130,27 @@ def _combine_taps(
     return out
 
 
+def _compiled_pool(plan: PoolPlan, x: Array, out: Array, divisor: Array | None = None) -> bool:
+    """Max pooling (average with ``divisor``, the reciprocals of :meth:`PoolPlan.divisor`) by the compiled kernel
+    (:func:`.numba_kernels.pool2d`), split over the thread pool by planes, where it applies: NumPy arrays, C-contiguous
+    ``x`` and ``out`` of one dtype the kernels are compiled for, Numba there, every window holding an input pixel
+    (padding at most half the kernel, as the op checks). Returns whether it ran."""
+    arrays = (x, out) if divisor is None else (x, out, divisor)
+    if not all(isinstance(a, numpy.ndarray) and a.flags.c_contiguous for a in arrays) or out.dtype != x.dtype:
+        return False
+    if divisor is not None and divisor.size != plan.out_h * plan.out_w:  # (OH, OW), not a broadcast
+        return False
+    kernels = numba_kernels(x.dtype)
+    if kernels is None or any(2 * p > k for p, k in zip(plan.pad, plan.kernel, strict=True)):
+        return False
+    n, c, h, w = x.shape
+    planes, rows = x.reshape(n * c, h, w), out.reshape(n * c, plan.out_h, plan.out_w)
+    scale = numpy.empty((0, 0), x.dtype) if divisor is None else divisor.astype(x.dtype, copy=False)
+    parallel_for(numpy, n * c, x.size, lambda lo, hi: kernels.pool2d(
+        planes, rows, lo, hi, plan.kernel, plan.stride, plan.pad, scale))
+    return True
+
+
 def max_pool2d(
     x: Array,
     kernel: tuple[int, int],
@@ -140,6 +166,8 @@ def max_pool2d(
     fused = cuda.fused_kernels(xp, x, out)
     if fused is not None:
         return fused.pool2d("max", plan, x, out)
+    if _compiled_pool(plan, x, out):
+        return out
     return _combine_taps(xp, plan, x, out, lambda part, tap: xp.maximum(part, tap, out=part), -numpy.inf)
 
 
@@ -167,6 +195,8 @@ def avg_pool2d(
     fused = cuda.fused_kernels(xp, x, out, divisor)
     if fused is not None:
         return fused.pool2d("avg", plan, x, out, divisor)
+    if _compiled_pool(plan, x, out, divisor):
+        return out
     return _combine_taps(xp, plan, x, out, lambda part, tap: xp.add(part, tap, out=part), 0.0, divisor)
 
 
