@@ -94,13 +94,9 @@ ACT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("numba", ["1", "0"])
-@pytest.mark.parametrize(("gemm", "threads"), [("auto", "1"), ("auto", "2"), ("wide", "1")])
-@pytest.mark.parametrize("case", ACT_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-g{c[8]}")
-def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: str, numba: str,
-                                               monkeypatch) -> None:  # noqa: ANN001
-    """``act`` (an op's declared epilogue) runs once on every element, whichever path the conv takes, with no
-    minimum size for the thread pool, so several blocks run on two threads."""
+def _on_every_conv_path(case: tuple, threads: str, numba: str, monkeypatch) -> tuple:  # noqa: ANN001
+    """An ACT_CASES conv's input, weight, bias and plan, with ``threads``, Numba on or off, no minimum size for
+    the thread pool (several blocks run on two threads) and Winograd wherever it applies."""
     from alexdsl.backends.executor import arrays, conv
 
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
@@ -110,7 +106,18 @@ def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: 
     monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1)
     n, c, h, w, o, k, s, p, g = case
     x, wt, b = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2), rand(o, seed=3)
-    plan = rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
+    return x, wt, b, rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
+
+
+@pytest.mark.parametrize("numba", ["1", "0"])
+@pytest.mark.parametrize(("gemm", "threads"), [("auto", "1"), ("auto", "2"), ("wide", "1")])
+@pytest.mark.parametrize("case", ACT_CASES, ids=lambda c: "x".join(map(str, c[:5])) + f"-k{c[5]}-s{c[6]}-g{c[8]}")
+def test_conv2d_applies_act_once_on_every_path(case: tuple, gemm: str, threads: str, numba: str,
+                                               monkeypatch) -> None:  # noqa: ANN001
+    """``act`` (an op's declared epilogue) runs once on every element, whichever path the conv takes, with no
+    minimum size for the thread pool, so several blocks run on two threads."""
+    x, wt, b, plan = _on_every_conv_path(case, threads, numba, monkeypatch)
+    n, o, s, p, g = case[0], case[4], case[6], case[7], case[8]
     for relu in (False, True):
         want = F.silu(F.relu(F.conv2d(T(x), T(wt), T(b), s, p, 1, g)) if relu else F.conv2d(T(x), T(wt), T(b), s, p,
                                                                                                1, g))
@@ -128,16 +135,8 @@ def test_conv2d_adds_a_residual_on_every_path(case: tuple, gemm: str, threads: s
     """``residual`` (an add after the conv, fused: ResNet's shortcut) is added once, after the bias and before the
     ReLU and ``act``, whichever path the conv takes (the GEMM epilogue, Winograd's output transform, or a pass
     of its own), and the residual is left as it was."""
-    from alexdsl.backends.executor import arrays, conv
-
-    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
-    monkeypatch.setenv("ALEXDSL_NUMBA", numba)
-    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(conv, "WINOGRAD_MIN_TILES", 1)
-    monkeypatch.setattr(conv, "WINOGRAD4_MIN_TILES", 1)
-    n, c, h, w, o, k, s, p, g = case
-    x, wt, b = rand(n, c, h, w, seed=1), rand(o, c // g, *k, seed=2), rand(o, seed=3)
-    plan = rt.ConvPlan(c, h, w, o, k, s, p, (1, 1), g)
+    x, wt, b, plan = _on_every_conv_path(case, threads, numba, monkeypatch)
+    n, o, s, p, g = case[0], case[4], case[6], case[7], case[8]
     residual = rand(n, o, plan.out_h, plan.out_w, seed=4)
     kept = residual.copy()
     summed = F.conv2d(T(x), T(wt), T(b), s, p, 1, g) + T(residual)
