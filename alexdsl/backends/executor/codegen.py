@@ -371,11 +371,12 @@ class _StepWriter:
         return [*chain, user] if other in self.var and len(shapes) == 1 else []
 
     def _is_identity(self, layer: Layer) -> bool:
-        """Whether the layer is the identity at inference: an alias whose lowering returns no view."""
+        """Whether the layer is the identity at inference: an alias whose lowering returns no view (asked with
+        placeholder names, so that no identifier is taken for a layer that may never be written)."""
         lowering = executor_lowering(layer)
         if not lowering.alias or len(layer.inputs) != 1 or lowering.lower is None:
             return False
-        ctx = ExecutorCodegenContext(["x"], self.names(layer.name), None, None, self.graph.by_name)
+        ctx = ExecutorCodegenContext(["x"], "x", None, None, self.graph.by_name)
         return not lowering.lower(layer, ctx).code
 
     def _kernel(self, layer: Layer, lowering: ExecutorLowering, ins: list[str], ident: str) -> None:

@@ -490,12 +490,9 @@ def _conv2d_winograd(
             image, y, r = x[first:last], out[first:last], added[first:last] if added.size else added
             split(numpy, c, tiles.size,
                   lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid))
-            if groups == 1:
-                numpy.matmul(u, tiles, out=products)
-            else:  # one GEMM per tile component and group
-                numpy.matmul(u.reshape(parts, groups, o // groups, c // groups),
-                             tiles.reshape(parts, groups, c // groups, count),
-                             out=products.reshape(parts, groups, o // groups, count))
+            numpy.matmul(u.reshape(parts, groups, o // groups, c // groups),  # a GEMM per tile component and group
+                         tiles.reshape(parts, groups, c // groups, count),
+                         out=products.reshape(parts, groups, o // groups, count))
             split(numpy, o, products.size,
                   lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r))
 
