@@ -147,6 +147,8 @@ def test_conv2d_adds_a_residual_on_every_path(case: tuple, gemm: str, threads: s
         assert got is out
         check(got, finish(summed))
     np.testing.assert_array_equal(residual, kept)
+    with pytest.raises(ValueError, match=r"residual must have the output's shape .*received \(1, 1, 1, 1\)"):
+        rt.conv2d(x, wt, b, residual=residual[:1, :1, :1, :1], plan=plan, gemm=gemm)  # no silent broadcast
 
 
 WINOGRAD_CASES = [

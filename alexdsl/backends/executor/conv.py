@@ -370,6 +370,9 @@ def conv2d(
         plan = ConvPlan(c, h, w, o, weight.shape[2:], stride, pad, dilation, groups)
     elif (c, h, w) != (plan.in_channels, plan.height, plan.width):
         raise ValueError(f"ConvPlan built for {(plan.in_channels, plan.height, plan.width)}, got {(c, h, w)}")
+    if residual is not None and tuple(residual.shape) != (n, o, plan.out_h, plan.out_w):
+        raise ValueError(f"conv2d's residual must have the output's shape {(n, o, plan.out_h, plan.out_w)}; "
+                         f"received {tuple(residual.shape)}")
     compiled = numba_kernels(x.dtype) if gemm == "auto" and xp is numpy and plan.is_winograd else None
     tile = plan.winograd_tile(n) if compiled is not None else None
     if tile is not None:
