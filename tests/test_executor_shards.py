@@ -103,6 +103,7 @@ def test_small_batches_and_one_thread_run_whole(monkeypatch: pytest.MonkeyPatch)
     assert ex.shard_bounds(16) == [0, 16]
     xs = _inputs(ex, 1)
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    monkeypatch.setenv("ALEXDSL_NATIVE_THREADS", "0")  # the pool's passes; the native team splits GEMMs (its test)
     with threadpool_limits(1, "blas"):
         np.testing.assert_array_equal(ex(*xs), _whole_on_one_thread(ex, xs, monkeypatch))
 
@@ -228,6 +229,7 @@ def test_one_image_runs_whole_with_the_pool_and_blas_threads(monkeypatch: pytest
     ex = _probed_executor(monkeypatch, lambda x: seen.append((threading.get_ident(), arrays.num_threads(),
                                                               _blas_threads())))
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
+    monkeypatch.setenv("ALEXDSL_NATIVE_THREADS", "0")  # the native team pins BLAS (its own test, below)
     with threadpool_limits(2, "blas"):
         ex(*_inputs(ex, 1))
         assert seen == [(threading.get_ident(), 3, 2)]
@@ -240,11 +242,36 @@ def test_one_image_runs_whole_with_the_pool_and_blas_threads(monkeypatch: pytest
         assert seen == [(threading.get_ident(), 3, 2)]
 
 
-@pytest.mark.parametrize("numba", ["0", "1"])
-def test_one_image_on_several_threads_is_close_to_one_thread(numba: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On several threads (BLAS's and the pool's) a batch of one is the one-thread output to float32 rounding: BLAS
-    may split its GEMMs differently."""
+def test_one_image_runs_on_the_native_team_with_blas_pinned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Numba's OpenMP team can run, a call that is not split runs on it, BLAS pinned to one thread for the
+    call and set back after it; ``ALEXDSL_NATIVE_THREADS=0`` or one thread runs without it."""
+    if arrays._native_module() is None:
+        pytest.skip("the native team needs Numba with its OpenMP threading layer (libgomp) and NumPy's OpenBLAS: "
+                    "pip install -e '.[numba]'")
+    seen: list[tuple[bool, int]] = []
+    ex = _probed_executor(monkeypatch, lambda x: seen.append((arrays.native_team() is not None, _blas_threads())))
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    with threadpool_limits(2, "blas"):
+        for batch in (1, 2):
+            ex(*_inputs(ex, batch))
+            assert seen == [(True, 1)], batch
+            assert _blas_threads() == 2 and arrays.native_team() is None
+            seen.clear()
+        monkeypatch.setenv("ALEXDSL_NATIVE_THREADS", "0")
+        ex(*_inputs(ex, 1))
+        monkeypatch.setenv("ALEXDSL_NATIVE_THREADS", "1")
+        monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+        ex(*_inputs(ex, 1))
+    assert seen == [(False, 2), (False, 2)]
+
+
+@pytest.mark.parametrize(("numba", "team"), [("0", "1"), ("1", "0"), ("1", "1")])
+def test_one_image_on_several_threads_is_close_to_one_thread(numba: str, team: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """On several threads (the native team's, or BLAS's and the pool's) a batch of one is the one-thread output to
+    float32 rounding: the GEMMs split differently."""
     monkeypatch.setenv("ALEXDSL_NUMBA", numba)
+    monkeypatch.setenv("ALEXDSL_NATIVE_THREADS", team)
     nets = [alexdsl.parse(SMALL_NET), alexdsl.load(EXAMPLES / "lenet.adsl"), alexdsl.load(EXAMPLES / "resnet18.adsl")]
     for net in nets:
         ex = backend.compile(net, random_weights(net), device="cpu")

@@ -86,12 +86,98 @@ def _one_thread_here() -> None:
     _this_thread.threads = 1
 
 
-def parallel_for(xp: ModuleType, total: int, work: int, fn: Callable[[int, int], None]) -> None:
+TEAM_MIN_ELEMENTS = 1 << 14  # work below which a kernel runs on the calling thread alone on the native team
+TEAM_MIN_MACS = 1 << 20  # multiply-adds below which a GEMM runs on the calling thread alone on the native team
+TEAM_MIN_GEMV = 1 << 17  # the same for a row vector times a matrix (memory-bound, every weight read once)
+Team = tuple[ModuleType, int]  # the native team's kernels (:mod:`.native_threads`) and its thread count
+
+
+def native_team() -> Team | None:
+    """The native team this thread's call runs on (:func:`on_native_team`), or None."""
+    return getattr(_this_thread, "team", None)
+
+
+@contextmanager
+def on_native_team(when: bool = True) -> Iterator[bool]:
+    """Within it (where ``when``, :func:`num_threads` > 1 and :func:`.native_threads.available`), this thread's
+    GEMMs (:func:`matmul`) and compiled kernels (:func:`parallel_for`'s ``team`` variant) run on Numba's OpenMP
+    threads with BLAS pinned to one thread; every other pass runs on the calling thread. Yields whether it does.
+
+    ``ALEXDSL_NATIVE_THREADS=0`` (or ``ALEXDSL_NUMBA=0``) turns it off: the pool and BLAS's threads, as before.
+    """
+    threads = num_threads() if when and os.environ.get("ALEXDSL_NATIVE_THREADS", "1") != "0" else 1
+    module = _native_module() if threads > 1 and getattr(_this_thread, "team", None) is None else None
+    pin = blas_one_thread() if module is not None else None
+    if pin is None:
+        yield False
+        return
+    with pin:
+        size = module.team_size(threads)
+        module.set_team_size(size)
+        _this_thread.team = (module, size)
+        try:
+            yield True
+        finally:
+            _this_thread.team = None
+
+
+def _native_module() -> ModuleType | None:
+    """:mod:`.native_threads` where the team can run (:func:`.native_threads.available`), else None."""
+    if numba_kernels(numpy.float32) is None:
+        return None
+    if not _TEAM:
+        with _TEAM_PROBE:
+            if not _TEAM:
+                from alexdsl.backends.executor import native_threads
+
+                _TEAM.append(native_threads if native_threads.available() else None)
+    return _TEAM[0]
+
+
+_TEAM: list[ModuleType | None] = []  # the probe's answer, once known
+_TEAM_PROBE = threading.Lock()  # one thread probes Numba's threading layer (the workqueue layer aborts on two)
+
+
+def matmul(a: Array, b: Array, out: Array) -> Array:
+    """``numpy.matmul(a, b, out=out)`` (or CuPy's); on the native team (:func:`on_native_team`) a float32 GEMM of
+    at least :data:`TEAM_MIN_MACS` multiply-adds is split over the team's threads by rows (or columns) of ``out``,
+    each thread calling BLAS on its own: the same products, the same sums, bit for bit the one-thread result."""
+    team = getattr(_this_thread, "team", None)
+    if team is not None and out.dtype == numpy.float32 and a.dtype == b.dtype == numpy.float32 \
+            and out.size * a.shape[-1] >= (TEAM_MIN_GEMV if out.shape[-2] == 1 else TEAM_MIN_MACS) \
+            and isinstance(out, numpy.ndarray):
+        module, threads = team
+        laid = module.cblas_layout(a, b, out)
+        if laid is not None:
+            layout, batch, per_matrix = laid
+            align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
+            module.gemm(layout, module.split(batch * per_matrix, threads, align))
+            return out
+    return array_module(a).matmul(a, b, out=out)
+
+
+def parallel_for(
+    xp: ModuleType,
+    total: int,
+    work: int,
+    fn: Callable[[int, int], None],
+    team: Callable[[ModuleType, numpy.ndarray], None] | None = None,
+) -> None:
     """Run ``fn(lo, hi)`` over ``range(total)`` in chunks on the thread pool (NumPy only).
 
     Falls back to one call when on CuPy, when ``work`` (elements touched) is small, or
-    when there is one thread.
+    when there is one thread. On the native team (:func:`on_native_team`) ``team(kernels, bounds)`` runs the
+    compiled kernel's team variant on bounds ``[0, ..., total]``, one range per team thread, where given and
+    ``work`` is at least :data:`TEAM_MIN_ELEMENTS`; else ``fn(0, total)`` runs on the calling thread.
     """
+    native = getattr(_this_thread, "team", None)
+    if native is not None:
+        module, threads = native
+        if team is not None and min(threads, total) > 1 and work >= TEAM_MIN_ELEMENTS:
+            team(module, module.split(total, min(threads, total)))
+        else:
+            fn(0, total)
+        return
     threads = min(num_threads(), total)
     if xp is not numpy or threads <= 1 or work < PARALLEL_MIN_ELEMENTS:
         fn(0, total)

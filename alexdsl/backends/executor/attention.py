@@ -13,7 +13,7 @@ into one batch of GEMMs; the scores ``(B, heads, Lq, Lk)`` are the one temporary
 
 from __future__ import annotations
 
-from alexdsl.backends.executor.arrays import Array, array_module
+from alexdsl.backends.executor.arrays import Array, array_module, matmul
 from alexdsl.ops.attention import shifted_window_mask  # noqa: F401 - the runtime's name: the mask's values
 
 
@@ -42,7 +42,8 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
     queries = _heads(q, heads)
     scaled = xp.empty(queries.shape, dtype=q.dtype)
     xp.multiply(queries, q.dtype.type(d ** -0.5 if scale is None else scale), out=scaled)
-    scores = xp.matmul(scaled, _heads(k, heads).transpose(0, 1, 3, 2))  # (B, heads, Lq, Lk)
+    scores = matmul(scaled, _heads(k, heads).transpose(0, 1, 3, 2),  # (B, heads, Lq, Lk)
+                    out=xp.empty((*queries.shape[:-1], lk), dtype=q.dtype))
     if additive:
         full = scores.reshape(*q.shape[:-2], heads, lq, lk)
         for term in additive:
@@ -52,7 +53,8 @@ def sdpa(q: Array, k: Array, v: Array, *additive: Array, heads: int, scale: floa
     scores -= scores.max(axis=-1, keepdims=True)
     xp.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    mixed = xp.matmul(scores, _heads(v, heads))  # (B, heads, Lq, dv)
+    values = _heads(v, heads)
+    mixed = matmul(scores, values, out=xp.empty((*scores.shape[:-1], values.shape[-1]), dtype=q.dtype))
     if out is None:
         out = xp.empty((*q.shape[:-1], v.shape[-1]), dtype=q.dtype)
     out.reshape(mixed.shape[0], lq, heads, -1)[...] = mixed.transpose(0, 2, 1, 3)
@@ -79,14 +81,14 @@ def attention(x: Array, in_weight: Array, in_bias: Array | None, out_weight: Arr
     xp = array_module(x)
     features = x.shape[-1]
     tokens = x.reshape(-1, features)
-    qkv = xp.matmul(tokens, in_weight)
+    qkv = matmul(tokens, in_weight, out=xp.empty((tokens.shape[0], in_weight.shape[1]), dtype=x.dtype))
     if in_bias is not None:
         qkv += in_bias
     qkv = qkv.reshape(*x.shape[:-1], 3 * features)
     mixed = sdpa(qkv[..., :features], qkv[..., features:2 * features], qkv[..., 2 * features:], heads=heads)
     if out is None:
         out = xp.empty(x.shape, dtype=x.dtype)
-    xp.matmul(mixed.reshape(-1, features), out_weight, out=out.reshape(-1, features))
+    matmul(mixed.reshape(-1, features), out_weight, out=out.reshape(-1, features))
     if out_bias is not None:
         out += out_bias
     return out

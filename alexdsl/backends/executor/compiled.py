@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy
 
-from alexdsl.backends.executor.arrays import Array, numba_kernels, parallel_for
+from alexdsl.backends.executor.arrays import TEAM_MIN_MACS, Array, native_team, numba_kernels, parallel_for
 
 
 def with_compiled(kernel: Any) -> Callable[..., Array]:
@@ -56,7 +56,8 @@ def gelu(x: numpy.ndarray, approximate: str = "none", *, out: numpy.ndarray | No
     kernels = numba_kernels(out.dtype)
     kernel = kernels.gelu_tanh_range if approximate == "tanh" else kernels.gelu_erf_range
     values, floor = out.reshape(-1), EXP_FLOOR
-    parallel_for(numpy, values.size, 8 * values.size, lambda lo, hi: kernel(values, lo, hi, floor))
+    parallel_for(numpy, values.size, 8 * values.size, lambda lo, hi: kernel(values, lo, hi, floor),
+                 lambda team, bounds: team.gelu(values, bounds, floor, approximate == "tanh"))
     return out
 
 
@@ -90,23 +91,60 @@ def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any, residua
     >>> bool((y == expected).all()) or numba_kernels(y.dtype) is None
     True
     """
+    epilogue = _epilogue(y, bias, relu, act, residual)
+    if epilogue is None or epilogue is True:
+        return epilogue is True
+    kernels = numba_kernels(y.dtype)
+    values, shift, plane, form, added = epilogue
+    planes = values.size // plane if plane else 0
+    parallel_for(numpy, planes, values.size, lambda lo, hi: kernels.bias_activation(
+        values, shift, plane, form, lo * plane, hi * plane, added),
+        lambda team, bounds: team.bias_activation(values, shift, plane, form, bounds * plane, added))
+    return True
+
+
+Epilogue = tuple[numpy.ndarray, numpy.ndarray, int, int, numpy.ndarray]  # values, bias, plane, form, residual
+
+
+def _epilogue(y: Array, bias: Array | None, relu: bool, act: Any, residual: Array | None) -> Epilogue | bool | None:
+    """:func:`.numba_kernels.bias_activation`'s arguments for :func:`bias_activation_` on ``y``; True where there is
+    nothing to do, None where the compiled pass cannot run it."""
     name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
     if name is None or (relu and act is not None) or not is_float32_numpy(y) or y.ndim < 3:
-        return False
+        return None
     kernels = numba_kernels(y.dtype)
     if kernels is None or (bias is not None and not (is_float32_numpy(bias) and bias.size == y.shape[1])):
-        return False
+        return None
     if residual is not None and not (is_float32_numpy(residual) and residual.shape == y.shape):
-        return False
+        return None
     if bias is None and residual is None and name == "bias":
         return True
     empty = numpy.empty(0, numpy.float32)
-    shift = empty if bias is None else bias
-    added = empty if residual is None else residual.reshape(-1)
     values, planes = y.reshape(-1), y.shape[0] * y.shape[1]
-    plane, form = values.size // planes if planes else 0, kernels.FORMS[name]
-    parallel_for(numpy, planes, values.size, lambda lo, hi: kernels.bias_activation(
-        values, shift, plane, form, lo * plane, hi * plane, added))
+    return (values, empty if bias is None else bias, values.size // planes if planes else 0, kernels.FORMS[name],
+            empty if residual is None else residual.reshape(-1))
+
+
+def gemm_bias_activation_(a: Array, b: Array, y: Array, bias: Array | None, relu: bool, act: Any,
+                          residual: Array | None = None) -> bool:
+    """On the native team (:func:`.arrays.on_native_team`): ``y = a @ b`` ((N, C, P) = (C, K) @ (N, K, P), a conv's
+    GEMM) and :func:`bias_activation_`'s epilogue in one team region, each thread's rows of the product then their
+    epilogue while they are in its cache. Returns whether it ran; otherwise ``y`` is untouched."""
+    team = native_team()
+    if team is None or y.shape[-2] * y.shape[-1] * a.shape[-1] < TEAM_MIN_MACS or not is_float32_numpy(a) \
+            or b.dtype != numpy.float32:
+        return False
+    epilogue = _epilogue(y, bias, relu, act, None if residual is None else residual.reshape(y.shape))
+    if epilogue is None or epilogue is True:
+        return False
+    module, threads = team
+    laid = module.cblas_layout(a, b, y)
+    if laid is None or laid[0][19] or laid[2] != y.shape[1]:  # split by columns, or rows that are not planes
+        return False
+    layout, batch, rows = laid
+    values, shift, plane, form, added = epilogue
+    module.gemm_bias_activation(layout, module.split(batch * rows, threads, rows if batch >= threads else
+                                                     module.MIN_SPLIT_ROWS), values, shift, plane, form, added)
     return True
 
 
@@ -116,7 +154,8 @@ def _activation(name: str, x: numpy.ndarray, out: numpy.ndarray | None) -> numpy
     kernels = numba_kernels(out.dtype)
     values, form, empty = out.reshape(-1), kernels.FORMS[name], numpy.empty(0, out.dtype)
     parallel_for(numpy, values.size, values.size, lambda lo, hi: kernels.bias_activation(
-        values, empty, values.size, form, lo, hi, empty))
+        values, empty, values.size, form, lo, hi, empty),
+        lambda team, bounds: team.bias_activation(values, empty, values.size, form, bounds, empty))
     return out
 
 

@@ -27,12 +27,14 @@ from alexdsl.backends.executor.arrays import (
     blas_one_thread,
     can_pin_blas,
     gemm_layout,
+    matmul,
+    native_team,
     num_threads,
     numba_kernels,
     parallel_for,
     thread_pool,
 )
-from alexdsl.backends.executor.compiled import bias_activation_
+from alexdsl.backends.executor.compiled import bias_activation_, gemm_bias_activation_
 from alexdsl.backends.executor.elementwise import activate, add
 from alexdsl.shape_math import conv_output_size
 
@@ -412,10 +414,13 @@ def conv2d(
             return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
+    if g == 1 and gemm_bias_activation_(weight.reshape(o, k), cols, out.reshape(n, o, oh * ow), bias, relu, act,
+                                        residual):
+        return out
     if g == 1:
-        xp.matmul(weight.reshape(o, k), cols, out=out.reshape(n, o, oh * ow))
+        matmul(weight.reshape(o, k), cols, out=out.reshape(n, o, oh * ow))
     else:
-        xp.matmul(
+        matmul(
             weight.reshape(g, o // g, k // g),
             cols.reshape(n, g, k // g, oh * ow),
             out=out.reshape(n, g, o // g, oh * ow),
@@ -482,7 +487,7 @@ def _conv2d_winograd(
 
     def run(lo: int, hi: int, spread: bool = False) -> None:
         """Chunks ``lo..hi``; with ``spread``, each transform split by channels over the thread pool."""
-        split = parallel_for if spread else lambda xp, total, work, fn: fn(0, total)
+        split = parallel_for if spread else lambda xp, total, work, fn, team: fn(0, total)
         for first, last in chunks[lo:hi]:
             count = (last - first) * per_image
             work = getattr(_thread_work, "winograd", None)
@@ -492,14 +497,18 @@ def _conv2d_winograd(
             products = work[parts * c * count : parts * (c + o) * count].reshape(parts, o, count)
             image, y, r = x[first:last], out[first:last], added[first:last] if added.size else added
             split(numpy, c, tiles.size,
-                  lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid))
-            numpy.matmul(u.reshape(parts, groups, o // groups, c // groups),  # a GEMM per tile component and group
+                  lambda lo, hi, image=image, tiles=tiles: transform_input(image, tiles, lo, hi, pad, grid),
+                  lambda team, bounds, image=image, tiles=tiles: team.winograd_input(
+                      image, tiles, bounds, pad, grid, tile == 4))
+            matmul(u.reshape(parts, groups, o // groups, c // groups),  # a GEMM per tile component and group
                          tiles.reshape(parts, groups, c // groups, count),
                          out=products.reshape(parts, groups, o // groups, count))
             split(numpy, o, products.size,
-                  lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r))
+                  lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r),
+                  lambda team, bounds, products=products, y=y, r=r: team.winograd_output(
+                      products, shift, y, bounds, relu, r, tile == 4))
 
-    pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 else None
+    pin = blas_one_thread() if len(chunks) > 1 and num_threads() > 1 and native_team() is None else None
     if pin is None:  # one chunk or one thread: BLAS threads for the GEMM, the pool for the transforms
         run(0, len(chunks), spread=True)
     else:  # a chunk per thread, BLAS on one thread
@@ -570,7 +579,7 @@ def _on_image_threads(xp: ModuleType, plan: ConvPlan, n: int) -> bool:
     """Whether a batch's strided (im2col, not 1x1) conv runs image by image on the pool (BLAS pinned while it
     does): asks threadpoolctl without pinning, which would leave BLAS on one thread for the rest of the process."""
     return (xp is numpy and not plan.is_pointwise and plan.method == "strided" and n > 1 and num_threads() > 1
-            and can_pin_blas())
+            and native_team() is None and can_pin_blas())
 
 
 def _conv2d_image_threads(
@@ -686,7 +695,7 @@ def linear(
     w = weight if transposed else weight.T
     if out is None:
         out = xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-    xp.matmul(flat, w, out=out)
+    matmul(flat, w, out=out)
     return bias_relu_(out, bias, relu, act)
 
 

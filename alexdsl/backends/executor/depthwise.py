@@ -47,6 +47,8 @@ from alexdsl.backends.executor.arrays import (
 )
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from alexdsl.backends.executor.conv import ConvPlan
 
 
@@ -146,7 +148,12 @@ def _compiled_planes(
         if act is not None:
             act(planes[lo:hi], out=planes[lo:hi])
 
-    parallel_for(numpy, n * o, out.size * kh * kw, run)
+    def on_team(team: ModuleType, bounds: numpy.ndarray) -> None:
+        team.depthwise_conv2d(x, taps, shift, out, bounds, plan.stride, plan.pad, plan.dilation, relu)
+        if act is not None:
+            act(planes, out=planes)
+
+    parallel_for(numpy, n * o, out.size * kh * kw, run, on_team)
 
 
 def _columns_by_blocks(

@@ -26,6 +26,7 @@ from alexdsl.backends.executor.arrays import (
     can_pin_blas,
     cupy_module,
     num_threads,
+    on_native_team,
     one_thread,
     thread_pool,
 )
@@ -242,7 +243,8 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        with blas_pinned(xp is numpy and bounds[-1] > 1 and num_threads() > 1):
+        with on_native_team(xp is numpy and self.dtype == numpy.float32) as on_team, \
+                blas_pinned(not on_team and xp is numpy and bounds[-1] > 1 and num_threads() > 1):
             result = self.forward(*moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy
 
-from alexdsl.backends.executor.arrays import Array, array_module
+from alexdsl.backends.executor.arrays import Array, array_module, matmul
 from alexdsl.ops import language
 
 
@@ -73,7 +73,9 @@ def rope(x: Array, table: Array, heads: int, *, offset: int = 0, out: Array | No
 
 def unembed(x: Array, weight_t: Array, *, out: Array | None = None) -> Array:
     """``x @ weight_t`` over the last axis: scores over the vocabulary from an embedding's transposed table."""
-    return array_module(x).matmul(x, weight_t, out=out)
+    if out is None:
+        out = array_module(x).empty((*x.shape[:-1], weight_t.shape[-1]), dtype=x.dtype)
+    return matmul(x, weight_t, out=out)
 
 
 def repeat_kv(x: Array, heads: int, groups: int, *, out: Array | None = None) -> Array:

@@ -121,7 +121,8 @@ def _compiled_layer_norm(x: Array, weight: Array | None, bias: Array | None, eps
     flat, target = numpy.ascontiguousarray(x).reshape(n, c, -1), out.reshape(n, c, -1)
     blocks = n * -(-flat.shape[2] // kernels.LAYER_NORM_PIXELS)
     parallel_for(numpy, blocks, 3 * x.size, lambda lo, hi: kernels.layer_norm_channels(
-        flat, weight, bias, eps, target, lo, hi))
+        flat, weight, bias, eps, target, lo, hi),
+        lambda team, bounds: team.layer_norm_channels(flat, weight, bias, eps, target, bounds))
     return out
 
 

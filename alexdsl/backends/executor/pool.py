@@ -147,7 +147,8 @@ def _compiled_pool(plan: PoolPlan, x: Array, out: Array, divisor: Array | None =
     planes, rows = x.reshape(n * c, h, w), out.reshape(n * c, plan.out_h, plan.out_w)
     scale = numpy.empty((0, 0), x.dtype) if divisor is None else divisor.astype(x.dtype, copy=False)
     parallel_for(numpy, n * c, x.size, lambda lo, hi: kernels.pool2d(
-        planes, rows, lo, hi, plan.kernel, plan.stride, plan.pad, scale))
+        planes, rows, lo, hi, plan.kernel, plan.stride, plan.pad, scale),
+        lambda team, bounds: team.pool2d(planes, rows, bounds, plan.kernel, plan.stride, plan.pad, scale))
     return True
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from alexdsl.backends.executor import arrays
 from alexdsl.backends.executor.arrays import Activation, Array, array_module
 from alexdsl.backends.executor.conv import linear
 
@@ -45,7 +46,7 @@ def roll(x: Array, shifts: tuple[int, ...], axes: tuple[int, ...], *, out: Array
 
 def matmul(a: Array, b: Array, *, out: Array) -> Array:
     """The batched matrix product over the last two axes, NumPy's broadcasting over the others."""
-    return array_module(a).matmul(a, b, out=out)
+    return arrays.matmul(a, b, out=out)
 
 
 def linear_last(x: Array, weight_t: Array, bias: Array | None, *, relu: bool = False, act: Activation | None = None,
