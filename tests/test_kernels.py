@@ -661,20 +661,23 @@ EPILOGUE_FORMS = ["relu6", "hardsigmoid", "hardswish", "sigmoid", "silu"]
 """The activations with a compiled epilogue form (``XpKernel(..., compiled=True)``, numba_kernels.FORMS)."""
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (9, 5)], ids=["planes", "fully connected rows"])
 @pytest.mark.parametrize("threads", ["1", "2"])
 @pytest.mark.parametrize("name", ["bias", "relu", *EPILOGUE_FORMS])
-def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, threads: str, shape: tuple[int, ...],
+                                                                 monkeypatch) -> None:  # noqa: ANN001
     """Bias and activation in one compiled pass (``compiled.bias_activation_``) give what a bias pass and the op's
     xp kernel give: bit for bit for the piecewise-linear forms, within 3 float32 ulps for sigmoid and SiLU (their
-    own exponential); each (N, C) plane gets its channel's bias, split over two threads too."""
+    own exponential); each (N, C) plane gets its channel's bias, and a fully connected layer's (N, C) rows the
+    bias vector, split over two threads too."""
     pytest.importorskip("numba", reason="the optional numba extra: pip install -e '.[numba]'")
     from alexdsl.backends.executor import arrays, compiled
     from alexdsl.ops import activation
 
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
     monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
-    y, bias = rand(3, 5, 7, 6) * 8, rand(5, seed=1)
-    want = y + bias.reshape(1, 5, 1, 1)
+    y, bias = rand(*shape) * 8, rand(5, seed=1)
+    want = y + bias.reshape(1, 5, *(1,) * (len(shape) - 2))
     if name == "relu":
         np.maximum(want, 0, out=want)
     act = getattr(rt, name) if name in EPILOGUE_FORMS else None
@@ -686,6 +689,8 @@ def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, thre
         assert np.all(np.abs(got - want) <= 3 * np.spacing(np.abs(want))), name
     else:
         assert np.array_equal(got, want), name
+    if len(shape) == 2:
+        return  # an activation alone over (N, C) is the activation's own kernel
     no_bias = y.copy()
     assert compiled.bias_activation_(no_bias, None, name == "relu", act)
     np.testing.assert_allclose(no_bias, y if act is None and name == "bias" else (
@@ -697,7 +702,7 @@ def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, thre
     ("relu and act", "ReLU then another activation: no form for the pair"),
     ("no form", "an activation without a compiled form (tanh)"),
     ("strided", "a view that is not C-contiguous"),
-    ("fully connected", "(N, C): single-element planes"),
+    ("fully connected, no bias", "(N, C) without a bias: single-element planes, and no bias for the row pass"),
 ])
 def test_the_compiled_epilogue_declines_what_it_does_not_cover(case: str, why: str) -> None:
     """Where the compiled pass does not apply it returns False and leaves ``y`` as it was (``bias_relu_`` then runs
@@ -713,8 +718,8 @@ def test_the_compiled_epilogue_declines_what_it_does_not_cover(case: str, why: s
         act = rt.tanh
     elif case == "strided":
         y = rand(2, 4, 5, 10)[..., ::2]
-    elif case == "fully connected":
-        y = rand(3, 4)
+    elif case == "fully connected, no bias":
+        y, bias = rand(3, 4), None
     before = y.copy()
     assert not compiled.bias_activation_(y, bias, relu, act), why
     assert np.array_equal(y, before)

@@ -45,8 +45,8 @@ def _random(shape: tuple[int, ...], seed: int) -> np.ndarray:
 CASES = {
     "square": lambda: (_random((96, 64), 0), _random((64, 200), 1)),
     "tall times wide": lambda: (_random((300, 40), 0), _random((40, 700), 1)),
-    "row vector (GEMV)": lambda: (_random((1, 900), 0), _random((900, 500), 1)),
-    "row vector, transposed weight": lambda: (_random((1, 900), 0), _random((500, 900), 1).T),
+    "row vector (GEMV)": lambda: (_random((1, 3000), 0), _random((3000, 1500), 1)),
+    "row vector, transposed weight": lambda: (_random((1, 3000), 0), _random((1500, 3000), 1).T),
     "few rows": lambda: (_random((3, 600), 0), _random((600, 800), 1)),
     "batched": lambda: (_random((5, 40, 64), 0), _random((5, 64, 90), 1)),
     "broadcast weight": lambda: (_random((48, 64), 0), _random((3, 64, 300), 1)),
@@ -116,15 +116,20 @@ def test_team_conv_matches_one_thread(channels: int, size: int, kernel: int, str
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
-def test_team_pool_norm_and_gelu_match_one_thread(team: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_team_im2col_pool_norm_and_gelu_match_one_thread(team: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
     x = _random((1, 96, 56, 56), 0)
     weight, bias = _random((96,), 1), _random((96,), 2)
+    tokens, fc_weight, fc_bias = _random((197, 192), 3), _random((384, 192), 4), _random((384,), 5)
     runs = [
         lambda: runtime.max_pool2d(x, (3, 3), (2, 2), (1, 1)),
         lambda: gelu(x),
         lambda: gelu(x, approximate="tanh"),
         lambda: runtime.silu(x),
         lambda: runtime.layer_norm(x, weight, bias),
+        lambda: runtime.linear(tokens, fc_weight, fc_bias, act=runtime.silu),
+        lambda: runtime.linear(tokens, fc_weight, fc_bias, relu=True),
+        lambda: ConvPlan(96, 56, 56, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1).im2col(x).copy(),
+        lambda: ConvPlan(96, 56, 56, 8, (5, 5), (1, 1), (0, 0), (2, 2), 1).im2col(x).copy(),
     ]
     for run in runs:
         np.testing.assert_array_equal(run(), _one_thread(monkeypatch, run))

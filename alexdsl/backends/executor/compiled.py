@@ -91,6 +91,8 @@ def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any, residua
     >>> bool((y == expected).all()) or numba_kernels(y.dtype) is None
     True
     """
+    if isinstance(y, numpy.ndarray) and y.ndim == 2 and bias is not None:
+        return _rows_bias_activation(y, bias, relu, act, residual)
     epilogue = _epilogue(y, bias, relu, act, residual)
     if epilogue is None or epilogue is True:
         return epilogue is True
@@ -100,6 +102,21 @@ def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any, residua
     parallel_for(numpy, planes, values.size, lambda lo, hi: kernels.bias_activation(
         values, shift, plane, form, lo * plane, hi * plane, added),
         lambda team, bounds: team.bias_activation(values, shift, plane, form, bounds * plane, added))
+    return True
+
+
+def _rows_bias_activation(y: numpy.ndarray, bias: Array, relu: bool, act: Any, residual: Array | None) -> bool:
+    """:func:`bias_activation_` on a fully connected layer's (N, C) output, a row at a time
+    (:func:`.numba_kernels.bias_activation_rows`)."""
+    name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
+    kernels = numba_kernels(y.dtype)
+    if name is None or (relu and act is not None) or kernels is None or not is_float32_numpy(y) \
+            or not (is_float32_numpy(bias) and bias.shape == y.shape[1:]) \
+            or not (residual is None or (is_float32_numpy(residual) and residual.shape == y.shape)):
+        return False
+    added, form = numpy.empty((0, 0), numpy.float32) if residual is None else residual, kernels.FORMS[name]
+    parallel_for(numpy, y.shape[0], y.size, lambda lo, hi: kernels.bias_activation_rows(y, bias, form, lo, hi, added),
+                 lambda team, bounds: team.bias_activation_rows(y, bias, form, bounds, added))
     return True
 
 
@@ -139,12 +156,13 @@ def gemm_bias_activation_(a: Array, b: Array, y: Array, bias: Array | None, relu
         return False
     module, threads = team
     laid = module.cblas_layout(a, b, y)
-    if laid is None or laid[0][19] or laid[2] != y.shape[1]:  # split by columns, or rows that are not planes
-        return False
-    layout, batch, rows = laid
+    if laid is None or laid[2] != (y.shape[2] if laid[0][19] else y.shape[1]) or (laid[0][19] and laid[1] > 1):
+        return False  # rows that are not planes, or a split by columns over several matrices
+    layout, batch, per_matrix = laid
     values, shift, plane, form, added = epilogue
-    module.gemm_bias_activation(layout, module.split(batch * rows, threads, rows if batch >= threads else
-                                                     module.MIN_SPLIT_ROWS), values, shift, plane, form, added)
+    align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
+    module.gemm_bias_activation(layout, module.split(batch * per_matrix, threads, align), values, shift, plane, form,
+                                added)
     return True
 
 

@@ -254,7 +254,14 @@ class ConvPlan:
             )
             cols6[part] = view
 
-        parallel_for(xp, n if by_batch else c, cols.size, chunk)
+        def on_team(team: ModuleType, bounds: numpy.ndarray) -> None:  # the team copies plane by plane
+            if padded is not None:
+                padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
+            team.im2col(src.reshape(n * c, *src.shape[2:]), cols.reshape(n * self.k_size, oh * ow),
+                        numpy.asarray(bounds) * (n * c // total), (kh, kw), (sh, sw), (dh, dw), ow)
+
+        total = n if by_batch else c
+        parallel_for(xp, total, cols.size, chunk, on_team if src.dtype == numpy.float32 else None)
         return cols
 
     def im2col_wide(self, x: Array, scratch: Array) -> Array:

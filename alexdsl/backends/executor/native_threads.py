@@ -119,11 +119,18 @@ def gemm(layout: numpy.ndarray, bounds: numpy.ndarray) -> None:  # pragma: no co
 
 @numba.njit(nogil=True, cache=True, parallel=True)
 def gemm_bias_activation(layout, bounds, values, bias, plane, form, residual):  # noqa: ANN001, ANN201 # pragma: no cover
-    """:func:`gemm` split by rows, then each thread's :func:`.numba_kernels.bias_activation` on the rows it computed
-    (C's rows are the (N, C) planes of ``values``: a conv's output), in one team region."""
+    """:func:`gemm`, then each thread's :func:`.numba_kernels.bias_activation` on the part of C it computed, in one
+    team region: C's rows are the (N, C) planes of ``values`` (a conv's output); split by columns, C is one
+    matrix (a batch of one)."""
+    rows, by_columns = layout[2], layout[19] != 0
     for t in prange(bounds.size - 1):
         _gemm_units(layout, bounds[t], bounds[t + 1])
-        serial.bias_activation(values, bias, plane, form, bounds[t] * plane, bounds[t + 1] * plane, residual)
+        if by_columns:
+            for row in range(rows):
+                serial.bias_activation(values, bias, plane, form, row * plane + bounds[t], row * plane + bounds[t + 1],
+                                       residual)
+        else:
+            serial.bias_activation(values, bias, plane, form, bounds[t] * plane, bounds[t + 1] * plane, residual)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -177,7 +184,7 @@ def cblas_layout(a: numpy.ndarray, b: numpy.ndarray, out: numpy.ndarray) -> tupl
         return None
     if out.size == m * n and a.size == m * k and b.size == k * n and a.flags.c_contiguous \
             and b.flags.c_contiguous and out.flags.c_contiguous:  # one matrix each, row-major: most calls
-        by_columns = m < 2 * MIN_SPLIT_ROWS and n > m
+        by_columns = _by_columns(m, n, k)
         return numpy.array((_NO_TRANS, _NO_TRANS, m, n, k, 1, 1, a.ctypes.data, 0, 0, max(1, k), b.ctypes.data, 0,
                             0, max(1, n), out.ctypes.data, 0, 0, max(1, n), by_columns), dtype=numpy.int64), \
             1, n if by_columns else m
@@ -212,12 +219,21 @@ def cblas_layout(a: numpy.ndarray, b: numpy.ndarray, out: numpy.ndarray) -> tupl
             return None
         codes.append(code)
         fields += [array.ctypes.data, outer_step, inner_step, ld]
-    by_columns = m < 2 * MIN_SPLIT_ROWS and n > m
+    by_columns = _by_columns(m, n, k)
     layout = numpy.array([codes[0], codes[1], *fields, int(by_columns)], dtype=numpy.int64)
     return layout, outer * inner, n if by_columns else m
 
 
-MIN_SPLIT_ROWS = 16  # rows of C per team thread below which a GEMM splits its columns (a classifier at batch 1)
+MIN_SPLIT_ROWS = 16  # a split by rows (columns) of C cuts at multiples of this many, where each part gets one
+
+
+def _by_columns(m: int, n: int, k: int) -> bool:
+    """Whether the team splits a GEMM ``(m, k) @ (k, n)`` by columns of C, not rows: where C has more columns than
+    rows. OpenBLAS packs B at each call, so a split by rows packs all of B on every thread, and a split by columns
+    all of A (two threads, one matrix, best of 30: ViT's 197x768 @ 768x3072 5.4 ms by columns against 6.0 by rows,
+    MobileNetV2's stem 32x27 @ 27x12544 0.15 against 0.19, ResNet's 64x147 @ 147x12544 1.36 against 1.52; the
+    other way, 1280x320 @ 320x49 0.24 by rows against 0.31)."""
+    return n > m
 
 
 def split(units: int, threads: int, align: int = 1) -> numpy.ndarray:
@@ -243,10 +259,24 @@ def bias_activation(values, bias, plane, form, bounds, residual):  # noqa: ANN00
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
+def bias_activation_rows(values, bias, form, bounds, residual):  # noqa: ANN001, ANN201 # pragma: no cover
+    """:func:`.numba_kernels.bias_activation_rows` on the team, rows ``bounds[t]..bounds[t + 1]`` each."""
+    for t in prange(bounds.size - 1):
+        serial.bias_activation_rows(values, bias, form, bounds[t], bounds[t + 1], residual)
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
 def depthwise_conv2d(x, taps, shift, out, bounds, stride, pad, dilation, relu):  # noqa: ANN001, ANN201 # pragma: no cover
     """:func:`.numba_kernels.depthwise_conv2d` on the team, output planes ``bounds[t]..bounds[t + 1]`` each."""
     for t in prange(bounds.size - 1):
         serial.depthwise_conv2d(x, taps, shift, out, bounds[t], bounds[t + 1], stride, pad, dilation, relu)
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def im2col(planes, cols, bounds, kernel, stride, dilation, out_width):  # noqa: ANN001, ANN201 # pragma: no cover
+    """:func:`.numba_kernels.im2col` on the team, input planes ``bounds[t]..bounds[t + 1]`` each."""
+    for t in prange(bounds.size - 1):
+        serial.im2col(planes, cols, bounds[t], bounds[t + 1], kernel, stride, dilation, out_width)
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)

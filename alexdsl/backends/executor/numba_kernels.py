@@ -334,6 +334,27 @@ def _depthwise_column(
         dst[at + k] += value if keep[mask + k] else zero
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def im2col(
+    planes: numpy.ndarray, cols: numpy.ndarray, lo: int, hi: int, kernel: tuple[int, int], stride: tuple[int, int],
+    dilation: tuple[int, int], out_width: int,
+) -> None:  # pragma: no cover - compiled; tests/test_native_team.py checks it against the NumPy copy
+    """im2col of input planes ``lo..hi`` of ``planes`` (N*C, H, W), padded already: row ``(p * kh + i) * kw + j`` of
+    ``cols`` (N*C*kh*kw, OH*OW) holds tap ``(i, j)`` of plane ``p`` at every output pixel (the strided copy of
+    :meth:`alexdsl.backends.executor.conv.ConvPlan.im2col`)."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    out_height = cols.shape[1] // out_width
+    for p in range(lo, hi):
+        for i in range(kh):
+            for j in range(kw):
+                row = cols[(p * kh + i) * kw + j]
+                for y in range(out_height):
+                    source = planes[p, y * sh + i * dh]
+                    first = y * out_width
+                    for x in range(out_width):
+                        row[first + x] = source[x * sw + j * dw]
+
+
 @numba.njit(nogil=True, cache=True, inline="always", boundscheck=False)
 def _tile_rows(x: numpy.ndarray, rows: numpy.ndarray, image: int, channel: int, first: int, pw: int,
                ) -> None:  # pragma: no cover - compiled
@@ -728,6 +749,28 @@ def bias_activation(
             for i in range(start, stop):
                 values[i] += shift
         start = stop
+
+
+@numba.njit(nogil=True, cache=True, boundscheck=False, **_FLOAT32_MATH)
+def bias_activation_rows(
+    values: numpy.ndarray, bias: numpy.ndarray, form: int, lo: int, hi: int, residual: numpy.ndarray
+) -> None:  # pragma: no cover - compiled; tests/test_native_team.py checks it against the NumPy passes
+    """:func:`bias_activation` for a fully connected layer's rows ``lo..hi`` of float32 ``values`` (N, C), ``bias``
+    (C,): ``y = act(y + bias + residual)`` (an empty ``residual`` adds nothing; else (N, C)), a row at a time, the
+    sums rounded as the NumPy passes round them."""
+    width = values.shape[1]
+    flat, empty = values.reshape(-1), numpy.empty(0, values.dtype)
+    for r in range(lo, hi):
+        row = values[r]
+        if residual.size:
+            added = residual[r]
+            for j in range(width):
+                row[j] = (row[j] + bias[j]) + added[j]
+        else:
+            for j in range(width):
+                row[j] += bias[j]
+        if form != FORM_BIAS:
+            bias_activation(flat, empty, width, form, r * width, (r + 1) * width, empty)
 
 
 # The layer norm over channels (LayerNorm2d): statistics and normalisation of a block while it is in cache. --------
