@@ -148,9 +148,12 @@ def _compiled_planes(
         if act is not None:
             act(planes[lo:hi], out=planes[lo:hi])
 
+    form = compiled.FORMS.get(getattr(act, "epilogue_form", None), -1) if x.dtype == numpy.float32 else -1
+
     def on_team(team: ModuleType, bounds: numpy.ndarray) -> None:
-        team.depthwise_conv2d(x, taps, shift, out, bounds, plan.stride, plan.pad, plan.dilation, relu)
-        if act is not None:
+        team.depthwise_conv2d(x, taps, shift, out, bounds, plan.stride, plan.pad, plan.dilation, relu,
+                              form if act is not None else -1)
+        if act is not None and form < 0:
             act(planes, out=planes)
 
     parallel_for(numpy, n * o, out.size * kh * kw, run, on_team)

@@ -266,10 +266,15 @@ def bias_activation_rows(values, bias, form, bounds, residual):  # noqa: ANN001,
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
-def depthwise_conv2d(x, taps, shift, out, bounds, stride, pad, dilation, relu):  # noqa: ANN001, ANN201 # pragma: no cover
-    """:func:`.numba_kernels.depthwise_conv2d` on the team, output planes ``bounds[t]..bounds[t + 1]`` each."""
+def depthwise_conv2d(x, taps, shift, out, bounds, stride, pad, dilation, relu, form):  # noqa: ANN001, ANN201 # pragma: no cover
+    """:func:`.numba_kernels.depthwise_conv2d` on the team, output planes ``bounds[t]..bounds[t + 1]`` each, then
+    (``form`` >= 0) each thread's :func:`.numba_kernels.bias_activation` of that form on its planes, in cache."""
+    values, empty = out.reshape(-1), numpy.empty(0, out.dtype)
+    plane = out.shape[2] * out.shape[3]
     for t in prange(bounds.size - 1):
         serial.depthwise_conv2d(x, taps, shift, out, bounds[t], bounds[t + 1], stride, pad, dilation, relu)
+        if form >= 0:
+            serial.bias_activation(values, empty, plane, form, bounds[t] * plane, bounds[t + 1] * plane, empty)
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
