@@ -283,3 +283,32 @@ def test_one_image_on_several_threads_is_close_to_one_thread(numba: str, team: s
                 got = ex(*xs)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
                                        err_msg=f"{net.name}, {threads} threads")
+
+
+def test_calls_on_several_threads_at_once_share_the_blas_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls on several of the caller's threads at once (a server's requests): two on one executor run one at a
+    time (they share its buffers), calls on two executors overlap and share one pin of BLAS (none unpins it under
+    another, the last sets it back); every output is the one-thread one to float32 rounding."""
+    net = alexdsl.parse(SMALL_NET)
+    executors = [backend.compile(net, random_weights(net, seed), device="cpu") for seed in (0, 1)]
+    jobs = [(ex, xs) for ex in executors for xs in (_inputs(ex, 1), _inputs(ex, 2), _inputs(ex, 9))]
+    wants = [_whole_on_one_thread(ex, xs, monkeypatch) for ex, xs in jobs]
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    errors: list[BaseException] = []
+
+    def call(index: int) -> None:
+        (ex, xs), want = jobs[index], wants[index]
+        try:
+            for _ in range(5):
+                np.testing.assert_allclose(ex(*xs), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    with threadpool_limits(2, "blas"):
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors[0]
+        assert _blas_threads() == 2

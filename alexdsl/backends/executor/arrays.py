@@ -262,9 +262,38 @@ def blas_one_thread() -> Any:
     """BLAS pinned to one thread (threadpoolctl) until the returned context manager exits, or None if unavailable.
 
     The pin takes effect at this call, not at ``with``: ask :func:`can_pin_blas` to only know whether it can.
+    Pins held at once (calls on several threads of the caller's) share one: the first pins BLAS, the last to exit
+    sets it back, so that overlapping calls neither unpin BLAS under each other nor leave it pinned.
     """
+    global _pin_holders, _pin_limiter
     controller = _blas_controller()
-    return None if controller is False else controller.limit(limits=1, user_api="blas")
+    if controller is False:
+        return None
+    with _PIN_LOCK:
+        if _pin_holders == 0:
+            _pin_limiter = controller.limit(limits=1, user_api="blas")
+        _pin_holders += 1
+    return _BlasPin()
+
+
+_PIN_LOCK = threading.Lock()
+_pin_holders = 0  # the pins held now, on any thread
+_pin_limiter: Any = None  # threadpoolctl's limiter of the pin they share
+
+
+class _BlasPin:
+    """One holder of the shared pin (:func:`blas_one_thread`); leaving its ``with`` releases it."""
+
+    def __enter__(self) -> _BlasPin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _pin_holders, _pin_limiter
+        with _PIN_LOCK:
+            _pin_holders -= 1
+            if _pin_holders == 0:
+                _pin_limiter.restore_original_limits()
+                _pin_limiter = None
 
 
 def blas_pinned(when: bool = True) -> AbstractContextManager[Any]:

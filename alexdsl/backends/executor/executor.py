@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from types import ModuleType
@@ -164,6 +165,7 @@ class Executor:
         self._arena: tuple[int, dict[str, Any], Any] | None = None
         self.sharding = True  # False runs every batch whole (the profiler sets it: it times this forward alone)
         self._shards: list[Executor] = []  # the second, third... shard's executors, made when first needed
+        self._calling = threading.RLock()  # one call at a time (a call writes the arena's buffers); re-entrant
         self.setup(self.weights)
 
     # generated ------------------------------------------------------------------------------
@@ -224,15 +226,21 @@ class Executor:
 
         Returns the output (a tuple when the network has several) as a fresh array of the
         caller's library: NumPy in, NumPy out; CuPy in, CuPy out. On NumPy with several threads a
-        batch of one runs with BLAS's threads and the pool; a larger batch that is not split
-        (:meth:`shard_bounds`) with BLAS pinned to one thread for the call (its convs run image by image on
-        the pool), then set back.
+        batch that is not split (:meth:`shard_bounds`) runs on the native team where it can
+        (:func:`~alexdsl.backends.executor.arrays.on_native_team`: BLAS pinned to one thread for the call),
+        else a batch of one with BLAS's threads and the pool, a larger one with BLAS pinned (its convs image
+        by image on the pool). Calls on one executor from several threads run one at a time (they share its
+        buffers); executors of their own run at once.
         """
         if len(inputs) != len(self.inputs):
             names = ", ".join(self.inputs)
             raise _error(f"{self.network_name} takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
         for (name, shape), x in zip(self.inputs.items(), inputs, strict=True):
             self._check_input(name, x, shape)
+        with self._calling:
+            return self._call(inputs)
+
+    def _call(self, inputs: tuple[Any, ...]) -> Any:
         on_gpu = cupy_module is not None and isinstance(inputs[0], cupy_module.ndarray)
         xp = self.xp
         if xp is numpy:
@@ -275,7 +283,7 @@ class Executor:
         workspaces (a plan is not thread-safe) that shares the weights and everything else ``setup`` made."""
         while len(self._shards) < index:
             twin = copy.copy(self)
-            twin._arena, twin._shards = None, []
+            twin._arena, twin._shards, twin._calling = None, [], threading.RLock()
             for name, value in vars(self).items():
                 if isinstance(value, rt.ConvPlan):
                     setattr(twin, name, value.for_thread())
