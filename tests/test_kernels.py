@@ -697,6 +697,25 @@ def test_the_compiled_epilogue_is_a_bias_pass_then_the_xp_kernel(name: str, thre
         np.maximum(y, 0) if act is None else getattr(activation, name)(y)), rtol=1e-6, atol=1e-30)
 
 
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("order", ["x * gate", "gate * x", "in place"])
+def test_squeeze_excitation_scale_is_numpy_multiply_bit_for_bit(order: str, threads: str, monkeypatch) -> None:  # noqa: ANN001
+    """``rt.multiply`` of (N, C, H, W) by (N, C, 1, 1) in float32 (the compiled pass by planes, with Numba) gives
+    numpy.multiply's bits, either operand order, in place too, split over threads; other shapes broadcast as before."""
+    from alexdsl.backends.executor import arrays
+
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", threads)
+    monkeypatch.setattr(arrays, "PARALLEL_MIN_ELEMENTS", 1)
+    x, gate = rand(3, 5, 7, 6), rand(3, 5, 1, 1, seed=1)
+    want = np.multiply(x, gate)
+    out = x if order == "in place" else np.empty_like(x)
+    inputs = (gate, x) if order == "gate * x" else (x, gate)
+    assert rt.multiply(*inputs, out=out) is out
+    assert np.array_equal(out, want)
+    row_gate = rand(3, 1, 7, 6, seed=2)  # not per channel: NumPy's broadcast
+    np.testing.assert_array_equal(rt.multiply(x, row_gate, out=np.empty_like(x)), np.multiply(x, row_gate))
+
+
 @pytest.mark.parametrize(("case", "why"), [
     ("float64", "NumPy passes in float64"),
     ("relu and act", "ReLU then another activation: no form for the pair"),

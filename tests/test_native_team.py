@@ -120,6 +120,7 @@ def test_team_im2col_pool_norm_and_gelu_match_one_thread(team: dict[str, int], m
     x = _random((1, 96, 56, 56), 0)
     weight, bias = _random((96,), 1), _random((96,), 2)
     tokens, fc_weight, fc_bias = _random((197, 192), 3), _random((384, 192), 4), _random((384,), 5)
+    gate = _random((1, 96, 1, 1), 6)
     runs = [
         lambda: runtime.max_pool2d(x, (3, 3), (2, 2), (1, 1)),
         lambda: gelu(x),
@@ -128,6 +129,7 @@ def test_team_im2col_pool_norm_and_gelu_match_one_thread(team: dict[str, int], m
         lambda: runtime.layer_norm(x, weight, bias),
         lambda: runtime.linear(tokens, fc_weight, fc_bias, act=runtime.silu),
         lambda: runtime.linear(tokens, fc_weight, fc_bias, relu=True),
+        lambda: runtime.multiply(x, gate, out=np.empty_like(x)),
         lambda: ConvPlan(96, 56, 56, 8, (3, 3), (2, 2), (1, 1), (1, 1), 1).im2col(x).copy(),
         lambda: ConvPlan(96, 56, 56, 8, (5, 5), (1, 1), (0, 0), (2, 2), 1).im2col(x).copy(),
     ]

@@ -14,7 +14,9 @@ so a producer applies it to its own output.
 
 from __future__ import annotations
 
-from alexdsl.backends.executor.arrays import Activation, Array, array_module, parallel_for
+import numpy
+
+from alexdsl.backends.executor.arrays import Activation, Array, array_module, numba_kernels, parallel_for
 from alexdsl.ops.arith import broadcast_add, broadcast_divide, broadcast_multiply, broadcast_subtract
 
 
@@ -40,8 +42,35 @@ def add(*inputs: Array, relu: bool = False, act: Activation | None = None, out: 
 
 
 def multiply(*inputs: Array, act: Activation | None = None, out: Array | None = None) -> Array:
-    """The mul op's kernel (NumPy broadcasting, no broadcast copy: squeeze-excitation's ``x * gate``), then ``act``."""
-    return activate(broadcast_multiply(*inputs, out=out), act)
+    """The mul op's kernel (NumPy broadcasting, no broadcast copy: squeeze-excitation's ``x * gate``), then ``act``.
+
+    With Numba, squeeze-excitation's float32 ``(N, C, H, W) * (N, C, 1, 1)`` runs as a compiled pass over the
+    thread pool or the native team, plane by plane (:func:`.numba_kernels.scale_planes`, numpy.multiply's bits).
+    """
+    if not _scaled_planes(inputs, out):
+        out = broadcast_multiply(*inputs, out=out)
+    return activate(out, act)
+
+
+def _scaled_planes(inputs: tuple[Array, ...], out: Array | None) -> bool:
+    """``out = x * gate`` by planes where ``inputs`` is ``(x, gate)`` or ``(gate, x)``, float32 C-contiguous NumPy
+    arrays of shapes ``(N, C, H, W)`` and ``(N, C, 1, 1)``, and ``out`` one of x's shape (may be x); whether it
+    ran."""
+    if len(inputs) != 2 or out is None or not isinstance(out, numpy.ndarray) or out.dtype != numpy.float32:
+        return False
+    x, gate = inputs if inputs[0].ndim == 4 and inputs[0].shape[2:] != (1, 1) else inputs[::-1]
+    if not (isinstance(x, numpy.ndarray) and isinstance(gate, numpy.ndarray) and x.ndim == 4
+            and gate.shape == (*x.shape[:2], 1, 1) and out.shape == x.shape and x.dtype == gate.dtype == out.dtype
+            and x.flags.c_contiguous and gate.flags.c_contiguous and out.flags.c_contiguous):
+        return False
+    kernels = numba_kernels(x.dtype)
+    if kernels is None:
+        return False
+    values, scales, target = x.reshape(-1), gate.reshape(-1), out.reshape(-1)
+    plane = x.shape[2] * x.shape[3]
+    parallel_for(numpy, scales.size, x.size, lambda lo, hi: kernels.scale_planes(values, scales, plane, lo, hi, target),
+                 lambda team, bounds: team.scale_planes(values, scales, plane, bounds, target))
+    return True
 
 
 def subtract(a: Array, b: Array, *, act: Activation | None = None, out: Array | None = None) -> Array:

@@ -266,6 +266,13 @@ def bias_activation_rows(values, bias, form, bounds, residual):  # noqa: ANN001,
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
+def scale_planes(values, scales, plane, bounds, out):  # noqa: ANN001, ANN201 # pragma: no cover
+    """:func:`.numba_kernels.scale_planes` on the team, planes ``bounds[t]..bounds[t + 1]`` each."""
+    for t in prange(bounds.size - 1):
+        serial.scale_planes(values, scales, plane, bounds[t], bounds[t + 1], out)
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
 def depthwise_conv2d(x, taps, shift, out, bounds, stride, pad, dilation, relu, form):  # noqa: ANN001, ANN201 # pragma: no cover
     """:func:`.numba_kernels.depthwise_conv2d` on the team, output planes ``bounds[t]..bounds[t + 1]`` each, then
     (``form`` >= 0) each thread's :func:`.numba_kernels.bias_activation` of that form on its planes, in cache."""

@@ -773,6 +773,24 @@ def bias_activation_rows(
             bias_activation(flat, empty, width, form, r * width, (r + 1) * width, empty)
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False)
+def scale_planes(
+    values: numpy.ndarray, scales: numpy.ndarray, plane: int, lo: int, hi: int, out: numpy.ndarray
+) -> None:  # pragma: no cover - compiled; tests/test_kernels.py checks it against numpy.multiply
+    """``out = values * scales[p]`` over planes ``p`` in ``lo..hi`` of the flat ``values`` and ``out`` (``plane``
+    elements each; ``out`` may be ``values``): squeeze-excitation's ``x * gate``, (N, C, H, W) times (N, C, 1, 1)."""
+    size = uintp(plane)
+    in_place = values.ctypes.data == out.ctypes.data  # one array: a loop LLVM vectorises without an overlap check
+    for p in range(uintp(lo), uintp(hi)):
+        scale = scales[p]
+        if in_place:
+            for i in range(p * size, (p + uintp(1)) * size):
+                out[i] *= scale
+        else:
+            for i in range(p * size, (p + uintp(1)) * size):
+                out[i] = values[i] * scale
+
+
 # The layer norm over channels (LayerNorm2d): statistics and normalisation of a block while it is in cache. --------
 
 LAYER_NORM_PIXELS = 64  # pixels per block of the channel layer norm: C x 64 float32 (768 channels: 192 KiB, in L2)
