@@ -109,12 +109,12 @@ def on_native_team(when: bool = True) -> Iterator[bool]:
     """
     threads = num_threads() if when and os.environ.get("ALEXDSL_NATIVE_THREADS", "1") != "0" else 1
     module = _native_module() if threads > 1 and getattr(_this_thread, "team", None) is None else None
-    pin = blas_one_thread() if module is not None else None
+    size = module.team_size(threads) if module is not None else 1
+    pin = blas_one_thread() if size > 1 else None
     if pin is None:
         yield False
         return
     with pin:
-        size = module.team_size(threads)
         module.set_team_size(size)
         _this_thread.team = (module, size)
         try:
@@ -143,7 +143,8 @@ _TEAM_PROBE = threading.Lock()  # one thread probes Numba's threading layer (the
 def matmul(a: Array, b: Array, out: Array) -> Array:
     """``numpy.matmul(a, b, out=out)`` (or CuPy's); on the native team (:func:`on_native_team`) a float32 GEMM of
     at least :data:`TEAM_MIN_MACS` multiply-adds is split over the team's threads by rows (or columns) of ``out``,
-    each thread calling BLAS on its own: the same products, the same sums, bit for bit the one-thread result."""
+    each thread calling BLAS on its part (:func:`.native_threads.cblas_layout`; the one-thread result to float32
+    rounding: OpenBLAS may pick another kernel for a part than for the whole)."""
     team = getattr(_this_thread, "team", None)
     if team is not None and out.dtype == numpy.float32 and a.dtype == b.dtype == numpy.float32 \
             and out.size * a.shape[-1] >= (TEAM_MIN_GEMV if out.shape[-2] == 1 else TEAM_MIN_MACS) \

@@ -1,15 +1,15 @@
-"""The native thread team: Numba's OpenMP threads run the executor's GEMMs and compiled kernels at batch 1.
+"""The native thread team: Numba's OpenMP threads run the executor's GEMMs and compiled kernels on several threads.
 
 Importing this module imports Numba (the optional ``numba`` extra); :func:`alexdsl.backends.executor.arrays.
-native_team` imports it on first use. A call runs on the team (:func:`alexdsl.backends.executor.arrays.on_native_team`)
-where :func:`available` says so: Numba's threading layer is OpenMP (libgomp, whose threads spin for a few
-milliseconds after each parallel region, so handing work to them costs about 2 us where waking a Python pool
-thread costs tens), and the loaded BLAS is an ILP64 OpenBLAS (NumPy's wheels) whose ``cblas_sgemm`` the team's
-threads call on their own rows of each float32 GEMM, BLAS pinned to one thread (its own threads spin as well, and
-the two teams on the same cores slowed batch 1 twentyfold).
+on_native_team` imports it on first use. A call runs on the team where :func:`available` says so: Numba's
+threading layer is OpenMP (libgomp, whose threads spin for about 10 ms after each parallel region, so handing
+work to them costs about 2 us where waking a Python pool thread costs tens), and the loaded BLAS is an ILP64
+OpenBLAS (NumPy's wheels) whose ``cblas_sgemm`` the team's threads call on their own part of each float32 GEMM
+(:func:`gemm`), BLAS pinned to one thread (its own threads spin as well, and the two teams on the same cores
+slowed batch 1 twentyfold).
 
-Every kernel here splits ``bounds[t]..bounds[t + 1]`` to team thread ``t`` and calls the serial kernel of
-:mod:`alexdsl.backends.executor.numba_kernels` on it, so the team computes what one thread computes, bit for bit.
+The other kernels here give range ``bounds[t]..bounds[t + 1]`` to team thread ``t`` and call the serial kernel of
+:mod:`alexdsl.backends.executor.numba_kernels` on it, so they compute what one thread computes, bit for bit.
 """
 
 from __future__ import annotations
