@@ -145,18 +145,30 @@ def matmul(a: Array, b: Array, out: Array) -> Array:
     at least :data:`TEAM_MIN_MACS` multiply-adds is split over the team's threads by rows (or columns) of ``out``,
     each thread calling BLAS on its part (:func:`.native_threads.cblas_layout`; the one-thread result to float32
     rounding: OpenBLAS may pick another kernel for a part than for the whole)."""
+    planned = team_gemm(a, b, out)
+    if planned is None:
+        return array_module(a).matmul(a, b, out=out)
+    module, layout, bounds, _ = planned
+    module.gemm(layout, bounds)
+    return out
+
+
+def team_gemm(a: Array, b: Array, out: Array) -> tuple[ModuleType, numpy.ndarray, numpy.ndarray, int] | None:
+    """How the native team computes ``out = a @ b`` on this thread's call (:func:`on_native_team`): its kernels
+    (:mod:`.native_threads`), :func:`.native_threads.gemm`'s layout and bounds, and the number of matrices; None
+    off the team, for a GEMM that is not float32 NumPy or under :data:`TEAM_MIN_MACS` (:data:`TEAM_MIN_GEMV`),
+    or one CBLAS cannot take as it is."""
     team = getattr(_this_thread, "team", None)
-    if team is not None and out.dtype == numpy.float32 and a.dtype == b.dtype == numpy.float32 \
-            and out.size * a.shape[-1] >= (TEAM_MIN_GEMV if out.shape[-2] == 1 else TEAM_MIN_MACS) \
-            and isinstance(out, numpy.ndarray):
-        module, threads = team
-        laid = module.cblas_layout(a, b, out)
-        if laid is not None:
-            layout, batch, per_matrix = laid
-            align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
-            module.gemm(layout, module.split(batch * per_matrix, threads, align))
-            return out
-    return array_module(a).matmul(a, b, out=out)
+    if team is None or not (isinstance(out, numpy.ndarray) and out.dtype == a.dtype == b.dtype == numpy.float32) \
+            or out.size * a.shape[-1] < (TEAM_MIN_GEMV if out.shape[-2] == 1 else TEAM_MIN_MACS):
+        return None
+    module, threads = team
+    laid = module.cblas_layout(a, b, out)
+    if laid is None:
+        return None
+    layout, batch, per_matrix = laid
+    align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
+    return module, layout, module.split(batch * per_matrix, threads, align), batch
 
 
 def parallel_for(

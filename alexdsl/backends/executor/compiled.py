@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy
 
-from alexdsl.backends.executor.arrays import TEAM_MIN_MACS, Array, native_team, numba_kernels, parallel_for
+from alexdsl.backends.executor.arrays import Array, native_team, numba_kernels, parallel_for, team_gemm
 
 
 def with_compiled(kernel: Any) -> Callable[..., Array]:
@@ -108,9 +108,9 @@ def bias_activation_(y: Array, bias: Array | None, relu: bool, act: Any, residua
 def _rows_bias_activation(y: numpy.ndarray, bias: Array, relu: bool, act: Any, residual: Array | None) -> bool:
     """:func:`bias_activation_` on a fully connected layer's (N, C) output, a row at a time
     (:func:`.numba_kernels.bias_activation_rows`)."""
-    name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
+    name = _form_name(relu, act)
     kernels = numba_kernels(y.dtype)
-    if name is None or (relu and act is not None) or kernels is None or not is_float32_numpy(y) \
+    if name is None or kernels is None or not is_float32_numpy(y) \
             or not (is_float32_numpy(bias) and bias.shape == y.shape[1:]) \
             or not (residual is None or (is_float32_numpy(residual) and residual.shape == y.shape)):
         return False
@@ -120,14 +120,22 @@ def _rows_bias_activation(y: numpy.ndarray, bias: Array, relu: bool, act: Any, r
     return True
 
 
+def _form_name(relu: bool, act: Any) -> str | None:
+    """The epilogue form (a key of :data:`.numba_kernels.FORMS`) of ReLU or ``act``, ``"bias"`` for neither; None
+    where there is none (``act`` without a compiled form, or ReLU and ``act`` both)."""
+    if act is None:
+        return "relu" if relu else "bias"
+    return None if relu else getattr(act, "epilogue_form", None)
+
+
 Epilogue = tuple[numpy.ndarray, numpy.ndarray, int, int, numpy.ndarray]  # values, bias, plane, form, residual
 
 
 def _epilogue(y: Array, bias: Array | None, relu: bool, act: Any, residual: Array | None) -> Epilogue | bool | None:
     """:func:`.numba_kernels.bias_activation`'s arguments for :func:`bias_activation_` on ``y``; True where there is
     nothing to do, None where the compiled pass cannot run it."""
-    name = getattr(act, "epilogue_form", None) if act is not None else ("relu" if relu else "bias")
-    if name is None or (relu and act is not None) or not is_float32_numpy(y) or y.ndim < 3:
+    name = _form_name(relu, act)
+    if name is None or not is_float32_numpy(y) or y.ndim < 3:
         return None
     kernels = numba_kernels(y.dtype)
     if kernels is None or (bias is not None and not (is_float32_numpy(bias) and bias.size == y.shape[1])):
@@ -147,22 +155,17 @@ def gemm_bias_activation_(a: Array, b: Array, y: Array, bias: Array | None, relu
     """On the native team (:func:`.arrays.on_native_team`): ``y = a @ b`` ((N, C, P) = (C, K) @ (N, K, P), a conv's
     GEMM) and :func:`bias_activation_`'s epilogue in one team region, each thread's rows of the product then their
     epilogue while they are in its cache. Returns whether it ran; otherwise ``y`` is untouched."""
-    team = native_team()
-    if team is None or y.shape[-2] * y.shape[-1] * a.shape[-1] < TEAM_MIN_MACS or not is_float32_numpy(a) \
-            or b.dtype != numpy.float32:
+    if native_team() is None:
         return False
     epilogue = _epilogue(y, bias, relu, act, None if residual is None else residual.reshape(y.shape))
-    if epilogue is None or epilogue is True:
+    planned = team_gemm(a, b, y) if epilogue is not None and epilogue is not True else None
+    if planned is None:
         return False
-    module, threads = team
-    laid = module.cblas_layout(a, b, y)
-    if laid is None or laid[2] != (y.shape[2] if laid[0][19] else y.shape[1]) or (laid[0][19] and laid[1] > 1):
-        return False  # rows that are not planes, or a split by columns over several matrices
-    layout, batch, per_matrix = laid
+    module, layout, bounds, batch = planned
+    if layout[module.BY_COLUMNS] and batch > 1:  # a thread's columns of several images are not whole plane runs
+        return False
     values, shift, plane, form, added = epilogue
-    align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
-    module.gemm_bias_activation(layout, module.split(batch * per_matrix, threads, align), values, shift, plane, form,
-                                added)
+    module.gemm_bias_activation(layout, bounds, values, shift, plane, form, added)
     return True
 
 

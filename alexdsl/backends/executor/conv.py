@@ -257,11 +257,11 @@ class ConvPlan:
         def on_team(team: ModuleType, bounds: numpy.ndarray) -> None:  # the team copies plane by plane
             if padded is not None:
                 padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
-            team.im2col(src.reshape(n * c, *src.shape[2:]), cols.reshape(n * self.k_size, oh * ow),
-                        numpy.asarray(bounds) * (n * c // total), (kh, kw), (sh, sw), (dh, dw), ow)
+            planes = bounds * c if by_batch else bounds  # bounds over images (or channels) -> over (N*C) planes
+            team.im2col(src.reshape(n * c, *src.shape[2:]), cols.reshape(n * self.k_size, oh * ow), planes,
+                        (kh, kw), (sh, sw), (dh, dw), ow)
 
-        total = n if by_batch else c
-        parallel_for(xp, total, cols.size, chunk, on_team if src.dtype == numpy.float32 else None)
+        parallel_for(xp, n if by_batch else c, cols.size, chunk, on_team if src.dtype == numpy.float32 else None)
         return cols
 
     def im2col_wide(self, x: Array, scratch: Array) -> Array:
@@ -421,11 +421,11 @@ def conv2d(
             return out
         cols = plan.im2col(x, scratch)
     k = cols.shape[1]
-    if g == 1 and gemm_bias_activation_(weight.reshape(o, k), cols, out.reshape(n, o, oh * ow), bias, relu, act,
-                                        residual):
-        return out
     if g == 1:
-        matmul(weight.reshape(o, k), cols, out=out.reshape(n, o, oh * ow))
+        product = out.reshape(n, o, oh * ow)
+        if gemm_bias_activation_(weight.reshape(o, k), cols, product, bias, relu, act, residual):
+            return out  # the GEMM and its epilogue in one region of the native team
+        matmul(weight.reshape(o, k), cols, out=product)
     else:
         matmul(
             weight.reshape(g, o // g, k // g),
@@ -508,8 +508,8 @@ def _conv2d_winograd(
                   lambda team, bounds, image=image, tiles=tiles: team.winograd_input(
                       image, tiles, bounds, pad, grid, tile == 4))
             matmul(u.reshape(parts, groups, o // groups, c // groups),  # a GEMM per tile component and group
-                         tiles.reshape(parts, groups, c // groups, count),
-                         out=products.reshape(parts, groups, o // groups, count))
+                   tiles.reshape(parts, groups, c // groups, count),
+                   out=products.reshape(parts, groups, o // groups, count))
             split(numpy, o, products.size,
                   lambda lo, hi, products=products, y=y, r=r: transform_output(products, shift, y, lo, hi, relu, r),
                   lambda team, bounds, products=products, y=y, r=r: team.winograd_output(

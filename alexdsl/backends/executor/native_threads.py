@@ -103,11 +103,14 @@ def _sgemv(typingctx, trans, m, n, a, lda, x, incx, y):  # noqa: ANN001, ANN202 
     return signature, codegen
 
 
+BY_COLUMNS = 19  # the field of a :func:`gemm` layout that says whether the team splits C's columns (else rows)
+
+
 @numba.njit(nogil=True, cache=True, parallel=True)
 def gemm(layout: numpy.ndarray, bounds: numpy.ndarray) -> None:  # pragma: no cover - compiled
     """``C[i, j] = op(A[i, j]) @ op(B[i, j])`` for every matrix of a batch of up to two dimensions, float32, team
     thread ``t`` computing units ``bounds[t]..bounds[t + 1]``: rows of every C (unit ``(i * b2 + j) * m + r``)
-    where ``layout[19]`` is 0, else columns (unit ``(i * b2 + j) * n + c``).
+    where ``layout[BY_COLUMNS]`` is 0, else columns (unit ``(i * b2 + j) * n + c``).
 
     ``layout`` (int64, :func:`cblas_layout`): trans A, trans B (CBLAS codes), m, n, k, the batch's two sizes, then
     per operand A, B, C its address (bytes), its strides along the two batch dimensions and its leading dimension
@@ -122,7 +125,7 @@ def gemm_bias_activation(layout, bounds, values, bias, plane, form, residual):  
     """:func:`gemm`, then each thread's :func:`.numba_kernels.bias_activation` on the part of C it computed, in one
     team region: C's rows are the (N, C) planes of ``values`` (a conv's output); split by columns, C is one
     matrix (a batch of one)."""
-    rows, by_columns = layout[2], layout[19] != 0
+    rows, by_columns = layout[2], layout[BY_COLUMNS] != 0
     for t in prange(bounds.size - 1):
         _gemm_units(layout, bounds[t], bounds[t + 1])
         if by_columns:
@@ -140,7 +143,7 @@ def _gemm_units(layout: numpy.ndarray, unit: int, end: int) -> None:  # pragma: 
     a, a_outer, a_inner, lda = layout[7], layout[8], layout[9], layout[10]
     b, b_outer, b_inner, ldb = layout[11], layout[12], layout[13], layout[14]
     c, c_outer, c_inner, ldc = layout[15], layout[16], layout[17], layout[18]
-    by_columns = layout[19] != 0
+    by_columns = layout[BY_COLUMNS] != 0
     span = n if by_columns else m
     while unit < end:
         matrix, first = unit // span, unit % span
