@@ -312,3 +312,39 @@ def test_calls_on_several_threads_at_once_share_the_blas_pin(monkeypatch: pytest
             thread.join()
         assert not errors, errors[0]
         assert _blas_threads() == 2
+
+
+def test_a_call_reads_the_environment_once_and_the_next_call_sees_a_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``settings_read_once``: inside it, a change of ALEXDSL_NUM_THREADS, ALEXDSL_NUMBA or ALEXDSL_GEMM is not
+    seen; after it, it is. The executor's next call runs with the new setting (plain NumPy under
+    ALEXDSL_NUMBA=0: the same output to float32 rounding)."""
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "3")
+    monkeypatch.setenv("ALEXDSL_GEMM", "wide")
+    monkeypatch.delenv("ALEXDSL_NUMBA", raising=False)
+    compiled = arrays.numba_kernels(np.float32)
+    with arrays.settings_read_once():
+        monkeypatch.setenv("ALEXDSL_NUM_THREADS", "5")
+        monkeypatch.setenv("ALEXDSL_GEMM", "batched")
+        monkeypatch.setenv("ALEXDSL_NUMBA", "0")
+        assert arrays.num_threads() == 3
+        assert arrays.gemm_layout(np) == "wide"
+        assert arrays.numba_kernels(np.float32) is compiled
+        with arrays.one_thread():
+            assert arrays.num_threads() == 1
+        assert arrays.num_threads() == 3
+    assert arrays.num_threads() == 5
+    assert arrays.gemm_layout(np) == "batched"
+    assert arrays.numba_kernels(np.float32) is None
+
+    network = alexdsl.parse("network N\ninput data: 3x12x12\nc: conv(8, 3, pad=1) | silu | global_avgpool | fc(4)\n")
+    ex = backend.compile(network, random_weights(network), device="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    calls = []
+    if compiled is not None:  # count the compiled epilogue's calls
+        epilogue = compiled.bias_activation
+        monkeypatch.setattr(compiled, "bias_activation", lambda *args: calls.append(1) or epilogue(*args))
+    plain = ex(x)
+    assert not calls  # ALEXDSL_NUMBA=0, read when the call started
+    monkeypatch.delenv("ALEXDSL_NUMBA")
+    np.testing.assert_allclose(ex(x), plain, rtol=1e-5, atol=1e-6)
+    assert bool(calls) == (compiled is not None)

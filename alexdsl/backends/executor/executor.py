@@ -29,6 +29,7 @@ from alexdsl.backends.executor.arrays import (
     num_threads,
     on_native_team,
     one_thread,
+    settings_read_once,
     thread_pool,
 )
 from alexdsl.errors import AlexDSLError, Diagnostic
@@ -237,7 +238,7 @@ class Executor:
             raise _error(f"{self.network_name} takes {len(self.inputs)} input(s) ({names}), got {len(inputs)}")
         for (name, shape), x in zip(self.inputs.items(), inputs, strict=True):
             self._check_input(name, x, shape)
-        with self._calling:
+        with self._calling, settings_read_once():
             return self._call(inputs)
 
     def _call(self, inputs: tuple[Any, ...]) -> Any:
