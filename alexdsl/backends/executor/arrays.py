@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from functools import cache
+from functools import cache, partial
 from types import ModuleType
 from typing import Any
 
@@ -166,7 +166,7 @@ def matmul(a: Array, b: Array, out: Array) -> Array:
     rounding: OpenBLAS may pick another kernel for a part than for the whole)."""
     planned = team_gemm(a, b, out)
     if planned is None:
-        return array_module(a).matmul(a, b, out=out)
+        return kernel(array_module(a).matmul, a, b, out=out)
     module, layout, bounds, _ = planned
     module.gemm(layout, bounds)
     return out
@@ -386,7 +386,9 @@ def numba_kernels(dtype: Any) -> ModuleType | None:
     if not (_numba_enabled() if enabled is None else enabled):
         return None
     kernels = _numba_module()
-    return kernels if kernels is not None and numpy.dtype(dtype) in _kernel_dtypes() else None
+    if kernels is None or numpy.dtype(dtype) not in _kernel_dtypes():
+        return None
+    return kernels if getattr(_this_thread, "tape", None) is None else _recorded(kernels)
 
 
 def _numba_enabled() -> bool:
@@ -407,3 +409,77 @@ def _kernel_dtypes() -> frozenset[numpy.dtype]:
     """The dtypes the Numba kernels are compiled for, as a set (a dtype's ``name`` costs microseconds a call)."""
     kernels = _numba_module()
     return frozenset(numpy.dtype(name) for name in kernels.DTYPES) if kernels is not None else frozenset()
+
+
+# Replaying a forward pass's kernels (capture and replay, as CUDA graphs do on the GPU) ---------------------------
+
+
+class KernelTape:
+    """The kernel calls of one forward pass, in order, with their arguments (:func:`capturing` records them):
+    :meth:`replay` redoes the pass without its Python, as a CUDA graph replays a captured stream's kernels.
+
+    A kernel here is a Numba kernel (:mod:`.numba_kernels`, :mod:`.native_threads`) or a NumPy call made through
+    :func:`kernel`: its effects are on its array arguments alone, and a replay writes the same buffers again.
+    Whatever a pass does outside them is not replayed: the executor checks a tape against its forward pass
+    before it uses it (:meth:`.Executor.replays`).
+
+    >>> import numpy as np
+    >>> a, b, out = np.ones((2, 3), np.float32), np.ones((3, 2), np.float32), np.empty((2, 2), np.float32)
+    >>> tape = KernelTape()
+    >>> with capturing(tape):
+    ...     _ = matmul(a, b, out=out)
+    >>> a[...] = 2
+    >>> tape.replay()
+    >>> out.tolist()
+    [[6.0, 6.0], [6.0, 6.0]]
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+
+    def replay(self) -> None:
+        for fn, args, kwargs in self.calls:
+            fn(*args, **kwargs)
+
+
+def kernel(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` for a kernel (its effects on its array arguments alone), recorded onto this thread's
+    :class:`KernelTape` while it is :func:`capturing`."""
+    tape = getattr(_this_thread, "tape", None)
+    if tape is not None:
+        tape.calls.append((fn, args, kwargs))
+    return fn(*args, **kwargs)
+
+
+@contextmanager
+def capturing(tape: KernelTape) -> Iterator[None]:
+    """Within it, this thread's kernels (:func:`kernel`, those of :func:`numba_kernels` and of the native team) run
+    and are recorded onto ``tape``."""
+    team = getattr(_this_thread, "team", None)
+    _this_thread.tape = tape
+    if team is not None:
+        _this_thread.team = (_recorded(team[0]), team[1])
+    try:
+        yield
+    finally:
+        _this_thread.tape = None
+        _this_thread.team = team
+
+
+class _Recording:
+    """A kernel module seen while capturing: its Numba kernels go through :func:`kernel`, its other names unchanged."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._module, name)
+        if hasattr(value, "py_func"):  # a Numba dispatcher
+            return partial(kernel, value)
+        return value
+
+
+@cache
+def _recorded(module: ModuleType) -> Any:
+    return _Recording(module)
+

@@ -27,6 +27,7 @@ from alexdsl.backends.executor.arrays import (
     blas_one_thread,
     can_pin_blas,
     gemm_layout,
+    kernel,
     matmul,
     native_team,
     num_threads,
@@ -247,16 +248,16 @@ class ConvPlan:
         def chunk(lo: int, hi: int) -> None:
             part = (slice(lo, hi), slice(None)) if by_batch else (slice(None), slice(lo, hi))
             if padded is not None:
-                padded[part + (slice(ph, ph + self.height), slice(pw, pw + self.width))] = x[part]
+                kernel(xp.copyto, padded[part + (slice(ph, ph + self.height), slice(pw, pw + self.width))], x[part])
             block = src[part]
             view = as_strided(
                 xp, block, block.shape[:2] + (kh, kw, oh, ow), (s_n, s_c, s_h * dh, s_w * dw, s_h * sh, s_w * sw)
             )
-            cols6[part] = view
+            kernel(xp.copyto, cols6[part], view)
 
         def on_team(team: ModuleType, bounds: numpy.ndarray) -> None:  # the team copies plane by plane
             if padded is not None:
-                padded[:, :, ph : ph + self.height, pw : pw + self.width] = x
+                kernel(xp.copyto, padded[:, :, ph : ph + self.height, pw : pw + self.width], x)
             planes = bounds * c if by_batch else bounds  # bounds over images (or channels) -> over (N*C) planes
             team.im2col(src.reshape(n * c, *src.shape[2:]), cols.reshape(n * self.k_size, oh * ow), planes,
                         (kh, kw), (sh, sw), (dh, dw), ow)
@@ -406,8 +407,11 @@ def conv2d(
     if gemm == "wide":
         return activate(_conv2d_wide(x, weight, bias, relu, plan, scratch, out), act)
     if plan.is_pointwise:
-        src = x if plan.stride == (1, 1) else x[:, :, :: plan.stride[0], :: plan.stride[1]]
-        cols = xp.ascontiguousarray(src).reshape(n, c, oh * ow)
+        if plan.stride == (1, 1) and x.flags.c_contiguous:
+            cols = x.reshape(n, c, oh * ow)
+        else:  # the strided pixels, copied into the plan's own columns (the same buffer at every call)
+            cols = plan._own_cols(xp, n, x.dtype)
+            kernel(xp.copyto, cols.reshape(n, c, oh, ow), x[:, :, :: plan.stride[0], :: plan.stride[1]])
     elif _on_image_threads(xp, plan, n):
         return activate(_conv2d_image_threads(x, weight, bias, relu, plan, scratch, out), act)
     else:

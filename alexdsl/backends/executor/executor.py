@@ -14,6 +14,7 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -22,11 +23,16 @@ import numpy
 from alexdsl import weights as weights_io
 from alexdsl.backends.executor import runtime as rt
 from alexdsl.backends.executor.arrays import (
+    KernelTape,
     blas_one_thread,
     blas_pinned,
     can_pin_blas,
+    capturing,
     cupy_module,
+    gemm_layout,
+    native_team,
     num_threads,
+    numba_kernels,
     on_native_team,
     one_thread,
     settings_read_once,
@@ -167,6 +173,9 @@ class Executor:
         self.sharding = True  # False runs every batch whole (the profiler sets it: it times this forward alone)
         self._shards: list[Executor] = []  # the second, third... shard's executors, made when first needed
         self._calling = threading.RLock()  # one call at a time (a call writes the arena's buffers); re-entrant
+        self._replay: _Replay | None = None  # the checked kernel tape of the last calls' kind (:meth:`replays`)
+        self._replay_calls: tuple[Any, int] = (None, 0)  # that kind, and the calls of it so far
+        self._no_replay: set[Any] = set()  # the kinds of call whose tape failed its check: run forward
         self.setup(self.weights)
 
     # generated ------------------------------------------------------------------------------
@@ -254,7 +263,7 @@ class Executor:
             return self._sharded(moved, bounds, on_gpu)
         with on_native_team(xp is numpy and self.dtype == numpy.float32) as on_team, \
                 blas_pinned(not on_team and xp is numpy and bounds[-1] > 1 and num_threads() > 1):
-            result = self.forward(*moved)
+            result = self._forward(moved)
         outs = result if isinstance(result, tuple) else (result,)
         if xp is numpy and on_gpu:
             outs = tuple(cupy_module.asarray(o) for o in outs)
@@ -263,6 +272,76 @@ class Executor:
         else:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]
+
+    # replaying a forward pass's kernels ------------------------------------------------------
+    def replays(self, *inputs: Any) -> bool:
+        """Whether a call on ``inputs`` replays a kernel tape (:class:`~.arrays.KernelTape`) instead of running
+        :meth:`forward`'s Python: from the :data:`REPLAY_AFTER_CALLS` + 1st call of one kind on, a kind being a
+        NumPy batch size, input shapes, thread count, native team, Numba and GEMM layout.
+
+        That call records the kernels of its forward pass onto a tape, in buffers of the executor's own (its
+        inputs copied there), then checks the tape: replayed on other inputs (random ones) while every buffer
+        still holds this call's values, it must give what :meth:`forward` gives on them, bit for bit; else calls
+        of that kind run :meth:`forward` (a layer whose work is not all in recorded kernels: a NumPy fallback,
+        a thread pool's chunks). A replay
+        copies the inputs into those buffers and runs the kernels one after the other: the same arithmetic,
+        in the same order, without the Python between them (1.2 to 1.8 ms of MobileNetV2's and EfficientNet-B0's
+        11 and 17 on one thread). CuPy, token inputs, a batch split over threads, the profiler (``sharding``
+        off) and ``ALEXDSL_REPLAY=0`` always run :meth:`forward`.
+        """
+        with settings_read_once(), on_native_team(self.xp is numpy and self.dtype == numpy.float32):
+            key = self._replay_key(list(inputs))  # as a call sees it
+        return key is not None and self._replay is not None and self._replay.key == key
+
+    def _replay_key(self, inputs: list[Any]) -> Any:
+        """The kind of call ``inputs`` make (what a tape depends on besides the weights), or None where no tape
+        applies."""
+        if self.xp is not numpy or self.token_inputs or not self.sharding or not inputs \
+                or os.environ.get("ALEXDSL_REPLAY", "1") == "0" \
+                or not all(isinstance(x, numpy.ndarray) and x.dtype == self.dtype for x in inputs):
+            return None
+        return (tuple(x.shape for x in inputs), num_threads(), native_team(), numba_kernels(self.dtype) is not None,
+                gemm_layout(numpy))
+
+    def _forward(self, inputs: list[Any]) -> Any:
+        """:meth:`forward` on ``inputs``, by its checked kernel tape where one fits the call (:meth:`replays`)."""
+        key = self._replay_key(inputs)
+        if key is None or key in self._no_replay:
+            return self.forward(*inputs)
+        replay = self._replay
+        if replay is not None and replay.key == key:
+            for staged, x in zip(replay.inputs, inputs, strict=True):
+                numpy.copyto(staged, x)
+            replay.tape.replay()
+            return replay.result
+        seen, calls = self._replay_calls
+        calls = calls + 1 if seen == key else 1
+        self._replay_calls = (key, calls)
+        if calls <= REPLAY_AFTER_CALLS:
+            return self.forward(*inputs)
+        self._replay = None  # another kind's tape: dropped with the buffers it holds
+        return self._capture(key, inputs)
+
+    def _capture(self, key: Any, inputs: list[Any]) -> Any:
+        """This call's output, computed while recording its kernels; the tape kept if replaying it on other inputs
+        gives what :meth:`forward` gives on them."""
+        staged = [x.copy() for x in inputs]
+        tape = KernelTape()
+        with capturing(tape):
+            result = self.forward(*staged)
+        output = _copies(result)
+        rng = numpy.random.default_rng(0)
+        probe = [rng.standard_normal(x.shape).astype(self.dtype) for x in inputs]
+        for target, x in zip(staged, probe, strict=True):
+            numpy.copyto(target, x)
+        tape.replay()  # first, while every buffer holds this call's values: one the tape misses keeps them
+        got = _copies(result)
+        want = _copies(self.forward(*probe))
+        if all(numpy.array_equal(a, b, equal_nan=True) for a, b in zip(want, got, strict=True)):
+            self._replay = _Replay(key, tape, staged, result)
+        else:
+            self._no_replay.add(key)
+        return output if isinstance(result, tuple) else output[0]
 
     # splitting a batch over threads -----------------------------------------------------------
     def shard_bounds(self, n: int) -> list[int]:
@@ -285,6 +364,7 @@ class Executor:
         while len(self._shards) < index:
             twin = copy.copy(self)
             twin._arena, twin._shards, twin._calling = None, [], threading.RLock()
+            twin._replay, twin._replay_calls, twin._no_replay = None, (None, 0), set()  # a shard runs forward
             for name, value in vars(self).items():
                 if isinstance(value, rt.ConvPlan):
                     setattr(twin, name, value.for_thread())
@@ -342,3 +422,23 @@ class Executor:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} executor on {self.device} ({self.dtype.name})>"
+
+
+REPLAY_AFTER_CALLS = 2  # calls of one kind that run forward before the next records its kernels (Executor.replays)
+
+
+@dataclass
+class _Replay:
+    """A checked kernel tape (:meth:`Executor.replays`): the kind of call it fits, the tape, the executor's input
+    buffers it reads and what the forward pass returned (the arrays it writes)."""
+
+    key: Any
+    tape: KernelTape
+    inputs: list[Any]
+    result: Any
+
+
+def _copies(result: Any) -> tuple[Any, ...]:
+    """Copies of a forward pass's output arrays (one or a tuple)."""
+    return tuple(o.copy() for o in (result if isinstance(result, tuple) else (result,)))
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy
 
 from alexdsl.backends.executor import cuda
-from alexdsl.backends.executor.arrays import Array, array_module, numba_kernels, parallel_for
+from alexdsl.backends.executor.arrays import Array, array_module, kernel, numba_kernels, parallel_for
 from alexdsl.backends.executor.compiled import is_float32_numpy
 
 
@@ -52,7 +52,8 @@ def lrn(
             xp.power(acc, beta, out=acc)
         xp.divide(xs, acc, out=out[n0:n1])
 
-    parallel_for(xp, x.shape[0], 4 * x.size, chunk)
+    # NumPy passes alone, writing out[n0:n1]: a kernel to a replay's tape (arrays.KernelTape)
+    parallel_for(xp, x.shape[0], 4 * x.size, lambda n0, n1: kernel(chunk, n0, n1))
     return out
 
 

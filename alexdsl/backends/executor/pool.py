@@ -21,7 +21,15 @@ from typing import Any
 import numpy
 
 from alexdsl.backends.executor import cuda
-from alexdsl.backends.executor.arrays import Array, array_module, as_pair, numba_kernels, parallel_for, tap_windows
+from alexdsl.backends.executor.arrays import (
+    Array,
+    array_module,
+    as_pair,
+    kernel,
+    numba_kernels,
+    parallel_for,
+    tap_windows,
+)
 from alexdsl.shape_math import pool_output_size
 
 
@@ -261,6 +269,6 @@ def global_avg_pool2d(x: Array, *, out: Array | None = None) -> Array:
         return xp.mean(x, axis=(2, 3), keepdims=True, out=out)
     if out is None:
         out = numpy.empty((n, c, 1, 1), x.dtype)
-    numpy.matmul(x.reshape(n * c, h * w), numpy.ones(h * w, x.dtype), out=out.reshape(n * c))
-    out /= x.dtype.type(h * w)
+    kernel(numpy.matmul, x.reshape(n * c, h * w), numpy.ones(h * w, x.dtype), out=out.reshape(n * c))
+    kernel(numpy.divide, out, x.dtype.type(h * w), out=out)
     return out
