@@ -158,3 +158,39 @@ def test_the_profiler_never_replays(monkeypatch: pytest.MonkeyPatch) -> None:
     for _ in range(REPLAY_AFTER_CALLS + 2):
         ex(x)
     assert not ex.replays(x)
+
+
+def test_a_tape_keeps_the_arrays_a_team_gemm_reaches_by_address() -> None:
+    """A team GEMM's layout holds its operands' addresses: the tape keeps the arrays alive, so that a replay after
+    the pass's temporaries are gone reads them, not freed memory (this crashed before)."""
+    with arrays.settings_read_once(threads=2), arrays.on_native_team() as on_team:
+        if not on_team:
+            pytest.skip("no native team here (it needs Numba's OpenMP layer and threadpoolctl)")
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((128, 256)).astype(np.float32), rng.standard_normal((256, 192)).astype(np.float32)
+        out = np.empty((128, 192), np.float32)
+        tape = arrays.KernelTape()
+        with arrays.capturing(tape):
+            arrays.matmul(a @ np.eye(256, dtype=np.float32), b.copy(), out)  # two temporaries
+        want = out.copy()
+        assert len(tape.keep) == 1
+        del a, b
+        for _ in range(20):  # reuse the freed memory
+            np.full((256, 256), np.nan, np.float32)
+        out[...] = 0
+        tape.replay()
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("example", ["vit_b_16", "swin_t"])
+def test_attention_networks_on_the_team_give_forward_s_output(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads at batch 1: their attention GEMMs run on the native team with temporaries as operands."""
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
+    ex = _compiled(str(EXAMPLES / f"{example}.adsl"))
+    xs = _inputs(ex, 1, REPLAY_AFTER_CALLS + 2)
+    with threadpool_limits(2):
+        got = [ex(x) for x in xs]
+        want = _without_replay(ex, xs, monkeypatch)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)

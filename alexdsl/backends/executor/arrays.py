@@ -185,6 +185,9 @@ def team_gemm(a: Array, b: Array, out: Array) -> tuple[ModuleType, numpy.ndarray
     laid = module.cblas_layout(a, b, out)
     if laid is None:
         return None
+    tape = getattr(_this_thread, "tape", None)
+    if tape is not None:  # the layout holds their addresses, not them: a replay needs them alive
+        tape.keep.append((a, b, out))
     layout, batch, per_matrix = laid
     align = per_matrix if batch >= threads else module.MIN_SPLIT_ROWS
     return module, layout, module.split(batch * per_matrix, threads, align), batch
@@ -436,6 +439,7 @@ class KernelTape:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self.keep: list[Any] = []  # arrays the calls reach by address (a team GEMM's operands), kept alive
 
     def replay(self) -> None:
         for fn, args, kwargs in self.calls:

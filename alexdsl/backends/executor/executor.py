@@ -239,8 +239,9 @@ class Executor:
         batch that is not split (:meth:`shard_bounds`) runs on the native team where it can
         (:func:`~alexdsl.backends.executor.arrays.on_native_team`: BLAS pinned to one thread for the call),
         else a batch of one with BLAS's threads and the pool, a larger one with BLAS pinned (its convs image
-        by image on the pool). Calls on one executor from several threads run one at a time (they share its
-        buffers); executors of their own run at once.
+        by image on the pool). From the third call of one kind on, a NumPy call that is not split replays the
+        forward pass's recorded kernels where that gives forward's output (:meth:`replays`). Calls on one executor
+        from several threads run one at a time (they share its buffers); executors of their own run at once.
         """
         if len(inputs) != len(self.inputs):
             names = ", ".join(self.inputs)
