@@ -194,3 +194,26 @@ def test_attention_networks_on_the_team_give_forward_s_output(example: str, monk
         want = _without_replay(ex, xs, monkeypatch)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_check_that_raises_leaves_the_call_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check runs the network on its own random inputs: if that raises, the call still returns its output and
+    calls of that kind run forward."""
+    monkeypatch.setenv("ALEXDSL_NUM_THREADS", "1")
+    ex = _compiled(RECORDED)
+    xs = _inputs(ex, 1, REPLAY_AFTER_CALLS + 2)
+    forward, calls = ex.forward, []
+
+    def failing_on_the_probe(*inputs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == REPLAY_AFTER_CALLS + 2:  # the check's forward pass on its random inputs
+            raise RuntimeError("the check's inputs")
+        return forward(*inputs)
+
+    monkeypatch.setattr(ex, "forward", failing_on_the_probe)
+    with threadpool_limits(1):
+        got = [ex(x) for x in xs]
+        assert not ex.replays(xs[0])
+        want = _without_replay(ex, xs, monkeypatch)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
