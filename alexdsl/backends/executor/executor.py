@@ -284,11 +284,10 @@ class Executor:
         inputs copied there), then checks the tape: replayed on other inputs (random ones) while every buffer
         still holds this call's values, it must give what :meth:`forward` gives on them, bit for bit; else calls
         of that kind run :meth:`forward` (a layer whose work is not all in recorded kernels: a NumPy fallback,
-        a thread pool's chunks). A replay
-        copies the inputs into those buffers and runs the kernels one after the other: the same arithmetic,
-        in the same order, without the Python between them (1.2 to 1.8 ms of MobileNetV2's and EfficientNet-B0's
-        11 and 17 on one thread). CuPy, token inputs, a batch split over threads, the profiler (``sharding``
-        off) and ``ALEXDSL_REPLAY=0`` always run :meth:`forward`.
+        a thread pool's chunks). A replay copies the inputs into those buffers and runs the kernels one after
+        the other: the same arithmetic, in the same order, without the Python between them (1.2 to 1.8 ms of
+        MobileNetV2's and EfficientNet-B0's 11 and 17 on one thread). CuPy, token inputs, a batch split over
+        threads, the profiler (``sharding`` off) and ``ALEXDSL_REPLAY=0`` always run :meth:`forward`.
         """
         with settings_read_once(), on_native_team(self.xp is numpy and self.dtype == numpy.float32):
             key = self._replay_key(list(inputs))  # as a call sees it
