@@ -14,6 +14,7 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -262,7 +263,7 @@ class Executor:
         bounds = self.shard_bounds(moved[0].shape[0] if moved else 1)
         if len(bounds) > 2:
             return self._sharded(moved, bounds, on_gpu)
-        with on_native_team(xp is numpy and self.dtype == numpy.float32) as on_team, \
+        with self._on_native_team() as on_team, \
                 blas_pinned(not on_team and xp is numpy and bounds[-1] > 1 and num_threads() > 1):
             result = self._forward(moved)
         outs = result if isinstance(result, tuple) else (result,)
@@ -273,6 +274,10 @@ class Executor:
         else:
             outs = tuple(o.copy() for o in outs)
         return outs if isinstance(result, tuple) else outs[0]
+
+    def _on_native_team(self) -> AbstractContextManager[bool]:
+        """A call's :func:`~alexdsl.backends.executor.arrays.on_native_team`: NumPy float32 executors only."""
+        return on_native_team(self.xp is numpy and self.dtype == numpy.float32)
 
     # replaying a forward pass's kernels ------------------------------------------------------
     def replays(self, *inputs: Any) -> bool:
@@ -289,7 +294,7 @@ class Executor:
         MobileNetV2's and EfficientNet-B0's 11 and 17 on one thread). CuPy, token inputs, a batch split over
         threads, the profiler (``sharding`` off) and ``ALEXDSL_REPLAY=0`` always run :meth:`forward`.
         """
-        with settings_read_once(), on_native_team(self.xp is numpy and self.dtype == numpy.float32):
+        with settings_read_once(), self._on_native_team():
             key = self._replay_key(list(inputs))  # as a call sees it
         return key is not None and self._replay is not None and self._replay.key == key
 
