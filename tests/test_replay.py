@@ -60,17 +60,25 @@ def _without_replay(ex: backend.Executor, xs: list[np.ndarray], monkeypatch: pyt
         return [ex(x) for x in xs]
 
 
+def _calls_equal_forward(ex: backend.Executor, xs: list[np.ndarray], threads: int,
+                         monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Calls on ``xs`` (``threads`` threads) give what the same calls give with ``ALEXDSL_REPLAY=0``, bit for bit;
+    returns whether the executor replays after them."""
+    with threadpool_limits(threads):
+        got = [ex(x) for x in xs]
+        replays = ex.replays(xs[0])
+        want = _without_replay(ex, xs, monkeypatch)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    return replays
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_replayed_calls_equal_forward_bit_for_bit(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", str(threads))
     ex = _compiled(RECORDED)
     xs = _inputs(ex, 1, REPLAY_AFTER_CALLS + 4)
-    with threadpool_limits(threads):
-        got = [ex(x) for x in xs]
-        assert ex.replays(xs[0]) == COMPILED  # every layer's work is in recorded kernels
-        want = _without_replay(ex, xs, monkeypatch)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert _calls_equal_forward(ex, xs, threads, monkeypatch) == COMPILED  # every layer's work is in recorded kernels
 
 
 @pytest.mark.parametrize("example", ["lenet", "mobilenet_v2", "resnet18", "alexnet", "convnext_tiny", "vit_digits"])
@@ -82,12 +90,8 @@ def test_examples_replay_or_run_forward_and_give_its_output(example: str, monkey
              "resnet18": {"data": (3, 64, 64)}}
     ex = _compiled(str(EXAMPLES / f"{example}.adsl"), **small.get(example, {}))
     xs = _inputs(ex, 2, REPLAY_AFTER_CALLS + 3)
-    with threadpool_limits(1):
-        got = [ex(x) for x in xs]
-        assert ex.replays(xs[0]) == (COMPILED and example in {"lenet", "mobilenet_v2", "resnet18", "alexnet"})
-        want = _without_replay(ex, xs, monkeypatch)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    replays = _calls_equal_forward(ex, xs, 1, monkeypatch)
+    assert replays == (COMPILED and example in {"lenet", "mobilenet_v2", "resnet18", "alexnet"})
 
 
 def test_a_tape_that_misses_work_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,12 +106,7 @@ def test_a_tape_that_misses_work_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(arrays, "kernel", matmul_unrecorded)
     xs = _inputs(ex, 1, REPLAY_AFTER_CALLS + 3)
-    with threadpool_limits(1):
-        got = [ex(x) for x in xs]
-        assert not ex.replays(xs[0])
-        want = _without_replay(ex, xs, monkeypatch)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert not _calls_equal_forward(ex, xs, 1, monkeypatch)
 
 
 
@@ -194,11 +193,7 @@ def test_attention_networks_on_the_team_give_forward_s_output(example: str, monk
     monkeypatch.setenv("ALEXDSL_NUM_THREADS", "2")
     ex = _compiled(str(EXAMPLES / f"{example}.adsl"))
     xs = _inputs(ex, 1, REPLAY_AFTER_CALLS + 2)
-    with threadpool_limits(2):
-        got = [ex(x) for x in xs]
-        want = _without_replay(ex, xs, monkeypatch)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    _calls_equal_forward(ex, xs, 2, monkeypatch)
 
 
 def test_a_check_that_raises_leaves_the_call_alone(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,9 +211,4 @@ def test_a_check_that_raises_leaves_the_call_alone(monkeypatch: pytest.MonkeyPat
         return forward(*inputs)
 
     monkeypatch.setattr(ex, "forward", failing_on_the_probe)
-    with threadpool_limits(1):
-        got = [ex(x) for x in xs]
-        assert not ex.replays(xs[0])
-        want = _without_replay(ex, xs, monkeypatch)
-    for a, b in zip(got, want, strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert not _calls_equal_forward(ex, xs, 1, monkeypatch)
